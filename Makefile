@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# TORCH picks the torch requirement installed first (a CPU wheel lies on disk here);
+# override it e.g. `make test TORCH=torch` on a CUDA machine.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/infogeo analyse --file infogeo/data/demo.txt --name demo --out infogeo-report/demo --summary
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(PY) scripts/bench_scan.py
+	$(PY) scripts/bench_geometry.py
+	$(PY) scripts/bench_analyse.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,145 @@
+"""Input validation shared by ``infogeo`` and ``tiling``.
+
+Every public function validates its arguments with these helpers so that bad input fails
+early with a message that names the argument and the expected form (shape, dtype, range,
+device), and NaN/Inf never propagate silently.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def check_tensor(
+    x: object,
+    name: str,
+    *,
+    ndim: int | Sequence[int] | None = None,
+    min_ndim: int | None = None,
+    shape: Sequence[int | None] | None = None,
+    floating: bool = True,
+    finite: bool = True,
+) -> Tensor:
+    """Validate ``x`` as a tensor and return it.
+
+    ``shape`` entries that are ``None`` match any size. ``floating`` requires a floating
+    dtype; ``finite`` rejects NaN and Inf.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if floating and not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.dim() not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.dim() < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {tuple(x.shape)}")
+    if shape is not None:
+        if x.dim() != len(shape) or any(s is not None and s != xs for s, xs in zip(shape, x.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
+    if finite:
+        check_finite(x, name)
+    return x
+
+
+def check_finite(x: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` if ``x`` holds NaN or Inf."""
+    if x.is_floating_point() or x.is_complex():
+        if not bool(torch.isfinite(x).all()):
+            n_bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"{name} contains {n_bad} NaN/Inf value(s); expected finite values")
+    return x
+
+
+def check_same_device(**tensors: Tensor | None) -> torch.device:
+    """All given tensors (``None`` skipped) live on one device; return it."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    if not items:
+        raise ValueError("no tensors given")
+    dev = items[0][1].device
+    for k, v in items[1:]:
+        if v.device != dev:
+            raise ValueError(
+                f"{k} is on {v.device} but {items[0][0]} is on {dev}; expected all tensors on one device"
+            )
+    return dev
+
+
+def check_same_dtype(**tensors: Tensor | None) -> torch.dtype:
+    """All given tensors (``None`` skipped) share one dtype; return it."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    if not items:
+        raise ValueError("no tensors given")
+    dt = items[0][1].dtype
+    for k, v in items[1:]:
+        if v.dtype != dt:
+            raise TypeError(f"{k} has dtype {v.dtype} but {items[0][0]} has {dt}; expected one dtype")
+    return dt
+
+
+def check_probability(p: Tensor, name: str, *, dim: int = -1, atol: float | None = None) -> Tensor:
+    """``p`` holds strictly positive probabilities summing to one along ``dim``.
+
+    The open simplex is required because the Fisher metric of the categorical family,
+    diag(1/p), is undefined on its boundary (seed §3.1.1).
+    """
+    check_tensor(p, name, min_ndim=1)
+    if bool((p <= 0).any()):
+        raise ValueError(f"{name} must be strictly positive (a point of the open simplex), got min {float(p.min()):.3g}")
+    tol = atol if atol is not None else (1e-4 if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9)
+    err = float((p.sum(dim) - 1).abs().max())
+    if err > tol:
+        raise ValueError(f"{name} must sum to 1 along dim {dim} (max deviation {err:.3g} > {tol:g})")
+    return p
+
+
+def check_positive(x: Tensor | float, name: str, *, strict: bool = True) -> None:
+    """``x`` (scalar or tensor) is > 0 (``strict``) or >= 0."""
+    t = torch.as_tensor(x)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {x}")
+    bad = (t <= 0) if strict else (t < 0)
+    if bool(bad.any()):
+        rel = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be {rel}, got min {float(t.min()):.6g}")
+
+
+def check_in_range(
+    x: Tensor | float, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> None:
+    """``x`` lies in the interval between ``low`` and ``high`` (open ends as flagged)."""
+    t = torch.as_tensor(x, dtype=torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite, got {x}")
+    lo_bad = (t <= low) if low_open else (t < low)
+    hi_bad = (t >= high) if high_open else (t > high)
+    if bool(lo_bad.any() | hi_bad.any()):
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(
+            f"{name} must lie in {interval}, got values in [{float(t.min()):.6g}, {float(t.max()):.6g}]"
+        )
+
+
+def check_int(x: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``x`` is an integer (bool rejected) within the given bounds; return it as ``int``."""
+    if isinstance(x, bool) or not isinstance(x, (int,)) and not (isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point()):
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}")
+    v = int(x)
+    if minimum is not None and v < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {v}")
+    if maximum is not None and v > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {v}")
+    return v
+
+
+def check_choice(x: object, name: str, choices: Iterable[object]) -> None:
+    """``x`` is one of ``choices``."""
+    options = list(choices)
+    if x not in options:
+        raise ValueError(f"{name} must be one of {options}, got {x!r}")
