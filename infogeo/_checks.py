@@ -6,6 +6,7 @@ device), and NaN/Inf never propagate silently.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Iterable, Sequence
 
 import torch
@@ -128,7 +129,10 @@ def check_in_range(
 
 def check_int(x: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     """``x`` is an integer (bool rejected) within the given bounds; return it as ``int``."""
-    if isinstance(x, bool) or not isinstance(x, (int,)) and not (isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point()):
+    integral = isinstance(x, numbers.Integral) or (
+        isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point() and x.dtype != torch.bool
+    )
+    if isinstance(x, bool) or not integral:
         raise TypeError(f"{name} must be an int, got {type(x).__name__}")
     v = int(x)
     if minimum is not None and v < minimum:
