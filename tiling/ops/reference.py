@@ -1,0 +1,229 @@
+"""Readable float64 reference of the resolution-adaptive selective scan (seed 001 §3.2–3.4).
+
+This file *defines* the semantics; the fused kernels (``kernels_cuda/``) are tested against it.
+It loops over batch rows, tiles and segments and is meant for float64 tests and as the fallback
+when no C++ compiler works, not for speed.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from infogeo._checks import check_in_range, check_int, check_same_device, check_tensor
+from tiling.ops.cost import segment_counts, tile_lengths
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class ScanInputs:
+    """Validated, normalised inputs: B and C grouped as (batch, G, N, L), per-tile plans."""
+
+    u: Tensor
+    delta: Tensor
+    A: Tensor
+    B: Tensor
+    C: Tensor
+    D: Tensor | None
+    z: Tensor | None
+    delta_bias: Tensor | None
+    boundary_gain: Tensor | None
+    initial_state: Tensor | None
+    resolution: Tensor  # (batch, n_tiles), dtype of the input, on u's device
+    state_dims: Tensor  # (batch, n_tiles) int64, on u's device
+    seg_counts: Tensor  # (batch, n_tiles) int64, on u's device
+    lengths: Tensor  # (n_tiles,) int64, on CPU
+    tile_size: int
+    ungrouped: bool  # B, C were given as (batch, N, L)
+
+
+def validate_scan_inputs(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, *, tile_size=64, resolution=None,
+    state_dims=None, boundary_gain=None, initial_state=None, defer_finite=False,
+) -> ScanInputs:
+    """Check shapes, dtypes, devices and ranges of the scan arguments; name the culprit.
+
+    Non-contiguous tensors are accepted (the kernels make them contiguous); ``A`` with positive
+    entries is accepted with a warning (the recurrence then grows without bound).
+    ``defer_finite`` skips the NaN/Inf scan of the full-length tensors ``u, delta, z``; the
+    caller must then check the output with :func:`check_scan_output`.
+    """
+    big = not defer_finite
+    check_tensor(u, "u", ndim=3, finite=big)
+    batch, dim, L = u.shape
+    if L < 1 or dim < 1 or batch < 1:
+        raise ValueError(f"u must have shape (batch, dim, L) with all sizes >= 1, got {tuple(u.shape)}")
+    check_tensor(delta, "delta", shape=(batch, dim, L), finite=big)
+    check_tensor(A, "A", ndim=2)
+    if A.shape[0] != dim:
+        raise ValueError(f"A must have shape (dim, N) = ({dim}, N), got {tuple(A.shape)}")
+    N = A.shape[1]
+    if N < 1:
+        raise ValueError(f"A must have at least one state column, got shape {tuple(A.shape)}")
+    if bool((A > 0).any()):
+        warnings.warn("A has positive entries: exp(Δ·A) > 1 and the recurrence is unstable", RuntimeWarning, stacklevel=3)
+    check_tensor(B, "B", ndim=(3, 4))
+    check_tensor(C, "C", ndim=(3, 4))
+    ungrouped = B.dim() == 3
+    if B.dim() != C.dim():
+        raise ValueError(f"B and C must both be (batch, N, L) or both (batch, G, N, L), got {tuple(B.shape)} and {tuple(C.shape)}")
+    G = 1 if ungrouped else B.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        want = (batch, N, L) if ungrouped else (batch, G, N, L)
+        if tuple(t.shape) != want:
+            raise ValueError(f"{name} must have shape {want} (batch, [G,] N, L), got {tuple(t.shape)}")
+    if G < 1 or dim % G != 0:
+        raise ValueError(f"B/C groups G = {G} must divide dim = {dim}")
+    if D is not None:
+        check_tensor(D, "D", shape=(dim,))
+    if delta_bias is not None:
+        check_tensor(delta_bias, "delta_bias", shape=(dim,))
+    if z is not None:
+        check_tensor(z, "z", shape=(batch, dim, L), finite=big)
+    if boundary_gain is not None:
+        check_tensor(boundary_gain, "boundary_gain", shape=(dim, N))
+    if initial_state is not None:
+        check_tensor(initial_state, "initial_state", shape=(batch, dim, N))
+    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                      boundary_gain=boundary_gain, initial_state=initial_state)
+    for name, t in (("delta", delta), ("B", B), ("C", C), ("z", z)):
+        if t is not None and t.dtype != u.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but u has {u.dtype}; u, delta, z, B, C must share one dtype")
+    T = check_int(tile_size, "tile_size", minimum=1)
+    lengths = tile_lengths(L, T)
+    n_tiles = lengths.numel()
+    dev = u.device
+    if resolution is None:
+        R = torch.ones(batch, n_tiles, dtype=torch.float32, device=dev)
+    elif isinstance(resolution, (float, int)) and not isinstance(resolution, bool):
+        check_in_range(float(resolution), "resolution", 0.0, 1.0, low_open=True)
+        R = torch.full((batch, n_tiles), float(resolution), dtype=torch.float32, device=dev)
+    else:
+        check_tensor(resolution, "resolution", shape=(batch, n_tiles))
+        check_same_device(u=u, resolution=resolution)
+        check_in_range(resolution, "resolution", 0.0, 1.0, low_open=True)
+        R = resolution.detach()
+    if state_dims is None:
+        S = torch.full((batch, n_tiles), N, dtype=torch.int64, device=dev)
+    elif isinstance(state_dims, int) and not isinstance(state_dims, bool):
+        S = torch.full((batch, n_tiles), check_int(state_dims, "state_dims", minimum=1, maximum=N), dtype=torch.int64, device=dev)
+    else:
+        check_tensor(state_dims, "state_dims", shape=(batch, n_tiles), floating=False, finite=False)
+        if state_dims.is_floating_point() or state_dims.is_complex() or state_dims.dtype == torch.bool:
+            raise TypeError(f"state_dims must have an integer dtype, got {state_dims.dtype}")
+        check_same_device(u=u, state_dims=state_dims)
+        S = state_dims.to(torch.int64)
+        if bool(((S < 1) | (S > N)).any()):
+            raise ValueError(f"state_dims must lie in [1, N] = [1, {N}], got values in [{int(S.min())}, {int(S.max())}]")
+    m = segment_counts(R, lengths)
+    B4 = B.unsqueeze(1) if ungrouped else B
+    C4 = C.unsqueeze(1) if ungrouped else C
+    return ScanInputs(u, delta, A, B4, C4, D, z, delta_bias, boundary_gain, initial_state, R, S, m,
+                      lengths, T, ungrouped)
+
+
+def check_scan_output(y: Tensor, u: Tensor, delta: Tensor, z: Tensor | None) -> None:
+    """NaN/Inf guard after a scan whose inputs were validated with ``defer_finite``.
+
+    Any NaN/Inf in ``u``, ``delta`` or ``z`` reaches ``y`` (through ``Δu``, the decay or the gate),
+    so one reduction of ``y`` detects it; only then are the inputs scanned to name the culprit.
+    Finite inputs with a non-finite output mean the recurrence overflowed.
+    """
+    if bool(torch.isfinite(y.sum(dtype=torch.float64))) or bool(torch.isfinite(y).all()):
+        return
+    for name, t in (("u", u), ("delta", delta), ("z", z)):
+        if t is not None:
+            check_tensor(t, name)
+    raise ValueError("the scan output overflowed to NaN/Inf with finite inputs: A has positive entries or "
+                     "delta/u are too large for the state to stay finite")
+
+
+def adaptive_selective_scan_ref(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, tile_size=64,
+    resolution=None, state_dims=None, boundary_gain=None, initial_state=None,
+    return_last_state=False, return_tile_states=False,
+):
+    """Float64 reference of :func:`tiling.ops.adaptive_selective_scan` (same signature).
+
+    Semantics (seed 001 §3.2.1 tiles ``(M_i, S_i, R_i)``, §3.3.1 transition φ, §3.4 step 3):
+
+    * ``Δ_t = softplus(delta_t + delta_bias)`` if ``delta_softplus`` else ``delta_t + delta_bias``.
+    * Tile ``i`` covers ``[i·T, min((i+1)·T, L))`` (length ``n_i``) and is cut into
+      ``m_i = max(1, ⌈R_i·n_i⌉)`` segments, segment ``j`` covering offsets
+      ``[⌊j·n_i/m_i⌋, ⌊(j+1)·n_i/m_i⌋)``.
+    * A segment ``S`` is one step of the recurrence spanning its time:
+      ``h_S = exp(Δ̄_S·A) ⊙ h_{S−1} + (Σ_{t∈S} Δ_t u_t)·B̄_S`` with ``Δ̄_S = Σ_{t∈S} Δ_t`` and
+      ``B̄_S = mean_{t∈S} B_t`` (Π exp(Δ_t A) = exp(ΣΔ_t A) keeps time constants exact).
+    * ``y_t = C_t·h_S + D u_t`` if ``|S| = 1`` (Mamba), else ``y_t = C_t·h_{S−1} + D u_t``
+      (causal: a token never reads a later token); then ``y ← y·silu(z)``.
+    * Only the first ``S_i`` state components are updated and read in tile ``i``; the others
+      decay once by ``exp(A·Σ_{t∈tile} Δ_t)``.
+    * φ: at the start of tile ``i > 0``, ``h ← h ⊙ exp(boundary_gain·(R_i − R_{i−1}))``.
+
+    Computes in float64 and returns ``y`` in ``u``'s dtype (states in float64 for float64 input,
+    else float32); with ``return_last_state`` returns
+    ``(y, last_state)``, with ``return_tile_states`` ``(y, last_state, tile_states)`` where
+    ``tile_states`` (batch, dim, n_tiles, N) holds the state after each tile.
+    """
+    p = validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, tile_size=tile_size, resolution=resolution,
+                             state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state)
+    f64 = torch.float64
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    G = p.B.shape[1]
+    group = torch.arange(dim, device=u.device) // (dim // G)  # channel d reads group d // (dim/G)
+    x = u.to(f64)
+    dt = delta.to(f64)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(f64)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    A64 = A.to(f64)
+    Bc = p.B.to(f64)[:, group]  # (batch, dim, N, L): each channel's B
+    Cc = p.C.to(f64)[:, group]
+    R = p.resolution.to(f64)
+    ys, lasts, tiles_all = [], [], []
+    for b in range(batch):
+        h = initial_state[b].to(f64) if initial_state is not None else x.new_zeros(dim, N)
+        y_b, tiles_b = [], []
+        for i, n_i in enumerate(p.lengths.tolist()):
+            if i > 0 and boundary_gain is not None:
+                h = h * torch.exp(boundary_gain.to(f64) * (R[b, i] - R[b, i - 1]))
+            s0 = i * p.tile_size
+            m_i = int(p.seg_counts[b, i])
+            S_i = int(p.state_dims[b, i])
+            act, inact = h[:, :S_i], h[:, S_i:]
+            for j in range(m_i):
+                lo, hi = s0 + (j * n_i) // m_i, s0 + ((j + 1) * n_i) // m_i
+                d_seg = dt[b, :, lo:hi]
+                U = (d_seg * x[b, :, lo:hi]).sum(-1)  # Σ Δ_t u_t, (dim,)
+                Bbar = Bc[b, :, :S_i, lo:hi].mean(-1)  # (dim, S_i)
+                new = torch.exp(d_seg.sum(-1)[:, None] * A64[:, :S_i]) * act + U[:, None] * Bbar
+                read = new if hi - lo == 1 else act
+                y_b.append(torch.einsum("dn,dnt->dt", read, Cc[b, :, :S_i, lo:hi]))
+                act = new
+            inact = inact * torch.exp(A64[:, S_i:] * dt[b, :, s0:s0 + n_i].sum(-1)[:, None])
+            h = torch.cat([act, inact], dim=1)
+            tiles_b.append(h)
+        ys.append(torch.cat(y_b, dim=1))
+        lasts.append(h)
+        tiles_all.append(torch.stack(tiles_b, dim=1))
+    y = torch.stack(ys)
+    if D is not None:
+        y = y + D.to(f64)[:, None] * x
+    if z is not None:
+        y = y * F.silu(z.to(f64))
+    y = y.to(u.dtype)
+    if not (return_last_state or return_tile_states):
+        return y
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    last = torch.stack(lasts).to(acc)
+    if return_tile_states:
+        return y, last, torch.stack(tiles_all).to(acc)
+    return y, last
+
+
+__all__ = ["adaptive_selective_scan_ref", "validate_scan_inputs", "check_scan_output", "ScanInputs"]

@@ -1,0 +1,184 @@
+"""Public resolution-adaptive selective scan: validation, device dispatch and autograd.
+
+The op generalises Mamba's selective scan (S6) so that every tile of the sequence is processed
+at its own resolution ``R_i`` and state size ``S_i`` (seed 001 §3.2, §3.3.1, §3.4 step 3); its
+cost falls with the resolution (seed 000 §3.5.1, :func:`tiling.ops.scan_cost`). The semantics
+are defined by :func:`tiling.ops.reference.adaptive_selective_scan_ref`; the fused kernels in
+``kernels_cuda/`` (C++ on the CPU, CUDA on GPUs) implement them with the interface fixed at the
+top of ``kernels_cuda/scan_cpu.cpp``.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from tiling import _build
+from tiling.ops.reference import adaptive_selective_scan_ref, check_scan_output, validate_scan_inputs
+
+Tensor = torch.Tensor
+
+#: minimum number of segments between two state checkpoints saved for the backward pass
+CHECKPOINT_SEGMENTS = 64
+
+
+def checkpoint_slots(seg_counts: Tensor, every: int = CHECKPOINT_SEGMENTS) -> tuple[Tensor, int]:
+    """Checkpoint schedule: ``(slot (batch, n_tiles) int32, n_slots)``.
+
+    A checkpoint holds the state entering a tile; tile 0 always has one (slot 0) and a new one
+    is placed at the first tile start after at least ``every`` segments since the previous one,
+    so the saved states cost ``batch·dim·N·Σm/every`` at most and a chunk recomputed by the
+    backward holds fewer than ``every + T`` segments. Tiles without a checkpoint get ``-1``.
+    """
+    m = seg_counts.detach().cpu().numpy().astype(np.int64)
+    batch, n_tiles = m.shape
+    slot = np.full((batch, n_tiles), -1, dtype=np.int32)
+    since = np.zeros(batch, dtype=np.int64)
+    nxt = np.zeros(batch, dtype=np.int32)
+    for i in range(n_tiles):
+        put = (since >= every) | (i == 0)
+        slot[put, i] = nxt[put]
+        nxt[put] += 1
+        since[put] = 0
+        since += m[:, i]
+    return torch.from_numpy(slot).to(seg_counts.device), int(nxt.max())
+
+
+def _none_if_empty(t: Tensor) -> Tensor | None:
+    return None if t.numel() == 0 else t
+
+
+class _AdaptiveScan(torch.autograd.Function):
+    """Fused forward/backward; saves inputs and state checkpoints (never the state history)."""
+
+    @staticmethod
+    def forward(u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims,
+                ckpt_slot, n_ckpt, tile_size, delta_softplus, return_tile_states, ext):
+        y, last, ckpts, tiles = ext.fwd(u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts,
+                                        state_dims, ckpt_slot, n_ckpt, tile_size, delta_softplus,
+                                        return_tile_states)
+        return y, last, tiles, ckpts
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        (u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims, ckpt_slot,
+         _n_ckpt, tile_size, delta_softplus, _rts, ext) = inputs
+        ckpts = output[3]
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts,
+                              state_dims, ckpt_slot, ckpts)
+        ctx.mark_non_differentiable(ckpts)
+        ctx.tile_size, ctx.delta_softplus, ctx.ext = tile_size, delta_softplus, ext
+
+    @staticmethod
+    def backward(ctx, dy, dlast, dtiles, _dckpts):
+        (u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims, ckpt_slot,
+         ckpts) = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(u)
+        if dtiles is not None and dtiles.numel() == 0:
+            dtiles = None
+        grads = ctx.ext.bwd(dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, gain, init, resolution,
+                            seg_counts, state_dims, ckpt_slot, ckpts,
+                            None if dlast is None else dlast.contiguous(),
+                            None if dtiles is None else dtiles.contiguous(),
+                            ctx.tile_size, ctx.delta_softplus)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dgain, dinit = (_none_if_empty(g) for g in grads)
+        return (du, ddelta, dA, dB, dC, dD, dz, dbias, dgain, dinit) + (None,) * 9
+
+
+def _extension(device: torch.device):
+    if device.type == "cpu":
+        return _build.load_cpu_extension()
+    if device.type == "cuda" and not _build.force_reference():
+        loader = getattr(_build, "load_cuda_extension", None)
+        ext = loader() if loader is not None else None
+        if ext is not None:
+            return ext
+    warnings.warn(f"tiling: no compiled scan kernel for device {device}; using the PyTorch reference",
+                  RuntimeWarning, stacklevel=3)
+    return None
+
+
+def adaptive_selective_scan(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None, z: Tensor | None = None,
+    delta_bias: Tensor | None = None, delta_softplus: bool = False, *, tile_size: int = 64,
+    resolution: Tensor | float | None = None, state_dims: Tensor | int | None = None,
+    boundary_gain: Tensor | None = None, initial_state: Tensor | None = None,
+    return_last_state: bool = False, return_tile_states: bool = False,
+):
+    """Resolution-adaptive selective scan (seed 001 §3.2–3.4, seed 000 §3.5.1).
+
+    Shapes (Mamba's layout): ``u, delta, z`` (batch, dim, L); ``A`` (dim, N); ``B, C``
+    (batch, N, L) or grouped (batch, G, N, L); ``D, delta_bias`` (dim,); ``initial_state``
+    (batch, dim, N); ``resolution`` (batch, n_tiles) in (0, 1] or a float (default 1);
+    ``state_dims`` (batch, n_tiles) integers in [1, N] or an int (default N); ``boundary_gain``
+    (dim, N). ``n_tiles = ⌈L / tile_size⌉``.
+
+    Semantics:
+
+    * ``Δ_t = softplus(delta_t + delta_bias)`` if ``delta_softplus`` else ``delta_t + delta_bias``.
+    * Tile ``i`` covers ``[i·T, min((i+1)·T, L))`` (length ``n_i``), cut into
+      ``m_i = max(1, ⌈R_i·n_i⌉)`` segments; segment ``j`` covers ``[⌊j·n_i/m_i⌋, ⌊(j+1)·n_i/m_i⌋)``.
+    * Each segment ``S`` is one recurrence step spanning its time (seed 001 §3.2.1):
+      ``h_S = exp(Δ̄_S·A) ⊙ h_{S−1} + (Σ_{t∈S} Δ_t u_t)·B̄_S``, ``Δ̄_S = Σ_{t∈S} Δ_t``,
+      ``B̄_S = mean_{t∈S} B_t``. Summing Δ keeps decay consistent across resolutions
+      (Π exp(Δ_t A) = exp(ΣΔ_t A)), so states cross tiles of different resolutions unchanged.
+    * Causal read-out: ``y_t = C_t·h_S + D u_t`` for ``|S| = 1`` (exactly Mamba), else
+      ``y_t = C_t·h_{S−1} + D u_t`` (the state at the previous segment boundary); then
+      ``y ← y·silu(z)``.
+    * State dims (seed 001 §3.4 step 3): only the first ``S_i`` components are updated and read in
+      tile ``i``; the others decay once by ``exp(A·Σ_{t∈tile} Δ_t)``.
+    * Boundary transition φ (seed 001 §3.3.1, ``s_{i+1} = φ(s_i, R_i, R_{i+1})``): at the start of
+      tile ``i > 0``, ``h ← h ⊙ exp(boundary_gain·(R_i − R_{i−1}))``; identity for equal
+      resolutions or no gain. Departure from the text: φ is this diagonal, multiplicative map
+      (learnable through ``boundary_gain``), not a general learnable function, so that the
+      recurrence stays a diagonal linear scan.
+    * At ``R ≡ 1``, ``S ≡ N`` and no gain this is ``mamba_ssm``'s ``selective_scan_fn``
+      (input ``Δ·B·u``, no zero-order hold on B).
+
+    Gradients flow to ``u, delta, A, B, C, D, z, delta_bias, boundary_gain, initial_state`` (and
+    through ``last_state``/``tile_states``), not to ``resolution`` or ``state_dims``. The backward
+    recomputes states from checkpoints saved every ≥ 64 segments (:func:`checkpoint_slots`).
+
+    Returns ``y`` (dtype of ``u``); with ``return_last_state`` ``(y, last_state)``; with
+    ``return_tile_states`` ``(y, last_state, tile_states)``, ``tile_states`` (batch, dim,
+    n_tiles, N) being the state after each tile. States are float64 for float64 input, else
+    float32. bf16/fp16 inputs accumulate in float32.
+
+    Dispatch: the C++ CPU kernel (compiled at first use) or the CUDA kernel by ``u.device``;
+    the float64 reference, with a warning, when no kernel is available.
+    """
+    ext = _extension(u.device)
+    p = validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, tile_size=tile_size, resolution=resolution,
+                             state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state,
+                             defer_finite=ext is not None)
+    if ext is None:
+        return adaptive_selective_scan_ref(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, tile_size=tile_size, resolution=resolution,
+            state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state,
+            return_last_state=return_last_state, return_tile_states=return_tile_states)
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(acc).contiguous()
+
+    def i32(t: Tensor) -> Tensor:
+        return t.to(device=u.device, dtype=torch.int32).contiguous()
+
+    ckpt_slot, n_ckpt = checkpoint_slots(p.seg_counts)
+    y, last, tiles, _ = _AdaptiveScan.apply(
+        u.contiguous(), delta.contiguous(), cast(A), p.B.contiguous(), p.C.contiguous(), cast(D),
+        None if z is None else z.contiguous(), cast(delta_bias), cast(boundary_gain), cast(initial_state),
+        p.resolution.to(device=u.device, dtype=acc).contiguous(), i32(p.seg_counts),
+        i32(p.state_dims), i32(ckpt_slot), n_ckpt, p.tile_size, bool(delta_softplus),
+        bool(return_tile_states), ext)
+    check_scan_output(y, u, delta, z)
+    if return_tile_states:
+        return y, last, tiles
+    if return_last_state:
+        return y, last
+    return y
+
+
+__all__ = ["adaptive_selective_scan", "checkpoint_slots", "CHECKPOINT_SEGMENTS"]

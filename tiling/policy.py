@@ -1,0 +1,317 @@
+"""Resolution and state-dimension policies: information density → tile configuration.
+
+Seed 001 §3.2.2 asks for ``R_i = f(ρ_i, d_i, c_i)``: the resolution of tile ``i`` as a function of
+its information density ``ρ_i``, its temporal distance ``d_i`` to the current position and the
+compute budget ``c``, "analogous to geometric Level of Detail systems". Seed 001 §3.4 step 3 sets
+the state dimension ``S_i = max(min(kρ_i, S_max), S_min)``; seed 000 §3.6 / seed 001 §3.6 name the
+special cases this module also provides for comparison: a constant field ``R = c`` ("linear
+attention", ``mode="uniform"``) and a binary field ``R ∈ {R_min, 1}`` ("sparse attention",
+``mode="binary"``).
+
+The level-of-detail map
+-----------------------
+Every mode starts from an *importance* per tile (:func:`tile_importance`)::
+
+    q_i = ρ_i^γ · exp(−η κ_i) / (1 + d_i / d_0)
+
+(``γ`` = ``exponent``, ``κ_i`` an optional curvature with weight ``η``, ``d_i`` the number of
+tiles between tile ``i`` and the last tile, ``d_0`` = ``distance_scale``), and assigns
+
+    R_i = clip(s · q_i, r_min, 1),
+
+monotone non-decreasing in ``ρ_i`` and in closeness to the current position, with one scale
+``s`` chosen to meet the budget.
+
+Causality
+---------
+The adaptive scan cuts tile ``i`` into ``⌈R_i n_i⌉`` segments, and that segmentation changes the
+outputs of every token of tile ``i`` (even the first one: at full resolution it reads the state
+that includes itself, at coarse resolution the state before the tile). If ``R_i`` were computed
+from the tokens of tile ``i`` (or later ones), the output at position ``t`` would depend on tokens
+after ``t``: a language model would see the future. In the default causal mode ``R_i`` therefore
+depends only on tiles ``j < i``:
+
+* the density of tile ``i`` is *predicted* by the recent past,
+  ``p_i = max_{i−w ≤ j < i} q_j`` (``w`` = ``lookback``; temporal coherence of density, the
+  level-of-detail habit of using the last frame's importance);
+* the scale ``s_i`` is calibrated on the history: it solves
+  ``mean_{1≤j≤i} clip(s_i p_j, r_min, 1) = c`` (a bisection over predictors already known at tile
+  ``i``), so that the resolutions follow the density *distribution* seen so far;
+* a budget controller keeps the running surplus ``b_i = Σ_{j<i} (c − R_j)`` inside
+  ``[−D, D]`` (``D`` = ``slack``, in tiles) by clamping ``R_i`` to ``[c + b_i − D, c + b_i + D]``.
+  Hence ``|mean_i R_i − c| ≤ D / n_tiles`` for every sequence: the budget is met on average,
+  with savings from quiet stretches spent on busy ones. The interval always meets
+  ``[r_min, 1]`` because ``r_min ≤ c ≤ 1``. Inside it, an integral feedback multiplies the
+  calibrated value by ``exp(b_i / D)`` (adaptive mode), so that a non-stationary history (a
+  burst that inflates the calibration) does not leave the budget unspent.
+
+Every factor of ``R_i`` (history, surplus, predictor) depends on tiles ``< i`` only, and for a
+fixed history ``R_i`` is non-decreasing in the predictor ``p_i``.
+
+Tile 0 has no history and gets ``R_0 = c`` (binary: the value nearer to ``c``, then the
+controller). The distance term ``d_i`` (distance to the *end* of the sequence) is only defined in
+the non-causal mode: in a causal model the current position of every tile is the tile itself.
+
+The non-causal mode (``causal=False``: encoders, analysis) uses the tile's own importance and
+meets the budget exactly per sequence, ``mean_i R_i = c`` (to the bisection tolerance; the scan
+realises ``⌈R_i n_i⌉`` segments, so the realised mean exceeds ``c`` by less than one segment per
+tile), by bisection on ``log s``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from infogeo._checks import check_choice, check_in_range, check_int, check_tensor, check_positive
+
+Tensor = torch.Tensor
+
+_BISECTION_STEPS = 50
+_TINY = 1e-30  # floor of importances (float64) so that zero-density tiles stay on the log scale
+
+
+def tile_density(density: Tensor, tile_size: int) -> Tensor:
+    """Mean density of each tile: ``ρ_i = (1/n_i) Σ_{t ∈ tile i} ρ_t`` (seed 001 §3.4 step 1).
+
+    Parameters
+    ----------
+    density : (batch, L) per-token density (non-negative, finite).
+    tile_size : tile length ``T``; tile ``i`` covers ``[i·T, min((i+1)·T, L))`` (the last tile may
+        be shorter and is averaged over its own length).
+
+    Returns
+    -------
+    (batch, ⌈L/T⌉) tensor of the input's dtype and device.
+    """
+    check_tensor(density, "density", ndim=2)
+    T = check_int(tile_size, "tile_size", minimum=1)
+    if bool((density < 0).any()):
+        raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
+    batch, L = density.shape
+    n_tiles = -(-L // T)
+    pad = n_tiles * T - L
+    padded = torch.nn.functional.pad(density, (0, pad))
+    sums = padded.view(batch, n_tiles, T).sum(-1)
+    lengths = torch.full((n_tiles,), T, dtype=density.dtype, device=density.device)
+    lengths[-1] = L - (n_tiles - 1) * T
+    return sums / lengths
+
+
+def tile_importance(
+    tile_density: Tensor,
+    *,
+    exponent: float = 0.5,
+    curvature: Tensor | None = None,
+    curvature_weight: float = 1.0,
+    distance_scale: float | None = None,
+) -> Tensor:
+    """Level-of-detail importance ``q_i = ρ_i^γ · exp(−η κ_i) / (1 + d_i/d_0)`` (seed 001 §3.2.2).
+
+    ``ρ_i^γ`` (``γ = exponent > 0``) makes ``q`` monotone in density; a power below one spreads
+    resolution over more tiles than a proportional rule. ``κ_i`` is an optional per-tile curvature
+    (e.g. the Ollivier–Ricci node curvature of ``infogeo.curvature``): negatively curved,
+    bottleneck-like regions get more detail for ``η > 0``. ``d_i = n_tiles − 1 − i`` is the
+    temporal distance (in tiles) to the current, last position; with ``distance_scale = d_0`` the
+    importance falls like a level-of-detail distance falloff ``1/(1 + d/d_0)``.
+
+    Returns float64 ``(batch, n_tiles)`` importances ``≥ 1e-30``.
+    """
+    check_tensor(tile_density, "tile_density", ndim=2)
+    check_positive(exponent, "exponent")
+    q = tile_density.detach().to(torch.float64).clamp_min(0.0).pow(exponent)
+    if curvature is not None:
+        check_tensor(curvature, "curvature", shape=tuple(tile_density.shape))
+        check_positive(curvature_weight, "curvature_weight", strict=False)
+        q = q * torch.exp(-curvature_weight * curvature.detach().to(device=q.device, dtype=torch.float64))
+    if distance_scale is not None:
+        check_positive(distance_scale, "distance_scale")
+        n = tile_density.shape[1]
+        d = torch.arange(n - 1, -1, -1, dtype=torch.float64, device=q.device)
+        q = q / (1.0 + d / distance_scale)
+    return q.clamp_min(_TINY)
+
+
+def causal_predictor(importance: Tensor, lookback: int = 1) -> Tensor:
+    """Causal prediction of each tile's importance from earlier tiles: ``p_i = max_{i−w≤j<i} q_j``.
+
+    ``p_0`` (no history) is NaN. Only tiles ``j < i`` enter ``p_i`` (see the module docstring).
+    """
+    w = check_int(lookback, "lookback", minimum=1)
+    batch, n = importance.shape
+    p = torch.full_like(importance, float("nan"))
+    if n > 1:
+        past = torch.nn.functional.pad(importance[:, :-1], (w - 1, 0), value=-math.inf)
+        p[:, 1:] = past.unfold(1, w, 1).amax(-1)
+    return p
+
+
+def _bisect_scale(q: Tensor, mask: Tensor, budget: float, r_min: float) -> Tensor:
+    """Scale ``s`` with ``Σ_j mask_j clip(s q_j, r_min, 1) = budget · Σ_j mask_j`` along the last dim.
+
+    ``q``: (..., n) positive float64, ``mask``: (..., n) float64 0/1 with at least one 1. The
+    map ``s ↦ mean clip(s q, r_min, 1)`` is continuous and non-decreasing, equal to ``r_min`` at
+    ``s = r_min / max q`` and to 1 at ``s = 1 / min q``; bisection on ``log s`` between them.
+    """
+    big = torch.where(mask > 0, q, torch.full_like(q, -math.inf)).amax(-1)
+    small = torch.where(mask > 0, q, torch.full_like(q, math.inf)).amin(-1)
+    lo = math.log(r_min) - torch.log(big)
+    hi = -torch.log(small)
+    count = mask.sum(-1)
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        mean = (torch.clamp(torch.exp(mid).unsqueeze(-1) * q, r_min, 1.0) * mask).sum(-1) / count
+        above = mean > budget
+        hi = torch.where(above, mid, hi)
+        lo = torch.where(above, lo, mid)
+    return torch.exp(0.5 * (lo + hi))
+
+
+def _binary_count(n: int, budget: float, r_min: float) -> int:
+    """Tiles at full resolution so that ``(k + (n − k) r_min)/n ≤ c`` with the largest such ``k``."""
+    if r_min >= 1.0:
+        return n
+    return min(n, int(math.floor(n * (budget - r_min) / (1.0 - r_min) + 1e-9)))
+
+
+def resolution_policy(
+    tile_density: Tensor,
+    *,
+    budget: float,
+    r_min: float = 0.0625,
+    mode: str = "adaptive",
+    causal: bool = True,
+    curvature: Tensor | None = None,
+    curvature_weight: float = 1.0,
+    distance_scale: float | None = None,
+    exponent: float = 0.5,
+    lookback: int = 1,
+    slack: float = 4.0,
+) -> Tensor:
+    """Resolution per tile, ``R_i = f(ρ_i, d_i, c) ∈ [r_min, 1]`` (seed 001 §3.2.2, seed 000 §3.6).
+
+    Parameters
+    ----------
+    tile_density : (batch, n_tiles) non-negative tile densities (:func:`tile_density`).
+    budget : target mean resolution ``c ∈ (0, 1]``; must be ``≥ r_min``.
+    r_min : smallest resolution ``R_min ∈ (0, 1]`` (seed 000 §3.2.1).
+    mode : ``"adaptive"`` (level-of-detail map, module docstring), ``"uniform"`` (``R_i = c``,
+        seed §3.6 "linear attention") or ``"binary"`` (``R_i ∈ {r_min, 1}``, "sparse attention";
+        the most important tiles at 1).
+    causal : if True (default) ``R_i`` depends only on tiles ``< i`` and the budget is met on
+        average (``|mean R − c| ≤ slack / n_tiles`` per sequence); if False ``R_i`` uses tile
+        ``i``'s own density and the budget is met exactly per sequence (adaptive: to the bisection
+        tolerance; binary: ``⌊n (c − r_min)/(1 − r_min)⌋`` tiles at 1, i.e. within one tile).
+    curvature, curvature_weight, distance_scale, exponent : see :func:`tile_importance`
+        (``distance_scale`` needs ``causal=False``).
+    lookback : causal predictor window ``w`` in tiles (:func:`causal_predictor`).
+    slack : causal controller bound ``D`` (in tiles) on the running budget surplus; ``≥ 0.5``
+        (needed for the binary mode to always have a feasible value).
+
+    Returns
+    -------
+    (batch, n_tiles) tensor of ``tile_density``'s dtype and device, deterministic, computed
+    independently for each batch row.
+    """
+    check_tensor(tile_density, "tile_density", ndim=2)
+    if bool((tile_density < 0).any()):
+        raise ValueError(f"tile_density must be non-negative, got min {float(tile_density.min()):.6g}")
+    check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
+    check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
+    if r_min > budget:
+        raise ValueError(f"r_min must be <= budget (the budget cannot be met below r_min), got r_min={r_min} > budget={budget}")
+    check_choice(mode, "mode", ["adaptive", "uniform", "binary"])
+    if causal and distance_scale is not None:
+        raise ValueError(
+            "distance_scale needs causal=False: the distance d_i to the end of the sequence is not "
+            "known causally (in a causal model every tile is the current position)"
+        )
+    check_in_range(slack, "slack", 0.5, math.inf)
+    batch, n = tile_density.shape
+    out_dtype, device = tile_density.dtype, tile_density.device
+    if mode == "uniform" or budget >= 1.0:
+        return torch.full((batch, n), float(budget), dtype=out_dtype, device=device)
+    q = tile_importance(
+        tile_density, exponent=exponent, curvature=curvature,
+        curvature_weight=curvature_weight, distance_scale=distance_scale,
+    )
+    if not causal:
+        if mode == "adaptive":
+            s = _bisect_scale(q, torch.ones_like(q), budget, r_min)
+            R = torch.clamp(s.unsqueeze(-1) * q, r_min, 1.0)
+        else:
+            k = _binary_count(n, budget, r_min)
+            # stable descending sort: ties go to the earlier tile, so the result is deterministic
+            order = torch.sort(q, dim=-1, descending=True, stable=True).indices
+            R = torch.full_like(q, r_min)
+            R.scatter_(-1, order[:, :k], 1.0)
+        return R.to(out_dtype)
+    return _causal_resolution(q, budget=budget, r_min=r_min, mode=mode, lookback=lookback, slack=slack).to(out_dtype)
+
+
+def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, lookback: int, slack: float) -> Tensor:
+    """The causal controller of the module docstring on float64 importances ``q`` (batch, n)."""
+    batch, n = q.shape
+    p = causal_predictor(q, lookback)
+    # history of tile i: predictors p_j with 1 <= j <= i (all known before tile i starts)
+    idx = torch.arange(n, device=q.device)
+    hist = ((idx.view(1, n) <= idx.view(n, 1)) & (idx.view(1, n) >= 1)).to(torch.float64)
+    pj = torch.nan_to_num(p, nan=1.0).unsqueeze(1).expand(batch, n, n)
+    mask = hist.unsqueeze(0).expand(batch, n, n).clone()
+    mask[:, 0, 0] = 1.0  # tile 0 has no history: a dummy entry; its value is replaced below
+    if mode == "adaptive":
+        s = _bisect_scale(pj, mask, budget, r_min)
+        desired = torch.clamp(s * torch.nan_to_num(p, nan=1.0), r_min, 1.0)
+        desired[:, 0] = budget
+    else:
+        frac = (budget - r_min) / (1.0 - r_min)
+        # mid-rank quantile of p_i among its history: the top `frac` of tiles go to full resolution
+        greater = ((pj > p.unsqueeze(-1)).to(torch.float64) * hist).sum(-1)
+        equal = ((pj == p.unsqueeze(-1)).to(torch.float64) * hist).sum(-1)
+        top = (greater + 0.5 * equal) < frac * hist.sum(-1).clamp_min(1.0)
+        desired = torch.where(top, torch.ones_like(q), torch.full_like(q, r_min))
+        desired[:, 0] = 1.0 if frac > 0.5 else r_min
+    # budget controller: running surplus b_i = Σ_{j<i} (c − R_j) kept in [−D, D]
+    R = torch.empty_like(q)
+    surplus = torch.zeros(batch, dtype=torch.float64, device=q.device)
+    for i in range(n):
+        lo = budget + surplus - slack
+        hi = budget + surplus + slack
+        if mode == "adaptive":
+            # integral feedback: a surplus raises the scale, a deficit lowers it (past tiles only)
+            want = torch.clamp(desired[:, i] * torch.exp(surplus / slack), r_min, 1.0) if i > 0 else desired[:, 0]
+            r = torch.minimum(torch.maximum(want, lo), hi).clamp(r_min, 1.0)
+        else:
+            want = desired[:, i]
+            r = torch.where(want > hi, torch.full_like(want, r_min), want)
+            r = torch.where(r < lo, torch.ones_like(r), r)
+        R[:, i] = r
+        surplus = surplus + budget - r
+    return R
+
+
+def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int) -> Tensor:
+    """State dimension per tile, ``S_i = max(min(⌈k ρ_i⌉, S_max), S_min)`` (seed 001 §3.4 step 3).
+
+    Departure from the text: the seed's ``k ρ_i`` is real; a state dimension is an integer, so
+    ``k ρ_i`` is rounded *up* (never fewer components than the formula asks for).
+
+    Returns int64 ``(batch, n_tiles)`` on the device of ``tile_density``.
+    """
+    check_tensor(tile_density, "tile_density", ndim=2)
+    check_positive(k, "k", strict=False)
+    s_min = check_int(s_min, "s_min", minimum=1)
+    s_max = check_int(s_max, "s_max", minimum=1)
+    if s_min > s_max:
+        raise ValueError(f"s_min must be <= s_max, got s_min={s_min} > s_max={s_max}")
+    x = torch.ceil(k * tile_density.detach().to(torch.float64).clamp_min(0.0))
+    return x.clamp(min=s_min, max=s_max).to(torch.int64)
+
+
+__all__ = [
+    "tile_density",
+    "tile_importance",
+    "causal_predictor",
+    "resolution_policy",
+    "state_dims_policy",
+]

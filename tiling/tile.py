@@ -1,0 +1,111 @@
+"""Tiles and tile plans: the configuration the layer chose for each tile of a sequence.
+
+Seed 000 §3.2.1 defines a tile as ``T = (M, S, R, Φ)``: a Mamba operator ``M``, a state ``S``, a
+resolution ``R ∈ [R_min, 1]`` and a state transition ``Φ``; seed 001 §3.2.1 writes
+``T_i = (M_i, S_i, R_i)`` with ``S_i`` the state *dimension*. In :class:`~tiling.modules.TiledMamba`
+the operator ``M`` is the layer's shared selective scan restricted to the tile's positions
+``[start, start + length)``, ``R`` is :attr:`Tile.resolution` (realised as
+:attr:`Tile.segments` ``= max(1, ⌈R·n⌉)`` recurrence steps), the state dimension is
+:attr:`Tile.state_dims`, and ``Φ`` is the boundary map ``h ↦ h ⊙ exp(g·(R_i − R_{i−1}))`` applied
+when the tile starts (:attr:`Tile.transition_delta` holds ``R_i − R_{i−1}``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of one sequence (plain Python numbers, for inspection and plots)."""
+
+    index: int
+    start: int
+    length: int
+    resolution: float
+    segments: int
+    state_dims: int
+    density: float
+    transition_delta: float
+    cost: dict[str, int]
+
+    @property
+    def effective_resolution(self) -> float:
+        """Realised resolution ``m/n`` (``≥ resolution``, by less than one segment)."""
+        return self.segments / self.length
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Per-tile configuration of a batch, as tensors of shape (batch, n_tiles).
+
+    Fields: ``start``, ``length`` (n_tiles,) int64; ``resolution`` (batch, n_tiles) float;
+    ``segments`` and ``state_dims`` (batch, n_tiles) int64; ``density`` (batch, n_tiles) the
+    per-tile density the policy saw; ``cost`` (batch, n_tiles) the multiply-adds of the scan per
+    tile (``tiling.ops.scan_cost`` of the tile alone, ``madd_total``); ``exp_cost`` the same for
+    exponentials; ``budget``, ``mode``, ``causal`` the policy that produced it.
+    """
+
+    start: Tensor
+    length: Tensor
+    resolution: Tensor
+    segments: Tensor
+    state_dims: Tensor
+    density: Tensor
+    cost: Tensor
+    exp_cost: Tensor
+    budget: float
+    mode: str
+    causal: bool
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return int(self.resolution.shape[0])
+
+    @property
+    def n_tiles(self) -> int:
+        return int(self.resolution.shape[1])
+
+    def mean_resolution(self) -> Tensor:
+        """Mean requested resolution per sequence, ``(1/n) Σ_i R_i`` (the budget's quantity)."""
+        return self.resolution.to(torch.float64).mean(-1)
+
+    def effective_resolution(self) -> Tensor:
+        """Realised fraction of recurrence steps per sequence, ``Σ_i m_i / L``."""
+        return self.segments.to(torch.float64).sum(-1) / self.length.sum().to(torch.float64)
+
+    def total_cost(self) -> Tensor:
+        """Multiply-adds of the scan per sequence (sum of per-tile costs)."""
+        return self.cost.sum(-1)
+
+    def tiles(self, b: int = 0) -> list[Tile]:
+        """The tiles of sequence ``b`` as :class:`Tile` objects."""
+        if not 0 <= b < self.batch:
+            raise ValueError(f"b must lie in [0, {self.batch}), got {b}")
+        R = self.resolution[b].tolist()
+        out = []
+        for i in range(self.n_tiles):
+            out.append(Tile(
+                index=i, start=int(self.start[i]), length=int(self.length[i]), resolution=float(R[i]),
+                segments=int(self.segments[b, i]), state_dims=int(self.state_dims[b, i]),
+                density=float(self.density[b, i]), transition_delta=0.0 if i == 0 else float(R[i] - R[i - 1]),
+                cost={"madd_total": int(self.cost[b, i]), "exp_total": int(self.exp_cost[b, i])},
+            ))
+        return out
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (lists), e.g. for logs."""
+        return {
+            "start": self.start.tolist(), "length": self.length.tolist(),
+            "resolution": self.resolution.tolist(), "segments": self.segments.tolist(),
+            "state_dims": self.state_dims.tolist(), "density": self.density.tolist(),
+            "cost": self.cost.tolist(), "exp_cost": self.exp_cost.tolist(),
+            "budget": self.budget, "mode": self.mode, "causal": self.causal, **self.meta,
+        }
+
+
+__all__ = ["Tile", "TilePlan"]
