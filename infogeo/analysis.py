@@ -235,7 +235,10 @@ def _graph_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: fl
     t1 = time.perf_counter()
     D = np.asarray(geodesic_distances(graph), dtype=np.float64)
     t2 = time.perf_counter()
-    spec = laplacian_spectrum(graph, n_eigs=min(n_eigs, P.shape[0]))
+    with warnings.catch_warnings():
+        # scipy's note that a tiny problem is solved densely is not news to the user
+        warnings.filterwarnings("ignore", message="The problem size")
+        spec = laplacian_spectrum(graph, n_eigs=min(n_eigs, P.shape[0] - 1))
     spec = spec[0] if isinstance(spec, tuple) else spec
     spec = np.sort(np.asarray(torch.as_tensor(spec).detach().cpu(), dtype=np.float64))
     t3 = time.perf_counter()
@@ -261,7 +264,10 @@ def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, *, 
 
     n = token_density.shape[-1]
     td = tile_density(token_density[None], tile_size)
-    tc = tile_density(token_curvature[None], tile_size)
+    # tile-mean curvature (signed): tile_density takes non-negative densities, and the mean is
+    # linear, so mean(κ) = mean(κ₊) − mean(κ₋)
+    tc = tile_density(token_curvature.clamp_min(0)[None], tile_size) - tile_density(
+        (-token_curvature).clamp_min(0)[None], tile_size)
     R = resolution_policy(td, budget=budget, r_min=r_min, causal=False, curvature=tc)
     R = torch.as_tensor(R, dtype=torch.float64)
     n_tiles = R.shape[-1]

@@ -36,12 +36,16 @@ def report(model_tok):
 
 @pytest.fixture(scope="module")
 def hf(model_tok):
-    """The model's own outputs, float64: attention (L, H, n, n) and hidden states (L+1, n, d)."""
+    """The model's own outputs, float64: attention (L, H, n, n), rows renormalised in float64, and
+    hidden states (L+1, n, d)."""
     model, tok = model_tok
     enc = tok(TEXT, return_tensors="pt")
     with torch.no_grad():
         out = model(**enc, output_attentions=True, output_hidden_states=True)
-    return (torch.stack([a[0] for a in out.attentions]).double(), torch.stack([h[0] for h in out.hidden_states]).double())
+    attn = torch.stack([a[0] for a in out.attentions]).double()
+    # float32 rows sum to 1 only to ~1e-7, which the arccos form below would amplify to ~1e-6 in d²
+    attn = attn / attn.sum(-1, keepdim=True)
+    return attn, torch.stack([h[0] for h in out.hidden_states]).double()
 
 
 def _fr(p, q):

@@ -295,7 +295,7 @@ def layer_tile_metrics(layer, x: Tensor, *, previous: Tensor | None = None, weig
     _, _, tile_states = adaptive_selective_scan(
         u, dt_raw, A, B, C, layer.D, z, delta_bias=layer.dt_proj.bias, delta_softplus=True, tile_size=T,
         resolution=R, state_dims=plan.state_dims.to(x.device), return_tile_states=True)
-    P = state_distribution(tile_states)[0].double()
+    P = state_distribution(tile_states.double())[0]
     n_t = plan.n_tiles
     W = torch.zeros(n_t, n_t, dtype=torch.float64)
     if n_t > 1:

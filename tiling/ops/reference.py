@@ -132,7 +132,7 @@ def check_scan_output(y: Tensor, u: Tensor, delta: Tensor, z: Tensor | None) -> 
     so one reduction of ``y`` detects it; only then are the inputs scanned to name the culprit.
     Finite inputs with a non-finite output mean the recurrence overflowed.
     """
-    if bool(torch.isfinite(y.sum(dtype=torch.float64))) or bool(torch.isfinite(y).all()):
+    if bool(torch.isfinite(y.sum())) or bool(torch.isfinite(y).all()):
         return
     for name, t in (("u", u), ("delta", delta), ("z", z)):
         if t is not None:
