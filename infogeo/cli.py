@@ -119,10 +119,9 @@ def _read_source(args) -> tuple[str, str]:
 
 
 def _check_args(args) -> None:
-    from ._checks import check_in_range
-
-    check_in_range(args.budget, "--budget", 0.0, 1.0, low_open=True)
-    check_in_range(args.r_min, "--r-min", 0.0, 1.0, low_open=True)
+    for flag, v in (("--budget", args.budget), ("--r-min", args.r_min)):
+        if not 0.0 < v <= 1.0:  # also rejects NaN
+            raise UsageError(f"{flag} must lie in (0, 1], got {v}")
     for flag, v in (("--tile-size", args.tile_size), ("--k", args.k), ("--n-eigs", args.n_eigs)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
@@ -145,24 +144,27 @@ def _check_indices_for(model, args) -> None:
             raise UsageError(f"--show {sl}:{sh} is outside the model's {n_layers} layers x {n_heads} heads")
 
 
-def _done_in(path: Path) -> set[tuple[int, str]]:
-    """(index, sha256) of the texts already in results.jsonl; a torn last line is ignored."""
-    done = set()
+def _resume(path: Path) -> set[tuple[int, str]]:
+    """(index, sha256) of the texts already in results.jsonl. Lines that do not parse (a line
+    torn by an interruption) are dropped from the file, so appended records start on a line."""
+    done: set[tuple[int, str]] = set()
     if not path.exists():
         return done
+    keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             rec = json.loads(line)
             done.add((int(rec["index"]), str(rec["sha256"])))
+            keep.append(line)
         except (ValueError, KeyError, TypeError):
             continue
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+    tmp.replace(path)
     return done
 
 
 def _run_analyse(args) -> int:
-    from .analysis import analyse
-    from .models import load_model
-
     _check_args(args)
     text, default_name = _read_source(args)
     name = args.name or default_name
@@ -173,7 +175,11 @@ def _run_analyse(args) -> int:
             raise UsageError(f"--file {args.file!r} has no non-empty line; expected one text per line")
     elif not text.strip():
         raise UsageError("the text is empty or whitespace only")
-    model, tokenizer = load_model(args.model, device=args.device)
+    # heavy imports only once the cheap checks passed, so bad input fails fast
+    from . import models
+    from .analysis import analyse
+
+    model, tokenizer = models.load_model(args.model, device=args.device)
     _check_indices_for(model, args)
     opts = dict(layers=args.layers, heads=args.heads, budget=args.budget, tile_size=args.tile_size,
                 r_min=args.r_min, k=args.k, n_eigs=args.n_eigs, max_length=args.max_length,
@@ -187,7 +193,7 @@ def _run_analyse(args) -> int:
         return 0
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    done = _done_in(results) if args.resume else set()
+    done = _resume(results) if args.resume else set()
     from tqdm.auto import tqdm
 
     n_new = 0

@@ -119,7 +119,11 @@ def _edge_lengths(
         else:
             g = 0.5 * (metric[ii] + metric[jj])
             dx = b - a
-            ell = torch.einsum("ei,eij,ej->e", dx, g, dx).clamp_min(0).sqrt()
+            q = torch.einsum("ei,eij,ej->e", dx, g, dx)
+            scale = torch.einsum("ei,ei,eii->e", dx, dx, g.abs()).clamp_min(torch.finfo(q.dtype).tiny)
+            if bool((q < -1e-6 * scale).any()):
+                raise ValueError("metric must be positive semi-definite: an edge has a negative squared length")
+            ell = q.clamp_min(0).sqrt()
         out[s : s + chunk] = ell.detach().double().cpu().numpy()
     return out
 

@@ -179,7 +179,10 @@ def laplacian(
     w.data = np.exp(-(w.data / eps) ** 2)
     deg = np.asarray(w.sum(axis=1)).ravel()
     if (deg <= 0).any() or not np.isfinite(deg).all():
-        raise ValueError(f"bandwidth {eps:g} is too small for the edge lengths: some kernel rows underflow to 0")
+        raise ValueError(
+            f"bandwidth {eps:g} is too small for the edge lengths: the kernel rows of {int((deg <= 0).sum())} "
+            "node(s) underflow to 0 (isolated at this scale); pass a larger bandwidth or build the graph with a larger k"
+        )
     if kind == "diffusion" and alpha > 0:
         s = sp.diags(deg**-alpha)
         w = (s @ w @ s).tocsr()
@@ -196,7 +199,7 @@ def laplacian_spectrum(
     n_eigs: int = 10,
     *,
     method: str = "lobpcg",
-    tol: float = 1e-8,
+    tol: float | None = None,
     seed: int = 0,
     **laplacian_kwargs,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -211,6 +214,8 @@ def laplacian_spectrum(
         lap_or_points: a :class:`GraphLaplacian`, or points/graph passed to :func:`laplacian`
             with ``laplacian_kwargs``.
         n_eigs: number of eigenpairs, ``1 <= n_eigs < n``.
+        tol: solver tolerance; default 1e-8 (eigsh, relative eigenvalue accuracy) or 1e-5
+            (LOBPCG, relative residual norm: eigenvalue errors are of its square).
 
     Returns:
         ``(eigenvalues (n_eigs,) ascending, eigenvectors (n, n_eigs))`` as float64 numpy, the
@@ -233,14 +238,14 @@ def laplacian_spectrum(
     scale = lap.max_eigenvalue_bound()
     if method == "shift_invert":
         v0 = rng.standard_normal(n)
-        vals, vecs = spla.eigsh(s, k=n_eigs, sigma=-1e-3 * scale / n, which="LM", v0=v0, tol=tol)
+        vals, vecs = spla.eigsh(s, k=n_eigs, sigma=-1e-3 * scale / n, which="LM", v0=v0, tol=1e-8 if tol is None else tol)
     else:
         # Precondition with the diagonal; start from a random block plus √M (the null vector).
         x0 = rng.standard_normal((n, n_eigs))
         x0[:, 0] = np.sqrt(lap.mass)
         diag = s.diagonal()
         precond = sp.diags(1.0 / np.maximum(diag, 1e-12 * diag.max()))
-        vals, vecs = spla.lobpcg(s, x0, M=precond, largest=False, tol=tol, maxiter=2000)
+        vals, vecs = spla.lobpcg(s, x0, M=precond, largest=False, tol=1e-5 if tol is None else tol, maxiter=1000)
     order = np.argsort(vals)
     vals, vecs = vals[order], vecs[:, order]
     return vals, vecs / np.sqrt(lap.mass)[:, None]

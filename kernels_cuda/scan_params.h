@@ -8,7 +8,7 @@
 //   u, delta, z, y, du, ddelta, dz: (batch, dim, L)          dtype `in`
 //   B, C: (batch, G, N, L)                                  dtype `in`
 //   A, gain: (dim, N); D, delta_bias: (dim,); states: (batch, dim, N)   dtype `acc`
-//   resolution (batch, n_tiles) float32; seg_counts, state_dims, ckpt_slot (batch, n_tiles) int32
+//   resolution (batch, n_tiles) acc; seg_counts, state_dims, ckpt_slot (batch, n_tiles) int32
 //   checkpoints (batch, dim, n_ckpt, N), tile_states (batch, dim, n_tiles, N)  dtype `acc`
 // `in` is float32, bfloat16, float16 or float64; `acc` is float64 for float64 input, else float32.
 #pragma once
@@ -49,7 +49,7 @@ struct ScanFwdParams {
   const void* delta_bias;   // acc, nullable
   const void* gain;         // acc, nullable
   const void* init_state;   // acc, nullable
-  const float* resolution;
+  const void* resolution;   // acc
   const int* seg_counts;
   const int* state_dims;
   const int* ckpt_slot;
@@ -155,9 +155,13 @@ template <> __device__ __forceinline__ void store<__half, float>(__half* p, floa
 // 2^x: the multi-function unit's ex2.approx (relative error ~2^-22) for float32, exp2 for float64.
 // The decays exp(Δ·A) are computed as 2^(Δ·A·log2 e) with A·log2 e folded in once per channel.
 __device__ __forceinline__ float exp2_fast(float x) {
+#if defined(__CUDA_ARCH__)
   float r;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
+#else  // nvcc's host pass parses device code without compiling it; host emulation uses libm
+  return exp2f(x);
+#endif
 }
 __device__ __forceinline__ double exp2_fast(double x) { return exp2(x); }
 
@@ -222,7 +226,10 @@ __device__ __forceinline__ void stage_window(const ScanFwdParams& p, int b, int 
       const SegPos s = segment_of(w0 + tt, p.tile_size, p.L, p.seg_counts + row0);
       meta = step_meta(s);
       tile = s.tile;
-      if (s.tile > 0) dr = (acc_t)p.resolution[row0 + s.tile] - (acc_t)p.resolution[row0 + s.tile - 1];
+      if (s.tile > 0) {
+        const acc_t* R = static_cast<const acc_t*>(p.resolution) + row0;
+        dr = R[s.tile] - R[s.tile - 1];
+      }
     }
     sMeta[tt] = meta;
     sTile[tt] = tile;

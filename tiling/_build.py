@@ -67,7 +67,8 @@ def load_cpu_extension() -> ModuleType | None:
     tag, isa = _cpu_isa()
     name = f"tiling_scan_cpu_{tag}"
     src = KERNEL_DIR / "scan_cpu.cpp"
-    if not any(_build_dir(name).glob(f"{name}*.so")):
+    built = list(_build_dir(name).glob(f"{name}*.so"))
+    if not built or max(f.stat().st_mtime for f in built) < src.stat().st_mtime:  # ninja will (re)compile
         print("tiling: compiling the C++ scan kernel (first use, ~1 min)…", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(

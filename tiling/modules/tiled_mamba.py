@@ -24,6 +24,7 @@ routed contribution), so at budget 1 the layer *is* Mamba.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -354,15 +355,16 @@ class TiledMamba(nn.Module):
         starts = torch.arange(lengths.numel(), dtype=torch.int64) * T
         Rc = R.detach().cpu()
         Sc = torch.full(Rc.shape, self.d_state, dtype=torch.int64) if S is None else S.detach().cpu()
+        segs = segment_counts(Rc, lengths)
         madd = torch.zeros(Rc.shape, dtype=torch.int64)
         exps = torch.zeros(Rc.shape, dtype=torch.int64)
         for b in range(Rc.shape[0]):
             for i, n_i in enumerate(lengths.tolist()):
-                cost = scan_cost(n_i, T, Rc[b, i:i + 1], Sc[b, i:i + 1], self.d_state, self.d_inner)
-                madd[b, i], exps[b, i] = cost["madd_total"], cost["exp_total"]
+                cost = _tile_cost(n_i, T, int(segs[b, i]), int(Sc[b, i]), self.d_state, self.d_inner)
+                madd[b, i], exps[b, i] = cost
         whole = [scan_cost(L, T, Rc[b], Sc[b], self.d_state, self.d_inner, boundary_gain=True) for b in range(Rc.shape[0])]
         return TilePlan(
-            start=starts, length=lengths, resolution=Rc, segments=segment_counts(Rc, lengths),
+            start=starts, length=lengths, resolution=Rc, segments=segs,
             state_dims=Sc, density=rho_tile.detach().cpu(), cost=madd, exp_cost=exps, budget=budget,
             mode=self.policy, causal=self.causal, meta={"scan_cost": whole},
         )
@@ -415,6 +417,15 @@ class TiledMamba(nn.Module):
         out = self.out_proj(y.to(x.dtype))
         new = TiledMambaState(conv=conv, ssm=h, route=route, position=position)
         return (out if squeeze else out.unsqueeze(1)), new
+
+
+@functools.lru_cache(maxsize=4096)
+def _tile_cost(n: int, T: int, m: int, S: int, N: int, dim: int) -> tuple[int, int]:
+    """``(madd_total, exp_total)`` of one tile of ``n`` tokens in ``m`` segments with ``S`` state dims.
+
+    The cost depends on the resolution only through ``m``, and ``R = m/n`` realises ``m``."""
+    cost = scan_cost(n, T, torch.tensor([[m / n]], dtype=torch.float64), S, N, dim)
+    return cost["madd_total"], cost["exp_total"]
 
 
 def _tile_mean(x: Tensor, tile_size: int) -> Tensor:

@@ -52,6 +52,9 @@ def validate_scan_inputs(
     caller must then check the output with :func:`check_scan_output`.
     """
     big = not defer_finite
+    named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, boundary_gain=boundary_gain,
+                 initial_state=initial_state)
+    check_same_device(**{k: v for k, v in named.items() if isinstance(v, torch.Tensor)})
     check_tensor(u, "u", ndim=3, finite=big)
     batch, dim, L = u.shape
     if L < 1 or dim < 1 or batch < 1:
@@ -87,8 +90,6 @@ def validate_scan_inputs(
         check_tensor(boundary_gain, "boundary_gain", shape=(dim, N))
     if initial_state is not None:
         check_tensor(initial_state, "initial_state", shape=(batch, dim, N))
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                      boundary_gain=boundary_gain, initial_state=initial_state)
     for name, t in (("delta", delta), ("B", B), ("C", C), ("z", z)):
         if t is not None and t.dtype != u.dtype:
             raise TypeError(f"{name} has dtype {t.dtype} but u has {u.dtype}; u, delta, z, B, C must share one dtype")

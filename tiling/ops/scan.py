@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import torch
 
+from infogeo._checks import check_tensor
 from tiling import _build
 from tiling.ops.reference import adaptive_selective_scan_ref, check_scan_output, validate_scan_inputs
 
@@ -149,6 +150,7 @@ def adaptive_selective_scan(
     Dispatch: the C++ CPU kernel (compiled at first use) or the CUDA kernel by ``u.device``;
     the float64 reference, with a warning, when no kernel is available.
     """
+    check_tensor(u, "u", ndim=3, finite=False)
     ext = _extension(u.device)
     p = validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, tile_size=tile_size, resolution=resolution,
                              state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state,

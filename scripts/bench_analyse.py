@@ -1,0 +1,132 @@
+"""Time `infogeo analyse` by stage on a 128-token text, all 6 layers x 12 heads (issue #7: <= 30 s).
+
+Prints one table measured in one run:
+  * the breakdown of :func:`infogeo.analysis.analyse` by stage (wall seconds, share), plus model
+    loading and writing the report (json, npz, six figures, md, html);
+  * two fast-path-vs-reference ratios behind the design choices of ``docs/analysis.md``:
+    the pulled-back metric via the small similar matrix Y = Lᵀ(AAᵀ)L vs forming
+    G = Σ_h A_hᵀ M_h A_h (n x d x d) explicitly, and Ollivier–Ricci curvature on the head-averaged
+    graph (one per layer) vs on every head of that layer.
+Wall time on a shared machine depends on the load: the 1-minute load average and the process
+CPU time are printed alongside.
+
+    .venv/bin/python scripts/bench_analyse.py [--tokens 128] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from infogeo import analysis
+from infogeo.curvature import ollivier_ricci
+from infogeo.fisher import attention_row_metric, effective_dimension
+from infogeo.graph import TokenGraph
+from infogeo.models import attention_projections, load_model
+
+DEMO = Path(__file__).resolve().parents[1] / "infogeo" / "data" / "demo.txt"
+
+
+def _explicit_pullback(x, proj):
+    """Reference: G = Σ_h A_hᵀ M_h A_h formed per token, then trace and effective dimension."""
+    W = proj.query.weight.detach().double()
+    q = torch.nn.functional.linear(x, W, proj.query.bias.detach().double())
+    k = torch.nn.functional.linear(x, proj.key.weight.detach().double(), proj.key.bias.detach().double())
+    H, dh = proj.n_heads, proj.head_dim
+    G = torch.zeros(x.shape[0], x.shape[1], x.shape[1], dtype=torch.float64)
+    for h in range(H):
+        sl = slice(h * dh, (h + 1) * dh)
+        M = attention_row_metric(q[:, sl], k[:, sl], scale=proj.scaling)
+        G += W[sl].T @ M @ W[sl]
+    return torch.diagonal(G, dim1=-2, dim2=-1).sum(-1), effective_dimension(0.5 * (G + G.transpose(-1, -2)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=128, help="tokens of the benchmark text (default 128)")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
+    args = ap.parse_args(argv)
+
+    rows = []
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    model, tok = load_model()
+    rows.append(("load model", time.perf_counter() - t0))
+    # the demo text, repeated if needed and truncated to exactly --tokens tokens
+    text = DEMO.read_text()
+    while len(tok(text)["input_ids"]) < args.tokens:
+        text += "\n" + DEMO.read_text()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        report = analysis.analyse(model, tok, text, max_length=args.tokens, progress=False)
+        t_analyse = time.perf_counter() - t0
+    n = report.data["text"]["n_tokens"]
+    for stage, sec in report.data["timings"].items():
+        rows.append((f"  {stage}", sec))
+    rows.append(("analyse (all stages)", t_analyse))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        report.save(tmp)
+        rows.append(("write report + 6 figures", time.perf_counter() - t0))
+    total = sum(s for name, s in rows if name in ("load model", "analyse (all stages)", "write report + 6 figures"))
+    cpu = time.process_time() - cpu0
+
+    # fast path vs reference, measured on layer 0 of the same text
+    enc = tok(text, return_tensors="pt", truncation=True, max_length=args.tokens)
+    proj = attention_projections(model)
+    attn, _hidden, xs = analysis._forward(model, enc, proj)
+    t0 = time.perf_counter()
+    fast = analysis._pullback(xs[0], proj[0], attn[0])
+    t_fast = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    tr_ref, eff_ref = _explicit_pullback(xs[0], proj[0])
+    t_ref = time.perf_counter() - t0
+    err = float(((fast["effective_dimension"] - eff_ref).abs() / eff_ref).max())
+    p = report.data["params"]
+    t0 = time.perf_counter()
+    ollivier_ricci(TokenGraph.from_points(attn[0].mean(0), k=p["k"], kind="fisher_rao"), alpha=p["curvature_alpha"])
+    t_mean = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for h in range(attn.shape[1]):
+        ollivier_ricci(TokenGraph.from_points(attn[0, h], k=p["k"], kind="fisher_rao"), alpha=p["curvature_alpha"])
+    t_heads = time.perf_counter() - t0
+
+    load = os.getloadavg()[0]
+    print(f"infogeo analyse, {n} tokens, {len(report.layers)} layers x {len(p['heads'])} heads, "
+          f"torch threads {torch.get_num_threads()}, load average (1 min) {load:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'stage':<34}{'seconds':>10}{'share':>8}")
+    for name, sec in rows:
+        print(f"{name:<34}{sec:>10.3f}{sec / total:>8.1%}")
+    print(f"{'total (load + analyse + write)':<34}{total:>10.3f}   budget 30 s: {'OK' if total <= 30 else 'OVER'}"
+          f" (process CPU {cpu:.1f} s)")
+    print()
+    print(f"{'fast path vs reference (layer 0)':<46}{'fast s':>9}{'ref s':>9}{'speed-up':>10}")
+    print(f"{'pull-back: Y = Lᵀ(AAᵀ)L vs G formed':<46}{t_fast:>9.3f}{t_ref:>9.3f}{t_ref / t_fast:>9.1f}x"
+          f"   (max rel. diff of eff. dim {err:.1e})")
+    print(f"{'Ollivier–Ricci: head-averaged vs 12 heads':<46}{t_mean:>9.3f}{t_heads:>9.3f}{t_heads / t_mean:>9.1f}x")
+    if args.json:
+        out = {
+            "tokens": n, "layers": len(report.layers), "heads": len(p["heads"]), "load_average_1min": load,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "process_cpu_s": cpu,
+            "stages": [{"stage": name.strip(), "seconds": sec} for name, sec in rows], "total_s": total,
+            "ratios": [
+                {"name": "pullback_similar_vs_explicit", "fast_s": t_fast, "ref_s": t_ref, "speedup": t_ref / t_fast,
+                 "max_rel_diff_effective_dimension": err},
+                {"name": "ollivier_ricci_head_mean_vs_all_heads", "fast_s": t_mean, "ref_s": t_heads,
+                 "speedup": t_heads / t_mean},
+            ],
+        }
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`infogeo analyse` command line: bad input (exit 2, one line, no traceback), end to end on the
+bundled model, batch mode with --resume."""
+import io
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import infogeo.models
+from infogeo.cli import main
+
+SHORT = "Geodesics bend. Filler filler filler filler."
+FAST = ["--layers", "0", "--heads", "0", "--k", "4", "--n-eigs", "3", "--tile-size", "4", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def _load_once(monkeypatch):
+    """Load each model folder once per session: the CLI calls infogeo.models.load_model per run."""
+    real = _load_once.real = getattr(_load_once, "real", infogeo.models.load_model)
+    cache = _load_once.cache = getattr(_load_once, "cache", {})
+
+    def cached(path=None, device="cpu"):
+        key = (str(path), str(device))
+        if key not in cache:
+            cache[key] = real(path, device=device)
+        return cache[key]
+
+    monkeypatch.setattr(infogeo.models, "load_model", cached)
+
+
+def _one_line_error(capsys, code, match):
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("infogeo: error:"), err
+    assert "Traceback" not in err
+    assert match in err, err
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["analyse", ""], "empty"),
+        (["analyse", "   \n\t"], "empty"),
+        (["analyse"], "no text given"),
+        (["analyse", "hi", "--budget", "0"], "--budget must lie in (0, 1]"),
+        (["analyse", "hi", "--budget", "1.5"], "--budget must lie in (0, 1]"),
+        (["analyse", "hi", "--budget", "-0.2"], "--budget must lie in (0, 1]"),
+        (["analyse", "hi", "--budget", "nan"], "--budget"),
+        (["analyse", "hi", "--budget", "lots"], "expected a number"),
+        (["analyse", "hi", "--tile-size", "0"], "--tile-size"),
+        (["analyse", "hi", "--layers", "x"], "integer indices"),
+        (["analyse", "hi", "--resume"], "--resume needs --batch"),
+        (["analyse", "hi", "--file", "x.txt"], "either TEXT or --file"),
+        (["analyse", "hi", "--device", "tpu"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+        ([], "no command"),
+    ],
+)
+def test_bad_arguments(capsys, argv, match):
+    _one_line_error(capsys, main(argv), match)
+
+
+def test_unreadable_and_empty_files(capsys, tmp_path):
+    _one_line_error(capsys, main(["analyse", "--file", str(tmp_path / "missing.txt")]), "cannot read --file")
+    _one_line_error(capsys, main(["analyse", "--file", str(tmp_path)]), "cannot read --file")
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81")
+    _one_line_error(capsys, main(["analyse", "--file", str(tmp_path / "bin.txt")]), "cannot read --file")
+    (tmp_path / "blank.txt").write_text("  \n\n \n")
+    _one_line_error(capsys, main(["analyse", "--file", str(tmp_path / "blank.txt")]), "empty")
+    _one_line_error(capsys, main(["analyse", "--file", str(tmp_path / "blank.txt"), "--batch"]), "no non-empty line")
+
+
+def test_bad_model_folders(capsys, tmp_path):
+    _one_line_error(capsys, main(["analyse", "hi", "--model", str(tmp_path / "nope")]), "does not exist")
+    (tmp_path / "config.json").write_text("{}")
+    _one_line_error(capsys, main(["analyse", "hi", "--model", str(tmp_path)]), "no *.safetensors weights")
+    f = tmp_path / "file"
+    f.write_text("x")
+    _one_line_error(capsys, main(["analyse", "hi", "--model", str(f)]), "not a folder")
+
+
+@pytest.mark.parametrize(
+    "flags, match",
+    [
+        (["--layers", "6"], "unknown layer index 6"),
+        (["--layers", "0,-1"], "unknown layer index -1"),
+        (["--heads", "12"], "unknown head index 12"),
+        (["--show", "2:40"], "--show 2:40"),
+    ],
+)
+def test_unknown_layer_or_head(capsys, flags, match, tmp_path):
+    _one_line_error(capsys, main(["analyse", "hi there", "--out", str(tmp_path), *flags]), match)
+
+
+def test_bad_input_via_subprocess(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "infogeo.cli", "analyse", "   "], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["infogeo: error: the text is empty or whitespace only"]
+    proc = subprocess.run([sys.executable, "-m", "infogeo.cli", "analyse", "hi", "--model", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "config.json" in proc.stderr
+
+
+def test_end_to_end_on_the_bundled_model(capsys, tmp_path):
+    out = tmp_path / "rep"
+    code = main(["analyse", SHORT, "--out", str(out), "--summary", "--layers", "0,5", "--heads", "1,7",
+                 "--budget", "0.5", "--tile-size", "4", "--k", "5", "--n-eigs", "4", "--quiet"])
+    assert code == 0
+    stdout = capsys.readouterr().out.strip().splitlines()
+    assert stdout[-1].startswith(f"report written to {out / 'report.html'}")
+    assert stdout[0].split()[:3] == ["layer", "mean", "density"] and len(stdout) == 1 + 2 + 1
+    d = json.loads((out / "report.json").read_text())
+    n = d["text"]["n_tokens"]
+    assert d["params"]["budget"] == 0.5 and [lr["layer"] for lr in d["layers"]] == [0, 5]
+    with np.load(out / "arrays.npz") as z:
+        for li in (0, 5):
+            for h in (1, 7):
+                P, D = z[f"attention_L{li}_H{h}"], z[f"geodesic_L{li}_H{h}"]
+                assert np.isfinite(P).all() and np.isfinite(D).all()
+                np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-5)  # attention rows sum to one
+                np.testing.assert_allclose(D, D.T, atol=1e-6)  # distances symmetric
+    for lr in d["layers"]:
+        t = lr["tiling"]
+        R = np.array(t["resolution"])
+        assert ((R >= d["params"]["r_min"]) & (R <= 1)).all() and len(R) == math.ceil(n / 4)
+        seg = sum(max(1, math.ceil(r * tl["length"] - 1e-9)) for r, tl in zip(R, t["tiles"]))
+        assert t["cost"]["segments"] == seg  # cost matches the plan
+        ops = lambda c: c["exp_total"] + c["madd_total"]
+        assert t["cost_saved"] == pytest.approx(1 - ops(t["cost"]) / ops(t["cost_full"]))
+        assert all(math.isfinite(v) for v in lr["pullback"]["density"] + lr["head_mean"]["edge_curvature"])
+    for f in ("report.md", "report.html", "density_heatmap.png", "resolution_plan.png"):
+        assert (out / f).is_file()
+
+
+def test_batch_streams_and_resumes(capsys, tmp_path):
+    src = tmp_path / "texts.txt"
+    src.write_text("First text about curvature.\n\nSecond text, rather dull dull dull.\nThird one here.\n")
+    out = tmp_path / "b"
+    assert main(["analyse", "--file", str(src), "--batch", "--out", str(out), "--no-figures", *FAST]) == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    assert [r["index"] for r in recs] == [0, 2, 3]  # line numbers of the non-empty lines
+    assert all(r["report"]["schema_version"] == 1 and len(r["summary"]) == 1 for r in recs)
+    assert "3 new, 0 skipped" in capsys.readouterr().out
+    # simulate an interrupted run: the last text lost, a torn half line left behind
+    (out / "results.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
+    assert main(["analyse", "--file", str(src), "--batch", "--resume", "--out", str(out), "--no-figures", *FAST]) == 0
+    assert "1 new, 2 skipped" in capsys.readouterr().out
+    done = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]  # the torn line is gone
+    assert [r["index"] for r in done] == [0, 2, 3]
+    assert done[2]["report"]["text"]["n_chars"] == len("Third one here.")
+
+
+def test_stdin_text(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Text from standard input, read whole."))
+    assert main(["analyse", "--file", "-", "--out", str(tmp_path / "s"), "--no-figures", *FAST]) == 0
+    d = json.loads((tmp_path / "s" / "report.json").read_text())
+    assert d["name"] == "stdin" and d["text"]["n_chars"] == len("Text from standard input, read whole.")

@@ -1,0 +1,172 @@
+"""scripts/train_tiled.py and tiling.train: task, checkpoints (atomic, verified), resume, DDP, sweep."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tiling.train import BurstCopyDataset, CheckpointError, TiledLM, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "train_tiled.py"
+TINY = ["--context-len", "48", "--n-bursts", "2", "--burst-len", "3", "--n-symbols", "4", "--d-model", "8",
+        "--d-state", "4", "--tile-size", "8", "--batch-size", "4", "--train-size", "64", "--eval-size", "8",
+        "--eval-every", "3", "--log-every", "1", "--lr", "1e-2", "--warmup", "2", "--no-ifq", "--quiet",
+        "--threads", "1"]
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("train_tiled", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_burst_copy_dataset_structure():
+    ds = BurstCopyDataset(10, context_len=1024, n_bursts=3, burst_len=5, n_symbols=6, seed=3)
+    assert ds.seq_len == 1024 + 15 and ds.vocab_size == 8
+    for i in range(10):
+        x, y, m = ds[i]
+        assert x.shape == y.shape == m.shape == (ds.seq_len,)
+        assert torch.equal(x[1:], y[:-1])
+        ctx = x[:1024]
+        content = ctx[ctx != ds.filler]
+        assert content.numel() == 15 and bool((content < 6).all())
+        pos = torch.nonzero(ctx != ds.filler).flatten()
+        runs = torch.split(pos, 5)
+        assert all(bool((r.diff() == 1).all()) for r in runs)  # bursts of consecutive symbols
+        assert int(x[1024]) == ds.sep
+        assert torch.equal(y[m], content)  # the answer is the content in order
+        assert int(m.sum()) == 15 and bool(m[-15:].all())
+    a, b = ds[4], BurstCopyDataset(10, context_len=1024, n_bursts=3, burst_len=5, n_symbols=6, seed=3)[4]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with pytest.raises(ValueError, match="fit"):
+        BurstCopyDataset(4, context_len=10, n_bursts=3, burst_len=5)
+    with pytest.raises(IndexError):
+        ds[10]
+
+
+def _model_opt(seed=0):
+    torch.manual_seed(seed)
+    model = TiledLM(6, d_model=8, n_layers=2, d_state=4, tile_size=8, budget=0.5)
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    x = torch.randint(0, 6, (2, 20))
+    for _ in range(2):
+        model(x).sum().backward()
+        opt.step()
+        sched.step()
+    return model, opt, sched
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, opt, sched = _model_opt()
+    path = save_checkpoint(tmp_path / "ck.safetensors", model=model, optimizer=opt, scheduler=sched, step=7,
+                           extra={"note": "x"})
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.safetensors"]  # no temporary left behind
+    torch.manual_seed(123)
+    expected_rng = torch.get_rng_state()
+    save_checkpoint(path, model=model, optimizer=opt, scheduler=sched, step=7, extra={"note": "x"})  # replaces atomically
+    torch.rand(5)
+    m2, o2, s2 = _model_opt(seed=1)
+    info = load_checkpoint(path, model=m2, optimizer=o2, scheduler=s2)
+    assert info == {"step": 7, "extra": {"note": "x"}}
+    assert torch.equal(torch.get_rng_state(), expected_rng)
+    for (k, a), b in zip(model.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert m2.head.weight.data_ptr() == m2.embedding.weight.data_ptr()  # still tied
+    sa, sb = opt.state_dict(), o2.state_dict()
+    for pid in sa["state"]:
+        for k, v in sa["state"][pid].items():
+            assert torch.equal(torch.as_tensor(v), torch.as_tensor(sb["state"][pid][k]))
+    assert sa["param_groups"] == sb["param_groups"]
+    assert s2.state_dict()["last_epoch"] == sched.state_dict()["last_epoch"]
+
+
+def test_corrupt_or_truncated_checkpoint_is_a_clear_error(tmp_path):
+    model, opt, sched = _model_opt()
+    path = save_checkpoint(tmp_path / "ck.safetensors", model=model, optimizer=opt, scheduler=sched, step=1)
+    raw = path.read_bytes()
+    m2, o2, s2 = _model_opt(1)
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(trunc, model=m2, optimizer=o2, scheduler=s2)
+    flipped = bytearray(raw)
+    flipped[-3] ^= 0xFF  # inside the tensor data: only the hash can tell
+    bad = tmp_path / "flip.safetensors"
+    bad.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        load_checkpoint(bad, model=m2, optimizer=o2, scheduler=s2)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        load_checkpoint(junk, model=m2)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.safetensors", model=m2)
+    other = TiledLM(6, d_model=12, n_layers=1, d_state=4, tile_size=8)
+    with pytest.raises(CheckpointError, match="does not match the model"):
+        load_checkpoint(path, model=other)
+
+
+def test_resume_is_bit_identical(tmp_path):
+    mod = load_script()
+    full = mod.parse_args(TINY + ["--steps", "6", "--out", str(tmp_path / "full")])
+    mod.train(full)
+    first = mod.parse_args(TINY + ["--steps", "6", "--stop-at", "3", "--out", str(tmp_path / "part")])
+    mod.train(first)
+    torch.manual_seed(999)  # a resumed process starts from an unrelated global RNG state
+    second = mod.parse_args(TINY + ["--steps", "6", "--out", str(tmp_path / "part"),
+                                    "--resume", str(tmp_path / "part" / "checkpoint.safetensors")])
+    mod.train(second)
+    a = load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
+    b = load_file(str(tmp_path / "part" / "checkpoint.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    evals = [json.loads(s) for s in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals if e["kind"] == "eval"] == [3, 6]
+
+
+def test_distributed_two_cpu_processes(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(SCRIPT),
+           *TINY, "--steps", "8", "--eval-every", "100", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p0 = load_file(str(tmp_path / "params_rank0.safetensors"))
+    p1 = load_file(str(tmp_path / "params_rank1.safetensors"))
+    for k in p0:
+        assert torch.equal(p0[k], p1[k]), k
+    losses = [json.loads(s)["loss"] for s in (tmp_path / "log.jsonl").read_text().splitlines()
+              if json.loads(s)["kind"] == "train"]
+    assert len(losses) == 8
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+
+def test_sweep_writes_table_logs_and_figure(tmp_path):
+    mod = load_script()
+    fig = tmp_path / "fig.png"
+    args = mod.parse_args(TINY + ["--steps", "3", "--sweep", "--budgets", "0.5", "--out", str(tmp_path / "s"),
+                                  "--figure", str(fig)])
+    rows = mod.sweep(args)
+    assert [r["name"] for r in rows] == ["full", "uniform@0.5", "binary@0.5", "adaptive@0.5"]
+    assert rows[0]["recurrence_cost"] == pytest.approx(1.0) and rows[0]["resolution"] == 1.0
+    for r in rows[1:]:
+        assert r["recurrence_cost"] < 0.75 and abs(r["resolution"] - 0.5) < 0.3
+    assert fig.stat().st_size > 1000
+    assert "| adaptive@0.5 |" in (tmp_path / "s" / "summary.md").read_text()
+    assert (tmp_path / "s" / "adaptive_0.5" / "log.jsonl").exists()
+
+
+def test_bad_arguments():
+    mod = load_script()
+    with pytest.raises(SystemExit):
+        mod.parse_args(["--budget", "1.5"])
+    with pytest.raises(ValueError, match="int64"):
+        TiledLM(6, d_model=8, n_layers=1, d_state=4)(torch.randn(1, 4))

@@ -1,0 +1,57 @@
+"""A small language model of TiledMamba blocks: embedding, n × [RMSNorm + TiledMamba] with
+residuals, final RMSNorm, head tied to the embedding (the layout of HF's ``MambaForCausalLM``)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from infogeo._checks import check_int
+from tiling.modules import TiledMamba
+from tiling.tile import TilePlan
+
+Tensor = torch.Tensor
+
+
+class TiledLM(nn.Module):
+    """``tokens (batch, L) int64 → logits (batch, L, vocab)``; ``layer_kwargs`` go to every
+    :class:`~tiling.modules.TiledMamba` (tile_size, budget, policy, ...)."""
+
+    def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, **layer_kwargs) -> None:
+        super().__init__()
+        self.vocab_size = check_int(vocab_size, "vocab_size", minimum=2)
+        check_int(n_layers, "n_layers", minimum=1)
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        nn.init.normal_(self.embedding.weight, std=0.02)  # tied head: unit-variance rows would give logits of std √d_model
+        self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layers))
+        self.layers = nn.ModuleList(TiledMamba(d_model, **layer_kwargs) for _ in range(n_layers))
+        self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        self.head.weight = self.embedding.weight  # tied
+
+    def forward(self, tokens: Tensor, *, budget: float | None = None, return_plans: bool = False):
+        if tokens.dim() != 2 or tokens.dtype != torch.int64:
+            raise ValueError(f"tokens must be int64 of shape (batch, L), got {tokens.dtype} {tuple(tokens.shape)}")
+        h = self.embedding(tokens)
+        plans: list[TilePlan] = []
+        for norm, layer in zip(self.norms, self.layers):
+            if return_plans:
+                out, plan = layer(norm(h), budget=budget, return_plan=True)
+                plans.append(plan)
+            else:
+                out = layer(norm(h), budget=budget)
+            h = h + out
+        logits = self.head(self.norm_f(h))
+        return (logits, plans) if return_plans else logits
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: no decay for A_log, D (Mamba's ``_no_weight_decay``), norms, biases and the
+        tiling parameters (their identity initialisation is the point to decay towards, not 0)."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            skip = (getattr(p, "_no_weight_decay", False) or p.dim() < 2 or "norm" in name
+                    or "route_" in name or "transition_gain" in name)
+            (no_decay if skip else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+__all__ = ["TiledLM"]
