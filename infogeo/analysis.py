@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import html as html_lib
-import io
 import json
 import math
 import time
@@ -48,6 +47,8 @@ from .geodesic import geodesic_distances
 from .graph import TokenGraph
 from .laplacian import laplacian_spectrum
 from .models import attention_projections
+from tiling.ops import scan_cost  # the one place infogeo asks tiling for a plan (house plan)
+from tiling.policy import resolution_policy, tile_density
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "Report", "analyse"]
 
@@ -104,7 +105,7 @@ def _max_length(model, tokenizer) -> int:
 
 def _tokenize(model, tokenizer, text: str, max_length: int | None):
     limit = _max_length(model, tokenizer) if max_length is None else max_length
-    full = tokenizer(text, return_tensors="pt", truncation=False)
+    full = tokenizer(text, return_tensors="pt", truncation=False, verbose=False)  # we warn ourselves
     n_full = int(full["input_ids"].shape[1])
     if n_full <= limit:
         return full, n_full, 0
@@ -125,10 +126,13 @@ def _forward(model, enc, projections):
 
             handles.append(proj.query.register_forward_hook(hook))
     dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()  # attention dropout would make the rows random and not sum to one
     try:
         with torch.no_grad():
             out = model(**{k: v.to(dev) for k, v in enc.items()}, output_attentions=True, output_hidden_states=True)
     finally:
+        model.train(was_training)
         for h in handles:
             h.remove()
     if getattr(out, "attentions", None) is None or any(a is None for a in out.attentions):
@@ -247,7 +251,8 @@ def _graph_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: fl
     with warnings.catch_warnings():
         # scipy's note that a tiny problem is solved densely is not news to the user
         warnings.filterwarnings("ignore", message="The problem size")
-        spec = laplacian_spectrum(graph, n_eigs=min(n_eigs, P.shape[0] - 1))
+        # one sparse LU per graph: far cheaper than LOBPCG at a few hundred nodes
+        spec = laplacian_spectrum(graph, n_eigs=min(n_eigs, P.shape[0] - 1), method="shift_invert")
     spec = spec[0] if isinstance(spec, tuple) else spec
     spec = np.sort(np.asarray(torch.as_tensor(spec).detach().cpu(), dtype=np.float64))
     t3 = time.perf_counter()
@@ -268,9 +273,6 @@ def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, *, 
     """Resolution per tile chosen by ``tiling.policy`` (non-causal: an encoder sees the whole
     text) from the tile-mean density and curvature, and its scan cost against full resolution
     (``tiling.ops.scan_cost``, counts for a Mamba scan of width ``dim`` and state ``state_dim``)."""
-    from tiling.ops import scan_cost
-    from tiling.policy import resolution_policy, tile_density
-
     n = token_density.shape[-1]
     td = tile_density(token_density[None], tile_size)
     # tile-mean curvature (signed): tile_density takes non-negative densities, and the mean is
@@ -354,6 +356,8 @@ def analyse(
     check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
     tile_size = check_int(tile_size, "tile_size", minimum=1)
     check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
+    if r_min > budget:
+        raise ValueError(f"budget must be >= r_min (no plan meets a budget below the floor), got budget={budget} < r_min={r_min}")
     k = check_int(k, "k", minimum=1)
     n_eigs = check_int(n_eigs, "n_eigs", minimum=1)
     check_in_range(curvature_alpha, "curvature_alpha", 0.0, 1.0, high_open=True)
@@ -850,7 +854,8 @@ def _draw_figures(report: Report, out: Path) -> dict[str, Path]:
         ax.plot(np.arange(per.shape[1]), np.median(per, 0), "--", color=c, lw=1,
                 label=f"layer {lr['layer']}: median over heads")
     ax.set_xlabel("eigenvalue index i")
-    ax.set_ylabel("λ_i of −Δ_g on the token graph")
+    ax.set_yscale("symlog", linthresh=1e-2)  # λ₀ = 0 and the small gaps stay visible next to the large λ
+    ax.set_ylabel("λ_i of −Δ_g on the token graph (symlog)")
     ax.set_title("low Laplace–Beltrami spectrum per layer")
     ax.legend(fontsize=7, ncol=2)
     save(fig, "spectrum")

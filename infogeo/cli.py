@@ -122,6 +122,8 @@ def _check_args(args) -> None:
     for flag, v in (("--budget", args.budget), ("--r-min", args.r_min)):
         if not 0.0 < v <= 1.0:  # also rejects NaN
             raise UsageError(f"{flag} must lie in (0, 1], got {v}")
+    if args.budget < args.r_min:
+        raise UsageError(f"--budget must be >= --r-min = {args.r_min} (no plan meets a budget below the floor), got {args.budget}")
     for flag, v in (("--tile-size", args.tile_size), ("--k", args.k), ("--n-eigs", args.n_eigs)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
@@ -223,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"infogeo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     _add_analyse(sub)
+    from .verify import add_verify_parser
+
+    add_verify_parser(sub)
     return parser
 
 

@@ -15,10 +15,11 @@ of a sample, with every edge shorter than :math:`\\varepsilon_{\\max}` and all p
    \\qquad \\lambda_1 = O\\big((\\varepsilon_{\\max}/r_0)^2\\big),
 
 where :math:`r_0` bounds the radius of curvature. The upper term is the zig-zag of graph paths
-(it dominates and shrinks like :math:`\\delta/\\varepsilon \\sim n^{-1/2}\\cdot\\text{const}` for a kNN
-graph in dimension 2 only when ``k`` grows; at fixed ``k`` the relative error settles at a
-``k``-dependent level of a few per cent, reduced by larger ``k``), the lower term is the chord
-or midpoint-rule error of an edge, :math:`O(\\varepsilon^3)` per edge. Distances between
+and dominates (graph distances overestimate). For a kNN graph :math:`\\delta/\\varepsilon` depends
+on ``k`` only, so at fixed ``k`` the relative error settles at a few per cent (4% at ``k = 10``
+on the sphere, 500 to 8,000 points); consistency needs :math:`k \\to \\infty` with
+:math:`k/n \\to 0` (``k = 12, 30, 40`` at 500, 4,000, 8,000 points: 3.0%, 0.52%, 0.29%). The
+lower term is the chord or midpoint-rule error of an edge, :math:`O(\\varepsilon^3)` per edge. Distances between
 different connected components are ``inf`` (the per-component treatment of a disconnected
 graph); :func:`geodesic_path` raises in that case.
 """

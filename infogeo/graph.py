@@ -47,6 +47,8 @@ Tensor = torch.Tensor
 _DENSE_MAX = 2048  # exact dense cdist below this many points; blocked search above
 _BLOCK_ELEMS = 1 << 24  # rows-per-block * n for the blocked search (~64 MB in float32)
 _KDTREE_MAX_DIM = 16  # cKDTree is fast in low dimension only
+_METRIC_ELEMS = 1 << 25  # metric-tensor entries gathered per edge batch
+_JVP_CHUNK = 256  # tokens per vmap chunk of the pull-back JVP (logits of vocabulary size each)
 
 
 def knn(x: Tensor, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +103,9 @@ def _edge_lengths(
     """Lengths of edges ``(i, j)`` under ``kind`` (see the module docstring), in float64."""
     out = np.empty(len(i), dtype=np.float64)
     dev = feats.device
+    if kind == "metric" and not callable(metric):
+        d = feats.shape[1]
+        chunk = max(1, min(chunk, _METRIC_ELEMS // (d * d)))  # gathered (chunk, d, d) metrics stay ~128 MB
     for s in range(0, len(i), chunk):
         ii = torch.as_tensor(i[s : s + chunk], device=dev)
         jj = torch.as_tensor(j[s : s + chunk], device=dev)
@@ -114,7 +119,7 @@ def _edge_lengths(
         elif callable(metric):
             from infogeo.fisher import pullback_quadratic_form
 
-            q = pullback_quadratic_form(metric, 0.5 * (a + b), b - a)
+            q = pullback_quadratic_form(metric, 0.5 * (a + b), b - a, chunk_size=_JVP_CHUNK)
             ell = q.clamp_min(0).sqrt()
         else:
             g = 0.5 * (metric[ii] + metric[jj])
@@ -168,7 +173,7 @@ class TokenGraph:
 
         Args:
             x: ``(n, d)`` features in sequence order: hidden states, or categorical
-                distributions (rows in the open simplex) for ``kind="fisher_rao"``.
+                distributions (rows in the closed simplex, zeros allowed) for ``kind="fisher_rao"``.
             k: neighbours per point before symmetrisation; needs ``n >= k + 1``.
             metric: ``(n, d, d)`` per-point metric tensors (symmetric positive semi-definite),
                 or a callable ``fn(h) -> logits`` whose softmax pull-back metric is used.
@@ -176,7 +181,8 @@ class TokenGraph:
                 ``"metric"`` when ``metric`` is given, else ``"euclidean"``.
             sequence_edges: also join ``t`` and ``t + 1``.
             method: neighbour search, see :func:`knn`.
-            chunk_size: edges per batch when measuring lengths.
+            chunk_size: edges per batch when measuring lengths (capped so that the gathered
+                metric tensors stay near 128 MB; pull-back JVPs run 256 tokens at a time).
         """
         check_tensor(x, "x", ndim=2)
         if kind is None:
@@ -198,9 +204,13 @@ class TokenGraph:
         elif metric is not None:
             raise ValueError(f'metric is only used with kind="metric", got kind={kind!r}')
         if kind == "fisher_rao":
-            from infogeo._checks import check_probability
-
-            check_probability(x, "x")
+            # The closed simplex: the distance extends continuously to p_k = 0 (masked attention rows).
+            if bool((x < 0).any()):
+                raise ValueError(f'x must be non-negative for kind="fisher_rao" (rows are distributions), got min {float(x.min()):.3g}')
+            tol = 1e-4 if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
+            err = float((x.sum(-1) - 1).abs().max())
+            if err > tol:
+                raise ValueError(f'rows of x must sum to 1 for kind="fisher_rao" (max deviation {err:.3g} > {tol:g})')
             search = x.sqrt()
         else:
             search = x

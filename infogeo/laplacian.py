@@ -198,7 +198,7 @@ def laplacian_spectrum(
     lap_or_points: GraphLaplacian | Tensor | TokenGraph,
     n_eigs: int = 10,
     *,
-    method: str = "lobpcg",
+    method: str = "shift_invert",
     tol: float | None = None,
     seed: int = 0,
     **laplacian_kwargs,
@@ -207,8 +207,10 @@ def laplacian_spectrum(
 
     Solved as the symmetric problem :math:`S\\psi = \\lambda\\psi`, :math:`S = M^{-1/2}AM^{-1/2}`,
     :math:`f = M^{-1/2}\\psi`, with ``scipy.sparse.linalg.eigsh`` in shift-invert mode around a
-    small negative shift (``method="shift_invert"``, one sparse LU) or with LOBPCG
-    (``method="lobpcg"``, matrix-vector products only, for graphs too large to factorise).
+    small negative shift (``method="shift_invert"``, the default: one sparse LU, 4 s of CPU at
+    20,000 points with ``k = 30`` and 15 s at 50,000) or with LOBPCG (``method="lobpcg"``,
+    diagonally preconditioned, matrix-vector products only: competitive for small graphs with
+    many neighbours, but 61 s at 20,000 points, ``k = 30``, where the diagonal preconditioner is weak).
 
     Args:
         lap_or_points: a :class:`GraphLaplacian`, or points/graph passed to :func:`laplacian`

@@ -97,13 +97,13 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], level: float = 0.95) -
     """
     from scipy import stats
 
-    lx = np.log(np.asarray(x, dtype=np.float64))
-    ly = np.log(np.asarray(y, dtype=np.float64))
-    m = lx.size
-    if m < 3 or lx.shape != ly.shape:
-        raise ValueError(f"fit_power_law needs at least 3 (x, y) pairs of equal length, got {lx.size} and {ly.size}")
-    if not (np.isfinite(lx).all() and np.isfinite(ly).all()):
+    xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    m = xa.size
+    if m < 3 or xa.shape != ya.shape or xa.ndim != 1:
+        raise ValueError(f"fit_power_law needs at least 3 (x, y) pairs of equal length, got {xa.size} and {ya.size}")
+    if not (np.isfinite(xa).all() and np.isfinite(ya).all() and (xa > 0).all() and (ya > 0).all()):
         raise ValueError("fit_power_law needs positive finite x and y")
+    lx, ly = np.log(xa), np.log(ya)
     xm = lx - lx.mean()
     sxx = float((xm * xm).sum())
     a = float((xm * (ly - ly.mean())).sum() / sxx)
@@ -555,25 +555,32 @@ def verify_geodesics(seed: int = 0, quick: bool = False, figs: _Figures | None =
     fixed = [v for k, v in a["results"].items() if "k = 10" in k]
     grow = [v for k, v in a["results"].items() if "√n" in k]
     grow_conv = all(v["fit"]["ci_high"] < 0 for v in grow)
-    fixed_rates = [v["fit"]["exponent"] for v in fixed]
-    min_excess = min(b["closed_form"][f][str(e)]["min"] for f in b["closed_form"] for e in b["epsilons"])
+    fixed_conv = any(v["fit"]["ci_high"] < 0 and v["fit"]["exponent"] < -0.3 for v in fixed)
+    cf = b["closed_form"]
+    beyond = sum(cf[f][str(e)]["shorter_beyond_rule_error"] for f in cf for e in b["epsilons"])
+    n_curves = sum(cf[f][str(e)]["n"] for f in cf for e in b["epsilons"])
+    min_excess = {str(e): min(cf[f][str(e)]["min"] for f in cf) for e in b["epsilons"]}
     graph_shorter = sum(v["shorter"] for v in b["graph_path"].values())
+    fmt_fit = lambda v: f"{v['fit']['exponent']:.2f} [{v['fit']['ci_low']:.2f}, {v['fit']['ci_high']:.2f}]"  # noqa: E731
     verdict = "holds under stated conditions"
     text = (
-        "Read as a statement about length, the theorem is the definition of a geodesic and holds: on both closed-form "
-        f"manifolds no perturbed curve was shorter than the geodesic (smallest relative excess {min_excess:.2e}, "
-        "growing like ε²). The discretisation the toolkit uses converges to it only under a condition the text does "
-        f"not state: with a fixed neighbour count (k = 10) the relative error of graph geodesics falls like "
-        f"n^{max(fixed_rates):.2f} at best and settles at the zig-zag level of a fixed-degree graph, while a growing "
-        f"k = ⌈2√n⌉ {'converges' if grow_conv else 'does not converge measurably'} (rates "
-        + ", ".join(f"{v['fit']['exponent']:.2f} [{v['fit']['ci_low']:.2f}, {v['fit']['ci_high']:.2f}]" for v in grow)
-        + "). A graph geodesic is minimal only among graph paths: "
-        f"{graph_shorter} of {sum(v['perturbations'] for v in b['graph_path'].values())} node-wise perturbations of "
-        "graph paths were shorter. On real attention rows the graph geodesic overestimates the closed-form distance "
-        f"by a median factor {c['ratio']['median']:.3f} (p99 {c['ratio']['p99']:.3f}): with n ≈ {c['tokens']} rows "
-        f"on a {c['tokens'] - 1}-dimensional sphere the kNN graph is far from the continuum limit. "
+        "Read as a statement about length, the theorem is the definition of a geodesic and holds: of "
+        f"{n_curves:,} perturbed curves with the geodesic's endpoints none was shorter by more than the midpoint "
+        f"rule's own error on the geodesic ({beyond} exceptions; smallest relative excess at ε = "
+        f"{b['epsilons'][-1]:g}: {min_excess[str(b['epsilons'][-1])]:.1e}, and the median excess grows like ε²). "
+        "The graph discretisation the toolkit uses converges to the closed-form distance only under a condition the "
+        "text does not state, a neighbour count that grows with n: with k = ⌈2√n⌉ the mean relative error falls "
+        "like n^a with a = " + ", ".join(fmt_fit(v) for v in grow)
+        + (" (95% intervals below 0)" if grow_conv else " (the intervals of this short run are wide)")
+        + ", while with a fixed k = 10 it "
+        + ("also falls (" if fixed_conv else "settles at the zig-zag level of a fixed-degree graph (")
+        + "a = " + ", ".join(fmt_fit(v) for v in fixed) + "). A graph geodesic is minimal only among graph "
+        f"paths: {graph_shorter} of {sum(v['perturbations'] for v in b['graph_path'].values())} node-wise "
+        "perturbations of graph paths were shorter. On real attention rows the graph geodesic overestimates the "
+        f"closed-form distance by a median factor {c['ratio']['median']:.3f} (p99 {c['ratio']['p99']:.3f}): "
+        f"{c['tokens']} rows on a {c['tokens'] - 1}-dimensional sphere are far from the continuum limit. "
         "'Optimal information transfer under computational constraints' is not defined in the text; nothing here "
-        "measures a computational constraint, so only the length-minimising reading is verified."
+        "measures a computational constraint, so only the length-minimising reading can be verified."
     )
     return {
         "id": "3.1", "statement": STATEMENTS["3.1"], "verdict": verdict, "verdict_text": text,
@@ -772,6 +779,10 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
     axes[1].set_ylabel("wall time (s)")
     axes[1].set_title(f"wall time ({backend}, dim {tdim}, N {tN})")
     axes[1].legend(fontsize=6)
+    from matplotlib.ticker import NullFormatter
+
+    for ax in axes:
+        ax.xaxis.set_minor_formatter(NullFormatter())
     fig_path = figs.save(fig, "3_4_complexity")
 
     madd_n = [fits_n[f"multiply-adds @ R̄={r:g}"] for r in rbars]
@@ -786,8 +797,10 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
         f"{min(f['exponent'] for f in madd_n + exp_n):.3f}–{max(f['exponent'] for f in madd_n + exp_n):.3f} for every R̄, "
         f"and the per-token multiply-adds change by {100 * nlogn['multiply-adds']['relative_slope']:+.3f}% per doubling of n "
         "(an n·log n cost would add a constant per doubling). The O(log n) 'cross-tile communication' of the proof "
-        "sketch does not exist in the scan: tiles hand over one state each, O(1) per tile. The bound O(n·R̄·log n) is "
-        "therefore true only as a loose upper bound and its R̄ factor is wrong: only the recurrence scales with R̄ "
+        "sketch does not exist in the scan: tiles hand over one state each, O(1) per tile. Read as a mere upper bound "
+        "O(n·R̄·log n) is true but loose (R̄ ≥ R_min > 0 lets the constant absorb everything); read as the order of the "
+        "cost, which is what the theorem is for, it is false on both factors: no log n, and only the recurrence scales "
+        "with R̄ "
         f"(exponent {rec_r:.3f} in R̄), the full-length input aggregation and read-out do not ({full_r:.3f}), so the "
         f"cost is a·n·R̄ + b·n with a = {a_c / dim:.2f} and b = {b_c / dim:.2f} multiply-adds per token and channel "
         f"for R̄ < 1 (N = {N}; largest relative deviation of the model {model_err:.1e}; at R̄ = 1 the op skips the "
@@ -895,7 +908,7 @@ def _error_grid(inp: dict, tiles: list[int], budgets: list[float], plans: dict) 
     """Errors of every (tile, plan, budget) against the full-resolution scan, per sequence."""
     from infogeo.density import ssm_density
 
-    batch, dim, L = inp["u"].shape
+    _, dim, L = inp["u"].shape
     N = inp["A"].shape[1]
     y_full = _scan(inp, tiles[0], None)
     norm_full = torch.linalg.vector_norm(y_full, dim=(1, 2))
@@ -918,6 +931,15 @@ def _error_grid(inp: dict, tiles: list[int], budgets: list[float], plans: dict) 
     return rows, out
 
 
+def _uniform_error(inp: dict, tile: int, budget: float) -> np.ndarray:
+    """Relative error per sequence of the uniform plan at ``budget`` (no policy: R ≡ budget)."""
+    batch, _, L = inp["u"].shape
+    y_full = _scan(inp, tile, None)
+    R = torch.full((batch, -(-L // tile)), min(1.0, budget), dtype=inp["u"].dtype)
+    err = torch.linalg.vector_norm(_scan(inp, tile, R) - y_full, dim=(1, 2))
+    return (err / torch.linalg.vector_norm(y_full, dim=(1, 2))).numpy()
+
+
 def _monotone(values: list[float], rtol: float = 1e-9) -> bool:
     return all(b <= a * (1 + rtol) + 1e-300 for a, b in zip(values, values[1:]))
 
@@ -931,14 +953,16 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
     batch, dim, N, L = (4, 8, 8, 256) if quick else (16, 16, 8, 1024)
     tiles = [16, 64] if quick else [16, 32, 64, 128]
     budgets = [1 / 16, 1 / 4, 1 / 2, 1.0] if quick else [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0]
-    grids, rows_all = {}, []
+    grids, rows_all, family_inputs = {}, [], {}
     for salt, (fam, bursts, corr) in enumerate(_FAMILIES):
         inp = _scan_inputs(batch, dim, N, L, _gen(seed, 350 + salt), dtype=F64, bursts=bursts, corr=corr)
         rows, grid = _error_grid(inp, tiles, budgets, _PLANS)
         grids[fam] = grid
         rows_all += [[fam] + r for r in rows]
         cache[f"inputs_{fam}"] = inp
+        family_inputs[fam] = inp
     real = _hidden_inputs(seed, cache, dim, N)
+    family_inputs["pretrained hidden states"] = real
     real_tiles = [8, 16] if quick else [8, 16, 32]
     rows, grid = _error_grid(real, real_tiles, budgets, _PLANS)
     grids["pretrained hidden states"] = grid
@@ -955,12 +979,15 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
                 mono[f"{fam} / T={T} / {pname}"] = {"sup_ratio": _monotone(sup), "mean_relative": _monotone(mean),
                                                      "sup_ratio_values": sup, "mean_relative_values": mean}
             for c in budgets[:-1]:
-                u_ = grid[(T, "uniform", c)]
                 a_ = grid[(T, "adaptive (non-causal)", c)]
-                wins += int((a_["relative"] < u_["relative"]).sum())
+                # The adaptive plan realises a little more than its nominal budget (⌈R_i n_i⌉ per
+                # tile); the uniform plan it is compared with gets exactly that realised budget.
+                u_rel = _uniform_error(family_inputs[fam], T, a_["realised"])
+                wins += int((a_["relative"] < u_rel).sum())
                 total += a_["relative"].size
-                adv.append([fam, T, c, u_["realised"], a_["realised"], u_["mean_relative"], a_["mean_relative"],
-                            grid[(T, "adaptive (causal)", c)]["mean_relative"], a_["mean_relative"] / u_["mean_relative"]])
+                adv.append([fam, T, c, a_["realised"], float(u_rel.mean()), a_["mean_relative"],
+                            grid[(T, "adaptive (causal)", c)]["mean_relative"],
+                            a_["mean_relative"] / float(u_rel.mean())])
     # Scale counterexamples: the literal ratio is not bounded over inputs for any fixed plan with R < 1.
     base = cache[f"inputs_{_FAMILIES[1][0]}"]
     one = {k: (v[:1] if k in ("u", "delta", "B", "C") else v) for k, v in base.items()}
@@ -983,25 +1010,24 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
 
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fams = list(grids)
+    fig, axes = plt.subplots(2, len(fams), figsize=(3.3 * len(fams), 6.2), sharex=True)
     coarse = [c for c in budgets if c < 1.0]
-    for fam, ls in ((_FAMILIES[0][0], ":"), (_FAMILIES[1][0], "-."), (_FAMILIES[2][0], "-"),
-                    ("pretrained hidden states", "--")):
-        T = 64 if fam != "pretrained hidden states" else 16
-        T = T if any(k[0] == T for k in grids[fam]) else sorted({k[0] for k in grids[fam]})[-1]
-        for pname, col in zip(_PLANS, ("C0", "C1", "C2")):
-            g = grids[fam]
-            axes[0].loglog([g[(T, pname, c)]["realised"] for c in coarse], [g[(T, pname, c)]["sup_ratio"] for c in coarse],
-                           ls, color=col, marker="o", label=f"{fam}, T={T}, {pname}")
-            axes[1].loglog([g[(T, pname, c)]["realised"] for c in coarse],
-                           [g[(T, pname, c)]["mean_relative"] for c in coarse], ls, color=col, marker="o")
-    axes[0].set_xlabel("realised budget Σm_i / n")
-    axes[0].set_ylabel("ε = sup ‖y_tiled − y_full‖₂ / max ρ")
-    axes[0].set_title("Thm 3.5: smallest ε that holds")
-    axes[0].legend(fontsize=6)
-    axes[1].set_xlabel("realised budget Σm_i / n")
-    axes[1].set_ylabel("mean ‖y_tiled − y_full‖ / ‖y_full‖")
-    axes[1].set_title("relative error")
+    for col, fam in enumerate(fams):
+        g = grids[fam]
+        ts = sorted({k[0] for k in g})
+        T = 64 if 64 in ts else ts[-1]
+        for pname, color in zip(_PLANS, ("C0", "C1", "C2")):
+            xs = [g[(T, pname, c)]["realised"] for c in coarse]
+            axes[0, col].plot(xs, [g[(T, pname, c)]["sup_ratio"] for c in coarse], "o-", color=color, label=pname)
+            axes[1, col].plot(xs, [g[(T, pname, c)]["mean_relative"] for c in coarse], "o-", color=color)
+        axes[0, col].set_title(f"{fam}\n(tile {T})", fontsize=8)
+        axes[1, col].set_xlabel("realised budget Σm_i / n")
+        for r in (0, 1):
+            axes[r, col].set_yscale("log")
+    axes[0, 0].set_ylabel("ε = sup ‖y_tiled − y_full‖₂ / max ρ")
+    axes[1, 0].set_ylabel("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂")
+    axes[0, 0].legend(fontsize=7)
     fig_path = figs.save(fig, "3_5_preservation")
 
     mono_sup = all(v["sup_ratio"] for v in mono.values())
@@ -1009,7 +1035,11 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
     finite = all(math.isfinite(r[5]) for r in rows_all)
     u_scale = scale_raw[2]["ratio"] / scale_raw[0]["ratio"]
     d_scale = scale_raw[5]["ratio"] / scale_raw[3]["ratio"]
-    mean_gain = float(np.median([r[8] for r in adv]))
+    mean_gain = float(np.median([r[7] for r in adv]))
+    rg = grids["pretrained hidden states"]
+    T_real = 16 if any(k[0] == 16 for k in rg) else sorted({k[0] for k in rg})[0]
+    eps_real = {c: (rg[(T_real, "uniform", c)]["max_relative"], rg[(T_real, "adaptive (non-causal)", c)]["max_relative"])
+                for c in budgets}
     verdict = "false as written"
     text = (
         "As an existence statement for one input the theorem is trivial: R ≡ 1 gives y_tiled = y_full exactly "
@@ -1022,8 +1052,13 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
         "‖y_tiled − y_full‖/‖y_full‖ are finite for every plan and "
         + ("fall monotonically with the budget" if mono_sup and mono_mean else
            "fall with the budget, though not monotonically in every cell (see the monotonicity record)")
-        + f"; it is ε(R̄, T, input distribution), not a constant. The density-driven plan (non-causal) has "
-        f"{100 * wins / max(total, 1):.0f}% of sequences with a smaller error than the uniform plan at the same nominal "
+        + f"; it is ε(R̄, T, input distribution), not a constant. The version the numbers support is "
+        "‖y_tiled − y_full‖₂ ≤ ε(R̄)·‖y_full‖₂ with ε read off the tables for the inputs at hand; on the pretrained "
+        f"model's hidden states (tile {T_real}) the worst relative error is "
+        + ", ".join(f"{v[0]:.3f} (uniform) / {v[1]:.3f} (density-driven) at R̄ = {c:g}" for c, v in eps_real.items())
+        + ". On i.i.d. tokens it barely falls with the budget (merging tokens whose B_t are independent loses "
+        "most of each segment whatever its length). The density-driven plan (non-causal) has "
+        f"{100 * wins / max(total, 1):.0f}% of sequences with a smaller error than the uniform plan at the same realised "
         f"budget, with a median error ratio adaptive/uniform of {mean_gain:.2f}"
         + (" (it helps)" if mean_gain < 1 else " (it does not help on these inputs)")
         + "; the causal plan, which must predict a tile's density from earlier tiles, is shown beside it."
@@ -1033,9 +1068,10 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
                "‖y_tiled − y_full‖₂ / max_t ρ_t",
                ["inputs", "tile", "plan", "budget", "realised R̄", "ε (sup ratio)", "mean rel. error", "max rel. error"],
                rows_all),
-        _table("3.5 density-driven vs uniform plan at the same nominal budget (mean relative error)",
-               ["inputs", "tile", "budget", "realised R̄ uniform", "realised R̄ adaptive", "uniform", "adaptive non-causal",
-                "adaptive causal", "adaptive/uniform"], adv),
+        _table("3.5 density-driven vs uniform plan at the same realised budget (mean relative error; the uniform "
+               "plan is run at the adaptive plan's realised budget)",
+               ["inputs", "tile", "nominal budget", "realised R̄", "uniform", "adaptive non-causal",
+                "adaptive causal (own realised R̄)", "adaptive/uniform"], adv),
         _table(f"3.5 the literal ratio under input scaling (one bursty sequence, uniform R = {c0}, tile {T0})",
                ["input", "max ρ", "‖y_tiled − y_full‖₂", "ratio"], scale_rows),
     ]
@@ -1055,6 +1091,7 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
                  for fam, g in grids.items()},
         "monotone": mono, "monotone_sup_ratio": mono_sup, "monotone_mean_relative": mono_mean, "finite": finite,
         "adaptive_wins": wins, "comparisons": total, "median_adaptive_over_uniform": mean_gain,
+        "real_worst_relative": {f"{c:g}": v for c, v in eps_real.items()},
         "scaling": scale_raw, "tables": tables, "figures": [fig_path],
     }
 
@@ -1342,10 +1379,11 @@ def verify_convergence(seed: int = 0, quick: bool = False, figs: _Figures | None
     axes[0].set_ylabel("F(R_k) − F_min")
     axes[0].set_title("Thm 3.2: under the bound (τ = 1/L)")
     axes[0].legend(fontsize=7)
-    axes[1].plot(traj_under, "o-", ms=3, label="τ = 1.98 / L_true")
-    axes[1].plot(traj_over, "s-", ms=3, label="τ = 2.2 / L_true")
+    f_low = min(traj_under.min(), traj_over.min())
+    axes[1].semilogy(traj_under - f_low + 1e-12, "o-", ms=3, label="τ = 1.98 / L_true (under the bound)")
+    axes[1].semilogy(traj_over - f_low + 1e-12, "s-", ms=3, label="τ = 2.2 / L_true (over the bound)")
     axes[1].set_xlabel("step")
-    axes[1].set_ylabel("F(R_k)")
+    axes[1].set_ylabel("F(R_k) − min F seen")
     axes[1].set_title("just under vs over the stability bound")
     axes[1].legend(fontsize=7)
     fig_path = figs.save(fig, "3_2_convergence")
@@ -1418,10 +1456,10 @@ def _literal_tile_ifq(tile: dict) -> dict:
     return {"PS": float(ps), "CTF": float(ctf), "EU": float(eu), "ID": float(id_), "IFQ": float(q)}
 
 
-def _hypothesis_counterexample(condition: Callable[[dict], bool], seed: int, shrink: bool = True) -> dict:
-    """Smallest tile (after hypothesis' shrinking; the first one found with ``shrink=False``) whose
-    literal terms satisfy ``condition``."""
-    from hypothesis import HealthCheck, Phase, find, settings
+def _hypothesis_counterexample(condition: Callable[[dict], bool], seed: int) -> dict:
+    """Smallest tile (after hypothesis' shrinking, which makes the result canonical) whose literal
+    terms satisfy ``condition``."""
+    from hypothesis import HealthCheck, find, settings
     from hypothesis import strategies as st
 
     val = st.floats(-4, 4, allow_nan=False, allow_infinity=False)
@@ -1438,8 +1476,7 @@ def _hypothesis_counterexample(condition: Callable[[dict], bool], seed: int, shr
             return False  # the literal PS and EU divide by ‖A_t‖ and mean|A_t|
         return condition(_literal_tile_ifq(t))
 
-    phases = (Phase.generate, Phase.shrink) if shrink else (Phase.generate,)
-    cfg = settings(max_examples=5000, database=None, derandomize=True, deadline=None, phases=phases,
+    cfg = settings(max_examples=5000, database=None, derandomize=True, deadline=None,
                    suppress_health_check=list(HealthCheck))
     ex = find(tiles, ok, settings=cfg, random=__import__("random").Random(seed))
     return {"tile": ex, "terms": _literal_tile_ifq(ex)}
@@ -1452,9 +1489,9 @@ def verify_ifq_bounds(seed: int = 0, quick: bool = False, figs: _Figures | None 
     # (1) Literal definitions: counterexamples found (and shrunk) by hypothesis.
     searches = {"IFQ < 0": lambda r: r["IFQ"] < 0, "IFQ > 1": lambda r: r["IFQ"] > 1,
                 "PS < 0": lambda r: r["PS"] < 0, "EU > 1": lambda r: r["EU"] > 1}
-    if quick:  # the two IFQ counterexamples already show PS < 0 and EU > 1
+    if quick:  # the two IFQ counterexamples already exhibit PS < 0 or EU > 1
         searches = {k: v for k, v in searches.items() if k.startswith("IFQ")}
-    cex = {k: _hypothesis_counterexample(c, seed, shrink=not quick) for k, c in searches.items()}
+    cex = {k: _hypothesis_counterexample(c, seed) for k, c in searches.items()}
     ctf_rows = []
     for x in (1e-1, 1e-3, 1e-6, 1e-12):
         P = torch.tensor([[0.5, 0.5], [1 - x, x]], dtype=F64)
@@ -1604,8 +1641,7 @@ def verify_ifq_bounds(seed: int = 0, quick: bool = False, figs: _Figures | None 
             "`tiling.metrics` (`pattern_stability`, `cross_tile_flow`, `edge_utilization`, `information_density`, "
             "`ifq`), literal (`normalised=False`) and normalised. Literal: `hypothesis.find` over 2×2 tiles (entries in "
             "[−4, 4], two-category P, ‖∇s‖² ∈ [0, 10], dim(s) ∈ 1…4, weights ¼) for each violated inequality, "
-            + ("the first example found (quick run: no shrinking)" if quick else "shrunk to a minimal example")
-            + f". Normalised: {cases:,} generated tiles ({groups} groups of {per}; {n}×{n} Cauchy "
+            f"shrunk to a minimal example. Normalised: {cases:,} generated tiles ({groups} groups of {per}; {n}×{n} Cauchy "
             f"patterns at scales 1e-8…1e8, zero patterns, A_prev ∈ {{−A_t, A_t, independent}}, Dirichlet P over {K} "
             "categories with concentration 0.02…50, sparse exponential weights W, ‖∇s‖² from 0 to 1e30, random "
             "weights on the simplex) plus a hypothesis property test; real tiles: `tile_attention` of the scan on the "
@@ -1618,7 +1654,7 @@ def verify_ifq_bounds(seed: int = 0, quick: bool = False, figs: _Figures | None 
                        "normalised_PS": _quantiles(nor_ps), "normalised_EU": _quantiles(nor_eu)},
         "ifq_one": approach,
         "tables": [
-            _table("3.3 literal counterexamples (hypothesis" + (")" if quick else ", shrunk)"),
+            _table("3.3 literal counterexamples (hypothesis, shrunk)",
                    ["violated", "tile", "PS", "CTF", "EU", "ID", "IFQ"], cex_rows),
             _table("3.3 literal CTF is unbounded (one link, w = 1)", ["distributions", "literal CTF", "normalised CTF"],
                    ctf_rows),
@@ -1688,7 +1724,7 @@ def render_markdown(results: dict) -> str:
         "# Theorems 3.1–3.5: measured verdicts",
         "",
         f"This page is generated by `{cmd}` ({'quick' if meta['quick'] else 'full'} run, "
-        f"{meta['seconds_total']:.0f} s on {meta['machine']}). Regenerate it with `{cmd}` "
+        f"{meta['seconds_total']:.0f} s wall, {meta['cpu_seconds_total']:.0f} s CPU on {meta['machine']}). Regenerate it with `{cmd}` "
         f"(or `python -m infogeo.verify{' --quick' if meta['quick'] else ''} --out {meta['out_arg']} --seed {meta['seed']}`); "
         "every number is also in `theorems.json` beside this file, the figures are under `figures/theorems/`. "
         "All numbers except wall times are deterministic for a given `--seed`.",
@@ -1760,19 +1796,20 @@ def run_verify(out_dir: str | os.PathLike = "docs", *, quick: bool = False, seed
         ("3.5", lambda: verify_preservation(seed, quick, figs, cache)),
         ("3.6", lambda: verify_special_cases(seed, quick, figs, cache)),
     ]
-    theorems, seconds = {}, {}
-    t_all = time.perf_counter()
+    theorems, seconds, cpu = {}, {}, {}
+    t_all, c_all = time.perf_counter(), time.process_time()
     bar = tqdm(steps, desc="infogeo verify", disable=not progress)
     for tid, fn in bar:
         bar.set_postfix_str(f"Theorem {tid}")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         theorems[tid] = fn()
         seconds[tid] = time.perf_counter() - t0
+        cpu[tid] = time.process_time() - c0
     import scipy
 
     meta = {
-        "seed": seed, "quick": quick, "out_arg": str(out_dir), "seconds": seconds,
-        "seconds_total": time.perf_counter() - t_all,
+        "seed": seed, "quick": quick, "out_arg": str(out_dir), "seconds": seconds, "cpu_seconds": cpu,
+        "seconds_total": time.perf_counter() - t_all, "cpu_seconds_total": time.process_time() - c_all,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs)"
                    + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
@@ -1797,7 +1834,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     res = run_verify(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
-    for tid, r in res["theorems"].items():
+    for r in res["theorems"].values():
         print(f"{r['statement'][0].split(',')[0]}: {r['verdict']} — {_key_number(r)}")
     print(f"wrote {Path(args.out) / 'theorems.md'}, {Path(args.out) / 'theorems.json'} and "
           f"{Path(args.out) / 'figures' / 'theorems'} in {res['meta']['seconds_total']:.0f} s")

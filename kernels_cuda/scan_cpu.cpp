@@ -76,9 +76,13 @@
 // W = 16 float32 / 8 float64 channels are interleaved in one 64-byte vector (GCC/Clang vector
 // extensions, compiled for the host's ISA level), so the state loop runs over n with no
 // horizontal reduction in the forward and W independent recurrences hide the FMA latency.
-// B_t and C_t are shared by a group's channels and broadcast from cache. The float32
-// exponential and log1p are Cephes-style polynomials (tested against libm: relative error
-// <= 2e-7 on [-87, 88]); float64 uses libm per lane (tests and gradcheck run in float64).
+// B_t and C_t are shared by a group's channels and broadcast from cache; the segment means B̄
+// are computed once per (batch, group), not per block. At full resolution with N = 16 the state
+// stays in registers across the time loop. The float32 exponential and log1p are Cephes-style
+// polynomials (tested against libm: relative error <= 2e-7 on [-87, 88]); float64 uses libm per
+// lane (tests and gradcheck run in float64). The backward keeps, per chunk between checkpoints,
+// the state before each segment and its decay factors, so each exponential is evaluated twice
+// in all (forward, recompute), never three times.
 
 #include <torch/extension.h>
 
@@ -206,6 +210,7 @@ template <typename T> inline Vec<T> vsigmoid(Vec<T> x) { return 1.0 / (vexp(-x) 
 
 template <typename T> struct Params {
   const T *u, *delta, *A, *B, *C, *D, *z, *bias, *gain, *init;
+  const T* Bbar;  // segment means of B, (Bt, G, N, L): B̄ of segment j of tile i at i*T + j
   const T* R;
   const int32_t *m, *S, *slot;
   int64_t Bt, Dm, L, N, G, NT, T_;
@@ -258,10 +263,12 @@ void load_delta(const Params<T>& p, const Blk& k, int64_t s0, int n, Vec<T> bias
 // Forward over one tile of n tokens in m segments with S active components. h holds the state
 // entering the tile (after the boundary transition) and leaves holding the state after it.
 // If y is given, y[t] = C_t . h_read; if hs is given, the state before segment j is saved
-// in hs[j * N .. j * N + N). Bp/Cp point at the group's B/C at the tile start (row stride L).
+// in hs[j * N .. j * N + N) and the decay factors exp(Δ̄_j A) in es[j * N .. j * N + S) (the
+// backward reuses them). Bp points at the group's segment means B̄ at the tile start (B̄ of
+// segment j at offset j, see segment_means), Cp at its C (row stride L).
 template <typename T>
 void tile_forward(const Params<T>& p, const T* Bp, const T* Cp, int n, int m, int S, const Vec<T>* dt,
-                  const Vec<T>* x, const Vec<T>* AT, Vec<T>* h, Vec<T>* y, Vec<T>* hs) {
+                  const Vec<T>* x, const Vec<T>* AT, Vec<T>* h, Vec<T>* y, Vec<T>* hs, Vec<T>* es) {
   typedef Vec<T> V;
   const int64_t L = p.L, N = p.N;
   V dsum_tile = {};
@@ -274,7 +281,9 @@ void tile_forward(const Params<T>& p, const T* Bp, const T* Cp, int n, int m, in
       dsum_tile += a;
       V acc = {};
       for (int q = 0; q < S; ++q) {
-        h[q] = vexp(a * AT[q]) * h[q] + U * Bp[q * L + lo];
+        const V e = vexp(a * AT[q]);
+        if (es) es[j * N + q] = e;
+        h[q] = e * h[q] + U * Bp[q * L + j];
         acc += h[q] * Cp[q * L + lo];
       }
       if (y) y[lo] = acc;
@@ -291,15 +300,36 @@ void tile_forward(const Params<T>& p, const T* Bp, const T* Cp, int n, int m, in
         U += dt[t] * x[t];
       }
       dsum_tile += ds;
-      const T inv = T(1) / T(hi - lo);
       for (int q = 0; q < S; ++q) {
-        T bs = 0;
-        for (int t = lo; t < hi; ++t) bs += Bp[q * L + t];
-        h[q] = vexp(ds * AT[q]) * h[q] + U * (bs * inv);
+        const V e = vexp(ds * AT[q]);
+        if (es) es[j * N + q] = e;
+        h[q] = e * h[q] + U * Bp[q * L + j];
       }
     }
   }
   for (int64_t q = S; q < N; ++q) h[q] *= vexp(AT[q] * dsum_tile);
+}
+
+// The full-resolution forward of a tile (every segment one token, m = n) with a compile-time
+// state size NS: the state stays in registers across the time loop (fully unrolled over n).
+template <typename T, int NS>
+void tile_forward_full(const Params<T>& p, const T* Bp, const T* Cp, int n, const Vec<T>* dt, const Vec<T>* x,
+                       const Vec<T>* AT, Vec<T>* h, Vec<T>* y) {
+  typedef Vec<T> V;
+  const int64_t L = p.L;
+  V hr[NS];
+  for (int q = 0; q < NS; ++q) hr[q] = h[q];
+  for (int t = 0; t < n; ++t) {
+    const V a = dt[t], U = a * x[t];
+    V acc = {};
+#pragma GCC unroll 64
+    for (int q = 0; q < NS; ++q) {
+      hr[q] = vexp(a * AT[q]) * hr[q] + U * Bp[q * L + t];
+      acc += hr[q] * Cp[q * L + t];
+    }
+    y[t] = acc;
+  }
+  for (int q = 0; q < NS; ++q) h[q] = hr[q];
 }
 
 template <typename T> struct Scratch {
@@ -326,6 +356,27 @@ template <typename T> Blk make_blk(const Params<T>& p, int64_t item) {
   return k;
 }
 
+// B̄ of every segment, shared by the channels of a group (computed once, not per block): segment
+// j of tile i (j < m_i <= n_i) is stored at position i*T + j of a (Bt, G, N, L) buffer.
+template <typename T> void segment_means(const Params<T>& p, T* out) {
+  const int64_t rows = p.Bt * p.G * p.N;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t b = r / (p.G * p.N);
+    const T* src = p.B + r * p.L;
+    T* dst = out + r * p.L;
+    for (int64_t i = 0; i < p.NT; ++i) {
+      const int64_t s0 = i * p.T_, n = std::min<int64_t>(p.T_, p.L - s0), m = p.m[b * p.NT + i];
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t lo = j * n / m, hi = (j + 1) * n / m;
+        T acc = 0;
+        for (int64_t t = lo; t < hi; ++t) acc += src[s0 + t];
+        dst[s0 + j] = acc / T(hi - lo);
+      }
+    }
+  }
+}
+
 template <typename T>
 void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_ckpt) {
   typedef Vec<T> V;
@@ -335,7 +386,7 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     Scratch<T> sc;
-    sc.buf.resize(5 * N + 4 * Tt);
+    sc.buf.resize(3 * N + 4 * Tt);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const Blk k = make_blk(p, item);
@@ -354,7 +405,7 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
       }
       const V Dv = p.D ? gather(p.D, k, 1, 0) : V{};
       const V bias = p.bias ? gather(p.bias, k, 1, 0) : V{};
-      const T* Bg = p.B + (k.b * p.G + k.g) * N * L;
+      const T* Bbg = p.Bbar + (k.b * p.G + k.g) * N * L;
       const T* Cg = p.C + (k.b * p.G + k.g) * N * L;
       for (int64_t i = 0; i < NT; ++i) {
         const int64_t s0 = i * Tt;
@@ -370,7 +421,10 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
         }
         load_delta(p, k, s0, n, bias, raw, dt);
         load_tile(p.u, p, k, s0, n, x);
-        tile_forward(p, Bg + s0, Cg + s0, n, p.m[bi], p.S[bi], dt, x, AT, h, yv, (V*)nullptr);
+        if (p.m[bi] == n && p.S[bi] == 16 && N == 16)  // Mamba's usual state size at full resolution
+          tile_forward_full<T, 16>(p, Bbg + s0, Cg + s0, n, dt, x, AT, h, yv);
+        else
+          tile_forward(p, Bbg + s0, Cg + s0, n, p.m[bi], p.S[bi], dt, x, AT, h, yv, (V*)nullptr, (V*)nullptr);
         if (tiles)
           for (int64_t q = 0; q < N; ++q) scatter(tiles + (k.b * p.Dm * NT + i) * N, k, NT * N, q, h[q]);
         if (p.z) load_tile(p.z, p, k, s0, n, raw);
@@ -414,7 +468,7 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
   {
     const int tid = omp_get_thread_num();
     Scratch<T> sc;
-    sc.buf.resize(8 * N + 8 * Tt + max_seg * N);
+    sc.buf.resize(7 * N + 8 * Tt + 2 * max_seg * N);
     std::vector<int64_t> seg_off(NT + 1);  // segment offset of each tile of a chunk in hs
     T* dBt = gr.dB + (int64_t)tid * p.Bt * p.G * N * L;
     T* dCt = gr.dC + (int64_t)tid * p.Bt * p.G * N * L;
@@ -426,7 +480,6 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
       V* GT = sc.take(N, at);
       V* h = sc.take(N, at);
       V* lam = sc.take(N, at);
-      V* E = sc.take(N, at);
       V* Hn = sc.take(N, at);
       V* dAv = sc.take(N, at);
       V* dGv = sc.take(N, at);
@@ -439,6 +492,7 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
       V* ddt = sc.take(Tt, at);
       V* dzv = sc.take(Tt, at);
       V* hs = sc.take(max_seg * N, at);
+      V* es = sc.take(max_seg * N, at);
       for (int64_t q = 0; q < N; ++q) {
         AT[q] = gather(p.A, k, N, q);
         GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
@@ -450,6 +504,7 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
       const V bias = p.bias ? gather(p.bias, k, 1, 0) : V{};
       V dDv = {}, dbv = {};
       const T* Bg = p.B + (k.b * p.G + k.g) * N * L;
+      const T* Bbg = p.Bbar + (k.b * p.G + k.g) * N * L;
       const T* Cg = p.C + (k.b * p.G + k.g) * N * L;
       T* dBg = dBt + (k.b * p.G + k.g) * N * L;
       T* dCg = dCt + (k.b * p.G + k.g) * N * L;
@@ -473,7 +528,8 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
           }
           load_delta(p, k, s0, n, bias, raw, dt);
           load_tile(p.u, p, k, s0, n, x);
-          tile_forward(p, Bg + s0, Cg + s0, n, mm[i], SS[i], dt, x, AT, h, (V*)nullptr, hs + seg_off[i - ta] * N);
+          tile_forward(p, Bbg + s0, Cg + s0, n, mm[i], SS[i], dt, x, AT, h, (V*)nullptr, hs + seg_off[i - ta] * N,
+                       es + seg_off[i - ta] * N);
           seg_off[i - ta + 1] = seg_off[i - ta] + mm[i];
         }
         for (int64_t i = tb - 1; i >= ta; --i) {
@@ -481,7 +537,9 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
           const int n = (int)std::min<int64_t>(Tt, L - s0);
           const int m = mm[i], S = SS[i];
           const V* hst = hs + seg_off[i - ta] * N;
+          const V* est = es + seg_off[i - ta] * N;
           const T* Bp = Bg + s0;
+          const T* Bb = Bbg + s0;
           const T* Cp = Cg + s0;
           T* dBp = dBg + s0;
           T* dCp = dCg + s0;
@@ -515,13 +573,13 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
           for (int j = m - 1; j >= 0; --j) {
             const int lo = (int)((int64_t)j * n / m), hi = (int)((int64_t)(j + 1) * n / m);
             const V* hp = hst + (int64_t)j * N;
+            const V* ep = est + (int64_t)j * N;
             if (hi - lo == 1) {
               const int t = lo;
               const V a = dt[t], U = a * x[t];
               V y0 = Dv * x[t];
               for (int q = 0; q < S; ++q) {
-                E[q] = vexp(a * AT[q]);
-                Hn[q] = E[q] * hp[q] + U * Bp[q * L + t];
+                Hn[q] = ep[q] * hp[q] + U * Bb[q * L + j];
                 y0 += Hn[q] * Cp[q * L + t];
               }
               V dy0;
@@ -531,12 +589,12 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
               for (int q = 0; q < S; ++q) {
                 dCp[q * L + t] += hsum<T>(dy0 * Hn[q]);
                 const V lq = lam[q] + dy0 * Cp[q * L + t];
-                dU += lq * Bp[q * L + t];
+                dU += lq * Bb[q * L + j];
                 dBp[q * L + t] += hsum<T>(lq * U);
-                const V g = lq * hp[q] * E[q];
+                const V g = lq * hp[q] * ep[q];
                 dAv[q] += g * a;
                 dAbar += g * AT[q];
-                lam[q] = E[q] * lq;
+                lam[q] = ep[q] * lq;
               }
               ddt[t] = dAbar + dU * x[t] + dTile;
               dx[t] = dU * a + dy0 * Dv;
@@ -549,10 +607,8 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
               const T inv = T(1) / T(hi - lo);
               V dU = {}, dAbar = {};
               for (int q = 0; q < S; ++q) {
-                T bs = 0;
-                for (int t = lo; t < hi; ++t) bs += Bp[q * L + t];
-                const V e = vexp(ds * AT[q]);
-                dU += lam[q] * (bs * inv);
+                const V e = ep[q];
+                dU += lam[q] * Bb[q * L + j];
                 const T dBbar = hsum<T>(lam[q] * U) * inv;
                 for (int t = lo; t < hi; ++t) dBp[q * L + t] += dBbar;
                 const V g = lam[q] * hp[q] * e;
@@ -632,6 +688,7 @@ Params<T> make_params(const Tensor& u, const Tensor& delta, const Tensor& A, con
                       bool softplus) {
   Params<T> p;
   p.u = ptr<T>(u); p.delta = ptr<T>(delta); p.A = ptr<T>(A); p.B = ptr<T>(B); p.C = ptr<T>(C);
+  p.Bbar = nullptr;
   p.D = ptr<T>(D); p.z = ptr<T>(z); p.bias = ptr<T>(bias); p.gain = ptr<T>(gain); p.init = ptr<T>(init);
   p.R = R.data_ptr<T>(); p.m = seg.data_ptr<int32_t>(); p.S = sd.data_ptr<int32_t>(); p.slot = slot.data_ptr<int32_t>();
   p.Bt = u.size(0); p.Dm = u.size(1); p.L = u.size(2); p.N = A.size(1); p.G = B.size(1);
@@ -660,6 +717,9 @@ std::vector<Tensor> fwd(const Tensor& u_, const Tensor& delta_, const Tensor& A_
   Tensor tiles = return_tile_states ? torch::empty({Bt, Dm, NT, N}, opts) : torch::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "tiling_scan_cpu_fwd", [&] {
     auto p = make_params<scalar_t>(u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot, tile_size, delta_softplus);
+    Tensor Bbar = torch::empty_like(B);
+    segment_means<scalar_t>(p, Bbar.data_ptr<scalar_t>());
+    p.Bbar = Bbar.data_ptr<scalar_t>();
     forward_impl<scalar_t>(p, y.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(), ck.data_ptr<scalar_t>(),
                            return_tile_states ? tiles.data_ptr<scalar_t>() : nullptr, n_ckpt);
   });
@@ -693,6 +753,9 @@ std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta
   Tensor dB = torch::zeros({nthreads, Bt, G, N, L}, opts), dC = torch::zeros({nthreads, Bt, G, N, L}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "tiling_scan_cpu_bwd", [&] {
     auto p = make_params<scalar_t>(u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot, tile_size, delta_softplus);
+    Tensor Bbar = torch::empty_like(B);
+    segment_means<scalar_t>(p, Bbar.data_ptr<scalar_t>());
+    p.Bbar = Bbar.data_ptr<scalar_t>();
     Grads<scalar_t> gr;
     gr.du = du.data_ptr<scalar_t>(); gr.ddelta = ddelta.data_ptr<scalar_t>();
     gr.dz = z.defined() ? dz.data_ptr<scalar_t>() : nullptr;

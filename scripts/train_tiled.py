@@ -66,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--non-causal", action="store_true", help="encoder mode (leaks the segmentation)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=400)
+    g.add_argument("--dt-min", type=float, default=0.001)
+    g.add_argument("--dt-max", type=float, default=0.1)
     g.add_argument("--stop-at", type=int, default=None, help="stop after this step (schedule still over --steps)")
     g.add_argument("--batch-size", type=int, default=16, help="per process")
     g.add_argument("--lr", type=float, default=3e-3)
@@ -79,6 +81,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--ckpt-every", type=int, default=0, help="0: only at the end")
     g.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    g.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's model weights only")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--no-ifq", action="store_true", help="skip the IFQ/CER evaluation")
@@ -86,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("sweep")
     g.add_argument("--sweep", action="store_true", help="full + {uniform, binary, adaptive} × budgets")
     g.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.35, 0.5])
+    g.add_argument("--base-steps", type=int, default=0,
+                   help="sweep: first train a full-resolution model this long, then fine-tune every "
+                        "configuration from it for --steps (0 steps: evaluate it as is)")
     g.add_argument("--figure", type=Path, default=None, help="accuracy-vs-cost figure (sweep)")
     args = p.parse_args(argv)
     if not 0.0 < args.budget <= 1.0:
@@ -116,7 +122,8 @@ def build(args, device):
     torch.manual_seed(args.seed)
     model = TiledLM(train_ds.vocab_size, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
                     tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
-                    policy=args.policy, causal=not args.non_causal).to(device)
+                    policy=args.policy, causal=not args.non_causal, dt_min=args.dt_min,
+                    dt_max=args.dt_max).to(device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(args.warmup, args.steps))
     return train_ds, eval_ds, model, opt, sched
@@ -139,13 +146,16 @@ def batch_for_step(ds, sampler, step: int, batch_size: int, cache: dict):
 def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> tuple[dict, torch.Tensor | None]:
     model.eval()
     correct = total = 0
-    loss_sum = 0.0
+    loss_sum = dev_num = dev_den = 0.0
     res, rec, tot, row_costs = [], [], [], []
     L = eval_ds.seq_len
     full = scan_cost(L, args.tile_size, 1.0, args.d_state, args.d_state, model.layers[0].d_inner, boundary_gain=True)
     for s in range(0, len(eval_ds), args.batch_size):
         x, y, m = (t.to(device) for t in collate([eval_ds[i] for i in range(s, min(s + args.batch_size, len(eval_ds)))]))
         logits, plans = model(x, return_plans=True)
+        full_logits = model(x, budget=1.0)  # the same weights at full resolution (seed 000 Thm 3.5)
+        dev_num += float((logits - full_logits)[m].pow(2).sum())
+        dev_den += float(full_logits[m].pow(2).sum())
         pred = logits.argmax(-1)
         correct += int((pred == y)[m].sum())
         total += int(m.sum())
@@ -160,6 +170,7 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
     metrics = {
         "accuracy": correct / total,
         "loss": loss_sum / total,
+        "deviation": math.sqrt(dev_num / dev_den) if dev_den > 0 else 0.0,
         "resolution": float(torch.cat(res).mean()),
         "scan_cost": float(torch.cat(tot).mean()),
         "recurrence_cost": float(torch.cat(rec).mean()),
@@ -189,6 +200,8 @@ def train(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     train_ds, eval_ds, model, opt, sched = build(args, device)
     start = 0
+    if args.init_from is not None:
+        load_checkpoint(args.init_from, model=model, restore_rng=False)
     if args.resume is not None:
         start = load_checkpoint(args.resume, model=model, optimizer=opt, scheduler=sched)["step"]
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
@@ -231,6 +244,11 @@ def train(args) -> dict:
             emit(metrics)
         if rank == 0 and args.ckpt_every and done % args.ckpt_every == 0 and done < stop:
             save_checkpoint(args.out / "checkpoint.safetensors", model=model, optimizer=opt, scheduler=sched, step=done)
+    if rank == 0 and (not history or history[-1]["step"] != stop) and stop == args.steps:
+        metrics, patterns = evaluate(model, eval_ds, args, device, patterns)
+        metrics.update(kind="eval", step=stop)
+        history.append(metrics)
+        emit(metrics)
     if rank == 0:
         save_checkpoint(args.out / "checkpoint.safetensors", model=model, optimizer=opt, scheduler=sched, step=stop,
                         extra={"args": {k: str(v) for k, v in vars(args).items()}})
@@ -258,10 +276,18 @@ def sweep(args) -> list[dict]:
     """Full resolution, then uniform, binary and adaptive at each budget; same seed and data."""
     configs = [("full", "uniform", 1.0)] + [(f"{p}@{c:g}", p, c) for c in args.budgets for p in ("uniform", "binary", "adaptive")]
     rows = []
+    init = None
+    if args.base_steps > 0:
+        base = argparse.Namespace(**vars(args))
+        base.policy, base.budget, base.out, base.steps, base.resume = "uniform", 1.0, args.out / "base", args.base_steps, None
+        if (base.out / "log.jsonl").exists():
+            (base.out / "log.jsonl").unlink()
+        print(json.dumps({"base": train(base)}), flush=True)
+        init = base.out / "checkpoint.safetensors"
     for name, policy, budget in configs:
         run = argparse.Namespace(**vars(args))
         run.policy, run.budget, run.out = policy, budget, args.out / name.replace("@", "_")
-        run.resume = None
+        run.resume, run.init_from = None, init
         log = run.out / "log.jsonl"
         if log.exists():
             log.unlink()
@@ -280,12 +306,12 @@ def sweep(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | budget | mean R | accuracy | recurrence cost | scan cost (all) | IFQ | CER | AE |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| run | budget | mean R | accuracy | answer loss | deviation from R=1 | recurrence cost | scan cost (all) | IFQ | CER | AE |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {r['budget']:g} | {r['resolution']:.3f} | {100 * r['accuracy']:.1f}% | "
-            f"{r['recurrence_cost']:.3f} | {r['scan_cost']:.3f} | {r.get('ifq', float('nan')):.3f} | "
+            f"| {r['name']} | {r['budget']:g} | {r['resolution']:.3f} | {100 * r['accuracy']:.1f}% | {r['loss']:.3f} | "
+            f"{r['deviation']:.3f} | {r['recurrence_cost']:.3f} | {r['scan_cost']:.3f} | {r.get('ifq', float('nan')):.3f} | "
             f"{r.get('cer', float('nan')):.2f} | {r.get('ae', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 

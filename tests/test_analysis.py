@@ -7,7 +7,6 @@ cost saved.
 """
 import json
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -258,6 +257,7 @@ def test_truncation_warns_and_records(model_tok):
         (dict(budget=1.5), ValueError, "budget"),
         (dict(budget=float("nan")), ValueError, "budget"),
         (dict(tile_size=0), ValueError, "tile_size"),
+        (dict(budget=0.05), ValueError, "r_min"),
         (dict(show=(9, 0)), ValueError, "layer"),
     ],
 )
@@ -288,3 +288,15 @@ def test_token_density_is_mean_of_adjacent_transitions(rho):
     weights = np.array([1.0] + [2.0] * (len(rho) - 1) + [1.0])
     assert np.sum(tok * weights) == pytest.approx(2 * sum(rho), rel=1e-12, abs=1e-12)
     assert tok.min() >= min(rho) - 1e-9 and tok.max() <= max(rho) + 1e-9
+
+
+def test_training_mode_model_is_analysed_in_eval_mode_and_restored(model_tok, report):
+    model, tok = model_tok
+    model.train()
+    try:
+        r = analyse(model, tok, TEXT, layers=[0], heads=[0], k=5, n_eigs=6, tile_size=4, budget=0.4, progress=False)
+        assert model.training  # restored
+    finally:
+        model.eval()
+    # dropout off: the numbers equal the eval-mode run
+    np.testing.assert_array_equal(r.arrays["attention_L0_H0"], report.arrays["attention_L0_H0"])

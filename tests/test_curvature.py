@@ -109,6 +109,12 @@ def test_node_curvature():
     np.testing.assert_allclose(nc, 0.25)
     f = forman_ricci(G, weighted=False)  # 4 - 4 - 1 = -1
     np.testing.assert_allclose(node_curvature(f, G), -1.0)
+    # An isolated node has no incident edge: nan.
+    iso = nx.path_graph(3)
+    iso.add_node(3)
+    Gi, _ = _graph(iso)
+    nci = node_curvature(ollivier_ricci(Gi, 0.0), Gi)
+    assert np.isnan(nci[3]) and np.isfinite(nci[:3]).all()
     path, _ = _graph(nx.path_graph(4))
     vals = np.array([1.0, 2.0, 4.0])  # edges (0,1), (1,2), (2,3)
     np.testing.assert_allclose(node_curvature(vals, path), [1.0, 1.5, 3.0, 4.0])

@@ -162,8 +162,14 @@ def test_bad_input():
         TokenGraph.from_points(x[0], k=3)
     with pytest.raises(ValueError, match="kind must be one of"):
         TokenGraph.from_points(x, k=3, kind="cosine")
-    with pytest.raises(ValueError, match="strictly positive"):
-        TokenGraph.from_points(torch.zeros(20, 3, dtype=torch.float64), k=3, kind="fisher_rao")
+    with pytest.raises(ValueError, match="non-negative"):
+        TokenGraph.from_points(torch.full((20, 3), -1.0, dtype=torch.float64), k=3, kind="fisher_rao")
+    with pytest.raises(ValueError, match="sum to 1"):
+        TokenGraph.from_points(torch.full((20, 3), 0.5, dtype=torch.float64), k=3, kind="fisher_rao")
+    # Zeros are allowed (closed simplex): distance between disjoint supports is pi.
+    onehot = torch.eye(3, dtype=torch.float64).repeat(7, 1)[:20]
+    G = TokenGraph.from_points(onehot, k=7, kind="fisher_rao", sequence_edges=False)
+    assert np.isclose(G.edge_lengths().max(), np.pi)
     with pytest.raises(ValueError, match="needs metric"):
         TokenGraph.from_points(x, k=3, kind="metric")
     with pytest.raises(ValueError, match="metric must have shape"):

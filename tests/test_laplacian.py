@@ -87,16 +87,21 @@ def test_bandwidth_rule():
 
 def test_sphere_spectrum_fast():
     """3,000 uniform points: the first nine eigenvalues within 5% of 0, 2 (x3), 6 (x5)."""
-    vals, vecs = laplacian_spectrum(_sphere(3000), 9, k=100)
+    vals, vecs = laplacian_spectrum(_sphere(3000), 9, k=100, method="lobpcg")
     assert abs(vals[0]) < 1e-8
     assert _maxrel(vals) < 0.05
     # Multiplicity: the gap between l = 1 and l = 2 blocks dwarfs the spread inside them.
     assert vals[4] - vals[3] > 5 * (vals[3] - vals[1])
 
 
+@pytest.mark.slow
 def test_sphere_spectrum_8000():
-    """The issue's test: 8,000 uniform points, first nine eigenvalues within 5% of l(l+1)."""
-    vals, _ = laplacian_spectrum(_sphere(8000), 9, k=200)
+    """The issue's test: 8,000 uniform points, first nine eigenvalues within 5% of l(l+1).
+
+    10-15 s on an idle 2-core machine, over 30 s when shared: slow-marked; the 3,000-point test
+    above asserts the same 5% in the fast suite.
+    """
+    vals, _ = laplacian_spectrum(_sphere(8000), 9, k=200, method="lobpcg")
     assert _maxrel(vals) < 0.05
 
 
@@ -104,8 +109,8 @@ def test_nonuniform_density_fast():
     """Density 1 + 0.8 z: alpha = 1 keeps the l = 1 triplet together, alpha = 0 splits it."""
     x = _sphere(3000, tilt=0.8)
     graph = TokenGraph.from_points(x, k=100, sequence_edges=False)
-    v1, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0)
-    v0, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=0.0)
+    v1, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0, method="lobpcg")
+    v0, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=0.0, method="lobpcg")
     assert _maxrel(v1) < 0.12 and _split(v1) < 0.1
     assert _split(v0) > 0.3 and _maxrel(v0) > 0.25
 
@@ -114,8 +119,8 @@ def test_nonuniform_density_fast():
 def test_nonuniform_density_8000():
     x = _sphere(8000, tilt=0.8)
     graph = TokenGraph.from_points(x, k=200, sequence_edges=False)
-    v1, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0)
-    v0, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=0.0)
+    v1, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0, method="lobpcg")
+    v0, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=0.0, method="lobpcg")
     assert _maxrel(v1) < 0.05 and _split(v1) < 0.05
     assert _split(v0) > 0.3
 
@@ -126,8 +131,8 @@ def test_belkin_niyogi_quasi_uniform():
     errs = []
     for k in (100, 150):
         graph = TokenGraph.from_points(x, k=k, sequence_edges=False)
-        bn, _ = laplacian_spectrum(graph, 9, kind="belkin_niyogi")
-        dm, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0)
+        bn, _ = laplacian_spectrum(graph, 9, kind="belkin_niyogi", method="lobpcg")
+        dm, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0, method="lobpcg")
         np.testing.assert_allclose(bn[1:], dm[1:], rtol=5e-3)
         assert _split(bn) < 1e-3  # exact multiplicity 3 on this symmetric sample
         errs.append(_maxrel(bn))

@@ -74,7 +74,7 @@ def test_kernel_matches_reference_float64(batch, dim, L, N, grouped, T, seed, pr
 
 
 @needs_kernel
-@pytest.mark.parametrize("shape", [(2, 37, 120, 16, 1, 8), (1, 19, 150, 5, 1, 64), (2, 24, 90, 8, 2, 3)])
+@pytest.mark.parametrize("shape", [(2, 37, 120, 16, 1, 8), (1, 19, 150, 5, 1, 64), (2, 24, 60, 8, 2, 3)])
 def test_kernel_float32_against_float64_reference(shape):
     batch, dim, L, N, G, T = shape
     t, kw = make(batch, dim, L, N, G if G > 1 else None, T, seed=7)
@@ -182,15 +182,17 @@ def test_causality(t0, which, R, seed):
 
     def call(d):
         return scan(d["u"], d["delta"], d["A"], d["B"], d["C"], d["D"], d["z"], d["delta_bias"], True,
-                    boundary_gain=d["boundary_gain"], initial_state=d["initial_state"], **kw)
+                    boundary_gain=d["boundary_gain"], initial_state=d["initial_state"], return_last_state=True, **kw)
 
-    y = call(t)
+    y, last = call(t)
     t2 = dict(t)
     t2[which] = t[which].clone()
     t2[which][..., t0] += 1.0 + torch.rand(t[which][..., t0].shape, dtype=f64)
-    y2 = call(t2)
+    y2, last2 = call(t2)
     assert torch.equal(y[..., :t0], y2[..., :t0])
-    assert not torch.equal(y[..., t0:], y2[..., t0:])
+    # the change is seen later: by an output at or after t0, or (when every later token of a long
+    # segment reads the state before it) by the state
+    assert not (torch.equal(y[..., t0:], y2[..., t0:]) and torch.equal(last, last2))
 
 
 @needs_kernel
@@ -296,6 +298,24 @@ def test_positive_A_warns(fn):
     t = base()
     with pytest.warns(RuntimeWarning, match="A has positive entries"):
         fn(t["u"], t["delta"], -t["A"], t["B"], t["C"], tile_size=4)
+
+
+@pytest.mark.parametrize("fn", [scan, ref])
+def test_overflow_is_detected(fn):
+    t = base()
+    with pytest.warns(RuntimeWarning, match="A has positive entries"), pytest.raises(ValueError, match="overflowed"):
+        fn(t["u"], t["delta"].abs() + 1.0, 60.0 + t["A"].abs(), t["B"], t["C"], tile_size=4)
+
+
+@needs_kernel
+def test_double_backward_is_refused():
+    t, kw = make(1, 3, 8, 2, None, 4, seed=0, present=())
+    u = t["u"].clone().requires_grad_()
+    y = scan(u, t["delta"], t["A"], t["B"], t["C"], **kw)
+    v = torch.ones_like(y, requires_grad=True)  # a Hessian-vector product needs the backward differentiable
+    (g,) = torch.autograd.grad(y, u, v, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        g.sum().backward()
 
 
 def test_mixed_devices_named():

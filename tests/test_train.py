@@ -152,8 +152,8 @@ def test_distributed_two_cpu_processes(tmp_path):
 def test_sweep_writes_table_logs_and_figure(tmp_path):
     mod = load_script()
     fig = tmp_path / "fig.png"
-    args = mod.parse_args(TINY + ["--steps", "3", "--sweep", "--budgets", "0.5", "--out", str(tmp_path / "s"),
-                                  "--figure", str(fig)])
+    args = mod.parse_args(TINY + ["--steps", "2", "--base-steps", "2", "--sweep", "--budgets", "0.5",
+                                  "--out", str(tmp_path / "s"), "--figure", str(fig)])
     rows = mod.sweep(args)
     assert [r["name"] for r in rows] == ["full", "uniform@0.5", "binary@0.5", "adaptive@0.5"]
     assert rows[0]["recurrence_cost"] == pytest.approx(1.0) and rows[0]["resolution"] == 1.0
@@ -162,6 +162,7 @@ def test_sweep_writes_table_logs_and_figure(tmp_path):
     assert fig.stat().st_size > 1000
     assert "| adaptive@0.5 |" in (tmp_path / "s" / "summary.md").read_text()
     assert (tmp_path / "s" / "adaptive_0.5" / "log.jsonl").exists()
+    assert (tmp_path / "s" / "base" / "checkpoint.safetensors").exists()  # every run started from the base model
 
 
 def test_bad_arguments():

@@ -217,6 +217,7 @@ def adaptive_selective_scan_ref(
         y = y + D.to(f64)[:, None] * x
     if z is not None:
         y = y * F.silu(z.to(f64))
+    check_scan_output(y, u, delta, z)
     y = y.to(u.dtype)
     if not (return_last_state or return_tile_states):
         return y

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from infogeo._checks import check_tensor
 from tiling import _build
@@ -72,6 +73,7 @@ class _AdaptiveScan(torch.autograd.Function):
         ctx.tile_size, ctx.delta_softplus, ctx.ext = tile_size, delta_softplus, ext
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, dlast, dtiles, _dckpts):
         (u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims, ckpt_slot,
          ckpts) = ctx.saved_tensors

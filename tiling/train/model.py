@@ -44,8 +44,9 @@ class TiledLM(nn.Module):
         return (logits, plans) if return_plans else logits
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: no decay for A_log, D (Mamba's ``_no_weight_decay``), norms, biases and the
-        tiling parameters (their identity initialisation is the point to decay towards, not 0)."""
+        """AdamW groups: decay on weight matrices only; none on A_log, D (Mamba's ``_no_weight_decay``),
+        norms, biases and the tiling parameters (``route_*``, ``transition_gain``), whose scale is
+        set by their identity initialisation rather than by a prior towards zero."""
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             skip = (getattr(p, "_no_weight_decay", False) or p.dim() < 2 or "norm" in name
