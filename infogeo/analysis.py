@@ -165,7 +165,7 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
     = Σ_h ‖q_h(x_{t+1}) − q_h(x_t)‖²_{M_h(x_t)} (the bias cancels).
     Returns trace (n,), effective dimension (n,), density (n−1,) and the largest deviation
     between softmax(s q Kᵀ) and the model's attention map (a check that the hooks read the
-    right modules).
+    right modules); only the deviation when it exceeds ``_REPRODUCTION_TOL``.
     """
     W_q = proj.query.weight.detach().to("cpu", torch.float64)
     b_q = proj.query.bias.detach().to("cpu", torch.float64) if proj.query.bias is not None else None
@@ -175,14 +175,14 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
     k = torch.nn.functional.linear(x, W_k, b_k)
     H, dh, s = proj.n_heads, proj.head_dim, proj.scaling
     group = H // proj.n_kv_heads
-    metrics, repro = [], 0.0
-    for h in range(H):
-        qh = q[:, h * dh:(h + 1) * dh]
-        kh = k[:, (h // group) * dh:(h // group + 1) * dh]
-        metrics.append(attention_row_metric(qh, kh, scale=s))
-        p = torch.softmax(s * qh @ kh.T, dim=-1)
-        repro = max(repro, float((p - attn_layer[h]).abs().max()))
-    M = torch.stack(metrics)  # (H, n, dh, dh)
+    heads = [(q[:, h * dh:(h + 1) * dh], k[:, (h // group) * dh:(h // group + 1) * dh]) for h in range(H)]
+    repro = max(float((torch.softmax(s * qh @ kh.T, dim=-1) - attn_layer[h]).abs().max())
+                for h, (qh, kh) in enumerate(heads))
+    if repro > _REPRODUCTION_TOL:
+        # the logits are not s·q·kᵀ of these modules (relative position biases, ALiBi, ...):
+        # the closed form does not describe this model's attention
+        return {"attention_reproduction_error": repro}
+    M = torch.stack([attention_row_metric(qh, kh, scale=s) for qh, kh in heads])  # (H, n, dh, dh)
     Q = q.view(-1, H, dh).transpose(0, 1)  # (H, n, dh)
     density = sequence_density(Q, M).sum(0)
     L = _psd_factor(0.5 * (M + M.transpose(-1, -2)))
@@ -200,6 +200,9 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
         "density": density,
         "attention_reproduction_error": repro,
     }
+
+
+_REPRODUCTION_TOL = 1e-3  # float32 attention maps agree with the float64 recomputation to ~1e-7
 
 
 def _psd_factor(M: torch.Tensor) -> torch.Tensor:
@@ -382,6 +385,11 @@ def analyse(
     timings["forward"] = time.perf_counter() - t0
     check_finite(attn, "attention maps")
     check_finite(hidden, "hidden states")
+    if projections is not None and float(attn.triu(1).max()) < 1e-12:
+        # causal maps, whatever the config says: each query has its own key set
+        warnings.warn("pulled-back metric skipped: the attention maps are causal (decoder); "
+                      "the closed form assumes bidirectional attention")
+        projections = None
     row_err = float((attn.sum(-1) - 1).abs().max())
 
     from tqdm.auto import tqdm
@@ -424,6 +432,10 @@ def analyse(
             t0 = time.perf_counter()
             pb = _pullback(xs[li], projections[li], P_all)
             timings["pullback"] = timings.get("pullback", 0.0) + time.perf_counter() - t0
+        if projections is not None and "density" not in pb:
+            warnings.warn(f"pulled-back metric of layer {li} skipped: softmax(s·qKᵀ) of its query/key modules "
+                          f"differs from the model's attention map by {pb['attention_reproduction_error']:.2g}")
+        elif projections is not None:
             pull = {
                 "state": f"input of layer {li}'s attention (hidden_states[{li}])",
                 "trace": _finite_list(pb["trace"], "metric trace"),
@@ -434,7 +446,7 @@ def analyse(
             }
         bar.update(1)
         # the density the policy sees: the pulled-back hidden-state density where it exists
-        # (seed 000 §3.1.1 ρ = ‖∇s‖²_g), else the head-averaged attention density
+        # (seed 000 §3.1.1 ρ = ‖∇s‖²_g), else the mean over heads of the attention density
         t0 = time.perf_counter()
         if pull is not None:
             rho, source = torch.tensor(pull["density"], dtype=torch.float64), "pullback"
@@ -778,7 +790,7 @@ def _draw_figures(report: Report, out: Path) -> dict[str, Path]:
     att = np.array([_token_density(torch.tensor(lr["head_mean"]["density"])).numpy() for lr in d["layers"]])
     fig, axes = plt.subplots(2, 1, figsize=(width, 2.2 + 0.9 * len(layers) * 2), constrained_layout=True)
     for ax, M, title in ((axes[0], pull, "pulled-back Fisher density ρ_t of the hidden states" if src == "pullback"
-                          else "attention density (head-averaged)"),
+                          else "attention density (mean over heads of the squared Fisher–Rao speed)"),
                          (axes[1], att, "attention density: squared Fisher–Rao speed of the head-averaged rows")):
         pos = M[M > 0]
         norm = LogNorm(vmin=max(pos.min(), pos.max() * 1e-6), vmax=pos.max()) if pos.size else None

@@ -92,6 +92,9 @@ def _add_analyse(sub) -> None:
     p.add_argument("--name", help="report name (default: 'text', the file's stem, or 'stdin')")
     p.add_argument("--out", metavar="DIR", help="output folder (default ./infogeo-report/<name>)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (default cpu)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: the analysis is many small batched products, and one "
+                        "thread avoids OpenMP oversubscription on a shared machine)")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (report.md/html without them)")
     p.add_argument("--summary", action="store_true", help="print a per-layer table (density, curvature, resolution, cost saved)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -124,7 +127,8 @@ def _check_args(args) -> None:
             raise UsageError(f"{flag} must lie in (0, 1], got {v}")
     if args.budget < args.r_min:
         raise UsageError(f"--budget must be >= --r-min = {args.r_min} (no plan meets a budget below the floor), got {args.budget}")
-    for flag, v in (("--tile-size", args.tile_size), ("--k", args.k), ("--n-eigs", args.n_eigs)):
+    for flag, v in (("--tile-size", args.tile_size), ("--k", args.k), ("--n-eigs", args.n_eigs),
+                    ("--threads", args.threads)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if args.max_length is not None and args.max_length < 3:
@@ -178,8 +182,12 @@ def _run_analyse(args) -> int:
     elif not text.strip():
         raise UsageError("the text is empty or whitespace only")
     # heavy imports only once the cheap checks passed, so bad input fails fast
+    import torch
+
     from . import models
     from .analysis import analyse
+
+    torch.set_num_threads(args.threads)
 
     model, tokenizer = models.load_model(args.model, device=args.device)
     _check_indices_for(model, args)

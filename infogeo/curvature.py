@@ -148,6 +148,8 @@ def ollivier_ricci(
         return nb, mass
 
     sup = [support(x) for x in range(n)]
+    # Equal total masses to the last bit, as the network simplex requires (ot.emd2 does the same).
+    sup = [(pts, mass / mass.sum()) if len(mass) else (pts, mass) for pts, mass in sup]
 
     out = np.empty(len(edges))
     bar = tqdm(total=len(edges), desc="Ollivier-Ricci", disable=not progress, leave=False)

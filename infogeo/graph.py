@@ -41,6 +41,7 @@ from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
 from infogeo._checks import check_choice, check_int, check_tensor
+from infogeo.fisher import categorical_distance, pullback_quadratic_form
 
 Tensor = torch.Tensor
 
@@ -113,12 +114,8 @@ def _edge_lengths(
         if kind == "euclidean":
             ell = (a - b).norm(dim=-1)
         elif kind == "fisher_rao":
-            from infogeo.fisher import categorical_distance
-
             ell = categorical_distance(a, b)
         elif callable(metric):
-            from infogeo.fisher import pullback_quadratic_form
-
             q = pullback_quadratic_form(metric, 0.5 * (a + b), b - a, chunk_size=_JVP_CHUNK)
             ell = q.clamp_min(0).sqrt()
         else:

@@ -32,6 +32,8 @@ positive, so that :math:`-\\Delta_g \\approx M^{-1}A`, the Dirichlet energy is
   :math:`M = D^{(\\alpha)}/\\bar D^{(\\alpha)}` (normalised to mean 1).
 
 Bandwidth rule (when ``bandwidth=None``): :math:`\\varepsilon = \\operatorname{median}_i r_k(i)/3`
+(raised to :math:`\\max_i r_1(i)/15` if that is larger, which only happens with outlier tokens and
+keeps every nearest neighbour at kernel weight :math:`\\ge e^{-225}`, no underflow)
 with :math:`r_k(i)` the distance from node :math:`i` to its ``k``-th nearest neighbour, so the
 truncated kernel has fallen to :math:`e^{-9} \\approx 10^{-4}` at the edge of a typical
 neighbourhood. Truncating at :math:`2\\varepsilon` instead (:math:`e^{-4}`) removes 9% of the
@@ -117,9 +119,8 @@ def _kernel_graph(points_or_graph: object, k: int | None, metric, kind_graph) ->
         return points_or_graph
     if isinstance(points_or_graph, torch.Tensor):
         check_tensor(points_or_graph, "points", ndim=2)
-        return TokenGraph.from_points(
-            points_or_graph, k=100 if k is None else k, metric=metric, kind=kind_graph, sequence_edges=False
-        )
+        k_pts = min(100, max(1, points_or_graph.shape[0] - 1)) if k is None else k
+        return TokenGraph.from_points(points_or_graph, k=k_pts, metric=metric, kind=kind_graph, sequence_edges=False)
     raise TypeError(
         f"points_or_graph must be an (n, d) torch.Tensor or an infogeo.graph.TokenGraph, "
         f"got {type(points_or_graph).__name__}"
@@ -127,18 +128,26 @@ def _kernel_graph(points_or_graph: object, k: int | None, metric, kind_graph) ->
 
 
 def default_bandwidth(graph: TokenGraph, k: int | None = None) -> float:
-    """The bandwidth rule :math:`\\varepsilon = \\operatorname{median}_i r_k(i)/2` (module docstring).
+    """The bandwidth rule :math:`\\varepsilon = \\max(\\operatorname{median}_i r_k(i)/3,\\ \\max_i r_1(i)/15)`.
 
     :math:`r_k(i)` is the ``k``-th smallest edge length at node ``i`` (``k`` defaults to the
-    graph's neighbour count; nodes with fewer edges use their longest).
+    graph's neighbour count; nodes with fewer edges use their longest), :math:`r_1(i)` the
+    shortest. The first term is the accuracy rule of the module docstring; the second only
+    binds for outliers (a nearest neighbour 5 typical neighbourhood radii away) and keeps every
+    node's nearest neighbour at kernel weight :math:`\\ge e^{-225} \\approx 10^{-98}`, so no kernel
+    row underflows in float64.
     """
     k = graph.k if k is None else check_int(k, "k", minimum=1)
     adj = graph.adjacency
-    r = np.empty(graph.n)
-    for i in range(graph.n):
-        row = np.sort(adj.data[adj.indptr[i] : adj.indptr[i + 1]])
-        r[i] = row[min(k, len(row)) - 1] if len(row) else np.nan
-    return float(np.nanmedian(r) / 3.0)
+    deg = np.diff(adj.indptr)
+    if (deg == 0).any():
+        raise ValueError(f"the graph has {int((deg == 0).sum())} isolated node(s); the kernel needs every node to have an edge")
+    rows = np.repeat(np.arange(graph.n), deg)
+    order = np.lexsort((adj.data, rows))  # row-major, ascending length within each row
+    srt = adj.data[order]
+    r_k = srt[adj.indptr[:-1] + np.minimum(max(k, 1), deg) - 1]
+    r_1 = srt[adj.indptr[:-1]]
+    return float(max(np.median(r_k) / 3.0, r_1.max() / 15.0))
 
 
 def laplacian(
@@ -155,7 +164,7 @@ def laplacian(
 
     Args:
         points_or_graph: ``(n, d)`` torch points (a kNN graph without sequence edges is built,
-            ``k`` neighbours, default 100) or a :class:`~infogeo.graph.TokenGraph` (its edges and
+            ``k`` neighbours, default ``min(100, n - 1)``) or a :class:`~infogeo.graph.TokenGraph` (its edges and
             metric lengths are used as they are).
         kind: ``"belkin_niyogi"`` or ``"diffusion"``.
         alpha: Coifman–Lafon exponent in [0, 1] for ``"diffusion"`` (1 = density independent).
@@ -172,7 +181,7 @@ def laplacian(
     if bandwidth is None:
         bandwidth = default_bandwidth(graph, k)
     else:
-        check_positive(bandwidth, "bandwidth")
+        check_positive(torch.as_tensor(bandwidth, dtype=torch.float64), "bandwidth")
     eps = float(bandwidth)
     t = eps * eps / 4.0
     w = graph.adjacency.copy()

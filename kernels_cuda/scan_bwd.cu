@@ -20,10 +20,10 @@
 // phase 2 takes the windows in reverse: stage the inputs, recompute the window forward storing the
 // state before each timestep's segment in shared memory (plus the segment totals, y and hence
 // ∂L/∂z), then the reverse sweep. The (batch, dim, N, L) state history never exists: per block
-// the shared memory holds one window of it. dB and dC are reduced over the block's channels in
-// shared memory (a reduce-scatter over the channels of a warp, then shared atomics) and added to
-// global memory with atomics, or, with `deterministic`, written as per-block partials that the
-// caller sums in a fixed order. dA, dD, d delta_bias, d gain are per batch row partials (no
+// the shared memory holds one window of it. dB and dC are reduced over the channels of a warp by
+// a reduce-scatter, over the block's warps by shared atomics, and added to global memory with
+// atomics; with `deterministic`, each warp keeps its own shared rows, summed in a fixed order
+// into per-block partials that the caller sums in a fixed order (no atomics anywhere). dA, dD, d delta_bias, d gain are per batch row partials (no
 // atomics) summed by the caller.
 #include "scan_params.h"
 
@@ -41,23 +41,34 @@ struct BwdLayout {
   static constexpr int WP = W + 1;
   static constexpr int kH = 0;                       // [W][BT][K] state before each timestep's segment
   static constexpr int kChan = kH + W * BT * K;      // 9 arrays [CH][WP]
-  static constexpr int kState = kChan + 9 * CH * WP;  // 5 arrays [W][NP]
-  static constexpr int kDR = kState + 5 * W * NP;    // [W]
+  static constexpr int kState = kChan + 9 * CH * WP;  // 3 arrays [W][NP]: B, C, B̄
+  static constexpr int kDR = kState + 3 * W * NP;    // [W]
   static constexpr int kInts = kDR + W;              // 2 int arrays [W] in acc-sized slots
-  static constexpr int kTotal = kInts + 2 * W;
-  static constexpr size_t kBytes = sizeof(acc_t) * kTotal;
+  static constexpr int kRed = kInts + 2 * W;         // dB, dC sums: [W][NP], or [warp][W][NP] if deterministic
+  static constexpr int kWarps = BT / 32;
+  __host__ __device__ static constexpr int red_size(bool det) { return (det ? kWarps : 1) * W * NP; }
+  __host__ __device__ static constexpr size_t bytes(bool det) { return sizeof(acc_t) * (kRed + 2 * red_size(det)); }
 };
 
-// Sum v (this lane's K state components) over the channels of the warp and add the sums to the
-// shared row srow[n]: a reduce-scatter (each level halves the values a lane carries) followed by
-// a butterfly for the remaining channel bits, so each lane ends with one fully reduced component.
+// Sum v (this lane's K state components) over the channels of the warp into the shared row
+// srow[n]: a reduce-scatter (each level halves the values a lane carries) followed by a butterfly
+// for the remaining channel bits, so each lane ends with one fully reduced component. `add`:
+// shared atomics into a row common to the block's warps (order-dependent rounding); otherwise a
+// plain store into the warp's own row (deterministic; the rows are summed in a fixed order).
+template <typename acc_t>
+__device__ __forceinline__ void put(acc_t* p, acc_t v, bool add) {
+  if (add)
+    atomicAdd(p, v);
+  else
+    *p = v;
+}
 template <int TPC, typename acc_t>
-__device__ __forceinline__ void channel_reduce_add(const acc_t (&v)[K], acc_t* srow, int n0, int lane) {
+__device__ __forceinline__ void channel_reduce_add(const acc_t (&v)[K], acc_t* srow, int n0, int lane, bool add) {
   constexpr int CPW = 32 / TPC;  // channels per warp
   static_assert(K == 4, "the reduce-scatter below assumes four components per lane");
   if constexpr (CPW == 1) {
 #pragma unroll
-    for (int i = 0; i < K; ++i) atomicAdd(srow + n0 + i, v[i]);
+    for (int i = 0; i < K; ++i) put(srow + n0 + i, v[i], add);
   } else {
     const int cb = lane / TPC;
     const bool b0 = cb & 1;
@@ -67,8 +78,8 @@ __device__ __forceinline__ void channel_reduce_add(const acc_t (&v)[K], acc_t* s
     k1 += __shfl_xor_sync(kFull, s1, TPC);
     int idx = n0 + (b0 ? 2 : 0);
     if constexpr (CPW == 2) {
-      atomicAdd(srow + idx, k0);
-      atomicAdd(srow + idx + 1, k1);
+      put(srow + idx, k0, add);
+      put(srow + idx + 1, k1, add);
     } else {
       const bool b1 = (cb >> 1) & 1;
       acc_t k = b1 ? k1 : k0;
@@ -77,7 +88,7 @@ __device__ __forceinline__ void channel_reduce_add(const acc_t (&v)[K], acc_t* s
       idx += b1 ? 1 : 0;
 #pragma unroll
       for (int o = 4 * TPC; o < 32; o *= 2) k += __shfl_xor_sync(kFull, k, o);
-      if ((cb >> 2) == 0) atomicAdd(srow + idx, k);
+      if ((cb >> 2) == 0) put(srow + idx, k, add);
     }
   }
 }
@@ -178,11 +189,14 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_bwd_kernel(
   acc_t* sB = sm + Lay::kState;
   acc_t* sC = sB + W * NP;
   acc_t* sBbar = sC + W * NP;
-  acc_t* sdB = sBbar + W * NP;
-  acc_t* sdC = sdB + W * NP;
   acc_t* sDR = sm + Lay::kDR;
   int* sMeta = reinterpret_cast<int*>(sm + Lay::kInts);
   int* sTile = sMeta + W;
+  const bool det = q.deterministic;
+  const int red = Lay::red_size(det);
+  acc_t* sdB = sm + Lay::kRed;
+  acc_t* sdC = sdB + red;
+  const int wrow = det ? (threadIdx.x >> 5) * W * NP : 0;  // this warp's dB/dC rows
 
   const ScanFwdParams& p = q.f;
   const int bpg = gridDim.x / p.G;
@@ -288,7 +302,7 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_bwd_kernel(
       __syncthreads();
       stage_window<in_t, acc_t, CH, NP, W>(p, b, g, cbase, nch, w0, nt, sDt, sU, sB, sC, sMeta, sTile, sDR, dy,
                                            sDsp, sG, sZ);
-      for (int e = tid; e < W * NP; e += BT) {
+      for (int e = tid; e < red; e += BT) {
         sdB[e] = 0;
         sdC[e] = 0;
       }
@@ -360,8 +374,8 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_bwd_kernel(
           dDa += dyv * uu;
           dbias += ddraw;
         }
-        channel_reduce_add<TPC>(dCc, sdC + tt * NP, n0, lane);
-        channel_reduce_add<TPC>(cBco, sdB + tt * NP, n0, lane);
+        channel_reduce_add<TPC>(dCc, sdC + wrow + tt * NP, n0, lane, !det);
+        channel_reduce_add<TPC>(cBco, sdB + wrow + tt * NP, n0, lane, !det);
         if ((meta & kTileStart) && has_gain && sTile[tt] > 0) {  // P is the state after the transition
           const acc_t dr = sDR[tt];
 #pragma unroll
@@ -393,7 +407,14 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_bwd_kernel(
         if (n < N && tt < nt) {
           const long long t = w0 + tt;
           const bool act = n < p.state_dims[row0 + t / T];  // inactive components have no B, C
-          const acc_t vb = act ? sdB[tt * NP + n] : acc_t(0), vc = act ? sdC[tt * NP + n] : acc_t(0);
+          acc_t vb = 0, vc = 0;
+          if (act) {
+            const int nw_red = det ? Lay::kWarps : 1;
+            for (int wi = 0; wi < nw_red; ++wi) {  // fixed order
+              vb += sdB[wi * W * NP + tt * NP + n];
+              vc += sdC[wi * W * NP + tt * NP + n];
+            }
+          }
           const long long o = obase + (long long)n * L + t;
           if (q.deterministic) {
             dBo[o] = vb;
@@ -433,10 +454,11 @@ cudaError_t launch(const ScanBwdParams& q, cudaStream_t stream) {
   constexpr int W = sizeof(acc_t) == 8 ? 16 : 32;  // = bwd_window(): the float64 state window halves
   using Lay = BwdLayout<acc_t, TPC, W>;
   auto kernel = scan_bwd_kernel<in_t, acc_t, TPC, W>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)Lay::kBytes);
+  const size_t bytes = Lay::bytes(q.deterministic);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
   if (err != cudaSuccess) return err;
   const dim3 grid(q.f.G * blocks_per_group(q.f.dim, q.f.G, q.f.N), q.f.batch);
-  kernel<<<grid, Lay::BT, Lay::kBytes, stream>>>(q);
+  kernel<<<grid, Lay::BT, bytes, stream>>>(q);
   return cudaGetLastError();
 }
 

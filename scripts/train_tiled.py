@@ -53,6 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--n-bursts", type=int, default=2)
     g.add_argument("--burst-len", type=int, default=16)
     g.add_argument("--n-symbols", type=int, default=8)
+    g.add_argument("--burst-window", type=int, default=None, help="bursts lie in the last W context tokens")
     g.add_argument("--train-size", type=int, default=100_000)
     g.add_argument("--eval-size", type=int, default=128)
     g = p.add_argument_group("model")
@@ -93,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sweep: first train a full-resolution model this long, then fine-tune every "
                         "configuration from it for --steps (0 steps: evaluate it as is)")
     g.add_argument("--figure", type=Path, default=None, help="accuracy-vs-cost figure (sweep)")
+    g.add_argument("--with-non-causal", action="store_true",
+                   help="sweep: also adaptive with causal=False (encoder mode; leaks the segmentation)")
     args = p.parse_args(argv)
     if not 0.0 < args.budget <= 1.0:
         p.error(f"--budget must lie in (0, 1], got {args.budget}")
@@ -116,7 +119,7 @@ def lr_lambda_factory(warmup: int, total: int):
 
 def build(args, device):
     data_kw = dict(context_len=args.context_len, n_bursts=args.n_bursts, burst_len=args.burst_len,
-                   n_symbols=args.n_symbols)
+                   n_symbols=args.n_symbols, burst_window=args.burst_window)
     train_ds = BurstCopyDataset(args.train_size, seed=args.seed, **data_kw)
     eval_ds = BurstCopyDataset(args.eval_size, seed=args.seed + 10_007, **data_kw)
     torch.manual_seed(args.seed)
@@ -274,7 +277,8 @@ def train(args) -> dict:
 
 def sweep(args) -> list[dict]:
     """Full resolution, then uniform, binary and adaptive at each budget; same seed and data."""
-    configs = [("full", "uniform", 1.0)] + [(f"{p}@{c:g}", p, c) for c in args.budgets for p in ("uniform", "binary", "adaptive")]
+    policies = ("uniform", "binary", "adaptive") + (("adaptive-nc",) if args.with_non_causal else ())
+    configs = [("full", "uniform", 1.0)] + [(f"{p}@{c:g}", p, c) for c in args.budgets for p in policies]
     rows = []
     init = None
     if args.base_steps > 0:
@@ -286,13 +290,14 @@ def sweep(args) -> list[dict]:
         init = base.out / "checkpoint.safetensors"
     for name, policy, budget in configs:
         run = argparse.Namespace(**vars(args))
-        run.policy, run.budget, run.out = policy, budget, args.out / name.replace("@", "_")
+        run.policy, run.budget, run.out = policy.removesuffix("-nc"), budget, args.out / name.replace("@", "_")
+        run.non_causal = policy.endswith("-nc")
         run.resume, run.init_from = None, init
         log = run.out / "log.jsonl"
         if log.exists():
             log.unlink()
         summary = train(run)
-        summary["name"] = name
+        summary["name"], summary["policy"] = name, policy
         rows.append(summary)
         print(json.dumps(summary), flush=True)
     with open(args.out / "summary.json", "w") as f:
@@ -323,7 +328,7 @@ def figure(rows: list[dict], path: Path) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(6, 4))
-    styles = {"uniform": "s--", "binary": "^:", "adaptive": "o-"}
+    styles = {"uniform": "s--", "binary": "^:", "adaptive": "o-", "adaptive-nc": "x-."}
     for pol, st in styles.items():
         pts = sorted((r["recurrence_cost"], 100 * r["accuracy"]) for r in rows if r["policy"] == pol and r["name"] != "full")
         if pts:

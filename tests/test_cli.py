@@ -53,6 +53,7 @@ def _one_line_error(capsys, code, match):
         (["analyse", "hi", "--budget", "0.05"], "--budget must be >= --r-min"),
         (["analyse", "hi", "--r-min", "0"], "--r-min must lie in (0, 1]"),
         (["analyse", "hi", "--tile-size", "0"], "--tile-size"),
+        (["analyse", "hi", "--threads", "0"], "--threads"),
         (["analyse", "hi", "--layers", "x"], "integer indices"),
         (["analyse", "hi", "--resume"], "--resume needs --batch"),
         (["analyse", "hi", "--file", "x.txt"], "either TEXT or --file"),
@@ -163,3 +164,36 @@ def test_stdin_text(capsys, tmp_path, monkeypatch):
     assert main(["analyse", "--file", "-", "--out", str(tmp_path / "s"), "--no-figures", *FAST]) == 0
     d = json.loads((tmp_path / "s" / "report.json").read_text())
     assert d["name"] == "stdin" and d["text"]["n_chars"] == len("Text from standard input, read whole.")
+
+
+def test_decoder_model_folder(capsys, tmp_path):
+    """--model with a (tiny, random) causal decoder: attention geometry and plan, no pull-back."""
+    import torch
+    from transformers import AutoTokenizer, OPTConfig, OPTModel
+
+    from infogeo.models import default_model_path
+
+    folder = tmp_path / "opt"
+    torch.manual_seed(0)
+    cfg = OPTConfig(hidden_size=32, num_attention_heads=2, num_hidden_layers=2, ffn_dim=64, vocab_size=30522,
+                    max_position_embeddings=64, word_embed_proj_dim=32)
+    OPTModel(cfg).save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(default_model_path(), local_files_only=True).save_pretrained(folder)
+    out = tmp_path / "r"
+    assert main(["analyse", SHORT, "--model", str(folder), "--out", str(out), "--no-figures", "--quiet",
+                 "--k", "4", "--n-eigs", "3", "--tile-size", "4"]) == 0
+    assert "infogeo: warning: pulled-back metric skipped: the attention maps are causal" in capsys.readouterr().err
+    d = json.loads((out / "report.json").read_text())
+    assert (d["model"]["n_layers"], d["model"]["n_heads"]) == (2, 2)
+    assert all(lr["pullback"] is None and lr["tiling"]["density_source"] == "attention" for lr in d["layers"])
+    with np.load(out / "arrays.npz") as z:
+        P = z["attention_L1_H1"]
+        assert np.triu(P, 1).max() < 1e-30  # causal rows
+        np.testing.assert_allclose(P.sum(-1), 1.0, atol=1e-5)
+        # the plan used the mean over heads of the attention density (squared Fisher–Rao speed)
+        rows = [z[f"attention_L0_H{h}"].astype(np.float64) for h in (0, 1)]
+    speed2 = [(2 * np.arccos(np.clip(np.sqrt(R[1:] * R[:-1]).sum(-1) / np.sqrt(R[1:].sum(-1) * R[:-1].sum(-1)),
+                                     -1, 1))) ** 2 for R in rows]
+    rho = np.mean(speed2, axis=0)
+    tok = np.array(d["layers"][0]["tiling"]["token_density"])
+    np.testing.assert_allclose(tok[1:-1], 0.5 * (rho[:-1] + rho[1:]), rtol=1e-3, atol=1e-6)

@@ -83,6 +83,14 @@ def test_bandwidth_rule():
     d = np.sort(cdist(x.numpy(), x.numpy()), axis=1)[:, 12]  # column 0 is self
     assert default_bandwidth(graph) == pytest.approx(np.median(d) / 3, rel=1e-12)
     assert laplacian(graph).bandwidth == pytest.approx(np.median(d) / 3, rel=1e-12)
+    # An outlier far from a tight cluster raises the bandwidth so that its row cannot underflow.
+    y = torch.cat([0.01 * x, torch.tensor([[5.0, 0.0, 0.0]], dtype=torch.float64)])
+    gy = TokenGraph.from_points(y, k=12, sequence_edges=False)
+    dy = cdist(y.numpy(), y.numpy())
+    np.fill_diagonal(dy, np.inf)
+    assert default_bandwidth(gy) == pytest.approx(dy.min(1).max() / 15, rel=1e-12)
+    lap = laplacian(gy)
+    assert np.isfinite(lap.stiffness.data).all() and (lap.mass > 0).all()
 
 
 def test_sphere_spectrum_fast():

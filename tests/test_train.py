@@ -47,6 +47,13 @@ def test_burst_copy_dataset_structure():
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     with pytest.raises(ValueError, match="fit"):
         BurstCopyDataset(4, context_len=10, n_bursts=3, burst_len=5)
+    near = BurstCopyDataset(20, context_len=1024, n_bursts=2, burst_len=3, burst_window=10, seed=1)
+    for i in range(20):
+        ctx = near[i][0][:1024]
+        pos = torch.nonzero(ctx != near.filler).flatten()
+        assert pos.numel() == 6 and int(pos.min()) >= 1024 - 10  # bursts in the last W tokens
+    with pytest.raises(ValueError, match="burst_window"):
+        BurstCopyDataset(4, context_len=10, burst_window=11, n_bursts=1, burst_len=2)
     with pytest.raises(IndexError):
         ds[10]
 

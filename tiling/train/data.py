@@ -8,6 +8,10 @@ state" is high only where content arrives), which is the regime a resolution-ada
 meant for: coarse segments merge consecutive tokens into one recurrence step, harmless over filler
 but destructive inside a burst, where the order of the symbols is the information.
 
+With ``burst_window = W`` the bursts lie in the last ``W`` tokens of the context (all of it by
+default): a shorter distance between the bursts and the answers, for runs too short to learn the
+long-range copy.
+
 Vocabulary: content symbols ``0 … n_symbols−1``, ``FILLER = n_symbols``, ``SEP = n_symbols + 1``.
 Example ``i`` is a pure function of ``(seed, i)``, so a ``DistributedSampler`` over the dataset
 gives each rank its own examples and a resumed run sees exactly the data of an uninterrupted one.
@@ -31,16 +35,20 @@ class BurstCopyDataset(Dataset):
     """
 
     def __init__(self, size: int, *, context_len: int = 1024, n_bursts: int = 2, burst_len: int = 16,
-                 n_symbols: int = 8, seed: int = 0) -> None:
+                 n_symbols: int = 8, burst_window: int | None = None, seed: int = 0) -> None:
         self.size = check_int(size, "size", minimum=1)
         self.context_len = check_int(context_len, "context_len", minimum=1)
         self.n_bursts = check_int(n_bursts, "n_bursts", minimum=1)
         self.burst_len = check_int(burst_len, "burst_len", minimum=1)
         self.n_symbols = check_int(n_symbols, "n_symbols", minimum=2)
         self.seed = check_int(seed, "seed", minimum=0)
-        if self.n_bursts * self.burst_len > self.context_len:
+        self.burst_window = self.context_len if burst_window is None else check_int(burst_window, "burst_window", minimum=1)
+        if self.burst_window > self.context_len:
+            raise ValueError(f"burst_window = {self.burst_window} must be <= context_len = {self.context_len}")
+        if self.n_bursts * self.burst_len > self.burst_window:
             raise ValueError(
-                f"n_bursts·burst_len = {self.n_bursts * self.burst_len} must fit in context_len = {self.context_len}")
+                f"n_bursts·burst_len = {self.n_bursts * self.burst_len} must fit in the burst window "
+                f"(burst_window or context_len) = {self.burst_window}")
         self.filler = self.n_symbols
         self.sep = self.n_symbols + 1
 
@@ -62,9 +70,9 @@ class BurstCopyDataset(Dataset):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
         K = self.n_bursts * self.burst_len
         # non-overlapping burst starts (stars and bars): sorted draws from [0, ctx − K], shifted
-        free = self.context_len - K
+        free = self.burst_window - K
         draws = torch.sort(torch.randint(0, free + 1, (self.n_bursts,), generator=g)).values
-        starts = draws + torch.arange(self.n_bursts) * self.burst_len
+        starts = draws + torch.arange(self.n_bursts) * self.burst_len + (self.context_len - self.burst_window)
         content = torch.randint(0, self.n_symbols, (K,), generator=g)
         ctx = torch.full((self.context_len,), self.filler, dtype=torch.int64)
         for b in range(self.n_bursts):
