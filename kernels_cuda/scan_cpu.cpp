@@ -288,11 +288,14 @@ void tile_forward(const Params<T>& p, const T* Bp, const T* Cp, int n, int m, in
       }
       if (y) y[lo] = acc;
     } else {
-      if (y)
+      if (y)  // four accumulators: the read-out is a reduction over q, keep it off the FMA latency
         for (int t = lo; t < hi; ++t) {
-          V acc = {};
-          for (int q = 0; q < S; ++q) acc += h[q] * Cp[q * L + t];
-          y[t] = acc;
+          V acc[4] = {};
+          int q = 0;
+          for (; q + 4 <= S; q += 4)
+            for (int r = 0; r < 4; ++r) acc[r] += h[q + r] * Cp[(q + r) * L + t];
+          for (; q < S; ++q) acc[0] += h[q] * Cp[q * L + t];
+          y[t] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
         }
       V ds = {}, U = {};
       for (int t = lo; t < hi; ++t) {
