@@ -102,7 +102,7 @@ def check_probability(p: Tensor, name: str, *, dim: int = -1, atol: float | None
 
 def check_positive(x: Tensor | float, name: str, *, strict: bool = True) -> None:
     """``x`` (scalar or tensor) is > 0 (``strict``) or >= 0."""
-    t = torch.as_tensor(x)
+    t = torch.as_tensor(x, dtype=torch.float64)  # float64 so huge finite values do not overflow to inf
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {x}")
     bad = (t <= 0) if strict else (t < 0)

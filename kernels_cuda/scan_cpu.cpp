@@ -233,10 +233,15 @@ template <typename T> inline void scatter(T* base, const Blk& k, int64_t stride,
 }
 
 // Load a (channels x n) slab of a (Bt, Dm, L) tensor, transposed into n lane-vectors.
+// The rows of a block are W separate streams (stride L), too many for the hardware prefetcher:
+// the next tile of each row is prefetched explicitly.
 template <typename T> void load_tile(const T* x, const Params<T>& p, const Blk& k, int64_t s0, int n, Vec<T>* out) {
+  constexpr int line = 64 / sizeof(T);
+  const int next = (int)std::min<int64_t>(n, p.L - s0 - n);
   for (int t = 0; t < n; ++t) out[t] = Vec<T>{};
   for (int l = 0; l < k.nl; ++l) {
     const T* row = x + ((k.b * p.Dm + k.c0 + l) * p.L + s0);
+    for (int t = 0; t < next; t += line) __builtin_prefetch(row + n + t);
     for (int t = 0; t < n; ++t) out[t][l] = row[t];
   }
 }

@@ -78,3 +78,25 @@ def test_kernel_compiles_for_sm90(source, tmp_path):
         assert r["registers"] <= 255, f"{name}: {r}"
     warnings = [ln for ln in (res.stdout + res.stderr).splitlines() if "warning" in ln.lower()]
     assert not warnings, "\n".join(warnings)
+
+
+def test_cuda_build_cache_name_follows_arch_list(monkeypatch):
+    """TORCH_CUDA_ARCH_LIST names the build (and its cache), so another GPU never loads foreign code."""
+    from tiling import _build
+
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0;9.0a+PTX")
+    assert _build._cuda_arch_tag() == "9_0_9_0a_PTX"
+
+
+def test_cuda_loader_declines_without_gpu(monkeypatch):
+    """Without a usable GPU the loader returns None (the op then warns and uses the reference)."""
+    import torch
+
+    from tiling import _build
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _build.load_cuda_extension.cache_clear()
+    try:
+        assert _build.load_cuda_extension() is None
+    finally:
+        _build.load_cuda_extension.cache_clear()

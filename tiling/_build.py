@@ -89,3 +89,52 @@ def load_cpu_extension() -> ModuleType | None:
 
 
 # --- CUDA extension loader: added here by the CUDA engineer (load_cuda_extension) ---
+
+
+def _cuda_arch_tag() -> str:
+    """Tag of the GPU archs the CUDA extension is built for: ``TORCH_CUDA_ARCH_LIST`` if set (torch's
+    cpp_extension honours it), else the compute capabilities of the visible devices (its default)."""
+    import torch
+
+    archs = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if archs:
+        return "".join(ch if ch.isalnum() else "_" for ch in archs)
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return "_".join(f"sm{major}{minor}" for major, minor in caps)
+
+
+@functools.lru_cache(maxsize=None)
+def load_cuda_extension() -> ModuleType | None:
+    """Compile (once) and import the CUDA scan kernel; ``None`` without a GPU, a CUDA toolkit or on failure.
+
+    Sources: ``binding.cpp`` (the PyTorch binding, same interface as ``scan_cpu.cpp``) and
+    ``scan_fwd.cu``, ``scan_bwd.cu`` (CUDA toolkit only). Built at first use for the archs of
+    :func:`_cuda_arch_tag` (part of the cache name, so a cache shared between machines never loads
+    code for another GPU), ``-O3``, no ``--use_fast_math`` (the decays call ``ex2.approx``
+    explicitly; softplus and sigmoid keep the accurate ``expf``/``log1pf``). ``pip install`` needs no
+    GPU: nothing is compiled before this call.
+    """
+    if force_reference():
+        return None
+    import torch
+    from torch.utils import cpp_extension
+
+    if not torch.cuda.is_available() or cpp_extension.CUDA_HOME is None:
+        return None
+    name = f"tiling_scan_cuda_{_cuda_arch_tag()}"
+    if not any(_build_dir(name).glob(f"{name}*.so")):
+        print("tiling: compiling the CUDA scan kernel (first use, ~2 min)…", file=sys.stderr, flush=True)
+    try:
+        return cpp_extension.load(
+            name=name,
+            sources=[str(KERNEL_DIR / f) for f in ("binding.cpp", "scan_fwd.cu", "scan_bwd.cu")],
+            extra_cflags=["-O3"],
+            extra_cuda_cflags=["-O3", "-lineinfo"],
+            extra_include_paths=[str(KERNEL_DIR)],
+            verbose=False,
+        )
+    except Exception as exc:  # any compiler/linker failure: fall back, say why
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+        warnings.warn(f"tiling: could not build the CUDA scan kernel ({type(exc).__name__}: {msg}); "
+                      "falling back to the (slow) PyTorch reference", RuntimeWarning, stacklevel=2)
+        return None
