@@ -22,10 +22,9 @@ enum class InType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2, kFloat64 = 
 
 // Work decomposition (the design is in docs/kernels.md, "CUDA kernel"):
 // a block of at most kThreads threads serves channels_per_block_tpc(TPC) channels of one (batch
-// row, B/C group); the
-// TPC = ceil(N / kStatesPerThread) (rounded up to a power of two) consecutive lanes of a channel
-// hold kStatesPerThread state components each in registers; time advances sequentially in
-// windows of kWindow timesteps staged through shared memory.
+// row, B/C group); the TPC = ceil(N / kStatesPerThread) (rounded up to a power of two) consecutive
+// lanes of a channel hold kStatesPerThread state components each in registers; time advances
+// sequentially in windows of kWindow timesteps staged through shared memory.
 constexpr int kThreads = 128;
 constexpr int kStatesPerThread = 4;
 constexpr int kWindow = 32;  // forward window; the backward uses bwd_window() (smem-bound)

@@ -56,7 +56,7 @@ def assert_match(fast, slow, rtol):
 
 
 @needs_kernel
-@given(batch=st.integers(1, 2), dim=st.integers(1, 20), L=st.integers(1, 70), N=st.integers(1, 6),
+@given(batch=st.integers(1, 2), dim=st.integers(1, 20), L=st.integers(1, 160), N=st.integers(1, 6),
        grouped=st.booleans(), T=st.integers(1, 24), seed=st.integers(0, 10_000),
        present=st.sets(st.sampled_from(OPTIONAL)), softplus=st.booleans())
 @settings(max_examples=40)
@@ -85,6 +85,19 @@ def test_kernel_float32_against_float64_reference(shape):
     assert out_f["y"].dtype == torch.float32 and out_f["last"].dtype == torch.float32
     assert_match(out_f, out_r, 2e-5)
     assert_match(gr_f, gr_r, 5e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype, tol", [(f64, 1e-11), (torch.float32, 2e-5)])
+def test_full_resolution_state16_register_path(dtype, tol):
+    """R = 1 with N = S = 16 takes the kernel's register-resident loop: check it and its gradients."""
+    t, kw = make(2, 21, 150, 16, None, 64, seed=11)
+    kw = dict(kw, resolution=torch.ones_like(kw["resolution"]), state_dims=torch.full_like(kw["state_dims"], 16))
+    tc = {k: (v.to(dtype) if v is not None else None) for k, v in t.items()}
+    out_f, gr_f = run(scan, tc, dict(kw, resolution=kw["resolution"].to(dtype)))
+    out_r, gr_r = run(ref, t, kw)
+    assert_match(out_f, out_r, tol)
+    assert_match(gr_f, gr_r, 2 * tol)
 
 
 @needs_kernel
@@ -235,6 +248,25 @@ def test_fallback_to_reference_without_kernel(monkeypatch):
     t, kw = make(1, 3, 10, 2, None, 4, seed=1)
     y = scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **kw)
     torch.testing.assert_close(y, ref(t["u"], t["delta"], t["A"], t["B"], t["C"], **kw), rtol=0, atol=0)
+
+
+def test_build_failure_warns_and_returns_none(monkeypatch):
+    from torch.utils import cpp_extension
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Error building extension\nc++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    _build.load_cpu_extension.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not build the C\\+\\+ scan kernel .*c\\+\\+: not found"):
+            assert _build.load_cpu_extension() is None
+        monkeypatch.undo()
+        monkeypatch.setenv("TILING_FORCE_REFERENCE", "1")
+        _build.load_cpu_extension.cache_clear()
+        assert _build.load_cpu_extension() is None
+    finally:
+        _build.load_cpu_extension.cache_clear()
 
 
 # ------------------------------------------------------------------ bad input

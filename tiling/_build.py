@@ -79,8 +79,9 @@ def load_cpu_extension() -> ModuleType | None:
             verbose=False,
         )
     except Exception as exc:  # any compiler/linker failure: fall back, say why
+        last_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
         warnings.warn(
-            f"tiling: could not build the C++ scan kernel ({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}); "
+            f"tiling: could not build the C++ scan kernel ({type(exc).__name__}: {last_line}); "
             "falling back to the (slow) PyTorch reference",
             RuntimeWarning,
             stacklevel=2,

@@ -57,7 +57,8 @@ def _per_tile(x: Tensor | float | int | None, default: float, n_tiles: int, name
     if t.dim() == 1:
         t = t.unsqueeze(0)
     if t.dim() != 2 or t.shape[1] != n_tiles:
-        raise ValueError(f"{name} must be a scalar or have shape (n_tiles,) or (batch, n_tiles) with n_tiles = {n_tiles}, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must be a scalar or have shape (n_tiles,) or (batch, n_tiles) with "
+                         f"n_tiles = {n_tiles}, got {tuple(t.shape)}")
     return t
 
 
