@@ -274,8 +274,9 @@ def main() -> None:
     args = ap.parse_args()
     load = os.getloadavg()
     rows = CASES[args.device](args)
-    header = (f"adaptive scan benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-              f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, "
+    where = (f"{torch.cuda.get_device_name()}, bf16/fp32 rows as labelled" if args.device == "cuda" else
+             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, float32")
+    header = (f"adaptive scan benchmark — {where}, torch {torch.__version__}, "
               f"load average at start {load[0]:.2f} (min of {args.repeats} runs)")
     print(header)
     print(f"| {'shape':<20} | {'case':<42} | {'ms':>9} | {'CPU ms/thr':>10} | {'× sequential':>12} "

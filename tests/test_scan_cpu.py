@@ -6,6 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from reference.mamba_sequential import mamba_scan_sequential
+from reference.scan_inputs import OPTIONAL, make
 from tiling import _build
 from tiling.ops import adaptive_selective_scan as scan
 from tiling.ops import adaptive_selective_scan_ref as ref
@@ -14,24 +15,7 @@ from tiling.ops.scan import CHECKPOINT_SEGMENTS, checkpoint_slots
 f64 = torch.float64
 ext = _build.load_cpu_extension()
 needs_kernel = pytest.mark.skipif(ext is None, reason="the C++ CPU kernel could not be built")
-OPTIONAL = ("D", "z", "delta_bias", "boundary_gain", "initial_state")
 DIFF = ("u", "delta", "A", "B", "C") + OPTIONAL
-
-
-def make(batch, dim, L, N, G, T, seed, dtype=f64, present=OPTIONAL, res_lo=0.05):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
-    nt = -(-L // T)
-    Bs = (batch, N, L) if G is None else (batch, G, N, L)
-    t = dict(u=r(batch, dim, L), delta=0.5 * r(batch, dim, L), A=-torch.rand(dim, N, generator=g, dtype=dtype) - 0.1,
-             B=r(*Bs), C=r(*Bs), D=r(dim), z=r(batch, dim, L), delta_bias=0.3 * r(dim),
-             boundary_gain=0.5 * r(dim, N), initial_state=r(batch, dim, N))
-    for k in OPTIONAL:
-        if k not in present:
-            t[k] = None
-    kw = dict(tile_size=T, resolution=(torch.rand(batch, nt, generator=g, dtype=dtype) * (1 - res_lo) + res_lo),
-              state_dims=torch.randint(1, N + 1, (batch, nt), generator=g))
-    return t, kw
 
 
 def run(fn, t, kw, softplus=True, seed=1):

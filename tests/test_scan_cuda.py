@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from reference.scan_inputs import OPTIONAL, make
 from tiling import _build
 from tiling.ops import adaptive_selective_scan as scan
 from tiling.ops import adaptive_selective_scan_ref as ref
@@ -17,7 +18,6 @@ from tiling.ops.scan import checkpoint_slots
 pytestmark = pytest.mark.cuda
 
 f64 = torch.float64
-OPTIONAL = ("D", "z", "delta_bias", "boundary_gain", "initial_state")
 INPUTS = ("u", "delta", "B", "C", "z")  # in the input dtype; the rest in the state dtype
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 1e-2}
 
@@ -27,23 +27,6 @@ def ext():
     e = _build.load_cuda_extension()
     assert e is not None, "the CUDA extension must build on a machine with a GPU and nvcc"
     return e
-
-
-def make(batch, dim, L, N, G, T, seed, present=OPTIONAL, res_lo=0.05):
-    """Random float64 inputs on the CPU (B/C grouped when G is not None) and the tiling plan."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, dtype=f64)  # noqa: E731
-    nt = -(-L // T)
-    Bs = (batch, N, L) if G is None else (batch, G, N, L)
-    t = dict(u=r(batch, dim, L), delta=0.5 * r(batch, dim, L), A=-torch.rand(dim, N, generator=g, dtype=f64) - 0.1,
-             B=r(*Bs), C=r(*Bs), D=r(dim), z=r(batch, dim, L), delta_bias=0.3 * r(dim),
-             boundary_gain=0.5 * r(dim, N), initial_state=r(batch, dim, N))
-    for k in OPTIONAL:
-        if k not in present:
-            t[k] = None
-    kw = dict(tile_size=T, resolution=torch.rand(batch, nt, generator=g, dtype=f64) * (1 - res_lo) + res_lo,
-              state_dims=torch.randint(1, N + 1, (batch, nt), generator=g))
-    return t, kw
 
 
 def cast(t, kw, device, dtype):
@@ -237,3 +220,10 @@ def test_state_size_above_limit_is_rejected(ext):
     tc, kc = cast(t, kw, "cuda", torch.float32)
     with pytest.raises((ValueError, RuntimeError), match="N"):
         scan(tc["u"], tc["delta"], tc["A"], tc["B"], tc["C"], tile_size=8)
+
+
+def test_state_size_beyond_the_kernel_is_named(ext):
+    t, kw = make(1, 2, 8, 65, None, 4, seed=0, present=())
+    t, kw = cast(t, kw, "cuda", torch.float32)
+    with pytest.raises(ValueError, match="N=65 state dimensions; the CUDA kernel supports N <= 64"):
+        scan(t["u"], t["delta"], t["A"], t["B"], t["C"], **kw)

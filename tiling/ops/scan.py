@@ -23,6 +23,7 @@ Tensor = torch.Tensor
 
 #: minimum number of segments between two state checkpoints saved for the backward pass
 CHECKPOINT_SEGMENTS = 64
+CUDA_MAX_STATE = 64  # the CUDA kernel keeps at most 64 state components per channel in registers
 
 
 def checkpoint_slots(seg_counts: Tensor, every: int = CHECKPOINT_SEGMENTS) -> tuple[Tensor, int]:
@@ -90,12 +91,13 @@ class _AdaptiveScan(torch.autograd.Function):
         return (du, ddelta, dA, dB, dC, dD, dz, dbias, dgain, dinit) + (None,) * 9
 
 
-def _extension(device: torch.device):
+def _extension(device: torch.device, n_state: int):
     if device.type == "cpu":
         return _build.load_cpu_extension()
     if device.type == "cuda" and not _build.force_reference():
-        loader = getattr(_build, "load_cuda_extension", None)
-        ext = loader() if loader is not None else None
+        if n_state > CUDA_MAX_STATE:
+            raise ValueError(f"A has N={n_state} state dimensions; the CUDA kernel supports N <= {CUDA_MAX_STATE}")
+        ext = _build.load_cuda_extension()
         if ext is not None:
             return ext
     warnings.warn(f"tiling: no compiled scan kernel for device {device}; using the PyTorch reference",
@@ -153,7 +155,8 @@ def adaptive_selective_scan(
     the float64 reference, with a warning, when no kernel is available.
     """
     check_tensor(u, "u", ndim=3, finite=False)
-    ext = _extension(u.device)
+    check_tensor(A, "A", ndim=2, finite=False)  # finiteness and device are checked with the rest below
+    ext = _extension(u.device, A.shape[-1])
     p = validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, tile_size=tile_size, resolution=resolution,
                              state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state,
                              defer_finite=ext is not None)
