@@ -785,7 +785,8 @@ std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta
 }
 
 // Test hooks: the float32 polynomial exp and softplus applied elementwise.
-Tensor exp_approx(const Tensor& x_) {
+template <class F>
+Tensor apply_elementwise(const Tensor& x_, F f) {
   Tensor x = x_.to(at::kFloat).contiguous(), r = torch::empty_like(x);
   const float* xp = x.data_ptr<float>();
   float* rp = r.data_ptr<float>();
@@ -794,26 +795,14 @@ Tensor exp_approx(const Tensor& x_) {
     Vec<float> v = {};
     const int64_t c = std::min<int64_t>(16, n - i);
     for (int64_t l = 0; l < c; ++l) v[l] = xp[i + l];
-    v = vexp(v);
+    v = f(v);
     for (int64_t l = 0; l < c; ++l) rp[i + l] = v[l];
   }
   return r;
 }
 
-Tensor softplus_approx(const Tensor& x_) {
-  Tensor x = x_.to(at::kFloat).contiguous(), r = torch::empty_like(x);
-  const float* xp = x.data_ptr<float>();
-  float* rp = r.data_ptr<float>();
-  const int64_t n = x.numel();
-  for (int64_t i = 0; i < n; i += 16) {
-    Vec<float> v = {};
-    const int64_t c = std::min<int64_t>(16, n - i);
-    for (int64_t l = 0; l < c; ++l) v[l] = xp[i + l];
-    v = vsoftplus(v);
-    for (int64_t l = 0; l < c; ++l) rp[i + l] = v[l];
-  }
-  return r;
-}
+Tensor exp_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vexp(v); }); }
+Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vsoftplus(v); }); }
 
 }  // namespace
 

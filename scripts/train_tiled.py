@@ -42,18 +42,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiling.metrics import adaptation_efficiency, layer_tile_metrics, load_imbalance  # noqa: E402
 from tiling.ops import scan_cost  # noqa: E402
-from tiling.train import BurstCopyDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
+from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
 from tiling.train.data import collate  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("task")
+    g.add_argument("--task", choices=["copy", "repeat"], default="copy",
+                   help="copy: BurstCopyDataset (copy the bursts after SEP); repeat: BurstRepeatDataset "
+                        "(recall at lag --period inside periodic bursts)")
+    g.add_argument("--period", type=int, default=8, help="repeat: period of the burst pattern (recall lag)")
     g.add_argument("--context-len", type=int, default=1024)
     g.add_argument("--n-bursts", type=int, default=2)
     g.add_argument("--burst-len", type=int, default=16)
     g.add_argument("--n-symbols", type=int, default=8)
-    g.add_argument("--burst-window", type=int, default=None, help="bursts lie in the last W context tokens")
+    g.add_argument("--burst-window", type=int, default=None, help="copy: bursts lie in the last W context tokens")
     g.add_argument("--train-size", type=int, default=100_000)
     g.add_argument("--eval-size", type=int, default=128)
     g = p.add_argument_group("model")
@@ -119,9 +123,13 @@ def lr_lambda_factory(warmup: int, total: int):
 
 def build(args, device):
     data_kw = dict(context_len=args.context_len, n_bursts=args.n_bursts, burst_len=args.burst_len,
-                   n_symbols=args.n_symbols, burst_window=args.burst_window)
-    train_ds = BurstCopyDataset(args.train_size, seed=args.seed, **data_kw)
-    eval_ds = BurstCopyDataset(args.eval_size, seed=args.seed + 10_007, **data_kw)
+                   n_symbols=args.n_symbols)
+    if args.task == "copy":
+        cls, data_kw["burst_window"] = BurstCopyDataset, args.burst_window
+    else:
+        cls, data_kw["period"] = BurstRepeatDataset, args.period
+    train_ds = cls(args.train_size, seed=args.seed, **data_kw)
+    eval_ds = cls(args.eval_size, seed=args.seed + 10_007, **data_kw)
     torch.manual_seed(args.seed)
     model = TiledLM(train_ds.vocab_size, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
                     tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),

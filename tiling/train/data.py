@@ -89,4 +89,72 @@ def collate(items: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor,
     return tuple(torch.stack(x) for x in zip(*items))  # type: ignore[return-value]
 
 
-__all__ = ["BurstCopyDataset", "collate"]
+class BurstRepeatDataset(Dataset):
+    """``size`` examples of periodic bursts among filler; ``__getitem__`` returns ``(inputs, targets, mask)``.
+
+    A context of ``context_len + 1`` tokens is filler except for ``n_bursts`` non-overlapping
+    bursts at random positions, each a ``MARKER`` followed by ``burst_len`` content symbols that
+    repeat a random pattern of ``period`` symbols: ``c_k = pattern[k mod period]``. ``inputs`` are
+    the first ``context_len`` tokens, ``targets`` the next ones (language modelling), and ``mask``
+    marks the positions whose target is a repeated symbol (``k >= period``): it is determined by
+    the symbol ``period`` tokens earlier, a recall at a fixed lag. With ``period`` larger than
+    the causal conv (width 4) the recall must go through the scan, and a segment of ``m > 1``
+    tokens at coarse resolution adds its inputs into one step (seed 001 §3.2.1), losing their
+    order; a token inside it also reads only the state before the segment. Every masked token
+    sits in a dense stretch of ``burst_len`` tokens: a burst several tiles long is visible to the
+    causal policy (which predicts tile ``i`` from tile ``i − 1``) from its second tile on.
+
+    Vocabulary: content ``0 … n_symbols−1``, ``FILLER = n_symbols``, ``MARKER = n_symbols + 1``.
+    Example ``i`` is a pure function of ``(seed, i)`` (as :class:`BurstCopyDataset`).
+    """
+
+    def __init__(self, size: int, *, context_len: int = 1024, n_bursts: int = 2, burst_len: int = 64,
+                 period: int = 8, n_symbols: int = 8, seed: int = 0) -> None:
+        self.size = check_int(size, "size", minimum=1)
+        self.context_len = check_int(context_len, "context_len", minimum=2)
+        self.n_bursts = check_int(n_bursts, "n_bursts", minimum=1)
+        self.burst_len = check_int(burst_len, "burst_len", minimum=2)
+        self.period = check_int(period, "period", minimum=1)
+        self.n_symbols = check_int(n_symbols, "n_symbols", minimum=2)
+        self.seed = check_int(seed, "seed", minimum=0)
+        if self.period >= self.burst_len:
+            raise ValueError(f"period = {self.period} must be < burst_len = {self.burst_len} (nothing to recall)")
+        if self.n_bursts * (self.burst_len + 1) > self.context_len + 1:
+            raise ValueError(
+                f"n_bursts·(burst_len + 1) = {self.n_bursts * (self.burst_len + 1)} must fit in context_len + 1 = "
+                f"{self.context_len + 1}")
+        self.filler = self.n_symbols
+        self.marker = self.n_symbols + 1
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_symbols + 2
+
+    @property
+    def seq_len(self) -> int:
+        return self.context_len
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
+        if not 0 <= i < self.size:
+            raise IndexError(f"index {i} out of range for a dataset of size {self.size}")
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        span = self.burst_len + 1  # marker + content
+        free = self.context_len + 1 - self.n_bursts * span
+        draws = torch.sort(torch.randint(0, free + 1, (self.n_bursts,), generator=g)).values
+        starts = draws + torch.arange(self.n_bursts) * span
+        seq = torch.full((self.context_len + 1,), self.filler, dtype=torch.int64)
+        is_answer = torch.zeros(self.context_len + 1, dtype=torch.bool)
+        k = torch.arange(self.burst_len)
+        for b in range(self.n_bursts):
+            s = int(starts[b])
+            pattern = torch.randint(0, self.n_symbols, (self.period,), generator=g)
+            seq[s] = self.marker
+            seq[s + 1:s + span] = pattern[k % self.period]
+            is_answer[s + 1 + self.period:s + span] = True
+        return seq[:-1], seq[1:], is_answer[1:]
+
+
+__all__ = ["BurstCopyDataset", "BurstRepeatDataset", "collate"]
