@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from reference.mamba_sequential import mamba_scan_sequential
-from reference.scan_inputs import OPTIONAL, make
+from reference.scan_inputs import OPTIONAL, make, run
 from tiling import _build
 from tiling.ops import adaptive_selective_scan as scan
 from tiling.ops import adaptive_selective_scan_ref as ref
@@ -17,18 +17,6 @@ ext = _build.load_cpu_extension()
 needs_kernel = pytest.mark.skipif(ext is None, reason="the C++ CPU kernel could not be built")
 DIFF = ("u", "delta", "A", "B", "C") + OPTIONAL
 
-
-def run(fn, t, kw, softplus=True, seed=1):
-    """Forward with all outputs, backward of a random projection of them; returns outputs and grads."""
-    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in t.items()}
-    y, last, tiles = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["z"],
-                        leaves["delta_bias"], softplus, boundary_gain=leaves["boundary_gain"],
-                        initial_state=leaves["initial_state"], return_tile_states=True, **kw)
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=f64).to(o.dtype)).sum() for o in (y, last, tiles))
-    loss.backward()
-    grads = {k: (torch.zeros_like(v) if v.grad is None else v.grad) for k, v in leaves.items() if v is not None}
-    return {"y": y, "last": last, "tiles": tiles}, grads
 
 
 def assert_match(fast, slow, rtol):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from reference.scan_inputs import OPTIONAL, make
+from reference.scan_inputs import OPTIONAL, make, run
 from tiling import _build
 from tiling.ops import adaptive_selective_scan as scan
 from tiling.ops import adaptive_selective_scan_ref as ref
@@ -36,18 +36,6 @@ def cast(t, kw, device, dtype):
     kk = dict(kw, resolution=kw["resolution"].to(device, torch.float32), state_dims=kw["state_dims"].to(device))
     return tt, kk
 
-
-def run(fn, t, kw, softplus=True, seed=1):
-    """All outputs of fn and the gradients of a random projection of them (y, last, tile states)."""
-    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in t.items()}
-    y, last, tiles = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["z"],
-                        leaves["delta_bias"], softplus, boundary_gain=leaves["boundary_gain"],
-                        initial_state=leaves["initial_state"], return_tile_states=True, **kw)
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=f64).to(o.device)).sum() for o in (y, last, tiles))
-    loss.backward()
-    grads = {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in leaves.items() if v is not None}
-    return {"y": y, "last": last, "tiles": tiles}, grads
 
 
 def rel_err(a, b):

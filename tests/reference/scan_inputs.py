@@ -20,3 +20,16 @@ def make(batch, dim, L, N, G, T, seed, dtype=f64, present=OPTIONAL, res_lo=0.05)
     kw = dict(tile_size=T, resolution=(torch.rand(batch, nt, generator=g, dtype=dtype) * (1 - res_lo) + res_lo),
               state_dims=torch.randint(1, N + 1, (batch, nt), generator=g))
     return t, kw
+
+
+def run(fn, t, kw, softplus=True, seed=1):
+    """All outputs of fn and the gradients of a random projection of them (y, last, tile states)."""
+    leaves = {k: (v.detach().clone().requires_grad_() if v is not None else None) for k, v in t.items()}
+    y, last, tiles = fn(leaves["u"], leaves["delta"], leaves["A"], leaves["B"], leaves["C"], leaves["D"], leaves["z"],
+                        leaves["delta_bias"], softplus, boundary_gain=leaves["boundary_gain"],
+                        initial_state=leaves["initial_state"], return_tile_states=True, **kw)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=f64).to(o.device)).sum() for o in (y, last, tiles))
+    loss.backward()
+    grads = {k: v.grad if v.grad is not None else torch.zeros_like(v) for k, v in leaves.items() if v is not None}
+    return {"y": y, "last": last, "tiles": tiles}, grads
