@@ -203,6 +203,8 @@ def test_bad_input():
         TiledMamba(16, budget=0.2, r_min=0.5)
     with pytest.raises(ValueError, match="tile_size"):
         TiledMamba(16, tile_size=0)
+    with pytest.raises(ValueError, match="policy must be one of"):
+        make_layer(policy="sparse")
     with pytest.raises(ValueError, match="distance_scale"):
         TiledMamba(16, distance_scale=3.0)
     layer = make_layer(validate=True)

@@ -174,6 +174,22 @@ def _binary_count(n: int, budget: float, r_min: float) -> int:
     return min(n, int(math.floor(n * (budget - r_min) / (1.0 - r_min) + 1e-9)))
 
 
+def check_policy_options(*, budget: float, r_min: float, mode: str, causal: bool, distance_scale: float | None,
+                         mode_name: str = "mode") -> None:
+    """Validate the options shared by :func:`resolution_policy` and the layers that call it
+    (``mode_name``: what the caller calls the mode argument, for the error message)."""
+    check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
+    check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
+    if r_min > budget:
+        raise ValueError(f"r_min must be <= budget (the budget cannot be met below r_min), got r_min={r_min} > budget={budget}")
+    check_choice(mode, mode_name, ["adaptive", "uniform", "binary"])
+    if causal and distance_scale is not None:
+        raise ValueError(
+            "distance_scale needs causal=False: the distance d_i to the end of the sequence is not "
+            "known causally (in a causal model every tile is the current position)"
+        )
+
+
 def resolution_policy(
     tile_density: Tensor,
     *,
@@ -216,16 +232,7 @@ def resolution_policy(
     check_tensor(tile_density, "tile_density", ndim=2)
     if bool((tile_density < 0).any()):
         raise ValueError(f"tile_density must be non-negative, got min {float(tile_density.min()):.6g}")
-    check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
-    check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
-    if r_min > budget:
-        raise ValueError(f"r_min must be <= budget (the budget cannot be met below r_min), got r_min={r_min} > budget={budget}")
-    check_choice(mode, "mode", ["adaptive", "uniform", "binary"])
-    if causal and distance_scale is not None:
-        raise ValueError(
-            "distance_scale needs causal=False: the distance d_i to the end of the sequence is not "
-            "known causally (in a causal model every tile is the current position)"
-        )
+    check_policy_options(budget=budget, r_min=r_min, mode=mode, causal=causal, distance_scale=distance_scale)
     check_in_range(slack, "slack", 0.5, math.inf)
     batch, n = tile_density.shape
     out_dtype, device = tile_density.dtype, tile_density.device

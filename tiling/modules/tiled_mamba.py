@@ -35,7 +35,7 @@ from torch import nn
 from infogeo._checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
-from tiling.policy import causal_predictor, resolution_policy, state_dims_policy, tile_density
+from tiling.policy import causal_predictor, check_policy_options, resolution_policy, state_dims_policy, tile_density
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -140,13 +140,8 @@ class TiledMamba(nn.Module):
         if dt_min > dt_max:
             raise ValueError(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
         self.tile_size = check_int(tile_size, "tile_size", minimum=1)
-        check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
-        check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
-        if r_min > budget:
-            raise ValueError(f"r_min must be <= budget, got r_min={r_min} > budget={budget}")
-        check_choice(policy, "policy", ["adaptive", "uniform", "binary"])
-        if causal and distance_scale is not None:
-            raise ValueError("distance_scale needs causal=False (the distance to the end of the sequence is not causal)")
+        check_policy_options(budget=budget, r_min=r_min, mode=policy, causal=causal, distance_scale=distance_scale,
+                             mode_name="policy")
         self.budget, self.r_min, self.policy, self.causal = float(budget), float(r_min), policy, bool(causal)
         self.exponent, self.lookback, self.slack = float(exponent), check_int(lookback, "lookback", minimum=1), float(slack)
         self.curvature_weight, self.distance_scale = float(curvature_weight), distance_scale
