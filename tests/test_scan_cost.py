@@ -35,8 +35,10 @@ def test_state_dims_and_ragged_tiles():
     assert c["segments"] == 43
     assert c["exp_recurrence"] == 3 * (32 * 4 + 8 * 2 + 2 + 3 * 1 + 3)
     assert c["madd_recurrence"] == 3 * (3 * (32 * 4 + 8 * 2 + 3 * 1) + 2 * (2 + 3))
-    # tile 2: 8 segments of 4 tokens → B̄ over 32 tokens + 8 scalings, S = 2; tile 3: 6 tokens in 3 segments of 2
-    assert c["madd_input"] == 3 * (2 * 70 + 2 * (32 + 8) + 1 * (6 + 3))
+    # B̄ once per group for all N = 4 components: tile 2 has 8 segments of 4 tokens (32 tokens + 8
+    # scalings), tile 3 has 6 tokens in 3 segments of 2
+    assert c["madd_input"] == 3 * 2 * 70 + 4 * ((32 + 8) + (6 + 3))
+    assert scan_cost(70, 32, R, S, 4, 3, groups=3)["madd_input"] == 3 * 2 * 70 + 3 * 4 * ((32 + 8) + (6 + 3))
     assert c["madd_readout"] == 3 * (32 * 5 + 32 * 3 + 6 * 2)
 
 

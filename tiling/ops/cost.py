@@ -71,6 +71,7 @@ def scan_cost(
     dim: int,
     *,
     boundary_gain: bool = False,
+    groups: int = 1,
 ) -> dict[str, int]:
     """Exact counts of exponentials and multiply-adds of the adaptive scan (seed 000 §3.5.1).
 
@@ -87,10 +88,18 @@ def scan_cost(
 
     * boundary transition (``boundary_gain=True``), per tile ``i > 0`` and component: one
       exponential and two multiply-adds (``g·(R_i − R_{i−1})``, ``·h``);
-    * input aggregation, per token: ``U += Δ_t u_t`` and ``Δ̄ += Δ_t`` (two multiply-adds), and
-      for segments longer than one token the mean ``B̄``: ``S_i`` per token plus ``S_i`` per
-      segment (the scaling by ``1/|S|``);
+    * input aggregation, per token and channel: ``U += Δ_t u_t`` and ``Δ̄ += Δ_t`` (two
+      multiply-adds); and, once per group of ``B`` (``groups`` = G, shared by its ``dim/G``
+      channels), for segments longer than one token the mean ``B̄``: ``N`` per token plus ``N``
+      per segment (the scaling by ``1/|S|``)::
+
+          madd_input = dim·Σ_i 2 n_i + G·N·Σ_{i, |S|>1} (|S| + 1)
+
     * read-out, per token: ``Σ_{n<S_i} C_t,n h_n + D u_t`` (``S_i + 1`` multiply-adds).
+
+    Departure from a per-channel count: ``B̄`` does not depend on the channel, so the kernels
+    compute it once per (batch, group) for all ``N`` components (the float64 reference, written
+    for readability, recomputes it per channel; that is not what is counted).
 
     The pointwise maps softplus (of Δ) and silu (of z) cost ``O(dim·L)`` independent of the
     resolution and are not counted.
@@ -105,6 +114,7 @@ def scan_cost(
     T = check_int(tile_size, "tile_size", minimum=1)
     N = check_int(N, "N", minimum=1)
     dim = check_int(dim, "dim", minimum=1)
+    G = check_int(groups, "groups", minimum=1, maximum=dim)
     lengths = tile_lengths(L, T)
     n_tiles = lengths.numel()
     R = _per_tile(resolution, 1.0, n_tiles, "resolution", torch.float64)
@@ -124,7 +134,7 @@ def scan_cost(
     madd_rec = dim * int((3 * m * S + 2 * (N - S)).sum())
     exp_bd = dim * N * (n_tiles - 1) * batch if boundary_gain else 0
     madd_bd = 2 * exp_bd
-    madd_in = dim * int((2 * n + S * (long_tokens + long_segs)).sum())
+    madd_in = dim * int((2 * n).sum()) + G * N * int((long_tokens + long_segs).sum())
     madd_out = dim * int(((S + 1) * lengths.unsqueeze(0)).sum())
     return {
         "segments": int(m.sum()),
