@@ -69,6 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--budget", type=float, default=1.0)
     g.add_argument("--r-min", type=float, default=0.0625)
     g.add_argument("--non-causal", action="store_true", help="encoder mode (leaks the segmentation)")
+    g.add_argument("--exponent", type=float, default=0.5, help="policy importance q_i = ρ_i^exponent")
+    g.add_argument("--shared-density", action="store_true",
+                   help="every layer's policy reads the first layer's tile densities (TiledLM shared_density)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=400)
     g.add_argument("--dt-min", type=float, default=0.001)
@@ -96,7 +99,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--budgets", type=float, nargs="+", default=[0.25, 0.35, 0.5])
     g.add_argument("--base-steps", type=int, default=0,
                    help="sweep: first train a full-resolution model this long, then fine-tune every "
-                        "configuration from it for --steps (0 steps: evaluate it as is)")
+                        "configuration from it for --steps (0 steps: evaluate it as is); without it, "
+                        "--init-from gives the common starting checkpoint")
+    g.add_argument("--base-lr", type=float, default=None, help="sweep: learning rate of the base run (default --lr)")
     g.add_argument("--figure", type=Path, default=None, help="accuracy-vs-cost figure (sweep)")
     g.add_argument("--with-non-causal", action="store_true",
                    help="sweep: also adaptive with causal=False (encoder mode; leaks the segmentation)")
@@ -134,7 +139,7 @@ def build(args, device):
     model = TiledLM(train_ds.vocab_size, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
                     tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
                     policy=args.policy, causal=not args.non_causal, dt_min=args.dt_min,
-                    dt_max=args.dt_max).to(device)
+                    dt_max=args.dt_max, exponent=args.exponent, shared_density=args.shared_density).to(device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(args.warmup, args.steps))
     return train_ds, eval_ds, model, opt, sched
@@ -288,10 +293,11 @@ def sweep(args) -> list[dict]:
     policies = ("uniform", "binary", "adaptive") + (("adaptive-nc",) if args.with_non_causal else ())
     configs = [("full", "uniform", 1.0)] + [(f"{p}@{c:g}", p, c) for c in args.budgets for p in policies]
     rows = []
-    init = None
+    init = args.init_from  # without --base-steps: every configuration starts from this checkpoint (if any)
     if args.base_steps > 0:
         base = argparse.Namespace(**vars(args))
         base.policy, base.budget, base.out, base.steps, base.resume = "uniform", 1.0, args.out / "base", args.base_steps, None
+        base.lr = args.lr if args.base_lr is None else args.base_lr
         if (base.out / "log.jsonl").exists():
             (base.out / "log.jsonl").unlink()
         print(json.dumps({"base": train(base)}), flush=True)
@@ -313,7 +319,7 @@ def sweep(args) -> list[dict]:
     with open(args.out / "summary.md", "w") as f:
         f.write(table(rows))
     if args.figure is not None:
-        figure(rows, args.figure)
+        figure(rows, args.figure, TITLES[args.task].format(L=args.context_len))
     print(table(rows))
     return rows
 
@@ -329,7 +335,10 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figure(rows: list[dict], path: Path) -> None:
+TITLES = {"copy": "Selective burst copying, context {L}", "repeat": "Periodic bursts (recall at a lag), context {L}"}
+
+
+def figure(rows: list[dict], path: Path, title: str = "") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -346,7 +355,7 @@ def figure(rows: list[dict], path: Path) -> None:
         ax.axhline(100 * full[0]["accuracy"], color="k", lw=1, label="full resolution")
     ax.set_xlabel("scan recurrence cost (multiply-adds, relative to full resolution)")
     ax.set_ylabel("answer accuracy (%)")
-    ax.set_title("Selective burst copying, L ≥ 1024")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiling.train import BurstCopyDataset, CheckpointError, TiledLM, load_checkpoint, save_checkpoint
+from tiling.train import BurstCopyDataset, BurstRepeatDataset, CheckpointError, TiledLM, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_tiled.py"
@@ -69,6 +69,62 @@ def _model_opt(seed=0):
         opt.step()
         sched.step()
     return model, opt, sched
+
+
+def test_burst_repeat_dataset_answers_are_recoverable_at_the_lag():
+    ds = BurstRepeatDataset(12, context_len=1024, n_bursts=3, burst_len=40, period=7, n_symbols=5, seed=2)
+    assert ds.seq_len == 1024 and ds.vocab_size == 7
+    for i in range(12):
+        x, y, m = ds[i]
+        assert x.shape == y.shape == m.shape == (1024,)
+        assert torch.equal(x[1:], y[:-1])
+        full = torch.cat([x, y[-1:]])
+        starts = torch.nonzero(full == ds.marker).flatten()
+        assert starts.numel() == 3
+        for s in starts.tolist():
+            burst = full[s + 1:s + 41]
+            assert bool((burst < 5).all())  # 40 content symbols after each marker
+            assert torch.equal(burst[7:], burst[:-7])  # period 7
+        content = (full < 5).sum()
+        assert int(content) == 120 and int((full == ds.filler).sum()) == 1025 - 123
+        # every answer equals the input `period` positions before its target, i.e. x[t − period + 1]
+        t = torch.nonzero(m).flatten()
+        assert t.numel() == 3 * (40 - 7)
+        assert torch.equal(y[t], x[t - 7 + 1])
+        assert bool((x[t - 7 + 1] < 5).all())  # the recalled token is content of the same burst
+    a, b = ds[5], BurstRepeatDataset(12, context_len=1024, n_bursts=3, burst_len=40, period=7, n_symbols=5, seed=2)[5]
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with pytest.raises(ValueError, match="period"):
+        BurstRepeatDataset(4, context_len=100, burst_len=8, period=8)
+    with pytest.raises(ValueError, match="fit"):
+        BurstRepeatDataset(4, context_len=20, n_bursts=2, burst_len=10, period=3)
+    with pytest.raises(IndexError):
+        ds[12]
+
+
+def test_shared_density_feeds_the_first_layers_tile_density_to_every_layer():
+    torch.manual_seed(0)
+    kw = dict(d_model=8, n_layers=3, d_state=4, tile_size=8, budget=0.35, r_min=0.125, policy="adaptive")
+    shared = TiledLM(7, shared_density=True, **kw)
+    plain = TiledLM(7, **kw)
+    plain.load_state_dict(shared.state_dict())
+    x = torch.randint(0, 7, (2, 44))  # 44: a partial last tile
+    with torch.no_grad():
+        _, ps = shared(x, return_plans=True)
+        _, pp = plain(x, return_plans=True)
+        # at budget 1 the density is irrelevant: the same function
+        assert torch.equal(shared(x, budget=1.0), plain(x, budget=1.0))
+    assert torch.allclose(ps[0].density, pp[0].density, rtol=1e-12, atol=0)  # layer 0 unchanged
+    for k in (1, 2):
+        assert torch.allclose(ps[k].density, pp[0].density, rtol=1e-6, atol=0)  # layer 0's ρ_i everywhere
+        assert not torch.allclose(pp[k].density, pp[0].density, rtol=1e-3)  # which differs from their own
+    # still causal: perturbing token t moves no earlier logit
+    t = 29
+    y = x.clone()
+    y[:, t] = (y[:, t] + 1) % 7
+    with torch.no_grad():
+        a, b = shared(x), shared(y)
+    assert torch.equal(a[:, :t], b[:, :t]) and not torch.equal(a[:, t:], b[:, t:])
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -170,6 +226,17 @@ def test_sweep_writes_table_logs_and_figure(tmp_path):
     assert "| adaptive@0.5 |" in (tmp_path / "s" / "summary.md").read_text()
     assert (tmp_path / "s" / "adaptive_0.5" / "log.jsonl").exists()
     assert (tmp_path / "s" / "base" / "checkpoint.safetensors").exists()  # every run started from the base model
+
+
+def test_script_builds_the_repeat_task_and_policy_options():
+    mod = load_script()
+    args = mod.parse_args(TINY + ["--task", "repeat", "--period", "2", "--exponent", "2", "--shared-density",
+                                  "--budget", "0.5", "--policy", "binary"])
+    train_ds, eval_ds, model, _, _ = mod.build(args, torch.device("cpu"))
+    assert isinstance(train_ds, BurstRepeatDataset) and train_ds.period == 2 and eval_ds.seed != train_ds.seed
+    assert model.shared_density and all(l.exponent == 2.0 and l.policy == "binary" for l in model.layers)
+    x, y, m = train_ds[0]
+    assert torch.equal(y[m], x[torch.nonzero(m).flatten() - 1])  # period 2: the answer is the input one before
 
 
 def test_bad_arguments():

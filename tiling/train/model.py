@@ -14,11 +14,23 @@ Tensor = torch.Tensor
 
 class TiledLM(nn.Module):
     """``tokens (batch, L) int64 → logits (batch, L, vocab)``; ``layer_kwargs`` go to every
-    :class:`~tiling.modules.TiledMamba` (tile_size, budget, policy, ...)."""
+    :class:`~tiling.modules.TiledMamba` (tile_size, budget, policy, ...).
 
-    def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, **layer_kwargs) -> None:
+    ``shared_density``: every layer's resolution policy reads the tile densities of the *first*
+    layer, ``ρ_i = (1/n_i) Σ_{t∈i} (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form
+    of the first layer), passed as the layers' external density (constant over each tile, so its
+    tile mean is the first layer's). Why: in a deep stack only the first layer sees the token
+    stream itself; deeper layers see the residual stream, whose density need not follow the
+    content (in the burst tasks the second layer's density ratio burst/filler is ≈ 1 while the
+    first layer's is ≈ 4). Causal as the layers are: layer ``l``'s tile ``i`` uses densities of
+    tiles ``< i`` only (the causal policy), whichever layer produced them.
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, *, shared_density: bool = False,
+                 **layer_kwargs) -> None:
         super().__init__()
         self.vocab_size = check_int(vocab_size, "vocab_size", minimum=2)
+        self.shared_density = bool(shared_density)
         check_int(n_layers, "n_layers", minimum=1)
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)  # tied head: unit-variance rows would give logits of std √d_model
@@ -33,12 +45,17 @@ class TiledLM(nn.Module):
             raise ValueError(f"tokens must be int64 of shape (batch, L), got {tokens.dtype} {tuple(tokens.shape)}")
         h = self.embedding(tokens)
         plans: list[TilePlan] = []
-        for norm, layer in zip(self.norms, self.layers):
-            if return_plans:
-                out, plan = layer(norm(h), budget=budget, return_plan=True)
+        density = None
+        for k, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            if return_plans or (self.shared_density and k == 0 and len(self.layers) > 1):
+                out, plan = layer(norm(h), budget=budget, density=density, return_plan=True)
                 plans.append(plan)
+                if self.shared_density and k == 0:
+                    # per-token density constant over each tile: its tile mean is layer 0's ρ_i
+                    T = layer.tile_size
+                    density = plan.density.to(device=h.device, dtype=h.dtype).repeat_interleave(T, dim=1)[:, :tokens.shape[1]]
             else:
-                out = layer(norm(h), budget=budget)
+                out = layer(norm(h), budget=budget, density=density)
             h = h + out
         logits = self.head(self.norm_f(h))
         return (logits, plans) if return_plans else logits
