@@ -153,6 +153,8 @@ def figures(out_dir: str) -> None:
     ax.loglog(ns, [e[1] for e in grow], "s-", label="normal manifold, k = ⌈0.5√n⌉")
     ax.loglog(ns, [e[0] for e in fixed], "o--", label="sphere, k = 10")
     ax.loglog(ns, [e[1] for e in fixed], "s--", label="normal manifold, k = 10")
+    ax.set_xticks(ns, [f"{n:,}" for n in ns])
+    ax.xaxis.set_minor_locator(plt.NullLocator())  # the log axis' minor labels collide with the n ticks
     ax.set_xlabel("number of points n")
     ax.set_ylabel("mean relative geodesic error")
     ax.legend(fontsize=8)
