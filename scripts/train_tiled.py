@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train a small TiledMamba language model on selective burst copying (seed 001 §3.2–3.4).
+"""Train a small TiledMamba language model on a synthetic variable-density task (seed 001 §3.2–3.4):
+selective burst copying (``--task copy``) or recall at a lag inside periodic bursts (``--task repeat``).
 
 Single run::
 
@@ -70,6 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--r-min", type=float, default=0.0625)
     g.add_argument("--non-causal", action="store_true", help="encoder mode (leaks the segmentation)")
     g.add_argument("--exponent", type=float, default=0.5, help="policy importance q_i = ρ_i^exponent")
+    g.add_argument("--slack", type=float, default=4.0, help="causal budget controller's slack D (tiles)")
     g.add_argument("--shared-density", action="store_true",
                    help="every layer's policy reads the first layer's tile densities (TiledLM shared_density)")
     g = p.add_argument_group("optimisation")
@@ -139,7 +141,8 @@ def build(args, device):
     model = TiledLM(train_ds.vocab_size, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
                     tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
                     policy=args.policy, causal=not args.non_causal, dt_min=args.dt_min,
-                    dt_max=args.dt_max, exponent=args.exponent, shared_density=args.shared_density).to(device)
+                    dt_max=args.dt_max, exponent=args.exponent, slack=args.slack,
+                    shared_density=args.shared_density).to(device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(args.warmup, args.steps))
     return train_ds, eval_ds, model, opt, sched

@@ -230,11 +230,12 @@ def test_sweep_writes_table_logs_and_figure(tmp_path):
 
 def test_script_builds_the_repeat_task_and_policy_options():
     mod = load_script()
-    args = mod.parse_args(TINY + ["--task", "repeat", "--period", "2", "--exponent", "2", "--shared-density",
-                                  "--budget", "0.5", "--policy", "binary"])
+    args = mod.parse_args(TINY + ["--task", "repeat", "--period", "2", "--exponent", "2", "--slack", "8",
+                                  "--shared-density", "--budget", "0.5", "--policy", "binary"])
     train_ds, eval_ds, model, _, _ = mod.build(args, torch.device("cpu"))
     assert isinstance(train_ds, BurstRepeatDataset) and train_ds.period == 2 and eval_ds.seed != train_ds.seed
-    assert model.shared_density and all(l.exponent == 2.0 and l.policy == "binary" for l in model.layers)
+    assert model.shared_density
+    assert all(layer.exponent == 2.0 and layer.slack == 8.0 and layer.policy == "binary" for layer in model.layers)
     x, y, m = train_ds[0]
     assert torch.equal(y[m], x[torch.nonzero(m).flatten() - 1])  # period 2: the answer is the input one before
 

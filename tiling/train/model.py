@@ -53,7 +53,8 @@ class TiledLM(nn.Module):
                 if self.shared_density and k == 0:
                     # per-token density constant over each tile: its tile mean is layer 0's ρ_i
                     T = layer.tile_size
-                    density = plan.density.to(device=h.device, dtype=h.dtype).repeat_interleave(T, dim=1)[:, :tokens.shape[1]]
+                    rho = plan.density.to(device=h.device, dtype=h.dtype)
+                    density = rho.repeat_interleave(T, dim=1)[:, :tokens.shape[1]]
             else:
                 out = layer(norm(h), budget=budget, density=density)
             h = h + out
