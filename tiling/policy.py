@@ -42,12 +42,8 @@ depends only on tiles ``j < i``:
   Hence ``|mean_i R_i − c| ≤ D / n_tiles`` for every sequence: the budget is met on average,
   with savings from quiet stretches spent on busy ones. The interval always meets
   ``[r_min, 1]`` because ``r_min ≤ c ≤ 1``. Inside it, an integral feedback multiplies the
-  calibrated scale by ``exp(b_i / D)`` *before* the clip, ``R_i = clip(s_i·exp(b_i/D)·p_i,
-  r_min, 1)`` (adaptive mode), so that a non-stationary history (a burst that inflates the
-  calibration) does not leave the budget unspent, while a tile far above the calibrated level
-  stays at full resolution during a deficit (the quiet tiles pay it back). Feeding back on the
-  clipped value instead lowered burst tiles from 1 to 0.5 as soon as a deficit built up, which
-  cost 23–31 accuracy points in the training comparison (docs/benchmarks.md, run 3).
+  calibrated value by ``exp(b_i / D)`` (adaptive mode), so that a non-stationary history (a
+  burst that inflates the calibration) does not leave the budget unspent.
 
 Every factor of ``R_i`` (history, surplus, predictor) depends on tiles ``< i`` only, and for a
 fixed history ``R_i`` is non-decreasing in the predictor ``p_i``.
@@ -272,9 +268,7 @@ def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, loo
     mask[:, 0, 0] = 1.0  # tile 0 has no history: a dummy entry; its value is replaced below
     if mode == "adaptive":
         s = _bisect_scale(pj, mask, budget, r_min)
-        # unclipped: the feedback below scales s_i·p_i before the clip, so a tile far above the
-        # calibrated level stays at R = 1 while a deficit is paid back by the quiet tiles
-        desired = s * torch.nan_to_num(p, nan=1.0)
+        desired = torch.clamp(s * torch.nan_to_num(p, nan=1.0), r_min, 1.0)
         desired[:, 0] = budget
     else:
         frac = (budget - r_min) / (1.0 - r_min)
@@ -291,7 +285,7 @@ def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, loo
         lo = budget + surplus - slack
         hi = budget + surplus + slack
         if mode == "adaptive":
-            # integral feedback on the scale: a surplus raises it, a deficit lowers it (past tiles only)
+            # integral feedback: a surplus raises the scale, a deficit lowers it (past tiles only)
             want = torch.clamp(desired[:, i] * torch.exp(surplus / slack), r_min, 1.0) if i > 0 else desired[:, 0]
             r = torch.minimum(torch.maximum(want, lo), hi).clamp(r_min, 1.0)
         else:
