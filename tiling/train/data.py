@@ -26,7 +26,38 @@ from infogeo._checks import check_int
 Tensor = torch.Tensor
 
 
-class BurstCopyDataset(Dataset):
+class _BurstDataset(Dataset):
+    """What both burst tasks share: size, alphabet, seed, and example ``i`` as a pure function of
+    ``(seed, i)`` (a ``DistributedSampler`` gives each rank its own examples; a resumed run sees
+    exactly the data of an uninterrupted one)."""
+
+    def __init__(self, size: int, n_symbols: int, seed: int) -> None:
+        self.size = check_int(size, "size", minimum=1)
+        self.n_symbols = check_int(n_symbols, "n_symbols", minimum=2)
+        self.seed = check_int(seed, "seed", minimum=0)
+        self.filler = self.n_symbols
+
+    @property
+    def vocab_size(self) -> int:
+        return self.n_symbols + 2
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _generator(self, i: int) -> torch.Generator:
+        if not 0 <= i < self.size:
+            raise IndexError(f"index {i} out of range for a dataset of size {self.size}")
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+
+    @staticmethod
+    def _starts(g: torch.Generator, n: int, span: int, room: int) -> Tensor:
+        """Starts of ``n`` non-overlapping spans of length ``span`` in ``[0, room)``, uniformly
+        (stars and bars: sorted draws from ``[0, room − n·span]``, shifted by ``k·span``)."""
+        draws = torch.sort(torch.randint(0, room - n * span + 1, (n,), generator=g)).values
+        return draws + torch.arange(n) * span
+
+
+class BurstCopyDataset(_BurstDataset):
     """``size`` examples of selective burst copying; ``__getitem__`` returns ``(inputs, targets, mask)``.
 
     ``inputs`` and ``targets`` are int64 of length ``context_len + n_bursts·burst_len``
@@ -36,12 +67,10 @@ class BurstCopyDataset(Dataset):
 
     def __init__(self, size: int, *, context_len: int = 1024, n_bursts: int = 2, burst_len: int = 16,
                  n_symbols: int = 8, burst_window: int | None = None, seed: int = 0) -> None:
-        self.size = check_int(size, "size", minimum=1)
+        super().__init__(size, n_symbols, seed)
         self.context_len = check_int(context_len, "context_len", minimum=1)
         self.n_bursts = check_int(n_bursts, "n_bursts", minimum=1)
         self.burst_len = check_int(burst_len, "burst_len", minimum=1)
-        self.n_symbols = check_int(n_symbols, "n_symbols", minimum=2)
-        self.seed = check_int(seed, "seed", minimum=0)
         self.burst_window = self.context_len if burst_window is None else check_int(burst_window, "burst_window", minimum=1)
         if self.burst_window > self.context_len:
             raise ValueError(f"burst_window = {self.burst_window} must be <= context_len = {self.context_len}")
@@ -49,30 +78,17 @@ class BurstCopyDataset(Dataset):
             raise ValueError(
                 f"n_bursts·burst_len = {self.n_bursts * self.burst_len} must fit in the burst window "
                 f"(burst_window or context_len) = {self.burst_window}")
-        self.filler = self.n_symbols
         self.sep = self.n_symbols + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.n_symbols + 2
 
     @property
     def seq_len(self) -> int:
         """Length of ``inputs``: the context, the separator and all answers but the last."""
         return self.context_len + self.n_bursts * self.burst_len
 
-    def __len__(self) -> int:
-        return self.size
-
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        if not 0 <= i < self.size:
-            raise IndexError(f"index {i} out of range for a dataset of size {self.size}")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        g = self._generator(i)
         K = self.n_bursts * self.burst_len
-        # non-overlapping burst starts (stars and bars): sorted draws from [0, ctx − K], shifted
-        free = self.burst_window - K
-        draws = torch.sort(torch.randint(0, free + 1, (self.n_bursts,), generator=g)).values
-        starts = draws + torch.arange(self.n_bursts) * self.burst_len + (self.context_len - self.burst_window)
+        starts = self._starts(g, self.n_bursts, self.burst_len, self.burst_window) + (self.context_len - self.burst_window)
         content = torch.randint(0, self.n_symbols, (K,), generator=g)
         ctx = torch.full((self.context_len,), self.filler, dtype=torch.int64)
         for b in range(self.n_bursts):
@@ -89,7 +105,7 @@ def collate(items: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor,
     return tuple(torch.stack(x) for x in zip(*items))  # type: ignore[return-value]
 
 
-class BurstRepeatDataset(Dataset):
+class BurstRepeatDataset(_BurstDataset):
     """``size`` examples of periodic bursts among filler; ``__getitem__`` returns ``(inputs, targets, mask)``.
 
     A context of ``context_len + 1`` tokens is filler except for ``n_bursts`` non-overlapping
@@ -110,41 +126,27 @@ class BurstRepeatDataset(Dataset):
 
     def __init__(self, size: int, *, context_len: int = 1024, n_bursts: int = 2, burst_len: int = 64,
                  period: int = 8, n_symbols: int = 8, seed: int = 0) -> None:
-        self.size = check_int(size, "size", minimum=1)
+        super().__init__(size, n_symbols, seed)
         self.context_len = check_int(context_len, "context_len", minimum=2)
         self.n_bursts = check_int(n_bursts, "n_bursts", minimum=1)
         self.burst_len = check_int(burst_len, "burst_len", minimum=2)
         self.period = check_int(period, "period", minimum=1)
-        self.n_symbols = check_int(n_symbols, "n_symbols", minimum=2)
-        self.seed = check_int(seed, "seed", minimum=0)
         if self.period >= self.burst_len:
             raise ValueError(f"period = {self.period} must be < burst_len = {self.burst_len} (nothing to recall)")
         if self.n_bursts * (self.burst_len + 1) > self.context_len + 1:
             raise ValueError(
                 f"n_bursts·(burst_len + 1) = {self.n_bursts * (self.burst_len + 1)} must fit in context_len + 1 = "
                 f"{self.context_len + 1}")
-        self.filler = self.n_symbols
         self.marker = self.n_symbols + 1
-
-    @property
-    def vocab_size(self) -> int:
-        return self.n_symbols + 2
 
     @property
     def seq_len(self) -> int:
         return self.context_len
 
-    def __len__(self) -> int:
-        return self.size
-
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
-        if not 0 <= i < self.size:
-            raise IndexError(f"index {i} out of range for a dataset of size {self.size}")
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))
+        g = self._generator(i)
         span = self.burst_len + 1  # marker + content
-        free = self.context_len + 1 - self.n_bursts * span
-        draws = torch.sort(torch.randint(0, free + 1, (self.n_bursts,), generator=g)).values
-        starts = draws + torch.arange(self.n_bursts) * span
+        starts = self._starts(g, self.n_bursts, span, self.context_len + 1)
         seq = torch.full((self.context_len + 1,), self.filler, dtype=torch.int64)
         is_answer = torch.zeros(self.context_len + 1, dtype=torch.bool)
         k = torch.arange(self.burst_len)
