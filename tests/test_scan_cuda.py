@@ -50,6 +50,16 @@ def assert_close(fast, slow, tol, what=""):
         assert err <= tol, f"{what}{k}: relative error {err:.2e} > {tol:.0e}"
 
 
+def assert_cuda_matches_cpu(t, kw):
+    """The same float32 inputs through the CUDA and the CPU extension: outputs and gradients to 1e-4."""
+    tg, kg = cast(t, kw, "cuda", torch.float32)
+    tc, kc = cast(t, kw, "cpu", torch.float32)
+    out_g, gr_g = run(scan, tg, kg)
+    out_c, gr_c = run(scan, tc, kc)
+    assert_close(out_g, out_c, 1e-4, "forward ")
+    assert_close(gr_g, gr_c, 1e-4, "gradient ")
+
+
 def check_against_reference(t, kw, dtype, softplus=True):
     tc, kc = cast(t, kw, "cuda", dtype)
     out_f, gr_f = run(scan, tc, kc, softplus)
@@ -90,12 +100,7 @@ def test_matches_cpu_kernel(ext, resolution):
     if resolution is not None:
         kw["resolution"] = torch.full_like(kw["resolution"], resolution)
         kw["state_dims"] = torch.full_like(kw["state_dims"], 16)
-    tg, kg = cast(t, kw, "cuda", torch.float32)
-    tc, kc = cast(t, kw, "cpu", torch.float32)
-    out_g, gr_g = run(scan, tg, kg)
-    out_c, gr_c = run(scan, tc, kc)
-    assert_close(out_g, out_c, 1e-4, "forward ")
-    assert_close(gr_g, gr_c, 1e-4, "gradient ")
+    assert_cuda_matches_cpu(t, kw)
 
 
 def test_checkpoints_have_the_cpu_layout(ext):
@@ -180,12 +185,7 @@ def test_deterministic_option(ext):
 def test_long_sequence(ext):
     """L = 65,536 (many windows and checkpoints) agrees with the CPU kernel, forward and gradients."""
     t, kw = make(1, 8, 65536, 16, None, 64, seed=2, present=("D", "z", "delta_bias"), res_lo=0.1)
-    tg, kg = cast(t, kw, "cuda", torch.float32)
-    tc, kc = cast(t, kw, "cpu", torch.float32)
-    out_g, gr_g = run(scan, tg, kg)
-    out_c, gr_c = run(scan, tc, kc)
-    assert_close(out_g, out_c, 1e-4, "forward ")
-    assert_close(gr_g, gr_c, 1e-4, "gradient ")
+    assert_cuda_matches_cpu(t, kw)
 
 
 def test_every_output_element_is_written(ext):
