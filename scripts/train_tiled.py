@@ -72,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--non-causal", action="store_true", help="encoder mode (leaks the segmentation)")
     g.add_argument("--exponent", type=float, default=0.5, help="policy importance q_i = ρ_i^exponent")
     g.add_argument("--slack", type=float, default=4.0, help="causal budget controller's slack D (tiles)")
+    g.add_argument("--predictor-tail", type=int, default=None,
+                   help="causal policy: predict tile i from the last N tokens of tile i-1 (default: the whole tile)")
+    g.add_argument("--predictor-reduce", choices=["mean", "max"], default="mean",
+                   help="causal policy: mean or max of the predictor's tail tokens")
+    g.add_argument("--calibration", choices=["history", "running"], default="running",
+                   help="causal policy: calibrate on running population quantiles (default) or on the sequence's history")
     g.add_argument("--shared-density", action="store_true",
                    help="every layer's policy reads the first layer's tile densities (TiledLM shared_density)")
     g = p.add_argument_group("optimisation")
@@ -142,6 +148,8 @@ def build(args, device):
                     tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
                     policy=args.policy, causal=not args.non_causal, dt_min=args.dt_min,
                     dt_max=args.dt_max, exponent=args.exponent, slack=args.slack,
+                    predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
+                    calibration=args.calibration,
                     shared_density=args.shared_density).to(device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(args.warmup, args.steps))
@@ -167,6 +175,9 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
     correct = total = 0
     loss_sum = dev_num = dev_den = 0.0
     res, rec, tot, row_costs = [], [], [], []
+    by_index = isinstance(eval_ds, BurstRepeatDataset)
+    hits_k = torch.zeros(getattr(eval_ds, "burst_len", 1), dtype=torch.float64)
+    count_k = torch.zeros_like(hits_k)
     L = eval_ds.seq_len
     full = scan_cost(L, args.tile_size, 1.0, args.d_state, args.d_state, model.layers[0].d_inner, boundary_gain=True)
     for s in range(0, len(eval_ds), args.batch_size):
@@ -178,6 +189,10 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
         pred = logits.argmax(-1)
         correct += int((pred == y)[m].sum())
         total += int(m.sum())
+        if by_index:  # accuracy by position of the answer in its burst
+            k = eval_ds.target_index(x)[m].cpu()
+            hits_k += torch.bincount(k, weights=(pred == y)[m].cpu().double(), minlength=hits_k.numel())
+            count_k += torch.bincount(k, minlength=hits_k.numel()).double()
         loss_sum += float(F.cross_entropy(logits[m], y[m], reduction="sum"))
         for plan in plans:
             res.append(plan.mean_resolution())
@@ -195,6 +210,14 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
         "recurrence_cost": float(torch.cat(rec).mean()),
         "imbalance": float(torch.stack([load_imbalance(c) for c in row_costs]).mean()),
     }
+    if by_index:
+        acc_k = hits_k / count_k
+        metrics["accuracy_by_index"] = [None if c == 0 else round(float(a), 4) for a, c in zip(acc_k, count_k)]
+        # answers whose lag-`period` source lies in the burst's first tile, and all the others
+        early = slice(eval_ds.period, eval_ds.period + args.tile_size)
+        late = slice(eval_ds.period + args.tile_size, None)
+        metrics["accuracy_early"] = float(hits_k[early].sum() / count_k[early].sum().clamp_min(1))
+        metrics["accuracy_late"] = float(hits_k[late].sum() / count_k[late].sum().clamp_min(1))
     patterns = None
     if not args.no_ifq:
         x0 = eval_ds[0][0].unsqueeze(0).to(device)
@@ -328,11 +351,15 @@ def sweep(args) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| run | budget | mean R | accuracy | answer loss | deviation from R=1 | recurrence cost | scan cost (all) | IFQ | CER | AE |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    split = all("accuracy_early" in r for r in rows)  # repeat task: accuracy early / late in the burst
+    extra = " early answers | later answers |" if split else ""
+    lines = ["| run | budget | mean R | accuracy |" + extra + " answer loss | deviation from R=1 | recurrence cost | "
+             "scan cost (all) | IFQ | CER | AE |",
+             "|---|---|---|---|" + ("---|---|" if split else "") + "---|---|---|---|---|---|---|"]
     for r in rows:
+        cols = f" {100 * r['accuracy_early']:.1f}% | {100 * r['accuracy_late']:.1f}% |" if split else ""
         lines.append(
-            f"| {r['name']} | {r['budget']:g} | {r['resolution']:.3f} | {100 * r['accuracy']:.1f}% | {r['loss']:.3f} | "
+            f"| {r['name']} | {r['budget']:g} | {r['resolution']:.3f} | {100 * r['accuracy']:.1f}% |{cols} {r['loss']:.3f} | "
             f"{r['deviation']:.3f} | {r['recurrence_cost']:.3f} | {r['scan_cost']:.3f} | {r.get('ifq', float('nan')):.3f} | "
             f"{r.get('cer', float('nan')):.2f} | {r.get('ae', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"

@@ -4,7 +4,8 @@ import torch
 
 from tiling.modules import TiledMamba
 from tiling.ops import scan_cost
-from tiling.policy import resolution_policy, tile_density
+from infogeo.density import ssm_density
+from tiling.policy import resolution_policy, tile_density, tile_tail_density
 
 transformers = pytest.importorskip("transformers")
 from transformers import MambaConfig  # noqa: E402
@@ -71,19 +72,23 @@ def test_load_mamba_state_dict_rejects_incomplete():
         layer.load_mamba_state_dict(sd2)
 
 
+def assert_causal(layer, x, positions):
+    """Perturbing token t moves no output before t, and does move later ones."""
+    with torch.no_grad():
+        y = layer(x)
+        for t in positions:
+            x2 = x.clone()
+            x2[:, t] += 2.0 * torch.randn(x.shape[0], x.shape[2])
+            y2 = layer(x2)
+            torch.testing.assert_close(y2[:, :t], y[:, :t], rtol=0, atol=1e-6)
+            assert float((y2[:, t:] - y[:, t:]).abs().max()) > 1e-4  # the perturbation is seen
+
+
 @pytest.mark.parametrize("policy", ["adaptive", "binary", "uniform"])
 @pytest.mark.parametrize("budget", [0.25, 0.5, 1.0])
 def test_layer_is_causal_at_every_budget(policy, budget):
     layer = make_layer(2, perturb=True, budget=budget, policy=policy, state_k=0.05, s_min=2)
-    x = torch.randn(2, 60, 16)
-    with torch.no_grad():
-        y = layer(x)
-        for t in [0, 13, 16, 41, 59]:
-            x2 = x.clone()
-            x2[:, t] += 2.0 * torch.randn(2, 16)
-            y2 = layer(x2)
-            torch.testing.assert_close(y2[:, :t], y[:, :t], rtol=0, atol=1e-6)
-            assert float((y2[:, t:] - y[:, t:]).abs().max()) > 1e-4  # the perturbation is seen
+    assert_causal(layer, torch.randn(2, 60, 16), [0, 13, 16, 41, 59])
 
 
 def test_non_causal_mode_is_not_causal():
@@ -190,7 +195,8 @@ def test_external_density_and_curvature_steer_the_plan():
 
 def test_repr_shows_configuration():
     r = repr(make_layer(budget=0.35, policy="binary"))
-    for s in ["d_model=16", "d_state=4", "tile_size=8", "budget=0.35", "policy='binary'", "causal=True"]:
+    for s in ["d_model=16", "d_state=4", "tile_size=8", "budget=0.35", "policy='binary'", "causal=True",
+              "predictor_tail=None", "calibration='history'"]:
         assert s in r
 
 
@@ -207,6 +213,14 @@ def test_bad_input():
         make_layer(policy="sparse")
     with pytest.raises(ValueError, match="distance_scale"):
         TiledMamba(16, distance_scale=3.0)
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        TiledMamba(16, calibration="batch")
+    with pytest.raises(ValueError, match="predictor_tail"):
+        TiledMamba(16, tile_size=8, predictor_tail=9)
+    with pytest.raises(ValueError, match="predictor_reduce"):
+        TiledMamba(16, predictor_reduce="median")
+    with pytest.raises(ValueError, match="calibration_momentum"):
+        TiledMamba(16, calibration="running", calibration_momentum=0.0)
     layer = make_layer(validate=True)
     with pytest.raises(ValueError, match="d_model=16"):
         layer(torch.randn(1, 8, 15))
@@ -245,3 +259,55 @@ def test_cpu_and_cuda_agree(budget):
     torch.testing.assert_close(xc.grad.cpu(), x.grad, rtol=1e-3, atol=1e-4)
     for n, p in layer_c.named_parameters():
         torch.testing.assert_close(p.grad.cpu(), grads[n], rtol=1e-3, atol=1e-4, msg=n)
+
+
+def log_quantiles(layer, x):
+    """Independent recomputation: the 64 quantiles (k + ½)/64 of log q over the batch's predictors
+    (max density of the last 3 tokens of each tile, q = ρ^0.5)."""
+    _, _, dt_raw, B, _ = layer._project(x)
+    rho = ssm_density(torch.nn.functional.softplus(dt_raw + layer.dt_proj.bias[:, None]), B).double()
+    logq = 0.5 * torch.log(tile_tail_density(rho, 8, 3, "max").flatten())
+    return torch.quantile(logq, (torch.arange(64, dtype=torch.float64) + 0.5) / 64)
+
+
+def test_running_calibration_updates_only_in_training_and_stays_causal():
+    layer = make_layer(8, perturb=True, budget=0.3, calibration="running", predictor_tail=3, predictor_reduce="max")
+    hist = make_layer(8, perturb=True, budget=0.3, predictor_tail=3, predictor_reduce="max")
+    assert {"calibration_quantiles", "calibration_updates"} <= set(layer.state_dict())
+    assert "calibration_quantiles" not in hist.state_dict()
+    x = torch.randn(4, 64, 16)
+    with torch.no_grad():
+        # before the first update the layer falls back to the history calibration
+        torch.testing.assert_close(layer.plan(x).resolution, hist.plan(x).resolution, rtol=0, atol=0)
+        layer.eval()
+        layer(x)
+        assert int(layer.calibration_updates) == 0  # eval and plan() never update
+        layer.train()
+        layer(x)
+        assert int(layer.calibration_updates) == 1
+        first = layer.calibration_quantiles.clone()
+        # the buffer holds the quantiles of log importance of this batch's predictors (exponent 0.5)
+        torch.testing.assert_close(first, log_quantiles(layer, x), rtol=1e-5, atol=1e-5)
+        layer(2.0 * x)  # an exponential moving average with weight 0.05
+        assert int(layer.calibration_updates) == 2
+        want = first + 0.05 * (log_quantiles(layer, 2.0 * x) - first)
+        torch.testing.assert_close(layer.calibration_quantiles, want, rtol=1e-5, atol=1e-5)
+        assert float((layer.calibration_quantiles - first).abs().max()) > 1e-3
+        layer.eval()
+        plan = layer.plan(x)
+        assert not torch.equal(plan.resolution, hist.plan(x).resolution)  # the reference is in use
+        assert bool(((plan.mean_resolution() - 0.3).abs() <= layer.slack / plan.n_tiles + 1e-6).all())
+    assert_causal(layer, x, [0, 13, 16, 41, 63])
+
+
+def test_running_calibration_in_training_mode_uses_only_earlier_batches():
+    """A batch never calibrates itself: its resolutions are those of the buffer before it."""
+    layer = make_layer(9, budget=0.3, calibration="running")
+    x = torch.randn(2, 48, 16)
+    with torch.no_grad():
+        layer(torch.randn(2, 48, 16))  # first update
+        frozen = layer.plan(x).resolution  # plan() sees the buffer as it is now
+        _, plan = layer(x, return_plan=True)  # training-mode forward: uses it, then updates
+        torch.testing.assert_close(plan.resolution, frozen, rtol=0, atol=0)
+        assert int(layer.calibration_updates) == 2
+        assert not torch.equal(layer.plan(x).resolution, frozen)  # ... and the update moved the map

@@ -92,6 +92,12 @@ def test_burst_repeat_dataset_answers_are_recoverable_at_the_lag():
         assert t.numel() == 3 * (40 - 7)
         assert torch.equal(y[t], x[t - 7 + 1])
         assert bool((x[t - 7 + 1] < 5).all())  # the recalled token is content of the same burst
+        # target_index: the target of position p is content symbol p − s of the burst at marker s
+        k = ds.target_index(x)
+        for s in starts.tolist():
+            span = torch.arange(s, min(s + 40, 1024))
+            assert torch.equal(k[span], span - s)
+        assert bool((k[m] >= 7).all()) and int((k >= 0).sum()) == sum(min(40, 1024 - s) for s in starts.tolist())
     a, b = ds[5], BurstRepeatDataset(12, context_len=1024, n_bursts=3, burst_len=40, period=7, n_symbols=5, seed=2)[5]
     assert all(torch.equal(u, v) for u, v in zip(a, b))
     with pytest.raises(ValueError, match="period"):
@@ -179,17 +185,20 @@ def test_corrupt_or_truncated_checkpoint_is_a_clear_error(tmp_path):
 
 def test_resume_is_bit_identical(tmp_path):
     mod = load_script()
-    full = mod.parse_args(TINY + ["--steps", "6", "--out", str(tmp_path / "full")])
+    # the running calibration adds buffers (quantiles, update count) that must survive the resume
+    opts = TINY + ["--budget", "0.5", "--calibration", "running", "--predictor-tail", "4"]
+    full = mod.parse_args(opts + ["--steps", "6", "--out", str(tmp_path / "full")])
     mod.train(full)
-    first = mod.parse_args(TINY + ["--steps", "6", "--stop-at", "3", "--out", str(tmp_path / "part")])
+    first = mod.parse_args(opts + ["--steps", "6", "--stop-at", "3", "--out", str(tmp_path / "part")])
     mod.train(first)
     torch.manual_seed(999)  # a resumed process starts from an unrelated global RNG state
-    second = mod.parse_args(TINY + ["--steps", "6", "--out", str(tmp_path / "part"),
+    second = mod.parse_args(opts + ["--steps", "6", "--out", str(tmp_path / "part"),
                                     "--resume", str(tmp_path / "part" / "checkpoint.safetensors")])
     mod.train(second)
     a = load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "part" / "checkpoint.safetensors"))
     assert a.keys() == b.keys()
+    assert int(a["model.layers.0.calibration_updates"]) == 6
     for k in a:
         assert torch.equal(a[k], b[k]), k
     evals = [json.loads(s) for s in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
@@ -215,8 +224,10 @@ def test_distributed_two_cpu_processes(tmp_path):
 def test_sweep_writes_table_logs_and_figure(tmp_path):
     mod = load_script()
     fig = tmp_path / "fig.png"
+    # history calibration: a running reference (the script's default) cannot follow weights that a
+    # 4-step run at lr 1e-2 changes completely; it is exercised by the resume and repeat tests
     args = mod.parse_args(TINY + ["--steps", "2", "--base-steps", "2", "--sweep", "--budgets", "0.5",
-                                  "--out", str(tmp_path / "s"), "--figure", str(fig)])
+                                  "--calibration", "history", "--out", str(tmp_path / "s"), "--figure", str(fig)])
     rows = mod.sweep(args)
     assert [r["name"] for r in rows] == ["full", "uniform@0.5", "binary@0.5", "adaptive@0.5"]
     assert rows[0]["recurrence_cost"] == pytest.approx(1.0) and rows[0]["resolution"] == 1.0
@@ -230,14 +241,24 @@ def test_sweep_writes_table_logs_and_figure(tmp_path):
 
 def test_script_builds_the_repeat_task_and_policy_options():
     mod = load_script()
-    args = mod.parse_args(TINY + ["--task", "repeat", "--period", "2", "--exponent", "2", "--slack", "8",
-                                  "--shared-density", "--budget", "0.5", "--policy", "binary"])
+    args = mod.parse_args(TINY + ["--task", "repeat", "--period", "2", "--burst-len", "12", "--exponent", "2",
+                                  "--slack", "8", "--shared-density", "--budget", "0.5", "--policy", "binary",
+                                  "--calibration", "running", "--predictor-tail", "3", "--predictor-reduce", "max"])
     train_ds, eval_ds, model, _, _ = mod.build(args, torch.device("cpu"))
     assert isinstance(train_ds, BurstRepeatDataset) and train_ds.period == 2 and eval_ds.seed != train_ds.seed
     assert model.shared_density
-    assert all(layer.exponent == 2.0 and layer.slack == 8.0 and layer.policy == "binary" for layer in model.layers)
+    assert all(layer.exponent == 2.0 and layer.slack == 8.0 and layer.policy == "binary" and layer.predictor_tail == 3
+               and layer.predictor_reduce == "max" and layer.calibration == "running" for layer in model.layers)
     x, y, m = train_ds[0]
     assert torch.equal(y[m], x[torch.nonzero(m).flatten() - 1])  # period 2: the answer is the input one before
+    # accuracy by position in the burst: answers at k = 2..11; early = the first tile (8) of them
+    metrics, _ = mod.evaluate(model, eval_ds, args, torch.device("cpu"))
+    by_k = metrics["accuracy_by_index"]
+    assert len(by_k) == 12 and by_k[:2] == [None, None] and all(v is not None for v in by_k[2:])
+    n_early, n_late = 8 * 2 * 8, 2 * 2 * 8  # per index: 8 sequences × 2 bursts
+    mixed = (metrics["accuracy_early"] * n_early + metrics["accuracy_late"] * n_late) / (n_early + n_late)
+    assert metrics["accuracy"] == pytest.approx(mixed)
+    assert metrics["accuracy_early"] == pytest.approx(sum(by_k[2:10]) / 8, abs=1e-3)
 
 
 def test_bad_arguments():

@@ -48,6 +48,32 @@ depends only on tiles ``j < i``:
 Every factor of ``R_i`` (history, surplus, predictor) depends on tiles ``< i`` only, and for a
 fixed history ``R_i`` is non-decreasing in the predictor ``p_i``.
 
+Two refinements address what the history calibration gets wrong on bursty sequences (measured in
+docs/benchmarks.md, training run 3): while the history is short a burst is a large share of it,
+so the calibration pushes the burst's own tiles below 1, and filler seen before any burst gets
+``c`` itself (nothing is saved for later).
+
+* ``predictor_density``: the density from which tile ``i`` is predicted need not be tile
+  ``i − 1``'s mean. :func:`tile_tail_density` gives the mean (or maximum) over the *last* tokens
+  of each tile, the part nearest to tile ``i`` (the level-of-detail habit taken one step further:
+  the most recent frame). A burst that starts in the middle of tile ``i − 1`` then raises ``p_i`` fully
+  instead of in proportion to its share of the tile, and a burst that ends early in tile
+  ``i − 1`` no longer spends a full-resolution tile on the filler after it.
+* ``reference``: a population sample of predictor importances (in the layer: running quantiles
+  over training batches, :class:`~tiling.modules.TiledMamba` ``calibration="running"``). The
+  scale then solves ``mean_k clip(s·r_k, r_min, 1) = c`` over the reference instead of over the
+  history, ``R_i = clip(s p_i, r_min, 1)``: a fixed level-of-detail map for the whole sequence,
+  so filler is coarse from the first tile and a burst gets full resolution wherever it falls.
+  The budget is met on average over the population the reference describes; the controller's
+  clamp (without the integral feedback, which would spend the savings on filler) still bounds
+  every sequence, ``|mean_i R_i − c| ≤ D / n_tiles``. The reference holds no information about
+  the current sequence, so causality is unchanged. The binary mode ignores the reference and
+  keeps its history quantile: its threshold, the reference's ``1 − (c − r_min)/(1 − r_min)``
+  quantile, falls inside the atom of near-identical filler tiles, so the slight drift of a
+  running reference behind the weights flips all of them to ``R = 1`` (measured: mean ``R`` 0.37
+  and 40 % accuracy at ``c = 0.25``, docs/benchmarks.md run 5), while the continuous map
+  ``s·p`` moves by as little as the drift.
+
 Tile 0 has no history and gets ``R_0 = c`` (binary: the value nearer to ``c``, then the
 controller). The distance term ``d_i`` (distance to the *end* of the sequence) is only defined in
 the non-causal mode: in a causal model the current position of every tile is the tile itself.
@@ -96,6 +122,37 @@ def tile_density(density: Tensor, tile_size: int) -> Tensor:
     lengths = torch.full((n_tiles,), T, dtype=density.dtype, device=density.device)
     lengths[-1] = L - (n_tiles - 1) * T
     return sums / lengths
+
+
+def tile_tail_density(density: Tensor, tile_size: int, tail: int, reduce: str = "mean") -> Tensor:
+    """Density of the last ``tail`` tokens of each tile (a causal predictor of the next tile).
+
+    ``τ_i = reduce_{e_i − w_i < t ≤ e_i} ρ_t`` with ``e_i`` the last position of tile ``i``,
+    ``w_i = min(tail, n_i)`` and ``reduce`` the mean or the maximum. Departure from seed 001 §3.4
+    step 1 (which averages over the whole tile): the tokens nearest to tile ``i + 1`` predict its
+    density best when density changes abruptly (a burst starting or ending inside tile ``i``), and
+    the maximum responds to a single dense token (a marker announcing a burst) that a mean would
+    dilute. ``tail = tile_size`` with the mean gives :func:`tile_density` back.
+
+    Returns ``(batch, ⌈L/T⌉)`` in the input's dtype and device.
+    """
+    check_tensor(density, "density", ndim=2)
+    T = check_int(tile_size, "tile_size", minimum=1)
+    w = check_int(tail, "tail", minimum=1, maximum=T)
+    check_choice(reduce, "reduce", ["mean", "max"])
+    if bool((density < 0).any()):
+        raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
+    L = density.shape[1]
+    n_tiles = -(-L // T)
+    dev = density.device
+    starts = torch.arange(n_tiles, device=dev) * T
+    last = torch.clamp(starts + T, max=L) - 1  # last position of each tile
+    idx = last.unsqueeze(1) - torch.arange(w, device=dev).unsqueeze(0)  # (n_tiles, w), newest first
+    inside = idx >= starts.unsqueeze(1)  # a short last tile has fewer than w tokens
+    values = density[:, idx.clamp_min(0)] * inside.to(density.dtype)  # zeros outside: density >= 0
+    if reduce == "max":
+        return values.amax(-1)
+    return values.sum(-1) / inside.sum(-1).to(density.dtype)
 
 
 def tile_importance(
@@ -203,6 +260,8 @@ def resolution_policy(
     exponent: float = 0.5,
     lookback: int = 1,
     slack: float = 4.0,
+    predictor_density: Tensor | None = None,
+    reference: Tensor | None = None,
 ) -> Tensor:
     """Resolution per tile, ``R_i = f(ρ_i, d_i, c) ∈ [r_min, 1]`` (seed 001 §3.2.2, seed 000 §3.6).
 
@@ -223,6 +282,13 @@ def resolution_policy(
     lookback : causal predictor window ``w`` in tiles (:func:`causal_predictor`).
     slack : causal controller bound ``D`` (in tiles) on the running budget surplus; ``≥ 0.5``
         (needed for the binary mode to always have a feasible value).
+    predictor_density : causal mode: (batch, n_tiles) per-tile density from which the *next*
+        tile is predicted (default ``tile_density``; e.g. :func:`tile_tail_density`). Its
+        importance (same exponent and curvature) replaces ``q_j`` in ``p_i = max_{i−w≤j<i} q_j``.
+    reference : causal adaptive mode: 1-D positive sample of predictor importances ``p`` from
+        the population (e.g. running quantiles over training batches). Calibrates the scale on it
+        instead of on the sequence's own history; see the module docstring. Ignored by the
+        non-causal, uniform and binary modes.
 
     Returns
     -------
@@ -242,6 +308,14 @@ def resolution_policy(
         tile_density, exponent=exponent, curvature=curvature,
         curvature_weight=curvature_weight, distance_scale=distance_scale,
     )
+    if predictor_density is not None:
+        check_tensor(predictor_density, "predictor_density", shape=(batch, n))
+        if bool((predictor_density < 0).any()):
+            raise ValueError(f"predictor_density must be non-negative, got min {float(predictor_density.min()):.6g}")
+    if reference is not None:
+        check_tensor(reference, "reference", ndim=1)
+        if reference.numel() < 1 or bool((reference <= 0).any()):
+            raise ValueError(f"reference must be a non-empty 1-D tensor of positive importances, got {reference.numel()} values")
     if not causal:
         if mode == "adaptive":
             s = _bisect_scale(q, torch.ones_like(q), budget, r_min)
@@ -253,13 +327,24 @@ def resolution_policy(
             R = torch.full_like(q, r_min)
             R.scatter_(-1, order[:, :k], 1.0)
         return R.to(out_dtype)
-    return _causal_resolution(q, budget=budget, r_min=r_min, mode=mode, lookback=lookback, slack=slack).to(out_dtype)
+    if predictor_density is not None:
+        q = tile_importance(predictor_density, exponent=exponent, curvature=curvature, curvature_weight=curvature_weight)
+    ref = None if reference is None else reference.detach().to(device=q.device, dtype=torch.float64)
+    return _causal_resolution(q, budget=budget, r_min=r_min, mode=mode, lookback=lookback, slack=slack,
+                              reference=ref).to(out_dtype)
 
 
-def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, lookback: int, slack: float) -> Tensor:
-    """The causal controller of the module docstring on float64 importances ``q`` (batch, n)."""
+def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, lookback: int, slack: float,
+                       reference: Tensor | None = None) -> Tensor:
+    """The causal controller of the module docstring on float64 importances ``q`` (batch, n)
+    (``q_j``: importance of the density that predicts tile ``j + 1``)."""
     batch, n = q.shape
     p = causal_predictor(q, lookback)
+    if reference is not None and mode == "adaptive":
+        s = _bisect_scale(reference, torch.ones_like(reference), budget, r_min)
+        desired = torch.clamp(s * p, r_min, 1.0)
+        desired[:, 0] = budget
+        return _controlled(desired, budget=budget, r_min=r_min, mode=mode, slack=slack, feedback=False)
     # history of tile i: predictors p_j with 1 <= j <= i (all known before tile i starts)
     idx = torch.arange(n, device=q.device)
     hist = ((idx.view(1, n) <= idx.view(n, 1)) & (idx.view(1, n) >= 1)).to(torch.float64)
@@ -278,15 +363,20 @@ def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, loo
         top = (greater + 0.5 * equal) < frac * hist.sum(-1).clamp_min(1.0)
         desired = torch.where(top, torch.ones_like(q), torch.full_like(q, r_min))
         desired[:, 0] = 1.0 if frac > 0.5 else r_min
-    # budget controller: running surplus b_i = Σ_{j<i} (c − R_j) kept in [−D, D]
-    R = torch.empty_like(q)
-    surplus = torch.zeros(batch, dtype=torch.float64, device=q.device)
+    return _controlled(desired, budget=budget, r_min=r_min, mode=mode, slack=slack, feedback=mode == "adaptive")
+
+
+def _controlled(desired: Tensor, *, budget: float, r_min: float, mode: str, slack: float, feedback: bool) -> Tensor:
+    """Budget controller: the running surplus ``b_i = Σ_{j<i} (c − R_j)`` kept in ``[−D, D]``."""
+    batch, n = desired.shape
+    R = torch.empty_like(desired)
+    surplus = torch.zeros(batch, dtype=torch.float64, device=desired.device)
     for i in range(n):
         lo = budget + surplus - slack
         hi = budget + surplus + slack
         if mode == "adaptive":
             # integral feedback: a surplus raises the scale, a deficit lowers it (past tiles only)
-            want = torch.clamp(desired[:, i] * torch.exp(surplus / slack), r_min, 1.0) if i > 0 else desired[:, 0]
+            want = torch.clamp(desired[:, i] * torch.exp(surplus / slack), r_min, 1.0) if feedback and i > 0 else desired[:, i]
             r = torch.minimum(torch.maximum(want, lo), hi).clamp(r_min, 1.0)
         else:
             want = desired[:, i]
@@ -317,6 +407,7 @@ def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int)
 
 __all__ = [
     "tile_density",
+    "tile_tail_density",
     "tile_importance",
     "causal_predictor",
     "resolution_policy",

@@ -46,7 +46,9 @@ class TilePlan:
     ``segments`` and ``state_dims`` (batch, n_tiles) int64; ``density`` (batch, n_tiles) the
     per-tile density the policy saw; ``cost`` (batch, n_tiles) the multiply-adds of the scan per
     tile (``tiling.ops.scan_cost`` of the tile alone, ``madd_total``); ``exp_cost`` the same for
-    exponentials; ``budget``, ``mode``, ``causal`` the policy that produced it.
+    exponentials; ``budget``, ``mode``, ``causal`` the policy that produced it; ``token_density``
+    (batch, L), optional, the per-token density the tile densities were averaged from (on the
+    layer's device, unlike the other fields).
     """
 
     start: Tensor
@@ -60,6 +62,7 @@ class TilePlan:
     budget: float
     mode: str
     causal: bool
+    token_density: Tensor | None = None
     meta: dict = field(default_factory=dict)
 
     @property

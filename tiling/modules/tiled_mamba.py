@@ -35,7 +35,10 @@ from torch import nn
 from infogeo._checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
-from tiling.policy import causal_predictor, check_policy_options, resolution_policy, state_dims_policy, tile_density
+from tiling.policy import (
+    causal_predictor, check_policy_options, resolution_policy, state_dims_policy, tile_density, tile_importance,
+    tile_tail_density,
+)
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -81,6 +84,18 @@ class TiledMamba(nn.Module):
         tile's own density and meets the budget exactly per sequence.
     exponent, lookback, slack, curvature_weight, distance_scale : policy options
         (:func:`tiling.policy.resolution_policy`).
+    predictor_tail, predictor_reduce : causal mode: tile ``i`` is predicted from the mean
+        (``predictor_reduce="mean"``) or maximum (``"max"``) density of the last ``predictor_tail``
+        tokens of tile ``i − 1`` (:func:`tiling.policy.tile_tail_density`); None (default) uses
+        the whole tile's mean.
+    calibration : causal adaptive policy: ``"history"`` (default) calibrates the policy's scale on
+        the sequence's own past tiles; ``"running"`` on a running estimate of the population's
+        predictor importances, ``calibration_levels`` quantiles of their logarithm kept in the
+        buffer ``calibration_quantiles`` and updated in training mode by an exponential moving
+        average with weight ``calibration_momentum`` per batch (after the batch's resolutions are
+        set, so a batch never calibrates itself; until the first update the layer falls back to
+        ``"history"``; under ``torch.distributed`` the ranks' quantiles are averaged). See the
+        module docstring of :mod:`tiling.policy`.
     state_k, s_min, s_max : state-dimension policy ``S_i = max(min(⌈k ρ_i⌉, S_max), S_min)``
         (seed 001 §3.4 step 3); off (``S_i = d_state``) when ``state_k`` is None; ``s_max``
         defaults to ``d_state``.
@@ -118,6 +133,11 @@ class TiledMamba(nn.Module):
         slack: float = 4.0,
         curvature_weight: float = 1.0,
         distance_scale: float | None = None,
+        predictor_tail: int | None = None,
+        predictor_reduce: str = "mean",
+        calibration: str = "history",
+        calibration_momentum: float = 0.05,
+        calibration_levels: int = 64,
         state_k: float | None = None,
         s_min: int = 1,
         s_max: int | None = None,
@@ -145,6 +165,18 @@ class TiledMamba(nn.Module):
         self.budget, self.r_min, self.policy, self.causal = float(budget), float(r_min), policy, bool(causal)
         self.exponent, self.lookback, self.slack = float(exponent), check_int(lookback, "lookback", minimum=1), float(slack)
         self.curvature_weight, self.distance_scale = float(curvature_weight), distance_scale
+        self.predictor_tail = None if predictor_tail is None else check_int(
+            predictor_tail, "predictor_tail", minimum=1, maximum=self.tile_size)
+        check_choice(predictor_reduce, "predictor_reduce", ["mean", "max"])
+        self.predictor_reduce = predictor_reduce
+        check_choice(calibration, "calibration", ["history", "running"])
+        self.calibration = calibration
+        check_in_range(calibration_momentum, "calibration_momentum", 0.0, 1.0, low_open=True)
+        self.calibration_momentum = float(calibration_momentum)
+        if self.calibration == "running":
+            levels = check_int(calibration_levels, "calibration_levels", minimum=2)
+            self.register_buffer("calibration_quantiles", torch.zeros(levels, dtype=torch.float64, device=device))
+            self.register_buffer("calibration_updates", torch.zeros((), dtype=torch.int64, device=device))
         self.s_max = self.d_state if s_max is None else check_int(s_max, "s_max", minimum=1, maximum=self.d_state)
         self.s_min = check_int(s_min, "s_min", minimum=1, maximum=self.s_max)
         if state_k is not None:
@@ -190,7 +222,9 @@ class TiledMamba(nn.Module):
         return (
             f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
             f"dt_rank={self.dt_rank}, tile_size={self.tile_size}, budget={self.budget}, r_min={self.r_min}, "
-            f"policy={self.policy!r}, causal={self.causal}, state_dims={sd}, routing={self.routing}"
+            f"policy={self.policy!r}, causal={self.causal}, predictor_tail={self.predictor_tail}, "
+            f"predictor_reduce={self.predictor_reduce!r}, "
+            f"calibration={self.calibration!r}, state_dims={sd}, routing={self.routing}"
         )
 
     def load_mamba_state_dict(self, state_dict: dict[str, Tensor]) -> None:
@@ -230,9 +264,10 @@ class TiledMamba(nn.Module):
 
     def _tile_config(
         self, dt_raw: Tensor, B: Tensor, density: Tensor | None, curvature: Tensor | None,
-        budget: float,
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Resolution ``R`` (b, n_tiles), state dims ``S`` (or None = full) and tile density.
+        budget: float, update: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
+        """Resolution ``R`` (b, n_tiles), state dims ``S`` (or None = full), tile density and
+        per-token density; ``update``: fold this batch into the running calibration afterwards.
 
         The policy is piecewise constant in its inputs, so it runs without gradient.
         """
@@ -248,25 +283,51 @@ class TiledMamba(nn.Module):
                     raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
                 rho = density.detach().to(device=dt_raw.device)
             rho_tile = tile_density(rho.to(torch.float64), T)
+            pred_tile = rho_tile if self.predictor_tail is None else tile_tail_density(
+                rho.to(torch.float64), T, self.predictor_tail, self.predictor_reduce)
             kappa = None
             if curvature is not None:
                 check_tensor(curvature, "curvature", shape=(batch, L))
                 kappa = _tile_mean(curvature.detach().to(device=dt_raw.device, dtype=torch.float64), T)
+            running = self.causal and self.calibration == "running"
+            reference = None
+            if running and int(self.calibration_updates) > 0:
+                reference = torch.exp(self.calibration_quantiles.to(torch.float64))
             R = resolution_policy(
                 rho_tile, budget=budget, r_min=self.r_min, mode=self.policy, causal=self.causal,
                 curvature=kappa, curvature_weight=self.curvature_weight, distance_scale=self.distance_scale,
                 exponent=self.exponent, lookback=self.lookback, slack=self.slack,
+                predictor_density=pred_tile if self.causal else None, reference=reference,
             ).to(torch.float32)
+            if running and update:
+                self._update_calibration(tile_importance(pred_tile, exponent=self.exponent, curvature=kappa,
+                                                         curvature_weight=self.curvature_weight))
             S = None
             if self.state_k is not None:
                 if self.causal:
-                    pred = causal_predictor(rho_tile, self.lookback)
+                    pred = causal_predictor(pred_tile, self.lookback)
                     S = state_dims_policy(torch.nan_to_num(pred, nan=0.0), k=self.state_k, s_min=self.s_min, s_max=self.s_max)
                     S[:, 0] = self.s_max  # no history: full state for the first tile
                 else:
                     S = state_dims_policy(rho_tile, k=self.state_k, s_min=self.s_min, s_max=self.s_max)
                 S = S.to(dt_raw.device)
-        return R, S, rho_tile
+        return R, S, rho_tile, rho
+
+    def _update_calibration(self, importance: Tensor) -> None:
+        """EMA of the ``K`` quantiles ``(k + ½)/K`` of ``log q`` over this batch's predictor importances."""
+        buf = self.calibration_quantiles
+        levels = (torch.arange(buf.numel(), dtype=torch.float64, device=importance.device) + 0.5) / buf.numel()
+        batch_q = torch.quantile(torch.log(importance.flatten()), levels).to(buf)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # data parallel: every rank folds in the mean of all ranks' quantiles, so the buffers
+            # stay identical (as SyncBatchNorm's statistics); training forwards run in lock-step
+            torch.distributed.all_reduce(batch_q)
+            batch_q /= torch.distributed.get_world_size()
+        if int(self.calibration_updates) == 0:
+            buf.copy_(batch_q)
+        else:
+            buf.lerp_(batch_q, self.calibration_momentum)
+        self.calibration_updates += 1
 
     def _route(self, y: Tensor, tile_states: Tensor, C: Tensor, R: Tensor, S: Tensor | None) -> Tensor:
         """Add ``g ⊙ tanh(W_s·read(s_i) + W_r·(R_i − R_{i+1}))`` to the outputs of tile ``i+1``.
@@ -315,7 +376,7 @@ class TiledMamba(nn.Module):
             if self.r_min > c:
                 raise ValueError(f"r_min must be <= budget, got r_min={self.r_min} > budget={c}")
         u, z, dt_raw, B, C = self._project(hidden_states)
-        R, S, rho_tile = self._tile_config(dt_raw, B, density, curvature, c)
+        R, S, rho_tile, rho = self._tile_config(dt_raw, B, density, curvature, c, update=self.training)
         A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
         need_tiles = self.routing and R.shape[1] > 1
         out = adaptive_selective_scan(
@@ -330,7 +391,7 @@ class TiledMamba(nn.Module):
             y = out
         result = self.out_proj(y.transpose(1, 2))
         if return_plan:
-            return result, self._make_plan(R, S, rho_tile, hidden_states.shape[1], c)
+            return result, self._make_plan(R, S, rho_tile, rho, hidden_states.shape[1], c)
         return result
 
     def plan(self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
@@ -341,10 +402,10 @@ class TiledMamba(nn.Module):
         check_in_range(c, "budget", 0.0, 1.0, low_open=True)
         with torch.no_grad():
             _, _, dt_raw, B, _ = self._project(hidden_states)
-            R, S, rho_tile = self._tile_config(dt_raw, B, density, curvature, c)
-        return self._make_plan(R, S, rho_tile, hidden_states.shape[1], c)
+            R, S, rho_tile, rho = self._tile_config(dt_raw, B, density, curvature, c)
+        return self._make_plan(R, S, rho_tile, rho, hidden_states.shape[1], c)
 
-    def _make_plan(self, R: Tensor, S: Tensor | None, rho_tile: Tensor, L: int, budget: float) -> TilePlan:
+    def _make_plan(self, R: Tensor, S: Tensor | None, rho_tile: Tensor, rho: Tensor, L: int, budget: float) -> TilePlan:
         T = self.tile_size
         lengths = tile_lengths(L, T)
         starts = torch.arange(lengths.numel(), dtype=torch.int64) * T
@@ -361,7 +422,7 @@ class TiledMamba(nn.Module):
         return TilePlan(
             start=starts, length=lengths, resolution=Rc, segments=segs,
             state_dims=Sc, density=rho_tile.detach().cpu(), cost=madd, exp_cost=exps, budget=budget,
-            mode=self.policy, causal=self.causal, meta={"scan_cost": whole},
+            mode=self.policy, causal=self.causal, token_density=rho.detach(), meta={"scan_cost": whole},
         )
 
     def allocate_inference_state(self, batch: int) -> TiledMambaState:

@@ -158,5 +158,19 @@ class BurstRepeatDataset(_BurstDataset):
             is_answer[s + 1 + self.period:s + span] = True
         return seq[:-1], seq[1:], is_answer[1:]
 
+    def target_index(self, inputs: Tensor) -> Tensor:
+        """Index ``k`` within its burst of the *target* of each input position, −1 outside bursts.
+
+        ``inputs`` (..., context_len) int64; the target of position ``p`` is content symbol
+        ``k = p − s`` of the burst whose marker is at ``s`` (``k ≥ period`` on the answer
+        positions). Used to break accuracy down by position in the burst: a causal tile policy
+        predicts a tile from the one before it, so the first answers of a burst are the ones at
+        risk (docs/benchmarks.md).
+        """
+        pos = torch.arange(inputs.shape[-1], device=inputs.device).expand_as(inputs)
+        last = torch.where(inputs == self.marker, pos, torch.full_like(pos, -1)).cummax(-1).values
+        k = pos - last
+        return torch.where((last >= 0) & (k < self.burst_len), k, torch.full_like(k, -1))
+
 
 __all__ = ["BurstCopyDataset", "BurstRepeatDataset", "collate"]

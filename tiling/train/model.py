@@ -16,10 +16,10 @@ class TiledLM(nn.Module):
     """``tokens (batch, L) int64 → logits (batch, L, vocab)``; ``layer_kwargs`` go to every
     :class:`~tiling.modules.TiledMamba` (tile_size, budget, policy, ...).
 
-    ``shared_density``: every layer's resolution policy reads the tile densities of the *first*
-    layer, ``ρ_i = (1/n_i) Σ_{t∈i} (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form
-    of the first layer), passed as the layers' external density (constant over each tile, so its
-    tile mean is the first layer's). Why: in a deep stack only the first layer sees the token
+    ``shared_density``: every layer's resolution policy reads the per-token density of the
+    *first* layer, ``ρ_t = (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form of the
+    first layer), passed as the layers' external density, so every layer sees the first layer's
+    tile means (and tail means, with ``predictor_tail``). Why: in a deep stack only the first layer sees the token
     stream itself; deeper layers see the residual stream, whose density need not follow the
     content (in the burst tasks the second layer's density ratio burst/filler is ≈ 1 while the
     first layer's is ≈ 4). Causal as the layers are: layer ``l``'s tile ``i`` uses densities of
@@ -51,10 +51,7 @@ class TiledLM(nn.Module):
                 out, plan = layer(norm(h), budget=budget, density=density, return_plan=True)
                 plans.append(plan)
                 if self.shared_density and k == 0:
-                    # per-token density constant over each tile: its tile mean is layer 0's ρ_i
-                    T = layer.tile_size
-                    rho = plan.density.to(device=h.device, dtype=h.dtype)
-                    density = rho.repeat_interleave(T, dim=1)[:, :tokens.shape[1]]
+                    density = plan.token_density.to(device=h.device, dtype=h.dtype)
             else:
                 out = layer(norm(h), budget=budget, density=density)
             h = h + out
