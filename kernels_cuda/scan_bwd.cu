@@ -462,28 +462,16 @@ cudaError_t launch(const ScanBwdParams& q, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename in_t, typename acc_t>
-cudaError_t launch_tpc(const ScanBwdParams& q, cudaStream_t stream) {
-  switch (threads_per_channel(q.f.N)) {
-    case 1: return launch<in_t, acc_t, 1>(q, stream);
-    case 2: return launch<in_t, acc_t, 2>(q, stream);
-    case 4: return launch<in_t, acc_t, 4>(q, stream);
-    case 8: return launch<in_t, acc_t, 8>(q, stream);
-    case 16: return launch<in_t, acc_t, 16>(q, stream);
-    default: return cudaErrorInvalidValue;  // N > kMaxN
-  }
-}
+struct BwdLauncher {
+  const ScanBwdParams& q;
+  cudaStream_t stream;
+  template <typename in_t, typename acc_t, int TPC> cudaError_t run() const { return launch<in_t, acc_t, TPC>(q, stream); }
+};
 
 }  // namespace
 
 cudaError_t scan_bwd_launch(const ScanBwdParams& q, cudaStream_t stream) {
-  switch (q.f.in_type) {
-    case InType::kFloat32: return launch_tpc<float, float>(q, stream);
-    case InType::kBFloat16: return launch_tpc<__nv_bfloat16, float>(q, stream);
-    case InType::kFloat16: return launch_tpc<__half, float>(q, stream);
-    case InType::kFloat64: return launch_tpc<double, double>(q, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scan(q.f.in_type, q.f.N, BwdLauncher{q, stream});
 }
 
 }  // namespace tiling_cuda

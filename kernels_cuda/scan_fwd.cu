@@ -157,28 +157,16 @@ cudaError_t launch(const ScanFwdParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename in_t, typename acc_t>
-cudaError_t launch_tpc(const ScanFwdParams& p, cudaStream_t stream) {
-  switch (threads_per_channel(p.N)) {
-    case 1: return launch<in_t, acc_t, 1>(p, stream);
-    case 2: return launch<in_t, acc_t, 2>(p, stream);
-    case 4: return launch<in_t, acc_t, 4>(p, stream);
-    case 8: return launch<in_t, acc_t, 8>(p, stream);
-    case 16: return launch<in_t, acc_t, 16>(p, stream);
-    default: return cudaErrorInvalidValue;  // N > kMaxN
-  }
-}
+struct FwdLauncher {
+  const ScanFwdParams& p;
+  cudaStream_t stream;
+  template <typename in_t, typename acc_t, int TPC> cudaError_t run() const { return launch<in_t, acc_t, TPC>(p, stream); }
+};
 
 }  // namespace
 
 cudaError_t scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream) {
-  switch (p.in_type) {
-    case InType::kFloat32: return launch_tpc<float, float>(p, stream);
-    case InType::kBFloat16: return launch_tpc<__nv_bfloat16, float>(p, stream);
-    case InType::kFloat16: return launch_tpc<__half, float>(p, stream);
-    case InType::kFloat64: return launch_tpc<double, double>(p, stream);
-  }
-  return cudaErrorInvalidValue;
+  return dispatch_scan(p.in_type, p.N, FwdLauncher{p, stream});
 }
 
 }  // namespace tiling_cuda

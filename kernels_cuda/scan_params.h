@@ -128,6 +128,31 @@ cudaError_t scan_bwd_launch(const ScanBwdParams& p, cudaStream_t stream);
 #include <cuda_fp16.h>
 
 namespace tiling_cuda {
+
+// Host-side dispatch shared by the forward and backward launchers: calls
+// `launcher.template run<in_t, acc_t, TPC>()` for the input type and the lanes per channel of N.
+template <typename in_t, typename acc_t, typename Launcher>
+cudaError_t dispatch_lanes(int N, const Launcher& launcher) {
+  switch (threads_per_channel(N)) {
+    case 1: return launcher.template run<in_t, acc_t, 1>();
+    case 2: return launcher.template run<in_t, acc_t, 2>();
+    case 4: return launcher.template run<in_t, acc_t, 4>();
+    case 8: return launcher.template run<in_t, acc_t, 8>();
+    case 16: return launcher.template run<in_t, acc_t, 16>();
+    default: return cudaErrorInvalidValue;  // N > kMaxN
+  }
+}
+template <typename Launcher>
+cudaError_t dispatch_scan(InType in_type, int N, const Launcher& launcher) {
+  switch (in_type) {
+    case InType::kFloat32: return dispatch_lanes<float, float>(N, launcher);
+    case InType::kBFloat16: return dispatch_lanes<__nv_bfloat16, float>(N, launcher);
+    case InType::kFloat16: return dispatch_lanes<__half, float>(N, launcher);
+    case InType::kFloat64: return dispatch_lanes<double, double>(N, launcher);
+  }
+  return cudaErrorInvalidValue;
+}
+
 namespace dev {
 
 constexpr unsigned kFull = 0xffffffffu;
