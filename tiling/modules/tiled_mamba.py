@@ -17,16 +17,29 @@ Data flow of :meth:`TiledMamba.forward` (shapes for input ``(batch, L, d_model)`
     routing y_{i→i+1} into tile i+1       gated, zero at initialisation
     out_proj                              (batch, L, d_model)
 
+That is the *scan* scope (``scope="scan"``): the resolution shrinks the recurrence only, and
+in_proj, conv, x_proj, dt_proj and out_proj run on every token. The *block* scope
+(``scope="block"``, seed 000 §3.5.1 step 1: "each tile processes O(R_i·n_i) tokens") runs the whole
+mixer on one token per segment::
+
+    cheap signal ρ̂ (tiling.modules.router)  →  R_i (policy)  →  m_i = ⌈R_i·T⌉ segments per tile
+    Chunk: representative + gated pool (tiling.modules.chunk)   (batch, L_c = Σ_i m_i, d_model)
+    in_proj, conv, x_proj, dt_proj, scan at R = 1 (Δ × gap since the last segment), out_proj
+    Dechunk: hold each segment's output over its tokens      (batch, L, d_model)
+
+or, with ``boundaries="token"``, segments start where a learned router (H-Net's) says so.
+
 The parameters ``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj`` have the names, shapes
 and initialisation of ``mamba_ssm``'s ``Mamba`` and of HF transformers' ``MambaMixer``. The new
 parameters start as the identity: ``transition_gain = 0`` (φ = id) and ``route_gate = 0`` (no
-routed contribution), so at budget 1 the layer *is* Mamba.
+routed contribution) in the scan scope, ``chunk.pool_gate = 0`` in the block scope, so at
+budget 1 the layer *is* Mamba.
 """
 from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +52,10 @@ from tiling.policy import (
     causal_predictor, check_policy_options, resolution_policy, state_dims_policy, tile_density, tile_importance,
     tile_tail_density,
 )
+from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, layout_from_boundaries, layout_from_counts, \
+    segment_boundaries
+from tiling.modules.router import RouterState, TokenRouter, linear_density, ratio_loss
+from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -56,12 +73,26 @@ class TiledMambaState:
     ``conv`` (batch, d_inner, d_conv): the last ``d_conv`` conv inputs; ``ssm`` (batch, d_inner, N)
     float32 (float64 for a float64 layer): the scan state; ``route`` (batch, d_inner): the routed
     vector added to the outputs of the current tile; ``position``: tokens consumed so far.
+
+    Block scope only: ``conv`` and ``ssm`` are the mixer's state on the *compact* sequence;
+    ``held`` (batch, d_model) the output of the current segment; ``chunk`` the pool of the
+    current segment; ``router`` the learned router's previous key; ``signal`` (batch, position)
+    float64 the per-token signal so far (the policy's history); ``boundary`` (batch, T) the
+    segment starts of the current tile; ``last_start`` (batch,) the position of the current
+    segment's representative; ``proj`` the signal's composite map, computed once.
     """
 
     conv: Tensor
     ssm: Tensor
     route: Tensor
     position: int
+    held: Tensor | None = None
+    chunk: ChunkState | None = None
+    router: RouterState | None = None
+    signal: Tensor | None = None
+    boundary: Tensor | None = None
+    last_start: Tensor | None = None
+    proj: tuple | None = None
 
 
 class TiledMamba(nn.Module):
@@ -99,7 +130,19 @@ class TiledMamba(nn.Module):
     state_k, s_min, s_max : state-dimension policy ``S_i = max(min(⌈k ρ_i⌉, S_max), S_min)``
         (seed 001 §3.4 step 3); off (``S_i = d_state``) when ``state_k`` is None; ``s_max``
         defaults to ``d_state``.
-    routing : cross-scale routing between consecutive tiles (seed 001 §3.3.2).
+    routing : cross-scale routing between consecutive tiles (seed 001 §3.3.2); scan scope only
+        (default True there).
+    scope : ``"scan"`` (default): the resolution sets the scan's segments and every projection
+        runs on every token; ``"block"``: the whole mixer runs on one token per segment, so its
+        cost falls with the budget (module docstring; ``docs/tiling.md``, "Block scope"). Block
+        scope has no state-dimension policy, routing or φ (those act inside the scan's tiles).
+    boundaries : block scope: ``"tile"`` (default), ``m_i = max(1, ⌈R_i·T⌉)`` segments per tile
+        from the policy on the signal; ``"token"``, a segment starts where H-Net's cosine router
+        says so (:class:`~tiling.modules.router.TokenRouter`; train with :attr:`ratio_loss`).
+    signal_channels : block scope, ``boundaries="tile"``: channels ``k`` on which the linearised
+        density estimates ``Σ_d Δ_d²`` (:func:`~tiling.modules.router.linear_density`).
+    router_rank : ``boundaries="token"``: rank of the router's query and key maps (default
+        ``min(32, d_model)``).
     validate : check the input for NaN/Inf on every call (one extra pass over the input,
         ``O(batch·L·d_model)``, and a device synchronisation on GPU); off by default.
 
@@ -141,7 +184,11 @@ class TiledMamba(nn.Module):
         state_k: float | None = None,
         s_min: int = 1,
         s_max: int | None = None,
-        routing: bool = True,
+        routing: bool | None = None,
+        scope: str = "scan",
+        boundaries: str = "tile",
+        signal_channels: int = 128,
+        router_rank: int | None = None,
         validate: bool = False,
         device=None,
         dtype=None,
@@ -182,7 +229,17 @@ class TiledMamba(nn.Module):
         if state_k is not None:
             check_positive(state_k, "state_k", strict=False)
         self.state_k = state_k
-        self.routing = bool(routing)
+        check_choice(scope, "scope", ["block", "scan"])
+        check_choice(boundaries, "boundaries", ["tile", "token"])
+        self.scope, self.boundaries = scope, boundaries
+        if scope == "block":
+            if routing:
+                raise ValueError("routing acts between the scan's tiles: it needs scope='scan' (got routing=True)")
+            if state_k is not None:
+                raise ValueError("state_k (the state-dimension policy) needs scope='scan'")
+        elif boundaries != "tile":
+            raise ValueError(f"boundaries={boundaries!r} needs scope='block'")
+        self.routing = scope == "scan" if routing is None else bool(routing)
         self.validate = bool(validate)
 
         # --- Mamba's parameters (names, shapes and initialisation of mamba_ssm.Mamba) ---
@@ -209,12 +266,24 @@ class TiledMamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
 
         # --- new parameters, initialised to the identity / zero contribution ---
-        # φ (seed 001 §3.3.1): h ← h ⊙ exp(g·(R_i − R_{i−1})) at a tile boundary; g = 0 is φ = id.
-        self.transition_gain = nn.Parameter(torch.zeros(self.d_inner, self.d_state, **factory))
-        # routing (seed 001 §3.3.2), diagonal W_s, W_r (per channel) and a zero gate
-        self.route_state_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
-        self.route_resolution_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
-        self.route_gate = nn.Parameter(torch.zeros(self.d_inner, **factory))
+        if scope == "scan":
+            # φ (seed 001 §3.3.1): h ← h ⊙ exp(g·(R_i − R_{i−1})) at a tile boundary; g = 0 is φ = id.
+            self.transition_gain = nn.Parameter(torch.zeros(self.d_inner, self.d_state, **factory))
+            # routing (seed 001 §3.3.2), diagonal W_s, W_r (per channel) and a zero gate
+            self.route_state_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
+            self.route_resolution_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
+            self.route_gate = nn.Parameter(torch.zeros(self.d_inner, **factory))
+        else:
+            self.chunk = Chunk(self.d_model, **factory)
+            self.dechunk = Dechunk()
+            k = check_int(signal_channels, "signal_channels", minimum=1)
+            step = max(1, self.d_inner // k)
+            self.register_buffer("signal_index", torch.arange(0, self.d_inner, step, device=device)[:k],
+                                 persistent=False)
+            self.router = TokenRouter(self.d_model, min(32, self.d_model) if router_rank is None else router_rank,
+                                      **factory) if boundaries == "token" else None
+        #: H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to the task loss
+        self.ratio_loss: Tensor | None = None
 
     # ------------------------------------------------------------------ helpers
     def extra_repr(self) -> str:
@@ -224,7 +293,8 @@ class TiledMamba(nn.Module):
             f"dt_rank={self.dt_rank}, tile_size={self.tile_size}, budget={self.budget}, r_min={self.r_min}, "
             f"policy={self.policy!r}, causal={self.causal}, predictor_tail={self.predictor_tail}, "
             f"predictor_reduce={self.predictor_reduce!r}, "
-            f"calibration={self.calibration!r}, state_dims={sd}, routing={self.routing}"
+            f"calibration={self.calibration!r}, state_dims={sd}, routing={self.routing}, scope={self.scope!r}"
+            + (f", boundaries={self.boundaries!r}" if self.scope == "block" else "")
         )
 
     def load_mamba_state_dict(self, state_dict: dict[str, Tensor]) -> None:
@@ -252,43 +322,89 @@ class TiledMamba(nn.Module):
             check_finite(x, name)
 
     def _project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """Projections and conv: ``(u, z, dt_raw, B, C)``; u, z, dt_raw (b, d_inner, L), B, C (b, N, L)."""
-        L = x.shape[1]
-        xz = self.in_proj(x).transpose(1, 2)
-        u, z = xz.chunk(2, dim=1)
+        """Projections and conv: ``(u, z, dt_raw, B, C)``; u, z, dt_raw (b, d_inner, L), B, C (b, N, L).
+
+        Every product writes the channel-first layout the scan reads, as a ``bmm`` with the
+        weight broadcast over the batch and ``x`` as a transposed BLAS operand, so no transpose
+        is copied (``torch.matmul`` of a matrix and a batch computes ``(L, E)`` and copies it)."""
+        L, E, r, N = x.shape[1], self.d_inner, self.dt_rank, self.d_state
+        xt = x.transpose(1, 2)
+        W, bias = self.in_proj.weight, self.in_proj.bias
+        u, z = _bmm(W[:E], xt), _bmm(W[E:], xt)
+        if bias is not None:
+            u, z = u + bias[:E, None], z + bias[E:, None]
         u = F.silu(self.conv1d(u)[..., :L])
-        x_dbl = self.x_proj(u.transpose(1, 2))
-        dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt_raw = self.dt_proj.weight @ dt_low.transpose(1, 2)
-        return u, z, dt_raw, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()
+        Wx = self.x_proj.weight
+        dt_raw = _bmm(self.dt_proj.weight, _bmm(Wx[:r], u))
+        BC = _bmm(Wx[r:], u)
+        return u, z, dt_raw, BC[:, :N], BC[:, N:]
+
+    def _out(self, y: Tensor) -> Tensor:
+        """out_proj of the channel-first ``y`` (b, d_inner, L) → (b, L, d_model), without a copy."""
+        out = torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(y.shape[0], -1, -1))
+        return out if self.out_proj.bias is None else out + self.out_proj.bias
+
+    def _density(self, dt_raw: Tensor, B: Tensor, density: Tensor | None, batch: int, L: int) -> Tensor:
+        """Per-token density ``(batch, L)``: the external one (checked) or the closed form."""
+        with torch.no_grad():
+            if density is None:
+                return ssm_density(F.softplus(dt_raw + self.dt_proj.bias[:, None]), B)
+            return self._external_density(density, batch, L, dt_raw.device)
+
+    @staticmethod
+    def _external_density(density: Tensor, batch: int, L: int, device) -> Tensor:
+        check_tensor(density, "density", shape=(batch, L))
+        if bool((density < 0).any()):
+            raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
+        return density.detach().to(device=device)
+
+    def _signal_maps(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor, float]:
+        """The linearised density's composite map ``P = W_x[:r+N] W_in[:E]`` (and its offset from
+        in_proj's bias) and the sampled rows of dt_proj (:func:`~tiling.modules.router.linear_density`)."""
+        params = [self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias]
+        if self.in_proj.bias is not None:
+            params.append(self.in_proj.bias)
+        # cached until a weight changes (an optimiser step bumps the version counter in place)
+        key = tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in params)
+        cached = getattr(self, "_signal_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        E, r, N = self.d_inner, self.dt_rank, self.d_state
+        with torch.no_grad():
+            Wx = self.x_proj.weight[: r + N]
+            proj = Wx @ self.in_proj.weight[:E]
+            offset = None if self.in_proj.bias is None else Wx @ self.in_proj.bias[:E]
+            idx = self.signal_index
+            maps = (proj, offset, self.dt_proj.weight[idx], self.dt_proj.bias[idx], E / idx.numel())
+        self._signal_cache = (key, maps)
+        return maps
+
+    def _signal(self, x: Tensor, maps: tuple | None = None) -> Tensor:
+        """Block scope's resolution signal ``ρ̂`` (batch, L), ≈ 1.6 % of the block at d_model 768."""
+        with torch.no_grad():
+            proj, offset, w, b, scale = self._signal_maps() if maps is None else maps
+            return linear_density(x, proj, w, b, scale, offset=offset)
 
     def _tile_config(
-        self, dt_raw: Tensor, B: Tensor, density: Tensor | None, curvature: Tensor | None,
-        budget: float, update: bool = False,
-    ) -> tuple[Tensor, Tensor | None, Tensor, Tensor]:
-        """Resolution ``R`` (b, n_tiles), state dims ``S`` (or None = full), tile density and
-        per-token density; ``update``: fold this batch into the running calibration afterwards.
+        self, rho: Tensor, curvature: Tensor | None, budget: float, update: bool = False,
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Resolution ``R`` (b, n_tiles), state dims ``S`` (or None = full) and tile density from
+        the per-token density ``rho`` (b, L); ``update``: fold this batch into the running
+        calibration afterwards.
 
         The policy is piecewise constant in its inputs, so it runs without gradient.
         """
-        batch, _, L = dt_raw.shape
+        batch, L = rho.shape
         T = self.tile_size
         with torch.no_grad():
-            if density is None:
-                delta = F.softplus(dt_raw + self.dt_proj.bias[:, None])
-                rho = ssm_density(delta, B)
-            else:
-                check_tensor(density, "density", shape=(batch, L))
-                if bool((density < 0).any()):
-                    raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
-                rho = density.detach().to(device=dt_raw.device)
-            rho_tile = tile_density(rho.to(torch.float64), T)
+            rho = rho.to(torch.float64)
+            rho_tile = tile_density(rho, T)
             pred_tile = rho_tile if self.predictor_tail is None else tile_tail_density(
-                rho.to(torch.float64), T, self.predictor_tail, self.predictor_reduce)
+                rho, T, self.predictor_tail, self.predictor_reduce)
             kappa = None
             if curvature is not None:
                 check_tensor(curvature, "curvature", shape=(batch, L))
-                kappa = _tile_mean(curvature.detach().to(device=dt_raw.device, dtype=torch.float64), T)
+                kappa = _tile_mean(curvature.detach().to(device=rho.device, dtype=torch.float64), T)
             running = self.causal and self.calibration == "running"
             reference = None
             if running and int(self.calibration_updates) > 0:
@@ -310,8 +426,7 @@ class TiledMamba(nn.Module):
                     S[:, 0] = self.s_max  # no history: full state for the first tile
                 else:
                     S = state_dims_policy(rho_tile, k=self.state_k, s_min=self.s_min, s_max=self.s_max)
-                S = S.to(dt_raw.device)
-        return R, S, rho_tile, rho
+        return R, S, rho_tile
 
     def _update_calibration(self, importance: Tensor) -> None:
         """EMA of the ``K`` quantiles ``(k + ½)/K`` of ``log q`` over this batch's predictor importances."""
@@ -364,85 +479,234 @@ class TiledMamba(nn.Module):
         """Apply the block: ``(batch, L, d_model) → (batch, L, d_model)``.
 
         ``density`` (batch, L), optional: an external per-token density (e.g. from ``infogeo`` on
-        a pretrained model) used instead of the closed form ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²``.
+        a pretrained model) used instead of the layer's own signal (scan scope: the closed form
+        ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²``; block scope: its linearisation ρ̂).
         ``curvature`` (batch, L), optional: per-token curvature, averaged per tile and fed to the
-        policy. ``budget`` overrides the layer's budget for this call. With ``return_plan`` also
-        returns the :class:`~tiling.tile.TilePlan` used.
+        policy. ``budget`` overrides the layer's budget for this call; budget 1 is full
+        resolution by definition (no policy is run unless state dims or a plan need it). With
+        ``return_plan`` also returns the :class:`~tiling.tile.TilePlan` used.
         """
         self._check_input(hidden_states)
-        c = self.budget if budget is None else float(budget)
-        if budget is not None:
-            check_in_range(c, "budget", 0.0, 1.0, low_open=True)
-            if self.r_min > c:
-                raise ValueError(f"r_min must be <= budget, got r_min={self.r_min} > budget={c}")
-        u, z, dt_raw, B, C = self._project(hidden_states)
-        R, S, rho_tile, rho = self._tile_config(dt_raw, B, density, curvature, c, update=self.training)
+        c = self._budget(budget)
+        batch, L, _ = hidden_states.shape
+        if density is not None:
+            density = self._external_density(density, batch, L, hidden_states.device)
+        if curvature is not None:
+            check_tensor(curvature, "curvature", shape=(batch, L))
+        if self.scope == "block":
+            return self._forward_block(hidden_states, density, curvature, c, return_plan)
+        return self._forward_scan(hidden_states, density, curvature, c, return_plan)
+
+    def _budget(self, budget: float | None) -> float:
+        if budget is None:
+            return self.budget
+        c = float(budget)
+        check_in_range(c, "budget", 0.0, 1.0, low_open=True)
+        if self.r_min > c:
+            raise ValueError(f"r_min must be <= budget, got r_min={self.r_min} > budget={c}")
+        return c
+
+    def _full(self, c: float) -> bool:
+        """Budget 1 without a state-dimension policy: every tile at R = 1, no policy to run."""
+        return c >= 1.0 and self.state_k is None
+
+    def _scan(self, u: Tensor, dt_raw: Tensor, B: Tensor, C: Tensor, z: Tensor, gap: Tensor | None = None, **kw):
+        """The selective scan op on the layer's parameters; ``gap`` (b, L) scales Δ (block scope)."""
         A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
-        need_tiles = self.routing and R.shape[1] > 1
-        out = adaptive_selective_scan(
-            u, dt_raw, A, B, C, self.D, z, delta_bias=self.dt_proj.bias, delta_softplus=True,
-            tile_size=self.tile_size, resolution=R, state_dims=S, boundary_gain=self.transition_gain,
-            return_tile_states=need_tiles,
-        )
+        if gap is None:
+            return adaptive_selective_scan(u, dt_raw, A, B, C, self.D, z, delta_bias=self.dt_proj.bias,
+                                           delta_softplus=True, tile_size=self.tile_size, **kw)
+        delta = F.softplus(dt_raw + self.dt_proj.bias[:, None]) * gap.unsqueeze(1).to(dt_raw.dtype)
+        return adaptive_selective_scan(u, delta, A, B, C, self.D, z, tile_size=self.tile_size, **kw)
+
+    def _forward_scan(self, x: Tensor, density, curvature, c: float, return_plan: bool):
+        batch, L, _ = x.shape
+        u, z, dt_raw, B, C = self._project(x)
+        n_tiles = -(-L // self.tile_size)
+        rho = rho_tile = S = None
+        if self._full(c) and not return_plan:
+            R = torch.ones(batch, n_tiles)
+        else:
+            rho = self._density(dt_raw, B, density, batch, L)
+            if self._full(c):
+                R, rho_tile = torch.ones(batch, n_tiles), tile_density(rho.to(torch.float64), self.tile_size)
+            else:
+                R, S, rho_tile = self._tile_config(rho, curvature, c, update=self.training)
+                S = None if S is None else S.to(x.device)
+        need_tiles = self.routing and n_tiles > 1
+        full = self._full(c)
+        out = self._scan(u, dt_raw, B, C, z, resolution=None if full else R,
+                         state_dims=S, boundary_gain=None if full else self.transition_gain,
+                         return_tile_states=need_tiles)
         if need_tiles:
             y, _, tile_states = out
-            y = self._route(y, tile_states, C, R, S)
+            y = self._route(y, tile_states, C, R.to(x.device), S)
         else:
             y = out
-        result = self.out_proj(y.transpose(1, 2))
+        result = self._out(y)
         if return_plan:
-            return result, self._make_plan(R, S, rho_tile, rho, hidden_states.shape[1], c)
+            return result, self._make_plan(R, S, rho_tile, rho, L, c)
         return result
+
+    def _block_layout(self, x: Tensor, density, curvature, c: float, update: bool, need_density: bool):
+        """Segments of the block scope: ``(layout, confidence, R, rho_tile, rho)``; ``layout`` None is the identity."""
+        batch, L, _ = x.shape
+        T, n_tiles = self.tile_size, -(-L // self.tile_size)
+        ones = torch.ones(batch, n_tiles)
+        if self.boundaries == "token":
+            self.ratio_loss = None
+            if c >= 1.0:
+                return None, None, ones, None, None
+            p = self.router(x)
+            bnd = TokenRouter.boundaries(p, c, self.causal)
+            self.ratio_loss = ratio_loss(bnd, p, c)
+            layout = layout_from_boundaries(bnd)
+            per_tile = _tile_sum(bnd, T)
+            R = per_tile / tile_lengths(L, T).to(per_tile)
+            return layout, torch.where(bnd, p, 1.0 - p), R.float().cpu(), None, None
+        rho = rho_tile = None
+        if need_density or not self._full(c):
+            rho = self._external_density(density, batch, L, x.device) if density is not None else self._signal(x)
+            rho_tile = tile_density(rho.to(torch.float64), T)
+        if self._full(c):
+            return None, None, ones, rho_tile, rho
+        R, _, rho_tile = self._tile_config(rho, curvature, c, update=update)
+        m = segment_counts(R, torch.full((n_tiles,), T, dtype=torch.int64))
+        if bool((m == T).all()):
+            return None, None, R, rho_tile, rho
+        return layout_from_counts(m.to(x.device), L, T), None, R, rho_tile, rho
+
+    def _forward_block(self, x: Tensor, density, curvature, c: float, return_plan: bool):
+        batch, L, _ = x.shape
+        layout, conf, R, rho_tile, rho = self._block_layout(x, density, curvature, c, self.training, return_plan)
+        if layout is None:
+            xc, gap = x, None
+        else:
+            xc, gap = self.chunk(x, layout), layout.gap
+        u, z, dt_raw, B, C = self._project(xc)
+        y = self._scan(u, dt_raw, B, C, z, gap=gap)
+        out = self._out(y)
+        if layout is not None:
+            out = self.dechunk(out, layout, conf)
+        if return_plan:
+            return out, self._make_plan(R, None, rho_tile, rho, L, c, layout=layout)
+        return out
 
     def plan(self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
              budget: float | None = None) -> TilePlan:
         """The :class:`~tiling.tile.TilePlan` the layer would use for ``hidden_states`` (no scan)."""
         self._check_input(hidden_states)
-        c = self.budget if budget is None else float(budget)
-        check_in_range(c, "budget", 0.0, 1.0, low_open=True)
+        c = self._budget(budget)
+        batch, L, _ = hidden_states.shape
         with torch.no_grad():
+            if self.scope == "block":
+                layout, _, R, rho_tile, rho = self._block_layout(hidden_states, density, curvature, c, False, True)
+                return self._make_plan(R, None, rho_tile, rho, L, c, layout=layout)
             _, _, dt_raw, B, _ = self._project(hidden_states)
-            R, S, rho_tile, rho = self._tile_config(dt_raw, B, density, curvature, c)
-        return self._make_plan(R, S, rho_tile, rho, hidden_states.shape[1], c)
+            rho = self._density(dt_raw, B, density, batch, L)
+            if self._full(c):
+                R, S, rho_tile = torch.ones(batch, -(-L // self.tile_size)), None, tile_density(rho.double(), self.tile_size)
+            else:
+                R, S, rho_tile = self._tile_config(rho, curvature, c)
+        return self._make_plan(R, S, rho_tile, rho, L, c)
 
-    def _make_plan(self, R: Tensor, S: Tensor | None, rho_tile: Tensor, rho: Tensor, L: int, budget: float) -> TilePlan:
+    def cost(self, L: int, *, compact_length: int | None = None, resolution: Tensor | None = None,
+             state_dims: Tensor | None = None, batch: int = 1, signal: bool = True) -> dict[str, int]:
+        """:func:`~tiling.ops.layer_cost` of this layer on ``batch`` rows of ``L`` tokens (block scope:
+        ``compact_length`` = ``L_c`` as run; scan scope: the plan's ``resolution``, ``state_dims``);
+        ``signal=False``: no resolution signal was computed (budget 1)."""
+        kw = dict(d_model=self.d_model, d_state=self.d_state, d_inner=self.d_inner, dt_rank=self.dt_rank,
+                  d_conv=self.d_conv, tile_size=self.tile_size, bias=self.in_proj.bias is not None,
+                  conv_bias=self.conv1d.bias is not None, batch=batch)
+        if self.scope == "scan":
+            return layer_cost(L, scope="scan", resolution=resolution, state_dims=state_dims, routing=self.routing, **kw)
+        kind = ("token" if self.boundaries == "token" else "linear") if signal else "none"
+        return layer_cost(L, scope="block", compact_length=compact_length, signal=kind,
+                          signal_channels=int(self.signal_index.numel()),
+                          router_rank=self.router.rank if self.router is not None else 0, **kw)
+
+    def _make_plan(self, R: Tensor, S: Tensor | None, rho_tile: Tensor | None, rho: Tensor | None, L: int,
+                   budget: float, layout: SegmentLayout | None = None) -> TilePlan:
         T = self.tile_size
         lengths = tile_lengths(L, T)
         starts = torch.arange(lengths.numel(), dtype=torch.int64) * T
-        Rc = R.detach().cpu()
+        Rc = R.detach().cpu().float()
+        batch = Rc.shape[0]
         Sc = torch.full(Rc.shape, self.d_state, dtype=torch.int64) if S is None else S.detach().cpu()
-        segs = segment_counts(Rc, lengths)
-        madd = torch.zeros(Rc.shape, dtype=torch.int64)
-        exps = torch.zeros(Rc.shape, dtype=torch.int64)
-        for b in range(Rc.shape[0]):
-            for i, n_i in enumerate(lengths.tolist()):
-                cost = _tile_cost(n_i, T, int(segs[b, i]), int(Sc[b, i]), self.d_state, self.d_inner)
-                madd[b, i], exps[b, i] = cost
-        whole = [scan_cost(L, T, Rc[b], Sc[b], self.d_state, self.d_inner, boundary_gain=True) for b in range(Rc.shape[0])]
+        dens = torch.zeros(Rc.shape, dtype=torch.float64) if rho_tile is None else rho_tile.detach().cpu()
+        if self.scope == "scan":
+            segs = segment_counts(Rc, lengths)
+            madd = torch.zeros(Rc.shape, dtype=torch.int64)
+            exps = torch.zeros(Rc.shape, dtype=torch.int64)
+            for b in range(batch):
+                for i, n_i in enumerate(lengths.tolist()):
+                    madd[b, i], exps[b, i] = _tile_cost(n_i, T, int(segs[b, i]), int(Sc[b, i]), self.d_state, self.d_inner)
+            whole = [scan_cost(L, T, Rc[b], Sc[b], self.d_state, self.d_inner, boundary_gain=True) for b in range(batch)]
+            meta = {"scan_cost": whole, "layer_cost": self.cost(L, resolution=Rc, state_dims=Sc, batch=batch),
+                    "scope": "scan"}
+        else:
+            segs = lengths.expand(batch, -1).clone() if layout is None else _tile_sum(layout.boundary, T).cpu()
+            # per tile: the mixer on its segments, the signal and the pooling on its tokens
+            signal = ("token" if self.boundaries == "token" else "linear") if rho is not None or layout is not None \
+                else "none"
+            per_seg = sum(block_unit_costs(d_model=self.d_model, d_state=self.d_state, d_inner=self.d_inner,
+                                           dt_rank=self.dt_rank, d_conv=self.d_conv, bias=self.in_proj.bias is not None,
+                                           conv_bias=self.conv1d.bias is not None).values())
+            per_tok = signal_cost_per_token(signal, d_model=self.d_model, d_state=self.d_state, dt_rank=self.dt_rank,
+                                            signal_channels=int(self.signal_index.numel()),
+                                            router_rank=self.router.rank if self.router is not None else 0)[0]
+            if layout is not None:
+                per_seg, per_tok = per_seg + 2 * self.d_model, per_tok + self.d_model
+            madd = segs * per_seg + lengths * per_tok
+            exps = segs * (self.d_inner * self.d_state)
+            Lc = L if layout is None else layout.compact_length
+            meta = {"layer_cost": self.cost(L, compact_length=Lc, batch=batch, signal=signal != "none"),
+                    "scope": "block", "boundaries": self.boundaries, "compact_length": Lc,
+                    "padding": 0.0 if layout is None else layout.padding_fraction()}
         return TilePlan(
             start=starts, length=lengths, resolution=Rc, segments=segs,
-            state_dims=Sc, density=rho_tile.detach().cpu(), cost=madd, exp_cost=exps, budget=budget,
-            mode=self.policy, causal=self.causal, token_density=rho.detach(), meta={"scan_cost": whole},
+            state_dims=Sc, density=dens, cost=madd, exp_cost=exps, budget=budget,
+            mode=self.policy if self.boundaries == "tile" else "router", causal=self.causal,
+            token_density=None if rho is None else rho.detach(), meta=meta,
         )
 
     def allocate_inference_state(self, batch: int) -> TiledMambaState:
-        """Zero recurrent state for :meth:`step` (conv window, scan state, routed vector)."""
+        """Zero recurrent state for :meth:`step` (conv window, scan state, routed vector; in the
+        block scope also the held output, the pool, the router's key and the signal's maps)."""
         batch = check_int(batch, "batch", minimum=1)
         p = self.in_proj.weight
         acc = torch.float64 if p.dtype == torch.float64 else torch.float32
-        return TiledMambaState(
+        state = TiledMambaState(
             conv=p.new_zeros(batch, self.d_inner, self.d_conv),
             ssm=torch.zeros(batch, self.d_inner, self.d_state, dtype=acc, device=p.device),
             route=p.new_zeros(batch, self.d_inner),
             position=0,
         )
+        if self.scope == "scan":
+            return state
+        with torch.no_grad():
+            maps = self._signal_maps() if self.boundaries == "tile" else None
+        return replace(state, held=p.new_zeros(batch, self.d_model), chunk=self.chunk.allocate(batch, p),
+                       router=RouterState(key=None) if self.router is not None else None,
+                       signal=torch.zeros(batch, 0, dtype=torch.float64, device=p.device),
+                       last_start=torch.zeros(batch, dtype=torch.int64, device=p.device), proj=maps)
 
-    def step(self, hidden_states: Tensor, state: TiledMambaState) -> tuple[Tensor, TiledMambaState]:
-        """One token of generation at full resolution: ``(batch, d_model)`` or ``(batch, 1, d_model)``.
+    def step(self, hidden_states: Tensor, state: TiledMambaState, *, budget: float | None = None
+             ) -> tuple[Tensor, TiledMambaState]:
+        """One token of generation: ``(batch, d_model)`` or ``(batch, 1, d_model)``.
 
-        Equal to :meth:`forward` with budget 1 (every segment one token, full state dims, φ = id
-        because consecutive resolutions are equal), routing included: at the end of each tile the
-        routed vector ``g ⊙ tanh(W_s·(C_t·h_t))`` is formed and added to the next tile's outputs.
+        Scan scope: at full resolution, equal to :meth:`forward` with budget 1 (every segment one
+        token, full state dims, φ = id because consecutive resolutions are equal), routing
+        included: at the end of each tile the routed vector ``g ⊙ tanh(W_s·(C_t·h_t))`` is formed
+        and added to the next tile's outputs.
+
+        Block scope: at the layer's budget (or ``budget``), equal to :meth:`forward` token by
+        token. At the first token of a tile the causal policy sets the tile's segments from the
+        signal of the earlier tiles; at a segment start the mixer takes one step on the
+        representative (``O(mixer)``), elsewhere the token only joins the pool and the held
+        output is returned (``O(d_model)``, plus the signal's ``d_model·(dt_rank + N)``).
+        Needs ``causal=True``.
+
         Returns the output (same leading shape as the input) and the new state.
         """
         squeeze = hidden_states.dim() == 2
@@ -452,27 +716,81 @@ class TiledMamba(nn.Module):
         self._check_input(x.unsqueeze(1))
         if state.conv.shape[0] != x.shape[0]:
             raise ValueError(f"state was allocated for batch {state.conv.shape[0]}, got input batch {x.shape[0]}")
+        if self.scope == "block":
+            if state.held is None:
+                raise ValueError("state was allocated by a scan-scope layer; use this layer's allocate_inference_state")
+            out, new = self._step_block(x, state, self._budget(budget))
+        else:
+            out, conv, h, read = self._mixer_step(x, state.conv, state.ssm, route=state.route)
+            position = state.position + 1
+            route = state.route
+            if self.routing and position % self.tile_size == 0:
+                route = (self.route_gate.to(h.dtype) * torch.tanh(self.route_state_weight.to(h.dtype) * read)).to(state.route.dtype)
+            new = TiledMambaState(conv=conv, ssm=h, route=route, position=position)
+        return (out if squeeze else out.unsqueeze(1)), new
+
+    def _mixer_step(self, x: Tensor, conv: Tensor, ssm: Tensor, *, gap: Tensor | None = None,
+                    route: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One step of the Mamba mixer on ``x`` (batch, d_model): ``(out, conv, h, read)``;
+        ``gap`` (batch,) multiplies Δ (block scope: tokens since the previous segment start);
+        ``route`` (batch, d_inner) is added before out_proj (scan scope's routed vector)."""
         u, z = self.in_proj(x).chunk(2, dim=-1)
-        conv = torch.cat([state.conv[:, :, 1:], u.unsqueeze(-1)], dim=-1)
+        conv = torch.cat([conv[:, :, 1:], u.unsqueeze(-1)], dim=-1)
         u = (conv * self.conv1d.weight[:, 0, :]).sum(-1)
         if self.conv1d.bias is not None:
             u = u + self.conv1d.bias
         u = F.silu(u)
         dt_low, B, C = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        acc = state.ssm.dtype
+        acc = ssm.dtype
         delta = F.softplus(F.linear(dt_low, self.dt_proj.weight) + self.dt_proj.bias).to(acc)
+        if gap is not None:
+            delta = delta * gap.to(acc).unsqueeze(-1)
         A = -torch.exp(self.A_log.to(acc))
-        h = torch.exp(delta.unsqueeze(-1) * A) * state.ssm + (delta * u.to(acc)).unsqueeze(-1) * B.to(acc).unsqueeze(1)
+        h = torch.exp(delta.unsqueeze(-1) * A) * ssm + (delta * u.to(acc)).unsqueeze(-1) * B.to(acc).unsqueeze(1)
         read = (h * C.to(acc).unsqueeze(1)).sum(-1)
         y = (read + self.D.to(acc) * u.to(acc)) * F.silu(z.to(acc))
-        y = y + state.route.to(acc)
-        position = state.position + 1
-        route = state.route
-        if self.routing and position % self.tile_size == 0:
-            route = (self.route_gate.to(acc) * torch.tanh(self.route_state_weight.to(acc) * read)).to(state.route.dtype)
-        out = self.out_proj(y.to(x.dtype))
-        new = TiledMambaState(conv=conv, ssm=h, route=route, position=position)
-        return (out if squeeze else out.unsqueeze(1)), new
+        if route is not None:
+            y = y + route.to(acc)
+        return self.out_proj(y.to(x.dtype)), conv, h, read
+
+    def _step_block(self, x: Tensor, state: TiledMambaState, c: float) -> tuple[Tensor, TiledMambaState]:
+        if not self.causal:
+            raise ValueError("step() needs a causal layer (causal=True): a non-causal plan reads later tokens")
+        batch, T, t = x.shape[0], self.tile_size, state.position
+        off = t % T
+        signal, boundary, rstate = state.signal, state.boundary, state.router
+        if self.boundaries == "tile":
+            if not self._full(c):
+                proj, offset, w, b, scale = state.proj
+                rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset)
+                if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
+                    i = t // T
+                    hist = torch.cat([signal, signal.new_zeros(batch, T)], dim=1)  # tile i: a placeholder
+                    R = self._tile_config(hist, None, c)[0][:, i:i + 1]
+                    m = segment_counts(R, torch.tensor([T]))
+                    boundary = segment_boundaries(m.to(x.device), T, T)
+                signal = torch.cat([signal, rho_t.to(torch.float64)], dim=1)
+                starts = boundary[:, off]
+            else:
+                starts = torch.ones(batch, dtype=torch.bool, device=x.device)
+        elif c >= 1.0:
+            starts = torch.ones(batch, dtype=torch.bool, device=x.device)
+        else:
+            p, rstate = self.router.step(x, state.router)
+            starts = p >= 0.5
+        rep, cstate = self.chunk.step(x, starts, state.chunk)
+        held, conv, ssm, last_start = state.held, state.conv, state.ssm, state.last_start
+        if bool(starts.any()):
+            gap = (t - state.last_start).clamp_min(1)
+            out, conv_n, ssm_n, _ = self._mixer_step(rep, state.conv, state.ssm, gap=gap)
+            s = starts.unsqueeze(-1)
+            held = torch.where(s, out, held)
+            conv = torch.where(s.unsqueeze(-1), conv_n, conv)
+            ssm = torch.where(s.unsqueeze(-1), ssm_n, ssm)
+            last_start = torch.where(starts, torch.full_like(last_start, t), last_start)
+        new = replace(state, conv=conv, ssm=ssm, position=t + 1, held=held, chunk=cstate, router=rstate,
+                      signal=signal, boundary=boundary, last_start=last_start)
+        return held, new
 
 
 @functools.lru_cache(maxsize=4096)
@@ -484,13 +802,23 @@ def _tile_cost(n: int, T: int, m: int, S: int, N: int, dim: int) -> tuple[int, i
     return cost["madd_total"], cost["exp_total"]
 
 
+def _bmm(w: Tensor, x: Tensor) -> Tensor:
+    """``w @ x[b]`` for every batch row: (m, k) × (batch, k, n) → contiguous (batch, m, n)."""
+    return torch.bmm(w.expand(x.shape[0], -1, -1), x)
+
+
 def _tile_mean(x: Tensor, tile_size: int) -> Tensor:
     """Mean of a (batch, L) signal over each tile (signed; densities use ``tile_density``)."""
+    lengths = tile_lengths(x.shape[1], tile_size).to(device=x.device, dtype=x.dtype)
+    return _tile_sum(x, tile_size) / lengths
+
+
+def _tile_sum(x: Tensor, tile_size: int) -> Tensor:
+    """Sum of a (batch, L) signal (bool counts as int64) over each tile: (batch, ⌈L/T⌉)."""
     batch, L = x.shape
     n_tiles = -(-L // tile_size)
-    padded = F.pad(x, (0, n_tiles * tile_size - L))
-    lengths = tile_lengths(L, tile_size).to(device=x.device, dtype=x.dtype)
-    return padded.view(batch, n_tiles, tile_size).sum(-1) / lengths
+    x = x.to(torch.int64) if x.dtype == torch.bool else x
+    return F.pad(x, (0, n_tiles * tile_size - L)).view(batch, n_tiles, tile_size).sum(-1)
 
 
 __all__ = ["TiledMamba", "TiledMambaState"]

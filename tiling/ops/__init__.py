@@ -3,10 +3,14 @@
 * :func:`adaptive_selective_scan` — the op (C++/CUDA kernels, autograd).
 * :func:`adaptive_selective_scan_ref` — readable float64 reference defining the semantics.
 * :func:`scan_cost` — exact counts of exponentials and multiply-adds.
+* :func:`layer_cost`, :func:`block_unit_costs` — multiply-adds of the whole block (both scopes).
 * :func:`segment_counts`, :func:`tile_lengths` — the tiling of a sequence into segments.
 """
-from tiling.ops.cost import scan_cost, segment_counts, tile_lengths
+from tiling.ops.cost import block_unit_costs, layer_cost, scan_cost, segment_counts, tile_lengths
 from tiling.ops.reference import adaptive_selective_scan_ref
 from tiling.ops.scan import adaptive_selective_scan
 
-__all__ = ["adaptive_selective_scan", "adaptive_selective_scan_ref", "scan_cost", "segment_counts", "tile_lengths"]
+__all__ = [
+    "adaptive_selective_scan", "adaptive_selective_scan_ref", "block_unit_costs", "layer_cost", "scan_cost",
+    "segment_counts", "tile_lengths",
+]

@@ -149,4 +149,140 @@ def scan_cost(
     }
 
 
-__all__ = ["tile_lengths", "segment_counts", "scan_cost"]
+def block_unit_costs(*, d_model: int, d_state: int, d_inner: int, dt_rank: int, d_conv: int = 4, bias: bool = False,
+                     conv_bias: bool = True) -> dict[str, int]:
+    """Multiply-adds of the Mamba mixer per token it processes, by part (seed 000 §3.5.1).
+
+    ``in_proj`` ``2·E·d (+2E)``, ``conv`` ``E·K (+E)``, ``x_proj`` ``E·(r + 2N)``, ``dt_proj``
+    ``r·E (+E)``, ``scan`` ``E·(4N + 3)`` (:func:`scan_cost` at ``R = 1``: ``3N`` recurrence,
+    ``2`` input sums, ``N + 1`` read-out), ``out_proj`` ``E·d (+d)``, with ``E`` = d_inner,
+    ``d`` = d_model, ``r`` = dt_rank, ``N`` = d_state, ``K`` = d_conv (bias terms in brackets)."""
+    E, d, r, N, K = d_inner, d_model, dt_rank, d_state, d_conv
+    return {
+        "in_proj": 2 * E * d + (2 * E if bias else 0),
+        "conv": E * K + (E if conv_bias else 0),
+        "x_proj": E * (r + 2 * N),
+        "dt_proj": r * E + E,
+        "scan": E * (4 * N + 3),
+        "out_proj": E * d + (d if bias else 0),
+    }
+
+
+def signal_cost_per_token(signal: str, *, d_model: int, d_state: int, dt_rank: int, signal_channels: int = 128,
+                          router_rank: int = 0) -> tuple[int, int]:
+    """``(multiply-adds, of which matmul)`` per token of the block scope's resolution signal.
+
+    ``"linear"``: ``d·(r + N) + k·r`` (matmuls) ``+ k + N + 1`` (squares, sums, product);
+    ``"token"``: ``2·rank·d`` (matmuls) ``+ 3·rank`` (the cosine); ``"none"``: 0."""
+    d, N, r, k = d_model, d_state, dt_rank, signal_channels
+    if signal == "linear":
+        return d * (r + N) + k * r + k + N + 1, d * (r + N) + k * r
+    if signal == "token":
+        q = check_int(router_rank, "router_rank", minimum=1)
+        return 2 * q * d + 3 * q, 2 * q * d
+    return 0, 0
+
+
+def layer_cost(
+    L: int,
+    *,
+    d_model: int,
+    d_state: int,
+    d_inner: int,
+    dt_rank: int,
+    d_conv: int = 4,
+    tile_size: int = 64,
+    scope: str = "block",
+    batch: int = 1,
+    compact_length: int | None = None,
+    resolution: Tensor | float | None = None,
+    state_dims: Tensor | int | None = None,
+    routing: bool = False,
+    signal: str = "linear",
+    signal_channels: int = 128,
+    router_rank: int = 0,
+    bias: bool = False,
+    conv_bias: bool = True,
+) -> dict[str, int]:
+    """Multiply-adds of a whole ``TiledMamba`` block on a batch, as it runs (seed 000 §3.5.1).
+
+    Scope ``"block"``: the mixer runs on ``compact_length`` tokens per row (``L_c``, the padded
+    compact length; default ``L``, i.e. budget 1), so every part of :func:`block_unit_costs` is
+    multiplied by ``batch·L_c``, except the conv, which computes ``L_c + K − 1`` outputs (its
+    causal padding) of which the last ``K − 1`` are dropped. Per token of the *full* sequence
+    come the resolution signal and the chunking:
+
+    * ``signal="linear"`` (:func:`tiling.modules.router.linear_density`): ``d·(r + N)`` for the
+      sketch, ``k·r`` for Δ on ``k = signal_channels`` channels, ``k + N + 1`` for the squares and
+      the product; once per call ``(r + N)·E·d`` for the composite map (``signal_maps``);
+    * ``signal="token"`` (:class:`tiling.modules.router.TokenRouter`): ``2·rank·d`` for the
+      query and key maps, ``3·rank`` for the cosine;
+    * ``signal="none"``: nothing (budget 1, or an external density);
+    * ``pooling`` (when ``L_c < L``): ``d`` per token (the segmented sum) and ``2d`` per segment
+      (the mean and the gate); the upsampling is a gather (no arithmetic).
+
+    Scope ``"scan"``: every projection runs on ``L`` tokens, the scan costs
+    :func:`scan_cost` at the plan's ``resolution``/``state_dims`` (with the boundary map), the
+    density ``ρ_t`` costs ``3E + N + 1`` per token (softplus-free part: ``Δ²``, the sum, ``‖B‖²``),
+    and routing (``routing=True``) ``E·(N + 4)`` per tile boundary.
+
+    Returns
+    -------
+    dict of int: the parts (``in_proj``, ``conv``, ``x_proj``, ``dt_proj``, ``scan``, ``out_proj``,
+    ``signal_maps``, ``signal``, ``pooling``, ``routing``, ``density``), ``matmul`` (the parts
+    that are matrix products or convolutions, without bias terms: what
+    ``torch.utils.flop_counter.FlopCounterMode`` counts, at 2 FLOPs per multiply-add), and
+    ``total``.
+    """
+    L = check_int(L, "L", minimum=1)
+    batch = check_int(batch, "batch", minimum=1)
+    if scope not in ("block", "scan"):
+        raise ValueError(f"scope must be one of ['block', 'scan'], got {scope!r}")
+    if signal not in ("linear", "token", "none"):
+        raise ValueError(f"signal must be one of ['linear', 'token', 'none'], got {signal!r}")
+    E, d, r, N, K = d_inner, d_model, dt_rank, d_state, d_conv
+    unit = block_unit_costs(d_model=d, d_state=N, d_inner=E, dt_rank=r, d_conv=K, bias=bias, conv_bias=conv_bias)
+    unit_mm = block_unit_costs(d_model=d, d_state=N, d_inner=E, dt_rank=r, d_conv=K, bias=False, conv_bias=False)
+    unit_mm["dt_proj"] -= E  # the dt bias is added by the scan (softplus), not by a matmul
+    out = dict.fromkeys(("in_proj", "conv", "x_proj", "dt_proj", "scan", "out_proj", "signal_maps", "signal",
+                         "pooling", "routing", "density"), 0)
+    if scope == "block":
+        Lc = L if compact_length is None else check_int(compact_length, "compact_length", minimum=1, maximum=L)
+        tokens = {k: batch * Lc for k in unit}
+        tokens["conv"] = batch * (Lc + K - 1)
+        for k in unit:
+            out[k] = unit[k] * tokens[k]
+        matmul = sum(unit_mm[k] * tokens[k] for k in ("in_proj", "conv", "x_proj", "dt_proj", "out_proj"))
+        k_ch = check_int(signal_channels, "signal_channels", minimum=1)
+        per_tok, per_tok_mm = signal_cost_per_token(signal, d_model=d, d_state=N, dt_rank=r, signal_channels=k_ch,
+                                                    router_rank=router_rank)
+        n_sig = L - 1 if signal == "token" else L  # the router's first token is a boundary by definition
+        out["signal"] = batch * n_sig * per_tok
+        matmul += batch * n_sig * per_tok_mm
+        if signal == "linear":
+            out["signal_maps"] = (r + N) * E * d + ((r + N) * E if bias else 0)
+            matmul += (r + N) * E * d
+        if Lc < L:
+            out["pooling"] = batch * (L * d + 2 * Lc * d)
+    else:
+        T = check_int(tile_size, "tile_size", minimum=1)
+        for k in unit:
+            out[k] = unit[k] * batch * L
+        out["conv"] = unit["conv"] * batch * (L + K - 1)
+        sc = scan_cost(L, T, resolution, state_dims, N, E, boundary_gain=True)
+        shaped = [torch.as_tensor(t) for t in (resolution, state_dims) if t is not None]
+        rows = max([int(t.shape[0]) for t in shaped if t.dim() == 2] + [1])
+        out["scan"] = sc["madd_total"] * (batch if rows == 1 else 1)
+        out["density"] = batch * L * (3 * E + N + 1)
+        if routing:
+            out["routing"] = batch * E * (N + 4) * (-(-L // T) - 1)
+        matmul = sum(unit_mm[k] * batch * L for k in ("in_proj", "x_proj", "dt_proj", "out_proj"))
+        matmul += unit_mm["conv"] * batch * (L + K - 1)
+    out["matmul"] = matmul
+    out["total"] = sum(v for k, v in out.items() if k != "matmul")
+    return out
+
+
+__all__ = [
+    "tile_lengths", "segment_counts", "scan_cost", "layer_cost", "block_unit_costs", "signal_cost_per_token",
+]

@@ -228,4 +228,58 @@ def adaptive_selective_scan_ref(
     return y, last
 
 
-__all__ = ["adaptive_selective_scan_ref", "validate_scan_inputs", "check_scan_output", "ScanInputs"]
+def block_scope_ref(x: Tensor, weights: dict[str, Tensor], boundary: Tensor) -> Tensor:
+    """Float64 reference of ``TiledMamba(scope="block")`` for a given boundary mask.
+
+    Written plainly from ``docs/tiling.md`` ("Block scope"), independent of the chunk modules and
+    of the scan kernels: for each row, the segments start at the True entries of ``boundary``
+    (batch, L); segment ``S = [a_S, a_{S+1})`` is represented by
+    ``x̃_S = x_{a_S} + g ⊙ mean(x_{a_{S−1}+1..a_S−1})`` (0 for an empty set); the Mamba mixer runs
+    as a time loop over the representatives with ``Δ_S = gap_S·softplus(W_dt δ_S + b)``,
+    ``gap_S = a_S − a_{S−1}`` (1 for ``S = 0``), ``h_S = exp(Δ_S A) h_{S−1} + Δ_S u_S B_S``,
+    ``y_S = (C_S·h_S + D u_S)·silu(z_S)``; every token of ``S`` receives ``W_out y_S``.
+
+    ``weights``: Mamba's parameters by their names (``in_proj.weight``, ``conv1d.weight``,
+    ``conv1d.bias``, ``x_proj.weight``, ``dt_proj.weight``, ``dt_proj.bias``, ``A_log``, ``D``,
+    ``out_proj.weight``) and ``chunk.pool_gate``. Differentiable (autograd) in ``x`` and the weights.
+    """
+    f64 = torch.float64
+    w = {k: v.to(f64) for k, v in weights.items()}
+    E = w["D"].shape[0]
+    N = w["A_log"].shape[1]
+    K = w["conv1d.weight"].shape[-1]
+    r = w["dt_proj.weight"].shape[1]
+    A = -torch.exp(w["A_log"])
+    outs = []
+    for b in range(x.shape[0]):
+        xb = x[b].to(f64)
+        starts = [int(t) for t in torch.nonzero(boundary[b]).flatten()]
+        reps, gaps = [], []
+        for S, a in enumerate(starts):
+            prev = starts[S - 1] if S > 0 else None
+            rep = xb[a]
+            if prev is not None and a - prev > 1:
+                rep = rep + w["chunk.pool_gate"] * xb[prev + 1:a].mean(0)
+            reps.append(rep)
+            gaps.append(1 if prev is None else a - prev)
+        window = [xb.new_zeros(E) for _ in range(K)]
+        h = xb.new_zeros(E, N)
+        ys = []
+        for rep, gap in zip(reps, gaps):
+            xz = w["in_proj.weight"] @ rep
+            v, z = xz[:E], xz[E:]
+            window = window[1:] + [v]
+            u = sum(w["conv1d.weight"][:, 0, k] * window[k] for k in range(K)) + w["conv1d.bias"]
+            u = F.silu(u)
+            xdbl = w["x_proj.weight"] @ u
+            dt_low, Bt, Ct = xdbl[:r], xdbl[r:r + N], xdbl[r + N:]
+            delta = gap * F.softplus(w["dt_proj.weight"] @ dt_low + w["dt_proj.bias"])
+            h = torch.exp(delta[:, None] * A) * h + (delta * u)[:, None] * Bt[None, :]
+            y = (h @ Ct + w["D"] * u) * F.silu(z)
+            ys.append(w["out_proj.weight"] @ y)
+        seg = torch.cumsum(boundary[b].to(torch.int64), 0) - 1
+        outs.append(torch.stack(ys)[seg])
+    return torch.stack(outs)
+
+
+__all__ = ["adaptive_selective_scan_ref", "block_scope_ref", "validate_scan_inputs", "check_scan_output", "ScanInputs"]

@@ -1,0 +1,233 @@
+"""Causal downsampling and upsampling for the block scope (seed 000 §3.5.1: a tile processes
+``O(R_i·n_i)`` tokens; seed 001 §3.2.1: ``R_i`` is the processing granularity).
+
+A *segment* is a run of consecutive tokens that the Mamba mixer sees as one token. The layout of
+the segments of a batch is a :class:`SegmentLayout`; it is built either from per-tile segment
+counts (:func:`layout_from_counts`, the policy's ``m_i = ⌈R_i·T⌉``) or from per-token boundaries
+(:func:`layout_from_boundaries`, the learned router). Two small modules move between the token
+sequence (length ``L``) and the compact sequence (one entry per segment, ``L_c = Σ_i m_i``):
+
+Chunk (downsample)
+    The representative of segment ``S = [a_S, a_{S+1})`` is its *first* token plus a gated mean
+    of the tokens the previous segment did not send (hourglass transformers' shifted pooling,
+    Nawrot et al. 2022, with H-Net's choice of the boundary token, Hwang, Wang, Gu 2025)::
+
+        x̃_S = x_{a_S} + g ⊙ mean_{a_{S−1} < t < a_S} x_t        (g ∈ R^{d_model}, g = 0 at init)
+
+    Every token reaches the mixer, either as a representative or through the next segment's
+    pooled summary, and ``x̃_S`` depends only on tokens ``≤ a_S``.
+
+Dechunk (upsample)
+    Every token of a segment receives the mixer output of its representative, ``y_t = ỹ_{S(t)}``
+    (a hold: hourglass' repeat, H-Net's plug-back without the EMA). With a learned router the
+    held value is multiplied by H-Net's confidence straight-through factor
+    ``1 + (c_t − sg(c_t))`` (``c_t = p_t`` at a boundary, ``1 − p_t`` inside a segment): the
+    forward value is exactly 1 and the router's probabilities receive the gradient.
+
+Why this is causal: ``y_t`` depends on ``ỹ_{S(t)}``, which the causal mixer computes from
+``x̃_{S'}``, ``S' ≤ S(t)``, i.e. from tokens ``≤ a_{S(t)} ≤ t``. Why it is exact at ``R = 1``:
+every segment is one token, the pooled set is empty (its mean is defined as 0), so ``x̃ = x``
+and the hold is the identity, whatever ``g`` is.
+
+Departure from H-Net: no EMA smoothing of the upsampled outputs. The EMA makes ``y_t`` a
+mixture of the current and earlier segments' outputs weighted by the router's probability; it is
+what gives H-Net's router a gradient. Here the straight-through factor does that alone, and the
+tile policy (a non-learned density) needs no gradient; the hold keeps the forward pass equal to
+"the mixer at a coarser granularity", which is what seed 000 §3.5 reasons about.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from infogeo._checks import check_int, check_tensor
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """Where the segments of a batch lie.
+
+    Fields
+    ------
+    boundary : (batch, L) bool, True at the first token (the representative) of each segment.
+    segment : (batch, L) int64, the compact index of the segment holding token ``t``.
+    start : (batch, L_c) int64, the position of each segment's representative; rows with fewer
+        segments than ``L_c = max_b lengths[b]`` are padded at the end with position 0.
+    span : (batch, L_c) int64, tokens per segment (0 on padding).
+    lengths : (batch,) int64, segments per row.
+    """
+
+    boundary: Tensor
+    segment: Tensor
+    start: Tensor
+    span: Tensor
+    lengths: Tensor
+
+    @property
+    def batch(self) -> int:
+        return int(self.boundary.shape[0])
+
+    @property
+    def L(self) -> int:
+        return int(self.boundary.shape[1])
+
+    @property
+    def compact_length(self) -> int:
+        """``L_c``, the padded length of the compact sequence."""
+        return int(self.start.shape[1])
+
+    @property
+    def is_identity(self) -> bool:
+        """Every segment one token (``R = 1``): chunking and dechunking are the identity."""
+        return self.compact_length == self.L and bool(self.boundary.all())
+
+    @property
+    def gap(self) -> Tensor:
+        """(batch, L_c) int64: tokens since the previous segment's representative,
+        ``a_S − a_{S−1}`` (``1`` for the first segment and on padding). The mixer scales Δ by it,
+        so a state decays over the time that passed between two representatives."""
+        prev = torch.cat([self.start[:, :1] - 1, self.start[:, :-1]], dim=1)
+        valid = torch.arange(self.compact_length, device=self.start.device) < self.lengths.unsqueeze(1)
+        return torch.where(valid, self.start - prev, torch.ones_like(self.start))
+
+    def padding_fraction(self) -> float:
+        """Share of the padded compact batch that is padding, ``1 − Σ_b lengths_b / (batch·L_c)``."""
+        return 1.0 - float(self.lengths.sum()) / (self.batch * self.compact_length)
+
+
+def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
+    """Boundary mask ``(batch, L)`` of per-tile segment counts on the *nominal* tile grid.
+
+    Tile ``i`` starts at ``i·T``; its segment ``j`` starts at offset ``⌊j·T/m_i⌋`` (the segment rule
+    of ``docs/tiling.md`` with the tile length ``T``), ``j = 0..m_i − 1``; offsets beyond the
+    sequence end are dropped. Departure from the scan scope, which divides the *last* tile by its
+    own length ``n_i``: with ``T`` the segmentation of a token never depends on how many tokens
+    follow it, so a prefix of a sequence is segmented as in the whole sequence (the property
+    ``TiledMamba.step`` and streaming rely on).
+
+    An offset ``o`` starts a segment iff ``j = ⌈o·m/T⌉ < m`` and ``⌊j·T/m⌋ = o``.
+    """
+    check_tensor(seg_counts, "seg_counts", ndim=2, floating=False, finite=False)
+    T = check_int(tile_size, "tile_size", minimum=1)
+    L = check_int(L, "L", minimum=1)
+    batch, n_tiles = seg_counts.shape
+    if n_tiles != -(-L // T):
+        raise ValueError(f"seg_counts must have ⌈L/T⌉ = {-(-L // T)} tiles for L={L}, T={T}, got {n_tiles}")
+    m = seg_counts.to(torch.int64)
+    if bool(((m < 1) | (m > T)).any()):
+        raise ValueError(f"seg_counts must lie in [1, tile_size={T}], got range [{int(m.min())}, {int(m.max())}]")
+    m = m.unsqueeze(-1)
+    o = torch.arange(T, device=m.device, dtype=torch.int64)
+    j = (o * m + (T - 1)) // T
+    mask = (j < m) & ((j * T) // m == o)
+    return mask.reshape(batch, n_tiles * T)[:, :L]
+
+
+def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:
+    """The :class:`SegmentLayout` of a boundary mask ``(batch, L)`` whose first column is True."""
+    check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
+    if boundary.dtype != torch.bool:
+        raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
+    if boundary.shape[1] < 1 or not bool(boundary[:, 0].all()):
+        raise ValueError("boundary must have at least one column and start a segment at position 0 of every row")
+    batch, L = boundary.shape
+    segment = boundary.to(torch.int64).cumsum(1) - 1
+    lengths = segment[:, -1] + 1
+    Lc = int(lengths.max())
+    rows, pos = boundary.nonzero(as_tuple=True)
+    start = torch.zeros(batch, Lc, dtype=torch.int64, device=boundary.device)
+    start[rows, segment[rows, pos]] = pos
+    span = torch.zeros(batch, Lc, dtype=torch.int64, device=boundary.device)
+    span.scatter_add_(1, segment, torch.ones_like(segment))
+    return SegmentLayout(boundary=boundary, segment=segment, start=start, span=span, lengths=lengths)
+
+
+def layout_from_counts(seg_counts: Tensor, L: int, tile_size: int) -> SegmentLayout:
+    """The :class:`SegmentLayout` of per-tile segment counts (:func:`segment_boundaries`)."""
+    return layout_from_boundaries(segment_boundaries(seg_counts, L, tile_size))
+
+
+def check_layout(layout: SegmentLayout, batch: int, L: int) -> None:
+    """Reject a layout whose lengths do not add up (a hand-made or stale layout)."""
+    if tuple(layout.boundary.shape) != (batch, L):
+        raise ValueError(f"layout.boundary must have shape (batch={batch}, L={L}), got {tuple(layout.boundary.shape)}")
+    if int(layout.span.sum()) != batch * L:
+        raise ValueError(f"layout.span must add up to batch·L = {batch * L} tokens, got {int(layout.span.sum())}")
+    if not torch.equal(layout.lengths, layout.boundary.sum(1)) or not torch.equal(
+            (layout.span > 0).sum(1), layout.lengths):
+        raise ValueError("layout.lengths must equal the number of boundaries (and of non-empty spans) per row")
+
+
+@dataclass(frozen=True)
+class ChunkState:
+    """Decoding state of :class:`Chunk`: the sum and count of the current segment's tokens after
+    its representative, ``(batch, d_model)`` and ``(batch,)``; they become the next segment's pool."""
+
+    pool_sum: Tensor
+    pool_count: Tensor
+
+
+class Chunk(nn.Module):
+    """Downsample ``(batch, L, d) → (batch, L_c, d)``: representative + gated shifted mean pool."""
+
+    def __init__(self, d_model: int, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.d_model = check_int(d_model, "d_model", minimum=1)
+        # zero: the compact sequence starts as the representatives alone (H-Net's boundary tokens)
+        self.pool_gate = nn.Parameter(torch.zeros(self.d_model, device=device, dtype=dtype))
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}"
+
+    def forward(self, x: Tensor, layout: SegmentLayout) -> Tensor:
+        batch, L, d = x.shape
+        if layout.is_identity:
+            return x
+        Lc = layout.compact_length
+        flat = x.reshape(batch * L, d)
+        row = torch.arange(batch, device=x.device).unsqueeze(1)
+        reps = flat.index_select(0, (row * L + layout.start).reshape(-1)).view(batch, Lc, d)
+        # tokens after a representative feed the *next* segment's pool; representatives go to a dummy row
+        target = torch.where(layout.boundary, batch * (Lc + 1), row * (Lc + 1) + layout.segment + 1)
+        pooled = flat.new_zeros(batch * (Lc + 1) + 1, d).index_add_(0, target.reshape(-1), flat)
+        pooled = pooled[:-1].view(batch, Lc + 1, d)[:, :Lc]
+        count = torch.cat([layout.span.new_zeros(batch, 1), layout.span[:, :-1] - 1], dim=1).clamp_min(1)
+        return reps + self.pool_gate * (pooled / count.unsqueeze(-1).to(x.dtype))
+
+    def allocate(self, batch: int, like: Tensor) -> ChunkState:
+        return ChunkState(pool_sum=like.new_zeros(batch, self.d_model),
+                          pool_count=torch.zeros(batch, dtype=torch.int64, device=like.device))
+
+    def step(self, x: Tensor, starts: Tensor, state: ChunkState) -> tuple[Tensor, ChunkState]:
+        """One token ``x`` (batch, d); ``starts`` (batch,) bool: ``x`` starts a segment. Returns the
+        representative (meaningful where ``starts``) and the new state."""
+        mean = state.pool_sum / state.pool_count.clamp_min(1).unsqueeze(-1).to(x.dtype)
+        rep = x + self.pool_gate * mean
+        s = starts.unsqueeze(-1)
+        pool_sum = torch.where(s, torch.zeros_like(x), state.pool_sum + x)
+        pool_count = torch.where(starts, torch.zeros_like(state.pool_count), state.pool_count + 1)
+        return rep, ChunkState(pool_sum=pool_sum, pool_count=pool_count)
+
+
+class Dechunk(nn.Module):
+    """Upsample ``(batch, L_c, d) → (batch, L, d)``: hold each segment's output over its tokens,
+    times the straight-through confidence factor when a router supplies ``confidence``."""
+
+    def forward(self, y: Tensor, layout: SegmentLayout, confidence: Tensor | None = None) -> Tensor:
+        batch, Lc, d = y.shape
+        if not layout.is_identity:
+            row = torch.arange(batch, device=y.device).unsqueeze(1)
+            y = y.reshape(batch * Lc, d).index_select(0, (row * Lc + layout.segment).reshape(-1)).view(batch, -1, d)
+        if confidence is not None:
+            y = y * (1.0 + (confidence - confidence.detach())).unsqueeze(-1).to(y.dtype)
+        return y
+
+
+__all__ = [
+    "Chunk", "ChunkState", "Dechunk", "SegmentLayout", "check_layout", "layout_from_boundaries",
+    "layout_from_counts", "segment_boundaries",
+]

@@ -1,0 +1,138 @@
+"""Resolution signals and boundary routers for the block scope.
+
+Block scope runs the Mamba mixer on one token per segment, so the policy's signal cannot come
+from the mixer itself: the closed-form density ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²`` (seed 001 §3.4
+step 1, ``infogeo.density.ssm_density``) needs in_proj, conv and x_proj on every token, the very
+cost the block scope removes. Two cheap signals are offered.
+
+Linearised density (:func:`linear_density`, the per-tile policy's default)
+    The same formula evaluated on a linear sketch of the mixer: drop the causal conv and the SiLU
+    between ``in_proj`` and ``x_proj``, so that ``B_t ≈ W_B W_x^in x_t`` and
+    ``Δ_t ≈ softplus(W_dt W_δ W_x^in x_t + b)`` with the composite maps
+    ``P = [W_δ; W_B] W_x^in`` of shape ``(dt_rank + N, d_model)``; the sum over the ``d_inner``
+    channels of ``Δ²`` is estimated on a fixed stratified subset of ``k`` channels (every
+    ``d_inner/k``-th), times ``d_inner/k``. Cost per token ``d_model·(dt_rank + N) + k·dt_rank``
+    multiply-adds (≈ 1.6 % of the block at ``d_model = 768``), plus ``(dt_rank + N)·d_inner·d_model``
+    once per call for ``P``. No new parameters: the signal follows the layer's weights as it trains.
+    Departure from the text: ``ρ`` of seed 001 §3.4 is the rate of change of the model's state; the
+    mixer's own closed form is the project's reading of it (``docs/infogeo.md``), and this is its
+    linearisation, so it ignores the conv's look-back of ``d_conv − 1`` tokens.
+
+Learned boundaries (:class:`TokenRouter`, H-Net's routing module, Hwang, Wang, Gu 2025)
+    ``p_t = ½ (1 − cos(W_q x_t, W_k x_{t−1}))``, ``p_0 = 1``, low-rank ``W_q, W_k`` (rank ``r``,
+    both initialised to the same random orthonormal rows, so that ``p_t`` starts as the angle
+    between consecutive sketched inputs); a segment starts where ``p_t ≥ ½`` (causal: ``p_t``
+    reads ``x_t`` and ``x_{t−1}`` only) or, in the non-causal mode, at the ``⌈c·L⌉`` largest ``p_t``
+    of each row (the budget met exactly). The ratio loss that steers the causal router to the
+    budget ``c`` (H-Net eq. 10, target ratio ``N = 1/c``)::
+
+        L_ratio = N/(N − 1) · ((N − 1)·F·G + (1 − F)(1 − G)),   F = mean_t b_t,  G = mean_t p_t
+
+    is minimal at ``F = G = c``. Cost per token ``2 r d_model + 3 r``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infogeo._checks import check_int
+
+Tensor = torch.Tensor
+
+
+def linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, scale: float, *,
+                   offset: Tensor | None = None) -> Tensor:
+    """Linearised SSM density ``ρ̂_t = scale · Σ_{d∈K} softplus(W_dt[d] a_t + b_d)² · ‖b_t‖²``.
+
+    Parameters
+    ----------
+    x : (batch, L, d_model) block input.
+    proj : (r + N, d_model) composite map ``[W_δ; W_B] W_x^in``; ``a_t, b_t`` are its two parts of ``P x_t``.
+    dt_weight, dt_bias : (k, r) and (k,), the rows of ``dt_proj`` of the sampled channels ``K``.
+    scale : ``d_inner / k``.
+    offset : (r + N,), optional: ``[W_δ; W_B] b^in`` when in_proj has a bias.
+
+    Returns
+    -------
+    (batch, L) non-negative, dtype of ``x``.
+    """
+    r = dt_weight.shape[1]
+    ab = x @ proj.t() if offset is None else torch.addmm(offset, x.reshape(-1, x.shape[-1]), proj.t()).view(
+        *x.shape[:-1], -1)
+    delta = F.softplus(torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t()))
+    speed = delta.square().sum(-1).view(x.shape[:-1])
+    return scale * speed * ab[..., r:].square().sum(-1)
+
+
+def ratio_loss(boundary: Tensor, prob: Tensor, budget: float) -> Tensor:
+    """H-Net's ratio loss (eq. 10) for a target compression ``N = 1/budget``; 0 at ``budget = 1``."""
+    if budget >= 1.0:
+        return prob.sum() * 0.0
+    N = 1.0 / budget
+    F_ = boundary.to(prob.dtype).mean()
+    G = prob.mean()
+    return N / (N - 1.0) * ((N - 1.0) * F_ * G + (1.0 - F_) * (1.0 - G))
+
+
+@dataclass(frozen=True)
+class RouterState:
+    """Decoding state of :class:`TokenRouter`: the key of the previous token, (batch, r)."""
+
+    key: Tensor | None
+
+
+class TokenRouter(nn.Module):
+    """Per-token boundary probabilities ``p_t`` and boundaries (H-Net's cosine routing module)."""
+
+    def __init__(self, d_model: int, rank: int = 32, *, device=None, dtype=None) -> None:
+        super().__init__()
+        self.d_model = check_int(d_model, "d_model", minimum=1)
+        self.rank = check_int(rank, "router_rank", minimum=1, maximum=d_model)
+        self.q_proj = nn.Linear(d_model, self.rank, bias=False, device=device, dtype=dtype)
+        self.k_proj = nn.Linear(d_model, self.rank, bias=False, device=device, dtype=dtype)
+        with torch.no_grad():
+            w = torch.empty(self.rank, d_model, device=device, dtype=torch.float32)
+            nn.init.orthogonal_(w)
+            self.q_proj.weight.copy_(w)
+            self.k_proj.weight.copy_(w)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, rank={self.rank}"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``p`` (batch, L) in [0, 1], ``p_0 = 1``."""
+        q = F.normalize(self.q_proj(x[:, 1:]), dim=-1, eps=1e-6)
+        k = F.normalize(self.k_proj(x[:, :-1]), dim=-1, eps=1e-6)
+        p = (0.5 * (1.0 - (q * k).sum(-1))).clamp(0.0, 1.0)
+        return torch.cat([p.new_ones(x.shape[0], 1), p], dim=1)
+
+    @staticmethod
+    def boundaries(p: Tensor, budget: float, causal: bool) -> Tensor:
+        """Boundary mask: ``p_t ≥ ½`` (causal), or the ``⌈budget·L⌉`` largest ``p_t`` per row."""
+        if budget >= 1.0:
+            return torch.ones_like(p, dtype=torch.bool)
+        if causal:
+            b = p >= 0.5
+        else:
+            k = max(1, math.ceil(budget * p.shape[1] - 1e-9))
+            top = p.detach().topk(k, dim=1).indices
+            b = torch.zeros_like(p, dtype=torch.bool).scatter_(1, top, True)
+        b[:, 0] = True
+        return b
+
+    def step(self, x: Tensor, state: RouterState) -> tuple[Tensor, RouterState]:
+        """``p_t`` (batch,) of one token ``x`` (batch, d_model) and the new state."""
+        key = F.normalize(self.k_proj(x), dim=-1, eps=1e-6)
+        if state.key is None:
+            p = x.new_ones(x.shape[0])
+        else:
+            q = F.normalize(self.q_proj(x), dim=-1, eps=1e-6)
+            p = (0.5 * (1.0 - (q * state.key).sum(-1))).clamp(0.0, 1.0)
+        return p, RouterState(key=key)
+
+
+__all__ = ["RouterState", "TokenRouter", "linear_density", "ratio_loss"]
