@@ -660,7 +660,9 @@ class TiledMamba(nn.Module):
             madd = segs * per_seg + lengths * per_tok
             exps = segs * (self.d_inner * self.d_state)
             Lc = L if layout is None else layout.compact_length
-            meta = {"layer_cost": self.cost(L, compact_length=Lc, batch=batch, signal=signal != "none"),
+            # the forward computes no signal at budget 1 (the plan may, to report the density)
+            used = budget < 1.0 if self.boundaries == "token" else not self._full(budget)
+            meta = {"layer_cost": self.cost(L, compact_length=Lc, batch=batch, signal=used),
                     "scope": "block", "boundaries": self.boundaries, "compact_length": Lc,
                     "padding": 0.0 if layout is None else layout.padding_fraction()}
         return TilePlan(

@@ -214,7 +214,8 @@ def layer_cost(
 
     * ``signal="linear"`` (:func:`tiling.modules.router.linear_density`): ``d·(r + N)`` for the
       sketch, ``k·r`` for Δ on ``k = signal_channels`` channels, ``k + N + 1`` for the squares and
-      the product; once per call ``(r + N)·E·d`` for the composite map (``signal_maps``);
+      the product; ``(r + N)·E·d`` for the composite map (``signal_maps``), once per weight
+      update (the layer caches it until a weight changes: count it per training step, not per call);
     * ``signal="token"`` (:class:`tiling.modules.router.TokenRouter`): ``2·rank·d`` for the
       query and key maps, ``3·rank`` for the cosine;
     * ``signal="none"``: nothing (budget 1, or an external density);
@@ -274,10 +275,11 @@ def layer_cost(
         rows = max([int(t.shape[0]) for t in shaped if t.dim() == 2] + [1])
         out["scan"] = sc["madd_total"] * (batch if rows == 1 else 1)
         out["density"] = batch * L * (3 * E + N + 1)
-        if routing:
-            out["routing"] = batch * E * (N + 4) * (-(-L // T) - 1)
         matmul = sum(unit_mm[k] * batch * L for k in ("in_proj", "x_proj", "dt_proj", "out_proj"))
         matmul += unit_mm["conv"] * batch * (L + K - 1)
+        if routing:
+            out["routing"] = batch * E * (N + 4) * (-(-L // T) - 1)
+            matmul += batch * E * N * (-(-L // T) - 1)  # the read-out C·s_i, an einsum (a bmm)
     out["matmul"] = matmul
     out["total"] = sum(v for k, v in out.items() if k != "matmul")
     return out

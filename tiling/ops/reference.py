@@ -228,7 +228,7 @@ def adaptive_selective_scan_ref(
     return y, last
 
 
-def block_scope_ref(x: Tensor, weights: dict[str, Tensor], boundary: Tensor) -> Tensor:
+def block_scope_ref(x: Tensor, weights: dict[str, Tensor], boundary: Tensor, confidence: Tensor | None = None) -> Tensor:
     """Float64 reference of ``TiledMamba(scope="block")`` for a given boundary mask.
 
     Written plainly from ``docs/tiling.md`` ("Block scope"), independent of the chunk modules and
@@ -241,7 +241,9 @@ def block_scope_ref(x: Tensor, weights: dict[str, Tensor], boundary: Tensor) -> 
 
     ``weights``: Mamba's parameters by their names (``in_proj.weight``, ``conv1d.weight``,
     ``conv1d.bias``, ``x_proj.weight``, ``dt_proj.weight``, ``dt_proj.bias``, ``A_log``, ``D``,
-    ``out_proj.weight``) and ``chunk.pool_gate``. Differentiable (autograd) in ``x`` and the weights.
+    ``out_proj.weight``) and ``chunk.pool_gate``. ``confidence`` (batch, L), optional: the learned
+    router's ``c_t``; the output is multiplied by ``1 + c_t − sg(c_t)`` (value 1, gradient to ``c``).
+    Differentiable (autograd) in ``x``, the weights and ``confidence``.
     """
     f64 = torch.float64
     w = {k: v.to(f64) for k, v in weights.items()}
@@ -279,7 +281,11 @@ def block_scope_ref(x: Tensor, weights: dict[str, Tensor], boundary: Tensor) -> 
             ys.append(w["out_proj.weight"] @ y)
         seg = torch.cumsum(boundary[b].to(torch.int64), 0) - 1
         outs.append(torch.stack(ys)[seg])
-    return torch.stack(outs)
+    y = torch.stack(outs)
+    if confidence is not None:
+        c = confidence.to(f64)
+        y = y * (1.0 + c - c.detach()).unsqueeze(-1)
+    return y
 
 
 __all__ = ["adaptive_selective_scan_ref", "block_scope_ref", "validate_scan_inputs", "check_scan_output", "ScanInputs"]
