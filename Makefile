@@ -28,6 +28,7 @@ test-slow: install
 
 bench: install
 	$(PY) scripts/bench_scan.py
+	$(PY) scripts/bench_layer.py
 	$(PY) scripts/bench_geometry.py
 	$(PY) scripts/bench_analyse.py
 

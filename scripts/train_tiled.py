@@ -17,7 +17,7 @@ Distributed (DistributedDataParallel; gloo on CPU, nccl on GPU; DistributedSampl
     torchrun --nproc_per_node=2 scripts/train_tiled.py --steps 100 --out runs/ddp
 
 Model: embedding, ``n_layers`` × [RMSNorm + TiledMamba] with residuals, final RMSNorm, tied
-head. AdamW (no decay on A_log, D, norms, biases, tiling parameters), linear warm-up then cosine
+head; ``--scope block`` (default) or ``scan`` (the runs of docs/benchmarks.md up to run 5). AdamW (no decay on A_log, D, norms, biases, tiling parameters), linear warm-up then cosine
 decay, periodic evaluation (answer accuracy, loss, mean resolution, scan cost relative to full
 resolution, load imbalance, IFQ/CER of the first layer), metrics as JSON lines. Checkpoints
 (model, optimizer, scheduler, RNG, step) are atomic safetensors files; ``--resume`` continues
@@ -66,6 +66,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--n-layers", type=int, default=2)
     g.add_argument("--d-state", type=int, default=16)
     g.add_argument("--tile-size", type=int, default=16)
+    g.add_argument("--scope", choices=["block", "scan"], default="block",
+                   help="block: the whole mixer runs on one token per segment (cost falls with the budget); "
+                        "scan: the resolution shrinks the recurrence only (the earlier runs of docs/benchmarks.md)")
+    g.add_argument("--boundaries", choices=["tile", "token"], default="tile",
+                   help="block scope: per-tile segment counts from the policy, or H-Net's learned router")
+    g.add_argument("--ratio-weight", type=float, default=0.03,
+                   help="boundaries=token: weight of H-Net's ratio loss (the paper's alpha)")
     g.add_argument("--policy", choices=["adaptive", "uniform", "binary"], default="adaptive")
     g.add_argument("--budget", type=float, default=1.0)
     g.add_argument("--r-min", type=float, default=0.0625)
@@ -149,7 +156,8 @@ def build(args, device):
                     policy=args.policy, causal=not args.non_causal, dt_min=args.dt_min,
                     dt_max=args.dt_max, exponent=args.exponent, slack=args.slack,
                     predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
-                    calibration=args.calibration,
+                    calibration=args.calibration, scope=args.scope,
+                    **({"boundaries": args.boundaries} if args.scope == "block" else {}),
                     shared_density=args.shared_density).to(device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(args.warmup, args.steps))
@@ -180,6 +188,8 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
     count_k = torch.zeros_like(hits_k)
     L = eval_ds.seq_len
     full = scan_cost(L, args.tile_size, 1.0, args.d_state, args.d_state, model.layers[0].d_inner, boundary_gain=True)
+    full_block = model.layers[0].cost(L, signal=False)  # the whole block at budget 1, one row
+    blk = []
     for s in range(0, len(eval_ds), args.batch_size):
         x, y, m = (t.to(device) for t in collate([eval_ds[i] for i in range(s, min(s + args.batch_size, len(eval_ds)))]))
         logits, plans = model(x, return_plans=True)
@@ -196,11 +206,19 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
         loss_sum += float(F.cross_entropy(logits[m], y[m], reduction="sum"))
         for plan in plans:
             res.append(plan.mean_resolution())
-            costs = torch.tensor([c["madd_total"] for c in plan.meta["scan_cost"]], dtype=torch.float64)
-            recs = torch.tensor([c["madd_recurrence"] + c["madd_boundary"] for c in plan.meta["scan_cost"]], dtype=torch.float64)
-            tot.append(costs / full["madd_total"])
-            rec.append(recs / (full["madd_recurrence"] + full["madd_boundary"]))
-            row_costs.append(costs)
+            lc = plan.meta["layer_cost"]
+            blk.append(torch.full((plan.batch,), lc["total"] / plan.batch / full_block["total"], dtype=torch.float64))
+            if "scan_cost" in plan.meta:  # scan scope: the scan's own counts per row
+                costs = torch.tensor([c["madd_total"] for c in plan.meta["scan_cost"]], dtype=torch.float64)
+                recs = torch.tensor([c["madd_recurrence"] + c["madd_boundary"] for c in plan.meta["scan_cost"]],
+                                    dtype=torch.float64)
+                tot.append(costs / full["madd_total"])
+                rec.append(recs / (full["madd_recurrence"] + full["madd_boundary"]))
+            else:  # block scope: the scan runs at R = 1 on the compact sequence, so its cost is ∝ L_c
+                share = torch.full((plan.batch,), lc["scan"] / plan.batch / full_block["scan"], dtype=torch.float64)
+                tot.append(share)
+                rec.append(share)
+            row_costs.append(plan.cost.sum(-1).to(torch.float64))
     metrics = {
         "accuracy": correct / total,
         "loss": loss_sum / total,
@@ -208,6 +226,7 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
         "resolution": float(torch.cat(res).mean()),
         "scan_cost": float(torch.cat(tot).mean()),
         "recurrence_cost": float(torch.cat(rec).mean()),
+        "block_cost": float(torch.cat(blk).mean()),
         "imbalance": float(torch.stack([load_imbalance(c) for c in row_costs]).mean()),
     }
     if by_index:
@@ -219,7 +238,7 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
         metrics["accuracy_early"] = float(hits_k[early].sum() / count_k[early].sum().clamp_min(1))
         metrics["accuracy_late"] = float(hits_k[late].sum() / count_k[late].sum().clamp_min(1))
     patterns = None
-    if not args.no_ifq:
+    if not args.no_ifq and model.layers[0].scope == "scan":  # IFQ measures the scan scope's tiles
         x0 = eval_ds[0][0].unsqueeze(0).to(device)
         h = model.norms[0](model.embedding(x0))
         tm = layer_tile_metrics(model.layers[0], h, previous=previous_patterns)
@@ -246,7 +265,9 @@ def train(args) -> dict:
         load_checkpoint(args.init_from, model=model, restore_rng=False)
     if args.resume is not None:
         start = load_checkpoint(args.resume, model=model, optimizer=opt, scheduler=sched)["step"]
-    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    # block scope: at a budget whose layout is the identity the pool gate (and the router) take no part
+    unused = any(layer.scope == "block" for layer in model.layers)
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if distributed else model
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     log_path = args.out / "log.jsonl"
     log = open(log_path, "a") if rank == 0 else None
@@ -268,6 +289,9 @@ def train(args) -> dict:
         x, y, m = (t.to(device) for t in batch_for_step(train_ds, sampler, step, args.batch_size, cache))
         logits = net(x)
         loss = F.cross_entropy(logits[m], y[m])
+        ratio = [layer.ratio_loss for layer in model.layers if layer.ratio_loss is not None]
+        if ratio:  # learned boundaries: H-Net's ratio loss steers the router to the budget
+            loss = loss + args.ratio_weight * torch.stack(ratio).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if args.grad_clip > 0:
@@ -354,13 +378,14 @@ def table(rows: list[dict]) -> str:
     split = all("accuracy_early" in r for r in rows)  # repeat task: accuracy early / late in the burst
     extra = " early answers | later answers |" if split else ""
     lines = ["| run | budget | mean R | accuracy |" + extra + " answer loss | deviation from R=1 | recurrence cost | "
-             "scan cost (all) | IFQ | CER | AE |",
-             "|---|---|---|---|" + ("---|---|" if split else "") + "---|---|---|---|---|---|---|"]
+             "scan cost (all) | block cost | IFQ | CER | AE |",
+             "|---|---|---|---|" + ("---|---|" if split else "") + "---|---|---|---|---|---|---|---|"]
     for r in rows:
         cols = f" {100 * r['accuracy_early']:.1f}% | {100 * r['accuracy_late']:.1f}% |" if split else ""
         lines.append(
             f"| {r['name']} | {r['budget']:g} | {r['resolution']:.3f} | {100 * r['accuracy']:.1f}% |{cols} {r['loss']:.3f} | "
-            f"{r['deviation']:.3f} | {r['recurrence_cost']:.3f} | {r['scan_cost']:.3f} | {r.get('ifq', float('nan')):.3f} | "
+            f"{r['deviation']:.3f} | {r['recurrence_cost']:.3f} | {r['scan_cost']:.3f} | {r.get('block_cost', float('nan')):.3f} | "
+            f"{r.get('ifq', float('nan')):.3f} | "
             f"{r.get('cer', float('nan')):.2f} | {r.get('ae', float('nan')):.3f} |")
     return "\n".join(lines) + "\n"
 

@@ -288,7 +288,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="boundaries must be one of"):
         TiledMamba(16, scope="block", boundaries="byte")
     with pytest.raises(ValueError, match="boundaries='token' needs scope='block'"):
-        TiledMamba(16, boundaries="token")
+        TiledMamba(16, scope="scan", boundaries="token")
     with pytest.raises(ValueError, match="routing"):
         TiledMamba(16, scope="block", routing=True)
     with pytest.raises(ValueError, match="state_k"):
@@ -320,7 +320,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="causal"):
         enc = block_layer(budget=0.5, causal=False)
         enc.step(torch.randn(1, 16), enc.allocate_inference_state(1))
-    scan = TiledMamba(16, d_state=4)
+    scan = TiledMamba(16, d_state=4, scope="scan")
     with pytest.raises(ValueError, match="allocated by a scan-scope layer"):
         layer.step(torch.randn(1, 16), scan.allocate_inference_state(1))
 

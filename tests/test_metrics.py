@@ -208,7 +208,7 @@ def test_saved_tensor_bytes_counts_distinct_storage():
 
 def test_layer_tile_metrics_in_unit_interval():
     torch.manual_seed(0)
-    layer = TiledMamba(8, d_state=4, tile_size=8, budget=0.35)
+    layer = TiledMamba(8, d_state=4, tile_size=8, budget=0.35, scope="scan")
     x = torch.randn(1, 30, 8)
     m = layer_tile_metrics(layer, x)
     assert m["patterns"].shape == (4, 16, 8, 8)

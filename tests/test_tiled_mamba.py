@@ -1,4 +1,4 @@
-"""tiling.modules.TiledMamba: HF equivalence at budget 1, causality, budget, gradients, step, plan."""
+"""tiling.modules.TiledMamba, scan scope: HF equivalence at budget 1, causality, budget, gradients, step, plan."""
 import pytest
 import torch
 
@@ -15,6 +15,7 @@ from transformers.models.mamba.modeling_mamba import MambaMixer  # noqa: E402
 def make_layer(seed=0, *, perturb=False, **kw):
     torch.manual_seed(seed)
     kw.setdefault("tile_size", 8)
+    kw.setdefault("scope", "scan")  # this file tests the scan scope; tests/test_block_scope.py the block scope
     layer = TiledMamba(16, d_state=4, **kw)
     if perturb:  # open the gate and the transition so that routing and φ act
         with torch.no_grad():

@@ -278,6 +278,9 @@ def layer_tile_metrics(layer, x: Tensor, *, previous: Tensor | None = None, weig
     check_tensor(x, "x", ndim=3)
     if x.shape[0] != 1:
         raise ValueError(f"x must hold one sequence, shape (1, L, d_model), got {tuple(x.shape)}")
+    if getattr(layer, "scope", "scan") != "scan":
+        raise ValueError(f"layer_tile_metrics measures the tiles of the scan scope (each tile's scan attention); "
+                         f"got a layer with scope={layer.scope!r}")
     plan = layer.plan(x, budget=budget)
     u, z, dt_raw, B, C = layer._project(x)
     delta = F.softplus(dt_raw + layer.dt_proj.bias[:, None])

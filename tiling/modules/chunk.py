@@ -191,6 +191,8 @@ class Chunk(nn.Module):
         flat = x.reshape(batch * L, d)
         row = torch.arange(batch, device=x.device).unsqueeze(1)
         reps = flat.index_select(0, (row * L + layout.start).reshape(-1)).view(batch, Lc, d)
+        if not (torch.is_grad_enabled() and self.pool_gate.requires_grad) and not bool(self.pool_gate.any()):
+            return reps  # a closed gate adds exactly nothing: skip the pool (inference only)
         # tokens after a representative feed the *next* segment's pool; representatives go to a dummy row
         target = torch.where(layout.boundary, batch * (Lc + 1), row * (Lc + 1) + layout.segment + 1)
         pooled = flat.new_zeros(batch * (Lc + 1) + 1, d).index_add_(0, target.reshape(-1), flat)

@@ -132,9 +132,9 @@ class TiledMamba(nn.Module):
         defaults to ``d_state``.
     routing : cross-scale routing between consecutive tiles (seed 001 §3.3.2); scan scope only
         (default True there).
-    scope : ``"scan"`` (default): the resolution sets the scan's segments and every projection
-        runs on every token; ``"block"``: the whole mixer runs on one token per segment, so its
-        cost falls with the budget (module docstring; ``docs/tiling.md``, "Block scope"). Block
+    scope : ``"block"`` (default): the whole mixer runs on one token per segment, so its cost
+        falls with the budget (module docstring; ``docs/tiling.md``, "Block scope"); ``"scan"``:
+        the resolution sets the scan's segments and every projection runs on every token. Block
         scope has no state-dimension policy, routing or φ (those act inside the scan's tiles).
     boundaries : block scope: ``"tile"`` (default), ``m_i = max(1, ⌈R_i·T⌉)`` segments per tile
         from the policy on the signal; ``"token"``, a segment starts where H-Net's cosine router
@@ -185,7 +185,7 @@ class TiledMamba(nn.Module):
         s_min: int = 1,
         s_max: int | None = None,
         routing: bool | None = None,
-        scope: str = "scan",
+        scope: str = "block",
         boundaries: str = "tile",
         signal_channels: int = 128,
         router_rank: int | None = None,

@@ -11,6 +11,11 @@ from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
 
+#: the constructor arguments of Mamba itself (shapes, initialisation), shared by every layer;
+#: a full-resolution layer (``full_resolution_layers``) takes only these from ``layer_kwargs``
+MAMBA_KWARGS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
+                "dt_init_floor", "conv_bias", "bias", "tile_size", "device", "dtype")
+
 
 class TiledLM(nn.Module):
     """``tokens (batch, L) int64 → logits (batch, L, vocab)``; ``layer_kwargs`` go to every
@@ -24,21 +29,65 @@ class TiledLM(nn.Module):
     content (in the burst tasks the second layer's density ratio burst/filler is ≈ 1 while the
     first layer's is ≈ 4). Causal as the layers are: layer ``l``'s tile ``i`` uses densities of
     tiles ``< i`` only (the causal policy), whichever layer produced them.
+
+    ``full_resolution_layers``: indices of layers (negative ones count from the end, as in
+    Python: ``(0, -1)`` is the first and the last) that always run at full resolution, whatever
+    the budget of the model or of a call: they are block-scope layers at budget 1, i.e. plain
+    Mamba (the block scope is exact at ``R = 1``), built from the Mamba arguments of
+    ``layer_kwargs`` only (:data:`MAMBA_KWARGS`; the tiling options do not apply). Hourglass
+    transformers and H-Net keep the outermost layers at full resolution; this makes that choice
+    one argument. The other layers get ``layer_kwargs`` and the budget.
+
+    Decoding: :meth:`allocate_inference_state` and :meth:`step` run the model one token at a
+    time with each layer's :meth:`~tiling.modules.TiledMamba.step`; in the block scope (causal)
+    that equals :meth:`forward` token by token at every budget, in the scan scope only at budget 1.
+
+    ``config`` holds the constructor arguments (JSON-serialisable), so a checkpoint can rebuild
+    the model (:mod:`tiling.train.textmodel`).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, *, shared_density: bool = False,
-                 **layer_kwargs) -> None:
+                 full_resolution_layers: tuple[int, ...] | list[int] = (), **layer_kwargs) -> None:
         super().__init__()
         self.vocab_size = check_int(vocab_size, "vocab_size", minimum=2)
         self.shared_density = bool(shared_density)
-        check_int(n_layers, "n_layers", minimum=1)
+        n_layers = check_int(n_layers, "n_layers", minimum=1)
+        self.full_resolution_layers = self._resolve_layers(full_resolution_layers, n_layers)
+        self.config = {"vocab_size": self.vocab_size, "d_model": int(d_model), "n_layers": n_layers,
+                       "shared_density": self.shared_density,
+                       "full_resolution_layers": list(self.full_resolution_layers),
+                       "layer_kwargs": {k: v for k, v in layer_kwargs.items() if k not in ("device", "dtype")}}
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)  # tied head: unit-variance rows would give logits of std √d_model
         self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layers))
-        self.layers = nn.ModuleList(TiledMamba(d_model, **layer_kwargs) for _ in range(n_layers))
+        full_kwargs = {k: v for k, v in layer_kwargs.items() if k in MAMBA_KWARGS}
+        full_kwargs.update(scope="block", boundaries="tile", budget=1.0, policy="uniform")
+        self.layers = nn.ModuleList(
+            TiledMamba(d_model, **(full_kwargs if k in self.full_resolution_layers else layer_kwargs))
+            for k in range(n_layers))
         self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         self.head.weight = self.embedding.weight  # tied
+
+    @staticmethod
+    def _resolve_layers(layers, n_layers: int) -> tuple[int, ...]:
+        out = set()
+        for k in layers:
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise TypeError(f"full_resolution_layers must hold ints, got {k!r}")
+            if not -n_layers <= k < n_layers:
+                raise ValueError(f"full_resolution_layers: layer {k} does not exist in a model of {n_layers} layers")
+            out.add(k % n_layers)
+        return tuple(sorted(out))
+
+    def layer_budget(self, k: int, budget: float | None) -> float | None:
+        """The budget layer ``k`` runs at for a call with ``budget`` (None: the layer's own)."""
+        return 1.0 if k in self.full_resolution_layers else budget
+
+    @property
+    def tiled_layers(self) -> list[int]:
+        """Indices of the layers that run at the model's budget (not pinned at full resolution)."""
+        return [k for k in range(len(self.layers)) if k not in self.full_resolution_layers]
 
     def forward(self, tokens: Tensor, *, budget: float | None = None, return_plans: bool = False):
         if tokens.dim() != 2 or tokens.dtype != torch.int64:
@@ -47,16 +96,52 @@ class TiledLM(nn.Module):
         plans: list[TilePlan] = []
         density = None
         for k, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            b = self.layer_budget(k, budget)
             if return_plans or (self.shared_density and k == 0 and len(self.layers) > 1):
-                out, plan = layer(norm(h), budget=budget, density=density, return_plan=True)
+                out, plan = layer(norm(h), budget=b, density=density, return_plan=True)
                 plans.append(plan)
                 if self.shared_density and k == 0:
                     density = plan.token_density.to(device=h.device, dtype=h.dtype)
             else:
-                out = layer(norm(h), budget=budget, density=density)
+                out = layer(norm(h), budget=b, density=density)
             h = h + out
         logits = self.head(self.norm_f(h))
         return (logits, plans) if return_plans else logits
+
+    def ratio_loss(self) -> Tensor | None:
+        """Sum of the layers' H-Net ratio losses of the last forward (learned boundaries), or None."""
+        losses = [layer.ratio_loss for layer in self.layers if layer.ratio_loss is not None]
+        return torch.stack(losses).sum() if losses else None
+
+    def allocate_inference_state(self, batch: int) -> list:
+        """Zero decoding state: one :class:`~tiling.modules.TiledMambaState` per layer."""
+        if self.shared_density:
+            raise ValueError("step() does not support shared_density=True (the shared density is a whole-sequence "
+                             "signal of the first layer); use forward()")
+        return [layer.allocate_inference_state(batch) for layer in self.layers]
+
+    def step(self, tokens: Tensor, state: list, *, budget: float | None = None) -> tuple[Tensor, list]:
+        """One token per row: ``tokens`` (batch,) int64 → ``(logits (batch, vocab), new state)``.
+
+        Equals :meth:`forward` position by position (block scope, causal layers); a scan-scope
+        layer can step only at full resolution, so a budget below 1 on one raises ``ValueError``.
+        """
+        if tokens.dim() != 1 or tokens.dtype != torch.int64:
+            raise ValueError(f"tokens must be int64 of shape (batch,), got {tokens.dtype} {tuple(tokens.shape)}")
+        if not isinstance(state, list) or len(state) != len(self.layers):
+            raise ValueError(f"state must be the list of {len(self.layers)} layer states of allocate_inference_state")
+        h = self.embedding(tokens)
+        new = []
+        for k, (norm, layer, st) in enumerate(zip(self.norms, self.layers, state)):
+            b = self.layer_budget(k, budget)
+            if layer.scope == "scan" and (layer.budget if b is None else float(b)) < 1.0:
+                raise ValueError(f"layer {k} is a scan-scope layer: its step() runs at full resolution only, so it "
+                                 f"cannot decode at budget {layer.budget if b is None else b} (use forward(), or "
+                                 f"budget=1)")
+            out, st = layer.step(norm(h), st, budget=b)
+            h = h + out
+            new.append(st)
+        return self.head(self.norm_f(h)), new
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on weight matrices only; none on A_log, D (Mamba's ``_no_weight_decay``),
@@ -70,4 +155,4 @@ class TiledLM(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-__all__ = ["TiledLM"]
+__all__ = ["TiledLM", "MAMBA_KWARGS"]

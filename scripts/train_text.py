@@ -1,0 +1,602 @@
+#!/usr/bin/env python
+"""Train a byte-level TiledLM on real text (the Python documentation, ``make corpus``) and compare
+resolution configurations at equal budgets: bits per byte against compute and wall time.
+
+One run (one configuration, one budget, one seed)::
+
+    python scripts/train_text.py --config adaptive --budget 0.35 --seed 0 --out runs/text_lm/one
+
+The table of ``docs/benchmarks.md`` (``--sweep``; ``--resume`` skips finished rows)::
+
+    python scripts/train_text.py --sweep --resume --out runs/text_lm
+
+Rows of the sweep: at budget 0.35 every configuration (``full`` is trained at budget 1) with seeds
+0 and 1; then at 0.5 and 0.25 ``uniform`` and the best adaptive configuration (lowest mean test
+bpb at 0.35 among ``adaptive``, ``router``, ``scan-adaptive``) with seed 0, and the seed-0
+full-resolution model evaluated at those budgets (no training: tiling after the fact).
+``--shard i/n`` runs every n-th row, so n processes (one thread each) share a machine; each
+rewrites the table from all finished rows. The table goes to ``--results``
+(``docs/results/text_lm.json``), the figures to ``--figures`` (``docs/figures/training/``).
+
+Each run: one thread (``--threads``), AdamW, warm-up then cosine on the progress towards the
+first limit reached (``--max-minutes`` of training, ``--max-bytes``, ``--max-steps``;
+``tiling.train.schedule``), validation bpb on a fixed subset of the validation split every
+``--eval-every-s`` seconds of training (evaluation time is not training time), then the atomic
+checkpoint, test bpb on the test split, FLOPs per byte and prefill / decode bytes per second.
+See ``docs/training.md``, "Real text".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tiling.train.atomic import atomic_write_json  # noqa: E402
+from tiling.train.corpus import CorpusError, load_split  # noqa: E402
+from tiling.train.schedule import lr_factor, progress  # noqa: E402
+from tiling.train.text import (  # noqa: E402
+    TextInputError, TextWindows, as_byte_tensor, evaluate_bytes, measure_speed, read_text_file, score_windows,
+    spaced_windows,
+)
+from tiling.train.textmodel import (  # noqa: E402
+    CONFIGURATIONS, build_model, export_bundled, load_text_model, model_config, parameter_count,
+    save_text_checkpoint,
+)
+
+ADAPTIVE = ("adaptive", "router", "scan-adaptive")
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_full_layers(s: str) -> tuple[int, ...]:
+    s = s.strip().lower()
+    if s in ("", "none"):
+        return ()
+    if s == "ends":
+        return (0, -1)
+    try:
+        return tuple(int(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--full-layers takes 'none', 'ends' or comma-separated layer indices, got {s!r}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("run")
+    g.add_argument("--config", choices=sorted(CONFIGURATIONS), default="adaptive")
+    g.add_argument("--budget", type=float, default=0.35, help="resolution budget in (0, 1] (full: always 1)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", type=Path, default=Path("runs/text_lm"),
+                   help="run directory (a sweep: one sub-directory per row)")
+    g.add_argument("--threads", type=int, default=1)
+    g = p.add_argument_group("data")
+    g.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"), help="prepared corpus (make corpus)")
+    g.add_argument("--train-file", type=Path, default=None, help="instead of the corpus: a UTF-8 training text")
+    g.add_argument("--val-file", type=Path, default=None)
+    g.add_argument("--test-file", type=Path, default=None)
+    g.add_argument("--context", type=int, default=1024, help="window length in bytes (>= 1024 for the table)")
+    g.add_argument("--batch-size", type=int, default=4)
+    g = p.add_argument_group("model")
+    g.add_argument("--d-model", type=int, default=256)
+    g.add_argument("--n-layers", type=int, default=4)
+    g.add_argument("--d-state", type=int, default=16)
+    g.add_argument("--tile-size", type=int, default=16)
+    g.add_argument("--r-min", type=float, default=0.0625)
+    g.add_argument("--full-layers", type=parse_full_layers, default=(),
+                   help="layers kept at full resolution: 'none' (default), 'ends' (first and last) or e.g. '0,-1'")
+    g.add_argument("--ratio-weight", type=float, default=0.03, help="router: weight of H-Net's ratio loss")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--lr", type=float, default=2e-3)
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--warmup", type=int, default=30, help="warm-up steps")
+    g.add_argument("--grad-clip", type=float, default=1.0)
+    g.add_argument("--max-minutes", type=float, default=15.0, help="training wall-time limit (evaluation excluded)")
+    g.add_argument("--max-bytes", type=int, default=None, help="training byte limit (inputs seen)")
+    g.add_argument("--max-steps", type=int, default=None, help="step limit (tests)")
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--eval-every-s", type=float, default=90.0, help="validation every this many training seconds")
+    g.add_argument("--eval-every-steps", type=int, default=None, help="validation every this many steps instead")
+    g.add_argument("--val-windows", type=int, default=32, help="validation subset: evenly spaced windows")
+    g.add_argument("--test-bytes", type=int, default=None, help="evaluate only the first N bytes of the test split")
+    g.add_argument("--decode-bytes", type=int, default=256, help="bytes of step() decoding timed")
+    g.add_argument("--no-speed", action="store_true", help="skip the prefill/decode timing")
+    g.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("sweep")
+    g.add_argument("--sweep", action="store_true", help="run the table (module docstring)")
+    g.add_argument("--resume", action="store_true", help="sweep: skip rows whose row.json exists")
+    g.add_argument("--results", type=Path, default=Path("docs/results/text_lm.json"))
+    g.add_argument("--figures", type=Path, default=Path("docs/figures/training"))
+    g.add_argument("--shard", default="0/1", help="i/n: run rows i, i+n, i+2n, ... (n processes share a machine)")
+    g.add_argument("--only", nargs="+", default=None, help="sweep: run only these rows (e.g. full@1/s0)")
+    g.add_argument("--wait-minutes", type=float, default=30.0,
+                   help="sweep, sharded: wait this long for the other shards' budget-0.35 rows before the second phase")
+    g.add_argument("--ablation", action="store_true",
+                   help="sweep: also the best adaptive configuration at 0.35 with the first and last layer at full "
+                        "resolution (seed 0)")
+    g.add_argument("--bundle", action="store_true",
+                   help="sweep: copy the seed-0 full and best adaptive models at 0.35 to the bundled checkpoints")
+    args = p.parse_args(argv)
+    if not 0.0 < args.budget <= 1.0:
+        p.error(f"--budget must lie in (0, 1], got {args.budget}")
+    for name in ("context", "batch_size", "threads", "d_model", "n_layers", "val_windows"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_minutes <= 0:
+        p.error(f"--max-minutes must be > 0, got {args.max_minutes}")
+    try:
+        i, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
+    args.shard_index, args.shard_count = i, n
+    return args
+
+
+# ----------------------------------------------------------------------------- data
+def load_data(args) -> dict[str, torch.Tensor]:
+    """The three splits as uint8 tensors: the prepared corpus, or the given files."""
+    if args.train_file is not None:
+        files = {"train": args.train_file, "validation": args.val_file or args.train_file,
+                 "test": args.test_file or args.val_file or args.train_file}
+        return {k: as_byte_tensor(read_text_file(v)) for k, v in files.items()}
+    return {k: as_byte_tensor(load_split(k, args.corpus_dir)) for k in ("train", "validation", "test")}
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # only settable before the first parallel work of the process
+        pass
+
+
+# ----------------------------------------------------------------------------- one run
+def train(args, data: dict | None = None) -> dict:
+    """Train one configuration; write OUT/checkpoint.safetensors, OUT/log.jsonl, OUT/row.json; return the row."""
+    set_threads(args.threads)
+    data = load_data(args) if data is None else data
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "log.jsonl"
+    if log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
+        k = 1
+        while (out / f"log.{k}.jsonl").exists():
+            k += 1
+        log_path.rename(out / f"log.{k}.jsonl")
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
+                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers)
+    budget = cfg["layer_kwargs"]["budget"]
+    model = build_model(cfg)
+    opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
+    ds = TextWindows(data["train"], args.context, seed=args.seed)
+    val_windows = spaced_windows(data["validation"].numel(), args.context, args.val_windows)
+    max_s = args.max_minutes * 60.0
+    name = row_name(args.config, budget, args.seed, args.full_layers)
+
+    log = open(log_path, "w")
+
+    def emit(rec: dict) -> None:
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+
+    curve: list[dict] = []
+
+    def validate(step: int, n_bytes: int, seconds: float) -> None:
+        r = score_windows(model, data["validation"], val_windows, budget=budget)
+        rec = {"step": step, "bytes": n_bytes, "train_seconds": round(seconds, 3), "bpb": r["bpb"],
+               "mean_resolution": r["mean_resolution"]}
+        curve.append(rec)
+        emit({"kind": "eval", **rec})
+        if not args.quiet:
+            print(f"[{name}] step {step} bytes {n_bytes} t {seconds:.0f}s val bpb {r['bpb']:.4f} "
+                  f"R {r['mean_resolution']:.3f}", flush=True)
+
+    emit({"kind": "config", "row": name, "model": cfg, "params": parameter_count(model),
+          "args": {k: str(v) for k, v in vars(args).items()}})
+    step, n_bytes, train_s = 0, 0, 0.0
+    next_eval = args.eval_every_s
+    stop_reason = None
+    losses: list[float] = []
+    model.train()
+    validate(0, 0, 0.0)
+    while True:
+        if train_s >= max_s:
+            stop_reason = "max_minutes"
+        elif args.max_bytes is not None and n_bytes >= args.max_bytes:
+            stop_reason = "max_bytes"
+        elif args.max_steps is not None and step >= args.max_steps:
+            stop_reason = "max_steps"
+        if stop_reason:
+            break
+        t0 = time.perf_counter()
+        p = progress(seconds=train_s, max_seconds=max_s, n_bytes=n_bytes, max_bytes=args.max_bytes, steps=step,
+                     max_steps=args.max_steps)
+        lr = args.lr * lr_factor(step, p, warmup=args.warmup)
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        x, y = ds.batch(step, args.batch_size)
+        logits = model(x, budget=budget)
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = ce
+        ratio = model.ratio_loss()
+        if ratio is not None:  # learned boundaries: H-Net's ratio loss steers the router to the budget
+            loss = loss + args.ratio_weight * ratio
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        opt.step()
+        step += 1
+        n_bytes += x.numel()
+        train_s += time.perf_counter() - t0
+        losses.append(ce.item())
+        if step % 10 == 0 or step == 1:
+            emit({"kind": "train", "step": step, "bytes": n_bytes, "train_seconds": round(train_s, 3),
+                  "loss": ce.item(), "bpb": ce.item() / math.log(2.0), "lr": lr,
+                  "ratio_loss": None if ratio is None else ratio.item()})
+        due = (step % args.eval_every_steps == 0) if args.eval_every_steps else (train_s >= next_eval)
+        if due:
+            validate(step, n_bytes, train_s)
+            next_eval = train_s + args.eval_every_s
+    if not curve or curve[-1]["step"] != step:
+        validate(step, n_bytes, train_s)
+    ckpt = save_text_checkpoint(out / "checkpoint.safetensors", model, configuration=args.config, budget=budget,
+                                context=args.context, optimizer=opt, step=step,
+                                info={"train_bytes": n_bytes, "train_seconds": train_s, "seed": args.seed,
+                                      "row": name})
+    test = evaluate_bytes(model, data["test"], context=args.context, budget=budget, max_bytes=args.test_bytes)
+    speed = None if args.no_speed else measure_speed(model, data["test"], context=args.context, budget=budget,
+                                                     decode_bytes=args.decode_bytes)
+    row = {
+        "row": name, "kind": "trained", "configuration": args.config, "budget": budget, "trained_budget": budget,
+        "seed": args.seed, "full_resolution_layers": list(model.full_resolution_layers),
+        "test_bpb": test["bpb"], "test_bytes": test["bytes"], "test_mean_resolution": test["mean_resolution"],
+        "test_mean_resolution_by_layer": test["mean_resolution_by_layer"],
+        "validation_curve": curve, "train_bytes": n_bytes, "train_seconds": train_s, "steps": step,
+        "stop_reason": stop_reason, "first_loss": losses[0] if losses else None,
+        "last_loss": statistics.fmean(losses[-10:]) if losses else None,
+        "flops_per_byte": test["flops_per_byte"], "madds_per_byte_by_layer": test["madds_per_byte_by_layer"],
+        "prefill_bytes_per_s": None if speed is None else speed["prefill_bytes_per_s"],
+        "decode_bytes_per_s": None if speed is None else speed["decode_bytes_per_s"],
+        "params": parameter_count(model), "d_model": args.d_model, "n_layers": args.n_layers,
+        "context": args.context, "batch_size": args.batch_size, "tile_size": args.tile_size, "lr": args.lr,
+        "threads": torch.get_num_threads(), "device": "cpu", "checkpoint": str(ckpt),
+        "machine": machine_info(),
+    }
+    emit({"kind": "summary", **{k: v for k, v in row.items() if k != "validation_curve"}})
+    log.close()
+    atomic_write_json(out / "row.json", row)
+    return row
+
+
+def evaluate_only(src_row: dict, budget: float, out: Path, data: dict, args) -> dict:
+    """A row without training: the model of ``src_row`` evaluated at ``budget`` (tiling after the fact)."""
+    set_threads(args.threads)
+    model, extra = load_text_model(src_row["checkpoint"])
+    test = evaluate_bytes(model, data["test"], context=extra["context"], budget=budget, max_bytes=args.test_bytes)
+    speed = None if args.no_speed else measure_speed(model, data["test"], context=extra["context"], budget=budget,
+                                                     decode_bytes=args.decode_bytes)
+    row = dict(src_row)
+    row.update(
+        row=row_name(src_row["configuration"], budget, src_row["seed"], tuple(src_row["full_resolution_layers"])),
+        kind="evaluated", budget=budget, source_row=src_row["row"], test_bpb=test["bpb"],
+        test_mean_resolution=test["mean_resolution"], test_mean_resolution_by_layer=test["mean_resolution_by_layer"],
+        flops_per_byte=test["flops_per_byte"], madds_per_byte_by_layer=test["madds_per_byte_by_layer"],
+        prefill_bytes_per_s=None if speed is None else speed["prefill_bytes_per_s"],
+        decode_bytes_per_s=None if speed is None else speed["decode_bytes_per_s"], machine=machine_info())
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "row.json", row)
+    return row
+
+
+def machine_info() -> dict:
+    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "cuda": torch.cuda.is_available()}
+
+
+# ----------------------------------------------------------------------------- sweep
+def row_name(config: str, budget: float, seed: int, full_layers=()) -> str:
+    suffix = "+ends" if tuple(full_layers) in ((0, -1),) else ("+fl" + ",".join(map(str, full_layers)) if full_layers else "")
+    return f"{config}{suffix}@{budget:g}/s{seed}"
+
+
+def row_dir(out: Path, name: str) -> Path:
+    return out / name.replace("@", "_b").replace("/", "_").replace(",", "-")
+
+
+def phase1_rows(args) -> list[dict]:
+    rows = []
+    for seed in (0, 1):
+        for config in ("full", "uniform", "adaptive", "router", "scan-adaptive"):
+            b = 1.0 if config == "full" else 0.35
+            rows.append({"config": config, "budget": b, "seed": seed, "full_layers": args.full_layers})
+    return rows
+
+
+def best_adaptive(done: dict[str, dict], args) -> str | None:
+    """The adaptive configuration with the lowest mean test bpb at 0.35 (None until all are done)."""
+    means = {}
+    for c in ADAPTIVE:
+        vals = [done[n]["test_bpb"] for n in (row_name(c, 0.35, s, args.full_layers) for s in (0, 1)) if n in done]
+        if len(vals) < 2:
+            return None
+        means[c] = statistics.fmean(vals)
+    return min(means, key=means.get)
+
+
+def phase2_rows(best: str, args) -> list[dict]:
+    rows = []
+    for b in (0.5, 0.25):
+        rows.append({"config": "full", "budget": b, "seed": 0, "full_layers": args.full_layers, "evaluate_only": True})
+        for c in ("uniform", best):
+            rows.append({"config": c, "budget": b, "seed": 0, "full_layers": args.full_layers})
+    if args.ablation:  # the other choice of full-resolution outer layers
+        fl = () if tuple(args.full_layers) else (0, -1)
+        rows.append({"config": best, "budget": 0.35, "seed": 0, "full_layers": fl})
+    return rows
+
+
+def spec_name(spec: dict) -> str:
+    return row_name(spec["config"], spec["budget"], spec["seed"], spec["full_layers"])
+
+
+def finished_rows(out: Path) -> dict[str, dict]:
+    done = {}
+    for p in sorted(out.glob("*/row.json")):
+        try:
+            r = json.loads(p.read_text())
+            done[r["row"]] = r
+        except (ValueError, KeyError):
+            print(f"warning: ignoring unreadable {p}", file=sys.stderr)
+    return done
+
+
+def run_spec(spec: dict, args, data: dict, done: dict) -> dict:
+    name = spec_name(spec)
+    out = row_dir(args.out, name)
+    if spec.get("evaluate_only"):
+        src = done[row_name("full", 1.0, spec["seed"], spec["full_layers"])]
+        return evaluate_only(src, spec["budget"], out, data, args)
+    run = argparse.Namespace(**vars(args))
+    run.config, run.budget, run.seed, run.full_layers, run.out = (spec["config"], spec["budget"], spec["seed"],
+                                                                 tuple(spec["full_layers"]), out)
+    return train(run, data)
+
+
+def sweep(args) -> dict:
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = finished_rows(args.out)
+    if done and not args.resume:
+        raise SystemExit(f"error: {args.out} already holds {len(done)} finished rows; pass --resume to skip them "
+                         f"or choose another --out")
+    if args.results.exists() and not args.resume:
+        raise SystemExit(f"error: {args.results} exists; pass --resume to rewrite it from the finished rows")
+    data = load_data(args)
+    mine = lambda i: i % args.shard_count == args.shard_index  # noqa: E731
+
+    def run_list(specs: list[dict]) -> None:
+        for i, spec in enumerate(specs):
+            name = spec_name(spec)
+            if not mine(i) or (args.only is not None and name not in args.only):
+                continue
+            if name in done:
+                print(f"[sweep] {name}: finished, skipped", flush=True)
+                continue
+            print(f"[sweep] {name}: running", flush=True)
+            done[name] = run_spec(spec, args, data, done)
+            write_results(done, args)
+
+    specs1 = phase1_rows(args)
+    run_list(specs1)
+    deadline = time.time() + 60 * args.wait_minutes
+    best = best_adaptive(done, args)
+    while best is None and args.shard_count > 1 and time.time() < deadline and args.only is None:
+        time.sleep(30)
+        done.update(finished_rows(args.out))
+        best = best_adaptive(done, args)
+    done.update(finished_rows(args.out))
+    best = best_adaptive(done, args)
+    if best is None:
+        missing = [spec_name(s) for s in specs1 if spec_name(s) not in done]
+        print(f"[sweep] second phase not started: budget-0.35 rows missing: {', '.join(missing)}", flush=True)
+    else:
+        specs2 = phase2_rows(best, args)
+        if row_name("full", 1.0, 0, args.full_layers) not in done:  # the model the evaluated rows tile
+            print("[sweep] full@1/s0 not finished: its evaluations at 0.5 and 0.25 wait", flush=True)
+            specs2 = [s for s in specs2 if not s.get("evaluate_only")]
+        run_list(specs2)
+        if args.bundle:
+            bundle(done, best, args)
+    done.update(finished_rows(args.out))
+    return write_results(done, args)
+
+
+def bundle(done: dict, best: str, args) -> None:
+    for name, row in (("full", done.get(row_name("full", 1.0, 0, args.full_layers))),
+                      ("adaptive", done.get(row_name(best, 0.35, 0, args.full_layers)))):
+        if row is None:
+            print(f"[bundle] {name}: its row is not finished", flush=True)
+            continue
+        path = export_bundled(row["checkpoint"], name)
+        print(f"[bundle] {name}: {row['row']} -> {path} ({path.stat().st_size / 2**20:.1f} MiB)", flush=True)
+
+
+# ----------------------------------------------------------------------------- table, goals, figures
+def _interp(curve: list[dict], x: float, key: str = "bytes") -> float | None:
+    pts = [(c[key], c["bpb"]) for c in curve]
+    if not pts or x < pts[0][0] or x > pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[-1][1]
+
+
+def goals(rows: list[dict], best: str | None) -> dict:
+    """The issue's goals, checked on the rows present (None where a row is missing)."""
+    by = {}
+    for r in rows:
+        by.setdefault((r["configuration"], r["budget"], r.get("kind")), []).append(r)
+
+    def mean(cfg, b, key, kind="trained"):
+        vals = [r[key] for r in by.get((cfg, b, kind), []) if r.get(key) is not None]
+        return statistics.fmean(vals) if vals else None
+
+    out: dict = {"best_adaptive": best}
+    full = by.get(("full", 1.0, "trained"), [])
+    if best is None or not full:
+        return out
+    fb, ab, ub = mean("full", 1.0, "test_bpb"), mean(best, 0.35, "test_bpb"), mean("uniform", 0.35, "test_bpb")
+    # equal training bytes: the adaptive validation curve at full resolution's final training bytes
+    eq = []
+    for f in full:
+        for a in by.get((best, 0.35, "trained"), []):
+            if a["seed"] == f["seed"]:
+                v = _interp(a["validation_curve"], f["train_bytes"])
+                if v is not None:
+                    eq.append((v, f["validation_curve"][-1]["bpb"]))
+    out["equal_bytes_val_bpb"] = None if not eq else {"adaptive": statistics.fmean(v for v, _ in eq),
+                                                      "full": statistics.fmean(w for _, w in eq)}
+    if eq:
+        a_eq, f_eq = out["equal_bytes_val_bpb"]["adaptive"], out["equal_bytes_val_bpb"]["full"]
+        out["within_3pct_of_full_at_equal_bytes"] = a_eq <= 1.03 * f_eq
+    if ab is not None and ub is not None:
+        out["test_bpb_at_0.35"] = {"full": fb, best: ab, "uniform": ub}
+        out["2pct_better_than_uniform"] = ab <= 0.98 * ub
+    if ab is not None and fb is not None:
+        out["beats_full_at_equal_wall_time"] = ab < fb
+    pf, pa = mean("full", 1.0, "prefill_bytes_per_s"), mean(best, 0.25, "prefill_bytes_per_s")
+    df, da = mean("full", 1.0, "decode_bytes_per_s"), mean(best, 0.25, "decode_bytes_per_s")
+    if pf and pa:
+        out["prefill_speedup_at_0.25"] = pa / pf
+        out["prefill_2.5x"] = pa / pf >= 2.5
+    if df and da:
+        out["decode_speedup_at_0.25"] = da / df
+        out["decode_2x"] = da / df >= 2.0
+    return out
+
+
+def write_results(done: dict, args) -> dict:
+    rows = sorted(done.values(), key=lambda r: (r["budget"] != 1.0, -r["budget"], r["configuration"], r["seed"],
+                                                r["row"]))
+    best = best_adaptive(done, args)
+    table = {
+        "description": "Byte-level TiledLM on the Python 3.11 documentation (python3.11-doc, split by document); "
+                       "scripts/train_text.py --sweep. test_bpb on the test split; flops_per_byte = 2 x multiply-adds "
+                       "of the layers as run (tiling.ops.layer_cost, per row) plus the tied head; speeds on one "
+                       "thread, one row.",
+        "command": "python scripts/train_text.py --sweep --resume " + " ".join(_cmd_args(args)),
+        "goals": goals(rows, best),
+        "rows": rows,
+    }
+    atomic_write_json(args.results, table)
+    try:
+        figures(rows, args.figures)
+    except Exception as e:  # a figure must never lose the table
+        print(f"warning: figures not written: {e!r}", file=sys.stderr)
+    print(format_table(rows), flush=True)
+    return table
+
+
+def _cmd_args(args) -> list[str]:
+    out = [f"--out {args.out}", f"--max-minutes {args.max_minutes:g}", f"--context {args.context}",
+           f"--batch-size {args.batch_size}", f"--d-model {args.d_model}", f"--n-layers {args.n_layers}"]
+    if args.full_layers:
+        out.append("--full-layers " + ",".join(map(str, args.full_layers)))
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| row | kind | test bpb | mean R | train bytes | train s | MFLOPs/byte | prefill B/s | decode B/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        dec = "—" if r.get("decode_bytes_per_s") is None else f"{r['decode_bytes_per_s']:.0f}"
+        pre = "—" if r.get("prefill_bytes_per_s") is None else f"{r['prefill_bytes_per_s']:.0f}"
+        lines.append(f"| {r['row']} | {r['kind']} | {r['test_bpb']:.4f} | {r['test_mean_resolution']:.3f} | "
+                     f"{r['train_bytes']} | {r['train_seconds']:.0f} | {r['flops_per_byte'] / 1e6:.3f} | {pre} | {dec} |")
+    return "\n".join(lines) + "\n"
+
+
+def figures(rows: list[dict], directory: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tiling.train.atomic import atomic_write_bytes
+    import io
+
+    colors = {"full": "k", "uniform": "tab:blue", "adaptive": "tab:red", "router": "tab:green",
+              "scan-adaptive": "tab:purple"}
+    markers = {1.0: "*", 0.5: "s", 0.35: "o", 0.25: "^"}
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png", dpi=120)
+        plt.close(fig)
+        atomic_write_bytes(directory / name, buf.getvalue())
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    seen = set()
+    for r in rows:
+        c = r["configuration"]
+        label = c if c not in seen else None
+        seen.add(c)
+        ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], color=colors.get(c, "gray"),
+                   marker=markers.get(r["budget"], "x"), label=label,
+                   facecolors="none" if r["kind"] == "evaluated" else None)
+    ax.set_xlabel("MFLOPs per byte (2 × multiply-adds as run, layer_cost + head)")
+    ax.set_ylabel("test bits per byte")
+    ax.set_title("Byte-level TiledLM on the Python docs: bpb vs compute\n(marker: ★ 1, ■ 0.5, ● 0.35, ▲ 0.25)",
+                 fontsize=9)
+    ax.legend(fontsize=8)
+    save(fig, "text_lm_bpb_vs_flops.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    seen = set()
+    for r in rows:
+        if r["kind"] != "trained":
+            continue
+        c = r["configuration"]
+        cur = r["validation_curve"]
+        ax.plot([p["train_seconds"] / 60 for p in cur], [p["bpb"] for p in cur], color=colors.get(c, "gray"),
+                ls="-" if r["budget"] in (1.0, 0.35) else ":", marker=markers.get(r["budget"], "x"), ms=3,
+                label=c if c not in seen else None)
+        seen.add(c)
+    ax.set_xlabel("training wall time (minutes, one thread)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title("bpb vs training wall time (solid: budget 1 / 0.35; dotted: 0.5, 0.25)", fontsize=9)
+    ax.legend(fontsize=8)
+    save(fig, "text_lm_bpb_vs_time.png")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.sweep:
+            sweep(args)
+        else:
+            print(json.dumps({k: v for k, v in train(args).items() if k != "validation_curve"}))
+    except (CorpusError, TextInputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The byte-level text LM's configurations, its checkpoints and the bundled checkpoints.
+
+Configurations (``--config`` of ``scripts/train_text.py``), all :class:`~tiling.train.TiledLM`
+with the same Mamba shapes, so the same parameter count up to the few parameters of a mode
+(the pool gate, ``d_model`` per layer; the router's query and key maps, ``2·rank·d_model``; the
+scan scope's φ and routing, ``d_inner·(N + 3)``):
+
+``full``
+    plain Mamba: block-scope layers trained at budget 1 (the block scope is exact at ``R = 1``).
+    Their policy is the adaptive one, so the same weights can be *evaluated* at a budget below 1
+    (tiling a model trained at full resolution after the fact).
+``uniform``
+    block scope, ``policy="uniform"``: every tile gets ``m = ⌈c·T⌉`` segments (seed 001 §3.6,
+    "linear attention: a constant resolution field").
+``adaptive``
+    block scope, the causal adaptive policy on the linearised density signal
+    (``tiling.modules.router.linear_density``; seed 001 §3.4 steps 1–2), running calibration.
+``router``
+    block scope, ``boundaries="token"``: H-Net's learned cosine router, trained with its ratio
+    loss (weight ``ratio_weight``, H-Net's 0.03) towards the budget.
+``scan-adaptive``
+    scan scope, adaptive policy: the resolution shrinks only the recurrence (for reference).
+
+A text checkpoint is a :mod:`tiling.train.checkpoint` file whose ``extra`` holds
+``{"kind": "tiling-text-lm-v1", "model": TiledLM.config, "configuration", "budget",
+"context", ...}``; :func:`load_text_model` rebuilds the model from it and checks that the
+tensors fit. Bundled checkpoints (``bundled:full``, ``bundled:adaptive``) are such files, stored
+without optimizer state in ``tiling/train/checkpoints/`` (package data).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from tiling.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tiling.train.model import TiledLM
+from tiling.train.text import VOCAB
+
+KIND = "tiling-text-lm-v1"
+CONFIGURATIONS = {
+    "full": {"scope": "block", "policy": "adaptive", "calibration": "running"},
+    "uniform": {"scope": "block", "policy": "uniform"},
+    "adaptive": {"scope": "block", "policy": "adaptive", "calibration": "running"},
+    "router": {"scope": "block", "boundaries": "token"},
+    "scan-adaptive": {"scope": "scan", "policy": "adaptive", "calibration": "running"},
+}
+BUNDLED = {"full": "text_full.safetensors", "adaptive": "text_adaptive.safetensors"}
+
+
+class TextModelError(ValueError):
+    """A checkpoint that is not a byte-level text LM of this project, or does not match its own shape."""
+
+
+def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256, n_layers: int = 4,
+                 d_state: int = 16, tile_size: int = 16, r_min: float = 0.0625,
+                 full_resolution_layers: tuple[int, ...] = (), **extra) -> dict:
+    """The :class:`~tiling.train.TiledLM` arguments of a configuration at ``budget`` (``full``: 1)."""
+    if configuration not in CONFIGURATIONS:
+        raise ValueError(f"configuration must be one of {sorted(CONFIGURATIONS)}, got {configuration!r}")
+    budget = 1.0 if configuration == "full" else float(budget)
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must lie in (0, 1], got {budget}")
+    layer = dict(CONFIGURATIONS[configuration], d_state=d_state, tile_size=tile_size, budget=budget,
+                 r_min=min(r_min, budget), **extra)
+    return {"vocab_size": VOCAB, "d_model": d_model, "n_layers": n_layers, "shared_density": False,
+            "full_resolution_layers": list(full_resolution_layers), "layer_kwargs": layer}
+
+
+def build_model(config: dict) -> TiledLM:
+    """A :class:`~tiling.train.TiledLM` from ``TiledLM.config`` / :func:`model_config`."""
+    try:
+        return TiledLM(config["vocab_size"], config["d_model"], config["n_layers"],
+                       shared_density=config.get("shared_density", False),
+                       full_resolution_layers=tuple(config.get("full_resolution_layers", ())),
+                       **config.get("layer_kwargs", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise TextModelError(f"invalid model configuration {config!r}: {e}") from e
+
+
+def save_text_checkpoint(path, model: TiledLM, *, configuration: str, budget: float, context: int,
+                         optimizer=None, scheduler=None, step: int = 0, info: dict | None = None):
+    """Write a text checkpoint atomically (:func:`tiling.train.checkpoint.save_checkpoint`)."""
+    extra = {"kind": KIND, "model": model.config, "configuration": configuration, "budget": float(budget),
+             "context": int(context), **(info or {})}
+    return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
+
+
+def read_text_meta(path) -> dict:
+    """The ``extra`` of a text checkpoint, without loading its tensors; :class:`TextModelError` if it
+    is not one (:class:`~tiling.train.CheckpointError` if it is no checkpoint at all)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            metadata = f.metadata() or {}
+        meta = json.loads(metadata["meta"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint {p} has no valid tiling metadata ({e!r})") from e
+    except Exception as e:  # safetensors' own errors for a header that is not one
+        raise CheckpointError(f"checkpoint {p} is corrupt or truncated (cannot be read as safetensors: {e})") from e
+    extra = meta.get("extra", {})
+    if extra.get("kind") != KIND:
+        raise TextModelError(f"checkpoint {p} is not a byte-level text LM checkpoint (its metadata has no "
+                             f"kind={KIND!r}; e.g. a synthetic-task checkpoint of scripts/train_tiled.py)")
+    if extra.get("model", {}).get("vocab_size") != VOCAB:
+        raise TextModelError(f"checkpoint {p} has vocabulary {extra.get('model', {}).get('vocab_size')}, "
+                             f"a byte-level LM has {VOCAB}")
+    return extra
+
+
+def load_text_model(path, *, device="cpu") -> tuple[TiledLM, dict]:
+    """``(model in eval mode, extra)`` of a text checkpoint; raises :class:`TextModelError` or
+    :class:`~tiling.train.CheckpointError` naming the file and the problem (another shape included)."""
+    extra = read_text_meta(path)
+    model = build_model(extra["model"])
+    try:
+        load_checkpoint(path, model=model, restore_rng=False)
+    except CheckpointError as e:
+        raise TextModelError(f"checkpoint {path} does not match the shape it records "
+                             f"(d_model={extra['model'].get('d_model')}, n_layers={extra['model'].get('n_layers')}): "
+                             f"{e}") from e
+    return model.to(device).eval(), extra
+
+
+#: directory of the bundled checkpoints (package data); tests point it elsewhere
+BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def bundled_checkpoints() -> list[dict]:
+    """``[{name, path, installed, configuration, budget, context, test_bpb}]`` of the bundled names."""
+    out = []
+    for name, fname in BUNDLED.items():
+        p = BUNDLED_DIR / fname
+        row = {"name": name, "spec": f"bundled:{name}", "path": str(p), "installed": p.is_file(),
+               "configuration": None, "budget": None, "context": None, "test_bpb": None}
+        if p.is_file():
+            try:
+                extra = read_text_meta(p)
+                row.update(configuration=extra.get("configuration"), budget=extra.get("budget"),
+                           context=extra.get("context"), test_bpb=extra.get("test_bpb"))
+            except (CheckpointError, TextModelError) as e:
+                row["error"] = str(e)
+        out.append(row)
+    return out
+
+
+def resolve_checkpoint(spec: str | os.PathLike) -> Path:
+    """A path, or ``bundled:NAME`` → the bundled file; :class:`TextModelError` if unknown or absent."""
+    s = str(spec)
+    if s.startswith("bundled:"):
+        name = s[len("bundled:"):]
+        if name not in BUNDLED:
+            raise TextModelError(f"unknown bundled checkpoint {name!r}; the bundled names are "
+                                 f"{', '.join('bundled:' + n for n in BUNDLED)}")
+        p = BUNDLED_DIR / BUNDLED[name]
+        if not p.is_file():
+            raise TextModelError(f"bundled checkpoint {s} is not installed ({p} is missing): it is written by "
+                                 f"`python scripts/train_text.py --sweep --resume --bundle` once the sweep has run")
+        return p
+    p = Path(s)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {p} does not exist")
+    return p
+
+
+def export_bundled(src, name: str) -> Path:
+    """Copy the model of text checkpoint ``src`` (no optimizer state) to the bundled ``name``, atomically."""
+    if name not in BUNDLED:
+        raise ValueError(f"bundled name must be one of {sorted(BUNDLED)}, got {name!r}")
+    model, extra = load_text_model(src)
+    info = {k: v for k, v in extra.items() if k not in ("kind", "model", "configuration", "budget", "context")}
+    return save_text_checkpoint(BUNDLED_DIR / BUNDLED[name], model, configuration=extra["configuration"],
+                                budget=extra["budget"], context=extra["context"], info=info)
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    """Distinct parameters (the tied head counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+__all__ = [
+    "CONFIGURATIONS", "BUNDLED", "BUNDLED_DIR", "KIND", "TextModelError", "model_config", "build_model",
+    "save_text_checkpoint", "read_text_meta", "load_text_model", "bundled_checkpoints", "resolve_checkpoint",
+    "export_bundled", "parameter_count",
+]
