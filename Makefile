@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo test test-slow bench corpus clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ bench: install
 	$(PY) scripts/bench_layer.py
 	$(PY) scripts/bench_geometry.py
 	$(PY) scripts/bench_analyse.py
+
+# the real-text corpus (Debian's python3.11-doc, split by document) under data/corpus; prints the SHA-256s
+corpus: install
+	$(PY) -m tiling.train.corpus --out data/corpus
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
