@@ -277,7 +277,7 @@ def train(args, data: dict | None = None) -> dict:
         "threads": torch.get_num_threads(), "device": "cpu", "checkpoint": str(ckpt),
         "machine": machine_info(),
     }
-    emit({"kind": "summary", **{k: v for k, v in row.items() if k != "validation_curve"}})
+    emit({**{k: v for k, v in row.items() if k != "validation_curve"}, "kind": "summary", "row_kind": row["kind"]})
     log.close()
     atomic_write_json(out / "row.json", row)
     return row
