@@ -5,7 +5,8 @@ Prints one table of times and ratios measured in one run, for each shape and dev
 block, forward and forward + backward, at budgets 1, 0.5, 0.35 and 0.25 with the uniform and the
 adaptive policy, in the block scope (the mixer runs on ``⌈R_i·T⌉`` tokens per tile) and in the scan
 scope (the resolution shrinks the recurrence only); HF transformers' ``MambaMixer`` with the same
-weights on its PyTorch path; and the time of the layer's own matrix products, conv and scan
+weights on its PyTorch path (forward only: the backward of its Python time loop is quadratic in
+``L``, every step's slice gradient materialising the whole ``(b, d_inner, L, N)`` tensor); and the time of the layer's own matrix products, conv and scan
 kernel at budget 1 run bare ("own kernels"), so that the overhead around them shows.
 
 Columns: ``ms`` (minimum over ``--repeats`` interleaved rounds; CPU rows also give the process CPU
@@ -179,11 +180,9 @@ def shape_rows(batch: int, L: int, d: int, device: str, args) -> list[Row]:
             with torch.no_grad():
                 hf(x)
 
-        def hf_bwd():
-            xg = x.detach().requires_grad_(True)
-            hf(xg).sum().backward()
+        # forward only: the backward of HF's Python time loop is quadratic in L (every step's slice
+        # gradient materialises the whole (b, d_inner, L, N) tensor): over 10 minutes at L = 2048
         res[("fwd", "hf", "", 1.0)] = best_ms_interleaved({"f": synced(hf_fwd)}, 1)["f"]
-        res[("fwd+bwd", "hf", "", 1.0)] = best_ms_interleaved({"b": synced(hf_bwd)}, 1)["b"]
     for mode in ("fwd", "fwd+bwd"):
         for scope in ("block", "scan"):
             base_ms = res[(mode, scope, "any", 1.0)][0]
