@@ -77,8 +77,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--config", choices=sorted(CONFIGURATIONS), default="adaptive")
     g.add_argument("--budget", type=float, default=0.35, help="resolution budget in (0, 1] (full: always 1)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", type=Path, default=Path("runs/text_lm"),
-                   help="run directory (a sweep: one sub-directory per row)")
+    g.add_argument("--out", type=Path, default=None,
+                   help="run directory (default runs/text_lm/<row>, where a sweep finds it); a sweep: the directory "
+                        "of the rows (default runs/text_lm)")
+    g.add_argument("--overwrite", action="store_true", help="one run: replace a finished run in --out")
+    g.add_argument("--measure", type=int, default=None, metavar="STEPS",
+                   help="time STEPS training steps of the configuration (after 2 warm-up steps), print the bytes "
+                        "per second and the training bytes the --max-minutes limit allows, and exit")
     g.add_argument("--threads", type=int, default=1)
     g = p.add_argument_group("data")
     g.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"), help="prepared corpus (make corpus)")
@@ -168,6 +173,8 @@ def train(args, data: dict | None = None) -> dict:
     set_threads(args.threads)
     data = load_data(args) if data is None else data
     out = args.out
+    if (out / "row.json").exists() and not getattr(args, "overwrite", False):
+        raise SystemExit(f"error: {out} holds a finished run (row.json); choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
     if log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
@@ -585,12 +592,49 @@ def figures(rows: list[dict], directory: Path) -> None:
     save(fig, "text_lm_bpb_vs_time.png")
 
 
+def measure(args) -> dict:
+    """Seconds per training step of one configuration on random bytes (no data needed)."""
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
+                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers)
+    model = build_model(cfg).train()
+    opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(args.seed)
+    times = []
+    for i in range(args.measure + 2):
+        x = torch.randint(0, 256, (args.batch_size, args.context + 1), generator=g)
+        t0 = time.perf_counter()
+        logits = model(x[:, :-1], budget=cfg["layer_kwargs"]["budget"])
+        loss = F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1))
+        ratio = model.ratio_loss()
+        if ratio is not None:
+            loss = loss + args.ratio_weight * ratio
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    step_s = statistics.median(times)
+    bps = args.batch_size * args.context / step_s
+    return {"config": args.config, "budget": cfg["layer_kwargs"]["budget"], "batch_size": args.batch_size,
+            "context": args.context, "d_model": args.d_model, "n_layers": args.n_layers, "threads": args.threads,
+            "seconds_per_step": step_s, "train_bytes_per_s": bps,
+            "train_bytes_in_limit": int(bps * args.max_minutes * 60), "max_minutes": args.max_minutes}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        if args.sweep:
+        if args.measure:
+            print(json.dumps(measure(args)))
+        elif args.sweep:
+            args.out = args.out or Path("runs/text_lm")
             sweep(args)
         else:
+            if args.out is None:
+                b = 1.0 if args.config == "full" else args.budget
+                args.out = row_dir(Path("runs/text_lm"), row_name(args.config, b, args.seed, args.full_layers))
             print(json.dumps({k: v for k, v in train(args).items() if k != "validation_curve"}))
     except (CorpusError, TextInputError) as e:
         print(f"error: {e}", file=sys.stderr)
