@@ -239,6 +239,10 @@ def test_zero_pool_gate_and_budget_one_are_the_identity_parts():
     torch.testing.assert_close(reps, x[:, layout.start[0]])  # g = 0: the representatives alone
     ones = layout_from_boundaries(torch.ones(1, 40, dtype=torch.bool))
     assert ones.is_identity and layer.chunk(x, ones) is x
+    # pool=False: no gate parameter, the representatives alone (= a closed gate), in training too
+    plain = block_layer(13, open_gate=False, budget=0.25, pool=False)
+    assert "chunk.pool_gate" not in dict(plain.named_parameters())
+    torch.testing.assert_close(plain(x), layer(x), rtol=0, atol=0)
 
 
 def _loop_boundaries(m, L, T):
@@ -328,4 +332,4 @@ def test_bad_input():
 def test_repr_names_the_scope():
     r = repr(block_layer(budget=0.35, boundaries="token"))
     assert "scope='block'" in r and "boundaries='token'" in r
-    assert "Chunk(d_model=16)" in r and "d_model=16, rank=16" in r
+    assert "Chunk(d_model=16, pool=True)" in r and "d_model=16, rank=16" in r

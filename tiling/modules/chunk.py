@@ -174,14 +174,20 @@ class ChunkState:
 class Chunk(nn.Module):
     """Downsample ``(batch, L, d) → (batch, L_c, d)``: representative + gated shifted mean pool."""
 
-    def __init__(self, d_model: int, *, device=None, dtype=None) -> None:
+    def __init__(self, d_model: int, *, pool: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self.d_model = check_int(d_model, "d_model", minimum=1)
-        # zero: the compact sequence starts as the representatives alone (H-Net's boundary tokens)
-        self.pool_gate = nn.Parameter(torch.zeros(self.d_model, device=device, dtype=dtype))
+        self.pool = bool(pool)
+        # zero: the compact sequence starts as the representatives alone (H-Net's boundary tokens);
+        # without the pool the gate is a constant zero (the representatives alone, always)
+        gate = torch.zeros(self.d_model, device=device, dtype=dtype)
+        if self.pool:
+            self.pool_gate = nn.Parameter(gate)
+        else:
+            self.register_buffer("pool_gate", gate, persistent=False)
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}"
+        return f"d_model={self.d_model}, pool={self.pool}"
 
     def forward(self, x: Tensor, layout: SegmentLayout) -> Tensor:
         batch, L, d = x.shape

@@ -143,6 +143,8 @@ class TiledMamba(nn.Module):
         density estimates ``Σ_d Δ_d²`` (:func:`~tiling.modules.router.linear_density`).
     router_rank : ``boundaries="token"``: rank of the router's query and key maps (default
         ``min(32, d_model)``).
+    pool : block scope: feed each segment's skipped tokens to the next representative through the
+        gated mean (:class:`~tiling.modules.chunk.Chunk`); False: representatives alone.
     validate : check the input for NaN/Inf on every call (one extra pass over the input,
         ``O(batch·L·d_model)``, and a device synchronisation on GPU); off by default.
 
@@ -189,6 +191,7 @@ class TiledMamba(nn.Module):
         boundaries: str = "tile",
         signal_channels: int = 128,
         router_rank: int | None = None,
+        pool: bool = True,
         validate: bool = False,
         device=None,
         dtype=None,
@@ -274,7 +277,7 @@ class TiledMamba(nn.Module):
             self.route_resolution_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
             self.route_gate = nn.Parameter(torch.zeros(self.d_inner, **factory))
         else:
-            self.chunk = Chunk(self.d_model, **factory)
+            self.chunk = Chunk(self.d_model, pool=pool, **factory)
             self.dechunk = Dechunk()
             k = check_int(signal_channels, "signal_channels", minimum=1)
             step = max(1, self.d_inner // k)
