@@ -14,7 +14,7 @@ from tiling.modules.chunk import Chunk, check_layout, layout_from_boundaries, la
 from tiling.ops import layer_cost, segment_counts
 from tiling.ops.reference import block_scope_ref
 
-from test_tiled_mamba import assert_causal, hf_mixer
+from test_tiled_mamba import assert_causal, hf_mixer, moves_earlier_outputs, stepped
 
 f64 = torch.float64
 
@@ -62,16 +62,7 @@ def test_block_scope_is_causal(boundaries, budget):
 
 def test_non_causal_block_scope_is_not_causal():
     """The causality test can fail: the encoder mode reads a tile's own density."""
-    layer = block_layer(3, budget=0.25, causal=False)
-    x = torch.randn(1, 48, 16)
-    moved = False
-    with torch.no_grad():
-        y = layer(x)
-        for t in range(4, 48, 8):
-            x2 = x.clone()
-            x2[:, t] *= 25.0
-            moved |= float((layer(x2)[:, :t] - y[:, :t]).abs().max()) > 1e-6
-    assert moved
+    assert moves_earlier_outputs(block_layer(3, budget=0.25, causal=False), torch.randn(1, 48, 16))
 
 
 @pytest.mark.parametrize("boundaries", ["tile", "token"])
@@ -142,12 +133,8 @@ def test_step_equals_forward(boundaries, policy, budget):
     x = torch.randn(3, 43, 16, dtype=f64)
     with torch.no_grad():
         full = layer(x)
-        state = layer.allocate_inference_state(3)
-        outs = []
-        for t in range(43):
-            y, state = layer.step(x[:, t], state)
-            outs.append(y)
-    torch.testing.assert_close(torch.stack(outs, 1), full, rtol=1e-10, atol=1e-12)
+    got, state = stepped(layer, x)
+    torch.testing.assert_close(got, full, rtol=1e-10, atol=1e-12)
     assert state.position == 43
 
 
@@ -156,10 +143,7 @@ def test_step_runs_the_mixer_only_at_segment_starts():
     calls = []
     layer.in_proj.register_forward_hook(lambda *a: calls.append(1))
     x = torch.randn(1, 32, 16)
-    with torch.no_grad():
-        state = layer.allocate_inference_state(1)
-        for t in range(32):
-            _, state = layer.step(x[:, t], state)
+    stepped(layer, x)
     assert len(calls) == int(boundaries_of(layer, x).sum()) == 8  # ⌈0.25·8⌉ = 2 segments in each of 4 tiles
 
 
