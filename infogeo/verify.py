@@ -16,10 +16,15 @@ implementations; the verdict of each theorem is computed from the numbers:
 * **3.3** (IFQ bounds, seed 000 §3.3.2): the literal and normalised metrics of
   :mod:`tiling.metrics`; counterexamples found by hypothesis.
 * **3.4** (complexity, seed 000 §3.5.1 / seed 001 §3.5.1): exact operation counts
-  (:func:`tiling.ops.scan_cost`) and wall time of :func:`tiling.ops.adaptive_selective_scan`.
+  (:func:`tiling.ops.scan_cost`) and wall time of :func:`tiling.ops.adaptive_selective_scan`;
+  whole-block counts (:func:`tiling.ops.layer_cost`) and wall time of a whole
+  :class:`tiling.modules.TiledMamba` block in both scopes (``scope="scan"``: the resolution
+  shrinks the recurrence only; ``scope="block"``: the whole mixer runs on one token per segment,
+  seed 000 §3.5.1 proof step 1).
 * **3.5** (information preservation, seed 000 §3.5.2 / seed 001 §3.5.2): the error of the tiled
   scan against the full-resolution scan, over random and real inputs and resolution plans of
-  :func:`tiling.policy.resolution_policy`.
+  :func:`tiling.policy.resolution_policy`; and the error of a whole ``TiledMamba`` block against
+  the same block at budget 1, scan scope beside block scope on the same inputs and weights.
 * **§3.6** special cases: ``R ≡ 1`` against the Hugging Face Mamba selective scan, constant and
   binary resolution fields.
 
@@ -692,6 +697,62 @@ def _time_scan(inp: dict, L: int, resolution: float, tile: int, reps: int, devic
     return float(np.min(times))
 
 
+#: Mixer dimensions of the whole-block counts of Theorem 3.4: Mamba-130m's layer (d_model 768,
+#: expand 2, dt_rank ⌈768/16⌉ = 48, N = 16, d_conv 4).
+_BLOCK_DIMS = dict(d_model=768, d_state=16, d_inner=1536, dt_rank=48, d_conv=4)
+
+
+def _block_cost(L: int, rbar: float, tile: int, scope: str, dims: dict) -> dict:
+    r"""Whole-block multiply-adds (:func:`tiling.ops.layer_cost`) of a ``TiledMamba`` block on one
+    sequence at constant resolution R̄, as the layer runs it (seed 000 §3.5.1).
+
+    Scope ``"block"``: the mixer runs on the compact sequence of ``L_c = Σ_i m_i`` tokens,
+    ``m_i = max(1, ⌈R̄·n_i⌉)`` (seed 000 §3.5.1 proof step 1, "each tile processes O(R_i·n_i)
+    tokens"; seed 001 §3.2.2), plus the linearised density signal on all ``L`` tokens when R̄ < 1
+    (at budget 1 the layer runs no policy, so no signal). Scope ``"scan"``: every projection on
+    ``L`` tokens, the scan at R̄, the density and routing of the default layer (``routing=True``).
+    """
+    from tiling.ops import layer_cost, segment_counts, tile_lengths
+
+    if scope == "block":
+        lens = tile_lengths(L, tile)
+        Lc = int(segment_counts(torch.full((lens.numel(),), float(rbar), dtype=F64), lens).sum())
+        return layer_cost(L, scope="block", tile_size=tile, compact_length=Lc,
+                          signal="linear" if rbar < 1.0 else "none", **dims)
+    return layer_cost(L, scope="scan", tile_size=tile, resolution=float(rbar), routing=True, **dims)
+
+
+def _layer_pair(d_model: int, tile: int, seed: int, salt: int, dtype=torch.float32, **policy) -> dict:
+    """One ``TiledMamba`` per scope with the *same* Mamba parameters (seeded initialisation of the
+    scan-scope layer, copied into the block-scope layer; the block scope's own ``chunk.pool_gate``
+    stays at its initial 0), in eval mode. The global torch RNG is left as it was."""
+    from tiling.modules import TiledMamba
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed) * 1_000_003 + salt)
+        scan = TiledMamba(d_model, d_state=16, tile_size=tile, scope="scan", **policy)
+        block = TiledMamba(d_model, d_state=16, tile_size=tile, scope="block", **policy)
+    own = block.state_dict()
+    block.load_mamba_state_dict({k: v for k, v in scan.state_dict().items() if k in own})
+    return {"scan": scan.to(dtype).eval(), "block": block.to(dtype).eval()}
+
+
+def _time_block(layer, x: Tensor, budget: float, reps: int, device: str) -> float:
+    """Minimum wall time (s) over ``reps`` forward passes of a whole ``TiledMamba`` block at ``budget``."""
+    with torch.no_grad():
+        layer(x, budget=budget)  # warm-up (kernel load, allocations, the signal's cached maps)
+        times = []
+        for _ in range(reps):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            layer(x, budget=budget)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+    return float(np.min(times))
+
+
 def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None = None) -> dict:
     """Theorem 3.4 (seed 000 §3.5.1; seed 001 §3.5.1): counts and wall time against n and R̄."""
     from tiling import _build
@@ -740,6 +801,54 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
     # Seed 001's O(n·Σ_i R_i): Σ_i R_i = R̄·n/T grows with n, so n·Σ R_i ∝ n².
     seed001 = fit_power_law(count_sizes, [L * sum([r] * (-(-L // tile))) for L, r in ((L, 0.25) for L in count_sizes)])
 
+    # Whole block (tiling.ops.layer_cost), both scopes: seed 000 §3.5.1 proof step 1 says each tile
+    # processes O(R_i·n_i) tokens. Scan scope: only the recurrence follows R̄; block scope: the whole
+    # mixer runs on Σ_i m_i tokens. The block scope's composite signal map is a once-per-call
+    # constant, so its exponent in n is fitted on the per-token part (total − signal_maps) too.
+    bd = _BLOCK_DIMS
+    scopes = ("scan", "block")
+    bcost = {(sc, L, r): _block_cost(L, r, tile, sc, bd) for sc in scopes for L in count_sizes for r in rbars}
+    per_token_part = {"whole block": lambda c: c["total"],
+                      "whole block − signal_maps (per-token part)": lambda c: c["total"] - c["signal_maps"]}
+    bfits_n, bfit_rows = {}, []
+    for sc in scopes:
+        for name, get in per_token_part.items():
+            if sc == "scan" and name != "whole block":
+                continue  # the scan scope has no once-per-call part
+            for r in rbars:
+                f = fit_power_law(count_sizes, [get(bcost[(sc, L, r)]) for L in count_sizes])
+                bfits_n[f"{sc} / {name} @ R̄={r:g}"] = f
+                bfit_rows.append([sc, name, f"{r:g}", f["exponent"], f["ci_low"], f["ci_high"]])
+    bfits_r = {sc: fit_power_law(rbars, [bcost[(sc, Lbig, r)]["total"] for r in rbars]) for sc in scopes}
+    bfrac = {sc: {r: bcost[(sc, Lbig, r)]["total"] / bcost[(sc, Lbig, 1.0)]["total"] for r in rbars} for sc in scopes}
+    # share of the parts in the whole block at R̄ = 1/16 (which part the resolution does not reach)
+    parts = ("in_proj", "conv", "x_proj", "dt_proj", "scan", "out_proj", "signal_maps", "signal", "pooling",
+             "routing", "density")
+    shares = {sc: {k: bcost[(sc, Lbig, rbars[0])][k] / bcost[(sc, Lbig, rbars[0])]["total"] for k in parts}
+              for sc in scopes}
+    # Block-scope cost model total = a·n·R̄ + b·n + c over R̄ < 1 (least squares; exact when R̄·T is
+    # whole): a per compact token (the mixer and the pool's mean and gate), b per token (signal ρ̂,
+    # the pool's sum), c once per call (the signal's composite map and the conv's K − 1 padding).
+    Xb = np.array([[L * r, L, 1.0] for L in count_sizes for r in coarse], dtype=np.float64)
+    yb = np.array([bcost[("block", L, r)]["total"] for L in count_sizes for r in coarse], dtype=np.float64)
+    (a_b, b_b, c_b), *_ = np.linalg.lstsq(Xb, yb, rcond=None)
+    bmodel_err = float(np.max(np.abs(Xb @ np.array([a_b, b_b, c_b]) - yb) / yb))
+    # the whole-block counts are those the layer itself reports in plan.meta["layer_cost"]
+    from tiling.modules import TiledMamba
+
+    Lchk, rchk = 1024, 0.25
+    xchk = torch.randn(1, Lchk, bd["d_model"], generator=_gen(seed, 341))
+    plan_check = {}
+    for sc in scopes:
+        with torch.random.fork_rng(devices=[]):  # the weights do not matter to the count; keep the global RNG
+            lay = TiledMamba(bd["d_model"], d_state=bd["d_state"], d_conv=bd["d_conv"], tile_size=tile, scope=sc,
+                             policy="uniform", r_min=_R_MIN).eval()
+        with torch.no_grad():
+            got = lay.plan(xchk, budget=rchk).meta["layer_cost"]["total"]
+        want = _block_cost(Lchk, rchk, tile, sc, bd)["total"]
+        plan_check[sc] = {"plan": int(got), "layer_cost": int(want), "equal": int(got) == int(want)}
+        del lay
+
     # Wall time of the compiled scan.
     backend = "C++ CPU kernel" if _build.load_cpu_extension() is not None else "PyTorch float64 reference (no compiler)"
     time_sizes = [2**e for e in range(8, 14)] if quick else [2**e for e in range(9, 17)]
@@ -767,9 +876,30 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
                            wall[(dev, time_sizes[-1], r)] / (time_sizes[-1] * tdim) * 1e9])
     t_r_fits = {dev: fit_power_law(rbars, [wall[(dev, time_sizes[-1], r)] for r in rbars]) for dev in devices}
 
+    # Wall time of a whole TiledMamba block (float32, uniform plan), both scopes, against R̄.
+    bt_d, bt_L = (128, 1024) if quick else (256, 4096)
+    bwall = {}
+    torch.set_num_threads(1)
+    try:
+        for dev in devices:
+            pair = _layer_pair(bt_d, tile, seed, 342, policy="uniform", r_min=_R_MIN)
+            xb = torch.randn(1, bt_L, bt_d, generator=_gen(seed, 343)).to(dev)
+            for sc in scopes:
+                lay = pair[sc].to(dev)
+                for r in rbars:
+                    bwall[(dev, sc, r)] = _time_block(lay, xb, r, reps, dev)
+    finally:
+        torch.set_num_threads(threads)
+    bt_fits = {f"{dev} / {sc}": fit_power_law(rbars, [bwall[(dev, sc, r)] for r in rbars])
+               for dev in devices for sc in scopes}
+    bt_rows = [[dev, f"{r:g}"] + [v for sc in scopes for v in (bwall[(dev, sc, r)] * 1e3,
+                                                               bwall[(dev, sc, r)] / bwall[(dev, sc, 1.0)])]
+               for dev in devices for r in rbars]
+
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    fig, axes2 = plt.subplots(2, 2, figsize=(10.5, 8.0))
+    axes = axes2.ravel()
     for r in rbars:
         axes[0].loglog(count_sizes, [costs[(L, r)]["madd_total"] for L in count_sizes], "o-", label=f"R̄ = {r:g}")
     axes[0].loglog(count_sizes, [costs[(L, 1.0)]["madd_total"] * (np.log2(L) / np.log2(count_sizes[0]))
@@ -784,8 +914,23 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
                            label=f"{dev}, R̄ = {r:g}")
     axes[1].set_xlabel("n")
     axes[1].set_ylabel("wall time (s)")
-    axes[1].set_title(f"wall time ({backend}, dim {tdim}, N {tN})")
+    axes[1].set_title(f"wall time of the scan op ({backend}, dim {tdim}, N {tN})")
     axes[1].legend(fontsize=6)
+    for sc, mk in zip(scopes, ("o-", "s-")):
+        axes[2].loglog(rbars, [bfrac[sc][r] for r in rbars], mk, label=f"{sc} scope (exponent {bfits_r[sc]['exponent']:.2f})")
+    axes[2].loglog(rbars, rbars, "k:", label="∝ R̄ (seed 000 §3.5.1 step 1)")
+    axes[2].set_xlabel("R̄")
+    axes[2].set_ylabel("whole-block multiply-adds / (R̄ = 1)")
+    axes[2].set_title(f"whole block (layer_cost), n = {Lbig}, d_model {bd['d_model']}")
+    axes[2].legend(fontsize=7)
+    for dev in devices:
+        for sc, mk in zip(scopes, ("o-", "s-")):
+            axes[3].loglog(rbars, [bwall[(dev, sc, r)] for r in rbars], mk if dev == "cpu" else mk[0] + "--",
+                           label=f"{dev}, {sc} scope")
+    axes[3].set_xlabel("R̄")
+    axes[3].set_ylabel("wall time (s)")
+    axes[3].set_title(f"wall time, whole TiledMamba block (d_model {bt_d}, n = {bt_L})", fontsize=10)
+    axes[3].legend(fontsize=7)
     from matplotlib.ticker import NullFormatter
 
     for ax in axes:
@@ -794,7 +939,8 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
 
     madd_n = [fits_n[f"multiply-adds @ R̄={r:g}"] for r in rbars]
     exp_n = [fits_n[f"exponentials @ R̄={r:g}"] for r in rbars]
-    linear = all(0.9 <= f["exponent"] <= 1.1 for f in madd_n + exp_n)
+    block_lin = [v for k, v in bfits_n.items() if "per-token" in k or k.startswith("scan")]
+    linear = all(0.9 <= f["exponent"] <= 1.1 for f in madd_n + exp_n + block_lin)
     rec_r = fits_r["recurrence multiply-adds"]["exponent"]
     full_r = fits_r["full-length multiply-adds (input + read-out)"]["exponent"]
     cpu_fits = [t_fits[f"cpu @ R̄={r:g}"] for r in rbars]
@@ -823,7 +969,32 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
         f"{sum(f['ci_low'] <= 1.0 <= f['ci_high'] for f in cpu_fits)} of {len(cpu_fits)}; fixed per-call costs flatten "
         f"the small sizes), and exponent {t_r_fits['cpu']['exponent']:.2f} in R̄ at "
         f"n = {time_sizes[-1]}: at R̄ = 1/16 the scan takes {100 * wall[('cpu', time_sizes[-1], rbars[0])] / wall[('cpu', time_sizes[-1], 1.0)]:.0f}% "
-        "of its full-resolution time (the full-length passes dominate)."
+        "of its full-resolution time (the full-length passes dominate). "
+        f"The whole block (`tiling.ops.layer_cost`, d_model {bd['d_model']}, N {bd['d_state']}) depends on the "
+        "scope. Scan scope: in_proj, conv, x_proj, dt_proj and out_proj run on every token "
+        f"({100 * sum(shares['scan'][k] for k in ('in_proj', 'conv', 'x_proj', 'dt_proj', 'out_proj')):.1f}% of the "
+        f"block at R̄ = 1/16, the scan {100 * shares['scan']['scan']:.1f}%), so the block's exponent in R̄ is "
+        f"{bfits_r['scan']['exponent']:.3f} and at R̄ = 1/16 it still costs {100 * bfrac['scan'][rbars[0]]:.1f}% of "
+        f"R̄ = 1. Block scope: the mixer runs on Σ_i m_i tokens (seed 000 §3.5.1 step 1), exponent "
+        f"{bfits_r['block']['exponent']:.3f} [{bfits_r['block']['ci_low']:.3f}, {bfits_r['block']['ci_high']:.3f}] "
+        f"in R̄, {100 * bfrac['block'][rbars[0]]:.1f}% of R̄ = 1 at R̄ = 1/16; the cost is a·n·R̄ + b·n + c with "
+        f"a = {a_b:,.0f} multiply-adds per compact token (the mixer and the pool), b = {b_b:,.0f} per token "
+        f"(the signal ρ̂ and the pool's sum, {100 * b_b / a_b:.1f}% of a: what keeps the exponent below 1) and "
+        f"c = {c_b:,.0f} once per call (the signal's composite map; largest relative deviation of the model "
+        f"{bmodel_err:.1e}). Both scopes are linear in n: the fitted exponent of the per-token part is "
+        f"{min(v['exponent'] for k, v in bfits_n.items() if 'per-token' in k or k.startswith('scan')):.3f}–"
+        f"{max(v['exponent'] for k, v in bfits_n.items() if 'per-token' in k or k.startswith('scan')):.3f}; the "
+        "block scope's total including the once-per-call map fits "
+        f"n^{min(v['exponent'] for k, v in bfits_n.items() if k.startswith('block / whole block @')):.2f} at "
+        f"R̄ = 1/16 over n = {count_sizes[0]}…{count_sizes[-1]} (a constant, not a sublinear cost). So in the block "
+        "scope the order of the proof sketch's step 1 is what the block costs, O(n·R̄) + O(n) with a small O(n) "
+        "term, still without the log n. Wall time of one whole block on the CPU (float32, 1 thread, "
+        f"d_model {bt_d}, n = {bt_L}): at R̄ = 1/16 the scan scope takes "
+        f"{100 * bwall[('cpu', 'scan', rbars[0])] / bwall[('cpu', 'scan', 1.0)]:.0f}% of its R̄ = 1 time and the "
+        f"block scope {100 * bwall[('cpu', 'block', rbars[0])] / bwall[('cpu', 'block', 1.0)]:.0f}% "
+        f"(exponents in R̄ {bt_fits['cpu / scan']['exponent']:.2f} and {bt_fits['cpu / block']['exponent']:.2f}); the "
+        f"layer's own plan reports the same counts ({'equal' if all(v['equal'] for v in plan_check.values()) else 'NOT equal'} "
+        f"for both scopes at n = {Lchk}, R̄ = {rchk:g})."
     )
     tables = [
         _table(f"3.4 fitted exponent a of cost ∝ n^a (exact counts, n = {count_sizes[0]}…{count_sizes[-1]}, tile "
@@ -833,6 +1004,18 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
         _table("3.4 per-token cost at R̄ = 1/4 against n (constant ⇒ linear, not n·log n)",
                ["n"] + list(nlogn.keys()),
                [[L] + [nlogn[k]["per_token"][i] for k in nlogn] for i, L in enumerate(count_sizes)]),
+    ]
+    tables += [
+        _table(f"3.4 whole block (`layer_cost`, d_model {bd['d_model']}, d_inner {bd['d_inner']}, N {bd['d_state']}, "
+               f"tile {tile}), scan scope vs block scope: fitted exponent in R̄ at n = {Lbig} and cost relative to "
+               "R̄ = 1", ["scope", "exponent in R̄", "CI low", "CI high"] + [f"R̄ = {r:g}" for r in rbars],
+               [[sc, bfits_r[sc]["exponent"], bfits_r[sc]["ci_low"], bfits_r[sc]["ci_high"]]
+                + [bfrac[sc][r] for r in rbars] for sc in scopes]),
+        _table(f"3.4 whole block: fitted exponent in n (n = {count_sizes[0]}…{count_sizes[-1]}), by scope",
+               ["scope", "quantity", "R̄", "a", "CI low", "CI high"], bfit_rows),
+        _table(f"3.4 whole block: share of each part at R̄ = 1/16, n = {Lbig}",
+               ["part"] + [f"{sc} scope" for sc in scopes],
+               [[k] + [shares[sc][k] for sc in scopes] for k in parts if any(shares[sc][k] for sc in scopes)]),
     ]
     wall_cols = ["device", "R̄", "exponent in n", "CI low", "CI high", f"ms at n = {time_sizes[-1]}",
                  "ns per token·channel"]
@@ -846,6 +1029,10 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
     else:
         tables.append(_table("3.4 wall time, GPU", ["note"], [["no GPU on the machine that generated this report "
                                                                 "(torch.cuda.is_available() is False)"]]))
+    tables.append(_table(f"3.4 wall time of a whole TiledMamba block (float32, batch 1, d_model {bt_d}, n = {bt_L}, "
+                         f"tile {tile}, uniform plan, same weights; minimum of {reps} runs, 1 thread on the CPU), "
+                         "scan scope vs block scope",
+                         ["device", "R̄", "scan: ms", "scan: / R̄ = 1", "block: ms", "block: / R̄ = 1"], bt_rows))
     return {
         "id": "3.4", "statement": STATEMENTS["3.4"], "verdict": verdict, "verdict_text": text,
         "tested": (
@@ -854,7 +1041,11 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
             f"R̄ ∈ {{{', '.join(f'{r:g}' for r in rbars)}}}, tile {tile}, N = {N}, dim = {dim}; wall time of "
             f"`tiling.ops.adaptive_selective_scan` (float32, batch 1, dim {tdim}, N {tN}) for n ∈ "
             f"{time_sizes[0]}…{time_sizes[-1]} ({len(time_sizes)} sizes) × the same R̄, minimum of {reps} runs after a "
-            "warm-up on one thread; log–log least-squares exponents with Student-t 95% intervals."
+            "warm-up on one thread; log–log least-squares exponents with Student-t 95% intervals. Whole block, both "
+            "scopes of `tiling.modules.TiledMamba`: `tiling.ops.layer_cost` (every multiply-add of the block as it "
+            f"runs; d_model {bd['d_model']}, d_inner {bd['d_inner']}, dt_rank {bd['dt_rank']}, N {bd['d_state']}, "
+            f"d_conv {bd['d_conv']}) over the same n × R̄ grid, checked against the layer's own `plan.meta['layer_cost']`, "
+            f"and the wall time of one whole block per scope (same weights, d_model {bt_d}, n = {bt_L}, uniform plan)."
         ),
         "counts": {f"{L}@{r:g}": c for (L, r), c in costs.items()},
         "fits_n": fits_n, "fits_rbar": fits_r, "nlogn": nlogn,
@@ -863,6 +1054,15 @@ def verify_complexity(seed: int = 0, quick: bool = False, figs: _Figures | None 
         "seed001_n_sum_R_exponent": seed001,
         "wall_time": {f"{d}@{L}@{r:g}": t for (d, L, r), t in wall.items()}, "wall_fits_n": t_fits,
         "wall_fits_rbar": t_r_fits, "backend": backend, "devices": devices,
+        "block": {"dims": bd, "counts": {f"{sc}@{L}@{r:g}": c for (sc, L, r), c in bcost.items()},
+                  "fits_n": bfits_n, "fits_rbar": bfits_r, "fraction_of_full": {sc: {f"{r:g}": v for r, v in d.items()}
+                                                                               for sc, d in bfrac.items()},
+                  "shares_at_rmin": shares,
+                  "cost_model": {"a_per_compact_token": a_b, "b_per_token": b_b, "c_per_call": c_b,
+                                 "max_relative_error": bmodel_err},
+                  "plan_check": plan_check,
+                  "wall_time": {f"{d}@{sc}@{r:g}": t for (d, sc, r), t in bwall.items()}, "wall_fits_rbar": bt_fits,
+                  "wall_sizes": {"d_model": bt_d, "n": bt_L}},
         "tables": tables, "figures": [fig_path],
     }
 
@@ -970,6 +1170,68 @@ def _uniform_error(inp: dict, tile: int, budget: float) -> np.ndarray:
     return (1 - w) * rel(lo) + w * rel(lo + 1)
 
 
+#: token-level input families of the whole-block comparison of Theorem 3.5 (name, amplitude
+#: bursts, lag-one correlation of the tokens); the pretrained hidden states are added to them
+_TOKEN_FAMILIES = (("i.i.d. tokens", False, 0.0), ("correlated tokens (AR(1) 0.95), bursty ×3", True, 0.95))
+
+
+def _token_inputs(batch: int, d_model: int, L: int, gen: torch.Generator, bursts: bool, corr: float) -> Tensor:
+    """Hidden states ``x`` (batch, L, d_model), float64: N(0, 1) tokens, AR(1)-correlated along the
+    sequence with lag-one correlation ``corr``; with ``bursts`` multiplied by 3 on 2–5 random
+    stretches per sequence (the stretches of :func:`_scan_inputs`), so the density varies."""
+    x = _ar1(torch.randn(batch, d_model, L, generator=gen), corr)
+    if bursts:
+        amp = torch.ones(batch, 1, L)
+        for b in range(batch):
+            for _ in range(int(torch.randint(2, 6, (1,), generator=gen))):
+                w = int(torch.randint(max(2, L // 32), max(3, L // 6), (1,), generator=gen))
+                st = int(torch.randint(0, max(1, L - w), (1,), generator=gen))
+                amp[b, 0, st:st + w] = 3.0
+        x = x * amp
+    return x.transpose(1, 2).contiguous().to(F64)
+
+
+def _scope_errors(x: Tensor, tile: int, budgets: list[float], seed: int, salt: int) -> dict:
+    r"""‖y_tiled − y_full‖₂ of a whole ``TiledMamba`` block, scan scope vs block scope, on the same
+    input ``x`` and the same Mamba weights (seed 000 §3.5.2; seed 001 §3.5.2), float64.
+
+    ``y_full`` is the block at budget 1 (plain Mamba; both scopes). Per (plan, scope, budget): per
+    sequence the error, the relative error ‖y_tiled − y_full‖₂/‖y_full‖₂, the ratio to
+    ``max_t ρ_t`` with ρ the closed-form density ``(Σ_d Δ_{t,d}²)‖B_t‖²`` of the block's own
+    full-length projections (the same for both scopes), the realised resolution Σm_i/L and the
+    whole-block multiply-adds (``plan.meta["layer_cost"]``) relative to plain Mamba's.
+    """
+    batch, L, d = x.shape
+    out, diff_full, gate_max = {}, 0.0, 0.0
+    rho_max = y_full = norm_full = mamba_cost = None
+    for pname, spec in _PLANS.items():
+        pair = _layer_pair(d, tile, seed, salt, dtype=F64, policy=spec["mode"], causal=spec.get("causal", True),
+                           r_min=_R_MIN)
+        gate_max = max(gate_max, float(pair["block"].chunk.pool_gate.detach().abs().max()))  # 0 at init
+        with torch.no_grad():
+            if y_full is None:
+                y_full, plan_full = pair["scan"](x, budget=1.0, return_plan=True)
+                norm_full = torch.linalg.vector_norm(y_full, dim=(1, 2))
+                rho_max = plan_full.token_density.amax(-1)
+                mamba_cost = pair["block"].cost(L, batch=batch, signal=False)["total"]
+            diff_full = max(diff_full, float((pair["block"](x, budget=1.0) - y_full).abs().max()))
+            for sc in ("scan", "block"):
+                for c in budgets:
+                    y, plan = pair[sc](x, budget=c, return_plan=True)
+                    err = torch.linalg.vector_norm(y - y_full, dim=(1, 2))
+                    rel, ratio = (err / norm_full).numpy(), (err / rho_max).numpy()
+                    cost = plan.meta["layer_cost"]["total"]
+                    if c >= 1.0 and sc == "block":
+                        cost = mamba_cost  # at budget 1 the layer runs no signal (the plan would count it)
+                    out[(pname, sc, c)] = {
+                        "relative": rel, "ratio": ratio, "mean_relative": float(rel.mean()),
+                        "max_relative": float(rel.max()), "sup_ratio": float(ratio.max()),
+                        "realised": float(plan.effective_resolution().mean()),
+                        "cost_fraction": cost / mamba_cost,
+                        "compact_length": plan.meta.get("compact_length")}
+    return {"grid": out, "budget_one_scope_difference": diff_full, "max_rho": rho_max.numpy(), "pool_gate_max": gate_max}
+
+
 def _monotone(values: list[float], rtol: float = 1e-9) -> bool:
     return all(b <= a * (1 + rtol) + 1e-300 for a, b in zip(values, values[1:]))
 
@@ -1040,6 +1302,18 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
             scale_raw.append({"scaled": what, "factor": s, "max_rho": float(rho.max()), "error": err, "ratio": ratio})
     full_zero = max(grids[f][(T, p, 1.0)]["sup_ratio"] for f in grids for (T, p, c) in grids[f] if c == 1.0)
 
+    # Whole TiledMamba block, scan scope vs block scope, on the same token inputs and weights.
+    lb, ld, lL, ltile = (2, 32, 256, 64) if quick else (16, 64, 1024, 64)
+    layer_inputs = {}
+    for salt, (fam, bursts, corr) in enumerate(_TOKEN_FAMILIES):
+        layer_inputs[fam] = (_token_inputs(lb, ld, lL, _gen(seed, 360 + salt), bursts, corr), ltile)
+    hidden = _model_outputs(cache)["hidden"]
+    hidden = hidden[::3] if quick else hidden  # quick: the embeddings, layer 3 and layer 6
+    layer_inputs["pretrained hidden states"] = (hidden.contiguous(), 16)
+    scope_res = {fam: _scope_errors(x, T, budgets, seed, 365) for fam, (x, T) in layer_inputs.items()}
+    sgrid = {fam: r["grid"] for fam, r in scope_res.items()}
+    scopes = ("scan", "block")
+
     import matplotlib.pyplot as plt
 
     # one tile size per input family for the figure and the pivot tables (every size is in the JSON)
@@ -1063,6 +1337,26 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
     axes[0, 0].legend(fontsize=7)
     fig_path = figs.save(fig, "3_5_preservation")
 
+    lfams = list(sgrid)
+    fig, axes = plt.subplots(2, len(lfams), figsize=(3.4 * len(lfams), 6.2))
+    for col, fam in enumerate(lfams):
+        g = sgrid[fam]
+        for pname, color in zip(_PLANS, ("C0", "C1", "C2")):
+            for sc, mk in zip(scopes, ("o--", "s-")):
+                rel = [g[(pname, sc, c)]["mean_relative"] for c in coarse]
+                axes[0, col].plot([g[(pname, sc, c)]["realised"] for c in coarse], rel, mk, color=color,
+                                  label=f"{pname}, {sc} scope")
+                axes[1, col].plot([g[(pname, sc, c)]["cost_fraction"] for c in coarse], rel, mk, color=color)
+        axes[0, col].set_title(f"{fam}\n(whole block, tile {layer_inputs[fam][1]})", fontsize=8)
+        axes[0, col].set_xlabel("realised budget Σm_i / n")
+        axes[1, col].set_xlabel("whole-block multiply-adds / plain Mamba")
+        for r in (0, 1):
+            axes[r, col].set_yscale("log")
+    axes[0, 0].set_ylabel("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂")
+    axes[1, 0].set_ylabel("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂")
+    axes[0, 0].legend(fontsize=6)
+    fig_scopes = figs.save(fig, "3_5_scopes")
+
     mono_sup = all(v["sup_ratio"] for v in mono.values())
     mono_mean = all(v["mean_relative"] for v in mono.values())
     finite = all(math.isfinite(r[5]) for r in rows_all)
@@ -1082,14 +1376,32 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
     T_real = 16 if any(k[0] == 16 for k in rg) else sorted({k[0] for k in rg})[0]
     eps_real = {c: (rg[(T_real, "uniform", c)]["max_relative"], rg[(T_real, "adaptive (non-causal)", c)]["max_relative"])
                 for c in budgets}
-    verdict = "false as written"
+    # Scope comparison: budget 1 is exact in both scopes; below it, error and cost per scope.
+    scope_zero = max(sgrid[f][(p, sc, 1.0)]["sup_ratio"] for f in sgrid for p in _PLANS for sc in scopes)
+    scope_b1 = max(r["budget_one_scope_difference"] for r in scope_res.values())
+    scope_mono = {f"{fam} / {p} / {sc}": _monotone([sgrid[fam][(p, sc, c)]["mean_relative"] for c in budgets])
+                  for fam in sgrid for p in _PLANS for sc in scopes}
+    block_over_scan = {fam: float(np.median([sgrid[fam][(p, "block", c)]["mean_relative"]
+                                             / sgrid[fam][(p, "scan", c)]["mean_relative"]
+                                             for p in _PLANS for c in coarse])) for fam in sgrid}
+    scan_cost_min = min(sgrid[f][(p, "scan", c)]["cost_fraction"] for f in sgrid for p in _PLANS for c in budgets)
+    block_cost_min = min(sgrid[f][(p, "block", c)]["cost_fraction"] for f in sgrid for p in _PLANS for c in budgets)
+    unif = {fam: {sc: {c: sgrid[fam][("uniform", sc, c)] for c in budgets} for sc in scopes} for fam in sgrid}
+    c_lo, c_hi = coarse[0], coarse[-1]
+    # the literal bound with one constant ε fails if the ratio changes under a rescaling of the input
+    unbounded = abs(u_scale - 1.0) > 1e-6 or abs(d_scale - 1.0) > 1e-6
+    verdict = "false as written" if unbounded else "holds under stated conditions"
     text = (
         "As an existence statement for one input the theorem is trivial: R ≡ 1 gives y_tiled = y_full exactly "
-        f"(largest ratio at budget 1: {full_zero:.1e}). As a bound with a constant ε it is false: ρ_t = (Σ_d Δ²)‖B_t‖² "
-        f"does not see the input u, so scaling u by 100 multiplies the ratio ‖y_tiled − y_full‖₂ / max ρ by "
-        f"{u_scale:.1f} at a fixed plan, and scaling Δ by 0.01 multiplies it by {d_scale:.1f} (the error is first "
-        "order in Δ, max ρ second order): no ε holds for all inputs at any budget below 1, and the dimensions of "
-        "the two sides do not match. What the numbers support is a budget-dependent error on a given input "
+        f"(largest ratio at budget 1: {full_zero:.1e}). "
+        + ("As a bound with a constant ε it is false: ρ_t = (Σ_d Δ²)‖B_t‖² "
+           f"does not see the input u, so scaling u by 100 multiplies the ratio ‖y_tiled − y_full‖₂ / max ρ by "
+           f"{u_scale:.1f} at a fixed plan, and scaling Δ by 0.01 multiplies it by {d_scale:.1f} (the error is first "
+           "order in Δ, max ρ second order): no ε holds for all inputs at any budget below 1, and the dimensions of "
+           "the two sides do not match. " if unbounded else
+           f"The ratio ‖y_tiled − y_full‖₂ / max ρ does not change when u is scaled by 100 ({u_scale:.3f}) or Δ by "
+           f"0.01 ({d_scale:.3f}), so a constant ε over inputs is not refuted by these tests. ")
+        + "What the numbers support is a budget-dependent error on a given input "
         "distribution: the smallest ε (the supremum of the ratio over the tested inputs) and the relative error "
         "‖y_tiled − y_full‖/‖y_full‖ are finite for every plan and "
         + ("fall monotonically with the budget" if mono_sup and mono_mean else
@@ -1107,7 +1419,27 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
         f"budget; the median error ratio adaptive/uniform is {mean_gain:.2f} overall and "
         + ", ".join(f"{v:.2f} on {fam}" for fam, v in gain_by_family.items())
         + " — density-driven resolution helps where the density varies (bursts), not on homogeneous inputs. The "
-        "causal plan, which must predict a tile's density from earlier tiles, is shown beside it."
+        "causal plan, which must predict a tile's density from earlier tiles, is shown beside it. "
+        "Whole block, both scopes of `TiledMamba` on the same inputs and weights: at budget 1 both are plain Mamba "
+        f"(largest difference between the scopes {scope_b1:.1e}, largest ratio {scope_zero:.1e}). The scan scope "
+        "coarsens only the recurrence; its mean relative error with the uniform plan is "
+        + ", ".join(f"{unif[f]['scan'][c_lo]['mean_relative']:.4f} at R̄ = {c_lo:g} and "
+                    f"{unif[f]['scan'][c_hi]['mean_relative']:.4f} at {c_hi:g} on {f}" for f in sgrid)
+        + f", but the block never costs less than {100 * scan_cost_min:.1f}% of plain Mamba. The block scope runs "
+        "the mixer on one representative per segment and holds its output over the segment (seed 000 §3.5.1 "
+        "step 1), so every token of a segment also receives the representative's token-local terms (D·u, the gate "
+        "z, the conv) that the scan scope keeps per token; its error is "
+        + ", ".join(f"{unif[f]['block'][c_lo]['mean_relative']:.3f} at R̄ = {c_lo:g} and "
+                    f"{unif[f]['block'][c_hi]['mean_relative']:.3f} at {c_hi:g} on {f}" for f in sgrid)
+        + " (median block/scan error ratio over plans and budgets below 1: "
+        + ", ".join(f"{v:.0f}× on {f}" for f, v in block_over_scan.items())
+        + f"), at down to {100 * block_cost_min:.1f}% of plain Mamba's multiply-adds. The block scope's error "
+        + ("falls monotonically with the budget in every cell"
+           if all(v for k, v in scope_mono.items() if k.endswith("block")) else
+           "does not fall monotonically with the budget in every cell (see `scope_monotone`)")
+        + "; in both scopes the error is ε(R̄, input distribution), now with a cost that depends on the scope. "
+        "These are untrained weights (Mamba's initialisation, pool gate 0); the block scope's error is what "
+        "training the pool and the mixer at the coarse granularity would have to remove."
     )
     # Pivots for the report (the full grid, every tile size and the realised budgets, is in the JSON).
     bcols = [f"R̄ = {c:g}" for c in budgets]
@@ -1130,6 +1462,19 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
                [r for r in adv if r[1] == main_tile[r[0]]]),
         _table(f"3.5 the literal ratio under input scaling (one bursty sequence, uniform R = {c0}, tile {T0})",
                ["input", "max ρ", "‖y_tiled − y_full‖₂", "ratio"], scale_rows),
+        _table("3.5 whole TiledMamba block, scan scope vs block scope (same inputs, same weights): mean relative "
+               "error ‖y_tiled − y_full‖₂ / ‖y_full‖₂ by nominal budget", ["inputs", "tile", "plan", "scope"] + bcols,
+               [[f, layer_inputs[f][1], p, sc] + [sgrid[f][(p, sc, c)]["mean_relative"] for c in budgets]
+                for f in sgrid for p in _PLANS for sc in scopes]),
+        _table("3.5 whole block, scan vs block scope: ε = sup over sequences of ‖y_tiled − y_full‖₂ / max_t ρ_t "
+               "(ρ of the block's full-length projections, the same for both scopes)",
+               ["inputs", "tile", "plan", "scope"] + bcols,
+               [[f, layer_inputs[f][1], p, sc] + [sgrid[f][(p, sc, c)]["sup_ratio"] for c in budgets]
+                for f in sgrid for p in _PLANS for sc in scopes]),
+        _table("3.5 whole block, scan vs block scope: multiply-adds of the block (`plan.meta['layer_cost']`) "
+               "relative to plain Mamba, by nominal budget", ["inputs", "plan", "scope"] + bcols,
+               [[f, p, sc] + [sgrid[f][(p, sc, c)]["cost_fraction"] for c in budgets]
+                for f in sgrid for p in _PLANS for sc in scopes]),
     ]
     return {
         "id": "3.5", "statement": STATEMENTS["3.5"], "verdict": verdict, "verdict_text": text,
@@ -1141,7 +1486,16 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
             f"states (embeddings + 6 layers) of the pretrained all-MiniLM-L6-v2 on the demo text, projected by fixed "
             f"random matrices to (u, Δ, B, C). Density ρ_t = (Σ_d Δ_t,d²)‖B_t‖² (`infogeo.density.ssm_density`); plans "
             f"from `tiling.policy.resolution_policy` (uniform, adaptive causal, adaptive non-causal; r_min = {_R_MIN}) at "
-            f"budgets {', '.join(f'{c:g}' for c in budgets)}, tiles {tiles} (real: {real_tiles})."
+            f"budgets {', '.join(f'{c:g}' for c in budgets)}, tiles {tiles} (real: {real_tiles}). Whole block: "
+            "one `tiling.modules.TiledMamba` per scope (`scope='scan'` and `scope='block'`) with the same Mamba "
+            "weights (seeded initialisation, copied; the block scope's `chunk.pool_gate` at its initial 0), float64, "
+            f"on {lb} sequences per family of hidden states x (d_model {ld}, n = {lL}, tile {ltile}; N(0, 1) tokens, "
+            "i.i.d. or AR(1) 0.95 with ×3 amplitude on random stretches) and on "
+            + ("the 7 pretrained hidden states " if hidden.shape[0] == 7 else
+               f"{hidden.shape[0]} of the 7 pretrained hidden states (embeddings, layers 3 and 6) ")
+            + "(d_model 384, tile 16) directly, against the same block at budget 1; plans uniform, adaptive causal and "
+            "non-causal (each scope on its own signal: closed-form ρ in the scan scope, the linearised ρ̂ in the "
+            "block scope)."
         ),
         "grid": {fam: {f"T={k[0]}|{k[1]}|c={k[2]:g}": {kk: vv for kk, vv in v.items()} for k, v in g.items()}
                  for fam, g in grids.items()},
@@ -1149,7 +1503,16 @@ def verify_preservation(seed: int = 0, quick: bool = False, figs: _Figures | Non
         "adaptive_wins": wins, "comparisons": total, "median_adaptive_over_uniform": mean_gain,
         "median_adaptive_over_uniform_by_family": gain_by_family,
         "real_worst_relative": {f"{c:g}": v for c, v in eps_real.items()},
-        "scaling": scale_raw, "tables": tables, "figures": [fig_path],
+        "scaling": scale_raw, "literal_bound_refuted": unbounded,
+        "scopes": {fam: {"grid": {f"{p}|{sc}|c={c:g}": v for (p, sc, c), v in g.items()},
+                         "tile": layer_inputs[fam][1], "max_rho": scope_res[fam]["max_rho"],
+                         "budget_one_scope_difference": scope_res[fam]["budget_one_scope_difference"],
+                         "pool_gate_max": scope_res[fam]["pool_gate_max"]}
+                   for fam, g in sgrid.items()},
+        "scope_monotone": scope_mono, "scope_budget_one_error": scope_zero,
+        "median_block_over_scan": block_over_scan, "scan_cost_fraction_min": scan_cost_min,
+        "block_cost_fraction_min": block_cost_min,
+        "tables": tables, "figures": [fig_path, fig_scopes],
     }
 
 
@@ -1770,13 +2133,18 @@ def _key_number(res: dict) -> str:
     if t == "3.4":
         f = res["fits_n"]
         ex = [v["exponent"] for k, v in f.items() if k.startswith("multiply-adds @")]
+        bk = res["block"]["fits_rbar"]
         return (f"exponent in n {min(ex):.3f}–{max(ex):.3f} (counts); in R̄: recurrence "
                 f"{res['fits_rbar']['recurrence multiply-adds']['exponent']:.2f}, total multiply-adds "
-                f"{res['fits_rbar']['multiply-adds']['exponent']:.2f}")
+                f"{res['fits_rbar']['multiply-adds']['exponent']:.2f}; whole block in R̄: scan scope "
+                f"{bk['scan']['exponent']:.2f}, block scope {bk['block']['exponent']:.2f}")
     if t == "3.5":
         s = [v for v in res["scaling"] if v["scaled"] == "u"]
+        b = res["median_block_over_scan"]
         return (f"ratio × {s[-1]['ratio'] / s[0]['ratio']:.0f} when u × {s[-1]['factor']:g}; adaptive/uniform median error "
-                f"{res['median_adaptive_over_uniform']:.2f}")
+                f"{res['median_adaptive_over_uniform']:.2f}; whole block: block/scan scope error "
+                f"{min(b.values()):.0f}–{max(b.values()):.0f}× at ≥ {100 * res['block_cost_fraction_min']:.0f}% vs "
+                f"≥ {100 * res['scan_cost_fraction_min']:.0f}% of Mamba's cost")
     if t == "3.6":
         return f"R ≡ 1 vs Hugging Face Mamba scan: {max(max(v['fast_vs_hf'], v['reference_vs_hf']) for v in res['equivalence'].values()):.1e}"
     return ""
