@@ -617,12 +617,13 @@ class TiledMamba(nn.Module):
              state_dims: Tensor | None = None, batch: int = 1, signal: bool = True) -> dict[str, int]:
         """:func:`~tiling.ops.layer_cost` of this layer on ``batch`` rows of ``L`` tokens (block scope:
         ``compact_length`` = ``L_c`` as run; scan scope: the plan's ``resolution``, ``state_dims``);
-        ``signal=False``: no resolution signal was computed (budget 1)."""
+        ``signal=False``: no resolution signal (block) or density (scan) was computed (budget 1)."""
         kw = dict(d_model=self.d_model, d_state=self.d_state, d_inner=self.d_inner, dt_rank=self.dt_rank,
                   d_conv=self.d_conv, tile_size=self.tile_size, bias=self.in_proj.bias is not None,
                   conv_bias=self.conv1d.bias is not None, batch=batch)
         if self.scope == "scan":
-            return layer_cost(L, scope="scan", resolution=resolution, state_dims=state_dims, routing=self.routing, **kw)
+            return layer_cost(L, scope="scan", resolution=resolution, state_dims=state_dims, routing=self.routing,
+                              signal="linear" if signal else "none", **kw)
         kind = ("token" if self.boundaries == "token" else "linear") if signal else "none"
         return layer_cost(L, scope="block", compact_length=compact_length, signal=kind,
                           signal_channels=int(self.signal_index.numel()),
@@ -645,8 +646,8 @@ class TiledMamba(nn.Module):
                 for i, n_i in enumerate(lengths.tolist()):
                     madd[b, i], exps[b, i] = _tile_cost(n_i, T, int(segs[b, i]), int(Sc[b, i]), self.d_state, self.d_inner)
             whole = [scan_cost(L, T, Rc[b], Sc[b], self.d_state, self.d_inner, boundary_gain=True) for b in range(batch)]
-            meta = {"scan_cost": whole, "layer_cost": self.cost(L, resolution=Rc, state_dims=Sc, batch=batch),
-                    "scope": "scan"}
+            meta = {"scan_cost": whole, "scope": "scan",
+                    "layer_cost": self.cost(L, resolution=Rc, state_dims=Sc, batch=batch, signal=not self._full(budget))}
         else:
             segs = lengths.expand(batch, -1).clone() if layout is None else _tile_sum(layout.boundary, T).cpu()
             # per tile: the mixer on its segments, the signal and the pooling on its tokens

@@ -203,6 +203,7 @@ def layer_cost(
     router_rank: int = 0,
     bias: bool = False,
     conv_bias: bool = True,
+    signal_maps: bool = True,
 ) -> dict[str, int]:
     """Multiply-adds of a whole ``TiledMamba`` block on a batch, as it runs (seed 000 §3.5.1).
 
@@ -215,7 +216,8 @@ def layer_cost(
     * ``signal="linear"`` (:func:`tiling.modules.router.linear_density`): ``d·(r + N)`` for the
       sketch, ``k·r`` for Δ on ``k = signal_channels`` channels, ``k + N + 1`` for the squares and
       the product; ``(r + N)·E·d`` for the composite map (``signal_maps``), once per weight
-      update (the layer caches it until a weight changes: count it per training step, not per call);
+      update (the layer caches it until a weight changes: count it per training step, and pass
+      ``signal_maps=False`` for inference calls that find it cached);
     * ``signal="token"`` (:class:`tiling.modules.router.TokenRouter`): ``2·rank·d`` for the
       query and key maps, ``3·rank`` for the cosine;
     * ``signal="none"``: nothing (budget 1, or an external density);
@@ -224,8 +226,9 @@ def layer_cost(
 
     Scope ``"scan"``: every projection runs on ``L`` tokens, the scan costs
     :func:`scan_cost` at the plan's ``resolution``/``state_dims`` (with the boundary map), the
-    density ``ρ_t`` costs ``3E + N + 1`` per token (softplus-free part: ``Δ²``, the sum, ``‖B‖²``),
-    and routing (``routing=True``) ``E·(N + 4)`` per tile boundary.
+    density ``ρ_t`` costs ``3E + N + 1`` per token (softplus-free part: ``Δ²``, the sum, ``‖B‖²``;
+    not counted with ``signal="none"``: at budget 1 no policy runs), and routing
+    (``routing=True``) ``E·(N + 4)`` per tile boundary.
 
     Returns
     -------
@@ -260,7 +263,7 @@ def layer_cost(
         n_sig = L - 1 if signal == "token" else L  # the router's first token is a boundary by definition
         out["signal"] = batch * n_sig * per_tok
         matmul += batch * n_sig * per_tok_mm
-        if signal == "linear":
+        if signal == "linear" and signal_maps:
             out["signal_maps"] = (r + N) * E * d + ((r + N) * E if bias else 0)
             matmul += (r + N) * E * d
         if Lc < L:
@@ -274,7 +277,7 @@ def layer_cost(
         shaped = [torch.as_tensor(t) for t in (resolution, state_dims) if t is not None]
         rows = max([int(t.shape[0]) for t in shaped if t.dim() == 2] + [1])
         out["scan"] = sc["madd_total"] * (batch if rows == 1 else 1)
-        out["density"] = batch * L * (3 * E + N + 1)
+        out["density"] = 0 if signal == "none" else batch * L * (3 * E + N + 1)
         matmul = sum(unit_mm[k] * batch * L for k in ("in_proj", "x_proj", "dt_proj", "out_proj"))
         matmul += unit_mm["conv"] * batch * (L + K - 1)
         if routing:
