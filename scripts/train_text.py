@@ -51,7 +51,7 @@ from tiling.train.text import (  # noqa: E402
     spaced_windows,
 )
 from tiling.train.textmodel import (  # noqa: E402
-    CONFIGURATIONS, build_model, export_bundled, load_text_model, model_config, parameter_count,
+    CONFIGURATIONS, TextModelError, build_model, export_bundled, load_text_model, model_config, parameter_count,
     save_text_checkpoint,
 )
 
@@ -96,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--d-model", type=int, default=256)
     g.add_argument("--n-layers", type=int, default=4)
     g.add_argument("--d-state", type=int, default=16)
+    g.add_argument("--expand", type=int, default=1,
+                   help="Mamba's expansion, d_inner = expand·d_model (default 1: see docs/training.md, 'Real text')")
     g.add_argument("--tile-size", type=int, default=16)
     g.add_argument("--r-min", type=float, default=0.0625)
     g.add_argument("--full-layers", type=parse_full_layers, default=(),
@@ -146,6 +148,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError:
         p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
     args.shard_index, args.shard_count = i, n
+    for k in args.full_layers:
+        if not -args.n_layers <= k < args.n_layers:
+            p.error(f"--full-layers: layer {k} does not exist in a model of --n-layers {args.n_layers}")
+    if args.only is not None:
+        valid = {spec_name(s) for s in phase1_rows(args)}
+        for best in ADAPTIVE:
+            valid |= {spec_name(s) for s in phase2_rows(best, args)}
+        unknown = sorted(set(args.only) - valid)
+        if unknown:
+            p.error(f"--only: no such row(s) {', '.join(unknown)}; the rows are {', '.join(sorted(valid))}")
     return args
 
 
@@ -185,7 +197,8 @@ def train(args, data: dict | None = None) -> dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers)
+                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers,
+                       expand=args.expand)
     budget = cfg["layer_kwargs"]["budget"]
     model = build_model(cfg)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
@@ -597,7 +610,8 @@ def measure(args) -> dict:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers)
+                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers,
+                       expand=args.expand)
     model = build_model(cfg).train()
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed)
@@ -636,7 +650,7 @@ def main(argv=None) -> int:
                 b = 1.0 if args.config == "full" else args.budget
                 args.out = row_dir(Path("runs/text_lm"), row_name(args.config, b, args.seed, args.full_layers))
             print(json.dumps({k: v for k, v in train(args).items() if k != "validation_curve"}))
-    except (CorpusError, TextInputError) as e:
+    except (CorpusError, TextInputError, TextModelError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
