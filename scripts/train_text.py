@@ -58,6 +58,10 @@ from tiling.train.textmodel import (  # noqa: E402
 ADAPTIVE = ("adaptive", "router", "scan-adaptive")
 
 
+class RunError(RuntimeError):
+    """A run or sweep that would replace finished results."""
+
+
 # ----------------------------------------------------------------------------- arguments
 def parse_full_layers(s: str) -> tuple[int, ...]:
     s = s.strip().lower()
@@ -186,7 +190,7 @@ def train(args, data: dict | None = None) -> dict:
     data = load_data(args) if data is None else data
     out = args.out
     if (out / "row.json").exists() and not getattr(args, "overwrite", False):
-        raise SystemExit(f"error: {out} holds a finished run (row.json); choose another --out or pass --overwrite")
+        raise RunError(f"{out} holds a finished run (row.json); choose another --out or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "log.jsonl"
     if log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
@@ -402,10 +406,10 @@ def sweep(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     done = finished_rows(args.out)
     if done and not args.resume:
-        raise SystemExit(f"error: {args.out} already holds {len(done)} finished rows; pass --resume to skip them "
+        raise RunError(f"{args.out} already holds {len(done)} finished rows; pass --resume to skip them "
                          f"or choose another --out")
     if args.results.exists() and not args.resume:
-        raise SystemExit(f"error: {args.results} exists; pass --resume to rewrite it from the finished rows")
+        raise RunError(f"{args.results} exists; pass --resume to rewrite it from the finished rows")
     data = load_data(args)
     mine = lambda i: i % args.shard_count == args.shard_index  # noqa: E731
 
@@ -650,7 +654,7 @@ def main(argv=None) -> int:
                 b = 1.0 if args.config == "full" else args.budget
                 args.out = row_dir(Path("runs/text_lm"), row_name(args.config, b, args.seed, args.full_layers))
             print(json.dumps({k: v for k, v in train(args).items() if k != "validation_curve"}))
-    except (CorpusError, TextInputError, TextModelError, ValueError) as e:
+    except (CorpusError, TextInputError, TextModelError, RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -351,7 +352,7 @@ def test_tiny_training_run_lowers_the_loss(trained):
     assert extra["train_bytes"] == row["train_bytes"] and extra["budget"] == 0.5
     again = evaluate_bytes(model, slice_bytes("faq/general.rst.txt")[:1500], context=64, budget=0.5)
     assert again["bpb"] == pytest.approx(row["test_bpb"], rel=1e-9)
-    with pytest.raises(SystemExit, match="finished run"):
+    with pytest.raises(mod.RunError, match="finished run"):
         mod.train(args)  # a finished run is never replaced without --overwrite
 
 
@@ -475,8 +476,11 @@ def test_sweep_resume_and_table(tmp_path, capsys):
         assert key in first
     assert (tmp_path / "fig" / "text_lm_bpb_vs_flops.png").stat().st_size > 0
     assert (tmp_path / "fig" / "text_lm_bpb_vs_time.png").stat().st_size > 0
-    with pytest.raises(SystemExit, match="--resume"):
-        mod.main(base)  # finished rows are never overwritten silently
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "text_lm.json").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+    assert mod.main(base) == 2  # finished rows are never overwritten silently
+    assert "pass --resume" in capsys.readouterr().err
     stamp = (tmp_path / "runs" / "full_b1_s0" / "row.json").stat().st_mtime_ns
     assert mod.main(base + ["--resume"]) == 0  # all rows: skips the two finished ones
     out = capsys.readouterr().out

@@ -10,6 +10,14 @@ import tempfile
 from pathlib import Path
 
 
+def default_mode(path: str | os.PathLike) -> None:
+    """Give a temporary file the mode a plain ``open()`` would (``0o666`` less the umask), not
+    ``mkstemp``'s ``0o600``, so a results file or a bundled checkpoint is readable by others."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -28,6 +36,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -52,6 +61,7 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        default_mode(tmp)
         os.replace(tmp, dst)
     except BaseException:
         if os.path.exists(tmp):
@@ -61,4 +71,4 @@ def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     return dst
 
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_copy"]
+__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_copy", "default_mode"]

@@ -97,6 +97,9 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)  # mkstemp's 0o600 -> the mode a plain open() gives (0o666 less the umask)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
