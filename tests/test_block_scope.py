@@ -10,7 +10,9 @@ from hypothesis import given, strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
 from tiling.modules import TiledMamba
-from tiling.modules.chunk import Chunk, check_layout, layout_from_boundaries, layout_from_counts, segment_boundaries
+from tiling.modules.chunk import (
+    Chunk, check_layout, dithered_counts, layout_from_boundaries, layout_from_counts, segment_boundaries,
+)
 from tiling.ops import layer_cost, segment_counts
 from tiling.ops.reference import block_scope_ref
 
@@ -167,9 +169,11 @@ def test_plan_reports_layer_cost_and_segments():
     bnd = boundaries_of(layer, x)
     per_tile = torch.stack([bnd[:, i * 8:(i + 1) * 8].sum(1) for i in range(plan.n_tiles)], dim=1)
     assert torch.equal(plan.segments, per_tile)
-    assert plan.segments[0].tolist() == [3] * 6 + [1]  # ⌈0.3·8⌉ = 3; the last tile (2 tokens) holds one start
+    # 0.3·8 = 2.4 segments a tile, rounded with the error carried on: 2, 3, 2, 3, 2, 2, (3 →) 1, the last
+    # tile (2 tokens) holding one start of its nominal grid [0, 2, 5)
+    assert plan.segments[0].tolist() == [2, 3, 2, 3, 2, 2, 1]
     Lc = plan.meta["compact_length"]
-    assert Lc == int(plan.segments.sum(1).max()) == 19
+    assert Lc == int(plan.segments.sum(1).max()) == 15
     want = layer_cost(50, d_model=16, d_state=4, d_inner=32, dt_rank=1, tile_size=8, batch=2, compact_length=Lc,
                       signal="linear", signal_channels=int(layer.signal_index.numel()))
     assert plan.meta["layer_cost"] == want
@@ -227,6 +231,24 @@ def test_zero_pool_gate_and_budget_one_are_the_identity_parts():
     plain = block_layer(13, open_gate=False, budget=0.25, pool=False)
     assert "chunk.pool_gate" not in dict(plain.named_parameters())
     torch.testing.assert_close(plain(x), layer(x), rtol=0, atol=0)
+
+
+@given(T=st.integers(1, 64), n=st.integers(1, 30), seed=st.integers(0, 10_000))
+def test_dithered_counts_meet_the_budget_within_half_a_segment(T, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    # R·T ≥ 1 (r_min ≥ 1/T, as the layer's default 1/16 with tiles of 16 or more): no tile is clamped
+    R = 1.0 / T + torch.rand(3, n, generator=g, dtype=f64) * (1.0 - 1.0 / T)
+    m, carry = dithered_counts(R, T)
+    assert bool(((m >= 1) & (m <= T)).all())
+    target = (R * T).sum(1)
+    assert bool(((m.sum(1) - target).abs() <= 0.5 + 1e-9).all())
+    torch.testing.assert_close(carry, target - m.sum(1).to(f64))
+    # causal and resumable: two halves with the carry handed on equal one call
+    k = n // 2
+    m1, c1 = dithered_counts(R[:, :k], T)
+    m2, _ = dithered_counts(R[:, k:], T, c1)
+    assert torch.equal(torch.cat([m1, m2], 1), m)
+    assert torch.equal(dithered_counts(torch.ones(2, n), T)[0], torch.full((2, n), T))
 
 
 def _loop_boundaries(m, L, T):

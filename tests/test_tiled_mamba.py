@@ -251,6 +251,8 @@ def test_bad_input():
         layer(torch.randn(1, 8, 16), density=-torch.ones(1, 8))
     with pytest.raises(ValueError, match="batch"):
         layer.step(torch.randn(3, 16), layer.allocate_inference_state(2))
+    with pytest.raises(ValueError, match="full resolution only"):
+        layer.step(torch.randn(2, 16), layer.allocate_inference_state(2), budget=0.5)
 
 
 @pytest.mark.cuda

@@ -52,8 +52,8 @@ from tiling.policy import (
     causal_predictor, check_policy_options, resolution_policy, state_dims_policy, tile_density, tile_importance,
     tile_tail_density,
 )
-from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, layout_from_boundaries, layout_from_counts, \
-    segment_boundaries
+from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
+    layout_from_counts, segment_boundaries
 from tiling.modules.router import RouterState, TokenRouter, linear_density, ratio_loss
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.tile import TilePlan
@@ -76,10 +76,13 @@ class TiledMambaState:
 
     Block scope only: ``conv`` and ``ssm`` are the mixer's state on the *compact* sequence;
     ``held`` (batch, d_model) the output of the current segment; ``chunk`` the pool of the
-    current segment; ``router`` the learned router's previous key; ``signal`` (batch, position)
-    float64 the per-token signal so far (the policy's history); ``boundary`` (batch, T) the
-    segment starts of the current tile; ``last_start`` (batch,) the position of the current
-    segment's representative; ``proj`` the signal's composite map, computed once.
+    current segment; ``router`` the learned router's previous key; ``signal`` (batch, ≤ T)
+    float64 the per-token signal of the current tile; ``tiles`` the densities ``(ρ_i, predictor_i)``
+    (batch, tiles done) of the finished tiles (the policy's history); ``carry`` (batch,) the
+    rounding error carried to the next tile (:func:`~tiling.modules.chunk.dithered_counts`);
+    ``boundary`` (batch, T) the segment starts of the current tile; ``last_start`` (batch,) the
+    position of the current segment's representative; ``proj`` the signal's composite map,
+    computed once.
     """
 
     conv: Tensor
@@ -90,6 +93,8 @@ class TiledMambaState:
     chunk: ChunkState | None = None
     router: RouterState | None = None
     signal: Tensor | None = None
+    tiles: tuple | None = None
+    carry: Tensor | None = None
     boundary: Tensor | None = None
     last_start: Tensor | None = None
     proj: tuple | None = None
@@ -398,16 +403,27 @@ class TiledMamba(nn.Module):
         The policy is piecewise constant in its inputs, so it runs without gradient.
         """
         batch, L = rho.shape
-        T = self.tile_size
         with torch.no_grad():
-            rho = rho.to(torch.float64)
-            rho_tile = tile_density(rho, T)
-            pred_tile = rho_tile if self.predictor_tail is None else tile_tail_density(
-                rho, T, self.predictor_tail, self.predictor_reduce)
+            rho_tile, pred_tile = self._tile_densities(rho)
             kappa = None
             if curvature is not None:
                 check_tensor(curvature, "curvature", shape=(batch, L))
-                kappa = _tile_mean(curvature.detach().to(device=rho.device, dtype=torch.float64), T)
+                kappa = _tile_mean(curvature.detach().to(device=rho.device, dtype=torch.float64), self.tile_size)
+            R, S = self._policy(rho_tile, pred_tile, kappa, budget, update)
+        return R, S, rho_tile
+
+    def _tile_densities(self, rho: Tensor) -> tuple[Tensor, Tensor]:
+        """Float64 tile densities ``ρ_i`` and the causal predictor's densities of a (b, L) density."""
+        rho = rho.to(torch.float64)
+        rho_tile = tile_density(rho, self.tile_size)
+        pred_tile = rho_tile if self.predictor_tail is None else tile_tail_density(
+            rho, self.tile_size, self.predictor_tail, self.predictor_reduce)
+        return rho_tile, pred_tile
+
+    def _policy(self, rho_tile: Tensor, pred_tile: Tensor, kappa: Tensor | None, budget: float, update: bool
+                ) -> tuple[Tensor, Tensor | None]:
+        """``(R, S)`` of the tiles from their densities (``tiling.policy``, with the running reference)."""
+        with torch.no_grad():
             running = self.causal and self.calibration == "running"
             reference = None
             if running and int(self.calibration_updates) > 0:
@@ -429,7 +445,7 @@ class TiledMamba(nn.Module):
                     S[:, 0] = self.s_max  # no history: full state for the first tile
                 else:
                     S = state_dims_policy(rho_tile, k=self.state_k, s_min=self.s_min, s_max=self.s_max)
-        return R, S, rho_tile
+        return R, S
 
     def _update_calibration(self, importance: Tensor) -> None:
         """EMA of the ``K`` quantiles ``(k + ½)/K`` of ``log q`` over this batch's predictor importances."""
@@ -529,6 +545,8 @@ class TiledMamba(nn.Module):
         rho = rho_tile = S = None
         if self._full(c) and not return_plan:
             R = torch.ones(batch, n_tiles)
+        elif self.policy == "uniform" and self.state_k is None and not return_plan:
+            R = torch.full((batch, n_tiles), c)  # R_i = c: no density needed
         else:
             rho = self._density(dt_raw, B, density, batch, L)
             if self._full(c):
@@ -568,13 +586,17 @@ class TiledMamba(nn.Module):
             R = per_tile / tile_lengths(L, T).to(per_tile)
             return layout, torch.where(bnd, p, 1.0 - p), R.float().cpu(), None, None
         rho = rho_tile = None
-        if need_density or not self._full(c):
+        uniform = self.policy == "uniform"  # R_i = c: the signal only feeds the plan's report
+        if need_density or not (self._full(c) or uniform):
             rho = self._external_density(density, batch, L, x.device) if density is not None else self._signal(x)
             rho_tile = tile_density(rho.to(torch.float64), T)
         if self._full(c):
             return None, None, ones, rho_tile, rho
-        R, _, rho_tile = self._tile_config(rho, curvature, c, update=update)
-        m = segment_counts(R, torch.full((n_tiles,), T, dtype=torch.int64))
+        if uniform:
+            R = torch.full((batch, n_tiles), c)
+        else:
+            R, _, rho_tile = self._tile_config(rho, curvature, c, update=update)
+        m, _ = dithered_counts(R, T)
         if bool((m == T).all()):
             return None, None, R, rho_tile, rho
         return layout_from_counts(m.to(x.device), L, T), None, R, rho_tile, rho
@@ -695,6 +717,8 @@ class TiledMamba(nn.Module):
         return replace(state, held=p.new_zeros(batch, self.d_model), chunk=self.chunk.allocate(batch, p),
                        router=RouterState(key=None) if self.router is not None else None,
                        signal=torch.zeros(batch, 0, dtype=torch.float64, device=p.device),
+                       tiles=(torch.zeros(batch, 0, dtype=torch.float64, device=p.device),) * 2,
+                       carry=torch.zeros(batch, dtype=torch.float64),
                        last_start=torch.zeros(batch, dtype=torch.int64, device=p.device), proj=maps)
 
     def step(self, hidden_states: Tensor, state: TiledMambaState, *, budget: float | None = None
@@ -727,6 +751,9 @@ class TiledMamba(nn.Module):
                 raise ValueError("state was allocated by a scan-scope layer; use this layer's allocate_inference_state")
             out, new = self._step_block(x, state, self._budget(budget))
         else:
+            if budget is not None and self._budget(budget) < 1.0:
+                raise ValueError(f"a scan-scope layer steps at full resolution only; got budget={budget} "
+                                 "(use forward() for a coarser plan, or scope='block')")
             out, conv, h, read = self._mixer_step(x, state.conv, state.ssm, route=state.route)
             position = state.position + 1
             route = state.route
@@ -764,18 +791,28 @@ class TiledMamba(nn.Module):
             raise ValueError("step() needs a causal layer (causal=True): a non-causal plan reads later tokens")
         batch, T, t = x.shape[0], self.tile_size, state.position
         off = t % T
-        signal, boundary, rstate = state.signal, state.boundary, state.router
+        signal, tiles, carry = state.signal, state.tiles, state.carry
+        boundary, rstate = state.boundary, state.router
         if self.boundaries == "tile":
             if not self._full(c):
-                proj, offset, w, b, scale = state.proj
-                rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset)
+                uniform = self.policy == "uniform"
                 if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
-                    i = t // T
-                    hist = torch.cat([signal, signal.new_zeros(batch, T)], dim=1)  # tile i: a placeholder
-                    R = self._tile_config(hist, None, c)[0][:, i:i + 1]
-                    m = segment_counts(R, torch.tensor([T]))
+                    if uniform:
+                        R = torch.full((batch, 1), c)
+                    else:
+                        place = tiles[0].new_zeros(batch, 1)  # tile i itself: a placeholder the policy never reads
+                        R = self._policy(torch.cat([tiles[0], place], 1), torch.cat([tiles[1], place], 1), None, c,
+                                         False)[0][:, -1:]
+                    m, carry = dithered_counts(R, T, carry)
                     boundary = segment_boundaries(m.to(x.device), T, T)
-                signal = torch.cat([signal, rho_t.to(torch.float64)], dim=1)
+                    signal = signal[:, :0]
+                if not uniform:  # the tile's signal, folded into the history when the tile ends
+                    proj, offset, w, b, scale = state.proj
+                    rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset)
+                    signal = torch.cat([signal, rho_t.to(torch.float64)], dim=1)
+                    if off == T - 1:
+                        done = self._tile_densities(signal)
+                        tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, done))
                 starts = boundary[:, off]
             else:
                 starts = torch.ones(batch, dtype=torch.bool, device=x.device)
@@ -795,7 +832,7 @@ class TiledMamba(nn.Module):
             ssm = torch.where(s.unsqueeze(-1), ssm_n, ssm)
             last_start = torch.where(starts, torch.full_like(last_start, t), last_start)
         new = replace(state, conv=conv, ssm=ssm, position=t + 1, held=held, chunk=cstate, router=rstate,
-                      signal=signal, boundary=boundary, last_start=last_start)
+                      signal=signal, tiles=tiles, carry=carry, boundary=boundary, last_start=last_start)
         return held, new
 
 
