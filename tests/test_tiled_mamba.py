@@ -258,11 +258,17 @@ def test_bad_input():
 @pytest.mark.cuda
 @pytest.mark.parametrize("budget", [1.0, 0.3])
 def test_cpu_and_cuda_agree(budget):
-    layer = make_layer(11, perturb=True, budget=budget, state_k=0.05, s_min=2)
+    assert_cpu_cuda_agree(make_layer(11, perturb=True, budget=budget, state_k=0.05, s_min=2), every_param=True)
+
+
+def assert_cpu_cuda_agree(layer, *, every_param: bool) -> None:
+    """Outputs and gradients of ``layer`` on the CPU and on CUDA agree (``every_param``: all get one)."""
     x = torch.randn(2, 70, 16, requires_grad=True)
     y = layer(x)
     y.pow(2).sum().backward()
-    grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
+    grads = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    if every_param:
+        assert set(grads) == {n for n, _ in layer.named_parameters()}
     layer_c = layer.to("cuda")
     layer_c.zero_grad()
     xc = x.detach().cuda().requires_grad_(True)
@@ -270,8 +276,9 @@ def test_cpu_and_cuda_agree(budget):
     yc.pow(2).sum().backward()
     torch.testing.assert_close(yc.cpu(), y, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(xc.grad.cpu(), x.grad, rtol=1e-3, atol=1e-4)
-    for n, p in layer_c.named_parameters():
-        torch.testing.assert_close(p.grad.cpu(), grads[n], rtol=1e-3, atol=1e-4, msg=n)
+    params = dict(layer_c.named_parameters())
+    for n, g in grads.items():
+        torch.testing.assert_close(params[n].grad.cpu(), g, rtol=1e-3, atol=1e-4, msg=n)
 
 
 def log_quantiles(layer, x):
