@@ -26,15 +26,16 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; return the path."""
+def _atomically(path: str | os.PathLike, fill) -> Path:
+    """Call ``fill(tmp)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it onto
+    ``path`` (the temporary file is removed if anything fails) and fsync the directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        fill(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         default_mode(tmp)
         os.replace(tmp, path)
@@ -46,6 +47,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return the path."""
+    return _atomically(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
 def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> Path:
     """``json.dumps(obj)`` (UTF-8, a final newline) written atomically."""
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent, ensure_ascii=False) + "\n").encode())
@@ -53,22 +59,7 @@ def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Copy ``src`` to ``dst`` atomically (a temporary copy beside ``dst``, then ``os.replace``)."""
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        default_mode(tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dst.parent)
-    return dst
+    return _atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 __all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_copy", "default_mode"]
