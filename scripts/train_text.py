@@ -56,6 +56,15 @@ from tiling.train.textmodel import (  # noqa: E402
 )
 
 ADAPTIVE = ("adaptive", "router", "scan-adaptive")
+# Configurations whose every layer keeps token-level outputs: full-resolution outer layers change nothing
+# in "full" and are not needed by the scan scope, so --full-layers does not apply to them (one row serves
+# both choices instead of two identical trainings).
+TOKEN_LEVEL = ("full", "scan-adaptive")
+
+
+def outer_layers(config: str, full_layers) -> tuple[int, ...]:
+    """The layers kept at full resolution for ``config`` under ``--full-layers``."""
+    return () if config in TOKEN_LEVEL else tuple(full_layers)
 
 
 class RunError(RuntimeError):
@@ -200,8 +209,12 @@ def train(args, data: dict | None = None) -> dict:
         log_path.rename(out / f"log.{k}.jsonl")
     torch.manual_seed(args.seed)
     random.seed(args.seed)
+    if args.full_layers and args.config in TOKEN_LEVEL:
+        print(f"note: --full-layers does not apply to --config {args.config} (every layer keeps token-level "
+              f"outputs); training all layers as given by the configuration", flush=True)
     cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers,
+                       tile_size=args.tile_size, r_min=args.r_min,
+                       full_resolution_layers=outer_layers(args.config, args.full_layers),
                        expand=args.expand)
     budget = cfg["layer_kwargs"]["budget"]
     model = build_model(cfg)
@@ -335,6 +348,7 @@ def machine_info() -> dict:
 
 # ----------------------------------------------------------------------------- sweep
 def row_name(config: str, budget: float, seed: int, full_layers=()) -> str:
+    full_layers = outer_layers(config, full_layers)
     suffix = "+ends" if tuple(full_layers) in ((0, -1),) else ("+fl" + ",".join(map(str, full_layers)) if full_layers else "")
     return f"{config}{suffix}@{budget:g}/s{seed}"
 
@@ -348,7 +362,8 @@ def phase1_rows(args) -> list[dict]:
     for seed in (0, 1):
         for config in ("full", "uniform", "adaptive", "router", "scan-adaptive"):
             b = 1.0 if config == "full" else 0.35
-            rows.append({"config": config, "budget": b, "seed": seed, "full_layers": args.full_layers})
+            rows.append({"config": config, "budget": b, "seed": seed,
+                         "full_layers": outer_layers(config, args.full_layers)})
     return rows
 
 
@@ -366,9 +381,9 @@ def best_adaptive(done: dict[str, dict], args) -> str | None:
 def phase2_rows(best: str, args) -> list[dict]:
     rows = []
     for b in (0.5, 0.25):
-        rows.append({"config": "full", "budget": b, "seed": 0, "full_layers": args.full_layers, "evaluate_only": True})
+        rows.append({"config": "full", "budget": b, "seed": 0, "full_layers": (), "evaluate_only": True})
         for c in ("uniform", best):
-            rows.append({"config": c, "budget": b, "seed": 0, "full_layers": args.full_layers})
+            rows.append({"config": c, "budget": b, "seed": 0, "full_layers": outer_layers(c, args.full_layers)})
     if args.ablation:  # the other choice of full-resolution outer layers
         fl = () if tuple(args.full_layers) else (0, -1)
         rows.append({"config": best, "budget": 0.35, "seed": 0, "full_layers": fl})
@@ -614,7 +629,8 @@ def measure(args) -> dict:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                       tile_size=args.tile_size, r_min=args.r_min, full_resolution_layers=args.full_layers,
+                       tile_size=args.tile_size, r_min=args.r_min,
+                       full_resolution_layers=outer_layers(args.config, args.full_layers),
                        expand=args.expand)
     model = build_model(cfg).train()
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))

@@ -1,5 +1,6 @@
 """Real-text training: corpus, windows, the autoregressive property of every configuration,
 evaluation = step-by-step reference, checkpoints, a tiny training run, the CLIs and their bad input."""
+import argparse
 import hashlib
 import importlib.util
 import json
@@ -50,9 +51,10 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_text", SCRIPT)
+def load_script(name: str = "train_text"):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the module executes
     spec.loader.exec_module(mod)
     return mod
 
@@ -494,3 +496,31 @@ def test_sweep_resume_and_table(tmp_path, capsys):
     assert {f"{best}@0.25/s0", "uniform@0.5/s0", "full@0.25/s0"} <= set(names)
     evald = next(r for r in table["rows"] if r["row"] == "full@0.25/s0")
     assert evald["kind"] == "evaluated" and evald["trained_budget"] == 1.0 and evald["test_mean_resolution"] < 0.5
+    # the speed of every trained row, in one run (scripts/bench_text.py)
+    bench = load_script("bench_text")
+    trained = sum(r["kind"] == "trained" for r in table["rows"])
+    assert bench.main(["--runs", str(tmp_path / "runs"), "--test-file", str(SLICE / "faq/general.rst.txt"),
+                       "--context", "32", "--decode-bytes", "4", "--rounds", "1",
+                       "--json", str(tmp_path / "speed.json")]) == 0
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert len(speed["rows"]) == trained + 3 and speed["rows"][0]["case"] == "full@1/s0"
+    assert speed["rows"][0]["prefill_x_full"] == 1.0 and speed["rows"][0]["decode_x_full"] == 1.0
+    for r in speed["rows"]:
+        assert r["prefill_bytes_per_s"] > 0 and (r["decode_bytes_per_s"] is None) == r["configuration"].startswith("scan")
+    at_quarter = [g for g in speed["goals"] if g["case"].startswith(("full@0.25", f"{best}@0.25", "uniform@0.25"))]
+    assert {g["goal"].split()[0] for g in at_quarter} == {"prefill", "decode"}
+    assert all(g["met"] == (g["ratio"] >= float(g["goal"].split("≥ ")[1].split("×")[0])) for g in speed["goals"])
+
+
+def test_sweep_row_names_and_outer_layers():
+    """``--full-layers`` applies to the block-scope configurations only: full resolution and the scan
+    scope keep token-level outputs in every layer, so one row serves both choices."""
+    mod = load_script()
+    assert mod.row_name("full", 1.0, 0, (0, -1)) == "full@1/s0"
+    assert mod.row_name("scan-adaptive", 0.35, 1, (0, -1)) == "scan-adaptive@0.35/s1"
+    assert mod.row_name("uniform", 0.35, 0, (0, -1)) == "uniform+ends@0.35/s0"
+    assert mod.row_name("router", 0.25, 0, (1,)) == "router+fl1@0.25/s0"
+    args = argparse.Namespace(full_layers=(0, -1), ablation=False)
+    layers = {mod.spec_name(s): tuple(s["full_layers"]) for s in mod.phase1_rows(args) + mod.phase2_rows("adaptive", args)}
+    assert layers["full@1/s1"] == () and layers["adaptive+ends@0.35/s1"] == (0, -1)
+    assert layers["full@0.25/s0"] == () and layers["uniform+ends@0.25/s0"] == (0, -1)
