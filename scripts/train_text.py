@@ -486,11 +486,13 @@ def _interp(curve: list[dict], x: float, key: str = "bytes") -> float | None:
     return pts[-1][1]
 
 
-def goals(rows: list[dict], best: str | None) -> dict:
-    """The issue's goals, checked on the rows present (None where a row is missing)."""
+def goals(rows: list[dict], best: str | None, full_layers=()) -> dict:
+    """The issue's goals, checked on the rows present (None where a row is missing), over the rows of
+    the sweep's ``--full-layers`` choice (rows of the other choice stay in the table, not in the goals)."""
     by = {}
     for r in rows:
-        by.setdefault((r["configuration"], r["budget"], r.get("kind")), []).append(r)
+        if tuple(r.get("full_resolution_layers", ())) == outer_layers(r["configuration"], full_layers):
+            by.setdefault((r["configuration"], r["budget"], r.get("kind")), []).append(r)
 
     def mean(cfg, b, key, kind="trained"):
         vals = [r[key] for r in by.get((cfg, b, kind), []) if r.get(key) is not None]
@@ -540,7 +542,7 @@ def write_results(done: dict, args) -> dict:
                        "of the layers as run (tiling.ops.layer_cost, per row) plus the tied head; speeds on one "
                        "thread, one row.",
         "command": "python scripts/train_text.py --sweep --resume " + " ".join(_cmd_args(args)),
-        "goals": goals(rows, best),
+        "goals": goals(rows, best, args.full_layers),
         "rows": rows,
     }
     atomic_write_json(args.results, table)
@@ -583,6 +585,12 @@ def figures(rows: list[dict], directory: Path) -> None:
               "scan-adaptive": "tab:purple"}
     markers = {1.0: "*", 0.5: "s", 0.35: "o", 0.25: "^"}
 
+    def label(r):  # configuration and outer layers, e.g. "uniform+ends"
+        return r["row"].split("@")[0]
+
+    def all_tiled(r):  # a block-scope row without full-resolution outer layers: drawn faint
+        return r["configuration"] not in TOKEN_LEVEL and not r.get("full_resolution_layers")
+
     def save(fig, name):
         buf = io.BytesIO()
         fig.tight_layout()
@@ -594,15 +602,14 @@ def figures(rows: list[dict], directory: Path) -> None:
     seen = set()
     for r in rows:
         c = r["configuration"]
-        label = c if c not in seen else None
-        seen.add(c)
         ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], color=colors.get(c, "gray"),
-                   marker=markers.get(r["budget"], "x"), label=label,
-                   facecolors="none" if r["kind"] == "evaluated" else None)
+                   marker=markers.get(r["budget"], "x"), label=label(r) if label(r) not in seen else None,
+                   facecolors="none" if r["kind"] == "evaluated" else None, alpha=0.4 if all_tiled(r) else 1.0)
+        seen.add(label(r))
     ax.set_xlabel("MFLOPs per byte (2 × multiply-adds as run, layer_cost + head)")
     ax.set_ylabel("test bits per byte")
-    ax.set_title("Byte-level TiledLM on the Python docs: bpb vs compute\n(marker: ★ 1, ■ 0.5, ● 0.35, ▲ 0.25)",
-                 fontsize=9)
+    ax.set_title("Byte-level TiledLM on the Python docs: bpb vs compute\n(marker: ★ 1, ■ 0.5, ● 0.35, ▲ 0.25; "
+                 "hollow: tiled after training; faint: every layer tiled)", fontsize=9)
     ax.legend(fontsize=8)
     save(fig, "text_lm_bpb_vs_flops.png")
 
@@ -615,11 +622,12 @@ def figures(rows: list[dict], directory: Path) -> None:
         cur = r["validation_curve"]
         ax.plot([p["train_seconds"] / 60 for p in cur], [p["bpb"] for p in cur], color=colors.get(c, "gray"),
                 ls="-" if r["budget"] in (1.0, 0.35) else ":", marker=markers.get(r["budget"], "x"), ms=3,
-                label=c if c not in seen else None)
-        seen.add(c)
+                label=label(r) if label(r) not in seen else None, alpha=0.4 if all_tiled(r) else 1.0)
+        seen.add(label(r))
     ax.set_xlabel("training wall time (minutes, one thread)")
     ax.set_ylabel("validation bits per byte")
-    ax.set_title("bpb vs training wall time (solid: budget 1 / 0.35; dotted: 0.5, 0.25)", fontsize=9)
+    ax.set_title("bpb vs training wall time (solid: budget 1 / 0.35; dotted: 0.5, 0.25; faint: every layer "
+                 "tiled)", fontsize=9)
     ax.legend(fontsize=8)
     save(fig, "text_lm_bpb_vs_time.png")
 
