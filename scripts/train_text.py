@@ -563,13 +563,17 @@ def _cmd_args(args) -> list[str]:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| row | kind | test bpb | mean R | train bytes | train s | MFLOPs/byte | prefill B/s | decode B/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    """The rows as a Markdown table; ``× full`` columns divide by the seed-0 full-resolution row."""
+    full = next((r for r in rows if r["row"] == "full@1/s0"), None)
+    lines = ["| row | kind | test bpb | mean R | train bytes | train s | MFLOPs/byte | FLOPs × full | prefill B/s "
+             "| decode B/s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         dec = "—" if r.get("decode_bytes_per_s") is None else f"{r['decode_bytes_per_s']:.0f}"
         pre = "—" if r.get("prefill_bytes_per_s") is None else f"{r['prefill_bytes_per_s']:.0f}"
+        rel = "—" if full is None else f"{r['flops_per_byte'] / full['flops_per_byte']:.3f}"
         lines.append(f"| {r['row']} | {r['kind']} | {r['test_bpb']:.4f} | {r['test_mean_resolution']:.3f} | "
-                     f"{r['train_bytes']} | {r['train_seconds']:.0f} | {r['flops_per_byte'] / 1e6:.3f} | {pre} | {dec} |")
+                     f"{r['train_bytes']} | {r['train_seconds']:.0f} | {r['flops_per_byte'] / 1e6:.3f} | {rel} "
+                     f"| {pre} | {dec} |")
     return "\n".join(lines) + "\n"
 
 
