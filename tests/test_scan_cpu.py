@@ -311,17 +311,6 @@ def test_overflow_is_detected(fn):
         fn(t["u"], t["delta"].abs() + 1.0, 60.0 + t["A"].abs(), t["B"], t["C"], tile_size=4)
 
 
-@needs_kernel
-def test_double_backward_is_refused():
-    t, kw = make(1, 3, 8, 2, None, 4, seed=0, present=())
-    u = t["u"].clone().requires_grad_()
-    y = scan(u, t["delta"], t["A"], t["B"], t["C"], **kw)
-    v = torch.ones_like(y, requires_grad=True)  # a Hessian-vector product needs the backward differentiable
-    (g,) = torch.autograd.grad(y, u, v, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        g.sum().backward()
-
-
 def test_mixed_devices_named():
     t = base()
     with pytest.raises(ValueError, match="A is on meta"):

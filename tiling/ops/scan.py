@@ -13,7 +13,6 @@ import warnings
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from infogeo._checks import check_tensor
 from tiling import _build
@@ -57,7 +56,7 @@ class _AdaptiveScan(torch.autograd.Function):
 
     @staticmethod
     def forward(u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims,
-                ckpt_slot, n_ckpt, tile_size, delta_softplus, return_tile_states, ext):
+                ckpt_slot, n_ckpt, tile_size, delta_softplus, return_tile_states, ext, plan_resolution):
         y, last, ckpts, tiles = ext.fwd(u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts,
                                         state_dims, ckpt_slot, n_ckpt, tile_size, delta_softplus,
                                         return_tile_states)
@@ -66,29 +65,61 @@ class _AdaptiveScan(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         (u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims, ckpt_slot,
-         _n_ckpt, tile_size, delta_softplus, _rts, ext) = inputs
+         _n_ckpt, tile_size, delta_softplus, _rts, ext, plan_resolution) = inputs
         ckpts = output[3]
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts,
                               state_dims, ckpt_slot, ckpts)
         ctx.mark_non_differentiable(ckpts)
         ctx.tile_size, ctx.delta_softplus, ctx.ext = tile_size, delta_softplus, ext
+        ctx.plan_resolution = plan_resolution  # as validated: its dtype sets the segment counts
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy, dlast, dtiles, _dckpts):
+        if dtiles is not None and dtiles.numel() == 0:
+            dtiles = None
+        if torch.is_grad_enabled():  # create_graph=True: the gradient itself must be differentiable
+            return _reference_vjp(ctx, dy, dlast, dtiles) + (None,) * 10
         (u, delta, A, B, C, D, z, delta_bias, gain, init, resolution, seg_counts, state_dims, ckpt_slot,
          ckpts) = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(u)
-        if dtiles is not None and dtiles.numel() == 0:
-            dtiles = None
         grads = ctx.ext.bwd(dy.contiguous(), u, delta, A, B, C, D, z, delta_bias, gain, init, resolution,
                             seg_counts, state_dims, ckpt_slot, ckpts,
                             None if dlast is None else dlast.contiguous(),
                             None if dtiles is None else dtiles.contiguous(),
                             ctx.tile_size, ctx.delta_softplus)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dgain, dinit = (_none_if_empty(g) for g in grads)
-        return (du, ddelta, dA, dB, dC, dD, dz, dbias, dgain, dinit) + (None,) * 9
+        return (du, ddelta, dA, dB, dC, dD, dz, dbias, dgain, dinit) + (None,) * 10
+
+
+def _reference_vjp(ctx, dy: Tensor | None, dlast: Tensor | None, dtiles: Tensor | None) -> tuple:
+    """The backward as a differentiable function of the inputs and of the incoming gradients.
+
+    The fused kernels' backward is not itself differentiable, so a double backward (a gradient
+    penalty, a Hessian-vector product: ``create_graph=True``) recomputes the forward through the
+    float64 reference :func:`adaptive_selective_scan_ref` (the semantics, seed 001 §3.2–3.4) and
+    takes its vector-Jacobian product under autograd. Exact, and as slow as the reference.
+    """
+    saved = ctx.saved_tensors
+    # fresh graph nodes: the inputs may depend on each other (Mamba computes delta, B, C from u), and
+    # the vector-Jacobian product needs the partial derivative in each, not the total one
+    inputs = tuple(None if t is None else t.view_as(t) for t in saved[:10])
+    u, delta, A, B, C, D, z, delta_bias, gain, init = inputs
+    state_dims = saved[12]
+    y, last, tiles = adaptive_selective_scan_ref(
+        u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, tile_size=ctx.tile_size,
+        resolution=ctx.plan_resolution, state_dims=state_dims, boundary_gain=gain, initial_state=init,
+        return_tile_states=True)
+    pairs = [(o, g) for o, g in ((y, dy), (last, dlast), (tiles, dtiles)) if g is not None]
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    if not pairs or not wanted:
+        return (None,) * len(inputs)
+    grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+    out: list[Tensor | None] = [None] * len(inputs)
+    for i, g in zip(wanted, grads):
+        out[i] = g
+    return tuple(out)
 
 
 def _extension(device: torch.device, n_state: int):
@@ -145,6 +176,9 @@ def adaptive_selective_scan(
     Gradients flow to ``u, delta, A, B, C, D, z, delta_bias, boundary_gain, initial_state`` (and
     through ``last_state``/``tile_states``), not to ``resolution`` or ``state_dims``. The backward
     recomputes states from checkpoints saved every ≥ 64 segments (:func:`checkpoint_slots`).
+    Double backward (``create_graph=True``: gradient penalties, Hessian-vector products) is exact:
+    the backward is then recomputed through the float64 reference and differentiated by autograd
+    (:func:`_reference_vjp`); ``torch.func`` transforms run the reference throughout.
 
     Returns ``y`` (dtype of ``u``); with ``return_last_state`` ``(y, last_state)``; with
     ``return_tile_states`` ``(y, last_state, tile_states)``, ``tile_states`` (batch, dim,
@@ -156,7 +190,8 @@ def adaptive_selective_scan(
     """
     check_tensor(u, "u", ndim=3, finite=False)
     check_tensor(A, "A", ndim=2, finite=False)  # finiteness and device are checked with the rest below
-    ext = _extension(u.device, A.shape[-1])
+    # torch.func transforms (grad, jacrev, vmap) cannot see into the fused kernels: they get the reference
+    ext = None if torch._C._are_functorch_transforms_active() else _extension(u.device, A.shape[-1])
     p = validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, tile_size=tile_size, resolution=resolution,
                              state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state,
                              defer_finite=ext is not None)
@@ -179,7 +214,7 @@ def adaptive_selective_scan(
         None if z is None else z.contiguous(), cast(delta_bias), cast(boundary_gain), cast(initial_state),
         p.resolution.to(device=u.device, dtype=acc).contiguous(), i32(p.seg_counts),
         i32(p.state_dims), i32(ckpt_slot), n_ckpt, p.tile_size, bool(delta_softplus),
-        bool(return_tile_states), ext)
+        bool(return_tile_states), ext, p.resolution)
     check_scan_output(y, u, delta, z)
     if return_tile_states:
         return y, last, tiles
