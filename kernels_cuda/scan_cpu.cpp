@@ -92,6 +92,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <new>
 #include <vector>
 
 namespace {
@@ -349,10 +350,29 @@ void tile_forward_full(const Params<T>& p, const T* Bp, const T* Cp, int n, cons
   for (int q = 0; q < NS; ++q) h[q] = hr[q];
 }
 
+// Per-thread scratch, all of it allocated before the parallel region: an exception cannot leave an
+// OpenMP region (it would call std::terminate and kill Python), so a failed allocation is raised
+// here, as a RuntimeError naming the size. Callers size it by min(T, L): one tile never holds more
+// than L tokens, whatever tile_size is.
+template <typename E> struct ScratchPool {
+  std::vector<E> buf;
+  int64_t per;
+  ScratchPool(int nthreads, int64_t per_thread) : per(per_thread) {
+    try {
+      buf.resize((size_t)nthreads * (size_t)per_thread);
+    } catch (const std::bad_alloc&) {
+      TORCH_CHECK(false, "tiling_scan_cpu: cannot allocate ", (double)nthreads * per_thread * sizeof(E) / 1e9,
+                  " GB of scratch (", nthreads, " threads x ", per_thread, " elements); use a shorter sequence, "
+                  "fewer state dimensions or fewer threads");
+    }
+  }
+  E* of(int tid) { return buf.data() + (int64_t)tid * per; }
+};
+
 template <typename T> struct Scratch {
-  std::vector<Vec<T>> buf;
+  Vec<T>* base;
   Vec<T>* take(int64_t n, int64_t& at) {
-    Vec<T>* r = buf.data() + at;
+    Vec<T>* r = base + at;
     at += n;
     return r;
   }
@@ -400,10 +420,12 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
   const int W = VT<T>::W;
   const int64_t N = p.N, L = p.L, NT = p.NT, Tt = p.T_;
   const int64_t items = p.Bt * p.G * blocks_per_group(p.Dm / p.G, W);
-#pragma omp parallel num_threads(at::get_num_threads())
+  const int64_t Tb = std::min(Tt, L);  // the longest tile
+  const int nthreads = at::get_num_threads();
+  ScratchPool<V> pool(nthreads, 3 * N + 4 * Tb);
+#pragma omp parallel num_threads(nthreads)
   {
-    Scratch<T> sc;
-    sc.buf.resize(3 * N + 4 * Tt);
+    Scratch<T> sc{pool.of(omp_get_thread_num())};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
       const Blk k = make_blk(p, item);
@@ -411,10 +433,10 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
       V* AT = sc.take(N, at);
       V* GT = sc.take(N, at);
       V* h = sc.take(N, at);
-      V* raw = sc.take(Tt, at);
-      V* dt = sc.take(Tt, at);
-      V* x = sc.take(Tt, at);
-      V* yv = sc.take(Tt, at);
+      V* raw = sc.take(Tb, at);
+      V* dt = sc.take(Tb, at);
+      V* x = sc.take(Tb, at);
+      V* yv = sc.take(Tb, at);
       for (int64_t q = 0; q < N; ++q) {
         AT[q] = gather(p.A, k, N, q);
         GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
@@ -481,12 +503,14 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
       max_seg = std::max(max_seg, run);
     }
   }
+  const int64_t Tb = std::min(Tt, L);  // the longest tile
+  ScratchPool<V> pool(nthreads, 7 * N + 8 * Tb + 2 * max_seg * N);
+  ScratchPool<int64_t> offsets(nthreads, NT + 1);
 #pragma omp parallel num_threads(nthreads)
   {
     const int tid = omp_get_thread_num();
-    Scratch<T> sc;
-    sc.buf.resize(7 * N + 8 * Tt + 2 * max_seg * N);
-    std::vector<int64_t> seg_off(NT + 1);  // segment offset of each tile of a chunk in hs
+    Scratch<T> sc{pool.of(tid)};
+    int64_t* seg_off = offsets.of(tid);  // segment offset of each tile of a chunk in hs
     T* dBt = gr.dB + (int64_t)tid * p.Bt * p.G * N * L;
     T* dCt = gr.dC + (int64_t)tid * p.Bt * p.G * N * L;
 #pragma omp for schedule(dynamic, 1)
@@ -500,14 +524,14 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
       V* Hn = sc.take(N, at);
       V* dAv = sc.take(N, at);
       V* dGv = sc.take(N, at);
-      V* raw = sc.take(Tt, at);
-      V* dt = sc.take(Tt, at);
-      V* x = sc.take(Tt, at);
-      V* dyv = sc.take(Tt, at);
-      V* zv = sc.take(Tt, at);
-      V* dx = sc.take(Tt, at);
-      V* ddt = sc.take(Tt, at);
-      V* dzv = sc.take(Tt, at);
+      V* raw = sc.take(Tb, at);
+      V* dt = sc.take(Tb, at);
+      V* x = sc.take(Tb, at);
+      V* dyv = sc.take(Tb, at);
+      V* zv = sc.take(Tb, at);
+      V* dx = sc.take(Tb, at);
+      V* ddt = sc.take(Tb, at);
+      V* dzv = sc.take(Tb, at);
       V* hs = sc.take(max_seg * N, at);
       V* es = sc.take(max_seg * N, at);
       for (int64_t q = 0; q < N; ++q) {

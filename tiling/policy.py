@@ -116,6 +116,7 @@ def tile_density(density: Tensor, tile_size: int) -> Tensor:
     if bool((density < 0).any()):
         raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
     batch, L = density.shape
+    T = min(T, L)  # a tile longer than the sequence is the sequence: never pad by more than L
     n_tiles = -(-L // T)
     pad = n_tiles * T - L
     padded = torch.nn.functional.pad(density, (0, pad))
@@ -148,7 +149,7 @@ def tile_tail_density(density: Tensor, tile_size: int, tail: int, reduce: str = 
     dev = density.device
     starts = torch.arange(n_tiles, device=dev) * T
     last = torch.clamp(starts + T, max=L) - 1  # last position of each tile
-    idx = last.unsqueeze(1) - torch.arange(w, device=dev).unsqueeze(0)  # (n_tiles, w), newest first
+    idx = last.unsqueeze(1) - torch.arange(min(w, L), device=dev).unsqueeze(0)  # (n_tiles, w), newest first
     inside = idx >= starts.unsqueeze(1)  # a short last tile has fewer than w tokens
     values = density[:, idx.clamp_min(0)] * inside.to(density.dtype)  # zeros outside: density >= 0
     if reduce == "max":

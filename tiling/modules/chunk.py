@@ -122,10 +122,10 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     if bool(((m < 1) | (m > T)).any()):
         raise ValueError(f"seg_counts must lie in [1, tile_size={T}], got range [{int(m.min())}, {int(m.max())}]")
     m = m.unsqueeze(-1)
-    o = torch.arange(T, device=m.device, dtype=torch.int64)
+    o = torch.arange(min(T, L), device=m.device, dtype=torch.int64)  # offsets past the end never count
     j = (o * m + (T - 1)) // T
     mask = (j < m) & ((j * T) // m == o)
-    return mask.reshape(batch, n_tiles * T)[:, :L]
+    return mask.reshape(batch, -1)[:, :L]
 
 
 def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -859,9 +859,10 @@ def _tile_mean(x: Tensor, tile_size: int) -> Tensor:
 def _tile_sum(x: Tensor, tile_size: int) -> Tensor:
     """Sum of a (batch, L) signal (bool counts as int64) over each tile: (batch, ⌈L/T⌉)."""
     batch, L = x.shape
-    n_tiles = -(-L // tile_size)
+    T = min(tile_size, L)  # a tile longer than the sequence is the sequence: never pad by more than L
+    n_tiles = -(-L // T)
     x = x.to(torch.int64) if x.dtype == torch.bool else x
-    return F.pad(x, (0, n_tiles * tile_size - L)).view(batch, n_tiles, tile_size).sum(-1)
+    return F.pad(x, (0, n_tiles * T - L)).view(batch, n_tiles, T).sum(-1)
 
 
 __all__ = ["TiledMamba", "TiledMambaState"]
