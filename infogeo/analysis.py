@@ -41,12 +41,14 @@ import torch
 from . import __version__
 from ._checks import check_finite, check_in_range, check_int
 from .curvature import node_curvature, ollivier_ricci
-from .density import categorical_sequence_density, sequence_density
+from .density import categorical_sequence_density
 from .fisher import attention_row_metric, effective_dimension
 from .geodesic import geodesic_distances
 from .graph import TokenGraph
 from .laplacian import laplacian_spectrum
+from .mamba import implicit_attention_info
 from .models import attention_projections
+from .predictive import predictive_section
 from tiling.ops import scan_cost  # the one place infogeo asks tiling for a plan (house plan)
 from tiling.policy import resolution_policy, tile_density
 
@@ -116,7 +118,8 @@ def _tokenize(model, tokenizer, text: str, max_length: int | None):
 
 def _forward(model, enc, projections):
     """Run the model; return attentions (L, H, n, n), hidden states (L+1, n, d), per-layer
-    attention inputs x (the query projection's input), all float64 on the CPU."""
+    attention inputs x (the query projection's input), all float64 on the CPU, and the logits
+    (n, V) of a causal LM (None for an encoder)."""
     captured: list[torch.Tensor | None] = [None] * (len(projections) if projections else 0)
     handles = []
     if projections:
@@ -124,7 +127,7 @@ def _forward(model, enc, projections):
             def hook(_mod, args, _out, i=i):
                 captured[i] = args[0].detach()
 
-            handles.append(proj.query.register_forward_hook(hook))
+            handles.append((proj.source or proj.query).register_forward_hook(hook))
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()  # attention dropout would make the rows random and not sum to one
@@ -140,7 +143,8 @@ def _forward(model, enc, projections):
     attn = _open_simplex(torch.stack([a[0] for a in out.attentions]).to("cpu", torch.float64))
     hidden = torch.stack([h[0] for h in out.hidden_states]).to("cpu", torch.float64)
     xs = [c[0].to("cpu", torch.float64) for c in captured] if projections else None
-    return attn, hidden, xs
+    logits = getattr(out, "logits", None)
+    return attn, hidden, xs, None if logits is None else logits[0].to("cpu", torch.float64)
 
 
 def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) -> dict:
@@ -156,7 +160,17 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
     Holding K fixed is the departure from the full derivative of the layer (the keys depend on
     every token); it is the metric of "moving one query", the quantity that reads how a token's
     state changes which other tokens it attends to. For BERT the attention input x is the
-    layer's hidden state itself (post-LayerNorm architecture).
+    layer's hidden state itself (post-LayerNorm architecture); for GPT-2 and Llama (pre-LN) it is
+    the normalised hidden state the query projection reads.
+
+    Causal models (GPT-2, Llama): row t is a distribution over the keys s ≤ t, so
+    M_h(x_t) = s² K_hᵀ(diag p_t − p_t p_tᵀ)K_h with p_t zero beyond t — the masked keys drop out
+    (``attention_row_metric`` with the causal mask). Rotary models (Llama): the logit is
+    s·(R_t q_t)·(R_s k_s) with R_t the rotation of position t, so at fixed position q is linear in
+    x with Jacobian R_t A_h and G(x_t) = Σ_h A_hᵀ R_tᵀ M_h R_t A_h, M_h the metric in the rotated
+    query (keys rotated, held fixed). The factor becomes L'_h = R_tᵀ L_h and the density
+    ρ_t = Σ_h ‖R_t(q_h(x_{t+1}) − q_h(x_t))‖²_{M_h(x_t)}: the metric of moving the state of
+    token t at its own position (the rotation of position t+1 is not part of the step).
 
     G is never formed (n·d³ flops): with M_h = L_h L_hᵀ (blockwise factor L), G = (LᵀA)ᵀ(LᵀA)
     has the same non-zero spectrum as Y = (LᵀA)(LᵀA)ᵀ = Lᵀ(A Aᵀ)L, which costs 2·n·d·H·d_h² flops; trace and
@@ -174,18 +188,29 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
     q = torch.nn.functional.linear(x, W_q, b_q)
     k = torch.nn.functional.linear(x, W_k, b_k)
     H, dh, s = proj.n_heads, proj.head_dim, proj.scaling
+    n = x.shape[0]
     group = H // proj.n_kv_heads
-    heads = [(q[:, h * dh:(h + 1) * dh], k[:, (h // group) * dh:(h // group + 1) * dh]) for h in range(H)]
-    repro = max(float((torch.softmax(s * qh @ kh.T, dim=-1) - attn_layer[h]).abs().max())
-                for h, (qh, kh) in enumerate(heads))
+    Q = q.view(n, H, dh).transpose(0, 1)  # (H, n, dh)
+    K = k.view(n, -1, dh).transpose(0, 1)[torch.arange(H) // group]  # (H, n, dh), kv heads shared
+    rot = proj.rotary(n) if proj.rotary is not None else None
+    Qr, Kr = (_rope(Q, *rot), _rope(K, *rot)) if rot is not None else (Q, K)
+    mask = torch.ones(n, n, dtype=torch.bool).tril() if proj.causal else None
+    logits = s * Qr @ Kr.transpose(-1, -2)
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf"))
+    repro = float((torch.softmax(logits, dim=-1) - attn_layer).abs().max())
     if repro > _REPRODUCTION_TOL:
         # the logits are not s·q·kᵀ of these modules (relative position biases, ALiBi, ...):
         # the closed form does not describe this model's attention
         return {"attention_reproduction_error": repro}
-    M = torch.stack([attention_row_metric(qh, kh, scale=s) for qh, kh in heads])  # (H, n, dh, dh)
-    Q = q.view(-1, H, dh).transpose(0, 1)  # (H, n, dh)
-    density = sequence_density(Q, M).sum(0)
+    M = torch.stack([attention_row_metric(Qr[h], Kr[h], scale=s, mask=mask) for h in range(H)])  # (H, n, dh, dh)
+    step = Q[:, 1:] - Q[:, :-1]  # the bias cancels
+    if rot is not None:
+        step = _rope(step, rot[0][:-1], rot[1][:-1])  # R_t (q_{t+1} − q_t): position held at t
+    density = torch.einsum("hti,htij,htj->t", step, M[:, :-1], step)
     L = _psd_factor(0.5 * (M + M.transpose(-1, -2)))
+    if rot is not None:
+        L = _rope(L, rot[0][..., None], rot[1][..., None], inverse=True, dim=-2)  # L' = R_tᵀ L
     S = (W_q @ W_q.T).view(H, dh, H, dh)
     trace, eff = [], []
     for Lc in L.split(chunk, dim=1):  # token chunks keep Y (c, H·dh, H·dh) cache-sized
@@ -203,6 +228,17 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
 
 
 _REPRODUCTION_TOL = 1e-3  # float32 attention maps agree with the float64 recomputation to ~1e-7
+
+
+def _rope(v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, inverse: bool = False,
+          dim: int = -1) -> torch.Tensor:
+    """R_t v = v·cos_t + rotate_half(v)·sin_t along ``dim`` (Llama's rotary embedding; cos, sin
+    broadcast against v, position on the axis before the vector's). ``inverse``: R_tᵀ v =
+    v·cos_t − rotate_half(v)·sin_t (cos and sin repeat over the two halves, so the rotation
+    commutes with rotate_half's swap)."""
+    a, b = v.chunk(2, dim=dim)
+    half = torch.cat((-b, a), dim=dim)
+    return v * cos - half * sin if inverse else v * cos + half * sin
 
 
 def _psd_factor(M: torch.Tensor) -> torch.Tensor:
@@ -381,11 +417,14 @@ def analyse(
     timings["tokenize"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    attn, hidden, xs = _forward(model, enc, projections)
+    attn, hidden, xs, logits = _forward(model, enc, projections)
     timings["forward"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictive = None if logits is None else predictive_section(logits, ids)  # causal LMs (docs/analysis.md)
+    timings["predictive"] = time.perf_counter() - t0
     check_finite(attn, "attention maps")
     check_finite(hidden, "hidden states")
-    if projections is not None and float(attn.triu(1).max()) < 1e-12:
+    if projections is not None and not projections[0].causal and float(attn.triu(1).max()) < 1e-12:
         # causal maps, whatever the config says: each query has its own key set
         warnings.warn("pulled-back metric skipped: the attention maps are causal (decoder); "
                       "the closed form assumes bidirectional attention")
@@ -507,6 +546,7 @@ def analyse(
             "n_layers": n_layers, "n_heads": n_heads, "hidden_size": int(cfg.hidden_size),
             "head_dim": int(cfg.hidden_size) // n_heads, "max_length": _max_length(model, tokenizer),
             "device": str(next(model.parameters()).device),
+            **implicit_attention_info(model),
         },
         "text": {
             "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
@@ -519,6 +559,7 @@ def analyse(
             "state_dim": state_dim,
         },
         "checks": {"attention_row_sum_max_error": row_err},
+        "predictive": predictive,
         "layers": layer_reports,
         "show": {"layer": int(show[0]), "head": int(show[1])},
         "timings": timings,
@@ -530,6 +571,8 @@ def analyse(
 # the report
 # --------------------------------------------------------------------------------------------
 FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum", "resolution_plan")
+#: drawn only for causal language models (the report has a ``predictive`` section)
+CAUSAL_FIGURES = ("predictive",)
 
 
 @dataclass
@@ -665,6 +708,7 @@ class Report:
             ed = np.mean([np.mean(p["effective_dimension"]) for p in pbs])
             out.append(f"The pulled-back metric has effective dimension {ed:.1f} on average (of "
                        f"{d['model']['hidden_size']}): the attention reads only a few directions of each hidden state.")
+        out += _model_findings(d, toks)
         best = max(rows, key=lambda r: r["cost_saved"])
         out.append(f"At budget {d['params']['budget']:g} the tiling policy chooses a mean resolution of "
                    f"{np.mean([r['mean_resolution'] for r in rows]):.3f} and saves "
@@ -675,7 +719,7 @@ class Report:
 
     # ---- files -----------------------------------------------------------------------------
     def save_figures(self, out_dir: str | Path) -> dict[str, Path]:
-        """Draw the six figures (PNG) into ``out_dir``; return {figure name: path}."""
+        """Draw the figures (PNG) into ``out_dir``: FIGURES, and CAUSAL_FIGURES for a causal LM; return {name: path}."""
         return _draw_figures(self, Path(out_dir))
 
     def to_markdown(self, figures: dict[str, Path] | None = None) -> str:
@@ -737,6 +781,27 @@ budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · sche
         (out / "report.md").write_text(self.to_markdown(figs))
         (out / "report.html").write_text(self.to_html(figs))
         return out / "report.html"
+
+
+def _model_findings(d: dict, toks: list[str]) -> list[str]:
+    """Sentences on the implicit attention (Mamba) and the predictive density (causal LMs)."""
+    out = []
+    ia = d["model"].get("implicit_attention")
+    if ia:
+        err = max(ia["reproduction_error"]) if ia["reproduction_error"] else float("nan")
+        out.append(f"The attention rows are the Mamba scan's implicit attention, row-normalised |M| averaged over "
+                   f"{ia['groups']} groups of {ia['channels_per_group']} channels (a 'head' is such a group); "
+                   f"the scan recomputed in float64 reproduces every layer's output to {err:.1g} (relative).")
+    pr = d.get("predictive")
+    if pr:
+        rho = np.asarray(pr["density"])
+        top = int(np.argmax(rho)) + 1
+        corr = ("undefined (a constant series)" if pr["pearson"] is None else
+                f"Pearson {pr['pearson']:+.2f}, Spearman {pr['spearman']:+.2f}")
+        out.append(f"The predictive density (squared Fisher–Rao step between consecutive next-token "
+                   f"distributions) has mean {pr['density_mean']:.3g} and peaks at '{toks[top]}' (#{top}); its "
+                   f"correlation with the surprisal (mean {pr['bits_per_token']:.2f} bits per token) is {corr}.")
+    return out
 
 
 def _gap(spectrum: list[float]) -> float:
@@ -897,4 +962,26 @@ def _draw_figures(report: Report, out: Path) -> dict[str, Path]:
     fig.suptitle(f"resolution per tile (bars; dashed: budget {d['params']['budget']:g}, dotted: r_min) "
                  "and token density (black, scaled to its maximum)")
     save(fig, "resolution_plan")
+
+    # 7. causal LMs: the predictive density beside the surprisal, along the text and against each other
+    pr = d.get("predictive")
+    if pr:
+        rho, sur = np.asarray(pr["density"]), np.asarray(pr["surprisal"])
+        fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(width + 5, 4.2), gridspec_kw={"width_ratios": [width, 5]},
+                                       constrained_layout=True)
+        t = np.arange(1, n)
+        ax.plot(t, rho, color="tab:purple", lw=1.2, label="predictive density ρ_t = d_FR(π_{t−1}, π_t)²")
+        ax.set_ylabel("ρ_t (squared Fisher–Rao, sphere radius 2)", color="tab:purple")
+        ax2 = ax.twinx()
+        ax2.plot(t, sur, color="tab:orange", lw=1, alpha=0.8, label="surprisal −ln π_{t−1}(x_t)")
+        ax2.set_ylabel("surprisal (nats)", color="tab:orange")
+        ax.set_xlim(-0.5, n - 0.5)
+        _token_ticks(ax, toks, "x", length_in=width - 2)
+        ax.set_title("predictive density and surprisal of each token", loc="left")
+        ax_s.scatter(sur, rho, s=8, alpha=0.6, color="tab:purple")
+        ax_s.set_xlabel("surprisal (nats)")
+        ax_s.set_ylabel("predictive density ρ_t")
+        corr = "undefined" if pr["pearson"] is None else f"Pearson {pr['pearson']:+.2f}, Spearman {pr['spearman']:+.2f}"
+        ax_s.set_title(corr, fontsize=9)
+        save(fig, "predictive")
     return paths

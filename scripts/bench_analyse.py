@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     # fast path vs reference, measured on layer 0 of the same text
     enc = tok(text, return_tensors="pt", truncation=True, max_length=args.tokens)
     proj = attention_projections(model)
-    attn, _hidden, xs = analysis._forward(model, enc, proj)
+    attn, _hidden, xs, _logits = analysis._forward(model, enc, proj)
     t0 = time.perf_counter()
     fast = analysis._pullback(xs[0], proj[0], attn[0])
     t_fast = time.perf_counter() - t0
