@@ -813,11 +813,14 @@ def _gap(spectrum: list[float]) -> float:
 # --------------------------------------------------------------------------------------------
 # figures (matplotlib, Agg)
 # --------------------------------------------------------------------------------------------
+_MAX_TICKS = 96  # labelled tokens per axis: laying out text dominates the figures' time (512 tokens: 30 s at 512 labels)
+
+
 def _token_ticks(ax, tokens: list[str], axis: str = "x", *, length_in: float) -> None:
-    """Token strings as tick labels, every token when there is room (≥ 6 pt per label), else
-    every k-th; the font fills the spacing up to 9 pt."""
+    """Token strings as tick labels, every token when there is room (≥ 6 pt per label and at
+    most ``_MAX_TICKS`` labels), else every k-th; the font fills the spacing up to 9 pt."""
     n = len(tokens)
-    step = max(1, math.ceil(n * 6.0 / (72.0 * length_in)))
+    step = max(1, math.ceil(n * 6.0 / (72.0 * length_in)), math.ceil(n / _MAX_TICKS))
     idx = list(range(0, n, step))
     fs = max(4.5, min(9.0, 0.8 * 72.0 * length_in / len(idx)))
     labels = [tokens[i] for i in idx]
@@ -840,7 +843,7 @@ def _draw_figures(report: Report, out: Path) -> dict[str, Path]:
     d, toks = report.data, report.tokens
     n = len(toks)
     layers = report.layers
-    width = float(min(60.0, max(10.0, 0.15 * n + 3)))
+    width = float(min(24.0, max(10.0, 0.15 * n + 3)))
     paths: dict[str, Path] = {}
 
     def save(fig, key):
@@ -889,7 +892,7 @@ def _draw_figures(report: Report, out: Path) -> dict[str, Path]:
     sl, sh = d["show"]["layer"], d["show"]["head"]
     key = f"geodesic_L{sl}_H{sh}"
     D = report.arrays[key] if key in report.arrays else np.array(report.layer(sl)["head_mean"]["geodesic"])
-    side = float(min(40.0, max(7.0, 0.13 * n + 3)))
+    side = float(min(18.0, max(7.0, 0.13 * n + 3)))
     fig, ax = plt.subplots(figsize=(side + 1.5, side), constrained_layout=True)
     im = ax.imshow(D, cmap="cividis", interpolation="nearest")
     _token_ticks(ax, toks, "x", length_in=side - 2)

@@ -1,4 +1,6 @@
-"""Time `infogeo analyse` by stage on a 128-token text, all 6 layers x 12 heads (issue #7: <= 30 s).
+"""Time `infogeo analyse` by stage on a 128-token text, all 6 layers x 12 heads (issue #7: <= 30 s),
+or (``--model tiled-lm``) on a 512-byte text through a 6-layer, d 384 TiledLM with random weights,
+all layers, implicit attention and predictive density included (issue #17: <= 30 s).
 
 Prints one table measured in one run:
   * the breakdown of :func:`infogeo.analysis.analyse` by stage (wall seconds, share), plus model
@@ -11,6 +13,7 @@ Wall time on a shared machine depends on the load: the 1-minute load average and
 CPU time are printed alongside.
 
     .venv/bin/python scripts/bench_analyse.py [--tokens 128] [--threads N] [--json PATH]
+    .venv/bin/python scripts/bench_analyse.py --model tiled-lm [--tokens 512] [--groups 8] [--json PATH]
 """
 from __future__ import annotations
 
@@ -48,14 +51,78 @@ def _explicit_pullback(x, proj):
     return torch.diagonal(G, dim1=-2, dim2=-1).sum(-1), effective_dimension(0.5 * (G + G.transpose(-1, -2)))
 
 
+def _bench_mamba(args) -> int:
+    """The Mamba row of issue #17: a TiledLM checkpoint (6 layers, d 384, expand 1, N 16, random
+    weights) written to a temporary file, loaded by infogeo.models.load_model, analysed and reported."""
+    from tiling.train.textmodel import build_model, model_config, save_text_checkpoint
+
+    torch.manual_seed(0)
+    rows = []
+    cpu0 = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        lm = build_model(model_config("full", 1.0, d_model=args.d_model, n_layers=args.layers))
+        ckpt = save_text_checkpoint(Path(tmp) / "lm.safetensors", lm, configuration="full", budget=1.0, context=1024)
+        t0 = time.perf_counter()
+        model, tok = load_model(ckpt, groups=args.groups)
+        rows.append(("load model", time.perf_counter() - t0))
+        text = DEMO.read_text()
+        while len(text.encode()) < args.tokens:
+            text += "\n" + DEMO.read_text()
+        text = text.encode()[:args.tokens].decode("utf-8", "ignore")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t0, c0 = time.perf_counter(), time.process_time()
+            report = analysis.analyse(model, tok, text, progress=False)
+            t_analyse, c_analyse = time.perf_counter() - t0, time.process_time() - c0
+        for stage, sec in report.data["timings"].items():
+            rows.append((f"  {stage}", sec))
+        rows.append(("analyse (all stages)", t_analyse))
+        t0, c0 = time.perf_counter(), time.process_time()
+        report.save(Path(tmp) / "report")
+        rows.append((f"write report + {len(list((Path(tmp) / 'report').glob('*.png')))} figures",
+                     time.perf_counter() - t0))
+        c_write = time.process_time() - c0
+    total = rows[0][1] + t_analyse + rows[-1][1]
+    cpu = time.process_time() - cpu0
+    load = os.getloadavg()[0]
+    ia = report.data["model"]["implicit_attention"]
+    n = report.data["text"]["n_tokens"]
+    print(f"infogeo analyse, TiledLM {args.layers} layers x d {args.d_model} (d_inner {ia['d_inner']}, N "
+          f"{ia['state_size']}), {n} tokens, {ia['groups']} channel groups per layer, torch threads "
+          f"{torch.get_num_threads()}, load average (1 min) {load:.2f} on {os.cpu_count()} CPUs")
+    print(f"{'stage':<34}{'seconds':>10}{'share':>8}")
+    for name, sec in rows:
+        print(f"{name:<34}{sec:>10.3f}{sec / total:>8.1%}")
+    print(f"{'total (load + analyse + write)':<34}{total:>10.3f}   budget 30 s: {'OK' if total <= 30 else 'OVER'}")
+    print(f"process CPU seconds: analyse {c_analyse:.2f}, write {c_write:.2f}, whole run {cpu:.2f}")
+    print(f"implicit attention reproduces the layers' outputs to {max(ia['reproduction_error']):.1e} (relative)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "model": "tiled-lm", "layers": args.layers, "d_model": args.d_model, "d_inner": ia["d_inner"],
+            "tokens": n, "groups": ia["groups"], "load_average_1min": load, "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "process_cpu_s": cpu, "analyse_cpu_s": c_analyse,
+            "write_cpu_s": c_write, "stages": [{"stage": k.strip(), "seconds": v} for k, v in rows],
+            "total_s": total, "reproduction_error_max": max(ia["reproduction_error"])}, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=128, help="tokens of the benchmark text (default 128)")
+    ap.add_argument("--model", choices=["minilm", "tiled-lm"], default="minilm",
+                    help="the bundled MiniLM encoder (default) or a random-weight TiledLM (issue #17)")
+    ap.add_argument("--tokens", type=int, help="tokens of the benchmark text (default 128; tiled-lm: 512 bytes)")
+    ap.add_argument("--layers", type=int, default=6, help="tiled-lm: layers (default 6)")
+    ap.add_argument("--d-model", type=int, default=384, help="tiled-lm: d_model (default 384)")
+    ap.add_argument("--groups", type=int, default=8, help="tiled-lm: channel groups (heads) per layer (default 8)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model == "tiled-lm":
+        args.tokens = args.tokens or 512
+        return _bench_mamba(args)
+    args.tokens = args.tokens or 128
 
     rows = []
     cpu0 = time.process_time()
