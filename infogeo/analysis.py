@@ -30,6 +30,7 @@ import json
 import math
 import time
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,11 +49,12 @@ from .graph import TokenGraph
 from .laplacian import laplacian_spectrum
 from .mamba import implicit_attention_info
 from .models import attention_projections
+from .outdir import write_folder
 from .predictive import predictive_section
 from tiling.ops import scan_cost  # the one place infogeo asks tiling for a plan (house plan)
 from tiling.policy import resolution_policy, tile_density
 
-__all__ = ["SCHEMA", "SCHEMA_VERSION", "Report", "analyse"]
+__all__ = ["REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report", "analyse"]
 
 SCHEMA = "infogeo.analysis.report"
 SCHEMA_VERSION = 1
@@ -66,6 +68,11 @@ def _check_text(text: object) -> str:
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if not text.strip():
         raise ValueError("text is empty or whitespace only; expected a non-empty string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # lone surrogates, e.g. undecodable bytes of a command line
+        raise ValueError(f"text is not valid Unicode: {text[e.start]!r} at character {e.start} (a lone surrogate, "
+                         "e.g. a non-UTF-8 byte decoded with surrogateescape); expected UTF-8 text") from None
     return text
 
 
@@ -114,6 +121,19 @@ def _tokenize(model, tokenizer, text: str, max_length: int | None):
     warnings.warn(f"text has {n_full} tokens, more than the model's maximum {limit}; truncated to {limit} tokens")
     enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
     return enc, n_full, n_full - int(enc["input_ids"].shape[1])
+
+
+def _warn_unknown(tokenizer, ids: list[int]) -> None:
+    """Warn when most of the text became the tokenizer's unknown token: the geometry then describes
+    that one token's embedding, not the text."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = set(getattr(tokenizer, "all_special_ids", None) or []) - {unk}
+    content = [i for i in ids if i not in special]
+    n_unk = sum(i == unk for i in content) if unk is not None else 0
+    if content and 2 * n_unk >= len(content):
+        warnings.warn(f"{n_unk} of the text's {len(content)} tokens are the unknown token "
+                      f"{getattr(tokenizer, 'unk_token', '[UNK]')!s}: the tokenizer knows few of its characters, "
+                      "and the analysis describes that one token rather than the text")
 
 
 def _forward(model, enc, projections):
@@ -218,7 +238,7 @@ def _pullback(x: torch.Tensor, proj, attn_layer: torch.Tensor, chunk: int = 16) 
         Y = torch.einsum("nhagc,gncd->nhagd", LS, Lc).reshape(Lc.shape[1], H * dh, H * dh)
         Y = 0.5 * (Y + Y.transpose(-1, -2))
         trace.append(torch.diagonal(Y, dim1=-2, dim2=-1).sum(-1))
-        eff.append(effective_dimension(Y))
+        eff.append(effective_dimension(Y, assume_psd=True))  # Y = Lᵀ(A Aᵀ)L: PSD by construction
     return {
         "trace": torch.cat(trace),
         "effective_dimension": torch.cat(eff),
@@ -279,7 +299,17 @@ def _open_simplex(P: torch.Tensor) -> torch.Tensor:
     return P / P.sum(-1, keepdim=True)
 
 
-def _graph_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: float | None, timings: dict) -> dict:
+def _graph_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: float | None, timings: dict,
+                    where: str) -> dict:
+    """:func:`_token_geometry`, its ``ValueError`` prefixed with ``where`` (the layer and head: a
+    degenerate head, e.g. one whose rows all coincide, is named rather than left to a traceback)."""
+    try:
+        return _token_geometry(P, k, n_eigs, curvature_alpha=curvature_alpha, timings=timings)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
+
+
+def _token_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: float | None, timings: dict) -> dict:
     """Token graph of attention rows P (n, n) under the Fisher–Rao distance, its geodesic
     distance matrix, low Laplace–Beltrami spectrum and (optionally) Ollivier–Ricci curvature."""
     t0 = time.perf_counter()
@@ -404,6 +434,9 @@ def analyse(
     if show is not None:
         _check_indices([show[0]], "show layer", n_layers, "layer")
         _check_indices([show[1]], "show head", n_heads, "head")
+    if max_length is not None:
+        positions = int(getattr(cfg, "max_position_embeddings", 0) or 0)  # learned positions: a hard limit
+        max_length = check_int(max_length, "max_length", minimum=3, maximum=positions or None)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -413,6 +446,7 @@ def analyse(
     n = len(tokens)
     if n < 3:
         raise ValueError(f"text has {n} tokens after tokenisation; expected at least 3")
+    _warn_unknown(tokenizer, ids)
     projections = attention_projections(model)
     timings["tokenize"] = time.perf_counter() - t0
 
@@ -446,7 +480,8 @@ def analyse(
         head_reports = []
         for j, hi in enumerate(heads):
             bar.set_postfix_str(f"layer {li} head {hi}")
-            geo = _graph_geometry(P_all[hi], k, n_eigs, curvature_alpha=None, timings=timings)
+            geo = _graph_geometry(P_all[hi], k, n_eigs, curvature_alpha=None, timings=timings,
+                                  where=f"layer {li} head {hi}")
             check_finite(torch.from_numpy(geo["geodesic"]), f"geodesic distances of layer {li} head {hi}")
             arrays[f"geodesic_L{li}_H{hi}"] = geo["geodesic"].astype(np.float32)
             arrays[f"attention_L{li}_H{hi}"] = P_all[hi].numpy().astype(np.float32)
@@ -463,7 +498,8 @@ def analyse(
             bar.update(1)
         bar.set_postfix_str(f"layer {li} curvature")
         P_mean = P_all.mean(0)
-        geo = _graph_geometry(P_mean, k, n_eigs, curvature_alpha=curvature_alpha, timings=timings)
+        geo = _graph_geometry(P_mean, k, n_eigs, curvature_alpha=curvature_alpha, timings=timings,
+                              where=f"layer {li} (mean over heads)")
         bar.update(1)
         bar.set_postfix_str(f"layer {li} pull-back")
         pull = None
@@ -573,6 +609,9 @@ def analyse(
 FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum", "resolution_plan")
 #: drawn only for causal language models (the report has a ``predictive`` section)
 CAUSAL_FIGURES = ("predictive",)
+#: every file :meth:`Report.save` writes (``overwrite`` replaces these and keeps all other entries)
+REPORT_FILES = ("report.json", "arrays.npz", "report.md", "report.html") + tuple(
+    f"{f}.png" for f in FIGURES + CAUSAL_FIGURES)
 
 
 @dataclass
@@ -613,16 +652,29 @@ class Report:
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "Report":
-        """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``)."""
+        """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``).
+
+        Raises ``ValueError`` naming the file when ``report.json`` is missing, not UTF-8 JSON
+        (e.g. truncated), of another schema, or ``arrays.npz`` cannot be read.
+        """
         out = Path(out_dir)
-        data = json.loads((out / "report.json").read_text())
-        if data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
-            raise ValueError(f"{out / 'report.json'} has schema {data.get('schema')!r} v{data.get('schema_version')}; "
-                             f"expected {SCHEMA} v{SCHEMA_VERSION}")
+        path = out / "report.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{str(out)!r} holds no report.json; expected a folder written by Report.save") from None
+        except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{str(path)!r} cannot be read as a report: {e} (truncated or corrupt?)") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+            got = (data.get("schema"), data.get("schema_version")) if isinstance(data, dict) else (type(data).__name__, None)
+            raise ValueError(f"{str(path)!r} has schema {got[0]!r} v{got[1]}; expected {SCHEMA} v{SCHEMA_VERSION}")
         arrays = {}
         if (out / "arrays.npz").exists():
-            with np.load(out / "arrays.npz") as z:
-                arrays = {k: z[k] for k in z.files}
+            try:
+                with np.load(out / "arrays.npz") as z:
+                    arrays = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{str(out / 'arrays.npz')!r} cannot be read: {e} (truncated or corrupt?)") from None
         return cls(data=data, arrays=arrays)
 
     # ---- numbers in words ------------------------------------------------------------------
@@ -769,17 +821,26 @@ budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · sche
 <h2>Figures</h2>{imgs}</body></html>
 """
 
-    def save(self, out_dir: str | Path, *, figures: bool = True) -> Path:
-        """Write report.json, arrays.npz, the figures, report.md and report.html; return the
-        path of report.html (report.md without figures)."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.to_json(out / "report.json")
-        if self.arrays:
-            np.savez_compressed(out / "arrays.npz", **self.arrays)
-        figs = self.save_figures(out) if figures else {}
-        (out / "report.md").write_text(self.to_markdown(figs))
-        (out / "report.html").write_text(self.to_html(figs))
+    def save(self, out_dir: str | Path, *, figures: bool = True, overwrite: bool = False) -> Path:
+        """Write report.json, arrays.npz, the figures, report.md and report.html into ``out_dir``;
+        return the path of report.html.
+
+        The files are written into a temporary folder beside ``out_dir`` and renamed into place
+        (:func:`infogeo.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was. A
+        non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``; then the previous
+        report's files (:data:`REPORT_FILES`, e.g. old figures) are replaced or removed and every
+        other entry is kept.
+        """
+
+        def fill(tmp: Path) -> None:
+            self.to_json(tmp / "report.json")
+            if self.arrays:
+                np.savez_compressed(tmp / "arrays.npz", **self.arrays)
+            figs = self.save_figures(tmp) if figures else {}
+            (tmp / "report.md").write_text(self.to_markdown(figs), encoding="utf-8")
+            (tmp / "report.html").write_text(self.to_html(figs), encoding="utf-8")
+
+        out = write_folder(out_dir, fill, REPORT_FILES, overwrite=overwrite, name="out_dir")
         return out / "report.html"
 
 

