@@ -22,6 +22,12 @@ decay, periodic evaluation (answer accuracy, loss, mean resolution, scan cost re
 resolution, load imbalance, IFQ/CER of the first layer), metrics as JSON lines. Checkpoints
 (model, optimizer, scheduler, RNG, step) are atomic safetensors files; ``--resume`` continues
 bit-identically (the data order is a function of the step).
+
+Nothing saved is lost: an ``--out`` that holds a run (``checkpoint.safetensors`` or ``log.jsonl``) is
+refused unless ``--resume`` (continue it; the log is appended to) or ``--overwrite`` (replace it);
+``--resume`` refuses a checkpoint trained with other settings (e.g. another ``--lr``: its scheduler
+would silently keep the old one), naming them; temporary files of a killed checkpoint write are
+removed at the next start. Bad input ends as one line ``train_tiled: error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
@@ -44,7 +50,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tiling.metrics import adaptation_efficiency, layer_tile_metrics, load_imbalance  # noqa: E402
 from tiling.ops import scan_cost  # noqa: E402
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
+from tiling.train.atomic import atomic_write_bytes  # noqa: E402
+from tiling.train.checkpoint import CheckpointError  # noqa: E402
 from tiling.train.data import collate  # noqa: E402
+
+CHECKPOINT = "checkpoint.safetensors"
+#: flags that steer the run, not what is trained: a resume may change them
+RUN_CONTROL = {"out", "resume", "init_from", "stop_at", "eval_every", "log_every", "ckpt_every", "device", "threads",
+               "quiet", "no_ifq", "overwrite", "sweep", "budgets", "base_steps", "base_lr", "figure",
+               "with_non_causal"}
+
+
+class RunError(ValueError):
+    """A run directory or a resume the script refuses (reported as one line, exit code 2)."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,7 +121,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--eval-every", type=int, default=100)
     g.add_argument("--log-every", type=int, default=10)
     g.add_argument("--ckpt-every", type=int, default=0, help="0: only at the end")
-    g.add_argument("--resume", type=Path, default=None, help="checkpoint to continue from")
+    g.add_argument("--resume", type=Path, default=None,
+                   help="checkpoint to continue from (refused if trained with other settings)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (its checkpoint and log); without it, or --resume, "
+                        "an --out that holds a run is refused")
     g.add_argument("--init-from", type=Path, default=None, help="start from this checkpoint's model weights only")
     g.add_argument("--device", default="cpu")
     g.add_argument("--threads", type=int, default=None)
@@ -123,7 +145,58 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 < args.budget <= 1.0:
         p.error(f"--budget must lie in (0, 1], got {args.budget}")
+    if args.resume is not None and (args.overwrite or args.sweep):
+        p.error("--resume continues one run: not with --overwrite or --sweep")
     return args
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def settings(args) -> dict[str, str]:
+    """What the run trains (every flag but :data:`RUN_CONTROL`), as stored in each checkpoint."""
+    return {k: str(v) for k, v in vars(args).items() if k not in RUN_CONTROL}
+
+
+def check_run_dir(args) -> None:
+    """Refuse an ``--out`` that holds a run unless ``--resume`` or ``--overwrite`` says what to do with it."""
+    held = [n for n in (CHECKPOINT, "log.jsonl") if (args.out / n).exists()]
+    if args.out.exists() and not args.out.is_dir():
+        raise RunError(f"--out {str(args.out)!r} exists and is not a folder")
+    if held and args.resume is None and not args.overwrite:
+        raise RunError(f"--out {str(args.out)!r} holds a run ({', '.join(held)}); pass --resume "
+                       f"{args.out / CHECKPOINT} to continue it, --overwrite to replace it, or choose another --out")
+
+
+def check_resume(args) -> None:
+    """Refuse a checkpoint whose recorded settings differ from this run's, naming each one."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(args.resume), framework="pt") as f:
+            recorded = json.loads((f.metadata() or {})["meta"]).get("extra", {}).get("args")
+    except Exception:  # unreadable: load_checkpoint reports it as a CheckpointError naming the file
+        return
+    if not isinstance(recorded, dict):
+        print(f"train_tiled: warning: {args.resume} records no settings (an older checkpoint); they are not checked",
+              file=sys.stderr)
+        return
+    now = settings(args)
+    differ = [f"{_flag(k)} {recorded[k]} there, {v} now" for k, v in now.items() if k in recorded and recorded[k] != v]
+    if differ:
+        raise RunError(f"--resume {str(args.resume)!r} was trained with other settings ({'; '.join(differ)}); "
+                       "pass the same settings (a resume continues the run as it was), or start a new run")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary files a killed checkpoint write left (``.checkpoint.safetensors.*.tmp``)."""
+    stale = list(out.glob(f".{CHECKPOINT}.*.tmp"))
+    for f in stale:
+        f.unlink()
+    if stale:
+        print(f"train_tiled: removed {len(stale)} temporary file(s) of an interrupted checkpoint write in {out}",
+              file=sys.stderr)
 
 
 def _dist_info() -> tuple[bool, int, int]:
@@ -250,6 +323,9 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
 
 def train(args) -> dict:
     distributed, rank, world = _dist_info()
+    check_run_dir(args)  # every rank, before the process group: all refuse alike, before anything is written
+    if args.resume is not None:
+        check_resume(args)
     device = torch.device(args.device)
     if distributed:
         if device.type == "cuda":
@@ -259,6 +335,11 @@ def train(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        remove_stale_temporaries(args.out)
+        if args.overwrite and args.resume is None:  # the user asked to replace the previous run
+            for f in [args.out / CHECKPOINT, *args.out.glob("params_rank*.safetensors")]:
+                f.unlink(missing_ok=True)
     train_ds, eval_ds, model, opt, sched = build(args, device)
     start = 0
     if args.init_from is not None:
@@ -270,7 +351,7 @@ def train(args) -> dict:
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if distributed else model
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
     log_path = args.out / "log.jsonl"
-    log = open(log_path, "a") if rank == 0 else None
+    log = open(log_path, "a" if args.resume is not None else "w") if rank == 0 else None
 
     def emit(rec: dict) -> None:
         if log is not None:
@@ -309,15 +390,16 @@ def train(args) -> dict:
             history.append(metrics)
             emit(metrics)
         if rank == 0 and args.ckpt_every and done % args.ckpt_every == 0 and done < stop:
-            save_checkpoint(args.out / "checkpoint.safetensors", model=model, optimizer=opt, scheduler=sched, step=done)
+            save_checkpoint(args.out / CHECKPOINT, model=model, optimizer=opt, scheduler=sched, step=done,
+                            extra={"args": settings(args)})
     if rank == 0 and (not history or history[-1]["step"] != stop) and stop == args.steps:
         metrics, patterns = evaluate(model, eval_ds, args, device, patterns)
         metrics.update(kind="eval", step=stop)
         history.append(metrics)
         emit(metrics)
     if rank == 0:
-        save_checkpoint(args.out / "checkpoint.safetensors", model=model, optimizer=opt, scheduler=sched, step=stop,
-                        extra={"args": {k: str(v) for k, v in vars(args).items()}})
+        save_checkpoint(args.out / CHECKPOINT, model=model, optimizer=opt, scheduler=sched, step=stop,
+                        extra={"args": settings(args)})
     summary = {"policy": args.policy, "budget": args.budget, "steps": stop, "train_seconds": time.time() - t0}
     if history:
         summary.update({k: v for k, v in history[-1].items() if k not in ("kind",)})
@@ -344,30 +426,32 @@ def sweep(args) -> list[dict]:
     configs = [("full", "uniform", 1.0)] + [(f"{p}@{c:g}", p, c) for c in args.budgets for p in policies]
     rows = []
     init = args.init_from  # without --base-steps: every configuration starts from this checkpoint (if any)
+    runs = []
     if args.base_steps > 0:
         base = argparse.Namespace(**vars(args))
         base.policy, base.budget, base.out, base.steps, base.resume = "uniform", 1.0, args.out / "base", args.base_steps, None
         base.lr = args.lr if args.base_lr is None else args.base_lr
-        if (base.out / "log.jsonl").exists():
-            (base.out / "log.jsonl").unlink()
-        print(json.dumps({"base": train(base)}), flush=True)
-        init = base.out / "checkpoint.safetensors"
+        runs.append(base)
+        init = base.out / CHECKPOINT
     for name, policy, budget in configs:
         run = argparse.Namespace(**vars(args))
         run.policy, run.budget, run.out = policy.removesuffix("-nc"), budget, args.out / name.replace("@", "_")
         run.non_causal = policy.endswith("-nc")
-        run.resume, run.init_from = None, init
-        log = run.out / "log.jsonl"
-        if log.exists():
-            log.unlink()
+        run.resume, run.init_from, run.name = None, init, name
+        runs.append(run)
+    for run in runs:  # refuse before the first run trains, not after hours
+        check_run_dir(run)
+    if args.base_steps > 0:
+        print(json.dumps({"base": train(runs.pop(0))}), flush=True)
+    for run in runs:
+        name, policy = run.name, ("adaptive-nc" if run.non_causal else run.policy)
+        del run.name
         summary = train(run)
         summary["name"], summary["policy"] = name, policy
         rows.append(summary)
         print(json.dumps(summary), flush=True)
-    with open(args.out / "summary.json", "w") as f:
-        json.dump(rows, f, indent=1)
-    with open(args.out / "summary.md", "w") as f:
-        f.write(table(rows))
+    atomic_write_bytes(args.out / "summary.json", json.dumps(rows, indent=1).encode())
+    atomic_write_bytes(args.out / "summary.md", table(rows).encode())
     if args.figure is not None:
         figure(rows, args.figure, TITLES[args.task].format(L=args.context_len))
     print(table(rows))
@@ -417,13 +501,19 @@ def figure(rows: list[dict], path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> None:
+def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.sweep:
-        sweep(args)
-    else:
-        print(json.dumps(train(args)))
+    try:
+        if args.sweep:
+            sweep(args)
+        else:
+            print(json.dumps(train(args)))
+    except (RunError, CheckpointError, ValueError) as e:
+        print(f"train_tiled: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
