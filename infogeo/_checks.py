@@ -31,6 +31,8 @@ def check_tensor(
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is on meta (the meta device holds no values); expected a CPU or CUDA tensor")
     if floating and not x.is_floating_point():
         raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
     if ndim is not None:
@@ -46,6 +48,13 @@ def check_tensor(
             raise ValueError(f"{name} must have shape {want}, got {tuple(x.shape)}")
     if finite:
         check_finite(x, name)
+    return x
+
+
+def check_precise(x: Tensor, name: str) -> Tensor:
+    """``x`` is float32 or float64: geometry (distances, factorisations) is not run in half precision."""
+    if x.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     return x
 
 
@@ -72,6 +81,16 @@ def check_same_device(**tensors: Tensor | None) -> torch.device:
     return dev
 
 
+def check_broadcastable(**tensors: Tensor | None) -> tuple[int, ...]:
+    """The given tensors (``None`` skipped) broadcast together; return the broadcast shape."""
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    try:
+        return tuple(torch.broadcast_shapes(*(tuple(v.shape) for _, v in items)))
+    except RuntimeError:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in items)
+        raise ValueError(f"{' and '.join(k for k, _ in items)} must have broadcastable shapes, got {shapes}") from None
+
+
 def check_same_dtype(**tensors: Tensor | None) -> torch.dtype:
     """All given tensors (``None`` skipped) share one dtype; return it."""
     items = [(k, v) for k, v in tensors.items() if v is not None]
@@ -91,6 +110,8 @@ def check_probability(p: Tensor, name: str, *, dim: int = -1, atol: float | None
     diag(1/p), is undefined on its boundary (seed §3.1.1).
     """
     check_tensor(p, name, min_ndim=1)
+    if p.numel() == 0:
+        return p  # an empty batch: nothing to check
     if bool((p <= 0).any()):
         raise ValueError(f"{name} must be strictly positive (a point of the open simplex), got min {float(p.min()):.3g}")
     tol = atol if atol is not None else (1e-4 if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9)
@@ -100,9 +121,21 @@ def check_probability(p: Tensor, name: str, *, dim: int = -1, atol: float | None
     return p
 
 
+def _as_float64(x: object, name: str) -> Tensor:
+    """``x`` (a real number or a real tensor) as float64, for range checks; TypeError otherwise."""
+    if isinstance(x, torch.Tensor):
+        check_tensor(x, name, floating=False, finite=False)
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be real numbers, got dtype {x.dtype}")
+        return x.detach().to(torch.float64)
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    return torch.as_tensor(float(x), dtype=torch.float64)
+
+
 def check_positive(x: Tensor | float, name: str, *, strict: bool = True) -> None:
     """``x`` (scalar or tensor) is > 0 (``strict``) or >= 0."""
-    t = torch.as_tensor(x, dtype=torch.float64)  # float64 so huge finite values do not overflow to inf
+    t = _as_float64(x, name)  # float64 so huge finite values do not overflow to inf
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {x}")
     bad = (t <= 0) if strict else (t < 0)
@@ -115,7 +148,7 @@ def check_in_range(
     x: Tensor | float, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
 ) -> None:
     """``x`` lies in the interval between ``low`` and ``high`` (open ends as flagged)."""
-    t = torch.as_tensor(x, dtype=torch.float64)
+    t = _as_float64(x, name)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {x}")
     lo_bad = (t <= low) if low_open else (t < low)

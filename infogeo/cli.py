@@ -199,11 +199,15 @@ def _load_model(args):
 
     try:
         return models.load_model(args.model, device=args.device)
-    except (ValueError, OSError, SafetensorError) as e:  # missing files, bad config, truncated weights, shapes
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except (ValueError, OSError, SafetensorError, RuntimeError) as e:
+        # missing files, a bad config, truncated weights; transformers raises RuntimeError for weights
+        # whose shapes do not fit the config (only the loading is covered here, not the analysis)
+        msg = _first_line(e)
         what = repr(args.model) if args.model is not None else "(the bundled all-MiniLM-L6-v2)"
         if isinstance(e, SafetensorError):
             msg = f"the weights cannot be read ({msg}); is the .safetensors file truncated or corrupt?"
+        elif isinstance(e, RuntimeError):
+            msg = f"the weights do not fit its config.json ({msg})"
         raise UsageError(f"--model {what}: {msg}") from None
 
 

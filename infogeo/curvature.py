@@ -199,7 +199,10 @@ def node_curvature(edge_curv: np.ndarray, graph: TokenGraph) -> np.ndarray:
     ``edge_curv`` is ``(m,)`` aligned with ``graph.edges()``; isolated nodes get ``nan``.
     """
     graph = _check_graph(graph)
-    edge_curv = np.asarray(edge_curv, dtype=np.float64)
+    try:
+        edge_curv = np.asarray(edge_curv, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"edge_curv must be an array of numbers, got {type(edge_curv).__name__}") from None
     e = graph.edges()
     if edge_curv.shape != (len(e),):
         raise ValueError(f"edge_curv must have shape ({len(e)},) aligned with graph.edges(), got {edge_curv.shape}")

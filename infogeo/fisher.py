@@ -37,6 +37,8 @@ from infogeo._checks import (
     check_int,
     check_positive,
     check_probability,
+    check_broadcastable,
+    check_precise,
     check_same_device,
     check_same_dtype,
     check_tensor,
@@ -58,6 +60,8 @@ def _require_tensors(**tensors: object) -> None:
     for name, t in tensors.items():
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if all(t is None for t in tensors.values()):
+        return  # each is checked (and named) where it is required
     check_same_device(**tensors)
     check_same_dtype(**tensors)
 
@@ -109,6 +113,8 @@ def categorical_metric(p: Tensor, *, chart: bool = False) -> Tensor:
 def _check_closed_simplex(p: Tensor, name: str) -> None:
     """p ≥ 0 summing to one along the last axis (the tolerance of ``check_probability``)."""
     check_tensor(p, name, min_ndim=1)
+    if p.numel() == 0:
+        return
     if bool((p < 0).any()):
         raise ValueError(f"{name} must be non-negative (a point of the simplex), got min {float(p.min()):.3g}")
     tol = 1e-4 if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
@@ -144,6 +150,7 @@ def categorical_distance(p: Tensor, q: Tensor) -> Tensor:
     _check_closed_simplex(q, "q")
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"p and q must have the same number of categories, got {p.shape[-1]} and {q.shape[-1]}")
+    check_broadcastable(p=p, q=q)
     chord = torch.linalg.vector_norm(p.sqrt() - q.sqrt(), dim=-1)
     return 4.0 * torch.asin((chord / 2.0).clamp(max=1.0))
 
@@ -152,7 +159,12 @@ def _check_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str) -> N
     _require_tensors(**{mu_name: mu, sigma_name: sigma})
     check_tensor(mu, mu_name)
     check_tensor(sigma, sigma_name)
+    check_broadcastable(**{mu_name: mu, sigma_name: sigma})
     check_positive(sigma, sigma_name)
+    floor = torch.finfo(sigma.dtype).tiny ** 0.5  # below it 1/σ² overflows
+    if sigma.numel() and float(sigma.min()) < floor:
+        raise ValueError(f"{sigma_name} must be >= {floor:.3g} (1/σ² overflows {sigma.dtype} below), "
+                         f"got min {float(sigma.min()):.3g}")
 
 
 def normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
@@ -192,8 +204,9 @@ def normal_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) ->
     _require_tensors(mu1=mu1, sigma1=sigma1, mu2=mu2, sigma2=sigma2)
     _check_normal(mu1, sigma1, "mu1", "sigma1")
     _check_normal(mu2, sigma2, "mu2", "sigma2")
-    chord = torch.sqrt((mu1 - mu2) ** 2 / 2.0 + (sigma1 - sigma2) ** 2)
-    return 2.0 * math.sqrt(2.0) * torch.asinh(chord / (2.0 * torch.sqrt(sigma1 * sigma2)))
+    check_broadcastable(mu1=mu1, sigma1=sigma1, mu2=mu2, sigma2=sigma2)
+    chord = torch.hypot((mu1 - mu2) / math.sqrt(2.0), sigma1 - sigma2)  # hypot: no overflow of the squares
+    return 2.0 * math.sqrt(2.0) * torch.asinh(chord / (2.0 * torch.sqrt(sigma1) * torch.sqrt(sigma2)))
 
 
 def _check_diag_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str) -> None:
@@ -304,6 +317,8 @@ def empirical_fisher(
     check_same_device(theta=theta, x=x)
     check_tensor(theta, "theta", ndim=(1, 2))
     check_tensor(x, "x", min_ndim=2 if batched_x else 1, floating=False)
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"x must hold real numbers (integer or floating), got {x.dtype}")
     batched_theta = theta.dim() == 2
     if batched_x:
         if not batched_theta or x.shape[0] != theta.shape[0]:
@@ -374,8 +389,10 @@ def monte_carlo_fisher(
         raise TypeError(f"sampler must be callable sampler(theta, n_samples, generator), got {type(sampler).__name__}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    n = check_int(n_samples, "n_samples", minimum=1)
+    n = check_int(n_samples, "n_samples", minimum=1, maximum=2 ** 31 - 1)
     check_tensor(theta, "theta", ndim=(1, 2))
+    if theta.numel() == 0:
+        raise ValueError(f"theta must hold at least one parameter, got shape {tuple(theta.shape)}")
     rows = theta.detach() if theta.dim() == 2 else theta.detach()[None]
     draws = []
     for th in rows:
@@ -409,6 +426,7 @@ def _softmax_fisher_from_jacobian(J: Tensor, logits: Tensor) -> Tensor:
 
 def _check_tokens(h: Tensor, name: str) -> None:
     check_tensor(h, name, ndim=2)
+    check_precise(h, name)
     if h.shape[0] < 1 or h.shape[1] < 1:
         raise ValueError(f"{name} must have shape (n, d) with n, d ≥ 1, got {tuple(h.shape)}")
 
@@ -422,7 +440,10 @@ def _with_aux(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[Tensor
 
 
 def _logit_width(fn: Callable[[Tensor], Tensor], h0: Tensor) -> int:
-    out = fn(h0)
+    try:
+        out = fn(h0)
+    except (RuntimeError, IndexError) as e:  # fn does not accept a token of this shape or dtype
+        raise ValueError(f"fn failed on one token of h (shape {tuple(h0.shape)}, {h0.dtype}): {e}") from e
     if not isinstance(out, torch.Tensor) or out.dim() != 1 or out.shape[0] < 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"fn must map one token (d,) to logits (V,) with V ≥ 2, got output {got}")
@@ -574,7 +595,11 @@ def linear_softmax_metric(
         if b is not None:
             logits = logits + b
         out.append(_softmax_fisher_from_jacobian(W.expand(hc.shape[0], V, d), logits))
-    return check_finite(torch.cat(out), "linear-softmax metric")
+    G = torch.cat(out)
+    if not bool(torch.isfinite(G).all()):
+        raise ValueError(f"W and h are too large: the metric overflows {G.dtype} (|W| up to {float(W.abs().max()):.3g}, "
+                         f"|h| up to {float(h.abs().max()):.3g})")
+    return G
 
 
 def attention_row_metric(
@@ -646,6 +671,7 @@ def attention_row_metric(
 
 def _check_metric(G: Tensor, name: str = "G") -> None:
     check_tensor(G, name, min_ndim=2)
+    check_precise(G, name)
     if G.shape[-1] != G.shape[-2] or G.shape[-1] < 1:
         raise ValueError(f"{name} must have shape (..., d, d), got {tuple(G.shape)}")
     scale = float(G.abs().max()) if G.numel() else 0.0
@@ -722,6 +748,8 @@ def effective_dimension(G: Tensor, *, assume_psd: bool = False) -> Tensor:
     _check_metric(G)
     if not isinstance(assume_psd, bool):
         raise TypeError(f"assume_psd must be a bool, got {type(assume_psd).__name__}")
+    if G.numel():
+        G = G / G.abs().amax((-2, -1), keepdim=True).clamp_min(torch.finfo(G.dtype).tiny)  # the ratio is scale-free
     if not assume_psd and G.numel():
         scale = G.abs().amax((-2, -1), keepdim=True)
         tol = 1e-10 if G.dtype == torch.float64 else 1e-4

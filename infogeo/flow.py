@@ -52,11 +52,6 @@ from infogeo.laplacian import GraphLaplacian, laplacian
 Tensor = torch.Tensor
 
 
-def _f64(v: float) -> Tensor:
-    """Scalars as float64 tensors for the checks (a float32 conversion would overflow 1e39)."""
-    return torch.as_tensor(v, dtype=torch.float64)
-
-
 @dataclass(frozen=True)
 class FlowResult:
     """Outcome of :func:`resolution_flow`.
@@ -129,9 +124,9 @@ def resolution_flow(
     check_tensor(density, "density", shape=(n,))
     check_positive(density, "density", strict=False)
     check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
-    check_positive(_f64(lam), "lam", strict=False)
-    check_positive(_f64(mu), "mu", strict=False)
-    check_positive(_f64(tol), "tol")
+    check_positive(lam, "lam", strict=False)
+    check_positive(mu, "mu", strict=False)
+    check_positive(tol, "tol")
     max_steps = check_int(max_steps, "max_steps", minimum=1)
     rho = density.detach().double().cpu().numpy()
     m = lap.mass
@@ -140,7 +135,7 @@ def resolution_flow(
     if step is None:
         tau = 1.0 / lip if lip > 0 else 1.0
     else:
-        check_positive(_f64(step), "step")
+        check_positive(step, "step")
         tau = float(step)
         if lip > 0 and tau >= 2.0 / lip:
             raise ValueError(f"step must be < 2/L = {2.0 / lip:.6g} (stability bound), got {tau:.6g}")

@@ -31,6 +31,7 @@ whose dtype and device are used for the edge-length arithmetic.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,7 +41,7 @@ import torch
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
-from infogeo._checks import check_choice, check_int, check_tensor
+from infogeo._checks import check_choice, check_int, check_precise, check_tensor
 from infogeo.fisher import categorical_distance, pullback_quadratic_form
 
 Tensor = torch.Tensor
@@ -50,6 +51,15 @@ _BLOCK_ELEMS = 1 << 24  # rows-per-block * n for the blocked search (~64 MB in f
 _KDTREE_MAX_DIM = 16  # cKDTree is fast in low dimension only
 _METRIC_ELEMS = 1 << 25  # metric-tensor entries gathered per edge batch
 _JVP_CHUNK = 256  # tokens per vmap chunk of the pull-back JVP (logits of vocabulary size each)
+
+
+def check_coordinates(x: Tensor, name: str) -> None:
+    """Coordinates small enough that squared distances stay finite: ``max|x| ≤ √(max float)/(2√d)``."""
+    limit = math.sqrt(torch.finfo(x.dtype).max) / (2.0 * math.sqrt(max(x.shape[-1], 1)))
+    top = float(x.abs().max()) if x.numel() else 0.0
+    if top > limit:
+        raise ValueError(f"{name} has coordinates up to {top:.3g}; beyond {limit:.3g} squared distances overflow "
+                         f"{x.dtype}: rescale the points")
 
 
 def knn(x: Tensor, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
@@ -62,7 +72,11 @@ def knn(x: Tensor, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndar
     arbitrarily. Returns ``(indices (n, k) int64, distances (n, k) float64)``.
     """
     check_tensor(x, "x", ndim=2)
+    check_precise(x, "x")
+    check_coordinates(x, "x")
     n, d = x.shape
+    if d < 1:
+        raise ValueError(f"x must have at least one coordinate per point, got shape {tuple(x.shape)}")
     k = check_int(k, "k", minimum=1)
     if n < k + 1:
         raise ValueError(f"need at least k + 1 = {k + 1} points for {k} neighbours, got n = {n}")
@@ -182,6 +196,8 @@ class TokenGraph:
                 metric tensors stay near 128 MB; pull-back JVPs run 256 tokens at a time).
         """
         check_tensor(x, "x", ndim=2)
+        check_precise(x, "x")
+        check_coordinates(x, "x")
         if kind is None:
             kind = "euclidean" if metric is None else "metric"
         check_choice(kind, "kind", ("euclidean", "fisher_rao", "metric"))

@@ -62,8 +62,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from infogeo._checks import check_choice, check_in_range, check_int, check_positive, check_tensor
-from infogeo.graph import TokenGraph
+from infogeo._checks import check_choice, check_in_range, check_int, check_positive, check_precise, check_tensor
+from infogeo.graph import TokenGraph, check_coordinates
 
 Tensor = torch.Tensor
 
@@ -121,6 +121,10 @@ def _kernel_graph(points_or_graph: object, k: int | None, metric, kind_graph) ->
         return points_or_graph
     if isinstance(points_or_graph, torch.Tensor):
         check_tensor(points_or_graph, "points", ndim=2)
+        check_precise(points_or_graph, "points")
+        check_coordinates(points_or_graph, "points")
+        if points_or_graph.shape[0] < 2 or points_or_graph.shape[1] < 1:
+            raise ValueError(f"points must have shape (n >= 2, d >= 1), got {tuple(points_or_graph.shape)}")
         k_pts = min(100, max(1, points_or_graph.shape[0] - 1)) if k is None else k
         return TokenGraph.from_points(points_or_graph, k=k_pts, metric=metric, kind=kind_graph, sequence_edges=False)
     raise TypeError(
@@ -147,7 +151,7 @@ def default_bandwidth(graph: TokenGraph, k: int | None = None) -> float:
     rows = np.repeat(np.arange(graph.n), deg)
     order = np.lexsort((adj.data, rows))  # row-major, ascending length within each row
     srt = adj.data[order]
-    r_k = srt[adj.indptr[:-1] + np.minimum(max(k, 1), deg) - 1]
+    r_k = srt[adj.indptr[:-1] + np.minimum(min(k, graph.n), deg) - 1]
     r_1 = srt[adj.indptr[:-1]]
     eps = float(max(np.median(r_k) / 3.0, r_1.max() / 15.0))
     if not eps * eps / 4.0 > 0:  # the edges have length 0 (stored as the smallest float): the points coincide
@@ -242,6 +246,9 @@ def laplacian_spectrum(
         eigenvectors :math:`M`-orthonormal (:math:`F^\\top M F = I`). The graph must be
         connected (else 0 is a multiple eigenvalue per component: treat components separately).
     """
+    if not isinstance(lap_or_points, (GraphLaplacian, Tensor, TokenGraph)):
+        raise TypeError(f"lap_or_points must be a GraphLaplacian, an (n, d) torch.Tensor of points or a TokenGraph, "
+                        f"got {type(lap_or_points).__name__}")
     lap = lap_or_points if isinstance(lap_or_points, GraphLaplacian) else laplacian(lap_or_points, **laplacian_kwargs)
     if laplacian_kwargs and isinstance(lap_or_points, GraphLaplacian):
         raise ValueError("laplacian keyword arguments are only used when points or a graph are given")
@@ -252,7 +259,7 @@ def laplacian_spectrum(
 
     n_comp = csgraph.connected_components(lap.stiffness, directed=False)[0]
     if n_comp > 1:
-        raise ValueError(f"the graph has {n_comp} connected components; compute spectra per component")
+        raise ValueError(f"lap_or_points: the graph has {n_comp} connected components; compute spectra per component")
     s = lap.symmetric()
     rng = np.random.default_rng(seed)
     scale = lap.max_eigenvalue_bound()

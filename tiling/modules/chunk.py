@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from infogeo._checks import check_int, check_tensor
+from infogeo._checks import check_finite, check_int, check_same_device, check_tensor
 
 Tensor = torch.Tensor
 
@@ -116,6 +116,8 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     T = check_int(tile_size, "tile_size", minimum=1)
     L = check_int(L, "L", minimum=1)
     batch, n_tiles = seg_counts.shape
+    if batch < 1:
+        raise ValueError(f"seg_counts must have at least one row, got shape {tuple(seg_counts.shape)}")
     if n_tiles != -(-L // T):
         raise ValueError(f"seg_counts must have ⌈L/T⌉ = {-(-L // T)} tiles for L={L}, T={T}, got {n_tiles}")
     m = seg_counts.to(torch.int64)
@@ -155,8 +157,9 @@ def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:
     check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
     if boundary.dtype != torch.bool:
         raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
-    if boundary.shape[1] < 1 or not bool(boundary[:, 0].all()):
-        raise ValueError("boundary must have at least one column and start a segment at position 0 of every row")
+    if boundary.shape[0] < 1 or boundary.shape[1] < 1 or not bool(boundary[:, 0].all()):
+        raise ValueError(f"boundary must have at least one row and column and start a segment at position 0 of every "
+                         f"row, got shape {tuple(boundary.shape)}")
     batch, L = boundary.shape
     segment = boundary.to(torch.int64).cumsum(1) - 1
     lengths = segment[:, -1] + 1
@@ -183,6 +186,20 @@ def check_layout(layout: SegmentLayout, batch: int, L: int) -> None:
     if not torch.equal(layout.lengths, layout.boundary.sum(1)) or not torch.equal(
             (layout.span > 0).sum(1), layout.lengths):
         raise ValueError("layout.lengths must equal the number of boundaries (and of non-empty spans) per row")
+
+
+def _check_tokens(x: Tensor, name: str, layout: SegmentLayout, d_model: int, dtype: torch.dtype, finite: bool) -> None:
+    if not isinstance(layout, SegmentLayout):
+        raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
+    check_tensor(x, name, ndim=3, finite=False)
+    if tuple(x.shape) != (layout.batch, layout.L, d_model):
+        raise ValueError(f"{name} must have shape (batch={layout.batch}, L={layout.L}, d_model={d_model}) of the "
+                         f"layout, got {tuple(x.shape)}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but the module's parameters are {dtype}")
+    check_same_device(**{name: x, "layout": layout.boundary})
+    if finite:
+        check_finite(x, name)
 
 
 @dataclass(frozen=True)
@@ -212,7 +229,10 @@ class Chunk(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, pool={self.pool}"
 
-    def forward(self, x: Tensor, layout: SegmentLayout) -> Tensor:
+    def forward(self, x: Tensor, layout: SegmentLayout, *, validate: bool = True) -> Tensor:
+        """``x`` (batch, L, d_model) → (batch, L_c, d_model). ``validate``: also scan ``x`` for NaN/Inf
+        (one pass; :class:`~tiling.modules.TiledMamba` checks its input itself and passes False)."""
+        _check_tokens(x, "x", layout, self.d_model, self.pool_gate.dtype, validate)
         batch, L, d = x.shape
         if layout.is_identity:
             return x
@@ -248,7 +268,18 @@ class Dechunk(nn.Module):
     """Upsample ``(batch, L_c, d) → (batch, L, d)``: hold each segment's output over its tokens,
     times the straight-through confidence factor when a router supplies ``confidence``."""
 
-    def forward(self, y: Tensor, layout: SegmentLayout, confidence: Tensor | None = None) -> Tensor:
+    def forward(self, y: Tensor, layout: SegmentLayout, confidence: Tensor | None = None, *,
+                validate: bool = True) -> Tensor:
+        """``y`` (batch, L_c, d) → (batch, L, d); ``confidence`` (batch, L). ``validate`` as in :class:`Chunk`."""
+        if not isinstance(layout, SegmentLayout):
+            raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
+        check_tensor(y, "y", ndim=3, finite=validate)
+        if y.shape[:2] != (layout.batch, layout.compact_length):
+            raise ValueError(f"y must have shape (batch={layout.batch}, L_c={layout.compact_length}, d) of the layout, "
+                             f"got {tuple(y.shape)}")
+        if confidence is not None:
+            check_tensor(confidence, "confidence", shape=(layout.batch, layout.L), finite=validate)
+            check_same_device(y=y, confidence=confidence)
         batch, Lc, d = y.shape
         if not layout.is_identity:
             row = torch.arange(batch, device=y.device).unsqueeze(1)

@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infogeo._checks import check_int
+from infogeo._checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
 
 Tensor = torch.Tensor
 
 
 def linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, scale: float, *,
-                   offset: Tensor | None = None) -> Tensor:
+                   offset: Tensor | None = None, validate: bool = True) -> Tensor:
     """Linearised SSM density ``ρ̂_t = scale · Σ_{d∈K} softplus(W_dt[d] a_t + b_d)² · ‖b_t‖²``.
 
     Parameters
@@ -58,18 +58,62 @@ def linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, 
 
     Returns
     -------
-    (batch, L) non-negative, dtype of ``x``.
+    (batch, L) non-negative, dtype of ``x``. ``validate``: check that the output is finite and name
+    the input that is not (``TiledMamba`` checks its own input and passes False).
     """
+    _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset)
     r = dt_weight.shape[1]
     ab = x @ proj.t() if offset is None else torch.addmm(offset, x.reshape(-1, x.shape[-1]), proj.t()).view(
         *x.shape[:-1], -1)
     delta = F.softplus(torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t()))
     speed = delta.square().sum(-1).view(x.shape[:-1])
-    return scale * speed * ab[..., r:].square().sum(-1)
+    rho = scale * speed * ab[..., r:].square().sum(-1)
+    if validate and not bool(torch.isfinite(rho).all()):
+        for name, t in (("x", x), ("proj", proj), ("dt_weight", dt_weight), ("dt_bias", dt_bias), ("offset", offset)):
+            if t is not None:
+                check_finite(t, name)
+        raise ValueError("the density overflowed with finite inputs: x, proj or dt_weight are too large")
+    return rho
 
 
-def ratio_loss(boundary: Tensor, prob: Tensor, budget: float) -> Tensor:
-    """H-Net's ratio loss (eq. 10) for a target compression ``N = 1/budget``; 0 at ``budget = 1``."""
+def _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset) -> None:
+    """Shapes, dtypes and devices of :func:`linear_density`'s arguments (metadata only: no pass over values)."""
+    check_tensor(x, "x", min_ndim=2, finite=False)
+    if x.numel() == 0:
+        raise ValueError(f"x must have non-empty dimensions, got shape {tuple(x.shape)}")
+    check_tensor(proj, "proj", ndim=2, finite=False)
+    check_tensor(dt_weight, "dt_weight", ndim=2, finite=False)
+    k, r = dt_weight.shape
+    check_tensor(dt_bias, "dt_bias", shape=(k,), finite=False)
+    if proj.shape[1] != x.shape[-1] or proj.shape[0] <= r:
+        raise ValueError(f"proj must have shape (r + N, d_model) = ({r} + N, {x.shape[-1]}) with N >= 1, "
+                         f"got {tuple(proj.shape)}")
+    if offset is not None:
+        check_tensor(offset, "offset", shape=(proj.shape[0],), finite=False)
+    check_same_dtype(x=x, proj=proj, dt_weight=dt_weight, dt_bias=dt_bias, offset=offset)
+    check_same_device(x=x, proj=proj, dt_weight=dt_weight, dt_bias=dt_bias, offset=offset)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
+    check_in_range(float(scale), "scale", 0.0, float("inf"), high_open=True)
+
+
+def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool = True) -> Tensor:
+    """H-Net's ratio loss (eq. 10) for a target compression ``N = 1/budget``; 0 at ``budget = 1``.
+
+    ``boundary`` (batch, L) bool, ``prob`` (batch, L) in [0, 1], ``budget`` in (0, 1]. ``validate``:
+    check ``prob``'s values (``TiledMamba``'s router makes them in range and passes False)."""
+    check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
+    if boundary.dtype != torch.bool:
+        raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
+    check_tensor(prob, "prob", shape=tuple(boundary.shape), finite=validate)
+    if prob.numel() == 0:
+        raise ValueError(f"boundary and prob must be non-empty, got shape {tuple(prob.shape)}")
+    if validate:
+        check_in_range(prob, "prob", 0.0, 1.0)
+    check_same_device(boundary=boundary, prob=prob)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+        raise TypeError(f"budget must be a float, got {type(budget).__name__}")
+    check_in_range(float(budget), "budget", 0.0, 1.0, low_open=True)
     if budget >= 1.0:
         return prob.sum() * 0.0
     N = 1.0 / budget
@@ -103,8 +147,15 @@ class TokenRouter(nn.Module):
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, rank={self.rank}"
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``p`` (batch, L) in [0, 1], ``p_0 = 1``."""
+    def forward(self, x: Tensor, *, validate: bool = True) -> Tensor:
+        """``p`` (batch, L) in [0, 1], ``p_0 = 1``, of ``x`` (batch, L, d_model). ``validate``: scan ``x``
+        for NaN/Inf (``TiledMamba`` checks its own input and passes False)."""
+        check_tensor(x, "x", ndim=3, finite=validate)
+        if x.shape[-1] != self.d_model or x.shape[1] < 1:
+            raise ValueError(f"x must have shape (batch, L >= 1, d_model={self.d_model}), got {tuple(x.shape)}")
+        if x.dtype != self.q_proj.weight.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the router's parameters are {self.q_proj.weight.dtype}")
+        check_same_device(x=x, weights=self.q_proj.weight)
         q = F.normalize(self.q_proj(x[:, 1:]), dim=-1, eps=1e-6)
         k = F.normalize(self.k_proj(x[:, :-1]), dim=-1, eps=1e-6)
         p = (0.5 * (1.0 - (q * k).sum(-1))).clamp(0.0, 1.0)

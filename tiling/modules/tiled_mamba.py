@@ -208,6 +208,9 @@ class TiledMamba(nn.Module):
         self.d_conv = check_int(d_conv, "d_conv", minimum=1)
         self.expand = check_int(expand, "expand", minimum=1)
         self.d_inner = self.expand * self.d_model
+        if self.d_inner > 2 ** 31 - 1 or self.d_inner * self.d_state > 2 ** 40:
+            raise ValueError(f"expand·d_model = {self.d_inner} channels with d_state = {self.d_state} exceed the "
+                             "sizes the kernels index (2^31 - 1 channels, 2^40 state entries)")
         self.dt_rank = math.ceil(self.d_model / 16) if dt_rank == "auto" else check_int(dt_rank, "dt_rank", minimum=1)
         check_choice(dt_init, "dt_init", ["random", "constant"])
         check_positive(dt_min, "dt_min")
@@ -322,8 +325,8 @@ class TiledMamba(nn.Module):
         check_tensor(x, name, ndim=3, finite=False)
         if x.shape[-1] != self.d_model:
             raise ValueError(f"{name} must have shape (batch, L, d_model={self.d_model}), got {tuple(x.shape)}")
-        if x.shape[1] < 1:
-            raise ValueError(f"{name} must have at least one position, got shape {tuple(x.shape)}")
+        if x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"{name} must have at least one row and one position, got shape {tuple(x.shape)}")
         if x.dtype != self.in_proj.weight.dtype:
             raise TypeError(f"{name} has dtype {x.dtype} but the layer's parameters are {self.in_proj.weight.dtype}")
         if self.validate:
@@ -391,7 +394,7 @@ class TiledMamba(nn.Module):
         """Block scope's resolution signal ``ρ̂`` (batch, L), ≈ 1.6 % of the block at d_model 768."""
         with torch.no_grad():
             proj, offset, w, b, scale = self._signal_maps() if maps is None else maps
-            return linear_density(x, proj, w, b, scale, offset=offset)
+            return linear_density(x, proj, w, b, scale, offset=offset, validate=False)
 
     def _tile_config(
         self, rho: Tensor, curvature: Tensor | None, budget: float, update: bool = False,
@@ -512,13 +515,24 @@ class TiledMamba(nn.Module):
             density = self._external_density(density, batch, L, hidden_states.device)
         if curvature is not None:
             check_tensor(curvature, "curvature", shape=(batch, L))
-        if self.scope == "block":
-            return self._forward_block(hidden_states, density, curvature, c, return_plan)
-        return self._forward_scan(hidden_states, density, curvature, c, return_plan)
+        try:
+            if self.scope == "block":
+                return self._forward_block(hidden_states, density, curvature, c, return_plan)
+            return self._forward_scan(hidden_states, density, curvature, c, return_plan)
+        except ValueError as e:
+            # without ``validate`` a NaN/Inf input is caught inside (the signal, the scan's output):
+            # name the argument rather than the internal tensor
+            check_finite(hidden_states, "hidden_states")
+            if "overflow" in str(e) or "NaN/Inf" in str(e):  # finite, but large enough to overflow inside
+                raise ValueError(f"hidden_states (values up to {float(hidden_states.abs().max()):.3g}) made the "
+                                 f"block overflow: {e}") from None
+            raise
 
     def _budget(self, budget: float | None) -> float:
         if budget is None:
             return self.budget
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+            raise TypeError(f"budget must be a float in (0, 1], got {type(budget).__name__}")
         c = float(budget)
         check_in_range(c, "budget", 0.0, 1.0, low_open=True)
         if self.r_min > c:
@@ -578,9 +592,9 @@ class TiledMamba(nn.Module):
             self.ratio_loss = None
             if c >= 1.0:
                 return None, None, ones, None, None
-            p = self.router(x)
+            p = self.router(x, validate=False)
             bnd = TokenRouter.boundaries(p, c, self.causal)
-            self.ratio_loss = ratio_loss(bnd, p, c)
+            self.ratio_loss = ratio_loss(bnd, p, c, validate=False)
             layout = layout_from_boundaries(bnd)
             per_tile = _tile_sum(bnd, T)
             R = per_tile / tile_lengths(L, T).to(per_tile)
@@ -607,12 +621,12 @@ class TiledMamba(nn.Module):
         if layout is None:
             xc, gap = x, None
         else:
-            xc, gap = self.chunk(x, layout), layout.gap
+            xc, gap = self.chunk(x, layout, validate=False), layout.gap
         u, z, dt_raw, B, C = self._project(xc)
         y = self._scan(u, dt_raw, B, C, z, gap=gap)
         out = self._out(y)
         if layout is not None:
-            out = self.dechunk(out, layout, conf)
+            out = self.dechunk(out, layout, conf, validate=False)
         if return_plan:
             return out, self._make_plan(R, None, rho_tile, rho, L, c, layout=layout)
         return out
@@ -739,6 +753,9 @@ class TiledMamba(nn.Module):
 
         Returns the output (same leading shape as the input) and the new state.
         """
+        check_tensor(hidden_states, "hidden_states", ndim=(2, 3))  # one token: the NaN check costs O(d_model)
+        if not isinstance(state, TiledMambaState):
+            raise TypeError(f"state must be a TiledMambaState (allocate_inference_state), got {type(state).__name__}")
         squeeze = hidden_states.dim() == 2
         x = hidden_states if squeeze else hidden_states.squeeze(1)
         if hidden_states.dim() not in (2, 3) or (hidden_states.dim() == 3 and hidden_states.shape[1] != 1):
@@ -760,6 +777,9 @@ class TiledMamba(nn.Module):
             if self.routing and position % self.tile_size == 0:
                 route = (self.route_gate.to(h.dtype) * torch.tanh(self.route_state_weight.to(h.dtype) * read)).to(state.route.dtype)
             new = TiledMambaState(conv=conv, ssm=h, route=route, position=position)
+        if not bool(torch.isfinite(out).all()):  # one token: O(d_model)
+            raise ValueError(f"hidden_states (values up to {float(x.abs().max()):.3g}) made the step overflow; "
+                             "the state is unchanged")
         return (out if squeeze else out.unsqueeze(1)), new
 
     def _mixer_step(self, x: Tensor, conv: Tensor, ssm: Tensor, *, gap: Tensor | None = None,
@@ -808,7 +828,7 @@ class TiledMamba(nn.Module):
                     signal = signal[:, :0]
                 if not uniform:  # the tile's signal, folded into the history when the tile ends
                     proj, offset, w, b, scale = state.proj
-                    rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset)
+                    rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset, validate=False)
                     signal = torch.cat([signal, rho_t.to(torch.float64)], dim=1)
                     if off == T - 1:
                         done = self._tile_densities(signal)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from infogeo._checks import check_int, check_in_range
+from infogeo._checks import check_int, check_in_range, check_tensor
 
 Tensor = torch.Tensor
+
+
+_MAX_TILES = 2 ** 31 - 1
 
 
 def tile_lengths(L: int, tile_size: int) -> Tensor:
@@ -20,6 +23,9 @@ def tile_lengths(L: int, tile_size: int) -> Tensor:
     L = check_int(L, "L", minimum=1)
     T = check_int(tile_size, "tile_size", minimum=1)
     n_tiles = -(-L // T)
+    if n_tiles > _MAX_TILES:
+        raise ValueError(f"L / tile_size = {L} / {T} gives {n_tiles} tiles, more than {_MAX_TILES} (the kernels index "
+                         "tiles with int32); use a larger tile_size")
     lengths = torch.full((n_tiles,), T, dtype=torch.int64)
     lengths[-1] = L - (n_tiles - 1) * T
     return lengths
@@ -41,6 +47,16 @@ def segment_counts(resolution: Tensor, lengths: Tensor) -> Tensor:
     ``n_i·eps`` of ``resolution``'s dtype before the ceiling, so that the representation error of
     a value such as float32 ``0.3`` (stored as 0.30000001) does not add a segment.
     """
+    check_tensor(resolution, "resolution", min_ndim=1)
+    check_tensor(lengths, "lengths", ndim=1, floating=False, finite=False)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths must have an integer dtype, got {lengths.dtype}")
+    if resolution.shape[-1] != lengths.shape[0]:
+        raise ValueError(f"resolution must have n_tiles = {lengths.shape[0]} (the length of lengths) in its last "
+                         f"dimension, got shape {tuple(resolution.shape)}")
+    if bool((lengths < 1).any()):
+        raise ValueError(f"lengths must be >= 1, got min {int(lengths.min())}")
+    check_in_range(resolution, "resolution", 0.0, 1.0, low_open=True)
     res = resolution.detach().to(torch.float64)
     n = lengths.to(device=res.device, dtype=torch.float64)
     eps = torch.finfo(resolution.dtype).eps if resolution.is_floating_point() else 0.0
@@ -51,6 +67,16 @@ def segment_counts(resolution: Tensor, lengths: Tensor) -> Tensor:
 def _per_tile(x: Tensor | float | int | None, default: float, n_tiles: int, name: str, dtype) -> Tensor:
     if x is None:
         return torch.full((1, n_tiles), default, dtype=dtype)
+    if isinstance(x, bool) or not isinstance(x, (torch.Tensor, float, int)):
+        raise TypeError(f"{name} must be a number or a tensor, got {type(x).__name__}")
+    if dtype == torch.int64 and isinstance(x, float):
+        raise TypeError(f"{name} must be an int or an integer tensor, got float {x}")
+    if isinstance(x, torch.Tensor):
+        check_tensor(x, name, floating=False, finite=False)
+        if x.is_complex() or x.dtype == torch.bool:
+            raise TypeError(f"{name} must hold real numbers, got dtype {x.dtype}")
+        if dtype == torch.int64 and x.is_floating_point():
+            raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
     t = torch.as_tensor(x, dtype=dtype).detach().cpu()
     if t.dim() == 0:
         return t.expand(1, n_tiles).clone()
@@ -120,6 +146,8 @@ def scan_cost(
     R = _per_tile(resolution, 1.0, n_tiles, "resolution", torch.float64)
     check_in_range(R, "resolution", 0.0, 1.0, low_open=True)
     S = _per_tile(state_dims, N, n_tiles, "state_dims", torch.int64)
+    if R.shape[0] != S.shape[0] and 1 not in (R.shape[0], S.shape[0]):
+        raise ValueError(f"resolution and state_dims must have the same batch, got {tuple(R.shape)} and {tuple(S.shape)}")
     if bool(((S < 1) | (S > N)).any()):
         raise ValueError(f"state_dims must lie in [1, N] = [1, {N}], got values in [{int(S.min())}, {int(S.max())}]")
     R, S = torch.broadcast_tensors(R, S)
@@ -157,7 +185,9 @@ def block_unit_costs(*, d_model: int, d_state: int, d_inner: int, dt_rank: int, 
     ``r·E (+E)``, ``scan`` ``E·(4N + 3)`` (:func:`scan_cost` at ``R = 1``: ``3N`` recurrence,
     ``2`` input sums, ``N + 1`` read-out), ``out_proj`` ``E·d (+d)``, with ``E`` = d_inner,
     ``d`` = d_model, ``r`` = dt_rank, ``N`` = d_state, ``K`` = d_conv (bias terms in brackets)."""
-    E, d, r, N, K = d_inner, d_model, dt_rank, d_state, d_conv
+    E, d, r, N, K = (check_int(v, n, minimum=1) for v, n in ((d_inner, "d_inner"), (d_model, "d_model"),
+                                                               (dt_rank, "dt_rank"), (d_state, "d_state"),
+                                                               (d_conv, "d_conv")))
     return {
         "in_proj": 2 * E * d + (2 * E if bias else 0),
         "conv": E * K + (E if conv_bias else 0),
