@@ -496,9 +496,13 @@ def _interp(curve: list[dict], x: float, key: str = "bytes") -> float | None:
 def goals(rows: list[dict], best: str | None, full_layers=()) -> dict:
     """The issue's goals, checked on the rows present (None where a row is missing), over the rows of
     the sweep's ``--full-layers`` choice (rows of the other choice stay in the table, not in the goals)."""
+    def chosen(r: dict) -> bool:  # rows store resolved indices ([0, 3]); --full-layers may count from the end
+        want = {k % r["n_layers"] for k in outer_layers(r["configuration"], full_layers)}
+        return set(r.get("full_resolution_layers", ())) == want
+
     by = {}
     for r in rows:
-        if tuple(r.get("full_resolution_layers", ())) == outer_layers(r["configuration"], full_layers):
+        if chosen(r):
             by.setdefault((r["configuration"], r["budget"], r.get("kind")), []).append(r)
 
     def mean(cfg, b, key, kind="trained"):

@@ -524,3 +524,36 @@ def test_sweep_row_names_and_outer_layers():
     layers = {mod.spec_name(s): tuple(s["full_layers"]) for s in mod.phase1_rows(args) + mod.phase2_rows("adaptive", args)}
     assert layers["full@1/s1"] == () and layers["adaptive+ends@0.35/s1"] == (0, -1)
     assert layers["full@0.25/s0"] == () and layers["uniform+ends@0.25/s0"] == (0, -1)
+
+
+def test_goals_over_rows_with_full_resolution_ends():
+    """The goals read the rows of the sweep's --full-layers choice: rows store resolved indices ([0, 3]
+    in 4 layers) while ``--full-layers ends`` is (0, -1); an all-tiled row of the same configuration is
+    left out. Numbers checked by hand: the router curve at full's 1000 training bytes interpolates to
+    2.05 (s0) and 2.2 (s1)."""
+    mod = load_script()
+
+    def row(config, budget, seed, layers, bpb, curve, train_bytes, prefill=100.0, decode=10.0):
+        return {"row": f"{config}@{budget:g}/s{seed}", "configuration": config, "budget": budget, "seed": seed,
+                "kind": "trained", "full_resolution_layers": layers, "n_layers": 4, "test_bpb": bpb,
+                "validation_curve": [{"bytes": b, "bpb": v} for b, v in curve], "train_bytes": train_bytes,
+                "prefill_bytes_per_s": prefill, "decode_bytes_per_s": decode}
+
+    rows = [row("full", 1.0, 0, [], 2.0, [(0, 8.0), (1000, 2.0)], 1000),
+            row("full", 1.0, 1, [], 2.2, [(0, 8.0), (1000, 2.2)], 1000),
+            row("router", 0.35, 0, [0, 3], 1.9, [(0, 8.0), (500, 2.1), (1500, 2.0)], 1500),
+            row("router", 0.35, 1, [0, 3], 2.1, [(0, 8.0), (500, 2.3), (1500, 2.1)], 1500),
+            row("router", 0.35, 0, [], 9.0, [(0, 9.0), (1500, 9.0)], 1500),  # all tiled: not this sweep's choice
+            row("uniform", 0.35, 0, [0, 3], 2.05, [(0, 8.0), (1500, 2.05)], 1500),
+            row("uniform", 0.35, 1, [0, 3], 2.05, [(0, 8.0), (1500, 2.05)], 1500),
+            row("router", 0.25, 0, [0, 3], 2.2, [(0, 8.0), (1500, 2.2)], 1500, prefill=180.0, decode=30.0)]
+    g = mod.goals(rows, "router", (0, -1))
+    assert g["equal_bytes_val_bpb"] == pytest.approx({"adaptive": 2.125, "full": 2.1})
+    assert g["within_3pct_of_full_at_equal_bytes"] is True
+    assert g["test_bpb_at_0.35"] == pytest.approx({"full": 2.1, "router": 2.0, "uniform": 2.05})
+    assert g["2pct_better_than_uniform"] is True  # 2.0 <= 0.98 * 2.05 = 2.009
+    assert g["beats_full_at_equal_wall_time"] is True
+    assert g["prefill_speedup_at_0.25"] == pytest.approx(1.8) and g["prefill_2.5x"] is False
+    assert g["decode_speedup_at_0.25"] == pytest.approx(3.0) and g["decode_2x"] is True
+    rows[3]["test_bpb"] = 2.2  # router mean 2.05 = uniform's: not 2 % better
+    assert mod.goals(rows, "router", (0, -1))["2pct_better_than_uniform"] is False
