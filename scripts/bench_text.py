@@ -38,7 +38,8 @@ from bench_scan import best_ms_interleaved  # noqa: E402
 
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.text import TextInputError, as_byte_tensor, read_text_file  # noqa: E402
-from tiling.train.textmodel import load_text_model  # noqa: E402
+from tiling.train.textmodel import (build_model, load_text_model, model_config, parameter_count,  # noqa: E402
+                                    read_text_meta)
 
 AFTER_THE_FACT = (0.5, 0.35, 0.25)  # budgets at which full@1/s0 is also timed, tiled after training
 GOALS = {"prefill": 2.5, "decode": 2.0}  # × full resolution at budget 0.25
@@ -65,19 +66,40 @@ def can_step(model, budget: float) -> bool:
                for k, layer in enumerate(model.layers))
 
 
-def cases(runs: Path) -> list[tuple[str, Path, float, dict]]:
-    """``(case, checkpoint, budget, row)``: each finished trained row at its budget, and the full
-    model after the fact at :data:`AFTER_THE_FACT`."""
-    out, full = [], None
-    for p in sorted(runs.glob("*/row.json")):
-        row = json.loads(p.read_text())
-        if row.get("kind") != "trained" or not Path(row["checkpoint"]).is_file():
-            continue
-        out.append((row["row"], Path(row["checkpoint"]), float(row["budget"]), row))
-        if row["row"] == "full@1/s0":
-            full = row
+#: configurations whose plan does not depend on the weights: a row whose checkpoint is gone is timed
+#: on fresh weights of its shape (the same work, to the operation)
+WEIGHT_FREE_PLAN = ("full", "uniform")
+
+
+def cases(runs: Path) -> list[tuple[str, Path | dict, float, dict]]:
+    """``(case, checkpoint or model config, budget, row)``: each finished trained row at its budget,
+    and the full model after the fact at :data:`AFTER_THE_FACT`. A row without its checkpoint is
+    timed on fresh weights (the shapes of ``full@1/s0``'s model, checked by the parameter count) if its
+    plan does not depend on them (:data:`WEIGHT_FREE_PLAN`), else skipped, with a line on stderr."""
+    rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*/row.json"))]
+    rows = [r for r in rows if r.get("kind") == "trained"]
+    full = next((r for r in rows if r["row"] == "full@1/s0" and Path(r["checkpoint"]).is_file()), None)
     if full is None:
         raise ValueError(f"--runs {runs}: no finished full@1/s0 row with its checkpoint (the reference of every ratio)")
+    shape = read_text_meta(full["checkpoint"])["model"]
+    out = []
+    for row in rows:
+        if Path(row["checkpoint"]).is_file():
+            out.append((row["row"], Path(row["checkpoint"]), float(row["budget"]), row))
+            continue
+        why = "its plan depends on the weights"
+        if row["configuration"] in WEIGHT_FREE_PLAN:
+            lk = shape["layer_kwargs"]
+            cfg = model_config(row["configuration"], row["budget"], d_model=shape["d_model"],
+                               n_layers=shape["n_layers"], d_state=lk["d_state"], expand=lk["expand"],
+                               tile_size=lk["tile_size"], full_resolution_layers=tuple(row["full_resolution_layers"]))
+            if parameter_count(build_model(cfg)) == row["params"]:
+                out.append((row["row"] + " (fresh weights)", cfg, float(row["budget"]), row))
+                print(f"{row['row']}: checkpoint {row['checkpoint']} missing; timed on fresh weights of its shape",
+                      file=sys.stderr)
+                continue
+            why = "its shape is not full@1/s0's"
+        print(f"{row['row']}: checkpoint {row['checkpoint']} missing; not timed ({why})", file=sys.stderr)
     out.sort(key=lambda c: (c[0] != "full@1/s0", c[0]))
     out += [(f"full@{b:g}/s0 (tiled after training)", Path(full["checkpoint"]), b, full) for b in AFTER_THE_FACT]
     return out
@@ -114,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
     prefill, decode, meta = {}, {}, {}
     for case, ckpt, budget, row in tqdm(todo, desc="loading"):
-        model, _ = load_text_model(ckpt)
+        model = build_model(ckpt).eval() if isinstance(ckpt, dict) else load_text_model(ckpt)[0]
         meta[case] = (row["configuration"], budget, list(row.get("full_resolution_layers", [])))
 
         def pre(model=model, budget=budget):

@@ -478,7 +478,7 @@ def bundle(done: dict, best: str, args) -> None:
         if row is None:
             print(f"[bundle] {name}: its row is not finished", flush=True)
             continue
-        path = export_bundled(row["checkpoint"], name)
+        path = export_bundled(row["checkpoint"], name, info={"row": row["row"], "test_bpb": row["test_bpb"]})
         print(f"[bundle] {name}: {row['row']} -> {path} ({path.stat().st_size / 2**20:.1f} MiB)", flush=True)
 
 

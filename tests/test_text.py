@@ -408,11 +408,12 @@ def test_bundled_checkpoints(trained, tmp_path, monkeypatch, capsys):
     rc, _, err = _cli(evaluate_cli.main, ["bundled:adaptive", "--text-file", str(SLICE / "tutorial/index.rst.txt")],
                       capsys)
     assert rc == 2 and "not installed" in err
-    path = textmodel.export_bundled(trained[1].out / "checkpoint.safetensors", "adaptive")
+    path = textmodel.export_bundled(trained[1].out / "checkpoint.safetensors", "adaptive", info={"test_bpb": 2.5})
     assert path.stat().st_size < 25 * 2 ** 20
     rc, out, _ = _cli(evaluate_cli.main, ["--list"], capsys)
     listed = {r["name"]: r for r in json.loads(out)}
     assert listed["adaptive"]["installed"] and listed["adaptive"]["configuration"] == "adaptive"
+    assert listed["adaptive"]["test_bpb"] == 2.5 and listed["full"]["test_bpb"] is None
     assert listed["adaptive"]["budget"] == 0.5 and listed["adaptive"]["path"] == str(path)
     rc, out, _ = _cli(evaluate_cli.main, ["bundled:adaptive", "--text-file", str(SLICE / "tutorial/index.rst.txt"),
                                           "--json"], capsys)
@@ -510,6 +511,18 @@ def test_sweep_resume_and_table(tmp_path, capsys):
     at_quarter = [g for g in speed["goals"] if g["case"].startswith(("full@0.25", f"{best}@0.25", "uniform@0.25"))]
     assert {g["goal"].split()[0] for g in at_quarter} == {"prefill", "decode"}
     assert all(g["met"] == (g["ratio"] >= float(g["goal"].split("≥ ")[1].split("×")[0])) for g in speed["goals"])
+    # a lost checkpoint: uniform (a plan free of the weights) is timed on fresh weights, the router is not timed
+    (tmp_path / "runs" / "uniform_b0.35_s0" / "checkpoint.safetensors").unlink()
+    (tmp_path / "runs" / "router_b0.35_s0" / "checkpoint.safetensors").unlink()
+    capsys.readouterr()
+    assert bench.main(["--runs", str(tmp_path / "runs"), "--test-file", str(SLICE / "faq/general.rst.txt"),
+                       "--context", "32", "--decode-bytes", "4", "--rounds", "1",
+                       "--json", str(tmp_path / "speed.json")]) == 0
+    err = capsys.readouterr().err
+    assert "uniform@0.35/s0: checkpoint" in err and "fresh weights" in err and "router@0.35/s0: checkpoint" in err
+    cases = [r["case"] for r in json.loads((tmp_path / "speed.json").read_text())["rows"]]
+    assert "uniform@0.35/s0 (fresh weights)" in cases and not any(c.startswith("router@0.35/s0") for c in cases)
+    assert len(cases) == trained + 3 - 1
 
 
 def test_sweep_row_names_and_outer_layers():

@@ -172,12 +172,14 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
     return p
 
 
-def export_bundled(src, name: str) -> Path:
-    """Copy the model of text checkpoint ``src`` (no optimizer state) to the bundled ``name``, atomically."""
+def export_bundled(src, name: str, info: dict | None = None) -> Path:
+    """Copy the model of text checkpoint ``src`` (no optimizer state) to the bundled ``name``, atomically;
+    ``info`` (e.g. the sweep row's ``test_bpb``) is added to its metadata."""
     if name not in BUNDLED:
         raise ValueError(f"bundled name must be one of {sorted(BUNDLED)}, got {name!r}")
     model, extra = load_text_model(src)
-    info = {k: v for k, v in extra.items() if k not in ("kind", "model", "configuration", "budget", "context")}
+    info = {k: v for k, v in extra.items() if k not in ("kind", "model", "configuration", "budget", "context")
+            } | (info or {})
     return save_text_checkpoint(BUNDLED_DIR / BUNDLED[name], model, configuration=extra["configuration"],
                                 budget=extra["budget"], context=extra["context"], info=info)
 
