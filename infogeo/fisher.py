@@ -439,11 +439,17 @@ def _with_aux(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], tuple[Tensor
     return out_and_aux
 
 
+#: the marker before the quoted error of a caller's ``fn`` in our messages
+FN_RAISED = "fn raised: "
+
+
 def _logit_width(fn: Callable[[Tensor], Tensor], h0: Tensor) -> int:
     try:
         out = fn(h0)
     except (RuntimeError, IndexError) as e:  # fn does not accept a token of this shape or dtype
-        raise ValueError(f"fn failed on one token of h (shape {tuple(h0.shape)}, {h0.dtype}): {e}") from e
+        # fn is the caller's code: its own message is quoted after a fixed marker, under ours
+        raise ValueError(f"fn must accept one token of h, a tensor of shape (d,) = {tuple(h0.shape)} and dtype "
+                         f"{h0.dtype}, and return logits (V,); {FN_RAISED}{type(e).__name__}: {e}") from e
     if not isinstance(out, torch.Tensor) or out.dim() != 1 or out.shape[0] < 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"fn must map one token (d,) to logits (V,) with V ≥ 2, got output {got}")

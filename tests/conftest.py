@@ -1,4 +1,5 @@
-"""Shared test configuration: hypothesis profiles, the CUDA skip, float64 helpers."""
+"""Shared test configuration: hypothesis profiles, the CUDA skip, float64 helpers, fuzz sizes."""
+import collections
 import os
 
 import pytest
@@ -43,3 +44,20 @@ def cached_model_loading(monkeypatch):
         return _MODELS[key]
 
     monkeypatch.setattr(infogeo.models, "load_model", cached)
+
+
+#: cases run by the fuzzers in this session, by harness (printed at the end of the run)
+FUZZ_CASES: collections.Counter = collections.Counter()
+
+
+def fuzz_settings(default: int, large: int, *, slow: bool):
+    """Hypothesis settings of a fuzz test: ``default`` examples in ``make test``, ``large`` in the
+    ``slow`` variant (``make test-slow``); ``FUZZ_SCALE`` (a float) scales both, e.g. for a mid-size run."""
+    n = max(1, round((large if slow else default) * float(os.environ.get("FUZZ_SCALE", "1"))))
+    return settings(max_examples=n, deadline=None, derandomize=not slow, database=None,
+                    suppress_health_check=list(HealthCheck))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        terminalreporter.write_line("fuzz cases run: " + ", ".join(f"{k} {v}" for k, v in sorted(FUZZ_CASES.items())))

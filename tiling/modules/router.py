@@ -132,10 +132,10 @@ class RouterState:
 class TokenRouter(nn.Module):
     """Per-token boundary probabilities ``p_t`` and boundaries (H-Net's cosine routing module)."""
 
-    def __init__(self, d_model: int, rank: int = 32, *, device=None, dtype=None) -> None:
+    def __init__(self, d_model: int, rank: int | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
         self.d_model = check_int(d_model, "d_model", minimum=1)
-        self.rank = check_int(rank, "router_rank", minimum=1, maximum=d_model)
+        self.rank = min(32, self.d_model) if rank is None else check_int(rank, "rank", minimum=1, maximum=d_model)
         self.q_proj = nn.Linear(d_model, self.rank, bias=False, device=device, dtype=dtype)
         self.k_proj = nn.Linear(d_model, self.rank, bias=False, device=device, dtype=dtype)
         with torch.no_grad():

@@ -291,8 +291,9 @@ class TiledMamba(nn.Module):
             step = max(1, self.d_inner // k)
             self.register_buffer("signal_index", torch.arange(0, self.d_inner, step, device=device)[:k],
                                  persistent=False)
-            self.router = TokenRouter(self.d_model, min(32, self.d_model) if router_rank is None else router_rank,
-                                      **factory) if boundaries == "token" else None
+            if router_rank is not None:
+                check_int(router_rank, "router_rank", minimum=1, maximum=self.d_model)
+            self.router = TokenRouter(self.d_model, router_rank, **factory) if boundaries == "token" else None
         #: H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to the task loss
         self.ratio_loss: Tensor | None = None
 
