@@ -17,7 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["FLAGS", "settings_of", "text_key", "read_done", "split_texts"]
+__all__ = ["FLAGS", "settings_of", "text_key", "read_done", "split_texts", "rank_file", "rank_files",
+           "merge_results"]
 
 #: the settings a result depends on, with the flag that sets each (named when a resume refuses)
 FLAGS = {"model": "--model", "layers": "--layers", "heads": "--heads", "budget": "--budget",
@@ -111,3 +112,48 @@ def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tup
         warnings.warn(f"--resume: {len(stale)} result(s) in {str(path)!r} belong to no line of --file as it is now "
                       "(the file changed since); they are kept, and the changed lines are computed")
     return done
+
+
+def rank_file(results: Path, rank: int) -> Path:
+    """The file rank ``rank`` of a torchrun launch appends to: ``results.rank{rank}.jsonl`` beside ``results``."""
+    return results.with_name(f"{results.stem}.rank{rank}{results.suffix}")
+
+
+def rank_files(results: Path) -> list[Path]:
+    """The rank files beside ``results`` (of this run or left by an interrupted one), by rank."""
+    found = []
+    for p in results.parent.glob(f"{results.stem}.rank*{results.suffix}"):
+        digits = p.name[len(results.stem) + len(".rank"):len(p.name) - len(results.suffix)]
+        if digits.isdigit():
+            found.append((int(digits), p))
+    return [p for _, p in sorted(found)]
+
+
+def _line_index(line: bytes) -> int | None:
+    try:
+        return int(json.loads(line.decode("utf-8"))["index"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def merge_results(results: Path, parts: Sequence[Path], *, keep: bool = True) -> int:
+    """Append the lines of the rank files ``parts`` to ``results`` in input order and delete them.
+
+    ``keep``: the lines already in ``results`` stay first, as they are (``False``: they are
+    dropped, as ``--overwrite`` does). The new lines are ordered by their ``index`` (stable, so
+    ties keep rank order); lines that do not parse follow in the order met, for :func:`read_done`
+    to move aside. The results file is written atomically before any rank file is deleted, so an
+    interruption loses nothing. Returns the number of lines taken from ``parts``.
+    """
+    from tiling.train.atomic import atomic_write_bytes
+
+    base = results.read_bytes() if keep and results.exists() else b""
+    if base and not base.endswith(b"\n"):
+        base += b"\n"  # a torn last line stays one line
+    lines = [line for p in parts for line in p.read_bytes().split(b"\n") if line.strip()]
+    index = [_line_index(line) for line in lines]
+    order = sorted(range(len(lines)), key=lambda j: (index[j] is None, index[j] or 0, j))
+    atomic_write_bytes(results, base + b"".join(lines[j] + b"\n" for j in order))
+    for p in parts:
+        p.unlink()
+    return len(lines)

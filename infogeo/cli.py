@@ -151,6 +151,8 @@ def _read_source(args) -> tuple[str, str]:
 
 
 def _check_args(args) -> None:
+    from .distributed import launched_world_size
+
     for flag, v in (("--budget", args.budget), ("--r-min", args.r_min)):
         if not 0.0 < v <= 1.0:  # also rejects NaN
             raise UsageError(f"{flag} must lie in (0, 1], got {v}")
@@ -167,6 +169,10 @@ def _check_args(args) -> None:
         raise UsageError(f"--max-length must be >= 3, got {args.max_length}")
     if args.resume and not args.batch:
         raise UsageError("--resume needs --batch")
+    world = launched_world_size()
+    if world > 1 and not args.batch:
+        raise UsageError(f"launched as {world} processes (torchrun, WORLD_SIZE={world}): only --batch shards its "
+                         "texts over processes; run a single text without torchrun")
     if args.resume and args.overwrite:
         raise UsageError("give either --resume (continue results.jsonl) or --overwrite (start it again), not both")
     if args.out is None and args.name is not None and (
@@ -212,7 +218,7 @@ def _load_model(args):
 
 
 def _run_analyse(args) -> int:
-    from .batch import split_texts
+    from .batch import rank_files, split_texts
     from .outdir import check_out_dir
 
     _check_args(args)
@@ -228,9 +234,13 @@ def _run_analyse(args) -> int:
     # the output folder is checked before the model loads: a refusal costs nothing
     out = check_out_dir(out, overwrite=args.overwrite, name="--out", must_be_empty=not args.batch)
     results = out / "results.jsonl"
-    if args.batch and results.exists() and not (args.resume or args.overwrite):
-        raise UsageError(f"--out {str(out)!r} already holds results.jsonl; pass --resume to continue it, "
-                         "--overwrite to compute every text again, or choose another --out")
+    if args.batch and not (args.resume or args.overwrite):
+        held = [p.name for p in [results] + rank_files(results) if p.exists()]
+        if held:
+            raise UsageError(f"--out {str(out)!r} already holds {held[0]}"
+                             f"{' (a rank file of an interrupted torchrun run)' if held[0] != results.name else ''}; "
+                             "pass --resume to continue it, --overwrite to compute every text again, or choose "
+                             "another --out")
     # heavy imports only once the cheap checks passed, so bad input fails fast
     import torch
 
@@ -254,43 +264,116 @@ def _run_analyse(args) -> int:
 
 
 def _run_batch(args, model, tokenizer, texts, name: str, results: Path, opts: dict) -> int:
-    """Stream one JSON line per text to ``results``; a text that is bad input is reported and skipped."""
-    from tqdm.auto import tqdm
+    """Stream one JSON line per text to ``results``; a text that is bad input is reported and skipped.
 
-    from .analysis import analyse
-    from .batch import read_done, settings_of, text_key
+    Under torchrun (:mod:`infogeo.distributed`) each rank analyses its shard into its own rank file,
+    and rank 0 merges them into ``results`` in input order; only rank 0 prints."""
+    from .batch import merge_results, rank_file, settings_of, text_key
+    from .distributed import Ranks
 
     settings = settings_of(model=args.model, layers=args.layers, heads=args.heads, budget=args.budget,
                            tile_size=args.tile_size, r_min=args.r_min, k=args.k, n_eigs=args.n_eigs,
                            max_length=args.max_length, show=args.show)
     keys = {i: text_key(i, t) for i, t in texts}
-    results.parent.mkdir(parents=True, exist_ok=True)
-    done = read_done(results, settings, set(keys.values())) if args.resume else set()
-    n_new, failed = 0, []
-    with results.open("a" if args.resume else "w", encoding="utf-8") as fh:
-        for i, t in tqdm(texts, desc="texts", unit="text", disable=args.quiet):
-            if keys[i] in done:
-                continue
+    ranks = Ranks.from_env()
+    try:
+        done = _start_results(ranks, args, results, settings, set(keys.values()))
+        todo = [(i, t) for i, t in ranks.shard(texts) if keys[i] not in done]
+        target = results if ranks.world == 1 else rank_file(results, ranks.rank)
+        mine = _analyse_texts(args, model, tokenizer, todo, name, target, keys, settings, opts, ranks)
+        gathered = ranks.gather(mine)
+        if ranks.world > 1 and ranks.is_root:
+            merge_results(results, [rank_file(results, r) for r in range(ranks.world)])
+    finally:
+        ranks.close()
+    n_new = sum(len(g["new"]) for g in gathered)
+    failed = sorted(i + 1 for g in gathered for i in g["failed"])
+    if ranks.is_root:
+        for _, table in sorted(t for g in gathered for t in g["tables"]):
+            print(table)
+        print(_printable(f"results written to {results} ({n_new} new, {len(texts) - n_new - len(failed)} skipped as "
+                         f"already done{f', {len(failed)} failed' if failed else ''}"
+                         f"{f'; {ranks.world} ranks' if ranks.world > 1 else ''})"))
+    if failed:
+        lines = ", ".join(map(str, failed[:10])) + (", …" if len(failed) > 10 else "")
+        raise _rank_error(ranks, f"{len(failed)} of {len(texts)} texts could not be analysed (line {lines} of --file; "
+                                 "see the warnings); fix or remove them and run again with --resume")
+    return 0
+
+
+class _OtherRankError(UsageError):
+    """The error of a run that rank 0 reports: the other ranks exit with code 2 without printing it."""
+
+
+def _rank_error(ranks, message: str) -> UsageError:
+    return UsageError(message) if ranks.is_root else _OtherRankError(message)
+
+
+def _start_results(ranks, args, results: Path, settings: dict, keys: set) -> set:
+    """Rank 0 prepares ``results`` and every rank gets the texts already done (or rank 0's error).
+
+    Rank files left by an interrupted run: ``--resume`` merges them first (the step that run did not
+    reach), otherwise (``--overwrite``; a plain run was refused before) they are deleted. A
+    multi-rank run without ``--resume`` starts ``results`` empty, as one process does."""
+    from tiling.train.atomic import atomic_write_bytes
+
+    from .batch import merge_results, rank_files, read_done
+
+    outcome = (set(), None)
+    if ranks.is_root:
+        try:
+            results.parent.mkdir(parents=True, exist_ok=True)
+            left = rank_files(results)
+            if args.resume:
+                if left:
+                    n = merge_results(results, left)
+                    warnings.warn(f"--resume: {n} result line(s) in {len(left)} rank file(s) of an interrupted run "
+                                  f"merged into {str(results)!r}")
+                outcome = (read_done(results, settings, keys), None)
+            else:
+                for p in left:
+                    p.unlink()
+                if ranks.world > 1:
+                    atomic_write_bytes(results, b"")
+        except (ValueError, OSError) as e:
+            outcome = (set(), _first_line(e))
+    done, error = ranks.share(outcome)
+    if error is not None:
+        raise _rank_error(ranks, error)
+    return done
+
+
+def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: dict, settings: dict,
+                   opts: dict, ranks) -> dict:
+    """Analyse ``todo`` [(index, text)], appending one line per text to ``target``; returns
+    ``{"new": [index], "failed": [index], "tables": [(index, summary table)]}`` (tables only of a
+    multi-rank run, whose rank 0 prints them; one process prints each as it is done)."""
+    from tqdm.auto import tqdm
+
+    from .analysis import analyse
+
+    out: dict = {"new": [], "failed": [], "tables": []}
+    append = args.resume and ranks.world == 1
+    with target.open("a" if append else "w", encoding="utf-8") as fh:
+        for i, t in tqdm(todo, desc="texts", unit="text", disable=args.quiet or not ranks.is_root):
             try:
                 report = analyse(model, tokenizer, t, show=args.show, name=f"{name}[{i}]", progress=False, **opts)
             except ValueError as e:  # this text is bad input (too short, a degenerate head...): the others go on
-                failed.append(i + 1)
+                out["failed"].append(i)
                 warnings.warn(f"line {i + 1} of --file skipped: {_first_line(e)}")
                 continue
             rec = {"index": i, "sha256": keys[i][1], "settings": settings, "summary": report.summary_rows(),
                    "report": report.to_dict()}
             fh.write(json.dumps(rec, allow_nan=False) + "\n")
             fh.flush()  # an interrupted run keeps every finished text
-            n_new += 1
+            out["new"].append(i)
             if args.summary:
-                print(f"text {i}:\n{report.summary_table()}")
-    print(_printable(f"results written to {results} ({n_new} new, {len(texts) - n_new - len(failed)} skipped as "
-                     f"already done{f', {len(failed)} failed' if failed else ''})"))
-    if failed:
-        lines = ", ".join(map(str, failed[:10])) + (", …" if len(failed) > 10 else "")
-        raise UsageError(f"{len(failed)} of {len(texts)} texts could not be analysed (line {lines} of --file; "
-                         "see the warnings); fix or remove them and run again with --resume")
-    return 0
+                table = f"text {i}:\n{report.summary_table()}"
+                if ranks.world == 1:
+                    print(table)
+                else:
+                    out["tables"].append((i, table))
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,7 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
     except (ValueError, OSError) as e:  # bad input of every kind is raised as one of these, naming the argument
-        print(_printable(f"infogeo: error: {_first_line(e)}"), file=sys.stderr)
+        if not isinstance(e, _OtherRankError):  # under torchrun, rank 0 says it once
+            print(_printable(f"infogeo: error: {_first_line(e)}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("infogeo: interrupted", file=sys.stderr)

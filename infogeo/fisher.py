@@ -400,6 +400,8 @@ def monte_carlo_fisher(
         if not isinstance(xs, torch.Tensor) or xs.dim() < 1 or xs.shape[0] != n:
             got = tuple(xs.shape) if isinstance(xs, torch.Tensor) else type(xs).__name__
             raise ValueError(f"sampler must return a tensor of shape (n_samples={n}, ...), got {got}")
+        if xs.is_floating_point() and not bool(torch.isfinite(xs).all()):  # e.g. a scale of 1e300 in theta
+            raise ValueError(f"sampler returned NaN/Inf samples at theta = {th.tolist()}; expected finite samples")
         draws.append(xs.detach())
     if any(d.device != theta.device for d in draws):
         raise ValueError(f"sampler returned samples on {draws[0].device} but theta is on {theta.device}")

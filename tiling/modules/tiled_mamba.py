@@ -517,12 +517,15 @@ class TiledMamba(nn.Module):
         if curvature is not None:
             check_tensor(curvature, "curvature", shape=(batch, L))
         try:
-            if self.scope == "block":
-                return self._forward_block(hidden_states, density, curvature, c, return_plan)
-            return self._forward_scan(hidden_states, density, curvature, c, return_plan)
+            fwd = self._forward_block if self.scope == "block" else self._forward_scan
+            result = fwd(hidden_states, density, curvature, c, return_plan)
+            out = result[0] if return_plan else result
+            if not bool(torch.isfinite(out).all()):  # paths without an inner check (e.g. budget 1)
+                raise ValueError("the block's output contains NaN/Inf")
+            return result
         except ValueError as e:
-            # without ``validate`` a NaN/Inf input is caught inside (the signal, the scan's output):
-            # name the argument rather than the internal tensor
+            # without ``validate`` a NaN/Inf input is caught inside (the signal, the scan's output)
+            # or in the output: name the argument rather than the internal tensor
             check_finite(hidden_states, "hidden_states")
             if "overflow" in str(e) or "NaN/Inf" in str(e):  # finite, but large enough to overflow inside
                 raise ValueError(f"hidden_states (values up to {float(hidden_states.abs().max()):.3g}) made the "
