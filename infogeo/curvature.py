@@ -54,7 +54,7 @@ from ot.lp.emd_wrap import emd_c  # POT's network simplex without emd2's per-cal
 from scipy.sparse import csgraph
 from tqdm.auto import tqdm
 
-from infogeo._checks import check_in_range, check_int
+from infogeo.checks import check_in_range, check_int
 from infogeo.graph import TokenGraph
 
 _ROW_BUDGET = 1 << 22  # sources-per-batch * n float64 entries in one truncated Dijkstra call

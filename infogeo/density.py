@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch.func import jacrev, vmap
 
-from infogeo._checks import check_finite, check_int, check_positive, check_tensor
+from infogeo.checks import check_finite, check_int, check_positive, check_tensor
 from infogeo.fisher import _check_closed_simplex, _require_tensors, categorical_distance
 
 Tensor = torch.Tensor

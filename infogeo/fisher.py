@@ -20,7 +20,7 @@ This module provides
   G + εI used for inverses and log-determinants of these (generally singular) metrics.
 
 All functions are pure, follow the dtype and device of their inputs and validate arguments with
-:mod:`infogeo._checks`.
+:mod:`infogeo.checks`.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch.func import grad, jacfwd, jacrev, jvp, vmap
 
-from infogeo._checks import (
+from infogeo.checks import (
     check_choice,
     check_finite,
     check_int,

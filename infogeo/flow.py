@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from infogeo._checks import check_in_range, check_int, check_positive, check_tensor
+from infogeo.checks import check_in_range, check_int, check_positive, check_tensor
 from infogeo.graph import TokenGraph
 from infogeo.laplacian import GraphLaplacian, laplacian
 

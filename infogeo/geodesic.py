@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse import csgraph
 
-from infogeo._checks import check_int
+from infogeo.checks import check_int
 from infogeo.graph import TokenGraph
 
 _ALL_PAIRS_MAX_BYTES = 2 << 30  # refuse an all-pairs matrix above 2 GiB

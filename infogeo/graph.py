@@ -41,7 +41,7 @@ import torch
 from scipy.sparse import csgraph
 from scipy.spatial import cKDTree
 
-from infogeo._checks import check_choice, check_int, check_precise, check_tensor
+from infogeo.checks import check_choice, check_int, check_precise, check_tensor
 from infogeo.fisher import categorical_distance, pullback_quadratic_form
 
 Tensor = torch.Tensor

@@ -14,7 +14,7 @@ channels), unrolls into a causal, data-dependent linear map y = M u + D u with
 :math:`S_c[t] = \sum_{r\le t}\Delta_{r,c}`, and M_c[t, s] = 0 for s > t. Row t of M_c says how
 much of token s's value u_s reaches y_t: the hidden attention of the layer. This module computes
 M exactly (float64, every channel) and turns it into the attention rows the geometry of
-:mod:`infogeo.analysis` reads (seed 000 §3.1.1: a row is a point of the categorical family).
+:mod:`tiling.workflows.analysis` reads (seed 000 §3.1.1: a row is a point of the categorical family).
 
 **Algorithm.** M_c is N-semiseparable. With blocks of Q tokens, a block pair (i, j), j ≤ i, is
 the rank-N product
@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_finite, check_int, check_tensor
+from .checks import check_finite, check_int, check_tensor
 
 Tensor = torch.Tensor
 

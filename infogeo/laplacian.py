@@ -62,7 +62,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from infogeo._checks import check_choice, check_in_range, check_int, check_positive, check_precise, check_tensor
+from infogeo.checks import check_choice, check_in_range, check_int, check_positive, check_precise, check_tensor
 from infogeo.graph import TokenGraph, check_coordinates
 
 Tensor = torch.Tensor

@@ -27,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-from ._checks import check_finite, check_tensor
+from .checks import check_finite, check_tensor
 from .density import categorical_sequence_density
 
 Tensor = torch.Tensor

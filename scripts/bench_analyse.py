@@ -3,7 +3,7 @@ or (``--model tiled-lm``) on a 512-byte text through a 6-layer, d 384 TiledLM wi
 all layers, implicit attention and predictive density included (issue #17: <= 30 s).
 
 Prints one table measured in one run:
-  * the breakdown of :func:`infogeo.analysis.analyse` by stage (wall seconds, share), plus model
+  * the breakdown of :func:`tiling.workflows.analysis.analyse` by stage (wall seconds, share), plus model
     loading and writing the report (json, npz, six figures, md, html);
   * two fast-path-vs-reference ratios behind the design choices of ``docs/analysis.md``:
     the pulled-back metric via the small similar matrix Y = Lᵀ(AAᵀ)L vs forming
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import torch
 
-from infogeo import analysis
+from tiling.workflows import analysis
 from infogeo.curvature import ollivier_ricci
 from infogeo.fisher import attention_row_metric, effective_dimension
 from infogeo.graph import TokenGraph
-from infogeo.models import attention_projections, load_model
+from tiling.workflows.models import attention_projections, load_model
 
 DEMO = Path(__file__).resolve().parents[1] / "infogeo" / "data" / "demo.txt"
 
@@ -53,7 +53,7 @@ def _explicit_pullback(x, proj):
 
 def _bench_mamba(args) -> int:
     """The Mamba row of issue #17: a TiledLM checkpoint (6 layers, d 384, expand 1, N 16, random
-    weights) written to a temporary file, loaded by infogeo.models.load_model, analysed and reported."""
+    weights) written to a temporary file, loaded by tiling.workflows.models.load_model, analysed and reported."""
     from tiling.train.textmodel import build_model, model_config, save_text_checkpoint
 
     torch.manual_seed(0)

@@ -32,10 +32,10 @@ _MODELS: dict = {}
 
 @pytest.fixture
 def cached_model_loading(monkeypatch):
-    """Load each model folder once per session: the CLI calls infogeo.models.load_model per run."""
-    import infogeo.models
+    """Load each model folder once per session: the CLI calls tiling.workflows.models.load_model per run."""
+    import tiling.workflows.models
 
-    real = _MODELS.setdefault("real", infogeo.models.load_model)
+    real = _MODELS.setdefault("real", tiling.workflows.models.load_model)
 
     def cached(path=None, device="cpu", **kw):
         key = (str(path), str(device), tuple(sorted(kw.items())))
@@ -43,7 +43,7 @@ def cached_model_loading(monkeypatch):
             _MODELS[key] = real(path, device=device, **kw)
         return _MODELS[key]
 
-    monkeypatch.setattr(infogeo.models, "load_model", cached)
+    monkeypatch.setattr(tiling.workflows.models, "load_model", cached)
 
 
 #: cases run by the fuzzers in this session, by harness (printed at the end of the run)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, CheckpointError, TiledLM, load_checkpoint, save_checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_tiled.py"
 TINY = ["--context-len", "48", "--n-bursts", "2", "--burst-len", "3", "--n-symbols", "4", "--d-model", "8",
         "--d-state", "4", "--tile-size", "8", "--batch-size", "4", "--train-size", "64", "--eval-size", "8",

@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-import infogeo.analysis
-from infogeo.batch import merge_results, rank_file, rank_files
-from infogeo.cli import main
-from infogeo.distributed import Ranks
+import tiling.workflows.analysis
+from tiling.workflows.batch import merge_results, rank_file, rank_files
+from tiling.workflows.cli import main
+from tiling.workflows.distributed import Ranks
 from tiling.train.textmodel import build_model, model_config, save_text_checkpoint
 
 TEXTS = ["Alpha beta gamma delta.", "The second text is here.", "\x00\x01", "Third: curvature of tokens.",
@@ -51,7 +51,7 @@ def _comparable(lines: list[str]) -> list[dict]:
 def _torchrun(argv: list[str], cwd) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "infogeo.cli", *argv]
+           "-m", "tiling.workflows.cli", *argv]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -97,7 +97,7 @@ def test_rank_files_of_an_interrupted_run_refuse_a_plain_run(setup, capsys, monk
     out = root / "left"
     out.mkdir()
     rank_file(out / "results.jsonl", 1).write_text(one[1] + "\n")
-    monkeypatch.setattr(infogeo.analysis, "analyse", lambda *a, **k: pytest.fail("the analysis ran"))
+    monkeypatch.setattr(tiling.workflows.analysis, "analyse", lambda *a, **k: pytest.fail("the analysis ran"))
     assert main(base + ["--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "already holds results.rank1.jsonl (a rank file of an interrupted torchrun run)" in err, err
@@ -111,7 +111,7 @@ def test_one_process_resume_and_overwrite_handle_rank_files(setup, capsys, monke
     results = out / "results.jsonl"
     rank_file(results, 0).write_text(one[0] + "\n" + one[2] + "\n")
     rank_file(results, 1).write_text(one[1] + "\n" + one[3] + "\n")
-    monkeypatch.setattr(infogeo.analysis, "analyse", lambda *a, **k: (_ for _ in ()).throw(ValueError("too short")))
+    monkeypatch.setattr(tiling.workflows.analysis, "analyse", lambda *a, **k: (_ for _ in ()).throw(ValueError("too short")))
     assert main(base + ["--out", str(out), "--resume"]) == 2  # only line 3 is left, and it fails again
     assert "(0 new, 4 skipped as already done, 1 failed)" in capsys.readouterr().out
     assert results.read_text().splitlines() == [one[0], one[1], one[2], one[3]]

@@ -10,9 +10,9 @@ import warnings
 import pytest
 import torch
 
-from infogeo import analysis
-from infogeo.cli import main
-from infogeo.models import attention_projections, default_model_path, load_model
+from tiling.workflows import analysis
+from tiling.workflows.cli import main
+from tiling.workflows.models import attention_projections, default_model_path, load_model
 
 transformers = pytest.importorskip("transformers")
 TEXT = "The quick brown fox jumps over the lazy dog, and the dog sleeps on."

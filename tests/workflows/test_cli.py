@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from infogeo.cli import main
+from tiling.workflows.cli import main
 
 SHORT = "Geodesics bend. Filler filler filler filler."
 FAST = ["--layers", "0", "--heads", "0", "--k", "4", "--n-eigs", "3", "--tile-size", "4", "--quiet"]
@@ -86,11 +86,11 @@ def test_unknown_layer_or_head(capsys, flags, match, tmp_path):
 
 
 def test_bad_input_via_subprocess(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "infogeo.cli", "analyse", "   "], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tiling.workflows.cli", "analyse", "   "], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["infogeo: error: the text is empty or whitespace only"]
-    proc = subprocess.run([sys.executable, "-m", "infogeo.cli", "analyse", "hi", "--model", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "tiling.workflows.cli", "analyse", "hi", "--model", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "config.json" in proc.stderr
@@ -158,7 +158,7 @@ def test_decoder_model_folder(capsys, tmp_path):
     import torch
     from transformers import AutoTokenizer, OPTConfig, OPTModel
 
-    from infogeo.models import default_model_path
+    from tiling.workflows.models import default_model_path
 
     folder = tmp_path / "opt"
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ from tiling.train.textmodel import (
     KIND, TextModelError, build_model, load_text_model, model_config, parameter_count, save_text_checkpoint,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_text.py"
 SLICE = slice_root()
 # SHA-256 of the splits of the committed slice (tiling/train/data/python-doc): a change of the split

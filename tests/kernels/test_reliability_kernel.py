@@ -14,7 +14,7 @@ from tiling import _build
 from tiling.modules.chunk import segment_boundaries
 from tiling.policy import tile_density, tile_tail_density
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 needs_kernel = pytest.mark.skipif(_build.load_cpu_extension() is None, reason="the C++ CPU kernel could not be built")
 HUGE = 2 ** 40  # tokens per tile: scratch sized by the tile would be tens of terabytes
 

@@ -1,4 +1,4 @@
-"""Mamba language models seen through their implicit attention, for :func:`infogeo.analysis.analyse`.
+"""Mamba language models seen through their implicit attention, for :func:`tiling.workflows.analysis.analyse`.
 
 :class:`ImplicitAttentionModel` wraps an HF ``MambaForCausalLM`` or a ``tiling`` ``TiledLM`` and
 answers ``model(input_ids, output_attentions=True, output_hidden_states=True)`` the way an HF
@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .implicit_attention import MAX_TOKENS, attention_rows, layer_output, scan_inputs, scan_recurrence
+from infogeo.implicit_attention import MAX_TOKENS, attention_rows, layer_output, scan_inputs, scan_recurrence
 
 Tensor = torch.Tensor
 
@@ -40,7 +40,7 @@ REPRODUCTION_TOL = 1e-3
 class ByteTokenizer:
     """The byte-level "tokenizer" of a ``TiledLM`` (vocabulary 256: the UTF-8 bytes of the text).
 
-    Answers the part of the HF tokenizer interface :func:`infogeo.analysis.analyse` uses.
+    Answers the part of the HF tokenizer interface :func:`tiling.workflows.analysis.analyse` uses.
     Tokens are shown as the character for printable ASCII and ``\\xNN`` otherwise.
     """
 
@@ -60,7 +60,7 @@ class ByteTokenizer:
 
 
 class ImplicitAttentionModel(nn.Module):
-    """An HF ``MambaForCausalLM`` or a ``TiledLM`` with the interface :func:`~infogeo.analysis.analyse` reads.
+    """An HF ``MambaForCausalLM`` or a ``TiledLM`` with the interface :func:`~tiling.workflows.analysis.analyse` reads.
 
     Parameters
     ----------

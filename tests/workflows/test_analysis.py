@@ -1,4 +1,4 @@
-"""infogeo.analysis on the real bundled all-MiniLM-L6-v2, against independent references.
+"""tiling.workflows.analysis on the real bundled all-MiniLM-L6-v2, against independent references.
 
 References: the HF model's own attention maps and hidden states (not the hooks the analysis
 uses), numpy float64 recomputations of the Fisher–Rao distance, an autograd (torch.func.jacrev)
@@ -14,8 +14,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from infogeo.analysis import SCHEMA, SCHEMA_VERSION, FIGURES, Report, _token_density, analyse
-from infogeo.models import attention_projections, default_model_path, load_model
+from tiling.workflows.analysis import SCHEMA, SCHEMA_VERSION, FIGURES, Report, _token_density, analyse
+from tiling.workflows.models import attention_projections, default_model_path, load_model
 
 TEXT = "Entropy measures surprise. The the the the the cat sat on the mat."
 LAYERS, HEADS = [0, 3, 5], [0, 4, 11]

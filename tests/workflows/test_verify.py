@@ -1,4 +1,4 @@
-"""Tests of ``infogeo verify`` (infogeo/verify.py): the key number behind every verdict.
+"""Tests of ``infogeo verify`` (tiling/workflows/verify.py): the key number behind every verdict.
 
 One quick end-to-end run (module fixture, ≤ 1 min) provides the numbers; each test asserts the
 number a verdict rests on, so that a regression in any module it exercises (fisher, density,
@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infogeo import verify as V
+from tiling.workflows import verify as V
 from infogeo.density import path_length
 from infogeo.fisher import categorical_distance, normal_distance
 
@@ -344,7 +344,7 @@ def test_run_verify_rejects_bad_out_dir(tmp_path):
 
 
 def test_cli_reports_bad_seed_as_one_line(tmp_path, capsys):
-    from infogeo.cli import main as cli_main
+    from tiling.workflows.cli import main as cli_main
 
     assert V.main(["--seed", "-3", "--out", str(tmp_path)]) == 2
     assert "--seed must be >= 0" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The implicit attention of Mamba layers (infogeo.implicit_attention, infogeo.mamba).
+"""The implicit attention of Mamba layers (infogeo.implicit_attention, tiling.workflows.mamba).
 
 References: the closed form M_c[t, s] = Σ_n C_{t,n} e^{A_{c,n}(S_t − S_s)} Δ_{s,c} B_{s,n} summed
 term by term; the layers' own outputs (HF MambaMixer, tiling TiledMamba) in float64; the scan
@@ -131,8 +131,8 @@ def test_bad_input_is_named():
 
 
 def test_wrapper_feeds_the_analysis(tmp_path):
-    from infogeo.analysis import analyse
-    from infogeo.models import default_model_path, load_model
+    from tiling.workflows.analysis import analyse
+    from tiling.workflows.models import default_model_path, load_model
 
     tok = transformers.AutoTokenizer.from_pretrained(str(default_model_path()))
     _tiny_mamba(vocab=tok.vocab_size).save_pretrained(tmp_path)

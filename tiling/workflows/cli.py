@@ -1,10 +1,10 @@
-"""Command line of the toolkit: ``infogeo <command> ...`` (entry point ``infogeo.cli:main``).
+"""Command line of the toolkit: ``infogeo <command> ...`` (entry point ``tiling.workflows.cli:main``).
 
 Commands are argparse subcommands; each registers itself with an ``_add_<command>(subparsers)``
 function that sets ``func`` to its runner. Every bad input ends as one line
 ``infogeo: error: ...`` on stderr and exit code 2, never a traceback.
 
-``infogeo analyse`` wraps :func:`infogeo.analysis.analyse` (see ``docs/analysis.md``).
+``infogeo analyse`` wraps :func:`tiling.workflows.analysis.analyse` (see ``docs/analysis.md``).
 """
 from __future__ import annotations
 
@@ -266,7 +266,7 @@ def _run_analyse(args) -> int:
 def _run_batch(args, model, tokenizer, texts, name: str, results: Path, opts: dict) -> int:
     """Stream one JSON line per text to ``results``; a text that is bad input is reported and skipped.
 
-    Under torchrun (:mod:`infogeo.distributed`) each rank analyses its shard into its own rank file,
+    Under torchrun (:mod:`tiling.workflows.distributed`) each rank analyses its shard into its own rank file,
     and rank 0 merges them into ``results`` in input order; only rank 0 prints."""
     from .batch import merge_results, rank_file, settings_of, text_key
     from .distributed import Ranks
@@ -381,7 +381,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="infogeo", description="Information geometry of token manifolds.")
-    from . import __version__
+    from infogeo import __version__
 
     parser.add_argument("--version", action="version", version=f"infogeo {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from infogeo import _checks as c
+from infogeo import checks as c
 
 
 def test_check_tensor_messages():
