@@ -50,7 +50,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from infogeo._checks import check_in_range, check_int, check_positive, check_probability, check_tensor
+from infogeo.checks import check_in_range, check_int, check_positive, check_probability, check_tensor
 from tiling.ops import adaptive_selective_scan
 
 Tensor = torch.Tensor

@@ -90,7 +90,7 @@ import math
 import numpy as np
 import torch
 
-from infogeo._checks import check_choice, check_in_range, check_int, check_tensor, check_positive
+from infogeo.checks import check_choice, check_in_range, check_int, check_tensor, check_positive
 
 Tensor = torch.Tensor
 

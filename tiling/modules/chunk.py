@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from infogeo._checks import check_finite, check_int, check_same_device, check_tensor
+from infogeo.checks import check_finite, check_int, check_same_device, check_tensor
 
 Tensor = torch.Tensor
 

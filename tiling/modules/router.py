@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infogeo._checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
+from infogeo.checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
 
 Tensor = torch.Tensor
 

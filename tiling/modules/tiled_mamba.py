@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infogeo._checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
+from infogeo.checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
 from tiling.policy import (

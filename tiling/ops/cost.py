@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from infogeo._checks import check_int, check_in_range, check_tensor
+from infogeo.checks import check_int, check_in_range, check_tensor
 
 Tensor = torch.Tensor
 

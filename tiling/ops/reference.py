@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from infogeo._checks import check_in_range, check_int, check_same_device, check_tensor
+from infogeo.checks import check_in_range, check_int, check_same_device, check_tensor
 from tiling.ops.cost import segment_counts, tile_lengths
 
 Tensor = torch.Tensor

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import torch
 
-from infogeo._checks import check_tensor
+from infogeo.checks import check_tensor
 from tiling import _build
 from tiling.ops.reference import adaptive_selective_scan_ref, check_scan_output, validate_scan_inputs
 

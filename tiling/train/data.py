@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from infogeo._checks import check_int
+from infogeo.checks import check_int
 
 Tensor = torch.Tensor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infogeo._checks import check_int
+from infogeo.checks import check_int
 from tiling.modules import TiledMamba
 from tiling.tile import TilePlan
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from infogeo._checks import check_in_range, check_int
+from infogeo.checks import check_in_range, check_int
 
 Tensor = torch.Tensor
 VOCAB = 256
