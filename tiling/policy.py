@@ -86,11 +86,15 @@ tile), by bisection on ``log s``.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 
-from infogeo.checks import check_choice, check_in_range, check_int, check_tensor, check_positive
+from infogeo.checks import check_choice, check_int, check_tensor, check_positive
+from tiling.config import TilingConfig
+from tiling.ops.cost import segment_counts, tile_lengths
+from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
 
@@ -237,57 +241,52 @@ def _binary_count(n: int, budget: float, r_min: float) -> int:
     return min(n, int(math.floor(n * (budget - r_min) / (1.0 - r_min) + 1e-9)))
 
 
-def check_policy_options(*, budget: float, r_min: float, mode: str, causal: bool, distance_scale: float | None,
-                         mode_name: str = "mode") -> None:
-    """Validate the options shared by :func:`resolution_policy` and the layers that call it
-    (``mode_name``: what the caller calls the mode argument, for the error message)."""
-    check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
-    check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
-    if r_min > budget:
-        raise ValueError(f"r_min must be <= budget (the budget cannot be met below r_min), got r_min={r_min} > budget={budget}")
-    check_choice(mode, mode_name, ["adaptive", "uniform", "binary"])
-    if causal and distance_scale is not None:
-        raise ValueError(
-            "distance_scale needs causal=False: the distance d_i to the end of the sequence is not "
-            "known causally (in a causal model every tile is the current position)"
-        )
+#: the keyword options of the deprecated form of :func:`resolution_policy` (``mode`` is ``policy``)
+_KEYWORD_OPTIONS = ("budget", "r_min", "mode", "causal", "curvature_weight", "distance_scale", "exponent",
+                    "lookback", "slack")
+
+
+def _keyword_config(options: dict) -> TilingConfig:
+    """The :class:`TilingConfig` of the deprecated keyword form of :func:`resolution_policy`."""
+    unknown = sorted(set(options) - set(_KEYWORD_OPTIONS))
+    if unknown:
+        raise TypeError(f"resolution_policy() got unexpected keyword arguments {unknown}")
+    if "budget" not in options:
+        raise TypeError("resolution_policy() needs a TilingConfig (or, deprecated, the keyword budget=)")
+    warnings.warn("resolution_policy(tile_density, budget=..., mode=..., ...) is deprecated: pass a "
+                  "tiling.config.TilingConfig, resolution_policy(tile_density, TilingConfig(budget=..., "
+                  "policy=...)); the keyword form will be removed in the next release",
+                  DeprecationWarning, stacklevel=3)
+    options = dict(options)
+    return TilingConfig(policy=options.pop("mode", "adaptive"), **options)
 
 
 def resolution_policy(
     tile_density: Tensor,
+    config: TilingConfig | None = None,
     *,
-    budget: float,
-    r_min: float = 0.0625,
-    mode: str = "adaptive",
-    causal: bool = True,
     curvature: Tensor | None = None,
-    curvature_weight: float = 1.0,
-    distance_scale: float | None = None,
-    exponent: float = 0.5,
-    lookback: int = 1,
-    slack: float = 4.0,
     predictor_density: Tensor | None = None,
     reference: Tensor | None = None,
+    **options,
 ) -> Tensor:
     """Resolution per tile, ``R_i = f(ρ_i, d_i, c) ∈ [r_min, 1]`` (seed 001 §3.2.2, seed 000 §3.6).
 
     Parameters
     ----------
     tile_density : (batch, n_tiles) non-negative tile densities (:func:`tile_density`).
-    budget : target mean resolution ``c ∈ (0, 1]``; must be ``≥ r_min``.
-    r_min : smallest resolution ``R_min ∈ (0, 1]`` (seed 000 §3.2.1).
-    mode : ``"adaptive"`` (level-of-detail map, module docstring), ``"uniform"`` (``R_i = c``,
-        seed §3.6 "linear attention") or ``"binary"`` (``R_i ∈ {r_min, 1}``, "sparse attention";
-        the most important tiles at 1).
-    causal : if True (default) ``R_i`` depends only on tiles ``< i`` and the budget is met on
-        average (``|mean R − c| ≤ slack / n_tiles`` per sequence); if False ``R_i`` uses tile
-        ``i``'s own density and the budget is met exactly per sequence (adaptive: to the bisection
-        tolerance; binary: ``⌊n (c − r_min)/(1 − r_min)⌋`` tiles at 1, i.e. within one tile).
-    curvature, curvature_weight, distance_scale, exponent : see :func:`tile_importance`
-        (``distance_scale`` needs ``causal=False``).
-    lookback : causal predictor window ``w`` in tiles (:func:`causal_predictor`).
-    slack : causal controller bound ``D`` (in tiles) on the running budget surplus; ``≥ 0.5``
-        (needed for the binary mode to always have a feasible value).
+    config : the options, checked once by :class:`~tiling.config.TilingConfig`; this function reads
+        ``budget`` (target mean resolution ``c``), ``r_min``, ``policy`` (``"adaptive"``: the
+        level-of-detail map of the module docstring; ``"uniform"``: ``R_i = c``, seed 000 §3.6
+        "linear attention"; ``"binary"``: ``R_i ∈ {r_min, 1}``, "sparse attention", the most
+        important tiles at 1), ``causal``, ``exponent``, ``curvature_weight``, ``distance_scale``
+        (:func:`tile_importance`), ``lookback`` (:func:`causal_predictor`) and ``slack`` (the
+        causal controller's bound ``D``). With ``causal`` ``R_i`` depends only on tiles ``< i`` and
+        the budget is met on average (``|mean R − c| ≤ slack / n_tiles`` per sequence); without,
+        ``R_i`` uses tile ``i``'s own density and the budget is met exactly per sequence
+        (adaptive: to the bisection tolerance; binary: ``⌊n (c − r_min)/(1 − r_min)⌋`` tiles at 1,
+        i.e. within one tile).
+    curvature : (batch, n_tiles) per-tile curvature ``κ_i`` (:func:`tile_importance`).
     predictor_density : causal mode: (batch, n_tiles) per-tile density from which the *next*
         tile is predicted (default ``tile_density``; e.g. :func:`tile_tail_density`). Its
         importance (same exponent and curvature) replaces ``q_j`` in ``p_i = max_{i−w≤j<i} q_j``.
@@ -295,17 +294,31 @@ def resolution_policy(
         the population (e.g. running quantiles over training batches). Calibrates the scale on it
         instead of on the sequence's own history; see the module docstring. Ignored by the
         non-causal, uniform and binary modes.
+    **options : deprecated (removed in the next release, with a ``DeprecationWarning``): the
+        former keyword options ``budget, r_min, mode, causal, curvature_weight, distance_scale,
+        exponent, lookback, slack`` instead of ``config`` (``mode`` is the config's ``policy``).
 
     Returns
     -------
     (batch, n_tiles) tensor of ``tile_density``'s dtype and device, deterministic, computed
     independently for each batch row.
+
+    Why a config rather than keywords: the layer, :func:`plan_tiles` and the analysis job pass the
+    same options, which are then written and checked in one place (``TilingConfig``) instead of
+    once per caller, and a new option reaches every caller without a new parameter here.
     """
+    if options:
+        if config is not None:
+            raise TypeError("resolution_policy() takes a TilingConfig or the deprecated keyword options, not both")
+        config = _keyword_config(options)
+    elif not isinstance(config, TilingConfig):
+        raise TypeError(f"config must be a tiling.config.TilingConfig, got {type(config).__name__}")
+    budget, r_min, mode, causal = config.budget, config.r_min, config.policy, config.causal
+    exponent, curvature_weight, distance_scale = config.exponent, config.curvature_weight, config.distance_scale
+    lookback, slack = config.lookback, config.slack
     check_tensor(tile_density, "tile_density", ndim=2)
     if bool((tile_density < 0).any()):
         raise ValueError(f"tile_density must be non-negative, got min {float(tile_density.min()):.6g}")
-    check_policy_options(budget=budget, r_min=r_min, mode=mode, causal=causal, distance_scale=distance_scale)
-    check_in_range(slack, "slack", 0.5, math.inf)
     batch, n = tile_density.shape
     out_dtype, device = tile_density.dtype, tile_density.device
     if mode == "uniform" or budget >= 1.0:
@@ -412,6 +425,126 @@ def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int)
     return x.clamp(min=s_min, max=s_max).to(torch.int64)
 
 
+def tile_mean(x: Tensor, tile_size: int) -> Tensor:
+    """Signed mean of a (batch, L) per-token signal over each tile (batch, ⌈L/T⌉), e.g. the
+    curvature ``κ_i`` of tile ``i`` (seed 001 §3.2.2); :func:`tile_density` is its non-negative case."""
+    check_tensor(x, "x", ndim=2)
+    T = check_int(tile_size, "tile_size", minimum=1)
+    return tile_density(x.clamp_min(0), T) - tile_density((-x).clamp_min(0), T)
+
+
+def plan_densities(density: Tensor, config: TilingConfig) -> tuple[Tensor, Tensor]:
+    """Float64 tile densities ``ρ_i`` (seed 001 §3.4 step 1) and the causal predictor's densities
+    (:func:`tile_tail_density` of ``config.predictor_tail`` tokens, or ``ρ_i`` itself) of a
+    (batch, L) per-token density."""
+    rho = density.to(torch.float64)
+    rho_tile = tile_density(rho, config.tile_size)
+    if config.predictor_tail is None:
+        return rho_tile, rho_tile
+    return rho_tile, tile_tail_density(rho, config.tile_size, config.predictor_tail, config.predictor_reduce)
+
+
+def tile_policy(rho_tile: Tensor, predictor_density: Tensor, config: TilingConfig, *,
+                curvature: Tensor | None = None, reference: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Resolution and state dimensions of tiles from their densities: ``(R, S)``.
+
+    ``R`` float32 (batch, n_tiles) is :func:`resolution_policy` (seed 001 §3.2.2) of ``rho_tile``
+    with the causal predictor ``predictor_density`` (ignored when not causal), the per-tile
+    ``curvature`` and the running ``reference``. ``S`` int64 is the state-dimension policy
+    ``S_i = max(min(⌈kρ_i⌉, S_max), S_min)`` (seed 001 §3.4 step 3, :func:`state_dims_policy`) on
+    the causal predictor ``max_{i−w≤j<i} ρ_j`` (tile 0, without history: ``S_max``) or, not
+    causal, on ``ρ_i``; None when ``config.state_k`` is None (every tile at the full state).
+    Runs without gradient: the policy is piecewise constant in its inputs.
+    """
+    with torch.no_grad():
+        R = resolution_policy(rho_tile, config, curvature=curvature,
+                              predictor_density=predictor_density if config.causal else None,
+                              reference=reference).to(torch.float32)
+        if config.state_k is None:
+            return R, None
+        if config.s_max is None:
+            raise ValueError("state_k needs s_max (the layer sets it to its d_state)")
+        if not config.causal:
+            return R, state_dims_policy(rho_tile, k=config.state_k, s_min=config.s_min, s_max=config.s_max)
+        pred = causal_predictor(predictor_density, config.lookback)
+        S = state_dims_policy(torch.nan_to_num(pred, nan=0.0), k=config.state_k, s_min=config.s_min,
+                              s_max=config.s_max)
+        S[:, 0] = config.s_max  # no history: full state for the first tile
+        return R, S
+
+
+def plan_tiles(density: Tensor, config: TilingConfig, *, curvature: Tensor | None = None,
+               reference: Tensor | None = None) -> TilePlan:
+    """The tile plan of a per-token density: density → tiles → resolution → segments.
+
+    The path :class:`~tiling.modules.TiledMamba` runs before its scan, and the analysis job's plan:
+
+    1. tile densities ``ρ_i = mean_{t ∈ tile i} ρ_t`` (seed 001 §3.4 step 1) and the causal
+       predictor's densities (:func:`plan_densities`);
+    2. the per-tile curvature ``κ_i``, the signed tile mean of ``curvature`` (:func:`tile_mean`);
+    3. ``R_i = f(ρ_i, d_i, c)`` (seed 001 §3.2.2, :func:`resolution_policy`) and the state
+       dimensions ``S_i`` (seed 001 §3.4 step 3) (:func:`tile_policy`);
+    4. the segments per tile: scan scope ``m_i = max(1, ⌈R_i n_i⌉)`` (seed 001 §3.5.1,
+       :func:`~tiling.ops.segment_counts`); block scope the error-diffused
+       ``m_i = clamp(⌊R_i T + e_{i−1} + ½⌋, 1, T)`` on the nominal tile grid
+       (:func:`~tiling.modules.chunk.dithered_counts`, :func:`~tiling.modules.chunk.segment_boundaries`),
+       the segments the block-scope layer runs.
+
+    Parameters
+    ----------
+    density : (batch, L) non-negative per-token density (e.g. ``infogeo.density.ssm_density``).
+    config : the tiling options; ``boundaries="token"`` has no density plan (H-Net's router reads
+        the hidden states) and is a ``ValueError``.
+    curvature : (batch, L) per-token curvature, optional (weighted by ``config.curvature_weight``).
+    reference : 1-D running reference of predictor importances
+        (:class:`~tiling.modules.router.RunningCalibration`), for ``calibration="running"``.
+
+    Returns
+    -------
+    :class:`~tiling.tile.TilePlan` on the CPU: ``resolution`` float32, ``segments`` and ``state_dims``
+    int64 (``state_dims`` None when the state is not planned: ``state_k`` and ``s_max`` None),
+    ``density`` the float64 ``ρ_i``, ``token_density`` the input, ``cost`` and ``exp_cost`` None
+    (they depend on the model's width and state size, which the layer knows:
+    :meth:`~tiling.modules.TiledMamba.plan`).
+    """
+    if not isinstance(config, TilingConfig):
+        raise TypeError(f"config must be a tiling.config.TilingConfig, got {type(config).__name__}")
+    if config.boundaries != "tile":
+        raise ValueError("plan_tiles needs boundaries='tile': the token router's boundaries come from the hidden "
+                         "states, not from a density")
+    check_tensor(density, "density", ndim=2)
+    if density.shape[1] < 1:
+        raise ValueError(f"density must have at least one position, got shape {tuple(density.shape)}")
+    batch, L = density.shape
+    T = config.tile_size
+    rho_tile, pred_tile = plan_densities(density, config)
+    kappa = None
+    if curvature is not None:
+        check_tensor(curvature, "curvature", shape=(batch, L))
+        kappa = tile_mean(curvature.detach().to(device=density.device, dtype=torch.float64), T)
+    R, S = tile_policy(rho_tile, pred_tile, config, curvature=kappa, reference=reference)
+    R = R.cpu()
+    lengths = tile_lengths(L, T)
+    if config.scope == "scan":
+        segments = segment_counts(R, lengths)
+    else:
+        from tiling.modules.chunk import dithered_counts, segment_boundaries  # tiling.modules imports this module
+        m, _ = dithered_counts(R, T)
+        starts = segment_boundaries(m, L, T)
+        n_tiles = lengths.numel()
+        segments = torch.nn.functional.pad(starts.to(torch.int64), (0, n_tiles * T - L)).view(batch, n_tiles, T).sum(-1)
+    if S is not None:
+        S = S.cpu()
+    elif config.s_max is not None:
+        S = torch.full(R.shape, config.s_max, dtype=torch.int64)
+    return TilePlan(
+        start=torch.arange(lengths.numel(), dtype=torch.int64) * T, length=lengths, resolution=R,
+        segments=segments, state_dims=S, density=rho_tile.detach().cpu(), cost=None, exp_cost=None,
+        budget=config.budget, mode=config.policy, causal=config.causal, token_density=density.detach(),
+        meta={"scope": config.scope},
+    )
+
+
 __all__ = [
     "tile_density",
     "tile_tail_density",
@@ -419,4 +552,8 @@ __all__ = [
     "causal_predictor",
     "resolution_policy",
     "state_dims_policy",
+    "tile_mean",
+    "plan_densities",
+    "tile_policy",
+    "plan_tiles",
 ]

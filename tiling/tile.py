@@ -27,10 +27,10 @@ class Tile:
     length: int
     resolution: float
     segments: int
-    state_dims: int
+    state_dims: int | None
     density: float
     transition_delta: float
-    cost: dict[str, int]
+    cost: dict[str, int] | None
 
     @property
     def effective_resolution(self) -> float:
@@ -55,10 +55,10 @@ class TilePlan:
     length: Tensor
     resolution: Tensor
     segments: Tensor
-    state_dims: Tensor
+    state_dims: Tensor | None
     density: Tensor
-    cost: Tensor
-    exp_cost: Tensor
+    cost: Tensor | None
+    exp_cost: Tensor | None
     budget: float
     mode: str
     causal: bool
@@ -83,6 +83,8 @@ class TilePlan:
 
     def total_cost(self) -> Tensor:
         """Multiply-adds of the scan per sequence (sum of per-tile costs)."""
+        if self.cost is None:
+            raise ValueError("this plan has no cost (made without a model: use the layer's plan())")
         return self.cost.sum(-1)
 
     def tiles(self, b: int = 0) -> list[Tile]:
@@ -94,9 +96,11 @@ class TilePlan:
         for i in range(self.n_tiles):
             out.append(Tile(
                 index=i, start=int(self.start[i]), length=int(self.length[i]), resolution=float(R[i]),
-                segments=int(self.segments[b, i]), state_dims=int(self.state_dims[b, i]),
+                segments=int(self.segments[b, i]),
+                state_dims=None if self.state_dims is None else int(self.state_dims[b, i]),
                 density=float(self.density[b, i]), transition_delta=0.0 if i == 0 else float(R[i] - R[i - 1]),
-                cost={"madd_total": int(self.cost[b, i]), "exp_total": int(self.exp_cost[b, i])},
+                cost=None if self.cost is None else {"madd_total": int(self.cost[b, i]),
+                                                     "exp_total": int(self.exp_cost[b, i])},
             ))
         return out
 
@@ -105,8 +109,10 @@ class TilePlan:
         return {
             "start": self.start.tolist(), "length": self.length.tolist(),
             "resolution": self.resolution.tolist(), "segments": self.segments.tolist(),
-            "state_dims": self.state_dims.tolist(), "density": self.density.tolist(),
-            "cost": self.cost.tolist(), "exp_cost": self.exp_cost.tolist(),
+            "state_dims": None if self.state_dims is None else self.state_dims.tolist(),
+            "density": self.density.tolist(),
+            "cost": None if self.cost is None else self.cost.tolist(),
+            "exp_cost": None if self.exp_cost is None else self.exp_cost.tolist(),
             "budget": self.budget, "mode": self.mode, "causal": self.causal, **self.meta,
         }
 

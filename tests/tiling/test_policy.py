@@ -5,9 +5,12 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from tiling.config import TilingConfig
+from tiling.modules import TiledMamba
 from tiling.ops import segment_counts, tile_lengths
 from tiling.policy import (
     causal_predictor,
+    plan_tiles,
     resolution_policy,
     state_dims_policy,
     tile_density,
@@ -305,3 +308,48 @@ def test_reference_and_predictor_errors():
         resolution_policy(rho, budget=0.3, predictor_density=torch.ones(2, 9, dtype=torch.float64))
     with pytest.raises(ValueError, match="predictor_density"):
         resolution_policy(rho, budget=0.3, predictor_density=-torch.ones(2, 10, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("options", [
+    dict(scope="scan", budget=0.3, state_k=0.05, s_min=2, s_max=4, routing=False),
+    dict(scope="scan", budget=0.4, causal=False, policy="binary"),
+    dict(scope="block", budget=0.35, predictor_tail=3, predictor_reduce="max"),
+    dict(scope="block", budget=0.35, causal=False, distance_scale=2.0),
+    dict(scope="block", budget=1.0),
+])
+def test_plan_tiles_is_the_layers_plan(options):
+    """plan_tiles (density → tiles → policy → segments) gives the plan TiledMamba runs."""
+    torch.manual_seed(0)
+    config = TilingConfig(tile_size=8, **options)
+    layer = TiledMamba(16, d_state=4, expand=1, tile_size=8, **options)
+    x = torch.randn(3, 50, 16)
+    dens = torch.rand(3, 50, dtype=torch.float64) ** 3
+    curv = torch.randn(3, 50) if not config.causal else None
+    got = plan_tiles(dens, config, curvature=curv)
+    want = layer.plan(x, density=dens, curvature=curv)
+    assert torch.equal(got.resolution, want.resolution)
+    assert torch.equal(got.segments, want.segments)
+    if config.s_max is not None:
+        assert torch.equal(got.state_dims, want.state_dims)
+    else:
+        assert got.state_dims is None
+    torch.testing.assert_close(got.density, want.density.double(), rtol=0, atol=0)
+    assert (got.budget, got.mode, got.causal) == (want.budget, want.mode, want.causal)
+    assert got.cost is None and got.exp_cost is None
+
+
+def test_plan_tiles_reference_and_errors():
+    rho = torch.rand(2, 40, dtype=torch.float64)
+    config = TilingConfig(tile_size=8, budget=0.3, calibration="running")
+    ref = torch.exp(torch.linspace(-3, 0, 16, dtype=torch.float64))
+    plan = plan_tiles(rho, config, reference=ref)
+    want = resolution_policy(tile_density(rho, 8), config, predictor_density=tile_density(rho, 8), reference=ref)
+    assert torch.equal(plan.resolution, want.float())
+    with pytest.raises(ValueError, match="boundaries"):
+        plan_tiles(rho, config.replace(boundaries="token"))
+    with pytest.raises(ValueError, match="curvature"):
+        plan_tiles(rho, config, curvature=torch.ones(2, 39))
+    with pytest.raises(TypeError, match="config"):
+        plan_tiles(rho, {"budget": 0.3})
+    with pytest.raises(ValueError, match="non-negative"):
+        plan_tiles(-rho, config)

@@ -48,8 +48,9 @@ from torch import nn
 from infogeo.checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
+from tiling.config import _check_policy_options as check_policy_options
 from tiling.policy import (
-    causal_predictor, check_policy_options, resolution_policy, state_dims_policy, tile_density, tile_importance,
+    causal_predictor, resolution_policy, state_dims_policy, tile_density, tile_importance,
     tile_tail_density,
 )
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
