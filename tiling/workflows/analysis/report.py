@@ -1,0 +1,255 @@
+"""The report of ``infogeo analyse``: a versioned JSON document and the arrays beside it.
+
+:class:`Report` holds what :func:`~tiling.workflows.analysis.analyse` measured (``data``, the
+JSON document of schema :data:`SCHEMA` v:data:`SCHEMA_VERSION`, described in ``docs/analysis.md``;
+``arrays``, the per-head matrices of ``arrays.npz``), reads and writes it, and states its numbers
+as summary rows and sentences. Drawing and page layout (figures, Markdown, HTML) are in
+:mod:`tiling.workflows.analysis.render`.
+"""
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..outdir import write_folder
+
+__all__ = ["CAUSAL_FIGURES", "FIGURES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
+
+SCHEMA = "tiling.workflows.analysis.report"
+SCHEMA_VERSION = 1
+
+FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum", "resolution_plan")
+#: drawn only for causal language models (the report has a ``predictive`` section)
+CAUSAL_FIGURES = ("predictive",)
+#: every file :meth:`Report.save` writes (``overwrite`` replaces these and keeps all other entries)
+REPORT_FILES = ("report.json", "arrays.npz", "report.md", "report.html") + tuple(
+    f"{f}.png" for f in FIGURES + CAUSAL_FIGURES)
+
+
+@dataclass
+class Report:
+    """Everything :func:`analyse` measured for one text.
+
+    ``data`` is the JSON document (schema ``tiling.workflows.analysis.report`` v1, ``docs/analysis.md``);
+    ``arrays`` holds the per-head attention maps and geodesic matrices written to ``arrays.npz``
+    (keys ``attention_L{l}_H{h}``, ``geodesic_L{l}_H{h}``).
+    """
+
+    data: dict
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+    # ---- access --------------------------------------------------------------------------
+    @property
+    def tokens(self) -> list[str]:
+        return self.data["text"]["tokens"]
+
+    @property
+    def layers(self) -> list[int]:
+        return [lr["layer"] for lr in self.data["layers"]]
+
+    def layer(self, index: int) -> dict:
+        for lr in self.data["layers"]:
+            if lr["layer"] == index:
+                return lr
+        raise ValueError(f"layer {index} was not analysed; analysed layers: {self.layers}")
+
+    def to_dict(self) -> dict:
+        return self.data
+
+    def to_json(self, path: str | Path | None = None, *, indent: int | None = None) -> str:
+        s = json.dumps(self.data, indent=indent, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(s)
+        return s
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "Report":
+        """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``).
+
+        Raises ``ValueError`` naming the file when ``report.json`` is missing, not UTF-8 JSON
+        (e.g. truncated), of another schema, or ``arrays.npz`` cannot be read.
+        """
+        out = Path(out_dir)
+        path = out / "report.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{str(out)!r} holds no report.json; expected a folder written by Report.save") from None
+        except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{str(path)!r} cannot be read as a report: {e} (truncated or corrupt?)") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+            got = (data.get("schema"), data.get("schema_version")) if isinstance(data, dict) else (type(data).__name__, None)
+            raise ValueError(f"{str(path)!r} has schema {got[0]!r} v{got[1]}; expected {SCHEMA} v{SCHEMA_VERSION}")
+        arrays = {}
+        if (out / "arrays.npz").exists():
+            try:
+                with np.load(out / "arrays.npz") as z:
+                    arrays = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise ValueError(f"{str(out / 'arrays.npz')!r} cannot be read: {e} (truncated or corrupt?)") from None
+        return cls(data=data, arrays=arrays)
+
+    # ---- numbers in words ------------------------------------------------------------------
+    def summary_rows(self) -> list[dict]:
+        """Per layer: mean density (the one the policy used), mean edge curvature, mean chosen
+        resolution, scan cost saved."""
+        rows = []
+        for lr in self.data["layers"]:
+            t = lr["tiling"]
+            rows.append({
+                "layer": lr["layer"],
+                "mean_density": float(np.mean(t["token_density"])),
+                "density_source": t["density_source"],
+                "mean_attention_density": float(np.mean([h["density_mean"] for h in lr["attention"]["heads"]])),
+                "mean_curvature": lr["head_mean"]["curvature_mean"],
+                "mean_resolution": t["mean_resolution"],
+                "cost_saved": t["cost_saved"],
+                "recurrence_saved": t["cost_saved_recurrence"],
+            })
+        return rows
+
+    def summary_table(self) -> str:
+        """Plain-text table of :meth:`summary_rows`."""
+        lines = [f"{'layer':>5}  {'mean density':>12}  {'attn density':>12}  {'mean curvature':>14}  "
+                 f"{'mean resolution':>15}  {'scan cost saved':>15}  {'recurrence saved':>16}"]
+        for r in self.summary_rows():
+            lines.append(f"{r['layer']:>5}  {r['mean_density']:>12.4g}  {r['mean_attention_density']:>12.4g}  "
+                         f"{r['mean_curvature']:>+14.4f}  {r['mean_resolution']:>15.3f}  {r['cost_saved']:>15.1%}  "
+                         f"{r['recurrence_saved']:>16.1%}")
+        return "\n".join(lines)
+
+    def findings(self) -> list[str]:
+        """Sentences that state what the numbers show."""
+        d, toks = self.data, self.tokens
+        out = []
+        t = d["text"]
+        trunc = (f", truncated from {t['n_tokens_full']} to the model's maximum {d['model']['max_length']}"
+                 if t["truncated"] else "")
+        out.append(f"The text has {t['n_tokens']} tokens{trunc}; {len(d['layers'])} layers × "
+                   f"{len(d['params']['heads'])} heads of the {d['model']['type']} model were analysed.")
+        rows = self.summary_rows()
+        # where the information is: token density summed over layers
+        dens = np.sum([lr["tiling"]["token_density"] for lr in d["layers"]], axis=0)
+        content = [i for i in range(len(toks)) if toks[i] not in ("[CLS]", "[SEP]", "<s>", "</s>")]
+        order = sorted(content, key=lambda i: -dens[i])
+        src = rows[0]["density_source"]
+        what = "pulled-back Fisher metric of the hidden states" if src == "pullback" else "attention Fisher–Rao speed"
+        out.append("Under the " + what + ", information is densest at " +
+                   ", ".join(f"'{toks[i]}' (#{i})" for i in order[:5]) + " and sparsest at " +
+                   ", ".join(f"'{toks[i]}' (#{i})" for i in order[-3:]) + ".")
+        ts = d["params"]["tile_size"]
+        n = len(toks)
+        tiles = [(s, float(np.mean(dens[s:s + ts]))) for s in range(0, n, ts)]
+        hi_t, lo_t = max(tiles, key=lambda x: x[1]), min(tiles, key=lambda x: x[1])
+        span = lambda s: " ".join(toks[s:min(n, s + ts)][:8])
+        out.append(f"The densest {ts}-token tile starts at token {hi_t[0]} (\"{span(hi_t[0])} …\"), "
+                   f"{hi_t[1] / max(lo_t[1], 1e-300):.1f}× the density of the sparsest, which starts at token "
+                   f"{lo_t[0]} (\"{span(lo_t[0])} …\").")
+        top = max(rows, key=lambda r: r["mean_density"])
+        bot = min(rows, key=lambda r: r["mean_density"])
+        if len(rows) > 1:
+            out.append(f"Layer {top['layer']} carries the highest mean density ({top['mean_density']:.3g}) and "
+                       f"layer {bot['layer']} the lowest ({bot['mean_density']:.3g}).")
+        heads = [(lr["layer"], h["head"], h["density_mean"]) for lr in d["layers"] for h in lr["attention"]["heads"]]
+        fast, slow = max(heads, key=lambda x: x[2]), min(heads, key=lambda x: x[2])
+        out.append(f"Head {fast[1]} of layer {fast[0]} moves fastest along the text (mean squared Fisher–Rao "
+                   f"speed {fast[2]:.3g}); head {slow[1]} of layer {slow[0]} is the most static ({slow[2]:.3g}), "
+                   "i.e. its queries attend nearly the same distribution.")
+        pos = [r["layer"] for r in rows if r["mean_curvature"] > 0]
+        neg = [r["layer"] for r in rows if r["mean_curvature"] <= 0]
+        parts = []
+        if pos:
+            parts.append(f"positive (clustered, redundant neighbourhoods) in layer(s) {', '.join(map(str, pos))}")
+        if neg:
+            parts.append(f"non-positive (tree-like, bridging) in layer(s) {', '.join(map(str, neg))}")
+        out.append("Mean Ollivier–Ricci curvature of the head-averaged token graph is " + " and ".join(parts) + ".")
+        gaps = [(lr["layer"], _gap(lr["head_mean"]["spectrum"])) for lr in d["layers"]]
+        g_lo = min(gaps, key=lambda x: x[1])
+        out.append(f"The smallest Laplace–Beltrami spectral gap is in layer {g_lo[0]} ({g_lo[1]:.3g}): its token "
+                   "graph is closest to splitting into separate clusters.")
+        pbs = [lr["pullback"] for lr in d["layers"] if lr["pullback"] is not None]
+        if pbs:
+            ed = np.mean([np.mean(p["effective_dimension"]) for p in pbs])
+            out.append(f"The pulled-back metric has effective dimension {ed:.1f} on average (of "
+                       f"{d['model']['hidden_size']}): the attention reads only a few directions of each hidden state.")
+        out += _model_findings(d, toks)
+        best = max(rows, key=lambda r: r["cost_saved"])
+        out.append(f"At budget {d['params']['budget']:g} the tiling policy chooses a mean resolution of "
+                   f"{np.mean([r['mean_resolution'] for r in rows]):.3f} and saves "
+                   f"{np.mean([r['cost_saved'] for r in rows]):.1%} of the scan's operations on average "
+                   f"(most in layer {best['layer']}: {best['cost_saved']:.1%}) and "
+                   f"{np.mean([r['recurrence_saved'] for r in rows]):.1%} of its sequential recurrence.")
+        return out
+
+    # ---- files -----------------------------------------------------------------------------
+    # render builds on this module (the schema, summary rows, findings), so it is imported where used
+    def save_figures(self, out_dir: str | Path) -> dict[str, Path]:
+        """Draw the figures (PNG) into ``out_dir``: FIGURES, and CAUSAL_FIGURES for a causal LM; return {name: path}."""
+        from .render import draw_figures
+
+        return draw_figures(self, Path(out_dir))
+
+    def to_markdown(self, figures: dict[str, Path] | None = None) -> str:
+        """The findings, the per-layer table and links to ``figures`` as Markdown."""
+        from .render import markdown
+
+        return markdown(self, figures)
+
+    def to_html(self, figures: dict[str, Path] | None = None) -> str:
+        """A static page with the findings, the table and the figures embedded as data URIs."""
+        from .render import html
+
+        return html(self, figures)
+
+    def save(self, out_dir: str | Path, *, figures: bool = True, overwrite: bool = False) -> Path:
+        """Write report.json, arrays.npz, the figures, report.md and report.html into ``out_dir``;
+        return the path of report.html.
+
+        The files are written into a temporary folder beside ``out_dir`` and renamed into place
+        (:func:`tiling.workflows.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was. A
+        non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``; then the previous
+        report's files (:data:`REPORT_FILES`, e.g. old figures) are replaced or removed and every
+        other entry is kept.
+        """
+
+        def fill(tmp: Path) -> None:
+            self.to_json(tmp / "report.json")
+            if self.arrays:
+                np.savez_compressed(tmp / "arrays.npz", **self.arrays)
+            figs = self.save_figures(tmp) if figures else {}
+            (tmp / "report.md").write_text(self.to_markdown(figs), encoding="utf-8")
+            (tmp / "report.html").write_text(self.to_html(figs), encoding="utf-8")
+
+        out = write_folder(out_dir, fill, REPORT_FILES, overwrite=overwrite, name="out_dir")
+        return out / "report.html"
+
+
+def _model_findings(d: dict, toks: list[str]) -> list[str]:
+    """Sentences on the implicit attention (Mamba) and the predictive density (causal LMs)."""
+    out = []
+    ia = d["model"].get("implicit_attention")
+    if ia:
+        err = max(ia["reproduction_error"]) if ia["reproduction_error"] else float("nan")
+        out.append(f"The attention rows are the Mamba scan's implicit attention, row-normalised |M| averaged over "
+                   f"{ia['groups']} groups of {ia['channels_per_group']} channels (a 'head' is such a group); "
+                   f"the scan recomputed in float64 reproduces every layer's output to {err:.1g} (relative).")
+    pr = d.get("predictive")
+    if pr:
+        rho = np.asarray(pr["density"])
+        top = int(np.argmax(rho)) + 1
+        corr = ("undefined (a constant series)" if pr["pearson"] is None else
+                f"Pearson {pr['pearson']:+.2f}, Spearman {pr['spearman']:+.2f}")
+        out.append(f"The predictive density (squared Fisher–Rao step between consecutive next-token "
+                   f"distributions) has mean {pr['density_mean']:.3g} and peaks at '{toks[top]}' (#{top}); its "
+                   f"correlation with the surprisal (mean {pr['bits_per_token']:.2f} bits per token) is {corr}.")
+    return out
+
+
+def _gap(spectrum: list[float]) -> float:
+    """First non-zero eigenvalue (zeros counted below 1e-8: one per connected component)."""
+    nz = [v for v in spectrum if v > 1e-8]
+    return nz[0] if nz else 0.0
