@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tiling.config import TilingConfig  # noqa: E402
 from tiling.metrics import adaptation_efficiency, layer_tile_metrics, load_imbalance  # noqa: E402
 from tiling.ops import scan_cost  # noqa: E402
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
@@ -224,13 +225,13 @@ def build(args, device):
     train_ds = cls(args.train_size, seed=args.seed, **data_kw)
     eval_ds = cls(args.eval_size, seed=args.seed + 10_007, **data_kw)
     torch.manual_seed(args.seed)
+    tiling = TilingConfig(tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
+                          policy=args.policy, causal=not args.non_causal, exponent=args.exponent, slack=args.slack,
+                          predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
+                          calibration=args.calibration, scope=args.scope,
+                          boundaries=args.boundaries if args.scope == "block" else "tile")
     model = TiledLM(train_ds.vocab_size, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                    tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
-                    policy=args.policy, causal=not args.non_causal, dt_min=args.dt_min,
-                    dt_max=args.dt_max, exponent=args.exponent, slack=args.slack,
-                    predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
-                    calibration=args.calibration, scope=args.scope,
-                    **({"boundaries": args.boundaries} if args.scope == "block" else {}),
+                    dt_min=args.dt_min, dt_max=args.dt_max, tiling=tiling,
                     shared_density=args.shared_density).to(device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda_factory(args.warmup, args.steps))

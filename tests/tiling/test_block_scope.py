@@ -156,7 +156,7 @@ def test_budget_met_exactly_non_causal_and_within_the_bound_causal():
     torch.testing.assert_close(plan.mean_resolution(), torch.full((6,), 0.35, dtype=f64), atol=1e-6, rtol=0)
     dec = block_layer(9, budget=0.35)
     plan = dec.plan(x)
-    assert bool(((plan.mean_resolution() - 0.35).abs() <= dec.slack / plan.n_tiles + 1e-6).all())
+    assert bool(((plan.mean_resolution() - 0.35).abs() <= dec.tiling.slack / plan.n_tiles + 1e-6).all())
     # token boundaries: the non-causal router takes exactly ⌈c·L⌉ boundaries per row
     tok = block_layer(9, budget=0.35, causal=False, boundaries="token")
     assert torch.equal(boundaries_of(tok, x).sum(1), torch.full((6,), math.ceil(0.35 * 96)))

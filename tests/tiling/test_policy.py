@@ -321,7 +321,7 @@ def test_plan_tiles_is_the_layers_plan(options):
     """plan_tiles (density → tiles → policy → segments) gives the plan TiledMamba runs."""
     torch.manual_seed(0)
     config = TilingConfig(tile_size=8, **options)
-    layer = TiledMamba(16, d_state=4, expand=1, tile_size=8, **options)
+    layer = TiledMamba(16, d_state=4, expand=1, tiling=config)
     x = torch.randn(3, 50, 16)
     dens = torch.rand(3, 50, dtype=torch.float64) ** 3
     curv = torch.randn(3, 50) if not config.causal else None
@@ -353,3 +353,40 @@ def test_plan_tiles_reference_and_errors():
         plan_tiles(rho, {"budget": 0.3})
     with pytest.raises(ValueError, match="non-negative"):
         plan_tiles(-rho, config)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(tile_size=0), "tile_size"), (dict(budget=0.0), "budget"), (dict(budget=0.05), "r_min"),
+    (dict(policy="sparse"), "policy"), (dict(distance_scale=2.0), "distance_scale"), (dict(slack=0.1), "slack"),
+    (dict(lookback=0), "lookback"), (dict(exponent=-1.0), "exponent"), (dict(predictor_tail=65), "predictor_tail"),
+    (dict(predictor_reduce="median"), "predictor_reduce"), (dict(calibration="ema"), "calibration"),
+    (dict(calibration_momentum=0.0), "calibration_momentum"), (dict(calibration_levels=1), "calibration_levels"),
+    (dict(s_min=5, s_max=4), "s_min"), (dict(routing=True), "routing"), (dict(state_k=1.0), "state_k"),
+    (dict(scope="scan", boundaries="token"), "boundaries"), (dict(signal_channels=0), "signal_channels"),
+    (dict(router_rank=0), "router_rank"), (dict(scope="tile"), "scope"),
+])
+def test_tiling_config_names_the_bad_field(options, match):
+    with pytest.raises(ValueError, match=match):
+        TilingConfig(**options)
+
+
+def test_tiling_config_replace_and_dict_round_trip():
+    config = TilingConfig(tile_size=16, budget=0.35, calibration="running", predictor_tail=4)
+    assert TilingConfig.from_dict(config.to_dict()) == config
+    assert config.replace(budget=0.5).budget == 0.5 and config.budget == 0.35
+    with pytest.raises(ValueError, match="r_min"):
+        config.replace(budget=0.01)
+    with pytest.raises(ValueError, match="unknown"):
+        TilingConfig.from_dict({"budgett": 0.3})
+    assert TilingConfig(scope="scan").routes and not TilingConfig().routes
+
+
+def test_resolution_policy_keyword_form_is_deprecated_but_equal():
+    rho = bursty(2, 12, 0)
+    with pytest.warns(DeprecationWarning, match="TilingConfig"):
+        old = resolution_policy(rho, budget=0.3, mode="binary", slack=2.0)
+    assert torch.equal(old, resolution_policy(rho, TilingConfig(budget=0.3, policy="binary", slack=2.0)))
+    with pytest.raises(TypeError, match="not both"):
+        resolution_policy(rho, TilingConfig(budget=0.3), budget=0.3)
+    with pytest.raises(TypeError, match="TilingConfig"):
+        resolution_policy(rho)

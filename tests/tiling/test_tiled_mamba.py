@@ -5,6 +5,7 @@ import torch
 from tiling.modules import TiledMamba
 from tiling.ops import scan_cost
 from infogeo.density import ssm_density
+from tiling.config import TilingConfig
 from tiling.policy import resolution_policy, tile_density, tile_tail_density
 
 transformers = pytest.importorskip("transformers")
@@ -117,7 +118,7 @@ def test_budget_met_exactly_non_causal_and_on_average_causal():
     assert bool((plan.effective_resolution() - 0.35 < 1 / 8 + 1e-9).all())
     dec = make_layer(4, budget=0.35)
     plan = dec.plan(x)
-    assert bool(((plan.mean_resolution() - 0.35).abs() <= dec.slack / plan.n_tiles + 1e-6).all())
+    assert bool(((plan.mean_resolution() - 0.35).abs() <= dec.tiling.slack / plan.n_tiles + 1e-6).all())
     assert abs(float(plan.mean_resolution().mean()) - 0.35) < 0.05
 
 
@@ -293,30 +294,30 @@ def log_quantiles(layer, x):
 def test_running_calibration_updates_only_in_training_and_stays_causal():
     layer = make_layer(8, perturb=True, budget=0.3, calibration="running", predictor_tail=3, predictor_reduce="max")
     hist = make_layer(8, perturb=True, budget=0.3, predictor_tail=3, predictor_reduce="max")
-    assert {"calibration_quantiles", "calibration_updates"} <= set(layer.state_dict())
-    assert "calibration_quantiles" not in hist.state_dict()
+    assert {"calibrator.quantiles", "calibrator.updates"} <= set(layer.state_dict())
+    assert "calibrator.quantiles" not in hist.state_dict()
     x = torch.randn(4, 64, 16)
     with torch.no_grad():
         # before the first update the layer falls back to the history calibration
         torch.testing.assert_close(layer.plan(x).resolution, hist.plan(x).resolution, rtol=0, atol=0)
         layer.eval()
         layer(x)
-        assert int(layer.calibration_updates) == 0  # eval and plan() never update
+        assert int(layer.calibrator.updates) == 0  # eval and plan() never update
         layer.train()
         layer(x)
-        assert int(layer.calibration_updates) == 1
-        first = layer.calibration_quantiles.clone()
+        assert int(layer.calibrator.updates) == 1
+        first = layer.calibrator.quantiles.clone()
         # the buffer holds the quantiles of log importance of this batch's predictors (exponent 0.5)
         torch.testing.assert_close(first, log_quantiles(layer, x), rtol=1e-5, atol=1e-5)
         layer(2.0 * x)  # an exponential moving average with weight 0.05
-        assert int(layer.calibration_updates) == 2
+        assert int(layer.calibrator.updates) == 2
         want = first + 0.05 * (log_quantiles(layer, 2.0 * x) - first)
-        torch.testing.assert_close(layer.calibration_quantiles, want, rtol=1e-5, atol=1e-5)
-        assert float((layer.calibration_quantiles - first).abs().max()) > 1e-3
+        torch.testing.assert_close(layer.calibrator.quantiles, want, rtol=1e-5, atol=1e-5)
+        assert float((layer.calibrator.quantiles - first).abs().max()) > 1e-3
         layer.eval()
         plan = layer.plan(x)
         assert not torch.equal(plan.resolution, hist.plan(x).resolution)  # the reference is in use
-        assert bool(((plan.mean_resolution() - 0.3).abs() <= layer.slack / plan.n_tiles + 1e-6).all())
+        assert bool(((plan.mean_resolution() - 0.3).abs() <= layer.tiling.slack / plan.n_tiles + 1e-6).all())
     assert_causal(layer, x, [0, 13, 16, 41, 63])
 
 
@@ -329,5 +330,32 @@ def test_running_calibration_in_training_mode_uses_only_earlier_batches():
         frozen = layer.plan(x).resolution  # plan() sees the buffer as it is now
         _, plan = layer(x, return_plan=True)  # training-mode forward: uses it, then updates
         torch.testing.assert_close(plan.resolution, frozen, rtol=0, atol=0)
-        assert int(layer.calibration_updates) == 2
+        assert int(layer.calibrator.updates) == 2
         assert not torch.equal(layer.plan(x).resolution, frozen)  # ... and the update moved the map
+
+
+def test_tiling_config_and_deprecated_keywords():
+    """tiling=TilingConfig(...) and the former keywords build the same layer; old buffer names load."""
+    config = TilingConfig(tile_size=8, budget=0.3, calibration="running", calibration_levels=4)
+    torch.manual_seed(0)
+    new = TiledMamba(16, d_state=4, tiling=config)
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match="TilingConfig"):
+        old = TiledMamba(16, d_state=4, tile_size=8, budget=0.3, calibration="running", calibration_levels=4)
+    assert new.tiling == old.tiling == config.replace(s_max=4)
+    assert "tiling=TilingConfig(tile_size=8, budget=0.3" in repr(new)
+    with pytest.raises(TypeError, match="not both"):
+        TiledMamba(16, tiling=config, budget=0.5)
+    with pytest.raises(TypeError, match="unexpected"):
+        TiledMamba(16, tile_sise=8)
+    with pytest.raises(ValueError, match="s_max"):
+        TiledMamba(16, d_state=4, tiling=TilingConfig(scope="scan", s_max=8))
+    with pytest.raises(ValueError, match="router_rank"):
+        TiledMamba(8, tiling=TilingConfig(boundaries="token", router_rank=9))
+    sd = new.state_dict()
+    sd["calibrator.quantiles"] = torch.arange(4.0, dtype=torch.float64)
+    sd["calibrator.updates"] = torch.tensor(3)
+    legacy = {{"calibrator.quantiles": "calibration_quantiles", "calibrator.updates": "calibration_updates"}.get(k, k): v
+              for k, v in sd.items()}
+    old.load_state_dict(legacy)  # strict: the former names map onto the calibrator's buffers
+    assert torch.equal(old.calibrator.quantiles, sd["calibrator.quantiles"]) and int(old.calibrator.updates) == 3

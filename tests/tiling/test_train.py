@@ -198,7 +198,7 @@ def test_resume_is_bit_identical(tmp_path):
     a = load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "part" / "checkpoint.safetensors"))
     assert a.keys() == b.keys()
-    assert int(a["model.layers.0.calibration_updates"]) == 6
+    assert int(a["model.layers.0.calibrator.updates"]) == 6
     for k in a:
         assert torch.equal(a[k], b[k]), k
     evals = [json.loads(s) for s in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
@@ -247,8 +247,8 @@ def test_script_builds_the_repeat_task_and_policy_options():
     train_ds, eval_ds, model, _, _ = mod.build(args, torch.device("cpu"))
     assert isinstance(train_ds, BurstRepeatDataset) and train_ds.period == 2 and eval_ds.seed != train_ds.seed
     assert model.shared_density
-    assert all(layer.exponent == 2.0 and layer.slack == 8.0 and layer.policy == "binary" and layer.predictor_tail == 3
-               and layer.predictor_reduce == "max" and layer.calibration == "running" for layer in model.layers)
+    assert all(layer.tiling.exponent == 2.0 and layer.tiling.slack == 8.0 and layer.policy == "binary" and layer.tiling.predictor_tail == 3
+               and layer.tiling.predictor_reduce == "max" and layer.tiling.calibration == "running" for layer in model.layers)
     x, y, m = train_ds[0]
     assert torch.equal(y[m], x[torch.nonzero(m).flatten() - 1])  # period 2: the answer is the input one before
     # accuracy by position in the burst: answers at k = 2..11; early = the first tile (8) of them

@@ -39,11 +39,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from infogeo.checks import check_finite, check_int, check_same_device, check_tensor
+from tiling.policy import dithered_counts  # re-exported: the block scope's segments per tile
 
 Tensor = torch.Tensor
 
@@ -128,28 +128,6 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     j = (o * m + (T - 1)) // T
     mask = (j < m) & ((j * T) // m == o)
     return mask.reshape(batch, -1)[:, :L]
-
-
-def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Segments per tile with error diffusion: ``(m (batch, n_tiles) int64, carry (batch,) float64)``.
-
-    ``m_i = clamp(⌊R_i·T + e_{i−1} + ½⌋, 1, T)``, ``e_i = R_i·T + e_{i−1} − m_i``, ``e_{−1}`` =
-    ``carry`` (default 0). Departure from the scan scope's ``m_i = ⌈R_i·n_i⌉`` (``docs/tiling.md``,
-    "Segments"): rounding every tile up spends up to one segment per tile more than the budget
-    (+6 % at ``T = 16``, ``c = 0.35``); carrying the rounding error to the next tile keeps
-    ``|Σ_i m_i − T·Σ_i R_i| ≤ ½`` while no tile is clamped, so the mixer's tokens match the budget.
-    ``m_i`` depends on ``R_j``, ``j ≤ i``, only (causal), and ``R ≡ 1`` gives ``m ≡ T``.
-    """
-    check_tensor(resolution, "resolution", ndim=2)
-    T = check_int(tile_size, "tile_size", minimum=1)
-    R = resolution.detach().cpu().numpy().astype(np.float64)
-    e = np.zeros(R.shape[0]) if carry is None else carry.detach().cpu().numpy().astype(np.float64).copy()
-    m = np.empty(R.shape, dtype=np.int64)
-    for i in range(R.shape[1]):  # numpy: a sequential loop over tiles of tiny vector steps
-        want = R[:, i] * T + e
-        m[:, i] = np.clip(np.floor(want + 0.5), 1, T)
-        e = want - m[:, i]
-    return torch.from_numpy(m), torch.from_numpy(e)
 
 
 def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:

@@ -1,4 +1,4 @@
-"""Resolution signals and boundary routers for the block scope.
+"""Resolution signals, boundary routers and the policy's running calibration.
 
 Block scope runs the Mamba mixer on one token per segment, so the policy's signal cannot come
 from the mixer itself: the closed-form density ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²`` (seed 001 §3.4
@@ -29,6 +29,15 @@ Learned boundaries (:class:`TokenRouter`, H-Net's routing module, Hwang, Wang, G
         L_ratio = N/(N − 1) · ((N − 1)·F·G + (1 − F)(1 − G)),   F = mean_t b_t,  G = mean_t p_t
 
     is minimal at ``F = G = c``. Cost per token ``2 r d_model + 3 r``.
+
+Running calibration (:class:`RunningCalibration`, the stateful part of the resolution policy)
+    The causal adaptive policy with ``calibration="running"`` solves
+    ``mean_k clip(s·r_k, r_min, 1) = c`` over a population reference ``r`` instead of the
+    sequence's own history (module docstring of :mod:`tiling.policy`; a departure from seed 001
+    §3.2.2, which leaves the calibration of ``R_i = f(ρ_i, d_i, c)`` open). The reference is
+    ``r_k = exp(Q_k)``, ``Q_k`` the exponential moving average over training batches of the
+    ``(k + ½)/K`` quantiles of ``log p`` (``p`` the predictor importances ``q`` of seed 001 §3.2.2),
+    averaged over the ranks of a ``torch.distributed`` job.
 """
 from __future__ import annotations
 
@@ -122,6 +131,56 @@ def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool 
     return N / (N - 1.0) * ((N - 1.0) * F_ * G + (1.0 - F_) * (1.0 - G))
 
 
+class RunningCalibration(nn.Module):
+    """Running quantiles of the policy's log predictor importances (module docstring).
+
+    Buffers (they travel with the layer's checkpoint): ``quantiles`` (K,) float64, the running
+    ``Q_k``; ``updates`` () int64, the number of batches folded in (0: no reference yet, the
+    policy falls back to the sequence's history).
+
+    Parameters
+    ----------
+    levels : number ``K ≥ 2`` of quantiles, at levels ``(k + ½)/K``.
+    momentum : EMA weight ``∈ (0, 1]`` of a batch: ``Q ← (1 − momentum) Q + momentum Q_batch``.
+    """
+
+    def __init__(self, levels: int, momentum: float, *, device=None) -> None:
+        super().__init__()
+        levels = check_int(levels, "calibration_levels", minimum=2)
+        check_in_range(momentum, "calibration_momentum", 0.0, 1.0, low_open=True)
+        self.momentum = float(momentum)
+        self.register_buffer("quantiles", torch.zeros(levels, dtype=torch.float64, device=device))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64, device=device))
+
+    def extra_repr(self) -> str:
+        return f"levels={self.quantiles.numel()}, momentum={self.momentum}"
+
+    def reference(self) -> Tensor | None:
+        """The reference importances ``exp(Q)`` (float64), or None before the first update."""
+        if int(self.updates) == 0:
+            return None
+        return torch.exp(self.quantiles.to(torch.float64))
+
+    @torch.no_grad()
+    def update(self, importance: Tensor) -> None:
+        """Fold one batch of positive predictor importances (any shape) into the running quantiles.
+
+        Under an initialised ``torch.distributed`` every rank folds in the mean of all ranks'
+        batch quantiles, so the buffers stay identical (as SyncBatchNorm's statistics); the call
+        is a collective, so the ranks' training forwards must run in lock-step."""
+        buf = self.quantiles
+        levels = (torch.arange(buf.numel(), dtype=torch.float64, device=importance.device) + 0.5) / buf.numel()
+        batch_q = torch.quantile(torch.log(importance.flatten().to(torch.float64)), levels).to(buf)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(batch_q)
+            batch_q /= torch.distributed.get_world_size()
+        if int(self.updates) == 0:
+            buf.copy_(batch_q)
+        else:
+            buf.lerp_(batch_q, self.momentum)
+        self.updates += 1
+
+
 @dataclass(frozen=True)
 class RouterState:
     """Decoding state of :class:`TokenRouter`: the key of the previous token, (batch, r)."""
@@ -186,4 +245,4 @@ class TokenRouter(nn.Module):
         return p, RouterState(key=key)
 
 
-__all__ = ["RouterState", "TokenRouter", "linear_density", "ratio_loss"]
+__all__ = ["RouterState", "RunningCalibration", "TokenRouter", "linear_density", "ratio_loss"]

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+import warnings
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +49,11 @@ from torch import nn
 from infogeo.checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
-from tiling.config import _check_policy_options as check_policy_options
-from tiling.policy import (
-    causal_predictor, resolution_policy, state_dims_policy, tile_density, tile_importance,
-    tile_tail_density,
-)
+from tiling.config import TilingConfig
+from tiling.policy import plan_densities, plan_tiles, tile_density, tile_importance, tile_mean, tile_policy
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
     layout_from_counts, segment_boundaries
-from tiling.modules.router import RouterState, TokenRouter, linear_density, ratio_loss
+from tiling.modules.router import RouterState, RunningCalibration, TokenRouter, linear_density, ratio_loss
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.tile import TilePlan
 
@@ -112,45 +110,19 @@ class TiledMamba(nn.Module):
 
     Tiling parameters
     -----------------
-    tile_size : tile length ``T`` (≥ 1).
-    budget : target mean resolution ``c ∈ (0, 1]``; 1 = full resolution (plain Mamba).
-    r_min : smallest resolution ``R_min ∈ (0, budget]``.
-    policy : ``"adaptive"``, ``"uniform"`` or ``"binary"`` (:func:`tiling.policy.resolution_policy`).
-    causal : the default True makes tile ``i``'s resolution (and state dims) depend only on tiles
-        ``< i``, so no output depends on a later token; False (encoders, analysis) uses each
-        tile's own density and meets the budget exactly per sequence.
-    exponent, lookback, slack, curvature_weight, distance_scale : policy options
-        (:func:`tiling.policy.resolution_policy`).
-    predictor_tail, predictor_reduce : causal mode: tile ``i`` is predicted from the mean
-        (``predictor_reduce="mean"``) or maximum (``"max"``) density of the last ``predictor_tail``
-        tokens of tile ``i − 1`` (:func:`tiling.policy.tile_tail_density`); None (default) uses
-        the whole tile's mean.
-    calibration : causal adaptive policy: ``"history"`` (default) calibrates the policy's scale on
-        the sequence's own past tiles; ``"running"`` on a running estimate of the population's
-        predictor importances, ``calibration_levels`` quantiles of their logarithm kept in the
-        buffer ``calibration_quantiles`` and updated in training mode by an exponential moving
-        average with weight ``calibration_momentum`` per batch (after the batch's resolutions are
-        set, so a batch never calibrates itself; until the first update the layer falls back to
-        ``"history"``; under ``torch.distributed`` the ranks' quantiles are averaged). See the
-        module docstring of :mod:`tiling.policy`.
-    state_k, s_min, s_max : state-dimension policy ``S_i = max(min(⌈k ρ_i⌉, S_max), S_min)``
-        (seed 001 §3.4 step 3); off (``S_i = d_state``) when ``state_k`` is None; ``s_max``
-        defaults to ``d_state``.
-    routing : cross-scale routing between consecutive tiles (seed 001 §3.3.2); scan scope only
-        (default True there).
-    scope : ``"block"`` (default): the whole mixer runs on one token per segment, so its cost
-        falls with the budget (module docstring; ``docs/tiling.md``, "Block scope"); ``"scan"``:
-        the resolution sets the scan's segments and every projection runs on every token. Block
-        scope has no state-dimension policy, routing or φ (those act inside the scan's tiles).
-    boundaries : block scope: ``"tile"`` (default), ``m_i = max(1, ⌈R_i·T⌉)`` segments per tile
-        from the policy on the signal; ``"token"``, a segment starts where H-Net's cosine router
-        says so (:class:`~tiling.modules.router.TokenRouter`; train with :attr:`ratio_loss`).
-    signal_channels : block scope, ``boundaries="tile"``: channels ``k`` on which the linearised
-        density estimates ``Σ_d Δ_d²`` (:func:`~tiling.modules.router.linear_density`).
-    router_rank : ``boundaries="token"``: rank of the router's query and key maps (default
-        ``min(32, d_model)``).
-    pool : block scope: feed each segment's skipped tokens to the next representative through the
-        gated mean (:class:`~tiling.modules.chunk.Chunk`); False: representatives alone.
+    tiling : :class:`~tiling.config.TilingConfig`, every tiling option (tile size, budget, the
+        resolution policy and its calibration, state-dimension policy, routing, scope, boundaries,
+        signal channels, router rank, pooling); default ``TilingConfig()``. The layer keeps it as
+        :attr:`tiling` with ``s_max`` resolved to ``d_state`` (``s_max`` must be ``≤ d_state`` and
+        ``router_rank ≤ d_model``). ``calibration="running"`` adds the submodule ``calibrator``
+        (:class:`~tiling.modules.router.RunningCalibration`, buffers ``calibrator.quantiles`` and
+        ``calibrator.updates``; checkpoints with the former names ``calibration_quantiles`` and
+        ``calibration_updates`` still load), updated in training mode after the batch's resolutions
+        are set, so a batch never calibrates itself. Block scope: the whole mixer runs on one token
+        per segment (module docstring; ``docs/tiling.md``, "Block scope"); it has no
+        state-dimension policy, routing or φ (those act inside the scan's tiles).
+    **options : deprecated (removed in the next release, with a ``DeprecationWarning``): the former
+        keyword options ``tile_size=, budget=, ...``, the fields of :class:`~tiling.config.TilingConfig`.
     validate : check the input for NaN/Inf on every call (one extra pass over the input,
         ``O(batch·L·d_model)``, and a device synchronisation on GPU); off by default.
 
@@ -174,35 +146,14 @@ class TiledMamba(nn.Module):
         conv_bias: bool = True,
         bias: bool = False,
         *,
-        tile_size: int = 64,
-        budget: float = 1.0,
-        r_min: float = 0.0625,
-        policy: str = "adaptive",
-        causal: bool = True,
-        exponent: float = 0.5,
-        lookback: int = 1,
-        slack: float = 4.0,
-        curvature_weight: float = 1.0,
-        distance_scale: float | None = None,
-        predictor_tail: int | None = None,
-        predictor_reduce: str = "mean",
-        calibration: str = "history",
-        calibration_momentum: float = 0.05,
-        calibration_levels: int = 64,
-        state_k: float | None = None,
-        s_min: int = 1,
-        s_max: int | None = None,
-        routing: bool | None = None,
-        scope: str = "block",
-        boundaries: str = "tile",
-        signal_channels: int = 128,
-        router_rank: int | None = None,
-        pool: bool = True,
+        tiling: TilingConfig | None = None,
         validate: bool = False,
         device=None,
         dtype=None,
+        **options,
     ) -> None:
         super().__init__()
+        tiling = _tiling_config(tiling, options)
         factory = {"device": device, "dtype": dtype}
         self.d_model = check_int(d_model, "d_model", minimum=1)
         self.d_state = check_int(d_state, "d_state", minimum=1)
@@ -218,40 +169,14 @@ class TiledMamba(nn.Module):
         check_positive(dt_max, "dt_max")
         if dt_min > dt_max:
             raise ValueError(f"dt_min must be <= dt_max, got {dt_min} > {dt_max}")
-        self.tile_size = check_int(tile_size, "tile_size", minimum=1)
-        check_policy_options(budget=budget, r_min=r_min, mode=policy, causal=causal, distance_scale=distance_scale,
-                             mode_name="policy")
-        self.budget, self.r_min, self.policy, self.causal = float(budget), float(r_min), policy, bool(causal)
-        self.exponent, self.lookback, self.slack = float(exponent), check_int(lookback, "lookback", minimum=1), float(slack)
-        self.curvature_weight, self.distance_scale = float(curvature_weight), distance_scale
-        self.predictor_tail = None if predictor_tail is None else check_int(
-            predictor_tail, "predictor_tail", minimum=1, maximum=self.tile_size)
-        check_choice(predictor_reduce, "predictor_reduce", ["mean", "max"])
-        self.predictor_reduce = predictor_reduce
-        check_choice(calibration, "calibration", ["history", "running"])
-        self.calibration = calibration
-        check_in_range(calibration_momentum, "calibration_momentum", 0.0, 1.0, low_open=True)
-        self.calibration_momentum = float(calibration_momentum)
-        if self.calibration == "running":
-            levels = check_int(calibration_levels, "calibration_levels", minimum=2)
-            self.register_buffer("calibration_quantiles", torch.zeros(levels, dtype=torch.float64, device=device))
-            self.register_buffer("calibration_updates", torch.zeros((), dtype=torch.int64, device=device))
-        self.s_max = self.d_state if s_max is None else check_int(s_max, "s_max", minimum=1, maximum=self.d_state)
-        self.s_min = check_int(s_min, "s_min", minimum=1, maximum=self.s_max)
-        if state_k is not None:
-            check_positive(state_k, "state_k", strict=False)
-        self.state_k = state_k
-        check_choice(scope, "scope", ["block", "scan"])
-        check_choice(boundaries, "boundaries", ["tile", "token"])
-        self.scope, self.boundaries = scope, boundaries
-        if scope == "block":
-            if routing:
-                raise ValueError("routing acts between the scan's tiles: it needs scope='scan' (got routing=True)")
-            if state_k is not None:
-                raise ValueError("state_k (the state-dimension policy) needs scope='scan'")
-        elif boundaries != "tile":
-            raise ValueError(f"boundaries={boundaries!r} needs scope='block'")
-        self.routing = scope == "scan" if routing is None else bool(routing)
+        s_max = self.d_state if tiling.s_max is None else check_int(tiling.s_max, "s_max", minimum=1,
+                                                                      maximum=self.d_state)
+        check_int(tiling.s_min, "s_min", minimum=1, maximum=s_max)
+        if tiling.router_rank is not None:
+            check_int(tiling.router_rank, "router_rank", minimum=1, maximum=self.d_model)
+        #: the tiling options (``s_max`` resolved to ``d_state``)
+        self.tiling = tiling.replace(s_max=s_max)
+        self.routing = tiling.routes
         self.validate = bool(validate)
 
         # --- Mamba's parameters (names, shapes and initialisation of mamba_ssm.Mamba) ---
@@ -278,7 +203,10 @@ class TiledMamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
 
         # --- new parameters, initialised to the identity / zero contribution ---
-        if scope == "scan":
+        # the policy's running calibration (causal adaptive policy, calibration="running")
+        self.calibrator = RunningCalibration(tiling.calibration_levels, tiling.calibration_momentum, device=device) \
+            if tiling.calibration == "running" else None
+        if tiling.scope == "scan":
             # φ (seed 001 §3.3.1): h ← h ⊙ exp(g·(R_i − R_{i−1})) at a tile boundary; g = 0 is φ = id.
             self.transition_gain = nn.Parameter(torch.zeros(self.d_inner, self.d_state, **factory))
             # routing (seed 001 §3.3.2), diagonal W_s, W_r (per channel) and a zero gate
@@ -286,29 +214,40 @@ class TiledMamba(nn.Module):
             self.route_resolution_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
             self.route_gate = nn.Parameter(torch.zeros(self.d_inner, **factory))
         else:
-            self.chunk = Chunk(self.d_model, pool=pool, **factory)
+            self.chunk = Chunk(self.d_model, pool=tiling.pool, **factory)
             self.dechunk = Dechunk()
-            k = check_int(signal_channels, "signal_channels", minimum=1)
+            k = tiling.signal_channels
             step = max(1, self.d_inner // k)
             self.register_buffer("signal_index", torch.arange(0, self.d_inner, step, device=device)[:k],
                                  persistent=False)
-            if router_rank is not None:
-                check_int(router_rank, "router_rank", minimum=1, maximum=self.d_model)
-            self.router = TokenRouter(self.d_model, router_rank, **factory) if boundaries == "token" else None
+            self.router = TokenRouter(self.d_model, tiling.router_rank, **factory) \
+                if tiling.boundaries == "token" else None
         #: H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to the task loss
         self.ratio_loss: Tensor | None = None
 
     # ------------------------------------------------------------------ helpers
     def extra_repr(self) -> str:
-        sd = "off" if self.state_k is None else f"k={self.state_k}, [{self.s_min}, {self.s_max}]"
-        return (
-            f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
-            f"dt_rank={self.dt_rank}, tile_size={self.tile_size}, budget={self.budget}, r_min={self.r_min}, "
-            f"policy={self.policy!r}, causal={self.causal}, predictor_tail={self.predictor_tail}, "
-            f"predictor_reduce={self.predictor_reduce!r}, "
-            f"calibration={self.calibration!r}, state_dims={sd}, routing={self.routing}, scope={self.scope!r}"
-            + (f", boundaries={self.boundaries!r}" if self.scope == "block" else "")
-        )
+        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, expand={self.expand}, "
+                f"dt_rank={self.dt_rank}, routing={self.routing}, tiling={self.tiling}")
+
+    # the options read most often, as attributes of the layer (all of them: :attr:`tiling`)
+    tile_size = property(lambda self: self.tiling.tile_size, doc="Tile length ``T`` (``tiling.tile_size``).")
+    budget = property(lambda self: self.tiling.budget, doc="Default budget ``c`` (``tiling.budget``).")
+    r_min = property(lambda self: self.tiling.r_min, doc="Smallest resolution (``tiling.r_min``).")
+    policy = property(lambda self: self.tiling.policy, doc="Resolution policy (``tiling.policy``).")
+    causal = property(lambda self: self.tiling.causal, doc="Causal plans (``tiling.causal``).")
+    scope = property(lambda self: self.tiling.scope, doc="``\"block\"`` or ``\"scan\"`` (``tiling.scope``).")
+    boundaries = property(lambda self: self.tiling.boundaries, doc="Segment boundaries (``tiling.boundaries``).")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """Checkpoints written before the calibration moved into :class:`RunningCalibration` name its
+        buffers ``calibration_quantiles`` / ``calibration_updates``: read them as ``calibrator.*``."""
+        for old, new in _RENAMED_KEYS.items():
+            if prefix + old in state_dict:
+                state_dict[prefix + new] = state_dict.pop(prefix + old)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def load_mamba_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         """Load the weights of ``mamba_ssm.Mamba`` / HF ``MambaMixer`` (strict on the shared names).
@@ -398,75 +337,31 @@ class TiledMamba(nn.Module):
             proj, offset, w, b, scale = self._signal_maps() if maps is None else maps
             return linear_density(x, proj, w, b, scale, offset=offset, validate=False)
 
-    def _tile_config(
-        self, rho: Tensor, curvature: Tensor | None, budget: float, update: bool = False,
-    ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Resolution ``R`` (b, n_tiles), state dims ``S`` (or None = full) and tile density from
-        the per-token density ``rho`` (b, L); ``update``: fold this batch into the running
-        calibration afterwards.
-
-        The policy is piecewise constant in its inputs, so it runs without gradient.
-        """
-        batch, L = rho.shape
+    def _plan_tiles(self, rho: Tensor, curvature: Tensor | None, budget: float, update: bool = False) -> TilePlan:
+        """:func:`~tiling.policy.plan_tiles` of the per-token density ``rho`` (b, L) at ``budget``
+        with the running reference; ``update``: fold this batch into the running calibration
+        afterwards (so that a batch never calibrates itself)."""
+        config = self._config(budget)
         with torch.no_grad():
-            rho_tile, pred_tile = self._tile_densities(rho)
-            kappa = None
-            if curvature is not None:
-                check_tensor(curvature, "curvature", shape=(batch, L))
-                kappa = _tile_mean(curvature.detach().to(device=rho.device, dtype=torch.float64), self.tile_size)
-            R, S = self._policy(rho_tile, pred_tile, kappa, budget, update)
-        return R, S, rho_tile
+            plan = plan_tiles(rho, config, curvature=curvature, reference=self._reference())
+            if update and self._reference_used():
+                kappa = None if curvature is None else tile_mean(
+                    curvature.detach().to(device=rho.device, dtype=torch.float64), self.tile_size)
+                pred_tile = plan_densities(rho, config)[1]
+                self.calibrator.update(tile_importance(pred_tile, exponent=config.exponent, curvature=kappa,
+                                                       curvature_weight=config.curvature_weight))
+        return plan
 
-    def _tile_densities(self, rho: Tensor) -> tuple[Tensor, Tensor]:
-        """Float64 tile densities ``ρ_i`` and the causal predictor's densities of a (b, L) density."""
-        rho = rho.to(torch.float64)
-        rho_tile = tile_density(rho, self.tile_size)
-        pred_tile = rho_tile if self.predictor_tail is None else tile_tail_density(
-            rho, self.tile_size, self.predictor_tail, self.predictor_reduce)
-        return rho_tile, pred_tile
+    def _config(self, budget: float) -> TilingConfig:
+        """The layer's configuration at a call's budget (already checked by :meth:`_budget`)."""
+        return self.tiling if budget == self.tiling.budget else self.tiling.replace(budget=budget)
 
-    def _policy(self, rho_tile: Tensor, pred_tile: Tensor, kappa: Tensor | None, budget: float, update: bool
-                ) -> tuple[Tensor, Tensor | None]:
-        """``(R, S)`` of the tiles from their densities (``tiling.policy``, with the running reference)."""
-        with torch.no_grad():
-            running = self.causal and self.calibration == "running"
-            reference = None
-            if running and int(self.calibration_updates) > 0:
-                reference = torch.exp(self.calibration_quantiles.to(torch.float64))
-            R = resolution_policy(
-                rho_tile, budget=budget, r_min=self.r_min, mode=self.policy, causal=self.causal,
-                curvature=kappa, curvature_weight=self.curvature_weight, distance_scale=self.distance_scale,
-                exponent=self.exponent, lookback=self.lookback, slack=self.slack,
-                predictor_density=pred_tile if self.causal else None, reference=reference,
-            ).to(torch.float32)
-            if running and update:
-                self._update_calibration(tile_importance(pred_tile, exponent=self.exponent, curvature=kappa,
-                                                         curvature_weight=self.curvature_weight))
-            S = None
-            if self.state_k is not None:
-                if self.causal:
-                    pred = causal_predictor(pred_tile, self.lookback)
-                    S = state_dims_policy(torch.nan_to_num(pred, nan=0.0), k=self.state_k, s_min=self.s_min, s_max=self.s_max)
-                    S[:, 0] = self.s_max  # no history: full state for the first tile
-                else:
-                    S = state_dims_policy(rho_tile, k=self.state_k, s_min=self.s_min, s_max=self.s_max)
-        return R, S
+    def _reference_used(self) -> bool:
+        """Whether the policy reads the running calibration (causal layer, ``calibration="running"``)."""
+        return self.calibrator is not None and self.causal
 
-    def _update_calibration(self, importance: Tensor) -> None:
-        """EMA of the ``K`` quantiles ``(k + ½)/K`` of ``log q`` over this batch's predictor importances."""
-        buf = self.calibration_quantiles
-        levels = (torch.arange(buf.numel(), dtype=torch.float64, device=importance.device) + 0.5) / buf.numel()
-        batch_q = torch.quantile(torch.log(importance.flatten()), levels).to(buf)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # data parallel: every rank folds in the mean of all ranks' quantiles, so the buffers
-            # stay identical (as SyncBatchNorm's statistics); training forwards run in lock-step
-            torch.distributed.all_reduce(batch_q)
-            batch_q /= torch.distributed.get_world_size()
-        if int(self.calibration_updates) == 0:
-            buf.copy_(batch_q)
-        else:
-            buf.lerp_(batch_q, self.calibration_momentum)
-        self.calibration_updates += 1
+    def _reference(self) -> Tensor | None:
+        return self.calibrator.reference() if self._reference_used() else None
 
     def _route(self, y: Tensor, tile_states: Tensor, C: Tensor, R: Tensor, S: Tensor | None) -> Tensor:
         """Add ``g ⊙ tanh(W_s·read(s_i) + W_r·(R_i − R_{i+1}))`` to the outputs of tile ``i+1``.
@@ -546,7 +441,7 @@ class TiledMamba(nn.Module):
 
     def _full(self, c: float) -> bool:
         """Budget 1 without a state-dimension policy: every tile at R = 1, no policy to run."""
-        return c >= 1.0 and self.state_k is None
+        return c >= 1.0 and self.tiling.state_k is None
 
     def _scan(self, u: Tensor, dt_raw: Tensor, B: Tensor, C: Tensor, z: Tensor, gap: Tensor | None = None, **kw):
         """The selective scan op on the layer's parameters; ``gap`` (b, L) scales Δ (block scope)."""
@@ -564,15 +459,16 @@ class TiledMamba(nn.Module):
         rho = rho_tile = S = None
         if self._full(c) and not return_plan:
             R = torch.ones(batch, n_tiles)
-        elif self.policy == "uniform" and self.state_k is None and not return_plan:
+        elif self.policy == "uniform" and self.tiling.state_k is None and not return_plan:
             R = torch.full((batch, n_tiles), c)  # R_i = c: no density needed
         else:
             rho = self._density(dt_raw, B, density, batch, L)
             if self._full(c):
                 R, rho_tile = torch.ones(batch, n_tiles), tile_density(rho.to(torch.float64), self.tile_size)
             else:
-                R, S, rho_tile = self._tile_config(rho, curvature, c, update=self.training)
-                S = None if S is None else S.to(x.device)
+                tp = self._plan_tiles(rho, curvature, c, update=self.training)
+                R, rho_tile = tp.resolution, tp.density
+                S = None if self.tiling.state_k is None else tp.state_dims.to(x.device)
         need_tiles = self.routing and n_tiles > 1
         full = self._full(c)
         out = self._scan(u, dt_raw, B, C, z, resolution=None if full else R,
@@ -614,7 +510,8 @@ class TiledMamba(nn.Module):
         if uniform:
             R = torch.full((batch, n_tiles), c)
         else:
-            R, _, rho_tile = self._tile_config(rho, curvature, c, update=update)
+            tp = self._plan_tiles(rho, curvature, c, update=update)
+            R, rho_tile = tp.resolution, tp.density
         m, _ = dithered_counts(R, T)
         if bool((m == T).all()):
             return None, None, R, rho_tile, rho
@@ -651,7 +548,9 @@ class TiledMamba(nn.Module):
             if self._full(c):
                 R, S, rho_tile = torch.ones(batch, -(-L // self.tile_size)), None, tile_density(rho.double(), self.tile_size)
             else:
-                R, S, rho_tile = self._tile_config(rho, curvature, c)
+                tp = self._plan_tiles(rho, curvature, c)
+                R, rho_tile = tp.resolution, tp.density
+                S = None if self.tiling.state_k is None else tp.state_dims
         return self._make_plan(R, S, rho_tile, rho, L, c)
 
     def cost(self, L: int, *, compact_length: int | None = None, resolution: Tensor | None = None,
@@ -826,8 +725,8 @@ class TiledMamba(nn.Module):
                         R = torch.full((batch, 1), c)
                     else:
                         place = tiles[0].new_zeros(batch, 1)  # tile i itself: a placeholder the policy never reads
-                        R = self._policy(torch.cat([tiles[0], place], 1), torch.cat([tiles[1], place], 1), None, c,
-                                         False)[0][:, -1:]
+                        R = tile_policy(torch.cat([tiles[0], place], 1), torch.cat([tiles[1], place], 1),
+                                        self._config(c), reference=self._reference())[0][:, -1:]
                     m, carry = dithered_counts(R, T, carry)
                     boundary = segment_boundaries(m.to(x.device), T, T)
                     signal = signal[:, :0]
@@ -836,7 +735,7 @@ class TiledMamba(nn.Module):
                     rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset, validate=False)
                     signal = torch.cat([signal, rho_t.to(torch.float64)], dim=1)
                     if off == T - 1:
-                        done = self._tile_densities(signal)
+                        done = plan_densities(signal, self.tiling)
                         tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, done))
                 starts = boundary[:, off]
             else:
@@ -875,12 +774,6 @@ def _bmm(w: Tensor, x: Tensor) -> Tensor:
     return torch.bmm(w.expand(x.shape[0], -1, -1), x)
 
 
-def _tile_mean(x: Tensor, tile_size: int) -> Tensor:
-    """Mean of a (batch, L) signal over each tile (signed; densities use ``tile_density``)."""
-    lengths = tile_lengths(x.shape[1], tile_size).to(device=x.device, dtype=x.dtype)
-    return _tile_sum(x, tile_size) / lengths
-
-
 def _tile_sum(x: Tensor, tile_size: int) -> Tensor:
     """Sum of a (batch, L) signal (bool counts as int64) over each tile: (batch, ⌈L/T⌉)."""
     batch, L = x.shape
@@ -889,5 +782,28 @@ def _tile_sum(x: Tensor, tile_size: int) -> Tensor:
     x = x.to(torch.int64) if x.dtype == torch.bool else x
     return F.pad(x, (0, n_tiles * T - L)).view(batch, n_tiles, T).sum(-1)
 
+
+def _tiling_config(tiling: TilingConfig | None, options: dict) -> TilingConfig:
+    """The layer's :class:`TilingConfig`: ``tiling``, or (deprecated) one built from the former keyword options."""
+    if options:
+        names = {f.name for f in fields(TilingConfig)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise TypeError(f"TiledMamba() got unexpected keyword arguments {unknown}")
+        if tiling is not None:
+            raise TypeError("TiledMamba() takes tiling=TilingConfig(...) or the deprecated tiling keywords, not both")
+        warnings.warn("TiledMamba(..., tile_size=..., budget=..., ...) is deprecated: pass "
+                      "tiling=tiling.config.TilingConfig(...); the keyword options will be removed in the next release",
+                      DeprecationWarning, stacklevel=3)
+        return TilingConfig(**options)
+    if tiling is None:
+        return TilingConfig()
+    if not isinstance(tiling, TilingConfig):
+        raise TypeError(f"tiling must be a tiling.config.TilingConfig, got {type(tiling).__name__}")
+    return tiling
+
+
+#: buffer names of checkpoints written before the calibration became a submodule → current names
+_RENAMED_KEYS = {"calibration_quantiles": "calibrator.quantiles", "calibration_updates": "calibrator.updates"}
 
 __all__ = ["TiledMamba", "TiledMambaState"]

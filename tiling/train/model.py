@@ -5,21 +5,38 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+import dataclasses
+import warnings
+
 from infogeo.checks import check_int
+from tiling.config import TilingConfig
 from tiling.modules import TiledMamba
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
 
-#: the constructor arguments of Mamba itself (shapes, initialisation), shared by every layer;
-#: a full-resolution layer (``full_resolution_layers``) takes only these from ``layer_kwargs``
+#: the constructor arguments of Mamba itself (shapes, initialisation), shared by every layer
 MAMBA_KWARGS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
-                "dt_init_floor", "conv_bias", "bias", "tile_size", "device", "dtype")
+                "dt_init_floor", "conv_bias", "bias", "validate", "device", "dtype")
+_TILING_FIELDS = tuple(f.name for f in dataclasses.fields(TilingConfig))
+
+
+def split_layer_kwargs(layer_kwargs: dict) -> tuple[dict, TilingConfig]:
+    """Split flat layer arguments (the ``layer_kwargs`` of :attr:`TiledLM.config`) into Mamba's
+    arguments and a :class:`~tiling.config.TilingConfig` of the rest; an unknown name is a ``TypeError``."""
+    unknown = sorted(set(layer_kwargs) - set(MAMBA_KWARGS) - set(_TILING_FIELDS))
+    if unknown:
+        raise TypeError(f"unknown layer arguments {unknown}")
+    mamba = {k: v for k, v in layer_kwargs.items() if k in MAMBA_KWARGS}
+    return mamba, TilingConfig(**{k: v for k, v in layer_kwargs.items() if k in _TILING_FIELDS})
 
 
 class TiledLM(nn.Module):
-    """``tokens (batch, L) int64 → logits (batch, L, vocab)``; ``layer_kwargs`` go to every
-    :class:`~tiling.modules.TiledMamba` (tile_size, budget, policy, ...).
+    """``tokens (batch, L) int64 → logits (batch, L, vocab)``; every
+    :class:`~tiling.modules.TiledMamba` gets the Mamba arguments ``mamba_kwargs`` (d_state,
+    expand, ...) and the tiling configuration ``tiling`` (:class:`~tiling.config.TilingConfig`,
+    default ``TilingConfig()``). Deprecated (one release, ``DeprecationWarning``): tiling options
+    as keywords among ``mamba_kwargs`` (they build ``tiling``).
 
     ``shared_density``: every layer's resolution policy reads the per-token density of the
     *first* layer, ``ρ_t = (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form of the
@@ -34,21 +51,35 @@ class TiledLM(nn.Module):
     Python: ``(0, -1)`` is the first and the last) that always run at full resolution, whatever
     the budget of the model or of a call: they are block-scope layers at budget 1, i.e. plain
     Mamba (the block scope is exact at ``R = 1``), built from the Mamba arguments of
-    ``layer_kwargs`` only (:data:`MAMBA_KWARGS`; the tiling options do not apply). Hourglass
+    ``mamba_kwargs`` and the tile size only (the other tiling options do not apply). Hourglass
     transformers and H-Net keep the outermost layers at full resolution; this makes that choice
-    one argument. The other layers get ``layer_kwargs`` and the budget.
+    one argument. The other layers get ``tiling``.
 
     Decoding: :meth:`allocate_inference_state` and :meth:`step` run the model one token at a
     time with each layer's :meth:`~tiling.modules.TiledMamba.step`; in the block scope (causal)
     that equals :meth:`forward` token by token at every budget, in the scan scope only at budget 1.
 
-    ``config`` holds the constructor arguments (JSON-serialisable), so a checkpoint can rebuild
-    the model (:mod:`tiling.train.textmodel`).
+    ``config`` holds the constructor arguments (JSON-serialisable; ``layer_kwargs``: the Mamba
+    arguments and every field of ``tiling``, flat, the format checkpoints have always stored), so a
+    checkpoint can rebuild the model (:mod:`tiling.train.textmodel`, :func:`split_layer_kwargs`).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, *, shared_density: bool = False,
-                 full_resolution_layers: tuple[int, ...] | list[int] = (), **layer_kwargs) -> None:
+                 full_resolution_layers: tuple[int, ...] | list[int] = (), tiling: TilingConfig | None = None,
+                 **mamba_kwargs) -> None:
         super().__init__()
+        options = {k: v for k, v in mamba_kwargs.items() if k in _TILING_FIELDS}
+        if options:
+            if tiling is not None:
+                raise TypeError("TiledLM() takes tiling=TilingConfig(...) or the deprecated tiling keywords, not both")
+            warnings.warn("TiledLM(..., budget=..., policy=..., ...) is deprecated: pass tiling=TilingConfig(...); "
+                          "the keyword options will be removed in the next release", DeprecationWarning, stacklevel=2)
+            mamba_kwargs, tiling = split_layer_kwargs(mamba_kwargs)
+        elif tiling is None:
+            tiling = TilingConfig()
+        if not isinstance(tiling, TilingConfig):
+            raise TypeError(f"tiling must be a tiling.config.TilingConfig, got {type(tiling).__name__}")
+        self.tiling = tiling
         self.vocab_size = check_int(vocab_size, "vocab_size", minimum=2)
         self.shared_density = bool(shared_density)
         n_layers = check_int(n_layers, "n_layers", minimum=1)
@@ -56,14 +87,14 @@ class TiledLM(nn.Module):
         self.config = {"vocab_size": self.vocab_size, "d_model": int(d_model), "n_layers": n_layers,
                        "shared_density": self.shared_density,
                        "full_resolution_layers": list(self.full_resolution_layers),
-                       "layer_kwargs": {k: v for k, v in layer_kwargs.items() if k not in ("device", "dtype")}}
+                       "layer_kwargs": {**{k: v for k, v in mamba_kwargs.items() if k not in ("device", "dtype")},
+                                        **tiling.to_dict()}}
         self.embedding = nn.Embedding(vocab_size, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)  # tied head: unit-variance rows would give logits of std √d_model
         self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layers))
-        full_kwargs = {k: v for k, v in layer_kwargs.items() if k in MAMBA_KWARGS}
-        full_kwargs.update(scope="block", boundaries="tile", budget=1.0, policy="uniform")
+        full = TilingConfig(tile_size=tiling.tile_size, scope="block", boundaries="tile", budget=1.0, policy="uniform")
         self.layers = nn.ModuleList(
-            TiledMamba(d_model, **(full_kwargs if k in self.full_resolution_layers else layer_kwargs))
+            TiledMamba(d_model, **mamba_kwargs, tiling=full if k in self.full_resolution_layers else tiling)
             for k in range(n_layers))
         self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
         self.head = nn.Linear(d_model, vocab_size, bias=False)

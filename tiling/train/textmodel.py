@@ -37,7 +37,7 @@ import torch
 from safetensors import safe_open
 
 from tiling.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tiling.train.model import TiledLM
+from tiling.train.model import TiledLM, split_layer_kwargs
 from tiling.train.text import VOCAB
 
 KIND = "tiling-text-lm-v1"
@@ -77,10 +77,11 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
 def build_model(config: dict) -> TiledLM:
     """A :class:`~tiling.train.TiledLM` from ``TiledLM.config`` / :func:`model_config`."""
     try:
+        mamba, tiling = split_layer_kwargs(config.get("layer_kwargs", {}))
         return TiledLM(config["vocab_size"], config["d_model"], config["n_layers"],
                        shared_density=config.get("shared_density", False),
                        full_resolution_layers=tuple(config.get("full_resolution_layers", ())),
-                       **config.get("layer_kwargs", {}))
+                       tiling=tiling, **mamba)
     except (KeyError, TypeError, ValueError) as e:
         raise TextModelError(f"invalid model configuration {config!r}: {e}") from e
 
