@@ -1,8 +1,10 @@
-"""Tests of ``infogeo verify`` (tiling/workflows/verify.py): the key number behind every verdict.
+"""Tests of ``infogeo verify`` (tiling/workflows/verify/): the key number behind every verdict.
 
 One quick end-to-end run (module fixture, ≤ 1 min) provides the numbers; each test asserts the
 number a verdict rests on, so that a regression in any module it exercises (fisher, density,
-graph, geodesic, laplacian, flow, tiling.metrics, tiling.ops, tiling.policy) flips a test.
+graph, geodesic, laplacian, flow, tiling.metrics, tiling.ops, tiling.policy) flips a test. The
+verdict rules themselves (each theorem's ``decide``) are tested on hand-made numbers on both
+sides of the rule.
 Independent references: closed-form Fisher–Rao distances, the sequential float64 Mamba scan
 of ``tests/reference/mamba_sequential.py``, exact power laws, hand-computed literal metrics.
 """
@@ -17,6 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tiling.workflows import verify as V
+from tiling.workflows.verify import (common, complexity, flow_convergence, geodesics, ifq_bounds, preservation,
+                                     special_cases)
+from tiling.workflows.verify.result import (FALSE_AS_WRITTEN, HOLDS, HOLDS_UNDER_CONDITIONS, Measured,
+                                            TheoremResult, jsonable)
 from infogeo.density import path_length
 from infogeo.fisher import categorical_distance, normal_distance
 
@@ -60,16 +66,23 @@ def test_verdicts_of_the_quick_run(quick):
                  "3.3": "false as written", "3.4": "false as written", "3.5": "false as written", "3.6": "holds"}
 
 
-def test_deterministic_under_seed(quick, tmp_path):
+def test_deterministic_under_seed(quick):
     _, res, _ = quick
-    figs = V._Figures(tmp_path)
-    again = V.verify_ifq_bounds(0, True, figs)
+    again = ifq_bounds.measure(True, 0).numbers
     assert again["normalised"]["min"] == res["theorems"]["3.3"]["normalised"]["min"]
     assert again["counterexamples"]["IFQ < 0"]["tile"] == res["theorems"]["3.3"]["counterexamples"]["IFQ < 0"]["tile"]
-    other = V.verify_ifq_bounds(1, True, figs)
+    other = ifq_bounds.measure(True, 1).numbers
     assert other["normalised"]["min"] != res["theorems"]["3.3"]["normalised"]["min"]
     # to the last digit: no hidden randomness (e.g. ARPACK's random start vector)
-    assert V.verify_convergence(0, True, figs)["summary"] == res["theorems"]["3.2"]["summary"]
+    assert flow_convergence.measure(True, 0).numbers["summary"] == res["theorems"]["3.2"]["summary"]
+
+
+def test_verdicts_are_decided_from_the_recorded_numbers(quick):
+    _, res, _ = quick
+    for mod in V.THEOREMS:
+        r = TheoremResult.from_dict(res["theorems"][mod.ID])
+        assert mod.decide(r.numbers) == r.verdict, mod.ID
+    assert [m.ID for m in V.THEOREMS] == list(res["theorems"])
 
 
 # ---------------------------------------------------------------------------- Theorem 3.1
@@ -105,16 +118,16 @@ def test_31_attention_rows_ratio(quick):
 def test_closed_form_geodesic_curves_have_the_closed_form_length():
     t = torch.linspace(0, 1, 2049, dtype=F64)
     a, b = torch.tensor([-1.0, 0.5], dtype=F64), torch.tensor([2.0, 1.7], dtype=F64)
-    L = float(path_length(V._normal_geodesic(a, b, t), V._normal_field))
+    L = float(path_length(geodesics.normal_geodesic(a, b, t), geodesics.normal_field))
     assert L == pytest.approx(float(normal_distance(a[0], a[1], b[0], b[1])), rel=1e-6)
     v = torch.tensor([0.3, 1.2], dtype=F64)  # vertical geodesic (equal means)
     w = torch.tensor([0.3, 0.2], dtype=F64)
-    L = float(path_length(V._normal_geodesic(v, w, t), V._normal_field))
+    L = float(path_length(geodesics.normal_geodesic(v, w, t), geodesics.normal_field))
     assert L == pytest.approx(math.sqrt(2) * math.log(6), rel=1e-6)  # √2·|log(σ₁/σ₂)|
     p, q = torch.tensor([0.7, 0.2, 0.1], dtype=F64), torch.tensor([0.05, 0.15, 0.8], dtype=F64)
-    curve = V._categorical_geodesic(p, q, t)
+    curve = geodesics.categorical_geodesic(p, q, t)
     assert torch.allclose(curve[0], p) and torch.allclose(curve[-1], q)
-    L = float(path_length(curve, V._categorical_field))
+    L = float(path_length(curve, geodesics.categorical_field))
     assert L == pytest.approx(float(categorical_distance(p, q)), rel=1e-5)
 
 
@@ -144,11 +157,11 @@ _IFQ_ABOVE_ONE = {"A_t": [[0.0, 0.0], [0.0, 1.0]], "A_prev": [[0.0, 0.0], [0.0, 
 
 
 def test_33_literal_counterexamples_still_break_the_bound():
-    neg = V._literal_tile_ifq(_IFQ_NEGATIVE)
+    neg = ifq_bounds.literal_tile_ifq(_IFQ_NEGATIVE)
     # by hand: PS = 1 − ‖(0.75)‖/0.25 = −2; EU = mean over 3 edge entries / mean over 4 = 4/3
     assert neg["PS"] == pytest.approx(-2.0) and neg["EU"] == pytest.approx(4 / 3)
     assert neg["IFQ"] == pytest.approx(-1 / 6) and neg["IFQ"] < 0
-    high = V._literal_tile_ifq(_IFQ_ABOVE_ONE)
+    high = ifq_bounds.literal_tile_ifq(_IFQ_ABOVE_ONE)
     assert high["IFQ"] == pytest.approx((0 + 0 + 4 / 3 + 3) / 4) and high["IFQ"] > 1
 
 
@@ -268,7 +281,7 @@ def test_35_literal_ratio_is_unbounded_over_inputs(quick):
 
 
 def test_35_density_driven_plan_beats_uniform_on_bursty_correlated_inputs(quick):
-    g = quick[1]["theorems"]["3.5"]["grid"][V._FAMILIES[2][0]]
+    g = quick[1]["theorems"]["3.5"]["grid"][common.FAMILIES[2][0]]
     u = g["T=64|uniform|c=0.5"]["mean_relative"] if "T=64|uniform|c=0.5" in g else g["T=16|uniform|c=0.5"]["mean_relative"]
     a = (g["T=64|adaptive (non-causal)|c=0.5"] if "T=64|adaptive (non-causal)|c=0.5" in g
          else g["T=16|adaptive (non-causal)|c=0.5"])["mean_relative"]
@@ -279,12 +292,12 @@ def test_35_scopes_exact_at_budget_one_and_block_scope_trades_error_for_cost(qui
     r = quick[1]["theorems"]["3.5"]
     assert r["scope_budget_one_error"] == 0.0  # both scopes are plain Mamba at budget 1
     fams = r["scopes"]
-    assert set(fams) == {f[0] for f in V._TOKEN_FAMILIES} | {"pretrained hidden states"}
+    assert set(fams) == {f[0] for f in preservation.TOKEN_FAMILIES} | {"pretrained hidden states"}
     for fam, v in fams.items():
         assert v["budget_one_scope_difference"] == 0.0, fam
         assert v["pool_gate_max"] == 0.0, fam
         g = v["grid"]
-        for p in V._PLANS:
+        for p in common.PLANS:
             assert g[f"{p}|block|c=1"]["sup_ratio"] == 0.0 and g[f"{p}|scan|c=1"]["sup_ratio"] == 0.0
             lo_s, lo_b = g[f"{p}|scan|c=0.0625"], g[f"{p}|block|c=0.0625"]
             # the hold costs accuracy (token-local terms are held too), the scan scope costs compute
@@ -307,7 +320,7 @@ def test_36_full_resolution_matches_the_sequential_reference():
     from reference.mamba_sequential import mamba_scan_sequential
     from tiling.ops import adaptive_selective_scan
 
-    inp = V._scan_inputs(2, 4, 4, 96, torch.Generator().manual_seed(3), dtype=F64, bursts=True, corr=0.9)
+    inp = common.scan_inputs(2, 4, 4, 96, torch.Generator().manual_seed(3), dtype=F64, bursts=True, corr=0.9)
     y_ref, _ = mamba_scan_sequential(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"])
     y = adaptive_selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], tile_size=32,
                                 resolution=torch.ones(2, 3, dtype=F64))
@@ -350,3 +363,121 @@ def test_cli_reports_bad_seed_as_one_line(tmp_path, capsys):
     assert "--seed must be >= 0" in capsys.readouterr().err
     assert cli_main(["verify", "--seed", "-3", "--out", str(tmp_path)]) == 2
     assert "--seed must be >= 0" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- verdict rules
+def _fit(exponent, ci_high=None):
+    return {"exponent": exponent, "ci_low": exponent - 0.05, "ci_high": exponent + 0.05 if ci_high is None else ci_high}
+
+
+def _numbers_31(beyond=0, fixed=-0.1):
+    return {"parts": {
+        "a": {"results": {"normal / k = 10": {"fit": _fit(fixed)}, "normal / k = ⌈2√n⌉": {"fit": _fit(-0.7)}}},
+        "b": {"epsilons": [0.01, 0.1],
+              "closed_form": {"normal": {"0.01": {"shorter_beyond_rule_error": 0},
+                                         "0.1": {"shorter_beyond_rule_error": beyond}}}}}}
+
+
+def test_decide_31_counterexample_and_fixed_k_convergence():
+    assert geodesics.decide(_numbers_31()) == HOLDS_UNDER_CONDITIONS  # converges only with growing k
+    assert geodesics.decide(_numbers_31(fixed=-0.5)) == HOLDS  # converges with k = 10 too
+    assert geodesics.decide(_numbers_31(beyond=1)) == FALSE_AS_WRITTEN  # a shorter curve: not minimal
+    assert geodesics.decide(_numbers_31(beyond=1, fixed=-0.5)) == FALSE_AS_WRITTEN
+
+
+def _numbers_32(monotone=10, gap=1e-10, broke=2):
+    return {"summary": {"runs": 10, "monotone": monotone, "worst_F_gap": gap, "over_bound_broke": broke}}
+
+
+def test_decide_32_monotone_limit_and_step_bound():
+    assert flow_convergence.decide(_numbers_32()) == HOLDS_UNDER_CONDITIONS  # the step bound is needed
+    assert flow_convergence.decide(_numbers_32(broke=0)) == HOLDS  # no step broke the descent
+    assert flow_convergence.decide(_numbers_32(monotone=9)) == FALSE_AS_WRITTEN  # F rose under the bound
+    gap = flow_convergence.F_GAP_TOLERANCE
+    assert flow_convergence.decide(_numbers_32(gap=0.5 * gap)) == HOLDS_UNDER_CONDITIONS
+    assert flow_convergence.decide(_numbers_32(gap=2 * gap)) == FALSE_AS_WRITTEN  # not the minimum
+
+
+def _numbers_33(low=None, high=None, violations=0, hyp_violations=0):
+    def found(ifq):
+        return {"tile": None, "terms": None} if ifq is None else {"tile": {"x": 1}, "terms": {"IFQ": ifq}}
+    return {"counterexamples": {"IFQ < 0": found(low), "IFQ > 1": found(high)},
+            "normalised": {"violations": violations, "hypothesis": {"violations": hyp_violations}}}
+
+
+def test_decide_33_literal_counterexample_or_normalised_violation():
+    assert ifq_bounds.decide(_numbers_33()) == HOLDS  # nothing found outside [0, 1]
+    assert ifq_bounds.decide(_numbers_33(low=-1 / 6)) == FALSE_AS_WRITTEN
+    assert ifq_bounds.decide(_numbers_33(high=1.08)) == FALSE_AS_WRITTEN
+    assert ifq_bounds.decide(_numbers_33(low=0.0, high=1.0)) == HOLDS  # on the bound is inside it
+    assert ifq_bounds.decide(_numbers_33(violations=1)) == FALSE_AS_WRITTEN
+    assert ifq_bounds.decide(_numbers_33(hyp_violations=1)) == FALSE_AS_WRITTEN
+
+
+def _numbers_34(madd=1.0, block=1.0):
+    return {"fits_n": {"multiply-adds @ R̄=0.5": _fit(madd), "exponentials @ R̄=0.5": _fit(1.0),
+                       "recurrence multiply-adds @ R̄=0.5": _fit(5.0)},  # not part of the rule
+            "block": {"fits_n": {"scan / whole block @ R̄=0.5": _fit(1.0),
+                                 "block / whole block − signal_maps (per-token part) @ R̄=0.5": _fit(block),
+                                 "block / whole block @ R̄=0.0625": _fit(0.5)}}}  # the once-per-call total: not either
+
+
+def test_decide_34_linear_in_n_or_not():
+    assert complexity.decide(_numbers_34()) == FALSE_AS_WRITTEN  # linear: no log n
+    assert complexity.decide(_numbers_34(madd=1.099, block=0.901)) == FALSE_AS_WRITTEN
+    assert complexity.decide(_numbers_34(madd=1.2)) == HOLDS
+    assert complexity.decide(_numbers_34(block=1.15)) == HOLDS
+
+
+def _numbers_35(u_factor=100.0, d_factor=1.0):
+    return {"scaling": [{"scaled": "u", "factor": 1.0, "ratio": 2.0}, {"scaled": "u", "factor": 100.0, "ratio": 2.0 * u_factor},
+                        {"scaled": "Δ", "factor": 1.0, "ratio": 3.0}, {"scaled": "Δ", "factor": 0.01, "ratio": 3.0 * d_factor}]}
+
+
+def test_decide_35_ratio_under_input_scaling():
+    assert preservation.decide(_numbers_35()) == FALSE_AS_WRITTEN  # the ratio follows the scale of u
+    assert preservation.decide(_numbers_35(u_factor=1.0, d_factor=20.0)) == FALSE_AS_WRITTEN
+    assert preservation.decide(_numbers_35(u_factor=1.0)) == HOLDS_UNDER_CONDITIONS  # scale-free ratio
+    assert preservation.decide(_numbers_35(u_factor=1 + 1e-9, d_factor=1 - 1e-9)) == HOLDS_UNDER_CONDITIONS
+
+
+def test_decide_36_full_resolution_equivalence():
+    def numbers(err):
+        return {"equivalence": {"plain": {"fast_vs_hf": 1e-16, "reference_vs_hf": 1e-16},
+                                "gated": {"fast_vs_hf": err, "reference_vs_hf": 1e-16}}}
+    assert special_cases.decide(numbers(1e-15)) == HOLDS
+    assert special_cases.decide(numbers(special_cases.EXACT_TOLERANCE * 10)) == FALSE_AS_WRITTEN
+
+
+# ---------------------------------------------------------------------------- result layout
+def _result():
+    return TheoremResult(id="3.9", statement=("Theorem 3.9, seed 000 §3.9", "quote"), verdict=HOLDS,
+                         verdict_text="because", tested="this", numbers={"b": {"x": [1.0, 2.5]}, "a": 3, "flag": True},
+                         tables=[{"title": "t", "columns": ["c"], "rows": [[1]]}], figures=["figures/theorems/f.png"])
+
+
+def test_theorem_result_dict_layout_and_round_trip():
+    r = _result()
+    d = r.to_dict()
+    assert list(d) == ["id", "statement", "verdict", "verdict_text", "tested", "b", "a", "flag", "tables", "figures"]
+    assert TheoremResult.from_dict(d) == r
+    back = json.loads(json.dumps(jsonable(d), allow_nan=False))  # as theorems.json holds it
+    assert TheoremResult.from_dict(back) == r and list(back) == list(d)
+
+
+def test_theorem_result_rejects_bad_verdict_and_clashing_numbers():
+    with pytest.raises(ValueError, match="verdict"):
+        TheoremResult(id="3.9", statement=("t", "q"), verdict="true", verdict_text="", tested="", numbers={})
+    with pytest.raises(ValueError, match="numbers"):
+        TheoremResult(id="3.9", statement=("t", "q"), verdict=HOLDS, verdict_text="", tested="", numbers={"tables": []})
+    with pytest.raises(ValueError, match="keys"):
+        TheoremResult.from_dict({"id": "3.9"})
+
+
+def test_every_theorem_module_has_the_interface():
+    for mod in V.THEOREMS:
+        for name in ("measure", "decide", "explain", "tested", "tables", "figures"):
+            assert callable(getattr(mod, name)), (mod.__name__, name)
+        assert "Rule:" in mod.decide.__doc__, mod.__name__
+        assert V.STATEMENTS[mod.ID] == mod.STATEMENT
+    assert isinstance(Measured({"a": 1}).series, dict)
