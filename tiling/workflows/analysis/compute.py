@@ -5,9 +5,10 @@ Fisher–Rao geometry of the attention rows (seed 000 §3.1.1: each query's atte
 point of the categorical family, whose Fisher metric diag(1/p) makes √p·2 an isometric
 embedding into the sphere of radius 2), the pulled-back Fisher metric of the hidden states
 through the next layer's attention, the information density along the tokens (seed 000
-§3.1.1, seed 001 §3.4 step 1), and the tiling plan the ``tiling`` policy would choose
-(seed 001 §3.2.2, seed 000 §3.2). The result is a :class:`Report` that writes ``report.json``
-(schema in ``docs/analysis.md``), ``arrays.npz``, figures, ``report.md`` and ``report.html``.
+§3.1.1, seed 001 §3.4 step 1), and the tiling plan that ``tiling.policy.plan_tiles`` (the
+planning of :class:`~tiling.modules.TiledMamba`) makes of that density (seed 001 §3.2.2, seed 000
+§3.2). The result is a :class:`Report` (:mod:`.report`) that writes ``report.json`` (schema in
+``docs/analysis.md``), ``arrays.npz``, figures, ``report.md`` and ``report.html`` (:mod:`.render`).
 
 Design choices (documented in ``docs/analysis.md``):
 
@@ -24,7 +25,6 @@ Design choices (documented in ``docs/analysis.md``):
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 import warnings
 from datetime import datetime, timezone
@@ -42,11 +42,12 @@ from infogeo.geodesic import geodesic_distances
 from infogeo.graph import TokenGraph
 from infogeo.laplacian import laplacian_spectrum
 from infogeo.predictive import predictive_section
-from tiling.ops import scan_cost  # the one place infogeo asks tiling for a plan (house plan)
-from tiling.policy import resolution_policy, tile_density
+from tiling.config import TilingConfig
+from tiling.ops import scan_cost
+from tiling.policy import plan_tiles, tile_mean
 from ..mamba import implicit_attention_info
 from ..models import attention_projections
-from .report import SCHEMA, SCHEMA_VERSION, Report
+from .report import SCHEMA, SCHEMA_VERSION, Report, _token_density
 
 __all__ = ["analyse"]
 
@@ -268,19 +269,6 @@ def _ops(cost: dict) -> int:
     return cost["exp_total"] + cost["madd_total"]
 
 
-def _token_density(rho: torch.Tensor) -> torch.Tensor:
-    """Per-token density from the n−1 transition densities: the mean of the transitions into
-    and out of each token (an encoder reads both directions; ends have one transition)."""
-    n = rho.shape[-1] + 1
-    acc = torch.zeros(n, dtype=rho.dtype)
-    cnt = torch.zeros(n, dtype=rho.dtype)
-    acc[:-1] += rho
-    acc[1:] += rho
-    cnt[:-1] += 1
-    cnt[1:] += 1
-    return acc / cnt
-
-
 def _open_simplex(P: torch.Tensor) -> torch.Tensor:
     """Attention rows moved into the open simplex: entries that underflowed to 0 in the model's
     float32 softmax are raised to the smallest normal float64 and the row renormalised. The
@@ -328,35 +316,80 @@ def _token_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: fl
     return out
 
 
-def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, *, budget: float, tile_size: int,
-                 r_min: float, state_dim: int, dim: int) -> dict:
-    """Resolution per tile chosen by ``tiling.policy`` (non-causal: an encoder sees the whole
-    text) from the tile-mean density and curvature, and its scan cost against full resolution
-    (``tiling.ops.scan_cost``, counts for a Mamba scan of width ``dim`` and state ``state_dim``)."""
+#: the analysis's tiling options when neither ``tiling`` nor the keywords give them
+_TILING_DEFAULTS = {"budget": 0.35, "tile_size": 16, "r_min": 0.0625}
+
+
+def _tiling_config(tiling: TilingConfig | None, *, budget: float | None, tile_size: int | None,
+                   r_min: float | None, state_dim: int) -> TilingConfig:
+    """The configuration the analysis plans with: ``tiling`` or the keywords (not both), made
+    non-causal in the scan scope.
+
+    Parameters
+    ----------
+    tiling : the caller's options, or None for :data:`_TILING_DEFAULTS` updated by the keywords.
+    budget, tile_size, r_min : the keyword form of the three options the CLI exposes (None: unset).
+    state_dim : ``N`` of the counted scan: ``s_max`` when ``tiling.state_k`` is set without one.
+
+    Returns
+    -------
+    ``TilingConfig`` with ``causal=False`` (an encoder reads the whole text, and the analysis
+    reports a text after the fact: each tile's own density decides, and the budget is met exactly,
+    module docstring of :mod:`tiling.policy`) and ``scope="scan"`` (the costs are
+    ``tiling.ops.scan_cost``'s, whose segments are ``max(1, ⌈R_i n_i⌉)``, seed 001 §3.5.1).
+    """
+    keywords = {k: v for k, v in (("budget", budget), ("tile_size", tile_size), ("r_min", r_min)) if v is not None}
+    if tiling is None:
+        return TilingConfig(**{**_TILING_DEFAULTS, **keywords}, causal=False, scope="scan")
+    if not isinstance(tiling, TilingConfig):
+        raise TypeError(f"tiling must be a tiling.config.TilingConfig or None, got {type(tiling).__name__}")
+    if keywords:
+        raise TypeError(f"pass the tiling options in tiling= or as keywords, not both (got tiling and "
+                        f"{sorted(keywords)})")
+    if tiling.boundaries != "tile":
+        raise ValueError(f"tiling.boundaries={tiling.boundaries!r} has no density plan (the token router reads the "
+                         "hidden states); expected 'tile'")
+    changes: dict = {"causal": False, "scope": "scan"}
+    if tiling.state_k is not None and tiling.s_max is None:
+        changes["s_max"] = state_dim  # S_max = N, as the layer sets it to its d_state
+    config = tiling.replace(**changes)
+    if config.s_max is not None and config.s_max > state_dim:
+        raise ValueError(f"tiling.s_max must be <= state_dim (the counted scan's N), got {config.s_max} > {state_dim}")
+    return config
+
+
+def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, config: TilingConfig, *,
+                 state_dim: int, dim: int) -> dict:
+    """The tile plan of one text and its scan cost against full resolution.
+
+    Parameters
+    ----------
+    token_density : (n,) float64 per-token density ρ_t.
+    token_curvature : (n,) float64 per-token (Ollivier–Ricci node) curvature κ_t.
+    config : the tiling options (:func:`_tiling_config`: non-causal, scan scope).
+    state_dim, dim : ``N`` and the width of the Mamba scan whose cost is counted.
+
+    Returns
+    -------
+    dict of the plan of ``tiling.policy.plan_tiles``, the function :class:`~tiling.modules.TiledMamba`
+    plans with (tile means ρ_i, seed 001 §3.4 step 1; ``R_i = f(ρ_i, d_i, c)`` weighted by
+    ``exp(−η κ_i)``, seed 001 §3.2.2; ``m_i = max(1, ⌈R_i n_i⌉)`` segments, seed 001 §3.5.1) and
+    its counts by ``tiling.ops.scan_cost`` (seed 000 §3.5.1).
+    """
     n = token_density.shape[-1]
-    td = tile_density(token_density[None], tile_size)
-    # tile-mean curvature (signed): tile_density takes non-negative densities, and the mean is
-    # linear, so mean(κ) = mean(κ₊) − mean(κ₋)
-    tc = tile_density(token_curvature.clamp_min(0)[None], tile_size) - tile_density(
-        (-token_curvature).clamp_min(0)[None], tile_size)
-    R = resolution_policy(td, budget=budget, r_min=r_min, causal=False, curvature=tc)
-    R = torch.as_tensor(R, dtype=torch.float64)
-    n_tiles = R.shape[-1]
-    states = torch.full((1, n_tiles), state_dim, dtype=torch.long)
-    cost = scan_cost(n, tile_size, R, states, state_dim, dim)
-    full = scan_cost(n, tile_size, torch.ones_like(R), states, state_dim, dim)
-    tiles = []
-    for i in range(n_tiles):
-        start = i * tile_size
-        length = min(tile_size, n - start)
-        tiles.append({
-            "start": start, "length": length, "resolution": float(R[0, i]),
-            "segments": max(1, math.ceil(float(R[0, i]) * length)),
-            "density": float(td[0, i]), "curvature": float(tc[0, i]),
-        })
+    plan = plan_tiles(token_density[None], config, curvature=token_curvature[None])
+    # the κ_i the policy weighed: plan_tiles takes the signed tile mean of the token curvature
+    tc = tile_mean(token_curvature[None], config.tile_size)[0]
+    R = plan.resolution[0]
+    cost = scan_cost(n, config.tile_size, R, None if plan.state_dims is None else plan.state_dims[0], state_dim, dim)
+    full = scan_cost(n, config.tile_size, 1.0, None, state_dim, dim)
+    tiles = [{
+        "start": int(plan.start[i]), "length": int(plan.length[i]), "resolution": float(R[i]),
+        "segments": int(plan.segments[0, i]), "density": float(plan.density[0, i]), "curvature": float(tc[i]),
+    } for i in range(plan.n_tiles)]
     return {
-        "tile_density": td[0], "tile_curvature": tc[0], "resolution": R[0], "tiles": tiles,
-        "mean_resolution": float(R.mean()),
+        "tile_density": plan.density[0], "tile_curvature": tc, "resolution": R, "tiles": tiles,
+        "mean_resolution": float(plan.mean_resolution()[0]),
         "cost": {k: int(v) for k, v in cost.items()},
         "cost_full": {k: int(v) for k, v in full.items()},
         # all operations of the scan (exponentials + multiply-adds, one unit each; coarse tiles
@@ -378,9 +411,10 @@ def analyse(
     *,
     layers: Sequence[int] | None = None,
     heads: Sequence[int] | None = None,
-    budget: float = 0.35,
-    tile_size: int = 16,
-    r_min: float = 0.0625,
+    tiling: TilingConfig | None = None,
+    budget: float | None = None,
+    tile_size: int | None = None,
+    r_min: float | None = None,
     k: int = 10,
     n_eigs: int = 10,
     curvature_alpha: float = 0.5,
@@ -390,17 +424,38 @@ def analyse(
     name: str = "text",
     model_path: str | None = None,
     progress: bool = True,
-) -> "Report":
+) -> Report:
     """Analyse the attention geometry of ``model`` on ``text``; return a :class:`Report`.
 
-    Parameters: ``layers``/``heads`` select encoder layers and heads (0-based; default all);
-    ``budget`` ∈ (0, 1] is the tiling policy's mean-resolution budget, ``tile_size`` its tile
-    length, ``r_min`` the resolution floor; ``k`` the kNN degree of the token graphs, ``n_eigs``
-    the number of Laplace–Beltrami eigenvalues, ``curvature_alpha`` the Ollivier–Ricci laziness;
-    ``state_dim`` (N) and the model width (``dim``) size the Mamba scan whose cost is counted;
-    ``show`` the (layer, head) whose geodesic matrix is drawn (default: the selected head with
-    the largest mean attention density); ``max_length`` overrides the truncation length.
+    Parameters
+    ----------
+    model, tokenizer : an HF model loaded with eager attention (or a Mamba/``TiledLM`` wrapper,
+        :mod:`tiling.workflows.mamba`) and its tokenizer.
+    text : the text (non-empty, valid Unicode); truncated with a warning to the model's length.
+    layers, heads : the layers and heads to analyse (0-based; default all).
+    tiling : the tiling options of the plan (``tiling.config.TilingConfig``); the analysis plans
+        non-causally in the scan scope whatever ``tiling.causal`` and ``tiling.scope`` say (it reads
+        the whole text and counts ``scan_cost``), and sets ``s_max = state_dim`` for a
+        state-dimension policy without one. None: ``budget``, ``tile_size`` and ``r_min``.
+    budget, tile_size, r_min : the keyword form of the three options the CLI exposes, used when
+        ``tiling`` is None (a ``TypeError`` with it): the mean-resolution budget ``c ∈ (0, 1]``
+        (default 0.35), the tile length (16) and the resolution floor ``R_min ≤ c`` (0.0625).
+    k : kNN degree of the token graphs.
+    n_eigs : number of Laplace–Beltrami eigenvalues.
+    curvature_alpha : Ollivier–Ricci laziness ``α ∈ [0, 1)``.
+    state_dim : ``N`` of the Mamba scan whose cost is counted (its width is the model's).
+    max_length : truncation length (default: the model's maximum).
+    show : the (layer, head) whose geodesic matrix is drawn (default: the selected head with the
+        largest mean attention density).
+    name, model_path : recorded in the report.
+    progress : show a progress bar.
 
+    Returns
+    -------
+    :class:`Report` (schema :data:`~tiling.workflows.analysis.report.SCHEMA`).
+
+    Notes
+    -----
     Per layer ℓ and head h: attention rows P (n × n, rows sum to one); their density
     ρ_t = d_FR(P_t, P_{t+1})² (squared Fisher–Rao speed, seed 000 §3.1.1); the kNN token graph
     with Fisher–Rao edge lengths, its geodesic distances (seed 000 §3.1.2) and low
@@ -413,15 +468,12 @@ def analyse(
     n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
     layers = _check_indices(layers, "layers", n_layers, "layer")
     heads = _check_indices(heads, "heads", n_heads, "head")
-    check_in_range(budget, "budget", 0.0, 1.0, low_open=True)
-    tile_size = check_int(tile_size, "tile_size", minimum=1)
-    check_in_range(r_min, "r_min", 0.0, 1.0, low_open=True)
-    if r_min > budget:
-        raise ValueError(f"budget must be >= r_min (no plan meets a budget below the floor), got budget={budget} < r_min={r_min}")
     k = check_int(k, "k", minimum=1)
     n_eigs = check_int(n_eigs, "n_eigs", minimum=1)
     check_in_range(curvature_alpha, "curvature_alpha", 0.0, 1.0, high_open=True)
     state_dim = check_int(state_dim, "state_dim", minimum=1)
+    # TilingConfig checks budget, tile_size, r_min ≤ budget (errors name the option)
+    plan_config = _tiling_config(tiling, budget=budget, tile_size=tile_size, r_min=r_min, state_dim=state_dim)
     if show is not None:
         _check_indices([show[0]], "show layer", n_layers, "layer")
         _check_indices([show[1]], "show head", n_heads, "head")
@@ -519,8 +571,8 @@ def analyse(
         else:
             rho, source = categorical_sequence_density(P_all).mean(0), "attention"
         token_rho = _token_density(rho)
-        plan = _tiling_plan(token_rho, torch.from_numpy(geo["node_curvature"]), budget=budget, tile_size=tile_size,
-                            r_min=r_min, state_dim=state_dim, dim=int(cfg.hidden_size))
+        plan = _tiling_plan(token_rho, torch.from_numpy(geo["node_curvature"]), plan_config, state_dim=state_dim,
+                            dim=int(cfg.hidden_size))
         timings["tiling"] = timings.get("tiling", 0.0) + time.perf_counter() - t0
         Dm = geo["geodesic"]
         layer_reports.append({
@@ -581,9 +633,10 @@ def analyse(
             "truncated": n_dropped > 0, "n_tokens_dropped": n_dropped, "n_tokens_full": n_full,
         },
         "params": {
-            "layers": layers, "heads": heads, "budget": float(budget), "tile_size": tile_size,
-            "r_min": float(r_min), "k": k, "n_eigs": n_eigs, "curvature_alpha": float(curvature_alpha),
+            "layers": layers, "heads": heads, "budget": plan_config.budget, "tile_size": plan_config.tile_size,
+            "r_min": plan_config.r_min, "k": k, "n_eigs": n_eigs, "curvature_alpha": float(curvature_alpha),
             "state_dim": state_dim,
+            "tiling": plan_config.to_dict(),  # every option of the plan (policy, exponent, ...)
         },
         "checks": {"attention_row_sum_max_error": row_err},
         "predictive": predictive,

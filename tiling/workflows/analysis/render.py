@@ -1,7 +1,8 @@
 """Pages and figures of an ``infogeo analyse`` report: Markdown, HTML and the PNG figures.
 
-Every function reads a :class:`~tiling.workflows.analysis.report.Report`'s JSON document (and its
-arrays for the geodesic matrix); none computes geometry beyond a per-token average for display.
+Every function reads a :class:`~tiling.workflows.analysis.report.Report` (its JSON document, its
+arrays for the geodesic matrix, its summary rows and findings) and computes no geometry. The
+module imports nothing else of the package: :mod:`.report` builds on it for its file methods.
 """
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import base64
 import html as html_lib
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .compute import _token_density
-from .report import SCHEMA, SCHEMA_VERSION, Report
+if TYPE_CHECKING:  # report.py imports this module: Report is only an annotation here
+    from .report import Report
 
 __all__ = ["draw_figures", "html", "markdown"]
 
@@ -28,7 +29,7 @@ def markdown(report: Report, figures: dict[str, Path] | None = None) -> str:
     lines = [f"# infogeo analysis: {d['name']}", "",
              f"Model `{d['model']['path'] or d['model']['type']}` · {d['text']['n_tokens']} tokens · "
              f"budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · "
-             f"schema {SCHEMA} v{SCHEMA_VERSION}", "", "## Findings", ""]
+             f"schema {d['schema']} v{d['schema_version']}", "", "## Findings", ""]
     lines += [f"- {s}" for s in report.findings()]
     lines += ["", "## Per layer", "", "| layer | mean density | attention density | mean curvature | "
               "mean resolution | scan cost saved | recurrence saved |", "|---:|---:|---:|---:|---:|---:|---:|"]
@@ -57,6 +58,7 @@ def html(report: Report, figures: dict[str, Path] | None = None) -> str:
         b64 = base64.b64encode(Path(p).read_bytes()).decode("ascii")
         imgs += f'<figure><img alt="{esc(key)}" src="data:image/png;base64,{b64}"><figcaption>{esc(key)}</figcaption></figure>\n'
     items = "".join(f"<li>{esc(s)}</li>" for s in report.findings())
+    schema = f"{d['schema']} v{d['schema_version']}"  # the document's own, as loaded or made
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>infogeo analysis: {esc(d['name'])}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
@@ -64,7 +66,7 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;te
 img{{max-width:100%;border:1px solid #eee}}figure{{margin:1.5em 0}}</style></head>
 <body><h1>infogeo analysis: {esc(d['name'])}</h1>
 <p>Model <code>{esc(str(d['model']['path'] or d['model']['type']))}</code> · {d['text']['n_tokens']} tokens ·
-budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · schema {SCHEMA} v{SCHEMA_VERSION}</p>
+budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · schema {schema}</p>
 <h2>Findings</h2><ul>{items}</ul>
 <h2>Per layer</h2><table><tr><th>layer</th><th>mean density</th><th>attention density</th><th>mean curvature</th>
 <th>mean resolution</th><th>scan cost saved</th><th>recurrence saved</th></tr>{rows}</table>
@@ -118,7 +120,7 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
     # 1. density heatmap, tokens × layers: pulled-back (or attention) density and the attention density
     src = d["layers"][0]["tiling"]["density_source"]
     pull = np.array([lr["tiling"]["token_density"] for lr in d["layers"]])
-    att = np.array([_token_density(torch.tensor(lr["head_mean"]["density"])).numpy() for lr in d["layers"]])
+    att = report.attention_token_density()
     fig, axes = plt.subplots(2, 1, figsize=(width, 2.2 + 0.9 * len(layers) * 2), constrained_layout=True)
     for ax, M, title in ((axes[0], pull, "pulled-back Fisher density ρ_t of the hidden states" if src == "pullback"
                           else "attention density (mean over heads of the squared Fisher–Rao speed)"),

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..outdir import write_folder
+from .render import draw_figures, html, markdown
 
 __all__ = ["CAUSAL_FIGURES", "FIGURES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
 
@@ -92,6 +94,13 @@ class Report:
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
                 raise ValueError(f"{str(out / 'arrays.npz')!r} cannot be read: {e} (truncated or corrupt?)") from None
         return cls(data=data, arrays=arrays)
+
+    def attention_token_density(self) -> np.ndarray:
+        """(layers, n) per-token density of each layer's head-averaged attention rows: the
+        ``head_mean`` transitions (seed 000 §3.1.1) averaged onto the tokens as the tiling's
+        ``token_density`` is (:func:`_token_density`)."""
+        return np.array([_token_density(torch.tensor(lr["head_mean"]["density"])).numpy()
+                         for lr in self.data["layers"]])
 
     # ---- numbers in words ------------------------------------------------------------------
     def summary_rows(self) -> list[dict]:
@@ -185,24 +194,17 @@ class Report:
                    f"{np.mean([r['recurrence_saved'] for r in rows]):.1%} of its sequential recurrence.")
         return out
 
-    # ---- files -----------------------------------------------------------------------------
-    # render builds on this module (the schema, summary rows, findings), so it is imported where used
+    # ---- files (drawn and laid out by :mod:`.render`) ---------------------------------------
     def save_figures(self, out_dir: str | Path) -> dict[str, Path]:
         """Draw the figures (PNG) into ``out_dir``: FIGURES, and CAUSAL_FIGURES for a causal LM; return {name: path}."""
-        from .render import draw_figures
-
         return draw_figures(self, Path(out_dir))
 
     def to_markdown(self, figures: dict[str, Path] | None = None) -> str:
         """The findings, the per-layer table and links to ``figures`` as Markdown."""
-        from .render import markdown
-
         return markdown(self, figures)
 
     def to_html(self, figures: dict[str, Path] | None = None) -> str:
         """A static page with the findings, the table and the figures embedded as data URIs."""
-        from .render import html
-
         return html(self, figures)
 
     def save(self, out_dir: str | Path, *, figures: bool = True, overwrite: bool = False) -> Path:
@@ -226,6 +228,23 @@ class Report:
 
         out = write_folder(out_dir, fill, REPORT_FILES, overwrite=overwrite, name="out_dir")
         return out / "report.html"
+
+
+def _token_density(rho: torch.Tensor) -> torch.Tensor:
+    """Per-token density from the n−1 transition densities: the mean of the transitions into
+    and out of each token (an encoder reads both directions; ends have one transition).
+
+    Here rather than in :mod:`.compute` (whose policy input it makes) because the report's
+    figures need it too, and :mod:`.compute` builds on this module.
+    """
+    n = rho.shape[-1] + 1
+    acc = torch.zeros(n, dtype=rho.dtype)
+    cnt = torch.zeros(n, dtype=rho.dtype)
+    acc[:-1] += rho
+    acc[1:] += rho
+    cnt[:-1] += 1
+    cnt[1:] += 1
+    return acc / cnt
 
 
 def _model_findings(d: dict, toks: list[str]) -> list[str]:
