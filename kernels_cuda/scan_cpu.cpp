@@ -1,222 +1,34 @@
-// Fused CPU kernel of the resolution-adaptive selective scan (seed 001 §3.2, §3.3.1, §3.4 step 3).
+// CPU kernel of the resolution-adaptive selective scan (seed 001 §3.2, §3.3.1, §3.4 step 3):
+// forward and backward behind the extension interface of binding.h. What it computes is defined
+// by the float64 reference (tiling/ops/reference.py) and docs/tiling.md; this file is how.
 //
-// ============================================================================================
-// Extension interface (shared by this CPU extension and the CUDA extension; tiling/ops/scan.py
-// dispatches on the device only, so both expose exactly these two functions)
-// ============================================================================================
-// Notation: Bt = batch, Dm = dim, L = length, N = state size, G = groups of B/C (Dm % G == 0,
-// channel d reads group d / (Dm / G)), T = tile_size, NT = ceil(L / T) tiles, tile i covers
-// [i*T, min((i+1)*T, L)) of length n_i. "in" = the dtype of u (float32, float64, float16 or
-// bfloat16; u, delta, z, B, C all share it), "acc" = float64 if in == float64 else float32.
-// Every tensor is contiguous (the Python side calls .contiguous()); all on one device.
-// "opt" = optional: the Python side passes an undefined tensor (None) when absent.
+// Layout and vectorisation. Work is split over (batch, group, block of W channels) with OpenMP;
+// the W channels of a block are interleaved in one native vector (simd.h), so the state loop runs
+// over n with no horizontal reduction in the forward and W independent recurrences hide the FMA
+// latency. B_t and C_t are shared by a group's channels and broadcast from cache; the segment
+// means B̄ are computed once per (batch, group), not per block. At full resolution with N = 16
+// the state stays in registers across the time loop. float16/bfloat16 inputs are converted to
+// float32 on entry (the kernel runs in the accumulation dtype).
 //
-// std::vector<Tensor> fwd(
-//     u            (Bt, Dm, L)      in
-//     delta        (Bt, Dm, L)      in      raw delta (softplus applied inside if delta_softplus)
-//     A            (Dm, N)          acc
-//     B            (Bt, G, N, L)    in      ungrouped (Bt, N, L) is passed as G = 1
-//     C            (Bt, G, N, L)    in
-//     D            (Dm,)            acc     opt
-//     z            (Bt, Dm, L)      in      opt
-//     delta_bias   (Dm,)            acc     opt
-//     gain         (Dm, N)          acc     opt   boundary_gain
-//     init_state   (Bt, Dm, N)      acc     opt   zeros when absent
-//     resolution   (Bt, NT)         acc           R_i, read only for the boundary gain
-//     seg_counts   (Bt, NT)         int32         m_i = max(1, ceil(R_i n_i)), 1 <= m_i <= n_i
-//     state_dims   (Bt, NT)         int32         S_i in [1, N]
-//     ckpt_slot    (Bt, NT)         int32         slot index k >= 0 if the state entering tile i
-//                                                 (before its boundary transition) is checkpointed
-//                                                 in checkpoints[:, :, k], else -1; tile 0 always
-//                                                 has slot 0; slots increase with i
-//     n_ckpt       int64                          number of slots (max over the batch)
-//     tile_size    int64                          T >= 1
-//     delta_softplus bool
-//     return_tile_states bool)
-//   -> {y (Bt, Dm, L) in,
-//       last_state (Bt, Dm, N) acc              state after the last tile,
-//       checkpoints (Bt, Dm, n_ckpt, N) acc     saved for backward (unused slots of a batch
-//                                               row are left as zeros),
-//       tile_states (Bt, Dm, NT, N) acc         state after each tile (before the next tile's
-//                                               boundary transition); an empty tensor (numel 0)
-//                                               unless return_tile_states}
-//
-// Segmentation: the kernel computes the segment bounds itself: segment j of tile i covers the
-// offsets [floor(j n_i / m_i), floor((j+1) n_i / m_i)) (integer arithmetic, j = 0..m_i-1).
-// Python builds ckpt_slot so that at least 64 segments separate consecutive checkpoints
-// (a checkpoint is placed at the first tile start after >= 64 segments since the previous one),
-// so a chunk between checkpoints holds fewer than 64 + T segments.
-//
-// std::vector<Tensor> bwd(
-//     dy           (Bt, Dm, L)      in      gradient of y
-//     u, delta, A, B, C, D(opt), z(opt), delta_bias(opt), gain(opt), init_state(opt),
-//     resolution, seg_counts, state_dims, ckpt_slot      exactly as passed to fwd
-//     checkpoints  (Bt, Dm, n_ckpt, N) acc     as returned by fwd
-//     dlast_state  (Bt, Dm, N)      acc     opt   gradient of last_state
-//     dtile_states (Bt, Dm, NT, N)  acc     opt   gradient of tile_states
-//     tile_size    int64
-//     delta_softplus bool)
-//   -> {du (Bt, Dm, L) in, ddelta (Bt, Dm, L) in, dA (Dm, N) acc, dB (Bt, G, N, L) in,
-//       dC (Bt, G, N, L) in, dD (Dm,) acc, dz (Bt, Dm, L) in, ddelta_bias (Dm,) acc,
-//       dgain (Dm, N) acc, dinit_state (Bt, Dm, N) acc}
-//      an entry whose input is absent is returned as an empty tensor (numel 0).
-//      The backward recomputes states chunk by chunk from the checkpoints; it never stores
-//      the (Bt, Dm, N, L) state history. No gradient flows to resolution (it sets integer
-//      segment counts); the boundary factor exp(gain (R_i - R_{i-1})) treats R as a constant.
-//
-// Semantics (the float64 reference, tiling/ops/reference.py, is the definition):
-//   Delta_t = softplus(delta_t + bias) (or delta_t + bias); per segment S of tile i:
-//   h[n] <- exp(sum_S Delta * A[n]) h[n] + (sum_S Delta u) * mean_S B[n]   for n < S_i,
-//   y_t = sum_{n<S_i} C_t[n] h_read[n] + D u_t, h_read = state after S if |S| == 1, else the
-//   state before S; components n >= S_i decay once per tile by exp(A[n] sum_tile Delta);
-//   at the start of tile i > 0: h <- h * exp(gain (R_i - R_{i-1})); y <- y * silu(z).
-// ============================================================================================
-//
-// CPU implementation notes. Work is split over (batch, group, block of W channels) with OpenMP;
-// W channels (16 float32 / 8 float64 with AVX-512, 8 / 4 otherwise) are interleaved in one native vector (GCC/Clang vector
-// extensions, compiled for the host's ISA level), so the state loop runs over n with no
-// horizontal reduction in the forward and W independent recurrences hide the FMA latency.
-// B_t and C_t are shared by a group's channels and broadcast from cache; the segment means B̄
-// are computed once per (batch, group), not per block. At full resolution with N = 16 the state
-// stays in registers across the time loop. The float32 exponential and log1p are Cephes-style
-// polynomials (tested against libm: relative error <= 2e-7 on [-87, 88]); float64 uses libm per
-// lane (tests and gradcheck run in float64). The backward keeps, per chunk between checkpoints,
-// the state before each segment and its decay factors, so each exponential is evaluated twice
-// in all (forward, recompute), never three times.
-
-#include <torch/extension.h>
+// Chunked recomputation. The backward takes the chunks between checkpoints from last to first,
+// recomputes each from its checkpoint keeping the state before each segment and its decay
+// factors, so each exponential is evaluated twice in all (forward, recompute), never three times.
 
 #include <omp.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <new>
 #include <vector>
 
+#include "binding.h"
+#include "simd.h"
+
 namespace {
 
-// Vector width: one native register. With AVX-512 a 64-byte vector is one zmm register; without
-// it GCC splits a 64-byte vector extension into pieces that spill through the stack (measured on
-// an AVX2 EPYC, b1 d1536 L2048 N16 forward: 134 ms with 64 bytes, 36 ms with 32 bytes).
-#if defined(__AVX512F__)
-#define TILING_VBYTES 64
-#else
-#define TILING_VBYTES 32
-#endif
-
-template <typename T> struct VT;
-template <> struct VT<float> {
-  typedef float V __attribute__((vector_size(TILING_VBYTES)));
-  typedef int32_t I __attribute__((vector_size(TILING_VBYTES)));
-  static constexpr int W = TILING_VBYTES / 4;
-};
-template <> struct VT<double> {
-  typedef double V __attribute__((vector_size(TILING_VBYTES)));
-  typedef int64_t I __attribute__((vector_size(TILING_VBYTES)));
-  static constexpr int W = TILING_VBYTES / 8;
-};
-template <typename T> using Vec = typename VT<T>::V;
-
-template <typename T> inline Vec<T> bc(T s) {
-  Vec<T> v = {};
-  return v + s;
-}
-
-// Horizontal sum by halving (a tree: 4 vector adds for 16 lanes instead of a serial chain).
-template <typename T, int W> struct Halve {
-  typedef T H __attribute__((vector_size(W * sizeof(T) / 2)));
-  typedef T F __attribute__((vector_size(W * sizeof(T))));
-  static T sum(F v) {
-    H lo, hi;
-    std::memcpy(&lo, &v, sizeof(H));
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof(H), sizeof(H));
-    return Halve<T, W / 2>::sum(lo + hi);
-  }
-};
-template <typename T> struct Halve<T, 2> {
-  typedef T F __attribute__((vector_size(2 * sizeof(T))));
-  static T sum(F v) { return v[0] + v[1]; }
-};
-template <typename T> inline T hsum(Vec<T> v) { return Halve<T, VT<T>::W>::sum(v); }
-
-// exp(x) for float32 lanes: Cephes expf (range reduction by ln2 in two parts, degree-6
-// polynomial). x < -87.3365 (where exp underflows FLT_MIN) gives 0; x is clamped at 88.
-inline Vec<float> vexp(Vec<float> x) {
-  typedef Vec<float> V;
-  typedef VT<float>::I I;
-  const V lo = bc(-87.33654f), hi = bc(88.0f), magic = bc(12582912.0f);  // 1.5 * 2^23
-  V xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  V big = xc * 1.44269504088896341f + magic;  // round(x / ln2) in the low mantissa bits
-  V nf = big - magic;
-  I ni = (I)big - (I)magic;
-  V r = xc - nf * 0.693359375f;
-  r = r - nf * -2.12194440e-4f;
-  V p = bc(1.9875691500e-4f);
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * (r * r) + r + 1.0f;
-  V res = p * (V)((ni + 127) << 23);
-  return x < lo ? bc(0.0f) : res;
-}
-
-inline Vec<double> vexp(Vec<double> x) {
-  Vec<double> r;
-  for (int l = 0; l < VT<double>::W; ++l) r[l] = std::exp(x[l]);
-  return r;
-}
-
-// log(w) for w in [1, 2] (float32 lanes): Cephes logf.
-inline Vec<float> vlog12(Vec<float> w) {
-  typedef Vec<float> V;
-  typedef VT<float>::I I;
-  I bits = (I)w;
-  I e = ((bits >> 23) & 0xff) - 126;
-  V m = (V)((bits & 0x807fffff) | 0x3f000000);  // mantissa in [0.5, 1)
-  V ef = __builtin_convertvector(e, V);
-  I small = m < 0.707106781186547524f;
-  ef = small ? ef - 1.0f : ef;
-  m = small ? m + m - 1.0f : m - 1.0f;
-  V z = m * m;
-  V y = bc(7.0376836292e-2f);
-  y = y * m - 1.1514610310e-1f;
-  y = y * m + 1.1676998740e-1f;
-  y = y * m - 1.2420140846e-1f;
-  y = y * m + 1.4249322787e-1f;
-  y = y * m - 1.6668057665e-1f;
-  y = y * m + 2.0000714765e-1f;
-  y = y * m - 2.4999993993e-1f;
-  y = y * m + 3.3333331174e-1f;
-  y = y * m * z;
-  y = y + ef * -2.12194440e-4f;
-  y = y - 0.5f * z;
-  return m + y + ef * 0.693359375f;
-}
-
-// softplus(x) = max(x, 0) + log1p(exp(-|x|)); log1p(v) = log(1 + v) * v / ((1 + v) - 1)
-// keeps full relative accuracy for small v (Goldberg's trick).
-inline Vec<float> vsoftplus(Vec<float> x) {
-  typedef Vec<float> V;
-  V ax = x < 0.0f ? -x : x;
-  V v = vexp(-ax);
-  V w = v + 1.0f;
-  V den = w - 1.0f;
-  V l1p = den == 0.0f ? v : vlog12(w) * (v / (den == 0.0f ? bc(1.0f) : den));
-  return (x > 0.0f ? x : bc(0.0f)) + l1p;
-}
-
-inline Vec<double> vsoftplus(Vec<double> x) {
-  Vec<double> r;
-  for (int l = 0; l < VT<double>::W; ++l) r[l] = std::max(x[l], 0.0) + std::log1p(std::exp(-std::abs(x[l])));
-  return r;
-}
-
-template <typename T> inline Vec<T> vsigmoid(Vec<T> x) { return 1.0 / (vexp(-x) + 1.0); }
+using namespace tiling_simd;
+using tiling_scan::ScanArgs;
+using tiling_scan::Tensor;
 
 template <typename T> struct Params {
   const T *u, *delta, *A, *B, *C, *D, *z, *bias, *gain, *init;
@@ -233,33 +45,21 @@ struct Blk {
   int nl;
 };
 
+// A block's lanes of a per-channel array (channel c at base[c * stride + off]).
 template <typename T> inline Vec<T> gather(const T* base, const Blk& k, int64_t stride, int64_t off) {
-  Vec<T> v = {};
-  for (int l = 0; l < k.nl; ++l) v[l] = base[(k.c0 + l) * stride + off];
-  return v;
+  return load_lanes(base + k.c0 * stride + off, stride, k.nl);
 }
 template <typename T> inline void scatter(T* base, const Blk& k, int64_t stride, int64_t off, Vec<T> v) {
-  for (int l = 0; l < k.nl; ++l) base[(k.c0 + l) * stride + off] = v[l];
+  store_lanes(base + k.c0 * stride + off, stride, k.nl, v);
 }
 
-// Load a (channels x n) slab of a (Bt, Dm, L) tensor, transposed into n lane-vectors.
-// The rows of a block are W separate streams (stride L), too many for the hardware prefetcher:
-// the next tile of each row is prefetched explicitly.
+// A block's (channels x n) slab of a (Bt, Dm, L) tensor at s0, as n lane vectors; the load
+// prefetches the next tile.
 template <typename T> void load_tile(const T* x, const Params<T>& p, const Blk& k, int64_t s0, int n, Vec<T>* out) {
-  constexpr int line = 64 / sizeof(T);
-  const int next = (int)std::min<int64_t>(n, p.L - s0 - n);
-  for (int t = 0; t < n; ++t) out[t] = Vec<T>{};
-  for (int l = 0; l < k.nl; ++l) {
-    const T* row = x + ((k.b * p.Dm + k.c0 + l) * p.L + s0);
-    for (int t = 0; t < next; t += line) __builtin_prefetch(row + n + t);
-    for (int t = 0; t < n; ++t) out[t][l] = row[t];
-  }
+  load_rows(x + (k.b * p.Dm + k.c0) * p.L + s0, p.L, k.nl, n, (int)std::min<int64_t>(n, p.L - s0 - n), out);
 }
 template <typename T> void store_tile(T* x, const Params<T>& p, const Blk& k, int64_t s0, int n, const Vec<T>* in) {
-  for (int l = 0; l < k.nl; ++l) {
-    T* row = x + ((k.b * p.Dm + k.c0 + l) * p.L + s0);
-    for (int t = 0; t < n; ++t) row[t] = in[t][l];
-  }
+  store_rows(x + (k.b * p.Dm + k.c0) * p.L + s0, p.L, k.nl, n, in);
 }
 
 // Δ of a tile: raw = delta + bias, dt = softplus(raw) or raw.
@@ -703,108 +503,88 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
 }
 
 // ------------------------------------------------------------------------------------------
-// bindings
-using torch::Tensor;
-using c10::optional;
+// device functions of the extension interface (binding.h)
 
-at::ScalarType acc_type(const Tensor& u) { return u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+using tiling_scan::acc_type;
+using tiling_scan::cast;
 
-Tensor as_acc(const Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
-Tensor opt_acc(const optional<Tensor>& t, at::ScalarType acc) {
-  return (t.has_value() && t->defined()) ? as_acc(*t, acc) : Tensor();
-}
 template <typename T> const T* ptr(const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-void check_common(const Tensor& u, const Tensor& seg, const Tensor& sd, const Tensor& slot) {
-  TORCH_CHECK(u.device().is_cpu(), "tiling_scan_cpu: tensors must be on the CPU, got ", u.device());
-  TORCH_CHECK(u.dim() == 3, "tiling_scan_cpu: u must be (batch, dim, L)");
-  for (const Tensor* t : {&seg, &sd, &slot})
+// The arguments checked, every floating tensor in the accumulation dtype and contiguous.
+ScanArgs prepare(const ScanArgs& a) {
+  TORCH_CHECK(a.u.device().is_cpu(), "tiling_scan_cpu: tensors must be on the CPU, got ", a.u.device());
+  TORCH_CHECK(a.u.dim() == 3, "tiling_scan_cpu: u must be (batch, dim, L)");
+  for (const Tensor* t : {&a.seg_counts, &a.state_dims, &a.ckpt_slot})
     TORCH_CHECK(t->scalar_type() == at::kInt && t->is_contiguous(), "tiling_scan_cpu: plans must be contiguous int32");
+  const auto acc = acc_type(a.u);
+  return {cast(a.u, acc), cast(a.delta, acc), cast(a.A, acc), cast(a.B, acc), cast(a.C, acc), cast(a.D, acc),
+          cast(a.z, acc), cast(a.delta_bias, acc), cast(a.gain, acc), cast(a.init_state, acc),
+          cast(a.resolution, acc), a.seg_counts, a.state_dims, a.ckpt_slot, a.tile_size, a.delta_softplus};
 }
 
-template <typename T>
-Params<T> make_params(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B, const Tensor& C,
-                      const Tensor& D, const Tensor& z, const Tensor& bias, const Tensor& gain, const Tensor& init,
-                      const Tensor& R, const Tensor& seg, const Tensor& sd, const Tensor& slot, int64_t tile_size,
-                      bool softplus) {
+// Kernel parameters of prepared arguments, with the segment means B̄ computed into Bbar.
+template <typename T> Params<T> make_params(const ScanArgs& x, Tensor& Bbar) {
   Params<T> p;
-  p.u = ptr<T>(u); p.delta = ptr<T>(delta); p.A = ptr<T>(A); p.B = ptr<T>(B); p.C = ptr<T>(C);
-  p.Bbar = nullptr;
-  p.D = ptr<T>(D); p.z = ptr<T>(z); p.bias = ptr<T>(bias); p.gain = ptr<T>(gain); p.init = ptr<T>(init);
-  p.R = R.data_ptr<T>(); p.m = seg.data_ptr<int32_t>(); p.S = sd.data_ptr<int32_t>(); p.slot = slot.data_ptr<int32_t>();
-  p.Bt = u.size(0); p.Dm = u.size(1); p.L = u.size(2); p.N = A.size(1); p.G = B.size(1);
-  p.NT = seg.size(1); p.T_ = tile_size; p.softplus = softplus;
-  TORCH_CHECK(p.NT == (p.L + tile_size - 1) / tile_size, "tiling_scan_cpu: plans must have ceil(L / tile_size) columns");
-  TORCH_CHECK(B.dim() == 4 && p.Dm % p.G == 0, "tiling_scan_cpu: B, C must be (batch, G, N, L) with G | dim");
+  p.u = ptr<T>(x.u); p.delta = ptr<T>(x.delta); p.A = ptr<T>(x.A); p.B = ptr<T>(x.B); p.C = ptr<T>(x.C);
+  p.D = ptr<T>(x.D); p.z = ptr<T>(x.z); p.bias = ptr<T>(x.delta_bias); p.gain = ptr<T>(x.gain);
+  p.init = ptr<T>(x.init_state);
+  p.R = x.resolution.data_ptr<T>(); p.m = x.seg_counts.data_ptr<int32_t>(); p.S = x.state_dims.data_ptr<int32_t>();
+  p.slot = x.ckpt_slot.data_ptr<int32_t>();
+  p.Bt = x.u.size(0); p.Dm = x.u.size(1); p.L = x.u.size(2); p.N = x.A.size(1); p.G = x.B.size(1);
+  p.NT = x.seg_counts.size(1); p.T_ = x.tile_size; p.softplus = x.delta_softplus;
+  TORCH_CHECK(p.NT == (p.L + x.tile_size - 1) / x.tile_size, "tiling_scan_cpu: plans must have ceil(L / tile_size) columns");
+  TORCH_CHECK(x.B.dim() == 4 && p.Dm % p.G == 0, "tiling_scan_cpu: B, C must be (batch, G, N, L) with G | dim");
+  Bbar = torch::empty_like(x.B);
+  segment_means<T>(p, Bbar.data_ptr<T>());
+  p.Bbar = Bbar.data_ptr<T>();
   return p;
 }
 
-std::vector<Tensor> fwd(const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_, const Tensor& C_,
-                        const optional<Tensor>& D_, const optional<Tensor>& z_, const optional<Tensor>& bias_,
-                        const optional<Tensor>& gain_, const optional<Tensor>& init_, const Tensor& R_,
-                        const Tensor& seg, const Tensor& sd, const Tensor& slot, int64_t n_ckpt, int64_t tile_size,
-                        bool delta_softplus, bool return_tile_states) {
-  check_common(u_, seg, sd, slot);
-  const Tensor R = as_acc(R_, acc_type(u_));
-  const auto acc = acc_type(u_);
-  Tensor u = as_acc(u_, acc), delta = as_acc(delta_, acc), A = as_acc(A_, acc), B = as_acc(B_, acc), C = as_acc(C_, acc);
-  Tensor D = opt_acc(D_, acc), z = opt_acc(z_, acc), bias = opt_acc(bias_, acc), gain = opt_acc(gain_, acc),
-         init = opt_acc(init_, acc);
-  const int64_t Bt = u.size(0), Dm = u.size(1), N = A.size(1), NT = seg.size(1);
-  auto opts = u.options();
-  Tensor y = torch::empty_like(u);
+std::vector<Tensor> fwd(const ScanArgs& a, int64_t n_ckpt, bool return_tile_states) {
+  const ScanArgs x = prepare(a);
+  const int64_t Bt = x.u.size(0), Dm = x.u.size(1), N = x.A.size(1), NT = x.seg_counts.size(1);
+  auto opts = x.u.options();
+  Tensor y = torch::empty_like(x.u);
   Tensor last = torch::empty({Bt, Dm, N}, opts);
   Tensor ck = torch::zeros({Bt, Dm, n_ckpt, N}, opts);
   Tensor tiles = return_tile_states ? torch::empty({Bt, Dm, NT, N}, opts) : torch::empty({0}, opts);
-  AT_DISPATCH_FLOATING_TYPES(acc, "tiling_scan_cpu_fwd", [&] {
-    auto p = make_params<scalar_t>(u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot, tile_size, delta_softplus);
-    Tensor Bbar = torch::empty_like(B);
-    segment_means<scalar_t>(p, Bbar.data_ptr<scalar_t>());
-    p.Bbar = Bbar.data_ptr<scalar_t>();
+  AT_DISPATCH_FLOATING_TYPES(x.u.scalar_type(), "tiling_scan_cpu_fwd", [&] {
+    Tensor Bbar;
+    const auto p = make_params<scalar_t>(x, Bbar);
     forward_impl<scalar_t>(p, y.data_ptr<scalar_t>(), last.data_ptr<scalar_t>(), ck.data_ptr<scalar_t>(),
                            return_tile_states ? tiles.data_ptr<scalar_t>() : nullptr, n_ckpt);
   });
-  return {y.to(u_.scalar_type()), last, ck, tiles};
+  return {y.to(a.u.scalar_type()), last, ck, tiles};
 }
 
-std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_,
-                        const Tensor& C_, const optional<Tensor>& D_, const optional<Tensor>& z_,
-                        const optional<Tensor>& bias_, const optional<Tensor>& gain_, const optional<Tensor>& init_,
-                        const Tensor& R_, const Tensor& seg, const Tensor& sd, const Tensor& slot, const Tensor& ck_,
-                        const optional<Tensor>& dlast_, const optional<Tensor>& dtiles_, int64_t tile_size,
-                        bool delta_softplus) {
-  check_common(u_, seg, sd, slot);
-  const Tensor R = as_acc(R_, acc_type(u_));
-  const auto in = u_.scalar_type();
-  const auto acc = acc_type(u_);
-  Tensor u = as_acc(u_, acc), delta = as_acc(delta_, acc), A = as_acc(A_, acc), B = as_acc(B_, acc), C = as_acc(C_, acc);
-  Tensor dy = as_acc(dy_, acc), ck = as_acc(ck_, acc);
-  Tensor D = opt_acc(D_, acc), z = opt_acc(z_, acc), bias = opt_acc(bias_, acc), gain = opt_acc(gain_, acc),
-         init = opt_acc(init_, acc), dlast = opt_acc(dlast_, acc), dtiles = opt_acc(dtiles_, acc);
-  const int64_t Bt = u.size(0), Dm = u.size(1), L = u.size(2), N = A.size(1), G = B.size(1);
+std::vector<Tensor> bwd(const ScanArgs& a, const Tensor& dy_, const Tensor& ck_, const Tensor& dlast_,
+                        const Tensor& dtiles_) {
+  const ScanArgs x = prepare(a);
+  const auto in = a.u.scalar_type();
+  const auto acc = x.u.scalar_type();
+  const Tensor dy = cast(dy_, acc), ck = cast(ck_, acc), dlast = cast(dlast_, acc), dtiles = cast(dtiles_, acc);
+  const int64_t Bt = x.u.size(0), Dm = x.u.size(1), L = x.u.size(2), N = x.A.size(1), G = x.B.size(1);
   const int nthreads = at::get_num_threads();
-  auto opts = u.options();
-  Tensor du = torch::empty_like(u), ddelta = torch::empty_like(u);
-  Tensor dz = z.defined() ? torch::empty_like(u) : Tensor();
+  auto opts = x.u.options();
+  Tensor du = torch::empty_like(x.u), ddelta = torch::empty_like(x.u);
+  Tensor dz = x.z.defined() ? torch::empty_like(x.u) : Tensor();
   Tensor dA = torch::empty({Bt, Dm, N}, opts);
-  Tensor dD = D.defined() ? torch::empty({Bt, Dm}, opts) : Tensor();
-  Tensor dbias = bias.defined() ? torch::empty({Bt, Dm}, opts) : Tensor();
-  Tensor dgain = gain.defined() ? torch::empty({Bt, Dm, N}, opts) : Tensor();
-  Tensor dinit = init.defined() ? torch::empty({Bt, Dm, N}, opts) : Tensor();
+  Tensor dD = x.D.defined() ? torch::empty({Bt, Dm}, opts) : Tensor();
+  Tensor dbias = x.delta_bias.defined() ? torch::empty({Bt, Dm}, opts) : Tensor();
+  Tensor dgain = x.gain.defined() ? torch::empty({Bt, Dm, N}, opts) : Tensor();
+  Tensor dinit = x.init_state.defined() ? torch::empty({Bt, Dm, N}, opts) : Tensor();
   Tensor dB = torch::zeros({nthreads, Bt, G, N, L}, opts), dC = torch::zeros({nthreads, Bt, G, N, L}, opts);
   AT_DISPATCH_FLOATING_TYPES(acc, "tiling_scan_cpu_bwd", [&] {
-    auto p = make_params<scalar_t>(u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot, tile_size, delta_softplus);
-    Tensor Bbar = torch::empty_like(B);
-    segment_means<scalar_t>(p, Bbar.data_ptr<scalar_t>());
-    p.Bbar = Bbar.data_ptr<scalar_t>();
+    Tensor Bbar;
+    const auto p = make_params<scalar_t>(x, Bbar);
     Grads<scalar_t> gr;
     gr.du = du.data_ptr<scalar_t>(); gr.ddelta = ddelta.data_ptr<scalar_t>();
-    gr.dz = z.defined() ? dz.data_ptr<scalar_t>() : nullptr;
+    gr.dz = dz.defined() ? dz.data_ptr<scalar_t>() : nullptr;
     gr.dA = dA.data_ptr<scalar_t>();
-    gr.dD = D.defined() ? dD.data_ptr<scalar_t>() : nullptr;
-    gr.dbias = bias.defined() ? dbias.data_ptr<scalar_t>() : nullptr;
-    gr.dgain = gain.defined() ? dgain.data_ptr<scalar_t>() : nullptr;
-    gr.dinit = init.defined() ? dinit.data_ptr<scalar_t>() : nullptr;
+    gr.dD = dD.defined() ? dD.data_ptr<scalar_t>() : nullptr;
+    gr.dbias = dbias.defined() ? dbias.data_ptr<scalar_t>() : nullptr;
+    gr.dgain = dgain.defined() ? dgain.data_ptr<scalar_t>() : nullptr;
+    gr.dinit = dinit.defined() ? dinit.data_ptr<scalar_t>() : nullptr;
     gr.dB = dB.data_ptr<scalar_t>(); gr.dC = dC.data_ptr<scalar_t>();
     gr.dy = dy.data_ptr<scalar_t>(); gr.dlast = ptr<scalar_t>(dlast); gr.dtiles = ptr<scalar_t>(dtiles);
     gr.ck = ck.data_ptr<scalar_t>(); gr.n_ckpt = ck.size(2);
@@ -813,8 +593,8 @@ std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta
   auto empty = torch::empty({0}, opts);
   auto or_empty = [&](const Tensor& t) { return t.defined() ? t : empty; };
   return {du.to(in), ddelta.to(in), dA.sum(0), dB.sum(0).to(in), dC.sum(0).to(in),
-          D.defined() ? dD.sum(0) : empty, z.defined() ? dz.to(in) : empty,
-          bias.defined() ? dbias.sum(0) : empty, gain.defined() ? dgain.sum(0) : empty, or_empty(dinit)};
+          x.D.defined() ? dD.sum(0) : empty, x.z.defined() ? dz.to(in) : empty,
+          x.delta_bias.defined() ? dbias.sum(0) : empty, x.gain.defined() ? dgain.sum(0) : empty, or_empty(dinit)};
 }
 
 // Test hooks: the float32 polynomial exp and softplus applied elementwise.
@@ -826,11 +606,8 @@ Tensor apply_elementwise(const Tensor& x_, F f) {
   const int64_t n = x.numel();
   constexpr int W = VT<float>::W;
   for (int64_t i = 0; i < n; i += W) {
-    Vec<float> v = {};
-    const int64_t c = std::min<int64_t>(W, n - i);
-    for (int64_t l = 0; l < c; ++l) v[l] = xp[i + l];
-    v = f(v);
-    for (int64_t l = 0; l < c; ++l) rp[i + l] = v[l];
+    const int c = (int)std::min<int64_t>(W, n - i);
+    store_lanes(rp + i, 1, c, f(load_lanes(xp + i, 1, c)));
   }
   return r;
 }
@@ -841,9 +618,7 @@ Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<flo
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "tiling: fused CPU kernel of the resolution-adaptive selective scan";
-  m.def("fwd", &fwd, "adaptive selective scan, forward (see the interface comment in scan_cpu.cpp)");
-  m.def("bwd", &bwd, "adaptive selective scan, backward");
+  tiling_scan::def_scan_module(m, "tiling: fused CPU kernel of the resolution-adaptive selective scan", fwd, bwd);
   m.def("exp_approx", &exp_approx, "test hook: the kernel's float32 exp");
   m.def("softplus_approx", &softplus_approx, "test hook: the kernel's float32 softplus");
 }

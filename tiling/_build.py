@@ -2,13 +2,16 @@
 
 The CPU kernel is compiled at first use (about a minute), cached by torch under
 ``~/.cache/torch_extensions`` (or ``$TORCH_EXTENSIONS_DIR``) and reused afterwards. The cache key
-(the extension name) carries the instruction-set level it was compiled for, so a cache shared
-between machines never runs code the CPU cannot execute. ``TILING_FORCE_REFERENCE=1`` skips the
-kernels and uses the float64 reference (slow, for debugging).
+(the extension name) carries the instruction-set level (CPU) or the GPU archs (CUDA) it was
+compiled for, so a cache shared between machines never runs code the processor cannot execute,
+and a digest of the sources and headers, so an edited or upgraded kernel is built afresh, never
+loaded stale. ``TILING_FORCE_REFERENCE=1`` skips the kernels and uses the float64 reference (slow,
+for debugging).
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import sys
@@ -46,6 +49,14 @@ def _cpu_isa() -> tuple[str, list[str]]:
     return "generic", []
 
 
+def _digest(sources: list[str]) -> str:
+    """Short hash of ``sources`` and of every header in ``kernels_cuda/`` (what they may include)."""
+    h = hashlib.sha256()
+    for path in [*(KERNEL_DIR / s for s in sources), *sorted(KERNEL_DIR.glob("*.h")), *sorted(KERNEL_DIR.glob("*.cuh"))]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _build_dir(name: str) -> Path:
     from torch.utils.cpp_extension import _get_build_directory
 
@@ -65,17 +76,17 @@ def load_cpu_extension() -> ModuleType | None:
     from torch.utils import cpp_extension
 
     tag, isa = _cpu_isa()
-    name = f"tiling_scan_cpu_{tag}"
-    src = KERNEL_DIR / "scan_cpu.cpp"
-    built = list(_build_dir(name).glob(f"{name}*.so"))
-    if not built or max(f.stat().st_mtime for f in built) < src.stat().st_mtime:  # ninja will (re)compile
+    sources = ["scan_cpu.cpp"]
+    name = f"tiling_scan_cpu_{tag}_{_digest(sources)}"
+    if not any(_build_dir(name).glob(f"{name}*.so")):
         print("tiling: compiling the C++ scan kernel (first use, ~1 min)…", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
             name=name,
-            sources=[str(src)],
+            sources=[str(KERNEL_DIR / f) for f in sources],
             extra_cflags=["-O3", "-fopenmp", *isa],
             extra_ldflags=["-fopenmp"],
+            extra_include_paths=[str(KERNEL_DIR)],
             verbose=False,
         )
     except Exception as exc:  # any compiler/linker failure: fall back, say why
@@ -108,8 +119,9 @@ def _cuda_arch_tag() -> str:
 def load_cuda_extension() -> ModuleType | None:
     """Compile (once) and import the CUDA scan kernel; ``None`` without a GPU, a CUDA toolkit or on failure.
 
-    Sources: ``binding.cpp`` (the PyTorch binding, same interface as ``scan_cpu.cpp``) and
-    ``scan_fwd.cu``, ``scan_bwd.cu`` (CUDA toolkit only). Built at first use for the archs of
+    Sources: ``scan_cuda.cpp`` (tensors to kernel parameters, behind the interface of
+    ``binding.h`` shared with ``scan_cpu.cpp``) and ``scan_fwd.cu``, ``scan_bwd.cu`` (CUDA toolkit
+    only). Built at first use for the archs of
     :func:`_cuda_arch_tag` (part of the cache name, so a cache shared between machines never loads
     code for another GPU), ``-O3``, no ``--use_fast_math`` (the decays call ``ex2.approx``
     explicitly; softplus and sigmoid keep the accurate ``expf``/``log1pf``). ``pip install`` needs no
@@ -122,13 +134,14 @@ def load_cuda_extension() -> ModuleType | None:
 
     if not torch.cuda.is_available() or cpp_extension.CUDA_HOME is None:
         return None
-    name = f"tiling_scan_cuda_{_cuda_arch_tag()}"
+    sources = ["scan_cuda.cpp", "scan_fwd.cu", "scan_bwd.cu"]
+    name = f"tiling_scan_cuda_{_cuda_arch_tag()}_{_digest(sources)}"
     if not any(_build_dir(name).glob(f"{name}*.so")):
         print("tiling: compiling the CUDA scan kernel (first use, ~2 min)…", file=sys.stderr, flush=True)
     try:
         return cpp_extension.load(
             name=name,
-            sources=[str(KERNEL_DIR / f) for f in ("binding.cpp", "scan_fwd.cu", "scan_bwd.cu")],
+            sources=[str(KERNEL_DIR / f) for f in sources],
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", "-lineinfo"],
             extra_include_paths=[str(KERNEL_DIR)],

@@ -315,3 +315,14 @@ def test_mixed_devices_named():
     t = base()
     with pytest.raises(ValueError, match="A is on meta"):
         scan(t["u"], t["delta"], t["A"].to("meta"), t["B"], t["C"], tile_size=4)
+
+
+def test_build_name_digests_headers(monkeypatch, tmp_path):
+    """A header edit changes the extension's cache name: the kernel is rebuilt, never loaded stale."""
+    for f in _build.KERNEL_DIR.iterdir():
+        if f.suffix in (".cpp", ".h"):
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(_build, "KERNEL_DIR", tmp_path)
+    before = _build._digest(["scan_cpu.cpp"])
+    (tmp_path / "simd.h").write_text((tmp_path / "simd.h").read_text() + "\n// edited\n")
+    assert _build._digest(["scan_cpu.cpp"]) != before

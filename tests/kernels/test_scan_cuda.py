@@ -1,4 +1,4 @@
-"""The CUDA kernel (kernels_cuda/scan_fwd.cu, scan_bwd.cu, binding.cpp) on a GPU.
+"""The CUDA kernel (kernels_cuda/scan_fwd.cu, scan_bwd.cu, scan_cuda.cpp) on a GPU.
 
 Checked against the float64 reference (tiling/ops/reference.py, the definition of the semantics)
 on rounded copies of the same inputs, against the C++ CPU kernel, and for the properties of the

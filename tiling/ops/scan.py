@@ -3,9 +3,9 @@
 The op generalises Mamba's selective scan (S6) so that every tile of the sequence is processed
 at its own resolution ``R_i`` and state size ``S_i`` (seed 001 §3.2, §3.3.1, §3.4 step 3); its
 cost falls with the resolution (seed 000 §3.5.1, :func:`tiling.ops.scan_cost`). The semantics
-are defined by :func:`tiling.ops.reference.adaptive_selective_scan_ref`; the fused kernels in
-``kernels_cuda/`` (C++ on the CPU, CUDA on GPUs) implement them with the interface fixed at the
-top of ``kernels_cuda/scan_cpu.cpp``.
+are defined by :func:`tiling.ops.reference.adaptive_selective_scan_ref` (and ``docs/tiling.md``);
+the fused kernels in ``kernels_cuda/`` (C++ on the CPU, CUDA on GPUs) implement them behind the
+extension interface of ``kernels_cuda/binding.h``.
 """
 from __future__ import annotations
 
@@ -151,27 +151,9 @@ def adaptive_selective_scan(
     ``state_dims`` (batch, n_tiles) integers in [1, N] or an int (default N); ``boundary_gain``
     (dim, N). ``n_tiles = ⌈L / tile_size⌉``.
 
-    Semantics:
-
-    * ``Δ_t = softplus(delta_t + delta_bias)`` if ``delta_softplus`` else ``delta_t + delta_bias``.
-    * Tile ``i`` covers ``[i·T, min((i+1)·T, L))`` (length ``n_i``), cut into
-      ``m_i = max(1, ⌈R_i·n_i⌉)`` segments; segment ``j`` covers ``[⌊j·n_i/m_i⌋, ⌊(j+1)·n_i/m_i⌋)``.
-    * Each segment ``S`` is one recurrence step spanning its time (seed 001 §3.2.1):
-      ``h_S = exp(Δ̄_S·A) ⊙ h_{S−1} + (Σ_{t∈S} Δ_t u_t)·B̄_S``, ``Δ̄_S = Σ_{t∈S} Δ_t``,
-      ``B̄_S = mean_{t∈S} B_t``. Summing Δ keeps decay consistent across resolutions
-      (Π exp(Δ_t A) = exp(ΣΔ_t A)), so states cross tiles of different resolutions unchanged.
-    * Causal read-out: ``y_t = C_t·h_S + D u_t`` for ``|S| = 1`` (exactly Mamba), else
-      ``y_t = C_t·h_{S−1} + D u_t`` (the state at the previous segment boundary); then
-      ``y ← y·silu(z)``.
-    * State dims (seed 001 §3.4 step 3): only the first ``S_i`` components are updated and read in
-      tile ``i``; the others decay once by ``exp(A·Σ_{t∈tile} Δ_t)``.
-    * Boundary transition φ (seed 001 §3.3.1, ``s_{i+1} = φ(s_i, R_i, R_{i+1})``): at the start of
-      tile ``i > 0``, ``h ← h ⊙ exp(boundary_gain·(R_i − R_{i−1}))``; identity for equal
-      resolutions or no gain. Departure from the text: φ is this diagonal, multiplicative map
-      (learnable through ``boundary_gain``), not a general learnable function, so that the
-      recurrence stays a diagonal linear scan.
-    * At ``R ≡ 1``, ``S ≡ N`` and no gain this is ``mamba_ssm``'s ``selective_scan_fn``
-      (input ``Δ·B·u``, no zero-order hold on B).
+    Semantics: defined by the float64 reference :func:`tiling.ops.reference.adaptive_selective_scan_ref`
+    (its docstring) and ``docs/tiling.md`` ("Semantics"); at ``R ≡ 1``, ``S ≡ N`` and no gain it is
+    ``mamba_ssm``'s ``selective_scan_fn``.
 
     Gradients flow to ``u, delta, A, B, C, D, z, delta_bias, boundary_gain, initial_state`` (and
     through ``last_state``/``tile_states``), not to ``resolution`` or ``state_dims``. The backward

@@ -1,28 +1,25 @@
-// PyTorch binding of the CUDA resolution-adaptive selective scan (seed 001 §3.2–3.4).
-//
-// Exposes `fwd` and `bwd` with exactly the signatures of the "Extension interface" block at the
-// top of scan_cpu.cpp, so tiling/ops/scan.py dispatches on the device only. The kernels live in
-// scan_fwd.cu / scan_bwd.cu behind the parameter structs of scan_params.h (they need only the
-// CUDA toolkit); this file turns tensors into those structs, allocates outputs and scratch, and
-// checks every launch. Checkpoints have the CPU layout (the state entering each checkpointed tile,
-// before its boundary transition), so the two extensions' saved states are interchangeable.
+// CUDA extension of the resolution-adaptive selective scan: the device functions of the interface
+// in binding.h (shared with the CPU extension, scan_cpu.cpp). The kernels live in scan_fwd.cu /
+// scan_bwd.cu behind the parameter structs of scan_params.h (they need only the CUDA toolkit);
+// this file turns tensors into those structs, allocates outputs and scratch, and checks every
+// launch. Checkpoints have the CPU layout (the state entering each checkpointed tile, before its
+// boundary transition), so the two extensions' saved states are interchangeable.
 #include <ATen/Context.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <torch/extension.h>
-
 #include <algorithm>
 #include <vector>
 
+#include "binding.h"
 #include "scan_params.h"
 
 namespace {
 
-using c10::optional;
-using torch::Tensor;
 using tiling_cuda::InType;
-
-at::ScalarType acc_type(const Tensor& u) { return u.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+using tiling_scan::acc_type;
+using tiling_scan::cast;
+using tiling_scan::ScanArgs;
+using tiling_scan::Tensor;
 
 InType in_type_of(const Tensor& u) {
   switch (u.scalar_type()) {
@@ -35,77 +32,54 @@ InType in_type_of(const Tensor& u) {
   return InType::kFloat32;
 }
 
-Tensor as_acc(const Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
-Tensor opt_acc(const optional<Tensor>& t, at::ScalarType acc) {
-  return (t.has_value() && t->defined()) ? as_acc(*t, acc) : Tensor();
-}
-Tensor opt_in(const optional<Tensor>& t, at::ScalarType in) {
-  return (t.has_value() && t->defined()) ? t->to(in).contiguous() : Tensor();
-}
 const void* cptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 
 void check_cuda(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "tiling_scan_cuda: ", what, " failed: ", cudaGetErrorString(err));
 }
 
-// Inputs made contiguous and of the kernel's dtypes; plans int32, resolution in acc.
-struct Inputs {
-  Tensor u, delta, A, B, C, D, z, bias, gain, init, R, seg, sd, slot;
-};
-
-Inputs prepare(const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_, const Tensor& C_,
-               const optional<Tensor>& D_, const optional<Tensor>& z_, const optional<Tensor>& bias_,
-               const optional<Tensor>& gain_, const optional<Tensor>& init_, const Tensor& R_, const Tensor& seg_,
-               const Tensor& sd_, const Tensor& slot_, int64_t tile_size) {
-  TORCH_CHECK(u_.is_cuda(), "tiling_scan_cuda: tensors must be on a CUDA device, got ", u_.device());
-  TORCH_CHECK(u_.dim() == 3, "tiling_scan_cuda: u must be (batch, dim, L)");
-  TORCH_CHECK(B_.dim() == 4 && C_.dim() == 4, "tiling_scan_cuda: B, C must be (batch, G, N, L)");
-  const auto in = u_.scalar_type();
-  const auto acc = acc_type(u_);
-  in_type_of(u_);
-  Inputs x;
-  x.u = u_.contiguous();
-  x.delta = delta_.to(in).contiguous();
-  x.B = B_.to(in).contiguous();
-  x.C = C_.to(in).contiguous();
-  x.z = opt_in(z_, in);
-  x.A = as_acc(A_, acc);
-  x.D = opt_acc(D_, acc);
-  x.bias = opt_acc(bias_, acc);
-  x.gain = opt_acc(gain_, acc);
-  x.init = opt_acc(init_, acc);
-  x.R = as_acc(R_, acc);
-  x.seg = seg_.to(at::kInt).contiguous();
-  x.sd = sd_.to(at::kInt).contiguous();
-  x.slot = slot_.to(at::kInt).contiguous();
+// The arguments checked and made contiguous in the kernel's dtypes: u, delta, B, C, z in the input
+// dtype, the per-channel tensors and resolution in acc, plans int32.
+ScanArgs prepare(const ScanArgs& a) {
+  TORCH_CHECK(a.u.is_cuda(), "tiling_scan_cuda: tensors must be on a CUDA device, got ", a.u.device());
+  TORCH_CHECK(a.u.dim() == 3, "tiling_scan_cuda: u must be (batch, dim, L)");
+  TORCH_CHECK(a.B.dim() == 4 && a.C.dim() == 4, "tiling_scan_cuda: B, C must be (batch, G, N, L)");
+  const auto in = a.u.scalar_type();
+  const auto acc = acc_type(a.u);
+  in_type_of(a.u);
+  const ScanArgs x{cast(a.u, in), cast(a.delta, in), cast(a.A, acc), cast(a.B, in), cast(a.C, in), cast(a.D, acc),
+                   cast(a.z, in), cast(a.delta_bias, acc), cast(a.gain, acc), cast(a.init_state, acc),
+                   cast(a.resolution, acc), cast(a.seg_counts, at::kInt), cast(a.state_dims, at::kInt),
+                   cast(a.ckpt_slot, at::kInt), a.tile_size, a.delta_softplus};
   const int64_t Bt = x.u.size(0), Dm = x.u.size(1), L = x.u.size(2), N = x.A.size(1), G = x.B.size(1);
-  TORCH_CHECK(tile_size >= 1, "tiling_scan_cuda: tile_size must be >= 1");
-  const int64_t NT = (L + tile_size - 1) / tile_size;
+  TORCH_CHECK(x.tile_size >= 1, "tiling_scan_cuda: tile_size must be >= 1");
+  const int64_t NT = (L + x.tile_size - 1) / x.tile_size;
   TORCH_CHECK(N >= 1 && N <= tiling_cuda::kMaxN, "tiling_scan_cuda: N must lie in [1, ", tiling_cuda::kMaxN, "], got ", N);
   TORCH_CHECK(G >= 1 && Dm % G == 0, "tiling_scan_cuda: B/C groups must divide dim");
   TORCH_CHECK(x.B.sizes() == at::IntArrayRef({Bt, G, N, L}) && x.C.sizes() == x.B.sizes(),
               "tiling_scan_cuda: B, C must be (batch, G, N, L) = (", Bt, ", ", G, ", ", N, ", ", L, ")");
-  for (const Tensor* t : {&x.R, &x.seg, &x.sd, &x.slot})
+  for (const Tensor* t : {&x.resolution, &x.seg_counts, &x.state_dims, &x.ckpt_slot})
     TORCH_CHECK(t->dim() == 2 && t->size(0) == Bt && t->size(1) == NT,
                 "tiling_scan_cuda: plans must be (batch, ceil(L / tile_size)) = (", Bt, ", ", NT, ")");
   TORCH_CHECK(L <= INT32_MAX && Dm <= INT32_MAX && Bt <= 65535, "tiling_scan_cuda: sizes out of range");
   const auto dev = x.u.device();
-  for (const Tensor* t : {&x.delta, &x.A, &x.B, &x.C, &x.D, &x.z, &x.bias, &x.gain, &x.init, &x.R, &x.seg, &x.sd, &x.slot})
+  for (const Tensor* t : {&x.delta, &x.A, &x.B, &x.C, &x.D, &x.z, &x.delta_bias, &x.gain, &x.init_state,
+                          &x.resolution, &x.seg_counts, &x.state_dims, &x.ckpt_slot})
     TORCH_CHECK(!t->defined() || t->device() == dev, "tiling_scan_cuda: all tensors must be on ", dev);
   return x;
 }
 
-tiling_cuda::ScanFwdParams make_params(const Inputs& x, int64_t n_ckpt, int64_t tile_size, bool softplus) {
+tiling_cuda::ScanFwdParams make_params(const ScanArgs& x, int64_t n_ckpt) {
   tiling_cuda::ScanFwdParams p{};
   p.batch = (int)x.u.size(0);
   p.dim = (int)x.u.size(1);
   p.L = (int)x.u.size(2);
   p.N = (int)x.A.size(1);
   p.G = (int)x.B.size(1);
-  p.tile_size = (int)std::min<int64_t>(tile_size, INT32_MAX);
-  p.n_tiles = (int)x.seg.size(1);
+  p.tile_size = (int)std::min<int64_t>(x.tile_size, INT32_MAX);
+  p.n_tiles = (int)x.seg_counts.size(1);
   p.n_ckpt = (int)n_ckpt;
-  p.delta_softplus = softplus;
+  p.delta_softplus = x.delta_softplus;
   p.in_type = in_type_of(x.u);
   p.u = cptr(x.u);
   p.delta = cptr(x.delta);
@@ -114,31 +88,27 @@ tiling_cuda::ScanFwdParams make_params(const Inputs& x, int64_t n_ckpt, int64_t 
   p.z = cptr(x.z);
   p.A = cptr(x.A);
   p.D = cptr(x.D);
-  p.delta_bias = cptr(x.bias);
+  p.delta_bias = cptr(x.delta_bias);
   p.gain = cptr(x.gain);
-  p.init_state = cptr(x.init);
-  p.resolution = cptr(x.R);
-  p.seg_counts = x.seg.data_ptr<int>();
-  p.state_dims = x.sd.data_ptr<int>();
-  p.ckpt_slot = x.slot.data_ptr<int>();
+  p.init_state = cptr(x.init_state);
+  p.resolution = cptr(x.resolution);
+  p.seg_counts = x.seg_counts.data_ptr<int>();
+  p.state_dims = x.state_dims.data_ptr<int>();
+  p.ckpt_slot = x.ckpt_slot.data_ptr<int>();
   return p;
 }
 
-std::vector<Tensor> fwd(const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_, const Tensor& C_,
-                        const optional<Tensor>& D_, const optional<Tensor>& z_, const optional<Tensor>& bias_,
-                        const optional<Tensor>& gain_, const optional<Tensor>& init_, const Tensor& R_,
-                        const Tensor& seg, const Tensor& sd, const Tensor& slot, int64_t n_ckpt, int64_t tile_size,
-                        bool delta_softplus, bool return_tile_states) {
-  c10::cuda::CUDAGuard guard(u_.device());
-  const Inputs x = prepare(u_, delta_, A_, B_, C_, D_, z_, bias_, gain_, init_, R_, seg, sd, slot, tile_size);
-  const int64_t Bt = x.u.size(0), Dm = x.u.size(1), N = x.A.size(1), NT = x.seg.size(1);
+std::vector<Tensor> fwd(const ScanArgs& a, int64_t n_ckpt, bool return_tile_states) {
+  c10::cuda::CUDAGuard guard(a.u.device());
+  const ScanArgs x = prepare(a);
+  const int64_t Bt = x.u.size(0), Dm = x.u.size(1), N = x.A.size(1), NT = x.seg_counts.size(1);
   TORCH_CHECK(n_ckpt >= 1, "tiling_scan_cuda: n_ckpt must be >= 1");
   const auto opts = x.u.options().dtype(acc_type(x.u));
   Tensor y = torch::empty_like(x.u);
   Tensor last = torch::empty({Bt, Dm, N}, opts);
   Tensor ck = torch::zeros({Bt, Dm, n_ckpt, N}, opts);
   Tensor tiles = return_tile_states ? torch::empty({Bt, Dm, NT, N}, opts) : torch::empty({0}, opts);
-  tiling_cuda::ScanFwdParams p = make_params(x, n_ckpt, tile_size, delta_softplus);
+  tiling_cuda::ScanFwdParams p = make_params(x, n_ckpt);
   p.y = y.data_ptr();
   p.last_state = last.data_ptr();
   p.checkpoints = ck.data_ptr();
@@ -165,21 +135,15 @@ int max_chunk_len(const Tensor& slot, int64_t L, int64_t T) {
   return (int)best;
 }
 
-std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta_, const Tensor& A_, const Tensor& B_,
-                        const Tensor& C_, const optional<Tensor>& D_, const optional<Tensor>& z_,
-                        const optional<Tensor>& bias_, const optional<Tensor>& gain_, const optional<Tensor>& init_,
-                        const Tensor& R_, const Tensor& seg, const Tensor& sd, const Tensor& slot, const Tensor& ck_,
-                        const optional<Tensor>& dlast_, const optional<Tensor>& dtiles_, int64_t tile_size,
-                        bool delta_softplus) {
-  c10::cuda::CUDAGuard guard(u_.device());
-  const Inputs x = prepare(u_, delta_, A_, B_, C_, D_, z_, bias_, gain_, init_, R_, seg, sd, slot, tile_size);
+std::vector<Tensor> bwd(const ScanArgs& a, const Tensor& dy_, const Tensor& ck_, const Tensor& dlast_,
+                        const Tensor& dtiles_) {
+  c10::cuda::CUDAGuard guard(a.u.device());
+  const ScanArgs x = prepare(a);
   const auto in = x.u.scalar_type();
   const auto acc = acc_type(x.u);
   const int64_t Bt = x.u.size(0), Dm = x.u.size(1), L = x.u.size(2), N = x.A.size(1), G = x.B.size(1);
-  const int64_t NT = x.seg.size(1);
-  const Tensor dy = dy_.to(in).contiguous();
-  const Tensor ck = as_acc(ck_, acc);
-  const Tensor dlast = opt_acc(dlast_, acc), dtiles = opt_acc(dtiles_, acc);
+  const int64_t NT = x.seg_counts.size(1);
+  const Tensor dy = cast(dy_, in), ck = cast(ck_, acc), dlast = cast(dlast_, acc), dtiles = cast(dtiles_, acc);
   TORCH_CHECK(dy.sizes() == x.u.sizes(), "tiling_scan_cuda: dy must have the shape of y");
   TORCH_CHECK(ck.dim() == 4 && ck.size(0) == Bt && ck.size(1) == Dm && ck.size(3) == N,
               "tiling_scan_cuda: checkpoints must be (batch, dim, n_ckpt, N) as returned by fwd");
@@ -189,7 +153,7 @@ std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta
   const auto opts = x.u.options().dtype(acc);
   const bool deterministic = at::globalContext().deterministicAlgorithms();
   const int bpg = tiling_cuda::blocks_per_group((int)Dm, (int)G, (int)N);
-  const int chunk = max_chunk_len(x.slot, L, tile_size);
+  const int chunk = max_chunk_len(x.ckpt_slot, L, x.tile_size);
   Tensor du = torch::empty_like(x.u), ddelta = torch::empty_like(x.u);
   Tensor dz = x.z.defined() ? torch::empty_like(x.u) : Tensor();
   Tensor dB = deterministic ? torch::empty({bpg, Bt, G, N, L}, opts) : torch::zeros({Bt, G, N, L}, opts);
@@ -201,7 +165,7 @@ std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta
       {tiling_cuda::scan_bwd_scratch_elems((int)Bt, (int)Dm, (int)G, (int)N, chunk, in_type_of(x.u))}, opts);
 
   tiling_cuda::ScanBwdParams q{};
-  q.f = make_params(x, ck.size(2), tile_size, delta_softplus);
+  q.f = make_params(x, ck.size(2));
   q.checkpoints = ck.data_ptr();
   q.dy = dy.data_ptr();
   q.dlast_state = cptr(dlast);
@@ -233,16 +197,14 @@ std::vector<Tensor> bwd(const Tensor& dy_, const Tensor& u_, const Tensor& delta
           dC.to(in),
           x.D.defined() ? dD.sum(0) : empty,
           x.z.defined() ? dz : empty,
-          x.bias.defined() ? dbias.sum(0) : empty,
+          x.delta_bias.defined() ? dbias.sum(0) : empty,
           x.gain.defined() ? dgain.sum(0) : empty,
-          x.init.defined() ? dinit : empty};
+          x.init_state.defined() ? dinit : empty};
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "tiling: CUDA kernel of the resolution-adaptive selective scan (interface: scan_cpu.cpp)";
-  m.def("fwd", &fwd, "adaptive selective scan, forward (see the interface comment in scan_cpu.cpp)");
-  m.def("bwd", &bwd, "adaptive selective scan, backward (deterministic dB/dC under "
-                     "torch.use_deterministic_algorithms(True))");
+  tiling_scan::def_scan_module(m, "tiling: CUDA kernel of the resolution-adaptive selective scan (deterministic "
+                               "dB/dC under torch.use_deterministic_algorithms(True))", fwd, bwd);
 }
