@@ -26,8 +26,27 @@ def check_tensor(
 ) -> Tensor:
     """Validate ``x`` as a tensor and return it.
 
-    ``shape`` entries that are ``None`` match any size. ``floating`` requires a floating
-    dtype; ``finite`` rejects NaN and Inf.
+    Parameters
+    ----------
+    x : the object to check.
+    name : the argument's name, quoted in the error messages.
+    ndim : allowed number(s) of dimensions (``None``: any).
+    min_ndim : least number of dimensions (``None``: any).
+    shape : the expected shape; entries that are ``None`` match any size.
+    floating : require a floating dtype.
+    finite : reject NaN and Inf.
+
+    Returns
+    -------
+    ``x`` itself.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a tensor, or not floating when ``floating``.
+    ValueError
+        ``x`` is on the meta device, has the wrong number of dimensions or shape, or holds NaN/Inf
+        when ``finite``.
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -52,14 +71,44 @@ def check_tensor(
 
 
 def check_precise(x: Tensor, name: str) -> Tensor:
-    """``x`` is float32 or float64: geometry (distances, factorisations) is not run in half precision."""
+    """``x`` is float32 or float64: geometry (distances, factorisations) is not run in half precision.
+
+    Parameters
+    ----------
+    x : tensor to check.
+    name : the argument's name, quoted in the error message.
+
+    Returns
+    -------
+    ``x`` itself.
+
+    Raises
+    ------
+    TypeError
+        ``x`` has another dtype.
+    """
     if x.dtype not in (torch.float32, torch.float64):
         raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
     return x
 
 
 def check_finite(x: Tensor, name: str) -> Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or Inf."""
+    """``x`` holds no NaN or Inf (integer tensors pass).
+
+    Parameters
+    ----------
+    x : tensor to check.
+    name : the argument's name, quoted in the error message.
+
+    Returns
+    -------
+    ``x`` itself.
+
+    Raises
+    ------
+    ValueError
+        ``x`` holds NaN or Inf; the message counts them.
+    """
     if x.is_floating_point() or x.is_complex():
         if not bool(torch.isfinite(x).all()):
             n_bad = int((~torch.isfinite(x)).sum())
@@ -68,7 +117,21 @@ def check_finite(x: Tensor, name: str) -> Tensor:
 
 
 def check_same_device(**tensors: Tensor | None) -> torch.device:
-    """All given tensors (``None`` skipped) live on one device; return it."""
+    """All given tensors live on one device.
+
+    Parameters
+    ----------
+    **tensors : the tensors by argument name; ``None`` values are skipped.
+
+    Returns
+    -------
+    The common ``torch.device``.
+
+    Raises
+    ------
+    ValueError
+        No tensor is given, or two live on different devices.
+    """
     items = [(k, v) for k, v in tensors.items() if v is not None]
     if not items:
         raise ValueError("no tensors given")
@@ -82,7 +145,21 @@ def check_same_device(**tensors: Tensor | None) -> torch.device:
 
 
 def check_broadcastable(**tensors: Tensor | None) -> tuple[int, ...]:
-    """The given tensors (``None`` skipped) broadcast together; return the broadcast shape."""
+    """The given tensors broadcast together.
+
+    Parameters
+    ----------
+    **tensors : the tensors by argument name; ``None`` values are skipped.
+
+    Returns
+    -------
+    The broadcast shape.
+
+    Raises
+    ------
+    ValueError
+        The shapes do not broadcast; the message lists them.
+    """
     items = [(k, v) for k, v in tensors.items() if v is not None]
     try:
         return tuple(torch.broadcast_shapes(*(tuple(v.shape) for _, v in items)))
@@ -92,7 +169,23 @@ def check_broadcastable(**tensors: Tensor | None) -> tuple[int, ...]:
 
 
 def check_same_dtype(**tensors: Tensor | None) -> torch.dtype:
-    """All given tensors (``None`` skipped) share one dtype; return it."""
+    """All given tensors share one dtype.
+
+    Parameters
+    ----------
+    **tensors : the tensors by argument name; ``None`` values are skipped.
+
+    Returns
+    -------
+    The common ``torch.dtype``.
+
+    Raises
+    ------
+    ValueError
+        No tensor is given.
+    TypeError
+        Two tensors have different dtypes.
+    """
     items = [(k, v) for k, v in tensors.items() if v is not None]
     if not items:
         raise ValueError("no tensors given")
@@ -106,6 +199,26 @@ def check_same_dtype(**tensors: Tensor | None) -> torch.dtype:
 def check_probability(p: Tensor, name: str, *, dim: int = -1, atol: float | None = None) -> Tensor:
     """``p`` holds strictly positive probabilities summing to one along ``dim``.
 
+    Parameters
+    ----------
+    p : tensor of probabilities, at least one dimension.
+    name : the argument's name, quoted in the error messages.
+    dim : the dimension that sums to one.
+    atol : tolerance on the sum; ``None``: 1e-4 for half and single precision, 1e-9 otherwise.
+
+    Returns
+    -------
+    ``p`` itself (an empty tensor passes).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`check_tensor`.
+    ValueError
+        An entry is ≤ 0, or a sum deviates from one by more than ``atol``.
+
+    Notes
+    -----
     The open simplex is required because the Fisher metric of the categorical family,
     diag(1/p), is undefined on its boundary (seed §3.1.1).
     """
@@ -134,7 +247,21 @@ def _as_float64(x: object, name: str) -> Tensor:
 
 
 def check_positive(x: Tensor | float, name: str, *, strict: bool = True) -> None:
-    """``x`` (scalar or tensor) is > 0 (``strict``) or >= 0."""
+    """``x`` is > 0 (``strict``) or ≥ 0.
+
+    Parameters
+    ----------
+    x : a real number or a real tensor (checked in float64, so huge finite values do not overflow).
+    name : the argument's name, quoted in the error messages.
+    strict : require > 0 rather than ≥ 0.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a real number or a real tensor (bool included).
+    ValueError
+        ``x`` is not finite, or an entry breaks the bound.
+    """
     t = _as_float64(x, name)  # float64 so huge finite values do not overflow to inf
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {x}")
@@ -147,7 +274,22 @@ def check_positive(x: Tensor | float, name: str, *, strict: bool = True) -> None
 def check_in_range(
     x: Tensor | float, name: str, low: float, high: float, *, low_open: bool = False, high_open: bool = False
 ) -> None:
-    """``x`` lies in the interval between ``low`` and ``high`` (open ends as flagged)."""
+    """``x`` lies in the interval between ``low`` and ``high``.
+
+    Parameters
+    ----------
+    x : a real number or a real tensor.
+    name : the argument's name, quoted in the error messages.
+    low, high : the ends of the interval.
+    low_open, high_open : exclude the respective end.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a real number or a real tensor (bool included).
+    ValueError
+        ``x`` is not finite, or an entry lies outside the interval.
+    """
     t = _as_float64(x, name)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got {x}")
@@ -161,7 +303,25 @@ def check_in_range(
 
 
 def check_int(x: object, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``x`` is an integer (bool rejected) within the given bounds; return it as ``int``."""
+    """``x`` is an integer within the given bounds.
+
+    Parameters
+    ----------
+    x : a Python or numpy integer, or a one-element integer tensor; bool is rejected.
+    name : the argument's name, quoted in the error messages.
+    minimum, maximum : inclusive bounds (``None``: unbounded).
+
+    Returns
+    -------
+    ``x`` as ``int``.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not an integer.
+    ValueError
+        ``x`` lies outside the bounds.
+    """
     integral = isinstance(x, numbers.Integral) or (
         isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point() and x.dtype != torch.bool
     )
@@ -176,7 +336,19 @@ def check_int(x: object, name: str, *, minimum: int | None = None, maximum: int 
 
 
 def check_choice(x: object, name: str, choices: Iterable[object]) -> None:
-    """``x`` is one of ``choices``."""
+    """``x`` is one of ``choices``.
+
+    Parameters
+    ----------
+    x : the value to check.
+    name : the argument's name, quoted in the error message.
+    choices : the allowed values.
+
+    Raises
+    ------
+    ValueError
+        ``x`` is not among them; the message lists them.
+    """
     options = list(choices)
     if x not in options:
         raise ValueError(f"{name} must be one of {options}, got {x!r}")

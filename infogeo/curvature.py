@@ -121,15 +121,24 @@ def ollivier_ricci(
 ) -> np.ndarray:
     """Ollivier–Ricci curvature :math:`\\kappa_\\alpha` of every edge (module docstring).
 
-    Args:
-        graph: the token graph (its edge lengths are the distances unless ``weighted=False``).
-        alpha: idleness :math:`\\alpha \\in [0, 1)`, the mass the walk keeps at its start.
-        weighted: use edge lengths (``True``) or unit lengths (hop distance).
-        batch_size: edges whose cost matrices are gathered at once.
-        progress: show a tqdm bar.
+    Parameters
+    ----------
+    graph : the token graph (its edge lengths are the distances unless ``weighted=False``).
+    alpha : idleness :math:`\\alpha \\in [0, 1)`, the mass the walk keeps at its start.
+    weighted : use edge lengths (``True``) or unit lengths (hop distance).
+    batch_size : edges whose cost matrices are gathered at once.
+    progress : show a tqdm bar.
 
-    Returns:
-        ``(m,)`` float64 curvatures aligned with ``graph.edges()``.
+    Returns
+    -------
+    ``(m,)`` float64 curvatures aligned with ``graph.edges()``.
+
+    Raises
+    ------
+    TypeError
+        ``graph`` is not a :class:`~infogeo.graph.TokenGraph`.
+    ValueError
+        ``alpha`` lies outside [0, 1), or ``batch_size`` < 1.
     """
     graph = _check_graph(graph)
     check_in_range(alpha, "alpha", 0.0, 1.0, high_open=True)
@@ -180,8 +189,19 @@ def ollivier_ricci(
 def forman_ricci(graph: TokenGraph, *, weighted: bool = True) -> np.ndarray:
     """Forman–Ricci curvature :math:`F(e) = 4 - \\sqrt{w_e}(s_u + s_v)` of every edge (module docstring).
 
-    ``weighted=False`` gives :math:`4 - \\deg u - \\deg v`. Returns ``(m,)`` aligned with
-    ``graph.edges()``.
+    Parameters
+    ----------
+    graph : the token graph.
+    weighted : use edge lengths; ``False`` gives :math:`4 - \\deg u - \\deg v`.
+
+    Returns
+    -------
+    ``(m,)`` float64 curvatures aligned with ``graph.edges()``.
+
+    Raises
+    ------
+    TypeError
+        ``graph`` is not a :class:`~infogeo.graph.TokenGraph`.
     """
     graph = _check_graph(graph)
     adj = _lengths(graph, weighted)
@@ -196,7 +216,21 @@ def forman_ricci(graph: TokenGraph, *, weighted: bool = True) -> np.ndarray:
 def node_curvature(edge_curv: np.ndarray, graph: TokenGraph) -> np.ndarray:
     """Scalar curvature of each node: the mean of ``edge_curv`` over its incident edges.
 
-    ``edge_curv`` is ``(m,)`` aligned with ``graph.edges()``; isolated nodes get ``nan``.
+    Parameters
+    ----------
+    edge_curv : ``(m,)`` finite edge curvatures aligned with ``graph.edges()``.
+    graph : the token graph.
+
+    Returns
+    -------
+    ``(n,)`` float64 curvatures; isolated nodes get ``nan``.
+
+    Raises
+    ------
+    TypeError
+        ``graph`` is not a :class:`~infogeo.graph.TokenGraph`, or ``edge_curv`` is not numbers.
+    ValueError
+        ``edge_curv`` is not aligned with ``graph.edges()``, or holds NaN/Inf.
     """
     graph = _check_graph(graph)
     try:

@@ -53,21 +53,31 @@ def _quadratic(v: Tensor, g: Tensor | None) -> Tensor:
 def sequence_density(states: Tensor, metrics: Tensor | MetricField | None = None) -> Tensor:
     r"""Discrete information density along a sequence of states (seed 000 §3.1.1, seed 001 §3.4).
 
-    .. math::  \rho_t = \|s_{t+1} - s_t\|^2_{g_t} = (s_{t+1}-s_t)^\top g_t\,(s_{t+1}-s_t), \qquad t = 1, \dots, n-1,
+    .. math::  \rho_t = \|s_{t+1} - s_t\|^2_{g_t} = (s_{t+1}-s_t)^\top g_t\,(s_{t+1}-s_t), \qquad t = 1, \dots, n-1.
 
-    the squared speed of the state along the sequence with unit time step, measured in the
+    Parameters
+    ----------
+    states : (..., n, d) states s_1..s_n, n ≥ 2.
+    metrics : None; a tensor of per-state metrics (..., n, d, d) (the last is unused) or
+        (..., n−1, d, d); or a callable field mapping (..., m, d) points to (..., m, d, d).
+
+    Returns
+    -------
+    (..., n−1) non-negative densities.
+
+    Raises
+    ------
+    ValueError
+        ``states`` has fewer than 2 points or no coordinate, ``metrics`` has the wrong shape, or
+        a callable field returns the wrong shape or non-finite values.
+
+    Notes
+    -----
+    The squared speed of the state along the sequence with unit time step, measured in the
     metric g_t at the step's starting state (Euclidean g = I when ``metrics`` is None).
     Departure from the text: the seed's ρ(p) = ‖∇_p s(p)‖²_{g(p)} differentiates a state field
     on the manifold; on a sequence the only available direction is the step to the next token,
     so the gradient becomes the forward difference (first order in the step).
-
-    Args:
-        states: (..., n, d) states s_1..s_n, n ≥ 2.
-        metrics: None; a tensor of per-state metrics (..., n, d, d) (the last is unused) or
-            (..., n−1, d, d); or a callable field mapping (..., m, d) points to (..., m, d, d).
-
-    Returns:
-        (..., n−1) non-negative densities.
     """
     _check_curve(states, "states")
     steps = states[..., 1:, :] - states[..., :-1, :]
@@ -94,16 +104,25 @@ def categorical_sequence_density(P: Tensor) -> Tensor:
 
     .. math::  \rho_t = d_{FR}(p_t, p_{t+1})^2 = 16\arcsin^2\big(\|\sqrt{p_{t+1}} - \sqrt{p_t}\|/2\big).
 
+    Parameters
+    ----------
+    P : (..., n, K) rows in the simplex (P ≥ 0, rows sum to one; exact zeros such as
+        causally masked attention entries are allowed, see :func:`infogeo.fisher.categorical_distance`), n ≥ 2.
+
+    Returns
+    -------
+    (..., n−1).
+
+    Raises
+    ------
+    ValueError
+        ``P`` has fewer than 2 rows, or a row leaves the closed simplex.
+
+    Notes
+    -----
     To second order in the step this is (p_{t+1}−p_t)ᵀ diag(1/p_t) (p_{t+1}−p_t), i.e.
     :func:`sequence_density` with the categorical metric; the exact geodesic distance is used
     because consecutive predictive distributions of a language model are rarely close.
-
-    Args:
-        P: (..., n, K) rows in the simplex (P ≥ 0, rows sum to one; exact zeros such as
-            causally masked attention entries are allowed, see :func:`infogeo.fisher.categorical_distance`), n ≥ 2.
-
-    Returns:
-        (..., n−1).
     """
     _check_curve(P, "P")
     _check_closed_simplex(P, "P")
@@ -113,18 +132,29 @@ def categorical_sequence_density(P: Tensor) -> Tensor:
 def sensitivity_density(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size: int | None = None) -> Tensor:
     r"""Sensitivity density ρ(x) = ‖∂s/∂x‖²_F of a state map s = fn(x) (seed 001 §3.4).
 
-    .. math::  \rho(x_i) = \sum_{a,b} \Big(\frac{\partial s_a}{\partial x_b}(x_i)\Big)^2,
+    .. math::  \rho(x_i) = \sum_{a,b} \Big(\frac{\partial s_a}{\partial x_b}(x_i)\Big)^2.
 
-    the squared Frobenius norm of the Jacobian (the seed's ‖∇_x s‖²₂, read as the Frobenius
+    Parameters
+    ----------
+    fn : maps one point x_i (shape ``x.shape[1:]``) to a state of any shape; torch operations.
+    x : (n, ...) points.
+    chunk_size : points per ``vmap`` chunk (default: all at once).
+
+    Returns
+    -------
+    (n,).
+
+    Raises
+    ------
+    TypeError
+        ``fn`` is not callable.
+    ValueError
+        ``x`` holds no point, or the Jacobian is not finite.
+
+    Notes
+    -----
+    The squared Frobenius norm of the Jacobian (the seed's ‖∇_x s‖²₂, read as the Frobenius
     norm since s is a vector), computed with ``torch.func.jacrev`` under ``vmap`` over points.
-
-    Args:
-        fn: maps one point x_i (shape ``x.shape[1:]``) to a state of any shape; torch operations.
-        x: (n, ...) points.
-        chunk_size: points per ``vmap`` chunk (default: all at once).
-
-    Returns:
-        (n,).
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable fn(x_i) -> state, got {type(fn).__name__}")
@@ -144,6 +174,22 @@ def sensitivity_density(fn: Callable[[Tensor], Tensor], x: Tensor, *, chunk_size
 def ssm_density(delta: Tensor, B: Tensor) -> Tensor:
     r"""Closed-form sensitivity density of a selective SSM step (seed 001 §3.4).
 
+    Parameters
+    ----------
+    delta : (batch, dim, L) step sizes, already softplus-ed (≥ 0).
+    B : (batch, N, L), or (batch, G, N, L) with G dividing dim.
+
+    Returns
+    -------
+    (batch, L).
+
+    Raises
+    ------
+    ValueError
+        The shapes do not match, G does not divide dim, or ``delta`` is negative.
+
+    Notes
+    -----
     A Mamba step updates the state h_t ∈ R^{dim×N} by h_{t,d} = exp(Δ_{t,d}A_d) h_{t−1,d} +
     Δ_{t,d} B_t u_{t,d}, so for given Δ_t and B_t, ∂h_t/∂u_t = diag(Δ_t) ⊗ B_t and
 
@@ -154,13 +200,6 @@ def ssm_density(delta: Tensor, B: Tensor) -> Tensor:
     are themselves functions of u_t, whose contribution through the selection path is not
     included), and the input term uses the Euler discretisation Δ·B of the reference
     ``selective_scan`` (not the zero-order hold (exp(ΔA) − 1)/A · B).
-
-    Args:
-        delta: (batch, dim, L) step sizes, already softplus-ed (≥ 0).
-        B: (batch, N, L), or (batch, G, N, L) with G dividing dim.
-
-    Returns:
-        (batch, L).
     """
     _require_tensors(delta=delta, B=B)
     check_tensor(delta, "delta", ndim=3)
@@ -186,21 +225,31 @@ def path_length(curve: Tensor, metric: Tensor | MetricField | None = None) -> Te
     r"""Information length of a discrete curve (seed 000 §3.1.2), second-order accurate.
 
     .. math::  L(\gamma) = \int_0^1 \sqrt{g_{ij}(\gamma(t))\,\dot\gamma^i\dot\gamma^j}\,dt
-               \approx \sum_{i=0}^{n-2} \sqrt{\Delta_i^\top \bar g_i\,\Delta_i}, \quad \Delta_i = \gamma_{i+1} - \gamma_i,
+               \approx \sum_{i=0}^{n-2} \sqrt{\Delta_i^\top \bar g_i\,\Delta_i}, \quad \Delta_i = \gamma_{i+1} - \gamma_i.
 
-    with ḡ_i the metric at the chord midpoint (γ_i + γ_{i+1})/2 when ``metric`` is a callable
+    Parameters
+    ----------
+    curve : (..., n, d) points γ_0..γ_{n−1}, n ≥ 2.
+    metric : None; a callable field mapping (..., m, d) points to (..., m, d, d); or a
+        tensor (..., n, d, d) of metrics at the curve's points.
+
+    Returns
+    -------
+    (...) lengths (a 0-dim tensor for one curve).
+
+    Raises
+    ------
+    ValueError
+        ``curve`` has fewer than 2 points, ``metric`` has the wrong shape or non-finite values, or
+        the metric is not positive semi-definite along the curve.
+
+    Notes
+    -----
+    ḡ_i is the metric at the chord midpoint (γ_i + γ_{i+1})/2 when ``metric`` is a callable
     field, or the mean (g_i + g_{i+1})/2 of the per-point metrics when it is a tensor. Both are
     the midpoint rule with the chord as velocity, each O(h²) away from the value at the
     parameter midpoint, so a segment errs by O(h³) and the sum by O(h²): exact in the limit
     of refinement, independent of the parametrisation, and Euclidean length when ``metric`` is None.
-
-    Args:
-        curve: (..., n, d) points γ_0..γ_{n−1}, n ≥ 2.
-        metric: None; a callable field mapping (..., m, d) points to (..., m, d, d); or a
-            tensor (..., n, d, d) of metrics at the curve's points.
-
-    Returns:
-        (...) lengths (a 0-dim tensor for one curve).
     """
     _check_curve(curve, "curve")
     steps = curve[..., 1:, :] - curve[..., :-1, :]

@@ -81,6 +81,22 @@ def _auto_chunk(chunk_size: int | None, per_item: int) -> int:
 def categorical_metric(p: Tensor, *, chart: bool = False) -> Tensor:
     r"""Fisher metric of the categorical family at ``p`` (seed 000 §3.1.1, closed form).
 
+    Parameters
+    ----------
+    p : (..., K) points of the open simplex (p > 0, Σ p = 1), K ≥ 2.
+    chart : return the (..., K−1, K−1) chart metric instead of the (..., K, K) ambient one.
+
+    Returns
+    -------
+    (..., K, K) ambient metrics diag(1/p), or (..., K−1, K−1) chart metrics with ``chart=True``.
+
+    Raises
+    ------
+    ValueError
+        ``p`` has fewer than 2 categories, or is not a point of the open simplex.
+
+    Notes
+    -----
     With f(x = k | p) = p_k, the score along a tangent vector v (Σ_k v_k = 0) is v_k/p_k, so
 
     .. math::  g(v, w) = \sum_k v_k w_k / p_k, \qquad g = \operatorname{diag}(1/p)
@@ -94,10 +110,6 @@ def categorical_metric(p: Tensor, *, chart: bool = False) -> Tensor:
     .. math::  g^{chart} = \operatorname{diag}(1/p_{1..K-1}) + \tfrac{1}{p_K}\,\mathbf{1}\mathbf{1}^\top,
 
     a positive-definite (K−1)×(K−1) matrix.
-
-    Args:
-        p: (..., K) points of the open simplex (p > 0, Σ p = 1), K ≥ 2.
-        chart: return the (..., K−1, K−1) chart metric instead of the (..., K, K) ambient one.
     """
     check_tensor(p, "p", min_ndim=1)
     if p.shape[-1] < 2:
@@ -126,6 +138,25 @@ def _check_closed_simplex(p: Tensor, name: str) -> None:
 def categorical_distance(p: Tensor, q: Tensor) -> Tensor:
     r"""Fisher–Rao distance between categorical distributions (seed 000 §3.1.2 on the simplex).
 
+    Parameters
+    ----------
+    p, q : (..., K) broadcastable points of the closed simplex (p ≥ 0, Σ p = 1), on one device
+        and of one dtype.
+
+    Returns
+    -------
+    (...) distances, in [0, π].
+
+    Raises
+    ------
+    TypeError
+        ``p`` or ``q`` is not a tensor, or their dtypes differ.
+    ValueError
+        A point leaves the closed simplex, the numbers of categories differ, the shapes do not
+        broadcast, or the devices differ.
+
+    Notes
+    -----
     The map p ↦ 2√p is an isometry from (simplex, diag(1/p)) onto the positive orthant of the
     sphere of radius 2, so the distance is 2 × the great-circle angle,
 
@@ -138,12 +169,6 @@ def categorical_distance(p: Tensor, q: Tensor) -> Tensor:
     continuously to the closed simplex (the image of p ↦ 2√p is the closed orthant of the
     sphere, the metric completion), so zero probabilities are accepted here. Attention rows under
     a causal mask, and float32 softmax outputs that underflow, contain exact zeros.
-
-    Args:
-        p, q: (..., K) broadcastable points of the closed simplex (p ≥ 0, Σ p = 1).
-
-    Returns:
-        (...) distances, in [0, π].
     """
     _require_tensors(p=p, q=q)
     _check_closed_simplex(p, "p")
@@ -170,6 +195,22 @@ def _check_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str) -> N
 def normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
     r"""Fisher metric of the univariate normal family in (μ, σ) coordinates (seed 000 §3.1.1).
 
+    Parameters
+    ----------
+    mu, sigma : broadcastable tensors, σ > 0.
+
+    Returns
+    -------
+    (..., 2, 2) metric matrices, ``...`` the broadcast shape of ``mu`` and ``sigma``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``mu`` or ``sigma`` is not a finite floating tensor, the shapes do not broadcast, or
+        σ ≤ 0 (or so small that 1/σ² overflows).
+
+    Notes
+    -----
     The scores of N(μ, σ²) are ∂_μ log f = (x−μ)/σ² and ∂_σ log f = ((x−μ)² − σ²)/σ³, whose
     second moments give
 
@@ -178,12 +219,6 @@ def normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
     i.e. 2 × the Poincaré half-plane metric after (μ, σ) ↦ (μ/√2, σ): a hyperbolic plane of
     constant curvature −1/2 (geomstats ``NormalDistributions(sample_dim=1)``). The metric does
     not depend on μ (translation invariance); ``mu`` fixes the broadcast shape only.
-
-    Args:
-        mu, sigma: broadcastable tensors, σ > 0.
-
-    Returns:
-        (..., 2, 2) metric matrices, ``...`` the broadcast shape of ``mu`` and ``sigma``.
     """
     _check_normal(mu, sigma, "mu", "sigma")
     mu, sigma = torch.broadcast_tensors(mu, sigma)
@@ -194,6 +229,23 @@ def normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
 def normal_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
     r"""Fisher–Rao distance between N(μ₁, σ₁²) and N(μ₂, σ₂²) (seed 000 §3.1.2, closed form).
 
+    Parameters
+    ----------
+    mu1, sigma1 : the first normal, broadcastable tensors, σ₁ > 0.
+    mu2, sigma2 : the second normal, likewise.
+
+    Returns
+    -------
+    Distances of the broadcast shape of the four arguments.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument is not a finite floating tensor, the shapes do not broadcast, the devices or
+        dtypes differ, or a σ is not positive.
+
+    Notes
+    -----
     The family is √2 × the Poincaré half-plane in coordinates (x, y) = (μ/√2, σ), whose distance
     arccosh(1 + ‖Δ‖²/(2 y₁ y₂)) equals 2 asinh(‖Δ‖ / (2√(y₁y₂))). Hence
 
@@ -221,6 +273,21 @@ def _check_diag_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str)
 def diag_normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
     r"""Fisher metric of N(μ, diag(σ²)) in coordinates (μ₁..μ_d, σ₁..σ_d) (seed 000 §3.1.1).
 
+    Parameters
+    ----------
+    mu, sigma : (..., d) tensors of equal shape, σ > 0.
+
+    Returns
+    -------
+    (..., 2d, 2d) metric matrices.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`normal_metric`, or ``mu`` and ``sigma`` differ in shape or have no coordinate.
+
+    Notes
+    -----
     The log-density is a sum over independent coordinates, so the metric is block diagonal with
     one univariate block per coordinate:
 
@@ -229,12 +296,6 @@ def diag_normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
     The (means, then scales) ordering matches geomstats' ``DiagonalNormalDistributions``.
     Note that geomstats stores the *variances* in the point but measures tangent vectors in
     (μ, σ): its inner product equals this matrix at σ = √variance.
-
-    Args:
-        mu, sigma: (..., d) tensors of equal shape, σ > 0.
-
-    Returns:
-        (..., 2d, 2d) metric matrices.
     """
     _check_diag_normal(mu, sigma, "mu", "sigma")
     inv_var = 1.0 / sigma**2
@@ -244,15 +305,24 @@ def diag_normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
 def diag_normal_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
     r"""Fisher–Rao distance between diagonal normals (seed 000 §3.1.2, closed form).
 
+    Parameters
+    ----------
+    mu1, sigma1, mu2, sigma2 : (..., d) tensors of equal shape, σ > 0.
+
+    Returns
+    -------
+    (...) distances.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`diag_normal_metric`, or the two normals differ in dimension d.
+
+    Notes
+    -----
     The manifold is the Riemannian product of d univariate normal planes, so
 
     .. math::  d^2 = \sum_{i=1}^d d_{\mathcal N}\big((\mu_{1i}, \sigma_{1i}), (\mu_{2i}, \sigma_{2i})\big)^2.
-
-    Args:
-        mu1, sigma1, mu2, sigma2: (..., d) tensors of equal shape, σ > 0.
-
-    Returns:
-        (...) distances.
     """
     _require_tensors(mu1=mu1, sigma1=sigma1, mu2=mu2, sigma2=sigma2)
     _check_diag_normal(mu1, sigma1, "mu1", "sigma1")
@@ -282,6 +352,32 @@ def empirical_fisher(
     .. math::  \hat F(\theta) = \sum_{i=1}^n w_i\, \nabla_\theta \log f(x_i|\theta)\,\nabla_\theta \log f(x_i|\theta)^\top,
                \qquad w_i = 1/n \text{ by default}.
 
+    Parameters
+    ----------
+    log_f : ``log_f(x_i, theta) -> scalar`` for one sample ``x_i`` (shape ``x.shape[1:]``, or
+        ``x.shape[2:]`` when ``batched_x``) and one parameter vector ``theta`` (p,). It must
+        be written with torch operations so that ``torch.func.grad`` and ``vmap`` apply.
+    x : (n, *event) samples shared by all parameter points, or (m, n, *event) with
+        ``batched_x=True`` — one sample set per parameter point.
+    theta : (p,) one parameter point or (m, p) a batch of them.
+    weights : optional (n,) non-negative weights summing to one (default uniform 1/n).
+    batched_x : ``x`` carries one sample set per row of ``theta``.
+    chunk_size : samples per ``vmap`` chunk (bounds memory; default: all at once).
+
+    Returns
+    -------
+    (p, p) or (m, p, p) estimates, symmetric positive semi-definite.
+
+    Raises
+    ------
+    TypeError
+        ``log_f`` is not callable, or ``x`` is not a real tensor.
+    ValueError
+        The shapes do not match, ``x`` holds no sample, ``weights`` are negative or do not sum to
+        one, ``log_f`` does not return a scalar, or the scores are not finite.
+
+    Notes
+    -----
     Scores are computed with ``torch.func``: ``vmap`` over samples of ``grad`` with respect to
     θ, and a second ``vmap`` over parameter points when ``theta`` is batched.
 
@@ -293,20 +389,6 @@ def empirical_fisher(
     semi-definite but singular as soon as dim θ > 1, hence not a metric. ``weights`` admit a
     quadrature rule: with Gauss–Hermite nodes and weights, F̂ is the exact Fisher of a normal
     model whose scores are polynomials.
-
-    Args:
-        log_f: ``log_f(x_i, theta) -> scalar`` for one sample ``x_i`` (shape ``x.shape[1:]``, or
-            ``x.shape[2:]`` when ``batched_x``) and one parameter vector ``theta`` (p,). It must
-            be written with torch operations so that ``torch.func.grad`` and ``vmap`` apply.
-        x: (n, *event) samples shared by all parameter points, or (m, n, *event) with
-            ``batched_x=True`` — one sample set per parameter point.
-        theta: (p,) one parameter point or (m, p) a batch of them.
-        weights: optional (n,) non-negative weights summing to one (default uniform 1/n).
-        batched_x: ``x`` carries one sample set per row of ``theta``.
-        chunk_size: samples per ``vmap`` chunk (bounds memory; default: all at once).
-
-    Returns:
-        (p, p) or (m, p, p) estimates, symmetric positive semi-definite.
     """
     if not callable(log_f):
         raise TypeError(f"log_f must be callable log_f(x, theta) -> scalar, got {type(log_f).__name__}")
@@ -367,23 +449,35 @@ def monte_carlo_fisher(
 ) -> Tensor:
     r"""Monte Carlo estimate of the true Fisher information (seed 000 §3.1.1).
 
-    .. math::  g(\theta) \approx \frac1n \sum_{i=1}^n s_i s_i^\top, \quad s_i = \nabla_\theta \log f(x_i|\theta),\quad x_i \sim f(\cdot|\theta),
+    .. math::  g(\theta) \approx \frac1n \sum_{i=1}^n s_i s_i^\top, \quad s_i = \nabla_\theta \log f(x_i|\theta),\quad x_i \sim f(\cdot|\theta).
 
-    i.e. :func:`empirical_fisher` at samples drawn from the model at the same θ, so the estimate
-    is unbiased and its error falls like 1/√n. The samples are treated as constants (score-
-    function form): no gradient flows through the sampler.
+    Parameters
+    ----------
+    log_f : as in :func:`empirical_fisher`.
+    sampler : ``sampler(theta, n_samples, generator) -> (n_samples, *event)`` draws from
+        f(·|theta) for one parameter vector ``theta`` (p,).
+    theta : (p,) or (m, p) parameter points; the sampler is called once per point.
+    n_samples : samples per parameter point (≥ 1).
+    generator : optional ``torch.Generator`` passed to the sampler for reproducibility.
+    chunk_size : as in :func:`empirical_fisher`.
 
-    Args:
-        log_f: as in :func:`empirical_fisher`.
-        sampler: ``sampler(theta, n_samples, generator) -> (n_samples, *event)`` draws from
-            f(·|theta) for one parameter vector ``theta`` (p,).
-        theta: (p,) or (m, p) parameter points; the sampler is called once per point.
-        n_samples: samples per parameter point (≥ 1).
-        generator: optional ``torch.Generator`` passed to the sampler for reproducibility.
-        chunk_size: as in :func:`empirical_fisher`.
+    Returns
+    -------
+    (p, p) or (m, p, p).
 
-    Returns:
-        (p, p) or (m, p, p).
+    Raises
+    ------
+    TypeError
+        ``sampler`` is not callable, or ``generator`` is not a ``torch.Generator``.
+    ValueError
+        ``theta`` holds no parameter, the sampler returns the wrong shape, NaN/Inf samples or
+        samples on another device; and as :func:`empirical_fisher`.
+
+    Notes
+    -----
+    This is :func:`empirical_fisher` at samples drawn from the model at the same θ, so the
+    estimate is unbiased and its error falls like 1/√n. The samples are treated as constants
+    (score-function form): no gradient flows through the sampler.
     """
     if not callable(sampler):
         raise TypeError(f"sampler must be callable sampler(theta, n_samples, generator), got {type(sampler).__name__}")
@@ -467,6 +561,28 @@ def pullback_metric(
 ) -> Tensor:
     r"""Fisher metric of p(h) = softmax(fn(h)) pulled back to hidden states (seed 000 §3.1.1).
 
+    Parameters
+    ----------
+    fn : maps one token h_i (d,) to logits (V,); must be written with torch operations
+        (``torch.func`` transforms it; ``nn.Module`` layers acting on the last dimension work).
+    h : (n, d) hidden states (float32 or float64).
+    chunk_size : tokens per ``vmap`` chunk; default keeps a chunk's Jacobian ≤ 2²⁴ entries.
+    mode : "auto", "fwd" (jacfwd) or "rev" (jacrev).
+
+    Returns
+    -------
+    (n, d, d) symmetric positive semi-definite metrics.
+
+    Raises
+    ------
+    TypeError
+        ``fn`` is not callable.
+    ValueError
+        ``h`` is not (n, d), ``fn`` fails on one token or does not return V ≥ 2 logits (its
+        error is quoted), ``mode`` is unknown, or the metric is not finite.
+
+    Notes
+    -----
     The information metric of a token is the Fisher metric of its predictive distribution,
     viewed as a function of the hidden state h. The categorical Fisher metric in logit
     coordinates z is diag p − p pᵀ (the covariance of the one-hot outcome), so by the chain rule
@@ -483,16 +599,6 @@ def pullback_metric(
     (V VJPs) otherwise, under ``vmap`` chunked over tokens so that at most
     ``chunk_size · V · d`` Jacobian entries live at once. For a linear head or an attention row
     use the exact, cheaper :func:`linear_softmax_metric` / :func:`attention_row_metric`.
-
-    Args:
-        fn: maps one token h_i (d,) to logits (V,); must be written with torch operations
-            (``torch.func`` transforms it; ``nn.Module`` layers acting on the last dimension work).
-        h: (n, d) hidden states.
-        chunk_size: tokens per ``vmap`` chunk; default keeps a chunk's Jacobian ≤ 2²⁴ entries.
-        mode: "auto", "fwd" (jacfwd) or "rev" (jacrev).
-
-    Returns:
-        (n, d, d) symmetric positive semi-definite metrics.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable fn(h_i) -> logits, got {type(fn).__name__}")
@@ -522,6 +628,26 @@ def pullback_quadratic_form(
 ) -> Tensor:
     r"""vᵀG(h)v for the pulled-back metric, from one JVP per token (seed 000 §3.1.1).
 
+    Parameters
+    ----------
+    fn : as in :func:`pullback_metric`.
+    h : (n, d) hidden states.
+    v : (n, d) tangent vectors, one per token, or (d,) shared by all tokens.
+    chunk_size : tokens per ``vmap`` chunk (default: all at once).
+
+    Returns
+    -------
+    (n,) non-negative values.
+
+    Raises
+    ------
+    TypeError
+        ``fn`` is not callable.
+    ValueError
+        ``v`` does not match ``h``; and as :func:`pullback_metric`.
+
+    Notes
+    -----
     With u = J(h)v (one forward-mode JVP) and p = softmax(fn(h)),
 
     .. math::  v^\top G(h) v = u^\top(\operatorname{diag}p - pp^\top)u = \operatorname{Var}_{k\sim p}(u_k)
@@ -529,15 +655,6 @@ def pullback_quadratic_form(
 
     so J is never built: cost ≈ two evaluations of fn per token, memory O(V). This is the
     squared length ‖v‖²_{G(h)} used for densities along a direction (e.g. v = h_{t+1} − h_t).
-
-    Args:
-        fn: as in :func:`pullback_metric`.
-        h: (n, d) hidden states.
-        v: (n, d) tangent vectors, one per token, or (d,) shared by all tokens.
-        chunk_size: tokens per ``vmap`` chunk (default: all at once).
-
-    Returns:
-        (n,) non-negative values.
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable fn(h_i) -> logits, got {type(fn).__name__}")
@@ -568,6 +685,24 @@ def linear_softmax_metric(
 ) -> Tensor:
     r"""Exact pulled-back metric of a linear-softmax head p = softmax(W h + b) (seed 000 §3.1.1).
 
+    Parameters
+    ----------
+    W : (V, d) head weight (``nn.Linear(d, V).weight`` layout), V ≥ 2.
+    h : (n, d) hidden states.
+    b : optional (V,) bias.
+    chunk_size : tokens per chunk; default keeps a chunk ≤ 2²⁴ entries.
+
+    Returns
+    -------
+    (n, d, d).
+
+    Raises
+    ------
+    ValueError
+        The shapes do not match, W has fewer than 2 rows, or the metric overflows the dtype.
+
+    Notes
+    -----
     J = W for every token, so the metric of :func:`pullback_metric` is
 
     .. math::  G(h) = W^\top(\operatorname{diag}p - pp^\top)W = \sum_k p_k (W_k - \bar W)(W_k - \bar W)^\top,
@@ -576,15 +711,6 @@ def linear_softmax_metric(
     computed in the centred form (no cancellation for confident p) without automatic
     differentiation, chunked over tokens so that at most ``chunk_size · V · d`` entries are
     formed at once. This is the metric an LM head induces on the final hidden states.
-
-    Args:
-        W: (V, d) head weight (``nn.Linear(d, V).weight`` layout), V ≥ 2.
-        h: (n, d) hidden states.
-        b: optional (V,) bias.
-        chunk_size: tokens per chunk; default keeps a chunk ≤ 2²⁴ entries.
-
-    Returns:
-        (n, d, d).
     """
     _require_tensors(W=W, h=h, b=b)
     check_tensor(W, "W", ndim=2)
@@ -620,6 +746,27 @@ def attention_row_metric(
 ) -> Tensor:
     r"""Fisher metric of an attention row p = softmax(scale · K q) as a function of the query q.
 
+    Parameters
+    ----------
+    q : (n, d) queries.
+    K : (m, d) keys, m ≥ 2.
+    scale : logit scale; default 1/√d (scaled dot-product attention).
+    mask : optional (n, m) bool, True where query i may attend key j; every row needs ≥ 1.
+    chunk_size : queries per chunk (as in :func:`linear_softmax_metric`).
+
+    Returns
+    -------
+    (n, d, d).
+
+    Raises
+    ------
+    TypeError
+        ``scale`` is not a float, or ``mask`` is not a bool tensor.
+    ValueError
+        The shapes do not match, ``scale`` is not finite, or a mask row allows no key.
+
+    Notes
+    -----
     An attention row is a categorical distribution over keys; its Fisher metric pulled back to
     the query (seed 000 §3.1.1, with the token's "state" being its query) is, since the logits
     are linear in q with Jacobian scale·K,
@@ -629,16 +776,6 @@ def attention_row_metric(
     i.e. :func:`linear_softmax_metric` with W = scale·K. With a ``mask`` (True = attend) the
     row is a distribution over the allowed keys only — a causal mask gives each query its own
     key set — and masked keys contribute nothing.
-
-    Args:
-        q: (n, d) queries.
-        K: (m, d) keys, m ≥ 2.
-        scale: logit scale; default 1/√d (scaled dot-product attention).
-        mask: optional (n, m) bool, True where query i may attend key j; every row needs ≥ 1.
-        chunk_size: queries per chunk (as in :func:`linear_softmax_metric`).
-
-    Returns:
-        (n, d, d).
     """
     _require_tensors(q=q, K=K)
     _check_tokens(q, "q")
@@ -699,6 +836,24 @@ def _check_eps(eps: float) -> float:
 def regularized(G: Tensor, eps: float) -> Tensor:
     r"""G + εI, the regularised metric (seed 000 §3.1.1; departure: ε is not in the text).
 
+    Parameters
+    ----------
+    G : (..., d, d) symmetric metrics (float32 or float64).
+    eps : ε ≥ 0, absolute, in the units of G.
+
+    Returns
+    -------
+    (..., d, d) tensor G + εI.
+
+    Raises
+    ------
+    TypeError
+        ``eps`` is not a number.
+    ValueError
+        ``G`` is not a finite symmetric (..., d, d) tensor, or ε < 0.
+
+    Notes
+    -----
     Pulled-back metrics are singular in general (:func:`pullback_metric`), so their inverse and
     volume form do not exist; adding εI (ε > 0, absolute, in the units of G) makes the metric
     positive definite while changing lengths of vectors with ‖v‖²_G ≫ ε‖v‖² by a relative
@@ -723,8 +878,20 @@ def _cholesky(G: Tensor, eps: float) -> Tensor:
 def metric_inverse(G: Tensor, eps: float) -> Tensor:
     r"""(G + εI)⁻¹ via a Cholesky factorisation (see :func:`regularized`).
 
-    Raises ``ValueError`` naming ``eps`` when G + εI is not positive definite (e.g. ε = 0 on a
-    singular metric).
+    Parameters
+    ----------
+    G : (..., d, d) symmetric metrics.
+    eps : ε ≥ 0.
+
+    Returns
+    -------
+    (..., d, d) inverses.
+
+    Raises
+    ------
+    ValueError
+        G + εI is not positive definite (e.g. ε = 0 on a singular metric); the message names
+        ``eps``. And as :func:`regularized`.
     """
     return torch.cholesky_inverse(_cholesky(G, eps))
 
@@ -732,6 +899,22 @@ def metric_inverse(G: Tensor, eps: float) -> Tensor:
 def metric_logdet(G: Tensor, eps: float) -> Tensor:
     r"""log det(G + εI) = 2 Σ_i log L_ii with G + εI = L Lᵀ (see :func:`regularized`).
 
+    Parameters
+    ----------
+    G : (..., d, d) symmetric metrics.
+    eps : ε ≥ 0.
+
+    Returns
+    -------
+    (...) log-determinants.
+
+    Raises
+    ------
+    ValueError
+        As :func:`metric_inverse`.
+
+    Notes
+    -----
     ½ log det g is the log of the Riemannian volume density; with ε > 0 it stays finite on
     singular metrics.
     """
@@ -742,16 +925,32 @@ def metric_logdet(G: Tensor, eps: float) -> Tensor:
 def effective_dimension(G: Tensor, *, assume_psd: bool = False) -> Tensor:
     r"""Participation ratio of the metric's spectrum, (tr G)² / ‖G‖_F² = (Σλ)²/Σλ².
 
+    Parameters
+    ----------
+    G : (..., d, d) symmetric positive semi-definite metrics.
+    assume_psd : skip the O(d³) positive semi-definiteness check, for matrices PSD by
+        construction (Gram matrices ``AᵀA``).
+
+    Returns
+    -------
+    (...) for G of shape (..., d, d).
+
+    Raises
+    ------
+    TypeError
+        ``assume_psd`` is not a bool.
+    ValueError
+        ``G`` is not symmetric, or (unless ``assume_psd``) G + τ·max|G|·I has no Cholesky factor,
+        τ = 1e-10 (float64) or 1e-4 (lower precision), the symmetry tolerance; the message names
+        ``G``.
+
+    Notes
+    -----
     For a PSD metric this lies in [1, d]: d for an isotropic metric, 1 for a rank-one metric
     (e.g. the empirical Fisher of one observation). It counts how many directions of the
     hidden state carry information, and is 0 by convention for the zero metric. A matrix with a
     negative eigenvalue is no metric (the ratio would then count cancelling directions) and is
-    refused: ``ValueError`` naming ``G`` when G + τ·max|G|·I has no Cholesky factor, τ = 1e-10
-    (float64) or 1e-4 (lower precision), the symmetry tolerance. ``assume_psd`` skips that O(d³)
-    check for matrices PSD by construction (Gram matrices ``AᵀA``).
-
-    Returns:
-        (...) for G of shape (..., d, d).
+    refused.
     """
     _check_metric(G)
     if not isinstance(assume_psd, bool):

@@ -56,15 +56,16 @@ Tensor = torch.Tensor
 class FlowResult:
     """Outcome of :func:`resolution_flow`.
 
-    Attributes:
-        R: ``(n,)`` final resolution field, a torch tensor with the density's dtype and device.
-        energy: ``(steps + 1,)`` float64 numpy, :math:`E(R_k)` along the trajectory.
-        dirichlet: ``(steps + 1,)`` float64 numpy, :math:`R_k^\\top A R_k`.
-        total: ``energy + lam / 2 * dirichlet`` (non-increasing).
-        residual: final projected-gradient residual (sup norm).
-        converged: ``residual <= tol``.
-        step: the step size used.
-        gradient: ``(n,)`` float64 numpy, :math:`G(R)` at the final field (for optimality checks).
+    Attributes
+    ----------
+    R : ``(n,)`` final resolution field, a torch tensor with the density's dtype and device.
+    energy : ``(steps + 1,)`` float64 numpy, :math:`E(R_k)` along the trajectory.
+    dirichlet : ``(steps + 1,)`` float64 numpy, :math:`R_k^\\top A R_k`.
+    total : ``energy + lam / 2 * dirichlet`` (non-increasing).
+    residual : final projected-gradient residual (sup norm).
+    converged : ``residual <= tol``.
+    step : the step size used.
+    gradient : ``(n,)`` float64 numpy, :math:`G(R)` at the final field (for optimality checks).
     """
 
     R: Tensor
@@ -93,21 +94,37 @@ def resolution_flow(
 ) -> FlowResult:
     """Evolve :math:`\\partial R/\\partial t = -\\nabla E(R) + \\lambda\\Delta_g R` on :math:`[R_{\\min}, 1]`.
 
-    Formulas in the module docstring (seed 000 §3.2.2, Theorem 3.2).
+    Parameters
+    ----------
+    graph_or_laplacian : a :class:`~infogeo.laplacian.GraphLaplacian`, or a
+        :class:`~infogeo.graph.TokenGraph` turned into one by :func:`~infogeo.laplacian.laplacian`
+        with ``laplacian_kwargs``.
+    density : ``(n,)`` information density per node, finite and ``>= 0``.
+    r_min : lower resolution bound in (0, 1].
+    lam : diffusion coefficient :math:`\\lambda \\ge 0`.
+    mu : compute price :math:`\\mu \\ge 0`.
+    step : explicit step :math:`\\tau \\in (0, 2/L)`; default :math:`1/L`.
+    r0 : ``(n,)`` initial field (clipped to the box); default all ones (full resolution).
+    tol : stationarity tolerance on the projected-gradient residual.
+    max_steps : iteration cap; ``converged`` is False if reached first.
+    progress : tqdm bar over steps.
+    **laplacian_kwargs : passed to :func:`~infogeo.laplacian.laplacian` when a graph is given.
 
-    Args:
-        graph_or_laplacian: a :class:`~infogeo.laplacian.GraphLaplacian`, or a
-            :class:`~infogeo.graph.TokenGraph` turned into one by :func:`~infogeo.laplacian.laplacian`
-            with ``laplacian_kwargs``.
-        density: ``(n,)`` information density per node, finite and ``>= 0``.
-        r_min: lower resolution bound in (0, 1].
-        lam: diffusion coefficient :math:`\\lambda \\ge 0`.
-        mu: compute price :math:`\\mu \\ge 0`.
-        step: explicit step :math:`\\tau \\in (0, 2/L)`; default :math:`1/L`.
-        r0: ``(n,)`` initial field (clipped to the box); default all ones (full resolution).
-        tol: stationarity tolerance on the projected-gradient residual.
-        max_steps: iteration cap; ``converged`` is False if reached first.
-        progress: tqdm bar over steps.
+    Returns
+    -------
+    :class:`FlowResult`.
+
+    Raises
+    ------
+    TypeError
+        ``graph_or_laplacian`` is neither a graph nor a Laplacian.
+    ValueError
+        ``laplacian_kwargs`` come with a Laplacian, an argument lies outside its range, or
+        ``step`` ≥ 2/L (the stability bound).
+
+    Notes
+    -----
+    Formulas in the module docstring (seed 000 §3.2.2, Theorem 3.2).
     """
     if isinstance(graph_or_laplacian, GraphLaplacian):
         if laplacian_kwargs:

@@ -52,14 +52,23 @@ def _check_nodes(nodes: object, n: int, name: str) -> np.ndarray:
 def geodesic_distances(graph: TokenGraph, sources: object = None) -> np.ndarray:
     """Shortest-path distances :math:`d_G(s, j)` from ``sources`` to every node.
 
-    Args:
-        graph: the token graph.
-        sources: node indices (int or sequence); ``None`` means all pairs, refused when the
-            ``n x n`` float64 result would exceed 2 GiB (give sources instead).
+    Parameters
+    ----------
+    graph : the token graph.
+    sources : node indices (int or sequence); ``None`` means all pairs, refused when the
+        ``n x n`` float64 result would exceed 2 GiB (give sources instead).
 
-    Returns:
-        ``(len(sources), n)`` float64 array (``(n, n)`` for all pairs; a 1-D ``(n,)`` row for a
-        scalar source). ``inf`` marks nodes in another connected component.
+    Returns
+    -------
+    ``(len(sources), n)`` float64 array (``(n, n)`` for all pairs; a 1-D ``(n,)`` row for a
+    scalar source). ``inf`` marks nodes in another connected component.
+
+    Raises
+    ------
+    TypeError
+        ``graph`` is not a :class:`~infogeo.graph.TokenGraph`, or ``sources`` are not integers.
+    ValueError
+        A source lies outside ``0..n−1``, or all pairs would exceed 2 GiB.
     """
     graph = _check_graph(graph)
     n = graph.n
@@ -76,7 +85,24 @@ def geodesic_distances(graph: TokenGraph, sources: object = None) -> np.ndarray:
 
 
 def geodesic_path(graph: TokenGraph, i: int, j: int) -> list[int]:
-    """The nodes of a shortest path from ``i`` to ``j`` (both included), in order."""
+    """The nodes of a shortest path from ``i`` to ``j`` (both included), in order.
+
+    Parameters
+    ----------
+    graph : the token graph.
+    i, j : the end nodes, in ``0..n−1``.
+
+    Returns
+    -------
+    list of node indices, ``[i, ..., j]`` (``[i]`` when ``i == j``).
+
+    Raises
+    ------
+    TypeError
+        ``graph`` is not a :class:`~infogeo.graph.TokenGraph`, or ``i``/``j`` is not an int.
+    ValueError
+        ``i`` or ``j`` lies outside ``0..n−1``, or they lie in different connected components.
+    """
     graph = _check_graph(graph)
     n = graph.n
     i = check_int(i, "i", minimum=0, maximum=n - 1)
@@ -91,7 +117,24 @@ def geodesic_path(graph: TokenGraph, i: int, j: int) -> list[int]:
 
 
 def path_length(graph: TokenGraph, path: list[int]) -> float:
-    """Sum of the edge lengths along ``path`` (consecutive nodes must be adjacent)."""
+    """Sum of the edge lengths along ``path``.
+
+    Parameters
+    ----------
+    graph : the token graph.
+    path : node indices; consecutive nodes must be adjacent.
+
+    Returns
+    -------
+    The length (0.0 for fewer than two nodes).
+
+    Raises
+    ------
+    TypeError
+        ``graph`` is not a :class:`~infogeo.graph.TokenGraph`, or ``path`` is not integers.
+    ValueError
+        A node lies outside ``0..n−1``, or two consecutive nodes are not adjacent.
+    """
     graph = _check_graph(graph)
     p = _check_nodes(path, graph.n, "path")
     if p.size < 2:

@@ -54,7 +54,18 @@ _JVP_CHUNK = 256  # tokens per vmap chunk of the pull-back JVP (logits of vocabu
 
 
 def check_coordinates(x: Tensor, name: str) -> None:
-    """Coordinates small enough that squared distances stay finite: ``max|x| ≤ √(max float)/(2√d)``."""
+    """Coordinates small enough that squared distances stay finite: ``max|x| ≤ √(max float)/(2√d)``.
+
+    Parameters
+    ----------
+    x : (..., d) floating coordinates.
+    name : the argument's name, quoted in the error message.
+
+    Raises
+    ------
+    ValueError
+        A coordinate exceeds the bound (rescale the points).
+    """
     limit = math.sqrt(torch.finfo(x.dtype).max) / (2.0 * math.sqrt(max(x.shape[-1], 1)))
     top = float(x.abs().max()) if x.numel() else 0.0
     if top > limit:
@@ -63,13 +74,30 @@ def check_coordinates(x: Tensor, name: str) -> None:
 
 
 def knn(x: Tensor, k: int, *, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
-    """Exact ``k`` nearest neighbours (self excluded) of the rows of ``x`` (shape ``(n, d)``).
+    """Exact ``k`` nearest neighbours (self excluded) of the rows of ``x``.
 
-    ``method``: ``"dense"`` (one ``torch.cdist``, small ``n`` only), ``"blocked"`` (``torch.cdist``
-    over row blocks and ``topk``: memory ``O(block * n)``, never ``n x n``; runs on ``x``'s
-    device), ``"kdtree"`` (scipy ``cKDTree``, best for ``d <= 16``) or ``"auto"`` (dense for
-    ``n <= 2048``, else kdtree for ``d <= 16``, else blocked). All are exact; ties are broken
-    arbitrarily. Returns ``(indices (n, k) int64, distances (n, k) float64)``.
+    Parameters
+    ----------
+    x : ``(n, d)`` points (float32 or float64, finite), ``n ≥ k + 1``, ``d ≥ 1``.
+    k : neighbours per point.
+    method : ``"dense"`` (one ``torch.cdist``, small ``n`` only), ``"blocked"`` (``torch.cdist``
+        over row blocks and ``topk``: memory ``O(block * n)``, never ``n x n``; runs on ``x``'s
+        device), ``"kdtree"`` (scipy ``cKDTree``, best for ``d <= 16``) or ``"auto"`` (dense for
+        ``n <= 2048``, else kdtree for ``d <= 16``, else blocked).
+
+    Returns
+    -------
+    ``(indices (n, k) int64, distances (n, k) float64)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``x`` is not a finite (n, d) float32/float64 tensor, its coordinates overflow
+        (:func:`check_coordinates`), ``n < k + 1``, or ``method`` is unknown.
+
+    Notes
+    -----
+    All methods are exact; ties are broken arbitrarily.
     """
     check_tensor(x, "x", ndim=2)
     check_precise(x, "x")
@@ -148,10 +176,13 @@ def _edge_lengths(
 class TokenGraph:
     """Symmetric weighted graph on ``n`` tokens.
 
-    ``adjacency`` is a scipy CSR matrix, symmetric, whose entry ``(i, j)`` is the length of the
-    edge ``i–j`` under the metric (no entry = no edge). Zero-length edges (duplicate points) are
-    stored as the smallest positive float64 so that scipy keeps them as edges. ``kind`` records
-    how lengths were measured, ``k`` the neighbour count.
+    Attributes
+    ----------
+    adjacency : scipy CSR matrix, symmetric, whose entry ``(i, j)`` is the length of the edge
+        ``i–j`` under the metric (no entry = no edge). Zero-length edges (duplicate points) are
+        stored as the smallest positive float64 so that scipy keeps them as edges.
+    kind : how lengths were measured.
+    k : the neighbour count.
     """
 
     adjacency: sp.csr_matrix
@@ -182,18 +213,31 @@ class TokenGraph:
     ) -> "TokenGraph":
         """Build the kNN + sequence graph of the rows of ``x`` (seed 000 §3.1).
 
-        Args:
-            x: ``(n, d)`` features in sequence order: hidden states, or categorical
-                distributions (rows in the closed simplex, zeros allowed) for ``kind="fisher_rao"``.
-            k: neighbours per point before symmetrisation; needs ``n >= k + 1``.
-            metric: ``(n, d, d)`` per-point metric tensors (symmetric positive semi-definite),
-                or a callable ``fn(h) -> logits`` whose softmax pull-back metric is used.
-            kind: ``"euclidean"``, ``"fisher_rao"`` or ``"metric"``; ``None`` infers
-                ``"metric"`` when ``metric`` is given, else ``"euclidean"``.
-            sequence_edges: also join ``t`` and ``t + 1``.
-            method: neighbour search, see :func:`knn`.
-            chunk_size: edges per batch when measuring lengths (capped so that the gathered
-                metric tensors stay near 128 MB; pull-back JVPs run 256 tokens at a time).
+        Parameters
+        ----------
+        x : ``(n, d)`` features in sequence order: hidden states, or categorical
+            distributions (rows in the closed simplex, zeros allowed) for ``kind="fisher_rao"``.
+        k : neighbours per point before symmetrisation; needs ``n >= k + 1``.
+        metric : ``(n, d, d)`` per-point metric tensors (symmetric positive semi-definite),
+            or a callable ``fn(h) -> logits`` whose softmax pull-back metric is used.
+        kind : ``"euclidean"``, ``"fisher_rao"`` or ``"metric"``; ``None`` infers
+            ``"metric"`` when ``metric`` is given, else ``"euclidean"``.
+        sequence_edges : also join ``t`` and ``t + 1``.
+        method : neighbour search, see :func:`knn`.
+        chunk_size : edges per batch when measuring lengths (capped so that the gathered
+            metric tensors stay near 128 MB; pull-back JVPs run 256 tokens at a time).
+
+        Returns
+        -------
+        :class:`TokenGraph` with edge lengths under ``kind`` (module docstring).
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``x`` is not a finite (n, d) float32/float64 tensor or ``n < k + 1``; ``kind`` is
+            unknown; ``metric`` is missing for ``kind="metric"``, given for another kind, of the wrong
+            shape or device; rows of ``x`` leave the simplex for ``kind="fisher_rao"``; or an edge
+            length is not finite (a metric not positive semi-definite).
         """
         check_tensor(x, "x", ndim=2)
         check_precise(x, "x")
@@ -246,10 +290,24 @@ class TokenGraph:
 
     @classmethod
     def from_adjacency(cls, adjacency: object, *, kind: str = "given", k: int = 0) -> "TokenGraph":
-        """Wrap a symmetric non-negative ``(n, n)`` matrix of edge lengths (scipy sparse or dense).
+        """Wrap a symmetric non-negative ``(n, n)`` matrix of edge lengths.
 
-        No entry (or a zero off the diagonal) means no edge; the diagonal is ignored. Use it for
-        graphs from elsewhere, e.g. ``nx.to_scipy_sparse_array(G)`` with unit or length weights.
+        Parameters
+        ----------
+        adjacency : scipy sparse or dense ``(n, n)``; no entry (or a zero off the diagonal) means no
+            edge, and the diagonal is ignored. Use it for graphs from elsewhere, e.g.
+            ``nx.to_scipy_sparse_array(G)`` with unit or length weights.
+        kind : recorded as the graph's ``kind``.
+        k : recorded as the graph's ``k``.
+
+        Returns
+        -------
+        :class:`TokenGraph`.
+
+        Raises
+        ------
+        ValueError
+            ``adjacency`` is not square, not symmetric, or holds negative or non-finite lengths.
         """
         adj = sp.csr_matrix(adjacency, dtype=np.float64)
         if adj.ndim != 2 or adj.shape[0] != adj.shape[1]:
@@ -264,9 +322,12 @@ class TokenGraph:
         return cls(adjacency=adj, kind=kind, k=k)
 
     def edges(self) -> np.ndarray:
-        """Undirected edges as an ``(m, 2)`` int array with ``i < j``, sorted by ``(i, j)``.
+        """Undirected edges with ``i < j``, sorted by ``(i, j)``.
 
-        Per-edge quantities (curvatures) are aligned with this order.
+        Returns
+        -------
+        ``(m, 2)`` int array. Per-edge quantities (curvatures, :meth:`edge_lengths`) are aligned
+        with this order.
         """
         up = sp.triu(self.adjacency, k=1).tocsr()
         up.sort_indices()
@@ -274,7 +335,12 @@ class TokenGraph:
         return np.stack([rows, up.indices.astype(np.int64)], axis=1)
 
     def edge_lengths(self) -> np.ndarray:
-        """Lengths ``(m,)`` aligned with :meth:`edges`."""
+        """Edge lengths.
+
+        Returns
+        -------
+        ``(m,)`` float64 array aligned with :meth:`edges`.
+        """
         up = sp.triu(self.adjacency, k=1).tocsr()
         up.sort_indices()
         return up.data.copy()
@@ -288,7 +354,13 @@ class TokenGraph:
         return csgraph.connected_components(self.adjacency, directed=False)
 
     def check_connected(self) -> None:
-        """Raise ``ValueError`` naming the component sizes if the graph is disconnected."""
+        """The graph is connected.
+
+        Raises
+        ------
+        ValueError
+            The graph has several connected components; the message names their sizes.
+        """
         n_comp, labels = self.components()
         if n_comp > 1:
             sizes = np.sort(np.bincount(labels))[::-1]
@@ -299,7 +371,16 @@ class TokenGraph:
             )
 
     def subgraph(self, nodes: np.ndarray) -> "TokenGraph":
-        """The induced subgraph on ``nodes`` (indices or a boolean mask), renumbered 0..len-1."""
+        """The induced subgraph on ``nodes``, renumbered 0..len−1.
+
+        Parameters
+        ----------
+        nodes : node indices or a boolean mask of length ``n``.
+
+        Returns
+        -------
+        :class:`TokenGraph` of the same ``kind`` and ``k``.
+        """
         nodes = np.asarray(nodes)
         if nodes.dtype == bool:
             nodes = np.flatnonzero(nodes)

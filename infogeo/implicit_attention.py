@@ -68,8 +68,14 @@ MAX_TOKENS = 1024
 class ScanInputs:
     """The selective scan's inputs of one mixer on one text, float64, channel-first.
 
-    ``u`` (D, T): the conv output the scan reads; ``z`` (D, T): the gate; ``delta`` (D, T):
-    Δ = softplus(dt_proj(·) + b); ``A`` (D, N) < 0; ``B``, ``C`` (N, T); ``skip`` (D,): D.
+    Attributes
+    ----------
+    u : (D, T) the conv output the scan reads.
+    z : (D, T) the gate.
+    delta : (D, T) Δ = softplus(dt_proj(·) + b).
+    A : (D, N), negative.
+    B, C : (N, T).
+    skip : (D,) the skip weight D.
     """
 
     u: Tensor
@@ -95,13 +101,29 @@ def _check_mixer(mixer: nn.Module) -> None:
 
 
 def scan_inputs(mixer: nn.Module, x: Tensor) -> ScanInputs:
-    """Recompute, in float64, the scan inputs of ``mixer`` for its input ``x`` (T, d_model).
+    """Recompute, in float64, the scan inputs of ``mixer`` for its input ``x``.
 
-    ``mixer`` is an HF ``MambaMixer`` or a :class:`tiling.modules.TiledMamba` (same parameter
-    names and shapes); the shapes are read from the parameters: D = A_log.shape[0],
-    N = A_log.shape[1], the Δ rank = dt_proj.in_features. The steps are Mamba's
-    (``MambaMixer.forward``): in_proj → (x, z); causal depthwise conv + SiLU; x_proj → (δ, B, C);
-    Δ = softplus(dt_proj δ + b); A = −exp(A_log).
+    Parameters
+    ----------
+    mixer : an HF ``MambaMixer`` or a :class:`tiling.modules.TiledMamba` (same parameter names
+        and shapes, SiLU activation).
+    x : (T, d_model) the mixer's input.
+
+    Returns
+    -------
+    :class:`ScanInputs` on the CPU.
+
+    Raises
+    ------
+    ValueError
+        ``mixer`` lacks a Mamba parameter or has another activation, or ``x`` is not a finite
+        (T, d_model) tensor.
+
+    Notes
+    -----
+    The shapes are read from the parameters: D = A_log.shape[0], N = A_log.shape[1], the Δ rank
+    = dt_proj.in_features. The steps are Mamba's (``MambaMixer.forward``): in_proj → (x, z);
+    causal depthwise conv + SiLU; x_proj → (δ, B, C); Δ = softplus(dt_proj δ + b); A = −exp(A_log).
     """
     _check_mixer(mixer)
     check_tensor(x, "x", ndim=2)
@@ -167,10 +189,27 @@ def _column_blocks(s: ScanInputs, sl: slice, block: int) -> tuple[list[Tensor], 
 
 
 def implicit_attention(s: ScanInputs, *, channels: slice | None = None, block: int = 32) -> Tensor:
-    """M (c, T, T), float64, lower triangular, of the channels ``channels`` (default all).
+    """The implicit attention matrix M of the selected channels.
 
+    Parameters
+    ----------
+    s : the scan inputs (:func:`scan_inputs`), T ≤ :data:`MAX_TOKENS`.
+    channels : the channels to compute (default all).
+    block : the largest block size Q tried (a speed knob only).
+
+    Returns
+    -------
+    M (c, T, T), float64, lower triangular.
+
+    Raises
+    ------
+    ValueError
+        ``block`` < 1, T > :data:`MAX_TOKENS`, or M is not finite.
+
+    Notes
+    -----
     Exact up to rounding (module docstring: blockwise semiseparable products whose factors stay
-    within float64's range). ``block`` is the largest Q tried (a speed knob only).
+    within float64's range).
     """
     block = check_int(block, "block", minimum=1)
     T = s.delta.shape[1]
@@ -185,9 +224,22 @@ def implicit_attention(s: ScanInputs, *, channels: slice | None = None, block: i
 
 
 def scan_recurrence(s: ScanInputs) -> Tensor:
-    """y (D, T) of the selective scan by its recurrence, float64: h_t = e^{Δ_t A} h_{t−1} + Δ_t B_t u_t,
-    y_t = C_tᵀ h_t + D u_t (Gu & Dao 2023, eq. 2a–2b, A discretised by zero-order hold); the
-    reference M is tested against, and O(T·D·N) where M is O(T²·D·N)."""
+    """Output of the selective scan by its recurrence, float64.
+
+    Parameters
+    ----------
+    s : the scan inputs (:func:`scan_inputs`).
+
+    Returns
+    -------
+    y (D, T).
+
+    Notes
+    -----
+    h_t = e^{Δ_t A} h_{t−1} + Δ_t B_t u_t, y_t = C_tᵀ h_t + D u_t (Gu & Dao 2023, eq. 2a–2b, A
+    discretised by zero-order hold); the reference M is tested against, and O(T·D·N) where M is
+    O(T²·D·N).
+    """
     D, T = s.delta.shape
     dA = torch.exp(s.delta.T[:, :, None] * s.A[None])  # (T, D, N)
     dBu = (s.delta * s.u).T[:, :, None] * s.B.T[:, None, :]  # (T, D, N)
@@ -200,12 +252,33 @@ def scan_recurrence(s: ScanInputs) -> Tensor:
 
 
 def attention_output(M: Tensor, s: ScanInputs) -> Tensor:
-    """y = M u + D u (D, T): the scan's output through its implicit attention."""
+    """y = M u + D u: the scan's output through its implicit attention.
+
+    Parameters
+    ----------
+    M : (D, T, T) implicit attention of all channels (:func:`implicit_attention`).
+    s : the scan inputs M was computed from.
+
+    Returns
+    -------
+    y (D, T).
+    """
     return torch.einsum("cts,cs->ct", M, s.u) + s.skip[:, None] * s.u
 
 
 def layer_output(mixer: nn.Module, s: ScanInputs, y: Tensor) -> Tensor:
-    """out_proj(y ⊙ SiLU(z)) (T, d_model), float64: the mixer's output from its scan output y (D, T)."""
+    """out_proj(y ⊙ SiLU(z)): the mixer's output from its scan output.
+
+    Parameters
+    ----------
+    mixer : the mixer ``s`` was computed from.
+    s : the scan inputs (for the gate z).
+    y : (D, T) scan output.
+
+    Returns
+    -------
+    (T, d_model) float64 tensor.
+    """
     b = mixer.out_proj.bias
     return F.linear((y * F.silu(s.z)).T, mixer.out_proj.weight.detach().to("cpu", torch.float64),
                     None if b is None else b.detach().to("cpu", torch.float64))
@@ -214,10 +287,24 @@ def layer_output(mixer: nn.Module, s: ScanInputs, y: Tensor) -> Tensor:
 def attention_rows(s: ScanInputs, groups: int, *, chunk: int = 32, block: int = 32) -> tuple[Tensor, int]:
     """Row-normalised magnitudes of M averaged over ``groups`` equal groups of channels.
 
-    Returns ``(P, zero_rows)``: P (groups, T, T), rows on the simplex (zeros above the diagonal),
+    Parameters
+    ----------
+    s : the scan inputs (:func:`scan_inputs`), T ≤ :data:`MAX_TOKENS`.
+    groups : number of channel groups; must divide D.
+    chunk : channels processed at a time (at most the group size, rounded down to a divisor of
+        it), so that only (chunk, T, T) is held.
+    block : as in :func:`implicit_attention`.
+
+    Returns
+    -------
+    ``(P, zero_rows)``: P (groups, T, T), rows on the simplex (zeros above the diagonal),
     P_g[t] = mean_{c ∈ g} |M_c[t]| / Σ_s |M_c[t, s]| (module docstring), and the number of
-    (channel, row) pairs whose magnitudes were all zero (put on the diagonal). Channels are
-    processed ``chunk`` at a time (at most the group size), so that only (chunk, T, T) is held.
+    (channel, row) pairs whose magnitudes were all zero (put on the diagonal).
+
+    Raises
+    ------
+    ValueError
+        ``groups`` does not divide D, T > :data:`MAX_TOKENS`, or M is not finite.
     """
     D, T = s.delta.shape
     groups = check_int(groups, "groups", minimum=1, maximum=D)

@@ -72,11 +72,12 @@ Tensor = torch.Tensor
 class GraphLaplacian:
     """:math:`-\\Delta_g \\approx M^{-1}A` in symmetric generalised form (see the module docstring).
 
-    Attributes:
-        stiffness: ``A``, ``(n, n)`` scipy CSR, symmetric positive semi-definite, zero row sums.
-        mass: ``M`` as the ``(n,)`` float64 diagonal, positive, mean 1.
-        bandwidth: the kernel width :math:`\\varepsilon` (heat time :math:`t = \\varepsilon^2/4`).
-        kind, alpha: the normalisation.
+    Attributes
+    ----------
+    stiffness : ``A``, ``(n, n)`` scipy CSR, symmetric positive semi-definite, zero row sums.
+    mass : ``M`` as the ``(n,)`` float64 diagonal, positive, mean 1.
+    bandwidth : the kernel width :math:`\\varepsilon` (heat time :math:`t = \\varepsilon^2/4`).
+    kind, alpha : the normalisation.
     """
 
     stiffness: sp.csr_matrix
@@ -90,13 +91,31 @@ class GraphLaplacian:
         return self.stiffness.shape[0]
 
     def apply(self, f: np.ndarray) -> np.ndarray:
-        """:math:`-\\Delta_g f \\approx M^{-1}Af` for ``f`` of shape ``(n,)`` or ``(n, c)``."""
+        """:math:`-\\Delta_g f \\approx M^{-1}Af`.
+
+        Parameters
+        ----------
+        f : ``(n,)`` or ``(n, c)`` values at the nodes.
+
+        Returns
+        -------
+        float64 array of the shape of ``f``.
+        """
         f = np.asarray(f, dtype=np.float64)
         out = self.stiffness @ f
         return out / (self.mass if f.ndim == 1 else self.mass[:, None])
 
     def dirichlet_energy(self, f: np.ndarray) -> float:
-        """:math:`f^\\top A f = \\langle f, -\\Delta_g f\\rangle_M \\approx \\int\\|\\nabla f\\|_g^2`."""
+        """:math:`f^\\top A f = \\langle f, -\\Delta_g f\\rangle_M \\approx \\int\\|\\nabla f\\|_g^2`.
+
+        Parameters
+        ----------
+        f : ``(n,)`` values at the nodes.
+
+        Returns
+        -------
+        The energy, a float.
+        """
         f = np.asarray(f, dtype=np.float64)
         return float(f @ (self.stiffness @ f))
 
@@ -108,6 +127,12 @@ class GraphLaplacian:
     def max_eigenvalue_bound(self) -> float:
         """Upper bound on :math:`\\lambda_{\\max}(M^{-1}A)`: the max row sum of :math:`|M^{-1}A|`.
 
+        Returns
+        -------
+        The bound, a float.
+
+        Notes
+        -----
         Any induced norm bounds the spectral radius; this one costs one pass over ``A``.
         """
         row = np.asarray(abs(self.stiffness).sum(axis=1)).ravel()
@@ -136,12 +161,27 @@ def _kernel_graph(points_or_graph: object, k: int | None, metric, kind_graph) ->
 def default_bandwidth(graph: TokenGraph, k: int | None = None) -> float:
     """The bandwidth rule :math:`\\varepsilon = \\max(\\operatorname{median}_i r_k(i)/3,\\ \\max_i r_1(i)/15)`.
 
-    :math:`r_k(i)` is the ``k``-th smallest edge length at node ``i`` (``k`` defaults to the
-    graph's neighbour count; nodes with fewer edges use their longest), :math:`r_1(i)` the
-    shortest. The first term is the accuracy rule of the module docstring; the second only
-    binds for outliers (a nearest neighbour 5 typical neighbourhood radii away) and keeps every
-    node's nearest neighbour at kernel weight :math:`\\ge e^{-225} \\approx 10^{-98}`, so no kernel
-    row underflows in float64.
+    Parameters
+    ----------
+    graph : the token graph.
+    k : the neighbour rank of :math:`r_k` (default the graph's neighbour count).
+
+    Returns
+    -------
+    The bandwidth :math:`\\varepsilon > 0`.
+
+    Raises
+    ------
+    ValueError
+        A node has no edge, or every node's nearest neighbour is at distance 0 (coincident points).
+
+    Notes
+    -----
+    :math:`r_k(i)` is the ``k``-th smallest edge length at node ``i`` (nodes with fewer edges use
+    their longest), :math:`r_1(i)` the shortest. The first term is the accuracy rule of the module
+    docstring; the second only binds for outliers (a nearest neighbour 5 typical neighbourhood
+    radii away) and keeps every node's nearest neighbour at kernel weight
+    :math:`\\ge e^{-225} \\approx 10^{-98}`, so no kernel row underflows in float64.
     """
     k = graph.k if k is None else check_int(k, "k", minimum=1)
     adj = graph.adjacency
@@ -173,16 +213,29 @@ def laplacian(
 ) -> GraphLaplacian:
     """Heat-kernel estimate of :math:`-\\Delta_g` (seed 000 §3.2.2); formulas in the module docstring.
 
-    Args:
-        points_or_graph: ``(n, d)`` torch points (a kNN graph without sequence edges is built,
-            ``k`` neighbours, default ``min(100, n - 1)``) or a :class:`~infogeo.graph.TokenGraph` (its edges and
-            metric lengths are used as they are).
-        kind: ``"belkin_niyogi"`` or ``"diffusion"``.
-        alpha: Coifman–Lafon exponent in [0, 1] for ``"diffusion"`` (1 = density independent).
-        bandwidth: kernel width :math:`\\varepsilon > 0`; ``None`` applies the bandwidth rule.
-        k: neighbours when building from points; for the bandwidth rule on a given graph, which
-            neighbour rank sets :math:`r_k` (default the graph's ``k``).
-        metric, graph_kind: passed to :meth:`TokenGraph.from_points` when building from points.
+    Parameters
+    ----------
+    points_or_graph : ``(n, d)`` torch points (a kNN graph without sequence edges is built,
+        ``k`` neighbours, default ``min(100, n - 1)``) or a :class:`~infogeo.graph.TokenGraph` (its edges and
+        metric lengths are used as they are).
+    kind : ``"belkin_niyogi"`` or ``"diffusion"``.
+    alpha : Coifman–Lafon exponent in [0, 1] for ``"diffusion"`` (1 = density independent).
+    bandwidth : kernel width :math:`\\varepsilon > 0`; ``None`` applies the bandwidth rule.
+    k : neighbours when building from points; for the bandwidth rule on a given graph, which
+        neighbour rank sets :math:`r_k` (default the graph's ``k``).
+    metric, graph_kind : passed to :meth:`TokenGraph.from_points` when building from points.
+
+    Returns
+    -------
+    :class:`GraphLaplacian`.
+
+    Raises
+    ------
+    TypeError
+        ``points_or_graph`` is neither an (n, d) tensor nor a graph.
+    ValueError
+        An argument lies outside its range, ``metric`` comes with a graph, the bandwidth rule fails
+        (:func:`default_bandwidth`), or the bandwidth is so small that a kernel row underflows.
     """
     check_choice(kind, "kind", ("belkin_niyogi", "diffusion"))
     check_in_range(alpha, "alpha", 0.0, 1.0)
@@ -227,24 +280,39 @@ def laplacian_spectrum(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Smallest ``n_eigs`` eigenpairs of :math:`-\\Delta_g`: :math:`A f = \\lambda M f`.
 
+    Parameters
+    ----------
+    lap_or_points : a :class:`GraphLaplacian`, or points/graph passed to :func:`laplacian`
+        with ``laplacian_kwargs``.
+    n_eigs : number of eigenpairs, ``1 <= n_eigs < n``.
+    method : ``"shift_invert"`` or ``"lobpcg"``.
+    tol : solver tolerance; default 1e-8 (eigsh, relative eigenvalue accuracy) or 1e-5
+        (LOBPCG, relative residual norm: eigenvalue errors are of its square).
+    seed : seed of the random start vectors.
+    **laplacian_kwargs : passed to :func:`laplacian` when points or a graph are given.
+
+    Returns
+    -------
+    ``(eigenvalues (n_eigs,) ascending, eigenvectors (n, n_eigs))`` as float64 numpy, the
+    eigenvectors :math:`M`-orthonormal (:math:`F^\\top M F = I`).
+
+    Raises
+    ------
+    TypeError
+        ``lap_or_points`` is none of the accepted types.
+    ValueError
+        ``laplacian_kwargs`` come with a Laplacian, ``n_eigs`` or ``method`` is invalid, or the
+        graph is not connected (else 0 is a multiple eigenvalue per component: treat components
+        separately).
+
+    Notes
+    -----
     Solved as the symmetric problem :math:`S\\psi = \\lambda\\psi`, :math:`S = M^{-1/2}AM^{-1/2}`,
     :math:`f = M^{-1/2}\\psi`, with ``scipy.sparse.linalg.eigsh`` in shift-invert mode around a
     small negative shift (``method="shift_invert"``, the default: one sparse LU, 4 s of CPU at
     20,000 points with ``k = 30`` and 15 s at 50,000) or with LOBPCG (``method="lobpcg"``,
     diagonally preconditioned, matrix-vector products only: competitive for small graphs with
     many neighbours, but 61 s at 20,000 points, ``k = 30``, where the diagonal preconditioner is weak).
-
-    Args:
-        lap_or_points: a :class:`GraphLaplacian`, or points/graph passed to :func:`laplacian`
-            with ``laplacian_kwargs``.
-        n_eigs: number of eigenpairs, ``1 <= n_eigs < n``.
-        tol: solver tolerance; default 1e-8 (eigsh, relative eigenvalue accuracy) or 1e-5
-            (LOBPCG, relative residual norm: eigenvalue errors are of its square).
-
-    Returns:
-        ``(eigenvalues (n_eigs,) ascending, eigenvectors (n, n_eigs))`` as float64 numpy, the
-        eigenvectors :math:`M`-orthonormal (:math:`F^\\top M F = I`). The graph must be
-        connected (else 0 is a multiple eigenvalue per component: treat components separately).
     """
     if not isinstance(lap_or_points, (GraphLaplacian, Tensor, TokenGraph)):
         raise TypeError(f"lap_or_points must be a GraphLaplacian, an (n, d) torch.Tensor of points or a TokenGraph, "

@@ -44,12 +44,42 @@ def _log_probs(logits: Tensor) -> Tensor:
 
 
 def predictive_density(logits: Tensor) -> Tensor:
-    """ρ_t = d_FR(π_{t−1}, π_t)² for t = 1..n−1 (module docstring); ``logits`` (n, V) → (n−1,) float64."""
+    """Predictive density ρ_t = d_FR(π_{t−1}, π_t)² for t = 1..n−1 (module docstring).
+
+    Parameters
+    ----------
+    logits : (n, V) next-token logits, n ≥ 2, finite.
+
+    Returns
+    -------
+    (n−1,) float64 tensor on the CPU.
+
+    Raises
+    ------
+    ValueError
+        ``logits`` is not (n, V) with n ≥ 2, or holds NaN/Inf.
+    """
     return categorical_sequence_density(_log_probs(logits).exp())
 
 
 def surprisal(logits: Tensor, ids: Tensor | list[int]) -> Tensor:
-    """s_t = −log π_{t−1}(x_t) in nats for t = 1..n−1; ``logits`` (n, V), ``ids`` (n,) → (n−1,) float64."""
+    """Surprisal s_t = −log π_{t−1}(x_t) in nats for t = 1..n−1.
+
+    Parameters
+    ----------
+    logits : (n, V) next-token logits, n ≥ 2, finite.
+    ids : (n,) token ids in 0..V−1.
+
+    Returns
+    -------
+    (n−1,) float64 tensor on the CPU.
+
+    Raises
+    ------
+    ValueError
+        ``logits`` is not (n, V) with n ≥ 2 or holds NaN/Inf, or ``ids`` has another length or an
+        id outside the vocabulary.
+    """
     logp = _log_probs(logits)
     ids = torch.as_tensor(ids, dtype=torch.int64).reshape(-1)
     if ids.shape[0] != logp.shape[0]:
@@ -69,8 +99,24 @@ def _correlations(a: np.ndarray, b: np.ndarray) -> tuple[float | None, float | N
 
 
 def predictive_section(logits: Tensor, ids: Tensor | list[int]) -> dict:
-    """The report's ``predictive`` section: density and surprisal per token t = 1..n−1, their
-    means, and their Pearson and Spearman correlations (None if undefined)."""
+    """The report's ``predictive`` section.
+
+    Parameters
+    ----------
+    logits : (n, V) next-token logits, n ≥ 2, finite.
+    ids : (n,) token ids in 0..V−1.
+
+    Returns
+    -------
+    dict with the definition, the density and surprisal per token t = 1..n−1, their means, the
+    bits per token, and their Pearson and Spearman correlations (None if undefined: fewer than 3
+    tokens, or a constant series).
+
+    Raises
+    ------
+    ValueError
+        As :func:`predictive_density` and :func:`surprisal`.
+    """
     rho, s = predictive_density(logits), surprisal(logits, ids)
     check_finite(rho, "predictive density")
     check_finite(s, "surprisal")
