@@ -61,7 +61,7 @@ UNIT_OF: dict[str, str] = {
     "tiling.ops": "tiling.ops",
     "tiling.ops.*": "tiling.ops",
     "tiling._build": "tiling.ops",
-    "tiling": "tiling",  # the package root runs before every tiling module: it imports nothing above them
+    "tiling": "tiling",  # the package root runs whenever a tiling module is imported: kept below modules/train/workflows
     "tiling.config": "tiling",
     "tiling.policy": "tiling",
     "tiling.tile": "tiling",
