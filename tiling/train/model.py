@@ -2,11 +2,12 @@
 residuals, final RMSNorm, head tied to the embedding (the layout of HF's ``MambaForCausalLM``)."""
 from __future__ import annotations
 
-import torch
-from torch import nn
-
 import dataclasses
 import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import nn
 
 from infogeo.checks import check_int
 from tiling.config import TilingConfig
@@ -120,21 +121,34 @@ class TiledLM(nn.Module):
         """Indices of the layers that run at the model's budget (not pinned at full resolution)."""
         return [k for k in range(len(self.layers)) if k not in self.full_resolution_layers]
 
-    def forward(self, tokens: Tensor, *, budget: float | None = None, return_plans: bool = False):
+    def forward(self, tokens: Tensor, *, budget: float | None = None, return_plans: bool = False,
+                density: Sequence[Tensor | None] | None = None):
+        """``tokens (batch, L) → logits (batch, L, vocab)`` (and the layers' plans with ``return_plans``).
+
+        ``density``: one entry per layer, an external per-token density (batch, L) that layer's
+        policy reads instead of its own signal (``TiledMamba.forward``'s ``density``), or None for
+        the layer's own; it takes precedence over ``shared_density``. Layers at full resolution
+        run no policy and ignore it. E.g. :mod:`tiling.workflows.plans` runs the plans of the
+        predictive and implicit-attention densities this way.
+        """
         if tokens.dim() != 2 or tokens.dtype != torch.int64:
             raise ValueError(f"tokens must be int64 of shape (batch, L), got {tokens.dtype} {tuple(tokens.shape)}")
+        if density is not None and len(density) != len(self.layers):
+            raise ValueError(f"density must hold one entry (a (batch, L) tensor or None) per layer, "
+                             f"{len(self.layers)}, got {len(density)}")
         h = self.embedding(tokens)
         plans: list[TilePlan] = []
-        density = None
+        shared = None
         for k, (norm, layer) in enumerate(zip(self.norms, self.layers)):
             b = self.layer_budget(k, budget)
+            rho = density[k] if density is not None and density[k] is not None else shared
             if return_plans or (self.shared_density and k == 0 and len(self.layers) > 1):
-                out, plan = layer(norm(h), budget=b, density=density, return_plan=True)
+                out, plan = layer(norm(h), budget=b, density=rho, return_plan=True)
                 plans.append(plan)
                 if self.shared_density and k == 0:
-                    density = plan.token_density.to(device=h.device, dtype=h.dtype)
+                    shared = plan.token_density.to(device=h.device, dtype=h.dtype)
             else:
-                out = layer(norm(h), budget=b, density=density)
+                out = layer(norm(h), budget=b, density=rho)
             h = h + out
         logits = self.head(self.norm_f(h))
         return (logits, plans) if return_plans else logits

@@ -45,8 +45,10 @@ from infogeo.predictive import predictive_section
 from tiling.config import TilingConfig
 from tiling.ops import scan_cost
 from tiling.policy import plan_tiles, tile_mean
-from ..mamba import implicit_attention_info
+
+from ..mamba import ImplicitAttentionModel, implicit_attention_info
 from ..models import attention_projections
+from ..plans import compare_plans
 from .report import SCHEMA, SCHEMA_VERSION, Report, _token_density
 
 __all__ = ["analyse"]
@@ -607,6 +609,14 @@ def analyse(
             },
         })
     bar.close()
+    layer_plans = None
+    if isinstance(model, ImplicitAttentionModel) and model.kind == "tiled-lm" and model.inner.tiled_layers:
+        # the plan the layers chose against the plans of the geometry, at the report's budget (tiling.workflows.plans)
+        t0 = time.perf_counter()
+        implicit = {li: categorical_sequence_density(attn[li]).mean(0) for li in model.inner.tiled_layers}
+        layer_plans = compare_plans(model.inner, enc["input_ids"], budget=plan_config.budget, implicit=implicit,
+                                    predictive=torch.tensor(predictive["density"], dtype=torch.float64))
+        timings["layer_plans"] = time.perf_counter() - t0
     if show is None:
         best = max(((lr["layer"], hr["head"], hr["density_mean"]) for lr in layer_reports
                     for hr in lr["attention"]["heads"]), key=lambda t: t[2])
@@ -640,6 +650,7 @@ def analyse(
         },
         "checks": {"attention_row_sum_max_error": row_err},
         "predictive": predictive,
+        "layer_plans": layer_plans,
         "layers": layer_reports,
         "show": {"layer": int(show[0]), "head": int(show[1])},
         "timings": timings,

@@ -252,4 +252,24 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
         corr = "undefined" if pr["pearson"] is None else f"Pearson {pr['pearson']:+.2f}, Spearman {pr['spearman']:+.2f}"
         ax_s.set_title(corr, fontsize=9)
         save(fig, "predictive")
+
+    # 8. TiledLM: the resolution each tiled layer chose against the plans of the two densities
+    lp = d.get("layer_plans")
+    if lp:
+        layers = [str(k) for k in lp["tiled_layers"]]
+        fig, axes = plt.subplots(len(layers), 1, figsize=(width, 1.2 + 1.6 * len(layers)), sharex=True,
+                                 squeeze=False, constrained_layout=True)
+        styles = {"chosen": ("black", "-"), "predictive": ("tab:purple", "--"), "implicit": ("tab:green", ":")}
+        for ax, k in zip(axes[:, 0], layers):
+            for key, (color, ls) in styles.items():
+                r = lp[key]["resolution"][k]
+                ax.step(np.arange(len(r)) * lp["tile_size"], r, where="post", color=color, ls=ls, lw=1.4,
+                        label=f"{key} ({lp[key]['bpb']:.3f} bpb)")
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel(f"layer {k}\nR per tile")
+        axes[0, 0].legend(fontsize=8, loc="upper right", ncol=3)
+        axes[0, 0].set_title(f"resolution chosen by the layers vs the plans of the predictive and implicit-attention "
+                             f"densities (budget {lp['budget']:g})", loc="left")
+        axes[-1, 0].set_xlabel("token position")
+        save(fig, "layer_plans")
     return paths

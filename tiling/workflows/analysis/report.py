@@ -25,8 +25,9 @@ SCHEMA = "tiling.workflows.analysis.report"
 SCHEMA_VERSION = 1
 
 FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum", "resolution_plan")
-#: drawn only for causal language models (the report has a ``predictive`` section)
-CAUSAL_FIGURES = ("predictive",)
+#: drawn only for causal language models (the report has a ``predictive`` section; ``layer_plans``
+#: for a ``TiledLM`` checkpoint, whose report has a ``layer_plans`` section)
+CAUSAL_FIGURES = ("predictive", "layer_plans")
 #: every file :meth:`Report.save` writes (``overwrite`` replaces these and keeps all other entries)
 REPORT_FILES = ("report.json", "arrays.npz", "report.md", "report.html") + tuple(
     f"{f}.png" for f in FIGURES + CAUSAL_FIGURES)
@@ -265,6 +266,13 @@ def _model_findings(d: dict, toks: list[str]) -> list[str]:
         out.append(f"The predictive density (squared Fisher–Rao step between consecutive next-token "
                    f"distributions) has mean {pr['density_mean']:.3g} and peaks at '{toks[top]}' (#{top}); its "
                    f"correlation with the surprisal (mean {pr['bits_per_token']:.2f} bits per token) is {corr}.")
+    lp = d.get("layer_plans")
+    if lp:
+        plans = ", ".join(f"{key} {lp[key]['bpb']:.3f} bpb at mean resolution {lp[key]['mean_resolution']:.3f}"
+                          for key in ("chosen", "predictive", "implicit"))
+        out.append(f"At budget {lp['budget']:g} the model's tiled layers {lp['tiled_layers']} chose their own plan; "
+                   f"the plans tiling makes from the predictive and the implicit-attention densities, run by the "
+                   f"same weights, give: {plans}.")
     return out
 
 
