@@ -20,7 +20,19 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class ScanInputs:
-    """Validated, normalised inputs: B and C grouped as (batch, G, N, L), per-tile plans."""
+    """Validated, normalised inputs of the scan (:func:`validate_scan_inputs`).
+
+    Attributes
+    ----------
+    u, delta, A, D, z, delta_bias, boundary_gain, initial_state : the arguments as given.
+    B, C : grouped as (batch, G, N, L) (a (batch, N, L) argument gains ``G = 1``).
+    resolution : (batch, n_tiles), dtype of the input, on ``u``'s device.
+    state_dims : (batch, n_tiles) int64, on ``u``'s device.
+    seg_counts : (batch, n_tiles) int64 segment counts ``m_i``, on ``u``'s device.
+    lengths : (n_tiles,) int64 tile lengths ``n_i``, on the CPU.
+    tile_size : the tile length ``T``.
+    ungrouped : ``B``, ``C`` were given as (batch, N, L).
+    """
 
     u: Tensor
     delta: Tensor
@@ -46,10 +58,40 @@ def validate_scan_inputs(
 ) -> ScanInputs:
     """Check shapes, dtypes, devices and ranges of the scan arguments; name the culprit.
 
-    Non-contiguous tensors are accepted (the kernels make them contiguous); ``A`` with positive
-    entries is accepted with a warning (the recurrence then grows without bound).
-    ``defer_finite`` skips the NaN/Inf scan of the full-length tensors ``u, delta, z``; the
-    caller must then check the output with :func:`check_scan_output`.
+    Parameters
+    ----------
+    u, delta, A, B, C, D, z, delta_bias, tile_size, resolution, state_dims, boundary_gain, initial_state :
+        the arguments of :func:`adaptive_selective_scan_ref` (shapes there and in
+        :func:`tiling.ops.adaptive_selective_scan`).
+    defer_finite : skip the NaN/Inf scan of the full-length tensors ``u, delta, z``; the caller
+        must then check the output with :func:`check_scan_output`.
+
+    Returns
+    -------
+    :class:`ScanInputs`, with ``resolution`` defaulting to 1, ``state_dims`` to ``N`` and the
+    segment counts of :func:`tiling.ops.cost.segment_counts`.
+
+    Raises
+    ------
+    TypeError
+        A tensor argument is not a tensor or not floating, ``delta``, ``B``, ``C`` or ``z`` has a
+        dtype other than ``u``'s, ``state_dims`` is a tensor without an integer dtype, or
+        ``tile_size`` is not an int.
+    ValueError
+        Tensors live on different devices; a shape does not match (``u`` (batch, dim, L) with all
+        sizes ≥ 1, ``A`` (dim, N) with N ≥ 1, ``B`` and ``C`` both (batch, N, L) or both
+        (batch, G, N, L) with G dividing dim, ...); a full-length tensor holds NaN/Inf (unless
+        ``defer_finite``); ``tile_size < 1`` or too small for the int32 tile index;
+        ``resolution`` is outside (0, 1]; ``state_dims`` is outside [1, N].
+
+    Warns
+    -----
+    RuntimeWarning
+        ``A`` has positive entries (the recurrence then grows without bound; accepted).
+
+    Notes
+    -----
+    Non-contiguous tensors are accepted (the kernels make them contiguous).
     """
     big = not defer_finite
     named = dict(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, boundary_gain=boundary_gain,
@@ -129,6 +171,19 @@ def validate_scan_inputs(
 def check_scan_output(y: Tensor, u: Tensor, delta: Tensor, z: Tensor | None) -> None:
     """NaN/Inf guard after a scan whose inputs were validated with ``defer_finite``.
 
+    Parameters
+    ----------
+    y : the scan output.
+    u, delta, z : the scan's full-length inputs (``z`` may be None).
+
+    Raises
+    ------
+    ValueError
+        ``y`` is not finite: naming the first of ``u``, ``delta``, ``z`` that holds NaN/Inf, or,
+        with finite inputs, saying that the recurrence overflowed.
+
+    Notes
+    -----
     Any NaN/Inf in ``u``, ``delta`` or ``z`` reaches ``y`` (through ``Δu``, the decay or the gate),
     so one reduction of ``y`` detects it; only then are the inputs scanned to name the culprit.
     Finite inputs with a non-finite output mean the recurrence overflowed.
@@ -149,6 +204,27 @@ def adaptive_selective_scan_ref(
 ):
     """Float64 reference of :func:`tiling.ops.adaptive_selective_scan` (same signature).
 
+    Parameters
+    ----------
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, tile_size, resolution, state_dims,
+    boundary_gain, initial_state, return_last_state, return_tile_states :
+        as for :func:`tiling.ops.adaptive_selective_scan`.
+
+    Returns
+    -------
+    ``y`` in ``u``'s dtype; with ``return_last_state`` ``(y, last_state)``, with
+    ``return_tile_states`` ``(y, last_state, tile_states)`` where ``tile_states``
+    (batch, dim, n_tiles, N) holds the state after each tile. States are float64 for float64
+    input, else float32.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid arguments (:func:`validate_scan_inputs`), or a non-finite output
+        (:func:`check_scan_output`).
+
+    Notes
+    -----
     Semantics (seed 001 §3.2.1 tiles ``(M_i, S_i, R_i)``, §3.3.1 transition φ, §3.4 step 3):
 
     * ``Δ_t = softplus(delta_t + delta_bias)`` if ``delta_softplus`` else ``delta_t + delta_bias``.
@@ -164,10 +240,7 @@ def adaptive_selective_scan_ref(
       decay once by ``exp(A·Σ_{t∈tile} Δ_t)``.
     * φ: at the start of tile ``i > 0``, ``h ← h ⊙ exp(boundary_gain·(R_i − R_{i−1}))``.
 
-    Computes in float64 and returns ``y`` in ``u``'s dtype (states in float64 for float64 input,
-    else float32); with ``return_last_state`` returns
-    ``(y, last_state)``, with ``return_tile_states`` ``(y, last_state, tile_states)`` where
-    ``tile_states`` (batch, dim, n_tiles, N) holds the state after each tile.
+    Computes in float64 throughout.
     """
     p = validate_scan_inputs(u, delta, A, B, C, D, z, delta_bias, tile_size=tile_size, resolution=resolution,
                              state_dims=state_dims, boundary_gain=boundary_gain, initial_state=initial_state)
@@ -231,19 +304,30 @@ def adaptive_selective_scan_ref(
 def block_scope_ref(x: Tensor, weights: dict[str, Tensor], boundary: Tensor, confidence: Tensor | None = None) -> Tensor:
     """Float64 reference of ``TiledMamba(scope="block")`` for a given boundary mask.
 
+    Parameters
+    ----------
+    x : (batch, L, d_model) input.
+    weights : Mamba's parameters by their names (``in_proj.weight``, ``conv1d.weight``,
+        ``conv1d.bias``, ``x_proj.weight``, ``dt_proj.weight``, ``dt_proj.bias``, ``A_log``, ``D``,
+        ``out_proj.weight``) and ``chunk.pool_gate``.
+    boundary : (batch, L) bool; the segments of each row start at its True entries.
+    confidence : (batch, L), optional: the learned router's ``c_t``; the output is multiplied by
+        ``1 + c_t − sg(c_t)`` (value 1, gradient to ``c``).
+
+    Returns
+    -------
+    (batch, L, d_model) float64 output, differentiable (autograd) in ``x``, the weights and
+    ``confidence``.
+
+    Notes
+    -----
     Written plainly from ``docs/tiling.md`` ("Block scope"), independent of the chunk modules and
-    of the scan kernels: for each row, the segments start at the True entries of ``boundary``
-    (batch, L); segment ``S = [a_S, a_{S+1})`` is represented by
+    of the scan kernels: segment ``S = [a_S, a_{S+1})`` is represented by
     ``x̃_S = x_{a_S} + g ⊙ mean(x_{a_{S−1}+1..a_S−1})`` (0 for an empty set); the Mamba mixer runs
     as a time loop over the representatives with ``Δ_S = gap_S·softplus(W_dt δ_S + b)``,
     ``gap_S = a_S − a_{S−1}`` (1 for ``S = 0``), ``h_S = exp(Δ_S A) h_{S−1} + Δ_S u_S B_S``,
     ``y_S = (C_S·h_S + D u_S)·silu(z_S)``; every token of ``S`` receives ``W_out y_S``.
-
-    ``weights``: Mamba's parameters by their names (``in_proj.weight``, ``conv1d.weight``,
-    ``conv1d.bias``, ``x_proj.weight``, ``dt_proj.weight``, ``dt_proj.bias``, ``A_log``, ``D``,
-    ``out_proj.weight``) and ``chunk.pool_gate``. ``confidence`` (batch, L), optional: the learned
-    router's ``c_t``; the output is multiplied by ``1 + c_t − sg(c_t)`` (value 1, gradient to ``c``).
-    Differentiable (autograd) in ``x``, the weights and ``confidence``.
+    No arguments are checked.
     """
     f64 = torch.float64
     w = {k: v.to(f64) for k, v in weights.items()}

@@ -26,12 +26,25 @@ CUDA_MAX_STATE = 64  # the CUDA kernel keeps at most 64 state components per cha
 
 
 def checkpoint_slots(seg_counts: Tensor, every: int = CHECKPOINT_SEGMENTS) -> tuple[Tensor, int]:
-    """Checkpoint schedule: ``(slot (batch, n_tiles) int32, n_slots)``.
+    """Checkpoint schedule of the backward pass.
 
+    Parameters
+    ----------
+    seg_counts : (batch, n_tiles) segment counts ``m_i``.
+    every : least number of segments between two checkpoints (default :data:`CHECKPOINT_SEGMENTS`).
+
+    Returns
+    -------
+    ``(slot, n_slots)``: ``slot`` (batch, n_tiles) int32 on ``seg_counts``' device, the checkpoint
+    index of each tile (``-1`` for tiles without one), and ``n_slots`` the largest number of
+    checkpoints of a row.
+
+    Notes
+    -----
     A checkpoint holds the state entering a tile; tile 0 always has one (slot 0) and a new one
     is placed at the first tile start after at least ``every`` segments since the previous one,
     so the saved states cost ``batch·dim·N·Σm/every`` at most and a chunk recomputed by the
-    backward holds fewer than ``every + T`` segments. Tiles without a checkpoint get ``-1``.
+    backward holds fewer than ``every + T`` segments.
     """
     m = seg_counts.detach().cpu().numpy().astype(np.int64)
     batch, n_tiles = m.shape
@@ -145,12 +158,44 @@ def adaptive_selective_scan(
 ):
     """Resolution-adaptive selective scan (seed 001 §3.2–3.4, seed 000 §3.5.1).
 
-    Shapes (Mamba's layout): ``u, delta, z`` (batch, dim, L); ``A`` (dim, N); ``B, C``
-    (batch, N, L) or grouped (batch, G, N, L); ``D, delta_bias`` (dim,); ``initial_state``
-    (batch, dim, N); ``resolution`` (batch, n_tiles) in (0, 1] or a float (default 1);
-    ``state_dims`` (batch, n_tiles) integers in [1, N] or an int (default N); ``boundary_gain``
-    (dim, N). ``n_tiles = ⌈L / tile_size⌉``.
+    Parameters
+    ----------
+    u, delta : (batch, dim, L) input and step sizes (Mamba's layout).
+    A : (dim, N) state matrix (diagonal per channel).
+    B, C : (batch, N, L), or grouped (batch, G, N, L) with G dividing dim.
+    D, delta_bias : (dim,), optional.
+    z : (batch, dim, L) gate, optional.
+    delta_softplus : apply softplus to ``delta + delta_bias``.
+    tile_size : tile length ``T``; ``n_tiles = ⌈L / tile_size⌉``.
+    resolution : (batch, n_tiles) in (0, 1] or a float (default 1).
+    state_dims : (batch, n_tiles) integers in [1, N] or an int (default N).
+    boundary_gain : (dim, N) gain of the tile transition φ, optional.
+    initial_state : (batch, dim, N), optional.
+    return_last_state, return_tile_states : also return the final state / the states after each tile.
 
+    Returns
+    -------
+    ``y`` (dtype of ``u``); with ``return_last_state`` ``(y, last_state)``; with
+    ``return_tile_states`` ``(y, last_state, tile_states)``, ``tile_states`` (batch, dim,
+    n_tiles, N) being the state after each tile. States are float64 for float64 input, else
+    float32. bf16/fp16 inputs accumulate in float32.
+
+    Raises
+    ------
+    TypeError, ValueError
+        Invalid arguments (:func:`tiling.ops.reference.validate_scan_inputs`), or NaN/Inf in the
+        output (:func:`tiling.ops.reference.check_scan_output`: names the non-finite input, or
+        reports an overflow of the recurrence).
+    ValueError
+        On CUDA, ``N`` exceeds :data:`CUDA_MAX_STATE` (64).
+
+    Warns
+    -----
+    RuntimeWarning
+        No compiled kernel for ``u``'s device: the float64 reference runs instead.
+
+    Notes
+    -----
     Semantics: defined by the float64 reference :func:`tiling.ops.reference.adaptive_selective_scan_ref`
     (its docstring) and ``docs/tiling.md`` ("Semantics"); at ``R ≡ 1``, ``S ≡ N`` and no gain it is
     ``mamba_ssm``'s ``selective_scan_fn``.
@@ -161,11 +206,6 @@ def adaptive_selective_scan(
     Double backward (``create_graph=True``: gradient penalties, Hessian-vector products) is exact:
     the backward is then recomputed through the float64 reference and differentiated by autograd
     (:func:`_reference_vjp`); ``torch.func`` transforms run the reference throughout.
-
-    Returns ``y`` (dtype of ``u``); with ``return_last_state`` ``(y, last_state)``; with
-    ``return_tile_states`` ``(y, last_state, tile_states)``, ``tile_states`` (batch, dim,
-    n_tiles, N) being the state after each tile. States are float64 for float64 input, else
-    float32. bf16/fp16 inputs accumulate in float32.
 
     Dispatch: the C++ CPU kernel (compiled at first use) or the CUDA kernel by ``u.device``;
     the float64 reference, with a warning, when no kernel is available.
