@@ -65,8 +65,19 @@ def _build_dir(name: str) -> Path:
 
 @functools.lru_cache(maxsize=None)
 def load_cpu_extension() -> ModuleType | None:
-    """Compile (once) and import the C++ CPU scan kernel; ``None`` if no compiler works.
+    """Compile (once) and import the C++ CPU scan kernel.
 
+    Returns
+    -------
+    The extension module, or ``None`` if ``TILING_FORCE_REFERENCE`` is set or no compiler works.
+
+    Warns
+    -----
+    RuntimeWarning
+        The build failed (the message names the error); the caller falls back to the reference.
+
+    Notes
+    -----
     Flags: ``-O3 -fopenmp`` and the ISA level of this CPU (``-march=x86-64-v3``/``-v4``); no
     ``-ffast-math`` (the kernel's exponential is a tested polynomial, and IEEE semantics are
     kept elsewhere).
@@ -117,8 +128,20 @@ def _cuda_arch_tag() -> str:
 
 @functools.lru_cache(maxsize=None)
 def load_cuda_extension() -> ModuleType | None:
-    """Compile (once) and import the CUDA scan kernel; ``None`` without a GPU, a CUDA toolkit or on failure.
+    """Compile (once) and import the CUDA scan kernel.
 
+    Returns
+    -------
+    The extension module; ``None`` if ``TILING_FORCE_REFERENCE`` is set, without a GPU or a CUDA
+    toolkit, or on failure.
+
+    Warns
+    -----
+    RuntimeWarning
+        The build failed (the message names the error); the caller falls back to the reference.
+
+    Notes
+    -----
     Sources: ``scan_cuda.cpp`` (tensors to kernel parameters, behind the interface of
     ``binding.h`` shared with ``scan_cpu.cpp``) and ``scan_fwd.cu``, ``scan_bwd.cu`` (CUDA toolkit
     only). Built at first use for the archs of

@@ -88,6 +88,17 @@ class TilingConfig:
         ``min(32, d_model)``.
     pool : block scope: feed each segment's skipped tokens to the next representative
         (:class:`~tiling.modules.chunk.Chunk`).
+
+    Raises
+    ------
+    TypeError
+        An integer field (``tile_size``, ``lookback``, ``predictor_tail``, ``calibration_levels``,
+        ``s_min``, ``s_max``, ``signal_channels``, ``router_rank``) is not an int, or a number
+        field is not a number.
+    ValueError
+        A field is out of its range above or not one of its choices; ``r_min > budget``;
+        ``distance_scale`` with ``causal=True``; ``routing=True`` or ``state_k`` with
+        ``scope="block"``; ``boundaries="token"`` with ``scope="scan"``.
     """
 
     tile_size: int = 64
@@ -177,8 +188,23 @@ class TilingConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TilingConfig:
-        """The configuration of :meth:`to_dict`'s output; an unknown key is a ``ValueError``
-        (a missing one takes its default)."""
+        """The configuration of :meth:`to_dict`'s output.
+
+        Parameters
+        ----------
+        data : ``{field: value}``; a missing field takes its default.
+
+        Returns
+        -------
+        A checked :class:`TilingConfig`.
+
+        Raises
+        ------
+        ValueError
+            ``data`` has a key that is not a field, or a value fails the checks of the class.
+        TypeError
+            A value has the wrong type (the checks of the class).
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:

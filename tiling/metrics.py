@@ -64,15 +64,32 @@ def tile_attention(
 ) -> Tensor:
     """Implicit attention of the scan on one tile: ``A[b, d, t, s] = ∂y_{t,d} / ∂u_{s,d}``.
 
+    Parameters
+    ----------
+    delta : (batch, dim, n) step sizes (already softplus-ed).
+    A : (dim, N).
+    B, C : (batch, N, n).
+    resolution : the tile's resolution.
+    state_dims : the tile's active state components (default N).
+
+    Returns
+    -------
+    (batch, dim, n, n), lower triangular in (t, s).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``delta`` is not a 3-D floating tensor, ``B``/``C`` do not have the shapes above, or the scan
+        rejects the arguments (:func:`tiling.ops.adaptive_selective_scan`).
+
+    Notes
+    -----
     The selective scan is linear in ``u`` (for fixed Δ, B, C) and diagonal over channels, so its
     matrix is recovered exactly by probing with unit impulses ``u = e_s`` (all channels at once),
     using :func:`tiling.ops.adaptive_selective_scan` itself on the tile with a zero initial state
     (the pattern *restricted to the tile*), at the tile's ``resolution`` and ``state_dims``. At
     resolution 1 it is Mamba's semiseparable matrix
     ``A[d, t, s] = Σ_n C_{t,n} exp(A_{d,n} Σ_{r=s+1}^{t} Δ_{r,d}) B_{s,n} Δ_{s,d}`` (s ≤ t).
-
-    Parameters: ``delta`` (batch, dim, n) step sizes (already softplus-ed), ``A`` (dim, N),
-    ``B, C`` (batch, N, n). Returns (batch, dim, n, n), lower triangular in (t, s).
     """
     check_tensor(delta, "delta", ndim=3)
     batch, dim, n = delta.shape
@@ -92,8 +109,19 @@ def tile_attention(
 def state_distribution(tile_states: Tensor) -> Tensor:
     """``P_i(n) ∝ Σ_d s_{i,d,n}²``: how the state after tile ``i`` spreads over its components.
 
-    ``tile_states`` (batch, dim, n_tiles, N) as returned by the scan; returns (batch, n_tiles, N)
-    strictly positive rows summing to one (a 1e-12 floor keeps KL finite for unused components).
+    Parameters
+    ----------
+    tile_states : (batch, dim, n_tiles, N) as returned by the scan.
+
+    Returns
+    -------
+    (batch, n_tiles, N) strictly positive rows summing to one (a 1e-12 floor keeps KL finite for
+    unused components).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``tile_states`` is not a finite 4-D floating tensor.
     """
     check_tensor(tile_states, "tile_states", ndim=4)
     e = tile_states.pow(2).sum(1) + 1e-12
@@ -102,11 +130,26 @@ def state_distribution(tile_states: Tensor) -> Tensor:
 
 # ----------------------------------------------------------------------------- the four terms
 def pattern_stability(A_t: Tensor, A_prev: Tensor, *, pattern_dims: int = 2, normalised: bool = True) -> Tensor:
-    """PS of seed 000 §3.3.1; one pattern is the last ``pattern_dims`` dims (2: ``(n, n)``; 3:
-    ``(dim, n, n)``, channels pooled), leading dims index tiles.
+    """PS of seed 000 §3.3.1.
 
     Literal: ``1 − ‖A_t − A_prev‖_F / ‖A_t‖_F``. Normalised:
     ``1 − ‖A_t − A_prev‖_F / (‖A_t‖_F + ‖A_prev‖_F) ∈ [0, 1]`` (1 for two zero patterns).
+
+    Parameters
+    ----------
+    A_t, A_prev : the pattern now and before, same shape; one pattern is the last ``pattern_dims``
+        dims, leading dims index tiles.
+    pattern_dims : 2: ``(n, n)``; 3: ``(dim, n, n)``, channels pooled.
+    normalised : the normalised form (default) or the literal one.
+
+    Returns
+    -------
+    One value per tile (the leading dims).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``A_t`` has fewer than ``pattern_dims`` dims or is not finite, or ``A_prev`` has another shape.
     """
     check_tensor(A_t, "A_t", min_ndim=pattern_dims)
     check_tensor(A_prev, "A_prev", shape=tuple(A_t.shape))
@@ -120,10 +163,25 @@ def pattern_stability(A_t: Tensor, A_prev: Tensor, *, pattern_dims: int = 2, nor
 
 
 def cross_tile_flow(P: Tensor, W: Tensor, *, normalised: bool = True) -> Tensor:
-    """CTF per tile ``i``: literal ``Σ_j w_ij KL(P_i‖P_j)``; normalised
-    ``Σ_j w_ij (1 − e^{−KL(P_i‖P_j)}) / Σ_j w_ij`` (0 for a tile without weights).
+    """CTF per tile ``i`` (seed 000 §3.3.1).
 
-    ``P`` (n_tiles, K) strictly positive probability rows; ``W`` (n_tiles, n_tiles) ≥ 0.
+    Literal ``Σ_j w_ij KL(P_i‖P_j)``; normalised ``Σ_j w_ij (1 − e^{−KL(P_i‖P_j)}) / Σ_j w_ij``
+    (0 for a tile without weights).
+
+    Parameters
+    ----------
+    P : (n_tiles, K) strictly positive probability rows.
+    W : (n_tiles, n_tiles) ≥ 0.
+    normalised : the normalised form (default) or the literal one.
+
+    Returns
+    -------
+    (n_tiles,).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``P`` is not 2-D with probability rows, or ``W`` is not (n_tiles, n_tiles) and ≥ 0.
     """
     check_tensor(P, "P", ndim=2)
     check_probability(P, "P")
@@ -146,11 +204,27 @@ def _edge_mask(n: int, edge_width: int, device) -> Tensor:
 
 
 def edge_utilization(A: Tensor, *, edge_width: int = 1, pattern_dims: int = 2, normalised: bool = True) -> Tensor:
-    """EU of seed 000 §3.3.1; one pattern is the last ``pattern_dims`` dims (2: ``(n, n)``; 3:
-    ``(dim, n, n)``, channels pooled), leading dims index tiles.
+    """EU of seed 000 §3.3.1.
 
     Literal: ``mean(|A|_edge) / mean(|A|)``; normalised: ``Σ_edge |A| / Σ |A| ∈ [0, 1]``
     (0 for a zero pattern). Edge: the first ``edge_width`` columns and last ``edge_width`` rows.
+
+    Parameters
+    ----------
+    A : patterns; one pattern is the last ``pattern_dims`` dims, leading dims index tiles.
+    edge_width : ``1 ≤ edge_width ≤ n``.
+    pattern_dims : 2: ``(n, n)``; 3: ``(dim, n, n)``, channels pooled.
+    normalised : the normalised form (default) or the literal one.
+
+    Returns
+    -------
+    One value per tile (the leading dims).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``A`` is not a finite floating tensor with at least ``max(2, pattern_dims)`` dims or is not
+        square in its last two dims, or ``edge_width`` is not an int in ``[1, n]``.
     """
     check_tensor(A, "A", min_ndim=max(2, pattern_dims))
     n = A.shape[-1]
@@ -169,8 +243,27 @@ def edge_utilization(A: Tensor, *, edge_width: int = 1, pattern_dims: int = 2, n
 
 def information_density(grad_sq: Tensor, state_dim: Tensor | int, *, normalised: bool = True,
                         ref: float | None = None) -> Tensor:
-    """ID: literal ``‖∇s‖² / dim(s)``; normalised ``x / (x + x_ref)`` with ``x`` the literal value and
-    ``x_ref`` (default the median of ``x``; 1 if that is 0) a positive scale."""
+    """ID of seed 000 §3.3.1.
+
+    Literal ``‖∇s‖² / dim(s)``; normalised ``x / (x + x_ref)`` with ``x`` the literal value.
+
+    Parameters
+    ----------
+    grad_sq : ``‖∇s‖²`` per tile, ≥ 0.
+    state_dim : ``dim(s)`` > 0, a number or a tensor broadcasting with ``grad_sq``.
+    normalised : the normalised form (default) or the literal one.
+    ref : the positive scale ``x_ref``; default the median of ``x`` (1 if that is 0).
+
+    Returns
+    -------
+    Tensor of ``grad_sq``'s shape.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``grad_sq`` is not a finite floating tensor or is negative; ``state_dim`` or ``ref`` is not
+        positive.
+    """
     check_tensor(grad_sq, "grad_sq", min_ndim=0)
     check_positive(grad_sq, "grad_sq", strict=False)
     dim_s = torch.as_tensor(state_dim, dtype=grad_sq.dtype, device=grad_sq.device)
@@ -189,8 +282,22 @@ def ifq(ps: Tensor, ctf: Tensor, eu: Tensor, id_: Tensor, *, weights: Sequence[f
         normalised: bool = True) -> Tensor:
     """``IFQ = α·PS + β·CTF + γ·EU + δ·ID`` (seed 000 §3.3.1).
 
-    Normalised: the terms must lie in ``[0, 1]`` and ``weights`` be non-negative and sum to one,
-    so that ``0 ≤ IFQ ≤ 1``. Literal: any terms and weights, no bound.
+    Parameters
+    ----------
+    ps, ctf, eu, id_ : the four terms (broadcast together).
+    weights : ``(α, β, γ, δ)``.
+    normalised : the terms must lie in ``[0, 1]`` and ``weights`` be non-negative and sum to one,
+        so that ``0 ≤ IFQ ≤ 1``. Literal (False): any terms and weights, no bound.
+
+    Returns
+    -------
+    The broadcast tensor of IFQ values.
+
+    Raises
+    ------
+    ValueError
+        ``weights`` is not four numbers; normalised: a weight is negative, the weights do not sum to
+        1, or a term lies outside ``[0, 1]``.
     """
     terms = torch.broadcast_tensors(*(torch.as_tensor(t) for t in (ps, ctf, eu, id_)))
     if len(weights) != 4:
@@ -208,6 +315,16 @@ def ifq(ps: Tensor, ctf: Tensor, eu: Tensor, id_: Tensor, *, weights: Sequence[f
 def saved_tensor_bytes(fn: Callable[[], Tensor]) -> int:
     """Bytes of the distinct tensors autograd saves for backward while ``fn()`` runs.
 
+    Parameters
+    ----------
+    fn : a function of no arguments running the forward pass.
+
+    Returns
+    -------
+    int, the bytes.
+
+    Notes
+    -----
     The "measured memory" of the CER: what a forward pass keeps alive for training. Storage is
     counted once per distinct (data pointer, size) pair.
     """
@@ -224,7 +341,23 @@ def saved_tensor_bytes(fn: Callable[[], Tensor]) -> int:
 
 
 def cer(ifq_value: Tensor | float, compute: Tensor | float, memory: Tensor | float, resolution: Tensor | float) -> Tensor:
-    """``CER = IFQ / (C·M·R)`` (seed 000 §3.4.1); ``C``, ``M`` normalised costs, ``R`` mean resolution, all > 0."""
+    """``CER = IFQ / (C·M·R)`` (seed 000 §3.4.1).
+
+    Parameters
+    ----------
+    ifq_value : IFQ.
+    compute, memory : ``C``, ``M``, the normalised costs, > 0.
+    resolution : ``R``, the mean resolution, > 0.
+
+    Returns
+    -------
+    float64 tensor.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``compute``, ``memory`` or ``resolution`` is not a positive real number or tensor.
+    """
     for name, v in (("compute", compute), ("memory", memory), ("resolution", resolution)):
         check_positive(v, name)
     return torch.as_tensor(ifq_value, dtype=torch.float64) / (
@@ -233,7 +366,21 @@ def cer(ifq_value: Tensor | float, compute: Tensor | float, memory: Tensor | flo
 
 
 def load_imbalance(costs: Tensor) -> Tensor:
-    """``L = max(cost) / mean(cost) − 1 ≥ 0`` over workers (last dim): 0 when perfectly balanced."""
+    """``L = max(cost) / mean(cost) − 1 ≥ 0`` over workers (last dim): 0 when perfectly balanced.
+
+    Parameters
+    ----------
+    costs : (..., workers) positive costs (any real dtype).
+
+    Returns
+    -------
+    float64 tensor of the leading dims.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``costs`` is not a tensor with at least one dim, or not finite and positive.
+    """
     check_tensor(costs, "costs", min_ndim=1, floating=False)
     c = costs.to(torch.float64)
     check_positive(c, "costs")
@@ -244,9 +391,23 @@ def adaptation_efficiency(resolution: Tensor, imbalance: Tensor, *, normalised: 
                           r_min: float = 0.0625) -> Tensor:
     """AE over a run (seed 000 §3.4.2): ``(1/T) Σ_{t=1}^{T} ΔR_t (1 − σ(L_t))``.
 
-    ``resolution`` (T+1,): the mean resolution at steps 0..T (``ΔR_t = R_t − R_{t−1}``);
-    ``imbalance`` (T,): ``L_t`` at steps 1..T. Normalised: ``|ΔR_t|/(1 − r_min)`` and
-    ``2(1 − σ(L_t))`` (``L_t ≥ 0`` required), so that ``AE ∈ [0, 1]``.
+    Parameters
+    ----------
+    resolution : (T+1,) the mean resolution at steps 0..T (``ΔR_t = R_t − R_{t−1}``).
+    imbalance : (T,) ``L_t`` at steps 1..T.
+    normalised : ``|ΔR_t|/(1 − r_min)`` and ``2(1 − σ(L_t))`` (``L_t ≥ 0`` required), so that
+        ``AE ∈ [0, 1]``; False: the literal form.
+    r_min : the smallest resolution of the run (normalised form).
+
+    Returns
+    -------
+    0-d tensor.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``resolution`` is not a finite 1-D floating tensor with at least two steps, ``imbalance`` is
+        not (T,); normalised: ``resolution`` outside ``[r_min, 1]`` or ``imbalance`` negative.
     """
     check_tensor(resolution, "resolution", ndim=1)
     check_tensor(imbalance, "imbalance", shape=(resolution.shape[0] - 1,))
@@ -265,13 +426,29 @@ def adaptation_efficiency(resolution: Tensor, imbalance: Tensor, *, normalised: 
 @torch.no_grad()
 def layer_tile_metrics(layer, x: Tensor, *, previous: Tensor | None = None, weights: Sequence[float] = DEFAULT_WEIGHTS,
                        edge_width: int = 1, budget: float | None = None) -> dict:
-    """Normalised IFQ terms of every tile of ``layer`` (a :class:`~tiling.modules.TiledMamba`) on
-    ``x`` (1, L, d_model), plus the CER of the whole call.
+    """Normalised IFQ terms of every tile of a layer on one sequence, plus the CER of the whole call.
 
-    ``previous``: the ``"patterns"`` entry of an earlier call on the same ``x`` (e.g. the last
-    evaluation) for PS; without it PS is 1 (no change observed). Returns a dict with per-tile
-    tensors ``ps, ctf, eu, id, ifq``, ``patterns`` (n_tiles, d_inner, T, T; the last tile padded
-    with zeros), ``cer``, ``compute``, ``memory``, ``resolution``, and the ``plan``.
+    Parameters
+    ----------
+    layer : a :class:`~tiling.modules.TiledMamba` of the scan scope.
+    x : (1, L, d_model).
+    previous : the ``"patterns"`` entry of an earlier call on the same ``x`` (e.g. the last
+        evaluation) for PS; without it PS is 1 (no change observed).
+    weights : the IFQ weights (:func:`ifq`).
+    edge_width : :func:`edge_utilization`'s edge width.
+    budget : the layer's budget for this call (None: its own).
+
+    Returns
+    -------
+    dict with per-tile tensors ``ps, ctf, eu, id, ifq``, ``patterns`` (n_tiles, d_inner, T, T; the
+    last tile padded with zeros), ``cer``, ``compute``, ``memory``, ``resolution``, and the ``plan``.
+
+    Raises
+    ------
+    ValueError
+        ``x`` does not hold one sequence (1, L, d_model), or the layer's scope is not ``"scan"``.
+    TypeError
+        ``x`` is not a floating tensor.
     """
     import torch.nn.functional as F
 

@@ -114,6 +114,13 @@ def tile_density(density: Tensor, tile_size: int) -> Tensor:
     Returns
     -------
     (batch, ⌈L/T⌉) tensor of the input's dtype and device.
+
+    Raises
+    ------
+    TypeError
+        ``density`` is not a floating tensor or ``tile_size`` not an int.
+    ValueError
+        ``density`` is not 2-D, holds NaN/Inf or negative values, or ``tile_size < 1``.
     """
     check_tensor(density, "density", ndim=2)
     if bool((density < 0).any()):
@@ -122,9 +129,27 @@ def tile_density(density: Tensor, tile_size: int) -> Tensor:
 
 
 def tile_mean(x: Tensor, tile_size: int) -> Tensor:
-    """Signed mean of a (batch, L) per-token signal over each tile, ``(1/n_i) Σ_{t ∈ tile i} x_t``
-    (batch, ⌈L/T⌉), e.g. the curvature ``κ_i`` of tile ``i`` (seed 001 §3.2.2);
-    :func:`tile_density` is its non-negative case."""
+    """Signed mean of a per-token signal over each tile, ``(1/n_i) Σ_{t ∈ tile i} x_t``.
+
+    E.g. the curvature ``κ_i`` of tile ``i`` (seed 001 §3.2.2); :func:`tile_density` is its
+    non-negative case.
+
+    Parameters
+    ----------
+    x : (batch, L) per-token signal (finite).
+    tile_size : tile length ``T``; a tile longer than the sequence is the whole sequence.
+
+    Returns
+    -------
+    (batch, ⌈L/T⌉) tensor of the input's dtype and device.
+
+    Raises
+    ------
+    TypeError
+        ``x`` is not a floating tensor or ``tile_size`` is not an int.
+    ValueError
+        ``x`` is not 2-D or holds NaN/Inf, or ``tile_size < 1``.
+    """
     check_tensor(x, "x", ndim=2)
     T = check_int(tile_size, "tile_size", minimum=1)
     batch, L = x.shape
@@ -142,13 +167,34 @@ def tile_tail_density(density: Tensor, tile_size: int, tail: int, reduce: str = 
     """Density of the last ``tail`` tokens of each tile (a causal predictor of the next tile).
 
     ``τ_i = reduce_{e_i − w_i < t ≤ e_i} ρ_t`` with ``e_i`` the last position of tile ``i``,
-    ``w_i = min(tail, n_i)`` and ``reduce`` the mean or the maximum. Departure from seed 001 §3.4
-    step 1 (which averages over the whole tile): the tokens nearest to tile ``i + 1`` predict its
-    density best when density changes abruptly (a burst starting or ending inside tile ``i``), and
-    the maximum responds to a single dense token (a marker announcing a burst) that a mean would
-    dilute. ``tail = tile_size`` with the mean gives :func:`tile_density` back.
+    ``w_i = min(tail, n_i)`` and ``reduce`` the mean or the maximum.
 
-    Returns ``(batch, ⌈L/T⌉)`` in the input's dtype and device.
+    Parameters
+    ----------
+    density : (batch, L) per-token density (non-negative, finite).
+    tile_size : tile length ``T``.
+    tail : number of tokens ``1 ≤ tail ≤ tile_size``.
+    reduce : ``"mean"`` or ``"max"``.
+
+    Returns
+    -------
+    (batch, ⌈L/T⌉) tensor of the input's dtype and device.
+
+    Raises
+    ------
+    TypeError
+        ``density`` is not a floating tensor, or ``tile_size``/``tail`` is not an int.
+    ValueError
+        ``density`` is not 2-D, holds NaN/Inf or negative values; ``tile_size < 1``; ``tail``
+        outside ``[1, tile_size]``; ``reduce`` not ``"mean"`` or ``"max"``.
+
+    Notes
+    -----
+    Departure from seed 001 §3.4 step 1 (which averages over the whole tile): the tokens nearest to
+    tile ``i + 1`` predict its density best when density changes abruptly (a burst starting or
+    ending inside tile ``i``), and the maximum responds to a single dense token (a marker
+    announcing a burst) that a mean would dilute. ``tail = tile_size`` with the mean gives
+    :func:`tile_density` back.
     """
     check_tensor(density, "density", ndim=2)
     T = check_int(tile_size, "tile_size", minimum=1)
@@ -179,14 +225,30 @@ def tile_importance(
 ) -> Tensor:
     """Level-of-detail importance ``q_i = ρ_i^γ · exp(−η κ_i) / (1 + d_i/d_0)`` (seed 001 §3.2.2).
 
-    ``ρ_i^γ`` (``γ = exponent > 0``) makes ``q`` monotone in density; a power below one spreads
-    resolution over more tiles than a proportional rule. ``κ_i`` is an optional per-tile curvature
-    (e.g. the Ollivier–Ricci node curvature of ``infogeo.curvature``): negatively curved,
-    bottleneck-like regions get more detail for ``η > 0``. ``d_i = n_tiles − 1 − i`` is the
-    temporal distance (in tiles) to the current, last position; with ``distance_scale = d_0`` the
-    importance falls like a level-of-detail distance falloff ``1/(1 + d/d_0)``.
+    Parameters
+    ----------
+    tile_density : (batch, n_tiles) tile densities ``ρ_i`` (negative values count as 0).
+    exponent : ``γ > 0``; ``ρ_i^γ`` makes ``q`` monotone in density; a power below one spreads
+        resolution over more tiles than a proportional rule.
+    curvature : (batch, n_tiles) optional per-tile curvature ``κ_i`` (e.g. the Ollivier–Ricci node
+        curvature of ``infogeo.curvature``): negatively curved, bottleneck-like regions get more
+        detail for ``η > 0``.
+    curvature_weight : ``η ≥ 0``.
+    distance_scale : ``d_0 > 0``, or None (no falloff). ``d_i = n_tiles − 1 − i`` is the temporal
+        distance (in tiles) to the current, last position; the importance falls like a
+        level-of-detail distance falloff ``1/(1 + d/d_0)``.
 
-    Returns float64 ``(batch, n_tiles)`` importances ``≥ 1e-30``.
+    Returns
+    -------
+    float64 (batch, n_tiles) importances ``≥ 1e-30``.
+
+    Raises
+    ------
+    TypeError
+        ``tile_density`` or ``curvature`` is not a floating tensor, or a number is not a real number.
+    ValueError
+        ``tile_density`` is not 2-D or not finite; ``curvature`` has another shape or is not finite;
+        ``exponent`` or ``distance_scale`` is not positive, ``curvature_weight`` is negative.
     """
     check_tensor(tile_density, "tile_density", ndim=2)
     check_positive(exponent, "exponent")
@@ -206,7 +268,20 @@ def tile_importance(
 def causal_predictor(importance: Tensor, lookback: int = 1) -> Tensor:
     """Causal prediction of each tile's importance from earlier tiles: ``p_i = max_{i−w≤j<i} q_j``.
 
-    ``p_0`` (no history) is NaN. Only tiles ``j < i`` enter ``p_i`` (see the module docstring).
+    Parameters
+    ----------
+    importance : (batch, n_tiles) importances ``q``.
+    lookback : window ``w ≥ 1`` in tiles.
+
+    Returns
+    -------
+    (batch, n_tiles) predictions; ``p_0`` (no history) is NaN. Only tiles ``j < i`` enter ``p_i``
+    (see the module docstring).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``lookback`` is not an int ≥ 1.
     """
     w = check_int(lookback, "lookback", minimum=1)
     batch, n = importance.shape
@@ -311,6 +386,25 @@ def resolution_policy(
     (batch, n_tiles) tensor of ``tile_density``'s dtype and device, deterministic, computed
     independently for each batch row.
 
+    Raises
+    ------
+    TypeError
+        ``config`` is not a :class:`~tiling.config.TilingConfig` (or is given together with the
+        keyword options), an unknown keyword option is given, or the keyword form lacks
+        ``budget``; a tensor argument is not a floating tensor.
+    ValueError
+        ``tile_density`` is not 2-D, not finite or negative; ``curvature`` or
+        ``predictor_density`` does not have ``tile_density``'s shape (or is not finite, or
+        negative); ``reference`` is not a non-empty 1-D tensor of positive values; a keyword
+        option is out of range (:class:`~tiling.config.TilingConfig`).
+
+    Warns
+    -----
+    DeprecationWarning
+        The keyword options are given instead of ``config``.
+
+    Notes
+    -----
     Why a config rather than keywords: the layer, :func:`plan_tiles` and the analysis job pass the
     same options, which are then written and checked in one place (``TilingConfig``) instead of
     once per caller, and a new option reaches every caller without a new parameter here.
@@ -418,10 +512,28 @@ def _controlled(desired: Tensor, *, budget: float, r_min: float, mode: str, slac
 def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int) -> Tensor:
     """State dimension per tile, ``S_i = max(min(⌈k ρ_i⌉, S_max), S_min)`` (seed 001 §3.4 step 3).
 
+    Parameters
+    ----------
+    tile_density : (batch, n_tiles) tile densities ``ρ_i`` (negative values count as 0).
+    k : ``k ≥ 0``.
+    s_min, s_max : ``1 ≤ S_min ≤ S_max``.
+
+    Returns
+    -------
+    int64 (batch, n_tiles) on the device of ``tile_density``.
+
+    Raises
+    ------
+    TypeError
+        ``tile_density`` is not a floating tensor, ``k`` not a real number, ``s_min``/``s_max`` not ints.
+    ValueError
+        ``tile_density`` is not 2-D or not finite, ``k < 0``, ``s_min`` or ``s_max < 1``, or
+        ``s_min > s_max``.
+
+    Notes
+    -----
     Departure from the text: the seed's ``k ρ_i`` is real; a state dimension is an integer, so
     ``k ρ_i`` is rounded *up* (never fewer components than the formula asks for).
-
-    Returns int64 ``(batch, n_tiles)`` on the device of ``tile_density``.
     """
     check_tensor(tile_density, "tile_density", ndim=2)
     check_positive(k, "k", strict=False)
@@ -434,14 +546,36 @@ def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int)
 
 
 def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Segments per tile with error diffusion: ``(m (batch, n_tiles) int64, carry (batch,) float64)``.
+    """Segments per tile with error diffusion.
 
     ``m_i = clamp(⌊R_i·T + e_{i−1} + ½⌋, 1, T)``, ``e_i = R_i·T + e_{i−1} − m_i``, ``e_{−1}`` =
-    ``carry`` (default 0). Departure from the scan scope's ``m_i = ⌈R_i·n_i⌉`` (``docs/tiling.md``,
-    "Segments"): rounding every tile up spends up to one segment per tile more than the budget
-    (+6 % at ``T = 16``, ``c = 0.35``); carrying the rounding error to the next tile keeps
-    ``|Σ_i m_i − T·Σ_i R_i| ≤ ½`` while no tile is clamped, so the mixer's tokens match the budget.
-    ``m_i`` depends on ``R_j``, ``j ≤ i``, only (causal), and ``R ≡ 1`` gives ``m ≡ T``.
+    ``carry`` (default 0).
+
+    Parameters
+    ----------
+    resolution : (batch, n_tiles) resolutions ``R_i``.
+    tile_size : tile length ``T``.
+    carry : (batch,) rounding error carried in from an earlier call, optional (default 0).
+
+    Returns
+    -------
+    ``(m, carry)``: ``m`` (batch, n_tiles) int64 on the CPU, and ``carry`` (batch,) float64, the
+    error ``e`` after the last tile.
+
+    Raises
+    ------
+    TypeError
+        ``resolution`` is not a floating tensor or ``tile_size`` not an int.
+    ValueError
+        ``resolution`` is not 2-D or not finite, or ``tile_size < 1``.
+
+    Notes
+    -----
+    Departure from the scan scope's ``m_i = ⌈R_i·n_i⌉`` (``docs/tiling.md``, "Segments"): rounding
+    every tile up spends up to one segment per tile more than the budget (+6 % at ``T = 16``,
+    ``c = 0.35``); carrying the rounding error to the next tile keeps ``|Σ_i m_i − T·Σ_i R_i| ≤ ½``
+    while no tile is clamped, so the mixer's tokens match the budget. ``m_i`` depends on ``R_j``,
+    ``j ≤ i``, only (causal), and ``R ≡ 1`` gives ``m ≡ T``.
     """
     check_tensor(resolution, "resolution", ndim=2)
     T = check_int(tile_size, "tile_size", minimum=1)
@@ -456,9 +590,24 @@ def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = N
 
 
 def plan_densities(density: Tensor, config: TilingConfig) -> tuple[Tensor, Tensor]:
-    """Float64 tile densities ``ρ_i`` (seed 001 §3.4 step 1) and the causal predictor's densities
-    (:func:`tile_tail_density` of ``config.predictor_tail`` tokens, or ``ρ_i`` itself) of a
-    (batch, L) per-token density."""
+    """Tile densities and the causal predictor's densities of a per-token density.
+
+    Parameters
+    ----------
+    density : (batch, L) per-token density.
+    config : the tiling options (``tile_size``, ``predictor_tail``, ``predictor_reduce``).
+
+    Returns
+    -------
+    ``(rho_tile, predictor)``, both float64 (batch, n_tiles): the tile densities ``ρ_i``
+    (seed 001 §3.4 step 1) and the causal predictor's densities (:func:`tile_tail_density` of
+    ``config.predictor_tail`` tokens, or ``ρ_i`` itself).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``density`` is invalid (:func:`tile_density`, :func:`tile_tail_density`).
+    """
     rho = density.to(torch.float64)
     rho_tile = tile_density(rho, config.tile_size)
     if config.predictor_tail is None:
@@ -468,14 +617,32 @@ def plan_densities(density: Tensor, config: TilingConfig) -> tuple[Tensor, Tenso
 
 def tile_policy(rho_tile: Tensor, predictor_density: Tensor, config: TilingConfig, *,
                 curvature: Tensor | None = None, reference: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """Resolution and state dimensions of tiles from their densities: ``(R, S)``.
+    """Resolution and state dimensions of tiles from their densities.
 
-    ``R`` float32 (batch, n_tiles) is :func:`resolution_policy` (seed 001 §3.2.2) of ``rho_tile``
-    with the causal predictor ``predictor_density`` (ignored when not causal), the per-tile
-    ``curvature`` and the running ``reference``. ``S`` int64 is the state-dimension policy
+    Parameters
+    ----------
+    rho_tile : (batch, n_tiles) tile densities ``ρ_i``.
+    predictor_density : (batch, n_tiles) densities of the causal predictor (ignored when not causal).
+    config : the tiling options.
+    curvature : (batch, n_tiles) per-tile curvature, optional.
+    reference : the running reference of predictor importances, optional.
+
+    Returns
+    -------
+    ``(R, S)``: ``R`` float32 (batch, n_tiles) is :func:`resolution_policy` (seed 001 §3.2.2) of
+    ``rho_tile`` with the causal predictor ``predictor_density``, the per-tile ``curvature`` and the
+    running ``reference``. ``S`` int64 is the state-dimension policy
     ``S_i = max(min(⌈kρ_i⌉, S_max), S_min)`` (seed 001 §3.4 step 3, :func:`state_dims_policy`) on
     the causal predictor ``max_{i−w≤j<i} ρ_j`` (tile 0, without history: ``S_max``) or, not
     causal, on ``ρ_i``; None when ``config.state_k`` is None (every tile at the full state).
+
+    Raises
+    ------
+    ValueError
+        ``config.state_k`` is set without ``config.s_max``; or invalid densities (:func:`resolution_policy`).
+
+    Notes
+    -----
     Runs without gradient: the policy is piecewise constant in its inputs.
     """
     with torch.no_grad():
@@ -529,6 +696,16 @@ def plan_tiles(density: Tensor, config: TilingConfig, *, curvature: Tensor | Non
     ``density`` the float64 ``ρ_i``, ``token_density`` the input, ``cost`` and ``exp_cost`` None
     (they depend on the model's width and state size, which the layer knows:
     :meth:`~tiling.modules.TiledMamba.plan`).
+
+    Raises
+    ------
+    TypeError
+        ``config`` is not a :class:`~tiling.config.TilingConfig`, or ``density``/``curvature`` is
+        not a floating tensor.
+    ValueError
+        ``config.boundaries`` is not ``"tile"``; ``density`` is not 2-D with at least one
+        position, not finite or negative; ``curvature`` is not (batch, L) or not finite;
+        ``config.state_k`` without ``config.s_max``.
     """
     if not isinstance(config, TilingConfig):
         raise TypeError(f"config must be a tiling.config.TilingConfig, got {type(config).__name__}")

@@ -20,7 +20,19 @@ Tensor = torch.Tensor
 
 @dataclass(frozen=True)
 class Tile:
-    """One tile of one sequence (plain Python numbers, for inspection and plots)."""
+    """One tile of one sequence (plain Python numbers, for inspection and plots).
+
+    Attributes
+    ----------
+    index : position of the tile in the sequence's tiles.
+    start, length : first token and number of tokens ``n_i``.
+    resolution : requested resolution ``R_i``.
+    segments : segment count ``m_i``.
+    state_dims : active state components ``S_i``, or None when not planned.
+    density : the tile density the policy saw.
+    transition_delta : ``R_i − R_{i−1}`` (0 for the first tile).
+    cost : ``{"madd_total", "exp_total"}`` of the scan on this tile, or None.
+    """
 
     index: int
     start: int
@@ -42,13 +54,19 @@ class Tile:
 class TilePlan:
     """Per-tile configuration of a batch, as tensors of shape (batch, n_tiles).
 
-    Fields: ``start``, ``length`` (n_tiles,) int64; ``resolution`` (batch, n_tiles) float;
-    ``segments`` and ``state_dims`` (batch, n_tiles) int64; ``density`` (batch, n_tiles) the
-    per-tile density the policy saw; ``cost`` (batch, n_tiles) the multiply-adds of the scan per
-    tile (``tiling.ops.scan_cost`` of the tile alone, ``madd_total``); ``exp_cost`` the same for
-    exponentials; ``budget``, ``mode``, ``causal`` the policy that produced it; ``token_density``
-    (batch, L), optional, the per-token density the tile densities were averaged from (on the
-    layer's device, unlike the other fields).
+    Attributes
+    ----------
+    start, length : (n_tiles,) int64.
+    resolution : (batch, n_tiles) float.
+    segments, state_dims : (batch, n_tiles) int64 (``state_dims`` None when not planned).
+    density : (batch, n_tiles) the per-tile density the policy saw.
+    cost : (batch, n_tiles) the multiply-adds of the scan per tile (``tiling.ops.scan_cost`` of the
+        tile alone, ``madd_total``), or None.
+    exp_cost : the same for exponentials, or None.
+    budget, mode, causal : the policy that produced the plan.
+    token_density : (batch, L), optional, the per-token density the tile densities were averaged
+        from (on the layer's device, unlike the other fields).
+    meta : further JSON-serialisable entries (e.g. ``scope``), merged into :meth:`to_dict`.
     """
 
     start: Tensor
@@ -67,10 +85,12 @@ class TilePlan:
 
     @property
     def batch(self) -> int:
+        """Number of sequences."""
         return int(self.resolution.shape[0])
 
     @property
     def n_tiles(self) -> int:
+        """Number of tiles per sequence."""
         return int(self.resolution.shape[1])
 
     def mean_resolution(self) -> Tensor:
@@ -82,13 +102,37 @@ class TilePlan:
         return self.segments.to(torch.float64).sum(-1) / self.length.sum().to(torch.float64)
 
     def total_cost(self) -> Tensor:
-        """Multiply-adds of the scan per sequence (sum of per-tile costs)."""
+        """Multiply-adds of the scan per sequence (sum of per-tile costs).
+
+        Returns
+        -------
+        (batch,) int64.
+
+        Raises
+        ------
+        ValueError
+            The plan has no cost (made without a model: use the layer's ``plan()``).
+        """
         if self.cost is None:
             raise ValueError("this plan has no cost (made without a model: use the layer's plan())")
         return self.cost.sum(-1)
 
     def tiles(self, b: int = 0) -> list[Tile]:
-        """The tiles of sequence ``b`` as :class:`Tile` objects."""
+        """The tiles of sequence ``b`` as :class:`Tile` objects.
+
+        Parameters
+        ----------
+        b : the sequence, ``0 ≤ b < batch``.
+
+        Returns
+        -------
+        list of :class:`Tile`, in order.
+
+        Raises
+        ------
+        ValueError
+            ``b`` is outside ``[0, batch)``.
+        """
         if not 0 <= b < self.batch:
             raise ValueError(f"b must lie in [0, {self.batch}), got {b}")
         R = self.resolution[b].tolist()
