@@ -52,8 +52,8 @@ Tensor = torch.Tensor
 class SegmentLayout:
     """Where the segments of a batch lie.
 
-    Fields
-    ------
+    Attributes
+    ----------
     boundary : (batch, L) bool, True at the first token (the representative) of each segment.
     segment : (batch, L) int64, the compact index of the segment holding token ``t``.
     start : (batch, L_c) int64, the position of each segment's representative; rows with fewer
@@ -70,10 +70,12 @@ class SegmentLayout:
 
     @property
     def batch(self) -> int:
+        """Number of rows."""
         return int(self.boundary.shape[0])
 
     @property
     def L(self) -> int:
+        """Number of tokens per row."""
         return int(self.boundary.shape[1])
 
     @property
@@ -88,9 +90,17 @@ class SegmentLayout:
 
     @property
     def gap(self) -> Tensor:
-        """(batch, L_c) int64: tokens since the previous segment's representative,
-        ``a_S − a_{S−1}`` (``1`` for the first segment and on padding). The mixer scales Δ by it,
-        so a state decays over the time that passed between two representatives."""
+        """Tokens since the previous segment's representative, ``a_S − a_{S−1}``.
+
+        Returns
+        -------
+        (batch, L_c) int64; ``1`` for the first segment and on padding.
+
+        Notes
+        -----
+        The mixer scales Δ by it, so a state decays over the time that passed between two
+        representatives.
+        """
         prev = torch.cat([self.start[:, :1] - 1, self.start[:, :-1]], dim=1)
         valid = torch.arange(self.compact_length, device=self.start.device) < self.lengths.unsqueeze(1)
         return torch.where(valid, self.start - prev, torch.ones_like(self.start))
@@ -101,8 +111,28 @@ class SegmentLayout:
 
 
 def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
-    """Boundary mask ``(batch, L)`` of per-tile segment counts on the *nominal* tile grid.
+    """Boundary mask of per-tile segment counts on the *nominal* tile grid.
 
+    Parameters
+    ----------
+    seg_counts : (batch, n_tiles) integer segment counts ``m_i ∈ [1, T]``, ``n_tiles = ⌈L/T⌉``.
+    L : sequence length.
+    tile_size : tile length ``T``.
+
+    Returns
+    -------
+    (batch, L) bool, True at the first token of each segment.
+
+    Raises
+    ------
+    TypeError
+        ``seg_counts`` is not a tensor, or ``L``/``tile_size`` not an int.
+    ValueError
+        ``seg_counts`` is not 2-D with at least one row and ``⌈L/T⌉`` tiles, or has a count outside
+        ``[1, tile_size]``; ``L`` or ``tile_size`` < 1.
+
+    Notes
+    -----
     Tile ``i`` starts at ``i·T``; its segment ``j`` starts at offset ``⌊j·T/m_i⌋`` (the segment rule
     of ``docs/tiling.md`` with the tile length ``T``), ``j = 0..m_i − 1``; offsets beyond the
     sequence end are dropped. Departure from the scan scope, which divides the *last* tile by its
@@ -131,7 +161,24 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
 
 
 def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:
-    """The :class:`SegmentLayout` of a boundary mask ``(batch, L)`` whose first column is True."""
+    """The :class:`SegmentLayout` of a boundary mask.
+
+    Parameters
+    ----------
+    boundary : (batch, L) bool whose first column is True.
+
+    Returns
+    -------
+    :class:`SegmentLayout` on ``boundary``'s device.
+
+    Raises
+    ------
+    TypeError
+        ``boundary`` is not a bool tensor.
+    ValueError
+        ``boundary`` is not 2-D with at least one row and column, or a row does not start a segment
+        at position 0.
+    """
     check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
     if boundary.dtype != torch.bool:
         raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
@@ -151,12 +198,33 @@ def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:
 
 
 def layout_from_counts(seg_counts: Tensor, L: int, tile_size: int) -> SegmentLayout:
-    """The :class:`SegmentLayout` of per-tile segment counts (:func:`segment_boundaries`)."""
+    """The :class:`SegmentLayout` of per-tile segment counts (:func:`segment_boundaries`).
+
+    Parameters
+    ----------
+    seg_counts, L, tile_size : as for :func:`segment_boundaries` (whose checks apply).
+
+    Returns
+    -------
+    :class:`SegmentLayout`.
+    """
     return layout_from_boundaries(segment_boundaries(seg_counts, L, tile_size))
 
 
 def check_layout(layout: SegmentLayout, batch: int, L: int) -> None:
-    """Reject a layout whose lengths do not add up (a hand-made or stale layout)."""
+    """Reject a layout whose lengths do not add up (a hand-made or stale layout).
+
+    Parameters
+    ----------
+    layout : the layout.
+    batch, L : the shape of the tokens it must describe.
+
+    Raises
+    ------
+    ValueError
+        ``layout.boundary`` is not (batch, L), the spans do not add up to ``batch·L`` tokens, or
+        ``layout.lengths`` differs from the number of boundaries (or of non-empty spans) per row.
+    """
     if tuple(layout.boundary.shape) != (batch, L):
         raise ValueError(f"layout.boundary must have shape (batch={batch}, L={L}), got {tuple(layout.boundary.shape)}")
     if int(layout.span.sum()) != batch * L:
@@ -182,15 +250,33 @@ def _check_tokens(x: Tensor, name: str, layout: SegmentLayout, d_model: int, dty
 
 @dataclass(frozen=True)
 class ChunkState:
-    """Decoding state of :class:`Chunk`: the sum and count of the current segment's tokens after
-    its representative, ``(batch, d_model)`` and ``(batch,)``; they become the next segment's pool."""
+    """Decoding state of :class:`Chunk`.
+
+    Attributes
+    ----------
+    pool_sum : (batch, d_model) sum of the current segment's tokens after its representative.
+    pool_count : (batch,) int64 count of those tokens; both become the next segment's pool.
+    """
 
     pool_sum: Tensor
     pool_count: Tensor
 
 
 class Chunk(nn.Module):
-    """Downsample ``(batch, L, d) → (batch, L_c, d)``: representative + gated shifted mean pool."""
+    """Downsample ``(batch, L, d) → (batch, L_c, d)``: representative + gated shifted mean pool.
+
+    Parameters
+    ----------
+    d_model : model width ``d ≥ 1``.
+    pool : learn the gate ``g`` of the pool (a parameter, zero at init); False: the gate is a
+        constant zero buffer (the representatives alone, always).
+    device, dtype : of the gate.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``d_model`` is not an int ≥ 1.
+    """
 
     def __init__(self, d_model: int, *, pool: bool = True, device=None, dtype=None) -> None:
         super().__init__()
@@ -208,8 +294,27 @@ class Chunk(nn.Module):
         return f"d_model={self.d_model}, pool={self.pool}"
 
     def forward(self, x: Tensor, layout: SegmentLayout, *, validate: bool = True) -> Tensor:
-        """``x`` (batch, L, d_model) → (batch, L_c, d_model). ``validate``: also scan ``x`` for NaN/Inf
-        (one pass; :class:`~tiling.modules.TiledMamba` checks its input itself and passes False)."""
+        """Chunk ``x`` into the compact sequence.
+
+        Parameters
+        ----------
+        x : (batch, L, d_model), of the gate's dtype and on the layout's device.
+        layout : the :class:`SegmentLayout`.
+        validate : also scan ``x`` for NaN/Inf (one pass; :class:`~tiling.modules.TiledMamba` checks
+            its input itself and passes False).
+
+        Returns
+        -------
+        (batch, L_c, d_model); ``x`` itself when the layout is the identity.
+
+        Raises
+        ------
+        TypeError
+            ``layout`` is not a :class:`SegmentLayout`, or ``x`` is not a tensor of the gate's dtype.
+        ValueError
+            ``x`` does not have the layout's shape, lives on another device, or (``validate``) holds
+            NaN/Inf.
+        """
         _check_tokens(x, "x", layout, self.d_model, self.pool_gate.dtype, validate)
         batch, L, d = x.shape
         if layout.is_identity:
@@ -228,12 +333,23 @@ class Chunk(nn.Module):
         return reps + self.pool_gate * (pooled / count.unsqueeze(-1).to(x.dtype))
 
     def allocate(self, batch: int, like: Tensor) -> ChunkState:
+        """An empty :class:`ChunkState` for ``batch`` rows, of ``like``'s dtype and device."""
         return ChunkState(pool_sum=like.new_zeros(batch, self.d_model),
                           pool_count=torch.zeros(batch, dtype=torch.int64, device=like.device))
 
     def step(self, x: Tensor, starts: Tensor, state: ChunkState) -> tuple[Tensor, ChunkState]:
-        """One token ``x`` (batch, d); ``starts`` (batch,) bool: ``x`` starts a segment. Returns the
-        representative (meaningful where ``starts``) and the new state."""
+        """One decoding step.
+
+        Parameters
+        ----------
+        x : (batch, d) one token.
+        starts : (batch,) bool, ``x`` starts a segment.
+        state : the :class:`ChunkState`.
+
+        Returns
+        -------
+        ``(rep, state)``: the representative (meaningful where ``starts``) and the new state.
+        """
         mean = state.pool_sum / state.pool_count.clamp_min(1).unsqueeze(-1).to(x.dtype)
         rep = x + self.pool_gate * mean
         s = starts.unsqueeze(-1)
@@ -243,12 +359,36 @@ class Chunk(nn.Module):
 
 
 class Dechunk(nn.Module):
-    """Upsample ``(batch, L_c, d) → (batch, L, d)``: hold each segment's output over its tokens,
-    times the straight-through confidence factor when a router supplies ``confidence``."""
+    """Upsample ``(batch, L_c, d) → (batch, L, d)``: hold each segment's output over its tokens.
+
+    The held value is multiplied by the straight-through confidence factor when a router supplies
+    ``confidence``.
+    """
 
     def forward(self, y: Tensor, layout: SegmentLayout, confidence: Tensor | None = None, *,
                 validate: bool = True) -> Tensor:
-        """``y`` (batch, L_c, d) → (batch, L, d); ``confidence`` (batch, L). ``validate`` as in :class:`Chunk`."""
+        """Hold each segment's output over its tokens.
+
+        Parameters
+        ----------
+        y : (batch, L_c, d) the mixer's compact output.
+        layout : the :class:`SegmentLayout`.
+        confidence : (batch, L), optional: the router's ``c_t``; the output is multiplied by
+            ``1 + (c_t − sg(c_t))``.
+        validate : as in :meth:`Chunk.forward`.
+
+        Returns
+        -------
+        (batch, L, d).
+
+        Raises
+        ------
+        TypeError
+            ``layout`` is not a :class:`SegmentLayout`, or ``y``/``confidence`` is not a floating tensor.
+        ValueError
+            ``y`` does not have the layout's (batch, L_c), ``confidence`` not (batch, L) or on another
+            device, or (``validate``) NaN/Inf.
+        """
         if not isinstance(layout, SegmentLayout):
             raise TypeError(f"layout must be a SegmentLayout, got {type(layout).__name__}")
         check_tensor(y, "y", ndim=3, finite=validate)

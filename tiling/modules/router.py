@@ -64,11 +64,22 @@ def linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, 
     dt_weight, dt_bias : (k, r) and (k,), the rows of ``dt_proj`` of the sampled channels ``K``.
     scale : ``d_inner / k``.
     offset : (r + N,), optional: ``[W_δ; W_B] b^in`` when in_proj has a bias.
+    validate : check that the output is finite and name the input that is not (``TiledMamba``
+        checks its own input and passes False).
 
     Returns
     -------
-    (batch, L) non-negative, dtype of ``x``. ``validate``: check that the output is finite and name
-    the input that is not (``TiledMamba`` checks its own input and passes False).
+    (batch, L) non-negative, dtype of ``x``.
+
+    Raises
+    ------
+    TypeError
+        A tensor argument is not a floating tensor, the tensors do not share one dtype, or ``scale``
+        is not a number.
+    ValueError
+        ``x`` is empty; ``proj``, ``dt_weight``, ``dt_bias`` or ``offset`` has the wrong shape; the
+        tensors live on different devices; ``scale`` is negative or infinite; (``validate``) the
+        output is not finite: names the non-finite input, or reports an overflow.
     """
     _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset)
     r = dt_weight.shape[1]
@@ -109,8 +120,25 @@ def _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset) -> None:
 def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool = True) -> Tensor:
     """H-Net's ratio loss (eq. 10) for a target compression ``N = 1/budget``; 0 at ``budget = 1``.
 
-    ``boundary`` (batch, L) bool, ``prob`` (batch, L) in [0, 1], ``budget`` in (0, 1]. ``validate``:
-    check ``prob``'s values (``TiledMamba``'s router makes them in range and passes False)."""
+    Parameters
+    ----------
+    boundary : (batch, L) bool.
+    prob : (batch, L) in [0, 1].
+    budget : in (0, 1].
+    validate : check ``prob``'s values (``TiledMamba``'s router makes them in range and passes False).
+
+    Returns
+    -------
+    0-d tensor of ``prob``'s dtype.
+
+    Raises
+    ------
+    TypeError
+        ``boundary`` is not a bool tensor, ``prob`` not a floating tensor, or ``budget`` not a number.
+    ValueError
+        ``prob`` does not have ``boundary``'s shape, the tensors are empty or on different devices,
+        (``validate``) ``prob`` is not finite or outside [0, 1], or ``budget`` is outside (0, 1].
+    """
     check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
     if boundary.dtype != torch.bool:
         raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
@@ -134,14 +162,24 @@ def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool 
 class RunningCalibration(nn.Module):
     """Running quantiles of the policy's log predictor importances (module docstring).
 
-    Buffers (they travel with the layer's checkpoint): ``quantiles`` (K,) float64, the running
-    ``Q_k``; ``updates`` () int64, the number of batches folded in (0: no reference yet, the
-    policy falls back to the sequence's history).
-
     Parameters
     ----------
     levels : number ``K ≥ 2`` of quantiles, at levels ``(k + ½)/K``.
     momentum : EMA weight ``∈ (0, 1]`` of a batch: ``Q ← (1 − momentum) Q + momentum Q_batch``.
+    device : of the buffers.
+
+    Attributes
+    ----------
+    quantiles : buffer (K,) float64, the running ``Q_k`` (the buffers travel with the layer's
+        checkpoint).
+    updates : buffer () int64, the number of batches folded in (0: no reference yet, the policy
+        falls back to the sequence's history).
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``levels`` is not an int ≥ 2 (named ``calibration_levels``) or ``momentum`` is outside (0, 1]
+        (named ``calibration_momentum``).
     """
 
     def __init__(self, levels: int, momentum: float, *, device=None) -> None:
@@ -163,11 +201,18 @@ class RunningCalibration(nn.Module):
 
     @torch.no_grad()
     def update(self, importance: Tensor) -> None:
-        """Fold one batch of positive predictor importances (any shape) into the running quantiles.
+        """Fold one batch of positive predictor importances into the running quantiles.
 
+        Parameters
+        ----------
+        importance : positive predictor importances, any shape.
+
+        Notes
+        -----
         Under an initialised ``torch.distributed`` every rank folds in the mean of all ranks'
         batch quantiles, so the buffers stay identical (as SyncBatchNorm's statistics); the call
-        is a collective, so the ranks' training forwards must run in lock-step."""
+        is a collective, so the ranks' training forwards must run in lock-step.
+        """
         buf = self.quantiles
         levels = (torch.arange(buf.numel(), dtype=torch.float64, device=importance.device) + 0.5) / buf.numel()
         batch_q = torch.quantile(torch.log(importance.flatten().to(torch.float64)), levels).to(buf)
@@ -183,13 +228,30 @@ class RunningCalibration(nn.Module):
 
 @dataclass(frozen=True)
 class RouterState:
-    """Decoding state of :class:`TokenRouter`: the key of the previous token, (batch, r)."""
+    """Decoding state of :class:`TokenRouter`.
+
+    Attributes
+    ----------
+    key : (batch, r) the key of the previous token, or None before the first token.
+    """
 
     key: Tensor | None
 
 
 class TokenRouter(nn.Module):
-    """Per-token boundary probabilities ``p_t`` and boundaries (H-Net's cosine routing module)."""
+    """Per-token boundary probabilities ``p_t`` and boundaries (H-Net's cosine routing module).
+
+    Parameters
+    ----------
+    d_model : model width ``≥ 1``.
+    rank : rank ``r`` of the query and key maps, ``1 ≤ r ≤ d_model``; None: ``min(32, d_model)``.
+    device, dtype : of the parameters.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``d_model`` or ``rank`` is not an int in its range.
+    """
 
     def __init__(self, d_model: int, rank: int | None = None, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -207,8 +269,24 @@ class TokenRouter(nn.Module):
         return f"d_model={self.d_model}, rank={self.rank}"
 
     def forward(self, x: Tensor, *, validate: bool = True) -> Tensor:
-        """``p`` (batch, L) in [0, 1], ``p_0 = 1``, of ``x`` (batch, L, d_model). ``validate``: scan ``x``
-        for NaN/Inf (``TiledMamba`` checks its own input and passes False)."""
+        """Boundary probabilities of a sequence.
+
+        Parameters
+        ----------
+        x : (batch, L, d_model), L ≥ 1, of the router's dtype and device.
+        validate : scan ``x`` for NaN/Inf (``TiledMamba`` checks its own input and passes False).
+
+        Returns
+        -------
+        ``p`` (batch, L) in [0, 1], ``p_0 = 1``.
+
+        Raises
+        ------
+        TypeError
+            ``x`` is not a floating tensor or has another dtype than the router's parameters.
+        ValueError
+            ``x`` is not (batch, L ≥ 1, d_model), lives on another device, or (``validate``) holds NaN/Inf.
+        """
         check_tensor(x, "x", ndim=3, finite=validate)
         if x.shape[-1] != self.d_model or x.shape[1] < 1:
             raise ValueError(f"x must have shape (batch, L >= 1, d_model={self.d_model}), got {tuple(x.shape)}")
@@ -222,7 +300,18 @@ class TokenRouter(nn.Module):
 
     @staticmethod
     def boundaries(p: Tensor, budget: float, causal: bool) -> Tensor:
-        """Boundary mask: ``p_t ≥ ½`` (causal), or the ``⌈budget·L⌉`` largest ``p_t`` per row."""
+        """Boundary mask: ``p_t ≥ ½`` (causal), or the ``⌈budget·L⌉`` largest ``p_t`` per row.
+
+        Parameters
+        ----------
+        p : (batch, L) boundary probabilities.
+        budget : in (0, 1]; at 1 every token is a boundary.
+        causal : threshold at ½ instead of taking the largest.
+
+        Returns
+        -------
+        (batch, L) bool, True in column 0.
+        """
         if budget >= 1.0:
             return torch.ones_like(p, dtype=torch.bool)
         if causal:
@@ -235,7 +324,17 @@ class TokenRouter(nn.Module):
         return b
 
     def step(self, x: Tensor, state: RouterState) -> tuple[Tensor, RouterState]:
-        """``p_t`` (batch,) of one token ``x`` (batch, d_model) and the new state."""
+        """One decoding step.
+
+        Parameters
+        ----------
+        x : (batch, d_model) one token.
+        state : the :class:`RouterState`.
+
+        Returns
+        -------
+        ``(p, state)``: ``p_t`` (batch,) and the new state.
+        """
         key = F.normalize(self.k_proj(x), dim=-1, eps=1e-6)
         if state.key is None:
             p = x.new_ones(x.shape[0])

@@ -69,19 +69,27 @@ _MAMBA_NAMES = (
 class TiledMambaState:
     """Recurrent state for :meth:`TiledMamba.step`.
 
-    ``conv`` (batch, d_inner, d_conv): the last ``d_conv`` conv inputs; ``ssm`` (batch, d_inner, N)
-    float32 (float64 for a float64 layer): the scan state; ``route`` (batch, d_inner): the routed
-    vector added to the outputs of the current tile; ``position``: tokens consumed so far.
+    Attributes
+    ----------
+    conv : (batch, d_inner, d_conv) the last ``d_conv`` conv inputs.
+    ssm : (batch, d_inner, N) float32 (float64 for a float64 layer): the scan state.
+    route : (batch, d_inner) the routed vector added to the outputs of the current tile.
+    position : tokens consumed so far.
+    held : block scope: (batch, d_model) the output of the current segment.
+    chunk : block scope: the pool of the current segment.
+    router : block scope: the learned router's previous key.
+    signal : block scope: (batch, ≤ T) float64 the per-token signal of the current tile.
+    tiles : block scope: the densities ``(ρ_i, predictor_i)`` (batch, tiles done) of the finished
+        tiles (the policy's history).
+    carry : block scope: (batch,) the rounding error carried to the next tile
+        (:func:`~tiling.modules.chunk.dithered_counts`).
+    boundary : block scope: (batch, T) the segment starts of the current tile.
+    last_start : block scope: (batch,) the position of the current segment's representative.
+    proj : block scope: the signal's composite map, computed once.
 
-    Block scope only: ``conv`` and ``ssm`` are the mixer's state on the *compact* sequence;
-    ``held`` (batch, d_model) the output of the current segment; ``chunk`` the pool of the
-    current segment; ``router`` the learned router's previous key; ``signal`` (batch, ≤ T)
-    float64 the per-token signal of the current tile; ``tiles`` the densities ``(ρ_i, predictor_i)``
-    (batch, tiles done) of the finished tiles (the policy's history); ``carry`` (batch,) the
-    rounding error carried to the next tile (:func:`~tiling.modules.chunk.dithered_counts`);
-    ``boundary`` (batch, T) the segment starts of the current tile; ``last_start`` (batch,) the
-    position of the current segment's representative; ``proj`` the signal's composite map,
-    computed once.
+    Notes
+    -----
+    In the block scope ``conv`` and ``ssm`` are the mixer's state on the *compact* sequence.
     """
 
     conv: Tensor
@@ -102,14 +110,15 @@ class TiledMambaState:
 class TiledMamba(nn.Module):
     """Resolution-adaptive Mamba block (seed 001 §3.2–3.4).
 
-    Parameters (Mamba's, as in ``mamba_ssm.Mamba``)
-    ------------------------------------------------
-    d_model, d_state=16, d_conv=4, expand=2, dt_rank="auto" (``⌈d_model/16⌉``), dt_min=0.001,
-    dt_max=0.1, dt_init="random"|"constant", dt_scale=1.0, dt_init_floor=1e-4, conv_bias=True,
-    bias=False, device, dtype.
-
-    Tiling parameters
-    -----------------
+    Parameters
+    ----------
+    d_model : model width (Mamba's parameters, down to ``dtype``, are those of ``mamba_ssm.Mamba``).
+    d_state, d_conv, expand : state size ``N`` (16), conv width (4), ``d_inner / d_model`` (2).
+    dt_rank : rank of Δ's projection; ``"auto"`` (default) is ``⌈d_model/16⌉``.
+    dt_min, dt_max, dt_init, dt_scale, dt_init_floor : initialisation of Δ (0.001, 0.1,
+        ``"random"`` or ``"constant"``, 1.0, 1e-4).
+    conv_bias, bias : biases of the conv (True) and of in_proj/out_proj (False).
+    device, dtype : of the parameters.
     tiling : :class:`~tiling.config.TilingConfig`, every tiling option (tile size, budget, the
         resolution policy and its calibration, state-dimension policy, routing, scope, boundaries,
         signal channels, router rank, pooling); default ``TilingConfig()``. The layer keeps it as
@@ -126,6 +135,31 @@ class TiledMamba(nn.Module):
     validate : check the input for NaN/Inf on every call (one extra pass over the input,
         ``O(batch·L·d_model)``, and a device synchronisation on GPU); off by default.
 
+    Attributes
+    ----------
+    tiling : the :class:`~tiling.config.TilingConfig` with ``s_max`` resolved.
+    routing : whether cross-tile routing is on (``tiling.routes``).
+    ratio_loss : H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to
+        the task loss; None otherwise.
+
+    Raises
+    ------
+    TypeError
+        ``tiling`` is not a :class:`~tiling.config.TilingConfig`, is given together with the keyword
+        options, or an unknown keyword option is given; an integer argument is not an int.
+    ValueError
+        A size is < 1, ``expand·d_model`` or ``d_inner·d_state`` exceeds what the kernels index,
+        ``dt_init`` is not ``"random"``/``"constant"``, ``dt_min``/``dt_max`` not positive or
+        ``dt_min > dt_max``, ``s_max > d_state``, ``s_min > s_max``, ``router_rank > d_model``, or a
+        keyword option is out of range.
+
+    Warns
+    -----
+    DeprecationWarning
+        The keyword options are given instead of ``tiling``.
+
+    Notes
+    -----
     Loading Mamba weights: ``layer.load_state_dict(sd, strict=False)`` accepts a state dict of
     ``mamba_ssm``'s ``Mamba`` or HF's ``MambaMixer``; :meth:`load_mamba_state_dict` does the same
     but insists that every Mamba parameter is present and nothing unknown is given.
@@ -252,8 +286,18 @@ class TiledMamba(nn.Module):
     def load_mamba_state_dict(self, state_dict: dict[str, Tensor]) -> None:
         """Load the weights of ``mamba_ssm.Mamba`` / HF ``MambaMixer`` (strict on the shared names).
 
-        Every Mamba parameter this layer has must be present, no unknown key may be given; the
-        tiling parameters (``transition_gain``, ``route_*``) keep their current values.
+        Parameters
+        ----------
+        state_dict : the Mamba layer's state dict.
+
+        Raises
+        ------
+        ValueError
+            A Mamba parameter this layer has is missing, or a key is unknown to the layer.
+
+        Notes
+        -----
+        The tiling parameters (``transition_gain``, ``route_*``) keep their current values.
         """
         own = {k for k in self.state_dict() if k in _MAMBA_NAMES}
         missing = sorted(own - set(state_dict))
@@ -397,13 +441,29 @@ class TiledMamba(nn.Module):
     ):
         """Apply the block: ``(batch, L, d_model) → (batch, L, d_model)``.
 
-        ``density`` (batch, L), optional: an external per-token density (e.g. from ``infogeo`` on
-        a pretrained model) used instead of the layer's own signal (scan scope: the closed form
-        ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²``; block scope: its linearisation ρ̂).
-        ``curvature`` (batch, L), optional: per-token curvature, averaged per tile and fed to the
-        policy. ``budget`` overrides the layer's budget for this call; budget 1 is full
-        resolution by definition (no policy is run unless state dims or a plan need it). With
-        ``return_plan`` also returns the :class:`~tiling.tile.TilePlan` used.
+        Parameters
+        ----------
+        hidden_states : (batch, L, d_model), of the layer's dtype.
+        density : (batch, L), optional: an external non-negative per-token density (e.g. from
+            ``infogeo`` on a pretrained model) used instead of the layer's own signal (scan scope: the
+            closed form ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²``; block scope: its linearisation ρ̂).
+        curvature : (batch, L), optional: per-token curvature, averaged per tile and fed to the policy.
+        budget : overrides the layer's budget for this call; budget 1 is full resolution by definition
+            (no policy is run unless state dims or a plan need it).
+        return_plan : also return the :class:`~tiling.tile.TilePlan` used.
+
+        Returns
+        -------
+        The output (batch, L, d_model); with ``return_plan`` ``(output, plan)``.
+
+        Raises
+        ------
+        TypeError
+            ``hidden_states`` is not a floating tensor of the layer's dtype, or ``budget`` not a number.
+        ValueError
+            ``hidden_states`` is not (batch ≥ 1, L ≥ 1, d_model) or holds NaN/Inf (named as such), or
+            is large enough to make the block overflow; ``density``/``curvature`` is not (batch, L) or
+            not finite, ``density`` negative; ``budget`` outside (0, 1] or below ``r_min``.
         """
         self._check_input(hidden_states)
         c = self._budget(budget)
@@ -535,7 +595,16 @@ class TiledMamba(nn.Module):
 
     def plan(self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
              budget: float | None = None) -> TilePlan:
-        """The :class:`~tiling.tile.TilePlan` the layer would use for ``hidden_states`` (no scan)."""
+        """The :class:`~tiling.tile.TilePlan` the layer would use for ``hidden_states`` (no scan).
+
+        Parameters
+        ----------
+        hidden_states, density, curvature, budget : as for :meth:`forward` (whose checks apply).
+
+        Returns
+        -------
+        :class:`~tiling.tile.TilePlan` on the CPU, with per-tile costs and ``meta["layer_cost"]``.
+        """
         self._check_input(hidden_states)
         c = self._budget(budget)
         batch, L, _ = hidden_states.shape
@@ -555,9 +624,20 @@ class TiledMamba(nn.Module):
 
     def cost(self, L: int, *, compact_length: int | None = None, resolution: Tensor | None = None,
              state_dims: Tensor | None = None, batch: int = 1, signal: bool = True) -> dict[str, int]:
-        """:func:`~tiling.ops.layer_cost` of this layer on ``batch`` rows of ``L`` tokens (block scope:
-        ``compact_length`` = ``L_c`` as run; scan scope: the plan's ``resolution``, ``state_dims``);
-        ``signal=False``: no resolution signal (block) or density (scan) was computed (budget 1)."""
+        """Multiply-adds of this layer (:func:`~tiling.ops.layer_cost`) on ``batch`` rows of ``L`` tokens.
+
+        Parameters
+        ----------
+        L : tokens per row.
+        compact_length : block scope: ``L_c`` as run.
+        resolution, state_dims : scan scope: the plan's (batch, n_tiles) resolutions and state dims.
+        batch : rows.
+        signal : False: no resolution signal (block) or density (scan) was computed (budget 1).
+
+        Returns
+        -------
+        dict of integer counts by part (:func:`~tiling.ops.layer_cost`).
+        """
         kw = dict(d_model=self.d_model, d_state=self.d_state, d_inner=self.d_inner, dt_rank=self.dt_rank,
                   d_conv=self.d_conv, tile_size=self.tile_size, bias=self.in_proj.bias is not None,
                   conv_bias=self.conv1d.bias is not None, batch=batch)
@@ -617,8 +697,22 @@ class TiledMamba(nn.Module):
         )
 
     def allocate_inference_state(self, batch: int) -> TiledMambaState:
-        """Zero recurrent state for :meth:`step` (conv window, scan state, routed vector; in the
-        block scope also the held output, the pool, the router's key and the signal's maps)."""
+        """Zero recurrent state for :meth:`step`.
+
+        Parameters
+        ----------
+        batch : rows, ≥ 1.
+
+        Returns
+        -------
+        :class:`TiledMambaState`: conv window, scan state, routed vector; in the block scope also the
+        held output, the pool, the router's key and the signal's maps.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``batch`` is not an int ≥ 1.
+        """
         batch = check_int(batch, "batch", minimum=1)
         p = self.in_proj.weight
         acc = torch.float64 if p.dtype == torch.float64 else torch.float32
@@ -641,8 +735,30 @@ class TiledMamba(nn.Module):
 
     def step(self, hidden_states: Tensor, state: TiledMambaState, *, budget: float | None = None
              ) -> tuple[Tensor, TiledMambaState]:
-        """One token of generation: ``(batch, d_model)`` or ``(batch, 1, d_model)``.
+        """One token of generation.
 
+        Parameters
+        ----------
+        hidden_states : (batch, d_model) or (batch, 1, d_model).
+        state : the :class:`TiledMambaState` of :meth:`allocate_inference_state`.
+        budget : block scope: overrides the layer's budget; scan scope: only 1 (or None).
+
+        Returns
+        -------
+        ``(output, state)``: the output (same leading shape as the input) and the new state.
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a :class:`TiledMambaState`, or ``hidden_states`` not a floating tensor of
+            the layer's dtype.
+        ValueError
+            ``hidden_states`` has another shape or batch than the state, ``state`` was allocated by a
+            scan-scope layer for a block-scope one, a scan-scope layer is given a budget below 1, or the
+            step overflows (the state is then unchanged).
+
+        Notes
+        -----
         Scan scope: at full resolution, equal to :meth:`forward` with budget 1 (every segment one
         token, full state dims, φ = id because consecutive resolutions are equal), routing
         included: at the end of each tile the routed vector ``g ⊙ tanh(W_s·(C_t·h_t))`` is formed
@@ -654,8 +770,6 @@ class TiledMamba(nn.Module):
         representative (``O(mixer)``), elsewhere the token only joins the pool and the held
         output is returned (``O(d_model)``, plus the signal's ``d_model·(dt_rank + N)``).
         Needs ``causal=True``.
-
-        Returns the output (same leading shape as the input) and the new state.
         """
         check_tensor(hidden_states, "hidden_states", ndim=(2, 3))  # one token: the NaN check costs O(d_model)
         if not isinstance(state, TiledMambaState):
