@@ -11,8 +11,14 @@ from pathlib import Path
 
 
 def default_mode(path: str | os.PathLike) -> None:
-    """Give a temporary file the mode a plain ``open()`` would (``0o666`` less the umask), not
-    ``mkstemp``'s ``0o600``, so a results file or a bundled checkpoint is readable by others."""
+    """Give a temporary file the mode a plain ``open()`` would (``0o666`` less the umask).
+
+    Not ``mkstemp``'s ``0o600``, so a results file or a bundled checkpoint is readable by others.
+
+    Parameters
+    ----------
+    path : the file.
+    """
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, 0o666 & ~umask)
@@ -48,17 +54,47 @@ def _atomically(path: str | os.PathLike, fill) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; return the path."""
+    """Write ``data`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : the destination.
+    data : the bytes.
+
+    Returns
+    -------
+    The path, as a :class:`~pathlib.Path`.
+    """
     return _atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def atomic_write_json(path: str | os.PathLike, obj, *, indent: int | None = 1) -> Path:
-    """``json.dumps(obj)`` (UTF-8, a final newline) written atomically."""
+    """``json.dumps(obj)`` (UTF-8, a final newline) written atomically.
+
+    Parameters
+    ----------
+    path : the destination.
+    obj : a JSON-serialisable object.
+    indent : ``json.dumps``' indent.
+
+    Returns
+    -------
+    The path, as a :class:`~pathlib.Path`.
+    """
     return atomic_write_bytes(path, (json.dumps(obj, indent=indent, ensure_ascii=False) + "\n").encode())
 
 
 def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    """Copy ``src`` to ``dst`` atomically (a temporary copy beside ``dst``, then ``os.replace``)."""
+    """Copy ``src`` to ``dst`` atomically (a temporary copy beside ``dst``, then ``os.replace``).
+
+    Parameters
+    ----------
+    src, dst : source and destination files.
+
+    Returns
+    -------
+    ``dst``, as a :class:`~pathlib.Path`.
+    """
     return _atomically(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 

@@ -71,7 +71,20 @@ def _join_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
 
 def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                     step: int = 0, extra: dict | None = None) -> Path:
-    """Write a checkpoint atomically to ``path`` (temporary file, fsync, rename, fsync of the dir)."""
+    """Write a checkpoint atomically to ``path`` (temporary file, fsync, rename, fsync of the dir).
+
+    Parameters
+    ----------
+    path : the destination (a safetensors file).
+    model : its state dict is saved.
+    optimizer, scheduler : their state dicts are saved too, optional.
+    step : the training step.
+    extra : JSON-serialisable metadata, optional.
+
+    Returns
+    -------
+    The path, as a :class:`~pathlib.Path`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
@@ -115,10 +128,25 @@ def save_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimize
 
 def load_checkpoint(path: str | os.PathLike, *, model: torch.nn.Module, optimizer=None, scheduler=None,
                     restore_rng: bool = True) -> dict:
-    """Restore a checkpoint written by :func:`save_checkpoint`; return ``{"step", "extra"}``.
+    """Restore a checkpoint written by :func:`save_checkpoint`.
 
-    Raises :class:`CheckpointError` if the file is missing, not a safetensors file, truncated,
-    of another format, fails its SHA-256, or does not match the model (strict ``load_state_dict``).
+    Parameters
+    ----------
+    path : the checkpoint.
+    model : loaded strictly (``load_state_dict``).
+    optimizer, scheduler : restored too when given; the checkpoint must then hold their state.
+    restore_rng : also restore the random number generators' states.
+
+    Returns
+    -------
+    ``{"step", "extra"}``.
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing, not a safetensors file, truncated, of another format, fails its
+        SHA-256, does not match the model (strict ``load_state_dict``), or holds no optimizer or
+        scheduler state when one is given.
     """
     path = Path(path)
     if not path.is_file():

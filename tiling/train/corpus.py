@@ -67,7 +67,22 @@ def slice_root() -> Path:
 
 
 def split_of(name: str, fractions: tuple[float, float, float] = FRACTIONS) -> str:
-    """The split of document ``name`` (its relative path): SHA-256 of the name → [0, 1) → bucket."""
+    """The split of document ``name`` (its relative path): SHA-256 of the name → [0, 1) → bucket.
+
+    Parameters
+    ----------
+    name : the document's relative path.
+    fractions : shares of the train, validation and test splits.
+
+    Returns
+    -------
+    The split's name.
+
+    Raises
+    ------
+    ValueError
+        ``fractions`` are negative or do not add up to 1.
+    """
     if abs(sum(fractions) - 1.0) > 1e-9 or any(f < 0 for f in fractions):
         raise ValueError(f"fractions must be non-negative and add up to 1, got {fractions}")
     u = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2.0 ** 64
@@ -81,7 +96,24 @@ def _install_hint(source: CorpusSource) -> str:
 
 
 def find_documents(root: str | Path | None = None, corpus: str = "docs") -> tuple[Path, list[str]]:
-    """``(root, sorted relative names)`` of the corpus documents; :class:`CorpusError` if absent."""
+    """The corpus documents.
+
+    Parameters
+    ----------
+    root : the corpus source (default: the package's install location).
+    corpus : the corpus' name.
+
+    Returns
+    -------
+    ``(root, sorted relative names)``.
+
+    Raises
+    ------
+    ValueError
+        ``corpus`` is not a known corpus.
+    CorpusError
+        The source does not exist or holds no document matching its pattern.
+    """
     if corpus not in SOURCES:
         raise ValueError(f"corpus must be one of {sorted(SOURCES)}, got {corpus!r}")
     src = SOURCES[corpus]
@@ -106,7 +138,21 @@ def find_documents(root: str | Path | None = None, corpus: str = "docs") -> tupl
 
 
 def build_splits(root: str | Path | None = None, corpus: str = "docs") -> tuple[dict[str, bytes], dict]:
-    """The three splits' bytes and the manifest (no file is written)."""
+    """The three splits' bytes and the manifest (no file is written).
+
+    Parameters
+    ----------
+    root, corpus : as for :func:`find_documents`.
+
+    Returns
+    -------
+    ``(splits, manifest)``: the bytes of each split by name, and the manifest.
+
+    Raises
+    ------
+    ValueError, CorpusError
+        As :func:`find_documents`; ``CorpusError`` also when a document is not UTF-8.
+    """
     base, names = find_documents(root, corpus)
     parts: dict[str, list[bytes]] = {s: [] for s in SPLITS}
     docs = []
@@ -146,10 +192,29 @@ def _package_version(package: str) -> str | None:
 
 def prepare_corpus(out: str | Path, root: str | Path | None = None, corpus: str = "docs", *,
                    force: bool = False) -> dict:
-    """Write the splits and ``manifest.json`` under ``out`` atomically; return the manifest.
+    """Write the splits and ``manifest.json`` under ``out`` atomically.
 
+    Parameters
+    ----------
+    out : the directory.
+    root, corpus : as for :func:`find_documents`.
+    force : replace a prepared corpus with other contents.
+
+    Returns
+    -------
+    The manifest.
+
+    Raises
+    ------
+    CorpusError
+        ``out`` holds a prepared corpus with other contents and ``force`` is not given; or as
+        :func:`build_splits`.
+
+    Notes
+    -----
     A prepared corpus already in ``out`` with other contents is not replaced unless ``force``
-    (the same contents are simply rewritten)."""
+    (the same contents are simply rewritten).
+    """
     out = Path(out)
     splits, manifest = build_splits(root, corpus)
     old = out / "manifest.json"
@@ -169,7 +234,25 @@ def prepare_corpus(out: str | Path, root: str | Path | None = None, corpus: str 
 
 
 def load_split(split: str, corpus_dir: str | Path = "data/corpus", *, verify: bool = True) -> bytes:
-    """The bytes of a prepared split, checked against the manifest's SHA-256."""
+    """The bytes of a prepared split, checked against the manifest's SHA-256.
+
+    Parameters
+    ----------
+    split : one of the split names.
+    corpus_dir : the prepared corpus.
+    verify : check the SHA-256.
+
+    Returns
+    -------
+    The split's bytes.
+
+    Raises
+    ------
+    ValueError
+        ``split`` is not a split name.
+    CorpusError
+        The split or the manifest is missing, or (``verify``) the file was altered.
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     d = Path(corpus_dir)

@@ -63,6 +63,21 @@ class BurstCopyDataset(_BurstDataset):
     ``inputs`` and ``targets`` are int64 of length ``context_len + n_bursts·burst_len``
     (targets shifted by one), ``mask`` (bool) marks the answer positions on which loss and
     accuracy are computed.
+
+    Parameters
+    ----------
+    size : number of examples, ≥ 1.
+    context_len : tokens of the context, ≥ 1.
+    n_bursts, burst_len : bursts and content symbols per burst, ≥ 1.
+    n_symbols : content symbols, ≥ 2.
+    burst_window : the bursts lie in the last ``burst_window`` tokens of the context (default all).
+    seed : ≥ 0; example ``i`` is a pure function of ``(seed, i)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument is not an int in its range, ``burst_window > context_len``, or the bursts do not
+        fit in the burst window.
     """
 
     def __init__(self, size: int, *, context_len: int = 1024, n_bursts: int = 2, burst_len: int = 16,
@@ -112,13 +127,33 @@ class BurstRepeatDataset(_BurstDataset):
     bursts at random positions, each a ``MARKER`` followed by ``burst_len`` content symbols that
     repeat a random pattern of ``period`` symbols: ``c_k = pattern[k mod period]``. ``inputs`` are
     the first ``context_len`` tokens, ``targets`` the next ones (language modelling), and ``mask``
-    marks the positions whose target is a repeated symbol (``k >= period``): it is determined by
-    the symbol ``period`` tokens earlier, a recall at a fixed lag. With ``period`` larger than
-    the causal conv (width 4) the recall must go through the scan, and a segment of ``m > 1``
-    tokens at coarse resolution adds its inputs into one step (seed 001 §3.2.1), losing their
-    order; a token inside it also reads only the state before the segment. Every masked token
-    sits in a dense stretch of ``burst_len`` tokens: a burst several tiles long is visible to the
-    causal policy (which predicts tile ``i`` from tile ``i − 1``) from its second tile on.
+    marks the positions whose target is a repeated symbol (``k >= period``).
+
+    Parameters
+    ----------
+    size : number of examples, ≥ 1.
+    context_len : ≥ 2.
+    n_bursts : ≥ 1.
+    burst_len : content symbols per burst, ≥ 2.
+    period : length of the repeated pattern, ``1 ≤ period < burst_len``.
+    n_symbols : content symbols, ≥ 2.
+    seed : ≥ 0.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument is not an int in its range, ``period ≥ burst_len``, or the bursts (with their
+        markers) do not fit in ``context_len + 1`` tokens.
+
+    Notes
+    -----
+    A masked position is determined by the symbol ``period`` tokens earlier, a recall at a fixed
+    lag. With ``period`` larger than the causal conv (width 4) the recall must go through the scan,
+    and a segment of ``m > 1`` tokens at coarse resolution adds its inputs into one step (seed 001
+    §3.2.1), losing their order; a token inside it also reads only the state before the segment.
+    Every masked token sits in a dense stretch of ``burst_len`` tokens: a burst several tiles long
+    is visible to the causal policy (which predicts tile ``i`` from tile ``i − 1``) from its second
+    tile on.
 
     Vocabulary: content ``0 … n_symbols−1``, ``FILLER = n_symbols``, ``MARKER = n_symbols + 1``.
     Example ``i`` is a pure function of ``(seed, i)`` (as :class:`BurstCopyDataset`).
@@ -141,6 +176,7 @@ class BurstRepeatDataset(_BurstDataset):
 
     @property
     def seq_len(self) -> int:
+        """Length of ``inputs``, ``context_len``."""
         return self.context_len
 
     def __getitem__(self, i: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -161,11 +197,20 @@ class BurstRepeatDataset(_BurstDataset):
     def target_index(self, inputs: Tensor) -> Tensor:
         """Index ``k`` within its burst of the *target* of each input position, −1 outside bursts.
 
-        ``inputs`` (..., context_len) int64; the target of position ``p`` is content symbol
-        ``k = p − s`` of the burst whose marker is at ``s`` (``k ≥ period`` on the answer
-        positions). Used to break accuracy down by position in the burst: a causal tile policy
-        predicts a tile from the one before it, so the first answers of a burst are the ones at
-        risk (docs/benchmarks.md).
+        Parameters
+        ----------
+        inputs : (..., context_len) int64.
+
+        Returns
+        -------
+        int64 tensor of ``inputs``' shape: the target of position ``p`` is content symbol
+        ``k = p − s`` of the burst whose marker is at ``s`` (``k ≥ period`` on the answer positions).
+
+        Notes
+        -----
+        Used to break accuracy down by position in the burst: a causal tile policy predicts a tile
+        from the one before it, so the first answers of a burst are the ones at risk
+        (docs/benchmarks.md).
         """
         pos = torch.arange(inputs.shape[-1], device=inputs.device).expand_as(inputs)
         last = torch.where(inputs == self.marker, pos, torch.full_like(pos, -1)).cummax(-1).values

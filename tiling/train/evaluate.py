@@ -30,7 +30,18 @@ class UsageError(ValueError):
 
 
 def check_budget(model, budget: float | None) -> None:
-    """Budget in (0, 1] and not below the smallest resolution of a tiled layer (``r_min``)."""
+    """Budget in (0, 1] and not below the smallest resolution of a tiled layer (``r_min``).
+
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.model.TiledLM`.
+    budget : the budget asked for; None passes.
+
+    Raises
+    ------
+    UsageError
+        ``budget`` is outside (0, 1] or below a tiled layer's ``r_min``.
+    """
     if budget is None:
         return
     if not 0.0 < budget <= 1.0:

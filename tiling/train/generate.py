@@ -27,7 +27,27 @@ from tiling.train.textmodel import TextModelError, load_text_model, resolve_chec
 @torch.no_grad()
 def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: int = 200, seed: int = 0,
              temperature: float = 1.0, top_k: int | None = None) -> dict:
-    """``{"prompt", "generated" (bytes), "starts" (per layer: list of bool per byte)}``."""
+    """Sample ``max_bytes`` bytes after ``prompt``, recording each layer's segment starts.
+
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.model.TiledLM`.
+    prompt : non-empty bytes (the model has no beginning-of-text symbol).
+    budget : the decoding budget (None: the model's own).
+    max_bytes : bytes to generate, ≥ 0.
+    seed : seed of the sampler.
+    temperature : > 0.
+    top_k : sample among the ``top_k`` most likely bytes, in [1, 256]; None: all.
+
+    Returns
+    -------
+    ``{"prompt", "generated" (bytes), "starts" (per layer: list of bool per byte)}``.
+
+    Raises
+    ------
+    UsageError
+        ``prompt`` is empty, ``temperature ≤ 0``, ``top_k`` outside [1, 256] or ``max_bytes < 0``.
+    """
     if not prompt:
         raise UsageError("--prompt must not be empty (the model has no beginning-of-text symbol)")
     if temperature <= 0:
@@ -68,7 +88,17 @@ def _show(b: bytes) -> str:
 
 
 def segments_view(data: bytes, starts: list[bool]) -> str:
-    """``data`` with ``|`` before every segment start."""
+    """``data`` with ``|`` before every segment start.
+
+    Parameters
+    ----------
+    data : the bytes.
+    starts : one bool per byte, True at a segment start.
+
+    Returns
+    -------
+    The text (UTF-8 decoded with replacement; newlines shown as ``⏎``, tabs as ``⇥``).
+    """
     pieces, cur = [], bytearray()
     for byte, s in zip(data, starts):
         if s and cur:
@@ -80,7 +110,17 @@ def segments_view(data: bytes, starts: list[bool]) -> str:
 
 
 def tile_resolutions(starts: list[bool], tile_size: int) -> list[float]:
-    """Realised ``R_i = m_i / n_i`` of each tile (segment starts over bytes)."""
+    """Realised ``R_i = m_i / n_i`` of each tile (segment starts over bytes).
+
+    Parameters
+    ----------
+    starts : one bool per byte, True at a segment start.
+    tile_size : tile length ``T``.
+
+    Returns
+    -------
+    One float per tile.
+    """
     return [sum(starts[i:i + tile_size]) / len(starts[i:i + tile_size]) for i in range(0, len(starts), tile_size)]
 
 

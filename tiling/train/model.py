@@ -23,8 +23,22 @@ _TILING_FIELDS = tuple(f.name for f in dataclasses.fields(TilingConfig))
 
 
 def split_layer_kwargs(layer_kwargs: dict) -> tuple[dict, TilingConfig]:
-    """Split flat layer arguments (the ``layer_kwargs`` of :attr:`TiledLM.config`) into Mamba's
-    arguments and a :class:`~tiling.config.TilingConfig` of the rest; an unknown name is a ``TypeError``."""
+    """Split flat layer arguments into Mamba's arguments and a tiling configuration.
+
+    Parameters
+    ----------
+    layer_kwargs : the flat ``layer_kwargs`` of :attr:`TiledLM.config` (Mamba's arguments and the
+        fields of :class:`~tiling.config.TilingConfig`).
+
+    Returns
+    -------
+    ``(mamba_kwargs, tiling)``: Mamba's arguments and a :class:`~tiling.config.TilingConfig` of the rest.
+
+    Raises
+    ------
+    TypeError
+        A name is neither a Mamba argument nor a tiling field.
+    """
     unknown = sorted(set(layer_kwargs) - set(MAMBA_KWARGS) - set(_TILING_FIELDS))
     if unknown:
         raise TypeError(f"unknown layer arguments {unknown}")
@@ -33,36 +47,63 @@ def split_layer_kwargs(layer_kwargs: dict) -> tuple[dict, TilingConfig]:
 
 
 class TiledLM(nn.Module):
-    """``tokens (batch, L) int64 → logits (batch, L, vocab)``; every
-    :class:`~tiling.modules.TiledMamba` gets the Mamba arguments ``mamba_kwargs`` (d_state,
-    expand, ...) and the tiling configuration ``tiling`` (:class:`~tiling.config.TilingConfig`,
-    default ``TilingConfig()``). Deprecated (one release, ``DeprecationWarning``): tiling options
-    as keywords among ``mamba_kwargs`` (they build ``tiling``).
+    """Language model of tiled Mamba layers: ``tokens (batch, L) int64 → logits (batch, L, vocab)``.
 
-    ``shared_density``: every layer's resolution policy reads the per-token density of the
-    *first* layer, ``ρ_t = (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form of the
-    first layer), passed as the layers' external density, so every layer sees the first layer's
-    tile means (and tail means, with ``predictor_tail``). Why: in a deep stack only the first layer sees the token
-    stream itself; deeper layers see the residual stream, whose density need not follow the
-    content (in the burst tasks the second layer's density ratio burst/filler is ≈ 1 while the
-    first layer's is ≈ 4). Causal as the layers are: layer ``l``'s tile ``i`` uses densities of
-    tiles ``< i`` only (the causal policy), whichever layer produced them.
+    Parameters
+    ----------
+    vocab_size : ≥ 2.
+    d_model : model width.
+    n_layers : ≥ 1.
+    shared_density : every layer's resolution policy reads the per-token density of the *first*
+        layer, ``ρ_t = (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form of the first
+        layer), passed as the layers' external density, so every layer sees the first layer's tile
+        means (and tail means, with ``predictor_tail``).
+    full_resolution_layers : indices of layers (negative ones count from the end, as in Python:
+        ``(0, -1)`` is the first and the last) that always run at full resolution, whatever the
+        budget of the model or of a call: they are block-scope layers at budget 1, i.e. plain Mamba
+        (the block scope is exact at ``R = 1``), built from the Mamba arguments of ``mamba_kwargs``
+        and the tile size only (the other tiling options do not apply). The other layers get ``tiling``.
+    tiling : the :class:`~tiling.config.TilingConfig` of every tiled layer; default ``TilingConfig()``.
+    **mamba_kwargs : Mamba arguments (d_state, expand, ...) of every
+        :class:`~tiling.modules.TiledMamba`. Deprecated (one release, ``DeprecationWarning``): tiling
+        options as keywords among them (they build ``tiling``).
 
-    ``full_resolution_layers``: indices of layers (negative ones count from the end, as in
-    Python: ``(0, -1)`` is the first and the last) that always run at full resolution, whatever
-    the budget of the model or of a call: they are block-scope layers at budget 1, i.e. plain
-    Mamba (the block scope is exact at ``R = 1``), built from the Mamba arguments of
-    ``mamba_kwargs`` and the tile size only (the other tiling options do not apply). Hourglass
-    transformers and H-Net keep the outermost layers at full resolution; this makes that choice
-    one argument. The other layers get ``tiling``.
+    Attributes
+    ----------
+    config : the constructor arguments (JSON-serialisable; ``layer_kwargs``: the Mamba arguments
+        and every field of ``tiling``, flat, the format checkpoints have always stored), so a
+        checkpoint can rebuild the model (:mod:`tiling.train.textmodel`, :func:`split_layer_kwargs`).
+    tiling : the tiling configuration.
+    layers : the :class:`~tiling.modules.TiledMamba` layers.
+
+    Raises
+    ------
+    TypeError
+        ``tiling`` is not a :class:`~tiling.config.TilingConfig` or is given together with tiling
+        keywords; ``vocab_size``/``n_layers`` or an entry of ``full_resolution_layers`` is not an int.
+    ValueError
+        ``vocab_size < 2``, ``n_layers < 1``, a layer index does not exist, or a layer rejects its
+        arguments (:class:`~tiling.modules.TiledMamba`).
+
+    Warns
+    -----
+    DeprecationWarning
+        Tiling options are given as keywords.
+
+    Notes
+    -----
+    Why a shared density: in a deep stack only the first layer sees the token stream itself; deeper
+    layers see the residual stream, whose density need not follow the content (in the burst tasks
+    the second layer's density ratio burst/filler is ≈ 1 while the first layer's is ≈ 4). Causal as
+    the layers are: layer ``l``'s tile ``i`` uses densities of tiles ``< i`` only (the causal
+    policy), whichever layer produced them.
+
+    Hourglass transformers and H-Net keep the outermost layers at full resolution;
+    ``full_resolution_layers`` makes that choice one argument.
 
     Decoding: :meth:`allocate_inference_state` and :meth:`step` run the model one token at a
     time with each layer's :meth:`~tiling.modules.TiledMamba.step`; in the block scope (causal)
     that equals :meth:`forward` token by token at every budget, in the scan scope only at budget 1.
-
-    ``config`` holds the constructor arguments (JSON-serialisable; ``layer_kwargs``: the Mamba
-    arguments and every field of ``tiling``, flat, the format checkpoints have always stored), so a
-    checkpoint can rebuild the model (:mod:`tiling.train.textmodel`, :func:`split_layer_kwargs`).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, *, shared_density: bool = False,
@@ -123,13 +164,28 @@ class TiledLM(nn.Module):
 
     def forward(self, tokens: Tensor, *, budget: float | None = None, return_plans: bool = False,
                 density: Sequence[Tensor | None] | None = None):
-        """``tokens (batch, L) → logits (batch, L, vocab)`` (and the layers' plans with ``return_plans``).
+        """``tokens (batch, L) → logits (batch, L, vocab)``.
 
-        ``density``: one entry per layer, an external per-token density (batch, L) that layer's
-        policy reads instead of its own signal (``TiledMamba.forward``'s ``density``), or None for
-        the layer's own; it takes precedence over ``shared_density``. Layers at full resolution
-        run no policy and ignore it. E.g. :mod:`tiling.workflows.plans` runs the plans of the
-        predictive and implicit-attention densities this way.
+        Parameters
+        ----------
+        tokens : (batch, L) int64.
+        budget : the budget of this call for the tiled layers (None: each layer's own).
+        return_plans : also return the layers' plans.
+        density : one entry per layer, an external per-token density (batch, L) that layer's
+            policy reads instead of its own signal (``TiledMamba.forward``'s ``density``), or None for
+            the layer's own; it takes precedence over ``shared_density``. Layers at full resolution
+            run no policy and ignore it. E.g. :mod:`tiling.workflows.plans` runs the plans of the
+            predictive and implicit-attention densities this way.
+
+        Returns
+        -------
+        The logits; with ``return_plans`` ``(logits, plans)``, one :class:`~tiling.tile.TilePlan` per layer.
+
+        Raises
+        ------
+        ValueError
+            ``tokens`` is not int64 of shape (batch, L), ``density`` does not hold one entry per layer,
+            or a layer rejects its input (:meth:`~tiling.modules.TiledMamba.forward`).
         """
         if tokens.dim() != 2 or tokens.dtype != torch.int64:
             raise ValueError(f"tokens must be int64 of shape (batch, L), got {tokens.dtype} {tuple(tokens.shape)}")
@@ -159,17 +215,48 @@ class TiledLM(nn.Module):
         return torch.stack(losses).sum() if losses else None
 
     def allocate_inference_state(self, batch: int) -> list:
-        """Zero decoding state: one :class:`~tiling.modules.TiledMambaState` per layer."""
+        """Zero decoding state: one :class:`~tiling.modules.TiledMambaState` per layer.
+
+        Parameters
+        ----------
+        batch : rows.
+
+        Returns
+        -------
+        list of layer states.
+
+        Raises
+        ------
+        ValueError
+            The model has ``shared_density=True`` (a whole-sequence signal of the first layer).
+        """
         if self.shared_density:
             raise ValueError("step() does not support shared_density=True (the shared density is a whole-sequence "
                              "signal of the first layer); use forward()")
         return [layer.allocate_inference_state(batch) for layer in self.layers]
 
     def step(self, tokens: Tensor, state: list, *, budget: float | None = None) -> tuple[Tensor, list]:
-        """One token per row: ``tokens`` (batch,) int64 → ``(logits (batch, vocab), new state)``.
+        """One token per row.
 
-        Equals :meth:`forward` position by position (block scope, causal layers); a scan-scope
-        layer can step only at full resolution, so a budget below 1 on one raises ``ValueError``.
+        Parameters
+        ----------
+        tokens : (batch,) int64.
+        state : the list of :meth:`allocate_inference_state`.
+        budget : the decoding budget of the tiled layers (None: each layer's own).
+
+        Returns
+        -------
+        ``(logits (batch, vocab), new state)``.
+
+        Raises
+        ------
+        ValueError
+            ``tokens`` is not int64 of shape (batch,), ``state`` is not one layer state per layer, or a
+            scan-scope layer would decode at a budget below 1 (it steps only at full resolution).
+
+        Notes
+        -----
+        Equals :meth:`forward` position by position (block scope, causal layers).
         """
         if tokens.dim() != 1 or tokens.dtype != torch.int64:
             raise ValueError(f"tokens must be int64 of shape (batch,), got {tokens.dtype} {tuple(tokens.shape)}")
@@ -189,9 +276,18 @@ class TiledLM(nn.Module):
         return self.head(self.norm_f(h)), new
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay on weight matrices only; none on A_log, D (Mamba's ``_no_weight_decay``),
-        norms, biases and the tiling parameters (``route_*``, ``transition_gain``), whose scale is
-        set by their identity initialisation rather than by a prior towards zero."""
+        """AdamW parameter groups.
+
+        Parameters
+        ----------
+        weight_decay : the decay of the weight matrices.
+
+        Returns
+        -------
+        Two groups: decay on weight matrices only; none on A_log, D (Mamba's ``_no_weight_decay``),
+        norms, biases and the tiling parameters (``route_*``, ``transition_gain``), whose scale is set
+        by their identity initialisation rather than by a prior towards zero.
+        """
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             skip = (getattr(p, "_no_weight_decay", False) or p.dim() < 2 or "norm" in name

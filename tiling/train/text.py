@@ -52,9 +52,24 @@ class TextInputError(ValueError):
 
 
 def read_text_file(path: str | os.PathLike, *, min_bytes: int = 2) -> bytes:
-    """The bytes of a UTF-8 text file, checked: :class:`TextInputError` says what was read and why
-    it is refused (missing, a directory, empty, shorter than ``min_bytes``, or the byte offset,
-    line and column where UTF-8 decoding failed)."""
+    """The bytes of a UTF-8 text file, checked.
+
+    Parameters
+    ----------
+    path : the file.
+    min_bytes : least number of bytes (byte 0 is context, bytes 1 … N−1 are predicted).
+
+    Returns
+    -------
+    The file's bytes.
+
+    Raises
+    ------
+    TextInputError
+        Says what was read and why it is refused: the file is missing, not a regular file (e.g. a
+        directory), empty, shorter than ``min_bytes``, or not UTF-8 (with the byte offset, line and
+        column where decoding failed).
+    """
     p = Path(path)
     if not p.exists():
         raise TextInputError(f"text file {p} does not exist")
@@ -79,7 +94,23 @@ def read_text_file(path: str | os.PathLike, *, min_bytes: int = 2) -> bytes:
 
 
 def as_byte_tensor(data: bytes | bytearray | Tensor) -> Tensor:
-    """``data`` as a 1-D uint8 tensor (a copy for ``bytes``)."""
+    """``data`` as a 1-D uint8 tensor (a copy for ``bytes``).
+
+    Parameters
+    ----------
+    data : bytes, bytearray or a 1-D uint8 tensor (returned as is).
+
+    Returns
+    -------
+    1-D uint8 tensor.
+
+    Raises
+    ------
+    TypeError
+        ``data`` is of another type.
+    ValueError
+        A tensor that is not 1-D uint8.
+    """
     if isinstance(data, Tensor):
         if data.dim() != 1 or data.dtype != torch.uint8:
             raise ValueError(f"byte tensor must be 1-D uint8, got {data.dtype} {tuple(data.shape)}")
@@ -90,9 +121,29 @@ def as_byte_tensor(data: bytes | bytearray | Tensor) -> Tensor:
 
 
 class TextWindows:
-    """Contiguous training windows of a byte string: ``(inputs, targets)`` of ``context`` bytes each,
-    targets shifted by one (so a window reads ``context + 1`` bytes).
+    """Contiguous training windows of a byte string.
 
+    Item ``i`` is ``(inputs, targets)`` of ``context`` bytes each, targets shifted by one (so a
+    window reads ``context + 1`` bytes).
+
+    Parameters
+    ----------
+    data : the text (bytes or a 1-D uint8 tensor).
+    context : window length, ≥ 1.
+    seed : ≥ 0.
+
+    Attributes
+    ----------
+    n_starts : number of possible window starts, ``N − context``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``data`` is not bytes (:func:`as_byte_tensor`), ``context``/``seed`` is not an int in its
+        range, or the text is shorter than ``context + 1`` bytes.
+
+    Notes
+    -----
     Window ``i`` starts at a position drawn uniformly from ``[0, N − context − 1]`` by a generator
     seeded with ``seed·1_000_003 + i``: a pure function of ``(seed, i)``, so a run and its resumed
     continuation see the same data, and ``batch(step, B)`` is windows ``step·B … step·B + B − 1``.
@@ -112,6 +163,7 @@ class TextWindows:
         return self.data.numel() - self.context
 
     def start(self, i: int) -> int:
+        """Start of window ``i`` (``i ≥ 0``), a pure function of ``(seed, i)``."""
         i = check_int(i, "i", minimum=0)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         return int(torch.randint(0, self.n_starts, (1,), generator=g))
@@ -122,18 +174,42 @@ class TextWindows:
         return w[:-1], w[1:]
 
     def batch(self, step: int, batch_size: int) -> tuple[Tensor, Tensor]:
-        """The batch of training step ``step``: windows ``step·B … step·B + B − 1``, stacked."""
+        """The batch of training step ``step``: windows ``step·B … step·B + B − 1``, stacked.
+
+        Parameters
+        ----------
+        step : the training step.
+        batch_size : ``B ≥ 1``.
+
+        Returns
+        -------
+        ``(inputs, targets)``, each (B, context) int64.
+        """
         B = check_int(batch_size, "batch_size", minimum=1)
         items = [self[step * B + j] for j in range(B)]
         return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
 
 
 def eval_windows(n_bytes: int, context: int, stride: int | None = None) -> list[tuple[int, int, int]]:
-    """Windows ``(start, length, first_scored)`` covering a text of ``n_bytes`` bytes.
+    """Windows covering a text of ``n_bytes`` bytes.
 
-    Inputs are bytes ``[start, start + length)``, targets ``[start + 1, start + length]``; the
-    targets at window offsets ``≥ first_scored`` are scored. Every target ``1 … n − 1`` is scored
-    exactly once (module docstring)."""
+    Parameters
+    ----------
+    n_bytes : length of the text, ≥ 2.
+    context : inputs per window, ≥ 1.
+    stride : new targets per window, in ``[1, context]``; default ``context``.
+
+    Returns
+    -------
+    list of ``(start, length, first_scored)``: inputs are bytes ``[start, start + length)``,
+    targets ``[start + 1, start + length]``; the targets at window offsets ``≥ first_scored`` are
+    scored. Every target ``1 … n − 1`` is scored exactly once (module docstring).
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument is not an int in its range.
+    """
     n = check_int(n_bytes, "n_bytes", minimum=2)
     L = check_int(context, "context", minimum=1)
     S = L if stride is None else check_int(stride, "stride", minimum=1, maximum=L)
@@ -164,8 +240,20 @@ def _row_madds(layer, plan, L: int, budget: float | None) -> list[float]:
 
 
 def forward_madds(model, plans, L: int, budget: float | None = None) -> dict:
-    """Multiply-adds of one forward over rows of ``L`` bytes, from its plans: per layer (mean per
-    row), the head, and ``per_byte`` (everything, per byte; module docstring)."""
+    """Multiply-adds of one forward over rows of ``L`` bytes, from its plans.
+
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.TiledLM`.
+    plans : one :class:`~tiling.tile.TilePlan` per layer, of that forward.
+    L : bytes per row.
+    budget : the budget of the forward.
+
+    Returns
+    -------
+    ``{"layers", "head", "per_byte"}``: per layer (mean per row), the head, and everything per
+    byte (module docstring).
+    """
     layers = []
     for k, (layer, plan) in enumerate(zip(model.layers, plans)):
         rows = _row_madds(layer, plan, L, model.layer_budget(k, budget))
@@ -177,14 +265,31 @@ def forward_madds(model, plans, L: int, budget: float | None = None) -> dict:
 @torch.no_grad()
 def score_windows(model, data: bytes | Tensor, windows: list[tuple[int, int, int]], *,
                   budget: float | None = None, batch_size: int = 8) -> dict:
-    """Bits per byte over the scored targets of ``windows`` (``(start, length, first_scored)``, as
-    :func:`eval_windows` returns; windows of equal length are batched), in eval mode.
+    """Bits per byte over the scored targets of ``windows``, in eval mode.
 
-    Returns ``bpb``, ``scored_bytes``, ``tokens`` (input positions run), ``seconds``,
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.TiledLM`.
+    data : the text.
+    windows : ``(start, length, first_scored)`` as :func:`eval_windows` returns; windows of equal
+        length are batched.
+    budget : the budget of the tiled layers, in (0, 1]; None: each layer's own.
+    batch_size : windows per forward, ≥ 1.
+
+    Returns
+    -------
+    dict with ``bpb``, ``scored_bytes``, ``tokens`` (input positions run), ``seconds``,
     ``mean_resolution`` (the realised ``Σ_i m_i / L`` of the layers that run at the budget, averaged
     over their positions; 1 if every layer is pinned at full resolution),
     ``mean_resolution_by_layer``, ``flops_per_byte`` (``2 ×`` :func:`forward_madds` per input
-    position), ``madds_per_byte_by_layer`` and ``budget`` (the one the tiled layers ran at)."""
+    position), ``madds_per_byte_by_layer`` and ``budget`` (the one the tiled layers ran at).
+
+    Raises
+    ------
+    ValueError
+        No window is given, a window does not fit the text, ``batch_size < 1`` or ``budget``
+        outside (0, 1].
+    """
     x = as_byte_tensor(data)
     if budget is not None:
         check_in_range(float(budget), "budget", 0.0, 1.0, low_open=True)
@@ -244,9 +349,30 @@ def evaluate_bytes(model, data: bytes | Tensor, *, context: int, budget: float |
                    stride: int | None = None, batch_size: int = 8, max_bytes: int | None = None) -> dict:
     """Bits per byte of a whole text under ``model`` (windows of ``context``; module docstring).
 
-    Returns what :func:`score_windows` does and ``bytes`` (the text's length; ``scored_bytes`` is
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.TiledLM`.
+    data : the text.
+    context : inputs per window.
+    budget : the budget of the tiled layers (None: each layer's own).
+    stride : new targets per window (:func:`eval_windows`).
+    batch_size : windows per forward.
+    max_bytes : evaluate only the first ``max_bytes`` (≥ 2) bytes.
+
+    Returns
+    -------
+    What :func:`score_windows` does and ``bytes`` (the text's length; ``scored_bytes`` is
     ``bytes − 1``), ``bytes_per_s`` (text bytes through the model per second of this evaluation,
-    plans included), ``context``, ``stride``, ``windows``."""
+    plans included), ``context``, ``stride``, ``windows``.
+
+    Raises
+    ------
+    ValueError
+        The text has fewer than 2 bytes, ``max_bytes < 2``, or an argument is out of range
+        (:func:`eval_windows`, :func:`score_windows`).
+    AssertionError
+        Not every target was scored exactly once (an internal check).
+    """
     x = as_byte_tensor(data)
     if max_bytes is not None:
         x = x[:check_int(max_bytes, "max_bytes", minimum=2)]
@@ -263,8 +389,24 @@ def evaluate_bytes(model, data: bytes | Tensor, *, context: int, budget: float |
 
 
 def spaced_windows(n_bytes: int, context: int, count: int) -> list[tuple[int, int, int]]:
-    """``count`` windows of ``context`` inputs, evenly spaced over a text of ``n_bytes`` bytes, all
-    targets scored (a fixed validation subset: the same windows at every evaluation)."""
+    """Evenly spaced windows, all targets scored (a fixed validation subset).
+
+    Parameters
+    ----------
+    n_bytes : length of the text, ≥ ``context + 1``.
+    context : inputs per window.
+    count : number of windows, ≥ 1.
+
+    Returns
+    -------
+    ``count`` windows ``(start, length, first_scored)`` of ``context`` inputs: the same windows at
+    every evaluation.
+
+    Raises
+    ------
+    TypeError, ValueError
+        An argument is not an int in its range.
+    """
     n = check_int(n_bytes, "n_bytes", minimum=context + 1)
     count = check_int(count, "count", minimum=1)
     last = n - context - 1
@@ -274,9 +416,19 @@ def spaced_windows(n_bytes: int, context: int, count: int) -> list[tuple[int, in
 
 @torch.no_grad()
 def step_log_probs(model, window: Tensor, *, budget: float | None = None) -> Tensor:
-    """``log p(x_{t+1} | x_{≤t})`` (float64, length ``len(window) − 1``) of one window, computed
-    token by token with :meth:`~tiling.train.TiledLM.step` from a fresh state (the reference
-    :func:`evaluate_bytes` is tested against)."""
+    """``log p(x_{t+1} | x_{≤t})`` of one window, computed token by token.
+
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.TiledLM`.
+    window : 1-D bytes.
+    budget : the decoding budget.
+
+    Returns
+    -------
+    float64 tensor of length ``len(window) − 1``, computed with :meth:`~tiling.train.TiledLM.step`
+    from a fresh state (the reference :func:`evaluate_bytes` is tested against).
+    """
     w = window.to(torch.int64).view(1, -1)
     state = model.allocate_inference_state(1)
     out = []
@@ -291,11 +443,28 @@ def measure_speed(model, sample: bytes | Tensor, *, context: int, budget: float 
                   decode_bytes: int = 256, repeats: int = 3) -> dict:
     """Prefill and decode throughput on one row (eval mode, the current thread count).
 
-    ``prefill_bytes_per_s``: a forward over ``context`` bytes of ``sample``, the median of
-    ``repeats`` timings after one warm-up; ``decode_bytes_per_s``: :meth:`~tiling.train.TiledLM.step`
-    over ``decode_bytes`` bytes from a fresh state (inputs taken from ``sample``, so the segments
-    are those of real text), one warm-up step excluded. Scan-scope models below budget 1 cannot
-    step: their decode rate is None."""
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.TiledLM`.
+    sample : text of at least ``context`` bytes.
+    context : bytes of the prefill.
+    budget : the budget.
+    decode_bytes : bytes decoded.
+    repeats : timings of the prefill.
+
+    Returns
+    -------
+    ``{"prefill_bytes_per_s", "decode_bytes_per_s", "threads"}``. ``prefill_bytes_per_s``: a
+    forward over ``context`` bytes of ``sample``, the median of ``repeats`` timings after one
+    warm-up; ``decode_bytes_per_s``: :meth:`~tiling.train.TiledLM.step` over ``decode_bytes`` bytes
+    from a fresh state (inputs taken from ``sample``, so the segments are those of real text), one
+    warm-up step excluded. Scan-scope models below budget 1 cannot step: their decode rate is None.
+
+    Raises
+    ------
+    ValueError
+        ``sample`` is shorter than ``context`` bytes.
+    """
     x = as_byte_tensor(sample)
     if x.numel() < context:
         raise ValueError(f"the speed sample has {x.numel()} bytes, {context} are needed")

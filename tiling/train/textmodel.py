@@ -60,9 +60,30 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
                  full_resolution_layers: tuple[int, ...] = (), **extra) -> dict:
     """The :class:`~tiling.train.TiledLM` arguments of a configuration at ``budget`` (``full``: 1).
 
+    Parameters
+    ----------
+    configuration : one of ``CONFIGURATIONS``.
+    budget : in (0, 1]; ignored (1) for ``full``.
+    d_model, n_layers : of the model.
+    d_state, expand, tile_size, r_min : of every layer (``r_min`` capped at ``budget``).
+    full_resolution_layers : as :class:`~tiling.train.TiledLM`'s.
+    **extra : further layer arguments.
+
+    Returns
+    -------
+    dict, the form of :attr:`TiledLM.config <tiling.train.TiledLM>` (:func:`build_model` reads it).
+
+    Raises
+    ------
+    ValueError
+        ``configuration`` is unknown or ``budget`` outside (0, 1].
+
+    Notes
+    -----
     The defaults are those of ``scripts/train_text.py``: ``expand = 1`` (``d_inner = d_model``)
     rather than Mamba's 2, because at 2 a full-resolution run sees only 1.4 M training bytes in
-    15 minutes when two runs share this 2-core machine (``docs/training.md``, "Real text")."""
+    15 minutes when two runs share this 2-core machine (``docs/training.md``, "Real text").
+    """
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"configuration must be one of {sorted(CONFIGURATIONS)}, got {configuration!r}")
     budget = 1.0 if configuration == "full" else float(budget)
@@ -75,7 +96,21 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
 
 
 def build_model(config: dict) -> TiledLM:
-    """A :class:`~tiling.train.TiledLM` from ``TiledLM.config`` / :func:`model_config`."""
+    """A :class:`~tiling.train.TiledLM` from ``TiledLM.config`` / :func:`model_config`.
+
+    Parameters
+    ----------
+    config : the configuration dict.
+
+    Returns
+    -------
+    The model (new weights).
+
+    Raises
+    ------
+    TextModelError
+        The configuration lacks a key or is refused by the model (names the configuration).
+    """
     try:
         mamba, tiling = split_layer_kwargs(config.get("layer_kwargs", {}))
         return TiledLM(config["vocab_size"], config["d_model"], config["n_layers"],
@@ -88,15 +123,44 @@ def build_model(config: dict) -> TiledLM:
 
 def save_text_checkpoint(path, model: TiledLM, *, configuration: str, budget: float, context: int,
                          optimizer=None, scheduler=None, step: int = 0, info: dict | None = None):
-    """Write a text checkpoint atomically (:func:`tiling.train.checkpoint.save_checkpoint`)."""
+    """Write a text checkpoint atomically (:func:`tiling.train.checkpoint.save_checkpoint`).
+
+    Parameters
+    ----------
+    path : the destination.
+    model : the :class:`~tiling.train.TiledLM`; its ``config`` is stored.
+    configuration, budget, context : recorded in the metadata.
+    optimizer, scheduler, step : as for :func:`~tiling.train.checkpoint.save_checkpoint`.
+    info : further metadata.
+
+    Returns
+    -------
+    The path, as a :class:`~pathlib.Path`.
+    """
     extra = {"kind": KIND, "model": model.config, "configuration": configuration, "budget": float(budget),
              "context": int(context), **(info or {})}
     return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
 
 
 def read_text_meta(path) -> dict:
-    """The ``extra`` of a text checkpoint, without loading its tensors; :class:`TextModelError` if it
-    is not one (:class:`~tiling.train.CheckpointError` if it is no checkpoint at all)."""
+    """The ``extra`` of a text checkpoint, without loading its tensors.
+
+    Parameters
+    ----------
+    path : the checkpoint.
+
+    Returns
+    -------
+    The checkpoint's ``extra`` metadata.
+
+    Raises
+    ------
+    CheckpointError
+        The file does not exist, is not a safetensors file or has no valid metadata (no checkpoint
+        at all).
+    TextModelError
+        It is a checkpoint but not one of a byte-level text LM (another kind or vocabulary).
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint {p} does not exist")
@@ -119,8 +183,23 @@ def read_text_meta(path) -> dict:
 
 
 def load_text_model(path, *, device="cpu") -> tuple[TiledLM, dict]:
-    """``(model in eval mode, extra)`` of a text checkpoint; raises :class:`TextModelError` or
-    :class:`~tiling.train.CheckpointError` naming the file and the problem (another shape included)."""
+    """Load a text checkpoint.
+
+    Parameters
+    ----------
+    path : the checkpoint.
+    device : where the model goes.
+
+    Returns
+    -------
+    ``(model in eval mode, extra)``.
+
+    Raises
+    ------
+    TextModelError, ~tiling.train.CheckpointError
+        Naming the file and the problem (:func:`read_text_meta`, :func:`build_model`; a
+        ``TextModelError`` also when the tensors do not match the shape the metadata records).
+    """
     extra = read_text_meta(path)
     model = build_model(extra["model"])
     try:
@@ -137,7 +216,13 @@ BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 def bundled_checkpoints() -> list[dict]:
-    """``[{name, path, installed, configuration, budget, context, test_bpb}]`` of the bundled names."""
+    """The bundled checkpoints.
+
+    Returns
+    -------
+    One dict per bundled name: ``name, spec, path, installed, configuration, budget, context,
+    test_bpb`` (None when not installed), and ``error`` when an installed file cannot be read.
+    """
     out = []
     for name, fname in BUNDLED.items():
         p = BUNDLED_DIR / fname
@@ -155,7 +240,23 @@ def bundled_checkpoints() -> list[dict]:
 
 
 def resolve_checkpoint(spec: str | os.PathLike) -> Path:
-    """A path, or ``bundled:NAME`` → the bundled file; :class:`TextModelError` if unknown or absent."""
+    """A path, or ``bundled:NAME`` → the bundled file.
+
+    Parameters
+    ----------
+    spec : a path or ``bundled:NAME``.
+
+    Returns
+    -------
+    The file's path.
+
+    Raises
+    ------
+    TextModelError
+        An unknown bundled name, or a bundled checkpoint that is not installed.
+    CheckpointError
+        A path that is not a file.
+    """
     s = str(spec)
     if s.startswith("bundled:"):
         name = s[len("bundled:"):]
@@ -174,8 +275,25 @@ def resolve_checkpoint(spec: str | os.PathLike) -> Path:
 
 
 def export_bundled(src, name: str, info: dict | None = None) -> Path:
-    """Copy the model of text checkpoint ``src`` (no optimizer state) to the bundled ``name``, atomically;
-    ``info`` (e.g. the sweep row's ``test_bpb``) is added to its metadata."""
+    """Copy the model of text checkpoint ``src`` (no optimizer state) to the bundled ``name``, atomically.
+
+    Parameters
+    ----------
+    src : a text checkpoint.
+    name : one of the bundled names.
+    info : added to its metadata (e.g. the sweep row's ``test_bpb``).
+
+    Returns
+    -------
+    The bundled file's path.
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a bundled name.
+    TextModelError, ~tiling.train.CheckpointError
+        ``src`` cannot be loaded (:func:`load_text_model`).
+    """
     if name not in BUNDLED:
         raise ValueError(f"bundled name must be one of {sorted(BUNDLED)}, got {name!r}")
     model, extra = load_text_model(src)
