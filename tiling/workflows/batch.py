@@ -29,8 +29,18 @@ FLAGS = {"model": "--model", "layers": "--layers", "heads": "--heads", "budget":
 def settings_of(*, model: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None, budget: float,
                 tile_size: int, r_min: float, k: int, n_eigs: int, max_length: int | None,
                 show: tuple[int, int] | None) -> dict:
-    """The settings of a run in the form stored on each line (JSON values; index lists sorted and
-    deduplicated, since their order does not change the numbers; a model path made absolute)."""
+    """The settings of a run in the form stored on each line.
+
+    Parameters
+    ----------
+    model, layers, heads, budget, tile_size, r_min, k, n_eigs, max_length, show :
+        the run's options (the flags of the batch job).
+
+    Returns
+    -------
+    dict of JSON values: index lists sorted and deduplicated, since their order does not change the
+    numbers; a model path made absolute.
+    """
     if model is not None and not str(model).startswith("bundled:"):
         model = os.path.abspath(os.path.expanduser(str(model)))
     raw = {"model": model or "bundled all-MiniLM-L6-v2", "layers": sorted(set(layers)) if layers else "all",
@@ -41,14 +51,37 @@ def settings_of(*, model: str | None, layers: Sequence[int] | None, heads: Seque
 
 
 def text_key(index: int, text: str) -> tuple[int, str]:
-    """(line number, SHA-256 of the UTF-8 text): what identifies a finished text."""
+    """What identifies a finished text.
+
+    Parameters
+    ----------
+    index : the text's line number.
+    text : the text.
+
+    Returns
+    -------
+    ``(line number, SHA-256 of the UTF-8 text)``.
+    """
     return index, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def split_texts(text: str) -> list[tuple[int, str]]:
-    """``(line number, line)`` of the non-blank lines. Lines end at ``\\n`` (``\\r\\n`` and ``\\r`` are
-    read as ``\\n``), so the numbers are those of an editor or ``wc -l``; the other Unicode line
-    separators (U+2028, U+0085, form feed, …) stay inside their line."""
+    r"""The non-blank lines of a ``--file``, with their numbers.
+
+    Parameters
+    ----------
+    text : the file's contents.
+
+    Returns
+    -------
+    ``(line number, line)`` of the non-blank lines.
+
+    Notes
+    -----
+    Lines end at ``\n`` (``\r\n`` and ``\r`` are read as ``\n``), so the numbers are those of an
+    editor or ``wc -l``; the other Unicode line separators (U+2028, U+0085, form feed, …) stay inside
+    their line.
+    """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     return [(i, line) for i, line in enumerate(lines) if line.strip()]
 
@@ -61,12 +94,30 @@ _MISSING = object()
 
 
 def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tuple[int, str]]:
-    """The (index, sha256) of the texts already in the results file ``path`` (none if it is missing).
+    """The texts already in the results file ``path`` (none if it is missing).
 
-    ``keys`` are the texts of the current ``--file``. Raises ``ValueError`` naming ``path`` and the
-    flags whose values differ from ``settings`` on any line. Unparsable lines are moved to
-    ``path.unparsable`` (appended; the results file is rewritten atomically without them) with a
-    warning that counts them; lines whose text is not in ``keys`` are kept, with a warning.
+    Parameters
+    ----------
+    path : the results file (JSON lines).
+    settings : the current run's settings (:func:`settings_of`).
+    keys : the texts of the current ``--file`` (:func:`text_key`).
+
+    Returns
+    -------
+    The ``(index, sha256)`` of the finished texts.
+
+    Raises
+    ------
+    ValueError
+        Naming ``path`` and the flags whose values differ from ``settings`` on any line; or the file
+        cannot be read.
+
+    Warns
+    -----
+    UserWarning
+        Unparsable lines are moved to ``path.unparsable`` (appended; the results file is rewritten
+        atomically without them), with a warning that counts them; lines whose text is not in
+        ``keys`` are kept, with a warning.
     """
     from tiling.train.atomic import atomic_write_bytes
 
@@ -139,11 +190,22 @@ def _line_index(line: bytes) -> int | None:
 def merge_results(results: Path, parts: Sequence[Path], *, keep: bool = True) -> int:
     """Append the lines of the rank files ``parts`` to ``results`` in input order and delete them.
 
-    ``keep``: the lines already in ``results`` stay first, as they are (``False``: they are
-    dropped, as ``--overwrite`` does). The new lines are ordered by their ``index`` (stable, so
-    ties keep rank order); lines that do not parse follow in the order met, for :func:`read_done`
-    to move aside. The results file is written atomically before any rank file is deleted, so an
-    interruption loses nothing. Returns the number of lines taken from ``parts``.
+    Parameters
+    ----------
+    results : the results file.
+    parts : the rank files.
+    keep : the lines already in ``results`` stay first, as they are (``False``: they are dropped,
+        as ``--overwrite`` does).
+
+    Returns
+    -------
+    The number of lines taken from ``parts``.
+
+    Notes
+    -----
+    The new lines are ordered by their ``index`` (stable, so ties keep rank order); lines that do
+    not parse follow in the order met, for :func:`read_done` to move aside. The results file is
+    written atomically before any rank file is deleted, so an interruption loses nothing.
     """
     from tiling.train.atomic import atomic_write_bytes
 

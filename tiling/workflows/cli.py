@@ -380,6 +380,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
 # entry point
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``infogeo`` command-line parser (its sub-commands and their options)."""
     parser = _Parser(prog="infogeo", description="Information geometry of token manifolds.")
     from infogeo import __version__
 
@@ -406,7 +407,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``infogeo`` with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    """Run ``infogeo`` with ``argv``.
+
+    Parameters
+    ----------
+    argv : the arguments (default ``sys.argv[1:]``).
+
+    Returns
+    -------
+    The exit code: that of the command, 0 for ``--help``/``--version``, ``EXIT_BAD_INPUT`` for bad
+    input (a ``ValueError`` or ``OSError``, reported as one line), 130 when interrupted.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

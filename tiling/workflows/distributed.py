@@ -32,7 +32,17 @@ def _env_int(name: str, default: int) -> int:
 
 
 def launched_world_size() -> int:
-    """``WORLD_SIZE`` of the environment (1 when not launched by torchrun); ``ValueError`` if malformed."""
+    """``WORLD_SIZE`` of the environment (1 when not launched by torchrun).
+
+    Returns
+    -------
+    int ≥ 1.
+
+    Raises
+    ------
+    ValueError
+        ``WORLD_SIZE`` is malformed or below 1.
+    """
     world = _env_int("WORLD_SIZE", 1)
     if world < 1:
         raise ValueError(f"the environment variable WORLD_SIZE must be >= 1, got {world}")
@@ -41,8 +51,15 @@ def launched_world_size() -> int:
 
 @dataclass
 class Ranks:
-    """This process's place among the ranks of a run: ``rank`` in ``0..world - 1``.
+    """This process's place among the ranks of a run.
 
+    Attributes
+    ----------
+    rank : in ``0..world - 1``.
+    world : number of ranks.
+
+    Notes
+    -----
     ``world == 1`` needs no process group: :meth:`share` and :meth:`gather` return their argument
     (wrapped in a list for :meth:`gather`).
     """
@@ -52,7 +69,17 @@ class Ranks:
 
     @classmethod
     def from_env(cls) -> "Ranks":
-        """The ranks of a torchrun launch (joining its ``gloo`` group), or the single process."""
+        """The ranks of a torchrun launch (joining its ``gloo`` group), or the single process.
+
+        Returns
+        -------
+        :class:`Ranks`.
+
+        Raises
+        ------
+        ValueError
+            ``WORLD_SIZE`` is malformed, or ``RANK`` does not lie in ``0..WORLD_SIZE - 1``.
+        """
         world = launched_world_size()
         if world == 1:
             return cls()
@@ -72,8 +99,21 @@ class Ranks:
         return self.rank == 0
 
     def shard(self, items: Sequence[T]) -> list[T]:
-        """The items at positions p with p mod world == rank (round robin: the shards differ in size
-        by at most one, and neighbouring texts, often of similar length, go to different ranks)."""
+        """This rank's share of ``items``: those at positions p with p mod world == rank.
+
+        Parameters
+        ----------
+        items : the sequence to share out.
+
+        Returns
+        -------
+        list of the items, in order.
+
+        Notes
+        -----
+        Round robin: the shards differ in size by at most one, and neighbouring texts, often of similar
+        length, go to different ranks.
+        """
         return list(items[self.rank::self.world])
 
     def share(self, value: Any) -> Any:

@@ -48,6 +48,14 @@ class ByteTokenizer:
 
     def __call__(self, text: str, *, return_tensors: str = "pt", truncation: bool = False,
                  max_length: int | None = None, **_) -> dict:
+        """The UTF-8 bytes of ``text`` as ``{"input_ids": (1, n) int64}``.
+
+        Parameters
+        ----------
+        text : the text.
+        return_tensors : accepted for the HF interface (always PyTorch).
+        truncation, max_length : keep the first ``max_length`` bytes when ``truncation``.
+        """
         ids = list(text.encode("utf-8"))
         if truncation and max_length is not None:
             ids = ids[:max_length]
@@ -55,6 +63,7 @@ class ByteTokenizer:
 
     @staticmethod
     def convert_ids_to_tokens(ids: list[int]) -> list[str]:
+        r"""Each byte as the character for printable ASCII, ``\xNN`` otherwise."""
         shown = set(string.printable) - set("\t\n\r\x0b\x0c")
         return [chr(i) if chr(i) in shown else f"\\x{i:02x}" for i in ids]
 
@@ -95,6 +104,29 @@ class ImplicitAttentionModel(nn.Module):
 
     def forward(self, input_ids: Tensor, output_attentions: bool = True, output_hidden_states: bool = True,
                 **_) -> SimpleNamespace:
+        """The implicit attention rows and the inputs of every layer on one sequence.
+
+        Parameters
+        ----------
+        input_ids : (1, n) int64, ``n ≤ MAX_TOKENS``.
+        output_attentions, output_hidden_states : return the rows / the layers' inputs.
+
+        Returns
+        -------
+        Namespace with ``attentions`` (per layer, (1, groups, n, n) rows), ``hidden_states`` (per
+        layer, its float64 input) and ``logits``; a ``TiledLM`` runs at budget 1.
+
+        Raises
+        ------
+        ValueError
+            ``input_ids`` is not (1, n) or longer than ``MAX_TOKENS``.
+
+        Warns
+        -----
+        UserWarning
+            The rows of a layer do not rebuild its output (relative error above ``REPRODUCTION_TOL``):
+            the layer is not a plain Mamba mixer at budget 1.
+        """
         if input_ids.dim() != 2 or input_ids.shape[0] != 1:
             raise ValueError(f"input_ids must have shape (1, n), got {tuple(input_ids.shape)}")
         if input_ids.shape[1] > MAX_TOKENS:
@@ -134,9 +166,18 @@ class ImplicitAttentionModel(nn.Module):
 
 
 def implicit_attention_info(model) -> dict:
-    """``{"implicit_attention": {...}}`` for the report's ``model`` section of an
-    :class:`ImplicitAttentionModel` (how the rows were made, the per-layer reproduction error of
-    the last forward, rows without magnitude); ``{}`` for any other model."""
+    """The implicit-attention entry of the report's ``model`` section.
+
+    Parameters
+    ----------
+    model : any model.
+
+    Returns
+    -------
+    ``{"implicit_attention": {...}}`` for an :class:`ImplicitAttentionModel` (how the rows were made,
+    the per-layer reproduction error of the last forward, rows without magnitude); ``{}`` for any
+    other model.
+    """
     if not isinstance(model, ImplicitAttentionModel):
         return {}
     return {"implicit_attention": {

@@ -127,12 +127,25 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     * any other folder: an encoder through ``AutoModel`` (the analysis as before); another
       causal architecture (``*ForCausalLM``/``*LMHeadModel``) is refused, naming those supported.
 
-    The model is put in eval mode on ``device`` with eager attention, so that
-    ``output_attentions=True`` returns the attention maps (Mamba models: float64 on the CPU,
-    where the implicit attention is computed). Raises ``FileNotFoundError`` for a missing folder
-    or one without ``config.json``/safetensors weights, ``ValueError`` for an unsupported
-    architecture, a checkpoint whose tensors are missing or of the wrong shape, or an unusable
-    device.
+    Parameters
+    ----------
+    path : the folder, checkpoint file or ``bundled:NAME``; None: :func:`default_model_path`.
+    device : where the model goes (Mamba models: always float64 on the CPU).
+    groups : channel groups per layer of a Mamba model, the "heads" of the analysis.
+
+    Returns
+    -------
+    ``(model, tokenizer)``, the model in eval mode on ``device`` with eager attention, so that
+    ``output_attentions=True`` returns the attention maps (Mamba models: float64 on the CPU, where
+    the implicit attention is computed).
+
+    Raises
+    ------
+    FileNotFoundError
+        A missing folder, or one without ``config.json``/safetensors weights.
+    ValueError
+        An unsupported architecture, a checkpoint whose tensors are missing or of the wrong shape,
+        or an unusable device (e.g. ``cuda`` without a GPU).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -183,13 +196,18 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
 class AttentionProjection:
     """The query/key projections of one self-attention layer.
 
-    ``query`` and ``key`` are ``nn.Linear`` maps from the layer's attention input x to the
-    concatenated per-head queries/keys; head ``h`` uses rows ``h*head_dim:(h+1)*head_dim``
-    (key heads shared in groups when ``n_kv_heads < n_heads``). ``scaling`` multiplies q·k.
-    ``source`` is the module of the model whose first input is x (default ``query``; GPT-2's
-    fused ``c_attn``, of which ``query``/``key`` are copies of the slices). ``causal``: query t
-    attends keys s ≤ t. ``rotary``: n ↦ (cos, sin), each (n, head_dim), the rotary embedding
-    q_t ↦ q_t·cos_t + rotate_half(q_t)·sin_t (Llama's) applied to queries and keys, or None.
+    Attributes
+    ----------
+    query, key : ``nn.Linear`` maps from the layer's attention input x to the concatenated per-head
+        queries/keys; head ``h`` uses rows ``h*head_dim:(h+1)*head_dim`` (key heads shared in
+        groups when ``n_kv_heads < n_heads``).
+    n_heads, n_kv_heads, head_dim : the head layout.
+    scaling : multiplies q·k.
+    source : the module of the model whose first input is x (default ``query``; GPT-2's fused
+        ``c_attn``, of which ``query``/``key`` are copies of the slices).
+    causal : query t attends keys s ≤ t.
+    rotary : n ↦ (cos, sin), each (n, head_dim), the rotary embedding
+        q_t ↦ q_t·cos_t + rotate_half(q_t)·sin_t (Llama's) applied to queries and keys, or None.
     """
 
     query: nn.Linear
@@ -254,9 +272,22 @@ def attention_projections(model: nn.Module) -> list[AttentionProjection] | None:
     """Per-layer query/key projections whose softmax logits are s·(R_t W_Q x_t)·(R_s W_K x_s), masked.
 
     Encoders: R = I, no mask. GPT-2 (``model_type`` gpt2): causal, R = I. Llama (llama):
-    causal, R_t the rotary embedding of position t. Returns ``None`` (with a warning) for other
-    decoders or rotary models, and when no ``query``/``q_proj``/``q_lin`` Linear modules are
-    found for every layer.
+    causal, R_t the rotary embedding of position t.
+
+    Parameters
+    ----------
+    model : the loaded model.
+
+    Returns
+    -------
+    One :class:`AttentionProjection` per layer, or ``None`` (with a warning) for other decoders or
+    rotary models, and when no ``query``/``q_proj``/``q_lin`` Linear modules are found for every
+    layer.
+
+    Warns
+    -----
+    UserWarning
+        When returning ``None``: says why the pulled-back metric is skipped.
     """
     cfg = model.config
     if getattr(cfg, "implicit_attention", False):

@@ -42,13 +42,30 @@ def _umask() -> int:
 
 def check_out_dir(out_dir: object, *, overwrite: bool = False, name: str = "out_dir",
                   must_be_empty: bool = True) -> Path:
-    """Check that ``out_dir`` can receive a report; return it as an absolute path (symlinks resolved).
+    """Check that ``out_dir`` can receive a report.
 
-    Raises ``TypeError`` for a non-path, ``ValueError`` naming ``name`` when the path is a file, lies
-    under a file, is a non-empty folder while ``must_be_empty`` and not ``overwrite``, is (or holds)
-    the current folder while ``overwrite`` would swap it, or when it or its parent is not writable
-    (tested by creating and removing a temporary folder there; nothing else is created).
-    ``must_be_empty=False``: the caller writes named files of its own and checks them itself.
+    Parameters
+    ----------
+    out_dir : the folder (str or os.PathLike).
+    overwrite : an existing non-empty folder may be replaced.
+    name : the option's name, quoted in the errors.
+    must_be_empty : refuse a non-empty folder unless ``overwrite``; False: the caller writes named
+        files of its own and checks them itself.
+
+    Returns
+    -------
+    ``out_dir`` as an absolute path (symlinks resolved).
+
+    Raises
+    ------
+    TypeError
+        ``out_dir`` is not a non-empty path.
+    ValueError
+        Naming ``name``: the path contains a NUL character, an earlier interrupted save left the
+        previous content beside it, it is a file or lies under a file, it is a non-empty folder while
+        ``must_be_empty`` and not ``overwrite``, it is (or holds) the current folder while
+        ``overwrite`` would swap it, or it or its parent is not writable (tested by creating and
+        removing a temporary folder there; nothing else is created).
     """
     if not isinstance(out_dir, (str, os.PathLike)) or os.fspath(out_dir) in ("", b""):
         raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got {out_dir!r}")
@@ -106,8 +123,22 @@ def write_folder(out_dir: object, fill: Callable[[Path], object], owned: Iterabl
                  overwrite: bool = False, name: str = "out_dir") -> Path:
     """Call ``fill(tmp)`` to write a folder's files into a temporary folder, then put it at ``out_dir``.
 
-    ``owned``: the file names this writer produces (entries of an existing ``out_dir`` with other
-    names are the user's and are carried over). Returns the absolute path of ``out_dir``.
+    Parameters
+    ----------
+    out_dir : the folder.
+    fill : writes the files into the folder it is given.
+    owned : the file names this writer produces (entries of an existing ``out_dir`` with other
+        names are the user's and are carried over).
+    overwrite, name : as for :func:`check_out_dir`.
+
+    Returns
+    -------
+    The absolute path of ``out_dir``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`check_out_dir`; an exception of ``fill`` propagates (the temporary folder is removed).
     """
     out = check_out_dir(out_dir, overwrite=overwrite, name=name)
     owned = set(owned)

@@ -50,8 +50,9 @@ DENSITY_POLICY = {"policy": "adaptive", "boundaries": "tile", "causal": True, "c
 
 
 def causal_token_density(transitions: Tensor, name: str) -> Tensor:
-    """Per-token density ``(n,)`` from the ``n − 1`` transition densities ``ρ_t = d(p_{t−1}, p_t)²``
-    (``t = 1..n−1``): position ``t`` gets the transition into it, position 0 gets 0.
+    """Per-token density ``(n,)`` from the ``n − 1`` transition densities ``ρ_t = d(p_{t−1}, p_t)²``.
+
+    Position ``t`` (``t = 1..n−1``) gets the transition into it, position 0 gets 0.
 
     Parameters
     ----------
@@ -61,6 +62,11 @@ def causal_token_density(transitions: Tensor, name: str) -> Tensor:
     Returns
     -------
     (n,) float64.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``transitions`` is not a 1-D floating tensor, not finite, or negative.
     """
     check_tensor(transitions, name, ndim=1)
     check_finite(transitions, name)
@@ -70,8 +76,17 @@ def causal_token_density(transitions: Tensor, name: str) -> Tensor:
 
 
 def bits_per_byte(logits: Tensor, ids: Tensor) -> float:
-    """``−mean_{t≥1} log₂ p(x_t | x_<t)`` of one sequence: ``logits`` (1, n − 1, V) of the inputs
-    ``ids[:, :-1]``, ``ids`` (1, n)."""
+    """``−mean_{t≥1} log₂ p(x_t | x_<t)`` of one sequence.
+
+    Parameters
+    ----------
+    logits : (1, n − 1, V) of the inputs ``ids[:, :-1]``.
+    ids : (1, n).
+
+    Returns
+    -------
+    float, bits per byte.
+    """
     logp = F.log_softmax(logits[0].double(), dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
     return float(-logp.mean()) / math.log(2.0)
 

@@ -456,6 +456,27 @@ def analyse(
     -------
     :class:`Report` (schema :data:`~tiling.workflows.analysis.report.SCHEMA`).
 
+    Raises
+    ------
+    TypeError
+        ``text`` is not a str, ``layers``/``heads`` not a sequence of ints, ``tiling`` not a
+        ``TilingConfig`` or given together with the keyword options, or a number argument has
+        the wrong type.
+    ValueError
+        ``text`` is empty, whitespace only or not valid Unicode, or has fewer than 3 tokens; an
+        index in ``layers``, ``heads`` or ``show`` does not exist (or ``layers``/``heads`` is
+        empty), ``show`` is not among the analysed ones; ``k``, ``n_eigs``, ``state_dim``,
+        ``max_length`` or ``curvature_alpha`` is out of range; ``tiling.boundaries`` is not
+        ``"tile"`` or ``tiling.s_max > state_dim``; the model returns no attention maps (not
+        loaded with eager attention) or non-finite values.
+
+    Warns
+    -----
+    UserWarning
+        The text is truncated to the model's length or holds tokens the tokenizer does not know;
+        the pulled-back metric is skipped (causal attention maps, or query/key modules that do not
+        reproduce the model's attention).
+
     Notes
     -----
     Per layer ℓ and head h: attention rows P (n × n, rows sum to one); their density

@@ -24,7 +24,17 @@ __all__ = ["draw_figures", "html", "markdown"]
 # pages
 # --------------------------------------------------------------------------------------------
 def markdown(report: Report, figures: dict[str, Path] | None = None) -> str:
-    """The findings, the per-layer table and links to ``figures`` (names relative to the page) as Markdown."""
+    """The findings, the per-layer table and links to ``figures`` as Markdown.
+
+    Parameters
+    ----------
+    report : the :class:`~tiling.workflows.analysis.report.Report`.
+    figures : ``{name: path}`` of the drawn figures (names relative to the page); None: no links.
+
+    Returns
+    -------
+    The Markdown page.
+    """
     d = report.data
     lines = [f"# infogeo analysis: {d['name']}", "",
              f"Model `{d['model']['path'] or d['model']['type']}` · {d['text']['n_tokens']} tokens · "
@@ -45,7 +55,17 @@ def markdown(report: Report, figures: dict[str, Path] | None = None) -> str:
 
 
 def html(report: Report, figures: dict[str, Path] | None = None) -> str:
-    """A static page with the findings, the table and the figures embedded as data URIs."""
+    """A static page with the findings, the table and the figures embedded as data URIs.
+
+    Parameters
+    ----------
+    report : the :class:`~tiling.workflows.analysis.report.Report`.
+    figures : ``{name: path}`` of the drawn figures; None: none.
+
+    Returns
+    -------
+    The HTML page.
+    """
     d = report.data
     esc = html_lib.escape
     rows = "".join(
@@ -97,7 +117,17 @@ def _token_ticks(ax, tokens: list[str], axis: str = "x", *, length_in: float) ->
 
 
 def draw_figures(report: Report, out: Path) -> dict[str, Path]:
-    """Draw :data:`FIGURES` (and :data:`CAUSAL_FIGURES` for a causal LM) as PNG files into ``out``; return {name: path}."""
+    """Draw :data:`FIGURES` (and :data:`CAUSAL_FIGURES` for a causal LM) as PNG files into ``out``.
+
+    Parameters
+    ----------
+    report : the :class:`~tiling.workflows.analysis.report.Report`.
+    out : the folder.
+
+    Returns
+    -------
+    ``{name: path}``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -37,9 +37,13 @@ REPORT_FILES = ("report.json", "arrays.npz", "report.md", "report.html") + tuple
 class Report:
     """Everything :func:`analyse` measured for one text.
 
-    ``data`` is the JSON document (schema ``tiling.workflows.analysis.report`` v1, ``docs/analysis.md``);
-    ``arrays`` holds the per-head attention maps and geodesic matrices written to ``arrays.npz``
-    (keys ``attention_L{l}_H{h}``, ``geodesic_L{l}_H{h}``).
+    Attributes
+    ----------
+    data : the JSON document (schema ``tiling.workflows.analysis.report`` v1, ``docs/analysis.md``).
+    arrays : the per-head attention maps and geodesic matrices written to ``arrays.npz`` (keys
+        ``attention_L{l}_H{h}``, ``geodesic_L{l}_H{h}``).
+    tokens : the text's tokens, as shown.
+    layers : the analysed layers' indices.
     """
 
     data: dict
@@ -48,22 +52,51 @@ class Report:
     # ---- access --------------------------------------------------------------------------
     @property
     def tokens(self) -> list[str]:
+        """The text's tokens, as shown."""
         return self.data["text"]["tokens"]
 
     @property
     def layers(self) -> list[int]:
+        """The analysed layers' indices."""
         return [lr["layer"] for lr in self.data["layers"]]
 
     def layer(self, index: int) -> dict:
+        """The entry of layer ``index`` in ``data["layers"]``.
+
+        Parameters
+        ----------
+        index : the layer's index in the model.
+
+        Returns
+        -------
+        dict.
+
+        Raises
+        ------
+        ValueError
+            The layer was not analysed.
+        """
         for lr in self.data["layers"]:
             if lr["layer"] == index:
                 return lr
         raise ValueError(f"layer {index} was not analysed; analysed layers: {self.layers}")
 
     def to_dict(self) -> dict:
+        """The JSON document, ``data``."""
         return self.data
 
     def to_json(self, path: str | Path | None = None, *, indent: int | None = None) -> str:
+        """The JSON document as text (NaN/Inf refused), also written to ``path`` when given.
+
+        Parameters
+        ----------
+        path : a file to write, optional.
+        indent : ``json.dumps``' indent.
+
+        Returns
+        -------
+        The JSON text.
+        """
         s = json.dumps(self.data, indent=indent, allow_nan=False)
         if path is not None:
             Path(path).write_text(s)
@@ -73,8 +106,19 @@ class Report:
     def load(cls, out_dir: str | Path) -> "Report":
         """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``).
 
-        Raises ``ValueError`` naming the file when ``report.json`` is missing, not UTF-8 JSON
-        (e.g. truncated), of another schema, or ``arrays.npz`` cannot be read.
+        Parameters
+        ----------
+        out_dir : the report's folder.
+
+        Returns
+        -------
+        :class:`Report`.
+
+        Raises
+        ------
+        ValueError
+            Naming the file: ``report.json`` is missing, not UTF-8 JSON (e.g. truncated), of another
+            schema, or ``arrays.npz`` cannot be read.
         """
         out = Path(out_dir)
         path = out / "report.json"
@@ -97,16 +141,25 @@ class Report:
         return cls(data=data, arrays=arrays)
 
     def attention_token_density(self) -> np.ndarray:
-        """(layers, n) per-token density of each layer's head-averaged attention rows: the
-        ``head_mean`` transitions (seed 000 §3.1.1) averaged onto the tokens as the tiling's
-        ``token_density`` is (:func:`_token_density`)."""
+        """Per-token density of each layer's head-averaged attention rows.
+
+        Returns
+        -------
+        (layers, n) array: the ``head_mean`` transitions (seed 000 §3.1.1) averaged onto the tokens as
+        the tiling's ``token_density`` is (:func:`_token_density`).
+        """
         return np.array([_token_density(torch.tensor(lr["head_mean"]["density"])).numpy()
                          for lr in self.data["layers"]])
 
     # ---- numbers in words ------------------------------------------------------------------
     def summary_rows(self) -> list[dict]:
-        """Per layer: mean density (the one the policy used), mean edge curvature, mean chosen
-        resolution, scan cost saved."""
+        """Per-layer summary.
+
+        Returns
+        -------
+        One dict per layer: mean density (the one the policy used), mean edge curvature, mean chosen
+        resolution, scan cost saved.
+        """
         rows = []
         for lr in self.data["layers"]:
             t = lr["tiling"]
@@ -197,26 +250,69 @@ class Report:
 
     # ---- files (drawn and laid out by :mod:`.render`) ---------------------------------------
     def save_figures(self, out_dir: str | Path) -> dict[str, Path]:
-        """Draw the figures (PNG) into ``out_dir``: FIGURES, and CAUSAL_FIGURES for a causal LM; return {name: path}."""
+        """Draw the figures (PNG) into ``out_dir``: FIGURES, and CAUSAL_FIGURES for a causal LM.
+
+        Parameters
+        ----------
+        out_dir : the folder.
+
+        Returns
+        -------
+        ``{name: path}``.
+        """
         return draw_figures(self, Path(out_dir))
 
     def to_markdown(self, figures: dict[str, Path] | None = None) -> str:
-        """The findings, the per-layer table and links to ``figures`` as Markdown."""
+        """The findings, the per-layer table and links to ``figures`` as Markdown.
+
+        Parameters
+        ----------
+        figures : ``{name: path}`` of the drawn figures, optional.
+
+        Returns
+        -------
+        The Markdown page.
+        """
         return markdown(self, figures)
 
     def to_html(self, figures: dict[str, Path] | None = None) -> str:
-        """A static page with the findings, the table and the figures embedded as data URIs."""
+        """A static page with the findings, the table and the figures embedded as data URIs.
+
+        Parameters
+        ----------
+        figures : ``{name: path}`` of the drawn figures, optional.
+
+        Returns
+        -------
+        The HTML page.
+        """
         return html(self, figures)
 
     def save(self, out_dir: str | Path, *, figures: bool = True, overwrite: bool = False) -> Path:
-        """Write report.json, arrays.npz, the figures, report.md and report.html into ``out_dir``;
-        return the path of report.html.
+        """Write report.json, arrays.npz, the figures, report.md and report.html into ``out_dir``.
 
+        Parameters
+        ----------
+        out_dir : the folder.
+        figures : draw the figures.
+        overwrite : replace a previous report in a non-empty ``out_dir``.
+
+        Returns
+        -------
+        The path of report.html.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``out_dir`` cannot receive the report (:func:`tiling.workflows.outdir.check_out_dir`): a
+            non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``.
+
+        Notes
+        -----
         The files are written into a temporary folder beside ``out_dir`` and renamed into place
-        (:func:`tiling.workflows.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was. A
-        non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``; then the previous
-        report's files (:data:`REPORT_FILES`, e.g. old figures) are replaced or removed and every
-        other entry is kept.
+        (:func:`tiling.workflows.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was.
+        With ``overwrite`` the previous report's files (:data:`REPORT_FILES`, e.g. old figures) are
+        replaced or removed and every other entry is kept.
         """
 
         def fill(tmp: Path) -> None:
