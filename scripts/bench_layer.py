@@ -37,6 +37,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scan import best_ms_interleaved, sync  # noqa: E402
 
+from tiling.config import TilingConfig  # noqa: E402
 from tiling.modules import TiledMamba  # noqa: E402
 from tiling.ops import adaptive_selective_scan  # noqa: E402
 
@@ -62,7 +63,7 @@ class Row:
 
 def make_layer(d_model: int, scope: str, policy: str, device: str, seed: int = 0) -> TiledMamba:
     torch.manual_seed(seed)
-    layer = TiledMamba(d_model, tile_size=TILE, scope=scope, policy=policy, device=device)
+    layer = TiledMamba(d_model, device=device, tiling=TilingConfig(tile_size=TILE, scope=scope, policy=policy))
     if scope == "block":
         with torch.no_grad():
             layer.chunk.pool_gate.normal_(0.0, 0.1)
@@ -149,7 +150,8 @@ def shape_rows(batch: int, L: int, d: int, device: str, args) -> list[Row]:
             closed(x, budget=0.25)
     fns[("fwd", "block", "adaptive, pool gate closed", 0.25)] = fwd_closed
     torch.manual_seed(1)
-    router = TiledMamba(d, tile_size=TILE, scope="block", boundaries="token", causal=False, device=device).eval()
+    router = TiledMamba(d, device=device,
+                        tiling=TilingConfig(tile_size=TILE, scope="block", boundaries="token", causal=False)).eval()
 
     def fwd_router():  # per-token boundaries (H-Net's router), top-⌈cL⌉ per row: the budget exactly
         with torch.no_grad():

@@ -1,5 +1,6 @@
 """Shared test configuration: hypothesis profiles, the CUDA skip, float64 helpers, fuzz sizes."""
 import collections
+import dataclasses
 import os
 
 import pytest
@@ -25,6 +26,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def tiling_kwargs(kw: dict) -> dict:
+    """Layer keywords with the :class:`~tiling.config.TilingConfig` fields among ``kw`` gathered into
+    ``tiling=TilingConfig(...)``: ``TiledMamba(d, **tiling_kwargs(dict(d_state=4, budget=0.5)))`` is
+    ``TiledMamba(d, d_state=4, tiling=TilingConfig(budget=0.5))`` (not the deprecated keyword form)."""
+    from tiling.config import TilingConfig
+
+    names = {f.name for f in dataclasses.fields(TilingConfig)}
+    return {**{k: v for k, v in kw.items() if k not in names},
+            "tiling": TilingConfig(**{k: v for k, v in kw.items() if k in names})}
 
 
 _MODELS: dict = {}

@@ -21,7 +21,7 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from conftest import FUZZ_CASES, fuzz_settings
+from conftest import FUZZ_CASES, fuzz_settings, tiling_kwargs
 from infogeo import curvature, fisher, flow, geodesic, graph, laplacian
 from tiling import modules, ops
 
@@ -138,7 +138,7 @@ def _layer(draw, d):
     if scope == "block" and draw(st.booleans()):
         kw["boundaries"] = "token"
     torch.manual_seed(draw(st.integers(0, 1000)))
-    return modules.TiledMamba(d, **kw).double()
+    return modules.TiledMamba(d, **tiling_kwargs(kw)).double()
 
 
 @spec
@@ -158,7 +158,9 @@ def TiledMamba_forward(draw):
 def TiledMamba_construct(draw):
     kw = dict(d_model=draw(st.integers(1, 8)), d_state=draw(st.integers(1, 4)), tile_size=draw(st.integers(1, 8)),
               budget=draw(st.sampled_from([1.0, 0.5])), r_min=0.25, expand=draw(st.integers(1, 2)))
-    return Call(modules.TiledMamba, kw, [], {"d_state": [0], "tile_size": [0], "r_min": [0.75], "expand": [0]})
+    # the tiling options are spoiled as before; they reach the layer as tiling=TilingConfig(...)
+    return Call(lambda **k: modules.TiledMamba(**tiling_kwargs(k)), kw, [],
+                {"d_state": [0], "tile_size": [0], "r_min": [0.75], "expand": [0]})
 
 
 @spec

@@ -9,6 +9,7 @@ import torch
 
 from infogeo import curvature, fisher, graph, laplacian
 from tiling import modules, ops
+from tiling.config import TilingConfig
 
 F64 = torch.float64
 x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
@@ -43,7 +44,8 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
                                     torch.ones(2), 1.0), TypeError, "dtype"),
     (lambda: modules.TokenRouter(4)(torch.full((1, 3, 4), float("nan"))), ValueError, "x contains"),
     (lambda: modules.TokenRouter(4, rank=5), ValueError, "rank must be <= 4"),
-    (lambda: modules.TiledMamba(4, boundaries="token", router_rank=8), ValueError, "router_rank must be <= 4"),
+    (lambda: modules.TiledMamba(4, tiling=TilingConfig(boundaries="token", router_rank=8)), ValueError,
+     "router_rank must be <= 4"),
     (lambda: modules.layout_from_boundaries(torch.ones(0, 3, dtype=torch.bool)), ValueError, "boundary must have"),
     (lambda: ops.tile_lengths(2 ** 62, 1), ValueError, "tiles"),
     (lambda: ops.scan_cost(8, 4, None, float("inf"), 4, 2), TypeError, "state_dims must be an int"),
@@ -71,7 +73,7 @@ def test_values_that_overflowed_inside_are_exact_now():
 
 
 def test_tiled_mamba_names_its_input():
-    layer = modules.TiledMamba(4, d_state=2, tile_size=2, budget=0.5, scope="block").double()
+    layer = modules.TiledMamba(4, d_state=2, tiling=TilingConfig(tile_size=2, budget=0.5, scope="block")).double()
     x = torch.randn(1, 6, 4, dtype=F64)
     x[0, 3, 1] = float("nan")
     with pytest.raises(ValueError, match="hidden_states contains 1 NaN"):

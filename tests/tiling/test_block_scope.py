@@ -9,6 +9,8 @@ import torch
 from hypothesis import given, strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
+from conftest import tiling_kwargs
+from tiling.config import TilingConfig
 from tiling.modules import TiledMamba
 from tiling.modules.chunk import (
     Chunk, check_layout, dithered_counts, layout_from_boundaries, layout_from_counts, segment_boundaries,
@@ -24,7 +26,7 @@ f64 = torch.float64
 def block_layer(seed=0, *, open_gate=True, **kw):
     torch.manual_seed(seed)
     kw.setdefault("tile_size", 8)
-    layer = TiledMamba(16, d_state=4, scope="block", **kw)
+    layer = TiledMamba(16, d_state=4, **tiling_kwargs({"scope": "block", **kw}))
     if open_gate:  # a trained pool gate: the pooled summary acts
         with torch.no_grad():
             layer.chunk.pool_gate.normal_(0.0, 0.7)
@@ -194,7 +196,8 @@ def _flops(layer, x, **kw):
 @pytest.mark.parametrize("boundaries", ["tile", "token"])
 def test_layer_cost_agrees_with_flop_counter(budget, boundaries):
     torch.manual_seed(11)
-    layer = TiledMamba(32, d_state=8, tile_size=16, scope="block", budget=budget, boundaries=boundaries)
+    layer = TiledMamba(32, d_state=8,
+                       tiling=TilingConfig(tile_size=16, scope="block", budget=budget, boundaries=boundaries))
     x = torch.randn(2, 100, 32)
     plan = layer.plan(x)
     counted = _flops(layer, x)
@@ -203,7 +206,7 @@ def test_layer_cost_agrees_with_flop_counter(budget, boundaries):
 
 def test_scan_scope_layer_cost_agrees_with_flop_counter():
     torch.manual_seed(12)
-    layer = TiledMamba(32, d_state=8, tile_size=16, scope="scan", budget=0.4)
+    layer = TiledMamba(32, d_state=8, tiling=TilingConfig(tile_size=16, scope="scan", budget=0.4))
     x = torch.randn(2, 100, 32)
     counted = _flops(layer, x)
     assert counted == 2 * layer.plan(x).meta["layer_cost"]["matmul"]
@@ -294,17 +297,17 @@ def test_segment_layout_invariants(T, L, seed):
 
 def test_bad_input():
     with pytest.raises(ValueError, match="scope must be one of"):
-        TiledMamba(16, scope="tile")
+        TiledMamba(16, tiling=TilingConfig(scope="tile"))
     with pytest.raises(ValueError, match="boundaries must be one of"):
-        TiledMamba(16, scope="block", boundaries="byte")
+        TiledMamba(16, tiling=TilingConfig(scope="block", boundaries="byte"))
     with pytest.raises(ValueError, match="boundaries='token' needs scope='block'"):
-        TiledMamba(16, scope="scan", boundaries="token")
+        TiledMamba(16, tiling=TilingConfig(scope="scan", boundaries="token"))
     with pytest.raises(ValueError, match="routing"):
-        TiledMamba(16, scope="block", routing=True)
+        TiledMamba(16, tiling=TilingConfig(scope="block", routing=True))
     with pytest.raises(ValueError, match="state_k"):
-        TiledMamba(16, scope="block", state_k=0.1)
+        TiledMamba(16, tiling=TilingConfig(scope="block", state_k=0.1))
     with pytest.raises(ValueError, match="budget"):
-        TiledMamba(16, scope="block", budget=1.5)
+        TiledMamba(16, tiling=TilingConfig(scope="block", budget=1.5))
     layer = block_layer(validate=True)
     with pytest.raises(ValueError, match="budget"):
         layer(torch.randn(1, 8, 16), budget=0.0)
@@ -330,7 +333,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="causal"):
         enc = block_layer(budget=0.5, causal=False)
         enc.step(torch.randn(1, 16), enc.allocate_inference_state(1))
-    scan = TiledMamba(16, d_state=4, scope="scan")
+    scan = TiledMamba(16, d_state=4, tiling=TilingConfig(scope="scan"))
     with pytest.raises(ValueError, match="allocated by a scan-scope layer"):
         layer.step(torch.randn(1, 16), scan.allocate_inference_state(1))
 

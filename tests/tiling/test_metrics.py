@@ -19,6 +19,7 @@ from tiling.metrics import (
     state_distribution,
     tile_attention,
 )
+from tiling.config import TilingConfig
 from tiling.modules import TiledMamba
 
 F64 = torch.float64
@@ -208,7 +209,7 @@ def test_saved_tensor_bytes_counts_distinct_storage():
 
 def test_layer_tile_metrics_in_unit_interval():
     torch.manual_seed(0)
-    layer = TiledMamba(8, d_state=4, tile_size=8, budget=0.35, scope="scan")
+    layer = TiledMamba(8, d_state=4, tiling=TilingConfig(tile_size=8, budget=0.35, scope="scan"))
     x = torch.randn(1, 30, 8)
     m = layer_tile_metrics(layer, x)
     assert m["patterns"].shape == (4, 16, 8, 8)

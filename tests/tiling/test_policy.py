@@ -43,7 +43,7 @@ def test_tile_density_means_and_ragged_tail():
 @pytest.mark.parametrize("budget", [0.1, 0.25, 0.35, 0.5, 0.9, 1.0])
 def test_budget_met_exactly_per_sequence_non_causal(mode, budget):
     rho = bursty(16, 48, 0)
-    R = resolution_policy(rho, budget=budget, r_min=0.0625, mode=mode, causal=False)
+    R = resolution_policy(rho, TilingConfig(budget=budget, r_min=0.0625, policy=mode, causal=False))
     assert R.shape == rho.shape
     assert float(R.min()) >= 0.0625 - 1e-12 and float(R.max()) <= 1.0
     n = rho.shape[1]
@@ -66,7 +66,7 @@ def test_budget_met_exactly_per_sequence_non_causal(mode, budget):
 def test_budget_met_on_average_causal(mode, budget):
     rho = bursty(64, 64, 1)
     slack = 4.0
-    R = resolution_policy(rho, budget=budget, mode=mode, causal=True, slack=slack)
+    R = resolution_policy(rho, TilingConfig(budget=budget, policy=mode, causal=True, slack=slack))
     per_seq = R.mean(-1)
     # the controller's guarantee, per sequence, and the average over sequences
     assert torch.all((per_seq - budget).abs() <= slack / 64 + 1e-12)
@@ -77,20 +77,20 @@ def test_budget_met_on_average_causal(mode, budget):
 @pytest.mark.parametrize("budget", [0.25, 0.5, 1.0])
 def test_causal_resolution_ignores_own_and_later_tiles(mode, budget):
     rho = bursty(4, 40, 2)
-    R = resolution_policy(rho, budget=budget, mode=mode)
+    R = resolution_policy(rho, TilingConfig(budget=budget, policy=mode))
     for i in [0, 7, 20, 39]:
         changed = rho.clone()
         changed[:, i:] = torch.rand(4, 40 - i, dtype=torch.float64) * 1e3
-        R2 = resolution_policy(changed, budget=budget, mode=mode)
+        R2 = resolution_policy(changed, TilingConfig(budget=budget, policy=mode))
         assert torch.equal(R[:, : i + 1], R2[:, : i + 1])  # tile i depends only on tiles < i
 
 
 def test_non_causal_uses_own_density():
     rho = bursty(2, 20, 3)
-    R = resolution_policy(rho, budget=0.3, causal=False)
+    R = resolution_policy(rho, TilingConfig(budget=0.3, causal=False))
     rho2 = rho.clone()
     rho2[:, 5] *= 1e4
-    R2 = resolution_policy(rho2, budget=0.3, causal=False)
+    R2 = resolution_policy(rho2, TilingConfig(budget=0.3, causal=False))
     assert bool((R2[:, 5] >= R[:, 5]).all()) and float(R2[:, 5].min()) == 1.0
     assert float(R[:, 5].min()) < 1.0  # the change was visible to tile 5 itself
 
@@ -103,7 +103,7 @@ def test_non_causal_uses_own_density():
 )
 def test_non_causal_adaptive_is_monotone_in_density(values, budget, exponent):
     rho = torch.tensor([values], dtype=torch.float64)
-    R = resolution_policy(rho, budget=budget, causal=False, exponent=exponent)
+    R = resolution_policy(rho, TilingConfig(budget=budget, causal=False, exponent=exponent))
     order = torch.argsort(rho[0])
     assert bool((R[0, order].diff() >= -1e-9).all())
     assert float(R.min()) >= 0.0625 - 1e-12 and float(R.max()) <= 1.0 + 1e-12
@@ -120,10 +120,10 @@ def test_causal_adaptive_is_monotone_in_the_predictor(values, i, factor, budget)
     """Raising the density of tile i−1 (the predictor of tile i) never lowers R_i."""
     i = min(i, len(values) - 1)
     rho = torch.tensor([values], dtype=torch.float64)
-    R = resolution_policy(rho, budget=budget)
+    R = resolution_policy(rho, TilingConfig(budget=budget))
     up = rho.clone()
     up[0, i - 1] = up[0, i - 1] * factor + 1e-3
-    R2 = resolution_policy(up, budget=budget)
+    R2 = resolution_policy(up, TilingConfig(budget=budget))
     assert float(R2[0, i]) >= float(R[0, i]) - 1e-9
 
 
@@ -131,36 +131,39 @@ def test_distance_and_curvature_terms():
     rho = torch.ones(1, 10, dtype=torch.float64)
     q = tile_importance(rho, distance_scale=2.0)
     assert bool((q.diff() > 0).all())  # closer to the current (last) position → more important
-    R = resolution_policy(rho, budget=0.4, causal=False, distance_scale=2.0)
+    R = resolution_policy(rho, TilingConfig(budget=0.4, causal=False, distance_scale=2.0))
     assert bool((R.diff() >= 0).all()) and float(R[0, -1]) > float(R[0, 0])
     kappa = torch.zeros(1, 10, dtype=torch.float64)
     kappa[0, 3] = -2.0  # negative curvature: more detail
-    R = resolution_policy(rho, budget=0.4, causal=False, curvature=kappa)
+    R = resolution_policy(rho, TilingConfig(budget=0.4, causal=False), curvature=kappa)
     assert float(R[0, 3]) == float(R.max()) and float(R[0, 3]) > float(R[0, 0])
     torch.testing.assert_close(tile_importance(rho, curvature=kappa)[0, 3], torch.tensor(math.exp(2.0), dtype=torch.float64))
 
 
 def test_uniform_and_full_budget():
     rho = bursty(3, 9, 4)
-    assert torch.equal(resolution_policy(rho, budget=0.3, mode="uniform"), torch.full((3, 9), 0.3, dtype=torch.float64))
+    assert torch.equal(resolution_policy(rho, TilingConfig(budget=0.3, policy="uniform")),
+                       torch.full((3, 9), 0.3, dtype=torch.float64))
     for mode in ["adaptive", "binary"]:
         for causal in [True, False]:
-            assert torch.equal(resolution_policy(rho, budget=1.0, mode=mode, causal=causal), torch.ones(3, 9, dtype=torch.float64))
+            assert torch.equal(resolution_policy(rho, TilingConfig(budget=1.0, policy=mode, causal=causal)),
+                               torch.ones(3, 9, dtype=torch.float64))
 
 
 def test_policy_is_per_row_and_deterministic():
     rho = bursty(5, 30, 5)
     for causal in [True, False]:
-        R = resolution_policy(rho, budget=0.3, causal=causal)
-        assert torch.equal(R, resolution_policy(rho, budget=0.3, causal=causal))
-        single = torch.cat([resolution_policy(rho[b:b + 1], budget=0.3, causal=causal) for b in range(5)])
+        R = resolution_policy(rho, TilingConfig(budget=0.3, causal=causal))
+        assert torch.equal(R, resolution_policy(rho, TilingConfig(budget=0.3, causal=causal)))
+        single = torch.cat([resolution_policy(rho[b:b + 1], TilingConfig(budget=0.3, causal=causal))
+                            for b in range(5)])
         assert torch.equal(R, single)
 
 
 def test_dtype_and_device_follow_input():
     rho = bursty(2, 8, 6).float()
-    assert resolution_policy(rho, budget=0.5).dtype == torch.float32
-    assert resolution_policy(rho, budget=0.5, causal=False).dtype == torch.float32
+    assert resolution_policy(rho, TilingConfig(budget=0.5)).dtype == torch.float32
+    assert resolution_policy(rho, TilingConfig(budget=0.5, causal=False)).dtype == torch.float32
 
 
 def test_causal_predictor():
@@ -186,7 +189,7 @@ def test_state_dims_policy_formula():
         ({"budget": 1.5}, ValueError),
         ({"budget": 0.05}, ValueError),  # below r_min
         ({"budget": 0.5, "r_min": 0.0}, ValueError),
-        ({"budget": 0.5, "mode": "sparse"}, ValueError),
+        ({"budget": 0.5, "policy": "sparse"}, ValueError),
         ({"budget": 0.5, "distance_scale": 2.0}, ValueError),  # needs causal=False
         ({"budget": 0.5, "slack": 0.1}, ValueError),
         ({"budget": 0.5, "lookback": 0}, ValueError),
@@ -195,16 +198,16 @@ def test_state_dims_policy_formula():
 )
 def test_bad_policy_arguments(kwargs, err):
     with pytest.raises(err):
-        resolution_policy(torch.ones(1, 4), **kwargs)
+        resolution_policy(torch.ones(1, 4), TilingConfig(**kwargs))
 
 
 def test_bad_densities():
     with pytest.raises(ValueError, match="non-negative"):
-        resolution_policy(-torch.ones(1, 4), budget=0.5)
+        resolution_policy(-torch.ones(1, 4), TilingConfig(budget=0.5))
     with pytest.raises(ValueError, match="NaN"):
-        resolution_policy(torch.tensor([[1.0, float("nan")]]), budget=0.5)
+        resolution_policy(torch.tensor([[1.0, float("nan")]]), TilingConfig(budget=0.5))
     with pytest.raises(ValueError, match="dimensions"):
-        resolution_policy(torch.ones(4), budget=0.5)
+        resolution_policy(torch.ones(4), TilingConfig(budget=0.5))
     with pytest.raises(ValueError, match="tile_size"):
         tile_density(torch.ones(1, 4), 0)
     with pytest.raises(ValueError, match="non-negative"):
@@ -212,7 +215,7 @@ def test_bad_densities():
     with pytest.raises(ValueError, match="s_min"):
         state_dims_policy(torch.ones(1, 4), k=1.0, s_min=5, s_max=4)
     with pytest.raises(ValueError, match="curvature"):
-        resolution_policy(torch.ones(1, 4), budget=0.5, curvature=torch.ones(1, 3))
+        resolution_policy(torch.ones(1, 4), TilingConfig(budget=0.5), curvature=torch.ones(1, 3))
 
 
 def test_tile_tail_density_against_a_loop():
@@ -246,7 +249,7 @@ def test_reference_calibration_is_a_fixed_level_of_detail_map(budget):
     """With a reference, R_i = clip(s·p_i, r_min, 1) with s from the reference (closed form check)."""
     rho = bursty(6, 40, 8)
     ref = reference_sample(0)
-    R = resolution_policy(rho, budget=budget, reference=ref, slack=1e6)  # controller out of the way
+    R = resolution_policy(rho, TilingConfig(budget=budget, slack=1e6), reference=ref)  # controller out of the way
     # s solves mean_k clip(s r_k, r_min, 1) = c over the reference: check by recomputation
     hi_s, lo_s = 1e6, 1e-6
     for _ in range(200):
@@ -269,15 +272,16 @@ def test_reference_calibration_meets_the_budget_on_the_population(mode, budget):
     rho = bursty(64, 64, 9)
     ref = causal_predictor(tile_importance(bursty(64, 64, 10)), 1)[:, 1:].flatten()  # another sample
     slack = 4.0
-    R = resolution_policy(rho, budget=budget, mode=mode, reference=ref, slack=slack)
+    R = resolution_policy(rho, TilingConfig(budget=budget, policy=mode, slack=slack), reference=ref)
     per_seq = R.mean(-1)
     assert torch.all((per_seq - budget).abs() <= slack / 64 + 1e-12)
     assert abs(float(per_seq.mean()) - budget) < 0.03
     if mode == "adaptive":  # unlike the history calibration, a quiet start is coarse: savings for the first burst
         assert float(R[:, 1:8].mean()) < budget
-        assert float(resolution_policy(rho, budget=budget, mode=mode, slack=slack)[:, 1:8].mean()) > budget
+        calibrated = resolution_policy(rho, TilingConfig(budget=budget, policy=mode, slack=slack))
+        assert float(calibrated[:, 1:8].mean()) > budget
     else:
-        assert torch.equal(R, resolution_policy(rho, budget=budget, mode=mode, slack=slack))
+        assert torch.equal(R, resolution_policy(rho, TilingConfig(budget=budget, policy=mode, slack=slack)))
 
 
 @pytest.mark.parametrize("mode", ["adaptive", "binary"])
@@ -285,29 +289,30 @@ def test_predictor_density_and_reference_keep_the_policy_causal(mode):
     rho = bursty(4, 40, 11)
     pred = bursty(4, 40, 12)
     ref = reference_sample(1)
-    R = resolution_policy(rho, budget=0.3, mode=mode, predictor_density=pred, reference=ref)
+    R = resolution_policy(rho, TilingConfig(budget=0.3, policy=mode), predictor_density=pred, reference=ref)
     for i in [0, 9, 25, 39]:
         changed_rho, changed_pred = rho.clone(), pred.clone()
         changed_rho[:, i:] *= 1e3
         changed_pred[:, i:] = torch.rand(4, 40 - i, dtype=torch.float64) * 1e3
-        R2 = resolution_policy(changed_rho, budget=0.3, mode=mode, predictor_density=changed_pred, reference=ref)
+        R2 = resolution_policy(changed_rho, TilingConfig(budget=0.3, policy=mode), predictor_density=changed_pred,
+                               reference=ref)
         assert torch.equal(R[:, : i + 1], R2[:, : i + 1])
     # the predictor, not the tile mean, drives the causal policy
-    assert torch.equal(R, resolution_policy(rho * 7.0, budget=0.3, mode=mode, predictor_density=pred, reference=ref))
-    assert not torch.equal(R, resolution_policy(rho, budget=0.3, mode=mode, predictor_density=pred.flip(-1),
-                                                reference=ref))
+    config = TilingConfig(budget=0.3, policy=mode)
+    assert torch.equal(R, resolution_policy(rho * 7.0, config, predictor_density=pred, reference=ref))
+    assert not torch.equal(R, resolution_policy(rho, config, predictor_density=pred.flip(-1), reference=ref))
 
 
 def test_reference_and_predictor_errors():
     rho = bursty(2, 10, 13)
     with pytest.raises(ValueError, match="reference"):
-        resolution_policy(rho, budget=0.3, reference=torch.tensor([1.0, 0.0], dtype=torch.float64))
+        resolution_policy(rho, TilingConfig(budget=0.3), reference=torch.tensor([1.0, 0.0], dtype=torch.float64))
     with pytest.raises(ValueError, match="reference"):
-        resolution_policy(rho, budget=0.3, reference=torch.ones(2, 2, dtype=torch.float64))
+        resolution_policy(rho, TilingConfig(budget=0.3), reference=torch.ones(2, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="predictor_density"):
-        resolution_policy(rho, budget=0.3, predictor_density=torch.ones(2, 9, dtype=torch.float64))
+        resolution_policy(rho, TilingConfig(budget=0.3), predictor_density=torch.ones(2, 9, dtype=torch.float64))
     with pytest.raises(ValueError, match="predictor_density"):
-        resolution_policy(rho, budget=0.3, predictor_density=-torch.ones(2, 10, dtype=torch.float64))
+        resolution_policy(rho, TilingConfig(budget=0.3), predictor_density=-torch.ones(2, 10, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("options", [

@@ -9,6 +9,7 @@ import torch
 
 from reference.scan_inputs import OPTIONAL, make
 from tiling import _build
+from tiling.config import TilingConfig
 from tiling.modules import TiledMamba
 from tiling.ops import adaptive_selective_scan as scan
 from tiling.ops import adaptive_selective_scan_ref as ref
@@ -149,7 +150,8 @@ def test_float32_plan_dtype_keeps_the_kernels_segment_counts():
 def test_tiled_mamba_double_backward_matches_the_reference_scan(scope, monkeypatch):
     """TiledMamba's gradient penalty with the kernels equals the one computed with the reference scan."""
     torch.manual_seed(0)
-    layer = TiledMamba(8, d_state=3, tile_size=4, budget=0.5, scope=scope).double().eval()  # no calibration update
+    # eval: no calibration update
+    layer = TiledMamba(8, d_state=3, tiling=TilingConfig(tile_size=4, budget=0.5, scope=scope)).double().eval()
     x0 = torch.randn(1, 13, 8, dtype=f64)
 
     def penalty():

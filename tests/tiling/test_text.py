@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tiling.config import TilingConfig
 from tiling.train import CheckpointError, TiledLM, save_checkpoint
 from tiling.train import corpus as corpus_mod
 from tiling.train import evaluate as evaluate_cli
@@ -314,7 +315,8 @@ def test_text_checkpoint_round_trip_and_wrong_shapes(tmp_path):
                                                                          "context": 48})
     with pytest.raises(TextModelError, match="does not match the shape"):
         load_text_model(tmp_path / "shape.safetensors")
-    save_checkpoint(tmp_path / "burst.safetensors", model=TiledLM(6, d_model=8, n_layers=1, d_state=4, tile_size=8))
+    save_checkpoint(tmp_path / "burst.safetensors",
+                    model=TiledLM(6, d_model=8, n_layers=1, d_state=4, tiling=TilingConfig(tile_size=8)))
     with pytest.raises(TextModelError, match="not a byte-level text LM"):
         load_text_model(tmp_path / "burst.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
@@ -391,7 +393,8 @@ def test_evaluate_cli(trained, tmp_path, capsys):
     for msg, argv in cases.items():
         rc, _, err = _cli(evaluate_cli.main, argv, capsys)
         assert rc == 2 and msg in err, (msg, err)
-    save_checkpoint(tmp_path / "burst.safetensors", model=TiledLM(6, d_model=8, n_layers=1, d_state=4, tile_size=8))
+    save_checkpoint(tmp_path / "burst.safetensors",
+                    model=TiledLM(6, d_model=8, n_layers=1, d_state=4, tiling=TilingConfig(tile_size=8)))
     rc, _, err = _cli(evaluate_cli.main, [str(tmp_path / "burst.safetensors"), "--text-file", str(text)], capsys)
     assert rc == 2 and "not a byte-level text LM" in err
 

@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from conftest import tiling_kwargs
 from tiling.modules import TiledMamba
 from tiling.ops import scan_cost
 from infogeo.density import ssm_density
@@ -17,7 +18,7 @@ def make_layer(seed=0, *, perturb=False, **kw):
     torch.manual_seed(seed)
     kw.setdefault("tile_size", 8)
     kw.setdefault("scope", "scan")  # this file tests the scan scope; tests/test_block_scope.py the block scope
-    layer = TiledMamba(16, d_state=4, **kw)
+    layer = TiledMamba(16, d_state=4, **tiling_kwargs(kw))
     if perturb:  # open the gate and the transition so that routing and φ act
         with torch.no_grad():
             layer.route_gate.normal_(0.0, 0.5)
@@ -127,7 +128,7 @@ def test_plan_matches_policy_and_scan_cost():
     x = torch.randn(3, 50, 16)
     dens = torch.rand(3, 50) ** 3
     plan = layer.plan(x, density=dens)
-    want = resolution_policy(tile_density(dens.double(), 8), budget=0.3, r_min=layer.r_min).float()
+    want = resolution_policy(tile_density(dens.double(), 8), TilingConfig(budget=0.3, r_min=layer.r_min)).float()
     torch.testing.assert_close(plan.resolution, want)
     for b in range(3):  # per-tile costs add up to the whole sequence's (boundary excluded)
         whole = scan_cost(50, 8, plan.resolution[b], plan.state_dims[b], 4, layer.d_inner)
@@ -214,25 +215,25 @@ def test_repr_shows_configuration():
 
 def test_bad_input():
     with pytest.raises(ValueError, match="budget"):
-        TiledMamba(16, budget=0.0)
+        TiledMamba(16, tiling=TilingConfig(budget=0.0))
     with pytest.raises(ValueError, match="budget"):
-        TiledMamba(16, budget=1.2)
+        TiledMamba(16, tiling=TilingConfig(budget=1.2))
     with pytest.raises(ValueError, match="r_min"):
-        TiledMamba(16, budget=0.2, r_min=0.5)
+        TiledMamba(16, tiling=TilingConfig(budget=0.2, r_min=0.5))
     with pytest.raises(ValueError, match="tile_size"):
-        TiledMamba(16, tile_size=0)
+        TiledMamba(16, tiling=TilingConfig(tile_size=0))
     with pytest.raises(ValueError, match="policy must be one of"):
         make_layer(policy="sparse")
     with pytest.raises(ValueError, match="distance_scale"):
-        TiledMamba(16, distance_scale=3.0)
+        TiledMamba(16, tiling=TilingConfig(distance_scale=3.0))
     with pytest.raises(ValueError, match="calibration must be one of"):
-        TiledMamba(16, calibration="batch")
+        TiledMamba(16, tiling=TilingConfig(calibration="batch"))
     with pytest.raises(ValueError, match="predictor_tail"):
-        TiledMamba(16, tile_size=8, predictor_tail=9)
+        TiledMamba(16, tiling=TilingConfig(tile_size=8, predictor_tail=9))
     with pytest.raises(ValueError, match="predictor_reduce"):
-        TiledMamba(16, predictor_reduce="median")
+        TiledMamba(16, tiling=TilingConfig(predictor_reduce="median"))
     with pytest.raises(ValueError, match="calibration_momentum"):
-        TiledMamba(16, calibration="running", calibration_momentum=0.0)
+        TiledMamba(16, tiling=TilingConfig(calibration="running", calibration_momentum=0.0))
     layer = make_layer(validate=True)
     with pytest.raises(ValueError, match="d_model=16"):
         layer(torch.randn(1, 8, 15))

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tiling.config import TilingConfig
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, CheckpointError, TiledLM, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_burst_copy_dataset_structure():
 
 def _model_opt(seed=0):
     torch.manual_seed(seed)
-    model = TiledLM(6, d_model=8, n_layers=2, d_state=4, tile_size=8, budget=0.5)
+    model = TiledLM(6, d_model=8, n_layers=2, d_state=4, tiling=TilingConfig(tile_size=8, budget=0.5))
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=1e-2)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
     x = torch.randint(0, 6, (2, 20))
@@ -108,9 +109,22 @@ def test_burst_repeat_dataset_answers_are_recoverable_at_the_lag():
         ds[12]
 
 
+def test_tiling_keywords_are_deprecated_and_build_the_same_model():
+    torch.manual_seed(0)
+    new = TiledLM(6, d_model=8, n_layers=1, d_state=4, tiling=TilingConfig(tile_size=8, budget=0.5))
+    torch.manual_seed(0)
+    with pytest.deprecated_call(match="TilingConfig"):
+        old = TiledLM(6, d_model=8, n_layers=1, d_state=4, tile_size=8, budget=0.5)
+    assert old.tiling == new.tiling and old.config == new.config
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    with pytest.raises(TypeError, match="not both"):
+        TiledLM(6, d_model=8, n_layers=1, tiling=TilingConfig(), budget=0.5)
+
+
 def test_shared_density_feeds_the_first_layers_tile_density_to_every_layer():
     torch.manual_seed(0)
-    kw = dict(d_model=8, n_layers=3, d_state=4, tile_size=8, budget=0.35, r_min=0.125, policy="adaptive")
+    kw = dict(d_model=8, n_layers=3, d_state=4,
+              tiling=TilingConfig(tile_size=8, budget=0.35, r_min=0.125, policy="adaptive"))
     shared = TiledLM(7, shared_density=True, **kw)
     plain = TiledLM(7, **kw)
     plain.load_state_dict(shared.state_dict())
@@ -178,7 +192,7 @@ def test_corrupt_or_truncated_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(junk, model=m2)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nope.safetensors", model=m2)
-    other = TiledLM(6, d_model=12, n_layers=1, d_state=4, tile_size=8)
+    other = TiledLM(6, d_model=12, n_layers=1, d_state=4, tiling=TilingConfig(tile_size=8))
     with pytest.raises(CheckpointError, match="does not match the model"):
         load_checkpoint(path, model=other)
 

@@ -22,8 +22,9 @@ __all__ = ["F64", "R_MIN", "PLANS", "FAMILIES", "fit_power_law", "gen", "rng", "
 #: smallest resolution of every plan (Theorems 3.4–3.6)
 R_MIN = 1 / 16
 #: the resolution plans of :func:`tiling.policy.resolution_policy` compared in Theorems 3.5
-PLANS = {"uniform": dict(mode="uniform"), "adaptive (causal)": dict(mode="adaptive", causal=True),
-         "adaptive (non-causal)": dict(mode="adaptive", causal=False)}
+#: (fields of :class:`tiling.config.TilingConfig`)
+PLANS = {"uniform": dict(policy="uniform"), "adaptive (causal)": dict(policy="adaptive", causal=True),
+         "adaptive (non-causal)": dict(policy="adaptive", causal=False)}
 #: synthetic scan-input families of Theorems 3.3, 3.5 and 3.6: (name, Δ bursts, lag-one correlation of the tokens)
 FAMILIES = (("i.i.d. tokens", False, 0.0), ("i.i.d. tokens, bursty Δ", True, 0.0),
             ("correlated tokens (AR(1) 0.95), bursty Δ", True, 0.95))
@@ -141,13 +142,15 @@ def scan_inputs(batch: int, dim: int, N: int, L: int, g: torch.Generator, dtype=
 
 
 def resolution_plan(rho: Tensor, tile: int, budget: float, spec: dict) -> Tensor:
-    """Per-tile resolution from the token density ρ (batch, L) by ``tiling.policy`` (seed 001 §3.2.2)."""
+    """Per-tile resolution from the token density ρ (batch, L) by ``tiling.policy`` (seed 001 §3.2.2);
+    ``spec``: fields of :class:`tiling.config.TilingConfig` besides the budget and ``r_min``."""
+    from tiling.config import TilingConfig
     from tiling.policy import resolution_policy, tile_density
 
     td = tile_density(rho, tile)
     if budget >= 1.0:
         return torch.ones_like(td)
-    return resolution_policy(td, budget=budget, r_min=R_MIN, **spec)
+    return resolution_policy(td, TilingConfig(budget=budget, r_min=R_MIN, **spec))
 
 
 def run_scan(inp: dict, tile: int, R: Tensor | None) -> Tensor:
@@ -197,13 +200,15 @@ def model_outputs(cache: dict) -> dict:
 def layer_pair(d_model: int, tile: int, seed: int, salt: int, dtype=torch.float32, **policy) -> dict:
     """One ``TiledMamba`` per scope with the *same* Mamba parameters (seeded initialisation of the
     scan-scope layer, copied into the block-scope layer; the block scope's own ``chunk.pool_gate``
-    stays at its initial 0), in eval mode. The global torch RNG is left as it was."""
+    stays at its initial 0), in eval mode; ``policy``: fields of :class:`tiling.config.TilingConfig`.
+    The global torch RNG is left as it was."""
+    from tiling.config import TilingConfig
     from tiling.modules import TiledMamba
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed) * 1_000_003 + salt)
-        scan_layer = TiledMamba(d_model, d_state=16, tile_size=tile, scope="scan", **policy)
-        block_layer = TiledMamba(d_model, d_state=16, tile_size=tile, scope="block", **policy)
+        scan_layer = TiledMamba(d_model, d_state=16, tiling=TilingConfig(tile_size=tile, scope="scan", **policy))
+        block_layer = TiledMamba(d_model, d_state=16, tiling=TilingConfig(tile_size=tile, scope="block", **policy))
     own = block_layer.state_dict()
     block_layer.load_mamba_state_dict({k: v for k, v in scan_layer.state_dict().items() if k in own})
     return {"scan": scan_layer.to(dtype).eval(), "block": block_layer.to(dtype).eval()}

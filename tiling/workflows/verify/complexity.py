@@ -238,6 +238,7 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     (a_b, b_b, c_b), *_ = np.linalg.lstsq(Xb, yb, rcond=None)
     bmodel_err = float(np.max(np.abs(Xb @ np.array([a_b, b_b, c_b]) - yb) / yb))
     # the whole-block counts are those the layer itself reports in plan.meta["layer_cost"]
+    from tiling.config import TilingConfig
     from tiling.modules import TiledMamba
 
     Lchk, rchk = 1024, 0.25
@@ -245,8 +246,8 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     plan_check = {}
     for sc in scopes:
         with torch.random.fork_rng(devices=[]):  # the weights do not matter to the count; keep the global RNG
-            lay = TiledMamba(bd["d_model"], d_state=bd["d_state"], d_conv=bd["d_conv"], tile_size=tile, scope=sc,
-                             policy="uniform", r_min=R_MIN).eval()
+            lay = TiledMamba(bd["d_model"], d_state=bd["d_state"], d_conv=bd["d_conv"],
+                             tiling=TilingConfig(tile_size=tile, scope=sc, policy="uniform", r_min=R_MIN)).eval()
         with torch.no_grad():
             got = lay.plan(xchk, budget=rchk).meta["layer_cost"]["total"]
         want = _block_cost(Lchk, rchk, tile, sc, bd)["total"]

@@ -128,7 +128,7 @@ def _scope_errors(x: Tensor, tile: int, budgets: list[float], seed: int, salt: i
     out, diff_full, gate_max = {}, 0.0, 0.0
     rho_max = y_full = norm_full = mamba_cost = None
     for pname, spec in PLANS.items():
-        pair = layer_pair(d, tile, seed, salt, dtype=F64, policy=spec["mode"], causal=spec.get("causal", True),
+        pair = layer_pair(d, tile, seed, salt, dtype=F64, policy=spec["policy"], causal=spec.get("causal", True),
                            r_min=R_MIN)
         gate_max = max(gate_max, float(pair["block"].chunk.pool_gate.detach().abs().max()))  # 0 at init
         with torch.no_grad():

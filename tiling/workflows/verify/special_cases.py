@@ -22,12 +22,12 @@ STATEMENT = ("§3.6 Connections to existing frameworks, seed 000 §3.6; seed 001
 
 #: largest relative difference from the Hugging Face scan that is float64 round-off
 EXACT_TOLERANCE = 1e-12
-#: the resolution fields compared (``tiling.policy.resolution_policy`` specs)
-_CASES = {"linear: constant R = c": dict(mode="uniform"),
-          "sparse: binary R ∈ {R_min, 1}, non-causal": dict(mode="binary", causal=False),
-          "sparse: binary, causal": dict(mode="binary", causal=True),
-          "continuous: adaptive, non-causal": dict(mode="adaptive", causal=False),
-          "continuous: adaptive, causal": dict(mode="adaptive", causal=True)}
+#: the resolution fields compared (``tiling.policy.resolution_policy`` specs, fields of ``TilingConfig``)
+_CASES = {"linear: constant R = c": dict(policy="uniform"),
+          "sparse: binary R ∈ {R_min, 1}, non-causal": dict(policy="binary", causal=False),
+          "sparse: binary, causal": dict(policy="binary", causal=True),
+          "continuous: adaptive, non-causal": dict(policy="adaptive", causal=False),
+          "continuous: adaptive, causal": dict(policy="adaptive", causal=True)}
 _BUDGETS = [1 / 8, 1 / 4, 1 / 2]
 
 
