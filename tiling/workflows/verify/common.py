@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import math
 from importlib import resources
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from .result import Measured
 
 Tensor = torch.Tensor
 F64 = torch.float64
 
 __all__ = ["F64", "R_MIN", "PLANS", "FAMILIES", "fit_power_law", "gen", "rng", "quantiles", "dt_bias", "ar1",
-           "scan_inputs", "resolution_plan", "run_scan", "realised_cost", "model_outputs", "layer_pair"]
+           "scan_inputs", "resolution_plan", "run_scan", "realised_cost", "model_outputs", "layer_pair",
+           "named_values"]
 
 #: smallest resolution of every plan (Theorems 3.4–3.6)
 R_MIN = 1 / 16
@@ -212,3 +216,22 @@ def layer_pair(d_model: int, tile: int, seed: int, salt: int, dtype=torch.float3
     own = block_layer.state_dict()
     block_layer.load_mamba_state_dict({k: v for k, v in scan_layer.state_dict().items() if k in own})
     return {"scan": scan_layer.to(dtype).eval(), "block": block_layer.to(dtype).eval()}
+
+
+def named_values(in_numbers: dict[str, tuple[str, ...]], m: Measured, names: str) -> list:
+    """The working values ``names`` (space-separated) of a theorem's measurement, in order.
+
+    A name in ``in_numbers`` is read from ``m.numbers`` along its path of keys (the values that
+    the report keeps as they are); any other name from ``m.series``. Each theorem module binds its
+    own table: ``_series = partial(named_values, _IN_NUMBERS)``.
+    """
+    out = []
+    for k in names.split():
+        if k in in_numbers:
+            v = m.numbers
+            for key in in_numbers[k]:
+                v = v[key]
+            out.append(v)
+        else:
+            out.append(m.series[k])
+    return out

@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
 
-from .common import F64, R_MIN, fit_power_law, gen, layer_pair, scan_inputs
+from .common import F64, R_MIN, fit_power_law, gen, layer_pair, named_values, scan_inputs
 from .render import Figures, table
 from .result import FALSE_AS_WRITTEN, HOLDS, Measured
 
@@ -138,18 +139,8 @@ _IN_NUMBERS = {
 }
 
 
-def _series(m: Measured, names: str) -> list:
-    """The named working values in order: from ``m.numbers`` where it holds them, else ``m.series``."""
-    out = []
-    for k in names.split():
-        if k in _IN_NUMBERS:
-            v = m.numbers
-            for key in _IN_NUMBERS[k]:
-                v = v[key]
-            out.append(v)
-        else:
-            out.append(m.series[k])
-    return out
+#: the named working values in order (:func:`~.common.named_values` with this module's table)
+_series = partial(named_values, _IN_NUMBERS)
 
 
 def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:

@@ -9,12 +9,13 @@ weights.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import torch
 
-from .common import (F64, FAMILIES, PLANS, R_MIN, ar1, dt_bias, gen, layer_pair, model_outputs, realised_cost,
-                     resolution_plan, run_scan, scan_inputs)
+from .common import (F64, FAMILIES, PLANS, R_MIN, ar1, dt_bias, gen, layer_pair, model_outputs, named_values,
+                     realised_cost, resolution_plan, run_scan, scan_inputs)
 from .render import Figures, table
 from .result import FALSE_AS_WRITTEN, HOLDS_UNDER_CONDITIONS, Measured
 
@@ -180,18 +181,8 @@ _IN_NUMBERS = {
 }
 
 
-def _series(m: Measured, names: str) -> list:
-    """The named working values in order: from ``m.numbers`` where it holds them, else ``m.series``."""
-    out = []
-    for k in names.split():
-        if k in _IN_NUMBERS:
-            v = m.numbers
-            for key in _IN_NUMBERS[k]:
-                v = v[key]
-            out.append(v)
-        else:
-            out.append(m.series[k])
-    return out
+#: the named working values in order (:func:`~.common.named_values` with this module's table)
+_series = partial(named_values, _IN_NUMBERS)
 
 
 def _scale_factors(scaling: list[dict]) -> tuple[float, float]:
@@ -403,6 +394,15 @@ def tables(m: Measured) -> list[dict]:
     return tables
 
 
+def _log_panels(axes, ylabels: tuple[str, str], legend_size: float) -> None:
+    """A 2 × k grid of error panels: log y axes, the rows' y labels on the first column, its legend on the top left."""
+    for ax in axes.flat:
+        ax.set_yscale("log")
+    for r, label in enumerate(ylabels):
+        axes[r, 0].set_ylabel(label)
+    axes[0, 0].legend(fontsize=legend_size)
+
+
 def figures(m: Measured, figs: Figures) -> list[str]:
     """Error against the realised budget per input family; scan scope vs block scope of the whole block."""
     (budgets, grids, layer_tiles, main_tile, scopes, sgrid) = _series(
@@ -420,11 +420,7 @@ def figures(m: Measured, figs: Figures) -> list[str]:
             axes[1, col].plot(xs, [g[(T, pname, c)]["mean_relative"] for c in coarse], "o-", color=color)
         axes[0, col].set_title(f"{fam}\n(tile {T})", fontsize=8)
         axes[1, col].set_xlabel("realised budget Σm_i / n")
-        for r in (0, 1):
-            axes[r, col].set_yscale("log")
-    axes[0, 0].set_ylabel("ε = sup ‖y_tiled − y_full‖₂ / max ρ")
-    axes[1, 0].set_ylabel("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂")
-    axes[0, 0].legend(fontsize=7)
+    _log_panels(axes, ("ε = sup ‖y_tiled − y_full‖₂ / max ρ", "mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂"), 7)
     paths = [figs.save(fig, "3_5_preservation")]
 
     lfams = list(sgrid)
@@ -440,11 +436,7 @@ def figures(m: Measured, figs: Figures) -> list[str]:
         axes[0, col].set_title(f"{fam}\n(whole block, tile {layer_tiles[fam]})", fontsize=8)
         axes[0, col].set_xlabel("realised budget Σm_i / n")
         axes[1, col].set_xlabel("whole-block multiply-adds / plain Mamba")
-        for r in (0, 1):
-            axes[r, col].set_yscale("log")
-    axes[0, 0].set_ylabel("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂")
-    axes[1, 0].set_ylabel("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂")
-    axes[0, 0].legend(fontsize=6)
+    _log_panels(axes, ("mean ‖y_tiled − y_full‖₂ / ‖y_full‖₂",) * 2, 6)
     paths.append(figs.save(fig, "3_5_scopes"))
     return paths
 
