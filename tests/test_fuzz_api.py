@@ -130,6 +130,12 @@ def tile_lengths(draw):
     return Call(ops.tile_lengths, dict(L=L, tile_size=T), [], {"tile_size": [2 ** 40]}, shape=(-(-L // T),))
 
 
+@spec
+def kernel_available(draw):
+    device = draw(st.sampled_from(["cpu", "meta", torch.device("cpu"), "cuda"]))
+    return Call(ops.kernel_available, dict(device=device), [], {"device": ["gpu", "cuda:-1", "", torch.float64]})
+
+
 def _layer(draw, d):
     scope = draw(st.sampled_from(["block", "scan"]))
     kw = dict(d_state=draw(st.integers(1, 4)), tile_size=draw(st.integers(1, 6)), scope=scope,
@@ -636,7 +642,7 @@ def test_fuzz_api_large(case):
 def test_every_public_function_has_a_spec():
     """The harness covers the public API: a new public function without a spec fails here."""
     covered = {"adaptive_selective_scan", "adaptive_selective_scan_ref", "scan_cost", "layer_cost",
-               "block_unit_costs", "segment_counts", "tile_lengths"}
+               "block_unit_costs", "segment_counts", "tile_lengths", "kernel_available"}
     assert set(ops.__all__) == covered and covered <= set(SPECS)
     mod_names = {"Chunk": "Chunk_Dechunk", "Dechunk": "Chunk_Dechunk", "SegmentLayout": "layout_from_counts",
                  "TiledMamba": "TiledMamba_forward", "TiledMambaState": "TiledMamba_step",

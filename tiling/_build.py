@@ -18,8 +18,12 @@ import sys
 import warnings
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import kernels_cuda
+
+if TYPE_CHECKING:
+    import torch
 
 KERNEL_DIR = Path(kernels_cuda.__file__).resolve().parent
 
@@ -175,3 +179,56 @@ def load_cuda_extension() -> ModuleType | None:
         warnings.warn(f"tiling: could not build the CUDA scan kernel ({type(exc).__name__}: {msg}); "
                       "falling back to the (slow) PyTorch reference", RuntimeWarning, stacklevel=2)
         return None
+
+
+def kernel_available(device: str | torch.device = "cpu") -> bool:
+    """Whether :func:`tiling.ops.adaptive_selective_scan` runs a compiled kernel on ``device``.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; its type decides (the index is not checked).
+
+    Returns
+    -------
+    bool
+        True: the op runs the C++ kernel (CPU) or the CUDA kernel on tensors of ``device``. False:
+        it falls back to the float64 PyTorch reference there, with a ``RuntimeWarning`` — as it does
+        with ``TILING_FORCE_REFERENCE=1``, when no compiler (CPU) or no GPU or CUDA toolkit (CUDA)
+        works, and on any other device type.
+
+    Raises
+    ------
+    TypeError
+        ``device`` is not a str or a ``torch.device``.
+    ValueError
+        ``device`` names no torch device.
+
+    Notes
+    -----
+    The answer is the op's own choice: both load the kernel with :func:`load_cpu_extension` /
+    :func:`load_cuda_extension`. So the first call for a device builds the kernel unless it is
+    cached (about a minute for the CPU, two for CUDA; once per machine and kernel version), and a
+    failed build warns (``RuntimeWarning``, naming the error) and answers False. Per call the CUDA
+    kernel also needs ``N ≤ tiling.ops.scan.CUDA_MAX_STATE`` state dimensions (a larger ``N`` is a
+    ``ValueError`` of the op, not a fallback).
+
+    Examples
+    --------
+    >>> from tiling.ops import kernel_available
+    >>> kernel_available("meta")
+    False
+    """
+    import torch
+
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or a torch.device, got {type(device).__name__}")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as e:
+        raise ValueError(f"device must name a torch device (e.g. 'cpu', 'cuda'), got {device!r}: {e}") from None
+    if kind == "cpu":
+        return load_cpu_extension() is not None
+    if kind == "cuda":
+        return load_cuda_extension() is not None
+    return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from functools import partial
 
 import numpy as np
@@ -102,17 +101,11 @@ def _time_block(layer, x: Tensor, budget: float, reps: int, device: str) -> floa
 
 
 def _cpu_backend() -> str:
-    """What runs the scan on the CPU: the op warns when it falls back to the PyTorch reference
-    (documented in :func:`tiling.ops.adaptive_selective_scan`), so a tiny call tells."""
-    from tiling.ops import adaptive_selective_scan
+    """What runs the scan on the CPU: the compiled kernel where :func:`tiling.ops.kernel_available`
+    says so, else the op's fallback, the PyTorch reference."""
+    from tiling.ops import kernel_available
 
-    x = torch.zeros(1, 1, 2)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        adaptive_selective_scan(x, x, -torch.ones(1, 1), x, x, tile_size=2)
-    fallback = any(issubclass(w.category, RuntimeWarning) and "no compiled scan kernel" in str(w.message)
-                   for w in caught)
-    return "PyTorch float64 reference (no compiler)" if fallback else "C++ CPU kernel"
+    return "C++ CPU kernel" if kernel_available("cpu") else "PyTorch float64 reference (no compiler)"
 
 
 #: working names of the tables and prose that ``numbers`` holds as they are (path of keys)
