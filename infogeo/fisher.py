@@ -373,8 +373,8 @@ def empirical_fisher(
     TypeError
         ``log_f`` is not callable, or ``x`` is not a real tensor.
     ValueError
-        The shapes do not match, ``x`` holds no sample, ``weights`` are negative or do not sum to
-        one, ``log_f`` does not return a scalar, or the scores are not finite.
+        The shapes do not match, ``theta`` or ``x`` is empty, ``weights`` are negative or do not
+        sum to one, ``log_f`` does not return a scalar, or the scores are not finite.
 
     Notes
     -----
@@ -402,6 +402,9 @@ def empirical_fisher(
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"x must hold real numbers (integer or floating), got {x.dtype}")
     batched_theta = theta.dim() == 2
+    if theta.numel() == 0:  # log_f would index an empty theta: say so rather than let it fail inside
+        raise ValueError(f"theta must hold at least one parameter point of at least one parameter, (p,) or (m, p) "
+                         f"with m, p >= 1, got shape {tuple(theta.shape)}")
     if batched_x:
         if not batched_theta or x.shape[0] != theta.shape[0]:
             raise ValueError(

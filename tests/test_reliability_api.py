@@ -30,6 +30,9 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     (lambda: fisher.categorical_metric(torch.ones(0, 3, dtype=F64)), None, None),
     (lambda: fisher.monte_carlo_fisher(lambda x, t: x.sum() * t.sum(), lambda t, n, g: torch.zeros(n),
                                        torch.zeros(0, dtype=F64), 2), ValueError, "theta must hold"),
+    *[(lambda th=th: fisher.empirical_fisher(lambda x, t: -0.5 * (x - t[0]) ** 2, torch.ones(4, dtype=F64), th),
+       ValueError, "theta must hold at least one parameter")  # found by test_fuzz_api_large: an IndexError
+      for th in (torch.zeros(0, dtype=F64), torch.zeros(0, 2, dtype=F64), torch.zeros(3, 0, dtype=F64))],
     (lambda: fisher.monte_carlo_fisher(lambda x, t: -0.5 * ((x - t[0]) / t[1]) ** 2 - t[1].log(),
                                        lambda t, n, g: t[0] + t[1] ** 2 * torch.randn(n, generator=g, dtype=F64),
                                        torch.tensor([0.0, 1e300], dtype=F64), 4, generator=torch.Generator().manual_seed(0)),
