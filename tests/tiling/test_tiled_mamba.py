@@ -295,8 +295,8 @@ def log_quantiles(layer, x):
 def test_running_calibration_updates_only_in_training_and_stays_causal():
     layer = make_layer(8, perturb=True, budget=0.3, calibration="running", predictor_tail=3, predictor_reduce="max")
     hist = make_layer(8, perturb=True, budget=0.3, predictor_tail=3, predictor_reduce="max")
-    assert {"calibrator.quantiles", "calibrator.updates"} <= set(layer.state_dict())
-    assert "calibrator.quantiles" not in hist.state_dict()
+    assert {"tile_router.calibrator.quantiles", "tile_router.calibrator.updates"} <= set(layer.state_dict())
+    assert "tile_router.calibrator.quantiles" not in hist.state_dict()
     x = torch.randn(4, 64, 16)
     with torch.no_grad():
         # before the first update the layer falls back to the history calibration
@@ -354,9 +354,10 @@ def test_tiling_config_and_deprecated_keywords():
     with pytest.raises(ValueError, match="router_rank"):
         TiledMamba(8, tiling=TilingConfig(boundaries="token", router_rank=9))
     sd = new.state_dict()
-    sd["calibrator.quantiles"] = torch.arange(4.0, dtype=torch.float64)
-    sd["calibrator.updates"] = torch.tensor(3)
-    legacy = {{"calibrator.quantiles": "calibration_quantiles", "calibrator.updates": "calibration_updates"}.get(k, k): v
-              for k, v in sd.items()}
-    old.load_state_dict(legacy)  # strict: the former names map onto the calibrator's buffers
-    assert torch.equal(old.calibrator.quantiles, sd["calibrator.quantiles"]) and int(old.calibrator.updates) == 3
+    for shift, former in enumerate(("calibration_", "calibrator.")):  # before / after the calibration's submodule
+        sd["tile_router.calibrator.quantiles"] = torch.arange(4.0, dtype=torch.float64) + shift
+        sd["tile_router.calibrator.updates"] = torch.tensor(3 + shift)
+        legacy = {k.replace("tile_router.calibrator.", former): v for k, v in sd.items()}
+        old.load_state_dict(legacy)  # strict: the former names map onto the tile router's calibrator
+        assert torch.equal(old.calibrator.quantiles, sd["tile_router.calibrator.quantiles"])
+        assert int(old.calibrator.updates) == 3 + shift

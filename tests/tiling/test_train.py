@@ -212,7 +212,7 @@ def test_resume_is_bit_identical(tmp_path):
     a = load_file(str(tmp_path / "full" / "checkpoint.safetensors"))
     b = load_file(str(tmp_path / "part" / "checkpoint.safetensors"))
     assert a.keys() == b.keys()
-    assert int(a["model.layers.0.calibrator.updates"]) == 6
+    assert int(a["model.layers.0.tile_router.calibrator.updates"]) == 6
     for k in a:
         assert torch.equal(a[k], b[k]), k
     evals = [json.loads(s) for s in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]

@@ -1,10 +1,10 @@
 """Trainable layers built on the adaptive scan: :class:`TiledMamba` (seed 001 §3.2–3.4) and the
 block scope's parts (:mod:`tiling.modules.chunk`, :mod:`tiling.modules.router`)."""
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, layout_from_boundaries, layout_from_counts
-from tiling.modules.router import TokenRouter, linear_density, ratio_loss
+from tiling.modules.router import TileRouter, TileRouterState, TokenRouter, linear_density, ratio_loss
 from tiling.modules.tiled_mamba import TiledMamba, TiledMambaState
 
 __all__ = [
-    "Chunk", "Dechunk", "SegmentLayout", "TiledMamba", "TiledMambaState", "TokenRouter", "layout_from_boundaries",
-    "layout_from_counts", "linear_density", "ratio_loss",
+    "Chunk", "Dechunk", "SegmentLayout", "TileRouter", "TileRouterState", "TiledMamba", "TiledMambaState",
+    "TokenRouter", "layout_from_boundaries", "layout_from_counts", "linear_density", "ratio_loss",
 ]

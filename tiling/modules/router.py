@@ -38,17 +38,28 @@ Running calibration (:class:`RunningCalibration`, the stateful part of the resol
     ``r_k = exp(Q_k)``, ``Q_k`` the exponential moving average over training batches of the
     ``(k + ½)/K`` quantiles of ``log p`` (``p`` the predictor importances ``q`` of seed 001 §3.2.2),
     averaged over the ranks of a ``torch.distributed`` job.
+
+Tile boundaries (:class:`TileRouter`, the policy as a module beside the layer)
+    The tile-boundary counterpart of :class:`TokenRouter`, laid out as H-Net's routing module (a
+    module that decides where segments start, with a frozen decoding state): it owns the layer's
+    policy ``R_i = f(ρ_i, d_i, c)`` (seed 001 §3.2.2) on the tile densities of the signal (seed 001
+    §3.4 step 1), its :class:`RunningCalibration`, and, in decoding, the policy's history
+    (:class:`TileRouterState`). It has no parameters: the signal is the layer's.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from infogeo.checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
+from tiling.config import TilingConfig
+from tiling.modules.chunk import segment_boundaries
+from tiling.policy import dithered_counts, plan_densities, plan_tiles, tile_importance, tile_mean, tile_policy
+from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
 
@@ -344,4 +355,227 @@ class TokenRouter(nn.Module):
         return p, RouterState(key=key)
 
 
-__all__ = ["RouterState", "RunningCalibration", "TokenRouter", "linear_density", "ratio_loss"]
+@dataclass(frozen=True)
+class TileRouterState:
+    """Decoding state of :class:`TileRouter`: the causal policy's history.
+
+    Attributes
+    ----------
+    position : tokens consumed so far.
+    signal : (batch, ≤ T) float64, the per-token signal of the current tile (empty while the policy
+        reads none: uniform policy, budget 1).
+    tiles : the densities ``(ρ_i, predictor_i)``, each (batch, tiles done) float64, of the finished
+        tiles (:func:`~tiling.policy.plan_densities`).
+    carry : (batch,) float64 on the CPU, the rounding error carried to the next tile
+        (:func:`~tiling.policy.dithered_counts`).
+    boundary : (batch, T) bool, the segment starts of the current tile; None before the first tile
+        is planned (and at budget 1, where every token starts a segment).
+    """
+
+    position: int
+    signal: Tensor
+    tiles: tuple[Tensor, Tensor]
+    carry: Tensor
+    boundary: Tensor | None = None
+
+
+class TileRouter(nn.Module):
+    """Segments per tile from a per-token signal: the layer's resolution policy and its state.
+
+    The tile-boundary counterpart of :class:`TokenRouter`, laid out as H-Net's routing module
+    (Hwang, Wang, Gu 2025): a module beside the mixer that decides where segments start, with a
+    frozen decoding state (:class:`TileRouterState`). It has no parameters.
+
+    Whole sequence (:meth:`forward`, :meth:`plan`): :func:`~tiling.policy.plan_tiles`, i.e. tile
+    densities ``ρ_i`` (seed 001 §3.4 step 1), ``R_i = f(ρ_i, d_i, c)`` (seed 001 §3.2.2), state
+    dimensions (seed 001 §3.4 step 3) and segments, with the running reference when
+    ``calibration="running"``; :meth:`forward` then folds the batch into the calibration in training
+    mode (after the plan, so that a batch never calibrates itself).
+
+    Decoding (:meth:`allocate`, :meth:`step`; block scope, causal): at the first token of tile ``i``
+    the causal policy sets ``R_i`` from the densities of the tiles before it, and the tile's
+    ``m_i = clamp(⌊R_i T + e_{i−1} + ½⌋, 1, T)`` segments start at the offsets ``⌊j T/m_i⌋``
+    (:func:`~tiling.policy.dithered_counts`, :func:`~tiling.modules.chunk.segment_boundaries`);
+    each token's signal joins its tile's, folded into the history at the tile's end. The segment
+    starts are those of :meth:`forward`'s plan on the same signal (tested), since both read tiles
+    ``< i`` only.
+
+    Parameters
+    ----------
+    tiling : the layer's :class:`~tiling.config.TilingConfig`, ``boundaries="tile"`` (with
+        ``s_max`` set when ``state_k`` is).
+    device : of the calibration's buffers.
+
+    Attributes
+    ----------
+    tiling : the configuration.
+    calibrator : :class:`RunningCalibration` (``calibration="running"``, buffers
+        ``calibrator.quantiles`` and ``calibrator.updates``) or None.
+
+    Raises
+    ------
+    TypeError
+        ``tiling`` is not a :class:`~tiling.config.TilingConfig`.
+    ValueError
+        ``tiling.boundaries`` is not ``"tile"`` (the token router reads the hidden states:
+        :class:`TokenRouter`).
+    """
+
+    def __init__(self, tiling: TilingConfig, *, device=None) -> None:
+        super().__init__()
+        if not isinstance(tiling, TilingConfig):
+            raise TypeError(f"tiling must be a tiling.config.TilingConfig, got {type(tiling).__name__}")
+        if tiling.boundaries != "tile":
+            raise ValueError(f"TileRouter needs boundaries='tile', got {tiling.boundaries!r} (see TokenRouter)")
+        self.tiling = tiling
+        self.calibrator = RunningCalibration(tiling.calibration_levels, tiling.calibration_momentum, device=device) \
+            if tiling.calibration == "running" else None
+
+    def extra_repr(self) -> str:
+        t = self.tiling
+        return (f"tile_size={t.tile_size}, budget={t.budget}, policy={t.policy!r}, causal={t.causal}, "
+                f"calibration={t.calibration!r}, scope={t.scope!r}")
+
+    def _config(self, budget: float | None) -> TilingConfig:
+        """The configuration at a call's budget (a new budget is checked by :class:`TilingConfig`)."""
+        return self.tiling if budget is None or budget == self.tiling.budget else self.tiling.replace(budget=budget)
+
+    def reference(self) -> Tensor | None:
+        """The running reference the policy reads (causal, ``calibration="running"``, after the first
+        update), or None: the sequence's own history calibrates the policy."""
+        return self.calibrator.reference() if self.calibrator is not None and self.tiling.causal else None
+
+    def _full(self, budget: float) -> bool:
+        """Budget 1 without a state-dimension policy: every tile at ``R = 1``, no policy to run."""
+        return budget >= 1.0 and self.tiling.state_k is None
+
+    def reads_signal(self, budget: float | None = None) -> bool:
+        """Whether :meth:`step` reads the signal at ``budget`` (default the configuration's): not under
+        the uniform policy (``R_i = c``), nor at budget 1 without a state-dimension policy."""
+        return self.tiling.policy != "uniform" and not self._full(self.tiling.budget if budget is None else budget)
+
+    def plan(self, density: Tensor, *, curvature: Tensor | None = None, budget: float | None = None) -> TilePlan:
+        """The plan of a sequence, without touching the calibration.
+
+        Parameters
+        ----------
+        density : (batch, L) non-negative per-token signal.
+        curvature : (batch, L) per-token curvature, optional.
+        budget : overrides the configuration's budget.
+
+        Returns
+        -------
+        :func:`~tiling.policy.plan_tiles` of ``density`` at ``budget`` with :meth:`reference`.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As :func:`~tiling.policy.plan_tiles`; ``budget`` refused by :class:`TilingConfig`.
+        """
+        with torch.no_grad():
+            return plan_tiles(density, self._config(budget), curvature=curvature, reference=self.reference())
+
+    def forward(self, density: Tensor, *, curvature: Tensor | None = None, budget: float | None = None) -> TilePlan:
+        """The plan of a sequence (:meth:`plan`); in training mode the batch then joins the calibration.
+
+        Parameters
+        ----------
+        density, curvature, budget : as for :meth:`plan`.
+
+        Returns
+        -------
+        :class:`~tiling.tile.TilePlan`, made before the update.
+
+        Notes
+        -----
+        The update (:meth:`RunningCalibration.update`, a collective under ``torch.distributed``)
+        folds in the importances ``q_i`` of seed 001 §3.2.2 of the causal predictor's densities
+        and the tiles' curvature; only a causal router with ``calibration="running"`` has one.
+        """
+        plan = self.plan(density, curvature=curvature, budget=budget)
+        if self.training and self.calibrator is not None and self.tiling.causal:
+            config = self._config(budget)
+            with torch.no_grad():
+                kappa = None if curvature is None else tile_mean(
+                    curvature.detach().to(device=density.device, dtype=torch.float64), config.tile_size)
+                predictor = plan_densities(density, config)[1]
+                self.calibrator.update(tile_importance(predictor, exponent=config.exponent, curvature=kappa,
+                                                       curvature_weight=config.curvature_weight))
+        return plan
+
+    def allocate(self, batch: int, *, device=None) -> TileRouterState:
+        """The empty :class:`TileRouterState` of ``batch`` rows.
+
+        Parameters
+        ----------
+        batch : rows, ≥ 1.
+        device : of the signal and the boundaries (the carry stays on the CPU).
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``batch`` is not an int ≥ 1.
+        """
+        batch = check_int(batch, "batch", minimum=1)
+        empty = torch.zeros(batch, 0, dtype=torch.float64, device=device)
+        return TileRouterState(position=0, signal=empty, tiles=(empty, empty),
+                               carry=torch.zeros(batch, dtype=torch.float64))
+
+    def step(self, signal_t: Tensor | None, state: TileRouterState, *, budget: float | None = None
+             ) -> tuple[Tensor, TileRouterState]:
+        """One decoding step.
+
+        Parameters
+        ----------
+        signal_t : (batch,) the signal of the token; None where :meth:`reads_signal` is False.
+        state : the :class:`TileRouterState` of :meth:`allocate`.
+        budget : overrides the configuration's budget (read at each tile's first token).
+
+        Returns
+        -------
+        ``(is_segment_start, state)``: (batch,) bool on the state's device, and the new state.
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a :class:`TileRouterState`, or ``signal_t`` not a floating tensor.
+        ValueError
+            The router is not causal or not of the block scope (the scan scope's last tile is
+            divided by its own length, which a prefix does not know), or ``signal_t`` is missing
+            or not (batch,).
+        """
+        if not isinstance(state, TileRouterState):
+            raise TypeError(f"state must be a TileRouterState (TileRouter.allocate), got {type(state).__name__}")
+        if not self.tiling.causal or self.tiling.scope != "block":
+            raise ValueError("step() needs a causal block-scope router (causal=True, scope='block')")
+        config = self._config(budget)
+        T, off = config.tile_size, state.position % config.tile_size
+        batch, device = state.carry.shape[0], state.signal.device
+        if self._full(config.budget):  # every token starts a segment
+            return torch.ones(batch, dtype=torch.bool, device=device), replace(state, position=state.position + 1)
+        uniform = config.policy == "uniform"
+        if not uniform:
+            if signal_t is None:
+                raise ValueError(f"signal_t is needed by the {config.policy!r} policy at budget {config.budget}")
+            check_tensor(signal_t, "signal_t", shape=(batch,), finite=False)
+        signal, tiles, carry, boundary = state.signal, state.tiles, state.carry, state.boundary
+        if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
+            if uniform:
+                R = torch.full((batch, 1), config.budget)
+            else:
+                place = tiles[0].new_zeros(batch, 1)  # tile i itself: a placeholder the policy never reads
+                R = tile_policy(torch.cat([tiles[0], place], 1), torch.cat([tiles[1], place], 1), config,
+                                reference=self.reference())[0][:, -1:]
+            m, carry = dithered_counts(R, T, carry)
+            boundary = segment_boundaries(m.to(device), T, T)
+            signal = signal[:, :0]
+        if not uniform:  # the tile's signal, folded into the history when the tile ends
+            signal = torch.cat([signal, signal_t.to(torch.float64).unsqueeze(1)], dim=1)
+            if off == T - 1:
+                tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, plan_densities(signal, config)))
+        return boundary[:, off], TileRouterState(position=state.position + 1, signal=signal, tiles=tiles,
+                                                 carry=carry, boundary=boundary)
+
+
+__all__ = ["RouterState", "RunningCalibration", "TileRouter", "TileRouterState", "TokenRouter", "linear_density",
+           "ratio_loss"]

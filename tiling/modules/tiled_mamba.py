@@ -12,7 +12,8 @@ Data flow of :meth:`TiledMamba.forward` (shapes for input ``(batch, L, d_model)`
     x_proj → (dt_low, B, C); dt_proj      Δ_raw (batch, d_inner, L), B, C (batch, N, L)
     ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²           infogeo.density.ssm_density, Δ = softplus(Δ_raw + b)
     ρ_i = mean over tile i                tiling.policy.tile_density
-    R_i, S_i                              tiling.policy.resolution_policy / state_dims_policy
+    R_i, S_i                              tiling.policy.resolution_policy / state_dims_policy,
+                                          run by the layer's TileRouter (tiling.modules.router)
     adaptive scan (φ: boundary gain)      tiling.ops.adaptive_selective_scan
     routing y_{i→i+1} into tile i+1       gated, zero at initialisation
     out_proj                              (batch, L, d_model)
@@ -50,10 +51,11 @@ from infogeo.checks import check_choice, check_finite, check_in_range, check_int
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
 from tiling.config import TilingConfig
-from tiling.policy import plan_densities, plan_tiles, tile_density, tile_importance, tile_mean, tile_policy
+from tiling.policy import tile_density
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
-    layout_from_counts, segment_boundaries
-from tiling.modules.router import RouterState, RunningCalibration, TokenRouter, linear_density, ratio_loss
+    layout_from_counts
+from tiling.modules.router import RouterState, RunningCalibration, TileRouter, TileRouterState, TokenRouter, \
+    linear_density, ratio_loss
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.tile import TilePlan
 
@@ -77,13 +79,9 @@ class TiledMambaState:
     position : tokens consumed so far.
     held : block scope: (batch, d_model) the output of the current segment.
     chunk : block scope: the pool of the current segment.
-    router : block scope: the learned router's previous key.
-    signal : block scope: (batch, ≤ T) float64 the per-token signal of the current tile.
-    tiles : block scope: the densities ``(ρ_i, predictor_i)`` (batch, tiles done) of the finished
-        tiles (the policy's history).
-    carry : block scope: (batch,) the rounding error carried to the next tile
-        (:func:`~tiling.modules.chunk.dithered_counts`).
-    boundary : block scope: (batch, T) the segment starts of the current tile.
+    router : block scope, ``boundaries="token"``: the learned router's previous key.
+    tile_router : block scope, ``boundaries="tile"``: the policy's history
+        (:class:`~tiling.modules.router.TileRouterState`).
     last_start : block scope: (batch,) the position of the current segment's representative.
     proj : block scope: the signal's composite map, computed once.
 
@@ -99,10 +97,7 @@ class TiledMambaState:
     held: Tensor | None = None
     chunk: ChunkState | None = None
     router: RouterState | None = None
-    signal: Tensor | None = None
-    tiles: tuple | None = None
-    carry: Tensor | None = None
-    boundary: Tensor | None = None
+    tile_router: TileRouterState | None = None
     last_start: Tensor | None = None
     proj: tuple | None = None
 
@@ -123,11 +118,15 @@ class TiledMamba(nn.Module):
         resolution policy and its calibration, state-dimension policy, routing, scope, boundaries,
         signal channels, router rank, pooling); default ``TilingConfig()``. The layer keeps it as
         :attr:`tiling` with ``s_max`` resolved to ``d_state`` (``s_max`` must be ``≤ d_state`` and
-        ``router_rank ≤ d_model``). ``calibration="running"`` adds the submodule ``calibrator``
-        (:class:`~tiling.modules.router.RunningCalibration`, buffers ``calibrator.quantiles`` and
-        ``calibrator.updates``; checkpoints with the former names ``calibration_quantiles`` and
-        ``calibration_updates`` still load), updated in training mode after the batch's resolutions
-        are set, so a batch never calibrates itself. Block scope: the whole mixer runs on one token
+        ``router_rank ≤ d_model``). With ``boundaries="tile"`` (both scopes) the policy is the
+        submodule ``tile_router`` (:class:`~tiling.modules.router.TileRouter`);
+        ``calibration="running"`` gives it the submodule ``calibrator``
+        (:class:`~tiling.modules.router.RunningCalibration`, buffers
+        ``tile_router.calibrator.quantiles`` and ``tile_router.calibrator.updates``; checkpoints with
+        the former names ``calibrator.*`` and ``calibration_quantiles``/``calibration_updates`` still
+        load), updated in training mode after the batch's resolutions are set, so a batch never
+        calibrates itself. With ``boundaries="token"`` the submodule ``router`` is the learned
+        :class:`~tiling.modules.router.TokenRouter`. Block scope: the whole mixer runs on one token
         per segment (module docstring; ``docs/tiling.md``, "Block scope"); it has no
         state-dimension policy, routing or φ (those act inside the scan's tiles).
     **options : deprecated (removed in the next release, with a ``DeprecationWarning``): the former
@@ -139,6 +138,9 @@ class TiledMamba(nn.Module):
     ----------
     tiling : the :class:`~tiling.config.TilingConfig` with ``s_max`` resolved.
     routing : whether cross-tile routing is on (``tiling.routes``).
+    tile_router : the policy, :class:`~tiling.modules.router.TileRouter` (``boundaries="tile"``).
+    router : block scope: the learned :class:`~tiling.modules.router.TokenRouter`
+        (``boundaries="token"``), or None.
     ratio_loss : H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to
         the task loss; None otherwise.
 
@@ -237,9 +239,9 @@ class TiledMamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
 
         # --- new parameters, initialised to the identity / zero contribution ---
-        # the policy's running calibration (causal adaptive policy, calibration="running")
-        self.calibrator = RunningCalibration(tiling.calibration_levels, tiling.calibration_momentum, device=device) \
-            if tiling.calibration == "running" else None
+        # the tile policy and its running calibration (calibration="running")
+        if tiling.boundaries == "tile":
+            self.tile_router = TileRouter(self.tiling, device=device)
         if tiling.scope == "scan":
             # φ (seed 001 §3.3.1): h ← h ⊙ exp(g·(R_i − R_{i−1})) at a tile boundary; g = 0 is φ = id.
             self.transition_gain = nn.Parameter(torch.zeros(self.d_inner, self.d_state, **factory))
@@ -273,13 +275,23 @@ class TiledMamba(nn.Module):
     scope = property(lambda self: self.tiling.scope, doc="``\"block\"`` or ``\"scan\"`` (``tiling.scope``).")
     boundaries = property(lambda self: self.tiling.boundaries, doc="Segment boundaries (``tiling.boundaries``).")
 
+    @property
+    def calibrator(self) -> RunningCalibration | None:
+        """The policy's running calibration (``tile_router.calibrator``), or None."""
+        return self.tile_router.calibrator if self.boundaries == "tile" else None
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
-        """Checkpoints written before the calibration moved into :class:`RunningCalibration` name its
-        buffers ``calibration_quantiles`` / ``calibration_updates``: read them as ``calibrator.*``."""
+        """Checkpoints written before the policy moved into :class:`~tiling.modules.router.TileRouter`
+        name the calibration's buffers ``calibrator.*``, and before the calibration became a
+        :class:`~tiling.modules.router.RunningCalibration` ``calibration_quantiles`` /
+        ``calibration_updates``: read them as ``tile_router.calibrator.*``. A token-boundary layer,
+        which has no calibration and never read them, drops them."""
         for old, new in _RENAMED_KEYS.items():
             if prefix + old in state_dict:
-                state_dict[prefix + new] = state_dict.pop(prefix + old)
+                value = state_dict.pop(prefix + old)
+                if self.boundaries == "tile":
+                    state_dict[prefix + new] = value
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -380,32 +392,6 @@ class TiledMamba(nn.Module):
         with torch.no_grad():
             proj, offset, w, b, scale = self._signal_maps() if maps is None else maps
             return linear_density(x, proj, w, b, scale, offset=offset, validate=False)
-
-    def _plan_tiles(self, rho: Tensor, curvature: Tensor | None, budget: float, update: bool = False) -> TilePlan:
-        """:func:`~tiling.policy.plan_tiles` of the per-token density ``rho`` (b, L) at ``budget``
-        with the running reference; ``update``: fold this batch into the running calibration
-        afterwards (so that a batch never calibrates itself)."""
-        config = self._config(budget)
-        with torch.no_grad():
-            plan = plan_tiles(rho, config, curvature=curvature, reference=self._reference())
-            if update and self._reference_used():
-                kappa = None if curvature is None else tile_mean(
-                    curvature.detach().to(device=rho.device, dtype=torch.float64), self.tile_size)
-                pred_tile = plan_densities(rho, config)[1]
-                self.calibrator.update(tile_importance(pred_tile, exponent=config.exponent, curvature=kappa,
-                                                       curvature_weight=config.curvature_weight))
-        return plan
-
-    def _config(self, budget: float) -> TilingConfig:
-        """The layer's configuration at a call's budget (already checked by :meth:`_budget`)."""
-        return self.tiling if budget == self.tiling.budget else self.tiling.replace(budget=budget)
-
-    def _reference_used(self) -> bool:
-        """Whether the policy reads the running calibration (causal layer, ``calibration="running"``)."""
-        return self.calibrator is not None and self.causal
-
-    def _reference(self) -> Tensor | None:
-        return self.calibrator.reference() if self._reference_used() else None
 
     def _route(self, y: Tensor, tile_states: Tensor, C: Tensor, R: Tensor, S: Tensor | None) -> Tensor:
         """Add ``g ⊙ tanh(W_s·read(s_i) + W_r·(R_i − R_{i+1}))`` to the outputs of tile ``i+1``.
@@ -526,7 +512,7 @@ class TiledMamba(nn.Module):
             if self._full(c):
                 R, rho_tile = torch.ones(batch, n_tiles), tile_density(rho.to(torch.float64), self.tile_size)
             else:
-                tp = self._plan_tiles(rho, curvature, c, update=self.training)
+                tp = self.tile_router(rho, curvature=curvature, budget=c)
                 R, rho_tile = tp.resolution, tp.density
                 S = None if self.tiling.state_k is None else tp.state_dims.to(x.device)
         need_tiles = self.routing and n_tiles > 1
@@ -570,7 +556,7 @@ class TiledMamba(nn.Module):
         if uniform:
             R = torch.full((batch, n_tiles), c)
         else:
-            tp = self._plan_tiles(rho, curvature, c, update=update)
+            tp = (self.tile_router if update else self.tile_router.plan)(rho, curvature=curvature, budget=c)
             R, rho_tile = tp.resolution, tp.density
         m, _ = dithered_counts(R, T)
         if bool((m == T).all()):
@@ -617,7 +603,7 @@ class TiledMamba(nn.Module):
             if self._full(c):
                 R, S, rho_tile = torch.ones(batch, -(-L // self.tile_size)), None, tile_density(rho.double(), self.tile_size)
             else:
-                tp = self._plan_tiles(rho, curvature, c)
+                tp = self.tile_router.plan(rho, curvature=curvature, budget=c)
                 R, rho_tile = tp.resolution, tp.density
                 S = None if self.tiling.state_k is None else tp.state_dims
         return self._make_plan(R, S, rho_tile, rho, L, c)
@@ -706,7 +692,8 @@ class TiledMamba(nn.Module):
         Returns
         -------
         :class:`TiledMambaState`: conv window, scan state, routed vector; in the block scope also the
-        held output, the pool, the router's key and the signal's maps.
+        held output, the pool, the router's key or the policy's history (:meth:`TileRouter.allocate
+        <tiling.modules.router.TileRouter.allocate>`) and the signal's maps.
 
         Raises
         ------
@@ -726,11 +713,10 @@ class TiledMamba(nn.Module):
             return state
         with torch.no_grad():
             maps = self._signal_maps() if self.boundaries == "tile" else None
+        tile = self.boundaries == "tile"
         return replace(state, held=p.new_zeros(batch, self.d_model), chunk=self.chunk.allocate(batch, p),
                        router=RouterState(key=None) if self.router is not None else None,
-                       signal=torch.zeros(batch, 0, dtype=torch.float64, device=p.device),
-                       tiles=(torch.zeros(batch, 0, dtype=torch.float64, device=p.device),) * 2,
-                       carry=torch.zeros(batch, dtype=torch.float64),
+                       tile_router=self.tile_router.allocate(batch, device=p.device) if tile else None,
                        last_start=torch.zeros(batch, dtype=torch.int64, device=p.device), proj=maps)
 
     def step(self, hidden_states: Tensor, state: TiledMambaState, *, budget: float | None = None
@@ -765,11 +751,12 @@ class TiledMamba(nn.Module):
         and added to the next tile's outputs.
 
         Block scope: at the layer's budget (or ``budget``), equal to :meth:`forward` token by
-        token. At the first token of a tile the causal policy sets the tile's segments from the
-        signal of the earlier tiles; at a segment start the mixer takes one step on the
-        representative (``O(mixer)``), elsewhere the token only joins the pool and the held
-        output is returned (``O(d_model)``, plus the signal's ``d_model·(dt_rank + N)``).
-        Needs ``causal=True``.
+        token. The tile router decides the segment starts (:meth:`TileRouter.step
+        <tiling.modules.router.TileRouter.step>`: at the first token of a tile the causal policy
+        sets the tile's segments from the signal of the earlier tiles); at a segment start the
+        mixer takes one step on the representative (``O(mixer)``), elsewhere the token only joins
+        the pool and the held output is returned (``O(d_model)``, plus the signal's
+        ``d_model·(dt_rank + N)``). Needs ``causal=True``.
         """
         check_tensor(hidden_states, "hidden_states", ndim=(2, 3))  # one token: the NaN check costs O(d_model)
         if not isinstance(state, TiledMambaState):
@@ -827,33 +814,13 @@ class TiledMamba(nn.Module):
     def _step_block(self, x: Tensor, state: TiledMambaState, c: float) -> tuple[Tensor, TiledMambaState]:
         if not self.causal:
             raise ValueError("step() needs a causal layer (causal=True): a non-causal plan reads later tokens")
-        batch, T, t = x.shape[0], self.tile_size, state.position
-        off = t % T
-        signal, tiles, carry = state.signal, state.tiles, state.carry
-        boundary, rstate = state.boundary, state.router
+        batch, t, rstate, tstate = x.shape[0], state.position, state.router, state.tile_router
         if self.boundaries == "tile":
-            if not self._full(c):
-                uniform = self.policy == "uniform"
-                if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
-                    if uniform:
-                        R = torch.full((batch, 1), c)
-                    else:
-                        place = tiles[0].new_zeros(batch, 1)  # tile i itself: a placeholder the policy never reads
-                        R = tile_policy(torch.cat([tiles[0], place], 1), torch.cat([tiles[1], place], 1),
-                                        self._config(c), reference=self._reference())[0][:, -1:]
-                    m, carry = dithered_counts(R, T, carry)
-                    boundary = segment_boundaries(m.to(x.device), T, T)
-                    signal = signal[:, :0]
-                if not uniform:  # the tile's signal, folded into the history when the tile ends
-                    proj, offset, w, b, scale = state.proj
-                    rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset, validate=False)
-                    signal = torch.cat([signal, rho_t.to(torch.float64)], dim=1)
-                    if off == T - 1:
-                        done = plan_densities(signal, self.tiling)
-                        tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, done))
-                starts = boundary[:, off]
-            else:
-                starts = torch.ones(batch, dtype=torch.bool, device=x.device)
+            rho_t = None
+            if self.tile_router.reads_signal(c):
+                proj, offset, w, b, scale = state.proj
+                rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset, validate=False)[:, 0]
+            starts, tstate = self.tile_router.step(rho_t, tstate, budget=c)
         elif c >= 1.0:
             starts = torch.ones(batch, dtype=torch.bool, device=x.device)
         else:
@@ -870,7 +837,7 @@ class TiledMamba(nn.Module):
             ssm = torch.where(s.unsqueeze(-1), ssm_n, ssm)
             last_start = torch.where(starts, torch.full_like(last_start, t), last_start)
         new = replace(state, conv=conv, ssm=ssm, position=t + 1, held=held, chunk=cstate, router=rstate,
-                      signal=signal, tiles=tiles, carry=carry, boundary=boundary, last_start=last_start)
+                      tile_router=tstate, last_start=last_start)
         return held, new
 
 
@@ -917,7 +884,13 @@ def _tiling_config(tiling: TilingConfig | None, options: dict) -> TilingConfig:
     return tiling
 
 
-#: buffer names of checkpoints written before the calibration became a submodule → current names
-_RENAMED_KEYS = {"calibration_quantiles": "calibrator.quantiles", "calibration_updates": "calibrator.updates"}
+#: buffer names of earlier checkpoints (before the calibration became a submodule, then before the
+#: policy moved into the TileRouter) → current names
+_RENAMED_KEYS = {
+    "calibration_quantiles": "tile_router.calibrator.quantiles",
+    "calibration_updates": "tile_router.calibrator.updates",
+    "calibrator.quantiles": "tile_router.calibrator.quantiles",
+    "calibrator.updates": "tile_router.calibrator.updates",
+}
 
 __all__ = ["TiledMamba", "TiledMambaState"]
