@@ -725,17 +725,30 @@ def linear_softmax_metric(
         raise ValueError(f"h must have shape (n, {d}) to match W {tuple(W.shape)}, got {tuple(h.shape)}")
     if b is not None:
         check_tensor(b, "b", shape=(V,))
+    return _softmax_head_metric(W, h, b=b, chunk_size=chunk_size, names=("W", "h"))
+
+
+def _softmax_head_metric(W: Tensor, h: Tensor, *, b: Tensor | None = None, mask: Tensor | None = None,
+                         chunk_size: int | None = None, names: tuple[str, str]) -> Tensor:
+    """The centred metric of p = softmax(W h + b) per token (:func:`linear_softmax_metric`'s Notes),
+    keys outside ``mask`` (n, V) at p = 0; a metric that overflows the dtype is a ``ValueError``
+    naming the caller's arguments ``names`` (for W and h) with their magnitudes."""
+    V, d = W.shape
     chunk = _auto_chunk(chunk_size, V * d)
     out = []
-    for hc in h.split(chunk):
+    for start in range(0, h.shape[0], chunk):
+        hc = h[start:start + chunk]
         logits = hc @ W.T
         if b is not None:
             logits = logits + b
+        if mask is not None:  # masked keys get p = 0 and so drop out of the centred sum
+            logits = logits.masked_fill(~mask[start:start + chunk], float("-inf"))
         out.append(_softmax_fisher_from_jacobian(W.expand(hc.shape[0], V, d), logits))
     G = torch.cat(out)
     if not bool(torch.isfinite(G).all()):
-        raise ValueError(f"W and h are too large: the metric overflows {G.dtype} (|W| up to {float(W.abs().max()):.3g}, "
-                         f"|h| up to {float(h.abs().max()):.3g})")
+        w, x = names
+        raise ValueError(f"{w} and {x} are too large: the metric overflows {G.dtype} (|{w}| up to "
+                         f"{float(W.abs().max()):.3g}, |{x}| up to {float(h.abs().max()):.3g})")
     return G
 
 
@@ -766,7 +779,8 @@ def attention_row_metric(
     TypeError
         ``scale`` is not a float, or ``mask`` is not a bool tensor.
     ValueError
-        The shapes do not match, ``scale`` is not finite, or a mask row allows no key.
+        The shapes do not match, ``scale`` is not finite, a mask row allows no key, or ``q`` and
+        ``K`` are so large that the metric overflows the dtype (the message names both).
 
     Notes
     -----
@@ -793,23 +807,14 @@ def attention_row_metric(
     scale = float(scale)
     if not math.isfinite(scale):
         raise ValueError(f"scale must be finite, got {scale}")
-    Ks = K * scale
-    if mask is None:
-        return linear_softmax_metric(Ks, q, chunk_size=chunk_size)
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        raise TypeError(f"mask must be a bool tensor, got {type(mask).__name__ if not isinstance(mask, torch.Tensor) else mask.dtype}")
-    check_same_device(q=q, mask=mask)
-    check_tensor(mask, "mask", shape=(q.shape[0], K.shape[0]), floating=False)
-    if not bool(mask.any(-1).all()):
-        raise ValueError("mask must allow at least one key in every row")
-    m = K.shape[0]
-    chunk = _auto_chunk(chunk_size, m * d)
-    out = []
-    for qc, mc in zip(q.split(chunk), mask.split(chunk)):
-        logits = (qc @ Ks.T).masked_fill(~mc, float("-inf"))
-        # Masked keys get p = 0 and so drop out of the centred sum.
-        out.append(_softmax_fisher_from_jacobian(Ks.expand(qc.shape[0], m, d), logits))
-    return check_finite(torch.cat(out), "attention-row metric")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a bool tensor, got {type(mask).__name__ if not isinstance(mask, torch.Tensor) else mask.dtype}")
+        check_same_device(q=q, mask=mask)
+        check_tensor(mask, "mask", shape=(q.shape[0], K.shape[0]), floating=False)
+        if not bool(mask.any(-1).all()):
+            raise ValueError("mask must allow at least one key in every row")
+    return _softmax_head_metric(K * scale, q, mask=mask, chunk_size=chunk_size, names=(f"K (times scale {scale:g})", "q"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,6 +30,11 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     (lambda: fisher.categorical_metric(torch.ones(0, 3, dtype=F64)), None, None),
     (lambda: fisher.monte_carlo_fisher(lambda x, t: x.sum() * t.sum(), lambda t, n, g: torch.zeros(n),
                                        torch.zeros(0, dtype=F64), 2), ValueError, "theta must hold"),
+    *[(lambda mask=mask: fisher.attention_row_metric(torch.tensor([[1e300, -0.5], [0.7, -0.9]], dtype=F64),
+                                                      torch.tensor([[0.4, 0.8], [1e300, 0.4], [0.6, -0.9]], dtype=F64),
+                                                      scale=0.5, mask=mask),
+       ValueError, r"K \(times scale 0.5\) and q are too large")  # found by test_fuzz_api_large: named no argument
+      for mask in (None, torch.tensor([[True, True, False], [True, True, True]]))],
     *[(lambda th=th: fisher.empirical_fisher(lambda x, t: -0.5 * (x - t[0]) ** 2, torch.ones(4, dtype=F64), th),
        ValueError, "theta must hold at least one parameter")  # found by test_fuzz_api_large: an IndexError
       for th in (torch.zeros(0, dtype=F64), torch.zeros(0, 2, dtype=F64), torch.zeros(3, 0, dtype=F64))],
