@@ -24,6 +24,7 @@ from hypothesis import given, strategies as st
 from conftest import FUZZ_CASES, fuzz_settings, tiling_kwargs
 from infogeo import curvature, fisher, flow, geodesic, graph, laplacian
 from tiling import modules, ops
+from tiling.config import TilingConfig
 
 F64 = torch.float64
 
@@ -222,6 +223,42 @@ def TokenRouter_forward(draw):
     b, L, d = draw(st.integers(1, 2)), draw(st.integers(1, 10)), draw(st.integers(1, 6))
     router = modules.TokenRouter(d, rank=draw(st.integers(1, d))).double()
     return Call(lambda x: router(x), dict(x=gen(draw, b, L, d)), ["x"], shape=(b, L))
+
+
+def _tile_router(draw, *, causal: bool) -> tuple:
+    T = draw(st.integers(1, 6))
+    config = TilingConfig(tile_size=T, budget=draw(st.sampled_from([0.25, 0.5, 1.0])), r_min=0.0625,
+                          policy=draw(st.sampled_from(["adaptive", "uniform", "binary"])), causal=causal)
+    return modules.TileRouter(config), config
+
+
+@spec
+def TileRouter_forward(draw):
+    b, L = draw(st.integers(1, 2)), draw(st.integers(1, 12))
+    router, config = _tile_router(draw, causal=draw(st.booleans()))
+
+    def run(density, curvature=None, budget=None):
+        plan = router(density, curvature=curvature, budget=budget)
+        return plan.resolution, plan
+
+    kw = dict(density=gen(draw, b, L, low=0.0), budget=config.budget)
+    if draw(st.booleans()):
+        kw["curvature"] = gen(draw, b, L)
+    return Call(run, kw, [k for k in kw if k != "budget"], {"budget": [0.0, 2.0]},
+                shape=(b, -(-L // config.tile_size)))
+
+
+@spec
+def TileRouter_step(draw):
+    """One decoding step after a valid prefix of 0..2T tokens (only the step's own arguments are spoiled)."""
+    b = draw(st.integers(1, 2))
+    router, config = _tile_router(draw, causal=True)
+    state = router.allocate(b)
+    for _ in range(draw(st.integers(0, 2 * config.tile_size))):
+        _, state = router.step(gen(draw, b, low=0.0), state)
+    return Call(lambda signal_t, budget=None: router.step(signal_t, state, budget=budget),
+                dict(signal_t=gen(draw, b, low=0.0), budget=config.budget), ["signal_t"], {"budget": [0.0, 2.0]},
+                shape=(b,), names=("state",))
 
 
 @spec
@@ -646,7 +683,8 @@ def test_every_public_function_has_a_spec():
     assert set(ops.__all__) == covered and covered <= set(SPECS)
     mod_names = {"Chunk": "Chunk_Dechunk", "Dechunk": "Chunk_Dechunk", "SegmentLayout": "layout_from_counts",
                  "TiledMamba": "TiledMamba_forward", "TiledMambaState": "TiledMamba_step",
-                 "TokenRouter": "TokenRouter_forward", "layout_from_boundaries": "layout_from_boundaries",
+                 "TokenRouter": "TokenRouter_forward", "TileRouter": "TileRouter_forward",
+                 "TileRouterState": "TileRouter_step", "layout_from_boundaries": "layout_from_boundaries",
                  "layout_from_counts": "layout_from_counts", "linear_density": "linear_density",
                  "ratio_loss": "ratio_loss"}
     assert set(modules.__all__) == set(mod_names) and set(mod_names.values()) <= set(SPECS)

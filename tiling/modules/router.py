@@ -541,8 +541,8 @@ class TileRouter(nn.Module):
             ``state`` is not a :class:`TileRouterState`, or ``signal_t`` not a floating tensor.
         ValueError
             The router is not causal or not of the block scope (the scan scope's last tile is
-            divided by its own length, which a prefix does not know), or ``signal_t`` is missing
-            or not (batch,).
+            divided by its own length, which a prefix does not know), or ``signal_t`` is missing,
+            not (batch,), holds NaN/Inf or is negative.
         """
         if not isinstance(state, TileRouterState):
             raise TypeError(f"state must be a TileRouterState (TileRouter.allocate), got {type(state).__name__}")
@@ -557,7 +557,9 @@ class TileRouter(nn.Module):
         if not uniform:
             if signal_t is None:
                 raise ValueError(f"signal_t is needed by the {config.policy!r} policy at budget {config.budget}")
-            check_tensor(signal_t, "signal_t", shape=(batch,), finite=False)
+            check_tensor(signal_t, "signal_t", shape=(batch,))  # a NaN would reach the policy's history
+            if bool((signal_t < 0).any()):
+                raise ValueError(f"signal_t must be a non-negative density, got min {float(signal_t.min()):.6g}")
         signal, tiles, carry, boundary = state.signal, state.tiles, state.carry, state.boundary
         if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
             if uniform:

@@ -820,6 +820,9 @@ class TiledMamba(nn.Module):
             if self.tile_router.reads_signal(c):
                 proj, offset, w, b, scale = state.proj
                 rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset, validate=False)[:, 0]
+                if not bool(torch.isfinite(rho_t).all()):  # finite but huge: name the caller's argument
+                    raise ValueError(f"hidden_states (values up to {float(x.abs().max()):.3g}) made the resolution "
+                                     "signal overflow; the state is unchanged")
             starts, tstate = self.tile_router.step(rho_t, tstate, budget=c)
         elif c >= 1.0:
             starts = torch.ones(batch, dtype=torch.bool, device=x.device)
