@@ -245,7 +245,7 @@ def laplacian(
     if bandwidth is None:
         bandwidth = default_bandwidth(graph, k)
     else:
-        check_positive(torch.as_tensor(bandwidth, dtype=torch.float64), "bandwidth")
+        check_positive(bandwidth, "bandwidth")  # a TypeError naming it for a non-number (was torch's own)
     eps = float(bandwidth)
     t = eps * eps / 4.0
     if not 0 < t < math.inf:

@@ -35,6 +35,7 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
                                                       scale=0.5, mask=mask),
        ValueError, r"K \(times scale 0.5\) and q are too large")  # found by test_fuzz_api_large: named no argument
       for mask in (None, torch.tensor([[True, True, False], [True, True, True]]))],
+    (lambda: laplacian.laplacian(x5, bandwidth="x"), TypeError, "bandwidth must be a real number"),  # fuzz: torch's message
     *[(lambda th=th: fisher.empirical_fisher(lambda x, t: -0.5 * (x - t[0]) ** 2, torch.ones(4, dtype=F64), th),
        ValueError, "theta must hold at least one parameter")  # found by test_fuzz_api_large: an IndexError
       for th in (torch.zeros(0, dtype=F64), torch.zeros(0, 2, dtype=F64), torch.zeros(3, 0, dtype=F64))],
