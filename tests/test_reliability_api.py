@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infogeo import curvature, fisher, graph, laplacian
-from tiling import modules, ops
+from tiling import metrics, modules, ops
 from tiling.config import TilingConfig
 
 F64 = torch.float64
@@ -36,6 +36,7 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
        ValueError, r"K \(times scale 0.5\) and q are too large")  # found by test_fuzz_api_large: named no argument
       for mask in (None, torch.tensor([[True, True, False], [True, True, True]]))],
     (lambda: laplacian.laplacian(x5, bandwidth="x"), TypeError, "bandwidth must be a real number"),  # fuzz: torch's message
+    (lambda: metrics.information_density(torch.rand(4, dtype=F64), 2, ref="x"), TypeError, "ref must be a real number"),
     *[(lambda th=th: fisher.empirical_fisher(lambda x, t: -0.5 * (x - t[0]) ** 2, torch.ones(4, dtype=F64), th),
        ValueError, "theta must hold at least one parameter")  # found by test_fuzz_api_large: an IndexError
       for th in (torch.zeros(0, dtype=F64), torch.zeros(0, 2, dtype=F64), torch.zeros(3, 0, dtype=F64))],

@@ -274,7 +274,7 @@ def information_density(grad_sq: Tensor, state_dim: Tensor | int, *, normalised:
     if ref is None:
         med = float(x.median()) if x.numel() else 1.0
         ref = med if med > 0 else 1.0
-    check_positive(torch.tensor(float(ref), dtype=torch.float64), "ref")
+    check_positive(ref, "ref")
     return x / (x + ref)
 
 
