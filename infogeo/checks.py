@@ -225,10 +225,11 @@ def check_probability(p: Tensor, name: str, *, dim: int = -1, atol: float | None
     check_tensor(p, name, min_ndim=1)
     if p.numel() == 0:
         return p  # an empty batch: nothing to check
-    if bool((p <= 0).any()):
-        raise ValueError(f"{name} must be strictly positive (a point of the open simplex), got min {float(p.min()):.3g}")
+    v = p.detach()  # values only (float() of a tensor that requires grad warns)
+    if bool((v <= 0).any()):
+        raise ValueError(f"{name} must be strictly positive (a point of the open simplex), got min {float(v.min()):.3g}")
     tol = atol if atol is not None else (1e-4 if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9)
-    err = float((p.sum(dim) - 1).abs().max())
+    err = float((v.sum(dim) - 1).abs().max())
     if err > tol:
         raise ValueError(f"{name} must sum to 1 along dim {dim} (max deviation {err:.3g} > {tol:g})")
     return p

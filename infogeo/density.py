@@ -273,4 +273,6 @@ def path_length(curve: Tensor, metric: Tensor | MetricField | None = None) -> Te
         if bool((sq < -tol).any()):
             raise ValueError(f"metric is not positive semi-definite along the curve (min vᵀgv = {float(sq.min()):.3g})")
         sq = sq.clamp(min=0)
-    return sq.sqrt().sum(-1)
+    # a zero step (two equal points) is the vertex of a cone: subgradient 0, not sqrt's 0 · ∞ = NaN
+    moving = sq > 0
+    return torch.where(moving, torch.where(moving, sq, 1.0).sqrt(), 0.0).sum(-1)

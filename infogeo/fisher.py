@@ -127,6 +127,7 @@ def _check_closed_simplex(p: Tensor, name: str) -> None:
     check_tensor(p, name, min_ndim=1)
     if p.numel() == 0:
         return
+    p = p.detach()  # the checks read values only (float() of a tensor that requires grad warns)
     if bool((p < 0).any()):
         raise ValueError(f"{name} must be non-negative (a point of the simplex), got min {float(p.min()):.3g}")
     tol = 1e-4 if p.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-9
@@ -169,6 +170,15 @@ def categorical_distance(p: Tensor, q: Tensor) -> Tensor:
     continuously to the closed simplex (the image of p ↦ 2√p is the closed orthant of the
     sphere, the metric completion), so zero probabilities are accepted here. Attention rows under
     a causal mask, and float32 softmax outputs that underflow, contain exact zeros.
+
+    Gradients on the boundary (:func:`_sphere_chord`). With c = ‖√p − √q‖,
+    ∂c/∂p_k = (1 − √(q_k/p_k)) / (2c), finite wherever p_k > 0. At p_k = 0 = q_k it is the
+    one-sided limit, 1/(2c) (the term (√p_k − √q_k)² is p_k there). At p_k = 0 < q_k the one-sided
+    derivative is −∞ (the distance is not differentiable there); the ratio √(q_k/p_k) is then
+    taken as 0, so ∂c/∂p_k = 1/(2c): a documented subgradient convention, exact in every
+    parametrisation that keeps p_k = 0 (a masked or underflowing softmax: ∂p_k/∂logits = 0 there,
+    and the limit of the product is 0). At p = q (c = 0, the vertex of a cone) the gradient is the
+    subgradient 0. Both, and the second derivatives, are finite everywhere on the closed simplex.
     """
     _require_tensors(p=p, q=q)
     _check_closed_simplex(p, "p")
@@ -176,8 +186,46 @@ def categorical_distance(p: Tensor, q: Tensor) -> Tensor:
     if p.shape[-1] != q.shape[-1]:
         raise ValueError(f"p and q must have the same number of categories, got {p.shape[-1]} and {q.shape[-1]}")
     check_broadcastable(p=p, q=q)
-    chord = torch.linalg.vector_norm(p.sqrt() - q.sqrt(), dim=-1)
+    chord = _sphere_chord(*torch.broadcast_tensors(p, q))
+    # c ≤ √2 on the simplex (c² = 2 − 2Σ√(pq)), so asin's argument stays ≤ 1/√2: no infinite slope
     return 4.0 * torch.asin((chord / 2.0).clamp(max=1.0))
+
+
+def _root_ratio(a: Tensor, b: Tensor) -> Tensor:
+    """√(b/a) where a > 0 and b > 0, 0 elsewhere; its gradient is 0 where it is 0 (no 0·∞)."""
+    both = (a > 0) & (b > 0)
+    return torch.where(both, (torch.where(both, b, 1.0) / torch.where(both, a, 1.0)).sqrt(), 0.0)
+
+
+class _SphereChord(torch.autograd.Function):
+    """c = ‖√p − √q‖ over the last axis with the boundary gradients of :func:`categorical_distance`.
+
+    The backward is written in differentiable operations on the saved inputs and output, so
+    double backward (``create_graph=True``, ``gradgradcheck``) runs through it too.
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(p: Tensor, q: Tensor) -> Tensor:
+        return torch.linalg.vector_norm(p.sqrt() - q.sqrt(), dim=-1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs, output)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        p, q, c = ctx.saved_tensors
+        moving = c > 0  # c = 0: p = q, the vertex of a cone; subgradient 0
+        scale = torch.where(moving, grad / (2.0 * torch.where(moving, c, 1.0)), 0.0)[..., None]
+        return scale * (1.0 - _root_ratio(p, q)), scale * (1.0 - _root_ratio(q, p))
+
+
+def _sphere_chord(p: Tensor, q: Tensor) -> Tensor:
+    """‖√p − √q‖ over the last axis of same-shape points of the closed simplex (gradients: see
+    :func:`categorical_distance`, Notes)."""
+    return _SphereChord.apply(p, q)
 
 
 def _check_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str) -> None:
@@ -187,9 +235,9 @@ def _check_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str) -> N
     check_broadcastable(**{mu_name: mu, sigma_name: sigma})
     check_positive(sigma, sigma_name)
     floor = torch.finfo(sigma.dtype).tiny ** 0.5  # below it 1/σ² overflows
-    if sigma.numel() and float(sigma.min()) < floor:
+    if sigma.numel() and float(sigma.detach().min()) < floor:
         raise ValueError(f"{sigma_name} must be >= {floor:.3g} (1/σ² overflows {sigma.dtype} below), "
-                         f"got min {float(sigma.min()):.3g}")
+                         f"got min {float(sigma.detach().min()):.3g}")
 
 
 def normal_metric(mu: Tensor, sigma: Tensor) -> Tensor:
@@ -257,8 +305,18 @@ def normal_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) ->
     _check_normal(mu1, sigma1, "mu1", "sigma1")
     _check_normal(mu2, sigma2, "mu2", "sigma2")
     check_broadcastable(mu1=mu1, sigma1=sigma1, mu2=mu2, sigma2=sigma2)
-    chord = torch.hypot((mu1 - mu2) / math.sqrt(2.0), sigma1 - sigma2)  # hypot: no overflow of the squares
+    chord = _hypot((mu1 - mu2) / math.sqrt(2.0), sigma1 - sigma2)
     return 2.0 * math.sqrt(2.0) * torch.asinh(chord / (2.0 * torch.sqrt(sigma1) * torch.sqrt(sigma2)))
+
+
+def _hypot(a: Tensor, b: Tensor) -> Tensor:
+    """√(a² + b²) without overflow of the squares (``torch.hypot``), with gradient 0 at a = b = 0.
+
+    At equal points the distance is the vertex of a cone and has no gradient; ``torch.hypot``'s
+    backward gives 0/0 = NaN there, the subgradient 0 is returned instead (as ``torch.linalg.vector_norm`` does).
+    """
+    moving = (a != 0) | (b != 0)
+    return torch.where(moving, torch.hypot(torch.where(moving, a, 1.0), torch.where(moving, b, 1.0)), 0.0)
 
 
 def _check_diag_normal(mu: Tensor, sigma: Tensor, mu_name: str, sigma_name: str) -> None:
@@ -519,7 +577,10 @@ def _softmax_fisher_from_jacobian(J: Tensor, logits: Tensor) -> Tensor:
     """
     p = torch.softmax(logits, dim=-1)
     centred = J - (p[..., None] * J).sum(-2, keepdim=True)
-    A = p.sqrt()[..., None] * centred
+    # √p with derivative 0 at p = 0 (torch's is ∞, and ∞ · 0 = NaN through the softmax): a class
+    # with p_k = 0 (masked, or underflowed) adds nothing to the sum, and ∂p_k/∂logits = 0 there
+    live = p > 0
+    A = torch.where(live, torch.where(live, p, 1.0).sqrt(), 0.0)[..., None] * centred
     return A.transpose(-1, -2) @ A
 
 
@@ -827,6 +888,7 @@ def _check_metric(G: Tensor, name: str = "G") -> None:
     check_precise(G, name)
     if G.shape[-1] != G.shape[-2] or G.shape[-1] < 1:
         raise ValueError(f"{name} must have shape (..., d, d), got {tuple(G.shape)}")
+    G = G.detach()  # values only
     scale = float(G.abs().max()) if G.numel() else 0.0
     tol = (1e-10 if G.dtype == torch.float64 else 1e-4) * max(scale, 1.0)
     asym = float((G - G.transpose(-1, -2)).abs().max()) if G.numel() else 0.0
