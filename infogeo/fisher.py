@@ -538,7 +538,8 @@ def monte_carlo_fisher(
     -----
     This is :func:`empirical_fisher` at samples drawn from the model at the same θ, so the
     estimate is unbiased and its error falls like 1/√n. The samples are treated as constants
-    (score-function form): no gradient flows through the sampler.
+    (score-function form): no gradient flows through the sampler, and θ itself is detached, so
+    the estimate carries no gradient (differentiate :func:`empirical_fisher` at fixed samples instead).
     """
     if not callable(sampler):
         raise TypeError(f"sampler must be callable sampler(theta, n_samples, generator), got {type(sampler).__name__}")
