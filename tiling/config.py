@@ -212,4 +212,276 @@ class TilingConfig:
         return cls(**data)
 
 
-__all__ = ["TilingConfig"]
+
+
+
+# ----------------------------------------------------------------------------- whole models
+#: boundary signals of the hourglass (tiling.modules.boundary): the seeds' information density read
+#: from an auxiliary next-byte head (entropy, surprisal, Fisher–Rao speed), the layer's linearised
+#: density, H-Net's learned router, and two baselines (uniform pooling, SpaceByte's space-like bytes)
+SIGNALS = ("entropy", "surprisal", "fisher_rao", "linear", "router", "uniform", "space")
+#: the signals read from the auxiliary next-byte head (they need ``aux_weight > 0`` to be trained)
+AUX_SIGNALS = ("entropy", "surprisal", "fisher_rao")
+
+
+@dataclass(frozen=True)
+class MambaConfig:
+    """The shape of one Mamba layer (mamba_ssm's ``Mamba`` arguments that set it).
+
+    Parameters
+    ----------
+    d_model : width ``≥ 1``.
+    d_state : state size ``N ≥ 1``.
+    d_conv : causal conv width ``≥ 1``.
+    expand : ``d_inner = expand · d_model``, ``≥ 1``.
+    dt_rank : rank of Δ's projection, ``≥ 1``; None: ``⌈d_model / 16⌉`` (Mamba's "auto").
+
+    Raises
+    ------
+    TypeError, ValueError
+        A field is not an int in its range (named).
+    """
+
+    d_model: int
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 1
+    dt_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        for name in ("d_model", "d_state", "d_conv", "expand"):
+            put(name, check_int(getattr(self, name), name, minimum=1, maximum=2 ** 20))
+        if self.dt_rank is not None:
+            put("dt_rank", check_int(self.dt_rank, "dt_rank", minimum=1, maximum=2 ** 20))
+
+    @property
+    def d_inner(self) -> int:
+        """``expand · d_model``."""
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        """The resolved ``dt_rank``."""
+        return math.ceil(self.d_model / 16) if self.dt_rank is None else self.dt_rank
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """The arguments of :class:`~tiling.modules.TiledMamba` after ``d_model``."""
+        return {"d_state": self.d_state, "d_conv": self.d_conv, "expand": self.expand,
+                "dt_rank": "auto" if self.dt_rank is None else self.dt_rank}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """A stack of ``n_layers`` Mamba layers of one shape (an hourglass stage; ``n_layers`` may be 0
+    for the encoder or the decoder)."""
+
+    n_layers: int
+    mamba: MambaConfig
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_layers", check_int(self.n_layers, "n_layers", minimum=0, maximum=1024))
+        if not isinstance(self.mamba, MambaConfig):
+            raise TypeError(f"mamba must be a MambaConfig, got {type(self.mamba).__name__}")
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    """Where the hourglass' segments start (:mod:`tiling.modules.boundary`).
+
+    Parameters
+    ----------
+    signal : one of :data:`SIGNALS`.
+    rule : ``"global"`` (a segment starts where the score exceeds the budget's threshold; BLT's
+        global rule) or ``"monotonic"`` (where the score *rises* by more than the threshold,
+        ``s_t − s_{t−1}``; BLT's monotonic rule).
+    form : ``"byte"`` (a boundary per byte) or ``"tile"`` (the seeds' per-tile ``R_i`` from the
+        tile's mean score, seed 001 §3.2.2, through :func:`tiling.policy.plan_tiles`).
+    aux_weight : weight ``≥ 0`` of the auxiliary next-byte head's cross-entropy in the loss; the
+        signals of :data:`AUX_SIGNALS` need it ``> 0``; 0 elsewhere removes the head.
+    ratio_weight : weight ``≥ 0`` of H-Net's ratio loss (``signal="router"``).
+    slack : byte form, causal: the controller's bound ``S ≥ 1`` (bytes) on the running surplus
+        ``D_t = Σ_{j≤t} (c − b_j)``, so ``|mean b − c| ≤ S / L``.
+    levels : running quantiles ``K ≥ 2`` of the score that set the threshold of any budget.
+    momentum : EMA weight ``∈ (0, 1]`` of a training batch in those quantiles.
+    router_rank : ``signal="router"``: rank of the router's maps (None: ``min(32, d_outer)``).
+    """
+
+    signal: str = "entropy"
+    rule: str = "global"
+    form: str = "byte"
+    aux_weight: float = 0.1
+    ratio_weight: float = 0.03
+    slack: float = 32.0
+    levels: int = 64
+    momentum: float = 0.05
+    router_rank: int | None = None
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        check_choice(self.signal, "signal", list(SIGNALS))
+        check_choice(self.rule, "rule", ["global", "monotonic"])
+        check_choice(self.form, "form", ["byte", "tile"])
+        check_positive(self.aux_weight, "aux_weight", strict=False)
+        put("aux_weight", float(self.aux_weight))
+        if self.signal in AUX_SIGNALS and self.aux_weight <= 0:
+            raise ValueError(f"signal={self.signal!r} reads the auxiliary next-byte head: aux_weight must be > 0, "
+                             f"got {self.aux_weight}")
+        check_positive(self.ratio_weight, "ratio_weight", strict=False)
+        put("ratio_weight", float(self.ratio_weight))
+        check_in_range(self.slack, "slack", 1.0, 1e9)
+        put("slack", float(self.slack))
+        put("levels", check_int(self.levels, "levels", minimum=2, maximum=4096))
+        check_in_range(self.momentum, "momentum", 0.0, 1.0, low_open=True)
+        put("momentum", float(self.momentum))
+        if self.router_rank is not None:
+            put("router_rank", check_int(self.router_rank, "router_rank", minimum=1))
+
+    @property
+    def uses_aux(self) -> bool:
+        """Whether the model has the auxiliary next-byte head."""
+        return self.aux_weight > 0
+
+
+def _stage_from(data: Any, name: str) -> StageConfig:
+    if isinstance(data, StageConfig):
+        return data
+    if not isinstance(data, dict) or not isinstance(data.get("mamba"), dict):
+        raise TypeError(f"{name} must be a StageConfig or a dict {{'n_layers': int, 'mamba': {{...}}}}, "
+                        f"got {type(data).__name__}")
+    return StageConfig(n_layers=data.get("n_layers"), mamba=MambaConfig(**data["mamba"]))
+
+
+@dataclass(frozen=True)
+class HourglassConfig:
+    """A byte-level hourglass LM (:class:`~tiling.modules.hourglass.HourglassLM`), nested and frozen.
+
+    Parameters
+    ----------
+    encoder, main, decoder : the stages. The encoder and decoder run at full resolution on every
+        byte (width ``d_outer = encoder.mamba.d_model``, which the decoder must share); the main
+        network runs on the compact sequence at width ``d_main = main.mamba.d_model ≥ d_outer``.
+    tiling : the main network's :class:`TilingConfig`: ``budget`` (the default budget ``c``),
+        ``r_min``, ``causal``, and for ``boundary.form="tile"`` the tile policy's options
+        (``tile_size``, ``policy``, ``slack``, ``calibration``...).
+    boundary : the :class:`BoundaryConfig`.
+    dechunk : ``"ema"`` (H-Net's smoothing of the compact outputs with the boundary probability,
+        and its confidence straight-through) or ``"hold"`` (each byte receives its segment's output).
+    budget_range : ``(low, high) ⊂ (0, 1]``: training samples the budget per step from it (elastic
+        level of detail); None: trained at ``tiling.budget`` only.
+    vocab_size : 256 for bytes.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A nested config of the wrong type, ``d_main < d_outer``, decoder width ≠ encoder width, a
+        budget range outside (0, 1] or reversed, a main network of 0 layers.
+    """
+
+    encoder: StageConfig
+    main: StageConfig
+    decoder: StageConfig
+    tiling: TilingConfig = TilingConfig(budget=0.25, tile_size=16)
+    boundary: BoundaryConfig = BoundaryConfig()
+    dechunk: str = "ema"
+    budget_range: tuple[float, float] | None = None
+    vocab_size: int = 256
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        for name in ("encoder", "main", "decoder"):
+            put(name, _stage_from(getattr(self, name), name))
+        if isinstance(self.tiling, dict):
+            put("tiling", TilingConfig.from_dict(self.tiling))
+        if isinstance(self.boundary, dict):
+            put("boundary", BoundaryConfig(**self.boundary))
+        if not isinstance(self.tiling, TilingConfig):
+            raise TypeError(f"tiling must be a TilingConfig, got {type(self.tiling).__name__}")
+        if not isinstance(self.boundary, BoundaryConfig):
+            raise TypeError(f"boundary must be a BoundaryConfig, got {type(self.boundary).__name__}")
+        if self.tiling.scope != "block" or self.tiling.boundaries != "tile":
+            raise ValueError("the hourglass' tiling must have scope='block' and boundaries='tile' (the boundary "
+                             "signal is chosen by boundary.signal)")
+        if self.main.n_layers < 1:
+            raise ValueError(f"main.n_layers must be >= 1, got {self.main.n_layers}")
+        if self.decoder.mamba.d_model != self.encoder.mamba.d_model:
+            raise ValueError(f"decoder.mamba.d_model must equal the encoder's (d_outer = {self.encoder.mamba.d_model}), "
+                             f"got {self.decoder.mamba.d_model}")
+        if self.main.mamba.d_model < self.encoder.mamba.d_model:
+            raise ValueError(f"main.mamba.d_model (d_main) must be >= d_outer = {self.encoder.mamba.d_model}, got "
+                             f"{self.main.mamba.d_model}")
+        check_choice(self.dechunk, "dechunk", ["ema", "hold"])
+        if self.budget_range is not None:
+            try:
+                lo, hi = (float(v) for v in self.budget_range)
+            except (TypeError, ValueError):
+                raise TypeError(f"budget_range must be a pair (low, high) of numbers, got {self.budget_range!r}") from None
+            if not (0.0 < lo <= hi <= 1.0):
+                raise ValueError(f"budget_range must satisfy 0 < low <= high <= 1, got ({lo}, {hi})")
+            if self.tiling.r_min > lo:
+                raise ValueError(f"budget_range's low end {lo} is below tiling.r_min = {self.tiling.r_min}")
+            put("budget_range", (lo, hi))
+        put("vocab_size", check_int(self.vocab_size, "vocab_size", minimum=2, maximum=2 ** 24))
+
+    @property
+    def d_outer(self) -> int:
+        """Width of the encoder and decoder."""
+        return self.encoder.mamba.d_model
+
+    @property
+    def d_main(self) -> int:
+        """Width of the main network."""
+        return self.main.mamba.d_model
+
+    def replace(self, **changes: Any) -> HourglassConfig:
+        """A copy with ``changes`` applied (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON-serialisable), the form checkpoints store."""
+        out = dataclasses.asdict(self)
+        out["budget_range"] = None if self.budget_range is None else list(self.budget_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HourglassConfig:
+        """The configuration of :meth:`to_dict`'s output.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``data`` is not a dict, has an unknown or a missing key, or a value fails the checks.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"an hourglass configuration must be a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown HourglassConfig fields {unknown}; known: {sorted(names)}")
+        missing = sorted({"encoder", "main", "decoder"} - set(data))
+        if missing:
+            raise ValueError(f"an hourglass configuration needs the stages {missing}")
+        data = dict(data)
+        if data.get("budget_range") is not None:
+            data["budget_range"] = tuple(data["budget_range"])
+        return cls(**data)
+
+
+def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: int = 1, main_layers: int = 4,
+                     decoder_layers: int = 1, d_state: int = 16, expand: int = 1, budget: float = 0.25,
+                     tile_size: int = 16, r_min: float = 0.0625, causal: bool = True, signal: str = "entropy",
+                     dechunk: str = "ema", budget_range: tuple[float, float] | None = None,
+                     **boundary: Any) -> HourglassConfig:
+    """A :class:`HourglassConfig` from flat options (the CLI's and the sweep's)."""
+    outer = MambaConfig(d_model=d_outer, d_state=d_state, expand=expand)
+    if boundary.get("aux_weight") is None:
+        boundary["aux_weight"] = 0.1 if signal in AUX_SIGNALS else 0.0
+    return HourglassConfig(
+        encoder=StageConfig(encoder_layers, outer),
+        main=StageConfig(main_layers, MambaConfig(d_model=d_main, d_state=d_state, expand=expand)),
+        decoder=StageConfig(decoder_layers, outer),
+        tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget if budget_range is None
+                                                                          else budget_range[0], budget),
+                            causal=causal, calibration="running"),
+        boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range)
+__all__ = ["TilingConfig", "MambaConfig", "StageConfig", "BoundaryConfig", "HourglassConfig", "hourglass_config", "SIGNALS", "AUX_SIGNALS"]

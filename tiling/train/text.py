@@ -298,7 +298,7 @@ def score_windows(model, data: bytes | Tensor, windows: list[tuple[int, int, int
     was_training = model.training
     model.eval()
     nll, scored, tokens = 0.0, 0, 0
-    n_layers = len(model.layers)
+    n_layers = len(model.layers) if hasattr(model, "layers") else 1
     seg = [0.0] * n_layers
     madds_layers = [0.0] * n_layers
     madds_head = 0.0
@@ -314,13 +314,22 @@ def score_windows(model, data: bytes | Tensor, windows: list[tuple[int, int, int
                 chunk = ws[i:i + batch_size]
                 idx = torch.stack([torch.arange(s, s + length + 1) for s, _, _ in chunk])
                 win = x[idx].to(torch.int64).to(device)
-                logits, plans = model(win[:, :-1], budget=budget, return_plans=True)
+                if hasattr(model, "score_forward"):  # a whole-model cost (HourglassLM): one unit, its main network
+                    logits, info = model.score_forward(win[:, :-1], budget=budget)
+                else:
+                    logits, plans = model(win[:, :-1], budget=budget, return_plans=True)
+                    info = None
                 logp = F.log_softmax(logits.double(), dim=-1).gather(-1, win[:, 1:].unsqueeze(-1)).squeeze(-1)
                 for r, (_, _, first) in enumerate(chunk):
                     nll -= float(logp[r, first:].sum())
                     scored += length - first
                 rows = len(chunk)
                 tokens += rows * length
+                if info is not None:
+                    seg[0] += info["segments"]
+                    madds_layers[0] += info["madds"] * rows
+                    madds_head += info["head"] * rows
+                    continue
                 cost = forward_madds(model, plans, length, budget)
                 for k, plan in enumerate(plans):
                     seg[k] += float(plan.segments.sum())
@@ -331,7 +340,7 @@ def score_windows(model, data: bytes | Tensor, windows: list[tuple[int, int, int
     if tokens == 0:
         raise ValueError("no window to score")
     res = [s / tokens for s in seg]
-    tiled = model.tiled_layers
+    tiled = model.tiled_layers if hasattr(model, "tiled_layers") else [0]
     return {
         "bpb": nll / scored / math.log(2.0),
         "scored_bytes": scored,
@@ -341,7 +350,8 @@ def score_windows(model, data: bytes | Tensor, windows: list[tuple[int, int, int
         "mean_resolution_by_layer": res,
         "flops_per_byte": 2.0 * (sum(madds_layers) + madds_head) / tokens,
         "madds_per_byte_by_layer": [m / tokens for m in madds_layers],
-        "budget": float(budget) if budget is not None else (model.layers[tiled[0]].budget if tiled else 1.0),
+        "budget": float(budget) if budget is not None else (
+            model.budget if not hasattr(model, "layers") else model.layers[tiled[0]].budget if tiled else 1.0),
     }
 
 
@@ -481,8 +491,9 @@ def measure_speed(model, sample: bytes | Tensor, *, context: int, budget: float 
             times.append(time.perf_counter() - t0)
         prefill = context / statistics.median(times)
         decode = None
-        can_step = all(layer.scope == "block" or (model.layer_budget(k, budget) or layer.budget) >= 1.0
-                       for k, layer in enumerate(model.layers))
+        can_step = not hasattr(model, "layers") or all(
+            layer.scope == "block" or (model.layer_budget(k, budget) or layer.budget) >= 1.0
+            for k, layer in enumerate(model.layers))
         if can_step:
             n = min(decode_bytes, context)
             state = model.allocate_inference_state(1)

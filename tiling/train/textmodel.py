@@ -37,6 +37,8 @@ import torch
 from safetensors import safe_open
 
 from tiling.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tiling.config import HourglassConfig
+from tiling.modules.hourglass import HourglassLM
 from tiling.train.model import TiledLM, split_layer_kwargs
 from tiling.train.text import VOCAB
 
@@ -111,6 +113,11 @@ def build_model(config: dict) -> TiledLM:
     TextModelError
         The configuration lacks a key or is refused by the model (names the configuration).
     """
+    if isinstance(config, dict) and config.get("layout") == "hourglass":
+        try:
+            return HourglassLM(HourglassConfig.from_dict({k: v for k, v in config.items() if k != "layout"}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise TextModelError(f"invalid hourglass configuration {config!r}: {e}") from e
     try:
         mamba, tiling = split_layer_kwargs(config.get("layer_kwargs", {}))
         return TiledLM(config["vocab_size"], config["d_model"], config["n_layers"],
@@ -119,6 +126,14 @@ def build_model(config: dict) -> TiledLM:
                        tiling=tiling, **mamba)
     except (KeyError, TypeError, ValueError) as e:
         raise TextModelError(f"invalid model configuration {config!r}: {e}") from e
+
+
+def model_dict(model) -> dict:
+    """The stored configuration of a text LM: ``TiledLM.config``, or ``{"layout": "hourglass", ...}`` (the
+    nested :meth:`HourglassConfig.to_dict <tiling.config.HourglassConfig.to_dict>`)."""
+    if isinstance(model, HourglassLM):
+        return {"layout": "hourglass", **model.config.to_dict()}
+    return model.config
 
 
 def save_text_checkpoint(path, model: TiledLM, *, configuration: str, budget: float, context: int,
@@ -137,7 +152,7 @@ def save_text_checkpoint(path, model: TiledLM, *, configuration: str, budget: fl
     -------
     The path, as a :class:`~pathlib.Path`.
     """
-    extra = {"kind": KIND, "model": model.config, "configuration": configuration, "budget": float(budget),
+    extra = {"kind": KIND, "model": model_dict(model), "configuration": configuration, "budget": float(budget),
              "context": int(context), **(info or {})}
     return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
 

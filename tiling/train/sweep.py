@@ -1,0 +1,391 @@
+"""The hourglass sweep: bits per byte against FLOPs per byte and against training time, plain Mamba
+against the byte-level hourglass with each boundary signal (issue "tiling VII"; ``docs/training.md``,
+"The hourglass").
+
+Rows (each trains ``max_minutes`` of CPU time on one thread; ``--shard i/n`` runs rows ``i, i+n, ...``
+so two processes share the 2-core machine; the order puts the headline rows first):
+
+* plain Mamba (``TiledLM`` at budget 1, every layer full resolution) at ``d_model`` 256, 128 and 176
+  (about 1×, 0.3× and 0.5× the FLOPs per byte of the first);
+* the hourglass at budgets 0.25 and 0.35, FLOP-matched (±5 %) to plain Mamba d256 by choosing
+  ``d_main`` (:func:`~tiling.modules.hourglass.match_main_width`), for the signals entropy, uniform,
+  space, Fisher–Rao, router and linear;
+* the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training), evaluated at 1, 0.5,
+  0.35 and 0.25 (one checkpoint);
+* second seeds of the headline rows.
+
+The table goes to ``docs/results/hourglass_lm.json`` with the goals checked on the rows present, the
+figures to ``docs/figures/hourglass/``.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from tiling.config import AUX_SIGNALS, hourglass_config
+from tiling.modules.hourglass import HourglassLM, match_main_width
+from tiling.train.atomic import atomic_write_bytes, atomic_write_json
+from tiling.train.corpus import load_split
+from tiling.train.text import as_byte_tensor, forward_madds, read_text_file
+from tiling.train.textmodel import build_model, load_text_model, model_config
+from tiling.train.trainer import RunError, TrainOptions, evaluation, machine_info, set_threads, train_run
+
+#: the reference plain Mamba (today's full model): 4 layers, d_model 256, expand 1, d_state 16
+REFERENCE = {"d_model": 256, "n_layers": 4}
+PLAIN_WIDTHS = (256, 128, 176)
+#: the hourglass' outer stages: one encoder and one decoder layer of width 128, four main layers
+OUTER = {"d_outer": 128, "encoder_layers": 1, "main_layers": 4, "decoder_layers": 1}
+ELASTIC_RANGE = (0.25, 1.0)
+ELASTIC_EVAL = (1.0, 0.5, 0.35)
+
+
+def plain_row(d_model: int, seed: int) -> dict:
+    return {"name": f"mamba-d{d_model}/s{seed}", "family": "plain", "d_model": d_model, "seed": seed, "budget": 1.0}
+
+
+def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str = "ema") -> dict:
+    tag = f"hg-elastic-{signal}" if elastic else f"hg-{signal}" + ("" if dechunk == "ema" else f"-{dechunk}")
+    return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
+            "seed": seed, "elastic": elastic, "dechunk": dechunk}
+
+
+def rows() -> list[dict]:
+    """The sweep's rows, in priority order (pairs run side by side with two shards)."""
+    out = [plain_row(256, 0), hourglass_row("entropy", 0.25, 0),
+           hourglass_row("uniform", 0.25, 0), plain_row(128, 0),
+           hourglass_row("space", 0.25, 0), hourglass_row("fisher_rao", 0.25, 0),
+           hourglass_row("entropy", 0.25, 0, elastic=True), plain_row(176, 0),
+           hourglass_row("router", 0.25, 0), hourglass_row("linear", 0.25, 0),
+           hourglass_row("entropy", 0.35, 0), hourglass_row("uniform", 0.35, 0),
+           hourglass_row("surprisal", 0.25, 0), hourglass_row("entropy", 0.25, 0, dechunk="hold"),
+           plain_row(256, 1), hourglass_row("entropy", 0.25, 1),
+           hourglass_row("uniform", 0.25, 1), hourglass_row("space", 0.35, 0)]
+    return out
+
+
+def evaluated_rows() -> list[dict]:
+    """The elastic checkpoint at the other budgets (no training)."""
+    src = hourglass_row("entropy", 0.25, 0, elastic=True)
+    return [{"name": f"hg-elastic-entropy@{b:g}/s0", "family": "evaluated", "source": src["name"], "budget": b,
+             "seed": 0} for b in ELASTIC_EVAL]
+
+
+def row_dir(out: Path, name: str) -> Path:
+    return out / name.replace("@", "_b").replace("/", "_")
+
+
+def reference_madds_per_byte(context: int) -> float:
+    """Multiply-adds per byte of the reference plain Mamba (layers + head, ``forward_madds``)."""
+    model = build_model(model_config("full", 1.0, d_model=REFERENCE["d_model"], n_layers=REFERENCE["n_layers"]))
+    with torch.no_grad():
+        _, plans = model(torch.zeros(1, context, dtype=torch.int64), return_plans=True)
+    return forward_madds(model, plans, context)["per_byte"]
+
+
+def build(spec: dict, context: int):
+    """``(model, configuration name, info)`` of a trained row's spec."""
+    if spec["family"] == "plain":
+        cfg = model_config("full", 1.0, d_model=spec["d_model"], n_layers=REFERENCE["n_layers"])
+        return build_model(cfg), "full", {"family": "plain", "d_model": spec["d_model"]}
+    b = spec["budget"]
+    base = hourglass_config(**OUTER, signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
+                            budget_range=ELASTIC_RANGE if spec["elastic"] else None)
+    cfg, match = match_main_width(base, reference_madds_per_byte(context), budget=b, L=context)
+    return HourglassLM(cfg), "hourglass", {"family": "hourglass", "signal": spec["signal"],
+                                           "elastic": spec["elastic"], "dechunk": spec["dechunk"],
+                                           "flop_match": match, "hourglass": cfg.to_dict()}
+
+
+def run_spec(spec: dict, data: dict, opts: TrainOptions, out: Path, done: dict) -> dict:
+    if spec["family"] == "evaluated":
+        src = done[spec["source"]]
+        set_threads(opts.threads)
+        model, extra = load_text_model(src["checkpoint"])
+        row = {k: v for k, v in src.items() if k != "validation_curve"}
+        row.update(row=spec["name"], kind="evaluated", budget=spec["budget"], source_row=src["row"],
+                   **evaluation(model, data, opts, spec["budget"]))
+        d = row_dir(out, spec["name"])
+        d.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(d / "row.json", row)
+        return row
+    torch.manual_seed(spec["seed"])
+    model, configuration, info = build(spec, opts.context)
+    return train_run(model, data, replace(opts, seed=spec["seed"]), row_dir(out, spec["name"]), name=spec["name"],
+                     configuration=configuration, budget=spec["budget"], info=info)
+
+
+def finished(out: Path) -> dict[str, dict]:
+    done = {}
+    for p in sorted(out.glob("*/row.json")):
+        try:
+            r = json.loads(p.read_text())
+            done[r["row"]] = r
+        except (ValueError, KeyError):
+            print(f"warning: ignoring unreadable {p}", file=sys.stderr)
+    return done
+
+
+# ----------------------------------------------------------------------------- goals, table, figures
+def _mean(rs: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rs if r.get(key) is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def goals(table_rows: list[dict]) -> dict:
+    """The issue's goals (a)–(e), checked on the rows present (None where a row is missing)."""
+    by: dict[str, list[dict]] = {}
+    for r in table_rows:
+        by.setdefault(r["row"].rsplit("/s", 1)[0], []).append(r)
+    bpb = {k: _mean(v, "test_bpb") for k, v in by.items()}
+    out: dict = {"test_bpb_by_configuration": bpb}
+    plain = {k: v for k, v in bpb.items() if k.startswith("mamba-")}
+    info_rows = {k: v for k, v in bpb.items() if k.startswith("hg-") and not k.startswith(("hg-uniform", "hg-elastic"))
+                 and float(k.split("@")[1]) <= 0.35}
+    ref = plain.get("mamba-d256")
+    if info_rows:
+        best = min(info_rows, key=info_rows.get)
+        out["best_information_hourglass"] = best
+        if ref is not None:
+            out["a_quality_per_flop"] = {"hourglass": info_rows[best], "mamba-d256": ref,
+                                         "met": info_rows[best] <= ref}
+        uni = bpb.get(f"hg-uniform@{best.split('@')[1]}")
+        if uni is not None:
+            gain = 1.0 - info_rows[best] / uni
+            out["b_information_matters"] = {"hourglass": info_rows[best], "uniform": uni, "gain": gain,
+                                            "met": gain >= 0.025}
+    hg_all = {k: v for k, v in bpb.items() if k.startswith("hg-")}
+    if hg_all and plain:
+        best_hg = min(hg_all, key=hg_all.get)
+        margins = {k: 1.0 - hg_all[best_hg] / v for k, v in plain.items()}
+        out["c_quality_per_time"] = {"hourglass": best_hg, "margins": margins,
+                                     "met": all(m >= 0.03 for m in margins.values())}
+    el = {float(k.split("@")[1]): v for k, v in bpb.items() if k.startswith("hg-elastic-entropy")}
+    if el:
+        d = {}
+        for b, v in el.items():
+            alone = bpb.get(f"hg-entropy@{b:g}")
+            if alone is not None:
+                d[f"{b:g}"] = {"elastic": v, "alone": alone, "ratio": v / alone, "met": v <= 1.02 * alone}
+        own = None if 1.0 not in el or 0.25 not in el else {"at_0.25": el[0.25], "at_1": el[1.0],
+                                                             "met": el[0.25] <= 1.04 * el[1.0]}
+        out["d_elastic"] = {"vs_dedicated": d, "vs_own_budget_1": own}
+    speed = {}
+    for k, v in by.items():
+        speed[k] = {"prefill": _mean(v, "prefill_bytes_per_s"), "decode": _mean(v, "decode_bytes_per_s")}
+    pairs = []
+    for h, hv in hg_all.items():
+        for p, pv in plain.items():
+            if abs(hv / pv - 1.0) <= 0.01 and speed[h]["prefill"] and speed[p]["prefill"]:
+                pairs.append({"hourglass": h, "mamba": p, "prefill_x": speed[h]["prefill"] / speed[p]["prefill"],
+                              "decode_x": (speed[h]["decode"] or 0) / (speed[p]["decode"] or 1)})
+    out["e_deployment_equal_bpb"] = pairs or None
+    return out
+
+
+def format_table(table_rows: list[dict]) -> str:
+    ref = next((r for r in table_rows if r["row"] == "mamba-d256/s0"), None)
+    lines = ["| row | kind | test bpb | mean R | MFLOPs/byte | × d256 | params | train MB | prefill B/s | decode B/s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table_rows:
+        rel = "—" if ref is None else f"{r['flops_per_byte'] / ref['flops_per_byte']:.3f}"
+        f = lambda v: "—" if v is None else f"{v:.0f}"  # noqa: E731
+        lines.append(f"| {r['row']} | {r['kind']} | {r['test_bpb']:.4f} | {r['test_mean_resolution']:.3f} | "
+                     f"{r['flops_per_byte'] / 1e6:.3f} | {rel} | {r['params'] / 1e6:.2f}M | "
+                     f"{r['train_bytes'] / 1e6:.2f} | {f(r.get('prefill_bytes_per_s'))} | {f(r.get('decode_bytes_per_s'))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(done: dict, results: Path, figures_dir: Path | None, command: str) -> dict:
+    order = {s["name"]: i for i, s in enumerate(rows() + evaluated_rows())}
+    table_rows = sorted(done.values(), key=lambda r: order.get(r["row"], 1e9))
+    table = {"description": "Byte-level LMs on the Python 3.11 documentation: plain Mamba against the hourglass "
+                            "(tiling.train.sweep). test_bpb on the test split; flops_per_byte = 2 x multiply-adds as "
+                            "run (HourglassLM.cost / layer_cost) plus the tied head; every row trained for the same "
+                            "CPU time on one thread.",
+             "command": command, "goals": goals(table_rows), "rows": table_rows}
+    atomic_write_json(results, table)
+    if figures_dir is not None:
+        try:
+            figures(table_rows, figures_dir)
+        except Exception as e:  # a figure must never lose the table
+            print(f"warning: figures not written: {e!r}", file=sys.stderr)
+    print(format_table(table_rows), flush=True)
+    return table
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _color(name: str) -> str:
+    for key, c in (("mamba", "k"), ("uniform", "tab:blue"), ("elastic", "tab:orange"), ("entropy", "tab:red"),
+                   ("surprisal", "tab:pink"), ("fisher_rao", "tab:purple"), ("space", "tab:olive"),
+                   ("router", "tab:green"), ("linear", "tab:brown")):
+        if key in name:
+            return c
+    return "gray"
+
+
+def figures(table_rows: list[dict], directory: Path) -> None:
+    """bpb against FLOPs per byte (the Pareto front) and against training time."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for r in table_rows:
+        ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], color=_color(r["row"]),
+                   marker="*" if r["row"].startswith("mamba") else "o",
+                   facecolors="none" if r["kind"] == "evaluated" else None)
+        ax.annotate(r["row"].split("/")[0], (r["flops_per_byte"] / 1e6, r["test_bpb"]), fontsize=6,
+                    xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("MFLOPs per byte (2 × multiply-adds as run)")
+    ax.set_ylabel("test bits per byte")
+    ax.set_title("Plain Mamba (★) and the hourglass (●; hollow: elastic checkpoint at another budget)\n"
+                 "each trained for the same CPU time", fontsize=9)
+    _save(fig, directory / "hourglass_bpb_vs_flops.png")
+
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    for r in table_rows:
+        if r["kind"] != "trained":
+            continue
+        cur = r["validation_curve"]
+        ax.plot([p["train_seconds"] / 60 for p in cur[1:]], [p["bpb"] for p in cur[1:]], color=_color(r["row"]),
+                ls="-" if r["row"].startswith("mamba") else "--", label=r["row"].split("/")[0], lw=1)
+    ax.set_xlabel("training CPU minutes (one thread)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_ylim(top=3.5)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title("bpb against training time", fontsize=9)
+    _save(fig, directory / "hourglass_bpb_vs_time.png")
+
+
+def boundary_strip(table_rows: list[dict], text: bytes, path: Path, *, width: int = 96) -> None:
+    """A strip of text per hourglass row with the bytes that start a segment marked: where the compute went."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hg = [r for r in table_rows if r.get("family") == "hourglass" and r["kind"] == "trained"
+          and Path(r["checkpoint"]).is_file()]
+    if not hg:
+        return
+    tokens = torch.tensor(list(text[:width]), dtype=torch.int64).view(1, -1)
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(hg) + 0.6))
+    for i, r in enumerate(hg):
+        model, _ = load_text_model(r["checkpoint"])
+        with torch.no_grad():
+            _, out = model(tokens, budget=r["budget"], return_output=True)
+        b = out.routing.boundary[0].tolist()
+        y = len(hg) - i
+        ax.text(-1, y, r["row"].split("/")[0], ha="right", va="center", fontsize=7)
+        for j, byte in enumerate(text[:width]):
+            ch = chr(byte) if 32 <= byte < 127 else "·"
+            ax.text(j, y, ch, ha="center", va="center", fontsize=7, family="monospace",
+                    bbox={"boxstyle": "square,pad=0.1", "fc": "gold", "ec": "none"} if b[j] else None)
+    ax.set_xlim(-25, width)
+    ax.set_ylim(0.3, len(hg) + 0.7)
+    ax.axis("off")
+    ax.set_title("Bytes that start a segment (yellow): the main network runs once per segment", fontsize=9)
+    _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- command line
+def load_data(args) -> dict:
+    if args.train_file is not None:
+        files = {"train": args.train_file, "validation": args.val_file or args.train_file,
+                 "test": args.test_file or args.val_file or args.train_file}
+        return {k: as_byte_tensor(read_text_file(v)) for k, v in files.items()}
+    return {k: as_byte_tensor(load_split(k, args.corpus_dir)) for k in ("train", "validation", "test")}
+
+
+def sweep(args) -> dict:
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = finished(args.out)
+    if done and not args.resume:
+        raise RunError(f"{args.out} already holds {len(done)} finished rows; pass --resume to skip them")
+    data = load_data(args)
+    opts = TrainOptions(max_minutes=args.max_minutes, clock=args.clock, context=args.context,
+                        batch_size=args.batch_size, max_steps=args.max_steps, val_windows=args.val_windows,
+                        test_bytes=args.test_bytes, speed=not args.no_speed, quiet=args.quiet, threads=args.threads,
+                        eval_every_steps=args.eval_every_steps)
+    command = (f"python -m tiling.train.sweep --resume --out {args.out} --max-minutes {args.max_minutes:g} "
+               f"--clock {args.clock} --shard i/n")
+    specs = rows()
+    mine = [s for i, s in enumerate(specs) if i % args.shard_count == args.shard_index
+            and (args.only is None or s["name"] in args.only)]
+    for spec in mine + [e for e in evaluated_rows() if args.only is None or e["name"] in args.only]:
+        done.update(finished(args.out))
+        if spec["name"] in done:
+            print(f"[sweep] {spec['name']}: finished, skipped", flush=True)
+            continue
+        if spec["family"] == "evaluated" and spec["source"] not in done:
+            print(f"[sweep] {spec['name']}: waits for {spec['source']}", flush=True)
+            continue
+        print(f"[sweep] {spec['name']}: running", flush=True)
+        done[spec["name"]] = run_spec(spec, data, opts, args.out, done)
+        done.update(finished(args.out))
+        write_results(done, args.results, args.figures, command)
+    done.update(finished(args.out))
+    return write_results(done, args.results, args.figures, command)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/hourglass"))
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--results", type=Path, default=Path("docs/results/hourglass_lm.json"))
+    p.add_argument("--figures", type=Path, default=Path("docs/figures/hourglass"))
+    p.add_argument("--shard", default="0/1")
+    p.add_argument("--only", nargs="+", default=None)
+    p.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"))
+    p.add_argument("--train-file", type=Path, default=None)
+    p.add_argument("--val-file", type=Path, default=None)
+    p.add_argument("--test-file", type=Path, default=None)
+    p.add_argument("--context", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--max-minutes", type=float, default=15.0)
+    p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--eval-every-steps", type=int, default=None)
+    p.add_argument("--val-windows", type=int, default=32)
+    p.add_argument("--test-bytes", type=int, default=None)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-speed", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        i, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= i < n:
+            raise ValueError
+    except ValueError:
+        p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
+    args.shard_index, args.shard_count = i, n
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        sweep(args)
+    except (RunError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
