@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench corpus clean
+.PHONY: install demo test test-slow test-explore bench corpus clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# fresh random hypothesis draws (make test's are derandomised: the same cases on every run and machine)
+test-explore: install
+	HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: install
 	$(PY) scripts/bench_scan.py

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from hypothesis import Phase, assume, given, settings
+from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 import infogeo
@@ -64,6 +64,7 @@ class Case:
     charts: st.SearchStrategy[Chart] | None = None
     atol: float = 1e-9
     rtol: float = 1e-9
+    counterexample: tuple | None = None  # arguments of one property that must fail (broken cases)
 
     def close(self, a: float, b: float) -> bool:
         return abs(a - b) <= self.atol + self.rtol * max(abs(a), abs(b))
@@ -372,6 +373,8 @@ def check(case: Case, prop: str, *, shrink: bool = True) -> None:
     def run(args: tuple) -> None:
         prop_fn(case, *args)
 
+    if case.counterexample is not None:  # tried first (Phase.explicit): a broken case fails by construction
+        run = example(args=case.counterexample)(run)
     run()
 
 
@@ -420,15 +423,27 @@ def _euclid(x: Tensor, y: Tensor) -> float:
 
 _on_an_axis = st.tuples(st.just(0.0), st.floats(-5, 5)).map(lambda v: torch.tensor(v, dtype=F64))
 
+
+def _v(*xs: float) -> Tensor:
+    return torch.tensor(xs, dtype=F64)
+
+
+_QUARTER_TURN = torch.tensor([[1.0, -1.0], [1.0, 1.0]], dtype=F64) / math.sqrt(2.0)  # rotation by 45°
+_l1 = lambda x, y: float((x - y).abs().sum())  # noqa: E731
+
+# Each broken case carries an explicit counterexample, so "the check can fail" never rests on the luck
+# of a random draw (issue 27: the squared distance's triangle case once drew no counterexample).
 BROKEN: list[tuple[str, Case]] = [
     ("symmetry", Case("asymmetric", _euclid, lambda x, y: _euclid(x, y) + max(float(x[0] - y[0]), 0.0),
-                      _vectors(2), frozenset())),
-    ("identity", Case("offset", _euclid, lambda x, y: _euclid(x, y) + 1.0, _vectors(2), frozenset())),
+                      _vectors(2), frozenset(), counterexample=(_v(1, 0), _v(0, 0)))),
+    ("identity", Case("offset", _euclid, lambda x, y: _euclid(x, y) + 1.0, _vectors(2), frozenset(),
+                      counterexample=(_v(0, 0),))),
     ("separation", Case("first coordinate only", _euclid, lambda x, y: abs(float(x[0] - y[0])), _on_an_axis,
-                        frozenset())),
-    ("triangle", Case("squared", _euclid, lambda x, y: _euclid(x, y) ** 2, _vectors(2), frozenset())),
-    ("invariance", Case("l1 under rotations", _euclid, lambda x, y: float((x - y).abs().sum()), _vectors(2),
-                        frozenset(), _same(lambda x, y: float((x - y).abs().sum()), _rigid_maps(2)))),
+                        frozenset(), counterexample=(_v(0, 0), _v(0, 1)))),
+    ("triangle", Case("squared", _euclid, lambda x, y: _euclid(x, y) ** 2, _vectors(2), frozenset(),
+                      counterexample=(_v(0, 0), _v(1, 0), _v(2, 0)))),
+    ("invariance", Case("l1 under rotations", _euclid, _l1, _vectors(2), frozenset(), _same(_l1, _rigid_maps(2)),
+                        counterexample=(_v(0, 0), _v(1, 1), Chart(lambda x: _QUARTER_TURN @ x, _l1)))),
 ]
 
 
@@ -436,3 +451,12 @@ BROKEN: list[tuple[str, Case]] = [
 def test_property_check_can_fail(prop: str, case: Case) -> None:
     with pytest.raises(AssertionError, match=case.name):
         check(case, prop, shrink=False)
+
+
+@pytest.mark.parametrize("prop,case", [pytest.param(p, c, id=p) for p, c in BROKEN])
+def test_each_broken_case_fails_on_its_own_counterexample(prop: str, case: Case) -> None:
+    """No random draw at all (explicit phase only): the counterexample alone breaks the property."""
+    with pytest.raises(AssertionError, match=case.name):
+        fn, _ = {"symmetry": (_symmetry, 2), "identity": (_identity, 1), "separation": (_separation, 2),
+                 "triangle": (_triangle, 3), "invariance": (_invariance, 3)}[prop]
+        fn(case, *case.counterexample)
