@@ -295,5 +295,22 @@ class TiledLM(nn.Module):
             (no_decay if skip else decay).append(p)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    @classmethod
+    def from_hf(cls, model_or_folder, *, tiling: TilingConfig | None = None, **kwargs) -> "TiledLM":
+        """A ``TiledLM`` with the weights of an HF ``MambaForCausalLM`` (a model, a local folder, or a
+        cached Hub name; offline). At budget 1 its logits are the HF model's. See
+        :func:`tiling.train.hf_convert.from_hf` (``kwargs``: ``shared_density``, ``full_resolution_layers``)
+        and :mod:`tiling.train.hf` for the HF ``PreTrainedModel`` of a tiled model."""
+        from tiling.train.hf_convert import from_hf
+
+        return from_hf(model_or_folder, cls=cls, tiling=tiling, **kwargs)
+
+    def to_hf(self, **config_kwargs):
+        """The HF ``MambaForCausalLM`` computing what this model computes at budget 1
+        (:func:`tiling.train.hf_convert.to_hf`; ``config_kwargs``: further ``MambaConfig`` fields)."""
+        from tiling.train.hf_convert import to_hf
+
+        return to_hf(self, **config_kwargs)
+
 
 __all__ = ["TiledLM", "MAMBA_KWARGS"]
