@@ -17,7 +17,9 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <vector>
 
@@ -597,6 +599,283 @@ std::vector<Tensor> bwd(const ScanArgs& a, const Tensor& dy_, const Tensor& ck_,
           x.delta_bias.defined() ? dbias.sum(0) : empty, x.gain.defined() ? dgain.sum(0) : empty, or_empty(dinit)};
 }
 
+// ------------------------------------------------------------------------------------------
+// Mamba's causal depthwise conv1d with the SiLU that follows it (the block's other sequential
+// op): y[t] = silu(b + sum_k w[k] x[t - K + 1 + k]), x[t < 0] = 0, on (Bt, E, L) rows. One pass
+// instead of a padded convolution, a slice and an activation; the backward recomputes the
+// pre-activation. Vectorised over t (W consecutive positions per vector); edges scalar.
+
+template <typename T> inline T silu_scalar(T a) { return a / (T(1) + std::exp(-a)); }
+
+template <typename T> inline Vec<T> loadu(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T> inline void storeu(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+
+// Pre-activation of one row at positions [t0, t0 + W) (t0 >= K - 1, t0 + W <= L).
+template <typename T> inline Vec<T> conv_vec(const T* x, const T* w, T b, int K, int64_t t0) {
+  Vec<T> a = bc<T>(b);
+  for (int k = 0; k < K; ++k) a += loadu(x + t0 - K + 1 + k) * w[k];
+  return a;
+}
+template <typename T> inline T conv_at(const T* x, const T* w, T b, int K, int64_t t) {
+  T a = b;
+  for (int k = 0; k < K; ++k) {
+    const int64_t s = t - K + 1 + k;
+    if (s >= 0) a += w[k] * x[s];
+  }
+  return a;
+}
+
+template <typename T>
+void conv_silu_forward(const T* x, const T* w, const T* bias, T* y, int64_t Bt, int64_t E, int64_t L, int K) {
+  constexpr int W = VT<T>::W;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (Bt * E * L > 32768)
+  for (int64_t r = 0; r < Bt * E; ++r) {
+    const int64_t e = r % E;
+    const T* xr = x + r * L;
+    T* yr = y + r * L;
+    const T* we = w + e * K;
+    const T b = bias ? bias[e] : T(0);
+    int64_t t = 0;
+    for (; t < std::min<int64_t>(K - 1, L); ++t) yr[t] = silu_scalar(conv_at(xr, we, b, K, t));
+    for (; t + W <= L; t += W) {
+      const Vec<T> a = conv_vec(xr, we, b, K, t);
+      storeu(yr + t, a * vsigmoid<T>(a));
+    }
+    for (; t < L; ++t) yr[t] = silu_scalar(conv_at(xr, we, b, K, t));
+  }
+}
+
+// dx, and per channel dw (E, K) and db (E,), from dy; g = dy * silu'(a) is kept per row.
+template <typename T>
+void conv_silu_backward(const T* x, const T* w, const T* bias, const T* dy, T* dx, T* dw, T* db, int64_t Bt,
+                        int64_t E, int64_t L, int K) {
+  constexpr int W = VT<T>::W;
+  const int nthreads = at::get_num_threads();
+  std::vector<T> scratch;
+  try {
+    scratch.resize((size_t)nthreads * (size_t)L);
+  } catch (const std::bad_alloc&) {
+    TORCH_CHECK(false, "tiling_scan_cpu: cannot allocate the conv backward's scratch (", nthreads, " x ", L, ")");
+  }
+#pragma omp parallel for num_threads(nthreads) schedule(static) if (Bt * E * L > 32768)
+  for (int64_t e = 0; e < E; ++e) {
+    T* g = scratch.data() + (int64_t)omp_get_thread_num() * L;
+    const T* we = w + e * K;
+    const T b = bias ? bias[e] : T(0);
+    T dwk[16] = {};  // K <= 16 (checked by the caller)
+    T dbe = 0;
+    for (int64_t bt = 0; bt < Bt; ++bt) {
+      const int64_t r = bt * E + e;
+      const T* xr = x + r * L;
+      const T* dyr = dy + r * L;
+      T* dxr = dx + r * L;
+      int64_t t = 0;
+      auto grad_scalar = [&](int64_t t) {
+        const T a = conv_at(xr, we, b, K, t), s = T(1) / (T(1) + std::exp(-a));
+        g[t] = dyr[t] * s * (T(1) + a * (T(1) - s));
+      };
+      for (; t < std::min<int64_t>(K - 1, L); ++t) grad_scalar(t);
+      for (; t + W <= L; t += W) {
+        const Vec<T> a = conv_vec(xr, we, b, K, t), s = vsigmoid<T>(a);
+        storeu(g + t, loadu(dyr + t) * s * (a * (T(1) - s) + T(1)));
+      }
+      for (; t < L; ++t) grad_scalar(t);
+      // dx[s] = sum_k w[k] g[s + K - 1 - k] (g beyond L is zero)
+      int64_t s = 0;
+      for (; s + W + K - 1 <= L; s += W) {
+        Vec<T> acc = {};
+        for (int k = 0; k < K; ++k) acc += loadu(g + s + K - 1 - k) * we[k];
+        storeu(dxr + s, acc);
+      }
+      for (; s < L; ++s) {
+        T acc = 0;
+        for (int k = 0; k < K; ++k)
+          if (s + K - 1 - k < L) acc += we[k] * g[s + K - 1 - k];
+        dxr[s] = acc;
+      }
+      // dw[k] = sum_t g[t] x[t - K + 1 + k], db = sum_t g[t]
+      for (int k = 0; k < K; ++k) {
+        Vec<T> acc = {};
+        int64_t t0 = K - 1 - k;  // first t with t - K + 1 + k >= 0
+        T tail = 0;
+        int64_t t1 = t0;
+        for (; t1 + W <= L; t1 += W) acc += loadu(g + t1) * loadu(xr + t1 - K + 1 + k);
+        for (; t1 < L; ++t1) tail += g[t1] * xr[t1 - K + 1 + k];
+        dwk[k] += hsum<T>(acc) + tail;
+      }
+      Vec<T> acc = {};
+      T tail = 0;
+      int64_t t1 = 0;
+      for (; t1 + W <= L; t1 += W) acc += loadu(g + t1);
+      for (; t1 < L; ++t1) tail += g[t1];
+      dbe += hsum<T>(acc) + tail;
+    }
+    for (int k = 0; k < K; ++k) dw[e * K + k] = dwk[k];
+    db[e] = dbe;
+  }
+}
+
+void check_conv(const Tensor& x, const Tensor& w, const Tensor& b) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "conv_silu: x must be a contiguous CPU (Bt, E, L)");
+  TORCH_CHECK(w.dim() == 2 && w.size(0) == x.size(1) && w.size(1) >= 1 && w.size(1) <= 16 && w.is_contiguous(),
+              "conv_silu: w must be a contiguous (E, K) with 1 <= K <= 16");
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && (!b.defined() || (b.scalar_type() == x.scalar_type() &&
+              b.numel() == x.size(1) && b.is_contiguous())), "conv_silu: w and b must match x (dtype, E)");
+}
+
+Tensor conv_silu_fwd(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b_) {
+  const Tensor b = b_.value_or(Tensor());
+  check_conv(x, w, b);
+  Tensor y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_silu_fwd", [&] {
+    conv_silu_forward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), b.defined() ? b.data_ptr<scalar_t>() : nullptr,
+                                y.data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2), (int)w.size(1));
+  });
+  return y;
+}
+
+std::vector<Tensor> conv_silu_bwd(const Tensor& dy_, const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b_) {
+  const Tensor b = b_.value_or(Tensor());
+  check_conv(x, w, b);
+  const Tensor dy = dy_.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(dy.sizes() == x.sizes(), "conv_silu: dy must have x's shape");
+  Tensor dx = torch::empty_like(x), dw = torch::empty_like(w);
+  Tensor db = torch::empty({x.size(1)}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_silu_bwd", [&] {
+    conv_silu_backward<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+                                 b.defined() ? b.data_ptr<scalar_t>() : nullptr, dy.data_ptr<scalar_t>(),
+                                 dx.data_ptr<scalar_t>(), dw.data_ptr<scalar_t>(), db.data_ptr<scalar_t>(), x.size(0),
+                                 x.size(1), x.size(2), (int)w.size(1));
+  });
+  return {dx, dw, db};
+}
+
+// ------------------------------------------------------------------------------------------
+// The sequential parts of the resolution policy (tiling/policy.py holds the numpy reference of
+// each; the layer's plan and its decoding step both call these, so the two agree bit for bit).
+// float64 throughout, and no floating-point contraction: the arithmetic is that of the numpy
+// reference, operation by operation (an FMA would round differently).
+#if defined(__clang__)
+#define TILING_NO_CONTRACT _Pragma("clang fp contract(off)")
+#else
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#define TILING_NO_CONTRACT
+#endif
+
+void check_plan(const Tensor& t, const char* name, int dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kDouble && t.dim() == dim && t.is_contiguous(),
+              "tiling policy kernel: ", name, " must be a contiguous float64 CPU tensor with ", dim, " dims");
+}
+
+// Error-diffused segment counts: m_i = clamp(floor(R_i T + e_{i-1} + 1/2), 1, T), e_i = R_i T + e_{i-1} - m_i.
+std::vector<Tensor> dither_counts(const Tensor& R, int64_t T, const Tensor& carry) {
+  TILING_NO_CONTRACT
+  check_plan(R, "resolution", 2);
+  check_plan(carry, "carry", 1);
+  const int64_t Bt = R.size(0), n = R.size(1);
+  TORCH_CHECK(carry.size(0) == Bt, "dither_counts: carry must have one entry per row");
+  Tensor m = torch::empty({Bt, n}, R.options().dtype(at::kLong)), out = carry.clone();
+  const double* r = R.data_ptr<double>();
+  int64_t* mp = m.data_ptr<int64_t>();
+  double* e = out.data_ptr<double>();
+  const double Td = (double)T;
+  for (int64_t b = 0; b < Bt; ++b) {
+    double eb = e[b];
+    for (int64_t i = 0; i < n; ++i) {
+      const double want = r[b * n + i] * Td + eb;
+      const double mi = std::min(std::max(std::floor(want + 0.5), 1.0), Td);
+      mp[b * n + i] = (int64_t)mi;
+      eb = want - mi;
+    }
+    e[b] = eb;
+  }
+  return {m, out};
+}
+
+// The budget controller: the running surplus b_i = sum_{j<i} (c - R_j) kept in [-D, D]; adaptive
+// mode clamps (with the integral feedback exp(b_i / D) from the second tile of the sequence on,
+// first = whether column 0 is the sequence's first tile), binary mode flips.
+std::vector<Tensor> budget_controller(const Tensor& desired, double budget, double r_min, bool adaptive, double slack,
+                                      bool feedback, const Tensor& surplus, bool first) {
+  TILING_NO_CONTRACT
+  check_plan(desired, "desired", 2);
+  check_plan(surplus, "surplus", 1);
+  const int64_t Bt = desired.size(0), n = desired.size(1);
+  TORCH_CHECK(surplus.size(0) == Bt, "budget_controller: surplus must have one entry per row");
+  Tensor R = torch::empty_like(desired), out = surplus.clone();
+  const double* d = desired.data_ptr<double>();
+  double* rp = R.data_ptr<double>();
+  double* sp = out.data_ptr<double>();
+  for (int64_t b = 0; b < Bt; ++b) {
+    double s = sp[b];
+    for (int64_t i = 0; i < n; ++i) {
+      const double lo = budget + s - slack, hi = budget + s + slack, di = d[b * n + i];
+      double r;
+      if (adaptive) {
+        const double want = (feedback && (i > 0 || !first)) ? std::min(std::max(di * std::exp(s / slack), r_min), 1.0) : di;
+        r = std::min(std::max(std::min(std::max(want, lo), hi), r_min), 1.0);
+      } else {
+        r = di > hi ? r_min : di;
+        r = r < lo ? 1.0 : r;
+      }
+      rp[b * n + i] = r;
+      s = s + budget - r;
+    }
+    sp[b] = s;
+  }
+  return {R, out};
+}
+
+// The scale s of each row of q (rows of n, entries with mask > 0 only) with
+// mean clip(s q, r_min, 1) = budget: 50 bisection steps on log s.
+Tensor bisect_scale(const Tensor& q, const Tensor& mask, double budget, double r_min) {
+  TILING_NO_CONTRACT
+  check_plan(q, "q", 2);
+  check_plan(mask, "mask", 2);
+  TORCH_CHECK(mask.sizes() == q.sizes(), "bisect_scale: mask must have q's shape");
+  const int64_t rows = q.size(0), n = q.size(1);
+  Tensor out = torch::empty({rows}, q.options());
+  const double* qp = q.data_ptr<double>();
+  const double* mp = mask.data_ptr<double>();
+  double* op = out.data_ptr<double>();
+  const double lr = std::log(r_min);
+  std::vector<double> vals((size_t)n);
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t k = 0;
+    double big = -INFINITY, small = INFINITY;
+    for (int64_t j = 0; j < n; ++j)
+      if (mp[r * n + j] > 0) {
+        const double v = qp[r * n + j];
+        vals[k++] = v;
+        big = std::max(big, v);
+        small = std::min(small, v);
+      }
+    TORCH_CHECK(k > 0, "bisect_scale: a row has no entry");
+    double lo = lr - std::log(big), hi = -std::log(small);
+    const double count = (double)k;
+    for (int step = 0; step < 50; ++step) {
+      const double mid = 0.5 * (lo + hi), sc = std::exp(mid);
+      double sum = 0;
+      for (int64_t j = 0; j < k; ++j) sum += std::min(std::max(sc * vals[j], r_min), 1.0);
+      if (sum / count > budget)
+        hi = mid;
+      else
+        lo = mid;
+    }
+    op[r] = std::exp(0.5 * (lo + hi));
+  }
+  return out;
+}
+
+#if !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
 // Test hooks: the float32 polynomial exp and softplus applied elementwise.
 template <class F>
 Tensor apply_elementwise(const Tensor& x_, F f) {
@@ -619,6 +898,11 @@ Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<flo
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   tiling_scan::def_scan_module(m, "tiling: fused CPU kernel of the resolution-adaptive selective scan", fwd, bwd);
+  m.def("conv_silu_fwd", &conv_silu_fwd, "silu(causal depthwise conv1d(x, w) + b), (Bt, E, L) x, (E, K) w");
+  m.def("conv_silu_bwd", &conv_silu_bwd, "gradients (dx, dw, db) of conv_silu_fwd");
+  m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");
+  m.def("budget_controller", &budget_controller, "the causal budget controller (tiling.policy._controlled)");
+  m.def("bisect_scale", &bisect_scale, "the policy's scale by bisection (tiling.policy._bisect_scale)");
   m.def("exp_approx", &exp_approx, "test hook: the kernel's float32 exp");
   m.def("softplus_approx", &softplus_approx, "test hook: the kernel's float32 softplus");
 }

@@ -94,6 +94,7 @@ import torch
 from infogeo.checks import check_choice, check_int, check_tensor, check_positive
 from tiling.config import TilingConfig
 from tiling.ops.cost import segment_counts, tile_lengths
+from tiling.ops.scan import policy_kernels
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -151,7 +152,11 @@ def tile_mean(x: Tensor, tile_size: int) -> Tensor:
         ``x`` is not 2-D or holds NaN/Inf, or ``tile_size < 1``.
     """
     check_tensor(x, "x", ndim=2)
-    T = check_int(tile_size, "tile_size", minimum=1)
+    return _tile_mean(x, check_int(tile_size, "tile_size", minimum=1))
+
+
+def _tile_mean(x: Tensor, T: int) -> Tensor:
+    """:func:`tile_mean` without its checks (the layer checks once, at its boundary)."""
     batch, L = x.shape
     T = min(T, L)  # a tile longer than the sequence is the sequence: never pad by more than L
     n_tiles = -(-L // T)
@@ -202,6 +207,11 @@ def tile_tail_density(density: Tensor, tile_size: int, tail: int, reduce: str = 
     check_choice(reduce, "reduce", ["mean", "max"])
     if bool((density < 0).any()):
         raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
+    return _tile_tail(density, T, w, reduce)
+
+
+def _tile_tail(density: Tensor, T: int, w: int, reduce: str) -> Tensor:
+    """:func:`tile_tail_density` without its checks."""
     L = density.shape[1]
     n_tiles = -(-L // T)
     dev = density.device
@@ -252,13 +262,21 @@ def tile_importance(
     """
     check_tensor(tile_density, "tile_density", ndim=2)
     check_positive(exponent, "exponent")
-    q = tile_density.detach().to(torch.float64).clamp_min(0.0).pow(exponent)
     if curvature is not None:
         check_tensor(curvature, "curvature", shape=tuple(tile_density.shape))
         check_positive(curvature_weight, "curvature_weight", strict=False)
-        q = q * torch.exp(-curvature_weight * curvature.detach().to(device=q.device, dtype=torch.float64))
     if distance_scale is not None:
         check_positive(distance_scale, "distance_scale")
+    return _importance(tile_density, exponent, curvature, curvature_weight, distance_scale)
+
+
+def _importance(tile_density: Tensor, exponent: float, curvature: Tensor | None, curvature_weight: float,
+                distance_scale: float | None) -> Tensor:
+    """:func:`tile_importance` without its checks."""
+    q = tile_density.detach().to(torch.float64).clamp_min(0.0).pow(exponent)
+    if curvature is not None:
+        q = q * torch.exp(-curvature_weight * curvature.detach().to(device=q.device, dtype=torch.float64))
+    if distance_scale is not None:
         n = tile_density.shape[1]
         d = torch.arange(n - 1, -1, -1, dtype=torch.float64, device=q.device)
         q = q / (1.0 + d / distance_scale)
@@ -299,8 +317,14 @@ def _bisect_scale(q: Tensor, mask: Tensor, budget: float, r_min: float) -> Tenso
     map ``s ↦ mean clip(s q, r_min, 1)`` is continuous and non-decreasing, equal to ``r_min`` at
     ``s = r_min / max q`` and to 1 at ``s = 1 / min q``; bisection on ``log s`` between them.
     """
-    # numpy on the host: the arrays are (batch, n_tiles[, n_tiles]) and the 50 steps are
-    # dominated by per-operation overhead, about 5x lower in numpy than in torch
+    ext = policy_kernels()
+    if ext is not None:  # the C++ loop (the same steps); one float64 row per scale
+        n = q.shape[-1]
+        flat = lambda t: t.detach().to(device="cpu", dtype=torch.float64).reshape(-1, n).contiguous()  # noqa: E731
+        s = ext.bisect_scale(flat(q), flat(mask), float(budget), float(r_min))
+        return s.view(q.shape[:-1]).to(device=q.device, dtype=q.dtype)
+    # the reference, numpy on the host: the arrays are (batch, n_tiles[, n_tiles]) and the 50 steps
+    # are dominated by per-operation overhead, about 5x lower in numpy than in torch
     qn = q.detach().cpu().numpy()
     mn = mask.detach().cpu().numpy() > 0
     big = np.where(mn, qn, -np.inf).max(-1)
@@ -417,18 +441,18 @@ def resolution_policy(
         raise TypeError(f"config must be a tiling.config.TilingConfig, got {type(config).__name__}")
     budget, r_min, mode, causal = config.budget, config.r_min, config.policy, config.causal
     exponent, curvature_weight, distance_scale = config.exponent, config.curvature_weight, config.distance_scale
-    lookback, slack = config.lookback, config.slack
     check_tensor(tile_density, "tile_density", ndim=2)
     if bool((tile_density < 0).any()):
         raise ValueError(f"tile_density must be non-negative, got min {float(tile_density.min()):.6g}")
     batch, n = tile_density.shape
-    out_dtype, device = tile_density.dtype, tile_density.device
     if mode == "uniform" or budget >= 1.0:
-        return torch.full((batch, n), float(budget), dtype=out_dtype, device=device)
-    q = tile_importance(
-        tile_density, exponent=exponent, curvature=curvature,
-        curvature_weight=curvature_weight, distance_scale=distance_scale,
-    )
+        return torch.full((batch, n), float(budget), dtype=tile_density.dtype, device=tile_density.device)
+    if curvature is not None:
+        check_tensor(curvature, "curvature", shape=(batch, n))
+    check_positive(exponent, "exponent")
+    check_positive(curvature_weight, "curvature_weight", strict=False)
+    if distance_scale is not None:
+        check_positive(distance_scale, "distance_scale")
     if predictor_density is not None:
         check_tensor(predictor_density, "predictor_density", shape=(batch, n))
         if bool((predictor_density < 0).any()):
@@ -437,6 +461,19 @@ def resolution_policy(
         check_tensor(reference, "reference", ndim=1)
         if reference.numel() < 1 or bool((reference <= 0).any()):
             raise ValueError(f"reference must be a non-empty 1-D tensor of positive importances, got {reference.numel()} values")
+    return _resolution(tile_density, config, curvature=curvature, predictor_density=predictor_density,
+                       reference=reference)
+
+
+def _resolution(tile_density: Tensor, config: TilingConfig, *, curvature: Tensor | None = None,
+                predictor_density: Tensor | None = None, reference: Tensor | None = None) -> Tensor:
+    """:func:`resolution_policy` on checked arguments (the layer checks once, at its boundary)."""
+    budget, r_min, mode, causal = config.budget, config.r_min, config.policy, config.causal
+    batch, n = tile_density.shape
+    out_dtype, device = tile_density.dtype, tile_density.device
+    if mode == "uniform" or budget >= 1.0:
+        return torch.full((batch, n), float(budget), dtype=out_dtype, device=device)
+    q = _importance(tile_density, config.exponent, curvature, config.curvature_weight, config.distance_scale)
     if not causal:
         if mode == "adaptive":
             s = _bisect_scale(q, torch.ones_like(q), budget, r_min)
@@ -449,10 +486,10 @@ def resolution_policy(
             R.scatter_(-1, order[:, :k], 1.0)
         return R.to(out_dtype)
     if predictor_density is not None:
-        q = tile_importance(predictor_density, exponent=exponent, curvature=curvature, curvature_weight=curvature_weight)
+        q = _importance(predictor_density, config.exponent, curvature, config.curvature_weight, None)
     ref = None if reference is None else reference.detach().to(device=q.device, dtype=torch.float64)
-    return _causal_resolution(q, budget=budget, r_min=r_min, mode=mode, lookback=lookback, slack=slack,
-                              reference=ref).to(out_dtype)
+    return _causal_resolution(q, budget=budget, r_min=r_min, mode=mode, lookback=config.lookback,
+                              slack=config.slack, reference=ref).to(out_dtype)
 
 
 def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, lookback: int, slack: float,
@@ -487,18 +524,33 @@ def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, loo
     return _controlled(desired, budget=budget, r_min=r_min, mode=mode, slack=slack, feedback=mode == "adaptive")
 
 
-def _controlled(desired: Tensor, *, budget: float, r_min: float, mode: str, slack: float, feedback: bool) -> Tensor:
-    """Budget controller: the running surplus ``b_i = Σ_{j<i} (c − R_j)`` kept in ``[−D, D]``."""
+def _controlled(desired: Tensor, *, budget: float, r_min: float, mode: str, slack: float, feedback: bool,
+                surplus: Tensor | None = None, first: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+    """Budget controller: the running surplus ``b_i = Σ_{j<i} (c − R_j)`` kept in ``[−D, D]``.
+
+    ``surplus`` (batch,) float64: the surplus entering column 0 (a decoding step's state; then
+    ``(R, surplus after the last column)`` is returned); ``first``: column 0 is the sequence's first
+    tile (no integral feedback there)."""
     batch, n = desired.shape
+    s0 = torch.zeros(batch, dtype=torch.float64) if surplus is None else surplus.detach().to("cpu", torch.float64)
+    ext = policy_kernels()
+    if ext is not None:  # the C++ loop: the same operations in the same order
+        d = desired.detach().to(device="cpu", dtype=torch.float64).contiguous()
+        R, s1 = ext.budget_controller(d, float(budget), float(r_min), mode == "adaptive", float(slack), bool(feedback),
+                                      s0.contiguous(), bool(first))
+        R = R.to(device=desired.device, dtype=desired.dtype)
+        return R if surplus is None else (R, s1)
     d = desired.detach().cpu().numpy().astype(np.float64)  # numpy: a sequential loop of tiny steps
     R = np.empty_like(d)
-    surplus = np.zeros(batch, dtype=np.float64)
+    surplus_in = surplus
+    surplus = s0.numpy().copy()
     for i in range(n):
         lo = budget + surplus - slack
         hi = budget + surplus + slack
         if mode == "adaptive":
             # integral feedback: a surplus raises the scale, a deficit lowers it (past tiles only)
-            want = np.minimum(np.maximum(d[:, i] * np.exp(surplus / slack), r_min), 1.0) if feedback and i > 0 else d[:, i]
+            want = np.minimum(np.maximum(d[:, i] * np.exp(surplus / slack), r_min), 1.0) \
+                if feedback and (i > 0 or not first) else d[:, i]
             r = np.minimum(np.maximum(np.minimum(np.maximum(want, lo), hi), r_min), 1.0)
         else:
             want = d[:, i]
@@ -506,7 +558,8 @@ def _controlled(desired: Tensor, *, budget: float, r_min: float, mode: str, slac
             r = np.where(r < lo, 1.0, r)
         R[:, i] = r
         surplus = surplus + budget - r
-    return torch.from_numpy(R).to(device=desired.device, dtype=desired.dtype)
+    R = torch.from_numpy(R).to(device=desired.device, dtype=desired.dtype)
+    return R if surplus_in is None else (R, torch.from_numpy(surplus))
 
 
 def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int) -> Tensor:
@@ -579,6 +632,17 @@ def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = N
     """
     check_tensor(resolution, "resolution", ndim=2)
     T = check_int(tile_size, "tile_size", minimum=1)
+    return _dither(resolution, T, carry)
+
+
+def _dither(resolution: Tensor, T: int, carry: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """:func:`dithered_counts` without its checks (the C++ loop, or the numpy reference)."""
+    ext = policy_kernels()
+    if ext is not None:
+        R = resolution.detach().to(device="cpu", dtype=torch.float64).contiguous()
+        e = torch.zeros(R.shape[0], dtype=torch.float64) if carry is None else \
+            carry.detach().to(device="cpu", dtype=torch.float64).contiguous()
+        return tuple(ext.dither_counts(R, T, e))
     R = resolution.detach().cpu().numpy().astype(np.float64)
     e = np.zeros(R.shape[0]) if carry is None else carry.detach().cpu().numpy().astype(np.float64).copy()
     m = np.empty(R.shape, dtype=np.int64)
@@ -660,6 +724,49 @@ def tile_policy(rho_tile: Tensor, predictor_density: Tensor, config: TilingConfi
                               s_max=config.s_max)
         S[:, 0] = config.s_max  # no history: full state for the first tile
         return R, S
+
+
+def block_counts(density: Tensor, config: TilingConfig, *, curvature: Tensor | None = None,
+                 reference: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The block scope's segments per tile from a per-token density, without checks.
+
+    What :func:`plan_tiles` computes for the block scope (steps 1–4: tile densities, the causal
+    predictor's densities, ``R_i = f(ρ_i, d_i, c)`` of seed 001 §3.2.2, the error-diffused counts
+    ``m_i``), on arguments the caller has checked (the layer checks at its boundary), with no
+    :class:`~tiling.tile.TilePlan` around it: the layer's forward runs this on every call.
+
+    Parameters
+    ----------
+    density : (batch, L) non-negative finite per-token density.
+    config : the tiling options (``boundaries="tile"``).
+    curvature : (batch, L) per-token curvature, optional.
+    reference : the running reference (:meth:`RunningCalibration.reference
+        <tiling.modules.router.RunningCalibration.reference>`), optional.
+
+    Returns
+    -------
+    ``(R, m, rho_tile, predictor, kappa)``: ``R`` float32 (batch, n_tiles) on the CPU, ``m`` int64
+    (batch, n_tiles) on the CPU (:func:`dithered_counts` of ``R``, on the nominal tile grid), the
+    float64 tile densities ``ρ_i`` and the causal predictor's densities on ``density``'s device, and
+    the tiles' curvature (float64, or None).
+
+    Raises
+    ------
+    ValueError
+        The tile densities are not finite (a finite but huge signal that overflowed).
+    """
+    T = config.tile_size
+    rho = density.detach().to(torch.float64)
+    rho_tile = _tile_mean(rho, T)
+    pred = rho_tile if config.predictor_tail is None else _tile_tail(rho, T, config.predictor_tail,
+                                                                      config.predictor_reduce)
+    if not bool(torch.isfinite(rho_tile).all() & torch.isfinite(pred).all()):  # (batch, n_tiles): cheap
+        raise ValueError("the resolution signal (density) contains NaN/Inf")
+    kappa = None if curvature is None else _tile_mean(curvature.detach().to(device=rho.device, dtype=torch.float64), T)
+    R = _resolution(rho_tile, config, curvature=kappa, predictor_density=pred if config.causal else None,
+                    reference=reference).to(device="cpu", dtype=torch.float32)
+    m, _ = _dither(R, T)
+    return R, m, rho_tile, pred, kappa
 
 
 def plan_tiles(density: Tensor, config: TilingConfig, *, curvature: Tensor | None = None,
@@ -754,4 +861,5 @@ __all__ = [
     "plan_densities",
     "tile_policy",
     "plan_tiles",
+    "block_counts",
 ]

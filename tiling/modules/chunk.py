@@ -153,6 +153,12 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     m = seg_counts.to(torch.int64)
     if bool(((m < 1) | (m > T)).any()):
         raise ValueError(f"seg_counts must lie in [1, tile_size={T}], got range [{int(m.min())}, {int(m.max())}]")
+    return _segment_mask(m, L, T)
+
+
+def _segment_mask(m: Tensor, L: int, T: int) -> Tensor:
+    """:func:`segment_boundaries` of checked int64 counts."""
+    batch = m.shape[0]
     m = m.unsqueeze(-1)
     o = torch.arange(min(T, L), device=m.device, dtype=torch.int64)  # offsets past the end never count
     j = (o * m + (T - 1)) // T
@@ -160,12 +166,16 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     return mask.reshape(batch, -1)[:, :L]
 
 
-def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:
+def layout_from_boundaries(boundary: Tensor, *, compact_length: int | None = None,
+                           validate: bool = True) -> SegmentLayout:
     """The :class:`SegmentLayout` of a boundary mask.
 
     Parameters
     ----------
     boundary : (batch, L) bool whose first column is True.
+    compact_length : ``L_c``, the largest number of segments of a row, when the caller knows it
+        (no device synchronisation then); None: counted.
+    validate : check ``boundary`` (False: the caller made it, e.g. from checked counts).
 
     Returns
     -------
@@ -179,36 +189,48 @@ def layout_from_boundaries(boundary: Tensor) -> SegmentLayout:
         ``boundary`` is not 2-D with at least one row and column, or a row does not start a segment
         at position 0.
     """
-    check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
-    if boundary.dtype != torch.bool:
-        raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
-    if boundary.shape[0] < 1 or boundary.shape[1] < 1 or not bool(boundary[:, 0].all()):
-        raise ValueError(f"boundary must have at least one row and column and start a segment at position 0 of every "
-                         f"row, got shape {tuple(boundary.shape)}")
+    if validate:
+        check_tensor(boundary, "boundary", ndim=2, floating=False, finite=False)
+        if boundary.dtype != torch.bool:
+            raise TypeError(f"boundary must be a bool tensor, got {boundary.dtype}")
+        if boundary.shape[0] < 1 or boundary.shape[1] < 1 or not bool(boundary[:, 0].all()):
+            raise ValueError(f"boundary must have at least one row and column and start a segment at position 0 of "
+                             f"every row, got shape {tuple(boundary.shape)}")
     batch, L = boundary.shape
     segment = boundary.to(torch.int64).cumsum(1) - 1
     lengths = segment[:, -1] + 1
-    Lc = int(lengths.max())
-    rows, pos = boundary.nonzero(as_tuple=True)
-    start = torch.zeros(batch, Lc, dtype=torch.int64, device=boundary.device)
-    start[rows, segment[rows, pos]] = pos
+    Lc = int(lengths.max()) if compact_length is None else compact_length
+    # each segment's representative: its boundary's position (the other positions go to a dummy column)
+    pos = torch.arange(L, device=boundary.device).expand(batch, L)
+    target = torch.where(boundary, segment, Lc)
+    start = torch.zeros(batch, Lc + 1, dtype=torch.int64, device=boundary.device).scatter_(1, target, pos)[:, :Lc]
     span = torch.zeros(batch, Lc, dtype=torch.int64, device=boundary.device)
     span.scatter_add_(1, segment, torch.ones_like(segment))
     return SegmentLayout(boundary=boundary, segment=segment, start=start, span=span, lengths=lengths)
 
 
-def layout_from_counts(seg_counts: Tensor, L: int, tile_size: int) -> SegmentLayout:
+def layout_from_counts(seg_counts: Tensor, L: int, tile_size: int, *, device=None) -> SegmentLayout:
     """The :class:`SegmentLayout` of per-tile segment counts (:func:`segment_boundaries`).
 
     Parameters
     ----------
     seg_counts, L, tile_size : as for :func:`segment_boundaries` (whose checks apply).
+    device : where the layout goes (default: ``seg_counts``' device). Counts on the CPU and a layout
+        on another device cost one small copy and no synchronisation: ``L_c`` is counted on the host.
 
     Returns
     -------
     :class:`SegmentLayout`.
     """
-    return layout_from_boundaries(segment_boundaries(seg_counts, L, tile_size))
+    boundary = segment_boundaries(seg_counts.to(device) if device is not None else seg_counts, L, tile_size)
+    Lc = None
+    if seg_counts.device.type == "cpu":
+        n_last = L - (seg_counts.shape[1] - 1) * tile_size
+        m = seg_counts.to(torch.int64)
+        # the last tile keeps the starts floor(j T / m) < n_last: min(m, ceil(n_last m / T)) of them
+        last = torch.minimum(m[:, -1], -(-(n_last * m[:, -1]) // tile_size))
+        Lc = int((m[:, :-1].sum(1) + last).max())
+    return layout_from_boundaries(boundary, compact_length=Lc, validate=False)
 
 
 def check_layout(layout: SegmentLayout, batch: int, L: int) -> None:

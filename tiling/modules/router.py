@@ -58,7 +58,8 @@ from torch import nn
 from infogeo.checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
 from tiling.config import TilingConfig
 from tiling.modules.chunk import segment_boundaries
-from tiling.policy import dithered_counts, plan_densities, plan_tiles, tile_importance, tile_mean, tile_policy
+from tiling.policy import block_counts, dithered_counts, plan_densities, plan_tiles, tile_importance, tile_mean, \
+    tile_policy
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -93,18 +94,24 @@ def linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, 
         output is not finite: names the non-finite input, or reports an overflow.
     """
     _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset)
-    r = dt_weight.shape[1]
-    ab = x @ proj.t() if offset is None else torch.addmm(offset, x.reshape(-1, x.shape[-1]), proj.t()).view(
-        *x.shape[:-1], -1)
-    delta = F.softplus(torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t()))
-    speed = delta.square().sum(-1).view(x.shape[:-1])
-    rho = scale * speed * ab[..., r:].square().sum(-1)
+    rho = _linear_density(x, proj, dt_weight, dt_bias, scale, offset)
     if validate and not bool(torch.isfinite(rho).all()):
         for name, t in (("x", x), ("proj", proj), ("dt_weight", dt_weight), ("dt_bias", dt_bias), ("offset", offset)):
             if t is not None:
                 check_finite(t, name)
         raise ValueError("the density overflowed with finite inputs: x, proj or dt_weight are too large")
     return rho
+
+
+def _linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, scale: float,
+                    offset: Tensor | None) -> Tensor:
+    """:func:`linear_density` on checked arguments (the layer checks once, at its boundary)."""
+    r = dt_weight.shape[1]
+    ab = x @ proj.t() if offset is None else torch.addmm(offset, x.reshape(-1, x.shape[-1]), proj.t()).view(
+        *x.shape[:-1], -1)
+    delta = F.softplus(torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t()))
+    speed = delta.square().sum(-1).view(x.shape[:-1])
+    return scale * speed * ab[..., r:].square().sum(-1)
 
 
 def _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset) -> None:
@@ -502,6 +509,32 @@ class TileRouter(nn.Module):
                 self.calibrator.update(tile_importance(predictor, exponent=config.exponent, curvature=kappa,
                                                        curvature_weight=config.curvature_weight))
         return plan
+
+    def counts(self, density: Tensor, *, curvature: Tensor | None = None, budget: float | None = None,
+               update: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """The block scope's plan of a sequence: what :meth:`forward` decides, without the checks and
+        the :class:`~tiling.tile.TilePlan` (the layer's forward, which checks once at its boundary).
+
+        Parameters
+        ----------
+        density : (batch, L) the signal, finite and non-negative.
+        curvature : (batch, L), optional.
+        budget : overrides the configuration's budget.
+        update : fold the batch into the running calibration after the plan (training mode).
+
+        Returns
+        -------
+        ``(R, m, rho_tile)``: float32 resolutions and int64 segment counts (batch, n_tiles) on the
+        CPU (:func:`~tiling.policy.block_counts`), and the float64 tile densities.
+        """
+        config = self._config(budget)
+        with torch.no_grad():
+            R, m, rho_tile, pred, kappa = block_counts(density, config, curvature=curvature,
+                                                       reference=self.reference())
+            if update and self.calibrator is not None and self.tiling.causal:
+                self.calibrator.update(tile_importance(pred, exponent=config.exponent, curvature=kappa,
+                                                       curvature_weight=config.curvature_weight))
+        return R, m, rho_tile
 
     def allocate(self, batch: int, *, device=None) -> TileRouterState:
         """The empty :class:`TileRouterState` of ``batch`` rows.

@@ -50,12 +50,13 @@ from torch import nn
 from infogeo.checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
+from tiling.ops.scan import causal_conv1d_silu, selective_scan
 from tiling.config import TilingConfig
 from tiling.policy import tile_density
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
     layout_from_counts
 from tiling.modules.router import RouterState, RunningCalibration, TileRouter, TileRouterState, TokenRouter, \
-    linear_density, ratio_loss
+    _linear_density, linear_density, ratio_loss
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.tile import TilePlan
 
@@ -341,11 +342,10 @@ class TiledMamba(nn.Module):
         u, z = _bmm(W[:E], xt), _bmm(W[E:], xt)
         if bias is not None:
             u, z = u + bias[:E, None], z + bias[E:, None]
-        u = F.silu(self.conv1d(u)[..., :L])
-        Wx = self.x_proj.weight
-        dt_raw = _bmm(self.dt_proj.weight, _bmm(Wx[:r], u))
-        BC = _bmm(Wx[r:], u)
-        return u, z, dt_raw, BC[:, :N], BC[:, N:]
+        u = causal_conv1d_silu(u, self.conv1d.weight, self.conv1d.bias)
+        xdbl = _bmm(self.x_proj.weight, u)  # (b, r + 2N, L): dt_low, B, C
+        dt_raw = torch.bmm(self.dt_proj.weight.expand(x.shape[0], -1, -1), xdbl[:, :r])
+        return u, z, dt_raw, xdbl[:, r:r + N], xdbl[:, r + N:]
 
     def _out(self, y: Tensor) -> Tensor:
         """out_proj of the channel-first ``y`` (b, d_inner, L) → (b, L, d_model), without a copy."""
@@ -357,7 +357,7 @@ class TiledMamba(nn.Module):
         with torch.no_grad():
             if density is None:
                 return ssm_density(F.softplus(dt_raw + self.dt_proj.bias[:, None]), B)
-            return self._external_density(density, batch, L, dt_raw.device)
+            return density.detach().to(device=dt_raw.device)
 
     @staticmethod
     def _external_density(density: Tensor, batch: int, L: int, device) -> Tensor:
@@ -391,7 +391,7 @@ class TiledMamba(nn.Module):
         """Block scope's resolution signal ``ρ̂`` (batch, L), ≈ 1.6 % of the block at d_model 768."""
         with torch.no_grad():
             proj, offset, w, b, scale = self._signal_maps() if maps is None else maps
-            return linear_density(x, proj, w, b, scale, offset=offset, validate=False)
+            return _linear_density(x, proj, w, b, scale, offset)
 
     def _route(self, y: Tensor, tile_states: Tensor, C: Tensor, R: Tensor, S: Tensor | None) -> Tensor:
         """Add ``g ⊙ tanh(W_s·read(s_i) + W_r·(R_i − R_{i+1}))`` to the outputs of tile ``i+1``.
@@ -423,7 +423,7 @@ class TiledMamba(nn.Module):
     # ------------------------------------------------------------------ public API
     def forward(
         self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
-        budget: float | None = None, return_plan: bool = False,
+        budget: float | None = None, return_plan: bool = False, check: bool = True,
     ):
         """Apply the block: ``(batch, L, d_model) → (batch, L, d_model)``.
 
@@ -437,6 +437,9 @@ class TiledMamba(nn.Module):
         budget : overrides the layer's budget for this call; budget 1 is full resolution by definition
             (no policy is run unless state dims or a plan need it).
         return_plan : also return the :class:`~tiling.tile.TilePlan` used.
+        check : check ``hidden_states`` (shape, dtype) and the output (NaN/Inf, one pass) at this
+            call. False: the caller checks once at its own boundary (``TiledLM`` checks its tokens and
+            its logits); the layer then runs no check at all, unless it was built with ``validate``.
 
         Returns
         -------
@@ -451,18 +454,20 @@ class TiledMamba(nn.Module):
             is large enough to make the block overflow; ``density``/``curvature`` is not (batch, L) or
             not finite, ``density`` negative; ``budget`` outside (0, 1] or below ``r_min``.
         """
-        self._check_input(hidden_states)
         c = self._budget(budget)
+        fwd = self._forward_block if self.scope == "block" else self._forward_scan
+        if not (check or self.validate):
+            return fwd(hidden_states, density, curvature, c, return_plan)
+        self._check_input(hidden_states)
         batch, L, _ = hidden_states.shape
         if density is not None:
             density = self._external_density(density, batch, L, hidden_states.device)
         if curvature is not None:
             check_tensor(curvature, "curvature", shape=(batch, L))
         try:
-            fwd = self._forward_block if self.scope == "block" else self._forward_scan
             result = fwd(hidden_states, density, curvature, c, return_plan)
             out = result[0] if return_plan else result
-            if not bool(torch.isfinite(out).all()):  # paths without an inner check (e.g. budget 1)
+            if not all_finite(out):
                 raise ValueError("the block's output contains NaN/Inf")
             return result
         except ValueError as e:
@@ -490,13 +495,19 @@ class TiledMamba(nn.Module):
         return c >= 1.0 and self.tiling.state_k is None
 
     def _scan(self, u: Tensor, dt_raw: Tensor, B: Tensor, C: Tensor, z: Tensor, gap: Tensor | None = None, **kw):
-        """The selective scan op on the layer's parameters; ``gap`` (b, L) scales Δ (block scope)."""
+        """The selective scan op on the layer's parameters; ``gap`` (b, L) scales Δ (block scope).
+
+        The block scope scans at ``R = 1`` (``kw`` empty): :func:`~tiling.ops.scan.selective_scan`,
+        with no per-call checks (the layer checks at its boundary), or the checked op with ``validate``."""
         A = -torch.exp(self.A_log.float() if self.A_log.dtype != torch.float64 else self.A_log)
         if gap is None:
-            return adaptive_selective_scan(u, dt_raw, A, B, C, self.D, z, delta_bias=self.dt_proj.bias,
-                                           delta_softplus=True, tile_size=self.tile_size, **kw)
-        delta = F.softplus(dt_raw + self.dt_proj.bias[:, None]) * gap.unsqueeze(1).to(dt_raw.dtype)
-        return adaptive_selective_scan(u, delta, A, B, C, self.D, z, tile_size=self.tile_size, **kw)
+            delta, bias = dt_raw, self.dt_proj.bias
+        else:
+            delta, bias = F.softplus(dt_raw + self.dt_proj.bias[:, None]) * gap.unsqueeze(1).to(dt_raw.dtype), None
+        if kw or self.validate:
+            return adaptive_selective_scan(u, delta, A, B, C, self.D, z, delta_bias=bias, delta_softplus=gap is None,
+                                           tile_size=self.tile_size, **kw)
+        return selective_scan(u, delta, A, B, C, self.D, z, delta_bias=bias, delta_softplus=gap is None)
 
     def _forward_scan(self, x: Tensor, density, curvature, c: float, return_plan: bool):
         batch, L, _ = x.shape
@@ -549,19 +560,31 @@ class TiledMamba(nn.Module):
         rho = rho_tile = None
         uniform = self.policy == "uniform"  # R_i = c: the signal only feeds the plan's report
         if need_density or not (self._full(c) or uniform):
-            rho = self._external_density(density, batch, L, x.device) if density is not None else self._signal(x)
-            rho_tile = tile_density(rho.to(torch.float64), T)
-        if self._full(c):
-            return None, None, ones, rho_tile, rho
-        if uniform:
-            R = torch.full((batch, n_tiles), c)
-        else:
-            tp = (self.tile_router if update else self.tile_router.plan)(rho, curvature=curvature, budget=c)
-            R, rho_tile = tp.resolution, tp.density
-        m, _ = dithered_counts(R, T)
+            rho = density.detach().to(device=x.device) if density is not None else self._signal(x)
+        if self._full(c) or uniform:
+            if rho is not None:
+                rho_tile = tile_density(rho.to(torch.float64), T)
+            if self._full(c):
+                return None, None, ones, rho_tile, rho
+            layout = self._uniform_layout(batch, L, c, x.device)
+            return layout, None, torch.full((batch, n_tiles), c), rho_tile, rho
+        R, m, rho_tile = self.tile_router.counts(rho, curvature=curvature, budget=c, update=update)
         if bool((m == T).all()):
             return None, None, R, rho_tile, rho
-        return layout_from_counts(m.to(x.device), L, T), None, R, rho_tile, rho
+        return layout_from_counts(m, L, T, device=x.device), None, R, rho_tile, rho
+
+    def _uniform_layout(self, batch: int, L: int, c: float, device) -> SegmentLayout | None:
+        """The layout of the uniform policy (``R_i = c``): the same for every call of one shape, so made
+        once (the counts need no signal) and kept (a few shapes; None is the identity)."""
+        cache = self.__dict__.setdefault("_layouts", {})
+        key = (batch, L, c, str(device))
+        if key not in cache:
+            T, n_tiles = self.tile_size, -(-L // self.tile_size)
+            m, _ = dithered_counts(torch.full((batch, n_tiles), c), T)
+            if len(cache) >= 8:
+                cache.pop(next(iter(cache)))
+            cache[key] = None if bool((m == T).all()) else layout_from_counts(m, L, T, device=device)
+        return cache[key]
 
     def _forward_block(self, x: Tensor, density, curvature, c: float, return_plan: bool):
         batch, L, _ = x.shape
@@ -594,6 +617,10 @@ class TiledMamba(nn.Module):
         self._check_input(hidden_states)
         c = self._budget(budget)
         batch, L, _ = hidden_states.shape
+        if density is not None:
+            density = self._external_density(density, batch, L, hidden_states.device)
+        if curvature is not None:
+            check_tensor(curvature, "curvature", shape=(batch, L))
         with torch.no_grad():
             if self.scope == "block":
                 layout, _, R, rho_tile, rho = self._block_layout(hidden_states, density, curvature, c, False, True)
@@ -853,6 +880,12 @@ def _tile_cost(n: int, T: int, m: int, S: int, N: int, dim: int) -> tuple[int, i
     return cost["madd_total"], cost["exp_total"]
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN/Inf, in one pass: the sum of a tensor with a NaN or an infinity is
+    not finite; a finite tensor whose sum overflows is then checked element by element."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 def _bmm(w: Tensor, x: Tensor) -> Tensor:
     """``w @ x[b]`` for every batch row: (m, k) × (batch, k, n) → contiguous (batch, m, n)."""
     return torch.bmm(w.expand(x.shape[0], -1, -1), x)
@@ -896,4 +929,4 @@ _RENAMED_KEYS = {
     "calibrator.updates": "tile_router.calibrator.updates",
 }
 
-__all__ = ["TiledMamba", "TiledMambaState"]
+__all__ = ["TiledMamba", "TiledMambaState", "all_finite"]

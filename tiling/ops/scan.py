@@ -9,10 +9,13 @@ extension interface of ``kernels_cuda/binding.h``.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from infogeo.checks import check_tensor
 from tiling import _build
@@ -245,4 +248,136 @@ def adaptive_selective_scan(
     return y
 
 
-__all__ = ["adaptive_selective_scan", "checkpoint_slots", "CHECKPOINT_SEGMENTS"]
+#: tile length of :func:`selective_scan` (at ``R ≡ 1`` tiles change nothing but the kernel's blocking
+#: and the spacing of the backward's checkpoints)
+FULL_TILE = 64
+
+
+@functools.lru_cache(maxsize=64)
+def _full_plan(batch: int, L: int, tile_size: int, n_state: int, acc: torch.dtype, device: torch.device
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+    """``(resolution, seg_counts, state_dims, ckpt_slot, n_ckpt)`` of a scan at ``R ≡ 1``, made once per shape."""
+    n_tiles = -(-L // tile_size)
+    lengths = torch.full((batch, n_tiles), tile_size, dtype=torch.int64)
+    lengths[:, -1] = L - (n_tiles - 1) * tile_size
+    slot, n_ckpt = checkpoint_slots(lengths)
+    i32 = dict(device=device, dtype=torch.int32)
+    return (torch.ones(batch, n_tiles, dtype=acc, device=device), lengths.to(**i32),
+            torch.full((batch, n_tiles), n_state, **i32), slot.to(**i32), n_ckpt)
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False) -> Tensor:
+    """Mamba's selective scan (the op at ``R ≡ 1``, full state), with no per-call checks.
+
+    The block scope's mixer and every plain Mamba layer scan at full resolution; this entry skips
+    what :func:`adaptive_selective_scan` does per call (argument validation, the plan's defaults,
+    the checkpoint schedule, the output's NaN/Inf check), so the op costs its arithmetic also at
+    small sizes. The caller checks its own inputs and outputs once (``TiledMamba.forward``,
+    ``TiledLM.forward``).
+
+    Parameters
+    ----------
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus : as for :func:`adaptive_selective_scan`,
+        with ``B``, ``C`` of shape (batch, N, L) and every tensor on ``u``'s device, already valid.
+
+    Returns
+    -------
+    ``y`` (batch, dim, L), dtype of ``u``; differentiable as :func:`adaptive_selective_scan`.
+
+    Notes
+    -----
+    Equal to ``adaptive_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)``
+    (tested): at ``R ≡ 1`` every segment is one token, whatever the tile length, so the tiles are
+    :data:`FULL_TILE` long. Falls back to that op (with its checks and, without a kernel, the
+    reference) under ``torch.func`` transforms and where no kernel runs.
+    """
+    ext = None if torch._C._are_functorch_transforms_active() else _kernel(u.device, A.shape[-1])
+    if ext is None:
+        return adaptive_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tile_size=FULL_TILE)
+    batch, _, L = u.shape
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
+    R, m, S, slot, n_ckpt = _full_plan(batch, L, FULL_TILE, A.shape[-1], acc, u.device)
+
+    def cast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.to(acc).contiguous()
+
+    y, _, _, _ = _AdaptiveScan.apply(
+        u.contiguous(), delta.contiguous(), cast(A), B.unsqueeze(1).contiguous(), C.unsqueeze(1).contiguous(),
+        cast(D), None if z is None else z.contiguous(), cast(delta_bias), None, None, R, m, S, slot, n_ckpt,
+        FULL_TILE, bool(delta_softplus), False, ext, R)
+    return y
+
+
+def _kernel(device: torch.device, n_state: int):
+    """The compiled extension for ``device`` (quietly None where the op would warn and fall back)."""
+    if device.type == "cpu":
+        return _build.load_cpu_extension()
+    if device.type == "cuda" and not _build.force_reference() and n_state <= CUDA_MAX_STATE:
+        return _build.load_cuda_extension()
+    return None
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """The CPU kernel's fused causal depthwise conv + SiLU (forward and backward)."""
+
+    @staticmethod
+    def forward(x, weight, bias, ext):
+        return ext.conv_silu_fwd(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, ext = inputs
+        ctx.save_for_backward(x, weight, bias)
+        ctx.ext = ext
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        dx, dw, db = ctx.ext.conv_silu_bwd(dy, x, weight, bias)
+        return dx, dw, (db if bias is not None else None), None
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``silu(conv1d(x))`` with Mamba's causal depthwise convolution, no checks.
+
+    Parameters
+    ----------
+    x : (batch, E, L).
+    weight : (E, 1, K), the ``nn.Conv1d(E, E, K, groups=E, padding=K − 1)`` weight.
+    bias : (E,) or None.
+
+    Returns
+    -------
+    (batch, E, L): ``silu(F.conv1d(x, weight, bias, padding=K − 1, groups=E)[..., :L])``, as
+    ``mamba_ssm`` and HF's ``MambaMixer`` compute it (tested against that expression).
+
+    Notes
+    -----
+    On the CPU (``1 ≤ K ≤ 16``, float32/float64, no ``torch.func`` transform or dispatch mode such as
+    ``FlopCounterMode``, a built kernel) the C++
+    kernel runs it in one pass and its backward recomputes the pre-activation (oneDNN's depthwise
+    convolution takes 2 ms at (1, 256, 1024), the fused kernel 0.3 ms on the project's machine);
+    elsewhere the expression above.
+    """
+    E, K = weight.shape[0], weight.shape[-1]
+    ext = None
+    # a transform or a dispatch mode (torch.func, FlopCounterMode) sees torch's ops, not the kernel
+    if (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and K <= 16
+            and not torch._C._are_functorch_transforms_active() and _get_current_dispatch_mode() is None):
+        ext = _build.load_cpu_extension()
+    if ext is None:
+        return F.silu(F.conv1d(x, weight, bias, padding=K - 1, groups=E)[..., :x.shape[-1]])
+    b = None if bias is None else bias.contiguous()
+    return _ConvSiLU.apply(x.contiguous(), weight.reshape(E, K).contiguous(), b, ext)
+
+
+def policy_kernels():
+    """The CPU extension holding the policy's sequential steps (``dither_counts``,
+    ``budget_controller``, ``bisect_scale``), or None without a compiled kernel (the policy then runs
+    its numpy reference)."""
+    return _build.load_cpu_extension()
+
+
+__all__ = ["adaptive_selective_scan", "causal_conv1d_silu", "checkpoint_slots", "policy_kernels", "selective_scan",
+           "CHECKPOINT_SEGMENTS", "FULL_TILE"]
