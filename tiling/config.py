@@ -480,8 +480,7 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
         encoder=StageConfig(encoder_layers, outer),
         main=StageConfig(main_layers, MambaConfig(d_model=d_main, d_state=d_state, expand=expand)),
         decoder=StageConfig(decoder_layers, outer),
-        tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget if budget_range is None
-                                                                          else budget_range[0], budget),
+        tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget),
                             causal=causal, calibration="running"),
         boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range)
 __all__ = ["TilingConfig", "MambaConfig", "StageConfig", "BoundaryConfig", "HourglassConfig", "hourglass_config", "SIGNALS", "AUX_SIGNALS"]

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infogeo.checks import check_in_range, check_int
-from tiling.config import HourglassConfig, StageConfig, TilingConfig
+from tiling.config import AUX_SIGNALS, HourglassConfig, StageConfig, TilingConfig
 from tiling.modules.boundary import BoundaryRouter, BoundaryState, Routing
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk
 from tiling.modules.tiled_mamba import TiledMamba, TiledMambaState
@@ -114,12 +114,13 @@ def ema_compact(z: Tensor, p: Tensor) -> Tensor:
     -------
     (batch, L_c, d), differentiable in ``z`` and ``p`` (module docstring: the selective scan op).
     """
-    pc = p.to(torch.float32).clamp(_P_MIN, _P_MAX)
+    acc = torch.float64 if z.dtype == torch.float64 else torch.float32
+    pc = p.to(acc).clamp(_P_MIN, _P_MAX)
     delta = -torch.log1p(-pc)  # (b, Lc)
     batch, Lc, d = z.shape
     u = z.transpose(1, 2)
     dl = delta.unsqueeze(1).expand(batch, d, Lc).to(z.dtype)
-    A = -torch.ones(d, 1, dtype=torch.float32 if z.dtype != torch.float64 else z.dtype, device=z.device)
+    A = -torch.ones(d, 1, dtype=acc, device=z.device)
     B = (pc / delta).unsqueeze(1).to(z.dtype)
     C = torch.ones_like(B)
     y = adaptive_selective_scan(u, dl, A, B, C, tile_size=max(1, Lc))
@@ -280,7 +281,7 @@ class HourglassLM(nn.Module):
         c = self.check_budget(budget)
         x = self.embedding(tokens)
         h, last_in = self.encoder(x)
-        aux = self.aux_head(self.aux_norm(h)) if self.aux_head is not None else None
+        aux = self.aux_head(self.aux_norm(h)) if self._needs_aux(c) else None
         linear = None
         if self.config.boundary.signal == "linear" and c < 1.0:
             linear = self.encoder.layers[-1]._signal(last_in)
@@ -308,6 +309,12 @@ class HourglassLM(nn.Module):
         out = HourglassOutput(routing=routing, aux_logits=aux, lengths=lengths, budget=c)
         self.last_output = out if self.training else None
         return (logits, out) if return_output else logits
+
+    def _needs_aux(self, budget: float) -> bool:
+        """The auxiliary head runs in training (its loss) and where the signal reads it below budget 1."""
+        if self.aux_head is None:
+            return False
+        return self.training or (budget < 1.0 and self.config.boundary.signal in AUX_SIGNALS)
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if not isinstance(tokens, Tensor) or tokens.dtype != torch.int64 or tokens.dim() != 2:
@@ -368,7 +375,7 @@ class HourglassLM(nn.Module):
         c = self.check_budget(budget)
         x = self.embedding(tokens)
         h, enc, last_in = self.encoder.step(x, state.encoder)
-        aux = self.aux_head(self.aux_norm(h)) if self.aux_head is not None else None
+        aux = self.aux_head(self.aux_norm(h)) if self._needs_aux(c) else None
         linear = None
         if self.config.boundary.signal == "linear" and c < 1.0:
             linear = self.encoder.layers[-1]._signal(last_in.unsqueeze(1))[:, 0]
@@ -436,7 +443,8 @@ class HourglassLM(nn.Module):
         parts["encoder"], mm["encoder"] = stage(cfg.encoder, L)
         parts["decoder"], mm["decoder"] = stage(cfg.decoder, L)
         signal = cfg.boundary.signal
-        with_aux = self.aux_head is not None and (not inference or signal in ("entropy", "surprisal", "fisher_rao"))
+        with_aux = self.aux_head is not None and (not inference or (signal in AUX_SIGNALS
+                                                                     and any(Lc < L for Lc in lengths)))
         if with_aux:
             parts["aux_head"] = mm["aux_head"] = L * d * V
         parts["residual"] = mm["residual"] = L * d * d
@@ -450,8 +458,9 @@ class HourglassLM(nn.Module):
                     r["signal"] = 3 * L * V
                 elif signal == "linear":
                     m = cfg.encoder.mamba
+                    k = int(self.encoder.layers[-1].signal_index.numel())  # min(signal_channels, d_inner)
                     r["signal"], rm["signal"] = (L * v for v in signal_cost_per_token(
-                        "linear", d_model=m.d_model, d_state=m.d_state, dt_rank=m.rank))
+                        "linear", d_model=m.d_model, d_state=m.d_state, dt_rank=m.rank, signal_channels=k))
                 elif signal == "router":
                     rank = self.boundary.router.rank
                     r["signal"], rm["signal"] = ((L - 1) * v for v in signal_cost_per_token(

@@ -1,0 +1,341 @@
+"""The byte-level hourglass LM (tiling/modules/hourglass.py, boundary.py): causality for every signal at
+every budget, step() against forward(), the whole-model cost against FlopCounterMode, the budget
+controllers' bounds, exactness at budget 1 against a plain TiledLM stack, checkpoints, FLOP matching and
+bad input."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.flop_counter import FlopCounterMode
+
+from tiling.config import BoundaryConfig, HourglassConfig, SIGNALS, TilingConfig, hourglass_config
+from tiling.modules.boundary import causal_boundaries, exact_boundaries, spacelike, uniform_boundaries
+from tiling.modules.hourglass import HourglassLM, ema_compact, match_main_width
+from tiling.train import TiledLM
+from tiling.train.textmodel import build_model, load_text_model, model_config, save_text_checkpoint
+
+torch.set_num_threads(1)
+SMALL = {"d_outer": 16, "d_main": 32, "main_layers": 2, "d_state": 4, "tile_size": 8}
+
+
+def small(signal: str = "entropy", budget: float = 0.25, **kw) -> HourglassLM:
+    torch.manual_seed(0)
+    return HourglassLM(hourglass_config(**SMALL, signal=signal, budget=budget, **kw))
+
+
+def text_tokens(batch: int = 2, L: int = 96, seed: int = 0) -> torch.Tensor:
+    """Byte sequences with words and spaces (so the space-like signal has boundaries to find)."""
+    g = torch.Generator().manual_seed(seed)
+    words = [b"the ", b"for ", b"x = 1; ", b"def f(a):\n", b"import os ", b"return ", b"    "]
+    rows = []
+    for _ in range(batch):
+        s = b""
+        while len(s) < L:
+            s += words[int(torch.randint(len(words), (1,), generator=g))]
+        rows.append(list(s[:L]))
+    return torch.tensor(rows, dtype=torch.int64)
+
+
+def calibrated(model: HourglassLM, budgets=(0.25, 0.5)) -> HourglassLM:
+    """A few training-mode forwards fill the running quantiles (the thresholds), then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for k in range(3):
+            for b in budgets:
+                model(text_tokens(2, 96, seed=10 + k), budget=b)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- causality
+@pytest.mark.parametrize("signal", SIGNALS)
+@pytest.mark.parametrize("form", ["byte", "tile"])
+def test_autoregressive_for_every_signal_at_every_budget(signal, form):
+    """Changing byte t moves no logit (and no auxiliary logit) before t, at budgets 1, 0.5, 0.35 and 0.25."""
+    model = calibrated(small(signal, form=form))
+    x = text_tokens(2, 96)
+    for budget in (1.0, 0.5, 0.35, 0.25):
+        model.train()  # the aux head runs in training mode: check it too, on copies (no state update between)
+        for mode in ("train", "eval"):
+            m = copy.deepcopy(model).train(mode == "train")
+            m2 = copy.deepcopy(model).train(mode == "train")
+            with torch.no_grad():
+                a, oa = m(x, budget=budget, return_output=True)
+                for t in (17, 50, 95):
+                    y = x.clone()
+                    y[:, t] = (y[:, t] + 97) % 256
+                    b, ob = copy.deepcopy(m2)(y, budget=budget, return_output=True)
+                    # equal up to float rounding: a compact sequence of another length runs BLAS with
+                    # another blocking; a leak moves logits by ~1e-2 (test_the_leak_test_sees_a_leak)
+                    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=2e-6,
+                                               msg=f"{signal} {form} {budget} {mode} {t}")
+                    if oa.aux_logits is not None:  # the encoder runs on L bytes in both: bit-equal
+                        assert torch.equal(oa.aux_logits[:, :t], ob.aux_logits[:, :t])
+                    assert torch.equal(oa.routing.boundary[:, :t + 1][:, :t], ob.routing.boundary[:, :t])
+        model.eval()
+
+
+def test_the_leak_test_sees_a_leak():
+    """The non-causal controller (top-k per row) reads later bytes: the test above would catch it."""
+    model = calibrated(small("entropy", causal=False))
+    x = text_tokens(1, 96)
+    with torch.no_grad():
+        a = model(x, budget=0.25)
+        moved = False
+        for t in range(20, 96, 7):
+            y = x.clone()
+            y[:, t] = (y[:, t] + 97) % 256
+            moved |= float((a[:, :t] - model(y, budget=0.25)[:, :t]).abs().max()) > 1e-3
+    assert moved
+
+
+# ----------------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("signal,dechunk,form", [("entropy", "ema", "byte"), ("entropy", "hold", "byte"),
+                                                 ("surprisal", "ema", "byte"), ("fisher_rao", "ema", "byte"),
+                                                 ("router", "ema", "byte"), ("linear", "hold", "byte"),
+                                                 ("uniform", "ema", "byte"), ("space", "ema", "byte"),
+                                                 ("entropy", "ema", "tile")])
+def test_step_equals_forward(signal, dechunk, form):
+    model = calibrated(small(signal, dechunk=dechunk, form=form))
+    x = text_tokens(2, 64)
+    for budget in (1.0, 0.5, 0.25):
+        with torch.no_grad():
+            full, out = model(x, budget=budget, return_output=True)
+        state = model.allocate_inference_state(2)
+        steps = []
+        for t in range(x.shape[1]):
+            logits, state = model.step(x[:, t], state, budget=budget)
+            steps.append(logits)
+        steps = torch.stack(steps, 1)
+        torch.testing.assert_close(steps, full, rtol=1e-4, atol=2e-4)
+        assert state.boundary.position == x.shape[1]
+
+
+def test_batched_step_equals_single_rows():
+    model = calibrated(small("entropy"))
+    x = text_tokens(3, 40)
+    both = model.allocate_inference_state(3)
+    single = [model.allocate_inference_state(1) for _ in range(3)]
+    for t in range(40):
+        lb, both = model.step(x[:, t], both, budget=0.25)
+        for r in range(3):
+            lr, single[r] = model.step(x[r:r + 1, t], single[r], budget=0.25)
+            torch.testing.assert_close(lb[r:r + 1], lr, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- cost
+@pytest.mark.parametrize("signal", ["entropy", "router", "linear", "uniform", "space"])
+@pytest.mark.parametrize("budget", [1.0, 0.25])
+def test_cost_agrees_with_flop_counter(signal, budget):
+    """``cost()['matmul']`` (2 FLOPs each) is what FlopCounterMode counts in an eval forward (one row,
+    so the compact batch has no padding)."""
+    model = calibrated(small(signal))
+    x = text_tokens(1, 96)
+    with torch.no_grad():
+        model(x, budget=budget)  # the linear signal's maps are cached after the first call
+        with FlopCounterMode(display=False) as fc:
+            _, out = model(x, budget=budget, return_output=True)
+    cost = model.cost(96, out.lengths)
+    assert fc.get_total_flops() == 2 * cost["matmul"], (fc.get_flop_counts(), cost)
+    if budget < 1.0:
+        assert cost["main"] < model.cost(96, [96])["main"] * 0.6
+
+
+def test_cost_of_the_main_network_scales_with_the_budget():
+    """Seed 000 §3.5.1 for a whole model: the main network's cost is linear in L_c; the outer stages' is not."""
+    model = small("uniform")
+    c1, c4 = model.cost(1024, [1024]), model.cost(1024, [256])
+    assert c4["main"] == pytest.approx(c1["main"] / 4, rel=0.01)
+    assert c4["encoder"] == c1["encoder"] and c4["decoder"] == c1["decoder"] and c4["head"] == c1["head"]
+
+
+def test_match_main_width_meets_the_target_within_five_percent():
+    ref = build_model(model_config("full", 1.0, d_model=64, n_layers=4, d_state=4))
+    from tiling.train.text import forward_madds
+    with torch.no_grad():
+        _, plans = ref(torch.zeros(1, 256, dtype=torch.int64), return_plans=True)
+    target = forward_madds(ref, plans, 256)["per_byte"]
+    base = hourglass_config(d_outer=32, d_main=32, main_layers=4, d_state=4, budget=0.25)
+    cfg, info = match_main_width(base, target, budget=0.25, L=256)
+    assert abs(info["relative_error"]) <= 0.05 and cfg.d_main == info["d_main"] > 64
+    assert HourglassLM(cfg).cost(256, [64])["per_byte"] == pytest.approx(target, rel=0.05)
+    assert info["params"] == HourglassLM(cfg).parameter_count()
+    with pytest.raises(ValueError, match="d_main"):
+        match_main_width(hourglass_config(d_outer=128, d_main=128, main_layers=4, d_state=4), target, L=256)
+
+
+# ----------------------------------------------------------------------------- budgets
+@given(st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=300), st.floats(0.05, 1.0),
+       st.floats(1.0, 40.0), st.floats(-3, 3))
+@settings(max_examples=60, deadline=None)
+def test_causal_controller_bound(scores, budget, slack, threshold):
+    """|Σ_t b_t − c·L| ≤ S for any scores (the module docstring's induction), b_0 = 1."""
+    s = torch.tensor([scores])
+    b, surplus = causal_boundaries(s, threshold, budget, slack)
+    L = len(scores)
+    assert bool(b[0, 0])
+    assert abs(float(b.sum()) - budget * L) <= slack + 1e-9
+    assert float(surplus[0]) == pytest.approx(budget * L - float(b.sum()), abs=1e-6)
+
+
+def test_causal_controller_follows_the_threshold_inside_the_slack():
+    s = torch.tensor([[0.0, 5.0, 0.0, 5.0, 0.0, 0.0, 5.0, 0.0]])
+    b, _ = causal_boundaries(s, 1.0, 0.375, 8.0)
+    assert b.tolist() == [[True, True, False, True, False, False, True, False]]
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.35, 0.5])
+def test_noncausal_mode_meets_the_budget_exactly(budget):
+    model = calibrated(small("entropy", causal=False))
+    x = text_tokens(3, 96)
+    with torch.no_grad():
+        _, out = model(x, budget=budget, return_output=True)
+    assert out.lengths.tolist() == [math.ceil(budget * 96 - 1e-9)] * 3
+    assert bool(exact_boundaries(torch.randn(2, 50), 0.3)[:, 0].all())
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.35, 0.5])
+def test_causal_mode_stays_within_the_documented_bound(budget):
+    model = calibrated(small("entropy"))
+    x = text_tokens(3, 200, seed=3)
+    with torch.no_grad():
+        _, out = model(x, budget=budget, return_output=True)
+    S = model.config.boundary.slack
+    assert all(abs(n - budget * 200) <= S for n in out.lengths.tolist())
+
+
+def test_uniform_boundaries_every_one_over_c_bytes():
+    for c, L in ((0.25, 64), (0.35, 100), (0.5, 7), (1.0, 9)):
+        b = uniform_boundaries(torch.arange(L), c)
+        assert bool(b[0]) and int(b.sum()) == math.ceil(c * L - 1e-9)
+
+
+def test_spacelike_bytes():
+    t = torch.tensor(list("a b,1\n".encode()) + [0xC3, 0xA9])
+    assert spacelike(t).tolist() == [False, True, False, True, False, True, True, False]
+
+
+def test_ema_compact_equals_its_recurrence_in_float64():
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 9, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    p = torch.rand(2, 9, generator=g, dtype=torch.float64).clamp(0.05, 0.95).requires_grad_()
+    out = ema_compact(z, p)
+    ref, prev = [], torch.zeros(2, 5, dtype=torch.float64)
+    for s in range(9):
+        prev = p[:, s:s + 1] * z[:, s] + (1 - p[:, s:s + 1]) * prev
+        ref.append(prev)
+    torch.testing.assert_close(out, torch.stack(ref, 1), rtol=1e-10, atol=1e-10)
+    assert torch.autograd.gradcheck(ema_compact, (z, p))
+
+
+# ----------------------------------------------------------------------------- exactness
+def test_budget_one_with_equal_widths_is_a_plain_mamba_stack():
+    """d_main = d_outer, W_res = 0 (its initialisation), budget 1: the hourglass equals a TiledLM of E+M+D
+    layers with the same weights."""
+    torch.manual_seed(1)
+    hg = HourglassLM(hourglass_config(d_outer=16, d_main=16, encoder_layers=1, main_layers=2, decoder_layers=1,
+                                      d_state=4, signal="entropy", budget=0.25))
+    lm = TiledLM(256, 16, 4, d_state=4, expand=1, tiling=TilingConfig(tile_size=8))
+    lm.embedding.weight.data.copy_(hg.embedding.weight)
+    stacks = [hg.encoder, hg.main, hg.decoder]
+    k = 0
+    for stack in stacks:
+        for norm, layer in zip(stack.norms, stack.layers):
+            lm.norms[k].load_state_dict(norm.state_dict())
+            lm.layers[k].load_mamba_state_dict({n: v for n, v in layer.state_dict().items()
+                                                if n in lm.layers[k].state_dict() and not n.startswith(("tile_", "chunk"))})
+            k += 1
+    lm.norm_f.load_state_dict(hg.norm_f.state_dict())
+    x = text_tokens(2, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(hg.eval()(x, budget=1.0), lm.eval()(x, budget=1.0), rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(hg(x, budget=0.25), lm(x, budget=1.0), atol=1e-3)  # and below 1 it is not
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_checkpoint_round_trip_and_old_checkpoints(tmp_path):
+    model = calibrated(small("fisher_rao", budget_range=(0.25, 1.0)))
+    path = save_text_checkpoint(tmp_path / "hg.safetensors", model, configuration="hourglass", budget=0.25,
+                                context=96)
+    loaded, extra = load_text_model(path)
+    assert isinstance(loaded, HourglassLM) and loaded.config == model.config
+    assert extra["model"]["layout"] == "hourglass"
+    x = text_tokens(2, 64)
+    with torch.no_grad():
+        for b in (1.0, 0.35, 0.25):
+            assert torch.equal(loaded(x, budget=b), model(x, budget=b))
+    assert HourglassConfig.from_dict(json.loads(json.dumps(model.config.to_dict()))) == model.config
+    old, _ = load_text_model("tiling/train/checkpoints/text_full.safetensors")  # a TiledLM of an earlier sweep
+    assert isinstance(old, TiledLM)
+
+
+def test_elastic_budgets_and_trained_range():
+    model = small("entropy", budget_range=(0.25, 1.0))
+    import random
+    rng = random.Random(0)
+    draws = [model.sample_budget(rng) for _ in range(200)]
+    assert 0.25 <= min(draws) < 0.3 and 0.95 < max(draws) <= 1.0
+    assert model.trained_for(0.5) and not model.trained_for(0.2)
+    assert not small("entropy").trained_for(0.5) and small("entropy").trained_for(0.25)
+
+
+def test_a_tiny_training_run_lowers_the_loss(tmp_path):
+    from tiling.train.trainer import TrainOptions, train_run
+    text = (b"def f(x):\n    return x + 1\n\nfor i in range(10):\n    print(f(i))\n" * 60)
+    data = {k: torch.tensor(list(text), dtype=torch.uint8) for k in ("train", "validation", "test")}
+    model = small("entropy", budget_range=(0.25, 1.0))
+    opts = TrainOptions(context=64, batch_size=4, max_steps=30, eval_every_steps=15, val_windows=4,
+                        test_bytes=400, decode_bytes=8, quiet=True, lr=5e-3, warmup=3)
+    row = train_run(model, data, opts, tmp_path / "run", name="t", configuration="hourglass", budget=0.25)
+    assert row["validation_curve"][-1]["bpb"] < row["validation_curve"][0]["bpb"] - 1.0
+    logs = [json.loads(s) for s in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    budgets = [r["budget"] for r in logs if r["kind"] == "train"]
+    assert len(set(budgets)) > 1 and all(0.25 <= b <= 1.0 for b in budgets)  # elastic: drawn per step
+    assert 0.05 < row["test_mean_resolution"] < 0.6 and row["prefill_bytes_per_s"] > 0
+    from tiling.train.trainer import RunError
+    with pytest.raises(RunError, match="finished run"):
+        train_run(model, data, opts, tmp_path / "run", name="t", configuration="hourglass", budget=0.25)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_bad_configurations_name_the_argument():
+    with pytest.raises(ValueError, match="signal"):
+        BoundaryConfig(signal="bogus")
+    with pytest.raises(ValueError, match="aux_weight"):
+        BoundaryConfig(signal="entropy", aux_weight=0.0)
+    with pytest.raises(ValueError, match="budget_range"):
+        hourglass_config(budget_range=(0.0, 1.0))
+    with pytest.raises(ValueError, match="budget_range"):
+        hourglass_config(budget_range=(0.5, 1.5))
+    with pytest.raises(ValueError, match="d_main"):
+        hourglass_config(d_outer=64, d_main=32)
+    with pytest.raises(ValueError, match="unknown HourglassConfig fields"):
+        HourglassConfig.from_dict({**hourglass_config().to_dict(), "bogus": 1})
+
+
+def test_bad_calls_name_the_argument():
+    model = small("entropy").eval()
+    with pytest.raises(ValueError, match="tokens"):
+        model(torch.zeros(2, 5))
+    with pytest.raises(ValueError, match="tokens must lie"):
+        model(torch.full((1, 5), 300, dtype=torch.int64))
+    with pytest.raises(ValueError, match="budget"):
+        model(text_tokens(1, 8), budget=1.5)
+    state = model.allocate_inference_state(2)
+    with pytest.raises(ValueError, match="batch=2"):
+        model.step(torch.zeros(3, dtype=torch.int64), state)
+    with pytest.raises(TypeError, match="HourglassState"):
+        model.step(torch.zeros(2, dtype=torch.int64), [])
+
+
+def test_a_nan_weight_is_a_clear_error_at_the_output():
+    model = small("uniform").eval()
+    with torch.no_grad():
+        model.main.layers[0].out_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        model(text_tokens(1, 32), budget=0.5)
