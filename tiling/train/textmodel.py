@@ -29,14 +29,11 @@ without optimizer state in ``tiling/train/checkpoints/`` (package data).
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-
-from tiling.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tiling.train.checkpoint import CheckpointError, Header, load_checkpoint, read_meta, save_checkpoint
 from tiling.config import HourglassConfig
 from tiling.modules.hourglass import HourglassLM
 from tiling.train.model import TiledLM, split_layer_kwargs
@@ -55,6 +52,190 @@ BUNDLED = {"full": "text_full.safetensors", "adaptive": "text_adaptive.safetenso
 
 class TextModelError(ValueError):
     """A checkpoint that is not a byte-level text LM of this project, or does not match its own shape."""
+
+
+# ---- checkpoints not trusted (issue 27): the metadata is checked before anything is built --------------
+#: the largest sizes a text checkpoint's metadata may ask for, checked before the model is built;
+#: raise one with ``limits={"parameters": ...}`` (:func:`read_text_meta`, :func:`load_text_model`)
+LIMITS = {"d_model": 16384, "n_layers": 1024, "d_state": 1024, "expand": 16, "d_conv": 64, "tile_size": 2 ** 20,
+          "context": 2 ** 24, "parameters": 4 * 10 ** 9}
+
+
+def _limits(limits: dict | None) -> dict:
+    unknown = sorted(set(limits or {}) - set(LIMITS))
+    if unknown:
+        raise ValueError(f"limits: unknown names {unknown}; known: {sorted(LIMITS)}")
+    return {**LIMITS, **(limits or {})}
+
+
+def _bounded_int(where: str, key: str, value: object, low: int, high: int, limit: bool = True) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TextModelError(f"{where}: {key} must be an int, got {value!r}")
+    if not low <= value <= high:
+        raise TextModelError(f"{where}: {key} = {value} is outside [{low}, {high}]"
+                             + (f" (raise the limit with limits={{{key!r}: ...}})" if limit else ""))
+    return value
+
+
+def check_text_extra(extra: object, path, limits: dict | None = None) -> dict:
+    """Check the fields every byte-level text checkpoint records, whatever its layout.
+
+    Parameters
+    ----------
+    extra : the checkpoint's ``extra`` metadata.
+    path : the file, for the messages.
+    limits : overrides of :data:`LIMITS`.
+
+    Returns
+    -------
+    ``extra``.
+
+    Raises
+    ------
+    TextModelError
+        ``extra`` is not an object, not of :data:`KIND`, or its ``context`` (an int in
+        [1, ``limits["context"]``]), ``budget`` (a number in (0, 1]) or ``configuration`` (a string)
+        is missing or malformed.
+    """
+    lim = _limits(limits)
+    where = f"checkpoint {path}"
+    if not isinstance(extra, dict) or extra.get("kind") != KIND:
+        raise TextModelError(f"{where} is not a byte-level text LM checkpoint (its metadata has no kind={KIND!r}; "
+                             "e.g. a synthetic-task checkpoint of scripts/train_tiled.py)")
+    _bounded_int(where, "context", extra.get("context"), 1, lim["context"])
+    budget = extra.get("budget")
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0.0 < budget <= 1.0:
+        raise TextModelError(f"{where}: budget must be a number in (0, 1], got {budget!r}")
+    if not isinstance(extra.get("configuration"), str):
+        raise TextModelError(f"{where}: configuration must be a string, got {extra.get('configuration')!r}")
+    if not isinstance(extra.get("model"), dict):
+        raise TextModelError(f"{where}: its model configuration is a {type(extra.get('model')).__name__}, "
+                             "expected an object")
+    return extra
+
+
+def _check_mamba_sizes(where: str, d: int, layer: dict, lim: dict) -> int:
+    """A layer's Mamba sizes against ``lim``; returns its ``expand``."""
+    expand = _bounded_int(where, "expand", layer.get("expand", 2), 1, lim["expand"])
+    for key, default in (("d_state", 16), ("d_conv", 4)):
+        _bounded_int(where, key, layer.get(key, default), 1, lim[key])
+    if layer.get("dt_rank", "auto") not in ("auto", None):
+        _bounded_int(where, "dt_rank", layer["dt_rank"], 1, d * expand, limit=False)
+    return expand
+
+
+def check_tiledlm_config(config: object, path, limits: dict | None = None) -> int:
+    """Check a :class:`~tiling.train.TiledLM` configuration (``extra["model"]``) before it is built.
+
+    Parameters
+    ----------
+    config : the recorded ``TiledLM.config``.
+    path : the file, for the messages.
+    limits : overrides of :data:`LIMITS`.
+
+    Returns
+    -------
+    A lower bound on the model's parameter count (the embedding, and each layer's in- and
+    out-projections), for :func:`check_implied_parameters`.
+
+    Raises
+    ------
+    TextModelError
+        ``config`` is not an object; ``vocab_size`` is not 256; ``d_model``, ``n_layers``, a
+        layer's ``d_state``, ``expand``, ``d_conv``, ``dt_rank`` or ``tile_size`` is not an int in its
+        range (the upper ends are ``limits``); ``layer_kwargs`` names an unknown argument or sets
+        ``device``/``dtype``; or the tiling options fail :class:`~tiling.config.TilingConfig`'s checks.
+    """
+    lim = _limits(limits)
+    where = f"checkpoint {path}"
+    if not isinstance(config, dict):
+        raise TextModelError(f"{where}: its model configuration is a {type(config).__name__}, expected an object")
+    if config.get("vocab_size") != VOCAB:
+        raise TextModelError(f"{where} has vocabulary {config.get('vocab_size')!r}, a byte-level LM has {VOCAB}")
+    d = _bounded_int(where, "d_model", config.get("d_model"), 1, lim["d_model"])
+    n = _bounded_int(where, "n_layers", config.get("n_layers"), 1, lim["n_layers"])
+    layer = config.get("layer_kwargs", {})
+    if not isinstance(layer, dict):
+        raise TextModelError(f"{where}: layer_kwargs is a {type(layer).__name__}, expected an object")
+    if not isinstance(config.get("full_resolution_layers", []), list):
+        raise TextModelError(f"{where}: full_resolution_layers must be a list of layer indices")
+    if "device" in layer or "dtype" in layer:
+        raise TextModelError(f"{where}: layer_kwargs may not choose the device or dtype")
+    expand = _check_mamba_sizes(where, d, layer, lim)
+    _bounded_int(where, "tile_size", layer.get("tile_size", 64), 1, lim["tile_size"])
+    try:
+        split_layer_kwargs(layer)  # unknown names, and every TilingConfig check
+    except (TypeError, ValueError) as e:
+        raise TextModelError(f"{where}: invalid layer_kwargs ({e})") from None
+    return VOCAB * d + n * 3 * expand * d * d
+
+
+def check_hourglass_config(config: object, path, limits: dict | None = None) -> int:
+    """Check an hourglass configuration (``extra["model"]`` with ``"layout": "hourglass"``) before it is built.
+
+    Parameters
+    ----------
+    config : the recorded ``{"layout": "hourglass", ...}`` (:func:`model_dict`).
+    path : the file, for the messages.
+    limits : overrides of :data:`LIMITS`.
+
+    Returns
+    -------
+    A lower bound on the parameter count (the embedding, and each stage's layers' in- and
+    out-projections), for :func:`check_implied_parameters`.
+
+    Raises
+    ------
+    TextModelError
+        A stage's ``d_model``, ``n_layers`` or Mamba sizes are not ints within ``limits``, or
+        :class:`~tiling.config.HourglassConfig` refuses the configuration.
+    """
+    lim = _limits(limits)
+    where = f"checkpoint {path}"
+    if not isinstance(config, dict):
+        raise TextModelError(f"{where}: its model configuration is a {type(config).__name__}, expected an object")
+    bound = 0
+    for stage in ("encoder", "main", "decoder"):
+        st = config.get(stage)
+        mamba = st.get("mamba") if isinstance(st, dict) else None
+        if not isinstance(mamba, dict):
+            raise TextModelError(f"{where}: the hourglass {stage} stage is not an object with a 'mamba' object")
+        d = _bounded_int(where, f"{stage}.mamba.d_model", mamba.get("d_model"), 1, lim["d_model"], limit=False)
+        _bounded_int(where, "d_model", d, 1, lim["d_model"])
+        n = _bounded_int(where, f"{stage}.n_layers", st.get("n_layers"), 0, lim["n_layers"], limit=False)
+        expand = _check_mamba_sizes(where, d, {**mamba, "expand": mamba.get("expand", 1)}, lim)
+        bound += n * 3 * expand * d * d + (VOCAB * d if stage == "encoder" else 0)
+    try:
+        HourglassConfig.from_dict({k: v for k, v in config.items() if k != "layout"})
+    except (KeyError, TypeError, ValueError) as e:
+        raise TextModelError(f"{where}: invalid hourglass configuration ({e})") from None
+    return bound
+
+
+def check_implied_parameters(lower_bound: int, header: Header, path, limits: dict | None = None) -> None:
+    """Refuse metadata that implies a model larger than the limit, or than the file holds.
+
+    Parameters
+    ----------
+    lower_bound : parameters the metadata implies at least (e.g. :func:`check_tiledlm_config`'s).
+    header : the file's checked header (:func:`tiling.train.checkpoint.read_meta`).
+    path : the file, for the messages.
+    limits : overrides of :data:`LIMITS`.
+
+    Raises
+    ------
+    TextModelError
+        ``lower_bound`` exceeds ``limits["parameters"]``, or the values of the file's ``model.*``
+        tensors (the metadata then describes another model than the file holds).
+    """
+    lim = _limits(limits)
+    if lower_bound > lim["parameters"]:
+        raise TextModelError(f"checkpoint {path}: its metadata implies at least {lower_bound:,} parameters, above the "
+                             f"limit of {lim['parameters']:,} (raise it with limits={{'parameters': ...}})")
+    held = header.elements("model.")
+    if lower_bound > held:
+        raise TextModelError(f"checkpoint {path}: its metadata implies at least {lower_bound:,} parameters but the file "
+                             f"holds {held:,} model values; the metadata does not describe this file")
 
 
 def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256, n_layers: int = 4,
@@ -157,12 +338,13 @@ def save_text_checkpoint(path, model: TiledLM, *, configuration: str, budget: fl
     return save_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, step=step, extra=extra)
 
 
-def read_text_meta(path) -> dict:
-    """The ``extra`` of a text checkpoint, without loading its tensors.
+def read_text_meta(path, *, limits: dict | None = None) -> dict:
+    """The ``extra`` of a text checkpoint, checked, without loading its tensors.
 
     Parameters
     ----------
     path : the checkpoint.
+    limits : overrides of :data:`LIMITS` (the largest sizes the metadata may ask for).
 
     Returns
     -------
@@ -172,38 +354,34 @@ def read_text_meta(path) -> dict:
     ------
     CheckpointError
         The file does not exist, is not a safetensors file or has no valid metadata (no checkpoint
-        at all).
+        at all; :func:`tiling.train.checkpoint.read_meta`).
     TextModelError
-        It is a checkpoint but not one of a byte-level text LM (another kind or vocabulary).
+        It is a checkpoint but not one of a byte-level text LM (another kind or vocabulary), or its
+        metadata is malformed or implies sizes beyond ``limits`` or beyond what the file holds
+        (:func:`check_text_extra`, :func:`check_tiledlm_config` / :func:`check_hourglass_config`,
+        :func:`check_implied_parameters`).
+
+    Notes
+    -----
+    Only the header is read (its length checked first), never a tensor, so this is cheap and
+    bounded whatever the file claims.
     """
     p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist")
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            metadata = f.metadata() or {}
-        meta = json.loads(metadata["meta"])
-    except (KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {p} has no valid tiling metadata ({e!r})") from e
-    except Exception as e:  # safetensors' own errors for a header that is not one
-        raise CheckpointError(f"checkpoint {p} is corrupt or truncated (cannot be read as safetensors: {e})") from e
-    extra = meta.get("extra", {})
-    if extra.get("kind") != KIND:
-        raise TextModelError(f"checkpoint {p} is not a byte-level text LM checkpoint (its metadata has no "
-                             f"kind={KIND!r}; e.g. a synthetic-task checkpoint of scripts/train_tiled.py)")
-    if extra.get("model", {}).get("vocab_size") != VOCAB:
-        raise TextModelError(f"checkpoint {p} has vocabulary {extra.get('model', {}).get('vocab_size')}, "
-                             f"a byte-level LM has {VOCAB}")
+    meta, header = read_meta(p)
+    extra = check_text_extra(meta["extra"], p, limits)
+    check = check_hourglass_config if extra["model"].get("layout") == "hourglass" else check_tiledlm_config
+    check_implied_parameters(check(extra["model"], p, limits), header, p, limits)
     return extra
 
 
-def load_text_model(path, *, device="cpu") -> tuple[TiledLM, dict]:
+def load_text_model(path, *, device="cpu", limits: dict | None = None) -> tuple[TiledLM, dict]:
     """Load a text checkpoint.
 
     Parameters
     ----------
     path : the checkpoint.
     device : where the model goes.
+    limits : overrides of :data:`LIMITS` (the largest sizes the metadata may ask for).
 
     Returns
     -------
@@ -212,10 +390,16 @@ def load_text_model(path, *, device="cpu") -> tuple[TiledLM, dict]:
     Raises
     ------
     TextModelError, ~tiling.train.CheckpointError
-        Naming the file and the problem (:func:`read_text_meta`, :func:`build_model`; a
-        ``TextModelError`` also when the tensors do not match the shape the metadata records).
+        Naming the file and the problem (:func:`read_text_meta`, before anything is built;
+        :func:`build_model`; a ``TextModelError`` also when the tensors do not match the shape the
+        metadata records, or a tied head differs from the embedding).
+
+    Notes
+    -----
+    The metadata and the header are checked before the model is built, and the tensors are read one
+    at a time (:func:`tiling.train.checkpoint.load_checkpoint`): memory stays at the model's size.
     """
-    extra = read_text_meta(path)
+    extra = read_text_meta(path, limits=limits)
     model = build_model(extra["model"])
     try:
         load_checkpoint(path, model=model, restore_rng=False)
@@ -324,7 +508,8 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 
 __all__ = [
-    "CONFIGURATIONS", "BUNDLED", "BUNDLED_DIR", "KIND", "TextModelError", "model_config", "build_model",
+    "CONFIGURATIONS", "BUNDLED", "BUNDLED_DIR", "KIND", "TextModelError", "LIMITS", "check_text_extra", "check_tiledlm_config",
+    "check_hourglass_config", "check_implied_parameters", "model_config", "build_model",
     "save_text_checkpoint", "read_text_meta", "load_text_model", "bundled_checkpoints", "resolve_checkpoint",
     "export_bundled", "parameter_count",
 ]

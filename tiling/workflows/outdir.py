@@ -13,17 +13,18 @@ that mixes two runs' files:
 Temporary folders are named ``.NAME.infogeo-tmp-*`` (deleted by the next save: they only ever hold
 files the writer made); the renamed-aside folder ``.NAME.infogeo-old-*`` is never deleted while it
 may hold user files, and :func:`check_out_dir` names it if a save was killed between the renames.
+A save holds the folder's lock (:class:`tiling.train.storage.RunLock`, ``.NAME.lock`` beside it), so a
+second writer into the same folder is refused at once, naming the first one's pid and start time.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable, Iterable
+
+from tiling.train.storage import RunLock, check_folder, signals_held
 
 __all__ = ["check_out_dir", "write_folder"]
 
@@ -67,10 +68,7 @@ def check_out_dir(out_dir: object, *, overwrite: bool = False, name: str = "out_
         ``overwrite`` would swap it, or it or its parent is not writable (tested by creating and
         removing a temporary folder there; nothing else is created).
     """
-    if not isinstance(out_dir, (str, os.PathLike)) or os.fspath(out_dir) in ("", b""):
-        raise TypeError(f"{name} must be a non-empty path (str or os.PathLike), got {out_dir!r}")
-    if "\x00" in os.fsdecode(os.fspath(out_dir)):
-        raise ValueError(f"{name} {os.fsdecode(os.fspath(out_dir))!r} contains a NUL character; expected a path")
+    check_folder(out_dir, name)  # a path, not a file, not under a file, writable
     out = Path(os.path.abspath(os.fsdecode(os.fspath(out_dir))))
     if out.is_symlink():
         out = out.resolve()
@@ -89,34 +87,7 @@ def check_out_dir(out_dir: object, *, overwrite: bool = False, name: str = "out_
         cwd = Path.cwd().resolve()
         if entries and (cwd == out or out in cwd.parents):
             raise ValueError(f"{name} {str(out_dir)!r} is (or holds) the current folder; choose a sub-folder")
-    ancestor = out.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ValueError(f"{name} {str(out_dir)!r} lies under {str(ancestor)!r}, which is a file, not a folder")
-    for where in [ancestor] + ([out] if out.is_dir() else []):
-        try:
-            os.rmdir(tempfile.mkdtemp(prefix=".infogeo-probe-", dir=where))
-        except OSError as e:
-            raise ValueError(f"{name} {str(out_dir)!r}: cannot write in {str(where)!r} "
-                             f"({e.strerror or type(e).__name__})") from None
     return out
-
-
-@contextlib.contextmanager
-def _sigint_held():
-    """Defer Ctrl-C until the block ends (main thread only; elsewhere signals cannot be handled)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list = []
-    previous = signal.signal(signal.SIGINT, lambda *a: got.append(a))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if got:
-            raise KeyboardInterrupt
 
 
 def write_folder(out_dir: object, fill: Callable[[Path], object], owned: Iterable[str], *,
@@ -138,9 +109,18 @@ def write_folder(out_dir: object, fill: Callable[[Path], object], owned: Iterabl
     Raises
     ------
     TypeError, ValueError
-        As :func:`check_out_dir`; an exception of ``fill`` propagates (the temporary folder is removed).
+        As :func:`check_out_dir`; another process is writing ``out_dir`` (its lock,
+        :class:`~tiling.train.storage.RunLock`, is held: the message names its pid and start time);
+        an exception of ``fill`` propagates (the temporary folder is removed).
     """
     out = check_out_dir(out_dir, overwrite=overwrite, name=name)
+    with RunLock(out, name=name):
+        out = check_out_dir(out_dir, overwrite=overwrite, name=name)  # again, now that no one else writes
+        return _write_folder(out, fill, owned)
+
+
+def _write_folder(out: Path, fill: Callable[[Path], object], owned: Iterable[str]) -> Path:
+    """:func:`write_folder` once the folder is checked and locked."""
     owned = set(owned)
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}{_TMP}*"):  # a killed save's files, never the user's
@@ -150,7 +130,7 @@ def write_folder(out_dir: object, fill: Callable[[Path], object], owned: Iterabl
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0o700 -> the mode of a plain mkdir
         fill(tmp)
-        with _sigint_held():
+        with signals_held():
             if not out.exists() or not os.listdir(out):
                 os.replace(tmp, out)  # rename(2) onto a missing or empty folder: atomic
                 return out
