@@ -29,30 +29,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
-import random
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiling.train.atomic import atomic_write_json  # noqa: E402
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
-from tiling.train.schedule import lr_factor, progress  # noqa: E402
 from tiling.train.text import (  # noqa: E402
-    TextInputError, TextWindows, as_byte_tensor, evaluate_bytes, measure_speed, read_text_file, score_windows,
-    spaced_windows,
+    TextInputError, as_byte_tensor, evaluate_bytes, forward_madds, measure_speed, read_text_file,
+)
+from tiling.config import SIGNALS, hourglass_config  # noqa: E402
+from tiling.modules.hourglass import HourglassLM, match_main_width  # noqa: E402
+from tiling.train import sweep as hourglass_sweep  # noqa: E402
+from tiling.train.trainer import (  # noqa: E402
+    RunError, TrainOptions, machine_info, set_threads, train_run, training_loss,
 )
 from tiling.train.textmodel import (  # noqa: E402
-    CONFIGURATIONS, TextModelError, build_model, export_bundled, load_text_model, model_config, parameter_count,
-    save_text_checkpoint,
+    CONFIGURATIONS, TextModelError, build_model, export_bundled, load_text_model, model_config,
 )
 
 ADAPTIVE = ("adaptive", "router", "scan-adaptive")
@@ -67,11 +66,17 @@ def outer_layers(config: str, full_layers) -> tuple[int, ...]:
     return () if config in TOKEN_LEVEL else tuple(full_layers)
 
 
-class RunError(RuntimeError):
-    """A run or sweep that would replace finished results."""
-
-
 # ----------------------------------------------------------------------------- arguments
+def parse_budget_range(s: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in s.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--budget-range takes LO,HI (two numbers), got {s!r}") from None
+    if not 0.0 < lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"--budget-range must satisfy 0 < LO <= HI <= 1, got {s!r}")
+    return lo, hi
+
+
 def parse_full_layers(s: str) -> tuple[int, ...]:
     s = s.strip().lower()
     if s in ("", "none"):
@@ -87,7 +92,8 @@ def parse_full_layers(s: str) -> tuple[int, ...]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
-    g.add_argument("--config", choices=sorted(CONFIGURATIONS), default="adaptive")
+    g.add_argument("--config", choices=sorted(CONFIGURATIONS) + ["hourglass"], default="adaptive",
+                   help="a TiledLM configuration (tiling.train.textmodel) or 'hourglass' (tiling.modules.hourglass)")
     g.add_argument("--budget", type=float, default=0.35, help="resolution budget in (0, 1] (full: always 1)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", type=Path, default=None,
@@ -116,6 +122,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--full-layers", type=parse_full_layers, default=(),
                    help="layers kept at full resolution: 'none' (default), 'ends' (first and last) or e.g. '0,-1'")
     g.add_argument("--ratio-weight", type=float, default=0.03, help="router: weight of H-Net's ratio loss")
+    g = p.add_argument_group("hourglass (--config hourglass)")
+    g.add_argument("--signal", choices=SIGNALS, default="entropy", help="boundary signal (docs/tiling.md)")
+    g.add_argument("--dechunk", choices=("ema", "hold"), default="ema")
+    g.add_argument("--budget-range", type=parse_budget_range, default=None, metavar="LO,HI",
+                   help="elastic training: a budget drawn per step from [LO, HI] (0 < LO <= HI <= 1)")
+    g.add_argument("--d-outer", type=int, default=128)
+    g.add_argument("--d-main", type=int, default=None,
+                   help="main network width (default: FLOP-matched within 5%% to plain Mamba of --d-model, "
+                        "--n-layers at --budget)")
+    g.add_argument("--encoder-layers", type=int, default=1)
+    g.add_argument("--main-layers", type=int, default=4)
+    g.add_argument("--decoder-layers", type=int, default=1)
     g = p.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, default=2e-3)
     g.add_argument("--weight-decay", type=float, default=0.1)
@@ -138,9 +156,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("sweep")
     g.add_argument("--sweep", action="store_true", help="run the table (module docstring)")
+    g.add_argument("--table", choices=("hourglass", "tiled"), default="hourglass",
+                   help="sweep: 'hourglass' (plain Mamba against the hourglass, tiling.train.sweep; default) or "
+                        "'tiled' (every-layer tiled configurations, the earlier table)")
     g.add_argument("--resume", action="store_true", help="sweep: skip rows whose row.json exists")
-    g.add_argument("--results", type=Path, default=Path("docs/results/text_lm.json"))
-    g.add_argument("--figures", type=Path, default=Path("docs/figures/training"))
+    g.add_argument("--results", type=Path, default=None,
+                   help="the table (default docs/results/hourglass_lm.json, or text_lm.json for --table tiled)")
+    g.add_argument("--figures", type=Path, default=None,
+                   help="the figures (default docs/figures/hourglass, or docs/figures/training)")
     g.add_argument("--shard", default="0/1", help="i/n: run rows i, i+n, i+2n, ... (n processes share a machine)")
     g.add_argument("--only", nargs="+", default=None, help="sweep: run only these rows (e.g. full@1/s0)")
     g.add_argument("--wait-minutes", type=float, default=30.0,
@@ -168,7 +191,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     for k in args.full_layers:
         if not -args.n_layers <= k < args.n_layers:
             p.error(f"--full-layers: layer {k} does not exist in a model of --n-layers {args.n_layers}")
-    if args.only is not None:
+    hourglass = args.table == "hourglass"
+    args.results = args.results or Path("docs/results/hourglass_lm.json" if hourglass else "docs/results/text_lm.json")
+    args.figures = args.figures or Path("docs/figures/hourglass" if hourglass else "docs/figures/training")
+    if args.only is not None and hourglass:
+        valid = {r["name"] for r in hourglass_sweep.rows() + hourglass_sweep.evaluated_rows()}
+        unknown = sorted(set(args.only) - valid)
+        if unknown:
+            p.error(f"--only: no such row(s) {', '.join(unknown)}; the rows are {', '.join(sorted(valid))}")
+    elif args.only is not None:
         valid = {spec_name(s) for s in phase1_rows(args)}
         for best in ADAPTIVE:
             valid |= {spec_name(s) for s in phase2_rows(best, args)}
@@ -188,143 +219,68 @@ def load_data(args) -> dict[str, torch.Tensor]:
     return {k: as_byte_tensor(load_split(k, args.corpus_dir)) for k in ("train", "validation", "test")}
 
 
-def set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    try:
-        torch.set_num_interop_threads(n)
-    except RuntimeError:  # only settable before the first parallel work of the process
-        pass
-
-
 # ----------------------------------------------------------------------------- one run
 def train(args, data: dict | None = None) -> dict:
-    """Train one configuration; write OUT/checkpoint.safetensors, OUT/log.jsonl, OUT/row.json; return the row."""
-    set_threads(args.threads)
+    """Train one configuration (:func:`tiling.train.trainer.train_run`, the one training loop); write
+    OUT/checkpoint.safetensors, OUT/log.jsonl, OUT/row.json; return the row."""
     data = load_data(args) if data is None else data
     out = args.out
-    if (out / "row.json").exists() and not getattr(args, "overwrite", False):
-        raise RunError(f"{out} holds a finished run (row.json); choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "log.jsonl"
-    if log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
-        k = 1
-        while (out / f"log.{k}.jsonl").exists():
-            k += 1
-        log_path.rename(out / f"log.{k}.jsonl")
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
+    aside = None
+    if (out / "row.json").exists() and getattr(args, "overwrite", False):
+        # --overwrite: the finished run moves aside, and is deleted only once the new run has finished
+        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        out.rename(aside)
     if args.full_layers and args.config in TOKEN_LEVEL:
         print(f"note: --full-layers does not apply to --config {args.config} (every layer keeps token-level "
               f"outputs); training all layers as given by the configuration", flush=True)
-    cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                       tile_size=args.tile_size, r_min=args.r_min,
-                       full_resolution_layers=outer_layers(args.config, args.full_layers),
-                       expand=args.expand)
-    budget = cfg["layer_kwargs"]["budget"]
-    model = build_model(cfg)
-    opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
-    ds = TextWindows(data["train"], args.context, seed=args.seed)
-    val_windows = spaced_windows(data["validation"].numel(), args.context, args.val_windows)
-    max_s = args.max_minutes * 60.0
+    torch.manual_seed(args.seed)
+    if args.config == "hourglass":
+        model, info = build_hourglass(args)
+        budget = args.budget
+    else:
+        cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers,
+                           d_state=args.d_state, tile_size=args.tile_size, r_min=args.r_min,
+                           full_resolution_layers=outer_layers(args.config, args.full_layers), expand=args.expand)
+        budget = cfg["layer_kwargs"]["budget"]
+        model = build_model(cfg)
+        info = {"full_resolution_layers": list(model.full_resolution_layers), "d_model": args.d_model,
+                "n_layers": args.n_layers, "tile_size": args.tile_size, "model": cfg}
     name = row_name(args.config, budget, args.seed, args.full_layers)
-
-    log = open(log_path, "w")
-
-    def emit(rec: dict) -> None:
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-
-    curve: list[dict] = []
-
-    def validate(step: int, n_bytes: int, seconds: float, wall: float) -> None:
-        r = score_windows(model, data["validation"], val_windows, budget=budget)
-        rec = {"step": step, "bytes": n_bytes, "train_seconds": round(seconds, 3), "wall_seconds": round(wall, 3),
-               "bpb": r["bpb"], "mean_resolution": r["mean_resolution"]}
-        curve.append(rec)
-        emit({"kind": "eval", **rec})
-        if not args.quiet:
-            print(f"[{name}] step {step} bytes {n_bytes} t {seconds:.0f}s val bpb {r['bpb']:.4f} "
-                  f"R {r['mean_resolution']:.3f}", flush=True)
-
-    emit({"kind": "config", "row": name, "model": cfg, "params": parameter_count(model),
-          "args": {k: str(v) for k, v in vars(args).items()}})
-    clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    step, n_bytes, train_s, wall_s = 0, 0, 0.0, 0.0
-    next_eval = args.eval_every_s
-    stop_reason = None
-    losses: list[float] = []
-    model.train()
-    validate(0, 0, 0.0, 0.0)
-    while True:
-        if train_s >= max_s:
-            stop_reason = "max_minutes"
-        elif args.max_bytes is not None and n_bytes >= args.max_bytes:
-            stop_reason = "max_bytes"
-        elif args.max_steps is not None and step >= args.max_steps:
-            stop_reason = "max_steps"
-        if stop_reason:
-            break
-        t0, w0 = clock(), time.perf_counter()
-        p = progress(seconds=train_s, max_seconds=max_s, n_bytes=n_bytes, max_bytes=args.max_bytes, steps=step,
-                     max_steps=args.max_steps)
-        lr = args.lr * lr_factor(step, p, warmup=args.warmup)
-        for grp in opt.param_groups:
-            grp["lr"] = lr
-        x, y = ds.batch(step, args.batch_size)
-        logits = model(x, budget=budget)
-        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-        loss = ce
-        ratio = model.ratio_loss()
-        if ratio is not None:  # learned boundaries: H-Net's ratio loss steers the router to the budget
-            loss = loss + args.ratio_weight * ratio
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        opt.step()
-        step += 1
-        n_bytes += x.numel()
-        train_s += clock() - t0
-        wall_s += time.perf_counter() - w0
-        losses.append(ce.item())
-        if step % 10 == 0 or step == 1:
-            emit({"kind": "train", "step": step, "bytes": n_bytes, "train_seconds": round(train_s, 3),
-                  "loss": ce.item(), "bpb": ce.item() / math.log(2.0), "lr": lr,
-                  "ratio_loss": None if ratio is None else ratio.item()})
-        due = (step % args.eval_every_steps == 0) if args.eval_every_steps else (train_s >= next_eval)
-        if due:
-            validate(step, n_bytes, train_s, wall_s)
-            next_eval = train_s + args.eval_every_s
-    if not curve or curve[-1]["step"] != step:
-        validate(step, n_bytes, train_s, wall_s)
-    ckpt = save_text_checkpoint(out / "checkpoint.safetensors", model, configuration=args.config, budget=budget,
-                                context=args.context, optimizer=opt, step=step,
-                                info={"train_bytes": n_bytes, "train_seconds": train_s, "seed": args.seed,
-                                      "row": name})
-    test = evaluate_bytes(model, data["test"], context=args.context, budget=budget, max_bytes=args.test_bytes)
-    speed = None if args.no_speed else measure_speed(model, data["test"], context=args.context, budget=budget,
-                                                     decode_bytes=args.decode_bytes)
-    row = {
-        "row": name, "kind": "trained", "configuration": args.config, "budget": budget, "trained_budget": budget,
-        "seed": args.seed, "full_resolution_layers": list(model.full_resolution_layers),
-        "test_bpb": test["bpb"], "test_bytes": test["bytes"], "test_mean_resolution": test["mean_resolution"],
-        "test_mean_resolution_by_layer": test["mean_resolution_by_layer"],
-        "validation_curve": curve, "train_bytes": n_bytes, "train_seconds": train_s, "train_wall_seconds": wall_s,
-        "clock": args.clock, "steps": step,
-        "stop_reason": stop_reason, "first_loss": losses[0] if losses else None,
-        "last_loss": statistics.fmean(losses[-10:]) if losses else None,
-        "flops_per_byte": test["flops_per_byte"], "madds_per_byte_by_layer": test["madds_per_byte_by_layer"],
-        "prefill_bytes_per_s": None if speed is None else speed["prefill_bytes_per_s"],
-        "decode_bytes_per_s": None if speed is None else speed["decode_bytes_per_s"],
-        "params": parameter_count(model), "d_model": args.d_model, "n_layers": args.n_layers,
-        "context": args.context, "batch_size": args.batch_size, "tile_size": args.tile_size, "lr": args.lr,
-        "threads": torch.get_num_threads(), "device": "cpu", "checkpoint": str(ckpt),
-        "machine": machine_info(),
-    }
-    emit({**{k: v for k, v in row.items() if k != "validation_curve"}, "kind": "summary", "row_kind": row["kind"]})
-    log.close()
-    atomic_write_json(out / "row.json", row)
+    opts = options(args)
+    row = train_run(model, data, opts, out, name=name, configuration=args.config, budget=budget, info=info)
+    if aside is not None:
+        shutil.rmtree(aside)
     return row
+
+
+def build_hourglass(args):
+    """The hourglass of the command line: ``d_main`` given, or FLOP-matched to plain Mamba of ``--d-model``."""
+    base = hourglass_config(d_outer=args.d_outer, d_main=args.d_main or args.d_outer,
+                            encoder_layers=args.encoder_layers, main_layers=args.main_layers,
+                            decoder_layers=args.decoder_layers, d_state=args.d_state, expand=args.expand,
+                            budget=args.budget, tile_size=args.tile_size, r_min=args.r_min, signal=args.signal,
+                            dechunk=args.dechunk, budget_range=args.budget_range)
+    match = None
+    if args.d_main is None:
+        ref = build_model(model_config("full", 1.0, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
+                                       expand=args.expand))
+        with torch.no_grad():
+            _, plans = ref(torch.zeros(1, args.context, dtype=torch.int64), return_plans=True)
+        target = forward_madds(ref, plans, args.context)["per_byte"]
+        base, match = match_main_width(base, target, budget=args.budget, L=args.context)
+    return HourglassLM(base), {"family": "hourglass", "signal": args.signal, "hourglass": base.to_dict(),
+                               "flop_match": match}
+
+
+def options(args) -> TrainOptions:
+    """The :class:`~tiling.train.trainer.TrainOptions` of the command line."""
+    return TrainOptions(lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup, grad_clip=args.grad_clip,
+                        batch_size=args.batch_size, context=args.context, max_minutes=args.max_minutes,
+                        clock=args.clock, max_bytes=args.max_bytes, max_steps=args.max_steps,
+                        eval_every_s=args.eval_every_s, eval_every_steps=args.eval_every_steps,
+                        val_windows=args.val_windows, test_bytes=args.test_bytes, decode_bytes=args.decode_bytes,
+                        speed=not args.no_speed, ratio_weight=args.ratio_weight, seed=args.seed, threads=args.threads,
+                        quiet=args.quiet)
 
 
 def evaluate_only(src_row: dict, budget: float, out: Path, data: dict, args) -> dict:
@@ -345,12 +301,6 @@ def evaluate_only(src_row: dict, budget: float, out: Path, data: dict, args) -> 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "row.json", row)
     return row
-
-
-def machine_info() -> dict:
-    return {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "cuda": torch.cuda.is_available()}
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -651,22 +601,20 @@ def measure(args) -> dict:
     """Seconds per training step of one configuration on random bytes (no data needed)."""
     set_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
-                       tile_size=args.tile_size, r_min=args.r_min,
-                       full_resolution_layers=outer_layers(args.config, args.full_layers),
-                       expand=args.expand)
-    model = build_model(cfg).train()
+    if args.config == "hourglass":
+        model, budget = build_hourglass(args)[0].train(), args.budget
+    else:
+        cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers,
+                           d_state=args.d_state, tile_size=args.tile_size, r_min=args.r_min,
+                           full_resolution_layers=outer_layers(args.config, args.full_layers), expand=args.expand)
+        model, budget = build_model(cfg).train(), cfg["layer_kwargs"]["budget"]
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed)
     times = []
     for i in range(args.measure + 2):
         x = torch.randint(0, 256, (args.batch_size, args.context + 1), generator=g)
         t0 = time.perf_counter()
-        logits = model(x[:, :-1], budget=cfg["layer_kwargs"]["budget"])
-        loss = F.cross_entropy(logits.reshape(-1, 256), x[:, 1:].reshape(-1))
-        ratio = model.ratio_loss()
-        if ratio is not None:
-            loss = loss + args.ratio_weight * ratio
+        loss, _, _ = training_loss(model, x[:, :-1], x[:, 1:], budget=budget, ratio_weight=args.ratio_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -674,7 +622,7 @@ def measure(args) -> dict:
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     bps = args.batch_size * args.context / step_s
-    return {"config": args.config, "budget": cfg["layer_kwargs"]["budget"], "batch_size": args.batch_size,
+    return {"config": args.config, "budget": budget, "batch_size": args.batch_size,
             "context": args.context, "d_model": args.d_model, "n_layers": args.n_layers, "threads": args.threads,
             "seconds_per_step": step_s, "train_bytes_per_s": bps,
             "train_bytes_in_limit": int(bps * args.max_minutes * 60), "max_minutes": args.max_minutes}
@@ -685,6 +633,9 @@ def main(argv=None) -> int:
     try:
         if args.measure:
             print(json.dumps(measure(args)))
+        elif args.sweep and args.table == "hourglass":
+            args.out = args.out or Path("runs/hourglass")
+            hourglass_sweep.sweep(args)
         elif args.sweep:
             args.out = args.out or Path("runs/text_lm")
             sweep(args)

@@ -339,3 +339,40 @@ def test_a_nan_weight_is_a_clear_error_at_the_output():
         model.main.layers[0].out_proj.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/Inf"):
         model(text_tokens(1, 32), budget=0.5)
+
+
+# ----------------------------------------------------------------------------- command line
+def _script():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / "scripts" / "train_text.py"
+    spec = importlib.util.spec_from_file_location("train_text_hg", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_train_text_trains_an_elastic_hourglass_and_refuses_bad_input(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_bytes(b"def f(x):\n    return x + 1\n\nfor i in range(10):\n    print(f(i))\n" * 30)
+    mod = _script()
+    base = ["--config", "hourglass", "--train-file", str(text), "--context", "64", "--batch-size", "2",
+            "--d-outer", "16", "--d-main", "32", "--main-layers", "1", "--d-state", "4", "--max-steps", "3",
+            "--val-windows", "2", "--test-bytes", "300", "--no-speed", "--quiet"]
+    assert mod.main(base + ["--budget", "0.25", "--budget-range", "0.25,1", "--signal", "space",
+                            "--out", str(tmp_path / "run")]) == 0
+    row = json.loads((tmp_path / "run" / "row.json").read_text())
+    assert row["configuration"] == "hourglass" and row["hourglass"]["budget_range"] == [0.25, 1.0]
+    model, extra = load_text_model(tmp_path / "run" / "checkpoint.safetensors")
+    assert isinstance(model, HourglassLM) and extra["budget_range"] == [0.25, 1.0]
+    capsys.readouterr()
+    for bad, word in ((["--signal", "bogus"], "--signal"), (["--budget-range", "0,1"], "--budget-range"),
+                      (["--budget-range", "0.5"], "--budget-range")):
+        with pytest.raises(SystemExit) as e:
+            mod.main(base + bad + ["--out", str(tmp_path / "bad")])
+        assert e.value.code == 2 and word in capsys.readouterr().err
+    assert mod.main(base + ["--d-outer", "64", "--out", str(tmp_path / "bad2")]) == 2  # d_main 32 < d_outer 64
+    assert "d_main" in capsys.readouterr().err
+    no_main = [a for i, a in enumerate(base) if a != "--d-main" and base[i - 1] != "--d-main"]
+    assert mod.main(no_main + ["--d-outer", "256", "--d-model", "32", "--out", str(tmp_path / "bad3")]) == 2
+    assert "d_main" in capsys.readouterr().err  # no width fits a FLOP target below the outer stages' own cost

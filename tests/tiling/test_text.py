@@ -467,7 +467,7 @@ def test_read_text_file_messages(tmp_path):
 # ----------------------------------------------------------------------------- the sweep
 def test_sweep_resume_and_table(tmp_path, capsys):
     mod = load_script()
-    base = ["--sweep", "--train-file", str(SLICE / "tutorial/controlflow.rst.txt"),
+    base = ["--sweep", "--table", "tiled", "--train-file", str(SLICE / "tutorial/controlflow.rst.txt"),
             "--val-file", str(SLICE / "howto/sockets.rst.txt"), "--test-file", str(SLICE / "faq/general.rst.txt"),
             "--context", "32", "--batch-size", "2", "--d-model", "8", "--n-layers", "1", "--d-state", "4",
             "--tile-size", "8", "--max-steps", "2", "--val-windows", "2", "--test-bytes", "200", "--no-speed",
