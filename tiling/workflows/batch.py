@@ -23,7 +23,7 @@ __all__ = ["FLAGS", "settings_of", "text_key", "read_done", "split_texts", "rank
 #: the settings a result depends on, with the flag that sets each (named when a resume refuses)
 FLAGS = {"model": "--model", "layers": "--layers", "heads": "--heads", "budget": "--budget",
          "tile_size": "--tile-size", "r_min": "--r-min", "k": "--k", "n_eigs": "--n-eigs",
-         "max_length": "--max-length", "show": "--show"}
+         "max_length": "--max-length", "show": "--show", "tokenizer": "--tokenizer"}
 
 
 def settings_of(*, model: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None, budget: float,

@@ -83,6 +83,9 @@ def _add_analyse(sub) -> None:
                                                             "results.jsonl again")
     p.add_argument("--model", metavar="PATH", help="local Hugging Face model folder with safetensors weights "
                                                    "(default: the bundled all-MiniLM-L6-v2)")
+    p.add_argument("--tokenizer", metavar="bytes|PATH",
+                   help="'bytes': the text's UTF-8 bytes are the token ids (byte-level models, folders without "
+                        "tokenizer files); PATH: a folder with the model's tokenizer (default: the model's own)")
     p.add_argument("--layers", type=_index_list, action="extend", metavar="I,J,...", help="layers to analyse (0-based; default all)")
     p.add_argument("--heads", type=_index_list, action="extend", metavar="I,J,...", help="heads to analyse (0-based; default all)")
     p.add_argument("--budget", type=_float_arg, default=0.35, help="mean-resolution budget of the tiling policy, in (0, 1] (default 0.35)")
@@ -204,7 +207,10 @@ def _load_model(args):
     from . import models
 
     try:
-        return models.load_model(args.model, device=args.device)
+        return models.load_model(args.model, device=args.device, tokenizer=args.tokenizer)
+    except models.TokenizerError as e:  # names the folder or the tokenizer argument, and says what to pass
+        msg = _first_line(e)
+        raise UsageError(f"--{msg}" if msg.startswith("tokenizer ") else msg) from None
     except (ValueError, OSError, SafetensorError, RuntimeError) as e:
         # missing files, a bad config, truncated weights; transformers raises RuntimeError for weights
         # whose shapes do not fit the config (only the loading is covered here, not the analysis)
@@ -274,6 +280,8 @@ def _run_batch(args, model, tokenizer, texts, name: str, results: Path, opts: di
     settings = settings_of(model=args.model, layers=args.layers, heads=args.heads, budget=args.budget,
                            tile_size=args.tile_size, r_min=args.r_min, k=args.k, n_eigs=args.n_eigs,
                            max_length=args.max_length, show=args.show)
+    if args.tokenizer is not None:  # only then, so results written without --tokenizer still resume
+        settings["tokenizer"] = "bytes" if args.tokenizer == "bytes" else os.path.abspath(args.tokenizer)
     keys = {i: text_key(i, t) for i, t in texts}
     ranks = Ranks.from_env()
     try:

@@ -21,7 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["AttentionProjection", "default_model_path", "load_model", "attention_projections", "SUPPORTED"]
+__all__ = ["AttentionProjection", "TokenizerError", "default_model_path", "load_model", "attention_projections",
+           "SUPPORTED"]
 
 
 def default_model_path() -> Path:
@@ -115,7 +116,8 @@ def _load_tiled_lm(spec: str, groups: int):
     return ImplicitAttentionModel(model, groups=groups, kind="tiled-lm"), ByteTokenizer()
 
 
-def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", *, groups: int = 8):
+def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu", *, groups: int = 8,
+               tokenizer: str | os.PathLike | None = None):
     """Load ``(model, tokenizer)`` from a local folder or checkpoint (default: the bundled all-MiniLM-L6-v2).
 
     * a folder whose ``config.json`` has ``model_type`` gpt2 or llama: ``AutoModelForCausalLM``
@@ -132,6 +134,10 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     path : the folder, checkpoint file or ``bundled:NAME``; None: :func:`default_model_path`.
     device : where the model goes (Mamba models: always float64 on the CPU).
     groups : channel groups per layer of a Mamba model, the "heads" of the analysis.
+    tokenizer : None: the model's own (a folder's tokenizer files; a ``TiledLM``'s bytes);
+        ``"bytes"``: the UTF-8 bytes of the text are the token ids
+        (:class:`~tiling.workflows.mamba.ByteTokenizer`, for byte-level models and folders without
+        a tokenizer); a folder: the tokenizer saved there (``AutoTokenizer``, offline).
 
     Returns
     -------
@@ -146,14 +152,22 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     ValueError
         An unsupported architecture, a checkpoint whose tensors are missing or of the wrong shape,
         or an unusable device (e.g. ``cuda`` without a GPU).
+    TokenizerError
+        The folder's tokenizer is missing or empty (the message suggests ``tokenizer="bytes"``),
+        ``tokenizer`` is neither ``"bytes"`` nor a folder with a tokenizer, or its ids do not fit the
+        model's vocabulary.
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False; use --device cpu")
-    if path is not None and str(path).startswith("bundled:"):
-        return _load_tiled_lm(str(path), groups)
-    if path is not None and str(path).endswith(".safetensors") and not Path(path).expanduser().is_dir():
-        return _load_tiled_lm(str(Path(path).expanduser()), groups)
+    tok_folder = _check_tokenizer_arg(tokenizer)
+    if path is not None and (str(path).startswith("bundled:") or (
+            str(path).endswith(".safetensors") and not Path(path).expanduser().is_dir())):
+        if tok_folder is not None:
+            raise TokenizerError(f"tokenizer {str(tokenizer)!r}: a TiledLM checkpoint reads UTF-8 bytes; only "
+                                 "--tokenizer bytes (its own) applies")
+        spec = str(path) if str(path).startswith("bundled:") else str(Path(path).expanduser())
+        return _load_tiled_lm(spec, groups)
     folder = default_model_path() if path is None else Path(path).expanduser()
     _check_model_folder(folder)
     cfg = _read_config(folder)
@@ -162,6 +176,10 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
     if mtype not in CAUSAL_TYPES + MAMBA_TYPES and any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs):
         raise ValueError(f"model folder {str(folder)!r} has the unsupported causal architecture "
                          f"{mtype or archs[0]!r}; supported: {_supported()}")
+    if tokenizer is None:
+        _require_tokenizer_files(folder, own=True)
+    elif tok_folder is not None:
+        _require_tokenizer_files(tok_folder, own=False)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
     from transformers import AutoModel, AutoTokenizer
@@ -185,11 +203,88 @@ def load_model(path: str | os.PathLike | None = None, device: str | torch.device
                     raise ValueError(f"model folder {str(folder)!r} has the unsupported architecture {mtype!r}; "
                                      f"supported: {_supported()}") from None
                 raise
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        if tokenizer is None:
+            tok = _folder_tokenizer(folder, AutoTokenizer, own=True)
+        elif tok_folder is None:
+            from .mamba import ByteTokenizer
+
+            tok = ByteTokenizer()
+        else:
+            tok = _folder_tokenizer(tok_folder, AutoTokenizer, own=False)
     finally:
         restore()
+    _check_vocabulary(tok, tokenizer, model)
     model.eval().to(dev)
-    return model, tokenizer
+    return model, tok
+
+
+class TokenizerError(ValueError):
+    """The tokenizer cannot be used: missing, empty, unknown, or not fitting the model (``--tokenizer``)."""
+
+
+#: the files a Hugging Face tokenizer is saved as (any one of them makes a folder a tokenizer's)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "merges.txt",
+                   "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+_PROBE = "The quick brown fox jumps over the lazy dog."
+
+
+def _check_tokenizer_arg(tokenizer) -> Path | None:
+    """``tokenizer``'s folder (None for None and ``"bytes"``); anything else is refused naming it."""
+    if tokenizer is None or str(tokenizer) == "bytes":
+        return None
+    if not isinstance(tokenizer, (str, os.PathLike)):
+        raise TokenizerError(f"tokenizer must be 'bytes' or a folder, got {type(tokenizer).__name__}")
+    folder = Path(tokenizer).expanduser()
+    if not folder.is_dir():
+        raise TokenizerError(f"tokenizer {str(tokenizer)!r} is neither 'bytes' nor a folder; expected 'bytes' (the "
+                             "text's UTF-8 bytes are the tokens) or a folder with tokenizer files "
+                             f"({', '.join(TOKENIZER_FILES[:2])}, ...)")
+    return folder
+
+
+_FIX = ("pass --tokenizer bytes to read the text as UTF-8 bytes (token id = byte value), or "
+        "--tokenizer PATH for a folder holding the model's tokenizer")
+
+
+def _where(folder: Path, own: bool) -> str:
+    return f"model folder {str(folder)!r}" if own else f"tokenizer folder {str(folder)!r}"
+
+
+def _require_tokenizer_files(folder: Path, *, own: bool) -> None:
+    """Refuse a folder without tokenizer files (checked before the model loads: a refusal costs nothing)."""
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise TokenizerError(f"{_where(folder, own)} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}, "
+                             f"...); {_FIX}")
+
+
+def _folder_tokenizer(folder: Path, auto, *, own: bool):
+    """``AutoTokenizer`` of ``folder``, refused when the tokenizer turns a plain English sentence into
+    no tokens. transformers returns an empty tokenizer for a folder without tokenizer files (a Mamba
+    folder's ``GPTNeoXTokenizer`` with 2 entries) and says nothing, so the text would become 0 tokens
+    further on; :func:`_require_tokenizer_files` has refused that case already, this catches a
+    tokenizer file that holds no vocabulary."""
+    where, fix = _where(folder, own), _FIX
+    try:
+        tok = auto.from_pretrained(str(folder), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 -- the tokenizers binding raises a bare Exception for a malformed file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TokenizerError(f"{where}: the tokenizer cannot be loaded ({msg}); {fix}") from None
+    if len(tok(_PROBE, add_special_tokens=False)["input_ids"]) == 0:
+        raise TokenizerError(f"{where} has an empty tokenizer ({len(tok)} entries: it turns text into no tokens); "
+                             f"{fix}")
+    return tok
+
+
+def _check_vocabulary(tok, tokenizer, model) -> None:
+    """A tokenizer chosen with ``tokenizer`` must give ids the model's embedding has."""
+    if tokenizer is None:
+        return
+    inner = getattr(model, "inner", model)  # a Mamba model is read through ImplicitAttentionModel
+    vocab = int(getattr(getattr(inner, "config", None), "vocab_size", 0) or 0)
+    size = 256 if str(tokenizer) == "bytes" else len(tok)
+    if vocab and size > vocab:
+        raise TokenizerError(f"tokenizer {str(tokenizer)!r} has {size} token ids, more than the model's vocabulary "
+                             f"of {vocab}; expected a tokenizer of this model")
 
 
 @dataclass(frozen=True)
