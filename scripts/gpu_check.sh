@@ -14,10 +14,12 @@
 #      CUDA, kernel_available, the LM (tests/tiling/test_lm_cuda.py)
 #   4  compute-sanitizer memcheck and racecheck on one small forward + backward of the scan
 #   5  scripts/bench_scan.py, bench_layer.py, bench_text.py with --device cuda --json, each under a cap
-#   6  if time remains: 3 minutes of training on the GPU, router+ends at 0.25 (the best real-text row) and
-#      full resolution (scripts/train_text.py --max-minutes 3 --clock wall)
 #   7  the peer: mamba_ssm's selective_scan_fn built from its sdist (.gpu/sdist), timed at bench_scan's
 #      shapes when it built in time; else the H100 figures measured elsewhere
+#   8  ncu (--clock-control none) on the scan kernels at the goal shape: bf16 (8, 1536, 4096, 16)
+#   6  last, if time remains: 3 minutes of training on the GPU, router+ends at 0.25 (the best real-text
+#      row) and full resolution (scripts/train_text.py --max-minutes 3 --clock wall)
+# (in this order: 6 runs last, as it needs the most time and serves no goal)
 # Without a GPU (or with --dry-run) it is a dry run: it prints each step, runs those that need no GPU
 # (environment, test collection, the bench_text runs folder, the corpus, unpacking the sdist) and checks
 # that every file, command and flag it names exists; --check-only stops after those checks.
@@ -37,7 +39,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 START=$(date +%s)
 DEADLINE=510
 RESERVE=20
-STEPS=1,2,3,4,5,6,7
+STEPS=1,2,3,4,5,6,7,8
 MODE=auto
 OUTDIR=
 
@@ -49,7 +51,7 @@ while [ $# -gt 0 ]; do
     --check-only) MODE=check ;;
     --deadline) [ $# -ge 2 ] || usage_error "--deadline needs a number of seconds"; DEADLINE=$2; shift ;;
     --deadline=*) DEADLINE=${1#*=} ;;
-    --steps) [ $# -ge 2 ] || usage_error "--steps needs a comma-separated list of step numbers 1-7"; STEPS=$2; shift ;;
+    --steps) [ $# -ge 2 ] || usage_error "--steps needs a comma-separated list of step numbers 1-8"; STEPS=$2; shift ;;
     --steps=*) STEPS=${1#*=} ;;
     -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     -*) usage_error "unknown option $1" ;;
@@ -60,7 +62,7 @@ done
 [ -n "$OUTDIR" ] || usage_error "OUTDIR is required (a new or empty folder)"
 [[ "$DEADLINE" =~ ^[0-9]+$ ]] && [ "$DEADLINE" -ge 60 ] && [ "$DEADLINE" -le 3600 ] \
   || usage_error "--deadline must be a whole number of seconds in [60, 3600], got '$DEADLINE'"
-[[ "$STEPS" =~ ^[1-7](,[1-7])*$ ]] || usage_error "--steps must be a comma-separated list of step numbers 1-7, got '$STEPS'"
+[[ "$STEPS" =~ ^[1-8](,[1-8])*$ ]] || usage_error "--steps must be a comma-separated list of step numbers 1-8, got '$STEPS'"
 if [ -e "$OUTDIR" ] && [ -n "$(ls -A "$OUTDIR" 2>/dev/null)" ]; then
   usage_error "OUTDIR $OUTDIR is not empty: gpu_check.sh writes only into a new or empty folder"
 fi
@@ -193,7 +195,7 @@ else say "  absent  corpus $CORPUS (make corpus; carry it): step 5/6 use the bun
 if TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null); then say "  ok      command $PY (torch $TORCH_VERSION)"
 else missing "command $PY with torch"; fi
 for c in timeout tar; do command -v "$c" > /dev/null && say "  ok      command $c" || missing "command $c"; done
-for c in ninja nvcc compute-sanitizer nvidia-smi; do
+for c in ninja nvcc compute-sanitizer ncu nvidia-smi; do
   if command -v "$c" > /dev/null; then say "  ok      command $c ($(command -v "$c"))"
   elif [ "$MODE" = gpu ]; then missing "command $c"
   else say "  absent  command $c (needed on the GPU machine only)"; fi
@@ -318,23 +320,6 @@ if want 5; then
   bench "$BENCH_TEXT" bench_text 150 --runs "$W/text_runs" --corpus-dir "$CORPUS"
 fi
 
-# ---------------------------------------------------------------------------------------------- 6 training
-if want 6; then
-  for spec in "router+ends_b0.25:--config router --full-layers ends --budget 0.25" "full_b1:--config full --budget 1"; do
-    name=${spec%%:*}; read -r -a targs <<< "${spec#*:}"
-    cmd=("$PY" "$TRAIN_TEXT" --device cuda "${targs[@]}" --seed 0 --max-minutes 3 --clock wall
-         --corpus-dir "$CORPUS" --out "$W/train/$name" --test-bytes 131072 --decode-bytes 64)
-    if missing_in "$TRAIN_TEXT"; then
-      say "step 6 train $name: SKIP ($TRAIN_TEXT lacks a flag it needs, see MISSING)"; record 6 "train $name" missing 0 "flags"
-    elif [ "$MODE" != gpu ]; then
-      say "step 6 would run (if 4+ minutes remain): ${cmd[*]}"
-    else
-      run_step 6 "train $name" 290 250 "$W/train_$name.log" 15 -- "${cmd[@]}"
-    fi
-  done
-  [ "$MODE" = gpu ] && ls -d "$W"/train/*/ > /dev/null 2>&1 && "$PY" "$TOOLS" train-summary "$W"/train/*/ | tee "$W/train_summary.txt"
-fi
-
 # ---------------------------------------------------------------------------------------------- 7 the peer
 if want 7; then
   if [ "$MODE" != gpu ]; then
@@ -352,6 +337,36 @@ if want 7; then
     fi
   fi
 fi
+# ---------------------------------------------------------------------------------------------- 8 profile
+if want 8; then
+  NCU=(ncu --clock-control none --kernel-name regex:'scan_(fwd|bwd)_kernel' --launch-count 4 --section SpeedOfLight --section Occupancy
+       --section LaunchStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats)
+  if [ "$MODE" != gpu ]; then
+    say "step 8 would run: ${NCU[*]} $PY $TOOLS profile-once"
+  elif [ "$BUILD_OK" = 1 ] && command -v ncu > /dev/null; then
+    run_step 8 "ncu profile" 120 45 "$W/ncu_profile.log" 40 -- "${NCU[@]}" "$PY" "$TOOLS" profile-once
+  else
+    say "step 8 ncu profile: SKIP (no build or no ncu)"; record 8 "ncu profile" skip 0 "no build or tool"
+  fi
+fi
+
+# ---------------------------------------------------------------------------------------------- 6 training
+if want 6; then
+  for spec in "router+ends_b0.25:--config router --full-layers ends --budget 0.25" "full_b1:--config full --budget 1"; do
+    name=${spec%%:*}; read -r -a targs <<< "${spec#*:}"
+    cmd=("$PY" "$TRAIN_TEXT" --device cuda "${targs[@]}" --seed 0 --max-minutes 3 --clock wall
+         --corpus-dir "$CORPUS" --out "$W/train/$name" --test-bytes 131072 --decode-bytes 64)
+    if missing_in "$TRAIN_TEXT"; then
+      say "step 6 train $name: SKIP ($TRAIN_TEXT lacks a flag it needs, see MISSING)"; record 6 "train $name" missing 0 "flags"
+    elif [ "$MODE" != gpu ]; then
+      say "step 6 would run (if 4+ minutes remain): ${cmd[*]}"
+    else
+      run_step 6 "train $name" 290 250 "$W/train_$name.log" 15 -- "${cmd[@]}"
+    fi
+  done
+  [ "$MODE" = gpu ] && ls -d "$W"/train/*/ > /dev/null 2>&1 && "$PY" "$TOOLS" train-summary "$W"/train/*/ | tee "$W/train_summary.txt"
+fi
+
 FAILED=$(awk -F'\t' '$3=="fail"||$3=="timeout"||$3=="missing"' "$W/steps.tsv" | wc -l)
 [ ${#MISSING[@]} -eq 0 ] && [ "$FAILED" -eq 0 ]
 exit $?

@@ -6,6 +6,8 @@
     build [--dry-run]        compile the CUDA and CPU scan extensions through tiling._build (its names and flags),
                              compiler output shown; exit 1 if the CUDA one does not build
     scan-once                one small forward + backward of the CUDA scan (the compute-sanitizer's driver)
+    profile-once             the scan at the goal shape, bf16 (8, 1536, 4096, 16): forward at R = 1 and 0.25,
+                             forward + backward at R = 1 (ncu's driver)
     text-runs --out DIR      a runs folder for bench_text.py: the trained rows of docs/results/text_lm.json,
                              checkpoints mapped to the bundled ones (runs/ does not travel to the GPU machine)
     train-summary DIR...     bpb against training bytes of scripts/train_text.py runs, one table
@@ -200,6 +202,32 @@ def cmd_train_summary(args) -> int:
     return 0
 
 
+def cmd_profile_once(args) -> int:
+    """The kernels ncu profiles, in this order: forward R = 1, forward R = 0.25, forward and backward R = 1."""
+    import torch
+
+    from tiling import _build
+    from tiling.ops import adaptive_selective_scan
+
+    if not torch.cuda.is_available() or _build.load_cuda_extension() is None:
+        print("error: no CUDA device or the CUDA extension did not load", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_scan import inputs
+
+    order = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    t = {k: (v.to(torch.bfloat16) if k in ("u", "delta", "B", "C", "z") else v)
+         for k, v in inputs(*GOAL_SHAPE, "cuda").items()}
+    with torch.no_grad():
+        for r in (1.0, 0.25):
+            adaptive_selective_scan(*(t[k] for k in order), True, resolution=r)
+    leaves = {k: v.detach().requires_grad_() for k, v in t.items()}
+    adaptive_selective_scan(*(leaves[k] for k in order), True, resolution=1.0).float().sum().backward()
+    torch.cuda.synchronize()
+    print(f"profiled shape {GOAL_SHAPE} bf16: forward R=1, forward R=0.25, forward+backward R=1")
+    return 0
+
+
 #: the shape of the issue's speed goals in bench_scan's CUDA rows
 GOAL_SHAPE = (8, 1536, 4096, 16)
 GOAL_SCAN = "b8 d1536 L4096 N16 bfloat16"
@@ -308,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("arch")
     sub.add_parser("build").add_argument("--dry-run", action="store_true")
     sub.add_parser("scan-once")
+    sub.add_parser("profile-once")
     sub.add_parser("text-runs").add_argument("--out", type=Path, required=True)
     sub.add_parser("train-summary").add_argument("runs", type=Path, nargs="+")
     sm = sub.add_parser("summary")
@@ -318,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     sm.add_argument("--deadline", type=int, default=0)
     args = ap.parse_args(argv)
     return {"env": cmd_env, "arch": cmd_arch, "build": cmd_build, "scan-once": cmd_scan_once,
+            "profile-once": cmd_profile_once,
             "text-runs": cmd_text_runs, "train-summary": cmd_train_summary,
             "summary": cmd_summary}[args.cmd](args)
 
