@@ -23,15 +23,23 @@ resolution, load imbalance, IFQ/CER of the first layer), metrics as JSON lines. 
 (model, optimizer, scheduler, RNG, step) are atomic safetensors files; ``--resume`` continues
 bit-identically (the data order is a function of the step).
 
-Nothing saved is lost: an ``--out`` that holds a run (``checkpoint.safetensors`` or ``log.jsonl``) is
-refused unless ``--resume`` (continue it; the log is appended to) or ``--overwrite`` (replace it);
-``--resume`` refuses a checkpoint trained with other settings (e.g. another ``--lr``: its scheduler
-would silently keep the old one), naming them; temporary files of a killed checkpoint write are
-removed at the next start. Bad input ends as one line ``train_tiled: error: ...`` and exit code 2.
+Nothing saved is lost (:mod:`tiling.train.storage`): an ``--out`` that holds a run
+(``checkpoint.safetensors``, ``log.jsonl`` or ``run.json``) is refused unless ``--resume`` (continue
+it: the log is cut back to the checkpoint's step, then appended to) or ``--overwrite`` (replace it:
+every option is checked first, and the old run is moved aside until the new one writes its first
+checkpoint, put back if it fails before). A second run into the same ``--out`` is refused at once,
+naming the first one's pid and start time (a lock beside the folder). ``--resume`` refuses a
+checkpoint trained with other settings (e.g. another ``--lr``: its scheduler would silently keep the
+old one), naming them, a ``--stop-at`` below the checkpoint's step, and a checkpoint of another
+folder when ``--out`` holds a run. Temporary files of a killed checkpoint write are removed at the
+next start. Bad input (any option out of its range, ``--device bogus``, a read-only ``--out``, a full
+disk at the checkpoint) ends as one line ``train_tiled: error: ...`` naming the option, exit code 2;
+Ctrl-C exits with code 130 and keeps what was written.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -51,11 +59,15 @@ from tiling.config import TilingConfig  # noqa: E402
 from tiling.metrics import adaptation_efficiency, layer_tile_metrics, load_imbalance  # noqa: E402
 from tiling.ops import scan_cost  # noqa: E402
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
-from tiling.train.atomic import atomic_write_bytes  # noqa: E402
-from tiling.train.checkpoint import CheckpointError  # noqa: E402
+from tiling.train.checkpoint import CheckpointError, read_meta  # noqa: E402
 from tiling.train.data import collate  # noqa: E402
+from tiling.train.storage import ASIDE, RunDirectory, StorageError, atomic_write_bytes, cut_log  # noqa: E402
 
 CHECKPOINT = "checkpoint.safetensors"
+#: the files a run writes into --out (the others are the user's: never moved or deleted)
+OWNED = (CHECKPOINT, "log.jsonl", "params_rank*.safetensors")
+#: the sweep's own files in its --out (each configuration is a run folder of its own)
+SWEEP_OWNED = ("summary.json", "summary.md")
 #: flags that steer the run, not what is trained: a resume may change them
 RUN_CONTROL = {"out", "resume", "init_from", "stop_at", "eval_every", "log_every", "ckpt_every", "device", "threads",
                "quiet", "no_ifq", "overwrite", "sweep", "budgets", "base_steps", "base_lr", "figure",
@@ -63,11 +75,80 @@ RUN_CONTROL = {"out", "resume", "init_from", "stop_at", "eval_every", "log_every
 
 
 class RunError(ValueError):
-    """A run directory or a resume the script refuses (reported as one line, exit code 2)."""
+    """A run directory, a resume or an option value the script refuses (one line, exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump): :func:`main` prints it."""
+
+    def error(self, message: str):  # noqa: D401 (argparse API)
+        raise RunError(message)
+
+
+#: integer options and their ranges (upper ends keep every size far from int64 and memory limits)
+INT_RANGES = {"period": (1, 2 ** 20), "context_len": (2, 2 ** 20), "n_bursts": (1, 2 ** 16), "burst_len": (1, 2 ** 16),
+              "n_symbols": (2, 2 ** 16), "burst_window": (1, 2 ** 20), "train_size": (1, 2 ** 31),
+              "eval_size": (1, 2 ** 24), "d_model": (1, 2 ** 14), "n_layers": (1, 1024), "d_state": (1, 1024),
+              "tile_size": (1, 2 ** 20), "predictor_tail": (1, 2 ** 20), "steps": (1, 2 ** 40), "stop_at": (1, 2 ** 40),
+              "batch_size": (1, 2 ** 16), "warmup": (0, 2 ** 40), "seed": (0, 2 ** 32 - 1), "eval_every": (1, 2 ** 40),
+              "log_every": (1, 2 ** 40), "ckpt_every": (0, 2 ** 40), "threads": (1, 4096), "base_steps": (0, 2 ** 40)}
+#: number options: (low, high, low_open); all must be finite
+FLOAT_RANGES = {"ratio_weight": (0.0, 1e6, False), "budget": (0.0, 1.0, True), "r_min": (0.0, 1.0, True),
+                "exponent": (0.0, 1e3, True), "slack": (0.5, 1e12, False), "dt_min": (0.0, 1.0, True),
+                "dt_max": (0.0, 1.0, True), "lr": (0.0, 1e3, True), "weight_decay": (0.0, 1e3, False),
+                "grad_clip": (0.0, 1e12, False), "base_lr": (0.0, 1e3, True)}
+
+
+def check_options(args) -> None:
+    """Every option in its range, before anything is built or written (the message names the option).
+
+    Raises
+    ------
+    RunError
+        An integer or number option outside its range (NaN and Inf included), ``--dt-min`` above
+        ``--dt-max``, a ``--budgets`` entry outside (0, 1], or a ``--device`` torch does not know or
+        that is not available.
+    """
+    for key, (low, high) in INT_RANGES.items():
+        v = getattr(args, key)
+        if v is not None and not low <= v <= high:
+            raise RunError(f"{_flag(key)} must lie in [{low}, {high}], got {v}")
+    for key, (low, high, low_open) in FLOAT_RANGES.items():
+        v = getattr(args, key)
+        if v is not None and not ((low < v if low_open else low <= v) and v <= high):  # also refuses NaN
+            raise RunError(f"{_flag(key)} must lie in {'(' if low_open else '['}{low:g}, {high:g}], got {v}")
+    if args.dt_min > args.dt_max:
+        raise RunError(f"--dt-min must be <= --dt-max = {args.dt_max}, got {args.dt_min}")
+    for c in args.budgets:
+        if not 0.0 < c <= 1.0:
+            raise RunError(f"--budgets must lie in (0, 1], got {c}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise RunError(f"--device {args.device!r} is not a device ({str(e).splitlines()[0]}); expected e.g. cpu, "
+                       "cuda or cuda:1") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"--device {args.device!r}: no CUDA device is available here; pass --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise RunError(f"--device {args.device!r}: expected cpu or cuda")
+
+
+def tiling_config(args) -> TilingConfig:
+    """The layers' :class:`~tiling.config.TilingConfig`; a refused option is named by its flag."""
+    fields = dict(tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
+                  policy=args.policy, causal=not args.non_causal, exponent=args.exponent, slack=args.slack,
+                  predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
+                  calibration=args.calibration, scope=args.scope,
+                  boundaries=args.boundaries if args.scope == "block" else "tile")
+    try:
+        return TilingConfig(**fields)
+    except (TypeError, ValueError) as e:
+        named = next((k for k in fields if str(e).startswith(k)), None)
+        raise RunError(f"{_flag(named) + ': ' if named else ''}{str(e).splitlines()[0]}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=["copy", "repeat"], default="copy",
                    help="copy: BurstCopyDataset (copy the bursts after SEP); repeat: BurstRepeatDataset "
@@ -144,8 +225,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--with-non-causal", action="store_true",
                    help="sweep: also adaptive with causal=False (encoder mode; leaks the segmentation)")
     args = p.parse_args(argv)
-    if not 0.0 < args.budget <= 1.0:
-        p.error(f"--budget must lie in (0, 1], got {args.budget}")
     if args.resume is not None and (args.overwrite or args.sweep):
         p.error("--resume continues one run: not with --overwrite or --sweep")
     return args
@@ -160,25 +239,47 @@ def settings(args) -> dict[str, str]:
     return {k: str(v) for k, v in vars(args).items() if k not in RUN_CONTROL}
 
 
+def _resumes_in_place(args) -> bool:
+    """Whether ``--resume`` names the checkpoint of the run in ``--out`` (not one of another folder)."""
+    return args.resume is not None and args.resume.resolve().parent == args.out.resolve()
+
+
+def run_directory(args, *, primary: bool = True) -> RunDirectory:
+    """The :class:`~tiling.train.storage.RunDirectory` of ``--out`` (entered by :func:`train`)."""
+    return RunDirectory(args.out, settings=settings(args), overwrite=args.overwrite, resume=_resumes_in_place(args),
+                        owned=OWNED, name="--out", primary=primary)
+
+
 def check_run_dir(args) -> None:
-    """Refuse an ``--out`` that holds a run unless ``--resume`` or ``--overwrite`` says what to do with it."""
-    held = [n for n in (CHECKPOINT, "log.jsonl") if (args.out / n).exists()]
-    if args.out.exists() and not args.out.is_dir():
-        raise RunError(f"--out {str(args.out)!r} exists and is not a folder")
+    """Refuse an ``--out`` that holds a run unless ``--resume`` or ``--overwrite`` says what to do with it.
+
+    Writes nothing (a sweep calls it for every configuration before the first one trains); the
+    same checks run again under the folder's lock when :func:`train` enters it.
+    """
+    run = run_directory(args)  # checks the path: not a file, not under one, writable
+    left = sorted(run.path.parent.glob(f".{run.path.name}{ASIDE}*"))
+    if left:
+        raise RunError(f"--out {str(args.out)!r}: an earlier --overwrite was interrupted and left the previous run in "
+                       f"{str(left[0])!r}; move back what you need from it and delete it")
+    held = run.held()
+    if held and args.resume is not None and not _resumes_in_place(args):
+        raise RunError(f"--out {str(args.out)!r} holds a run ({', '.join(held)}), and --resume {str(args.resume)!r} "
+                       f"is another folder's checkpoint; pass --resume {args.out / CHECKPOINT} to continue the run "
+                       "in --out, or choose an empty --out to continue that checkpoint there")
     if held and args.resume is None and not args.overwrite:
         raise RunError(f"--out {str(args.out)!r} holds a run ({', '.join(held)}); pass --resume "
-                       f"{args.out / CHECKPOINT} to continue it, --overwrite to replace it, or choose another --out")
+                       f"{args.out / CHECKPOINT} to continue it, --overwrite to replace it (the old run is kept "
+                       "aside until the new one writes its first checkpoint), or choose another --out")
 
 
 def check_resume(args) -> None:
-    """Refuse a checkpoint whose recorded settings differ from this run's, naming each one."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(args.resume), framework="pt") as f:
-            recorded = json.loads((f.metadata() or {})["meta"]).get("extra", {}).get("args")
-    except Exception:  # unreadable: load_checkpoint reports it as a CheckpointError naming the file
-        return
+    """Refuse a checkpoint whose recorded settings differ from this run's, naming each one, and a
+    ``--stop-at`` below its step (the header only is read: nothing is loaded)."""
+    meta, _ = read_meta(args.resume)  # a missing or corrupt file: a CheckpointError naming it
+    if args.stop_at is not None and args.stop_at < meta["step"]:
+        raise RunError(f"--stop-at {args.stop_at} is below the step of --resume {str(args.resume)!r} "
+                       f"({meta['step']}); pass a --stop-at of at least {meta['step']}")
+    recorded = meta["extra"].get("args")
     if not isinstance(recorded, dict):
         print(f"train_tiled: warning: {args.resume} records no settings (an older checkpoint); they are not checked",
               file=sys.stderr)
@@ -215,7 +316,7 @@ def lr_lambda_factory(warmup: int, total: int):
     return f
 
 
-def build(args, device):
+def build(args, device, tiling: TilingConfig | None = None):
     data_kw = dict(context_len=args.context_len, n_bursts=args.n_bursts, burst_len=args.burst_len,
                    n_symbols=args.n_symbols)
     if args.task == "copy":
@@ -225,11 +326,7 @@ def build(args, device):
     train_ds = cls(args.train_size, seed=args.seed, **data_kw)
     eval_ds = cls(args.eval_size, seed=args.seed + 10_007, **data_kw)
     torch.manual_seed(args.seed)
-    tiling = TilingConfig(tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
-                          policy=args.policy, causal=not args.non_causal, exponent=args.exponent, slack=args.slack,
-                          predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
-                          calibration=args.calibration, scope=args.scope,
-                          boundaries=args.boundaries if args.scope == "block" else "tile")
+    tiling = tiling_config(args) if tiling is None else tiling
     model = TiledLM(train_ds.vocab_size, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
                     dt_min=args.dt_min, dt_max=args.dt_max, tiling=tiling,
                     shared_density=args.shared_density).to(device)
@@ -323,10 +420,18 @@ def evaluate(model: TiledLM, eval_ds, args, device, previous_patterns=None) -> t
 
 
 def train(args) -> dict:
+    """One run into ``--out``: every check first, then the run under the folder's lock."""
     distributed, rank, world = _dist_info()
+    check_options(args)  # every option, before anything is built or written (an --overwrite typo costs nothing)
+    tiling = tiling_config(args)
     check_run_dir(args)  # every rank, before the process group: all refuse alike, before anything is written
     if args.resume is not None:
         check_resume(args)
+    with run_directory(args, primary=rank == 0) as run:
+        return _train(args, run, tiling, distributed, rank, world)
+
+
+def _train(args, run: RunDirectory, tiling: TilingConfig, distributed: bool, rank: int, world: int) -> dict:
     device = torch.device(args.device)
     if distributed:
         if device.type == "cuda":
@@ -335,13 +440,9 @@ def train(args) -> dict:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
-        remove_stale_temporaries(args.out)
-        if args.overwrite and args.resume is None:  # the user asked to replace the previous run
-            for f in [args.out / CHECKPOINT, *args.out.glob("params_rank*.safetensors")]:
-                f.unlink(missing_ok=True)
-    train_ds, eval_ds, model, opt, sched = build(args, device)
+        remove_stale_temporaries(args.out)  # (--overwrite moved the previous run aside already)
+    train_ds, eval_ds, model, opt, sched = build(args, device, tiling)
     start = 0
     if args.init_from is not None:
         load_checkpoint(args.init_from, model=model, restore_rng=False)
@@ -351,7 +452,17 @@ def train(args) -> dict:
     unused = any(layer.scope == "block" for layer in model.layers)
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=unused) if distributed else model
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    log_path = args.out / "log.jsonl"
+    log_path = run.file("log.jsonl")
+    history: list[dict] = []
+    if rank == 0 and args.resume is not None:  # the log is cut back to what the checkpoint covers
+        dropped = cut_log(log_path, lambda r: r.get("kind") in ("train", "eval") and isinstance(r.get("step"), int)
+                          and (r["step"] < start or (r["kind"] == "eval" and r["step"] == start)), root=run.path)
+        if dropped:
+            print(f"train_tiled: cut {dropped} log line(s) after the checkpoint's step {start} from {log_path}",
+                  file=sys.stderr)
+        if log_path.exists():  # the evaluations before the checkpoint belong to the run's history
+            history = [json.loads(x) for x in log_path.read_text().splitlines() if '"eval"' in x]
+            history = [h for h in history if h.get("kind") == "eval"]
     log = open(log_path, "a" if args.resume is not None else "w") if rank == 0 else None
 
     def emit(rec: dict) -> None:
@@ -361,7 +472,6 @@ def train(args) -> dict:
 
     stop = args.steps if args.stop_at is None else min(args.stop_at, args.steps)
     cache: dict = {}
-    history: list[dict] = []
     patterns = None
     bar = tqdm(range(start, stop), desc=f"{args.policy}@{args.budget:g}", disable=args.quiet or rank != 0,
                dynamic_ncols=True)
@@ -391,16 +501,18 @@ def train(args) -> dict:
             history.append(metrics)
             emit(metrics)
         if rank == 0 and args.ckpt_every and done % args.ckpt_every == 0 and done < stop:
-            save_checkpoint(args.out / CHECKPOINT, model=model, optimizer=opt, scheduler=sched, step=done,
+            save_checkpoint(run.file(CHECKPOINT), model=model, optimizer=opt, scheduler=sched, step=done,
                             extra={"args": settings(args)})
+            run.result_written()  # an --overwrite's previous run is deleted only now
     if rank == 0 and (not history or history[-1]["step"] != stop) and stop == args.steps:
         metrics, patterns = evaluate(model, eval_ds, args, device, patterns)
         metrics.update(kind="eval", step=stop)
         history.append(metrics)
         emit(metrics)
     if rank == 0:
-        save_checkpoint(args.out / CHECKPOINT, model=model, optimizer=opt, scheduler=sched, step=stop,
+        save_checkpoint(run.file(CHECKPOINT), model=model, optimizer=opt, scheduler=sched, step=stop,
                         extra={"args": settings(args)})
+        run.result_written()
     summary = {"policy": args.policy, "budget": args.budget, "steps": stop, "train_seconds": time.time() - t0}
     if history:
         summary.update({k: v for k, v in history[-1].items() if k not in ("kind",)})
@@ -411,9 +523,9 @@ def train(args) -> dict:
             summary["ae"] = float(adaptation_efficiency(R, Lt, r_min=min(args.r_min, args.budget)))
         emit({"kind": "summary", **summary})
     if distributed:
-        from safetensors.torch import save_file
-        save_file({k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()},
-                  str(args.out / f"params_rank{rank}.safetensors"))
+        from safetensors.torch import save
+        params = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        atomic_write_bytes(args.out / f"params_rank{rank}.safetensors", save(params), root=args.out)
         dist.barrier()
         dist.destroy_process_group()
     if log is not None:
@@ -422,7 +534,10 @@ def train(args) -> dict:
 
 
 def sweep(args) -> list[dict]:
-    """Full resolution, then uniform, binary and adaptive at each budget; same seed and data."""
+    """Full resolution, then uniform, binary and adaptive at each budget; same seed and data.
+
+    Every configuration's options and run folder are checked before the first one trains, and the
+    sweep's folder is locked for the whole sweep."""
     policies = ("uniform", "binary", "adaptive") + (("adaptive-nc",) if args.with_non_causal else ())
     configs = [("full", "uniform", 1.0)] + [(f"{p}@{c:g}", p, c) for c in args.budgets for p in policies]
     rows = []
@@ -441,18 +556,22 @@ def sweep(args) -> list[dict]:
         run.resume, run.init_from, run.name = None, init, name
         runs.append(run)
     for run in runs:  # refuse before the first run trains, not after hours
+        check_options(run)
+        tiling_config(run)
         check_run_dir(run)
-    if args.base_steps > 0:
-        print(json.dumps({"base": train(runs.pop(0))}), flush=True)
-    for run in runs:
-        name, policy = run.name, ("adaptive-nc" if run.non_causal else run.policy)
-        del run.name
-        summary = train(run)
-        summary["name"], summary["policy"] = name, policy
-        rows.append(summary)
-        print(json.dumps(summary), flush=True)
-    atomic_write_bytes(args.out / "summary.json", json.dumps(rows, indent=1).encode())
-    atomic_write_bytes(args.out / "summary.md", table(rows).encode())
+    with RunDirectory(args.out, overwrite=args.overwrite, owned=SWEEP_OWNED, name="--out") as top:
+        if args.base_steps > 0:
+            print(json.dumps({"base": train(runs.pop(0))}), flush=True)
+        for run in runs:
+            name, policy = run.name, ("adaptive-nc" if run.non_causal else run.policy)
+            del run.name
+            summary = train(run)
+            summary["name"], summary["policy"] = name, policy
+            rows.append(summary)
+            print(json.dumps(summary), flush=True)
+        top.write_bytes("summary.json", json.dumps(rows, indent=1).encode())
+        top.write_bytes("summary.md", table(rows).encode())
+        top.result_written()
     if args.figure is not None:
         figure(rows, args.figure, TITLES[args.task].format(L=args.context_len))
     print(table(rows))
@@ -498,21 +617,37 @@ def figure(rows: list[dict], path: Path, title: str = "") -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=120, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    """Run the script; returns the exit code (0, 2 for any expected error, 130 when interrupted)."""
     try:
+        args = parse_args(argv)
         if args.sweep:
             sweep(args)
         else:
             print(json.dumps(train(args)))
-    except (RunError, CheckpointError, ValueError) as e:
-        print(f"train_tiled: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
-              file=sys.stderr)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except (RunError, StorageError, CheckpointError, ValueError) as e:
+        print(f"train_tiled: error: {_first_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a read-only --out, a full disk at the checkpoint: nothing under the final name is torn
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        print(f"train_tiled: error: cannot write in --out{where}: {e.strerror or _first_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("train_tiled: interrupted; the last checkpoint and the log written so far are kept", file=sys.stderr)
+        return 130
     return 0
 
 
