@@ -366,6 +366,18 @@ def test_train_text_trains_an_elastic_hourglass_and_refuses_bad_input(tmp_path, 
     model, extra = load_text_model(tmp_path / "run" / "checkpoint.safetensors")
     assert isinstance(model, HourglassLM) and extra["budget_range"] == [0.25, 1.0]
     capsys.readouterr()
+    from tiling.train import evaluate, generate
+    ckpt = str(tmp_path / "run" / "checkpoint.safetensors")
+    assert evaluate.main([ckpt, "--text-file", str(text), "--budget", "0.5", "--json"]) == 0
+    out = capsys.readouterr()
+    assert "warning" not in out.err and json.loads(out.out)["mean_resolution"] < 0.9
+    assert evaluate.main([ckpt, "--text-file", str(text), "--budget", "0.2", "--max-bytes", "200"]) == 0
+    assert "outside what this checkpoint was trained for (the budget range [0.25, 1])" in capsys.readouterr().err
+    assert generate.main([ckpt, "--prompt", "def f", "--budget", "0.25", "--max-bytes", "12", "--json"]) == 0
+    gen = json.loads(capsys.readouterr().out)
+    assert gen["layers"][0]["layer"] == "main" and gen["layers"][0]["segments"].startswith("|d")
+    assert evaluate.main([ckpt, "--text-file", str(text), "--context", "65"]) == 2  # longer than trained
+    assert "--context 65 is longer" in capsys.readouterr().err
     for bad, word in ((["--signal", "bogus"], "--signal"), (["--budget-range", "0,1"], "--budget-range"),
                       (["--budget-range", "0.5"], "--budget-range")):
         with pytest.raises(SystemExit) as e:

@@ -138,6 +138,7 @@ class HourglassState:
     chunk : the :class:`~tiling.modules.chunk.ChunkState` (the pool of the current segment).
     held : (batch, d_outer) the smoothed main output of the current segment.
     batch : rows.
+    starts : (batch,) bool, whether the last byte started a segment (None before the first byte).
     """
 
     encoder: list
@@ -147,6 +148,7 @@ class HourglassState:
     chunk: ChunkState
     held: Tensor
     batch: int
+    starts: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -396,7 +398,8 @@ class HourglassLM(nn.Module):
         logits = self.head(self.norm_f(y))
         if not bool(torch.isfinite(logits).all()):
             raise ValueError("the step's logits contain NaN/Inf")
-        return logits, replace(state, encoder=enc, main=main, decoder=dec, boundary=bstate, chunk=cstate, held=held)
+        return logits, replace(state, encoder=enc, main=main, decoder=dec, boundary=bstate, chunk=cstate, held=held,
+                               starts=starts)
 
     # ------------------------------------------------------------------ cost
     def cost(self, L: int, lengths: Tensor | list[int] | int, *, inference: bool = True) -> dict[str, float]:

@@ -22,7 +22,9 @@ import torch
 
 from tiling.train.checkpoint import CheckpointError
 from tiling.train.text import TextInputError, evaluate_bytes, read_text_file
-from tiling.train.textmodel import TextModelError, bundled_checkpoints, load_text_model, resolve_checkpoint
+from tiling.train.textmodel import (
+    TextModelError, budget_warning, bundled_checkpoints, load_text_model, resolve_checkpoint,
+)
 
 
 class UsageError(ValueError):
@@ -46,8 +48,9 @@ def check_budget(model, budget: float | None) -> None:
         return
     if not 0.0 < budget <= 1.0:
         raise UsageError(f"--budget must lie in (0, 1], got {budget}")
-    for k in model.tiled_layers:
-        r_min = model.layers[k].r_min
+    floors = ([(k, model.layers[k].r_min) for k in model.tiled_layers] if hasattr(model, "tiled_layers")
+              else [("main", model.config.tiling.r_min)])  # an HourglassLM: its main network's
+    for k, r_min in floors:
         if budget < r_min:
             raise UsageError(f"--budget {budget} is below the checkpoint's smallest resolution r_min = {r_min} "
                              f"(layer {k}); use a budget in [{r_min}, 1]")
@@ -89,6 +92,9 @@ def run(args) -> dict:
     if args.max_bytes is not None and args.max_bytes < 2:
         raise UsageError(f"--max-bytes must be >= 2, got {args.max_bytes}")
     data = read_text_file(args.text_file)
+    warning = budget_warning(model, extra, args.budget)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     res = evaluate_bytes(model, data, context=context, budget=args.budget, stride=args.stride,
                          batch_size=args.batch_size, max_bytes=args.max_bytes)
     res.update(checkpoint=str(args.checkpoint), text_file=str(args.text_file),

@@ -21,7 +21,7 @@ import torch
 
 from tiling.train.checkpoint import CheckpointError
 from tiling.train.evaluate import UsageError, check_budget
-from tiling.train.textmodel import TextModelError, load_text_model, resolve_checkpoint
+from tiling.train.textmodel import TextModelError, budget_warning, load_text_model, resolve_checkpoint
 
 
 @torch.no_grad()
@@ -59,15 +59,19 @@ def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: in
     model.eval()
     g = torch.Generator().manual_seed(seed)
     state = model.allocate_inference_state(1)
-    starts: list[list[bool]] = [[] for _ in model.layers]
+    units = len(model.layers) if hasattr(model, "layers") else 1  # an HourglassLM: its main network
+    starts: list[list[bool]] = [[] for _ in range(units)]
     out = bytearray()
     seq = list(prompt)
     t = 0
     while True:
         tok = torch.tensor([seq[t]], dtype=torch.int64)
         logits, state = model.step(tok, state, budget=budget)
-        for k, st in enumerate(state):
-            starts[k].append(True if st.last_start is None else int(st.last_start[0]) == t)
+        if isinstance(state, list):
+            for k, st in enumerate(state):
+                starts[k].append(True if st.last_start is None else int(st.last_start[0]) == t)
+        else:
+            starts[0].append(bool(state.starts[0]))
         t += 1
         if t < len(seq):
             continue
@@ -142,7 +146,10 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
         check_budget(model, args.budget)
-        for k, layer in enumerate(model.layers):
+        warning = budget_warning(model, extra, args.budget)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+        for k, layer in enumerate(getattr(model, "layers", ())):
             b = model.layer_budget(k, args.budget)
             if layer.scope == "scan" and (layer.budget if b is None else b) < 1.0:
                 raise UsageError(f"checkpoint {args.checkpoint} is a scan-scope model: its step() decodes at full "
@@ -153,11 +160,12 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     data = res["prompt"] + res["generated"]
-    T = model.layers[0].tile_size
+    hourglass = not hasattr(model, "layers")
+    T = model.config.tiling.tile_size if hourglass else model.layers[0].tile_size
     layers = []
-    for k in model.tiled_layers:
+    for k in ([0] if hourglass else model.tiled_layers):
         st = res["starts"][k]
-        layers.append({"layer": k, "segments": segments_view(data, st), "tile_resolution": tile_resolutions(st, T),
+        layers.append({"layer": "main" if hourglass else k, "segments": segments_view(data, st), "tile_resolution": tile_resolutions(st, T),
                        "mean_resolution": sum(st) / len(st)})
     if args.json:
         print(json.dumps({"prompt": args.prompt, "text": res["generated"].decode("utf-8", "replace"),

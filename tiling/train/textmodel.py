@@ -502,6 +502,36 @@ def export_bundled(src, name: str, info: dict | None = None) -> Path:
                                 budget=extra["budget"], context=extra["context"], info=info)
 
 
+def budget_warning(model, extra: dict, budget: float | None) -> str | None:
+    """A warning when ``budget`` lies outside what the checkpoint was trained for, else None.
+
+    Parameters
+    ----------
+    model : the loaded model.
+    extra : its checkpoint metadata (:func:`read_text_meta`).
+    budget : the budget asked for (None: the trained one).
+
+    Returns
+    -------
+    The warning's text: an elastic hourglass outside its ``budget_range``, any other model at a budget
+    other than the one it was trained at (its quality there was never trained for, e.g. a full-resolution
+    model tiled after the fact).
+    """
+    if budget is None:
+        return None
+    if isinstance(model, HourglassLM):
+        if model.trained_for(budget):
+            return None
+        r = model.config.budget_range
+        trained = f"the budget range [{r[0]:g}, {r[1]:g}]" if r is not None else f"budget {model.budget:g} only"
+        return f"budget {budget:g} lies outside what this checkpoint was trained for ({trained}): expect worse bpb"
+    trained = extra.get("budget")
+    if trained is not None and abs(float(trained) - budget) > 1e-9:
+        return (f"this checkpoint was trained at budget {float(trained):g} only; at budget {budget:g} its quality "
+                f"was never trained for: expect worse bpb")
+    return None
+
+
 def parameter_count(model: torch.nn.Module) -> int:
     """Distinct parameters (the tied head counted once)."""
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
@@ -511,5 +541,5 @@ __all__ = [
     "CONFIGURATIONS", "BUNDLED", "BUNDLED_DIR", "KIND", "TextModelError", "LIMITS", "check_text_extra", "check_tiledlm_config",
     "check_hourglass_config", "check_implied_parameters", "model_config", "build_model",
     "save_text_checkpoint", "read_text_meta", "load_text_model", "bundled_checkpoints", "resolve_checkpoint",
-    "export_bundled", "parameter_count",
+    "export_bundled", "parameter_count", "budget_warning", "model_dict",
 ]
