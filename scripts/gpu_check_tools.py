@@ -315,6 +315,13 @@ def cmd_summary(args) -> int:
     if peer:
         lines.append(f"peer: selective_scan_fn computes tiling's op at R = 1: {'yes' if peer['same_function'] else 'NO'} "
                      f"(forward {peer['err_forward']:.1e}, du {peer['err_du']:.1e})")
+    if goals and "ELSEWHERE" in goals[0]["from"]:
+        sys.path.insert(0, str(ROOT / "scripts"))
+        from bench_scan import CUDA_SHAPES
+
+        lines.append("mamba_ssm not timed in this run; its figures MEASURED ELSEWHERE (mamba_ssm 2.3.2, H100 80GB HBM3, "
+                     "unscaled), ms forward / forward + backward: " + "; ".join(
+                         f"{str(k[4]).split('.')[-1]} {k[:4]} {f} / {fb}" for k, (f, fb) in CUDA_SHAPES.items()))
     if goals:
         lines += ["Goals (issue 25), ratios of this run's figures (a ratio > target: faster by that factor):",
                   "| goal | value | target | met | from |", "|---|---|---|---|---|"]
