@@ -424,7 +424,8 @@ def train(args) -> dict:
     distributed, rank, world = _dist_info()
     check_options(args)  # every option, before anything is built or written (an --overwrite typo costs nothing)
     tiling = tiling_config(args)
-    check_run_dir(args)  # every rank, before the process group: all refuse alike, before anything is written
+    if rank == 0:  # the other ranks would see rank 0's run.json; when rank 0 refuses, torchrun stops them
+        check_run_dir(args)
     if args.resume is not None:
         check_resume(args)
     with run_directory(args, primary=rank == 0) as run:

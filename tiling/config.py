@@ -15,6 +15,10 @@ from typing import Any
 
 from infogeo.checks import check_choice, check_in_range, check_int, check_positive
 
+#: the largest tile size and causal lookback (2**20 tokens): beyond any sequence this code runs, and far
+#: from 2**53, so a tile's segment count ⌈R·T⌉ (float64) and products with the tile count (int64) stay exact
+MAX_SIZE = 2 ** 20
+
 
 def _check_policy_options(*, budget: float, r_min: float, mode: str, causal: bool, distance_scale: float | None,
                           mode_name: str) -> None:
@@ -41,8 +45,8 @@ class TilingConfig:
 
     Parameters
     ----------
-    tile_size : tile length ``T ≥ 1``; tile ``i`` covers tokens ``[i·T, (i+1)·T)`` (seed 001 §3.2.1,
-        ``T_i = (M_i, S_i, R_i)``; seed 000 §3.2.1).
+    tile_size : tile length ``1 ≤ T ≤ MAX_SIZE`` (2**20); tile ``i`` covers tokens ``[i·T, (i+1)·T)``
+        (seed 001 §3.2.1, ``T_i = (M_i, S_i, R_i)``; seed 000 §3.2.1).
     budget : target mean resolution ``c ∈ (0, 1]``, the compute budget of ``R_i = f(ρ_i, d_i, c)``
         (seed 001 §3.2.2); 1 is full resolution (plain Mamba).
     r_min : smallest resolution ``R_min ∈ (0, budget]`` (seed 000 §3.2.1, ``R ∈ [R_min, 1]``).
@@ -128,7 +132,8 @@ class TilingConfig:
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (normalised types)
-        put("tile_size", check_int(self.tile_size, "tile_size", minimum=1))
+        # upper bounds (issue 27): a size far beyond any sequence, so int64 products and float64 counts stay exact
+        put("tile_size", check_int(self.tile_size, "tile_size", minimum=1, maximum=MAX_SIZE))
         _check_policy_options(budget=self.budget, r_min=self.r_min, mode=self.policy, causal=self.causal,
                               distance_scale=self.distance_scale, mode_name="policy")
         put("budget", float(self.budget))
@@ -136,7 +141,7 @@ class TilingConfig:
         put("causal", bool(self.causal))
         check_positive(self.exponent, "exponent")
         put("exponent", float(self.exponent))
-        put("lookback", check_int(self.lookback, "lookback", minimum=1))
+        put("lookback", check_int(self.lookback, "lookback", minimum=1, maximum=MAX_SIZE))
         check_in_range(self.slack, "slack", 0.5, math.inf)
         put("slack", float(self.slack))
         check_positive(self.curvature_weight, "curvature_weight", strict=False)
@@ -150,13 +155,13 @@ class TilingConfig:
         check_choice(self.calibration, "calibration", ["history", "running"])
         check_in_range(self.calibration_momentum, "calibration_momentum", 0.0, 1.0, low_open=True)
         put("calibration_momentum", float(self.calibration_momentum))
-        put("calibration_levels", check_int(self.calibration_levels, "calibration_levels", minimum=2))
+        put("calibration_levels", check_int(self.calibration_levels, "calibration_levels", minimum=2, maximum=2 ** 16))
         if self.state_k is not None:
             check_positive(self.state_k, "state_k", strict=False)
             put("state_k", float(self.state_k))
         if self.s_max is not None:
-            put("s_max", check_int(self.s_max, "s_max", minimum=1))
-        put("s_min", check_int(self.s_min, "s_min", minimum=1, maximum=self.s_max))
+            put("s_max", check_int(self.s_max, "s_max", minimum=1, maximum=2 ** 16))
+        put("s_min", check_int(self.s_min, "s_min", minimum=1, maximum=self.s_max or 2 ** 16))
         check_choice(self.scope, "scope", ["block", "scan"])
         check_choice(self.boundaries, "boundaries", ["tile", "token"])
         if self.scope == "block":
@@ -168,9 +173,9 @@ class TilingConfig:
             raise ValueError(f"boundaries={self.boundaries!r} needs scope='block'")
         if self.routing is not None:
             put("routing", bool(self.routing))
-        put("signal_channels", check_int(self.signal_channels, "signal_channels", minimum=1))
+        put("signal_channels", check_int(self.signal_channels, "signal_channels", minimum=1, maximum=2 ** 16))
         if self.router_rank is not None:
-            put("router_rank", check_int(self.router_rank, "router_rank", minimum=1))
+            put("router_rank", check_int(self.router_rank, "router_rank", minimum=1, maximum=2 ** 16))
         put("pool", bool(self.pool))
 
     @property
