@@ -198,7 +198,8 @@ def cmd_train_summary(args) -> int:
         print("| step | training bytes | train s | validation bpb | mean R |")
         print("|---|---|---|---|---|")
         for p in row.get("validation_curve", []):
-            print(f"| {p['step']} | {p['bytes']} | {p['train_seconds']:.0f} | {p['bpb']:.3f} | {p.get('mean_resolution')} |")
+            print(f"| {p['step']} | {p['bytes']} | {p['train_seconds']:.0f} | {p['bpb']:.3f} "
+                  f"| {p.get('mean_resolution')} |")
     return 0
 
 
@@ -257,7 +258,8 @@ def scan_goals(work: Path) -> list[dict]:
     kernel = {"f1": rows.get("kernel forward, R = 1"), "f4": rows.get("kernel forward, R = 0.25"),
               "fb1": next((v for c, v in rows.items() if c.startswith("kernel forward + backward, R = 1")), None),
               "fb4": rows.get("kernel forward + backward, R = 0.25")}
-    m_f, m_fb = rows.get("mamba_ssm selective_scan_fn, forward (this run)"), rows.get("mamba_ssm forward + backward (this run)")
+    m_f = rows.get("mamba_ssm selective_scan_fn, forward (this run)")
+    m_fb = rows.get("mamba_ssm forward + backward (this run)")
     source = "mamba_ssm this run (bench_scan)"
     peer = read_json(work / "peer_bench.json")
     if m_f is None and peer:
@@ -283,7 +285,8 @@ def layer_goals(work: Path) -> list[dict]:
     for shape in sorted({k[0] for k in rows}) or ["(not measured)"]:
         for mode in ("fwd", "fwd+bwd"):
             for policy in ("uniform", "adaptive"):
-                out.append(goal(f"block {shape} {mode}: budget 1 / {policy} 0.25", rows.get((shape, mode, "block scope, budget 1")),
+                out.append(goal(f"block {shape} {mode}: budget 1 / {policy} 0.25",
+                                rows.get((shape, mode, "block scope, budget 1")),
                                 rows.get((shape, mode, f"block scope, {policy}, budget 0.25")), 3.0, "bench_layer"))
     return out
 

@@ -231,3 +231,19 @@ def test_summary_computes_the_goals_from_the_benches_json(tmp_path):
     assert goals["scan bf16 forward R=1: mamba_ssm / kernel"]["value"] == pytest.approx(0.885 / 0.5)
     assert "ELSEWHERE" in goals["scan bf16 forward R=1: mamba_ssm / kernel"]["from"]
     assert "MEASURED ELSEWHERE" in (out / "summary.txt").read_text()
+
+
+def test_train_summary_gives_bpb_against_bytes(tmp_path, capsys):
+    import gpu_check_tools
+
+    row = json.loads((ROOT / "docs" / "results" / "text_lm.json").read_text())["rows"][0]
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "row.json").write_text(json.dumps(row))
+    (tmp_path / "cut").mkdir()
+    assert gpu_check_tools.main(["train-summary", str(tmp_path / "done"), str(tmp_path / "cut")]) == 0
+    out = capsys.readouterr().out
+    assert f"{row['row']}: test bpb {row['test_bpb']:.3f}" in out
+    p = row["validation_curve"][1]
+    assert f"| {p['step']} | {p['bytes']} | {p['train_seconds']:.0f} | {p['bpb']:.3f} |" in out
+    assert out.count("\n| ") == len(row["validation_curve"]) + 1  # one line per evaluation, and the header
+    assert "cut: no row.json (the run did not finish)" in out
