@@ -755,6 +755,178 @@ std::vector<Tensor> conv_silu_bwd(const Tensor& dy_, const Tensor& x, const Tens
 }
 
 // ------------------------------------------------------------------------------------------
+// The block scope's step sizes: delta = softplus(raw + bias) * gap, (Bt, E, L) raw, (E,) bias and
+// (Bt, L) gap (tokens since the previous segment start), in one pass with the kernel's softplus.
+template <typename T> void softplus_gap_rows(const T* rp, const T* bp, const T* gp, T* op, int64_t Bt, int64_t E,
+                                              int64_t L) {
+  constexpr int W = VT<T>::W;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (Bt * E * L > 65536)
+  for (int64_t r = 0; r < Bt * E; ++r) {
+    const T* x = rp + r * L;
+    const T* g = gp + (r / E) * L;
+    T* o = op + r * L;
+    const T b = bp[r % E];
+    int64_t t = 0;
+    for (; t + W <= L; t += W) storeu(o + t, vsoftplus(loadu(x + t) + b) * loadu(g + t));
+    if (t < L) {  // the tail through one padded vector
+      Vec<T> v = {}, gv = {};
+      for (int64_t j = t; j < L; ++j) v[j - t] = x[j] + b, gv[j - t] = g[j];
+      const Vec<T> res = vsoftplus(v) * gv;
+      for (int64_t j = t; j < L; ++j) o[j] = res[j - t];
+    }
+  }
+}
+
+Tensor softplus_gap(const Tensor& raw, const Tensor& bias, const Tensor& gap) {
+  TORCH_CHECK(raw.device().is_cpu() && raw.dim() == 3 && raw.is_contiguous() && bias.is_contiguous() &&
+              bias.numel() == raw.size(1) && gap.is_contiguous() && gap.dim() == 2 && gap.size(0) == raw.size(0) &&
+              gap.size(1) == raw.size(2) && bias.scalar_type() == raw.scalar_type() &&
+              gap.scalar_type() == raw.scalar_type(), "softplus_gap: raw (Bt, E, L), bias (E,), gap (Bt, L) of one dtype");
+  Tensor out = torch::empty_like(raw);
+  AT_DISPATCH_FLOATING_TYPES(raw.scalar_type(), "softplus_gap", [&] {
+    softplus_gap_rows<scalar_t>(raw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), gap.data_ptr<scalar_t>(),
+                                out.data_ptr<scalar_t>(), raw.size(0), raw.size(1), raw.size(2));
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------
+// The linearised density of the block scope (tiling/modules/router.py, linear_density):
+// rho_t = scale * sum_k softplus(z_tk)^2 * sum_n b_tn^2, from the sampled channels' raw step sizes
+// z (rows, k) and the rows ab_t = [a_t (r), b_t (N)] of the composite map's output (torch makes
+// both products); one pass with the kernel's softplus.
+template <typename T>
+void linear_signal_rows(const T* z, const T* ab, T* out, int64_t rows, int64_t k, int64_t r, int64_t N,
+                        double scale) {
+  constexpr int W = VT<T>::W;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (rows * k > 262144)
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* zi = z + i * k;
+    Vec<T> acc = {};
+    int64_t c = 0;
+    for (; c + W <= k; c += W) {
+      const Vec<T> sp = vsoftplus(loadu(zi + c));
+      acc += sp * sp;
+    }
+    if (c < k) {
+      const int nl = (int)(k - c);
+      Vec<T> sp = vsoftplus(load_lanes(zi + c, 1, nl));
+      for (int l = nl; l < W; ++l) sp[l] = 0;
+      acc += sp * sp;
+    }
+    const T* b = ab + i * (r + N) + r;
+    double bb = 0;
+    for (int64_t n = 0; n < N; ++n) bb += (double)b[n] * (double)b[n];
+    out[i] = (T)(scale * (double)hsum<T>(acc) * bb);
+  }
+}
+
+Tensor linear_signal(const Tensor& z, const Tensor& ab, int64_t r, double scale) {
+  TORCH_CHECK(z.device().is_cpu() && z.dim() == 2 && z.is_contiguous() && ab.dim() == 2 && ab.is_contiguous() &&
+              ab.size(0) == z.size(0) && ab.size(1) > r && ab.scalar_type() == z.scalar_type(),
+              "linear_signal: z (rows, k) and ab (rows, r + N) of one dtype, contiguous, on the CPU");
+  Tensor out = torch::empty({z.size(0)}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "linear_signal", [&] {
+    linear_signal_rows<scalar_t>(z.data_ptr<scalar_t>(), ab.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), z.size(0),
+                                 z.size(1), r, ab.size(1) - r, scale);
+  });
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------
+// RMSNorm over the last dim (the LM's norms): y = x * r * w, r = 1 / sqrt(mean(x^2) + eps), with
+// the sum of squares accumulated in double; the backward reads r saved per row.
+
+template <typename T> inline double sumsq(const T* x, int64_t d) {
+  constexpr int W = VT<T>::W;
+  Vec<T> acc = {};
+  int64_t j = 0;
+  for (; j + W <= d; j += W) {
+    const Vec<T> v = loadu(x + j);
+    acc += v * v;
+  }
+  double s = 0;
+  for (int l = 0; l < W; ++l) s += (double)acc[l];
+  for (; j < d; ++j) s += (double)x[j] * (double)x[j];
+  return s;
+}
+
+template <typename T> void rms_rows(const T* xp, const T* wp, T* yp, T* rp, int64_t rows, int64_t d, double eps) {
+  constexpr int W = VT<T>::W;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (rows * d > 65536)
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* xr = xp + i * d;
+    T* yr = yp + i * d;
+    const T ri = (T)(1.0 / std::sqrt(sumsq(xr, d) / (double)d + eps));
+    rp[i] = ri;
+    int64_t j = 0;
+    for (; j + W <= d; j += W) storeu(yr + j, loadu(xr + j) * ri * loadu(wp + j));
+    for (; j < d; ++j) yr[j] = xr[j] * ri * wp[j];
+  }
+}
+
+std::vector<Tensor> rms_norm_fwd(const Tensor& x, const Tensor& w, double eps) {
+  TORCH_CHECK(x.device().is_cpu() && x.is_contiguous() && x.dim() >= 1 && w.dim() == 1 && w.is_contiguous() &&
+              w.size(0) == x.size(-1) && w.scalar_type() == x.scalar_type(),
+              "rms_norm: x must be contiguous (..., d) on the CPU and w (d,) of its dtype");
+  const int64_t d = x.size(-1), rows = d ? x.numel() / d : 0;
+  Tensor y = torch::empty_like(x), r = torch::empty({rows}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_fwd", [&] {
+    rms_rows<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), r.data_ptr<scalar_t>(),
+                       rows, d, eps);
+  });
+  return {y, r};
+}
+
+// dx = r (w dy) - x r^3 mean(x w dy); dw = sum over rows of dy x r (per-thread partial sums in double).
+template <typename T>
+void rms_rows_bwd(const T* xp, const T* wp, const T* gp, const T* rp, T* dxp, double* dwall, int64_t rows, int64_t d,
+                  int nthreads) {
+  constexpr int W = VT<T>::W;
+#pragma omp parallel num_threads(nthreads)
+  {
+    double* dwt = dwall + (int64_t)omp_get_thread_num() * d;
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* xr = xp + i * d;
+      const T* gr = gp + i * d;
+      T* dxr = dxp + i * d;
+      const T ri = rp[i];
+      Vec<T> acc = {};
+      int64_t j = 0;
+      for (; j + W <= d; j += W) acc += loadu(xr + j) * loadu(wp + j) * loadu(gr + j);
+      double dot = 0;
+      for (int l = 0; l < W; ++l) dot += (double)acc[l];
+      for (; j < d; ++j) dot += (double)xr[j] * (double)wp[j] * (double)gr[j];
+      const T c = (T)(dot / (double)d * (double)ri * (double)ri * (double)ri);
+      for (j = 0; j + W <= d; j += W) {
+        const Vec<T> xv = loadu(xr + j), gv = loadu(gr + j);
+        storeu(dxr + j, gv * loadu(wp + j) * ri - xv * c);
+        const Vec<T> p = gv * xv * ri;
+        for (int l = 0; l < W; ++l) dwt[j + l] += (double)p[l];
+      }
+      for (; j < d; ++j) {
+        dxr[j] = gr[j] * wp[j] * ri - xr[j] * c;
+        dwt[j] += (double)(gr[j] * xr[j] * ri);
+      }
+    }
+  }
+}
+
+std::vector<Tensor> rms_norm_bwd(const Tensor& dy_, const Tensor& x, const Tensor& w, const Tensor& r) {
+  const Tensor dy = dy_.to(x.scalar_type()).contiguous();
+  const int64_t d = x.size(-1), rows = d ? x.numel() / d : 0;
+  Tensor dx = torch::empty_like(x);
+  const int nthreads = rows * d > 65536 ? at::get_num_threads() : 1;
+  Tensor dwp = torch::zeros({nthreads, d}, x.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm_bwd", [&] {
+    rms_rows_bwd<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), dy.data_ptr<scalar_t>(),
+                           r.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), dwp.data_ptr<double>(), rows, d, nthreads);
+  });
+  return {dx, dwp.sum(0).to(x.scalar_type())};
+}
+
+// ------------------------------------------------------------------------------------------
 // The sequential parts of the resolution policy (tiling/policy.py holds the numpy reference of
 // each; the layer's plan and its decoding step both call these, so the two agree bit for bit).
 // float64 throughout, and no floating-point contraction: the arithmetic is that of the numpy
@@ -831,10 +1003,28 @@ std::vector<Tensor> budget_controller(const Tensor& desired, double budget, doub
   return {R, out};
 }
 
-// The scale s of each row of q (rows of n, entries with mask > 0 only) with
-// mean clip(s q, r_min, 1) = budget: 50 bisection steps on log s.
-Tensor bisect_scale(const Tensor& q, const Tensor& mask, double budget, double r_min) {
+// The scale s with mean_j clip(s v_j, r_min, 1) = budget over the k values v: 50 bisection steps
+// on log s between r_min / max v and 1 / min v.
+double bisect_values(const double* v, int64_t k, double budget, double r_min) {
   TILING_NO_CONTRACT
+  double big = -INFINITY, small = INFINITY;
+  for (int64_t j = 0; j < k; ++j) big = std::max(big, v[j]), small = std::min(small, v[j]);
+  double lo = std::log(r_min) - std::log(big), hi = -std::log(small);
+  const double count = (double)k;
+  for (int step = 0; step < 50; ++step) {
+    const double mid = 0.5 * (lo + hi), sc = std::exp(mid);
+    double sum = 0;
+    for (int64_t j = 0; j < k; ++j) sum += std::min(std::max(sc * v[j], r_min), 1.0);
+    if (sum / count > budget)
+      hi = mid;
+    else
+      lo = mid;
+  }
+  return std::exp(0.5 * (lo + hi));
+}
+
+// bisect_values of each row of q (rows of n), over the entries with mask > 0.
+Tensor bisect_scale(const Tensor& q, const Tensor& mask, double budget, double r_min) {
   check_plan(q, "q", 2);
   check_plan(mask, "mask", 2);
   TORCH_CHECK(mask.sizes() == q.sizes(), "bisect_scale: mask must have q's shape");
@@ -843,33 +1033,109 @@ Tensor bisect_scale(const Tensor& q, const Tensor& mask, double budget, double r
   const double* qp = q.data_ptr<double>();
   const double* mp = mask.data_ptr<double>();
   double* op = out.data_ptr<double>();
-  const double lr = std::log(r_min);
   std::vector<double> vals((size_t)n);
   for (int64_t r = 0; r < rows; ++r) {
     int64_t k = 0;
-    double big = -INFINITY, small = INFINITY;
     for (int64_t j = 0; j < n; ++j)
-      if (mp[r * n + j] > 0) {
-        const double v = qp[r * n + j];
-        vals[k++] = v;
-        big = std::max(big, v);
-        small = std::min(small, v);
-      }
+      if (mp[r * n + j] > 0) vals[k++] = qp[r * n + j];
     TORCH_CHECK(k > 0, "bisect_scale: a row has no entry");
-    double lo = lr - std::log(big), hi = -std::log(small);
-    const double count = (double)k;
-    for (int step = 0; step < 50; ++step) {
-      const double mid = 0.5 * (lo + hi), sc = std::exp(mid);
-      double sum = 0;
-      for (int64_t j = 0; j < k; ++j) sum += std::min(std::max(sc * vals[j], r_min), 1.0);
-      if (sum / count > budget)
-        hi = mid;
-      else
-        lo = mid;
-    }
-    op[r] = std::exp(0.5 * (lo + hi));
+    op[r] = bisect_values(vals.data(), k, budget, r_min);
   }
   return out;
+}
+
+// The causal policy of tiling/policy.py (_causal_resolution) on the importances q (Bt, n) of the
+// predictor's densities, for the columns i >= from_col: the predictor p_i = max_{i-w <= j < i} q_j,
+// the desired resolution (adaptive: clip(s p_i, r_min, 1) with s calibrated on the reference, or
+// on the history p_1..p_i; binary: 1 for the top (c - r_min)/(1 - r_min) of the history by
+// mid-rank, else r_min; the sequence's first tile: c, binary: the value nearer to c), then the
+// budget controller from the surplus entering column from_col. A decoding step passes the tiles
+// so far and from_col = its tile (q's last column is a placeholder, never read).
+std::vector<Tensor> causal_resolution(const Tensor& q, double budget, double r_min, bool adaptive, int64_t lookback,
+                                      double slack, const Tensor& reference, int64_t from_col, const Tensor& surplus) {
+  TILING_NO_CONTRACT
+  check_plan(q, "q", 2);
+  check_plan(surplus, "surplus", 1);
+  const int64_t Bt = q.size(0), n = q.size(1), w = lookback;
+  TORCH_CHECK(surplus.size(0) == Bt && from_col >= 0 && from_col < n && w >= 1, "causal_resolution: bad arguments");
+  const bool has_ref = reference.defined() && reference.numel() > 0;
+  double s_ref = 0;
+  if (has_ref && adaptive) {
+    check_plan(reference, "reference", 1);
+    s_ref = bisect_values(reference.data_ptr<double>(), reference.numel(), budget, r_min);
+  }
+  const int64_t m = n - from_col;
+  Tensor desired = torch::empty({Bt, m}, q.options());
+  const double* qp = q.data_ptr<double>();
+  double* dp = desired.data_ptr<double>();
+  std::vector<double> p((size_t)n);
+  const double frac = (budget - r_min) / (1.0 - r_min);
+  for (int64_t b = 0; b < Bt; ++b) {
+    const double* qb = qp + b * n;
+    for (int64_t i = 1; i < n; ++i) {  // p_i = max over the lookback window (tiles before i)
+      double v = -INFINITY;
+      for (int64_t j = std::max<int64_t>(0, i - w); j < i; ++j) v = std::max(v, qb[j]);
+      p[i] = v;
+    }
+    for (int64_t i = from_col; i < n; ++i) {
+      double d;
+      if (i == 0) {
+        d = adaptive ? budget : (frac > 0.5 ? 1.0 : r_min);
+      } else if (adaptive) {
+        const double sc = has_ref ? s_ref : bisect_values(p.data() + 1, i, budget, r_min);  // or the history p_1..p_i
+        d = std::min(std::max(sc * p[i], r_min), 1.0);
+      } else {  // mid-rank quantile of p_i among p_1..p_i
+        double greater = 0, equal = 0;
+        for (int64_t j = 1; j <= i; ++j) {
+          greater += p[j] > p[i] ? 1.0 : 0.0;
+          equal += p[j] == p[i] ? 1.0 : 0.0;
+        }
+        d = (greater + 0.5 * equal) < frac * (double)i ? 1.0 : r_min;
+      }
+      dp[b * m + (i - from_col)] = d;
+    }
+  }
+  return budget_controller(desired, budget, r_min, adaptive, slack, adaptive && !has_ref, surplus, from_col == 0);
+}
+
+// The SegmentLayout of per-tile counts m (Bt, n) on the nominal grid of T (chunk.py,
+// segment_boundaries and layout_from_boundaries): boundary (Bt, L) bool, segment (Bt, L),
+// start and span (Bt, Lc), lengths (Bt,), all int64 but boundary.
+std::vector<Tensor> layout_from_counts(const Tensor& counts, int64_t L, int64_t T) {
+  TORCH_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 2 &&
+              counts.is_contiguous() && counts.size(1) == (L + T - 1) / T, "layout_from_counts: bad counts");
+  const int64_t Bt = counts.size(0), n = counts.size(1);
+  const int64_t* mp = counts.data_ptr<int64_t>();
+  auto i64 = counts.options();
+  Tensor boundary = torch::zeros({Bt, L}, i64.dtype(at::kBool)), segment = torch::empty({Bt, L}, i64);
+  Tensor lengths = torch::empty({Bt}, i64);
+  bool* bp = boundary.data_ptr<bool>();
+  int64_t* sp = segment.data_ptr<int64_t>();
+  int64_t* lp = lengths.data_ptr<int64_t>();
+  for (int64_t b = 0; b < Bt; ++b) {
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t mi = mp[b * n + i];
+      TORCH_CHECK(mi >= 1 && mi <= T, "layout_from_counts: a count outside [1, T]");
+      for (int64_t j = 0; j < mi; ++j) {
+        const int64_t t = i * T + j * T / mi;
+        if (t < L) bp[b * L + t] = true;
+      }
+    }
+    int64_t seg = -1;
+    for (int64_t t = 0; t < L; ++t) sp[b * L + t] = seg += bp[b * L + t];
+    lp[b] = seg + 1;
+  }
+  const int64_t Lc = Bt ? *std::max_element(lp, lp + Bt) : 0;
+  Tensor start = torch::zeros({Bt, Lc}, i64), span = torch::zeros({Bt, Lc}, i64);
+  int64_t* st = start.data_ptr<int64_t>();
+  int64_t* sn = span.data_ptr<int64_t>();
+  for (int64_t b = 0; b < Bt; ++b)
+    for (int64_t t = 0; t < L; ++t) {
+      const int64_t g = sp[b * L + t];
+      if (bp[b * L + t]) st[b * Lc + g] = t;
+      sn[b * Lc + g] += 1;
+    }
+  return {boundary, segment, start, span, lengths};
 }
 
 #if !defined(__clang__)
@@ -900,8 +1166,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   tiling_scan::def_scan_module(m, "tiling: fused CPU kernel of the resolution-adaptive selective scan", fwd, bwd);
   m.def("conv_silu_fwd", &conv_silu_fwd, "silu(causal depthwise conv1d(x, w) + b), (Bt, E, L) x, (E, K) w");
   m.def("conv_silu_bwd", &conv_silu_bwd, "gradients (dx, dw, db) of conv_silu_fwd");
+  m.def("softplus_gap", &softplus_gap, "softplus(raw + bias) * gap, the block scope's step sizes");
+  m.def("linear_signal", &linear_signal, "the block scope's linearised density from the composite map's output");
+  m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
+  m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");
   m.def("budget_controller", &budget_controller, "the causal budget controller (tiling.policy._controlled)");
+  m.def("causal_resolution", &causal_resolution, "the causal policy (tiling.policy._causal_resolution)");
+  m.def("layout_from_counts", &layout_from_counts, "a SegmentLayout's tensors from per-tile counts");
   m.def("bisect_scale", &bisect_scale, "the policy's scale by bisection (tiling.policy._bisect_scale)");
   m.def("exp_approx", &exp_approx, "test hook: the kernel's float32 exp");
   m.def("softplus_approx", &softplus_approx, "test hook: the kernel's float32 softplus");

@@ -495,7 +495,14 @@ def _resolution(tile_density: Tensor, config: TilingConfig, *, curvature: Tensor
 def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, lookback: int, slack: float,
                        reference: Tensor | None = None) -> Tensor:
     """The causal controller of the module docstring on float64 importances ``q`` (batch, n)
-    (``q_j``: importance of the density that predicts tile ``j + 1``)."""
+    (``q_j``: importance of the density that predicts tile ``j + 1``).
+
+    With the compiled kernel the whole of it is one C++ loop (``causal_resolution``: the same
+    operations; tested against this torch/numpy reference, which runs without a kernel)."""
+    ext = policy_kernels()
+    if ext is not None:
+        return causal_step(q, budget=budget, r_min=r_min, mode=mode, lookback=lookback, slack=slack,
+                           reference=reference, first_tile=0, ext=ext)[0]
     batch, n = q.shape
     p = causal_predictor(q, lookback)
     if reference is not None and mode == "adaptive":
@@ -522,6 +529,47 @@ def _causal_resolution(q: Tensor, *, budget: float, r_min: float, mode: str, loo
         desired = torch.where(top, torch.ones_like(q), torch.full_like(q, r_min))
         desired[:, 0] = 1.0 if frac > 0.5 else r_min
     return _controlled(desired, budget=budget, r_min=r_min, mode=mode, slack=slack, feedback=mode == "adaptive")
+
+
+def causal_step(q: Tensor, *, budget: float, r_min: float, mode: str, lookback: int, slack: float,
+                reference: Tensor | None = None, first_tile: int = 0, surplus: Tensor | None = None, ext=None
+                ) -> tuple[Tensor, Tensor]:
+    """The causal policy's resolutions of the tiles ``first_tile …`` given the importances of every
+    tile before them: the plan of a whole sequence (``first_tile = 0``) or a decoding step's tile.
+
+    Parameters
+    ----------
+    q : (batch, n) float64 importances ``q_j`` of the predictor's densities of tiles ``0 … n − 1``
+        (column ``n − 1`` may be a placeholder: tile ``i`` reads ``q_j``, ``j < i``, only).
+    budget, r_min, mode, lookback, slack : the policy's options (:class:`~tiling.config.TilingConfig`).
+    reference : the running reference, or None (calibration on the history).
+    first_tile : the first tile whose resolution is wanted.
+    surplus : (batch,) float64, the controller's surplus entering ``first_tile`` (default 0, which is
+        the surplus entering tile 0).
+    ext : the compiled kernels (default :func:`~tiling.ops.scan.policy_kernels`).
+
+    Returns
+    -------
+    ``(R, surplus)``: ``R`` (batch, n − first_tile) float64 on ``q``'s device, and the surplus after
+    tile ``n − 1`` (on the CPU). Equal, column by column, to :func:`_causal_resolution` of all ``n``
+    tiles (the decoding step relies on it: tested).
+    """
+    batch, n = q.shape
+    s0 = torch.zeros(batch, dtype=torch.float64) if surplus is None else surplus.to("cpu", torch.float64)
+    ext = policy_kernels() if ext is None else ext
+    if ext is None:  # the reference: every tile from the start, surplus recomputed from the resolutions
+        R = _causal_resolution(q, budget=budget, r_min=r_min, mode=mode, lookback=lookback, slack=slack,
+                               reference=reference)
+        Rc, s1 = R.detach().cpu(), torch.zeros(batch, dtype=torch.float64)
+        for j in range(n):  # the controller's own accumulation, in its order
+            s1 = s1 + budget - Rc[:, j]
+        return R[:, first_tile:], s1
+    ref = torch.empty(0, dtype=torch.float64) if reference is None or mode != "adaptive" else \
+        reference.detach().to("cpu", torch.float64).contiguous()
+    R, s1 = ext.causal_resolution(q.detach().to("cpu", torch.float64).contiguous(), float(budget), float(r_min),
+                                  mode == "adaptive", int(lookback), float(slack), ref, int(first_tile),
+                                  s0.contiguous())
+    return R.to(device=q.device), s1
 
 
 def _controlled(desired: Tensor, *, budget: float, r_min: float, mode: str, slack: float, feedback: bool,
@@ -862,4 +910,5 @@ __all__ = [
     "tile_policy",
     "plan_tiles",
     "block_counts",
+    "causal_step",
 ]

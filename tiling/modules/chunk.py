@@ -37,12 +37,14 @@ tile policy (a non-learned density) needs no gradient; the hold keeps the forwar
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from infogeo.checks import check_finite, check_int, check_same_device, check_tensor
+from tiling.ops.scan import policy_kernels
 from tiling.policy import dithered_counts  # re-exported: the block scope's segments per tile
 
 Tensor = torch.Tensor
@@ -83,12 +85,12 @@ class SegmentLayout:
         """``L_c``, the padded length of the compact sequence."""
         return int(self.start.shape[1])
 
-    @property
+    @functools.cached_property
     def is_identity(self) -> bool:
         """Every segment one token (``R = 1``): chunking and dechunking are the identity."""
         return self.compact_length == self.L and bool(self.boundary.all())
 
-    @property
+    @functools.cached_property
     def gap(self) -> Tensor:
         """Tokens since the previous segment's representative, ``a_S − a_{S−1}``.
 
@@ -104,6 +106,29 @@ class SegmentLayout:
         prev = torch.cat([self.start[:, :1] - 1, self.start[:, :-1]], dim=1)
         valid = torch.arange(self.compact_length, device=self.start.device) < self.lengths.unsqueeze(1)
         return torch.where(valid, self.start - prev, torch.ones_like(self.start))
+
+    @functools.cached_property
+    def flat_start(self) -> Tensor:
+        """(batch·L_c,) the representatives' rows in ``x.reshape(batch·L, d)`` (made once per layout)."""
+        row = torch.arange(self.batch, device=self.start.device).unsqueeze(1)
+        return (row * self.L + self.start).reshape(-1)
+
+    @functools.cached_property
+    def flat_segment(self) -> Tensor:
+        """(batch·L,) each token's segment row in ``y.reshape(batch·L_c, d)`` (made once per layout)."""
+        row = torch.arange(self.batch, device=self.start.device).unsqueeze(1)
+        return (row * self.compact_length + self.segment).reshape(-1)
+
+    @functools.cached_property
+    def pool_index(self) -> tuple[Tensor, Tensor]:
+        """The pool's scatter rows and counts: ``(target, count)``, ``target`` (batch·L,) the row of
+        ``(batch·(L_c + 1) + 1, d)`` each token's pool sum goes to (representatives: the last, dummy
+        row), ``count`` (batch, L_c) the tokens pooled into each segment (at least 1)."""
+        batch, Lc = self.batch, self.compact_length
+        row = torch.arange(batch, device=self.start.device).unsqueeze(1)
+        target = torch.where(self.boundary, batch * (Lc + 1), row * (Lc + 1) + self.segment + 1).reshape(-1)
+        count = torch.cat([self.span.new_zeros(batch, 1), self.span[:, :-1] - 1], dim=1).clamp_min(1)
+        return target, count
 
     def padding_fraction(self) -> float:
         """Share of the padded compact batch that is padding, ``1 − Σ_b lengths_b / (batch·L_c)``."""
@@ -142,6 +167,12 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
 
     An offset ``o`` starts a segment iff ``j = ⌈o·m/T⌉ < m`` and ``⌊j·T/m⌋ = o``.
     """
+    m, L, T = _check_counts(seg_counts, L, tile_size)
+    return _segment_mask(m, L, T)
+
+
+def _check_counts(seg_counts: Tensor, L: int, tile_size: int) -> tuple[Tensor, int, int]:
+    """The checks of :func:`segment_boundaries`: ``(int64 counts, L, T)``."""
     check_tensor(seg_counts, "seg_counts", ndim=2, floating=False, finite=False)
     T = check_int(tile_size, "tile_size", minimum=1)
     L = check_int(L, "L", minimum=1)
@@ -153,7 +184,7 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     m = seg_counts.to(torch.int64)
     if bool(((m < 1) | (m > T)).any()):
         raise ValueError(f"seg_counts must lie in [1, tile_size={T}], got range [{int(m.min())}, {int(m.max())}]")
-    return _segment_mask(m, L, T)
+    return m, L, T
 
 
 def _segment_mask(m: Tensor, L: int, T: int) -> Tensor:
@@ -222,13 +253,18 @@ def layout_from_counts(seg_counts: Tensor, L: int, tile_size: int, *, device=Non
     -------
     :class:`SegmentLayout`.
     """
-    boundary = segment_boundaries(seg_counts.to(device) if device is not None else seg_counts, L, tile_size)
+    m, L, T = _check_counts(seg_counts, L, tile_size)
+    dev = m.device if device is None else torch.device(device)
+    ext = policy_kernels() if m.device.type == "cpu" and dev.type == "cpu" else None
+    if ext is not None:  # one C++ loop
+        boundary, segment, start, span, lengths = ext.layout_from_counts(m.contiguous(), L, T)
+        return SegmentLayout(boundary=boundary, segment=segment, start=start, span=span, lengths=lengths)
+    boundary = _segment_mask(m.to(dev), L, T)
     Lc = None
-    if seg_counts.device.type == "cpu":
-        n_last = L - (seg_counts.shape[1] - 1) * tile_size
-        m = seg_counts.to(torch.int64)
+    if m.device.type == "cpu":
+        n_last = L - (m.shape[1] - 1) * T
         # the last tile keeps the starts floor(j T / m) < n_last: min(m, ceil(n_last m / T)) of them
-        last = torch.minimum(m[:, -1], -(-(n_last * m[:, -1]) // tile_size))
+        last = torch.minimum(m[:, -1], -(-(n_last * m[:, -1]) // T))
         Lc = int((m[:, :-1].sum(1) + last).max())
     return layout_from_boundaries(boundary, compact_length=Lc, validate=False)
 
@@ -343,15 +379,13 @@ class Chunk(nn.Module):
             return x
         Lc = layout.compact_length
         flat = x.reshape(batch * L, d)
-        row = torch.arange(batch, device=x.device).unsqueeze(1)
-        reps = flat.index_select(0, (row * L + layout.start).reshape(-1)).view(batch, Lc, d)
+        reps = flat.index_select(0, layout.flat_start).view(batch, Lc, d)
         if not (torch.is_grad_enabled() and self.pool_gate.requires_grad) and not bool(self.pool_gate.any()):
             return reps  # a closed gate adds exactly nothing: skip the pool (inference only)
         # tokens after a representative feed the *next* segment's pool; representatives go to a dummy row
-        target = torch.where(layout.boundary, batch * (Lc + 1), row * (Lc + 1) + layout.segment + 1)
-        pooled = flat.new_zeros(batch * (Lc + 1) + 1, d).index_add_(0, target.reshape(-1), flat)
+        target, count = layout.pool_index
+        pooled = flat.new_zeros(batch * (Lc + 1) + 1, d).index_add_(0, target, flat)
         pooled = pooled[:-1].view(batch, Lc + 1, d)[:, :Lc]
-        count = torch.cat([layout.span.new_zeros(batch, 1), layout.span[:, :-1] - 1], dim=1).clamp_min(1)
         return reps + self.pool_gate * (pooled / count.unsqueeze(-1).to(x.dtype))
 
     def allocate(self, batch: int, like: Tensor) -> ChunkState:
@@ -422,8 +456,7 @@ class Dechunk(nn.Module):
             check_same_device(y=y, confidence=confidence)
         batch, Lc, d = y.shape
         if not layout.is_identity:
-            row = torch.arange(batch, device=y.device).unsqueeze(1)
-            y = y.reshape(batch * Lc, d).index_select(0, (row * Lc + layout.segment).reshape(-1)).view(batch, -1, d)
+            y = y.reshape(batch * Lc, d).index_select(0, layout.flat_segment).view(batch, -1, d)
         if confidence is not None:
             y = y * (1.0 + (confidence - confidence.detach())).unsqueeze(-1).to(y.dtype)
         return y

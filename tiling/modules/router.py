@@ -58,6 +58,7 @@ from torch import nn
 from infogeo.checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
 from tiling.config import TilingConfig
 from tiling.modules.chunk import segment_boundaries
+from tiling.ops.scan import cpu_kernels
 from tiling.policy import block_counts, dithered_counts, plan_densities, plan_tiles, tile_importance, tile_mean, \
     tile_policy
 from tiling.tile import TilePlan
@@ -109,7 +110,11 @@ def _linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor,
     r = dt_weight.shape[1]
     ab = x @ proj.t() if offset is None else torch.addmm(offset, x.reshape(-1, x.shape[-1]), proj.t()).view(
         *x.shape[:-1], -1)
-    delta = F.softplus(torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t()))
+    z = torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t())
+    ext = None if torch.is_grad_enabled() and x.requires_grad else cpu_kernels(z, ab)
+    if ext is not None:  # one pass with the kernel's softplus (torch's is most of this function's time)
+        return ext.linear_signal(z, ab.reshape(-1, ab.shape[-1]).contiguous(), r, float(scale)).view(x.shape[:-1])
+    delta = F.softplus(z)
     speed = delta.square().sum(-1).view(x.shape[:-1])
     return scale * speed * ab[..., r:].square().sum(-1)
 

@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infogeo.checks import check_choice, check_finite, check_in_range, check_int, check_positive, check_tensor
+from infogeo.checks import check_choice, check_finite, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
-from tiling.ops.scan import causal_conv1d_silu, selective_scan
+from tiling.ops.scan import causal_conv1d_silu, selective_scan, softplus_gap
 from tiling.config import TilingConfig
 from tiling.policy import tile_density
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
@@ -454,10 +454,10 @@ class TiledMamba(nn.Module):
             is large enough to make the block overflow; ``density``/``curvature`` is not (batch, L) or
             not finite, ``density`` negative; ``budget`` outside (0, 1] or below ``r_min``.
         """
-        c = self._budget(budget)
         fwd = self._forward_block if self.scope == "block" else self._forward_scan
-        if not (check or self.validate):
-            return fwd(hidden_states, density, curvature, c, return_plan)
+        if not (check or self.validate):  # the caller checked the budget too
+            return fwd(hidden_states, density, curvature, self.budget if budget is None else float(budget), return_plan)
+        c = self._budget(budget)
         self._check_input(hidden_states)
         batch, L, _ = hidden_states.shape
         if density is not None:
@@ -485,7 +485,8 @@ class TiledMamba(nn.Module):
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
             raise TypeError(f"budget must be a float in (0, 1], got {type(budget).__name__}")
         c = float(budget)
-        check_in_range(c, "budget", 0.0, 1.0, low_open=True)
+        if not 0.0 < c <= 1.0:  # a Python comparison: this runs on every call (NaN fails it too)
+            raise ValueError(f"budget must lie in (0, 1], got {budget}")
         if self.r_min > c:
             raise ValueError(f"r_min must be <= budget, got r_min={self.r_min} > budget={c}")
         return c
@@ -503,7 +504,7 @@ class TiledMamba(nn.Module):
         if gap is None:
             delta, bias = dt_raw, self.dt_proj.bias
         else:
-            delta, bias = F.softplus(dt_raw + self.dt_proj.bias[:, None]) * gap.unsqueeze(1).to(dt_raw.dtype), None
+            delta, bias = softplus_gap(dt_raw, self.dt_proj.bias, gap), None
         if kw or self.validate:
             return adaptive_selective_scan(u, delta, A, B, C, self.D, z, delta_bias=bias, delta_softplus=gap is None,
                                            tile_size=self.tile_size, **kw)

@@ -12,6 +12,8 @@ from torch import nn
 from infogeo.checks import check_int
 from tiling.config import TilingConfig
 from tiling.modules import TiledMamba
+from tiling.modules.tiled_mamba import all_finite
+from tiling.ops.scan import rms_norm
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -184,30 +186,83 @@ class TiledLM(nn.Module):
         Raises
         ------
         ValueError
-            ``tokens`` is not int64 of shape (batch, L), ``density`` does not hold one entry per layer,
-            or a layer rejects its input (:meth:`~tiling.modules.TiledMamba.forward`).
+            ``tokens`` is not int64 of shape (batch, L) with values in ``[0, vocab_size)``, ``density``
+            does not hold one (batch, L) finite non-negative entry per layer, the budget is invalid, or
+            the logits hold NaN/Inf: the message names the source (the embeddings of which tokens, the
+            layer, or the head).
+
+        Notes
+        -----
+        Checked once per call (issue 23): the arguments on entry and the logits on exit (one pass);
+        the layers run with ``check=False``. A non-finite logit runs the forward again with every
+        layer's checks to name where it came from.
         """
-        if tokens.dim() != 2 or tokens.dtype != torch.int64:
-            raise ValueError(f"tokens must be int64 of shape (batch, L), got {tokens.dtype} {tuple(tokens.shape)}")
-        if density is not None and len(density) != len(self.layers):
-            raise ValueError(f"density must hold one entry (a (batch, L) tensor or None) per layer, "
-                             f"{len(self.layers)}, got {len(density)}")
+        self._check_tokens(tokens, "(batch, L)", 2)
+        if density is not None:
+            if len(density) != len(self.layers):
+                raise ValueError(f"density must hold one entry (a (batch, L) tensor or None) per layer, "
+                                 f"{len(self.layers)}, got {len(density)}")
+            density = [None if d is None else self.layers[k]._external_density(d, *tokens.shape, tokens.device)
+                       for k, d in enumerate(density)]
+        for k in self.tiled_layers:  # budgets are checked once, before any work
+            self.layers[k]._budget(self.layer_budget(k, budget))
+        result = self._forward(tokens, budget, return_plans, density)
+        logits = result[0] if return_plans else result
+        if not all_finite(logits):  # the one check of the call: find where the NaN/Inf came from
+            self._diagnose(tokens, budget, density)
+        return result
+
+    def _forward(self, tokens: Tensor, budget: float | None, return_plans: bool, density):
+        """The forward on checked arguments: no layer checks anything (``check=False``)."""
         h = self.embedding(tokens)
         plans: list[TilePlan] = []
         shared = None
         for k, (norm, layer) in enumerate(zip(self.norms, self.layers)):
             b = self.layer_budget(k, budget)
             rho = density[k] if density is not None and density[k] is not None else shared
+            x = rms_norm(h, norm.weight, norm.eps)
             if return_plans or (self.shared_density and k == 0 and len(self.layers) > 1):
-                out, plan = layer(norm(h), budget=b, density=rho, return_plan=True)
+                out, plan = layer(x, budget=b, density=rho, return_plan=True, check=False)
                 plans.append(plan)
                 if self.shared_density and k == 0:
                     shared = plan.token_density.to(device=h.device, dtype=h.dtype)
             else:
-                out = layer(norm(h), budget=b, density=rho)
+                out = layer(x, budget=b, density=rho, check=False)
             h = h + out
-        logits = self.head(self.norm_f(h))
+        logits = self.head(rms_norm(h, self.norm_f.weight, self.norm_f.eps))
         return (logits, plans) if return_plans else logits
+
+    def _check_tokens(self, tokens: Tensor, shape: str, ndim: int) -> None:
+        if not isinstance(tokens, Tensor) or tokens.dim() != ndim or tokens.dtype != torch.int64:
+            raise ValueError(f"tokens must be int64 of shape {shape}, got "
+                             f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+        if tokens.numel() == 0:
+            raise ValueError(f"tokens must have at least one row and one position, got shape {tuple(tokens.shape)}")
+        lo, hi = torch.aminmax(tokens)
+        if int(lo) < 0 or int(hi) >= self.vocab_size:
+            raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}), got values in [{int(lo)}, {int(hi)}]")
+
+    @torch.no_grad()
+    def _diagnose(self, tokens: Tensor, budget: float | None, density) -> None:
+        """Name where a NaN/Inf in the logits came from (the forward again, checking every stage)."""
+        h = self.embedding(tokens)
+        if not bool(torch.isfinite(h).all()):
+            bad = tokens[~torch.isfinite(h).all(-1)].unique()[:8].tolist()
+            raise ValueError(f"the embeddings of tokens {bad} contain NaN/Inf (embedding.weight is not finite)")
+        shared = None
+        for k, (norm, layer) in enumerate(zip(self.norms, self.layers)):
+            rho = density[k] if density is not None and density[k] is not None else shared
+            try:
+                out, plan = layer(norm(h), budget=self.layer_budget(k, budget), density=rho, return_plan=True)
+            except ValueError as e:
+                raise ValueError(f"layer {k} produced NaN/Inf: {e}") from None
+            if self.shared_density and k == 0:
+                shared = plan.token_density.to(device=h.device, dtype=h.dtype)
+            h = h + out
+            if not bool(torch.isfinite(h).all()):
+                raise ValueError(f"the residual stream overflowed after layer {k}")
+        raise ValueError("the model's logits contain NaN/Inf (the final norm or the head: norm_f.weight or "
+                         "embedding.weight is not finite, or the values overflow)")
 
     def ratio_loss(self) -> Tensor | None:
         """Sum of the layers' H-Net ratio losses of the last forward (learned boundaries), or None."""
