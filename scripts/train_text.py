@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -225,11 +224,6 @@ def train(args, data: dict | None = None) -> dict:
     OUT/checkpoint.safetensors, OUT/log.jsonl, OUT/row.json; return the row."""
     data = load_data(args) if data is None else data
     out = args.out
-    aside = None
-    if (out / "row.json").exists() and getattr(args, "overwrite", False):
-        # --overwrite: the finished run moves aside, and is deleted only once the new run has finished
-        aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.rename(aside)
     if args.full_layers and args.config in TOKEN_LEVEL:
         print(f"note: --full-layers does not apply to --config {args.config} (every layer keeps token-level "
               f"outputs); training all layers as given by the configuration", flush=True)
@@ -247,10 +241,8 @@ def train(args, data: dict | None = None) -> dict:
                 "n_layers": args.n_layers, "tile_size": args.tile_size, "model": cfg}
     name = row_name(args.config, budget, args.seed, args.full_layers)
     opts = options(args)
-    row = train_run(model, data, opts, out, name=name, configuration=args.config, budget=budget, info=info)
-    if aside is not None:
-        shutil.rmtree(aside)
-    return row
+    return train_run(model, data, opts, out, name=name, configuration=args.config, budget=budget, info=info,
+                     overwrite=getattr(args, "overwrite", False))
 
 
 def build_hourglass(args):

@@ -24,19 +24,19 @@ import io
 import json
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from tiling.config import AUX_SIGNALS, hourglass_config
+from tiling.config import hourglass_config
 from tiling.modules.hourglass import HourglassLM, match_main_width
 from tiling.train.atomic import atomic_write_bytes, atomic_write_json
+from tiling.train.storage import differing_settings, fingerprint
 from tiling.train.corpus import load_split
 from tiling.train.text import as_byte_tensor, forward_madds, read_text_file
 from tiling.train.textmodel import build_model, load_text_model, model_config
-from tiling.train.trainer import RunError, TrainOptions, evaluation, machine_info, set_threads, train_run
+from tiling.train.trainer import RunError, TrainOptions, evaluation, set_threads, train_run
 
 #: the reference plain Mamba (today's full model): 4 layers, d_model 256, expand 1, d_state 16
 REFERENCE = {"d_model": 256, "n_layers": 4}
@@ -323,11 +323,36 @@ def load_data(args) -> dict:
     return {k: as_byte_tensor(load_split(k, args.corpus_dir)) for k in ("train", "validation", "test")}
 
 
+def sweep_settings(args) -> dict:
+    """What makes the rows of one table comparable: the data, the limits and the evaluation."""
+    data = ({"corpus_dir": str(args.corpus_dir)} if args.train_file is None else
+            {"train_file": str(args.train_file), "val_file": str(args.val_file), "test_file": str(args.test_file)})
+    return {**data, "max_minutes": args.max_minutes, "clock": args.clock, "context": args.context,
+            "batch_size": args.batch_size, "max_steps": args.max_steps, "val_windows": args.val_windows,
+            "test_bytes": args.test_bytes, "eval_every_steps": args.eval_every_steps}
+
+
+def check_settings(args) -> None:
+    """Record the sweep's settings in ``OUT/sweep.json``; a resume under other settings is refused before
+    any work, naming each difference (a table never mixes rows of different settings)."""
+    now = sweep_settings(args)
+    path = args.out / "sweep.json"
+    if path.exists():
+        recorded = json.loads(path.read_text()).get("settings", {})
+        differ = differing_settings(recorded, now)
+        if differ:
+            raise RunError(f"--resume: {args.out} holds rows of other settings ({'; '.join(differ)}); pass the "
+                           f"same settings or another --out")
+    else:
+        atomic_write_json(path, {"settings": now, "fingerprint": fingerprint(now)})
+
+
 def sweep(args) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     done = finished(args.out)
     if done and not args.resume:
         raise RunError(f"{args.out} already holds {len(done)} finished rows; pass --resume to skip them")
+    check_settings(args)
     data = load_data(args)
     opts = TrainOptions(max_minutes=args.max_minutes, clock=args.clock, context=args.context,
                         batch_size=args.batch_size, max_steps=args.max_steps, val_windows=args.val_windows,

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 
 from infogeo.checks import check_in_range, check_int
 from tiling.modules.hourglass import HourglassLM
-from tiling.train.atomic import atomic_write_json
 from tiling.train.schedule import lr_factor, progress
 from tiling.train.text import TextWindows, evaluate_bytes, measure_speed, score_windows, spaced_windows
-from tiling.train.textmodel import parameter_count, save_text_checkpoint
+from tiling.train.storage import RunDirectory
+from tiling.train.textmodel import model_dict, parameter_count, save_text_checkpoint
 
 Tensor = torch.Tensor
 
@@ -124,8 +124,12 @@ def training_loss(model, x: Tensor, y: Tensor, *, budget: float, ratio_weight: f
     return (ce if extra is None else ce + extra), ce, extra
 
 
+#: the files a training run owns in its folder (tiling.train.storage.RunDirectory)
+OWNED = ("checkpoint.safetensors", "log.jsonl", "row.json")
+
+
 def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, name: str, configuration: str,
-              budget: float, info: dict | None = None) -> dict:
+              budget: float, info: dict | None = None, overwrite: bool = False) -> dict:
     """Train ``model`` and write ``out/checkpoint.safetensors``, ``out/log.jsonl``, ``out/row.json``.
 
     Parameters
@@ -138,6 +142,8 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
     configuration : the configuration's name (stored in the checkpoint).
     budget : the budget the model is evaluated at (an elastic model trains on its range).
     info : further fields of the row.
+    overwrite : replace a finished run in ``out`` (moved aside, deleted once the new checkpoint is written;
+        :class:`~tiling.train.storage.RunDirectory`).
 
     Returns
     -------
@@ -146,22 +152,38 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
     Raises
     ------
     RunError
-        ``out`` holds a finished run (``row.json``) or a checkpoint without a row (another run's).
+        ``out`` holds a finished run (``row.json``) or a checkpoint without a row (another run's, or one
+        whose evaluation did not finish), and ``overwrite`` is not given.
+    ~tiling.train.storage.StorageError
+        Another process holds ``out`` (its lock names the pid), or ``out`` cannot be written.
+
+    Notes
+    -----
+    An attempt that left no checkpoint (interrupted during training) is replaced; its log is kept as
+    ``log.K.jsonl``. ``run.json`` records the settings (the row, the configuration, the options, the model).
     """
     set_threads(opts.threads)
     out = Path(out)
-    if (out / "row.json").exists():
-        raise RunError(f"{out} holds a finished run (row.json); choose another --out")
-    if (out / "checkpoint.safetensors").exists():
+    if not overwrite and (out / "row.json").exists():
+        raise RunError(f"{out} holds a finished run (row.json); choose another --out or pass --overwrite")
+    if not overwrite and (out / "checkpoint.safetensors").exists():
         raise RunError(f"{out} holds a checkpoint without a row.json (an unfinished evaluation or another tool's "
-                       f"run); move it away or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+                       f"run); move it away, pass --overwrite, or choose another --out")
+    settings = {"row": name, "configuration": configuration, "budget": budget, "model": model_dict(model),
+                **{k: v for k, v in asdict(opts).items() if k not in ("quiet", "threads")}}
     log_path = out / "log.jsonl"
-    if log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
+    if not overwrite and log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
         k = 1
         while (out / f"log.{k}.jsonl").exists():
             k += 1
         log_path.rename(out / f"log.{k}.jsonl")
+    with RunDirectory(out, settings=settings, overwrite=True, owned=OWNED, name="--out") as run:
+        return _train(model, data, opts, run, name=name, configuration=configuration, budget=budget, info=info)
+
+
+def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory, *, name: str, configuration: str,
+           budget: float, info: dict | None) -> dict:
+    log_path = run.file("log.jsonl")
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
     opt = torch.optim.AdamW(model.param_groups(opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
@@ -233,10 +255,11 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
                 next_eval = train_s + opts.eval_every_s
         if not curve or curve[-1]["step"] != step:
             validate(step, n_bytes, train_s, wall_s)
-        ckpt = save_text_checkpoint(out / "checkpoint.safetensors", model, configuration=configuration, budget=budget,
-                                    context=opts.context, optimizer=opt, step=step,
+        ckpt = save_text_checkpoint(run.file("checkpoint.safetensors"), model, configuration=configuration,
+                                    budget=budget, context=opts.context, optimizer=opt, step=step,
                                     info={"train_bytes": n_bytes, "train_seconds": train_s, "seed": opts.seed,
                                           "row": name, **_budget_info(model)})
+        run.result_written()  # a finished run replaced by --overwrite is deleted only now
         row = {"row": name, "kind": "trained", "configuration": configuration, "budget": budget,
                "trained_budget": budget, "seed": opts.seed, "validation_curve": curve, "train_bytes": n_bytes,
                "train_seconds": train_s, "train_wall_seconds": wall_s, "clock": opts.clock, "steps": step,
@@ -246,7 +269,7 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
                "threads": torch.get_num_threads(), "device": "cpu", "checkpoint": str(ckpt), **(info or {})}
         row.update(evaluation(model, data, opts, budget))
         emit({**{k: v for k, v in row.items() if k != "validation_curve"}, "kind": "summary", "row_kind": row["kind"]})
-    atomic_write_json(out / "row.json", row)
+    run.write_json("row.json", row)
     return row
 
 

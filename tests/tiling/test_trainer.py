@@ -1,0 +1,121 @@
+"""The one training loop (tiling/train/trainer.py) and the hourglass sweep (tiling/train/sweep.py): the
+writer discipline (a held folder is refused naming its holder, --overwrite keeps the finished run until
+the new checkpoint exists, an interrupted attempt is replaced with its log kept), a resumed sweep under
+other settings is refused naming them, and a sweep's table and goals."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tiling.config import hourglass_config
+from tiling.modules.hourglass import HourglassLM
+from tiling.train import sweep as sw
+from tiling.train.storage import StorageError
+from tiling.train.trainer import RunError, TrainOptions, train_run
+
+torch.set_num_threads(1)
+TEXT = b"def f(x):\n    return x + 1\n\nfor i in range(10):\n    print(f(i))\n" * 40
+
+
+def data():
+    t = torch.tensor(list(TEXT), dtype=torch.uint8)
+    return {"train": t, "validation": t, "test": t}
+
+
+def tiny():
+    torch.manual_seed(0)
+    return HourglassLM(hourglass_config(d_outer=8, d_main=16, main_layers=1, d_state=2, signal="uniform", budget=0.5))
+
+
+OPTS = TrainOptions(context=32, batch_size=2, max_steps=2, val_windows=2, test_bytes=200, speed=False, quiet=True)
+
+
+def test_a_held_folder_is_refused_naming_its_holder(tmp_path):
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tiling.train.storage import RunLock\n"
+                               f"lock = RunLock({str(out)!r}, name='--out').acquire()\nprint('held', flush=True)\n"
+                               "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a second, real process holds the folder
+        with pytest.raises(StorageError, match=str(holder.pid)):
+            train_run(tiny(), data(), OPTS, out, name="r", configuration="hourglass", budget=0.5)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.2)
+    row = train_run(tiny(), data(), OPTS, out, name="r", configuration="hourglass", budget=0.5)
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["settings"]["row"] == "r" and rec["settings"]["model"]["layout"] == "hourglass"
+    assert row["steps"] == 2
+
+
+def test_overwrite_keeps_the_finished_run_until_the_new_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    first = train_run(tiny(), data(), OPTS, out, name="r", configuration="hourglass", budget=0.5)
+    with pytest.raises(RunError, match="finished run"):
+        train_run(tiny(), data(), OPTS, out, name="r", configuration="hourglass", budget=0.5)
+    import tiling.train.trainer as tr
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tr, "save_text_checkpoint", boom)  # interrupted before the new run's first result
+    with pytest.raises(KeyboardInterrupt), pytest.warns(UserWarning, match="put back"):
+        train_run(tiny(), data(), OPTS, out, name="r", configuration="hourglass", budget=0.5, overwrite=True)
+    assert json.loads((out / "row.json").read_text())["test_bpb"] == first["test_bpb"]  # the old run is back
+    monkeypatch.undo()
+    again = train_run(tiny(), data(), OPTS.__class__(**{**OPTS.__dict__, "max_steps": 3}), out, name="r",
+                      configuration="hourglass", budget=0.5, overwrite=True)
+    assert again["steps"] == 3 and not list(tmp_path.glob(".run.run-old-*"))
+
+
+def test_an_interrupted_attempt_is_replaced_and_its_log_kept(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"kind": "config"}\n')
+    train_run(tiny(), data(), OPTS, out, name="r", configuration="hourglass", budget=0.5)
+    assert (out / "log.1.jsonl").read_text() == '{"kind": "config"}\n' and (out / "row.json").exists()
+
+
+def test_a_resumed_sweep_under_other_settings_is_refused(tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_bytes(TEXT)
+    base = ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"), "--figures", str(tmp_path / "f"),
+            "--train-file", str(text), "--context", "32", "--batch-size", "2", "--max-steps", "1", "--val-windows", "2",
+            "--test-bytes", "100", "--no-speed", "--quiet", "--only", "hg-uniform@0.25/s0"]
+    args = sw.parse_args(base + ["--resume"])
+    sw.check_settings(args)  # records the settings (the rows themselves are too big for this test)
+    assert json.loads((tmp_path / "runs" / "sweep.json").read_text())["settings"]["context"] == 32
+    sw.check_settings(sw.parse_args(base + ["--resume"]))  # the same settings: accepted
+    with pytest.raises(RunError, match="context"):
+        sw.check_settings(sw.parse_args(base[:-2] + ["--context", "64", "--resume"]))
+    assert sw.main(base[:12] + ["--context", "64", "--resume"] + base[12:]) == 2
+
+
+def test_goals_on_rows():
+    """Goals (a)–(e) computed on hand-made rows (numbers checked by hand)."""
+    def row(name, bpb, prefill=100.0, decode=10.0):
+        return {"row": name, "test_bpb": bpb, "prefill_bytes_per_s": prefill, "decode_bytes_per_s": decode}
+
+    rows = [row("mamba-d256/s0", 2.0), row("mamba-d128/s0", 2.3), row("hg-entropy@0.25/s0", 1.9, 300, 40),
+            row("hg-uniform@0.25/s0", 1.96), row("hg-elastic-entropy@0.25/s0", 1.95),
+            row("hg-elastic-entropy@1/s0", 1.88), row("hg-entropy@0.35/s0", 2.05),
+            row("hg-elastic-entropy@0.35/s0", 2.06)]
+    g = sw.goals(rows)
+    assert g["best_information_hourglass"] == "hg-entropy@0.25"
+    assert g["a_quality_per_flop"]["met"] is True
+    assert g["b_information_matters"]["gain"] == pytest.approx(1 - 1.9 / 1.96) and g["b_information_matters"]["met"] is True
+    c = g["c_quality_per_time"]  # the best hourglass row is the elastic checkpoint at budget 1
+    assert c["hourglass"] == "hg-elastic-entropy@1" and c["margins"]["mamba-d256"] == pytest.approx(1 - 1.88 / 2.0)
+    d = g["d_elastic"]
+    assert d["vs_dedicated"]["0.25"]["met"] is False and d["vs_dedicated"]["0.35"]["met"] is True  # 1.95 > 1.02·1.9 = 1.938
+    assert d["vs_own_budget_1"]["met"] is True  # 1.95 <= 1.04·1.88 = 1.955
+    assert g["e_deployment_equal_bpb"] is None  # no hourglass within 1 % of a plain Mamba's bpb
+    rows.append(row("mamba-d176/s0", 1.91, 100, 20))
+    pair = sw.goals(rows)["e_deployment_equal_bpb"][0]
+    assert pair["hourglass"] == "hg-entropy@0.25" and pair["prefill_x"] == 3.0 and pair["decode_x"] == 2.0
