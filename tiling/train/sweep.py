@@ -41,8 +41,10 @@ from tiling.train.trainer import RunError, TrainOptions, evaluation, set_threads
 #: the reference plain Mamba (today's full model): 4 layers, d_model 256, expand 1, d_state 16
 REFERENCE = {"d_model": 256, "n_layers": 4}
 PLAIN_WIDTHS = (256, 128, 176)
-#: the hourglass' outer stages: one encoder and one decoder layer of width 128, four main layers
-OUTER = {"d_outer": 128, "encoder_layers": 1, "main_layers": 4, "decoder_layers": 1}
+#: the hourglass' stages: two encoder and two decoder layers of width 128, four main layers (FLOP-matched width)
+OUTER = {"d_outer": 128, "encoder_layers": 2, "main_layers": 4, "decoder_layers": 2}
+#: the first rows' thinner outer stages (one layer each side): kept in the table as "-thin" rows
+THIN = {"d_outer": 128, "encoder_layers": 1, "main_layers": 4, "decoder_layers": 1}
 ELASTIC_RANGE = (0.25, 1.0)
 ELASTIC_EVAL = (1.0, 0.5, 0.35)
 
@@ -51,13 +53,16 @@ def plain_row(d_model: int, seed: int) -> dict:
     return {"name": f"mamba-d{d_model}/s{seed}", "family": "plain", "d_model": d_model, "seed": seed, "budget": 1.0}
 
 
-def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None) -> dict:
-    """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row."""
+def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
+                  thin: bool = False) -> dict:
+    """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
+    ``thin``: the :data:`THIN` stages (suffix ``-thin``)."""
     default = default_dechunk(signal)
     dechunk = dechunk or default
-    tag = (f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
+    tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
+           + ("-thin" if thin else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
-            "seed": seed, "elastic": elastic, "dechunk": dechunk}
+            "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": THIN if thin else OUTER}
 
 
 def default_dechunk(signal: str) -> str:
@@ -70,12 +75,13 @@ def default_dechunk(signal: str) -> str:
 
 def rows() -> list[dict]:
     """The sweep's rows, in priority order (pairs run side by side with two shards)."""
-    out = [plain_row(256, 0), hourglass_row("entropy", 0.25, 0, dechunk="ema"),
-           hourglass_row("uniform", 0.25, 0), plain_row(128, 0),
-           hourglass_row("entropy", 0.25, 0), hourglass_row("space", 0.25, 0),
-           hourglass_row("fisher_rao", 0.25, 0), plain_row(176, 0),
-           hourglass_row("entropy", 0.25, 0, elastic=True), hourglass_row("router", 0.25, 0),
-           hourglass_row("linear", 0.25, 0), hourglass_row("surprisal", 0.25, 0),
+    out = [plain_row(256, 0), hourglass_row("entropy", 0.25, 0, dechunk="ema", thin=True),
+           hourglass_row("uniform", 0.25, 0, dechunk="ema", thin=True), plain_row(128, 0),
+           hourglass_row("entropy", 0.25, 0), hourglass_row("uniform", 0.25, 0),
+           hourglass_row("space", 0.25, 0), plain_row(176, 0),
+           hourglass_row("entropy", 0.25, 0, elastic=True), hourglass_row("fisher_rao", 0.25, 0),
+           hourglass_row("router", 0.25, 0), hourglass_row("linear", 0.25, 0),
+           hourglass_row("entropy", 0.25, 0, dechunk="ema"), hourglass_row("surprisal", 0.25, 0),
            hourglass_row("entropy", 0.35, 0), hourglass_row("uniform", 0.35, 0),
            plain_row(256, 1), hourglass_row("entropy", 0.25, 1),
            hourglass_row("uniform", 0.25, 1), hourglass_row("space", 0.35, 0)]
@@ -107,7 +113,7 @@ def build(spec: dict, context: int):
         cfg = model_config("full", 1.0, d_model=spec["d_model"], n_layers=REFERENCE["n_layers"])
         return build_model(cfg), "full", {"family": "plain", "d_model": spec["d_model"]}
     b = spec["budget"]
-    base = hourglass_config(**OUTER, signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
+    base = hourglass_config(**spec["stages"], signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
                             budget_range=ELASTIC_RANGE if spec["elastic"] else None)
     cfg, match = match_main_width(base, reference_madds_per_byte(context), budget=b, L=context)
     return HourglassLM(cfg), "hourglass", {"family": "hourglass", "signal": spec["signal"],
@@ -167,7 +173,9 @@ def goals(table_rows: list[dict]) -> dict:
         if ref is not None:
             out["a_quality_per_flop"] = {"hourglass": info_rows[best], "mamba-d256": ref,
                                          "met": info_rows[best] <= ref}
-        uni = bpb.get(f"hg-uniform@{best.split('@')[1]}")
+        budget, thin = best.split("@")[1], best.split("@")[0].endswith("-thin")  # the same stages, uniform
+        uni = next((v for k, v in bpb.items() if k.startswith("hg-uniform") and k.split("@")[1] == budget
+                    and k.split("@")[0].endswith("-thin") == thin), None)
         if uni is not None:
             gain = 1.0 - info_rows[best] / uni
             out["b_information_matters"] = {"hourglass": info_rows[best], "uniform": uni, "gain": gain,
