@@ -117,8 +117,10 @@ def test_one_process_resume_and_overwrite_handle_rank_files(setup, capsys, monke
     assert results.read_text().splitlines() == [one[0], one[1], one[2], one[3]]
     stale = rank_file(results, 1)
     stale.write_text(one[1] + "\n")
+    before = results.read_text()
     assert main(base + ["--out", str(out), "--overwrite"]) == 2  # every text fails under the stub
-    assert not stale.exists() and results.read_text() == ""
+    # no new result was written: the previous results, kept aside meanwhile, are put back (issue 27)
+    assert stale.read_text() == one[1] + "\n" and results.read_text() == before
 
 
 def test_merge_orders_by_index_after_the_kept_lines(tmp_path):

@@ -624,7 +624,8 @@ class RunDirectory:
             if self.previous is not None and self.settings is not None:
                 differ = differing_settings(self.previous["settings"], self.settings, flags=self.flags)
                 if differ:
-                    raise StorageError(f"--resume: {self.name} {str(self.path)!r} was run with other settings "
+                    raise StorageError(f"--resume: {self.name} {str(self.path)!r} ({', '.join(held[:3])}) was run "
+                                       f"with other settings "
                                        f"({'; '.join(differ)}); pass the same settings (a resume continues the run "
                                        f"as it was), --overwrite to start again, or another {self.name}")
             self.resumed = True

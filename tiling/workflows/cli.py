@@ -161,15 +161,18 @@ def _check_args(args) -> None:
             raise UsageError(f"{flag} must lie in (0, 1], got {v}")
     if args.budget < args.r_min:
         raise UsageError(f"--budget must be >= --r-min = {args.r_min} (no plan meets a budget below the floor), got {args.budget}")
-    for flag, v in (("--tile-size", args.tile_size), ("--k", args.k), ("--n-eigs", args.n_eigs),
-                    ("--threads", args.threads)):
-        if v < 1:
-            raise UsageError(f"{flag} must be >= 1, got {v}")
+    from tiling.config import MAX_SIZE
+
+    # upper bounds too, before any computation (issue 27: --tile-size 2**63 failed only after the analysis)
+    for flag, v, high in (("--tile-size", args.tile_size, MAX_SIZE), ("--k", args.k, 2 ** 20),
+                          ("--n-eigs", args.n_eigs, 2 ** 16), ("--threads", args.threads, 2 ** 16)):
+        if not 1 <= v <= high:
+            raise UsageError(f"{flag} must lie in [1, {high}], got {v}")
     cores = os.cpu_count() or 1
     if args.threads > cores:
         raise UsageError(f"--threads must be at most the {cores} CPU cores of this machine, got {args.threads}")
-    if args.max_length is not None and args.max_length < 3:
-        raise UsageError(f"--max-length must be >= 3, got {args.max_length}")
+    if args.max_length is not None and not 3 <= args.max_length <= 2 ** 20:
+        raise UsageError(f"--max-length must lie in [3, {2 ** 20}], got {args.max_length}")
     if args.resume and not args.batch:
         raise UsageError("--resume needs --batch")
     world = launched_world_size()
@@ -231,6 +234,7 @@ def _run_analyse(args) -> int:
     text, default_name = _read_source(args)
     name = args.name or default_name
     out = Path(args.out) if args.out else Path("infogeo-report") / name
+    texts: list = []
     if args.batch:
         texts = split_texts(text)
         if not texts:
@@ -247,6 +251,44 @@ def _run_analyse(args) -> int:
                              f"{' (a rank file of an interrupted torchrun run)' if held[0] != results.name else ''}; "
                              "pass --resume to continue it, --overwrite to compute every text again, or choose "
                              "another --out")
+    with _writer(args, out) as run:  # a second run into --out is refused here, naming this one
+        return _analyse_into(args, run, out, text, texts if args.batch else [], name, results)
+
+
+#: the files of a batch run in --out (every other entry is the user's)
+BATCH_OWNED = ("results.jsonl", "results.jsonl.unparsable", "results.rank*.jsonl")
+
+
+def _batch_settings(args) -> dict:
+    """The settings every results line records (and ``run.json``: checked on --resume before any work)."""
+    from .batch import settings_of
+
+    settings = settings_of(model=args.model, layers=args.layers, heads=args.heads, budget=args.budget,
+                           tile_size=args.tile_size, r_min=args.r_min, k=args.k, n_eigs=args.n_eigs,
+                           max_length=args.max_length, show=args.show)
+    if args.tokenizer is not None:  # only then, so results written without --tokenizer still resume
+        settings["tokenizer"] = "bytes" if args.tokenizer == "bytes" else os.path.abspath(args.tokenizer)
+    return settings
+
+
+def _writer(args, out: Path):
+    """The hold on --out for the whole command (:mod:`tiling.train.storage`): one report takes the folder's
+    lock (the report itself is swapped in atomically by ``Report.save``); a batch enters it as a run folder
+    (lock, ``run.json`` settings checked on --resume, --overwrite keeping the old results aside until the
+    first new line). Under torchrun only rank 0 holds it."""
+    from tiling.train.storage import RunDirectory, RunLock
+
+    from .batch import FLAGS
+
+    if not args.batch:
+        return RunLock(out, name="--out")
+    root = os.environ.get("RANK", "0").strip() in ("", "0")  # torchrun's rank 0 (Ranks checks RANK later)
+    return RunDirectory(out, settings=_batch_settings(args), resume=args.resume, overwrite=args.overwrite,
+                        owned=BATCH_OWNED, name="--out", flags=FLAGS, primary=root)
+
+
+def _analyse_into(args, run, out: Path, text: str, texts: list, name: str, results: Path) -> int:
+    """The analysis, once --out is held (``run``: the lock, or the batch's run folder)."""
     # heavy imports only once the cheap checks passed, so bad input fails fast
     import torch
 
@@ -266,29 +308,26 @@ def _run_analyse(args) -> int:
         print(_printable(f"report written to {page} (report.json, report.md"
                          f"{'' if args.no_figures else ', figures'} in {out})"))
         return 0
-    return _run_batch(args, model, tokenizer, texts, name, results, opts)
+    return _run_batch(args, model, tokenizer, texts, name, results, opts, run)
 
 
-def _run_batch(args, model, tokenizer, texts, name: str, results: Path, opts: dict) -> int:
+def _run_batch(args, model, tokenizer, texts, name: str, results: Path, opts: dict, run) -> int:
     """Stream one JSON line per text to ``results``; a text that is bad input is reported and skipped.
 
     Under torchrun (:mod:`tiling.workflows.distributed`) each rank analyses its shard into its own rank file,
     and rank 0 merges them into ``results`` in input order; only rank 0 prints."""
-    from .batch import merge_results, rank_file, settings_of, text_key
+    from .batch import merge_results, rank_file, text_key
     from .distributed import Ranks
 
-    settings = settings_of(model=args.model, layers=args.layers, heads=args.heads, budget=args.budget,
-                           tile_size=args.tile_size, r_min=args.r_min, k=args.k, n_eigs=args.n_eigs,
-                           max_length=args.max_length, show=args.show)
-    if args.tokenizer is not None:  # only then, so results written without --tokenizer still resume
-        settings["tokenizer"] = "bytes" if args.tokenizer == "bytes" else os.path.abspath(args.tokenizer)
+    settings = _batch_settings(args)
     keys = {i: text_key(i, t) for i, t in texts}
     ranks = Ranks.from_env()
     try:
         done = _start_results(ranks, args, results, settings, set(keys.values()))
         todo = [(i, t) for i, t in ranks.shard(texts) if keys[i] not in done]
         target = results if ranks.world == 1 else rank_file(results, ranks.rank)
-        mine = _analyse_texts(args, model, tokenizer, todo, name, target, keys, settings, opts, ranks)
+        mine = _analyse_texts(args, model, tokenizer, todo, name, target, keys, settings, opts, ranks,
+                              run.result_written)
         gathered = ranks.gather(mine)
         if ranks.world > 1 and ranks.is_root:
             merge_results(results, [rank_file(results, r) for r in range(ranks.world)])
@@ -352,7 +391,7 @@ def _start_results(ranks, args, results: Path, settings: dict, keys: set) -> set
 
 
 def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: dict, settings: dict,
-                   opts: dict, ranks) -> dict:
+                   opts: dict, ranks, result_written) -> dict:
     """Analyse ``todo`` [(index, text)], appending one line per text to ``target``; returns
     ``{"new": [index], "failed": [index], "tables": [(index, summary table)]}`` (tables only of a
     multi-rank run, whose rank 0 prints them; one process prints each as it is done)."""
@@ -374,6 +413,8 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
                    "report": report.to_dict()}
             fh.write(json.dumps(rec, allow_nan=False) + "\n")
             fh.flush()  # an interrupted run keeps every finished text
+            if not out["new"] and ranks.is_root:
+                result_written()  # an --overwrite's previous results, kept aside until now, are deleted
             out["new"].append(i)
             if args.summary:
                 table = f"text {i}:\n{report.summary_table()}"
