@@ -103,6 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="time STEPS training steps of the configuration (after 2 warm-up steps), print the bytes "
                         "per second and the training bytes the --max-minutes limit allows, and exit")
     g.add_argument("--threads", type=int, default=1)
+    g.add_argument("--device", default="cpu", help="where the model trains: cpu (default), cuda, cuda:N")
     g = p.add_argument_group("data")
     g.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"), help="prepared corpus (make corpus)")
     g.add_argument("--train-file", type=Path, default=None, help="instead of the corpus: a UTF-8 training text")
@@ -272,7 +273,7 @@ def options(args) -> TrainOptions:
                         eval_every_s=args.eval_every_s, eval_every_steps=args.eval_every_steps,
                         val_windows=args.val_windows, test_bytes=args.test_bytes, decode_bytes=args.decode_bytes,
                         speed=not args.no_speed, ratio_weight=args.ratio_weight, seed=args.seed, threads=args.threads,
-                        quiet=args.quiet)
+                        quiet=args.quiet, device=args.device)
 
 
 def evaluate_only(src_row: dict, budget: float, out: Path, data: dict, args) -> dict:
@@ -600,11 +601,13 @@ def measure(args) -> dict:
                            d_state=args.d_state, tile_size=args.tile_size, r_min=args.r_min,
                            full_resolution_layers=outer_layers(args.config, args.full_layers), expand=args.expand)
         model, budget = build_model(cfg).train(), cfg["layer_kwargs"]["budget"]
+    options(args)  # checks --device and the rest
+    model = model.to(args.device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
     g = torch.Generator().manual_seed(args.seed)
     times = []
     for i in range(args.measure + 2):
-        x = torch.randint(0, 256, (args.batch_size, args.context + 1), generator=g)
+        x = torch.randint(0, 256, (args.batch_size, args.context + 1), generator=g).to(args.device)
         t0 = time.perf_counter()
         loss, _, _ = training_loss(model, x[:, :-1], x[:, 1:], budget=budget, ratio_weight=args.ratio_weight)
         opt.zero_grad(set_to_none=True)

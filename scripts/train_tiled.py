@@ -61,6 +61,7 @@ from tiling.ops import scan_cost  # noqa: E402
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
 from tiling.train.checkpoint import CheckpointError, read_meta  # noqa: E402
 from tiling.train.data import collate  # noqa: E402
+from tiling.train.schedule import lr_factor  # noqa: E402
 from tiling.train.storage import ASIDE, RunDirectory, StorageError, atomic_write_bytes, cut_log  # noqa: E402
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -307,12 +308,10 @@ def _dist_info() -> tuple[bool, int, int]:
 
 
 def lr_lambda_factory(warmup: int, total: int):
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0.1 at ``total``."""
+    """The project's one schedule (:func:`tiling.train.schedule.lr_factor`) on the progress ``step / total``:
+    linear warm-up over ``warmup`` steps times a cosine from 1 to 0.1 at ``total``."""
     def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        prog = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * prog))
+        return lr_factor(step, step / max(1, total), warmup=warmup)
     return f
 
 

@@ -119,3 +119,11 @@ def test_goals_on_rows():
     rows.append(row("mamba-d176/s0", 1.91, 100, 20))
     pair = sw.goals(rows)["e_deployment_equal_bpb"][0]
     assert pair["hourglass"] == "hg-entropy@0.25" and pair["prefill_x"] == 3.0 and pair["decode_x"] == 2.0
+
+
+def test_device_is_checked():
+    with pytest.raises(ValueError, match="device"):
+        TrainOptions(device="bogus")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            TrainOptions(device="cuda")

@@ -59,6 +59,8 @@ class TrainOptions:
     decode_bytes, speed : bytes of ``step()`` decoding timed; whether to time prefill/decode.
     ratio_weight : ``TiledLM`` with a learned router: weight of H-Net's ratio loss.
     seed, threads, quiet : as named.
+    device : where the model trains (``"cpu"``, ``"cuda"``, ``"cuda:1"``); the data stays on the CPU and
+        each batch is moved.
     """
 
     lr: float = 2e-3
@@ -81,6 +83,7 @@ class TrainOptions:
     seed: int = 0
     threads: int = 1
     quiet: bool = False
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "context", "val_windows", "threads", "decode_bytes"):
@@ -92,6 +95,12 @@ class TrainOptions:
         check_in_range(self.max_minutes, "max_minutes", 0.0, 1e7, low_open=True)
         check_in_range(self.eval_every_s, "eval_every_s", 0.0, 1e9, low_open=True)
         check_in_range(self.lr, "lr", 0.0, 10.0, low_open=True)
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1'), got {self.device!r}") from None
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available on this machine")
         if self.clock not in ("cpu", "wall"):
             raise ValueError(f"clock must be 'cpu' or 'wall', got {self.clock!r}")
 
@@ -163,6 +172,7 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
     ``log.K.jsonl``. ``run.json`` records the settings (the row, the configuration, the options, the model).
     """
     set_threads(opts.threads)
+    model = model.to(opts.device)
     out = Path(out)
     if not overwrite and (out / "row.json").exists():
         raise RunError(f"{out} holds a finished run (row.json); choose another --out or pass --overwrite")
@@ -230,7 +240,7 @@ def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory
             lr = opts.lr * lr_factor(step, p, warmup=opts.warmup)
             for grp in opt.param_groups:
                 grp["lr"] = lr
-            x, y = ds.batch(step, opts.batch_size)
+            x, y = (t.to(opts.device) for t in ds.batch(step, opts.batch_size))
             b_step = model.sample_budget(rng) if elastic else budget
             loss, ce, extra = training_loss(model, x, y, budget=b_step, ratio_weight=opts.ratio_weight)
             if not bool(torch.isfinite(loss)):
@@ -266,7 +276,7 @@ def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory
                "stop_reason": stop_reason, "first_loss": losses[0] if losses else None,
                "last_loss": statistics.fmean(losses[-10:]) if losses else None, "params": parameter_count(model),
                "context": opts.context, "batch_size": opts.batch_size, "lr": opts.lr,
-               "threads": torch.get_num_threads(), "device": "cpu", "checkpoint": str(ckpt), **(info or {})}
+               "threads": torch.get_num_threads(), "device": opts.device, "checkpoint": str(ckpt), **(info or {})}
         row.update(evaluation(model, data, opts, budget))
         emit({**{k: v for k, v in row.items() if k != "validation_curve"}, "kind": "summary", "row_kind": row["kind"]})
     run.write_json("row.json", row)
