@@ -3,59 +3,236 @@
 Every function reads a :class:`~tiling.workflows.analysis.report.Report` (its JSON document, its
 arrays for the geodesic matrix, its summary rows and findings) and computes no geometry. The
 module imports nothing else of the package: :mod:`.report` builds on it for its file methods.
+
+A report is read without the source: the per-layer table's columns (:data:`COLUMNS`) are each
+defined once on the page, with a link to their section of ``docs/analysis.md``; a column that
+cannot vary (the mean resolution, the budget by construction) is replaced by what does (the spread
+of ``R_i``), and :func:`table_notes` says so and why the FLOPs saved differ from the budget; every
+figure has a title and a caption of one or two sentences (:func:`captions`).
 """
 from __future__ import annotations
 
 import base64
 import html as html_lib
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 if TYPE_CHECKING:  # report.py imports this module: Report is only an annotation here
     from .report import Report
 
-__all__ = ["draw_figures", "html", "markdown"]
+__all__ = ["COLUMNS", "DOCS", "SECTIONS", "captions", "doc_link", "draw_figures", "html", "markdown", "table",
+           "table_notes"]
+
+
+# --------------------------------------------------------------------------------------------
+# what the numbers mean: the table's columns, their definitions, the figures' captions
+# --------------------------------------------------------------------------------------------
+#: the page the report's definitions link to, and the section of each definition (its heading there)
+DOCS = "docs/analysis.md"
+#: name → (the heading in :data:`DOCS`, the link's text)
+SECTIONS = {
+    "attention": ("Per layer ℓ and head h: the Fisher–Rao geometry of attention rows (seed 000 §3.1)",
+                  "attention geometry"),
+    "curvature": ("Per layer ℓ: curvature on the head-averaged rows", "curvature"),
+    "pullback": ("Per layer ℓ: the pulled-back Fisher metric of the hidden states", "pulled-back metric"),
+    "tiling": ("Per layer ℓ: the tiling plan (seed 001 §3.2.2, seed 000 §3.2.1, §3.5.1)", "tiling plan"),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the per-layer table: its header, its definition (stated once in the report,
+    linked to ``section`` of :data:`DOCS`), and its text from a layer's entry of ``report.json``."""
+
+    header: str
+    definition: str
+    section: str | None
+    text: Callable[[dict], str]
+
+
+def _spread(lr: dict) -> str:
+    R = np.asarray(lr["tiling"]["resolution"], dtype=np.float64)
+    return f"{R.min():.2f}–{R.max():.2f} (σ {R.std():.2f})"
+
+
+COLUMNS = (
+    Column("layer", "", None, lambda lr: str(lr["layer"])),
+    Column("mean density ρ",
+           "mean over the tokens of the density the tiling policy read: the pulled-back Fisher density of the "
+           "hidden states, ρₜ = (xₜ₊₁ − xₜ)ᵀ G(xₜ) (xₜ₊₁ − xₜ), where G is the Fisher metric of the "
+           "layer's attention pulled back to the hidden state (models without a pull-back, e.g. Mamba, use the "
+           "attention density instead)", "pullback",
+           lambda lr: f"{np.mean(lr['tiling']['token_density']):.4g}"),
+    Column("attention density",
+           "mean over heads and tokens of ρₜ = d_FR(pₜ, pₜ₊₁)², the squared Fisher–Rao distance between "
+           "consecutive rows of an attention map (how fast what a token attends to changes along the text)",
+           "attention", lambda lr: f"{np.mean([h['density_mean'] for h in lr['attention']['heads']]):.4g}"),
+    Column("mean curvature κ",
+           "mean Ollivier–Ricci curvature κ(i, j) = 1 − W₁(mᵢ, mⱼ)/d(i, j) over the edges of the token graph "
+           "of the head-averaged attention rows: > 0 where neighbourhoods overlap (clusters), < 0 on bridges",
+           "curvature", lambda lr: f"{lr['head_mean']['curvature_mean']:+.4f}"),
+    Column("Rᵢ range (σ)",
+           "the smallest and largest resolution Rᵢ ∈ [R_min, 1] the policy gave a tile (the fraction of its "
+           "recurrence steps kept), and their standard deviation over the tiles", "tiling", _spread),
+    Column("FLOPs saved",
+           "1 − FLOPs(plan) / FLOPs(every Rᵢ = 1) of a Mamba selective scan of the model's width (state size "
+           "N), exponentials and multiply-adds counted exactly by tiling.ops.scan_cost", "tiling",
+           lambda lr: f"{lr['tiling']['cost_saved']:.1%}"),
+    Column("recurrence saved",
+           "the same saving for the scan's sequential recurrence alone (its segments × state components), the "
+           "part the resolution shrinks", "tiling", lambda lr: f"{lr['tiling']['cost_saved_recurrence']:.1%}"),
+)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading: link syntax and punctuation dropped, spaces → hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def doc_link(section: str) -> str:
+    """The address of ``section`` of :data:`DOCS`: the file in this checkout when it exists, else the
+    path relative to the repository (a report may be read where the repository is not)."""
+    path = Path(__file__).resolve().parents[3] / DOCS
+    return f"{path.as_uri() if path.is_file() else DOCS}#{_slug(SECTIONS[section][0])}"
+
+
+def table(report: Report) -> tuple[list[str], list[list[str]]]:
+    """The per-layer table: headers and one row of texts per analysed layer (:data:`COLUMNS`)."""
+    return [c.header for c in COLUMNS], [[c.text(lr) for c in COLUMNS] for lr in report.data["layers"]]
+
+
+def table_notes(report: Report) -> list[str]:
+    """What the table leaves out and why its numbers are what they are (one sentence each)."""
+    d = report.data
+    c = d["params"]["budget"]
+    saved = np.mean([lr["tiling"]["cost_saved"] for lr in d["layers"]])
+    rec = np.mean([lr["tiling"]["cost_saved_recurrence"] for lr in d["layers"]])
+    return [
+        f"Every layer's mean resolution R̄ is the budget {c:g} by construction (the analysis plans the whole text "
+        "at once and meets the budget exactly), so the table shows how the Rᵢ spread instead.",
+        f"Why the FLOPs saved ({saved:.0%} on average) fall short of 1 − budget = {1 - c:.0%}: the budget is the "
+        "fraction of recurrence steps kept, but the input sums and the read-out Cₜ·hₜ + D·uₜ run on every token "
+        f"at any resolution and each tile keeps ⌈Rᵢ·nᵢ⌉ ≥ 1 segments (rounded up), so only the recurrence falls "
+        f"close to the budget ({rec:.0%} saved).",
+    ]
+
+
+def _figure_titles(d: dict) -> dict[str, str]:
+    sl, sh = d["show"]["layer"], d["show"]["head"]
+    return {"density_heatmap": "Information density per token and layer",
+            "head_density": "Attention density per head",
+            "geodesic": f"Geodesic distances between the tokens (layer {sl}, head {sh})",
+            "curvature": "Ollivier–Ricci curvature of the token graph",
+            "spectrum": "Laplace–Beltrami spectrum of the token graph",
+            "resolution_plan": "The tiling plan",
+            "predictive": "Predictive density and surprisal",
+            "layer_plans": "The TiledLM's own plan against the geometry's"}
+
+
+def captions(report: Report) -> dict[str, str]:
+    """One or two sentences per figure (every name of ``FIGURES`` and ``CAUSAL_FIGURES``)."""
+    d = report.data
+    pull = d["layers"][0]["tiling"]["density_source"] == "pullback"
+    top = ("the pulled-back Fisher density of the hidden states, the density the tiling policy reads" if pull else
+           "the attention density averaged over heads, which the tiling policy reads")
+    lp = d.get("layer_plans") or {}
+    return {
+        "density_heatmap": f"Where the information is: each column is a token, each row a layer; top: {top}; "
+                           "bottom: the attention density of the head-averaged rows. Bright cells are tokens at "
+                           "which the representation changes fast (log colour scale).",
+        "head_density": "The mean attention density of every head: bright heads change what they attend to from "
+                        "token to token, dark heads attend nearly the same distribution throughout.",
+        "geodesic": f"Shortest-path distance between every pair of tokens on the k-nearest-neighbour graph of the "
+                    f"attention rows (k = {d['params']['k']}, Fisher–Rao edge lengths), for the head with the "
+                    "largest density unless --show chose another. Dark blocks on the diagonal are runs of tokens "
+                    "that attend alike.",
+        "curvature": f"How the edges of each layer's token graph curve (Ollivier–Ricci, idleness α = "
+                     f"{d['params']['curvature_alpha']:g}; red: the mean). Positive curvature marks clusters of "
+                     "tokens attending alike, negative curvature the bridges between them.",
+        "spectrum": "The smallest eigenvalues λᵢ of the Laplace–Beltrami operator of each layer's token graph "
+                    "(solid: head-averaged graph; dashed: median over heads). A small λ₁, the spectral gap, "
+                    "means the graph nearly splits into two clusters.",
+        "resolution_plan": f"The resolution Rᵢ the policy gives each tile of {d['params']['tile_size']} tokens "
+                           f"(bars; dashed: the budget {d['params']['budget']:g}, dotted: R_min), over the density "
+                           "it read (black). Denser tiles get a higher R, sparser ones a lower R down to R_min, and "
+                           "the mean stays at the budget.",
+        "predictive": "The predictive density (squared Fisher–Rao step between consecutive next-token "
+                      "distributions) and the surprisal of each token along the text; right: one against the "
+                      "other, with their correlation.",
+        "layer_plans": f"Per tiled layer, the resolution per tile the model chose itself (black) against the plans "
+                       f"tiling makes from the predictive (purple) and the implicit-attention (green) densities at "
+                       f"budget {lp.get('budget', d['params']['budget']):g}, with the bits per byte of each.",
+    }
+
+
+def _definitions(report: Report) -> list[tuple[str, str, str, str]]:
+    """(quantity, definition, docs address, link text) for every column of the table, once."""
+    return [(c.header, c.definition, doc_link(c.section), f"{DOCS} § {SECTIONS[c.section][1]}")
+            for c in COLUMNS if c.definition]
 
 
 # --------------------------------------------------------------------------------------------
 # pages
 # --------------------------------------------------------------------------------------------
 def markdown(report: Report, figures: dict[str, Path] | None = None) -> str:
-    """The findings, the per-layer table and links to ``figures`` as Markdown.
+    """The findings, the per-layer table with its definitions, and the captioned figures as Markdown.
 
     Parameters
     ----------
     report : the :class:`~tiling.workflows.analysis.report.Report`.
-    figures : ``{name: path}`` of the drawn figures (names relative to the page); None: no links.
+    figures : ``{name: path}`` of the drawn figures (names relative to the page); None: no figures.
 
     Returns
     -------
     The Markdown page.
     """
     d = report.data
+    headers, rows = table(report)
     lines = [f"# infogeo analysis: {d['name']}", "",
              f"Model `{d['model']['path'] or d['model']['type']}` · {d['text']['n_tokens']} tokens · "
              f"budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · "
              f"schema {d['schema']} v{d['schema_version']}", "", "## Findings", ""]
     lines += [f"- {s}" for s in report.findings()]
-    lines += ["", "## Per layer", "", "| layer | mean density | attention density | mean curvature | "
-              "mean resolution | scan cost saved | recurrence saved |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in report.summary_rows():
-        lines.append(f"| {r['layer']} | {r['mean_density']:.4g} | {r['mean_attention_density']:.4g} | "
-                     f"{r['mean_curvature']:+.4f} | {r['mean_resolution']:.3f} | {r['cost_saved']:.1%} | "
-                     f"{r['recurrence_saved']:.1%} |")
+    lines += ["", "## Per layer", "", "| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += [""]
+    for note in table_notes(report):
+        lines += [note, ""]
+    lines += ["### What the numbers mean", ""]
+    lines += [f"- **{q}**: {text} ([{label}]({href}))" for q, text, href, label in _definitions(report)]
     if figures:
+        titles, caps = _figure_titles(d), captions(report)
         lines += ["", "## Figures", ""]
         for key, p in figures.items():
-            lines += [f"![{key}]({Path(p).name})", ""]
-    return "\n".join(lines) + "\n"
+            lines += [f"### {titles.get(key, key)}", "", f"![{titles.get(key, key)}]({Path(p).name})", "",
+                      f"*{caps.get(key, '')}*", ""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+_STYLE = """body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1.5em;line-height:1.45;color:#1d1d1f}
+h1{font-size:1.7em;margin-bottom:.2em}h2{margin-top:1.8em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.meta{color:#555}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
+th{background:#f4f4f6;vertical-align:bottom}td:first-child,th:first-child{text-align:center}
+.note{color:#333;max-width:60em}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.35em 1em;max-width:62em}
+dt{font-weight:600}dd{margin:0}
+figure{margin:1.8em 0;padding:0}figure h3{margin:.2em 0 .4em}
+img{max-width:100%;border:1px solid #eee}
+figcaption{color:#333;max-width:60em;margin-top:.4em}
+a{color:#0b57d0}"""
 
 
 def html(report: Report, figures: dict[str, Path] | None = None) -> str:
-    """A static page with the findings, the table and the figures embedded as data URIs.
+    """A static page: findings, the per-layer table with its definitions, the captioned figures
+    (embedded as data URIs, so the page is one self-contained file).
 
     Parameters
     ----------
@@ -68,29 +245,32 @@ def html(report: Report, figures: dict[str, Path] | None = None) -> str:
     """
     d = report.data
     esc = html_lib.escape
-    rows = "".join(
-        f"<tr><td>{r['layer']}</td><td>{r['mean_density']:.4g}</td><td>{r['mean_attention_density']:.4g}</td>"
-        f"<td>{r['mean_curvature']:+.4f}</td><td>{r['mean_resolution']:.3f}</td><td>{r['cost_saved']:.1%}</td>"
-        f"<td>{r['recurrence_saved']:.1%}</td></tr>"
-        for r in report.summary_rows())
+    headers, rows = table(report)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(v)}</td>" for v in r) + "</tr>" for r in rows)
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in table_notes(report))
+    defs = "".join(f'<dt>{esc(q)}</dt><dd>{esc(text)} (<a href="{esc(href)}">{esc(label)}</a>)</dd>'
+                   for q, text, href, label in _definitions(report))
+    titles, caps = _figure_titles(d), captions(report)
     imgs = ""
     for key, p in (figures or {}).items():
         b64 = base64.b64encode(Path(p).read_bytes()).decode("ascii")
-        imgs += f'<figure><img alt="{esc(key)}" src="data:image/png;base64,{b64}"><figcaption>{esc(key)}</figcaption></figure>\n'
+        title = titles.get(key, key)
+        imgs += (f'<figure id="{esc(key)}"><h3>{esc(title)}</h3><img alt="{esc(title)}" '
+                 f'src="data:image/png;base64,{b64}"><figcaption>{esc(caps.get(key, ""))}</figcaption></figure>\n')
     items = "".join(f"<li>{esc(s)}</li>" for s in report.findings())
     schema = f"{d['schema']} v{d['schema_version']}"  # the document's own, as loaded or made
+    figure_part = f"<h2>Figures</h2>{imgs}" if imgs else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>infogeo analysis: {esc(d['name'])}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-img{{max-width:100%;border:1px solid #eee}}figure{{margin:1.5em 0}}</style></head>
+<style>{_STYLE}</style></head>
 <body><h1>infogeo analysis: {esc(d['name'])}</h1>
-<p>Model <code>{esc(str(d['model']['path'] or d['model']['type']))}</code> · {d['text']['n_tokens']} tokens ·
+<p class="meta">Model <code>{esc(str(d['model']['path'] or d['model']['type']))}</code> · {d['text']['n_tokens']} tokens ·
 budget {d['params']['budget']:g} · tile size {d['params']['tile_size']} · schema {schema}</p>
 <h2>Findings</h2><ul>{items}</ul>
-<h2>Per layer</h2><table><tr><th>layer</th><th>mean density</th><th>attention density</th><th>mean curvature</th>
-<th>mean resolution</th><th>scan cost saved</th><th>recurrence saved</th></tr>{rows}</table>
-<h2>Figures</h2>{imgs}</body></html>
+<h2>Per layer</h2><table><tr>{head}</tr>{body}</table>{notes}
+<h3>What the numbers mean</h3><dl>{defs}</dl>
+{figure_part}</body></html>
 """
 
 
@@ -253,7 +433,7 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
         ax2.plot(np.arange(n), td / td.max(), color="k", lw=1)
         ax2.set_ylim(0, 1.05)
         ax2.set_yticks([])
-        ax.set_title(f"layer {lr['layer']}: mean R {t['mean_resolution']:.3f}, scan cost saved {t['cost_saved']:.1%}",
+        ax.set_title(f"layer {lr['layer']}: R per tile {_spread(lr)}, FLOPs saved {t['cost_saved']:.1%}",
                      fontsize=9, loc="left")
     axes[-1, 0].set_xlim(-0.5, n - 0.5)
     _token_ticks(axes[-1, 0], toks, "x", length_in=width - 2)

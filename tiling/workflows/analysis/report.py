@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..outdir import write_folder
-from .render import draw_figures, html, markdown
+from .render import draw_figures, html, markdown, table
 
 __all__ = ["CAUSAL_FIGURES", "FIGURES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
 
@@ -176,14 +176,10 @@ class Report:
         return rows
 
     def summary_table(self) -> str:
-        """Plain-text table of :meth:`summary_rows`."""
-        lines = [f"{'layer':>5}  {'mean density':>12}  {'attn density':>12}  {'mean curvature':>14}  "
-                 f"{'mean resolution':>15}  {'scan cost saved':>15}  {'recurrence saved':>16}"]
-        for r in self.summary_rows():
-            lines.append(f"{r['layer']:>5}  {r['mean_density']:>12.4g}  {r['mean_attention_density']:>12.4g}  "
-                         f"{r['mean_curvature']:>+14.4f}  {r['mean_resolution']:>15.3f}  {r['cost_saved']:>15.1%}  "
-                         f"{r['recurrence_saved']:>16.1%}")
-        return "\n".join(lines)
+        """Plain-text per-layer table, the columns of the report's pages (:data:`.render.COLUMNS`)."""
+        headers, rows = table(self)
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [headers, *rows])
 
     def findings(self) -> list[str]:
         """Sentences that state what the numbers show."""
