@@ -127,3 +127,27 @@ def test_device_is_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             TrainOptions(device="cuda")
+
+
+def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path, monkeypatch):
+    from tiling.train import textmodel
+    from tiling.train.textmodel import build_model, load_text_model, model_config, save_text_checkpoint
+    monkeypatch.setattr(textmodel, "BUNDLED_DIR", tmp_path / "bundled")
+    hg = HourglassLM(hourglass_config(d_outer=8, d_main=16, main_layers=1, d_state=2, budget=0.25,
+                                      budget_range=(0.25, 1.0)))
+    save_text_checkpoint(tmp_path / "hg.safetensors", hg, configuration="hourglass", budget=0.25, context=32,
+                         info={"budget_range": [0.25, 1.0]})
+    plain = build_model(model_config("full", 1.0, d_model=8, n_layers=1, d_state=2))
+    save_text_checkpoint(tmp_path / "p.safetensors", plain, configuration="full", budget=1.0, context=32)
+    done = {"hg-elastic-entropy@0.25/s0": {"row": "hg-elastic-entropy@0.25/s0", "kind": "trained", "test_bpb": 2.0,
+                                           "checkpoint": str(tmp_path / "hg.safetensors")},
+            "mamba-d8/s0": {"row": "mamba-d8/s0", "kind": "trained", "test_bpb": 2.5,
+                            "checkpoint": str(tmp_path / "p.safetensors")}}
+    assert set(sw.bundle(done)) == {"hourglass", "full"}  # nothing installed yet: any plain model is better
+    listed = {b["name"]: b for b in textmodel.bundled_checkpoints()}
+    assert listed["hourglass"]["layout"] == "hourglass" and listed["hourglass"]["trained_budgets"] == [0.25, 1.0]
+    assert listed["full"]["trained_budgets"] == [1.0, 1.0] and listed["full"]["test_bpb"] == 2.5
+    model, _ = load_text_model(textmodel.resolve_checkpoint("bundled:hourglass"))
+    assert isinstance(model, HourglassLM)
+    done["mamba-d8/s0"]["test_bpb"] = 2.6  # worse than the installed one: kept
+    assert set(sw.bundle(done)) == {"hourglass"}

@@ -35,7 +35,7 @@ from tiling.train.atomic import atomic_write_bytes, atomic_write_json
 from tiling.train.storage import differing_settings, fingerprint
 from tiling.train.corpus import load_split
 from tiling.train.text import as_byte_tensor, forward_madds, read_text_file
-from tiling.train.textmodel import build_model, load_text_model, model_config
+from tiling.train.textmodel import build_model, bundled_checkpoints, export_bundled, load_text_model, model_config
 from tiling.train.trainer import RunError, TrainOptions, evaluation, set_threads, train_run
 
 #: the reference plain Mamba (today's full model): 4 layers, d_model 256, expand 1, d_state 16
@@ -384,7 +384,29 @@ def sweep(args) -> dict:
         done.update(finished(args.out))
         write_results(done, args.results, args.figures, command)
     done.update(finished(args.out))
+    if getattr(args, "bundle", False):
+        bundle(done)
     return write_results(done, args.results, args.figures, command)
+
+
+def bundle(done: dict) -> dict:
+    """Install the elastic hourglass as ``bundled:hourglass`` and the best plain Mamba of the table as
+    ``bundled:full`` when it beats the installed one (lower test bpb); returns ``{name: row}`` installed."""
+    out = {}
+    elastic = done.get(hourglass_row("entropy", 0.25, 0, elastic=True)["name"])
+    if elastic is not None:
+        export_bundled(elastic["checkpoint"], "hourglass", info={"row": elastic["row"], "test_bpb": elastic["test_bpb"]})
+        out["hourglass"] = elastic
+    plain = [r for r in done.values() if r["row"].startswith("mamba-") and r["kind"] == "trained"]
+    if plain:
+        best = min(plain, key=lambda r: r["test_bpb"])
+        installed = {b["name"]: b for b in bundled_checkpoints()}["full"]
+        if installed["test_bpb"] is None or best["test_bpb"] < installed["test_bpb"]:
+            export_bundled(best["checkpoint"], "full", info={"row": best["row"], "test_bpb": best["test_bpb"]})
+            out["full"] = best
+    for name, row in out.items():
+        print(f"[bundle] {name}: {row['row']} (test bpb {row['test_bpb']:.4f})", flush=True)
+    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -410,6 +432,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--bundle", action="store_true",
+                   help="install the elastic hourglass as bundled:hourglass (and the best plain Mamba as bundled:full "
+                        "when it beats the installed one)")
     args = p.parse_args(argv)
     try:
         i, n = (int(v) for v in args.shard.split("/"))

@@ -47,7 +47,10 @@ CONFIGURATIONS = {
     "router": {"scope": "block", "boundaries": "token"},
     "scan-adaptive": {"scope": "scan", "policy": "adaptive", "calibration": "running"},
 }
-BUNDLED = {"full": "text_full.safetensors", "adaptive": "text_adaptive.safetensors"}
+#: bundled checkpoints: the best plain Mamba (``full``), the earlier sweep's best tiled-layer model
+#: (``adaptive``) and the elastic hourglass (``hourglass``, one checkpoint for budgets in its trained range)
+BUNDLED = {"full": "text_full.safetensors", "adaptive": "text_adaptive.safetensors",
+           "hourglass": "text_hourglass.safetensors"}
 
 
 class TextModelError(ValueError):
@@ -419,19 +422,26 @@ def bundled_checkpoints() -> list[dict]:
 
     Returns
     -------
-    One dict per bundled name: ``name, spec, path, installed, configuration, budget, context,
-    test_bpb`` (None when not installed), and ``error`` when an installed file cannot be read.
+    One dict per bundled name: ``name, spec, path, installed, configuration, layout`` (``"tiledlm"`` or
+    ``"hourglass"``), ``budget`` (the one it is evaluated at by default), ``trained_budgets`` (the range
+    ``[low, high]`` it was trained for: one point for a model trained at one budget), ``context``,
+    ``test_bpb`` (None when not installed), and ``error`` when an installed file cannot be read.
     """
     out = []
     for name, fname in BUNDLED.items():
         p = BUNDLED_DIR / fname
         row = {"name": name, "spec": f"bundled:{name}", "path": str(p), "installed": p.is_file(),
-               "configuration": None, "budget": None, "context": None, "test_bpb": None}
+               "configuration": None, "layout": None, "budget": None, "trained_budgets": None, "context": None,
+               "test_bpb": None}
         if p.is_file():
             try:
                 extra = read_text_meta(p)
-                row.update(configuration=extra.get("configuration"), budget=extra.get("budget"),
-                           context=extra.get("context"), test_bpb=extra.get("test_bpb"))
+                hourglass = extra.get("model", {}).get("layout") == "hourglass"
+                b = extra.get("budget")
+                rng = extra.get("budget_range") or (None if b is None else [b, b])
+                row.update(configuration=extra.get("configuration"), layout="hourglass" if hourglass else "tiledlm",
+                           budget=b, trained_budgets=rng, context=extra.get("context"),
+                           test_bpb=extra.get("test_bpb"))
             except (CheckpointError, TextModelError) as e:
                 row["error"] = str(e)
         out.append(row)
