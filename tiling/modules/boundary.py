@@ -310,7 +310,9 @@ class BoundaryRouter(nn.Module):
 
     # ------------------------------------------------------------------ scores
     def raw_score(self, tokens: Tensor, x: Tensor, aux_logits: Tensor | None, linear: Tensor | None) -> Tensor | None:
-        """``s_t`` (batch, L) of the signal before the rule (module docstring); None for uniform."""
+        """``s_t`` (batch, L) of a scored signal before the rule (module docstring), detached; None for
+        ``uniform`` (no score) and ``router`` (its probability is the score, read with its gradient in
+        :meth:`forward`)."""
         s = self.signal
         with torch.no_grad():
             if s in ("entropy", "surprisal", "fisher_rao"):
@@ -329,8 +331,6 @@ class BoundaryRouter(nn.Module):
                 sp = spacelike(tokens)
                 prev = torch.cat([torch.ones_like(sp[:, :1]), sp[:, :-1]], dim=1)
                 return (sp & ~prev).float()
-        if s == "router":
-            return None  # the router's probability is the score (with its gradient): see forward
         return None
 
     def _rule(self, s: Tensor) -> Tensor:
