@@ -151,3 +151,22 @@ def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path
     assert isinstance(model, HourglassLM)
     done["mamba-d8/s0"]["test_bpb"] = 2.6  # worse than the installed one: kept
     assert set(sw.bundle(done)) == {"hourglass"}
+
+
+def test_the_sweep_runs_a_row_and_draws_its_figures(tmp_path):
+    """One real row of the table (the full-size FLOP-matched hourglass, two steps), then --figures-only."""
+    text = tmp_path / "t.txt"
+    text.write_bytes(TEXT * 3)
+    base = ["--out", str(tmp_path / "runs"), "--results", str(tmp_path / "r.json"), "--figures", str(tmp_path / "f"),
+            "--train-file", str(text), "--context", "64", "--batch-size", "1", "--max-steps", "2", "--val-windows", "2",
+            "--test-bytes", "300", "--no-speed", "--quiet", "--only", "hg-space@0.25/s0"]
+    assert sw.main(base) == 0
+    table = json.loads((tmp_path / "r.json").read_text())
+    (row,) = table["rows"]
+    assert row["row"] == "hg-space@0.25/s0" and row["family"] == "hourglass"
+    assert abs(row["flop_match"]["relative_error"]) <= 0.05 and row["hourglass"]["encoder"]["n_layers"] == 2
+    for name in ("hourglass_bpb_vs_flops.png", "hourglass_bpb_vs_time.png", "hourglass_boundaries.png"):
+        assert (tmp_path / "f" / name).stat().st_size > 0
+    (tmp_path / "f" / "hourglass_boundaries.png").unlink()
+    assert sw.main(base + ["--resume", "--figures-only"]) == 0
+    assert (tmp_path / "f" / "hourglass_boundaries.png").stat().st_size > 0

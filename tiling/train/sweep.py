@@ -47,6 +47,8 @@ OUTER = {"d_outer": 128, "encoder_layers": 2, "main_layers": 4, "decoder_layers"
 THIN = {"d_outer": 128, "encoder_layers": 1, "main_layers": 4, "decoder_layers": 1}
 ELASTIC_RANGE = (0.25, 1.0)
 ELASTIC_EVAL = (1.0, 0.5, 0.35)
+#: where in the test split the boundary strip's 96 bytes start
+STRIP_OFFSET = 2000
 
 
 def plain_row(d_model: int, seed: int) -> dict:
@@ -371,6 +373,8 @@ def sweep(args) -> dict:
     specs = rows()
     mine = [s for i, s in enumerate(specs) if i % args.shard_count == args.shard_index
             and (args.only is None or s["name"] in args.only)]
+    if getattr(args, "figures_only", False):
+        mine = []
     for spec in mine + [e for e in evaluated_rows() if args.only is None or e["name"] in args.only]:
         done.update(finished(args.out))
         if spec["name"] in done:
@@ -386,7 +390,11 @@ def sweep(args) -> dict:
     done.update(finished(args.out))
     if getattr(args, "bundle", False):
         bundle(done)
-    return write_results(done, args.results, args.figures, command)
+    table = write_results(done, args.results, args.figures, command)
+    if args.figures is not None:
+        sample = bytes(data["test"][STRIP_OFFSET:STRIP_OFFSET + 96].tolist())
+        boundary_strip(table["rows"], sample, args.figures / "hourglass_boundaries.png")
+    return table
 
 
 def bundle(done: dict) -> dict:
@@ -432,6 +440,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-speed", action="store_true")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--figures-only", action="store_true",
+                   help="train nothing: rewrite the table and the figures from the finished rows")
     p.add_argument("--bundle", action="store_true",
                    help="install the elastic hourglass as bundled:hourglass (and the best plain Mamba as bundled:full "
                         "when it beats the installed one)")
