@@ -227,6 +227,8 @@ def _load_model(args):
 
 
 def _run_analyse(args) -> int:
+    from tiling.train.storage import RunLock
+
     from .batch import rank_files, split_texts
     from .outdir import check_out_dir
 
@@ -244,15 +246,16 @@ def _run_analyse(args) -> int:
     # the output folder is checked before the model loads: a refusal costs nothing
     out = check_out_dir(out, overwrite=args.overwrite, name="--out", must_be_empty=not args.batch)
     results = out / "results.jsonl"
-    if args.batch and not (args.resume or args.overwrite):
-        held = [p.name for p in [results] + rank_files(results) if p.exists()]
-        if held:
-            raise UsageError(f"--out {str(out)!r} already holds {held[0]}"
-                             f"{' (a rank file of an interrupted torchrun run)' if held[0] != results.name else ''}; "
-                             "pass --resume to continue it, --overwrite to compute every text again, or choose "
-                             "another --out")
-    with _writer(args, out) as run:  # a second run into --out is refused here, naming this one
-        return _analyse_into(args, run, out, text, texts if args.batch else [], name, results)
+    with RunLock(out, name="--out"):  # first: a run in progress there is refused and named (pid, start time)
+        if args.batch and not (args.resume or args.overwrite):
+            held = [p.name for p in [results] + rank_files(results) if p.exists()]
+            if held:
+                raise UsageError(f"--out {str(out)!r} already holds {held[0]}"
+                                 f"{' (a rank file of an interrupted torchrun run)' if held[0] != results.name else ''}"
+                                 "; pass --resume to continue it, --overwrite to compute every text again, or choose "
+                                 "another --out")
+        with _writer(args, out) as run:
+            return _analyse_into(args, run, out, text, texts, name, results)
 
 
 #: the files of a batch run in --out (every other entry is the user's)
@@ -272,16 +275,16 @@ def _batch_settings(args) -> dict:
 
 
 def _writer(args, out: Path):
-    """The hold on --out for the whole command (:mod:`tiling.train.storage`): one report takes the folder's
-    lock (the report itself is swapped in atomically by ``Report.save``); a batch enters it as a run folder
-    (lock, ``run.json`` settings checked on --resume, --overwrite keeping the old results aside until the
+    """The hold on --out for the whole command (:mod:`tiling.train.storage`), inside the folder's lock: one
+    report needs no more (it is swapped in atomically by ``Report.save``); a batch enters --out as a run
+    folder (``run.json`` settings checked on --resume, --overwrite keeping the old results aside until the
     first new line). Under torchrun only rank 0 holds it."""
     from tiling.train.storage import RunDirectory, RunLock
 
     from .batch import FLAGS
 
     if not args.batch:
-        return RunLock(out, name="--out")
+        return RunLock(out, name="--out")  # (re-entrant: the caller holds it already)
     root = os.environ.get("RANK", "0").strip() in ("", "0")  # torchrun's rank 0 (Ranks checks RANK later)
     return RunDirectory(out, settings=_batch_settings(args), resume=args.resume, overwrite=args.overwrite,
                         owned=BATCH_OWNED, name="--out", flags=FLAGS, primary=root)

@@ -23,6 +23,13 @@ Shared helpers are in :mod:`.common`, the result layout in :mod:`.result`, the r
 ``theorems.json`` (every number) and figures under ``figures/theorems/`` of the output folder.
 All randomness flows from ``seed`` through explicit generators, so every number except wall
 times is reproducible. ``quick=True`` runs the same experiments at small sizes (about a minute).
+
+The output folder is held like every other (:mod:`tiling.train.storage`): a second ``verify`` into
+it is refused at once; a folder that already holds ``theorems.md``/``theorems.json`` is refused unless
+``overwrite`` (``--overwrite``), and then the old report (the two files and ``figures/theorems/``) is
+kept aside until the new one is written, and put back if the run fails or is interrupted; every file
+is written atomically. The default folder is ``./infogeo-verify`` (the repository's own report is
+regenerated with ``infogeo verify --out docs --overwrite``).
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ import numpy as np
 import torch
 
 from infogeo.checks import check_int
+from tiling.train.storage import RunDirectory
 
 from . import complexity, flow_convergence, geodesics, ifq_bounds, preservation, special_cases
 from .common import fit_power_law
@@ -77,21 +85,29 @@ def run_theorem(mod: ModuleType, *, quick: bool, seed: int, figs: Figures, cache
                          tested=mod.tested(m), numbers=m.numbers, tables=mod.tables(m), figures=mod.figures(m, figs))
 
 
-def run_verify(out_dir: str | os.PathLike = "docs", *, quick: bool = False, seed: int = 0,
-               progress: bool = True) -> dict:
+#: what a verify run writes into its folder (every other entry, e.g. the rest of docs/, is left alone)
+OWNED = ("theorems.md", "theorems.json", "figures/theorems")
+
+
+def run_verify(out_dir: str | os.PathLike = "infogeo-verify", *, quick: bool = False, seed: int = 0,
+               progress: bool = True, overwrite: bool = False, name: str = "out_dir") -> dict:
     """Run every theorem experiment and write ``theorems.md``, ``theorems.json`` and figures.
 
     Parameters
     ----------
     out_dir : str or os.PathLike
         Folder that receives ``theorems.md``, ``theorems.json`` and ``figures/theorems/*.png``
-        (created if missing).
+        (created if missing; default ``./infogeo-verify``).
     quick : bool
         Small sizes (about a minute on two CPU cores) instead of the full run (≤ 10 min).
     seed : int
         Seed of every random choice (numbers other than wall times are reproducible).
     progress : bool
         Show a tqdm bar over the experiments.
+    overwrite : bool
+        Replace the report already in ``out_dir`` (kept aside until the new one is written).
+    name : str
+        The option that named ``out_dir``, quoted in the errors (``--out`` for the command line).
 
     Returns
     -------
@@ -100,17 +116,33 @@ def run_verify(out_dir: str | os.PathLike = "docs", *, quick: bool = False, seed
         :meth:`TheoremResult.to_dict` gives it: statement, what was tested, tables, figure paths
         (relative to ``out_dir``), all raw numbers, the verdict and its explanation.
     """
-    from tqdm.auto import tqdm
-
     seed = check_int(seed, "seed", minimum=0)
     if not isinstance(quick, bool):
         raise TypeError(f"quick must be a bool, got {type(quick).__name__}")
     if not isinstance(out_dir, (str, os.PathLike)):
         raise TypeError(f"out_dir must be a path (str or os.PathLike), got {type(out_dir).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+        raise NotADirectoryError(f"{name} {str(out)!r} exists and is not a folder")
+    held = RunDirectory(out, owned=OWNED, name=name).held()
+    if held and not overwrite:
+        flag = "--overwrite" if name.startswith("--") else "overwrite=True"
+        raise ValueError(f"{name} {str(out)!r} already holds a report ({', '.join(held)}); pass {flag} to replace it "
+                         "(the old one is kept until the new one is written), or choose another folder")
+    with RunDirectory(out, overwrite=overwrite, owned=OWNED, name=name) as run:
+        results = _measure_all(out, quick=quick, seed=seed, progress=progress, out_arg=str(out_dir))
+        run.write_bytes("theorems.json", (json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n").encode())
+        run.write_bytes("theorems.md", render_markdown(results).encode())
+        run.result_written()
+    return results
+
+
+def _measure_all(out: Path, *, quick: bool, seed: int, progress: bool, out_arg: str) -> dict:
+    """Every theorem's experiments, their figures written under ``out``; the results with their meta."""
+    from tqdm.auto import tqdm
+
     figs = Figures(out)
     cache: dict = {}
     theorems, seconds, cpu = {}, {}, {}
@@ -125,24 +157,23 @@ def run_verify(out_dir: str | os.PathLike = "docs", *, quick: bool = False, seed
     import scipy
 
     meta = {
-        "seed": seed, "quick": quick, "out_arg": str(out_dir), "seconds": seconds, "cpu_seconds": cpu,
+        "seed": seed, "quick": quick, "out_arg": out_arg, "seconds": seconds, "cpu_seconds": cpu,
         "seconds_total": time.perf_counter() - t_all, "cpu_seconds_total": time.process_time() - c_all,
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared with other jobs)"
                    + (f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
                      "scipy": scipy.__version__},
     }
-    results = {"meta": meta, "theorems": theorems}
-    (out / "theorems.json").write_text(json.dumps(jsonable(results), indent=1, allow_nan=False) + "\n",
-                                       encoding="utf-8")
-    (out / "theorems.md").write_text(render_markdown(results), encoding="utf-8")
-    return results
+    return {"meta": meta, "theorems": theorems}
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute (used by the tests)")
-    parser.add_argument("--out", default="docs", metavar="DIR",
-                        help="folder for theorems.md, theorems.json and figures/theorems/ (default: docs)")
+    parser.add_argument("--out", default="infogeo-verify", metavar="DIR",
+                        help="folder for theorems.md, theorems.json and figures/theorems/ (default: ./infogeo-verify; "
+                             "the repository's report: --out docs --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the report already in --out (kept aside until the new one is written)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -150,7 +181,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    res = run_verify(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    res = run_verify(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                     overwrite=args.overwrite, name="--out")
     for r in res["theorems"].values():
         print(f"{r['statement'][0].split(',')[0]}: {r['verdict']} — {key_number(r)}")
     print(f"wrote {Path(args.out) / 'theorems.md'}, {Path(args.out) / 'theorems.json'} and "

@@ -1,6 +1,7 @@
 """Rendering of the theorem report in one place: number formatting, tables, figures, ``theorems.md``."""
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -61,9 +62,13 @@ class Figures:
         """Write ``fig`` as ``<name>.png``, close it and return :func:`figure_path` of ``name``."""
         import matplotlib.pyplot as plt
 
+        from tiling.train.storage import atomic_write_bytes
+
         fig.tight_layout()
-        fig.savefig(self.out_dir / figure_path(name), dpi=110)
+        buf = io.BytesIO()
+        fig.savefig(buf, dpi=110, format="png")
         plt.close(fig)
+        atomic_write_bytes(self.out_dir / figure_path(name), buf.getvalue(), root=self.out_dir)
         return figure_path(name)
 
 
