@@ -153,6 +153,7 @@ def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path
     assert set(sw.bundle(done)) == {"hourglass"}
 
 
+@pytest.mark.slow  # a full-size FLOP-matched hourglass (2.9 M parameters) and its figures: about a minute
 def test_the_sweep_runs_a_row_and_draws_its_figures(tmp_path):
     """One real row of the table (the full-size FLOP-matched hourglass, two steps), then --figures-only."""
     text = tmp_path / "t.txt"
