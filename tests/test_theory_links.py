@@ -89,3 +89,12 @@ def test_every_link_into_the_theory_page_and_out_of_it_resolves():
         if anchor:
             assert anchor in _anchors(doc), target
     assert _seed_sections(text)  # the page itself names the sections it covers
+
+
+@pytest.mark.parametrize("page", [ROOT / "README.md"] + sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_every_image_a_page_shows_exists(page):
+    """The README's picture of the report (and every figure of the docs) is a file of the repository."""
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)\)", _strip_fences(page.read_text(encoding="utf-8")))
+    missing = [src for src in images if not src.startswith(("http://", "https://", "data:"))
+               and not (page.parent / src).is_file()]
+    assert not missing, f"{page.name} shows images that do not exist: {missing}"
