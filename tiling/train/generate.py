@@ -7,26 +7,59 @@ The prompt (UTF-8) is fed byte by byte through :meth:`~tiling.train.TiledLM.step
 ``--seed``, so a run is reproducible). Each layer's step decides, byte by byte, whether the byte
 starts a new segment (block scope: at the first byte of a tile the causal policy sets the tile's
 ``m_i = ⌈R_i·T⌉`` segments from the earlier tiles, seed 001 §3.2.2; the learned router decides
-per byte). Printed: the text, then for every layer that runs at the budget the text with ``|``
-before each segment start and the realised resolution ``R_i = m_i / T`` of each tile of ``T``
-bytes. ``--json`` prints the same as one object. Bad input exits with code 2.
+per byte). Printed: the text, streamed as it is sampled, then for every layer that runs at the
+budget the text with ``|`` before each segment start, the realised resolution ``R_i = m_i / T`` of
+each tile of ``T`` bytes and its mean beside the requested budget, with a warning when the
+checkpoint was not trained for that budget or its router ignores it
+(:func:`tiling.train.evaluate.budget_notes`). ``--json`` prints the same as one object at the end.
+``--max-bytes`` is at most :data:`MAX_BYTES` (64 KiB: each byte is one step of the whole model).
+
+Any expected error (a bad option value, a prompt that is not UTF-8, a checkpoint that is not one)
+is one line ``generate: error: ...`` naming the option, exit code 2; Ctrl-C exits with 130 and the
+text streamed so far stays printed.
 """
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import math
 import sys
+from typing import Callable
 
 import torch
 
-from tiling.train.checkpoint import CheckpointError
-from tiling.train.evaluate import UsageError, check_budget
-from tiling.train.textmodel import TextModelError, budget_warning, load_text_model, resolve_checkpoint
+from tiling.train.evaluate import EXPECTED, UsageError, _Parser, budget_notes, check_budget, check_range, fail
+from tiling.train.textmodel import load_text_model, resolve_checkpoint
+
+#: the most bytes one run samples (``--max-bytes``): decoding is one step of the whole model per byte
+MAX_BYTES = 2 ** 16
+#: ``--temperature`` range: outside it the logits over- or underflow (1/T of float64 logits)
+TEMPERATURE = (1e-2, 1e2)
+
+
+def check_sampling(prompt: bytes, *, max_bytes: int, seed: int, temperature: float, top_k: int | None) -> None:
+    """The sampling options of :func:`generate` (each error names its command-line option).
+
+    Raises
+    ------
+    UsageError
+        ``prompt`` is empty, ``temperature`` outside :data:`TEMPERATURE` (NaN included), ``top_k``
+        outside [1, 256], ``max_bytes`` outside [0, :data:`MAX_BYTES`] or ``seed`` outside [0, 2**63).
+    """
+    if not prompt:
+        raise UsageError("--prompt must not be empty (the model has no beginning-of-text symbol)")
+    if not (math.isfinite(temperature) and TEMPERATURE[0] <= temperature <= TEMPERATURE[1]):
+        raise UsageError(f"--temperature must lie in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}], got {temperature}")
+    check_range("--top-k", top_k, 1, 256)
+    check_range("--max-bytes", max_bytes, 0, MAX_BYTES)
+    check_range("--seed", seed, 0, 2 ** 63 - 1)
 
 
 @torch.no_grad()
 def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: int = 200, seed: int = 0,
-             temperature: float = 1.0, top_k: int | None = None) -> dict:
+             temperature: float = 1.0, top_k: int | None = None,
+             on_byte: Callable[[int], object] | None = None) -> dict:
     """Sample ``max_bytes`` bytes after ``prompt``, recording each layer's segment starts.
 
     Parameters
@@ -38,6 +71,7 @@ def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: in
     seed : seed of the sampler.
     temperature : > 0.
     top_k : sample among the ``top_k`` most likely bytes, in [1, 256]; None: all.
+    on_byte : called with each sampled byte as soon as it is drawn (to stream the text).
 
     Returns
     -------
@@ -46,16 +80,9 @@ def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: in
     Raises
     ------
     UsageError
-        ``prompt`` is empty, ``temperature ≤ 0``, ``top_k`` outside [1, 256] or ``max_bytes < 0``.
+        As :func:`check_sampling`.
     """
-    if not prompt:
-        raise UsageError("--prompt must not be empty (the model has no beginning-of-text symbol)")
-    if temperature <= 0:
-        raise UsageError(f"--temperature must be > 0, got {temperature}")
-    if top_k is not None and not 1 <= top_k <= 256:
-        raise UsageError(f"--top-k must lie in [1, 256], got {top_k}")
-    if max_bytes < 0:
-        raise UsageError(f"--max-bytes must be >= 0, got {max_bytes}")
+    check_sampling(prompt, max_bytes=max_bytes, seed=seed, temperature=temperature, top_k=top_k)
     model.eval()
     g = torch.Generator().manual_seed(seed)
     state = model.allocate_inference_state(1)
@@ -84,6 +111,8 @@ def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: in
         nxt = int(torch.multinomial(torch.softmax(logit, -1), 1, generator=g))
         out.append(nxt)
         seq.append(nxt)
+        if on_byte is not None:
+            on_byte(nxt)
     return {"prompt": bytes(prompt), "generated": bytes(out), "starts": starts}
 
 
@@ -128,52 +157,96 @@ def tile_resolutions(starts: list[bool], tile_size: int) -> list[float]:
     return [sum(starts[i:i + tile_size]) / len(starts[i:i + tile_size]) for i in range(0, len(starts), tile_size)]
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tiling.train.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def _prompt_bytes(prompt: str) -> bytes:
+    """``--prompt`` as UTF-8 (a command line's undecodable bytes arrive as lone surrogates)."""
+    try:
+        return prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        c = ord(prompt[e.start])
+        bad = f"byte 0x{c - 0xDC00:02x}" if 0xDC80 <= c <= 0xDCFF else f"lone surrogate U+{c:04X}"
+        raise UsageError(f"--prompt is not valid UTF-8 ({bad} at character {e.start}); expected UTF-8 text") from None
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = _Parser(prog="python -m tiling.train.generate", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a text checkpoint path, or bundled:full / bundled:adaptive")
     p.add_argument("--prompt", required=True, help="prompt text (UTF-8)")
     p.add_argument("--budget", type=float, default=None, help="resolution budget in (0, 1] (default: as trained)")
-    p.add_argument("--max-bytes", type=int, default=200, help="bytes to sample (default 200)")
+    p.add_argument("--max-bytes", type=int, default=200, help=f"bytes to sample, at most {MAX_BYTES} (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help=f"in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}] (default 1)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
+    p.add_argument("--json", action="store_true", help="one JSON object at the end (no streaming)")
+    return p.parse_args(argv)
+
+
+def _load(args):
+    """The checkpoint's model and metadata, once every option that needs none passed."""
+    prompt = _prompt_bytes(args.prompt)
+    check_range("--threads", args.threads, 1, 4096)
+    if args.budget is not None and not (math.isfinite(args.budget) and 0.0 < args.budget <= 1.0):
+        raise UsageError(f"--budget must lie in (0, 1], got {args.budget}")
+    check_sampling(prompt, max_bytes=args.max_bytes, seed=args.seed, temperature=args.temperature, top_k=args.top_k)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
+    check_budget(model, args.budget)
+    for k, layer in enumerate(getattr(model, "layers", ())):
+        b = model.layer_budget(k, args.budget)
+        if layer.scope == "scan" and (layer.budget if b is None else b) < 1.0:
+            raise UsageError(f"checkpoint {args.checkpoint} is a scan-scope model: its step() decodes at full "
+                             f"resolution only; pass --budget 1")
+    return prompt, model, extra
+
+
+def main(argv=None) -> int:
+    """Run the command; returns the exit code (0; 2 for any expected error; 130 when interrupted)."""
     try:
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
-        check_budget(model, args.budget)
-        warning = budget_warning(model, extra, args.budget)
-        if warning:
-            print(f"warning: {warning}", file=sys.stderr)
-        for k, layer in enumerate(getattr(model, "layers", ())):
-            b = model.layer_budget(k, args.budget)
-            if layer.scope == "scan" and (layer.budget if b is None else b) < 1.0:
-                raise UsageError(f"checkpoint {args.checkpoint} is a scan-scope model: its step() decodes at full "
-                                 f"resolution only; pass --budget 1")
-        res = generate(model, args.prompt.encode("utf-8"), budget=args.budget, max_bytes=args.max_bytes,
-                       seed=args.seed, temperature=args.temperature, top_k=args.top_k)
-    except (TextModelError, CheckpointError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        args = parse_args(argv)
+        prompt, model, extra = _load(args)
+        stream = None
+        if not args.json:  # the text appears as it is sampled
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            print(args.prompt, end="", flush=True)
+
+            def stream(byte: int) -> None:
+                print(decoder.decode(bytes([byte])), end="", flush=True)
+
+        res = generate(model, prompt, budget=args.budget, max_bytes=args.max_bytes, seed=args.seed,
+                       temperature=args.temperature, top_k=args.top_k, on_byte=stream)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except EXPECTED as e:
+        return fail("generate", e)
+    except KeyboardInterrupt:
+        print("\ngenerate: interrupted (the text above is what was sampled)", file=sys.stderr)
+        return 130
     data = res["prompt"] + res["generated"]
     hourglass = not hasattr(model, "layers")
     T = model.config.tiling.tile_size if hourglass else model.layers[0].tile_size
     layers = []
     for k in ([0] if hourglass else model.tiled_layers):
         st = res["starts"][k]
-        layers.append({"layer": "main" if hourglass else k, "segments": segments_view(data, st), "tile_resolution": tile_resolutions(st, T),
-                       "mean_resolution": sum(st) / len(st)})
+        layers.append({"layer": "main" if hourglass else k, "segments": segments_view(data, st),
+                       "tile_resolution": tile_resolutions(st, T), "mean_resolution": sum(st) / len(st)})
+    realised = sum(r["mean_resolution"] for r in layers) / len(layers) if layers else 1.0
+    budget = args.budget if args.budget is not None else extra.get("budget")
+    notes = budget_notes(model, extra, args.budget, realised)
+    if not args.json:
+        print(flush=True)  # end the streamed text's line
+    for w in notes:
+        print(f"generate: warning: {w}", file=sys.stderr)
     if args.json:
         print(json.dumps({"prompt": args.prompt, "text": res["generated"].decode("utf-8", "replace"),
-                          "configuration": extra.get("configuration"), "budget": args.budget or extra.get("budget"),
+                          "configuration": extra.get("configuration"), "budget": budget,
+                          "requested_budget": args.budget, "mean_resolution": realised, "warnings": notes,
                           "tile_size": T, "layers": layers}, ensure_ascii=False))
         return 0
-    print(args.prompt + res["generated"].decode("utf-8", "replace"))
-    print(f"\n--- segments ({extra.get('configuration')}, budget {args.budget or extra.get('budget'):g}; "
+    print(f"\n--- segments ({extra.get('configuration')}; budget {budget:g}"
+          f"{'' if args.budget is not None else ' (as trained)'}, realised mean resolution {realised:.3f}; "
           f"| marks a segment start, R per tile of {T} bytes) ---")
     if not layers:
         print("every layer runs at full resolution: one segment per byte")
