@@ -45,6 +45,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -628,14 +629,20 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"train_tiled: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Run the script; returns the exit code (0, 2 for any expected error, 130 when interrupted)."""
     try:
-        args = parse_args(argv)
-        if args.sweep:
-            sweep(args)
-        else:
-            print(json.dumps(train(args)))
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning  # one line each (a stale lock taken over, a run put back)
+            args = parse_args(argv)
+            if args.sweep:
+                sweep(args)
+            else:
+                print(json.dumps(train(args)))
     except SystemExit as e:  # --help
         return int(e.code or 0)
     except (RunError, StorageError, CheckpointError, ValueError) as e:

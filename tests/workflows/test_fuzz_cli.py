@@ -1,5 +1,8 @@
-"""Fuzzing the command line (issue 16): random argv, inputs and folder states for ``infogeo analyse``
-and ``infogeo verify``, run in-process through ``tiling.workflows.cli.main``.
+"""Fuzzing the command line (issue 16; issue 27 added evaluate, generate and train_tiled): random argv,
+inputs and folder states for ``infogeo analyse`` and ``infogeo verify``, run in-process through
+``tiling.workflows.cli.main``, and for ``python -m tiling.train.evaluate``, ``python -m tiling.train.generate``
+(tiny text checkpoints, and corrupt, truncated, foreign, missing ones) and ``scripts/train_tiled.py``
+(tiny runs into fresh folders, folders holding a run or the user's files, files, resumes).
 
 Every case must end with exit code 0 or 2 (never an exception out of ``main``), print no traceback,
 print exactly one ``infogeo: error:`` line when it fails and none when it succeeds, and leave every
@@ -141,8 +144,8 @@ OUTS = ["fresh", "fresh", "empty", "user-files", "a-file", "under-a-file", "prev
         "torn-batch", "default"]
 
 
-VALID = {"--budget": ["0.35", "0.5", "1", "0.0625"], "--r-min": ["0.0625"], "--tile-size": ["4", "16", "1", str(2 ** 40)],
-         "--k": ["3", "4", "1", str(2 ** 40)], "--n-eigs": ["2", "1", "999999"], "--layers": ["0", "1", "0,1"],
+VALID = {"--budget": ["0.35", "0.5", "1", "0.0625"], "--r-min": ["0.0625"], "--tile-size": ["4", "16", "1", str(2 ** 20)],
+         "--k": ["3", "4", "1", str(2 ** 20)], "--n-eigs": ["2", "1", "65536"], "--layers": ["0", "1", "0,1"],
          "--heads": ["0", "1", "0,1"], "--show": ["0:0"], "--max-length": ["8", "48"], "--name": ["demo", "ü"],
          "--device": ["cpu"], "--threads": ["1"]}
 sentences = st.lists(st.sampled_from(WORDS), min_size=3, max_size=10).map(" ".join)
@@ -339,3 +342,227 @@ def test_fuzz_verify_validation(case):
 @given(case=verify_case())
 def test_fuzz_verify_validation_large(case):
     _verify_property(case)
+
+
+# ---- evaluate, generate, train_tiled (issue 27): the other command-line programs -----------------
+def _run_program(main_fn, argv):
+    """A program's main(argv) with stdout/stderr captured and torch's thread count restored."""
+    threads = torch.get_num_threads()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+    try:
+        code = main_fn(argv)
+        return code, sys.stdout.getvalue(), sys.stderr.getvalue()
+    finally:
+        sys.stdout, sys.stderr = saved
+        torch.set_num_threads(threads)
+
+
+def _check_program(prog: str, code: int, err: str, argv: list) -> None:
+    """Exit 0 or 2, no traceback, exactly one ``PROG: error:`` line on failure, none on success."""
+    assert code in (0, 2), (code, argv, err)
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
+    assert len(errors) == (1 if code == 2 else 0), (argv, err)
+
+
+@pytest.fixture(scope="module")
+def text_world(tmp_path_factory):
+    """Text checkpoints in every state the fuzzers draw, and input files."""
+    from tiling.train import TiledLM, save_checkpoint
+    from tiling.config import TilingConfig
+    from tiling.train.textmodel import build_model, model_config, save_text_checkpoint
+
+    root = tmp_path_factory.mktemp("fuzz-text")
+    files = {}
+    for config in ("adaptive", "router", "full", "scan-adaptive"):
+        torch.manual_seed(0)
+        model = build_model(model_config(config, 0.5, d_model=8, n_layers=2, d_state=2, tile_size=4))
+        files[config] = save_text_checkpoint(root / f"{config}.safetensors", model, configuration=config,
+                                             budget=1.0 if config == "full" else 0.5, context=32)
+    raw = files["adaptive"].read_bytes()
+    for name, data in (("truncated", raw[: len(raw) // 2]), ("garbage", b"\x00\x01junk"), ("empty", b""),
+                       ("huge-header", (2 ** 62).to_bytes(8, "little") + raw[8:])):
+        (root / f"{name}.safetensors").write_bytes(data)
+        files[name] = root / f"{name}.safetensors"
+    files["burst"] = save_checkpoint(root / "burst.safetensors", model=TiledLM(6, d_model=8, n_layers=1, d_state=2,
+                                                                                tiling=TilingConfig(tile_size=4)))
+    files["missing"], files["folder"] = root / "missing.safetensors", root
+    files["bundled:huge"] = "bundled:huge"
+    return files
+
+
+TEXT_CHECKPOINTS = ["adaptive", "adaptive", "router", "full", "scan-adaptive", "truncated", "garbage", "empty",
+                    "huge-header", "burst", "missing", "folder", "bundled:huge"]
+EVALUATE_VALUES = {"--budget": ["0.5", "1", "0.25", "0", "nan", "inf", "-1", "x", "0.01"],
+                   "--context": ["8", "32", "33", "0", "-1", str(2 ** 40), "x"],
+                   "--stride": ["4", "32", "0", "100", "x"], "--batch-size": ["1", "4", "0", "-2", str(2 ** 40)],
+                   "--max-bytes": ["2", "40", "1", "0", str(2 ** 62)], "--threads": ["1", "0", "-1", str(2 ** 40)]}
+GENERATE_VALUES = {"--budget": ["0.5", "1", "0.25", "0", "nan", "inf", "x"],
+                   "--max-bytes": ["0", "3", "10", "-1", str(2 ** 40), "x"], "--seed": ["0", "7", "-1", str(2 ** 64)],
+                   "--temperature": ["1", "0.5", "0", "-1", "nan", "inf", "1e-300", "1e300"],
+                   "--top-k": ["1", "5", "256", "0", "257"], "--threads": ["1", "0", "-1"]}
+
+
+@st.composite
+def evaluate_case(draw):
+    argv = [draw(st.sampled_from(TEXT_CHECKPOINTS))]
+    for flag in draw(st.lists(st.sampled_from(sorted(EVALUATE_VALUES)), max_size=3, unique=True)):
+        argv += [flag, draw(st.one_of(st.sampled_from(EVALUATE_VALUES[flag]), texts))]
+    argv += draw(st.lists(st.sampled_from(["--json", "--json", "--list", "--frobnicate"]), max_size=1))
+    return dict(argv=argv, text=draw(file_bytes), file=draw(st.sampled_from(["file", "file", "file", "missing",
+                                                                             "folder", "none"])))
+
+
+def _evaluate_property(text_world, case):
+    from tiling.train import evaluate
+
+    tmp = Path(tempfile.mkdtemp(prefix="fuzz-eval-"))
+    try:
+        argv = [str(text_world.get(a, a)) if i == 0 else a for i, a in enumerate(case["argv"])]
+        src = tmp / "input.txt"
+        src.write_bytes(case["text"])
+        where = {"file": src, "missing": tmp / "nope.txt", "folder": tmp}.get(case["file"])
+        if where is not None:
+            argv += ["--text-file", str(where)]
+        code, out, err = _run_program(evaluate.main, argv)
+        _check_program("evaluate", code, err, argv)
+        if code == 0 and "--json" in argv:
+            json.loads(out)
+        FUZZ_CASES["cli evaluate"] += 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@fuzz_settings(40, 2_000, slow=False)
+@given(case=evaluate_case())
+def test_fuzz_evaluate(text_world, case):
+    _evaluate_property(text_world, case)
+
+
+@pytest.mark.slow
+@fuzz_settings(40, 2_000, slow=True)
+@given(case=evaluate_case())
+def test_fuzz_evaluate_large(text_world, case):
+    _evaluate_property(text_world, case)
+
+
+@st.composite
+def generate_case(draw):
+    argv = [draw(st.sampled_from(TEXT_CHECKPOINTS)), "--prompt", draw(st.one_of(texts, sentences))]
+    if "--max-bytes" not in argv:
+        argv += ["--max-bytes", draw(st.sampled_from(["0", "3", "8"]))]  # small unless drawn below
+    for flag in draw(st.lists(st.sampled_from(sorted(GENERATE_VALUES)), max_size=3, unique=True)):
+        argv += [flag, draw(st.one_of(st.sampled_from(GENERATE_VALUES[flag]), texts))]
+    argv += draw(st.lists(st.sampled_from(["--json", "--json", "--frobnicate"]), max_size=1))
+    return dict(argv=argv)
+
+
+def _generate_property(text_world, case):
+    from tiling.train import generate
+
+    argv = [str(text_world.get(a, a)) if i == 0 else a for i, a in enumerate(case["argv"])]
+    code, out, err = _run_program(generate.main, argv)
+    _check_program("generate", code, err, argv)
+    if code == 0 and "--json" in argv:
+        json.loads(out)
+    FUZZ_CASES["cli generate"] += 1
+
+
+@fuzz_settings(40, 2_000, slow=False)
+@given(case=generate_case())
+def test_fuzz_generate(text_world, case):
+    _generate_property(text_world, case)
+
+
+@pytest.mark.slow
+@fuzz_settings(40, 2_000, slow=True)
+@given(case=generate_case())
+def test_fuzz_generate_large(text_world, case):
+    _generate_property(text_world, case)
+
+
+TRAIN_TINY = ["--context-len", "16", "--n-bursts", "1", "--burst-len", "2", "--n-symbols", "4", "--d-model", "4",
+              "--d-state", "2", "--tile-size", "4", "--batch-size", "2", "--train-size", "8", "--eval-size", "2",
+              "--warmup", "1", "--no-ifq", "--quiet", "--threads", "1"]
+TRAIN_VALUES = {"--steps": ["1", "2", "0", "-1", str(2 ** 62), "x"], "--stop-at": ["1", "0", "5"],
+                "--eval-every": ["1", "0", "-3"], "--log-every": ["1", "0"], "--batch-size": ["2", "0", "64"],
+                "--lr": ["0.01", "0", "nan", "-1", "inf"], "--budget": ["0.5", "1", "0", "2", "nan"],
+                "--tile-size": ["4", "0", str(2 ** 62)], "--r-min": ["0.25", "0", "2"],
+                "--device": ["cpu", "bogus", "cuda:99"], "--exponent": ["0.5", "-1", "0"],
+                "--dt-min": ["0.001", "0.5", "0"], "--ckpt-every": ["1", "0", "-1"], "--threads": ["1", "0", "-5"]}
+TRAIN_OUTS = ["fresh", "fresh", "holds-run", "user-files", "a-file", "under-a-file"]
+
+
+@st.composite
+def train_case(draw):
+    argv = []
+    for flag in draw(st.lists(st.sampled_from(sorted(TRAIN_VALUES)), max_size=3, unique=True)):
+        argv += [flag, draw(st.one_of(st.sampled_from(TRAIN_VALUES[flag]), texts))]
+    if "--steps" not in argv:
+        argv += ["--steps", "1"]
+    argv += draw(st.lists(st.sampled_from(["--overwrite", "--resume-here", "--resume-other", "--resume-missing",
+                                           "--frobnicate"]), max_size=1))
+    return dict(argv=argv, out=draw(st.sampled_from(TRAIN_OUTS)), user=draw(st.binary(max_size=20)))
+
+
+@pytest.fixture(scope="module")
+def train_world(tmp_path_factory):
+    """The script, loaded once, and a finished run to copy into --out or to resume from."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_tiled", Path(__file__).resolve().parents[2] / "scripts" /
+                                                  "train_tiled.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path_factory.mktemp("fuzz-train") / "run"
+    with _quiet():
+        assert mod.main(TRAIN_TINY + ["--steps", "2", "--stop-at", "1", "--out", str(run)]) == 0
+    return mod, run
+
+
+def _train_property(train_world, case):
+    mod, finished = train_world
+    tmp = Path(tempfile.mkdtemp(prefix="fuzz-train-"))
+    try:
+        out = tmp / "out"
+        placed = {}
+        if case["out"] in ("holds-run", "user-files"):
+            shutil.copytree(finished, out) if case["out"] == "holds-run" else out.mkdir()
+            (out / "notes.txt").write_bytes(case["user"])
+            placed = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+        elif case["out"] == "a-file":
+            out.write_bytes(case["user"])
+            placed = {out: case["user"]}
+        elif case["out"] == "under-a-file":
+            (tmp / "f").write_bytes(case["user"])
+            placed, out = {tmp / "f": case["user"]}, tmp / "f" / "out"
+        argv = TRAIN_TINY + [a for a in case["argv"] if not a.startswith("--resume-")] + ["--out", str(out)]
+        resume = next((a for a in case["argv"] if a.startswith("--resume-")), None)
+        if resume is not None:
+            argv += ["--resume", str({"--resume-here": out / "checkpoint.safetensors",
+                                      "--resume-other": finished / "checkpoint.safetensors",
+                                      "--resume-missing": tmp / "nope.safetensors"}[resume])]
+        code, _, err = _run_program(mod.main, argv)
+        _check_program("train_tiled", code, err, argv)
+        replaced = "--overwrite" in argv or resume == "--resume-here"
+        for path, data in placed.items():
+            if replaced and path.parent == out and path.name in ("checkpoint.safetensors", "log.jsonl", "run.json"):
+                continue  # the user asked to replace or continue the run
+            assert path.exists() and path.read_bytes() == data, (path, argv)
+        FUZZ_CASES["cli train_tiled"] += 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@fuzz_settings(20, 1_000, slow=False)
+@given(case=train_case())
+def test_fuzz_train_tiled(train_world, case):
+    _train_property(train_world, case)
+
+
+@pytest.mark.slow
+@fuzz_settings(20, 1_000, slow=True)
+@given(case=train_case())
+def test_fuzz_train_tiled_large(train_world, case):
+    _train_property(train_world, case)
