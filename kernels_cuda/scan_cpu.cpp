@@ -834,6 +834,131 @@ Tensor linear_signal(const Tensor& z, const Tensor& ab, int64_t r, double scale)
 }
 
 // ------------------------------------------------------------------------------------------
+// One decoding step of the whole Mamba mixer (TiledMamba.step) for Bt rows: xz = in_proj x, the
+// conv window shifted by its first half, u = silu(conv), [dt_low, B, C] = x_proj u,
+// delta = softplus(dt_proj dt_low + b) * gap, h = exp(delta A) h + delta u B,
+// y = (C . h + D u) silu(z), out = out_proj y. The conv, exp and softplus arithmetic is the
+// forward kernels', so a step equals the forward's position to float rounding. gap =
+// max(position - last_start, 1) per row (the block scope's tokens since the previous segment
+// start), or 1 without last_start. One call per layer and token: at batch 1 a token's step is
+// dominated by the calls, not the arithmetic (d_model 256: 0.2 MFLOP a layer).
+
+// Y[b, i] = bias[i] + W[i] . X[b] for Bt rows (each weight row read once for the whole batch).
+template <typename T>
+void matvec_rows(const T* W, const T* bias, const T* X, T* Y, int64_t rows, int64_t cols, int64_t Bt) {
+  constexpr int W_ = VT<T>::W;
+  for (int64_t i = 0; i < rows; ++i) {
+    const T* w = W + i * cols;
+    for (int64_t b = 0; b < Bt; ++b) {
+      const T* x = X + b * cols;
+      Vec<T> acc = {};
+      int64_t c = 0;
+      for (; c + W_ <= cols; c += W_) acc += loadu(w + c) * loadu(x + c);
+      T s = hsum<T>(acc);
+      for (; c < cols; ++c) s += w[c] * x[c];
+      Y[b * rows + i] = (bias ? bias[i] : T(0)) + s;
+    }
+  }
+}
+
+template <typename T> inline Vec<T> load_n(const T* p, int nl) {
+  return nl == VT<T>::W ? loadu(p) : load_lanes(p, 1, nl);
+}
+template <typename T> inline void store_n(T* p, int nl, Vec<T> v) {
+  if (nl == VT<T>::W)
+    storeu(p, v);
+  else
+    store_lanes(p, 1, nl, v);
+}
+
+struct StepWeights {
+  Tensor W_in, b_in, cw, cb, Wx, Wdt, bdt, A, D, W_out, b_out;
+};
+
+template <typename T>
+void layer_step_rows(const T* x, const T* conv, const T* h0, const StepWeights& w, const int64_t* last_start,
+                     int64_t position, T* out, T* conv1, T* h1, int64_t Bt, int64_t d, int64_t E, int64_t K, int64_t N,
+                     int64_t r) {
+  constexpr int W = VT<T>::W;
+  auto p = [](const Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; };
+  const T *cw = p(w.cw), *cb = p(w.cb), *Wdt = p(w.Wdt), *bdt = p(w.bdt), *A = p(w.A), *D = p(w.D);
+  const int64_t R2 = r + 2 * N;
+  std::vector<T> xz((size_t)(Bt * 2 * E)), u((size_t)(Bt * E)), dbl((size_t)(Bt * R2)), y((size_t)(Bt * E));
+  std::vector<T> delta((size_t)E);
+  matvec_rows(p(w.W_in), p(w.b_in), x, xz.data(), 2 * E, d, Bt);
+  for (int64_t b = 0; b < Bt; ++b)
+    for (int64_t e = 0; e < E; ++e) {  // conv window and u = silu(conv)
+      const T* cin = conv + (b * E + e) * K;
+      T* cout = conv1 + (b * E + e) * K;
+      for (int64_t k = 0; k + 1 < K; ++k) cout[k] = cin[k + 1];
+      cout[K - 1] = xz[b * 2 * E + e];
+      T a = cb ? cb[e] : T(0);
+      for (int64_t k = 0; k < K; ++k) a += cw[e * K + k] * cout[k];
+      u[b * E + e] = silu_scalar(a);
+    }
+  matvec_rows(p(w.Wx), (const T*)nullptr, u.data(), dbl.data(), R2, E, Bt);
+  for (int64_t b = 0; b < Bt; ++b) {
+    const T* db = dbl.data() + b * R2;
+    const T* ub = u.data() + b * E;
+    const T* z = xz.data() + b * 2 * E + E;
+    const T g = last_start ? (T)std::max<int64_t>(position - last_start[b], 1) : T(1);
+    for (int64_t e = 0; e < E; ++e) {  // dt_proj
+      T s = bdt[e];
+      for (int64_t j = 0; j < r; ++j) s += Wdt[e * r + j] * db[j];
+      delta[e] = s;
+    }
+    for (int64_t e = 0; e < E; e += W) {  // softplus, times the gap
+      const int nl = (int)std::min<int64_t>(W, E - e);
+      store_n(delta.data() + e, nl, vsoftplus(load_n(delta.data() + e, nl)) * g);
+    }
+    const T* Bv = db + r;
+    const T* Cv = Bv + N;
+    for (int64_t e = 0; e < E; ++e) {  // the state and the read-out
+      const T* hin = h0 + (b * E + e) * N;
+      T* hout = h1 + (b * E + e) * N;
+      const T* Ae = A + e * N;
+      const T de = delta[e], du = de * ub[e];
+      Vec<T> acc = {};
+      for (int64_t n = 0; n < N; n += W) {
+        const int nl = (int)std::min<int64_t>(W, N - n);
+        const Vec<T> hv = vexp(load_n(Ae + n, nl) * de) * load_n(hin + n, nl) + load_n(Bv + n, nl) * du;
+        store_n(hout + n, nl, hv);
+        acc += hv * load_n(Cv + n, nl);
+      }
+      y[b * E + e] = (hsum<T>(acc) + (D ? D[e] : T(0)) * ub[e]) * silu_scalar(z[e]);
+    }
+  }
+  matvec_rows(p(w.W_out), p(w.b_out), y.data(), out, d, E, Bt);
+}
+
+std::vector<Tensor> layer_step(const Tensor& x, const Tensor& conv, const Tensor& h, const std::vector<c10::optional<Tensor>>& ws,
+                               const c10::optional<Tensor>& last_start_, int64_t position) {
+  TORCH_CHECK(ws.size() == 11, "layer_step: 11 weights (W_in, b_in, conv w, conv b, W_x, W_dt, b_dt, A, D, W_out, b_out)");
+  auto v = [&](int i) { return ws[i].value_or(Tensor()); };
+  const StepWeights w{v(0), v(1), v(2), v(3), v(4), v(5), v(6), v(7), v(8), v(9), v(10)};
+  const auto dt = h.scalar_type();
+  const int64_t Bt = x.size(0), d = x.size(1), E = conv.size(1), K = conv.size(2), N = h.size(2), r = w.Wdt.size(1);
+  for (const Tensor* t : {&x, &conv, &h, &w.W_in, &w.b_in, &w.cw, &w.cb, &w.Wx, &w.Wdt, &w.bdt, &w.A, &w.D, &w.W_out, &w.b_out})
+    TORCH_CHECK(!t->defined() || (t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt),
+                "layer_step: every tensor must be contiguous on the CPU, of the state's dtype");
+  TORCH_CHECK(x.dim() == 2 && w.W_in.size(0) == 2 * E && w.W_in.size(1) == d && conv.size(0) == Bt && h.size(0) == Bt &&
+              h.size(1) == E && w.cw.numel() == E * K && w.Wx.size(0) == r + 2 * N && w.Wx.size(1) == E &&
+              w.Wdt.size(0) == E && w.A.size(0) == E && w.A.size(1) == N && w.W_out.size(0) == d && w.W_out.size(1) == E,
+              "layer_step: shapes do not match");
+  const Tensor last_start = last_start_.value_or(Tensor());
+  TORCH_CHECK(!last_start.defined() || (last_start.scalar_type() == at::kLong && last_start.numel() == Bt &&
+              last_start.is_contiguous()), "layer_step: last_start must be (Bt,) int64");
+  Tensor out = torch::empty({Bt, d}, h.options()), conv1 = torch::empty_like(conv), h1 = torch::empty_like(h);
+  AT_DISPATCH_FLOATING_TYPES(dt, "layer_step", [&] {
+    layer_step_rows<scalar_t>(x.data_ptr<scalar_t>(), conv.data_ptr<scalar_t>(), h.data_ptr<scalar_t>(), w,
+                              last_start.defined() ? last_start.data_ptr<int64_t>() : nullptr, position,
+                              out.data_ptr<scalar_t>(), conv1.data_ptr<scalar_t>(), h1.data_ptr<scalar_t>(), Bt, d, E,
+                              K, N, r);
+  });
+  return {out, conv1, h1};
+}
+
+// ------------------------------------------------------------------------------------------
 // RMSNorm over the last dim (the LM's norms): y = x * r * w, r = 1 / sqrt(mean(x^2) + eps), with
 // the sum of squares accumulated in double; the backward reads r saved per row.
 
@@ -1168,6 +1293,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("conv_silu_bwd", &conv_silu_bwd, "gradients (dx, dw, db) of conv_silu_fwd");
   m.def("softplus_gap", &softplus_gap, "softplus(raw + bias) * gap, the block scope's step sizes");
   m.def("linear_signal", &linear_signal, "the block scope's linearised density from the composite map's output");
+  m.def("layer_step", &layer_step, "one decoding step of the Mamba mixer, in_proj to out_proj");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");

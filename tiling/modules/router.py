@@ -59,8 +59,8 @@ from infogeo.checks import check_finite, check_in_range, check_int, check_same_d
 from tiling.config import TilingConfig
 from tiling.modules.chunk import segment_boundaries
 from tiling.ops.scan import cpu_kernels
-from tiling.policy import block_counts, dithered_counts, plan_densities, plan_tiles, tile_importance, tile_mean, \
-    tile_policy
+from tiling.policy import block_counts, causal_step, dithered_counts, plan_densities, plan_tiles, tile_importance, \
+    tile_mean
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -382,6 +382,11 @@ class TileRouterState:
         (:func:`~tiling.policy.dithered_counts`).
     boundary : (batch, T) bool, the segment starts of the current tile; None before the first tile
         is planned (and at budget 1, where every token starts a segment).
+    surplus : (batch,) float64 on the CPU, the budget controller's surplus after the planned tiles
+        (:func:`~tiling.policy.causal_step`); None before the first tile.
+    starts : the current tile's starts on the host, one entry per offset: 0 (no row starts a
+        segment there), 1 (some rows), 2 (every row), so that a step knows without reading the
+        device whether the mixer runs.
     """
 
     position: int
@@ -389,6 +394,8 @@ class TileRouterState:
     tiles: tuple[Tensor, Tensor]
     carry: Tensor
     boundary: Tensor | None = None
+    surplus: Tensor | None = None
+    starts: tuple[int, ...] | None = None
 
 
 class TileRouter(nn.Module):
@@ -587,34 +594,58 @@ class TileRouter(nn.Module):
         if not self.tiling.causal or self.tiling.scope != "block":
             raise ValueError("step() needs a causal block-scope router (causal=True, scope='block')")
         config = self._config(budget)
-        T, off = config.tile_size, state.position % config.tile_size
-        batch, device = state.carry.shape[0], state.signal.device
-        if self._full(config.budget):  # every token starts a segment
-            return torch.ones(batch, dtype=torch.bool, device=device), replace(state, position=state.position + 1)
-        uniform = config.policy == "uniform"
-        if not uniform:
+        if self.reads_signal(config.budget):
+            batch = state.carry.shape[0]
             if signal_t is None:
                 raise ValueError(f"signal_t is needed by the {config.policy!r} policy at budget {config.budget}")
             check_tensor(signal_t, "signal_t", shape=(batch,))  # a NaN would reach the policy's history
             if bool((signal_t < 0).any()):
                 raise ValueError(f"signal_t must be a non-negative density, got min {float(signal_t.min()):.6g}")
+        starts, new, _ = self.advance(signal_t, state, config)
+        return starts, new
+
+    def advance(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig
+                ) -> tuple[Tensor, TileRouterState, int]:
+        """:meth:`step` on checked arguments at ``config`` (:meth:`_config` of the budget), and the
+        host's summary of the starts: 0 (no row starts a segment), 1 (some rows), 2 (every row).
+
+        At the first token of tile ``i`` the causal policy sets ``R_i`` from the earlier tiles in
+        one call (:func:`~tiling.policy.causal_step` with the controller's surplus carried in the
+        state: ``O(i)`` for the history calibration, ``O(1)`` with the running reference, not the
+        whole history's plan again); the other tokens only join the tile's signal.
+        """
+        T, off = config.tile_size, state.position % config.tile_size
+        uniform = config.policy == "uniform"
         signal, tiles, carry, boundary = state.signal, state.tiles, state.carry, state.boundary
+        surplus, summary = state.surplus, state.starts
+        if off and uniform and summary is not None:  # inside a planned tile of the uniform policy
+            return boundary[:, off], TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus,
+                                                     summary), summary[off]
+        batch, device = state.carry.shape[0], state.signal.device
+        if self._full(config.budget):  # every token starts a segment
+            return torch.ones(batch, dtype=torch.bool, device=device), replace(state, position=state.position + 1), 2
         if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
             if uniform:
                 R = torch.full((batch, 1), config.budget)
             else:
-                place = tiles[0].new_zeros(batch, 1)  # tile i itself: a placeholder the policy never reads
-                R = tile_policy(torch.cat([tiles[0], place], 1), torch.cat([tiles[1], place], 1), config,
-                                reference=self.reference())[0][:, -1:]
+                i = tiles[1].shape[1]
+                q = tile_importance(torch.cat([tiles[1], tiles[1].new_zeros(batch, 1)], 1), exponent=config.exponent,
+                                    curvature_weight=config.curvature_weight)  # column i: a placeholder never read
+                R, surplus = causal_step(q, budget=config.budget, r_min=config.r_min, mode=config.policy,
+                                         lookback=config.lookback, slack=config.slack, reference=self.reference(),
+                                         first_tile=i, surplus=surplus)
+                R = R.to(torch.float32)  # the plan's dtype (tiling.policy.tile_policy): the counts round it
             m, carry = dithered_counts(R, T, carry)
-            boundary = segment_boundaries(m.to(device), T, T)
+            host = segment_boundaries(m, T, T)
+            boundary = host.to(device)
+            summary = tuple(int(a) + int(b) for a, b in zip(host.any(0).tolist(), host.all(0).tolist()))
             signal = signal[:, :0]
         if not uniform:  # the tile's signal, folded into the history when the tile ends
             signal = torch.cat([signal, signal_t.to(torch.float64).unsqueeze(1)], dim=1)
             if off == T - 1:
                 tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, plan_densities(signal, config)))
-        return boundary[:, off], TileRouterState(position=state.position + 1, signal=signal, tiles=tiles,
-                                                 carry=carry, boundary=boundary)
+        return boundary[:, off], TileRouterState(position=state.position + 1, signal=signal, tiles=tiles, carry=carry,
+                                                 boundary=boundary, surplus=surplus, starts=summary), summary[off]
 
 
 __all__ = ["RouterState", "RunningCalibration", "TileRouter", "TileRouterState", "TokenRouter", "linear_density",

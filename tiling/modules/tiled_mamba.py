@@ -50,10 +50,10 @@ from torch import nn
 from infogeo.checks import check_choice, check_finite, check_int, check_positive, check_tensor
 from infogeo.density import ssm_density
 from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
-from tiling.ops.scan import causal_conv1d_silu, selective_scan, softplus_gap
+from tiling.ops.scan import causal_conv1d_silu, cpu_kernels, selective_scan, softplus_gap
 from tiling.config import TilingConfig
 from tiling.policy import tile_density
-from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
+from tiling.modules.chunk import Chunk, ChunkState, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
     layout_from_counts
 from tiling.modules.router import RouterState, RunningCalibration, TileRouter, TileRouterState, TokenRouter, \
     _linear_density, linear_density, ratio_loss
@@ -794,33 +794,70 @@ class TiledMamba(nn.Module):
         if hidden_states.dim() not in (2, 3) or (hidden_states.dim() == 3 and hidden_states.shape[1] != 1):
             raise ValueError(f"hidden_states must have shape (batch, d_model) or (batch, 1, d_model), got {tuple(hidden_states.shape)}")
         self._check_input(x.unsqueeze(1))
-        if state.conv.shape[0] != x.shape[0]:
-            raise ValueError(f"state was allocated for batch {state.conv.shape[0]}, got input batch {x.shape[0]}")
-        if self.scope == "block":
-            if state.held is None:
-                raise ValueError("state was allocated by a scan-scope layer; use this layer's allocate_inference_state")
-            out, new = self._step_block(x, state, self._budget(budget))
-        else:
-            if budget is not None and self._budget(budget) < 1.0:
-                raise ValueError(f"a scan-scope layer steps at full resolution only; got budget={budget} "
-                                 "(use forward() for a coarser plan, or scope='block')")
-            out, conv, h, read = self._mixer_step(x, state.conv, state.ssm, route=state.route)
-            position = state.position + 1
-            route = state.route
-            if self.routing and position % self.tile_size == 0:
-                route = (self.route_gate.to(h.dtype) * torch.tanh(self.route_state_weight.to(h.dtype) * read)).to(state.route.dtype)
-            new = TiledMambaState(conv=conv, ssm=h, route=route, position=position)
-        if not bool(torch.isfinite(out).all()):  # one token: O(d_model)
+        self.check_state(state, x.shape[0])
+        c = self._budget(budget)
+        if self.scope == "scan" and budget is not None and c < 1.0:
+            raise ValueError(f"a scan-scope layer steps at full resolution only; got budget={budget} "
+                             "(use forward() for a coarser plan, or scope='block')")
+        out, new = self.step_unchecked(x, state, c)
+        if not all_finite(out):  # one token: O(d_model)
             raise ValueError(f"hidden_states (values up to {float(x.abs().max()):.3g}) made the step overflow; "
                              "the state is unchanged")
         return (out if squeeze else out.unsqueeze(1)), new
 
-    def _mixer_step(self, x: Tensor, conv: Tensor, ssm: Tensor, *, gap: Tensor | None = None,
-                    route: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One step of the Mamba mixer on ``x`` (batch, d_model): ``(out, conv, h, read)``;
-        ``gap`` (batch,) multiplies Δ (block scope: tokens since the previous segment start);
-        ``route`` (batch, d_inner) is added before out_proj (scan scope's routed vector)."""
-        u, z = self.in_proj(x).chunk(2, dim=-1)
+    def check_state(self, state: TiledMambaState, batch: int) -> None:
+        """Refuse a state of another batch size or of another layer (its shapes or its scope).
+
+        Raises
+        ------
+        TypeError
+            ``state`` is not a :class:`TiledMambaState`.
+        ValueError
+            Naming what differs: the batch size, the layer's shapes (``d_inner``, ``d_conv``,
+            ``d_state``), or the scope.
+        """
+        if not isinstance(state, TiledMambaState):
+            raise TypeError(f"state must be a TiledMambaState (allocate_inference_state), got {type(state).__name__}")
+        if state.conv.shape[0] != batch:
+            raise ValueError(f"state was allocated for batch {state.conv.shape[0]}, got input batch {batch}")
+        want = (self.d_inner, self.d_conv, self.d_state)
+        got = (state.conv.shape[1], state.conv.shape[2], state.ssm.shape[-1])
+        if got != want:
+            raise ValueError(f"state was allocated by another layer: (d_inner, d_conv, d_state) = {got}, this layer "
+                             f"has {want}")
+        if self.scope == "block" and state.held is None:
+            raise ValueError("state was allocated by a scan-scope layer; use this layer's allocate_inference_state")
+        if self.scope == "block" and (state.tile_router is None) != (self.boundaries != "tile"):
+            raise ValueError(f"state was allocated by a layer with other boundaries than {self.boundaries!r}")
+
+    def step_unchecked(self, x: Tensor, state: TiledMambaState, c: float) -> tuple[Tensor, TiledMambaState]:
+        """:meth:`step` of a checked (batch, d_model) token at a checked budget ``c``, with no check
+        (``TiledLM.step`` checks its tokens, its state and its logits once per call)."""
+        if self.scope == "block":
+            return self._step_block(x, state, c)
+        out, conv, h, read = self._mixer_step(x, state.conv, state.ssm, route=state.route if self.routing else None)
+        position = state.position + 1
+        route = state.route
+        if self.routing and position % self.tile_size == 0:
+            route = (self.route_gate.to(h.dtype) * torch.tanh(self.route_state_weight.to(h.dtype) * read)).to(state.route.dtype)
+        return out, TiledMambaState(conv=conv, ssm=h, route=route, position=position)
+
+    def _mixer_step(self, x: Tensor, conv: Tensor, ssm: Tensor, *, last_start: Tensor | None = None,
+                    position: int = 0, route: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """One step of the Mamba mixer on ``x`` (batch, d_model) at ``position``: ``(out, conv, h, read)``;
+        with ``last_start`` (batch,) Δ is multiplied by the gap ``max(position − last_start, 1)``
+        (block scope: tokens since the previous segment start); ``route`` (batch, d_inner) is added
+        before out_proj (scan scope's routed vector, which needs ``read``; else ``read`` is None). On
+        the CPU the whole step is one call of the kernel (``layer_step``: the forward kernels' exp,
+        softplus and conv arithmetic; its weights are :meth:`_step_weights`)."""
+        ext = cpu_kernels(x, ssm) if route is None and x.dtype == ssm.dtype else None
+        if ext is not None:
+            out, conv, h = ext.layer_step(x.contiguous(), conv.contiguous(), ssm.contiguous(),
+                                          self._step_weights(ssm.dtype), last_start, position)
+            return out, conv, h, None
+        gap = None if last_start is None else (position - last_start).clamp_min(1)
+        xz = self.in_proj(x)
+        u, z = xz.chunk(2, dim=-1)
         conv = torch.cat([conv[:, :, 1:], u.unsqueeze(-1)], dim=-1)
         u = (conv * self.conv1d.weight[:, 0, :]).sum(-1)
         if self.conv1d.bias is not None:
@@ -839,37 +876,81 @@ class TiledMamba(nn.Module):
             y = y + route.to(acc)
         return self.out_proj(y.to(x.dtype)), conv, h, read
 
+    def _step_weights(self, dtype: torch.dtype) -> tuple:
+        """The mixer's weights as the step kernel reads them (contiguous; ``A = −exp(A_log)`` and ``D``
+        in the state's dtype), made again only when a parameter changes (its version or storage)."""
+        cached = self.__dict__.get("_step_cache")
+        if cached is not None:  # the parameters' versions (an in-place update) and storage (a .to())
+            params, key = cached[0], cached[1]
+            if key == (dtype, params[0].data_ptr(), [p._version for p in params if p is not None]):
+                return cached[2]
+        params = (self.in_proj.weight, self.in_proj.bias, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                  self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
+        key = (dtype, params[0].data_ptr(), [p._version for p in params if p is not None])
+        with torch.no_grad():
+            w_in, b_in, cw, cb, wx, wdt, bdt, a_log, D, w_out, b_out = params
+            weights = [w_in, b_in, cw.reshape(self.d_inner, self.d_conv), cb, wx, wdt, bdt, -torch.exp(a_log.to(dtype)),
+                       D.to(dtype), w_out, b_out]
+            weights = [None if t is None else t.detach().contiguous() for t in weights]
+        self.__dict__["_step_cache"] = (params, key, weights)
+        return weights
+
+    def _empty_pool(self, x: Tensor) -> ChunkState:
+        """An empty pool for ``x``'s rows, made once per shape (states never change a tensor in place)."""
+        key = (x.shape[0], x.dtype, x.device)
+        cached = self.__dict__.get("_empty_pool_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, self.chunk.allocate(x.shape[0], x))
+            self.__dict__["_empty_pool_cache"] = cached
+        return cached[1]
+
     def _step_block(self, x: Tensor, state: TiledMambaState, c: float) -> tuple[Tensor, TiledMambaState]:
+        """The block scope's step: the mixer runs on the rows that start a segment, and only when one
+        does (known on the host: :meth:`TileRouter.advance`); between starts a token joins the pool
+        (``O(d_model)``) and the held output is returned."""
         if not self.causal:
             raise ValueError("step() needs a causal layer (causal=True): a non-causal plan reads later tokens")
-        batch, t, rstate, tstate = x.shape[0], state.position, state.router, state.tile_router
+        t, rstate, tstate = state.position, state.router, state.tile_router
         if self.boundaries == "tile":
             rho_t = None
             if self.tile_router.reads_signal(c):
                 proj, offset, w, b, scale = state.proj
-                rho_t = linear_density(x.unsqueeze(1), proj, w, b, scale, offset=offset, validate=False)[:, 0]
+                rho_t = _linear_density(x.unsqueeze(1), proj, w, b, scale, offset)[:, 0]
                 if not bool(torch.isfinite(rho_t).all()):  # finite but huge: name the caller's argument
                     raise ValueError(f"hidden_states (values up to {float(x.abs().max()):.3g}) made the resolution "
                                      "signal overflow; the state is unchanged")
-            starts, tstate = self.tile_router.step(rho_t, tstate, budget=c)
+            starts, tstate, kind = self.tile_router.advance(rho_t, tstate, self.tile_router._config(c))
         elif c >= 1.0:
-            starts = torch.ones(batch, dtype=torch.bool, device=x.device)
+            starts, kind = None, 2
         else:
             p, rstate = self.router.step(x, state.router)
             starts = p >= 0.5
-        rep, cstate = self.chunk.step(x, starts, state.chunk)
-        held, conv, ssm, last_start = state.held, state.conv, state.ssm, state.last_start
-        if bool(starts.any()):
-            gap = (t - state.last_start).clamp_min(1)
-            out, conv_n, ssm_n, _ = self._mixer_step(rep, state.conv, state.ssm, gap=gap)
+            kind = 2 if bool(starts.all()) else int(bool(starts.any()))
+        chunk = state.chunk
+        if kind == 0:  # no row starts a segment: the token joins the pool, the held output stays
+            cstate = ChunkState(pool_sum=chunk.pool_sum + x, pool_count=chunk.pool_count + 1)
+            return state.held, TiledMambaState(conv=state.conv, ssm=state.ssm, route=state.route, position=t + 1,
+                                               held=state.held, chunk=cstate, router=rstate, tile_router=tstate,
+                                               last_start=state.last_start, proj=state.proj)
+        if self._full(c):  # every token its own segment: no pool, Δ × 1
+            rep, cstate, last = x, chunk, None
+        elif kind == 2:  # every row starts one: the representative takes the pool, which empties
+            mean = chunk.pool_sum / chunk.pool_count.clamp_min(1).unsqueeze(-1).to(x.dtype)
+            rep, cstate, last = x + self.chunk.pool_gate * mean, self._empty_pool(x), state.last_start
+        else:
+            rep, cstate = self.chunk.step(x, starts, chunk)
+            last = state.last_start
+        out, conv, ssm, _ = self._mixer_step(rep, state.conv, state.ssm, last_start=last, position=t)
+        if kind == 2:
+            held, last_start = out, torch.full_like(state.last_start, t)
+        else:
             s = starts.unsqueeze(-1)
-            held = torch.where(s, out, held)
-            conv = torch.where(s.unsqueeze(-1), conv_n, conv)
-            ssm = torch.where(s.unsqueeze(-1), ssm_n, ssm)
-            last_start = torch.where(starts, torch.full_like(last_start, t), last_start)
-        new = replace(state, conv=conv, ssm=ssm, position=t + 1, held=held, chunk=cstate, router=rstate,
-                      tile_router=tstate, last_start=last_start)
-        return held, new
+            held = torch.where(s, out, state.held)
+            conv = torch.where(s.unsqueeze(-1), conv, state.conv)
+            ssm = torch.where(s.unsqueeze(-1), ssm, state.ssm)
+            last_start = torch.where(starts, torch.full_like(state.last_start, t), state.last_start)
+        return held, TiledMambaState(conv=conv, ssm=ssm, route=state.route, position=t + 1, held=held, chunk=cstate,
+                                     router=rstate, tile_router=tstate, last_start=last_start, proj=state.proj)
 
 
 @functools.lru_cache(maxsize=4096)

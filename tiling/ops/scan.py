@@ -376,8 +376,9 @@ def cpu_kernels(*tensors: Tensor):
     """The CPU extension when every tensor is a float32/float64 CPU tensor and no ``torch.func``
     transform or dispatch mode (``FlopCounterMode``) is active (they see torch's ops, not a kernel);
     else None (the caller runs torch's ops)."""
-    if any(t.device.type != "cpu" or t.dtype not in (torch.float32, torch.float64) for t in tensors):
-        return None
+    for t in tensors:  # a plain loop: this runs several times per layer and decoded token
+        if not t.is_cpu or (t.dtype is not torch.float32 and t.dtype is not torch.float64):
+            return None
     if torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None:
         return None
     return _build.load_cpu_extension()

@@ -274,11 +274,12 @@ class TiledLM(nn.Module):
 
         Parameters
         ----------
-        batch : rows.
+        batch : rows (prompts decoded together, ≥ 1).
 
         Returns
         -------
-        list of layer states.
+        :class:`TiledLMState`, a list of layer states that remembers the model and the batch size it
+        was made for (:meth:`step` refuses it elsewhere).
 
         Raises
         ------
@@ -288,47 +289,77 @@ class TiledLM(nn.Module):
         if self.shared_density:
             raise ValueError("step() does not support shared_density=True (the shared density is a whole-sequence "
                              "signal of the first layer); use forward()")
-        return [layer.allocate_inference_state(batch) for layer in self.layers]
+        return TiledLMState([layer.allocate_inference_state(batch) for layer in self.layers], owner=id(self))
 
     def step(self, tokens: Tensor, state: list, *, budget: float | None = None) -> tuple[Tensor, list]:
-        """One token per row.
+        """One token per row: ``batch`` prompts decoded together.
 
         Parameters
         ----------
-        tokens : (batch,) int64.
-        state : the list of :meth:`allocate_inference_state`.
+        tokens : (batch,) int64 in ``[0, vocab_size)``.
+        state : the list of :meth:`allocate_inference_state` for this batch size, or of a previous step.
         budget : the decoding budget of the tiled layers (None: each layer's own).
 
         Returns
         -------
-        ``(logits (batch, vocab), new state)``.
+        ``(logits (batch, vocab), new state)``; the state passed in is unchanged.
 
         Raises
         ------
         ValueError
-            ``tokens`` is not int64 of shape (batch,), ``state`` is not one layer state per layer, or a
-            scan-scope layer would decode at a budget below 1 (it steps only at full resolution).
+            ``tokens`` is not int64 of shape (batch,) in range; ``state`` is not this model's (another
+            model, or one layer state per layer of another shape) or was made for another batch size
+            (the message says which); a scan-scope layer would decode at a budget below 1 (it steps only
+            at full resolution); the logits hold NaN/Inf.
 
         Notes
         -----
-        Equals :meth:`forward` position by position (block scope, causal layers).
+        Equals :meth:`forward` position by position (block scope, causal layers), every row of a
+        batch as if decoded alone. Checked once per call (the tokens, the state, the budgets, the
+        logits); a tiled layer runs its mixer only on the tokens that start a segment, elsewhere a
+        token costs ``O(d_model)`` in that layer (:meth:`~tiling.modules.TiledMamba.step`).
         """
-        if tokens.dim() != 1 or tokens.dtype != torch.int64:
-            raise ValueError(f"tokens must be int64 of shape (batch,), got {tokens.dtype} {tuple(tokens.shape)}")
-        if not isinstance(state, list) or len(state) != len(self.layers):
-            raise ValueError(f"state must be the list of {len(self.layers)} layer states of allocate_inference_state")
+        self._check_tokens(tokens, "(batch,)", 1)
+        self.check_state(state, tokens.shape[0])
+        budgets = []
+        for k, layer in enumerate(self.layers):
+            b = self.layer_budget(k, budget)
+            c = layer._budget(b)
+            if layer.scope == "scan" and c < 1.0:
+                raise ValueError(f"layer {k} is a scan-scope layer: its step() runs at full resolution only, so it "
+                                 f"cannot decode at budget {c:g} (use forward(), or budget=1)")
+            budgets.append(c)
         h = self.embedding(tokens)
         new = []
-        for k, (norm, layer, st) in enumerate(zip(self.norms, self.layers, state)):
-            b = self.layer_budget(k, budget)
-            if layer.scope == "scan" and (layer.budget if b is None else float(b)) < 1.0:
-                raise ValueError(f"layer {k} is a scan-scope layer: its step() runs at full resolution only, so it "
-                                 f"cannot decode at budget {layer.budget if b is None else b} (use forward(), or "
-                                 f"budget=1)")
-            out, st = layer.step(norm(h), st, budget=b)
+        for norm, layer, st, c in zip(self.norms, self.layers, state, budgets):
+            out, st = layer.step_unchecked(rms_norm(h, norm.weight, norm.eps), st, c)
             h = h + out
             new.append(st)
-        return self.head(self.norm_f(h)), new
+        logits = self.head(rms_norm(h, self.norm_f.weight, self.norm_f.eps))
+        if not all_finite(logits):
+            if not bool(torch.isfinite(self.embedding.weight[tokens]).all()):
+                raise ValueError(f"the embeddings of tokens {tokens.tolist()[:8]} contain NaN/Inf (embedding.weight "
+                                 "is not finite); the state is unchanged")
+            raise ValueError("the step's logits contain NaN/Inf (a weight or the state overflowed); the state is "
+                             "unchanged")
+        return logits, TiledLMState(new, owner=id(self))
+
+    def check_state(self, state: list, batch: int) -> None:
+        """Refuse a decoding state that is not this model's or not of ``batch`` rows (naming which)."""
+        if not isinstance(state, list) or len(state) != len(self.layers):
+            raise ValueError(f"state must be the list of {len(self.layers)} layer states of this model's "
+                             f"allocate_inference_state, got {type(state).__name__}"
+                             f"{f' of {len(state)} entries' if isinstance(state, list) else ''}")
+        if isinstance(state, TiledLMState):
+            if state.owner != id(self):
+                raise ValueError("state was allocated by another model (allocate_inference_state of this model)")
+            if state.batch == batch:  # this model's own state of this batch: its layers' states are right
+                return
+        for k, (layer, st) in enumerate(zip(self.layers, state)):
+            try:
+                layer.check_state(st, batch)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"state of layer {k}: {e}") from None
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW parameter groups.
@@ -368,4 +399,19 @@ class TiledLM(nn.Module):
         return to_hf(self, **config_kwargs)
 
 
-__all__ = ["TiledLM", "MAMBA_KWARGS"]
+class TiledLMState(list):
+    """The decoding state of :class:`TiledLM`: one layer state per layer, and the model it belongs to.
+
+    Attributes
+    ----------
+    owner : ``id`` of the model that made it (:meth:`TiledLM.step` refuses the state of another model).
+    batch : the rows it was made for.
+    """
+
+    def __init__(self, layers, *, owner: int) -> None:
+        super().__init__(layers)
+        self.owner = owner
+        self.batch = int(layers[0].conv.shape[0]) if layers else 0
+
+
+__all__ = ["TiledLM", "TiledLMState", "MAMBA_KWARGS"]
