@@ -23,10 +23,8 @@ import json
 import math
 import sys
 
-import torch
-
 from tiling.train.checkpoint import CheckpointError
-from tiling.train.text import TextInputError, evaluate_bytes, read_text_file
+from tiling.train.text import TextInputError, evaluate_bytes, read_text_file, set_threads
 from tiling.train.textmodel import (
     TextModelError, budget_warning, bundled_checkpoints, load_text_model, resolve_checkpoint,
 )
@@ -130,7 +128,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="window stride (default: the context, non-overlapping windows); smaller = more context")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-bytes", type=int, default=None, help="evaluate only the first N bytes of the file")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the physical cores)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--list", action="store_true", help="print the bundled checkpoints as JSON and exit")
     return p.parse_args(argv)
@@ -149,8 +147,7 @@ def check_options(args) -> None:
 
 def run(args) -> dict:
     check_options(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads, decoding=False)
     model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
     check_budget(model, args.budget)
     trained = int(extra["context"])

@@ -30,6 +30,7 @@ from typing import Callable
 import torch
 
 from tiling.train.evaluate import EXPECTED, UsageError, _Parser, budget_notes, check_budget, check_range, fail
+from tiling.train.text import set_threads
 from tiling.train.textmodel import load_text_model, resolve_checkpoint
 
 #: the most bytes one run samples (``--max-bytes``): decoding is one step of the whole model per byte
@@ -178,7 +179,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0,
                    help=f"in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}] (default 1)")
     p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: measured fastest for decoding)")
     p.add_argument("--json", action="store_true", help="one JSON object at the end (no streaming)")
     return p.parse_args(argv)
 
@@ -190,8 +191,7 @@ def _load(args):
     if args.budget is not None and not (math.isfinite(args.budget) and 0.0 < args.budget <= 1.0):
         raise UsageError(f"--budget must lie in (0, 1], got {args.budget}")
     check_sampling(prompt, max_bytes=args.max_bytes, seed=args.seed, temperature=args.temperature, top_k=args.top_k)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads, decoding=True)
     model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
     check_budget(model, args.budget)
     for k, layer in enumerate(getattr(model, "layers", ())):

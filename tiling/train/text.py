@@ -507,8 +507,53 @@ def measure_speed(model, sample: bytes | Tensor, *, context: int, budget: float 
     return {"prefill_bytes_per_s": prefill, "decode_bytes_per_s": decode, "threads": torch.get_num_threads()}
 
 
+def physical_cores() -> int:
+    """The physical CPU cores this process may run on (hyper-threads not counted).
+
+    Returns
+    -------
+    The number of distinct ``(physical id, core id)`` pairs of ``/proc/cpuinfo`` among the CPUs of
+    the process's affinity mask; ``os.cpu_count()`` (at least 1) where that cannot be read.
+    """
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    cores, cpu, phys = set(), None, "0"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "processor":
+                cpu = int(value)
+            elif key == "physical id":
+                phys = value
+            elif key == "core id" and (allowed is None or cpu in allowed):
+                cores.add((phys, value))
+    except (OSError, ValueError):
+        cores = set()
+    return len(cores) or len(allowed or ()) or os.cpu_count() or 1
+
+
+def set_threads(threads: int | None, *, decoding: bool) -> int:
+    """Set torch's CPU threads for a command: ``threads``, or the default of its kind.
+
+    Parameters
+    ----------
+    threads : the ``--threads`` value (checked by the caller), or None.
+    decoding : single-sequence decoding (``generate``): the default is 1 thread, measured faster
+        than 2 on the project's 2-core machine (``docs/benchmarks.md``: a step is a few small
+        products, and a second thread only adds synchronisation); otherwise the machine's
+        :func:`physical_cores` (batched forwards).
+
+    Returns
+    -------
+    The number of threads set.
+    """
+    n = threads if threads is not None else (1 if decoding else physical_cores())
+    torch.set_num_threads(n)
+    return n
+
+
 __all__ = [
-    "VOCAB", "TextInputError", "TextWindows", "read_text_file", "as_byte_tensor", "eval_windows", "evaluate_bytes",
+    "VOCAB", "TextInputError", "physical_cores", "set_threads", "TextWindows", "read_text_file", "as_byte_tensor", "eval_windows", "evaluate_bytes",
     "score_windows", "spaced_windows",
     "forward_madds", "step_log_probs", "measure_speed",
 ]
