@@ -694,3 +694,121 @@ def test_every_public_function_has_a_spec():
     others = {"knn", "geodesic_distances", "geodesic_path", "path_length", "default_bandwidth", "laplacian_spectrum",
               "ollivier_ricci", "forman_ricci", "node_curvature", "resolution_flow"}
     assert others <= set(SPECS)
+
+
+# ---- checkpoints trust nothing (issue 27): mutated bytes of a tiny text checkpoint -------------------
+_CKPT: dict = {}
+
+
+def _tiny_checkpoint() -> bytes:
+    """The bytes of a tiny text checkpoint (made once)."""
+    if "raw" not in _CKPT:
+        import tempfile
+        from pathlib import Path
+
+        from tiling.train.textmodel import build_model, model_config, save_text_checkpoint
+
+        torch.manual_seed(0)
+        model = build_model(model_config("adaptive", 0.5, d_model=8, n_layers=1, d_state=2, tile_size=4))
+        with tempfile.TemporaryDirectory() as d:
+            _CKPT["raw"] = save_text_checkpoint(Path(d) / "c.safetensors", model, configuration="adaptive", budget=0.5,
+                                                context=16).read_bytes()
+    return _CKPT["raw"]
+
+
+JSON_SPOILS = [None, -1, 0, 2 ** 63, 1.5, float("nan"), "x", [], {}, [1, 2], True]
+
+
+class Mutated(bytes):
+    """Checkpoint bytes that print as what was done to them (hypothesis prints its failing cases)."""
+
+    how = ""
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes: {self.how}>"
+
+
+def _mutated(how: str, data: bytes) -> Mutated:
+    m = Mutated(data)
+    m.how = how
+    return m
+
+
+def _spoil_json(draw, obj):
+    """One value somewhere in a JSON object replaced by a wrong one (or a key dropped)."""
+    if not isinstance(obj, (dict, list)) or not obj or draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(JSON_SPOILS))
+    keys = sorted(obj) if isinstance(obj, dict) else list(range(len(obj)))
+    k = draw(st.sampled_from(keys))
+    out = dict(obj) if isinstance(obj, dict) else list(obj)
+    if isinstance(out, dict) and draw(st.integers(0, 4)) == 0:
+        del out[k]
+    else:
+        out[k] = _spoil_json(draw, out[k])
+    return out
+
+
+@st.composite
+def checkpoint_files(draw):
+    import json
+    import struct
+
+    raw = bytearray(_tiny_checkpoint())
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    kind = draw(st.sampled_from(["flip", "truncate", "length", "header", "meta", "meta", "meta"]))
+    if kind == "flip":
+        where = [draw(st.integers(0, len(raw) - 1)) for _ in range(draw(st.integers(1, 4)))]
+        for i in where:
+            raw[i] ^= draw(st.integers(1, 255))
+        return kind, _mutated(f"bytes {where} flipped", bytes(raw))
+    if kind == "truncate":
+        cut = draw(st.integers(0, len(raw) - 1))
+        return kind, _mutated(f"cut at {cut}", bytes(raw[:cut]))
+    if kind == "length":
+        length = draw(st.sampled_from([0, 1, n - 1, n + 1, len(raw), 2 ** 40, 2 ** 64 - 1]))
+        return kind, _mutated(f"header length {length}", struct.pack("<Q", length) + bytes(raw[8:]))
+    if kind == "header":
+        name = draw(st.sampled_from(sorted(k for k in header if k != "__metadata__")))
+        header[name] = _spoil_json(draw, header[name])
+        how = f"header of {name}: {json.dumps(header[name])[:200]}"
+    else:
+        meta = _spoil_json(draw, json.loads(header["__metadata__"]["meta"]))
+        header["__metadata__"]["meta"] = json.dumps(meta)
+        how = f"meta: {json.dumps(meta)[:300]}"
+    text = json.dumps(header).encode()
+    return kind, _mutated(how, struct.pack("<Q", len(text)) + text + bytes(raw[8 + n:]))
+
+
+def _checkpoint_property(case):
+    import tempfile
+    from pathlib import Path
+
+    from tiling.train.checkpoint import CheckpointError
+    from tiling.train.textmodel import TextModelError, load_text_model
+
+    kind, data = case
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "c.safetensors"
+        path.write_bytes(data)
+        try:
+            model, _ = load_text_model(path)
+        except (TextModelError, CheckpointError) as e:
+            assert "checkpoint" in str(e) and str(path) in str(e), (kind, str(e)[:300])
+        else:  # a mutation that kept the file valid (e.g. a flipped bit in an unused byte): it must run
+            with torch.no_grad():
+                assert torch.isfinite(model(torch.zeros(1, 4, dtype=torch.long))).all() or kind == "flip"
+    FUZZ_CASES["api checkpoint"] += 1
+
+
+@fuzz_settings(150, 5_000, slow=False)
+@given(case=checkpoint_files())
+def test_fuzz_checkpoint_loading(case):
+    _checkpoint_property(case)
+
+
+@pytest.mark.slow
+@fuzz_settings(150, 5_000, slow=True)
+@given(case=checkpoint_files())
+def test_fuzz_checkpoint_loading_large(case):
+    _checkpoint_property(case)

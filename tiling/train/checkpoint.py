@@ -138,7 +138,7 @@ def read_header(path: str | os.PathLike) -> Header:
     tensors, spans = {}, []
     for name, entry in header.items():
         where = f"{bad}tensor {name!r}: "
-        if not isinstance(entry, dict) or entry.get("dtype") not in _DTYPES:
+        if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in _DTYPES:
             got = entry.get("dtype") if isinstance(entry, dict) else type(entry).__name__
             raise CheckpointError(where + f"dtype {got!r} is not one of {sorted(_DTYPES)})")
         shape, offsets = entry.get("shape"), entry.get("data_offsets")

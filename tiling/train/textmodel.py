@@ -160,8 +160,11 @@ def check_tiledlm_config(config: object, path, limits: dict | None = None) -> in
     layer = config.get("layer_kwargs", {})
     if not isinstance(layer, dict):
         raise TextModelError(f"{where}: layer_kwargs is a {type(layer).__name__}, expected an object")
-    if not isinstance(config.get("full_resolution_layers", []), list):
-        raise TextModelError(f"{where}: full_resolution_layers must be a list of layer indices")
+    full = config.get("full_resolution_layers", [])
+    if not isinstance(full, list) or not all(isinstance(k, int) and not isinstance(k, bool) and -n <= k < n
+                                             for k in full):
+        raise TextModelError(f"{where}: full_resolution_layers must be a list of layer indices in [-{n}, {n}), "
+                             f"got {full!r}")
     if "device" in layer or "dtype" in layer:
         raise TextModelError(f"{where}: layer_kwargs may not choose the device or dtype")
     expand = _check_mamba_sizes(where, d, layer, lim)
@@ -403,7 +406,10 @@ def load_text_model(path, *, device="cpu", limits: dict | None = None) -> tuple[
     at a time (:func:`tiling.train.checkpoint.load_checkpoint`): memory stays at the model's size.
     """
     extra = read_text_meta(path, limits=limits)
-    model = build_model(extra["model"])
+    try:
+        model = build_model(extra["model"])
+    except TextModelError as e:  # a configuration the checks above let through: name the file
+        raise TextModelError(f"checkpoint {path}: {str(e).splitlines()[0][-300:]}") from e
     try:
         load_checkpoint(path, model=model, restore_rng=False)
     except CheckpointError as e:
