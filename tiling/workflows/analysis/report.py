@@ -19,10 +19,12 @@ import torch
 from ..outdir import write_folder
 from .render import draw_figures, html, markdown, table
 
-__all__ = ["CAUSAL_FIGURES", "FIGURES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
+__all__ = ["CAUSAL_FIGURES", "FIGURES", "MAX_ARRAY_BYTES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
 
 SCHEMA = "tiling.workflows.analysis.report"
 SCHEMA_VERSION = 1
+#: the most bytes :meth:`Report.load` decompresses from ``arrays.npz`` unless told otherwise (1 GiB)
+MAX_ARRAY_BYTES = 2 ** 30
 
 FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum", "resolution_plan")
 #: drawn only for causal language models (the report has a ``predictive`` section; ``layer_plans``
@@ -103,12 +105,13 @@ class Report:
         return s
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "Report":
+    def load(cls, out_dir: str | Path, *, max_array_bytes: int = MAX_ARRAY_BYTES) -> "Report":
         """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``).
 
         Parameters
         ----------
         out_dir : the report's folder.
+        max_array_bytes : the most bytes the arrays may hold once decompressed (default 1 GiB).
 
         Returns
         -------
@@ -118,7 +121,8 @@ class Report:
         ------
         ValueError
             Naming the file: ``report.json`` is missing, not UTF-8 JSON (e.g. truncated), of another
-            schema, or ``arrays.npz`` cannot be read.
+            schema, or ``arrays.npz`` cannot be read, or is not what the report implies
+            (:func:`_read_arrays`: checked before anything is decompressed).
         """
         out = Path(out_dir)
         path = out / "report.json"
@@ -133,11 +137,7 @@ class Report:
             raise ValueError(f"{str(path)!r} has schema {got[0]!r} v{got[1]}; expected {SCHEMA} v{SCHEMA_VERSION}")
         arrays = {}
         if (out / "arrays.npz").exists():
-            try:
-                with np.load(out / "arrays.npz") as z:
-                    arrays = {k: z[k] for k in z.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-                raise ValueError(f"{str(out / 'arrays.npz')!r} cannot be read: {e} (truncated or corrupt?)") from None
+            arrays = _read_arrays(out / "arrays.npz", _implied_arrays(data), max_array_bytes)
         return cls(data=data, arrays=arrays)
 
     def attention_token_density(self) -> np.ndarray:
@@ -321,6 +321,68 @@ class Report:
 
         out = write_folder(out_dir, fill, REPORT_FILES, overwrite=overwrite, name="out_dir")
         return out / "report.html"
+
+
+def _implied_arrays(data: dict) -> dict[str, tuple[int, int]] | None:
+    """The arrays a report's JSON implies: ``{attention_L{l}_H{h}, geodesic_L{l}_H{h}: (n, n)}`` for every
+    analysed layer and head, n its token count (None if the JSON does not say)."""
+    try:
+        n = int(data["text"]["n_tokens"])
+        heads = [(int(lr["layer"]), int(h["head"])) for lr in data["layers"] for h in lr["heads"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {f"{kind}_L{li}_H{hi}": (n, n) for li, hi in heads for kind in ("attention", "geodesic")}
+
+
+def _read_arrays(path: Path, implied: dict[str, tuple[int, int]] | None, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of ``arrays.npz``, trusting nothing (issue 27).
+
+    Every member's ``.npy`` header is read first: a member the report does not imply, a shape other
+    than the implied one, a dtype that is not a plain number, a size its header claims but the zip
+    entry does not hold, or a total beyond ``max_bytes`` is refused before anything is decompressed
+    (a header that claims terabytes, or a small zip that inflates to gigabytes: the read of each
+    member stops at the size its header and its entry agree on).
+
+    Raises
+    ------
+    ValueError
+        Naming ``path`` and the problem.
+    """
+    where = f"{str(path)!r}"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            heads, total = [], 0
+            for info in zf.infolist():
+                key = info.filename[:-4] if info.filename.endswith(".npy") else None
+                if key is None or (implied is not None and key not in implied):
+                    raise ValueError(f"{where} holds {info.filename!r}, which the report does not imply")
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                        np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f, max_header_size=10_000)
+                    offset = f.tell()
+                if dtype.hasobject or dtype.kind not in "biuf":
+                    raise ValueError(f"{where}: {key} has dtype {dtype}, expected numbers")
+                if implied is not None and tuple(shape) != implied[key]:
+                    raise ValueError(f"{where}: {key} has shape {tuple(shape)}; the report implies {implied[key]}")
+                nbytes = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+                if info.file_size != offset + nbytes:
+                    raise ValueError(f"{where}: {key} claims {nbytes} bytes, its entry holds {info.file_size - offset}")
+                total += nbytes
+                if total > max_bytes:
+                    raise ValueError(f"{where} holds more than max_array_bytes = {max_bytes} bytes of arrays; pass a "
+                                     "larger max_array_bytes to Report.load to read it")
+                heads.append((key, info))
+            out = {}
+            for key, info in heads:
+                with zf.open(info) as f:
+                    out[key] = np.lib.format.read_array(f, allow_pickle=False)
+            return out
+    except ValueError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError) as e:  # RuntimeError: zipfile's own (encrypted)
+        raise ValueError(f"{where} cannot be read: {e} (truncated or corrupt?)") from None
 
 
 def _token_density(rho: torch.Tensor) -> torch.Tensor:
