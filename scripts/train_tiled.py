@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiling.config import TilingConfig  # noqa: E402
+from tiling.config import MIN_RESOLUTION, TilingConfig  # noqa: E402
 from tiling.metrics import adaptation_efficiency, layer_tile_metrics, load_imbalance  # noqa: E402
 from tiling.ops import scan_cost  # noqa: E402
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_checkpoint, save_checkpoint  # noqa: E402
@@ -95,7 +95,8 @@ INT_RANGES = {"period": (1, 2 ** 20), "context_len": (2, 2 ** 20), "n_bursts": (
               "batch_size": (1, 2 ** 16), "warmup": (0, 2 ** 40), "seed": (0, 2 ** 32 - 1), "eval_every": (1, 2 ** 40),
               "log_every": (1, 2 ** 40), "ckpt_every": (0, 2 ** 40), "threads": (1, 4096), "base_steps": (0, 2 ** 40)}
 #: number options: (low, high, low_open); all must be finite
-FLOAT_RANGES = {"ratio_weight": (0.0, 1e6, False), "budget": (0.0, 1.0, True), "r_min": (0.0, 1.0, True),
+FLOAT_RANGES = {"ratio_weight": (0.0, 1e6, False), "budget": (MIN_RESOLUTION, 1.0, False),
+                "r_min": (MIN_RESOLUTION, 1.0, False),
                 "exponent": (0.0, 1e3, True), "slack": (0.5, 1e12, False), "dt_min": (0.0, 1.0, True),
                 "dt_max": (0.0, 1.0, True), "lr": (0.0, 1e3, True), "weight_decay": (0.0, 1e3, False),
                 "grad_clip": (0.0, 1e12, False), "base_lr": (0.0, 1e3, True)}
@@ -122,8 +123,8 @@ def check_options(args) -> None:
     if args.dt_min > args.dt_max:
         raise RunError(f"--dt-min must be <= --dt-max = {args.dt_max}, got {args.dt_min}")
     for c in args.budgets:
-        if not 0.0 < c <= 1.0:
-            raise RunError(f"--budgets must lie in (0, 1], got {c}")
+        if not MIN_RESOLUTION <= c <= 1.0:
+            raise RunError(f"--budgets must lie in [{MIN_RESOLUTION:g}, 1], got {c}")
     try:
         device = torch.device(args.device)
     except RuntimeError as e:

@@ -18,6 +18,9 @@ from infogeo.checks import check_choice, check_in_range, check_int, check_positi
 #: the largest tile size and causal lookback (2**20 tokens): beyond any sequence this code runs, and far
 #: from 2**53, so a tile's segment count ⌈R·T⌉ (float64) and products with the tile count (int64) stay exact
 MAX_SIZE = 2 ** 20
+#: the smallest budget and r_min (2**-20 = 1/MAX_SIZE, one segment in the largest tile): a smaller one plans
+#: the same segments, and below float32's smallest normal number it would underflow to a resolution of 0
+MIN_RESOLUTION = 2.0 ** -20
 
 
 def _check_policy_options(*, budget: float, r_min: float, mode: str, causal: bool, distance_scale: float | None,
@@ -47,9 +50,9 @@ class TilingConfig:
     ----------
     tile_size : tile length ``1 ≤ T ≤ MAX_SIZE`` (2**20); tile ``i`` covers tokens ``[i·T, (i+1)·T)``
         (seed 001 §3.2.1, ``T_i = (M_i, S_i, R_i)``; seed 000 §3.2.1).
-    budget : target mean resolution ``c ∈ (0, 1]``, the compute budget of ``R_i = f(ρ_i, d_i, c)``
-        (seed 001 §3.2.2); 1 is full resolution (plain Mamba).
-    r_min : smallest resolution ``R_min ∈ (0, budget]`` (seed 000 §3.2.1, ``R ∈ [R_min, 1]``).
+    budget : target mean resolution ``c ∈ [MIN_RESOLUTION, 1]`` (``MIN_RESOLUTION = 2**-20``), the compute
+        budget of ``R_i = f(ρ_i, d_i, c)`` (seed 001 §3.2.2); 1 is full resolution (plain Mamba).
+    r_min : smallest resolution ``R_min ∈ [MIN_RESOLUTION, budget]`` (seed 000 §3.2.1, ``R ∈ [R_min, 1]``).
     policy : ``"adaptive"`` (the level-of-detail map of seed 001 §3.2.2), ``"uniform"`` (``R_i = c``,
         seed 000 §3.6 "linear attention") or ``"binary"`` (``R_i ∈ {r_min, 1}``, seed 000 §3.6
         "sparse attention").
@@ -136,6 +139,10 @@ class TilingConfig:
         put("tile_size", check_int(self.tile_size, "tile_size", minimum=1, maximum=MAX_SIZE))
         _check_policy_options(budget=self.budget, r_min=self.r_min, mode=self.policy, causal=self.causal,
                               distance_scale=self.distance_scale, mode_name="policy")
+        for name in ("budget", "r_min"):  # a lower bound too (issue 27): no float32 underflow to R = 0 inside
+            if float(getattr(self, name)) < MIN_RESOLUTION:
+                raise ValueError(f"{name} must be >= {MIN_RESOLUTION:g} (2**-20, one segment in the largest tile), "
+                                 f"got {getattr(self, name)}")
         put("budget", float(self.budget))
         put("r_min", float(self.r_min))
         put("causal", bool(self.causal))

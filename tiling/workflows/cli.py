@@ -156,9 +156,13 @@ def _read_source(args) -> tuple[str, str]:
 def _check_args(args) -> None:
     from .distributed import launched_world_size
 
+    from tiling.config import MIN_RESOLUTION
+
     for flag, v in (("--budget", args.budget), ("--r-min", args.r_min)):
         if not 0.0 < v <= 1.0:  # also rejects NaN
             raise UsageError(f"{flag} must lie in (0, 1], got {v}")
+        if v < MIN_RESOLUTION:  # (a float32 resolution would underflow to 0 inside)
+            raise UsageError(f"{flag} must be >= {MIN_RESOLUTION:g} (2**-20), got {v}")
     if args.budget < args.r_min:
         raise UsageError(f"--budget must be >= --r-min = {args.r_min} (no plan meets a budget below the floor), got {args.budget}")
     from tiling.config import MAX_SIZE
