@@ -808,7 +808,7 @@ def block_counts(density: Tensor, config: TilingConfig, *, curvature: Tensor | N
     rho_tile = _tile_mean(rho, T)
     pred = rho_tile if config.predictor_tail is None else _tile_tail(rho, T, config.predictor_tail,
                                                                       config.predictor_reduce)
-    if not bool(torch.isfinite(rho_tile).all() & torch.isfinite(pred).all()):  # (batch, n_tiles): cheap
+    if not bool(torch.isfinite(rho_tile).all()) or (pred is not rho_tile and not bool(torch.isfinite(pred).all())):
         raise ValueError("the resolution signal (density) contains NaN/Inf")
     kappa = None if curvature is None else _tile_mean(curvature.detach().to(device=rho.device, dtype=torch.float64), T)
     R = _resolution(rho_tile, config, curvature=kappa, predictor_density=pred if config.causal else None,

@@ -173,7 +173,8 @@ def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool 
     check_same_device(boundary=boundary, prob=prob)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)):
         raise TypeError(f"budget must be a float, got {type(budget).__name__}")
-    check_in_range(float(budget), "budget", 0.0, 1.0, low_open=True)
+    if not 0.0 < float(budget) <= 1.0:  # a Python comparison (NaN fails it): this runs on every forward
+        raise ValueError(f"budget must lie in (0, 1], got {budget}")
     if budget >= 1.0:
         return prob.sum() * 0.0
     N = 1.0 / budget

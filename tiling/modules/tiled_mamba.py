@@ -917,8 +917,8 @@ class TiledMamba(nn.Module):
                 proj, offset, w, b, scale = state.proj
                 rho_t = _linear_density(x.unsqueeze(1), proj, w, b, scale, offset)[:, 0]
                 if not bool(torch.isfinite(rho_t).all()):  # finite but huge: name the caller's argument
-                    raise ValueError(f"hidden_states (values up to {float(x.abs().max()):.3g}) made the resolution "
-                                     "signal overflow; the state is unchanged")
+                    raise ValueError(f"hidden_states (values up to {float(x.detach().abs().max()):.3g}) made the "
+                                     "resolution signal overflow; the state is unchanged")
             starts, tstate, kind = self.tile_router.advance(rho_t, tstate, self.tile_router._config(c))
         elif c >= 1.0:
             starts, kind = None, 2

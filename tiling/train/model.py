@@ -206,10 +206,15 @@ class TiledLM(nn.Module):
                        for k, d in enumerate(density)]
         for k in self.tiled_layers:  # budgets are checked once, before any work
             self.layers[k]._budget(self.layer_budget(k, budget))
-        result = self._forward(tokens, budget, return_plans, density)
+        try:
+            result = self._forward(tokens, budget, return_plans, density)
+        except ValueError:  # a NaN/Inf met inside (e.g. by a layer's plan): name its source
+            self._diagnose(tokens, budget, density)
+            raise
         logits = result[0] if return_plans else result
         if not all_finite(logits):  # the one check of the call: find where the NaN/Inf came from
             self._diagnose(tokens, budget, density)
+            raise ValueError("the model's logits contain NaN/Inf")
         return result
 
     def _forward(self, tokens: Tensor, budget: float | None, return_plans: bool, density):
@@ -255,12 +260,16 @@ class TiledLM(nn.Module):
             try:
                 out, plan = layer(norm(h), budget=self.layer_budget(k, budget), density=rho, return_plan=True)
             except ValueError as e:
-                raise ValueError(f"layer {k} produced NaN/Inf: {e}") from None
+                bad = _nonfinite(layer)
+                why = f"its weights {bad} are not finite" if bad else str(e)
+                raise ValueError(f"layer {k} produced NaN/Inf: {why}") from None
             if self.shared_density and k == 0:
                 shared = plan.token_density.to(device=h.device, dtype=h.dtype)
             h = h + out
             if not bool(torch.isfinite(h).all()):
                 raise ValueError(f"the residual stream overflowed after layer {k}")
+        if bool(torch.isfinite(self.head(self.norm_f(h))).all()):
+            return  # nothing non-finite on the checked path: the caller re-raises what it met
         raise ValueError("the model's logits contain NaN/Inf (the final norm or the head: norm_f.weight or "
                          "embedding.weight is not finite, or the values overflow)")
 
@@ -331,8 +340,13 @@ class TiledLM(nn.Module):
             budgets.append(c)
         h = self.embedding(tokens)
         new = []
-        for norm, layer, st, c in zip(self.norms, self.layers, state, budgets):
-            out, st = layer.step_unchecked(rms_norm(h, norm.weight, norm.eps), st, c)
+        for k, (norm, layer, st, c) in enumerate(zip(self.norms, self.layers, state, budgets)):
+            try:
+                out, st = layer.step_unchecked(rms_norm(h, norm.weight, norm.eps), st, c)
+            except ValueError as e:  # e.g. the signal of a NaN weight: name the weight rather than the input
+                bad = _nonfinite(layer)
+                raise ValueError(f"layer {k}: {f'its weights {bad} are not finite' if bad else e}; the state is "
+                                 "unchanged") from None
             h = h + out
             new.append(st)
         logits = self.head(rms_norm(h, self.norm_f.weight, self.norm_f.eps))
@@ -340,8 +354,9 @@ class TiledLM(nn.Module):
             if not bool(torch.isfinite(self.embedding.weight[tokens]).all()):
                 raise ValueError(f"the embeddings of tokens {tokens.tolist()[:8]} contain NaN/Inf (embedding.weight "
                                  "is not finite); the state is unchanged")
-            raise ValueError("the step's logits contain NaN/Inf (a weight or the state overflowed); the state is "
-                             "unchanged")
+            bad = [f"layer {k}: {_nonfinite(layer)}" for k, layer in enumerate(self.layers) if _nonfinite(layer)]
+            raise ValueError(f"the step's logits contain NaN/Inf ({', '.join(bad) or 'a weight or the state overflowed'})"
+                             "; the state is unchanged")
         return logits, TiledLMState(new, owner=id(self))
 
     def check_state(self, state: list, batch: int) -> None:
@@ -397,6 +412,12 @@ class TiledLM(nn.Module):
         from tiling.train.hf_convert import to_hf
 
         return to_hf(self, **config_kwargs)
+
+
+def _nonfinite(module: nn.Module) -> list[str]:
+    """The names of ``module``'s parameters that hold NaN/Inf (at most four)."""
+    with torch.no_grad():
+        return [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())][:4]
 
 
 class TiledLMState(list):

@@ -449,6 +449,47 @@ def step_log_probs(model, window: Tensor, *, budget: float | None = None) -> Ten
 
 
 @torch.no_grad()
+def step_prompts(model, prompts: list[bytes], *, budget: float | None = None) -> tuple[Tensor, list]:
+    """Batched decoding: several prompts through :meth:`~tiling.train.TiledLM.step` together.
+
+    Parameters
+    ----------
+    model : the :class:`~tiling.train.TiledLM`.
+    prompts : non-empty list of non-empty byte strings of one length (the rows of a batch take one
+        token each per step).
+    budget : the decoding budget.
+
+    Returns
+    -------
+    ``(logits, state)``: the logits after each prompt's last byte (len(prompts), vocab) and the
+    decoding state, ready for the next byte of every row.
+
+    Raises
+    ------
+    TypeError
+        ``prompts`` holds something other than bytes.
+    ValueError
+        ``prompts`` is empty, a prompt is empty, or the prompts differ in length (naming the lengths).
+    """
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of byte strings, got {prompts!r}"[:200])
+    bad = [type(p).__name__ for p in prompts if not isinstance(p, (bytes, bytearray))]
+    if bad:
+        raise TypeError(f"prompts must hold bytes, got {bad[:4]}")
+    lengths = [len(p) for p in prompts]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"prompts must all have the same length (the rows of a batch decode together), got lengths "
+                         f"{lengths[:16]}")
+    if lengths[0] == 0:
+        raise ValueError("prompts must not be empty (the model has no beginning-of-text symbol)")
+    tokens = torch.tensor([list(p) for p in prompts], dtype=torch.int64, device=model.embedding.weight.device)
+    state = model.allocate_inference_state(len(prompts))
+    for t in range(lengths[0]):
+        logits, state = model.step(tokens[:, t], state, budget=budget)
+    return logits, state
+
+
+@torch.no_grad()
 def measure_speed(model, sample: bytes | Tensor, *, context: int, budget: float | None = None,
                   decode_bytes: int = 256, repeats: int = 3) -> dict:
     """Prefill and decode throughput on one row (eval mode, the current thread count).
@@ -555,5 +596,5 @@ def set_threads(threads: int | None, *, decoding: bool) -> int:
 __all__ = [
     "VOCAB", "TextInputError", "physical_cores", "set_threads", "TextWindows", "read_text_file", "as_byte_tensor", "eval_windows", "evaluate_bytes",
     "score_windows", "spaced_windows",
-    "forward_madds", "step_log_probs", "measure_speed",
+    "forward_madds", "step_log_probs", "step_prompts", "measure_speed",
 ]
