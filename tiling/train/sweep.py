@@ -335,8 +335,9 @@ def load_data(args) -> dict:
 
 def sweep_settings(args) -> dict:
     """What makes the rows of one table comparable: the data, the limits and the evaluation."""
-    data = ({"corpus_dir": str(args.corpus_dir)} if args.train_file is None else
-            {"train_file": str(args.train_file), "val_file": str(args.val_file), "test_file": str(args.test_file)})
+    where = lambda p: None if p is None else str(Path(p).resolve())  # noqa: E731 (one folder, however named)
+    data = ({"corpus_dir": where(args.corpus_dir)} if args.train_file is None else
+            {"train_file": where(args.train_file), "val_file": where(args.val_file), "test_file": where(args.test_file)})
     return {**data, "max_minutes": args.max_minutes, "clock": args.clock, "context": args.context,
             "batch_size": args.batch_size, "max_steps": args.max_steps, "val_windows": args.val_windows,
             "test_bytes": args.test_bytes, "eval_every_steps": args.eval_every_steps}
