@@ -19,6 +19,7 @@ bound hold, ``ε_c = max_window ‖y_c − y_1‖ / max ρ``, and the bits per b
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import math
 import statistics
@@ -88,6 +89,33 @@ def theorem_3_5(model: HourglassLM, text: torch.Tensor, context: int, windows: i
     return {"windows": n, "context": context, "rows": rows}
 
 
+def where_the_bits_are(model: HourglassLM, text: torch.Tensor, context: int, windows: int, budget: float) -> dict:
+    """Bits per byte at the bytes that start a segment and elsewhere, for the model and for its auxiliary
+    head alone (the encoder's prediction), and the boundary probability the EMA would use there."""
+    n = min(windows, text.numel() // (context + 1))
+    x = text[:n * (context + 1)].view(n, context + 1)
+    inp, tgt = x[:, :-1], x[:, 1:]
+    was = model.training
+    model.train()  # the auxiliary head runs in training mode (no parameter changes: no optimiser step)
+    state = copy.deepcopy(model.boundary.quantiles.state_dict())
+    try:
+        with torch.no_grad():
+            logits, out = model(inp, budget=budget, return_output=True)
+    finally:
+        model.boundary.quantiles.load_state_dict(state)  # the forward folded this batch in: undo it
+        model.train(was)
+    b = out.routing.boundary
+    nll = F.cross_entropy(logits.reshape(-1, 256), tgt.reshape(-1), reduction="none").view_as(b) / math.log(2)
+    res = {"budget": budget, "windows": n, "boundary_share": float(b.float().mean()),
+           "model_bpb_at_starts": float(nll[b].mean()), "model_bpb_elsewhere": float(nll[~b].mean())}
+    if out.aux_logits is not None:
+        aux = F.cross_entropy(out.aux_logits.reshape(-1, 256), tgt.reshape(-1), reduction="none").view_as(b) / math.log(2)
+        res.update(aux_bpb_at_starts=float(aux[b].mean()), aux_bpb_elsewhere=float(aux[~b].mean()))
+    p = out.routing.prob[b].float()
+    res["prob_at_starts_quartiles"] = torch.quantile(p, torch.tensor([0.25, 0.5, 0.75])).tolist()
+    return res
+
+
 def figure(r34: dict, r35: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -142,8 +170,10 @@ def main(argv=None) -> int:
     lengths = sorted({max(16, context // 4), max(16, context // 2), context})
     r34 = theorem_3_4(model, text, lengths, budgets + [1.0], args.reps)
     r35 = theorem_3_5(model, text, context, args.windows, budgets)
+    where = where_the_bits_are(model, text, context, args.windows, model.budget)
     out = {"checkpoint": str(args.checkpoint), "budget_range": model.config.budget_range,
            "signal": model.config.boundary.signal, "theorem_3_4": r34, "theorem_3_5": r35,
+           "where_the_bits_are": where,
            "command": "python scripts/verify_hourglass.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     f = r34["fit_cost_alpha_n_plus_beta_nR"]["madds"]
     print(f"Theorem 3.4: counted cost = {f['alpha_per_byte']:.4g}·n + {f['beta_per_segment']:.4g}·n·R̄ "
@@ -153,6 +183,12 @@ def main(argv=None) -> int:
         eps = "—" if r["epsilon"] is None else f"{r['epsilon']:.3g}"
         print(f"Theorem 3.5: budget {r['budget']:g}: R̄ {r['mean_resolution']:.3f}, bpb {r['bpb']:.4f}, "
               f"max ‖y_c − y_1‖ {r['max_error']:.3g}, ε {eps}")
+    w = where
+    print(f"Where the bits are (budget {w['budget']:g}, {w['boundary_share']:.1%} of the bytes start a segment): model "
+          f"{w['model_bpb_at_starts']:.3f} bpb at segment starts, {w['model_bpb_elsewhere']:.3f} elsewhere"
+          + ("" if "aux_bpb_at_starts" not in w else
+             f"; the auxiliary head alone {w['aux_bpb_at_starts']:.3f} / {w['aux_bpb_elsewhere']:.3f}")
+          + f"; boundary probability at starts, quartiles {', '.join(f'{q:.2f}' for q in w['prob_at_starts_quartiles'])}")
     if args.json:
         atomic_write_json(args.json, out)
     if args.figure:

@@ -412,6 +412,8 @@ def test_verify_hourglass_script(tmp_path, capsys):
     rows = {r["budget"]: r for r in out["theorem_3_5"]["rows"]}
     assert rows[1.0]["max_error"] == 0.0 and rows[0.25]["max_error"] > 0 and rows[0.25]["epsilon"] > 0
     assert (tmp_path / "v.png").stat().st_size > 0
+    w = out["where_the_bits_are"]
+    assert 0 < w["boundary_share"] < 1 and w["aux_bpb_at_starts"] > 0 and len(w["prob_at_starts_quartiles"]) == 3
     plain = tmp_path / "plain.safetensors"
     save_text_checkpoint(plain, build_model(model_config("full", 1.0, d_model=8, n_layers=1, d_state=4)),
                          configuration="full", budget=1.0, context=64)
