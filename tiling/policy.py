@@ -646,7 +646,8 @@ def state_dims_policy(tile_density: Tensor, *, k: float, s_min: int, s_max: int)
     return x.clamp(min=s_min, max=s_max).to(torch.int64)
 
 
-def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = None, *,
+                    validate: bool = True) -> tuple[Tensor, Tensor]:
     """Segments per tile with error diffusion.
 
     ``m_i = clamp(⌊R_i·T + e_{i−1} + ½⌋, 1, T)``, ``e_i = R_i·T + e_{i−1} − m_i``, ``e_{−1}`` =
@@ -657,6 +658,7 @@ def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = N
     resolution : (batch, n_tiles) resolutions ``R_i``.
     tile_size : tile length ``T``.
     carry : (batch,) rounding error carried in from an earlier call, optional (default 0).
+    validate : check the arguments (False: the caller's are checked, e.g. a decoding step's).
 
     Returns
     -------
@@ -678,9 +680,10 @@ def dithered_counts(resolution: Tensor, tile_size: int, carry: Tensor | None = N
     while no tile is clamped, so the mixer's tokens match the budget. ``m_i`` depends on ``R_j``,
     ``j ≤ i``, only (causal), and ``R ≡ 1`` gives ``m ≡ T``.
     """
-    check_tensor(resolution, "resolution", ndim=2)
-    T = check_int(tile_size, "tile_size", minimum=1)
-    return _dither(resolution, T, carry)
+    if validate:
+        check_tensor(resolution, "resolution", ndim=2)
+        tile_size = check_int(tile_size, "tile_size", minimum=1)
+    return _dither(resolution, tile_size, carry)
 
 
 def _dither(resolution: Tensor, T: int, carry: Tensor | None = None) -> tuple[Tensor, Tensor]:

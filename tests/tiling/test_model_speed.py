@@ -347,3 +347,21 @@ def test_the_step_kernel_equals_the_torch_step(dtype, monkeypatch):
     tol = dict(rtol=2e-6, atol=2e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     for a, r in zip(got, want):
         torch.testing.assert_close(a, r, **tol)
+
+
+@needs_kernel
+def test_the_fused_kernels_have_exact_second_derivatives():
+    """A gradient penalty through the conv and the norm (``create_graph=True``) is differentiated
+    through the torch expressions the kernels replace (gradgradcheck against finite differences)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 5, 9, dtype=f64, generator=g, requires_grad=True)
+    w = torch.randn(5, 1, 3, dtype=f64, generator=g, requires_grad=True)
+    b = torch.randn(5, dtype=f64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(causal_conv1d_silu, (x, w, b))
+    h = torch.randn(3, 6, dtype=f64, generator=g, requires_grad=True)
+    nw = torch.randn(6, dtype=f64, generator=g, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda h, nw: rms_norm(h, nw, 1e-5), (h, nw))
+    raw = torch.randn(2, 4, 5, dtype=f64, generator=g, requires_grad=True)
+    bias = torch.randn(4, dtype=f64, generator=g, requires_grad=True)
+    gap = torch.randint(1, 4, (2, 5), generator=g)
+    assert torch.autograd.gradgradcheck(lambda r, c: softplus_gap(r, c, gap), (raw, bias))

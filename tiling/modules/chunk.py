@@ -135,7 +135,7 @@ class SegmentLayout:
         return 1.0 - float(self.lengths.sum()) / (self.batch * self.compact_length)
 
 
-def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
+def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int, *, validate: bool = True) -> Tensor:
     """Boundary mask of per-tile segment counts on the *nominal* tile grid.
 
     Parameters
@@ -143,6 +143,7 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
     seg_counts : (batch, n_tiles) integer segment counts ``m_i ∈ [1, T]``, ``n_tiles = ⌈L/T⌉``.
     L : sequence length.
     tile_size : tile length ``T``.
+    validate : check the arguments (False: int64 counts the caller made, e.g. a decoding step's).
 
     Returns
     -------
@@ -167,6 +168,8 @@ def segment_boundaries(seg_counts: Tensor, L: int, tile_size: int) -> Tensor:
 
     An offset ``o`` starts a segment iff ``j = ⌈o·m/T⌉ < m`` and ``⌊j·T/m⌋ = o``.
     """
+    if not validate:
+        return _segment_mask(seg_counts, L, tile_size)
     m, L, T = _check_counts(seg_counts, L, tile_size)
     return _segment_mask(m, L, T)
 

@@ -605,6 +605,20 @@ class TileRouter(nn.Module):
         starts, new, _ = self.advance(signal_t, state, config)
         return starts, new
 
+    def _tile_starts(self, m: Tensor, T: int, device) -> tuple[Tensor, tuple[int, ...]]:
+        """A tile's segment starts (batch, T) on ``device`` for the counts ``m`` (batch, 1), and the host's
+        summary per offset (0: no row starts a segment, 1: some rows, 2: every row); kept for the few
+        count patterns a decoding meets (a row's count is one of ``1 … T``)."""
+        key = (tuple(m.flatten().tolist()), T, str(device))
+        cache = self.__dict__.setdefault("_starts_cache", {})
+        if key not in cache:
+            host = segment_boundaries(m, T, T, validate=False)
+            summary = tuple(2 if all(col) else int(any(col)) for col in zip(*host.tolist()))
+            if len(cache) >= 256:
+                cache.pop(next(iter(cache)))
+            cache[key] = (host.to(device), summary)
+        return cache[key]
+
     def advance(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig
                 ) -> tuple[Tensor, TileRouterState, int]:
         """:meth:`step` on checked arguments at ``config`` (:meth:`_config` of the budget), and the
@@ -636,10 +650,8 @@ class TileRouter(nn.Module):
                                          lookback=config.lookback, slack=config.slack, reference=self.reference(),
                                          first_tile=i, surplus=surplus)
                 R = R.to(torch.float32)  # the plan's dtype (tiling.policy.tile_policy): the counts round it
-            m, carry = dithered_counts(R, T, carry)
-            host = segment_boundaries(m, T, T)
-            boundary = host.to(device)
-            summary = tuple(int(a) + int(b) for a, b in zip(host.any(0).tolist(), host.all(0).tolist()))
+            m, carry = dithered_counts(R, T, carry, validate=False)
+            boundary, summary = self._tile_starts(m, T, device)
             signal = signal[:, :0]
         if not uniform:  # the tile's signal, folded into the history when the tile ends
             signal = torch.cat([signal, signal_t.to(torch.float64).unsqueeze(1)], dim=1)

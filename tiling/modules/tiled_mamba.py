@@ -475,7 +475,7 @@ class TiledMamba(nn.Module):
             # or in the output: name the argument rather than the internal tensor
             check_finite(hidden_states, "hidden_states")
             if "overflow" in str(e) or "NaN/Inf" in str(e):  # finite, but large enough to overflow inside
-                raise ValueError(f"hidden_states (values up to {float(hidden_states.abs().max()):.3g}) made the "
+                raise ValueError(f"hidden_states (values up to {float(hidden_states.detach().abs().max()):.3g}) made the "
                                  f"block overflow: {e}") from None
             raise
 

@@ -15,7 +15,6 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from infogeo.checks import check_tensor
 from tiling import _build
@@ -291,7 +290,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     :data:`FULL_TILE` long. Falls back to that op (with its checks and, without a kernel, the
     reference) under ``torch.func`` transforms and where no kernel runs.
     """
-    ext = None if torch._C._are_functorch_transforms_active() else _kernel(u.device, A.shape[-1])
+    ext = None
+    if not torch._C._are_functorch_transforms_active() and (u.device.type == "cpu" or (
+            u.device.type == "cuda" and A.shape[-1] <= CUDA_MAX_STATE)):
+        with warnings.catch_warnings():  # the op below warns once, if it falls back
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ext = _extension(u.device, A.shape[-1])
     if ext is None:
         return adaptive_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, tile_size=FULL_TILE)
     batch, _, L = u.shape
@@ -314,15 +318,6 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _kernel(device: torch.device, n_state: int):
-    """The compiled extension for ``device`` (quietly None where the op would warn and fall back)."""
-    if device.type == "cpu":
-        return _build.load_cpu_extension()
-    if device.type == "cuda" and not _build.force_reference() and n_state <= CUDA_MAX_STATE:
-        return _build.load_cuda_extension()
-    return None
-
-
 class _ConvSiLU(torch.autograd.Function):
     """The CPU kernel's fused causal depthwise conv + SiLU (forward and backward; the ``forward(ctx,
     ...)`` form as :class:`_AdaptiveScan`)."""
@@ -336,8 +331,25 @@ class _ConvSiLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, weight, bias = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must be differentiable, so torch's
+            return _torch_vjp(lambda x, w, b: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=w.shape[1] - 1,
+                                                               groups=w.shape[0])[..., :x.shape[-1]]),
+                              (x, weight, bias), dy) + (None,)
         dx, dw, db = ctx.ext.conv_silu_bwd(dy, x, weight, bias)
         return dx, dw, (db if bias is not None else None), None
+
+
+def _torch_vjp(fn, inputs: tuple, dy: Tensor) -> tuple:
+    """The vector-Jacobian product of ``fn`` at ``inputs`` (None entries pass through), differentiable:
+    the double backward of a fused kernel, computed with the torch expression it replaces."""
+    # fresh graph nodes on the saved inputs (as _reference_vjp): the partial derivative in each,
+    # still connected to the inputs for the next derivative
+    fresh = tuple(None if t is None else t.view_as(t) for t in inputs)
+    with torch.enable_grad():
+        y = fn(*fresh)
+    live = [t for t in fresh if t is not None and t.requires_grad]
+    grads = iter(torch.autograd.grad(y, live, dy, create_graph=True, allow_unused=True) if live else ())
+    return tuple(next(grads) if t is not None and t.requires_grad else None for t in fresh)
 
 
 def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -379,7 +391,7 @@ def cpu_kernels(*tensors: Tensor):
     for t in tensors:  # a plain loop: this runs several times per layer and decoded token
         if not t.is_cpu or (t.dtype is not torch.float32 and t.dtype is not torch.float64):
             return None
-    if torch._C._are_functorch_transforms_active() or _get_current_dispatch_mode() is not None:
+    if torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack():
         return None
     return _build.load_cpu_extension()
 
@@ -389,12 +401,14 @@ class _RMSNorm(torch.autograd.Function):
     def forward(ctx, x, weight, eps, ext):
         y, r = ext.rms_norm_fwd(x, weight, eps)
         ctx.save_for_backward(x, weight, r)
-        ctx.ext = ext
+        ctx.ext, ctx.eps = ext, eps
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, weight, r = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient (torch's expression)
+            return _torch_vjp(lambda x, w: F.rms_norm(x, (x.shape[-1],), w, ctx.eps), (x, weight), dy) + (None, None)
         dx, dw = ctx.ext.rms_norm_bwd(dy, x, weight, r)
         return dx, dw, None, None
 
