@@ -49,7 +49,7 @@ Tile boundaries (:class:`TileRouter`, the policy as a module beside the layer)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -603,7 +603,8 @@ class TileRouter(nn.Module):
             if bool((signal_t < 0).any()):
                 raise ValueError(f"signal_t must be a non-negative density, got min {float(signal_t.min()):.6g}")
         starts, new, _ = self.advance(signal_t, state, config)
-        return starts, new
+        return torch.ones(state.carry.shape[0], dtype=torch.bool, device=state.signal.device) if starts is None \
+            else starts, new
 
     def _tile_starts(self, m: Tensor, T: int, device) -> tuple[Tensor, tuple[int, ...]]:
         """A tile's segment starts (batch, T) on ``device`` for the counts ``m`` (batch, 1), and the host's
@@ -620,9 +621,10 @@ class TileRouter(nn.Module):
         return cache[key]
 
     def advance(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig
-                ) -> tuple[Tensor, TileRouterState, int]:
+                ) -> tuple[Tensor | None, TileRouterState, int]:
         """:meth:`step` on checked arguments at ``config`` (:meth:`_config` of the budget), and the
-        host's summary of the starts: 0 (no row starts a segment), 1 (some rows), 2 (every row).
+        host's summary of the starts: 0 (no row starts a segment), 1 (some rows), 2 (every row); the
+        starts are None at full resolution (every token of every row).
 
         At the first token of tile ``i`` the causal policy sets ``R_i`` from the earlier tiles in
         one call (:func:`~tiling.policy.causal_step` with the controller's surplus carried in the
@@ -636,9 +638,9 @@ class TileRouter(nn.Module):
         if off and uniform and summary is not None:  # inside a planned tile of the uniform policy
             return boundary[:, off], TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus,
                                                      summary), summary[off]
+        if self._full(config.budget):  # every token starts a segment (None: every row)
+            return None, TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus, summary), 2
         batch, device = state.carry.shape[0], state.signal.device
-        if self._full(config.budget):  # every token starts a segment
-            return torch.ones(batch, dtype=torch.bool, device=device), replace(state, position=state.position + 1), 2
         if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
             if uniform:
                 R = torch.full((batch, 1), config.budget)

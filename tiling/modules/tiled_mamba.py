@@ -56,7 +56,7 @@ from tiling.policy import tile_density
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
     layout_from_counts
 from tiling.modules.router import RouterState, RunningCalibration, TileRouter, TileRouterState, TokenRouter, \
-    _linear_density, linear_density, ratio_loss
+    _linear_density, ratio_loss
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.tile import TilePlan
 
