@@ -95,7 +95,7 @@ CORPUS=${GPU_CHECK_CORPUS:-data/corpus}
 declare -A FLAGS=(
   [$BENCH_SCAN]="--device --json --repeats"
   [$BENCH_LAYER]="--device --json --repeats"
-  [$BENCH_TEXT]="--device --json --runs --corpus-dir --rounds"
+  [$BENCH_TEXT]="--device --json --d-model --rounds --no-hf-batch"
   [$TRAIN_TEXT]="--device --config --budget --full-layers --seed --max-minutes --clock --out --corpus-dir --test-bytes --decode-bytes"
 )
 FILES="kernels_cuda/scan_fwd.cu kernels_cuda/scan_bwd.cu kernels_cuda/scan_cuda.cpp kernels_cuda/scan_params.h
@@ -304,7 +304,6 @@ bench() {  # bench SCRIPT NAME CAP EXTRA...: one benchmark with --device cuda --
   fi
 }
 if want 5; then
-  run_step 5 "text runs" 60 5 "$W/text_runs.log" 4 -- "$PY" "$TOOLS" text-runs --out "$W/text_runs"
   if [ "$MODE" = gpu ] && [ -n "$PEER_PID" ]; then  # the peer in the same table, if it builds in time
     wait_s=$(( $(left) - RESERVE - 300 )); [ "$wait_s" -gt 120 ] && wait_s=120
     [ "$wait_s" -gt 0 ] && kill -0 "$PEER_PID" 2>/dev/null \
@@ -318,7 +317,7 @@ if want 5; then
     bench "$BENCH_SCAN" bench_scan 200
   fi
   bench "$BENCH_LAYER" bench_layer 150
-  bench "$BENCH_TEXT" bench_text 150 --runs "$W/text_runs" --corpus-dir "$CORPUS"
+  bench "$BENCH_TEXT" bench_text 150 --d-model 256 512 --rounds 3 --no-hf-batch
 fi
 
 # ---------------------------------------------------------------------------------------------- 7 the peer

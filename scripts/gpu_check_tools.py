@@ -292,10 +292,15 @@ def layer_goals(work: Path) -> list[dict]:
 
 
 def lm_goals(work: Path) -> list[dict]:
+    """The LM's prefill at 0.25 against mamba@1 of the same width (bench_text's ``x`` of the 1 × 1024 cell)."""
     bt = read_json(work / "bench_text.json")
     rows = [r for r in (bt or {}).get("rows", []) if abs(r["budget"] - 0.25) < 1e-9]
-    return [goal(f"LM prefill at 0.25 / full@1: {r['case']}", r["prefill_x_full"], 1.0, 3.0, "bench_text")
-            for r in rows] or [goal("LM prefill at 0.25 / full@1", None, None, 3.0, "bench_text (not measured)")]
+    out = []
+    for r in rows:
+        cell = (r.get("cells") or {}).get("prefill1") or {}
+        out.append(goal(f"LM prefill at 0.25 / mamba@1: d{r['d_model']} {r['row']}", cell.get("x"), 1.0, 3.0,
+                        "bench_text"))
+    return out or [goal("LM prefill at 0.25 / mamba@1", None, None, 3.0, "bench_text (not measured)")]
 
 
 def cmd_summary(args) -> int:
