@@ -407,7 +407,7 @@ def _write(path: Path, data: bytes) -> Path:
 def test_bundled_checkpoints(trained, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(textmodel, "BUNDLED_DIR", tmp_path / "bundled")
     rc, out, _ = _cli(evaluate_cli.main, ["--list"], capsys)
-    assert rc == 0 and [r["installed"] for r in json.loads(out)] == [False, False]
+    assert rc == 0 and [r["installed"] for r in json.loads(out)] == [False] * len(textmodel.BUNDLED)
     rc, _, err = _cli(evaluate_cli.main, ["bundled:adaptive", "--text-file", str(SLICE / "tutorial/index.rst.txt")],
                       capsys)
     assert rc == 2 and "not installed" in err
