@@ -9,6 +9,7 @@ function that sets ``func`` to its runner. Every bad input ends as one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -250,8 +251,10 @@ def _run_analyse(args) -> int:
     # the output folder is checked before the model loads: a refusal costs nothing
     out = check_out_dir(out, overwrite=args.overwrite, name="--out", must_be_empty=not args.batch)
     results = out / "results.jsonl"
-    with RunLock(out, name="--out"):  # first: a run in progress there is refused and named (pid, start time)
-        if args.batch and not (args.resume or args.overwrite):
+    # first: a run in progress there is refused and named (pid, start time); under torchrun rank 0 holds it
+    root = os.environ.get("RANK", "0").strip() in ("", "0")
+    with RunLock(out, name="--out") if root else contextlib.nullcontext():
+        if args.batch and not (args.resume or args.overwrite) and root:
             held = [p.name for p in [results] + rank_files(results) if p.exists()]
             if held:
                 raise UsageError(f"--out {str(out)!r} already holds {held[0]}"
