@@ -475,8 +475,8 @@ class TiledMamba(nn.Module):
             # or in the output: name the argument rather than the internal tensor
             check_finite(hidden_states, "hidden_states")
             if "overflow" in str(e) or "NaN/Inf" in str(e):  # finite, but large enough to overflow inside
-                raise ValueError(f"hidden_states (values up to {float(hidden_states.detach().abs().max()):.3g}) made the "
-                                 f"block overflow: {e}") from None
+                top = float(hidden_states.detach().abs().max())
+                raise ValueError(f"hidden_states (values up to {top:.3g}) made the block overflow: {e}") from None
             raise
 
     def _budget(self, budget: float | None) -> float:
@@ -792,7 +792,8 @@ class TiledMamba(nn.Module):
         squeeze = hidden_states.dim() == 2
         x = hidden_states if squeeze else hidden_states.squeeze(1)
         if hidden_states.dim() not in (2, 3) or (hidden_states.dim() == 3 and hidden_states.shape[1] != 1):
-            raise ValueError(f"hidden_states must have shape (batch, d_model) or (batch, 1, d_model), got {tuple(hidden_states.shape)}")
+            raise ValueError(f"hidden_states must have shape (batch, d_model) or (batch, 1, d_model), got "
+                             f"{tuple(hidden_states.shape)}")
         self._check_input(x.unsqueeze(1))
         self.check_state(state, x.shape[0])
         c = self._budget(budget)
@@ -839,7 +840,8 @@ class TiledMamba(nn.Module):
         position = state.position + 1
         route = state.route
         if self.routing and position % self.tile_size == 0:
-            route = (self.route_gate.to(h.dtype) * torch.tanh(self.route_state_weight.to(h.dtype) * read)).to(state.route.dtype)
+            gate, w_s = self.route_gate.to(h.dtype), self.route_state_weight.to(h.dtype)
+            route = (gate * torch.tanh(w_s * read)).to(state.route.dtype)
         return out, TiledMambaState(conv=conv, ssm=h, route=route, position=position)
 
     def _mixer_step(self, x: Tensor, conv: Tensor, ssm: Tensor, *, last_start: Tensor | None = None,

@@ -245,7 +245,8 @@ class TiledLM(nn.Module):
             raise ValueError(f"tokens must have at least one row and one position, got shape {tuple(tokens.shape)}")
         lo, hi = torch.aminmax(tokens)
         if int(lo) < 0 or int(hi) >= self.vocab_size:
-            raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}), got values in [{int(lo)}, {int(hi)}]")
+            raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}), got values in "
+                             f"[{int(lo)}, {int(hi)}]")
 
     @torch.no_grad()
     def _diagnose(self, tokens: Tensor, budget: float | None, density) -> None:
@@ -355,8 +356,8 @@ class TiledLM(nn.Module):
                 raise ValueError(f"the embeddings of tokens {tokens.tolist()[:8]} contain NaN/Inf (embedding.weight "
                                  "is not finite); the state is unchanged")
             bad = [f"layer {k}: {_nonfinite(layer)}" for k, layer in enumerate(self.layers) if _nonfinite(layer)]
-            raise ValueError(f"the step's logits contain NaN/Inf ({', '.join(bad) or 'a weight or the state overflowed'})"
-                             "; the state is unchanged")
+            why = ", ".join(bad) or "a weight or the state overflowed"
+            raise ValueError(f"the step's logits contain NaN/Inf ({why}); the state is unchanged")
         return logits, TiledLMState(new, owner=id(self))
 
     def check_state(self, state: list, batch: int) -> None:
