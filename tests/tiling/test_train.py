@@ -277,7 +277,7 @@ def test_script_builds_the_repeat_task_and_policy_options():
 
 def test_bad_arguments():
     mod = load_script()
-    with pytest.raises(mod.RunError, match=r"--budget must lie in \(0, 1\], got 1.5"):
+    with pytest.raises(mod.RunError, match=r"--budget must lie in \[9.53674e-07, 1\], got 1.5"):
         mod.check_options(mod.parse_args(["--budget", "1.5"]))
     with pytest.raises(ValueError, match="int64"):
         TiledLM(6, d_model=8, n_layers=1, d_state=4)(torch.randn(1, 4))
