@@ -39,9 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiling.train.atomic import atomic_write_json  # noqa: E402
-from tiling.train.corpus import CorpusError, load_split  # noqa: E402
+from tiling.train.corpus import CorpusError  # noqa: E402
 from tiling.train.text import (  # noqa: E402
-    TextInputError, as_byte_tensor, evaluate_bytes, forward_madds, measure_speed, read_text_file,
+    TextInputError, evaluate_bytes, forward_madds, measure_speed,
 )
 from tiling.config import SIGNALS, hourglass_config  # noqa: E402
 from tiling.modules.hourglass import HourglassLM, match_main_width  # noqa: E402
@@ -210,13 +210,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- data
-def load_data(args) -> dict[str, torch.Tensor]:
-    """The three splits as uint8 tensors: the prepared corpus, or the given files."""
-    if args.train_file is not None:
-        files = {"train": args.train_file, "validation": args.val_file or args.train_file,
-                 "test": args.test_file or args.val_file or args.train_file}
-        return {k: as_byte_tensor(read_text_file(v)) for k, v in files.items()}
-    return {k: as_byte_tensor(load_split(k, args.corpus_dir)) for k in ("train", "validation", "test")}
+load_data = hourglass_sweep.load_data  # the three splits: the prepared corpus, or the given files
 
 
 # ----------------------------------------------------------------------------- one run
@@ -344,15 +338,7 @@ def spec_name(spec: dict) -> str:
     return row_name(spec["config"], spec["budget"], spec["seed"], spec["full_layers"])
 
 
-def finished_rows(out: Path) -> dict[str, dict]:
-    done = {}
-    for p in sorted(out.glob("*/row.json")):
-        try:
-            r = json.loads(p.read_text())
-            done[r["row"]] = r
-        except (ValueError, KeyError):
-            print(f"warning: ignoring unreadable {p}", file=sys.stderr)
-    return done
+finished_rows = hourglass_sweep.finished  # one reader of a sweep folder's row.json files
 
 
 def run_spec(spec: dict, args, data: dict, done: dict) -> dict:

@@ -142,6 +142,7 @@ def run_spec(spec: dict, data: dict, opts: TrainOptions, out: Path, done: dict) 
 
 
 def finished(out: Path) -> dict[str, dict]:
+    """The finished rows of a sweep folder, ``{row name: row.json}`` (an unreadable file is skipped, with a warning)."""
     done = {}
     for p in sorted(out.glob("*/row.json")):
         try:
@@ -326,6 +327,7 @@ def boundary_strip(table_rows: list[dict], text: bytes, path: Path, *, width: in
 
 # ----------------------------------------------------------------------------- command line
 def load_data(args) -> dict:
+    """The three splits as uint8 tensors: the prepared corpus (``args.corpus_dir``), or the given files."""
     if args.train_file is not None:
         files = {"train": args.train_file, "validation": args.val_file or args.train_file,
                  "test": args.test_file or args.val_file or args.train_file}
