@@ -14,7 +14,10 @@ _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
                           suppress_health_check=_QUIET)
 settings.register_profile("dev", settings.get_profile("ci"))
-settings.register_profile("explore", max_examples=40, deadline=None, suppress_health_check=_QUIET)
+# derandomize=False is spelled out: under CI=1 hypothesis loads its own derandomised "ci" profile
+# before this file runs, and a profile registered without it inherits that.
+settings.register_profile("explore", max_examples=40, deadline=None, derandomize=False,
+                          suppress_health_check=_QUIET)
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
