@@ -10,6 +10,7 @@ so two processes share the 2-core machine; the order puts the headline rows firs
 * the hourglass at budgets 0.25 and 0.35, FLOP-matched (±5 %) to plain Mamba d256 by choosing
   ``d_main`` (:func:`~tiling.modules.hourglass.match_main_width`), for the signals entropy, uniform,
   space, Fisher–Rao, router and linear;
+* the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy and uniform;
 * the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training), evaluated at 1, 0.5,
   0.35 and 0.25 (one checkpoint);
 * second seeds of the headline rows.
@@ -45,6 +46,12 @@ PLAIN_WIDTHS = (256, 128, 176)
 OUTER = {"d_outer": 128, "encoder_layers": 2, "main_layers": 4, "decoder_layers": 2}
 #: the first rows' thinner outer stages (one layer each side): kept in the table as "-thin" rows
 THIN = {"d_outer": 128, "encoder_layers": 1, "main_layers": 4, "decoder_layers": 1}
+#: wider outer stages ("-wide" rows): 176 is the width of the best plain row at this budget (mamba-d176 beat
+#: d256 in 15 CPU-minutes), so the byte-level stages are the best byte network the time affords and the main
+#: network spends the rest of d256's FLOPs (d_main 336 at budget 0.25): the first rows showed the main network
+#: worth 0.3 bpb (zeroing its output) on outer stages no better per byte than plain d128
+WIDE = {"d_outer": 176, "encoder_layers": 2, "main_layers": 4, "decoder_layers": 2}
+STAGES = {"": OUTER, "thin": THIN, "wide": WIDE}
 ELASTIC_RANGE = (0.25, 1.0)
 ELASTIC_EVAL = (1.0, 0.5, 0.35)
 #: where in the test split the boundary strip's 96 bytes start
@@ -56,15 +63,17 @@ def plain_row(d_model: int, seed: int) -> dict:
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
-                  thin: bool = False) -> dict:
+                  stages: str = "") -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
-    ``thin``: the :data:`THIN` stages (suffix ``-thin``)."""
+    ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix)."""
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {sorted(STAGES)}, got {stages!r}")
     default = default_dechunk(signal)
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
-           + ("-thin" if thin else ""))
+           + (f"-{stages}" if stages else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
-            "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": THIN if thin else OUTER}
+            "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages]}
 
 
 def default_dechunk(signal: str) -> str:
@@ -77,12 +86,13 @@ def default_dechunk(signal: str) -> str:
 
 def rows() -> list[dict]:
     """The sweep's rows, in priority order (pairs run side by side with two shards)."""
-    out = [plain_row(256, 0), hourglass_row("entropy", 0.25, 0, dechunk="ema", thin=True),
-           hourglass_row("uniform", 0.25, 0, dechunk="ema", thin=True), plain_row(128, 0),
+    out = [plain_row(256, 0), hourglass_row("entropy", 0.25, 0, dechunk="ema", stages="thin"),
+           hourglass_row("uniform", 0.25, 0, dechunk="ema", stages="thin"), plain_row(128, 0),
            hourglass_row("entropy", 0.25, 0), hourglass_row("uniform", 0.25, 0),
            hourglass_row("entropy", 0.25, 0, elastic=True), hourglass_row("space", 0.25, 0),
            hourglass_row("fisher_rao", 0.25, 0), plain_row(176, 0),
            hourglass_row("router", 0.25, 0), hourglass_row("linear", 0.25, 0),
+           hourglass_row("entropy", 0.25, 0, stages="wide"), hourglass_row("uniform", 0.25, 0, stages="wide"),
            hourglass_row("entropy", 0.25, 0, dechunk="ema"), hourglass_row("surprisal", 0.25, 0),
            hourglass_row("entropy", 0.35, 0), hourglass_row("uniform", 0.35, 0),
            plain_row(256, 1), hourglass_row("entropy", 0.25, 1),
