@@ -425,30 +425,6 @@ def spaced_windows(n_bytes: int, context: int, count: int) -> list[tuple[int, in
 
 
 @torch.no_grad()
-def step_log_probs(model, window: Tensor, *, budget: float | None = None) -> Tensor:
-    """``log p(x_{t+1} | x_{≤t})`` of one window, computed token by token.
-
-    Parameters
-    ----------
-    model : the :class:`~tiling.train.TiledLM`.
-    window : 1-D bytes.
-    budget : the decoding budget.
-
-    Returns
-    -------
-    float64 tensor of length ``len(window) − 1``, computed with :meth:`~tiling.train.TiledLM.step`
-    from a fresh state (the reference :func:`evaluate_bytes` is tested against).
-    """
-    w = window.to(torch.int64).view(1, -1)
-    state = model.allocate_inference_state(1)
-    out = []
-    for t in range(w.shape[1] - 1):
-        logits, state = model.step(w[:, t], state, budget=budget)
-        out.append(F.log_softmax(logits.double(), -1)[0, int(w[0, t + 1])])
-    return torch.stack(out)
-
-
-@torch.no_grad()
 def step_prompts(model, prompts: list[bytes], *, budget: float | None = None) -> tuple[Tensor, list]:
     """Batched decoding: several prompts through :meth:`~tiling.train.TiledLM.step` together.
 
@@ -596,5 +572,5 @@ def set_threads(threads: int | None, *, decoding: bool) -> int:
 __all__ = [
     "VOCAB", "TextInputError", "physical_cores", "set_threads", "TextWindows", "read_text_file", "as_byte_tensor", "eval_windows", "evaluate_bytes",
     "score_windows", "spaced_windows",
-    "forward_madds", "step_log_probs", "step_prompts", "measure_speed",
+    "forward_madds", "step_prompts", "measure_speed",
 ]
