@@ -14,15 +14,17 @@ Prints one table of sizes, timings and ratios against references measured in the
 
 Usage: ``python scripts/bench_geometry.py [--json PATH] [--max-n 50000] [--quick]``;
 ``--figures docs/figures/infogeo`` draws the documentation figures instead (sphere spectrum,
-geodesic error against n).
+geodesic error against n); it needs geomstats, from the test extra (``pip install -e '.[test]'``).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import resource
+import sys
 import time
 
 import networkx as nx
@@ -173,6 +175,10 @@ def main() -> None:
     ap.add_argument("--figures", type=str, default=None, help="only draw the docs figures into this folder")
     args = ap.parse_args()
     if args.figures:
+        if importlib.util.find_spec("geomstats") is None:  # the figures' reference geodesics; the package needs none
+            print("error: --figures needs geomstats (the reference geodesics), which the test extra installs: "
+                  "pip install -e '.[test]'", file=sys.stderr)
+            sys.exit(2)
         figures(args.figures)
         return
     rows: list[dict] = []
