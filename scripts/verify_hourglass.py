@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiling.modules.hourglass import HourglassLM  # noqa: E402
-from tiling.train.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tiling.train.storage import atomic_write_bytes, atomic_write_json  # noqa: E402
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.text import as_byte_tensor, read_text_file  # noqa: E402
 from tiling.train.textmodel import TextModelError, load_text_model, resolve_checkpoint  # noqa: E402
@@ -116,6 +116,30 @@ def where_the_bits_are(model: HourglassLM, text: torch.Tensor, context: int, win
     return res
 
 
+def main_network_share(model: HourglassLM, text: torch.Tensor, context: int, windows: int, budget: float) -> dict:
+    """What the main network carries: the bits per byte with its output and with its output replaced by
+    zeros (the decoder then reads the encoder's residual alone), on the same windows. The difference is
+    the information the compressed sequence adds; a main network the outer stages ignore gives ~0."""
+    n = min(windows, text.numel() // (context + 1))
+    x = text[:n * (context + 1)].view(n, context + 1)
+    inp, tgt = x[:, :-1], x[:, 1:]
+
+    def bpb() -> float:
+        with torch.no_grad():
+            logits = model(inp, budget=budget)
+        return F.cross_entropy(logits.reshape(-1, 256), tgt.reshape(-1)).item() / math.log(2)
+
+    with_main = bpb()
+    # MambaStack returns (output, last layer's input): the output alone is replaced
+    hook = model.main.register_forward_hook(lambda _m, _i, out: (torch.zeros_like(out[0]), out[1]))
+    try:
+        without = bpb()
+    finally:
+        hook.remove()
+    return {"budget": budget, "windows": n, "bpb": with_main, "bpb_main_zeroed": without,
+            "main_network_bits_per_byte": without - with_main}
+
+
 def figure(r34: dict, r35: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -171,9 +195,10 @@ def main(argv=None) -> int:
     r34 = theorem_3_4(model, text, lengths, budgets + [1.0], args.reps)
     r35 = theorem_3_5(model, text, context, args.windows, budgets)
     where = where_the_bits_are(model, text, context, args.windows, model.budget)
+    share = main_network_share(model, text, context, args.windows, model.budget)
     out = {"checkpoint": str(args.checkpoint), "budget_range": model.config.budget_range,
            "signal": model.config.boundary.signal, "theorem_3_4": r34, "theorem_3_5": r35,
-           "where_the_bits_are": where,
+           "where_the_bits_are": where, "main_network": share,
            "command": "python scripts/verify_hourglass.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     f = r34["fit_cost_alpha_n_plus_beta_nR"]["madds"]
     print(f"Theorem 3.4: counted cost = {f['alpha_per_byte']:.4g}·n + {f['beta_per_segment']:.4g}·n·R̄ "
@@ -189,6 +214,9 @@ def main(argv=None) -> int:
           + ("" if "aux_bpb_at_starts" not in w else
              f"; the auxiliary head alone {w['aux_bpb_at_starts']:.3f} / {w['aux_bpb_elsewhere']:.3f}")
           + f"; boundary probability at starts, quartiles {', '.join(f'{q:.2f}' for q in w['prob_at_starts_quartiles'])}")
+    print(f"The main network (budget {share['budget']:g}): {share['bpb']:.3f} bpb with it, "
+          f"{share['bpb_main_zeroed']:.3f} with its output zeroed: it carries "
+          f"{share['main_network_bits_per_byte']:.3f} bits per byte")
     if args.json:
         atomic_write_json(args.json, out)
     if args.figure:

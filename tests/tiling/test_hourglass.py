@@ -18,6 +18,7 @@ from tiling.config import BoundaryConfig, HourglassConfig, SIGNALS, TilingConfig
 from tiling.modules.boundary import causal_boundaries, exact_boundaries, spacelike, uniform_boundaries
 from tiling.modules.hourglass import HourglassLM, ema_compact, match_main_width
 from tiling.train import TiledLM
+from tiling.train.text import as_byte_tensor
 from tiling.train.textmodel import build_model, load_text_model, model_config, save_text_checkpoint
 
 torch.set_num_threads(1)
@@ -414,6 +415,19 @@ def test_verify_hourglass_script(tmp_path, capsys):
     assert (tmp_path / "v.png").stat().st_size > 0
     w = out["where_the_bits_are"]
     assert 0 < w["boundary_share"] < 1 and w["aux_bpb_at_starts"] > 0 and len(w["prob_at_starts_quartiles"]) == 3
+    # the main network's share against an independent recomputation: zero W_out's weight instead of the output
+    share = out["main_network"]
+    inp = as_byte_tensor(text.read_bytes()).to(torch.int64)
+    model.eval()
+    again = mod.main_network_share(model, inp, 64, 3, 0.25)
+    assert again["bpb"] == pytest.approx(share["bpb"], rel=1e-6)
+    assert isinstance(model.main_out, torch.nn.Linear)
+    with torch.no_grad():
+        model.main_out.weight.zero_()
+    zeroed = mod.main_network_share(model, inp, 64, 3, 0.25)
+    assert zeroed["bpb"] == pytest.approx(share["bpb_main_zeroed"], rel=1e-6)
+    assert zeroed["main_network_bits_per_byte"] == pytest.approx(0.0, abs=1e-9)
+    assert share["main_network_bits_per_byte"] != 0.0
     plain = tmp_path / "plain.safetensors"
     save_text_checkpoint(plain, build_model(model_config("full", 1.0, d_model=8, n_layers=1, d_state=4)),
                          configuration="full", budget=1.0, context=64)
