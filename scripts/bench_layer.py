@@ -40,6 +40,7 @@ from bench_scan import best_ms_interleaved, sync  # noqa: E402
 from tiling.config import TilingConfig  # noqa: E402
 from tiling.modules import TiledMamba  # noqa: E402
 from tiling.ops import adaptive_selective_scan  # noqa: E402
+from tiling.train.storage import atomic_write_bytes  # noqa: E402
 
 SHAPES = [(1, 2048, 768), (4, 1024, 512)]  # (batch, L, d_model), float32
 BUDGETS = [1.0, 0.5, 0.35, 0.25]
@@ -256,9 +257,8 @@ def main() -> None:
               f"| {f(r.speedup_vs_budget1, 2):>10} | {f(r.flops_ratio, 2):>5} | {f(r.mean_resolution, 2):>5} "
               f"| {r.target:<36} | {met:<3} |")
     if args.json:
-        tmp = Path(args.json).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows]}, indent=2))
-        os.replace(tmp, args.json)  # atomic: an interrupted run never leaves a half-written file
+        table = {"header": header, "rows": [asdict(r) for r in rows]}
+        atomic_write_bytes(args.json, json.dumps(table, indent=2).encode())  # never half-written
 
 
 if __name__ == "__main__":

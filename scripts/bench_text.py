@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scan import best_ms_interleaved  # noqa: E402
 
 from tiling.train.corpus import CorpusError, load_split, slice_root  # noqa: E402
+from tiling.train.storage import atomic_write_bytes  # noqa: E402
 from tiling.train.text import TextInputError, as_byte_tensor, forward_madds, read_text_file  # noqa: E402
 from tiling.train.textmodel import (build_model, load_text_model, model_config, parameter_count,  # noqa: E402
                                     read_text_meta)
@@ -365,9 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(e))
     print_table(result)
     if args.json:
-        tmp = Path(args.json).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.json)  # atomic: an interrupted run never leaves a half-written file
+        atomic_write_bytes(args.json, json.dumps(result, indent=2).encode())  # never half-written
     return 0
 
 
@@ -524,9 +523,8 @@ def trained_rows_main(argv: list[str]) -> int:
             goals.append({"goal": f"{kind} at 0.25 ≥ {target}× full", "case": r.case, "ratio": v, "met": v >= target})
             print(f"goal {kind} ≥ {target}× full at 0.25: {r.case}: {v:.2f}× — {'met' if v >= target else 'missed'}")
     if args.json:
-        tmp = Path(args.json).with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"header": header, "rows": [asdict(r) for r in rows], "goals": goals}, indent=2))
-        os.replace(tmp, args.json)  # atomic: an interrupted run never leaves a half-written file
+        table = {"header": header, "rows": [asdict(r) for r in rows], "goals": goals}
+        atomic_write_bytes(args.json, json.dumps(table, indent=2).encode())  # never half-written
     return 0
 
 

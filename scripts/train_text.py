@@ -38,7 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiling.train.atomic import atomic_write_json  # noqa: E402
+from tiling.train.storage import atomic_write_json  # noqa: E402
 from tiling.train.corpus import CorpusError  # noqa: E402
 from tiling.train.text import (  # noqa: E402
     TextInputError, evaluate_bytes, forward_madds, measure_speed,
@@ -522,7 +522,7 @@ def figures(rows: list[dict], directory: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tiling.train.atomic import atomic_write_bytes
+    from tiling.train.storage import atomic_write_bytes
     import io
 
     colors = {"full": "k", "uniform": "tab:blue", "adaptive": "tab:red", "router": "tab:green",

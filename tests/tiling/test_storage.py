@@ -1,4 +1,4 @@
-"""The writer discipline of every output folder (issue 27, item 2): tiling/train/storage.py.
+"""The writer discipline of every output folder (issue 27, item 2): the package tiling/train/storage/.
 
 Concurrency is tested with two real processes: a child takes the lock, the test's process is refused.
 """
@@ -18,9 +18,7 @@ from tiling.train.storage import (RunDirectory, RunLock, StorageError, atomic_wr
 
 ROOT = Path(__file__).resolve().parents[2]
 #: the child processes load the module alone (stdlib only): no torch import, so they start in milliseconds
-LOAD = ("import importlib.util as u; spec = u.spec_from_file_location('storage', "
-        f"{str(ROOT / 'tiling' / 'train' / 'storage.py')!r}); storage = u.module_from_spec(spec); "
-        "spec.loader.exec_module(storage)")
+LOAD = f"import sys; sys.path.append({str(ROOT / 'tiling' / 'train')!r}); import storage"
 
 
 def _holder(folder: Path, *extra: str):
@@ -184,10 +182,17 @@ def test_cut_log_drops_records_after_the_checkpoint_and_torn_lines(tmp_path):
     assert cut_log(tmp_path / "missing.jsonl", lambda r: True) == 0
 
 
-def test_storage_is_the_one_implementation_of_atomic_writes():
-    from tiling.train import atomic
-    from tiling.workflows import outdir
+def test_storage_is_the_one_home_of_atomic_writes():
+    """Issue 26: atomic writing was written three times (train/atomic.py, checkpoint.py, workflows/outdir.py)
+    and hf.py swapped folders its own way. Only the storage package renames, makes temporary files or
+    folders for a write, or fsyncs; the old homes are gone."""
+    import importlib.util
+    import re
 
-    assert atomic.atomic_write_bytes is storage.atomic_write_bytes
-    assert atomic.atomic_write_json is storage.atomic_write_json
-    assert outdir.signals_held is storage.signals_held
+    assert importlib.util.find_spec("tiling.train.atomic") is None
+    pattern = re.compile(r"os\.replace\(|\bmkstemp\(|\bmkdtemp\(|NamedTemporaryFile|os\.fsync\(")
+    home = ROOT / "tiling" / "train" / "storage"
+    found = [f"{p.relative_to(ROOT)}:{i}" for folder in ("tiling", "infogeo", "scripts")
+             for p in sorted((ROOT / folder).rglob("*.py")) if home not in p.parents
+             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, found

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiling.train.atomic import atomic_write_bytes, atomic_write_json
+from tiling.train.storage import atomic_write_bytes, atomic_write_json
 
 SPLITS = ("train", "validation", "test")
 FRACTIONS = (0.90, 0.05, 0.05)

@@ -22,15 +22,14 @@ reorder: beam search needs ``use_cache=False`` and is refused otherwise.
 Departures from HF's ``MambaForCausalLM``: no ``inputs_embeds``, and ``attention_mask`` may not
 mask anything (a tiled model has no padding: the tiles are positions of the sequence); both are
 refused with a ``ValueError`` naming the argument. ``save_pretrained`` writes into a temporary
-folder beside the target and renames each file into place, so an interrupted save never leaves
-a half-written file under a final name (the project's rule; HF writes in place).
+folder beside the target and swaps it into place (:func:`tiling.train.storage.write_folder`), so an
+interrupted save never leaves a half-written file under a final name (the project's rule; HF writes
+in place).
 """
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from transformers.utils import ModelOutput
 from tiling.config import TilingConfig
 from tiling.train import hf_convert
 from tiling.train.model import MAMBA_KWARGS, TiledLM
+from tiling.train.storage import write_folder
 
 Tensor = torch.Tensor
 
@@ -328,7 +328,7 @@ class TiledMambaForCausalLM(PreTrainedModel, GenerationMixin):
         return (model, info) if output_loading_info else model
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """HF's ``save_pretrained`` (safetensors), each file renamed into place.
+        """HF's ``save_pretrained`` (safetensors), the folder swapped into place whole.
 
         Parameters
         ----------
@@ -340,30 +340,16 @@ class TiledMambaForCausalLM(PreTrainedModel, GenerationMixin):
         ------
         NotADirectoryError
             ``save_directory`` exists and is not a folder.
+        tiling.train.storage.StorageError
+            Another process is writing the folder, or it cannot be written
+            (:func:`tiling.train.storage.write_folder`, which writes the save).
         """
         target = Path(save_directory).expanduser()
         if target.exists() and not target.is_dir():
             raise NotADirectoryError(f"save_directory {str(target)!r} exists and is not a folder")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-        try:
-            super().save_pretrained(tmp, *args, **kwargs)
-            target.mkdir(exist_ok=True)
-            written = {p.name for p in tmp.iterdir()}
-            for p in target.iterdir():
-                if p.is_file() and p.name.startswith(_WEIGHT_PREFIXES) and p.name not in written:
-                    p.unlink()
-            for p in sorted(tmp.iterdir()):
-                with open(p, "rb") as f:
-                    os.fsync(f.fileno())
-                os.replace(p, target / p.name)
-            fd = os.open(target, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        save = super().save_pretrained
+        write_folder(target, lambda tmp: save(tmp, *args, **kwargs), [p + "*" for p in _WEIGHT_PREFIXES],
+                     overwrite=True, name="save_directory")
 
     # ---- the model -------------------------------------------------------------------------
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,

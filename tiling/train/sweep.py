@@ -32,8 +32,7 @@ import torch
 
 from tiling.config import hourglass_config
 from tiling.modules.hourglass import HourglassLM, match_main_width
-from tiling.train.atomic import atomic_write_bytes, atomic_write_json
-from tiling.train.storage import differing_settings, fingerprint
+from tiling.train.storage import atomic_write_bytes, atomic_write_json, differing_settings, fingerprint
 from tiling.train.corpus import load_split
 from tiling.train.text import as_byte_tensor, forward_madds, read_text_file
 from tiling.train.textmodel import build_model, bundled_checkpoints, export_bundled, load_text_model, model_config

@@ -119,7 +119,7 @@ def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tup
         atomically without them), with a warning that counts them; lines whose text is not in
         ``keys`` are kept, with a warning.
     """
-    from tiling.train.atomic import atomic_write_bytes
+    from tiling.train.storage import atomic_write_bytes
 
     if not path.exists():
         return set()
@@ -207,7 +207,7 @@ def merge_results(results: Path, parts: Sequence[Path], *, keep: bool = True) ->
     not parse follow in the order met, for :func:`read_done` to move aside. The results file is
     written atomically before any rank file is deleted, so an interruption loses nothing.
     """
-    from tiling.train.atomic import atomic_write_bytes
+    from tiling.train.storage import atomic_write_bytes
 
     base = results.read_bytes() if keep and results.exists() else b""
     if base and not base.endswith(b"\n"):
