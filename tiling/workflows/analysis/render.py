@@ -1,8 +1,9 @@
-"""Pages and figures of an ``infogeo analyse`` report: Markdown, HTML and the PNG figures.
+"""Pages and figures of an ``infogeo analyse`` report: the plain-text table, Markdown, HTML and the PNG figures.
 
 Every function reads a :class:`~tiling.workflows.analysis.report.Report` (its JSON document, its
 arrays for the geodesic matrix, its summary rows and findings) and computes no geometry. The
-module imports nothing else of the package: :mod:`.report` builds on it for its file methods.
+module imports only :mod:`.report`; :func:`tiling.workflows.analysis.writer.save_report` writes
+what it renders into a report's folder.
 
 A report is read without the source: the per-layer table's columns (:data:`COLUMNS`) are each
 defined once on the page, with a link to their section of ``docs/analysis.md``; a column that
@@ -18,15 +19,14 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 
-if TYPE_CHECKING:  # report.py imports this module: Report is only an annotation here
-    from .report import Report
+from .report import Report
 
-__all__ = ["COLUMNS", "DOCS", "SECTIONS", "captions", "doc_link", "draw_figures", "html", "markdown", "table",
-           "table_notes"]
+__all__ = ["COLUMNS", "DOCS", "DRAWERS", "SECTIONS", "captions", "doc_link", "draw_figures", "html", "markdown",
+           "summary_table", "table", "table_notes"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,6 +105,13 @@ def doc_link(section: str) -> str:
 def table(report: Report) -> tuple[list[str], list[list[str]]]:
     """The per-layer table: headers and one row of texts per analysed layer (:data:`COLUMNS`)."""
     return [c.header for c in COLUMNS], [[c.text(lr) for c in COLUMNS] for lr in report.data["layers"]]
+
+
+def summary_table(report: Report) -> str:
+    """The per-layer table as plain text (``infogeo analyse --summary``): :func:`table`'s columns, right-aligned."""
+    headers, rows = table(report)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [headers, *rows])
 
 
 def table_notes(report: Report) -> list[str]:
@@ -296,38 +303,28 @@ def _token_ticks(ax, tokens: list[str], axis: str = "x", *, length_in: float) ->
         ax.set_yticklabels(labels, fontsize=fs)
 
 
-def draw_figures(report: Report, out: Path) -> dict[str, Path]:
-    """Draw :data:`FIGURES` (and :data:`CAUSAL_FIGURES` for a causal LM) as PNG files into ``out``.
-
-    Parameters
-    ----------
-    report : the :class:`~tiling.workflows.analysis.report.Report`.
-    out : the folder.
-
-    Returns
-    -------
-    ``{name: path}``.
-    """
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display: reports are written by batch jobs too)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _width(n: int) -> float:
+    """The width in inches of a figure with one column per token (``n`` tokens)."""
+    return float(min(24.0, max(10.0, 0.15 * n + 3)))
+
+
+def _density_heatmap(report: Report):
+    """Tokens × layers: the density the policy read (pulled-back or attention) and the attention density."""
     from matplotlib.colors import LogNorm
 
-    out.mkdir(parents=True, exist_ok=True)
-    d, toks = report.data, report.tokens
-    n = len(toks)
-    layers = report.layers
-    width = float(min(24.0, max(10.0, 0.15 * n + 3)))
-    paths: dict[str, Path] = {}
-
-    def save(fig, key):
-        p = out / f"{key}.png"
-        fig.savefig(p, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        paths[key] = p
-
-    # 1. density heatmap, tokens × layers: pulled-back (or attention) density and the attention density
+    plt = _pyplot()
+    d, toks, layers = report.data, report.tokens, report.layers
+    width = _width(len(toks))
     src = d["layers"][0]["tiling"]["density_source"]
     pull = np.array([lr["tiling"]["token_density"] for lr in d["layers"]])
     att = report.attention_token_density()
@@ -343,9 +340,13 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
         ax.set_title(title + " (per token, log colour scale)")
         _token_ticks(ax, toks, "x", length_in=width - 2)
         fig.colorbar(im, ax=ax, label="density", pad=0.01)
-    save(fig, "density_heatmap")
+    return fig
 
-    # 2. per-head density summary: layers × heads
+
+def _head_density(report: Report):
+    """Layers × heads: each head's mean attention density, written in its cell."""
+    plt = _pyplot()
+    d, layers = report.data, report.layers
     heads = d["params"]["heads"]
     H = np.array([[h["density_mean"] for h in lr["attention"]["heads"]] for lr in d["layers"]])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(heads) + 2), 0.7 * len(layers) + 1.8), constrained_layout=True)
@@ -361,22 +362,30 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
     ax.set_ylabel("layer")
     ax.set_title("mean attention density per head (squared Fisher–Rao speed between consecutive query rows)")
     fig.colorbar(im, ax=ax, label="mean ρ")
-    save(fig, "head_density")
+    return fig
 
-    # 3. geodesic distance matrix of the chosen layer/head
+
+def _geodesic(report: Report):
+    """The geodesic distance matrix of the shown layer and head (``--show``; from ``arrays.npz`` when loaded)."""
+    plt = _pyplot()
+    d, toks = report.data, report.tokens
     sl, sh = d["show"]["layer"], d["show"]["head"]
     key = f"geodesic_L{sl}_H{sh}"
     D = report.arrays[key] if key in report.arrays else np.array(report.layer(sl)["head_mean"]["geodesic"])
-    side = float(min(18.0, max(7.0, 0.13 * n + 3)))
+    side = float(min(18.0, max(7.0, 0.13 * len(toks) + 3)))
     fig, ax = plt.subplots(figsize=(side + 1.5, side), constrained_layout=True)
     im = ax.imshow(D, cmap="cividis", interpolation="nearest")
     _token_ticks(ax, toks, "x", length_in=side - 2)
     _token_ticks(ax, toks, "y", length_in=side - 2)
     ax.set_title(f"graph geodesic distance between attention rows, layer {sl} head {sh} (Fisher–Rao, sphere radius 2)")
     fig.colorbar(im, ax=ax, label="geodesic distance", shrink=0.8)
-    save(fig, "geodesic")
+    return fig
 
-    # 4. curvature histogram per layer
+
+def _curvature(report: Report):
+    """One histogram of the edges' Ollivier–Ricci curvature per layer, on common bins."""
+    plt = _pyplot()
+    d, layers = report.data, report.layers
     cols = min(3, len(layers))
     rws = math.ceil(len(layers) / cols)
     fig, axes = plt.subplots(rws, cols, figsize=(4.2 * cols, 3.0 * rws), squeeze=False, sharex=True,
@@ -396,9 +405,13 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
         ax.axis("off")
     fig.suptitle("Ollivier–Ricci curvature of the head-averaged token graph (α = "
                  f"{d['params']['curvature_alpha']:g})")
-    save(fig, "curvature")
+    return fig
 
-    # 5. Laplace–Beltrami spectrum per layer (head-averaged graph; dashed: median over heads)
+
+def _spectrum(report: Report):
+    """The low Laplace–Beltrami spectrum per layer (head-averaged graph; dashed: median over heads)."""
+    plt = _pyplot()
+    d, layers = report.data, report.layers
     fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
     cmap = plt.get_cmap("viridis")
     for i, lr in enumerate(d["layers"]):
@@ -413,9 +426,14 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
     ax.set_ylabel("λ_i of −Δ_g on the token graph (symlog)")
     ax.set_title("low Laplace–Beltrami spectrum per layer")
     ax.legend(fontsize=7, ncol=2)
-    save(fig, "spectrum")
+    return fig
 
-    # 6. the resolution plan drawn over the tokens, one panel per layer
+
+def _resolution_plan(report: Report):
+    """The resolution plan drawn over the tokens and their density, one panel per layer."""
+    plt = _pyplot()
+    d, toks, layers = report.data, report.tokens, report.layers
+    n, width = len(toks), _width(len(toks))
     fig, axes = plt.subplots(len(layers), 1, figsize=(width, 1.7 * len(layers) + 1.6), sharex=True, squeeze=False,
                              constrained_layout=True)
     r_min = d["params"]["r_min"]
@@ -439,47 +457,92 @@ def draw_figures(report: Report, out: Path) -> dict[str, Path]:
     _token_ticks(axes[-1, 0], toks, "x", length_in=width - 2)
     fig.suptitle(f"resolution per tile (bars; dashed: budget {d['params']['budget']:g}, dotted: r_min) "
                  "and token density (black, scaled to its maximum)")
-    save(fig, "resolution_plan")
+    return fig
 
-    # 7. causal LMs: the predictive density beside the surprisal, along the text and against each other
-    pr = d.get("predictive")
-    if pr:
-        rho, sur = np.asarray(pr["density"]), np.asarray(pr["surprisal"])
-        fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(width + 5, 4.2), gridspec_kw={"width_ratios": [width, 5]},
-                                       constrained_layout=True)
-        t = np.arange(1, n)
-        ax.plot(t, rho, color="tab:purple", lw=1.2, label="predictive density ρ_t = d_FR(π_{t−1}, π_t)²")
-        ax.set_ylabel("ρ_t (squared Fisher–Rao, sphere radius 2)", color="tab:purple")
-        ax2 = ax.twinx()
-        ax2.plot(t, sur, color="tab:orange", lw=1, alpha=0.8, label="surprisal −ln π_{t−1}(x_t)")
-        ax2.set_ylabel("surprisal (nats)", color="tab:orange")
-        ax.set_xlim(-0.5, n - 0.5)
-        _token_ticks(ax, toks, "x", length_in=width - 2)
-        ax.set_title("predictive density and surprisal of each token", loc="left")
-        ax_s.scatter(sur, rho, s=8, alpha=0.6, color="tab:purple")
-        ax_s.set_xlabel("surprisal (nats)")
-        ax_s.set_ylabel("predictive density ρ_t")
-        corr = "undefined" if pr["pearson"] is None else f"Pearson {pr['pearson']:+.2f}, Spearman {pr['spearman']:+.2f}"
-        ax_s.set_title(corr, fontsize=9)
-        save(fig, "predictive")
 
-    # 8. TiledLM: the resolution each tiled layer chose against the plans of the two densities
-    lp = d.get("layer_plans")
-    if lp:
-        layers = [str(k) for k in lp["tiled_layers"]]
-        fig, axes = plt.subplots(len(layers), 1, figsize=(width, 1.2 + 1.6 * len(layers)), sharex=True,
-                                 squeeze=False, constrained_layout=True)
-        styles = {"chosen": ("black", "-"), "predictive": ("tab:purple", "--"), "implicit": ("tab:green", ":")}
-        for ax, k in zip(axes[:, 0], layers):
-            for key, (color, ls) in styles.items():
-                r = lp[key]["resolution"][k]
-                ax.step(np.arange(len(r)) * lp["tile_size"], r, where="post", color=color, ls=ls, lw=1.4,
-                        label=f"{key} ({lp[key]['bpb']:.3f} bpb)")
-            ax.set_ylim(0, 1.05)
-            ax.set_ylabel(f"layer {k}\nR per tile")
-        axes[0, 0].legend(fontsize=8, loc="upper right", ncol=3)
-        axes[0, 0].set_title(f"resolution chosen by the layers vs the plans of the predictive and implicit-attention "
-                             f"densities (budget {lp['budget']:g})", loc="left")
-        axes[-1, 0].set_xlabel("token position")
-        save(fig, "layer_plans")
+def _predictive(report: Report):
+    """Causal LMs: the predictive density beside the surprisal, along the text and against each other
+    (None for a report without a ``predictive`` section)."""
+    pr = report.data.get("predictive")
+    if not pr:
+        return None
+    plt = _pyplot()
+    toks = report.tokens
+    n, width = len(toks), _width(len(toks))
+    rho, sur = np.asarray(pr["density"]), np.asarray(pr["surprisal"])
+    fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(width + 5, 4.2), gridspec_kw={"width_ratios": [width, 5]},
+                                   constrained_layout=True)
+    t = np.arange(1, n)
+    ax.plot(t, rho, color="tab:purple", lw=1.2, label="predictive density ρ_t = d_FR(π_{t−1}, π_t)²")
+    ax.set_ylabel("ρ_t (squared Fisher–Rao, sphere radius 2)", color="tab:purple")
+    ax2 = ax.twinx()
+    ax2.plot(t, sur, color="tab:orange", lw=1, alpha=0.8, label="surprisal −ln π_{t−1}(x_t)")
+    ax2.set_ylabel("surprisal (nats)", color="tab:orange")
+    ax.set_xlim(-0.5, n - 0.5)
+    _token_ticks(ax, toks, "x", length_in=width - 2)
+    ax.set_title("predictive density and surprisal of each token", loc="left")
+    ax_s.scatter(sur, rho, s=8, alpha=0.6, color="tab:purple")
+    ax_s.set_xlabel("surprisal (nats)")
+    ax_s.set_ylabel("predictive density ρ_t")
+    corr = "undefined" if pr["pearson"] is None else f"Pearson {pr['pearson']:+.2f}, Spearman {pr['spearman']:+.2f}"
+    ax_s.set_title(corr, fontsize=9)
+    return fig
+
+
+def _layer_plans(report: Report):
+    """TiledLM: the resolution each tiled layer chose against the plans of the two densities (None for a
+    report without a ``layer_plans`` section)."""
+    lp = report.data.get("layer_plans")
+    if not lp:
+        return None
+    plt = _pyplot()
+    layers = [str(k) for k in lp["tiled_layers"]]
+    fig, axes = plt.subplots(len(layers), 1, figsize=(_width(len(report.tokens)), 1.2 + 1.6 * len(layers)),
+                             sharex=True, squeeze=False, constrained_layout=True)
+    styles = {"chosen": ("black", "-"), "predictive": ("tab:purple", "--"), "implicit": ("tab:green", ":")}
+    for ax, k in zip(axes[:, 0], layers):
+        for key, (color, ls) in styles.items():
+            r = lp[key]["resolution"][k]
+            ax.step(np.arange(len(r)) * lp["tile_size"], r, where="post", color=color, ls=ls, lw=1.4,
+                    label=f"{key} ({lp[key]['bpb']:.3f} bpb)")
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel(f"layer {k}\nR per tile")
+    axes[0, 0].legend(fontsize=8, loc="upper right", ncol=3)
+    axes[0, 0].set_title(f"resolution chosen by the layers vs the plans of the predictive and implicit-attention "
+                         f"densities (budget {lp['budget']:g})", loc="left")
+    axes[-1, 0].set_xlabel("token position")
+    return fig
+
+
+#: each figure's drawer, in the pages' order (:data:`FIGURES`, then :data:`CAUSAL_FIGURES`); a drawer
+#: returns a matplotlib figure, or None when the report lacks the section the figure shows
+DRAWERS: dict[str, Callable[[Report], object]] = {
+    "density_heatmap": _density_heatmap, "head_density": _head_density, "geodesic": _geodesic,
+    "curvature": _curvature, "spectrum": _spectrum, "resolution_plan": _resolution_plan,
+    "predictive": _predictive, "layer_plans": _layer_plans,
+}
+
+
+def draw_figures(report: Report, out: Path) -> dict[str, Path]:
+    """Draw :data:`FIGURES` (and :data:`CAUSAL_FIGURES` for a causal LM) as PNG files into ``out``.
+
+    Parameters
+    ----------
+    report : the :class:`~tiling.workflows.analysis.report.Report`.
+    out : the folder.
+
+    Returns
+    -------
+    ``{name: path}``, in the order of :data:`DRAWERS`.
+    """
+    plt = _pyplot()
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for key, draw in DRAWERS.items():
+        fig = draw(report)
+        if fig is None:
+            continue
+        paths[key] = out / f"{key}.png"
+        fig.savefig(paths[key], dpi=110, bbox_inches="tight")
+        plt.close(fig)
     return paths

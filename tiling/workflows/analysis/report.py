@@ -3,8 +3,9 @@
 :class:`Report` holds what :func:`~tiling.workflows.analysis.analyse` measured (``data``, the
 JSON document of schema :data:`SCHEMA` v:data:`SCHEMA_VERSION`, described in ``docs/analysis.md``;
 ``arrays``, the per-head matrices of ``arrays.npz``), reads and writes it, and states its numbers
-as summary rows and sentences. Drawing and page layout (figures, Markdown, HTML) are in
-:mod:`tiling.workflows.analysis.render`.
+as summary rows and sentences. It is data only and imports nothing that draws or writes pages:
+the pages and figures are :mod:`tiling.workflows.analysis.render`'s, and
+:func:`tiling.workflows.analysis.writer.save_report` writes a report's folder.
 """
 from __future__ import annotations
 
@@ -16,8 +17,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..outdir import write_folder
-from .render import draw_figures, html, markdown, table
 
 __all__ = ["CAUSAL_FIGURES", "FIGURES", "MAX_ARRAY_BYTES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
 
@@ -30,7 +29,8 @@ FIGURES = ("density_heatmap", "head_density", "geodesic", "curvature", "spectrum
 #: drawn only for causal language models (the report has a ``predictive`` section; ``layer_plans``
 #: for a ``TiledLM`` checkpoint, whose report has a ``layer_plans`` section)
 CAUSAL_FIGURES = ("predictive", "layer_plans")
-#: every file :meth:`Report.save` writes (``overwrite`` replaces these and keeps all other entries)
+#: every file :func:`~tiling.workflows.analysis.writer.save_report` writes (``overwrite`` replaces these and
+#: keeps all other entries)
 REPORT_FILES = ("report.json", "arrays.npz", "report.md", "report.html") + tuple(
     f"{f}.png" for f in FIGURES + CAUSAL_FIGURES)
 
@@ -106,7 +106,8 @@ class Report:
 
     @classmethod
     def load(cls, out_dir: str | Path, *, max_array_bytes: int = MAX_ARRAY_BYTES) -> "Report":
-        """Read a report written by :meth:`save` (``report.json`` and ``arrays.npz``).
+        """Read a report written by :func:`~tiling.workflows.analysis.writer.save_report` (``report.json`` and
+        ``arrays.npz``).
 
         Parameters
         ----------
@@ -129,7 +130,7 @@ class Report:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise ValueError(f"{str(out)!r} holds no report.json; expected a folder written by Report.save") from None
+            raise ValueError(f"{str(out)!r} holds no report.json; expected a folder written by save_report") from None
         except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             raise ValueError(f"{str(path)!r} cannot be read as a report: {e} (truncated or corrupt?)") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
@@ -174,12 +175,6 @@ class Report:
                 "recurrence_saved": t["cost_saved_recurrence"],
             })
         return rows
-
-    def summary_table(self) -> str:
-        """Plain-text per-layer table, the columns of the report's pages (:data:`.render.COLUMNS`)."""
-        headers, rows = table(self)
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        return "\n".join("  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in [headers, *rows])
 
     def findings(self) -> list[str]:
         """Sentences that state what the numbers show."""
@@ -243,84 +238,6 @@ class Report:
                    f"(most in layer {best['layer']}: {best['cost_saved']:.1%}) and "
                    f"{np.mean([r['recurrence_saved'] for r in rows]):.1%} of its sequential recurrence.")
         return out
-
-    # ---- files (drawn and laid out by :mod:`.render`) ---------------------------------------
-    def save_figures(self, out_dir: str | Path) -> dict[str, Path]:
-        """Draw the figures (PNG) into ``out_dir``: FIGURES, and CAUSAL_FIGURES for a causal LM.
-
-        Parameters
-        ----------
-        out_dir : the folder.
-
-        Returns
-        -------
-        ``{name: path}``.
-        """
-        return draw_figures(self, Path(out_dir))
-
-    def to_markdown(self, figures: dict[str, Path] | None = None) -> str:
-        """The findings, the per-layer table and links to ``figures`` as Markdown.
-
-        Parameters
-        ----------
-        figures : ``{name: path}`` of the drawn figures, optional.
-
-        Returns
-        -------
-        The Markdown page.
-        """
-        return markdown(self, figures)
-
-    def to_html(self, figures: dict[str, Path] | None = None) -> str:
-        """A static page with the findings, the table and the figures embedded as data URIs.
-
-        Parameters
-        ----------
-        figures : ``{name: path}`` of the drawn figures, optional.
-
-        Returns
-        -------
-        The HTML page.
-        """
-        return html(self, figures)
-
-    def save(self, out_dir: str | Path, *, figures: bool = True, overwrite: bool = False) -> Path:
-        """Write report.json, arrays.npz, the figures, report.md and report.html into ``out_dir``.
-
-        Parameters
-        ----------
-        out_dir : the folder.
-        figures : draw the figures.
-        overwrite : replace a previous report in a non-empty ``out_dir``.
-
-        Returns
-        -------
-        The path of report.html.
-
-        Raises
-        ------
-        TypeError, ValueError
-            ``out_dir`` cannot receive the report (:func:`tiling.workflows.outdir.check_out_dir`): a
-            non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``.
-
-        Notes
-        -----
-        The files are written into a temporary folder beside ``out_dir`` and renamed into place
-        (:func:`tiling.workflows.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was.
-        With ``overwrite`` the previous report's files (:data:`REPORT_FILES`, e.g. old figures) are
-        replaced or removed and every other entry is kept.
-        """
-
-        def fill(tmp: Path) -> None:
-            self.to_json(tmp / "report.json")
-            if self.arrays:
-                np.savez_compressed(tmp / "arrays.npz", **self.arrays)
-            figs = self.save_figures(tmp) if figures else {}
-            (tmp / "report.md").write_text(self.to_markdown(figs), encoding="utf-8")
-            (tmp / "report.html").write_text(self.to_html(figs), encoding="utf-8")
-
-        out = write_folder(out_dir, fill, REPORT_FILES, overwrite=overwrite, name="out_dir")
-        return out / "report.html"
 
 
 def _implied_arrays(data: dict) -> dict[str, tuple[int, int]] | None:
