@@ -66,6 +66,7 @@ UNIT_OF: dict[str, str] = {
     "tiling.policy": "tiling",
     "tiling.tile": "tiling",
     "tiling.metrics": "tiling",
+    "tiling.options": "tiling",
     "tiling.modules": "tiling.modules",
     "tiling.modules.*": "tiling.modules",
     "tiling.train": "tiling.train",

@@ -37,7 +37,7 @@ def _one_line_error(capsys, code, match):
         (["analyse", "hi", "--budget", "-0.2"], "--budget must lie in (0, 1]"),
         (["analyse", "hi", "--budget", "nan"], "--budget"),
         (["analyse", "hi", "--budget", "lots"], "expected a number"),
-        (["analyse", "hi", "--budget", "0.05"], "--budget must be >= --r-min"),
+        (["analyse", "hi", "--budget", "0.05"], "--r-min must be <= budget"),
         (["analyse", "hi", "--r-min", "0"], "--r-min must lie in (0, 1]"),
         (["analyse", "hi", "--tile-size", "0"], "--tile-size"),
         (["analyse", "hi", "--threads", "0"], "--threads"),

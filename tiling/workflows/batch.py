@@ -17,37 +17,40 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["FLAGS", "settings_of", "text_key", "read_done", "split_texts", "rank_file", "rank_files",
+from .analysis.options import AnalysisOptions
+
+__all__ = ["FLAGS", "UNRECORDED", "settings_of", "text_key", "read_done", "split_texts", "rank_file", "rank_files",
            "merge_results"]
 
-#: the settings a result depends on, with the flag that sets each (named when a resume refuses)
-FLAGS = {"model": "--model", "layers": "--layers", "heads": "--heads", "budget": "--budget",
-         "tile_size": "--tile-size", "r_min": "--r-min", "k": "--k", "n_eigs": "--n-eigs",
-         "max_length": "--max-length", "show": "--show", "tokenizer": "--tokenizer"}
+#: the settings a result depends on, with the flag that sets each (named when a resume refuses): the model,
+#: its tokenizer and every :class:`~tiling.workflows.analysis.options.AnalysisOptions` field
+FLAGS = {"model": "--model", **AnalysisOptions.flags(), "tokenizer": "--tokenizer"}
 
 
-def settings_of(*, model: str | None, layers: Sequence[int] | None, heads: Sequence[int] | None, budget: float,
-                tile_size: int, r_min: float, k: int, n_eigs: int, max_length: int | None,
-                show: tuple[int, int] | None) -> dict:
+def settings_of(model: str | None, options: AnalysisOptions) -> dict:
     """The settings of a run in the form stored on each line.
 
     Parameters
     ----------
-    model, layers, heads, budget, tile_size, r_min, k, n_eigs, max_length, show :
-        the run's options (the flags of the batch job).
+    model : the ``--model`` argument (None: the bundled model).
+    options : the analysis options (every field is recorded: :meth:`AnalysisOptions.to_dict`).
 
     Returns
     -------
     dict of JSON values: index lists sorted and deduplicated, since their order does not change the
-    numbers; a model path made absolute.
+    numbers (``"all"`` for None); a model path made absolute.
     """
     if model is not None and not str(model).startswith("bundled:"):
         model = os.path.abspath(os.path.expanduser(str(model)))
-    raw = {"model": model or "bundled all-MiniLM-L6-v2", "layers": sorted(set(layers)) if layers else "all",
-           "heads": sorted(set(heads)) if heads else "all", "budget": budget, "tile_size": tile_size,
-           "r_min": r_min, "k": k, "n_eigs": n_eigs, "max_length": max_length,
-           "show": list(show) if show is not None else None}
-    return json.loads(json.dumps(raw))  # exactly what a line read back holds
+    raw = {"model": model or "bundled all-MiniLM-L6-v2", **options.to_dict()}
+    for name in ("layers", "heads"):
+        raw[name] = sorted(set(raw[name])) if raw[name] else "all"
+    return raw
+
+
+#: the value a setting had before a version of infogeo recorded it: a line without it was computed so
+#: (``curvature_alpha`` and ``state_dim`` reached the command line after results were written without them)
+UNRECORDED = {"curvature_alpha": AnalysisOptions.curvature_alpha, "state_dim": AnalysisOptions.state_dim}
 
 
 def text_key(index: int, text: str) -> tuple[int, str]:
@@ -99,7 +102,8 @@ def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tup
     Parameters
     ----------
     path : the results file (JSON lines).
-    settings : the current run's settings (:func:`settings_of`).
+    settings : the current run's settings (:func:`settings_of`); a setting a line does not record counts
+        as its :data:`UNRECORDED` value where it has one.
     keys : the texts of the current ``--file`` (:func:`text_key`).
 
     Returns
@@ -140,7 +144,7 @@ def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tup
             continue
         got = rec.get("settings", _MISSING)
         for name, want in settings.items():
-            there = got.get(name, _MISSING) if isinstance(got, dict) else _MISSING
+            there = got.get(name, UNRECORDED.get(name, _MISSING)) if isinstance(got, dict) else _MISSING
             if there != want:
                 differ.setdefault(name, (there, want))
         keep.append(line)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Sequence
 
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 
 from infogeo import __version__
-from infogeo.checks import check_finite, check_in_range, check_int
+from infogeo.checks import check_finite, check_int
 from infogeo.curvature import node_curvature, ollivier_ricci
 from infogeo.density import categorical_sequence_density
 from infogeo.fisher import attention_row_metric, effective_dimension
@@ -49,6 +50,7 @@ from tiling.policy import plan_tiles, tile_mean
 from ..mamba import ImplicitAttentionModel, implicit_attention_info
 from ..models import attention_projections
 from ..plans import compare_plans
+from .options import AnalysisOptions
 from .report import SCHEMA, SCHEMA_VERSION, Report, _token_density
 
 __all__ = ["analyse"]
@@ -318,48 +320,6 @@ def _token_geometry(P: torch.Tensor, k: int, n_eigs: int, *, curvature_alpha: fl
     return out
 
 
-#: the analysis's tiling options when neither ``tiling`` nor the keywords give them
-_TILING_DEFAULTS = {"budget": 0.35, "tile_size": 16, "r_min": 0.0625}
-
-
-def _tiling_config(tiling: TilingConfig | None, *, budget: float | None, tile_size: int | None,
-                   r_min: float | None, state_dim: int) -> TilingConfig:
-    """The configuration the analysis plans with: ``tiling`` or the keywords (not both), made
-    non-causal in the scan scope.
-
-    Parameters
-    ----------
-    tiling : the caller's options, or None for :data:`_TILING_DEFAULTS` updated by the keywords.
-    budget, tile_size, r_min : the keyword form of the three options the CLI exposes (None: unset).
-    state_dim : ``N`` of the counted scan: ``s_max`` when ``tiling.state_k`` is set without one.
-
-    Returns
-    -------
-    ``TilingConfig`` with ``causal=False`` (an encoder reads the whole text, and the analysis
-    reports a text after the fact: each tile's own density decides, and the budget is met exactly,
-    module docstring of :mod:`tiling.policy`) and ``scope="scan"`` (the costs are
-    ``tiling.ops.scan_cost``'s, whose segments are ``max(1, ⌈R_i n_i⌉)``, seed 001 §3.5.1).
-    """
-    keywords = {k: v for k, v in (("budget", budget), ("tile_size", tile_size), ("r_min", r_min)) if v is not None}
-    if tiling is None:
-        return TilingConfig(**{**_TILING_DEFAULTS, **keywords}, causal=False, scope="scan")
-    if not isinstance(tiling, TilingConfig):
-        raise TypeError(f"tiling must be a tiling.config.TilingConfig or None, got {type(tiling).__name__}")
-    if keywords:
-        raise TypeError(f"pass the tiling options in tiling= or as keywords, not both (got tiling and "
-                        f"{sorted(keywords)})")
-    if tiling.boundaries != "tile":
-        raise ValueError(f"tiling.boundaries={tiling.boundaries!r} has no density plan (the token router reads the "
-                         "hidden states); expected 'tile'")
-    changes: dict = {"causal": False, "scope": "scan"}
-    if tiling.state_k is not None and tiling.s_max is None:
-        changes["s_max"] = state_dim  # S_max = N, as the layer sets it to its d_state
-    config = tiling.replace(**changes)
-    if config.s_max is not None and config.s_max > state_dim:
-        raise ValueError(f"tiling.s_max must be <= state_dim (the counted scan's N), got {config.s_max} > {state_dim}")
-    return config
-
-
 def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, config: TilingConfig, *,
                  state_dim: int, dim: int) -> dict:
     """The tile plan of one text and its scan cost against full resolution.
@@ -404,114 +364,99 @@ def _tiling_plan(token_density: torch.Tensor, token_curvature: torch.Tensor, con
 
 
 # --------------------------------------------------------------------------------------------
-# the public entry point
+# the steps of analyse
 # --------------------------------------------------------------------------------------------
-def analyse(
-    model,
-    tokenizer,
-    text: str,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[int] | None = None,
-    tiling: TilingConfig | None = None,
-    budget: float | None = None,
-    tile_size: int | None = None,
-    r_min: float | None = None,
-    k: int = 10,
-    n_eigs: int = 10,
-    curvature_alpha: float = 0.5,
-    state_dim: int = 16,
-    max_length: int | None = None,
-    show: tuple[int, int] | None = None,
-    name: str = "text",
-    model_path: str | None = None,
-    progress: bool = True,
-) -> Report:
-    """Analyse the attention geometry of ``model`` on ``text``; return a :class:`Report`.
+@dataclass(frozen=True)
+class _Setup:
+    """The checked inputs of one analysis: the options, the resolved layers and heads, the plan's config."""
 
-    Parameters
-    ----------
-    model, tokenizer : an HF model loaded with eager attention (or a Mamba/``TiledLM`` wrapper,
-        :mod:`tiling.workflows.mamba`) and its tokenizer.
-    text : the text (non-empty, valid Unicode); truncated with a warning to the model's length.
-    layers, heads : the layers and heads to analyse (0-based; default all).
-    tiling : the tiling options of the plan (``tiling.config.TilingConfig``); the analysis plans
-        non-causally in the scan scope whatever ``tiling.causal`` and ``tiling.scope`` say (it reads
-        the whole text and counts ``scan_cost``), and sets ``s_max = state_dim`` for a
-        state-dimension policy without one. None: ``budget``, ``tile_size`` and ``r_min``.
-    budget, tile_size, r_min : the keyword form of the three options the CLI exposes, used when
-        ``tiling`` is None (a ``TypeError`` with it): the mean-resolution budget ``c ∈ (0, 1]``
-        (default 0.35), the tile length (16) and the resolution floor ``R_min ≤ c`` (0.0625).
-    k : kNN degree of the token graphs.
-    n_eigs : number of Laplace–Beltrami eigenvalues.
-    curvature_alpha : Ollivier–Ricci laziness ``α ∈ [0, 1)``.
-    state_dim : ``N`` of the Mamba scan whose cost is counted (its width is the model's).
-    max_length : truncation length (default: the model's maximum).
-    show : the (layer, head) whose geodesic matrix is drawn (default: the selected head with the
-        largest mean attention density).
-    name, model_path : recorded in the report.
-    progress : show a progress bar.
+    options: AnalysisOptions
+    layers: list[int]
+    heads: list[int]
+    plan_config: TilingConfig
+    max_length: int | None
 
-    Returns
-    -------
-    :class:`Report` (schema :data:`~tiling.workflows.analysis.report.SCHEMA`).
 
-    Raises
-    ------
-    TypeError
-        ``text`` is not a str, ``layers``/``heads`` not a sequence of ints, ``tiling`` not a
-        ``TilingConfig`` or given together with the keyword options, or a number argument has
-        the wrong type.
-    ValueError
-        ``text`` is empty, whitespace only or not valid Unicode, or has fewer than 3 tokens; an
-        index in ``layers``, ``heads`` or ``show`` does not exist (or ``layers``/``heads`` is
-        empty), ``show`` is not among the analysed ones; ``k``, ``n_eigs``, ``state_dim``,
-        ``max_length`` or ``curvature_alpha`` is out of range; ``tiling.boundaries`` is not
-        ``"tile"`` or ``tiling.s_max > state_dim``; the model returns no attention maps (not
-        loaded with eager attention) or non-finite values.
+@dataclass(frozen=True)
+class _Reading:
+    """One forward of the text: its tokens, attention maps, hidden states, attention inputs, predictive section."""
 
-    Warns
-    -----
-    UserWarning
-        The text is truncated to the model's length or holds tokens the tokenizer does not know;
-        the pulled-back metric is skipped (causal attention maps, or query/key modules that do not
-        reproduce the model's attention).
+    enc: dict
+    ids: list[int]
+    tokens: list[str]
+    n_full: int
+    n_dropped: int
+    attn: torch.Tensor
+    hidden: torch.Tensor
+    xs: list | None
+    projections: list | None
+    predictive: dict | None
+    row_err: float
 
-    Notes
-    -----
-    Per layer ℓ and head h: attention rows P (n × n, rows sum to one); their density
-    ρ_t = d_FR(P_t, P_{t+1})² (squared Fisher–Rao speed, seed 000 §3.1.1); the kNN token graph
-    with Fisher–Rao edge lengths, its geodesic distances (seed 000 §3.1.2) and low
-    Laplace–Beltrami spectrum (seed 000 §3.2.2). Per layer: Ollivier–Ricci curvature of the
-    head-averaged graph; the pulled-back Fisher metric G of the layer's attention input
-    (trace, effective dimension, density ρ_t = ‖x_{t+1} − x_t‖²_{G(x_t)}); the tiling plan.
-    """
-    text = _check_text(text)
+
+def _options_of(options: AnalysisOptions | None, tiling: TilingConfig | None, keywords: dict) -> AnalysisOptions:
+    """The options of a call: ``options``, or the keyword form (``analyse(..., budget=0.5)``), not both."""
+    if options is not None and keywords:
+        raise TypeError(f"pass the analysis options as options= or as keywords, not both (got options and "
+                        f"{sorted(keywords)})")
+    if options is None:
+        options = AnalysisOptions(**keywords)
+    elif not isinstance(options, AnalysisOptions):
+        raise TypeError(f"options must be an AnalysisOptions or None, got {type(options).__name__}")
+    plan_keys = {"budget", "tile_size", "r_min"}
+    given = sorted(plan_keys & set(keywords)) or sorted(
+        k for k in plan_keys if getattr(options, k) != getattr(AnalysisOptions, k))
+    if tiling is not None and given:
+        raise TypeError(f"pass the tiling options in tiling= or as keywords, not both (got tiling and {given})")
+    return options
+
+
+def _tiling_config(tiling: TilingConfig | None, options: AnalysisOptions) -> TilingConfig:
+    """The configuration the analysis plans with: ``tiling`` or :meth:`AnalysisOptions.plan_config`, made
+    non-causal in the scan scope (the reasons: :meth:`AnalysisOptions.plan_config`); a state-dimension
+    policy without ``s_max`` gets ``s_max = options.state_dim``, as the layer sets it to its ``d_state``."""
+    if tiling is None:
+        return options.plan_config()
+    if not isinstance(tiling, TilingConfig):
+        raise TypeError(f"tiling must be a tiling.config.TilingConfig or None, got {type(tiling).__name__}")
+    if tiling.boundaries != "tile":
+        raise ValueError(f"tiling.boundaries={tiling.boundaries!r} has no density plan (the token router reads the "
+                         "hidden states); expected 'tile'")
+    changes: dict = {"causal": False, "scope": "scan"}
+    if tiling.state_k is not None and tiling.s_max is None:
+        changes["s_max"] = options.state_dim
+    config = tiling.replace(**changes)
+    if config.s_max is not None and config.s_max > options.state_dim:
+        raise ValueError(f"tiling.s_max must be <= state_dim (the counted scan's N), got {config.s_max} > "
+                         f"{options.state_dim}")
+    return config
+
+
+def _setup(model, options: AnalysisOptions, tiling: TilingConfig | None) -> _Setup:
+    """Check the options against the model (indices, ``show``, ``max_length``) and fix the plan's config."""
     cfg = model.config
     n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
-    layers = _check_indices(layers, "layers", n_layers, "layer")
-    heads = _check_indices(heads, "heads", n_heads, "head")
-    k = check_int(k, "k", minimum=1)
-    n_eigs = check_int(n_eigs, "n_eigs", minimum=1)
-    check_in_range(curvature_alpha, "curvature_alpha", 0.0, 1.0, high_open=True)
-    state_dim = check_int(state_dim, "state_dim", minimum=1)
-    # TilingConfig checks budget, tile_size, r_min ≤ budget (errors name the option)
-    plan_config = _tiling_config(tiling, budget=budget, tile_size=tile_size, r_min=r_min, state_dim=state_dim)
-    if show is not None:
-        _check_indices([show[0]], "show layer", n_layers, "layer")
-        _check_indices([show[1]], "show head", n_heads, "head")
+    layers = _check_indices(options.layers, "layers", n_layers, "layer")
+    heads = _check_indices(options.heads, "heads", n_heads, "head")
+    plan_config = _tiling_config(tiling, options)
+    if options.show is not None:
+        _check_indices([options.show[0]], "show layer", n_layers, "layer")
+        _check_indices([options.show[1]], "show head", n_heads, "head")
+    max_length = options.max_length
     if max_length is not None:
         positions = int(getattr(cfg, "max_position_embeddings", 0) or 0)  # learned positions: a hard limit
         max_length = check_int(max_length, "max_length", minimum=3, maximum=positions or None)
+    return _Setup(options, layers, heads, plan_config, max_length)
 
-    timings: dict[str, float] = {}
+
+def _read(model, tokenizer, text: str, max_length: int | None, timings: dict) -> _Reading:
+    """Tokenise the text and run the model once (attention maps, hidden states, the predictive section)."""
     t0 = time.perf_counter()
     enc, n_full, n_dropped = _tokenize(model, tokenizer, text, max_length)
     ids = enc["input_ids"][0].tolist()
     tokens = tokenizer.convert_ids_to_tokens(ids)
-    n = len(tokens)
-    if n < 3:
-        raise ValueError(f"text has {n} tokens after tokenisation; expected at least 3")
+    if len(tokens) < 3:
+        raise ValueError(f"text has {len(tokens)} tokens after tokenisation; expected at least 3")
     _warn_unknown(tokenizer, ids)
     projections = attention_projections(model)
     timings["tokenize"] = time.perf_counter() - t0
@@ -530,121 +475,153 @@ def analyse(
                       "the closed form assumes bidirectional attention")
         projections = None
     row_err = float((attn.sum(-1) - 1).abs().max())
+    return _Reading(enc, ids, tokens, n_full, n_dropped, attn, hidden, xs, projections, predictive, row_err)
 
-    from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(layers) * (len(heads) + 2), desc="infogeo analyse", unit="step", disable=not progress,
-               leave=False)
-    arrays: dict[str, np.ndarray] = {}
-    layer_reports = []
-    for li in layers:
-        P_all = attn[li]  # (H, n, n)
-        t0 = time.perf_counter()
-        rho_att = categorical_sequence_density(P_all[heads])  # (h, n−1)
-        timings["attention_density"] = timings.get("attention_density", 0.0) + time.perf_counter() - t0
-        check_finite(rho_att, f"attention density of layer {li}")
-        head_reports = []
-        for j, hi in enumerate(heads):
-            bar.set_postfix_str(f"layer {li} head {hi}")
-            geo = _graph_geometry(P_all[hi], k, n_eigs, curvature_alpha=None, timings=timings,
-                                  where=f"layer {li} head {hi}")
-            check_finite(torch.from_numpy(geo["geodesic"]), f"geodesic distances of layer {li} head {hi}")
-            arrays[f"geodesic_L{li}_H{hi}"] = geo["geodesic"].astype(np.float32)
-            arrays[f"attention_L{li}_H{hi}"] = P_all[hi].numpy().astype(np.float32)
-            D = geo["geodesic"]
-            head_reports.append({
-                "head": hi,
-                "density": _finite_list(rho_att[j], "density"),
-                "density_mean": float(rho_att[j].mean()),
-                "geodesic_mean": float(D[np.triu_indices(n, 1)].mean()),
-                "geodesic_max": float(D.max()),
-                "spectrum": _finite_list(geo["spectrum"], "spectrum"),
-                "n_components": int(np.sum(geo["spectrum"] < 1e-8)),
-            })
-            bar.update(1)
-        bar.set_postfix_str(f"layer {li} curvature")
-        P_mean = P_all.mean(0)
-        geo = _graph_geometry(P_mean, k, n_eigs, curvature_alpha=curvature_alpha, timings=timings,
-                              where=f"layer {li} (mean over heads)")
-        bar.update(1)
-        bar.set_postfix_str(f"layer {li} pull-back")
-        pull = None
-        if projections is not None:
-            t0 = time.perf_counter()
-            pb = _pullback(xs[li], projections[li], P_all)
-            timings["pullback"] = timings.get("pullback", 0.0) + time.perf_counter() - t0
-        if projections is not None and "density" not in pb:
-            warnings.warn(f"pulled-back metric of layer {li} skipped: softmax(s·qKᵀ) of its query/key modules "
-                          f"differs from the model's attention map by {pb['attention_reproduction_error']:.2g}")
-        elif projections is not None:
-            pull = {
-                "state": f"input of layer {li}'s attention (hidden_states[{li}])",
-                "trace": _finite_list(pb["trace"], "metric trace"),
-                "effective_dimension": _finite_list(pb["effective_dimension"], "effective dimension"),
-                "density": _finite_list(pb["density"], "pulled-back density"),
-                "density_mean": float(pb["density"].mean()),
-                "attention_reproduction_error": pb["attention_reproduction_error"],
-            }
-        bar.update(1)
-        # the density the policy sees: the pulled-back hidden-state density where it exists
-        # (seed 000 §3.1.1 ρ = ‖∇s‖²_g), else the mean over heads of the attention density
-        t0 = time.perf_counter()
-        if pull is not None:
-            rho, source = torch.tensor(pull["density"], dtype=torch.float64), "pullback"
-        else:
-            rho, source = categorical_sequence_density(P_all).mean(0), "attention"
-        token_rho = _token_density(rho)
-        plan = _tiling_plan(token_rho, torch.from_numpy(geo["node_curvature"]), plan_config, state_dim=state_dim,
-                            dim=int(cfg.hidden_size))
-        timings["tiling"] = timings.get("tiling", 0.0) + time.perf_counter() - t0
-        Dm = geo["geodesic"]
-        layer_reports.append({
-            "layer": li,
-            "attention": {
-                "row_sum_max_error": float((P_all.sum(-1) - 1).abs().max()),
-                "heads": head_reports,
-            },
-            "head_mean": {
-                "density": _finite_list(categorical_sequence_density(P_mean), "density"),
-                "geodesic": _finite_list(Dm, "geodesic distances"),
-                "geodesic_mean": float(Dm[np.triu_indices(n, 1)].mean()),
-                "spectrum": _finite_list(geo["spectrum"], "spectrum"),
-                "edges": geo["edges"].tolist(),
-                "edge_curvature": _finite_list(geo["edge_curvature"], "edge curvature"),
-                "node_curvature": _finite_list(geo["node_curvature"], "node curvature"),
-                "curvature_mean": float(np.mean(geo["edge_curvature"])),
-            },
-            "pullback": pull,
-            "tiling": {
-                "density_source": source,
-                "token_density": _finite_list(token_rho, "token density"),
-                "tile_density": _finite_list(plan["tile_density"], "tile density"),
-                "tile_curvature": _finite_list(plan["tile_curvature"], "tile curvature"),
-                "resolution": _finite_list(plan["resolution"], "resolution"),
-                "tiles": plan["tiles"],
-                "mean_resolution": plan["mean_resolution"],
-                "cost": plan["cost"],
-                "cost_full": plan["cost_full"],
-                "cost_saved": plan["cost_saved"],
-                "cost_saved_recurrence": plan["cost_saved_recurrence"],
-            },
+def _head_reports(P_all: torch.Tensor, li: int, setup: _Setup, timings: dict, arrays: dict, bar) -> list[dict]:
+    """Per head of layer ``li``: the attention density, the token graph's geodesics and spectrum."""
+    opts, n = setup.options, P_all.shape[-1]
+    t0 = time.perf_counter()
+    rho_att = categorical_sequence_density(P_all[setup.heads])  # (h, n−1)
+    timings["attention_density"] = timings.get("attention_density", 0.0) + time.perf_counter() - t0
+    check_finite(rho_att, f"attention density of layer {li}")
+    out = []
+    for j, hi in enumerate(setup.heads):
+        bar.set_postfix_str(f"layer {li} head {hi}")
+        geo = _graph_geometry(P_all[hi], opts.k, opts.n_eigs, curvature_alpha=None, timings=timings,
+                              where=f"layer {li} head {hi}")
+        check_finite(torch.from_numpy(geo["geodesic"]), f"geodesic distances of layer {li} head {hi}")
+        arrays[f"geodesic_L{li}_H{hi}"] = geo["geodesic"].astype(np.float32)
+        arrays[f"attention_L{li}_H{hi}"] = P_all[hi].numpy().astype(np.float32)
+        D = geo["geodesic"]
+        out.append({
+            "head": hi,
+            "density": _finite_list(rho_att[j], "density"),
+            "density_mean": float(rho_att[j].mean()),
+            "geodesic_mean": float(D[np.triu_indices(n, 1)].mean()),
+            "geodesic_max": float(D.max()),
+            "spectrum": _finite_list(geo["spectrum"], "spectrum"),
+            "n_components": int(np.sum(geo["spectrum"] < 1e-8)),
         })
-    bar.close()
-    layer_plans = None
-    if isinstance(model, ImplicitAttentionModel) and model.kind == "tiled-lm" and model.inner.tiled_layers:
-        # the plan the layers chose against the plans of the geometry, at the report's budget (tiling.workflows.plans)
-        t0 = time.perf_counter()
-        implicit = {li: categorical_sequence_density(attn[li]).mean(0) for li in model.inner.tiled_layers}
-        layer_plans = compare_plans(model.inner, enc["input_ids"], budget=plan_config.budget, implicit=implicit,
-                                    predictive=torch.tensor(predictive["density"], dtype=torch.float64))
-        timings["layer_plans"] = time.perf_counter() - t0
+        bar.update(1)
+    return out
+
+
+def _pullback_section(reading: _Reading, li: int, P_all: torch.Tensor, timings: dict) -> dict | None:
+    """The pulled-back Fisher metric of layer ``li``'s attention input (None where it does not apply)."""
+    if reading.projections is None:
+        return None
+    t0 = time.perf_counter()
+    pb = _pullback(reading.xs[li], reading.projections[li], P_all)
+    timings["pullback"] = timings.get("pullback", 0.0) + time.perf_counter() - t0
+    if "density" not in pb:
+        warnings.warn(f"pulled-back metric of layer {li} skipped: softmax(s·qKᵀ) of its query/key modules "
+                      f"differs from the model's attention map by {pb['attention_reproduction_error']:.2g}")
+        return None
+    return {
+        "state": f"input of layer {li}'s attention (hidden_states[{li}])",
+        "trace": _finite_list(pb["trace"], "metric trace"),
+        "effective_dimension": _finite_list(pb["effective_dimension"], "effective dimension"),
+        "density": _finite_list(pb["density"], "pulled-back density"),
+        "density_mean": float(pb["density"].mean()),
+        "attention_reproduction_error": pb["attention_reproduction_error"],
+    }
+
+
+def _tiling_section(P_all: torch.Tensor, pull: dict | None, geo: dict, setup: _Setup, dim: int,
+                    timings: dict) -> dict:
+    """The tiling plan of one layer from the density the policy sees: the pulled-back hidden-state density
+    where it exists (seed 000 §3.1.1 ρ = ‖∇s‖²_g), else the mean over heads of the attention density."""
+    t0 = time.perf_counter()
+    if pull is not None:
+        rho, source = torch.tensor(pull["density"], dtype=torch.float64), "pullback"
+    else:
+        rho, source = categorical_sequence_density(P_all).mean(0), "attention"
+    token_rho = _token_density(rho)
+    plan = _tiling_plan(token_rho, torch.from_numpy(geo["node_curvature"]), setup.plan_config,
+                        state_dim=setup.options.state_dim, dim=dim)
+    timings["tiling"] = timings.get("tiling", 0.0) + time.perf_counter() - t0
+    return {
+        "density_source": source,
+        "token_density": _finite_list(token_rho, "token density"),
+        "tile_density": _finite_list(plan["tile_density"], "tile density"),
+        "tile_curvature": _finite_list(plan["tile_curvature"], "tile curvature"),
+        "resolution": _finite_list(plan["resolution"], "resolution"),
+        "tiles": plan["tiles"],
+        "mean_resolution": plan["mean_resolution"],
+        "cost": plan["cost"],
+        "cost_full": plan["cost_full"],
+        "cost_saved": plan["cost_saved"],
+        "cost_saved_recurrence": plan["cost_saved_recurrence"],
+    }
+
+
+def _layer_report(li: int, reading: _Reading, setup: _Setup, dim: int, timings: dict, arrays: dict, bar) -> dict:
+    """Everything of layer ``li``: its heads, the head-mean graph with curvature, the pull-back, the plan."""
+    P_all = reading.attn[li]  # (H, n, n)
+    n = P_all.shape[-1]
+    heads = _head_reports(P_all, li, setup, timings, arrays, bar)
+    bar.set_postfix_str(f"layer {li} curvature")
+    P_mean = P_all.mean(0)
+    geo = _graph_geometry(P_mean, setup.options.k, setup.options.n_eigs,
+                          curvature_alpha=setup.options.curvature_alpha, timings=timings,
+                          where=f"layer {li} (mean over heads)")
+    bar.update(1)
+    bar.set_postfix_str(f"layer {li} pull-back")
+    pull = _pullback_section(reading, li, P_all, timings)
+    bar.update(1)
+    tiling = _tiling_section(P_all, pull, geo, setup, dim, timings)
+    Dm = geo["geodesic"]
+    return {
+        "layer": li,
+        "attention": {"row_sum_max_error": float((P_all.sum(-1) - 1).abs().max()), "heads": heads},
+        "head_mean": {
+            "density": _finite_list(categorical_sequence_density(P_mean), "density"),
+            "geodesic": _finite_list(Dm, "geodesic distances"),
+            "geodesic_mean": float(Dm[np.triu_indices(n, 1)].mean()),
+            "spectrum": _finite_list(geo["spectrum"], "spectrum"),
+            "edges": geo["edges"].tolist(),
+            "edge_curvature": _finite_list(geo["edge_curvature"], "edge curvature"),
+            "node_curvature": _finite_list(geo["node_curvature"], "node curvature"),
+            "curvature_mean": float(np.mean(geo["edge_curvature"])),
+        },
+        "pullback": pull,
+        "tiling": tiling,
+    }
+
+
+def _layer_plans(model, reading: _Reading, plan_config: TilingConfig, timings: dict) -> dict | None:
+    """A ``TiledLM``: the plan its layers chose against the plans of the geometry at the report's budget
+    (:mod:`tiling.workflows.plans`); None for other models."""
+    if not (isinstance(model, ImplicitAttentionModel) and model.kind == "tiled-lm" and model.inner.tiled_layers):
+        return None
+    t0 = time.perf_counter()
+    implicit = {li: categorical_sequence_density(reading.attn[li]).mean(0) for li in model.inner.tiled_layers}
+    out = compare_plans(model.inner, reading.enc["input_ids"], budget=plan_config.budget, implicit=implicit,
+                        predictive=torch.tensor(reading.predictive["density"], dtype=torch.float64))
+    timings["layer_plans"] = time.perf_counter() - t0
+    return out
+
+
+def _shown(setup: _Setup, layer_reports: list[dict]) -> tuple[int, int]:
+    """The (layer, head) of the geodesic figure: ``show``, or the analysed head of largest mean density."""
+    show = setup.options.show
     if show is None:
         best = max(((lr["layer"], hr["head"], hr["density_mean"]) for lr in layer_reports
                     for hr in lr["attention"]["heads"]), key=lambda t: t[2])
-        show = (best[0], best[1])
-    elif show[0] not in layers or show[1] not in heads:
-        raise ValueError(f"show={tuple(show)} is not among the analysed layers {layers} and heads {heads}")
-    data = {
+        return best[0], best[1]
+    if show[0] not in setup.layers or show[1] not in setup.heads:
+        raise ValueError(f"show={tuple(show)} is not among the analysed layers {setup.layers} and heads {setup.heads}")
+    return show
+
+
+def _report_data(model, tokenizer, text: str, setup: _Setup, reading: _Reading, layer_reports: list[dict],
+                 layer_plans: dict | None, show: tuple[int, int], timings: dict, *, name: str,
+                 model_path: str | None) -> dict:
+    """The report's document (schema :data:`~tiling.workflows.analysis.report.SCHEMA`)."""
+    cfg, opts, plan = model.config, setup.options, setup.plan_config
+    n_heads = int(cfg.num_attention_heads)
+    return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
         "name": name,
@@ -653,28 +630,108 @@ def analyse(
         "model": {
             "path": model_path,
             "type": str(getattr(cfg, "model_type", type(model).__name__)),
-            "n_layers": n_layers, "n_heads": n_heads, "hidden_size": int(cfg.hidden_size),
+            "n_layers": int(cfg.num_hidden_layers), "n_heads": n_heads, "hidden_size": int(cfg.hidden_size),
             "head_dim": int(cfg.hidden_size) // n_heads, "max_length": _max_length(model, tokenizer),
             "device": str(next(model.parameters()).device),
             **implicit_attention_info(model),
         },
         "text": {
             "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-            "n_chars": len(text), "n_tokens": n, "tokens": tokens,
-            "truncated": n_dropped > 0, "n_tokens_dropped": n_dropped, "n_tokens_full": n_full,
+            "n_chars": len(text), "n_tokens": len(reading.tokens), "tokens": reading.tokens,
+            "truncated": reading.n_dropped > 0, "n_tokens_dropped": reading.n_dropped,
+            "n_tokens_full": reading.n_full,
         },
+        # the options the numbers depend on, layers and heads resolved, the plan's from its configuration
+        # (``tiling=`` may set it); max_length and show are recorded in "text" and "show"
         "params": {
-            "layers": layers, "heads": heads, "budget": plan_config.budget, "tile_size": plan_config.tile_size,
-            "r_min": plan_config.r_min, "k": k, "n_eigs": n_eigs, "curvature_alpha": float(curvature_alpha),
-            "state_dim": state_dim,
-            "tiling": plan_config.to_dict(),  # every option of the plan (policy, exponent, ...)
+            "layers": setup.layers, "heads": setup.heads, "budget": plan.budget, "tile_size": plan.tile_size,
+            "r_min": plan.r_min, "k": opts.k, "n_eigs": opts.n_eigs, "curvature_alpha": opts.curvature_alpha,
+            "state_dim": opts.state_dim,
+            "tiling": plan.to_dict(),  # every option of the plan (policy, exponent, ...)
         },
-        "checks": {"attention_row_sum_max_error": row_err},
-        "predictive": predictive,
+        "checks": {"attention_row_sum_max_error": reading.row_err},
+        "predictive": reading.predictive,
         "layer_plans": layer_plans,
         "layers": layer_reports,
         "show": {"layer": int(show[0]), "head": int(show[1])},
         "timings": timings,
     }
-    return Report(data=data, arrays=arrays)
 
+
+# --------------------------------------------------------------------------------------------
+# the public entry point
+# --------------------------------------------------------------------------------------------
+def analyse(model, tokenizer, text: str, options: AnalysisOptions | None = None, *,
+            tiling: TilingConfig | None = None, name: str = "text", model_path: str | None = None,
+            progress: bool = True, **keywords) -> Report:
+    """Analyse the attention geometry of ``model`` on ``text``; return a :class:`Report`.
+
+    Parameters
+    ----------
+    model, tokenizer : an HF model loaded with eager attention (or a Mamba/``TiledLM`` wrapper,
+        :mod:`tiling.workflows.mamba`) and its tokenizer.
+    text : the text (non-empty, valid Unicode); truncated with a warning to the model's length.
+    options : the :class:`~tiling.workflows.analysis.options.AnalysisOptions` (layers, heads, budget,
+        tile_size, r_min, k, n_eigs, curvature_alpha, state_dim, max_length, show); None: built from
+        ``keywords`` (``analyse(model, tok, text, budget=0.5, k=5)``; not both).
+    tiling : the tiling options of the plan (``tiling.config.TilingConfig``) instead of the options'
+        ``budget``, ``tile_size`` and ``r_min`` (a ``TypeError`` when those are set too); the analysis
+        plans non-causally in the scan scope whatever ``tiling.causal`` and ``tiling.scope`` say (it
+        reads the whole text and counts ``scan_cost``), and sets ``s_max = state_dim`` for a
+        state-dimension policy without one.
+    name, model_path : recorded in the report.
+    progress : show a progress bar.
+    **keywords : the fields of :class:`AnalysisOptions`, when ``options`` is None.
+
+    Returns
+    -------
+    :class:`Report` (schema :data:`~tiling.workflows.analysis.report.SCHEMA`), built by the steps
+    :func:`_setup`, :func:`_read`, :func:`_layer_report` per layer, :func:`_layer_plans`,
+    :func:`_shown` and :func:`_report_data`.
+
+    Raises
+    ------
+    TypeError
+        ``text`` is not a str, an option has the wrong type, ``tiling`` is not a ``TilingConfig`` or
+        given together with the plan's options, ``options`` together with keywords.
+    ValueError
+        ``text`` is empty, whitespace only or not valid Unicode, or has fewer than 3 tokens; an
+        index in ``layers``, ``heads`` or ``show`` does not exist (or ``layers``/``heads`` is
+        empty), ``show`` is not among the analysed ones; an option is out of its range (the
+        message names it); ``tiling.boundaries`` is not ``"tile"`` or ``tiling.s_max > state_dim``;
+        the model returns no attention maps (not loaded with eager attention) or non-finite values.
+
+    Warns
+    -----
+    UserWarning
+        The text is truncated to the model's length or holds tokens the tokenizer does not know;
+        the pulled-back metric is skipped (causal attention maps, or query/key modules that do not
+        reproduce the model's attention).
+
+    Notes
+    -----
+    Per layer ℓ and head h: attention rows P (n × n, rows sum to one); their density
+    ρ_t = d_FR(P_t, P_{t+1})² (squared Fisher–Rao speed, seed 000 §3.1.1); the kNN token graph
+    with Fisher–Rao edge lengths, its geodesic distances (seed 000 §3.1.2) and low
+    Laplace–Beltrami spectrum (seed 000 §3.2.2). Per layer: Ollivier–Ricci curvature of the
+    head-averaged graph; the pulled-back Fisher metric G of the layer's attention input
+    (trace, effective dimension, density ρ_t = ‖x_{t+1} − x_t‖²_{G(x_t)}); the tiling plan.
+    """
+    text = _check_text(text)
+    setup = _setup(model, _options_of(options, tiling, keywords), tiling)
+    timings: dict[str, float] = {}
+    reading = _read(model, tokenizer, text, setup.max_length, timings)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(setup.layers) * (len(setup.heads) + 2), desc="infogeo analyse", unit="step",
+               disable=not progress, leave=False)
+    arrays: dict[str, np.ndarray] = {}
+    dim = int(model.config.hidden_size)
+    layer_reports = [_layer_report(li, reading, setup, dim, timings, arrays, bar) for li in setup.layers]
+    bar.close()
+    layer_plans = _layer_plans(model, reading, setup.plan_config, timings)
+    show = _shown(setup, layer_reports)
+    data = _report_data(model, tokenizer, text, setup, reading, layer_reports, layer_plans, show, timings,
+                        name=name, model_path=model_path)
+    return Report(data=data, arrays=arrays)
