@@ -1,7 +1,7 @@
 """Writing an ``infogeo analyse`` report into its folder: the JSON, the arrays, the figures and the pages.
 
 :func:`save_report` is where a :class:`~.report.Report` (data) meets :mod:`.render` (its pages and
-figures) and the folder's atomic swap (:func:`tiling.workflows.outdir.write_folder`). The imports
+figures) and the folder's atomic swap (:func:`tiling.train.storage.write_folder`). The imports
 run one way: this module → :mod:`.render` → :mod:`.report`.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outdir import write_folder
+from tiling.train.storage import write_folder
 from .render import draw_figures, html, markdown
 from .report import REPORT_FILES, Report
 
@@ -34,13 +34,13 @@ def save_report(report: Report, out_dir: str | Path, *, figures: bool = True, ov
     Raises
     ------
     TypeError, ValueError
-        ``out_dir`` cannot receive the report (:func:`tiling.workflows.outdir.check_out_dir`): a
+        ``out_dir`` cannot receive the report (:func:`tiling.train.storage.check_out_dir`): a
         non-empty ``out_dir`` is refused (``ValueError``) unless ``overwrite``.
 
     Notes
     -----
     The files are written into a temporary folder beside ``out_dir`` and renamed into place
-    (:func:`tiling.workflows.outdir.write_folder`): an interrupted save leaves ``out_dir`` as it was.
+    (:func:`tiling.train.storage.write_folder`): an interrupted save leaves ``out_dir`` as it was.
     With ``overwrite`` the previous report's files (:data:`~.report.REPORT_FILES`, e.g. old figures)
     are replaced or removed and every other entry is kept.
     """
