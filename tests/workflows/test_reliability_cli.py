@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tiling.workflows.analysis
-from tiling.workflows.analysis import REPORT_FILES, Report
+from tiling.workflows.analysis import REPORT_FILES, Report, save_report
 from tiling.workflows.cli import main
 from infogeo.fisher import effective_dimension
 from infogeo.laplacian import laplacian_spectrum
@@ -165,13 +165,13 @@ def test_interrupted_save_leaves_the_previous_report_untouched(capsys, tmp_path,
     assert main(["analyse", TEXT, "--out", str(out), *FAST]) == 0
     (out / "mine.txt").write_text("mine")
     before = snapshot(out)
-    real = Report.save_figures
+    real = tiling.workflows.analysis.writer.draw_figures
 
-    def interrupted(self, folder):
-        real(self, folder)  # the new figures exist in the temporary folder ...
+    def interrupted(report, folder):
+        real(report, folder)  # the new figures exist in the temporary folder ...
         raise KeyboardInterrupt  # ... when the user presses Ctrl-C
 
-    monkeypatch.setattr(Report, "save_figures", interrupted)
+    monkeypatch.setattr(tiling.workflows.analysis.writer, "draw_figures", interrupted)
     assert main(["analyse", "Another text, so the files would differ.", "--out", str(out), "--overwrite", *FAST]) == 130
     assert snapshot(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # the temporary folder is gone
@@ -207,8 +207,8 @@ def test_report_save_api_refuses_and_overwrites(tmp_path, capsys):
     assert main(["analyse", TEXT, "--out", str(out), "--no-figures", *FAST]) == 0
     report = Report.load(out)
     with pytest.raises(ValueError, match="out_dir .* not empty.*overwrite=True"):
-        report.save(out, figures=False)
-    assert report.save(out, figures=False, overwrite=True) == out.resolve() / "report.html"
+        save_report(report, out, figures=False)
+    assert save_report(report, out, figures=False, overwrite=True) == out.resolve() / "report.html"
     assert set(os.listdir(out)) <= set(REPORT_FILES)
 
 
