@@ -78,7 +78,7 @@ def _bench_mamba(args) -> int:
             rows.append((f"  {stage}", sec))
         rows.append(("analyse (all stages)", t_analyse))
         t0, c0 = time.perf_counter(), time.process_time()
-        report.save(Path(tmp) / "report")
+        analysis.save_report(report, Path(tmp) / "report")
         rows.append((f"write report + {len(list((Path(tmp) / 'report').glob('*.png')))} figures",
                      time.perf_counter() - t0))
         c_write = time.process_time() - c0
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     rows.append(("analyse (all stages)", t_analyse))
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
-        report.save(tmp)
+        analysis.save_report(report, tmp)
         rows.append(("write report + 6 figures", time.perf_counter() - t0))
         c_write = time.process_time() - c0
     total = sum(s for name, s in rows if name in ("load model", "analyse (all stages)", "write report + 6 figures"))

@@ -14,7 +14,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tiling.workflows.analysis import SCHEMA, SCHEMA_VERSION, FIGURES, Report, _token_density, analyse
+from tiling.workflows.analysis import (SCHEMA, SCHEMA_VERSION, FIGURES, Report, _token_density, analyse, save_report,
+                                       summary_table)
 from tiling.workflows.models import attention_projections, default_model_path, load_model
 
 TEXT = "Entropy measures surprise. The the the the the cat sat on the mat."
@@ -212,11 +213,11 @@ def test_findings_follow_the_numbers(report):
     heads = [(lr["layer"], h["head"], h["density_mean"]) for lr in report.data["layers"] for h in lr["attention"]["heads"]]
     fast = max(heads, key=lambda x: x[2])
     assert f"Head {fast[1]} of layer {fast[0]} moves fastest" in text
-    assert len(report.summary_table().splitlines()) == 1 + len(LAYERS)
+    assert len(summary_table(report).splitlines()) == 1 + len(LAYERS)
 
 
 def test_save_and_load_roundtrip(report, tmp_path):
-    page = report.save(tmp_path / "r")
+    page = save_report(report, tmp_path / "r")
     out = tmp_path / "r"
     assert page == out / "report.html"
     for f in FIGURES:

