@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,23 +16,10 @@ from infogeo.fisher import effective_dimension
 from infogeo.laplacian import laplacian_spectrum
 from tiling.workflows.models import default_model_path
 
-FAST = ["--layers", "0", "--heads", "0", "--k", "4", "--n-eigs", "3", "--tile-size", "4", "--quiet"]
+from analyse_runs import FAST, batch_run, one_line_error, snapshot
+
 TEXT = "Geodesics bend around dense tokens. Filler filler filler."
 pytestmark = pytest.mark.usefixtures("cached_model_loading")
-
-
-def one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    errors = [e for e in err if not e.startswith("infogeo: warning:")]
-    assert len(errors) == 1 and errors[0].startswith("infogeo: error:") and "Traceback" not in "".join(err), err
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture
@@ -96,10 +82,7 @@ def test_report_folder_keeps_the_umask_mode(capsys, tmp_path):
 @pytest.mark.parametrize("change, flag", [(["--budget", "0.5"], "--budget"), (["--layers", "1"], "--layers"),
                                           (["--model", "MODEL"], "--model"), (["--k", "3"], "--k")])
 def test_resume_with_other_settings_is_refused(capsys, tmp_path, change, flag, monkeypatch):
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\nSecond text here.\n")
-    out = tmp_path / "b"
-    base = ["analyse", "--file", str(src), "--batch", "--out", str(out), "--no-figures", *FAST]
+    out, base = batch_run(tmp_path, "First text about curvature.\nSecond text here.\n", "--no-figures")
     assert main(base) == 0
     before = snapshot(out)
     change = [str(default_model_path()) if c == "MODEL" else c for c in change]
@@ -110,10 +93,8 @@ def test_resume_with_other_settings_is_refused(capsys, tmp_path, change, flag, m
 
 
 def test_resume_counts_and_keeps_unparsable_lines(capsys, tmp_path):
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\nSecond text here.\nThird one, a little longer.\n")
-    out = tmp_path / "b"
-    base = ["analyse", "--file", str(src), "--batch", "--out", str(out), "--no-figures", *FAST]
+    out, base = batch_run(tmp_path, "First text about curvature.\nSecond text here.\nThird one, a little longer.\n",
+                          "--no-figures")
     assert main(base) == 0
     lines = (out / "results.jsonl").read_text().splitlines()
     torn = lines[2][:50]
@@ -139,10 +120,7 @@ def test_resume_of_an_older_file_without_settings_is_refused(capsys, tmp_path):
 
 
 def test_overwrite_starts_the_results_file_again(capsys, tmp_path):
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\n")
-    out = tmp_path / "b"
-    base = ["analyse", "--file", str(src), "--batch", "--out", str(out), "--no-figures", *FAST]
+    out, base = batch_run(tmp_path, "First text about curvature.\n", "--no-figures")
     assert main(base) == 0
     assert main(base + ["--budget", "0.5", "--overwrite"]) == 0
     recs = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
@@ -151,10 +129,9 @@ def test_overwrite_starts_the_results_file_again(capsys, tmp_path):
 
 
 def test_batch_skips_a_bad_line_and_says_so(capsys, tmp_path):
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\n\x00\x01\nThird text, fine.\n")  # line 2: no token at all
-    out = tmp_path / "b"
-    code = main(["analyse", "--file", str(src), "--batch", "--out", str(out), "--no-figures", *FAST])
+    out, base = batch_run(tmp_path, "First text about curvature.\n\x00\x01\nThird text, fine.\n",  # line 2: no token
+                          "--no-figures")
+    code = main(base)
     one_line_error(capsys, code, "1 of 3 texts", "line 2", "--resume")
     assert [json.loads(x)["index"] for x in (out / "results.jsonl").read_text().splitlines()] == [0, 2]
 

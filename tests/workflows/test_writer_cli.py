@@ -15,31 +15,16 @@ import tiling.workflows.analysis
 import tiling.workflows.verify as V
 from tiling.workflows.cli import main
 
+from analyse_runs import FAST, batch_run, one_line_error, snapshot
+
 ROOT = Path(__file__).resolve().parents[2]
-FAST = ["--layers", "0", "--heads", "0", "--k", "4", "--n-eigs", "3", "--tile-size", "4", "--quiet", "--no-figures"]
 pytestmark = pytest.mark.usefixtures("cached_model_loading")
-
-
-def one_line_error(capsys, code, *needles):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2, err
-    errors = [e for e in err if not e.startswith("infogeo: warning:")]
-    assert len(errors) == 1 and errors[0].startswith("infogeo: error:") and "Traceback" not in "".join(err), err
-    for n in needles:
-        assert n in errors[0], errors[0]
-    return errors[0]
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_two_batch_runs_into_one_out_the_second_is_refused_at_once(capsys, tmp_path):
     """The issue's case: two --batch runs with other settings into one --out both exited 0 and the first
     one's results were gone. Now the second (another process) is refused naming the first."""
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\nSecond text here.\n")
-    out = tmp_path / "b"
+    out, argv = batch_run(tmp_path, "First text about curvature.\nSecond text here.\n", "--no-figures")
     code = textwrap.dedent(f"""
         import sys, tiling.workflows.analysis as A
         from tiling.workflows.cli import main
@@ -48,15 +33,15 @@ def test_two_batch_runs_into_one_out_the_second_is_refused_at_once(capsys, tmp_p
             sys.stdin.read()
             raise KeyboardInterrupt
         A.analyse = held
-        sys.exit(main(["analyse", "--file", {str(src)!r}, "--batch", "--out", {str(out)!r}, *{FAST!r}]))
+        sys.exit(main({argv!r}))
     """)
     first = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         assert first.stdout.readline().strip() == "analysing", first.stderr.read()
         t0 = time.time()
-        msg = one_line_error(capsys, main(["analyse", "--file", str(src), "--batch", "--out", str(out), *FAST,
-                                           "--budget", "0.5"]), "--out", "in use by another run", f"pid {first.pid}")
+        msg = one_line_error(capsys, main(argv + ["--budget", "0.5"]), "--out", "in use by another run",
+                             f"pid {first.pid}")
         assert "started" in msg and time.time() - t0 < 60
     finally:
         _, err = first.communicate("", timeout=120)
@@ -66,10 +51,7 @@ def test_two_batch_runs_into_one_out_the_second_is_refused_at_once(capsys, tmp_p
 def test_batch_resume_checks_the_recorded_settings_before_the_model_loads(capsys, tmp_path, monkeypatch):
     """A run killed before its first text left an empty results file: a resume under other settings was
     accepted (no line to compare). run.json records them: refused before the model loads."""
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\n")
-    out = tmp_path / "b"
-    base = ["analyse", "--file", str(src), "--batch", "--out", str(out), *FAST]
+    out, base = batch_run(tmp_path, "First text about curvature.\n", "--no-figures")
     with monkeypatch.context() as m:
         m.setattr(tiling.workflows.analysis, "analyse", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
         assert main(base) == 130
@@ -82,10 +64,7 @@ def test_batch_resume_checks_the_recorded_settings_before_the_model_loads(capsys
 
 
 def test_batch_overwrite_keeps_the_old_results_until_the_first_new_line(capsys, tmp_path, monkeypatch):
-    src = tmp_path / "t.txt"
-    src.write_text("First text about curvature.\nSecond text here.\n")
-    out = tmp_path / "b"
-    base = ["analyse", "--file", str(src), "--batch", "--out", str(out), *FAST]
+    out, base = batch_run(tmp_path, "First text about curvature.\nSecond text here.\n", "--no-figures")
     assert main(base) == 0
     before = snapshot(out)
     monkeypatch.setattr(tiling.workflows.analysis, "analyse", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -99,8 +78,8 @@ def test_batch_overwrite_keeps_the_old_results_until_the_first_new_line(capsys, 
 def test_size_options_have_an_upper_bound_checked_first(capsys, tmp_path, monkeypatch, argv, flag):
     """Was: --tile-size 2**63 failed only after the whole computation."""
     monkeypatch.setattr(tiling.workflows.analysis, "analyse", lambda *a, **k: pytest.fail("the analysis ran"))
-    one_line_error(capsys, main(["analyse", "Some text here.", "--out", str(tmp_path / "r"), *FAST, *argv]), flag,
-                   "must lie in")
+    argv = ["analyse", "Some text here.", "--out", str(tmp_path / "r"), *FAST, "--no-figures", *argv]
+    one_line_error(capsys, main(argv), flag, "must lie in")
 
 
 # ---- infogeo verify ---------------------------------------------------------------------------------
