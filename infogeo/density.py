@@ -21,7 +21,8 @@ import torch
 from torch.func import jacrev, vmap
 
 from infogeo.checks import check_finite, check_int, check_positive, check_tensor
-from infogeo.fisher import _check_closed_simplex, _require_tensors, categorical_distance
+from infogeo.fisher._common import _require_tensors
+from infogeo.fisher.categorical import _check_closed_simplex, categorical_distance
 
 Tensor = torch.Tensor
 MetricField = Callable[[Tensor], Tensor]

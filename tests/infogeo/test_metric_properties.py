@@ -393,8 +393,10 @@ def test_cases_are_well_formed() -> None:
 def _public_distances() -> set[str]:
     """``module.qualname`` of every public function or method of infogeo named as a distance or a length."""
     found: set[str] = set()
-    for path in sorted(Path(infogeo.__file__).parent.glob("*.py")):
-        module = f"infogeo.{path.stem}"
+    root = Path(infogeo.__file__).parent
+    for path in sorted(root.rglob("*.py")):  # subpackages too (infogeo.fisher.normal, ...)
+        parts = ("infogeo",) + path.relative_to(root).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             members: list[tuple[str, ast.stmt]] = [(getattr(node, "name", ""), node)]
             if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
@@ -409,7 +411,7 @@ def test_every_distance_has_a_case() -> None:
     covered = {f"{case.function.__module__}.{case.function.__qualname__}" for case in CASES}
     missing = _public_distances() - covered
     assert not missing, f"distance functions without a case: {sorted(missing)}"
-    assert "infogeo.graph.TokenGraph.edge_lengths" in covered and "infogeo.fisher.normal_distance" in covered
+    assert "infogeo.graph.TokenGraph.edge_lengths" in covered and "infogeo.fisher.normal.normal_distance" in covered
 
 
 # ----------------------------------------------------------------------------------------------
