@@ -62,8 +62,8 @@ from bench_scan import best_ms_interleaved  # noqa: E402
 from tiling.train.corpus import CorpusError, load_split, slice_root  # noqa: E402
 from tiling.train.storage import atomic_write_bytes  # noqa: E402
 from tiling.train.text import TextInputError, as_byte_tensor, forward_madds, read_text_file  # noqa: E402
-from tiling.train.textmodel import (build_model, load_text_model, model_config, parameter_count,  # noqa: E402
-                                    read_text_meta)
+from tiling.train.textmodel import (build_model, config_from_dict, load_text_model, model_config,  # noqa: E402
+                                    parameter_count, read_text_meta)
 
 BUDGETS = (0.5, 0.35, 0.25)
 L = 1024
@@ -410,7 +410,7 @@ def cases(runs: Path) -> list[tuple[str, Path | dict, float, dict]]:
     full = next((r for r in rows if r["row"] == "full@1/s0" and Path(r["checkpoint"]).is_file()), None)
     if full is None:
         raise ValueError(f"--runs {runs}: no finished full@1/s0 row with its checkpoint (the reference of every ratio)")
-    shape = read_text_meta(full["checkpoint"])["model"]
+    shape = config_from_dict(read_text_meta(full["checkpoint"])["model"])  # a TiledLMConfig (full@1 is plain)
     out = []
     for row in rows:
         if Path(row["checkpoint"]).is_file():
@@ -418,10 +418,9 @@ def cases(runs: Path) -> list[tuple[str, Path | dict, float, dict]]:
             continue
         why = "its plan depends on the weights"
         if row["configuration"] in WEIGHT_FREE_PLAN:
-            lk = shape["layer_kwargs"]
-            cfg = model_config(row["configuration"], row["budget"], d_model=shape["d_model"],
-                               n_layers=shape["n_layers"], d_state=lk["d_state"], expand=lk["expand"],
-                               tile_size=lk["tile_size"], full_resolution_layers=tuple(row["full_resolution_layers"]))
+            cfg = model_config(row["configuration"], row["budget"], d_model=shape.d_model, n_layers=shape.n_layers,
+                               d_state=shape.mamba.d_state, expand=shape.mamba.expand, tile_size=shape.tiling.tile_size,
+                               full_resolution_layers=tuple(row["full_resolution_layers"]))
             if parameter_count(build_model(cfg)) == row["params"]:
                 out.append((row["row"] + " (fresh weights)", cfg, float(row["budget"]), row))
                 print(f"{row['row']}: checkpoint {row['checkpoint']} missing; timed on fresh weights of its shape",
@@ -466,7 +465,7 @@ def trained_rows_main(argv: list[str]) -> int:
 
     prefill, decode, meta = {}, {}, {}
     for case, ckpt, budget, row in tqdm(todo, desc="loading"):
-        model = build_model(ckpt).eval() if isinstance(ckpt, dict) else load_text_model(ckpt)[0]
+        model = load_text_model(ckpt)[0] if isinstance(ckpt, Path) else build_model(ckpt).eval()
         meta[case] = (row["configuration"], budget, list(row.get("full_resolution_layers", [])))
 
         def pre(model=model, budget=budget):

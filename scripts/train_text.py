@@ -50,7 +50,7 @@ from tiling.train.trainer import (  # noqa: E402
     RunError, TrainOptions, machine_info, set_threads, train_run, training_loss,
 )
 from tiling.train.textmodel import (  # noqa: E402
-    CONFIGURATIONS, TextModelError, build_model, export_bundled, load_text_model, model_config,
+    CONFIGURATIONS, TextModelError, build_model, export_bundled, load_text_model, model_config, model_dict,
 )
 
 ADAPTIVE = ("adaptive", "router", "scan-adaptive")
@@ -230,10 +230,10 @@ def train(args, data: dict | None = None) -> dict:
         cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers,
                            d_state=args.d_state, tile_size=args.tile_size, r_min=args.r_min,
                            full_resolution_layers=outer_layers(args.config, args.full_layers), expand=args.expand)
-        budget = cfg["layer_kwargs"]["budget"]
+        budget = cfg.tiling.budget
         model = build_model(cfg)
         info = {"full_resolution_layers": list(model.full_resolution_layers), "d_model": args.d_model,
-                "n_layers": args.n_layers, "tile_size": args.tile_size, "model": cfg}
+                "n_layers": args.n_layers, "tile_size": args.tile_size, "model": model_dict(model)}
     name = row_name(args.config, budget, args.seed, args.full_layers)
     opts = options(args)
     return train_run(model, data, opts, out, name=name, configuration=args.config, budget=budget, info=info,
@@ -586,7 +586,7 @@ def measure(args) -> dict:
         cfg = model_config(args.config, args.budget, d_model=args.d_model, n_layers=args.n_layers,
                            d_state=args.d_state, tile_size=args.tile_size, r_min=args.r_min,
                            full_resolution_layers=outer_layers(args.config, args.full_layers), expand=args.expand)
-        model, budget = build_model(cfg).train(), cfg["layer_kwargs"]["budget"]
+        model, budget = build_model(cfg).train(), cfg.tiling.budget
     options(args)  # checks --device and the rest
     model = model.to(args.device)
     opt = torch.optim.AdamW(model.param_groups(args.weight_decay), lr=args.lr, betas=(0.9, 0.95))

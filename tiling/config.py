@@ -238,20 +238,28 @@ AUX_SIGNALS = ("entropy", "surprisal", "fisher_rao")
 
 @dataclass(frozen=True)
 class MambaConfig:
-    """The shape of one Mamba layer (mamba_ssm's ``Mamba`` arguments that set it).
+    """One Mamba layer: its shape and initialisation (mamba_ssm's ``Mamba`` arguments, HF ``MambaConfig``'s
+    ``time_step_*``/``use_*bias``).
 
     Parameters
     ----------
     d_model : width ``≥ 1``.
     d_state : state size ``N ≥ 1``.
     d_conv : causal conv width ``≥ 1``.
-    expand : ``d_inner = expand · d_model``, ``≥ 1``.
-    dt_rank : rank of Δ's projection, ``≥ 1``; None: ``⌈d_model / 16⌉`` (Mamba's "auto").
+    expand : ``d_inner = expand · d_model``, ``≥ 1``. The default 1 is the text models' (Mamba's own is 2,
+        which :class:`~tiling.modules.TiledMamba` and ``TiledLM``'s keyword form keep).
+    dt_rank : rank of Δ's projection, ``≥ 1``; None (or ``"auto"``, stored as None): ``⌈d_model / 16⌉``
+        (Mamba's "auto").
+    dt_min, dt_max : the range ``0 < dt_min ≤ dt_max`` of Δ's initial values (log-uniform).
+    dt_init : ``"random"`` or ``"constant"`` initialisation of Δ's projection weight.
+    dt_scale : scale ``> 0`` of that weight's initial range.
+    dt_init_floor : floor ``> 0`` of Δ's initial values.
+    conv_bias, bias : biases of the conv and of the in/out projections.
 
     Raises
     ------
     TypeError, ValueError
-        A field is not an int in its range (named).
+        A field is not of its type or not in its range (named).
     """
 
     d_model: int
@@ -259,13 +267,31 @@ class MambaConfig:
     d_conv: int = 4
     expand: int = 1
     dt_rank: int | None = None
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init: str = "random"
+    dt_scale: float = 1.0
+    dt_init_floor: float = 1e-4
+    conv_bias: bool = True
+    bias: bool = False
 
     def __post_init__(self) -> None:
         put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         for name in ("d_model", "d_state", "d_conv", "expand"):
             put(name, check_int(getattr(self, name), name, minimum=1, maximum=2 ** 20))
+        if self.dt_rank == "auto":
+            put("dt_rank", None)
         if self.dt_rank is not None:
             put("dt_rank", check_int(self.dt_rank, "dt_rank", minimum=1, maximum=2 ** 20))
+        for name in ("dt_min", "dt_max", "dt_scale", "dt_init_floor"):
+            check_positive(getattr(self, name), name)
+            put(name, float(getattr(self, name)))
+        if self.dt_min > self.dt_max:
+            raise ValueError(f"dt_min must be <= dt_max, got {self.dt_min} > {self.dt_max}")
+        check_choice(self.dt_init, "dt_init", ["random", "constant"])
+        for name in ("conv_bias", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
 
     @property
     def d_inner(self) -> int:
@@ -279,8 +305,8 @@ class MambaConfig:
 
     def layer_kwargs(self) -> dict[str, Any]:
         """The arguments of :class:`~tiling.modules.TiledMamba` after ``d_model``."""
-        return {"d_state": self.d_state, "d_conv": self.d_conv, "expand": self.expand,
-                "dt_rank": "auto" if self.dt_rank is None else self.dt_rank}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "d_model"}
+        return {**out, "dt_rank": "auto" if self.dt_rank is None else self.dt_rank}
 
 
 @dataclass(frozen=True)
@@ -495,4 +521,156 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
         tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget),
                             causal=causal, calibration="running"),
         boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range)
-__all__ = ["TilingConfig", "MambaConfig", "StageConfig", "BoundaryConfig", "HourglassConfig", "hourglass_config", "SIGNALS", "AUX_SIGNALS"]
+
+
+#: the keys of the flat configuration ``TiledLM`` stored before the nested one (read by :meth:`TiledLMConfig.from_dict`)
+_FLAT_KEYS = frozenset({"vocab_size", "d_model", "n_layers", "shared_density", "full_resolution_layers",
+                        "layer_kwargs"})
+
+
+def _nested(cls: type, data: Any, name: str) -> Any:
+    """``data`` as a ``cls`` (a dict of its fields, or one already); errors name the field ``name``."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, got {type(data).__name__}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise ValueError(f"{name}: unknown {cls.__name__} fields {unknown}; known: {sorted(fields)}")
+    try:
+        return cls(**data)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+@dataclass(frozen=True)
+class TiledLMConfig:
+    """A language model of tiled Mamba layers (:class:`~tiling.train.TiledLM`), nested and frozen.
+
+    Parameters
+    ----------
+    mamba : every layer's :class:`MambaConfig` (the model's width is ``mamba.d_model``).
+    n_layers : ``≥ 1``.
+    tiling : the :class:`TilingConfig` of the tiled layers (those not in ``full_resolution_layers``).
+    vocab_size : ``≥ 2`` (256 for bytes).
+    shared_density : every layer's policy reads the first layer's per-token density (``TiledLM``).
+    full_resolution_layers : layers that always run at full resolution (plain Mamba); negative indices
+        count from the end, as in Python. Stored resolved: sorted, distinct, in ``[0, n_layers)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A nested config of the wrong type, a field out of range or of the wrong type, a layer index
+        that does not exist (the message names the field).
+
+    Examples
+    --------
+    >>> cfg = TiledLMConfig(MambaConfig(d_model=64), n_layers=4, tiling=TilingConfig(budget=0.5, tile_size=16),
+    ...                     full_resolution_layers=(0, -1))
+    >>> cfg.full_resolution_layers
+    (0, 3)
+    >>> TiledLMConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    mamba: MambaConfig
+    n_layers: int = 2
+    tiling: TilingConfig = TilingConfig()
+    vocab_size: int = 256
+    shared_density: bool = False
+    full_resolution_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        put = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        put("mamba", _nested(MambaConfig, self.mamba, "mamba"))
+        put("tiling", _nested(TilingConfig, self.tiling, "tiling"))
+        n = check_int(self.n_layers, "n_layers", minimum=1, maximum=2 ** 16)
+        put("n_layers", n)
+        put("vocab_size", check_int(self.vocab_size, "vocab_size", minimum=2, maximum=2 ** 24))
+        if not isinstance(self.shared_density, bool):
+            raise TypeError(f"shared_density must be a bool, got {self.shared_density!r}")
+        layers = self.full_resolution_layers
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, (tuple, list)):
+            raise TypeError(f"full_resolution_layers must be a tuple of layer indices, got {type(layers).__name__}")
+        for k in layers:
+            if isinstance(k, bool) or not isinstance(k, int):
+                raise TypeError(f"full_resolution_layers must hold ints, got {k!r}")
+            if not -n <= k < n:
+                raise ValueError(f"full_resolution_layers: layer {k} does not exist in a model of {n} layers")
+        put("full_resolution_layers", tuple(sorted({k % n for k in layers})))
+
+    @property
+    def d_model(self) -> int:
+        """The model's width, ``mamba.d_model``."""
+        return self.mamba.d_model
+
+    def replace(self, **changes: Any) -> TiledLMConfig:
+        """A copy with ``changes`` applied (checked again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON-serialisable), the form checkpoints store."""
+        out = dataclasses.asdict(self)
+        out["full_resolution_layers"] = list(self.full_resolution_layers)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TiledLMConfig:
+        """The configuration of :meth:`to_dict`'s output, or of the flat form stored before it.
+
+        Parameters
+        ----------
+        data : the nested form ``{"mamba": {...}, "tiling": {...}, "n_layers", "vocab_size",
+            "shared_density", "full_resolution_layers"}``, or the flat form earlier checkpoints store,
+            ``{"vocab_size", "d_model", "n_layers", "shared_density", "full_resolution_layers",
+            "layer_kwargs": {Mamba's arguments and the TilingConfig fields, flat}}`` (told apart by
+            ``layer_kwargs``). A missing field takes its default, except ``mamba`` (``d_model``);
+            a flat form without ``expand`` has Mamba's 2, which its model was built with.
+
+        Returns
+        -------
+        A checked :class:`TiledLMConfig`.
+
+        Raises
+        ------
+        TypeError, ValueError
+            ``data`` or a nested part is not a dict, a key is unknown, a field fails its check, or
+            the flat form's ``layer_kwargs`` chooses the device or dtype (the message names the field).
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"a TiledLM configuration must be a dict, got {type(data).__name__}")
+        if "layer_kwargs" in data:
+            data = _unflatten(data)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown TiledLMConfig fields {unknown}; known: {sorted(names)}")
+        if "mamba" not in data:
+            raise ValueError("a TiledLM configuration needs its mamba (at least {'d_model': ...})")
+        return cls(**data)
+
+
+def _unflatten(data: dict[str, Any]) -> dict[str, Any]:
+    """The nested fields of the flat form that ``TiledLM`` stored in checkpoints before :class:`TiledLMConfig`."""
+    unknown = sorted(set(data) - _FLAT_KEYS)
+    if unknown:
+        raise ValueError(f"unknown fields {unknown} in a flat TiledLM configuration; known: {sorted(_FLAT_KEYS)}")
+    layer = data["layer_kwargs"]
+    if not isinstance(layer, dict):
+        raise TypeError(f"layer_kwargs is a {type(layer).__name__}, expected an object")
+    if "device" in layer or "dtype" in layer:
+        raise ValueError("layer_kwargs may not choose the device or dtype")
+    mamba_names = {f.name for f in dataclasses.fields(MambaConfig)} - {"d_model"}
+    tiling_names = {f.name for f in dataclasses.fields(TilingConfig)}
+    unknown = sorted(set(layer) - mamba_names - tiling_names - {"validate"})  # validate: a check, not the model
+    if unknown:
+        raise ValueError(f"layer_kwargs: unknown layer arguments {unknown}")
+    out = {k: v for k, v in data.items() if k not in ("d_model", "layer_kwargs")}
+    out["mamba"] = {"d_model": data.get("d_model"), "expand": 2, **{k: v for k, v in layer.items() if k in mamba_names}}
+    out["tiling"] = {k: v for k, v in layer.items() if k in tiling_names}
+    return out
+
+
+__all__ = ["TilingConfig", "MambaConfig", "StageConfig", "BoundaryConfig", "HourglassConfig", "TiledLMConfig",
+           "hourglass_config", "SIGNALS", "AUX_SIGNALS"]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tiling.config import TilingConfig
+from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.train import BurstCopyDataset, BurstRepeatDataset, CheckpointError, TiledLM, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -119,6 +119,31 @@ def test_tiling_keywords_are_deprecated_and_build_the_same_model():
     assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
     with pytest.raises(TypeError, match="not both"):
         TiledLM(6, d_model=8, n_layers=1, tiling=TilingConfig(), budget=0.5)
+
+
+def test_the_keyword_form_builds_the_model_of_its_nested_configuration():
+    """Issue 26: TiledLM's keywords make a TiledLMConfig (no flat layer_kwargs); expand is Mamba's 2 there."""
+    tiling = TilingConfig(tile_size=8, budget=0.5)
+    torch.manual_seed(0)
+    kw = TiledLM(6, d_model=8, n_layers=3, d_state=4, dt_min=0.01, dt_rank="auto", tiling=tiling,
+                 full_resolution_layers=(-1,))
+    cfg = TiledLMConfig(MambaConfig(d_model=8, d_state=4, expand=2, dt_min=0.01), n_layers=3, tiling=tiling,
+                        vocab_size=6, full_resolution_layers=(2,))
+    torch.manual_seed(0)
+    nested = TiledLM(config=cfg)
+    assert kw.config == cfg and kw.tiling is cfg.tiling and kw.full_resolution_layers == (2,)
+    assert all(torch.equal(a, b) for a, b in zip(kw.state_dict().values(), nested.state_dict().values()))
+    assert kw.layers[0].expand == 2 and kw.layers[0].dt_rank == 1 and kw.layers[2].tiling.budget == 1.0
+    with pytest.raises(TypeError, match="config=TiledLMConfig.* or the model's arguments, not both"):
+        TiledLM(6, config=cfg)
+    with pytest.raises(TypeError, match="config must be a tiling.config.TiledLMConfig, got dict"):
+        TiledLM(config=cfg.to_dict())
+    with pytest.raises(TypeError, match=r"unknown TiledLM arguments \['d_sate'\]"):
+        TiledLM(6, d_sate=4)
+    with pytest.raises(TypeError, match="needs vocab_size"):
+        TiledLM(d_model=8)
+    with pytest.raises(ValueError, match="dt_min must be <= dt_max"):
+        TiledLM(6, dt_min=0.5, dt_max=0.1)
 
 
 def test_shared_density_feeds_the_first_layers_tile_density_to_every_layer():

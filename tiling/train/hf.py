@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +41,14 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PretrainedConfig, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from tiling.config import TilingConfig
+from tiling.config import MambaConfig, TilingConfig
 from tiling.train import hf_convert
-from tiling.train.model import MAMBA_KWARGS, TiledLM
+from tiling.train.model import TiledLM
 from tiling.train.storage import write_folder
 
 Tensor = torch.Tensor
+#: the Mamba arguments a configuration's ``mamba`` may hold: :class:`~tiling.config.MambaConfig`'s fields after d_model
+_MAMBA_ARGS = sorted(f.name for f in fields(MambaConfig) if f.name != "d_model")
 
 __all__ = ["TiledMambaConfig", "TiledMambaForCausalLM", "TiledCausalLMOutput", "from_hf", "to_hf"]
 
@@ -88,8 +90,8 @@ class TiledMambaConfig(PretrainedConfig):
     vocab_size, hidden_size, num_hidden_layers : ``TiledLM``'s ``vocab_size``, ``d_model``, ``n_layers``.
     layer_norm_epsilon : ε of every RMSNorm (HF Mamba's name; a ``TiledLM`` builds its norms with 1e-5).
     shared_density, full_resolution_layers : as in :class:`~tiling.train.TiledLM`.
-    mamba : the Mamba arguments of every layer (``d_state``, ``d_conv``, ``expand``, ``dt_rank``, ...;
-        :data:`~tiling.train.model.MAMBA_KWARGS` less ``device``/``dtype``/``validate``).
+    mamba : the Mamba arguments of every layer (``d_state``, ``d_conv``, ``expand``, ``dt_rank``, ...: the
+        fields of :class:`~tiling.config.MambaConfig` after ``d_model``; ``expand`` defaults to Mamba's 2).
     tiling : the tiled layers' :class:`~tiling.config.TilingConfig` or its ``to_dict()``; stored as a dict.
     tie_word_embeddings : always True (the head is the embedding).
     **kwargs : ``PretrainedConfig``'s (``eos_token_id``, ``bos_token_id``, ``pad_token_id``, ...).
@@ -118,10 +120,10 @@ class TiledMambaConfig(PretrainedConfig):
             raise TypeError(f"tiling must be a tiling.config.TilingConfig or a dict of its fields, got "
                             f"{type(tiling).__name__}")
         mamba = dict(mamba or {})
-        unknown = sorted(set(mamba) - (set(MAMBA_KWARGS) - {"device", "dtype", "validate"}))
+        unknown = sorted(set(mamba) - set(_MAMBA_ARGS))
         if unknown:
             raise ValueError(f"mamba holds {unknown}, which are not Mamba arguments; expected some of "
-                             f"{sorted(set(MAMBA_KWARGS) - {'device', 'dtype', 'validate'})}")
+                             f"{_MAMBA_ARGS}")
         if not tie_word_embeddings:
             raise ValueError("tie_word_embeddings must be True: a tiled model's head is its embedding")
         self.vocab_size = vocab_size
@@ -153,11 +155,10 @@ class TiledMambaConfig(PretrainedConfig):
         :class:`TiledMambaConfig`.
         """
         c = lm.config
-        mamba = {k: v for k, v in c["layer_kwargs"].items() if k in MAMBA_KWARGS and k not in ("device", "dtype",
-                                                                                               "validate")}
-        return cls(vocab_size=c["vocab_size"], hidden_size=c["d_model"], num_hidden_layers=c["n_layers"],
-                   layer_norm_epsilon=float(lm.norm_f.eps), shared_density=c["shared_density"],
-                   full_resolution_layers=c["full_resolution_layers"], mamba=mamba, tiling=lm.tiling, **kwargs)
+        mamba = {k: v for k, v in asdict(c.mamba).items() if k != "d_model"}
+        return cls(vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layers,
+                   layer_norm_epsilon=float(lm.norm_f.eps), shared_density=c.shared_density,
+                   full_resolution_layers=list(c.full_resolution_layers), mamba=mamba, tiling=c.tiling, **kwargs)
 
 
 @dataclass

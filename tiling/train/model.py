@@ -5,12 +5,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from infogeo.checks import check_int
-from tiling.config import TilingConfig
+from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules import TiledMamba
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
@@ -18,44 +18,24 @@ from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
 
-#: the constructor arguments of Mamba itself (shapes, initialisation), shared by every layer
-MAMBA_KWARGS = ("d_state", "d_conv", "expand", "dt_rank", "dt_min", "dt_max", "dt_init", "dt_scale",
-                "dt_init_floor", "conv_bias", "bias", "validate", "device", "dtype")
-_TILING_FIELDS = tuple(f.name for f in dataclasses.fields(TilingConfig))
-
-
-def split_layer_kwargs(layer_kwargs: dict) -> tuple[dict, TilingConfig]:
-    """Split flat layer arguments into Mamba's arguments and a tiling configuration.
-
-    Parameters
-    ----------
-    layer_kwargs : the flat ``layer_kwargs`` of :attr:`TiledLM.config` (Mamba's arguments and the
-        fields of :class:`~tiling.config.TilingConfig`).
-
-    Returns
-    -------
-    ``(mamba_kwargs, tiling)``: Mamba's arguments and a :class:`~tiling.config.TilingConfig` of the rest.
-
-    Raises
-    ------
-    TypeError
-        A name is neither a Mamba argument nor a tiling field.
-    """
-    unknown = sorted(set(layer_kwargs) - set(MAMBA_KWARGS) - set(_TILING_FIELDS))
-    if unknown:
-        raise TypeError(f"unknown layer arguments {unknown}")
-    mamba = {k: v for k, v in layer_kwargs.items() if k in MAMBA_KWARGS}
-    return mamba, TilingConfig(**{k: v for k, v in layer_kwargs.items() if k in _TILING_FIELDS})
+#: the options of :class:`~tiling.config.TilingConfig`, accepted as deprecated ``TiledLM`` keywords
+_TILING_FIELDS = frozenset(f.name for f in dataclasses.fields(TilingConfig))
+#: the Mamba arguments of :class:`~tiling.config.MambaConfig` that ``TiledLM``'s keyword form takes
+_MAMBA_FIELDS = frozenset(f.name for f in dataclasses.fields(MambaConfig)) - {"d_model"}
 
 
 class TiledLM(nn.Module):
     """Language model of tiled Mamba layers: ``tokens (batch, L) int64 → logits (batch, L, vocab)``.
 
+    Built from a :class:`~tiling.config.TiledLMConfig` (``TiledLM(config=...)``), or from the keywords
+    below, which make one.
+
     Parameters
     ----------
     vocab_size : ≥ 2.
-    d_model : model width.
-    n_layers : ≥ 1.
+    d_model : model width (default 32).
+    n_layers : ≥ 1 (default 2).
+    config : the whole configuration; then none of the model's other arguments may be given.
     shared_density : every layer's resolution policy reads the per-token density of the *first*
         layer, ``ρ_t = (Σ_d Δ_{t,d}²)‖B_t‖²`` (seed 001 §3.4 step 1, the closed form of the first
         layer), passed as the layers' external density, so every layer sees the first layer's tile
@@ -63,28 +43,29 @@ class TiledLM(nn.Module):
     full_resolution_layers : indices of layers (negative ones count from the end, as in Python:
         ``(0, -1)`` is the first and the last) that always run at full resolution, whatever the
         budget of the model or of a call: they are block-scope layers at budget 1, i.e. plain Mamba
-        (the block scope is exact at ``R = 1``), built from the Mamba arguments of ``mamba_kwargs``
-        and the tile size only (the other tiling options do not apply). The other layers get ``tiling``.
+        (the block scope is exact at ``R = 1``), built from the Mamba configuration and the tile
+        size only (the other tiling options do not apply). The other layers get ``tiling``.
     tiling : the :class:`~tiling.config.TilingConfig` of every tiled layer; default ``TilingConfig()``.
-    **mamba_kwargs : Mamba arguments (d_state, expand, ...) of every
-        :class:`~tiling.modules.TiledMamba`. Deprecated (one release, ``DeprecationWarning``): tiling
-        options as keywords among them (they build ``tiling``).
+    validate, device, dtype : of every :class:`~tiling.modules.TiledMamba` (not part of the configuration).
+    **mamba : the fields of :class:`~tiling.config.MambaConfig` after ``d_model`` (d_state, expand, dt_rank,
+        dt_min, ...; ``expand`` defaults to Mamba's 2 here). Deprecated (one release,
+        ``DeprecationWarning``): tiling options as keywords among them (they build ``tiling``).
 
     Attributes
     ----------
-    config : the constructor arguments (JSON-serialisable; ``layer_kwargs``: the Mamba arguments
-        and every field of ``tiling``, flat, the format checkpoints have always stored), so a
-        checkpoint can rebuild the model (:mod:`tiling.train.textmodel`, :func:`split_layer_kwargs`).
-    tiling : the tiling configuration.
+    config : the :class:`~tiling.config.TiledLMConfig` (checkpoints store its ``to_dict()``,
+        :mod:`tiling.train.textmodel`).
+    tiling : ``config.tiling``.
     layers : the :class:`~tiling.modules.TiledMamba` layers.
 
     Raises
     ------
     TypeError
-        ``tiling`` is not a :class:`~tiling.config.TilingConfig` or is given together with tiling
-        keywords; ``vocab_size``/``n_layers`` or an entry of ``full_resolution_layers`` is not an int.
+        ``config`` is given with other model arguments or is not a ``TiledLMConfig``; ``tiling`` is not a
+        :class:`~tiling.config.TilingConfig` or is given together with tiling keywords; a keyword is
+        neither a Mamba argument nor a tiling option; a value has the wrong type (named).
     ValueError
-        ``vocab_size < 2``, ``n_layers < 1``, a layer index does not exist, or a layer rejects its
+        A value is out of range (:class:`~tiling.config.TiledLMConfig`, named), or a layer rejects its
         arguments (:class:`~tiling.modules.TiledMamba`).
 
     Warns
@@ -106,54 +87,64 @@ class TiledLM(nn.Module):
     Decoding: :meth:`allocate_inference_state` and :meth:`step` run the model one token at a
     time with each layer's :meth:`~tiling.modules.TiledMamba.step`; in the block scope (causal)
     that equals :meth:`forward` token by token at every budget, in the scan scope only at budget 1.
+
+    Examples
+    --------
+    >>> from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
+    >>> lm = TiledLM(config=TiledLMConfig(MambaConfig(d_model=16, d_state=4), n_layers=2,
+    ...                                   tiling=TilingConfig(tile_size=8, budget=0.5)))
+    >>> lm(torch.zeros(1, 32, dtype=torch.int64)).shape
+    torch.Size([1, 32, 256])
+    >>> TiledLM(256, 16, 2, d_state=4, expand=1, tiling=TilingConfig(tile_size=8, budget=0.5)).config == lm.config
+    True
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 32, n_layers: int = 2, *, shared_density: bool = False,
+    def __init__(self, vocab_size: int | None = None, d_model: int | None = None, n_layers: int | None = None, *,
+                 config: TiledLMConfig | None = None, shared_density: bool = False,
                  full_resolution_layers: tuple[int, ...] | list[int] = (), tiling: TilingConfig | None = None,
-                 **mamba_kwargs) -> None:
+                 validate: bool = False, device=None, dtype=None, **mamba) -> None:
         super().__init__()
-        options = {k: v for k, v in mamba_kwargs.items() if k in _TILING_FIELDS}
-        if options:
-            if tiling is not None:
-                raise TypeError("TiledLM() takes tiling=TilingConfig(...) or the deprecated tiling keywords, not both")
-            warnings.warn("TiledLM(..., budget=..., policy=..., ...) is deprecated: pass tiling=TilingConfig(...); "
-                          "the keyword options will be removed in the next release", DeprecationWarning, stacklevel=2)
-            mamba_kwargs, tiling = split_layer_kwargs(mamba_kwargs)
-        elif tiling is None:
-            tiling = TilingConfig()
-        if not isinstance(tiling, TilingConfig):
-            raise TypeError(f"tiling must be a tiling.config.TilingConfig, got {type(tiling).__name__}")
-        self.tiling = tiling
-        self.vocab_size = check_int(vocab_size, "vocab_size", minimum=2)
-        self.shared_density = bool(shared_density)
-        n_layers = check_int(n_layers, "n_layers", minimum=1)
-        self.full_resolution_layers = self._resolve_layers(full_resolution_layers, n_layers)
-        self.config = {"vocab_size": self.vocab_size, "d_model": int(d_model), "n_layers": n_layers,
-                       "shared_density": self.shared_density,
-                       "full_resolution_layers": list(self.full_resolution_layers),
-                       "layer_kwargs": {**{k: v for k, v in mamba_kwargs.items() if k not in ("device", "dtype")},
-                                        **tiling.to_dict()}}
-        self.embedding = nn.Embedding(vocab_size, d_model)
+        if config is None:
+            config = _keyword_config(vocab_size, 32 if d_model is None else d_model, 2 if n_layers is None else n_layers,
+                                     shared_density, full_resolution_layers, tiling, mamba)
+        elif (vocab_size, d_model, n_layers, tiling) != (None,) * 4 or mamba or shared_density or full_resolution_layers:
+            raise TypeError("TiledLM() takes config=TiledLMConfig(...) or the model's arguments, not both")
+        elif not isinstance(config, TiledLMConfig):
+            raise TypeError(f"config must be a tiling.config.TiledLMConfig, got {type(config).__name__}")
+        self.config = config
+        d = config.d_model
+        self.embedding = nn.Embedding(config.vocab_size, d)
         nn.init.normal_(self.embedding.weight, std=0.02)  # tied head: unit-variance rows would give logits of std √d_model
-        self.norms = nn.ModuleList(nn.RMSNorm(d_model, eps=1e-5) for _ in range(n_layers))
+        self.norms = nn.ModuleList(nn.RMSNorm(d, eps=1e-5) for _ in range(config.n_layers))
+        tiling = config.tiling
         full = TilingConfig(tile_size=tiling.tile_size, scope="block", boundaries="tile", budget=1.0, policy="uniform")
+        layer = {**config.mamba.layer_kwargs(), "validate": validate, "device": device, "dtype": dtype}
         self.layers = nn.ModuleList(
-            TiledMamba(d_model, **mamba_kwargs, tiling=full if k in self.full_resolution_layers else tiling)
-            for k in range(n_layers))
-        self.norm_f = nn.RMSNorm(d_model, eps=1e-5)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
+            TiledMamba(d, **layer, tiling=full if k in config.full_resolution_layers else tiling)
+            for k in range(config.n_layers))
+        self.norm_f = nn.RMSNorm(d, eps=1e-5)
+        self.head = nn.Linear(d, config.vocab_size, bias=False)
         self.head.weight = self.embedding.weight  # tied
 
-    @staticmethod
-    def _resolve_layers(layers, n_layers: int) -> tuple[int, ...]:
-        out = set()
-        for k in layers:
-            if isinstance(k, bool) or not isinstance(k, int):
-                raise TypeError(f"full_resolution_layers must hold ints, got {k!r}")
-            if not -n_layers <= k < n_layers:
-                raise ValueError(f"full_resolution_layers: layer {k} does not exist in a model of {n_layers} layers")
-            out.add(k % n_layers)
-        return tuple(sorted(out))
+    @property
+    def tiling(self) -> TilingConfig:
+        """The tiled layers' configuration, ``config.tiling``."""
+        return self.config.tiling
+
+    @property
+    def vocab_size(self) -> int:
+        """``config.vocab_size``."""
+        return self.config.vocab_size
+
+    @property
+    def shared_density(self) -> bool:
+        """``config.shared_density``."""
+        return self.config.shared_density
+
+    @property
+    def full_resolution_layers(self) -> tuple[int, ...]:
+        """``config.full_resolution_layers`` (resolved: sorted, non-negative)."""
+        return self.config.full_resolution_layers
 
     def layer_budget(self, k: int, budget: float | None) -> float | None:
         """The budget layer ``k`` runs at for a call with ``budget`` (None: the layer's own)."""
@@ -415,6 +406,31 @@ class TiledLM(nn.Module):
         return to_hf(self, **config_kwargs)
 
 
+def _keyword_config(vocab_size: int | None, d_model: int, n_layers: int, shared_density: bool,
+                    full_resolution_layers, tiling: TilingConfig | None, mamba: dict[str, Any]) -> TiledLMConfig:
+    """The :class:`~tiling.config.TiledLMConfig` of ``TiledLM``'s keyword form (its deprecated tiling keywords too)."""
+    if vocab_size is None:
+        raise TypeError("TiledLM() needs vocab_size (or config=TiledLMConfig(...))")
+    options = {k: mamba.pop(k) for k in list(mamba) if k in _TILING_FIELDS}
+    if options:
+        if tiling is not None:
+            raise TypeError("TiledLM() takes tiling=TilingConfig(...) or the deprecated tiling keywords, not both")
+        warnings.warn("TiledLM(..., budget=..., policy=..., ...) is deprecated: pass tiling=TilingConfig(...); "
+                      "the keyword options will be removed in the next release", DeprecationWarning, stacklevel=3)
+        tiling = TilingConfig(**options)
+    elif tiling is None:
+        tiling = TilingConfig()
+    if not isinstance(tiling, TilingConfig):
+        raise TypeError(f"tiling must be a tiling.config.TilingConfig, got {type(tiling).__name__}")
+    unknown = sorted(set(mamba) - _MAMBA_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown TiledLM arguments {unknown}: neither Mamba arguments ({sorted(_MAMBA_FIELDS)}) "
+                        "nor tiling options")
+    return TiledLMConfig(MambaConfig(d_model=d_model, **{"expand": 2, **mamba}), n_layers=n_layers, tiling=tiling,
+                         vocab_size=vocab_size, shared_density=shared_density,
+                         full_resolution_layers=tuple(full_resolution_layers))
+
+
 def _nonfinite(module: nn.Module) -> list[str]:
     """The names of ``module``'s parameters that hold NaN/Inf (at most four)."""
     with torch.no_grad():
@@ -436,4 +452,4 @@ class TiledLMState(list):
         self.batch = int(layers[0].conv.shape[0]) if layers else 0
 
 
-__all__ = ["TiledLM", "TiledLMState", "MAMBA_KWARGS"]
+__all__ = ["TiledLM", "TiledLMState"]

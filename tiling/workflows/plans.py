@@ -93,9 +93,7 @@ def bits_per_byte(logits: Tensor, ids: Tensor) -> float:
 
 def _twin(lm: TiledLM) -> TiledLM:
     """The model with its tiled layers reading an external density (:data:`DENSITY_POLICY`), same weights."""
-    cfg = {k: v for k, v in lm.config.items() if k != "layer_kwargs"}
-    kwargs = {**lm.config["layer_kwargs"], **DENSITY_POLICY}
-    twin = build_model({**cfg, "layer_kwargs": kwargs})
+    twin = build_model(lm.config.replace(tiling=lm.tiling.replace(**DENSITY_POLICY)))
     missing, unexpected = twin.load_state_dict(lm.state_dict(), strict=False)
     # the twin drops what only the trained policy had (a router's q/k, running quantiles) and adds nothing
     if missing:
