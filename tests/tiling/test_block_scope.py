@@ -36,7 +36,7 @@ def block_layer(seed=0, *, open_gate=True, **kw):
 def boundaries_of(layer, x, budget=None):
     """The boundary mask the layer uses (via its plan machinery, independent of the forward)."""
     c = layer.budget if budget is None else budget
-    layout = layer._block_layout(x, None, None, c, False, False)[0]
+    layout = layer._scope.boundaries.segments(layer, x, None, None, c, False, False).layout
     return torch.ones(x.shape[:2], dtype=torch.bool) if layout is None else layout.boundary
 
 
@@ -226,7 +226,7 @@ def test_block_scope_counts_fall_with_the_budget_at_the_benchmark_shape():
 def test_zero_pool_gate_and_budget_one_are_the_identity_parts():
     layer = block_layer(13, open_gate=False, budget=0.25)
     x = torch.randn(1, 40, 16)
-    layout = layer._block_layout(x, None, None, 0.25, False, False)[0]
+    layout = layer._scope.boundaries.segments(layer, x, None, None, 0.25, False, False).layout
     reps = layer.chunk(x, layout)
     torch.testing.assert_close(reps, x[:, layout.start[0]])  # g = 0: the representatives alone
     ones = layout_from_boundaries(torch.ones(1, 40, dtype=torch.bool))

@@ -18,10 +18,10 @@ Data flow of :meth:`TiledMamba.forward` (shapes for input ``(batch, L, d_model)`
     routing y_{i→i+1} into tile i+1       gated, zero at initialisation
     out_proj                              (batch, L, d_model)
 
-That is the *scan* scope (``scope="scan"``): the resolution shrinks the recurrence only, and
-in_proj, conv, x_proj, dt_proj and out_proj run on every token. The *block* scope
-(``scope="block"``, seed 000 §3.5.1 step 1: "each tile processes O(R_i·n_i) tokens") runs the whole
-mixer on one token per segment::
+That is the *scan* scope (``scope="scan"``, :mod:`tiling.modules.scope_scan`): the resolution shrinks
+the recurrence only, and in_proj, conv, x_proj, dt_proj and out_proj run on every token. The *block*
+scope (``scope="block"``, :mod:`tiling.modules.scope_block`, seed 000 §3.5.1 step 1: "each tile
+processes O(R_i·n_i) tokens") runs the whole mixer on one token per segment::
 
     cheap signal ρ̂ (tiling.modules.router)  →  R_i (policy)  →  m_i = ⌈R_i·T⌉ segments per tile
     Chunk: representative + gated pool (tiling.modules.chunk)   (batch, L_c = Σ_i m_i, d_model)
@@ -29,6 +29,13 @@ mixer on one token per segment::
     Dechunk: hold each segment's output over its tokens      (batch, L, d_model)
 
 or, with ``boundaries="token"``, segments start where a learned router (H-Net's) says so.
+
+The layer owns the Mamba mixer (its parameters, the projections, conv, scan and one-token step) and
+the checks at its boundary; everything that depends on the scope is the strategy's
+(:class:`~tiling.modules.scope.Scope`: :class:`~tiling.modules.scope_scan.ScanScope` or
+:class:`~tiling.modules.scope_block.BlockScope`, whose boundaries are a
+:class:`~tiling.modules.scope_block.TileBoundaries` or a
+:class:`~tiling.modules.scope_block.TokenBoundaries`), chosen once in ``__init__``.
 
 The parameters ``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj`` have the names, shapes
 and initialisation of ``mamba_ssm``'s ``Mamba`` and of HF transformers' ``MambaMixer``. The new
@@ -38,26 +45,23 @@ budget 1 the layer *is* Mamba.
 """
 from __future__ import annotations
 
-import functools
 import math
 import warnings
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from infogeo.checks import check_choice, check_finite, check_int, check_positive, check_tensor
-from infogeo.density import ssm_density
-from tiling.ops import adaptive_selective_scan, scan_cost, segment_counts, tile_lengths
-from tiling.ops.scan import causal_conv1d_silu, cpu_kernels, selective_scan, softplus_gap
 from tiling.config import TilingConfig
-from tiling.policy import tile_density
-from tiling.modules.chunk import Chunk, ChunkState, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
-    layout_from_counts
-from tiling.modules.router import RouterState, RunningCalibration, TileRouter, TileRouterState, TokenRouter, \
-    _linear_density, ratio_loss
-from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
+from tiling.modules.chunk import SegmentLayout
+from tiling.modules.router import RunningCalibration, _linear_density
+from tiling.modules.scope import Scope, TiledMambaState, all_finite
+from tiling.modules.scope_block import BlockScope
+from tiling.modules.scope_scan import ScanScope
+from tiling.ops import adaptive_selective_scan, tile_lengths
+from tiling.ops.scan import causal_conv1d_silu, cpu_kernels, selective_scan, softplus_gap
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -66,41 +70,6 @@ _MAMBA_NAMES = (
     "in_proj.weight", "conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight",
     "dt_proj.bias", "A_log", "D", "out_proj.weight", "in_proj.bias", "out_proj.bias",
 )
-
-
-@dataclass(frozen=True)
-class TiledMambaState:
-    """Recurrent state for :meth:`TiledMamba.step`.
-
-    Attributes
-    ----------
-    conv : (batch, d_inner, d_conv) the last ``d_conv`` conv inputs.
-    ssm : (batch, d_inner, N) float32 (float64 for a float64 layer): the scan state.
-    route : (batch, d_inner) the routed vector added to the outputs of the current tile.
-    position : tokens consumed so far.
-    held : block scope: (batch, d_model) the output of the current segment.
-    chunk : block scope: the pool of the current segment.
-    router : block scope, ``boundaries="token"``: the learned router's previous key.
-    tile_router : block scope, ``boundaries="tile"``: the policy's history
-        (:class:`~tiling.modules.router.TileRouterState`).
-    last_start : block scope: (batch,) the position of the current segment's representative.
-    proj : block scope: the signal's composite map, computed once.
-
-    Notes
-    -----
-    In the block scope ``conv`` and ``ssm`` are the mixer's state on the *compact* sequence.
-    """
-
-    conv: Tensor
-    ssm: Tensor
-    route: Tensor
-    position: int
-    held: Tensor | None = None
-    chunk: ChunkState | None = None
-    router: RouterState | None = None
-    tile_router: TileRouterState | None = None
-    last_start: Tensor | None = None
-    proj: tuple | None = None
 
 
 class TiledMamba(nn.Module):
@@ -139,9 +108,13 @@ class TiledMamba(nn.Module):
     ----------
     tiling : the :class:`~tiling.config.TilingConfig` with ``s_max`` resolved.
     routing : whether cross-tile routing is on (``tiling.routes``).
-    tile_router : the policy, :class:`~tiling.modules.router.TileRouter` (``boundaries="tile"``).
+    tile_router : the policy, :class:`~tiling.modules.router.TileRouter` (``boundaries="tile"``), or
+        None (``boundaries="token"``).
     router : block scope: the learned :class:`~tiling.modules.router.TokenRouter`
         (``boundaries="token"``), or None.
+    transition_gain, route_state_weight, route_resolution_weight, route_gate : scan scope: φ's gain
+        and the routing weights (:class:`~tiling.modules.scope_scan.ScanScope`).
+    chunk, dechunk, signal_index : block scope (:class:`~tiling.modules.scope_block.BlockScope`).
     ratio_loss : H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to
         the task loss; None otherwise.
 
@@ -239,26 +212,10 @@ class TiledMamba(nn.Module):
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
 
-        # --- new parameters, initialised to the identity / zero contribution ---
-        # the tile policy and its running calibration (calibration="running")
-        if tiling.boundaries == "tile":
-            self.tile_router = TileRouter(self.tiling, device=device)
-        if tiling.scope == "scan":
-            # φ (seed 001 §3.3.1): h ← h ⊙ exp(g·(R_i − R_{i−1})) at a tile boundary; g = 0 is φ = id.
-            self.transition_gain = nn.Parameter(torch.zeros(self.d_inner, self.d_state, **factory))
-            # routing (seed 001 §3.3.2), diagonal W_s, W_r (per channel) and a zero gate
-            self.route_state_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
-            self.route_resolution_weight = nn.Parameter(torch.ones(self.d_inner, **factory))
-            self.route_gate = nn.Parameter(torch.zeros(self.d_inner, **factory))
-        else:
-            self.chunk = Chunk(self.d_model, pool=tiling.pool, **factory)
-            self.dechunk = Dechunk()
-            k = tiling.signal_channels
-            step = max(1, self.d_inner // k)
-            self.register_buffer("signal_index", torch.arange(0, self.d_inner, step, device=device)[:k],
-                                 persistent=False)
-            self.router = TokenRouter(self.d_model, tiling.router_rank, **factory) \
-                if tiling.boundaries == "token" else None
+        # --- the scope's parameters, initialised to the identity / zero contribution ---
+        #: the scope's strategy (chosen once: every scope-dependent step is its)
+        self._scope: Scope = _SCOPES[tiling.scope](self.tiling)
+        self._scope.build(self, factory)
         #: H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to the task loss
         self.ratio_loss: Tensor | None = None
 
@@ -279,7 +236,7 @@ class TiledMamba(nn.Module):
     @property
     def calibrator(self) -> RunningCalibration | None:
         """The policy's running calibration (``tile_router.calibrator``), or None."""
-        return self.tile_router.calibrator if self.boundaries == "tile" else None
+        return None if self.tile_router is None else self.tile_router.calibrator
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -291,7 +248,7 @@ class TiledMamba(nn.Module):
         for old, new in _RENAMED_KEYS.items():
             if prefix + old in state_dict:
                 value = state_dict.pop(prefix + old)
-                if self.boundaries == "tile":
+                if self.tile_router is not None:
                     state_dict[prefix + new] = value
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
@@ -336,7 +293,7 @@ class TiledMamba(nn.Module):
         Every product writes the channel-first layout the scan reads, as a ``bmm`` with the
         weight broadcast over the batch and ``x`` as a transposed BLAS operand, so no transpose
         is copied (``torch.matmul`` of a matrix and a batch computes ``(L, E)`` and copies it)."""
-        L, E, r, N = x.shape[1], self.d_inner, self.dt_rank, self.d_state
+        E, r, N = self.d_inner, self.dt_rank, self.d_state
         xt = x.transpose(1, 2)
         W, bias = self.in_proj.weight, self.in_proj.bias
         u, z = _bmm(W[:E], xt), _bmm(W[E:], xt)
@@ -351,13 +308,6 @@ class TiledMamba(nn.Module):
         """out_proj of the channel-first ``y`` (b, d_inner, L) → (b, L, d_model), without a copy."""
         out = torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(y.shape[0], -1, -1))
         return out if self.out_proj.bias is None else out + self.out_proj.bias
-
-    def _density(self, dt_raw: Tensor, B: Tensor, density: Tensor | None, batch: int, L: int) -> Tensor:
-        """Per-token density ``(batch, L)``: the external one (checked) or the closed form."""
-        with torch.no_grad():
-            if density is None:
-                return ssm_density(F.softplus(dt_raw + self.dt_proj.bias[:, None]), B)
-            return density.detach().to(device=dt_raw.device)
 
     @staticmethod
     def _external_density(density: Tensor, batch: int, L: int, device) -> Tensor:
@@ -393,33 +343,6 @@ class TiledMamba(nn.Module):
             proj, offset, w, b, scale = self._signal_maps() if maps is None else maps
             return _linear_density(x, proj, w, b, scale, offset)
 
-    def _route(self, y: Tensor, tile_states: Tensor, C: Tensor, R: Tensor, S: Tensor | None) -> Tensor:
-        """Add ``g ⊙ tanh(W_s·read(s_i) + W_r·(R_i − R_{i+1}))`` to the outputs of tile ``i+1``.
-
-        ``read(s_i) = Σ_{n<S_i} C_{e_i,n} s_{i,n}`` is the layer's own read-out map applied to the
-        state after tile ``i`` at the tile's last position ``e_i`` (seed 001 §3.3.2 with σ = tanh,
-        zero-centred so a zero input routes nothing; W_s, W_r diagonal, one weight per channel).
-        Causal: tile ``i+1`` only receives the state after tile ``i`` and ``R_i, R_{i+1}``, which
-        depend on tiles ``≤ i``.
-        """
-        batch, dim, L = y.shape
-        T = self.tile_size
-        n_tiles = tile_states.shape[2]
-        ends = torch.arange(n_tiles, device=y.device) * T + tile_lengths(L, T).to(y.device) - 1
-        C_end = C[:, :, ends].to(tile_states.dtype)  # (b, N, n_tiles)
-        if S is not None:
-            keep = torch.arange(self.d_state, device=y.device).view(1, 1, -1) < S.unsqueeze(-1)  # (b, n_tiles, N)
-            C_end = C_end * keep.transpose(1, 2).to(C_end.dtype)
-        read = torch.einsum("bdin,bni->bdi", tile_states[:, :, :-1], C_end[:, :, :-1])
-        dR = (R[:, :-1] - R[:, 1:]).to(read.dtype).unsqueeze(1)  # R_i − R_{i+1}
-        w_s = self.route_state_weight.to(read.dtype)[None, :, None]
-        w_r = self.route_resolution_weight.to(read.dtype)[None, :, None]
-        routed = self.route_gate.to(read.dtype)[None, :, None] * torch.tanh(w_s * read + w_r * dR)
-        # position t of tile i+1 receives routed[..., i]; tile 0 receives nothing
-        per_pos = torch.cat([routed.new_zeros(batch, dim, 1), routed], dim=2)
-        tile_of = torch.arange(L, device=y.device) // T
-        return y + per_pos[:, :, tile_of].to(y.dtype)
-
     # ------------------------------------------------------------------ public API
     def forward(
         self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
@@ -454,9 +377,10 @@ class TiledMamba(nn.Module):
             is large enough to make the block overflow; ``density``/``curvature`` is not (batch, L) or
             not finite, ``density`` negative; ``budget`` outside (0, 1] or below ``r_min``.
         """
-        fwd = self._forward_block if self.scope == "block" else self._forward_scan
+        scope = self._scope
         if not (check or self.validate):  # the caller checked the budget too
-            return fwd(hidden_states, density, curvature, self.budget if budget is None else float(budget), return_plan)
+            return scope.forward(self, hidden_states, density, curvature,
+                                 self.budget if budget is None else float(budget), return_plan)
         c = self._budget(budget)
         self._check_input(hidden_states)
         batch, L, _ = hidden_states.shape
@@ -465,7 +389,7 @@ class TiledMamba(nn.Module):
         if curvature is not None:
             check_tensor(curvature, "curvature", shape=(batch, L))
         try:
-            result = fwd(hidden_states, density, curvature, c, return_plan)
+            result = scope.forward(self, hidden_states, density, curvature, c, return_plan)
             out = result[0] if return_plan else result
             if not all_finite(out):
                 raise ValueError("the block's output contains NaN/Inf")
@@ -510,99 +434,6 @@ class TiledMamba(nn.Module):
                                            tile_size=self.tile_size, **kw)
         return selective_scan(u, delta, A, B, C, self.D, z, delta_bias=bias, delta_softplus=gap is None)
 
-    def _forward_scan(self, x: Tensor, density, curvature, c: float, return_plan: bool):
-        batch, L, _ = x.shape
-        u, z, dt_raw, B, C = self._project(x)
-        n_tiles = -(-L // self.tile_size)
-        rho = rho_tile = S = None
-        if self._full(c) and not return_plan:
-            R = torch.ones(batch, n_tiles)
-        elif self.policy == "uniform" and self.tiling.state_k is None and not return_plan:
-            R = torch.full((batch, n_tiles), c)  # R_i = c: no density needed
-        else:
-            rho = self._density(dt_raw, B, density, batch, L)
-            if self._full(c):
-                R, rho_tile = torch.ones(batch, n_tiles), tile_density(rho.to(torch.float64), self.tile_size)
-            else:
-                tp = self.tile_router(rho, curvature=curvature, budget=c)
-                R, rho_tile = tp.resolution, tp.density
-                S = None if self.tiling.state_k is None else tp.state_dims.to(x.device)
-        need_tiles = self.routing and n_tiles > 1
-        full = self._full(c)
-        out = self._scan(u, dt_raw, B, C, z, resolution=None if full else R,
-                         state_dims=S, boundary_gain=None if full else self.transition_gain,
-                         return_tile_states=need_tiles)
-        if need_tiles:
-            y, _, tile_states = out
-            y = self._route(y, tile_states, C, R.to(x.device), S)
-        else:
-            y = out
-        result = self._out(y)
-        if return_plan:
-            return result, self._make_plan(R, S, rho_tile, rho, L, c)
-        return result
-
-    def _block_layout(self, x: Tensor, density, curvature, c: float, update: bool, need_density: bool):
-        """Segments of the block scope: ``(layout, confidence, R, rho_tile, rho)``; ``layout`` None is the identity."""
-        batch, L, _ = x.shape
-        T, n_tiles = self.tile_size, -(-L // self.tile_size)
-        ones = torch.ones(batch, n_tiles)
-        if self.boundaries == "token":
-            self.ratio_loss = None
-            if c >= 1.0:
-                return None, None, ones, None, None
-            p = self.router(x, validate=False)
-            bnd = TokenRouter.boundaries(p, c, self.causal)
-            self.ratio_loss = ratio_loss(bnd, p, c, validate=False)
-            layout = layout_from_boundaries(bnd)
-            per_tile = _tile_sum(bnd, T)
-            R = per_tile / tile_lengths(L, T).to(per_tile)
-            return layout, torch.where(bnd, p, 1.0 - p), R.float().cpu(), None, None
-        rho = rho_tile = None
-        uniform = self.policy == "uniform"  # R_i = c: the signal only feeds the plan's report
-        if need_density or not (self._full(c) or uniform):
-            rho = density.detach().to(device=x.device) if density is not None else self._signal(x)
-        if self._full(c) or uniform:
-            if rho is not None:
-                rho_tile = tile_density(rho.to(torch.float64), T)
-            if self._full(c):
-                return None, None, ones, rho_tile, rho
-            layout = self._uniform_layout(batch, L, c, x.device)
-            return layout, None, torch.full((batch, n_tiles), c), rho_tile, rho
-        R, m, rho_tile = self.tile_router.counts(rho, curvature=curvature, budget=c, update=update)
-        if bool((m == T).all()):
-            return None, None, R, rho_tile, rho
-        return layout_from_counts(m, L, T, device=x.device), None, R, rho_tile, rho
-
-    def _uniform_layout(self, batch: int, L: int, c: float, device) -> SegmentLayout | None:
-        """The layout of the uniform policy (``R_i = c``): the same for every call of one shape, so made
-        once (the counts need no signal) and kept (a few shapes; None is the identity)."""
-        cache = self.__dict__.setdefault("_layouts", {})
-        key = (batch, L, c, str(device))
-        if key not in cache:
-            T, n_tiles = self.tile_size, -(-L // self.tile_size)
-            m, _ = dithered_counts(torch.full((batch, n_tiles), c), T)
-            if len(cache) >= 8:
-                cache.pop(next(iter(cache)))
-            cache[key] = None if bool((m == T).all()) else layout_from_counts(m, L, T, device=device)
-        return cache[key]
-
-    def _forward_block(self, x: Tensor, density, curvature, c: float, return_plan: bool):
-        batch, L, _ = x.shape
-        layout, conf, R, rho_tile, rho = self._block_layout(x, density, curvature, c, self.training, return_plan)
-        if layout is None:
-            xc, gap = x, None
-        else:
-            xc, gap = self.chunk(x, layout, validate=False), layout.gap
-        u, z, dt_raw, B, C = self._project(xc)
-        y = self._scan(u, dt_raw, B, C, z, gap=gap)
-        out = self._out(y)
-        if layout is not None:
-            out = self.dechunk(out, layout, conf, validate=False)
-        if return_plan:
-            return out, self._make_plan(R, None, rho_tile, rho, L, c, layout=layout)
-        return out
-
     def plan(self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
              budget: float | None = None) -> TilePlan:
         """The :class:`~tiling.tile.TilePlan` the layer would use for ``hidden_states`` (no scan).
@@ -623,18 +454,7 @@ class TiledMamba(nn.Module):
         if curvature is not None:
             check_tensor(curvature, "curvature", shape=(batch, L))
         with torch.no_grad():
-            if self.scope == "block":
-                layout, _, R, rho_tile, rho = self._block_layout(hidden_states, density, curvature, c, False, True)
-                return self._make_plan(R, None, rho_tile, rho, L, c, layout=layout)
-            _, _, dt_raw, B, _ = self._project(hidden_states)
-            rho = self._density(dt_raw, B, density, batch, L)
-            if self._full(c):
-                R, S, rho_tile = torch.ones(batch, -(-L // self.tile_size)), None, tile_density(rho.double(), self.tile_size)
-            else:
-                tp = self.tile_router.plan(rho, curvature=curvature, budget=c)
-                R, rho_tile = tp.resolution, tp.density
-                S = None if self.tiling.state_k is None else tp.state_dims
-        return self._make_plan(R, S, rho_tile, rho, L, c)
+            return self._scope.plan(self, hidden_states, density, curvature, c)
 
     def cost(self, L: int, *, compact_length: int | None = None, resolution: Tensor | None = None,
              state_dims: Tensor | None = None, batch: int = 1, signal: bool = True) -> dict[str, int]:
@@ -655,59 +475,24 @@ class TiledMamba(nn.Module):
         kw = dict(d_model=self.d_model, d_state=self.d_state, d_inner=self.d_inner, dt_rank=self.dt_rank,
                   d_conv=self.d_conv, tile_size=self.tile_size, bias=self.in_proj.bias is not None,
                   conv_bias=self.conv1d.bias is not None, batch=batch)
-        if self.scope == "scan":
-            return layer_cost(L, scope="scan", resolution=resolution, state_dims=state_dims, routing=self.routing,
-                              signal="linear" if signal else "none", **kw)
-        kind = ("token" if self.boundaries == "token" else "linear") if signal else "none"
-        return layer_cost(L, scope="block", compact_length=compact_length, signal=kind,
-                          signal_channels=int(self.signal_index.numel()),
-                          router_rank=self.router.rank if self.router is not None else 0, **kw)
+        return self._scope.cost(self, L, kw, compact_length=compact_length, resolution=resolution,
+                                state_dims=state_dims, signal=signal)
 
     def _make_plan(self, R: Tensor, S: Tensor | None, rho_tile: Tensor | None, rho: Tensor | None, L: int,
                    budget: float, layout: SegmentLayout | None = None) -> TilePlan:
+        """The :class:`~tiling.tile.TilePlan` of resolutions ``R``, state dims ``S`` (None: full), tile and
+        token densities, at ``budget``; the scope counts the segments and costs (:meth:`Scope.tile_costs
+        <tiling.modules.scope.Scope.tile_costs>`) on the CPU copies."""
         T = self.tile_size
         lengths = tile_lengths(L, T)
-        starts = torch.arange(lengths.numel(), dtype=torch.int64) * T
         Rc = R.detach().cpu().float()
-        batch = Rc.shape[0]
         Sc = torch.full(Rc.shape, self.d_state, dtype=torch.int64) if S is None else S.detach().cpu()
         dens = torch.zeros(Rc.shape, dtype=torch.float64) if rho_tile is None else rho_tile.detach().cpu()
-        if self.scope == "scan":
-            segs = segment_counts(Rc, lengths)
-            madd = torch.zeros(Rc.shape, dtype=torch.int64)
-            exps = torch.zeros(Rc.shape, dtype=torch.int64)
-            for b in range(batch):
-                for i, n_i in enumerate(lengths.tolist()):
-                    madd[b, i], exps[b, i] = _tile_cost(n_i, T, int(segs[b, i]), int(Sc[b, i]), self.d_state, self.d_inner)
-            whole = [scan_cost(L, T, Rc[b], Sc[b], self.d_state, self.d_inner, boundary_gain=True) for b in range(batch)]
-            meta = {"scan_cost": whole, "scope": "scan",
-                    "layer_cost": self.cost(L, resolution=Rc, state_dims=Sc, batch=batch, signal=not self._full(budget))}
-        else:
-            segs = lengths.expand(batch, -1).clone() if layout is None else _tile_sum(layout.boundary, T).cpu()
-            # per tile: the mixer on its segments, the signal and the pooling on its tokens
-            signal = ("token" if self.boundaries == "token" else "linear") if rho is not None or layout is not None \
-                else "none"
-            per_seg = sum(block_unit_costs(d_model=self.d_model, d_state=self.d_state, d_inner=self.d_inner,
-                                           dt_rank=self.dt_rank, d_conv=self.d_conv, bias=self.in_proj.bias is not None,
-                                           conv_bias=self.conv1d.bias is not None).values())
-            per_tok = signal_cost_per_token(signal, d_model=self.d_model, d_state=self.d_state, dt_rank=self.dt_rank,
-                                            signal_channels=int(self.signal_index.numel()),
-                                            router_rank=self.router.rank if self.router is not None else 0)[0]
-            if layout is not None:
-                per_seg, per_tok = per_seg + 2 * self.d_model, per_tok + self.d_model
-            madd = segs * per_seg + lengths * per_tok
-            exps = segs * (self.d_inner * self.d_state)
-            Lc = L if layout is None else layout.compact_length
-            # the forward computes no signal at budget 1 (the plan may, to report the density)
-            used = budget < 1.0 if self.boundaries == "token" else not self._full(budget)
-            meta = {"layer_cost": self.cost(L, compact_length=Lc, batch=batch, signal=used),
-                    "scope": "block", "boundaries": self.boundaries, "compact_length": Lc,
-                    "padding": 0.0 if layout is None else layout.padding_fraction()}
+        costs = self._scope.tile_costs(self, Rc, Sc, rho, L, budget, layout)
         return TilePlan(
-            start=starts, length=lengths, resolution=Rc, segments=segs,
-            state_dims=Sc, density=dens, cost=madd, exp_cost=exps, budget=budget,
-            mode=self.policy if self.boundaries == "tile" else "router", causal=self.causal,
-            token_density=None if rho is None else rho.detach(), meta=meta,
+            start=torch.arange(lengths.numel(), dtype=torch.int64) * T, length=lengths, resolution=Rc,
+            segments=costs.segments, state_dims=Sc, density=dens, cost=costs.madd, exp_cost=costs.exp, budget=budget,
+            mode=costs.mode, causal=self.causal, token_density=None if rho is None else rho.detach(), meta=costs.meta,
         )
 
     def allocate_inference_state(self, batch: int) -> TiledMambaState:
@@ -737,15 +522,7 @@ class TiledMamba(nn.Module):
             route=p.new_zeros(batch, self.d_inner),
             position=0,
         )
-        if self.scope == "scan":
-            return state
-        with torch.no_grad():
-            maps = self._signal_maps() if self.boundaries == "tile" else None
-        tile = self.boundaries == "tile"
-        return replace(state, held=p.new_zeros(batch, self.d_model), chunk=self.chunk.allocate(batch, p),
-                       router=RouterState(key=None) if self.router is not None else None,
-                       tile_router=self.tile_router.allocate(batch, device=p.device) if tile else None,
-                       last_start=torch.zeros(batch, dtype=torch.int64, device=p.device), proj=maps)
+        return self._scope.allocate(self, state)
 
     def step(self, hidden_states: Tensor, state: TiledMambaState, *, budget: float | None = None
              ) -> tuple[Tensor, TiledMambaState]:
@@ -797,9 +574,7 @@ class TiledMamba(nn.Module):
         self._check_input(x.unsqueeze(1))
         self.check_state(state, x.shape[0])
         c = self._budget(budget)
-        if self.scope == "scan" and budget is not None and c < 1.0:
-            raise ValueError(f"a scan-scope layer steps at full resolution only; got budget={budget} "
-                             "(use forward() for a coarser plan, or scope='block')")
+        self._scope.check_step_budget(budget, c)
         out, new = self.step_unchecked(x, state, c)
         if not all_finite(out):  # one token: O(d_model)
             raise ValueError(f"hidden_states (values up to {float(x.abs().max()):.3g}) made the step overflow; "
@@ -826,23 +601,12 @@ class TiledMamba(nn.Module):
         if got != want:
             raise ValueError(f"state was allocated by another layer: (d_inner, d_conv, d_state) = {got}, this layer "
                              f"has {want}")
-        if self.scope == "block" and state.held is None:
-            raise ValueError("state was allocated by a scan-scope layer; use this layer's allocate_inference_state")
-        if self.scope == "block" and (state.tile_router is None) != (self.boundaries != "tile"):
-            raise ValueError(f"state was allocated by a layer with other boundaries than {self.boundaries!r}")
+        self._scope.check_state(self, state)
 
     def step_unchecked(self, x: Tensor, state: TiledMambaState, c: float) -> tuple[Tensor, TiledMambaState]:
         """:meth:`step` of a checked (batch, d_model) token at a checked budget ``c``, with no check
         (``TiledLM.step`` checks its tokens, its state and its logits once per call)."""
-        if self.scope == "block":
-            return self._step_block(x, state, c)
-        out, conv, h, read = self._mixer_step(x, state.conv, state.ssm, route=state.route if self.routing else None)
-        position = state.position + 1
-        route = state.route
-        if self.routing and position % self.tile_size == 0:
-            gate, w_s = self.route_gate.to(h.dtype), self.route_state_weight.to(h.dtype)
-            route = (gate * torch.tanh(w_s * read)).to(state.route.dtype)
-        return out, TiledMambaState(conv=conv, ssm=h, route=route, position=position)
+        return self._scope.step(self, x, state, c)
 
     def _mixer_step(self, x: Tensor, conv: Tensor, ssm: Tensor, *, last_start: Tensor | None = None,
                     position: int = 0, route: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -897,91 +661,9 @@ class TiledMamba(nn.Module):
         self.__dict__["_step_cache"] = (params, key, weights)
         return weights
 
-    def _empty_pool(self, x: Tensor) -> ChunkState:
-        """An empty pool for ``x``'s rows, made once per shape (states never change a tensor in place)."""
-        key = (x.shape[0], x.dtype, x.device)
-        cached = self.__dict__.get("_empty_pool_cache")
-        if cached is None or cached[0] != key:
-            cached = (key, self.chunk.allocate(x.shape[0], x))
-            self.__dict__["_empty_pool_cache"] = cached
-        return cached[1]
-
-    def _step_block(self, x: Tensor, state: TiledMambaState, c: float) -> tuple[Tensor, TiledMambaState]:
-        """The block scope's step: the mixer runs on the rows that start a segment, and only when one
-        does (known on the host: :meth:`TileRouter.advance`); between starts a token joins the pool
-        (``O(d_model)``) and the held output is returned."""
-        if not self.causal:
-            raise ValueError("step() needs a causal layer (causal=True): a non-causal plan reads later tokens")
-        t, rstate, tstate = state.position, state.router, state.tile_router
-        if self.boundaries == "tile":
-            rho_t = None
-            if self.tile_router.reads_signal(c):
-                proj, offset, w, b, scale = state.proj
-                rho_t = _linear_density(x.unsqueeze(1), proj, w, b, scale, offset)[:, 0]
-                if not bool(torch.isfinite(rho_t).all()):  # finite but huge: name the caller's argument
-                    raise ValueError(f"hidden_states (values up to {float(x.detach().abs().max()):.3g}) made the "
-                                     "resolution signal overflow; the state is unchanged")
-            starts, tstate, kind = self.tile_router.advance(rho_t, tstate, self.tile_router._config(c))
-        elif c >= 1.0:
-            starts, kind = None, 2
-        else:
-            p, rstate = self.router.step(x, state.router)
-            starts = p >= 0.5
-            kind = 2 if bool(starts.all()) else int(bool(starts.any()))
-        chunk = state.chunk
-        if kind == 0:  # no row starts a segment: the token joins the pool, the held output stays
-            cstate = ChunkState(pool_sum=chunk.pool_sum + x, pool_count=chunk.pool_count + 1)
-            return state.held, TiledMambaState(conv=state.conv, ssm=state.ssm, route=state.route, position=t + 1,
-                                               held=state.held, chunk=cstate, router=rstate, tile_router=tstate,
-                                               last_start=state.last_start, proj=state.proj)
-        if self._full(c):  # every token its own segment: no pool, Δ × 1
-            rep, cstate, last = x, chunk, None
-        elif kind == 2:  # every row starts one: the representative takes the pool, which empties
-            mean = chunk.pool_sum / chunk.pool_count.clamp_min(1).unsqueeze(-1).to(x.dtype)
-            rep, cstate, last = x + self.chunk.pool_gate * mean, self._empty_pool(x), state.last_start
-        else:
-            rep, cstate = self.chunk.step(x, starts, chunk)
-            last = state.last_start
-        out, conv, ssm, _ = self._mixer_step(rep, state.conv, state.ssm, last_start=last, position=t)
-        if kind == 2:
-            held, last_start = out, torch.full_like(state.last_start, t)
-        else:
-            s = starts.unsqueeze(-1)
-            held = torch.where(s, out, state.held)
-            conv = torch.where(s.unsqueeze(-1), conv, state.conv)
-            ssm = torch.where(s.unsqueeze(-1), ssm, state.ssm)
-            last_start = torch.where(starts, torch.full_like(state.last_start, t), state.last_start)
-        return held, TiledMambaState(conv=conv, ssm=ssm, route=state.route, position=t + 1, held=held, chunk=cstate,
-                                     router=rstate, tile_router=tstate, last_start=last_start, proj=state.proj)
-
-
-@functools.lru_cache(maxsize=4096)
-def _tile_cost(n: int, T: int, m: int, S: int, N: int, dim: int) -> tuple[int, int]:
-    """``(madd_total, exp_total)`` of one tile of ``n`` tokens in ``m`` segments with ``S`` state dims.
-
-    The cost depends on the resolution only through ``m``, and ``R = m/n`` realises ``m``."""
-    cost = scan_cost(n, T, torch.tensor([[m / n]], dtype=torch.float64), S, N, dim)
-    return cost["madd_total"], cost["exp_total"]
-
-
-def all_finite(x: Tensor) -> bool:
-    """Whether ``x`` holds no NaN/Inf, in one pass: the sum of a tensor with a NaN or an infinity is
-    not finite; a finite tensor whose sum overflows is then checked element by element."""
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
-
-
 def _bmm(w: Tensor, x: Tensor) -> Tensor:
     """``w @ x[b]`` for every batch row: (m, k) × (batch, k, n) → contiguous (batch, m, n)."""
     return torch.bmm(w.expand(x.shape[0], -1, -1), x)
-
-
-def _tile_sum(x: Tensor, tile_size: int) -> Tensor:
-    """Sum of a (batch, L) signal (bool counts as int64) over each tile: (batch, ⌈L/T⌉)."""
-    batch, L = x.shape
-    T = min(tile_size, L)  # a tile longer than the sequence is the sequence: never pad by more than L
-    n_tiles = -(-L // T)
-    x = x.to(torch.int64) if x.dtype == torch.bool else x
-    return F.pad(x, (0, n_tiles * T - L)).view(batch, n_tiles, T).sum(-1)
 
 
 def _tiling_config(tiling: TilingConfig | None, options: dict) -> TilingConfig:
@@ -1012,5 +694,8 @@ _RENAMED_KEYS = {
     "calibrator.quantiles": "tile_router.calibrator.quantiles",
     "calibrator.updates": "tile_router.calibrator.updates",
 }
+
+#: ``tiling.scope`` → the layer's strategy
+_SCOPES: dict[str, type[Scope]] = {"block": BlockScope, "scan": ScanScope}
 
 __all__ = ["TiledMamba", "TiledMambaState", "all_finite"]
