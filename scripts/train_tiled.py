@@ -63,6 +63,7 @@ from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_che
 from tiling.train.checkpoint import CheckpointError, read_meta  # noqa: E402
 from tiling.train.data import collate  # noqa: E402
 from tiling.train.schedule import lr_factor  # noqa: E402
+from tiling.options import RunError, UsageError  # noqa: E402
 from tiling.train.storage import ASIDE, RunDirectory, StorageError, atomic_write_bytes, cut_log  # noqa: E402
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -76,15 +77,11 @@ RUN_CONTROL = {"out", "resume", "init_from", "stop_at", "eval_every", "log_every
                "with_non_causal"}
 
 
-class RunError(ValueError):
-    """A run directory, a resume or an option value the script refuses (one line, exit code 2)."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (no usage dump): :func:`main` prints it."""
 
     def error(self, message: str):  # noqa: D401 (argparse API)
-        raise RunError(message)
+        raise UsageError(message)
 
 
 #: integer options and their ranges (upper ends keep every size far from int64 and memory limits)
@@ -138,7 +135,7 @@ def check_options(args) -> None:
 
 def tiling_config(args) -> TilingConfig:
     """The layers' :class:`~tiling.config.TilingConfig`; a refused option is named by its flag."""
-    fields = dict(tile_size=args.tile_size, budget=args.budget, r_min=min(args.r_min, args.budget),
+    fields = dict(tile_size=args.tile_size, budget=args.budget, r_min=args.r_min,
                   policy=args.policy, causal=not args.non_causal, exponent=args.exponent, slack=args.slack,
                   predictor_tail=args.predictor_tail, predictor_reduce=args.predictor_reduce,
                   calibration=args.calibration, scope=args.scope,
@@ -522,7 +519,7 @@ def _train(args, run: RunDirectory, tiling: TilingConfig, distributed: bool, ran
             R = torch.tensor([h["resolution"] for h in history], dtype=torch.float64)
             Lt = torch.tensor([h["imbalance"] for h in history[1:]], dtype=torch.float64)
             summary["ae_literal"] = float(adaptation_efficiency(R, Lt, normalised=False))
-            summary["ae"] = float(adaptation_efficiency(R, Lt, r_min=min(args.r_min, args.budget)))
+            summary["ae"] = float(adaptation_efficiency(R, Lt, r_min=args.r_min))
         emit({"kind": "summary", **summary})
     if distributed:
         from safetensors.torch import save

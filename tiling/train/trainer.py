@@ -31,16 +31,13 @@ import torch.nn.functional as F
 
 from infogeo.checks import check_in_range, check_int
 from tiling.modules.hourglass import HourglassLM
+from tiling.options import RunError
 from tiling.train.schedule import lr_factor, progress
 from tiling.train.text import TextWindows, evaluate_bytes, measure_speed, score_windows, spaced_windows
 from tiling.train.storage import RunDirectory
 from tiling.train.textmodel import model_dict, parameter_count, save_text_checkpoint
 
 Tensor = torch.Tensor
-
-
-class RunError(RuntimeError):
-    """A run that would replace finished results, or whose settings do not match the folder's."""
 
 
 @dataclass(frozen=True)
