@@ -53,8 +53,6 @@ def _time_scan(inp: dict, L: int, resolution: float, tile: int, reps: int, devic
     return float(np.min(times))
 
 
-
-
 #: Mixer dimensions of the whole-block counts of Theorem 3.4: Mamba-130m's layer (d_model 768,
 #: expand 2, dt_rank ⌈768/16⌉ = 48, N = 16, d_conv 4).
 BLOCK_DIMS = dict(d_model=768, d_state=16, d_inner=1536, dt_rank=48, d_conv=4)
@@ -80,8 +78,6 @@ def _block_cost(L: int, rbar: float, tile: int, scope: str, dims: dict) -> dict:
     return layer_cost(L, scope="scan", tile_size=tile, resolution=float(rbar), routing=True, **dims)
 
 
-
-
 def _time_block(layer, x: Tensor, budget: float, reps: int, device: str) -> float:
     """Minimum wall time (s) over ``reps`` forward passes of a whole ``TiledMamba`` block at ``budget``."""
     with torch.no_grad():
@@ -96,8 +92,6 @@ def _time_block(layer, x: Tensor, budget: float, reps: int, device: str) -> floa
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
     return float(np.min(times))
-
-
 
 
 def _cpu_backend() -> str:
@@ -136,35 +130,78 @@ _IN_NUMBERS = {
 _series = partial(named_values, _IN_NUMBERS)
 
 
+#: tile size, state size and channels of the scan counts of Theorem 3.4; the constant resolutions R̄
+TILE, STATE, CHANNELS = 64, 16, 64
+RBARS = [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
+#: sequence lengths of the exact counts: 256 … 32768, 2.1 decades
+COUNT_SIZES = [2**e for e in range(8, 16)]
+
+
 def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     """Exact counts of the scan and the whole block over n × R̄, and wall times.
 
-    ``cache`` is unused (the signature is the one every theorem module shares).
+    ``cache`` is unused (the signature is the one every theorem module shares). The steps:
+    :func:`_scan_counts`, :func:`_block_counts`, :func:`_plan_check`, :func:`_scan_wall`,
+    :func:`_block_wall`; every step's working values are kept by name in ``w``, and ``numbers``
+    holds those the report keeps.
     """
-    from tiling.ops import scan_cost
+    w = {"tile": TILE, "N": STATE, "dim": CHANNELS, "rbars": RBARS, "count_sizes": COUNT_SIZES,
+         "Lbig": COUNT_SIZES[-1], "bd": BLOCK_DIMS, "scopes": ("scan", "block"),
+         "devices": ["cpu"] + (["cuda"] if torch.cuda.is_available() else []), "reps": 3 if quick else 7}
+    w |= _scan_counts()
+    w |= _block_counts()
+    w |= _plan_check(seed)
+    w |= _scan_wall(quick, seed, w["devices"], w["reps"])
+    w |= _block_wall(quick, seed, w["devices"], w["reps"])
+    dim, bd = CHANNELS, BLOCK_DIMS
+    numbers = {
+        "counts": {f"{L}@{r:g}": c for (L, r), c in w["costs"].items()},
+        "fits_n": w["fits_n"], "fits_rbar": w["fits_r"], "nlogn": w["nlogn"],
+        "cost_model": {"a_per_token_channel": w["a_c"] / dim, "b_per_token_channel": w["b_c"] / dim,
+                       "exp_per_token_channel_at_R1": w["a_e"] / dim, "max_relative_error": w["model_err"]},
+        "seed001_n_sum_R_exponent": w["seed001"],
+        "wall_time": {f"{d}@{L}@{r:g}": t for (d, L, r), t in w["wall"].items()}, "wall_fits_n": w["t_fits"],
+        "wall_fits_rbar": w["t_r_fits"], "backend": _cpu_backend(), "devices": w["devices"],
+        "block": {"dims": bd, "counts": {f"{sc}@{L}@{r:g}": c for (sc, L, r), c in w["bcost"].items()},
+                  "fits_n": w["bfits_n"], "fits_rbar": w["bfits_r"],
+                  "fraction_of_full": {sc: {f"{r:g}": v for r, v in d.items()} for sc, d in w["bfrac"].items()},
+                  "shares_at_rmin": w["shares"],
+                  "cost_model": {"a_per_compact_token": w["a_b"], "b_per_token": w["b_b"], "c_per_call": w["c_b"],
+                                 "max_relative_error": w["bmodel_err"]},
+                  "plan_check": w["plan_check"],
+                  "wall_time": {f"{d}@{sc}@{r:g}": t for (d, sc, r), t in w["bwall"].items()},
+                  "wall_fits_rbar": w["bt_fits"], "wall_sizes": {"d_model": w["bt_d"], "n": w["bt_L"]}},
+    }
+    # what the numbers do not hold as such: tuple-keyed working copies and the sizes of the run
+    series = {k: w[k] for k in ("tile", "N", "dim", "rbars", "count_sizes", "costs", "fit_rows", "Lbig", "r_rows",
+                                "a_c", "b_c", "a_e", "scopes", "bfit_rows", "bfrac", "parts", "Lchk", "rchk",
+                                "time_sizes", "reps", "wall", "tdim", "tN", "t_rows", "bt_d", "bt_L", "bwall",
+                                "bt_rows")}
+    return Measured(numbers, series)
 
 
-    from tiling.ops import scan_cost
-
-    tile, N, dim = 64, 16, 64
-    rbars = [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
-    count_sizes = [2**e for e in range(8, 16)]  # 256 … 32768: 2.1 decades
-    costs = {}
-    for L in count_sizes:
-        for r in rbars:
-            costs[(L, r)] = scan_cost(L, tile, r, None, N, dim)
-    keys = {"exponentials": lambda c: c["exp_total"], "multiply-adds": lambda c: c["madd_total"],
+#: the scan's counts whose exponents are fitted (exact counts of :func:`tiling.ops.scan_cost`)
+_COUNTED = {"exponentials": lambda c: c["exp_total"], "multiply-adds": lambda c: c["madd_total"],
             "recurrence multiply-adds": lambda c: c["madd_recurrence"],
             "full-length multiply-adds (input + read-out)": lambda c: c["madd_input"] + c["madd_readout"]}
+
+
+def _scan_counts() -> dict:
+    """Exact counts of the scan over n × R̄: exponents in n and R̄, the n·log n test, the cost model
+    a·n·R̄ + b·n, and seed 001's O(n·Σ_i R_i)."""
+    from tiling.ops import scan_cost
+
+    tile, rbars, sizes = TILE, RBARS, COUNT_SIZES
+    costs = {(L, r): scan_cost(L, tile, r, None, STATE, CHANNELS) for L in sizes for r in rbars}
     fit_rows, fits_n = [], {}
-    for name, get in keys.items():
+    for name, get in _COUNTED.items():
         for r in rbars:
-            f = fit_power_law(count_sizes, [get(costs[(L, r)]) for L in count_sizes])
+            f = fit_power_law(sizes, [get(costs[(L, r)]) for L in sizes])
             fits_n[f"{name} @ R̄={r:g}"] = f
             fit_rows.append([name, f"{r:g}", f["exponent"], f["ci_low"], f["ci_high"]])
-    Lbig = count_sizes[-1]
+    Lbig = sizes[-1]
     fits_r, r_rows = {}, []
-    for name, get in keys.items():
+    for name, get in _COUNTED.items():
         f = fit_power_law(rbars, [get(costs[(Lbig, r)]) for r in rbars])
         fits_r[name] = f
         r_rows.append([name, f["exponent"], f["ci_low"], f["ci_high"],
@@ -172,30 +209,36 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     # n log n test: per-token cost must not grow with log n; least squares of cost/n on log2 n.
     nlogn = {}
     for name in ("exponentials", "multiply-adds"):
-        per_tok = np.array([keys[name](costs[(L, 0.25)]) / L for L in count_sizes])
-        slope = np.polyfit(np.log2(count_sizes), per_tok, 1)[0]
+        per_tok = np.array([_COUNTED[name](costs[(L, 0.25)]) / L for L in sizes])
+        slope = np.polyfit(np.log2(sizes), per_tok, 1)[0]
         nlogn[name] = {"per_token": per_tok.tolist(), "slope_per_doubling": float(slope),
                        "relative_slope": float(slope / per_tok.mean())}
     # Cost model madd_total = a·n·R̄ + b·n (least squares over R̄ < 1: at R̄ = 1 every segment is
     # one token and the op skips the mean B̄, so full resolution is a separate, cheaper case).
     coarse = [r for r in rbars if r < 1.0]
-    Xd = np.array([[L * r, L] for L in count_sizes for r in coarse], dtype=np.float64)
-    yd = np.array([costs[(L, r)]["madd_total"] for L in count_sizes for r in coarse], dtype=np.float64)
+    Xd = np.array([[L * r, L] for L in sizes for r in coarse], dtype=np.float64)
+    yd = np.array([costs[(L, r)]["madd_total"] for L in sizes for r in coarse], dtype=np.float64)
     (a_c, b_c), *_ = np.linalg.lstsq(Xd, yd, rcond=None)
     model_err = float(np.max(np.abs(Xd @ np.array([a_c, b_c]) - yd) / yd))
-    Xe = np.array([[L * r] for L in count_sizes for r in rbars], dtype=np.float64)
-    ye = np.array([costs[(L, r)]["exp_total"] for L in count_sizes for r in rbars], dtype=np.float64)
+    Xe = np.array([[L * r] for L in sizes for r in rbars], dtype=np.float64)
+    ye = np.array([costs[(L, r)]["exp_total"] for L in sizes for r in rbars], dtype=np.float64)
     (a_e,), *_ = np.linalg.lstsq(Xe, ye, rcond=None)
     # Seed 001's O(n·Σ_i R_i): Σ_i R_i = R̄·n/T grows with n, so n·Σ R_i ∝ n².
-    seed001 = fit_power_law(count_sizes, [L * sum([r] * (-(-L // tile))) for L, r in ((L, 0.25) for L in count_sizes)])
+    seed001 = fit_power_law(sizes, [L * sum([r] * (-(-L // tile))) for L, r in ((L, 0.25) for L in sizes)])
+    return {"costs": costs, "fit_rows": fit_rows, "fits_n": fits_n, "fits_r": fits_r, "r_rows": r_rows,
+            "nlogn": nlogn, "a_c": a_c, "b_c": b_c, "model_err": model_err, "a_e": a_e, "seed001": seed001}
 
-    # Whole block (tiling.ops.layer_cost), both scopes: seed 000 §3.5.1 proof step 1 says each tile
-    # processes O(R_i·n_i) tokens. Scan scope: only the recurrence follows R̄; block scope: the whole
-    # mixer runs on Σ_i m_i tokens. The block scope's composite signal map is a once-per-call
-    # constant, so its exponent in n is fitted on the per-token part (total − signal_maps) too.
-    bd = BLOCK_DIMS
-    scopes = ("scan", "block")
-    bcost = {(sc, L, r): _block_cost(L, r, tile, sc, bd) for sc in scopes for L in count_sizes for r in rbars}
+
+def _block_counts() -> dict:
+    """Whole-block counts (:func:`tiling.ops.layer_cost`) over n × R̄ in both scopes.
+
+    Seed 000 §3.5.1 proof step 1 says each tile processes O(R_i·n_i) tokens. Scan scope: only the
+    recurrence follows R̄; block scope: the whole mixer runs on Σ_i m_i tokens. The block scope's
+    composite signal map is a once-per-call constant, so its exponent in n is fitted on the
+    per-token part (total − signal_maps) too.
+    """
+    rbars, sizes, Lbig, scopes = RBARS, COUNT_SIZES, COUNT_SIZES[-1], ("scan", "block")
+    bcost = {(sc, L, r): _block_cost(L, r, TILE, sc, BLOCK_DIMS) for sc in scopes for L in sizes for r in rbars}
     per_token_part = {"whole block": lambda c: c["total"],
                       "whole block − signal_maps (per-token part)": lambda c: c["total"] - c["signal_maps"]}
     bfits_n, bfit_rows = {}, []
@@ -204,7 +247,7 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
             if sc == "scan" and name != "whole block":
                 continue  # the scan scope has no once-per-call part
             for r in rbars:
-                f = fit_power_law(count_sizes, [get(bcost[(sc, L, r)]) for L in count_sizes])
+                f = fit_power_law(sizes, [get(bcost[(sc, L, r)]) for L in sizes])
                 bfits_n[f"{sc} / {name} @ R̄={r:g}"] = f
                 bfit_rows.append([sc, name, f"{r:g}", f["exponent"], f["ci_low"], f["ci_high"]])
     bfits_r = {sc: fit_power_law(rbars, [bcost[(sc, Lbig, r)]["total"] for r in rbars]) for sc in scopes}
@@ -217,18 +260,26 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     # Block-scope cost model total = a·n·R̄ + b·n + c over R̄ < 1 (least squares; exact when R̄·T is
     # whole): a per compact token (the mixer and the pool's mean and gate), b per token (signal ρ̂,
     # the pool's sum), c once per call (the signal's composite map and the conv's K − 1 padding).
-    Xb = np.array([[L * r, L, 1.0] for L in count_sizes for r in coarse], dtype=np.float64)
-    yb = np.array([bcost[("block", L, r)]["total"] for L in count_sizes for r in coarse], dtype=np.float64)
+    coarse = [r for r in rbars if r < 1.0]
+    Xb = np.array([[L * r, L, 1.0] for L in sizes for r in coarse], dtype=np.float64)
+    yb = np.array([bcost[("block", L, r)]["total"] for L in sizes for r in coarse], dtype=np.float64)
     (a_b, b_b, c_b), *_ = np.linalg.lstsq(Xb, yb, rcond=None)
     bmodel_err = float(np.max(np.abs(Xb @ np.array([a_b, b_b, c_b]) - yb) / yb))
-    # the whole-block counts are those the layer itself reports in plan.meta["layer_cost"]
+    return {"bcost": bcost, "bfits_n": bfits_n, "bfit_rows": bfit_rows, "bfits_r": bfits_r, "bfrac": bfrac,
+            "parts": parts, "shares": shares, "a_b": a_b, "b_b": b_b, "c_b": c_b, "bmodel_err": bmodel_err}
+
+
+def _plan_check(seed: int) -> dict:
+    """The whole-block counts are those the layer itself reports in ``plan.meta["layer_cost"]``
+    (n = 1024, R̄ = 1/4, both scopes)."""
     from tiling.config import TilingConfig
     from tiling.modules import TiledMamba
 
+    bd, tile = BLOCK_DIMS, TILE
     Lchk, rchk = 1024, 0.25
     xchk = torch.randn(1, Lchk, bd["d_model"], generator=gen(seed, 341))
     plan_check = {}
-    for sc in scopes:
+    for sc in ("scan", "block"):
         with torch.random.fork_rng(devices=[]):  # the weights do not matter to the count; keep the global RNG
             lay = TiledMamba(bd["d_model"], d_state=bd["d_state"], d_conv=bd["d_conv"],
                              tiling=TilingConfig(tile_size=tile, scope=sc, policy="uniform", r_min=R_MIN)).eval()
@@ -237,16 +288,18 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         want = _block_cost(Lchk, rchk, tile, sc, bd)["total"]
         plan_check[sc] = {"plan": int(got), "layer_cost": int(want), "equal": int(got) == int(want)}
         del lay
+    return {"plan_check": plan_check, "Lchk": Lchk, "rchk": rchk}
 
-    # Wall time of the compiled scan.
-    backend = _cpu_backend()
+
+def _scan_wall(quick: bool, seed: int, devices: list[str], reps: int) -> dict:
+    """Wall time of the compiled scan over n × R̄ on each device (one thread on the CPU: the machine is
+    shared, and one core gives the cleanest scaling), with its exponents in n and R̄."""
+    rbars, tile = RBARS, TILE
     time_sizes = [2**e for e in range(8, 14)] if quick else [2**e for e in range(9, 17)]
-    reps = 3 if quick else 7
     wall = {}
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     tdim, tN = 32, 16
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the machine is shared, and one core gives the cleanest scaling
+    torch.set_num_threads(1)
     try:
         for dev in devices:
             inp = scan_inputs(1, tdim, tN, time_sizes[-1], gen(seed, 340))
@@ -264,14 +317,20 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
                            wall[(dev, time_sizes[-1], r)] * 1e3,
                            wall[(dev, time_sizes[-1], r)] / (time_sizes[-1] * tdim) * 1e9])
     t_r_fits = {dev: fit_power_law(rbars, [wall[(dev, time_sizes[-1], r)] for r in rbars]) for dev in devices}
+    return {"time_sizes": time_sizes, "wall": wall, "tdim": tdim, "tN": tN, "t_rows": t_rows, "t_fits": t_fits,
+            "t_r_fits": t_r_fits}
 
-    # Wall time of a whole TiledMamba block (float32, uniform plan), both scopes, against R̄.
+
+def _block_wall(quick: bool, seed: int, devices: list[str], reps: int) -> dict:
+    """Wall time of a whole TiledMamba block (float32, uniform plan, same weights), both scopes, against R̄."""
+    rbars, scopes = RBARS, ("scan", "block")
     bt_d, bt_L = (128, 1024) if quick else (256, 4096)
     bwall = {}
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for dev in devices:
-            pair = layer_pair(bt_d, tile, seed, 342, policy="uniform", r_min=R_MIN)
+            pair = layer_pair(bt_d, TILE, seed, 342, policy="uniform", r_min=R_MIN)
             xb = torch.randn(1, bt_L, bt_d, generator=gen(seed, 343)).to(dev)
             for sc in scopes:
                 lay = pair[sc].to(dev)
@@ -284,32 +343,7 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     bt_rows = [[dev, f"{r:g}"] + [v for sc in scopes for v in (bwall[(dev, sc, r)] * 1e3,
                                                                bwall[(dev, sc, r)] / bwall[(dev, sc, 1.0)])]
                for dev in devices for r in rbars]
-
-    numbers = {
-        "counts": {f"{L}@{r:g}": c for (L, r), c in costs.items()},
-        "fits_n": fits_n, "fits_rbar": fits_r, "nlogn": nlogn,
-        "cost_model": {"a_per_token_channel": a_c / dim, "b_per_token_channel": b_c / dim,
-                       "exp_per_token_channel_at_R1": a_e / dim, "max_relative_error": model_err},
-        "seed001_n_sum_R_exponent": seed001,
-        "wall_time": {f"{d}@{L}@{r:g}": t for (d, L, r), t in wall.items()}, "wall_fits_n": t_fits,
-        "wall_fits_rbar": t_r_fits, "backend": backend, "devices": devices,
-        "block": {"dims": bd, "counts": {f"{sc}@{L}@{r:g}": c for (sc, L, r), c in bcost.items()},
-                  "fits_n": bfits_n, "fits_rbar": bfits_r, "fraction_of_full": {sc: {f"{r:g}": v for r, v in d.items()}
-                                                                               for sc, d in bfrac.items()},
-                  "shares_at_rmin": shares,
-                  "cost_model": {"a_per_compact_token": a_b, "b_per_token": b_b, "c_per_call": c_b,
-                                 "max_relative_error": bmodel_err},
-                  "plan_check": plan_check,
-                  "wall_time": {f"{d}@{sc}@{r:g}": t for (d, sc, r), t in bwall.items()}, "wall_fits_rbar": bt_fits,
-                  "wall_sizes": {"d_model": bt_d, "n": bt_L}},
-    }
-    # what the numbers do not hold as such: tuple-keyed working copies and the sizes of the run
-    series = {"tile": tile, "N": N, "dim": dim, "rbars": rbars, "count_sizes": count_sizes, "costs": costs,
-              "fit_rows": fit_rows, "Lbig": Lbig, "r_rows": r_rows, "a_c": a_c, "b_c": b_c, "a_e": a_e,
-              "scopes": scopes, "bfit_rows": bfit_rows, "bfrac": bfrac, "parts": parts, "Lchk": Lchk, "rchk":
-              rchk, "time_sizes": time_sizes, "reps": reps, "wall": wall, "tdim": tdim, "tN": tN, "t_rows":
-              t_rows, "bt_d": bt_d, "bt_L": bt_L, "bwall": bwall, "bt_rows": bt_rows}
-    return Measured(numbers, series)
+    return {"bt_d": bt_d, "bt_L": bt_L, "bwall": bwall, "bt_fits": bt_fits, "bt_rows": bt_rows}
 
 
 def decide(numbers: dict) -> str:

@@ -85,12 +85,105 @@ def _lanczos_start(n: int) -> np.ndarray:
 _ROUNDOFF_RISE = 1e-12
 
 
-
 def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     """Run the flow on random graphs and densities (two starts each) and over the stability bound.
 
-    ``cache`` is unused (the signature is the one every theorem module shares).
+    ``cache`` is unused (the signature is the one every theorem module shares). One generator
+    draws every random choice, in the order of the steps (:func:`_random_problem`, the random
+    starts of :func:`_flow_run`, then :func:`_over_bound_case`).
     """
+    rg = rng(seed, 320)
+    n_graphs = 4 if quick else 48
+    runs, traj_plot = [], []
+    for gi in range(n_graphs):
+        prob = _random_problem(gi, quick, rg)
+        for init in ("ones", "random"):
+            run, total = _flow_run(prob, init, rg)
+            runs.append(run)
+            if gi < 3 and init == "random":
+                traj_plot.append((f"graph {gi} ({prob['density']}, n={prob['n']})", total))
+    over, trajectories = [], []
+    for _ in range(2 if quick else 12):
+        case, tot, under = _over_bound_case(rg)
+        over.append(case)
+        trajectories.append((tot, under))
+    traj_over, traj_under = trajectories[0]
+    return Measured({"runs": runs, "over_bound": over, "summary": _summary(runs, over)},
+                    {"trajectories": traj_plot, "over": traj_over, "under": traj_under, "quick": quick,
+                     "graphs": n_graphs})
+
+
+#: the densities of the random problems, taken in turn
+_FAMILIES = ("uniform", "exponential", "lognormal", "spikes")
+
+
+def _random_problem(gi: int, quick: bool, rg: np.random.Generator) -> dict:
+    """Problem ``gi`` of the flow runs: a kNN graph on the square (even ``gi``) or the sphere, its
+    Laplacian (diffusion or Belkin–Niyogi), a density of :data:`_FAMILIES`, λ and μ, and the
+    box-constrained minimum of F by L-BFGS-B (:func:`_box_minimum`)."""
+    from scipy.sparse.linalg import eigsh
+
+    from infogeo.graph import TokenGraph
+    from infogeo.laplacian import laplacian
+
+    n = int(rg.integers(40, 150) if quick else rg.integers(50, 400))
+    k = int(rg.choice([6, 10]))
+    shape = "square" if gi % 2 == 0 else "sphere"
+    if shape == "square":
+        X = torch.from_numpy(rg.uniform(0, 1, (n, 2)))
+    else:
+        Y = rg.normal(size=(n, 3))
+        X = torch.from_numpy(Y / np.linalg.norm(Y, axis=1, keepdims=True))
+    graph = TokenGraph.from_points(X, k=k, sequence_edges=False)
+    lkind = "diffusion" if gi % 4 < 2 else "belkin_niyogi"
+    lap = laplacian(graph, kind=lkind)
+    fam = _FAMILIES[gi % len(_FAMILIES)]
+    rho = _density_family(fam, n, rg)
+    lam_max = float(eigsh(lap.symmetric(), k=1, which="LA", v0=_lanczos_start(n), return_eigenvectors=False)[0])
+    c_lam = float(rg.choice([0.1, 1.0, 10.0]))
+    lam = c_lam * float(rho.max()) / lam_max  # diffusion as stiff as c × the energy's curvature
+    mu = float(rg.choice([0.1, 0.5, 1.0])) * float(np.median(rho))
+    ref_R, ref_F = _box_minimum(lap, rho, mu, lam, R_MIN)
+    return {"graph": gi, "n": n, "k": k, "shape": shape, "laplacian": lkind, "density": fam, "lap": lap,
+            "rho": rho, "lam": lam, "lam_over_curvature": c_lam, "mu": mu, "ref_R": ref_R, "ref_F": ref_F}
+
+
+def _flow_run(prob: dict, init: str, rg: np.random.Generator) -> tuple[dict, np.ndarray]:
+    """One run of :func:`infogeo.flow.resolution_flow` on ``prob`` from R ≡ 1 (``init="ones"``) or a
+    random start drawn from ``rg``: its record (against the L-BFGS-B minimum, monotonicity, smoothness)
+    and its energy trajectory F."""
+    from infogeo.flow import resolution_flow
+
+    lap, rho, lam, mu, n = prob["lap"], prob["rho"], prob["lam"], prob["mu"], prob["n"]
+    r_star0 = np.clip(1 - mu / (2 * np.maximum(rho, 1e-300)), R_MIN, 1.0)  # argmin E alone (λ = 0)
+    r0 = None if init == "ones" else torch.from_numpy(rg.uniform(R_MIN, 1.0, n))
+    fr = resolution_flow(lap, torch.from_numpy(rho), r_min=R_MIN, lam=lam, mu=mu, r0=r0, tol=1e-9, max_steps=50000)
+    dF = np.diff(fr.total)
+    rise = float(dF.max() / max(abs(fr.total[0]), 1e-300)) if dF.size else 0.0
+    R = fr.R.numpy()
+    d_end = lap.dirichlet_energy(R)
+    ref_F = prob["ref_F"]
+    run = {k: prob[k] for k in ("graph", "n", "k", "shape", "laplacian", "density", "lam", "lam_over_curvature",
+                                "mu")}
+    run |= {
+        "init": init, "steps": int(fr.total.size - 1),
+        "converged": bool(fr.converged), "residual": float(fr.residual), "step": float(fr.step),
+        "max_relative_rise": rise, "monotone": bool(rise <= _ROUNDOFF_RISE),
+        "F_flow": float(fr.total[-1]), "F_reference": ref_F,
+        "F_gap": float((fr.total[-1] - ref_F) / max(abs(ref_F), 1e-300)),
+        "R_gap": float(np.abs(R - prob["ref_R"]).max()),
+        "dirichlet_start": float(fr.dirichlet[0]), "dirichlet_end": d_end,
+        "dirichlet_argmin_E": lap.dirichlet_energy(r_star0),
+        "smoother_than_start": bool(d_end <= fr.dirichlet[0] * (1 + 1e-12)),
+        "smoother_than_argmin_E": bool(d_end <= lap.dirichlet_energy(r_star0) * (1 + 1e-9)),
+        "interior_fraction": float(((R > R_MIN + 1e-6) & (R < 1 - 1e-6)).mean()),
+    }
+    return run, fr.total.copy()
+
+
+def _over_bound_case(rg: np.random.Generator) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Over the bound: a step 2.2/L_true (L_true the largest eigenvalue of the M-Hessian) on a random
+    problem of 120 points, against 1.98/L_true. Returns the record and both energy trajectories."""
     from scipy.sparse import diags
     from scipy.sparse.linalg import eigsh
 
@@ -98,97 +191,44 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     from infogeo.graph import TokenGraph
     from infogeo.laplacian import laplacian
 
-    rg = rng(seed, 320)
-    n_graphs = 4 if quick else 48
-    r_min = R_MIN
-    families = ["uniform", "exponential", "lognormal", "spikes"]
-    runs, traj_plot = [], []
-    for gi in range(n_graphs):
-        n = int(rg.integers(40, 150) if quick else rg.integers(50, 400))
-        k = int(rg.choice([6, 10]))
-        shape = "square" if gi % 2 == 0 else "sphere"
-        if shape == "square":
-            X = torch.from_numpy(rg.uniform(0, 1, (n, 2)))
-        else:
-            Y = rg.normal(size=(n, 3))
-            X = torch.from_numpy(Y / np.linalg.norm(Y, axis=1, keepdims=True))
-        graph = TokenGraph.from_points(X, k=k, sequence_edges=False)
-        lkind = "diffusion" if gi % 4 < 2 else "belkin_niyogi"
-        lap = laplacian(graph, kind=lkind)
-        fam = families[gi % len(families)]
-        rho = _density_family(fam, n, rg)
-        lam_max = float(eigsh(lap.symmetric(), k=1, which="LA", v0=_lanczos_start(n), return_eigenvectors=False)[0])
-        c_lam = float(rg.choice([0.1, 1.0, 10.0]))
-        lam = c_lam * float(rho.max()) / lam_max  # diffusion as stiff as c × the energy's curvature
-        mu = float(rg.choice([0.1, 0.5, 1.0])) * float(np.median(rho))
-        rho_t = torch.from_numpy(rho)
-        r_star0 = np.clip(1 - mu / (2 * np.maximum(rho, 1e-300)), r_min, 1.0)  # argmin E alone (λ = 0)
-        ref_R, ref_F = _box_minimum(lap, rho, mu, lam, r_min)
-        for init in ("ones", "random"):
-            r0 = None if init == "ones" else torch.from_numpy(rg.uniform(r_min, 1.0, n))
-            fr = resolution_flow(lap, rho_t, r_min=r_min, lam=lam, mu=mu, r0=r0, tol=1e-9, max_steps=50000)
-            dF = np.diff(fr.total)
-            rise = float(dF.max() / max(abs(fr.total[0]), 1e-300)) if dF.size else 0.0
-            R = fr.R.numpy()
-            d_end = lap.dirichlet_energy(R)
-            runs.append({
-                "graph": gi, "n": n, "k": k, "shape": shape, "laplacian": lkind, "density": fam, "lam": lam,
-                "lam_over_curvature": c_lam, "mu": mu, "init": init, "steps": int(fr.total.size - 1),
-                "converged": bool(fr.converged), "residual": float(fr.residual), "step": float(fr.step),
-                "max_relative_rise": rise, "monotone": bool(rise <= _ROUNDOFF_RISE),
-                "F_flow": float(fr.total[-1]), "F_reference": ref_F,
-                "F_gap": float((fr.total[-1] - ref_F) / max(abs(ref_F), 1e-300)),
-                "R_gap": float(np.abs(R - ref_R).max()),
-                "dirichlet_start": float(fr.dirichlet[0]), "dirichlet_end": d_end,
-                "dirichlet_argmin_E": lap.dirichlet_energy(r_star0),
-                "smoother_than_start": bool(d_end <= fr.dirichlet[0] * (1 + 1e-12)),
-                "smoother_than_argmin_E": bool(d_end <= lap.dirichlet_energy(r_star0) * (1 + 1e-9)),
-                "interior_fraction": float(((R > r_min + 1e-6) & (R < 1 - 1e-6)).mean()),
-            })
-            if gi < 3 and init == "random":
-                traj_plot.append((f"graph {gi} ({fam}, n={n})", fr.total.copy()))
-    # Over the bound: a step 2.2/L_true (L_true the largest eigenvalue of the M-Hessian).
-    over = []
-    n_over = 2 if quick else 12
-    for gi in range(n_over):
-        n = 120
-        X = torch.from_numpy(rg.uniform(0, 1, (n, 2)))
-        lap = laplacian(TokenGraph.from_points(X, k=10, sequence_edges=False), kind="belkin_niyogi")
-        rho = _density_family("uniform", n, rg) + 0.5
-        lam_max = float(eigsh(lap.symmetric(), k=1, which="LA", v0=_lanczos_start(n), return_eigenvectors=False)[0])
-        lam = float(rho.max()) / lam_max
-        mu = 0.5 * float(np.median(rho))
-        H = diags(2 * rho) + lam * lap.symmetric()  # M = I for belkin_niyogi
-        L_true = float(eigsh(H, k=1, which="LA", v0=_lanczos_start(n), return_eigenvectors=False)[0])
-        r0 = torch.from_numpy(rg.uniform(r_min, 1.0, n))
-        rho_t = torch.from_numpy(rho)
-        bound = 2.0 * float(rho.max()) + lam * lap.max_eigenvalue_bound()
-        refused = False
-        try:
-            resolution_flow(lap, rho_t, r_min=r_min, lam=lam, mu=mu, step=2.2 / L_true, r0=r0)
-        except ValueError:
-            refused = True
-        tot = _over_bound_trajectory(lap, rho_t, mu, lam, r_min, 2.2 / L_true, r0, 60)
-        under = _over_bound_trajectory(lap, rho_t, mu, lam, r_min, 1.98 / L_true, r0, 60)
-        over.append({"L_true": L_true, "L_bound": bound, "refused": refused,
-                     "over_rises": int((np.diff(tot) > 1e-12 * abs(tot[0])).sum()),
-                     "under_rises": int((np.diff(under) > 1e-12 * abs(under[0])).sum()),
-                     "over_final_over_start": float(tot[-1] / tot[0])})
-        if gi == 0:
-            traj_over, traj_under = tot, under
+    n = 120
+    X = torch.from_numpy(rg.uniform(0, 1, (n, 2)))
+    lap = laplacian(TokenGraph.from_points(X, k=10, sequence_edges=False), kind="belkin_niyogi")
+    rho = _density_family("uniform", n, rg) + 0.5
+    lam_max = float(eigsh(lap.symmetric(), k=1, which="LA", v0=_lanczos_start(n), return_eigenvectors=False)[0])
+    lam = float(rho.max()) / lam_max
+    mu = 0.5 * float(np.median(rho))
+    H = diags(2 * rho) + lam * lap.symmetric()  # M = I for belkin_niyogi
+    L_true = float(eigsh(H, k=1, which="LA", v0=_lanczos_start(n), return_eigenvectors=False)[0])
+    r0 = torch.from_numpy(rg.uniform(R_MIN, 1.0, n))
+    rho_t = torch.from_numpy(rho)
+    bound = 2.0 * float(rho.max()) + lam * lap.max_eigenvalue_bound()
+    refused = False
+    try:
+        resolution_flow(lap, rho_t, r_min=R_MIN, lam=lam, mu=mu, step=2.2 / L_true, r0=r0)
+    except ValueError:
+        refused = True
+    tot = _over_bound_trajectory(lap, rho_t, mu, lam, R_MIN, 2.2 / L_true, r0, 60)
+    under = _over_bound_trajectory(lap, rho_t, mu, lam, R_MIN, 1.98 / L_true, r0, 60)
+    case = {"L_true": L_true, "L_bound": bound, "refused": refused,
+            "over_rises": int((np.diff(tot) > 1e-12 * abs(tot[0])).sum()),
+            "under_rises": int((np.diff(under) > 1e-12 * abs(under[0])).sum()),
+            "over_final_over_start": float(tot[-1] / tot[0])}
+    return case, tot, under
+
+
+def _summary(runs: list[dict], over: list[dict]) -> dict:
+    """The counts and worst cases over every run and every over-the-bound case."""
     sm_start = [r["smoother_than_start"] for r in runs if r["init"] == "random"]
-    summary = {"runs": len(runs), "monotone": sum(r["monotone"] for r in runs),
-               "converged": sum(r["converged"] for r in runs),
-               "worst_relative_rise": max(r["max_relative_rise"] for r in runs),
-               "worst_F_gap": max(abs(r["F_gap"]) for r in runs), "worst_R_gap": max(r["R_gap"] for r in runs),
-               "worst_residual": max(r["residual"] for r in runs),
-               "smoother_than_random_start": int(sum(sm_start)), "random_starts": len(sm_start),
-               "smoother_than_argmin_E": sum(r["smoother_than_argmin_E"] for r in runs),
-               "over_bound_broke": sum(o["over_rises"] > 0 for o in over), "over_bound_runs": len(over),
-               "just_under_monotone": sum(o["under_rises"] == 0 for o in over)}
-    return Measured({"runs": runs, "over_bound": over, "summary": summary},
-                    {"trajectories": traj_plot, "over": traj_over, "under": traj_under, "quick": quick,
-                     "graphs": n_graphs})
+    return {"runs": len(runs), "monotone": sum(r["monotone"] for r in runs),
+            "converged": sum(r["converged"] for r in runs),
+            "worst_relative_rise": max(r["max_relative_rise"] for r in runs),
+            "worst_F_gap": max(abs(r["F_gap"]) for r in runs), "worst_R_gap": max(r["R_gap"] for r in runs),
+            "worst_residual": max(r["residual"] for r in runs),
+            "smoother_than_random_start": int(sum(sm_start)), "random_starts": len(sm_start),
+            "smoother_than_argmin_E": sum(r["smoother_than_argmin_E"] for r in runs),
+            "over_bound_broke": sum(o["over_rises"] > 0 for o in over), "over_bound_runs": len(over),
+            "just_under_monotone": sum(o["under_rises"] == 0 for o in over)}
 
 
 def decide(numbers: dict) -> str:

@@ -73,16 +73,29 @@ def _hypothesis_counterexample(condition: Callable[[dict], bool], seed: int) -> 
     return {"tile": ex, "terms": literal_tile_ifq(ex)}
 
 
-
-
 def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     """Search literal counterexamples, test the normalised metrics, approach IFQ = 1.
 
     ``cache`` is unused (the signature is the one every theorem module shares).
     """
+    cex, ctf_rows = _literal(quick, seed)
+    norm, values, sizes = _normalised_tiles(quick, seed)
+    norm["hypothesis"] = _normalised_property(quick)
+    real = _real_tiles(quick, seed)
+    numbers = {
+        "counterexamples": cex, "ctf_unbounded": ctf_rows, "normalised": norm,
+        "real_tiles": {k: quantiles(v) for k, v in real.items()},
+        "ifq_one": _approach_one(),
+    }
+    series = {"ifq_values": values, **real, **sizes, "tile": _REAL_TILE}
+    return Measured(numbers, series)
+
+
+def _literal(quick: bool, seed: int) -> tuple[dict, list[list]]:
+    """(1) The literal definitions: counterexamples found (and shrunk) by hypothesis, and the literal
+    CTF against the normalised one as one row of P tends to a vertex of the simplex."""
     from tiling import metrics as M
 
-    # (1) Literal definitions: counterexamples found (and shrunk) by hypothesis.
     searches = {"IFQ < 0": lambda r: r["IFQ"] < 0, "IFQ > 1": lambda r: r["IFQ"] > 1,
                 "PS < 0": lambda r: r["PS"] < 0, "EU > 1": lambda r: r["EU"] > 1}
     if quick:  # the two IFQ counterexamples already exhibit PS < 0 or EU > 1
@@ -94,8 +107,17 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         W = torch.tensor([[0.0, 1.0], [0.0, 0.0]], dtype=F64)
         ctf_rows.append([f"P_i = (½, ½), P_j = (1 − {x:g}, {x:g})", float(M.cross_tile_flow(P, W, normalised=False)[0]),
                          float(M.cross_tile_flow(P, W)[0])])
+    return cex, ctf_rows
 
-    # (2) Normalised definitions over ≥ 10,000 generated tiles, adversarial corners included.
+
+def _normalised_tiles(quick: bool, seed: int) -> tuple[dict, np.ndarray, dict]:
+    """(2) The normalised definitions over ≥ 10,000 generated tiles, adversarial corners included.
+
+    Returns the numbers (cases, range of IFQ, violations of [0, 1], range of each term), every IFQ
+    value, and the sizes of the run.
+    """
+    from tiling import metrics as M
+
     rg = rng(seed, 330)
     groups, per = (20, 50) if quick else (100, 120)  # groups × tiles per group
     n, K = 6, 8
@@ -135,10 +157,17 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         lo, hi = min(lo, float(qa.min())), max(hi, float(qa.max()))
         for k, t in (("PS", ps), ("CTF", ctf), ("EU", eu), ("ID", id_)):
             term_range[k] = [min(term_range[k][0], float(t.min())), max(term_range[k][1], float(t.max()))]
-    cases = groups * per
-    # Property test with hypothesis on the normalised IFQ (arbitrary small tiles).
+    numbers = {"cases": groups * per, "min": lo, "max": hi, "violations": viol, "term_ranges": term_range}
+    return numbers, np.concatenate(values), {"groups": groups, "per_group": per, "pattern_size": n, "categories": K}
+
+
+def _normalised_property(quick: bool) -> dict:
+    """(2) A hypothesis property test of 0 ≤ IFQ ≤ 1 for the normalised IFQ on arbitrary small tiles:
+    the examples run and the violations found."""
     from hypothesis import given, settings
     from hypothesis import strategies as st
+
+    from tiling import metrics as M
 
     hyp = {"examples": 0, "violations": 0}
 
@@ -158,11 +187,22 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         hyp["violations"] += int(not (0.0 <= q <= 1.0))
 
     prop()
-    # Real tiles: implicit attention of the scan (tile_attention) on the Theorem 3.5 inputs, the
-    # pattern at full resolution vs at resolution ½ standing in for two observations of a tile.
+    return hyp
+
+
+#: tile size of the real tiles of :func:`_real_tiles`
+_REAL_TILE = 16
+
+
+def _real_tiles(quick: bool, seed: int) -> dict[str, np.ndarray]:
+    """(2) Real tiles: the implicit attention of the scan (``tile_attention``) on the Theorem 3.5 inputs,
+    the pattern at full resolution vs at resolution ½ standing in for two observations of a tile.
+    Returns PS and EU per tile, literal and normalised."""
+    from tiling import metrics as M
+
     fam = FAMILIES[2]
     inp = scan_inputs(4, 8, 8, 256, gen(seed, 353), dtype=F64, bursts=fam[1], corr=fam[2])
-    T = 16
+    T = _REAL_TILE
     nb = 2 if quick else 4
     d, B, C = inp["delta"][:nb, :, : 8 * T], inp["B"][:nb, :, : 8 * T], inp["C"][:nb, :, : 8 * T]
     real_lit, real_norm = [], []
@@ -173,12 +213,18 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         real_lit.append([M.pattern_stability(A2, A1, pattern_dims=3, normalised=False),
                          M.edge_utilization(A1, pattern_dims=3, normalised=False)])
         real_norm.append([M.pattern_stability(A2, A1, pattern_dims=3), M.edge_utilization(A1, pattern_dims=3)])
-    lit_ps = torch.cat([r[0] for r in real_lit]).numpy()
-    lit_eu = torch.cat([r[1] for r in real_lit]).numpy()
-    nor_ps = torch.cat([r[0] for r in real_norm]).numpy()
-    nor_eu = torch.cat([r[1] for r in real_norm]).numpy()
-    # (3) IFQ = 1: the normalised terms CTF = 1 − e^{−KL} and ID = x/(x + x_ref) are < 1 for every
-    # finite input, so IFQ = 1 is out of reach when β > 0 or δ > 0; the supremum is approached.
+    return {"literal_PS": torch.cat([r[0] for r in real_lit]).numpy(),
+            "literal_EU": torch.cat([r[1] for r in real_lit]).numpy(),
+            "normalised_PS": torch.cat([r[0] for r in real_norm]).numpy(),
+            "normalised_EU": torch.cat([r[1] for r in real_norm]).numpy()}
+
+
+def _approach_one() -> list[list[float]]:
+    """(3) IFQ = 1: the normalised terms CTF = 1 − e^{−KL} and ID = x/(x + x_ref) are < 1 for every
+    finite input, so IFQ = 1 is out of reach when β > 0 or δ > 0; the supremum is approached.
+    One row (x, PS, CTF, EU, ID, IFQ) per x."""
+    from tiling import metrics as M
+
     approach = []
     for x in (1.0, 10.0, 100.0, 700.0):
         P = torch.tensor([[1 - math.exp(-x), math.exp(-x)], [math.exp(-x), 1 - math.exp(-x)]], dtype=F64)
@@ -191,18 +237,7 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         id_ = M.information_density(torch.tensor([x, 1.0], dtype=F64), 1)[0]
         ps = M.pattern_stability(At, At)
         approach.append([x, float(ps), float(ctf), float(eu), float(id_), float(M.ifq(ps, ctf, eu, id_))])
-    numbers = {
-        "counterexamples": cex, "ctf_unbounded": ctf_rows,
-        "normalised": {"cases": cases, "min": lo, "max": hi, "violations": viol, "term_ranges": term_range,
-                       "hypothesis": hyp},
-        "real_tiles": {"literal_PS": quantiles(lit_ps), "literal_EU": quantiles(lit_eu),
-                       "normalised_PS": quantiles(nor_ps), "normalised_EU": quantiles(nor_eu)},
-        "ifq_one": approach,
-    }
-    series = {"ifq_values": np.concatenate(values), "literal_PS": lit_ps, "literal_EU": lit_eu,
-              "normalised_PS": nor_ps, "normalised_EU": nor_eu, "groups": groups, "per_group": per,
-              "pattern_size": n, "categories": K, "tile": T}
-    return Measured(numbers, series)
+    return approach
 
 
 def _literal_violations(numbers: dict) -> list[float]:

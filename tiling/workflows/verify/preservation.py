@@ -160,7 +160,6 @@ def _monotone(values: list[float], rtol: float = 1e-9) -> bool:
     return all(b <= a * (1 + rtol) + 1e-300 for a, b in zip(values, values[1:]))
 
 
-
 #: working names of the tables and prose that ``numbers`` holds as they are (path of keys)
 _IN_NUMBERS = {
     "mono": ('monotone',),
@@ -204,10 +203,47 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     """Errors of the tiled scan and of the whole block against full resolution, and the literal ratio
     under input scaling; ``cache`` shares the model's outputs with Theorem 3.1 and this theorem's
     inputs with §3.6.
-    """
-    from infogeo.density import ssm_density
 
+    The steps: :func:`_scan_grids` (the scan's errors), :func:`_against_uniform` (monotone in the
+    budget; adaptive vs uniform), :func:`_scaling` (the literal ratio), :func:`_scope_grids` (the
+    whole block, both scopes), :func:`_conclusions` (what the verdict and the prose read).
+    Every step's working values are kept by name in ``w``; ``numbers`` holds those the report keeps.
+    """
     cache = {} if cache is None else cache
+    w = _scan_grids(quick, seed, cache)
+    w |= _against_uniform(w["grids"], w["family_inputs"], w["budgets"])
+    w |= _scaling(quick, cache, w["L"])
+    w |= _scope_grids(quick, seed, cache, w["budgets"])
+    w |= _conclusions(w)
+    grids, sgrid, scope_res = w["grids"], w["sgrid"], w["scope_res"]
+    numbers = {
+        "grid": {fam: {f"T={k[0]}|{k[1]}|c={k[2]:g}": {kk: vv for kk, vv in v.items()} for k, v in g.items()}
+                 for fam, g in grids.items()},
+        "monotone": w["mono"], "monotone_sup_ratio": w["mono_sup"], "monotone_mean_relative": w["mono_mean"],
+        "finite": w["finite"], "adaptive_wins": w["wins"], "comparisons": w["total"],
+        "median_adaptive_over_uniform": w["mean_gain"], "median_adaptive_over_uniform_by_family": w["gain_by_family"],
+        "real_worst_relative": {f"{c:g}": v for c, v in w["eps_real"].items()},
+        "scaling": w["scale_raw"], "literal_bound_refuted": w["unbounded"],
+        "scopes": {fam: {"grid": {f"{p}|{sc}|c={c:g}": v for (p, sc, c), v in g.items()},
+                         "tile": w["layer_tiles"][fam], "max_rho": scope_res[fam]["max_rho"],
+                         "budget_one_scope_difference": scope_res[fam]["budget_one_scope_difference"],
+                         "pool_gate_max": scope_res[fam]["pool_gate_max"]}
+                   for fam, g in sgrid.items()},
+        "scope_monotone": w["scope_mono"], "scope_budget_one_error": w["scope_zero"],
+        "median_block_over_scan": w["block_over_scan"], "scan_cost_fraction_min": w["scan_cost_min"],
+        "block_cost_fraction_min": w["block_cost_min"],
+    }
+    # what the numbers do not hold as such: tuple-keyed working copies and the sizes of the run
+    series = {k: w[k] for k in ("L", "N", "T0", "T_real", "adv", "batch", "budgets", "c0", "c_hi", "c_lo", "dim",
+                                "eps_real", "full_zero", "grids", "hidden_states", "lL", "layer_tiles", "lb", "ld",
+                                "ltile", "main_tile", "real_tiles", "scale_rows", "scope_b1", "scopes", "sgrid",
+                                "tile_spread", "tiles", "unif")}
+    return Measured(numbers, series)
+
+
+def _scan_grids(quick: bool, seed: int, cache: dict) -> dict:
+    """The tiled scan's errors against full resolution (:func:`_error_grid`) on the random input families
+    (kept in ``cache`` for §3.6) and on the pretrained model's hidden states, with the sizes of the run."""
     batch, dim, N, L = (4, 8, 8, 256) if quick else (16, 16, 8, 1024)
     tiles = [16, 64] if quick else [16, 32, 64, 128]
     budgets = [1 / 16, 1 / 4, 1 / 2, 1.0] if quick else [1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0]
@@ -225,8 +261,14 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     rows, grid = _error_grid(real, real_tiles, budgets, PLANS)
     grids["pretrained hidden states"] = grid
     rows_all += [["pretrained hidden states"] + r for r in rows]
+    return {"batch": batch, "dim": dim, "N": N, "L": L, "tiles": tiles, "budgets": budgets, "grids": grids,
+            "rows_all": rows_all, "family_inputs": family_inputs, "real_tiles": real_tiles}
 
-    # Monotonicity in the budget and density-driven vs uniform at the same nominal budget.
+
+def _against_uniform(grids: dict, family_inputs: dict, budgets: list[float]) -> dict:
+    """Monotonicity in the budget of every (inputs, tile, plan), and the density-driven plan against the
+    uniform plan at the same realised budget: ``mono``, ``wins`` of ``total`` sequences, and one row
+    per (inputs, tile, budget) in ``adv``."""
     mono, wins, total, adv = {}, 0, 0, []
     for fam, grid in grids.items():
         ts = sorted({k[0] for k in grid})
@@ -248,7 +290,15 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
                 adv.append([fam, T, c, a_["realised"], float(u_rel.mean()), a_["mean_relative"],
                             grid[(T, "adaptive (causal)", c)]["mean_relative"],
                             a_["mean_relative"] / float(u_rel.mean())])
-    # Scale counterexamples: the literal ratio is not bounded over inputs for any fixed plan with R < 1.
+    return {"mono": mono, "wins": wins, "total": total, "adv": adv}
+
+
+def _scaling(quick: bool, cache: dict, L: int) -> dict:
+    """Scale counterexamples: the literal ratio ‖y_tiled − y_full‖₂ / max ρ of one bursty sequence under a
+    fixed uniform plan, with u scaled up and Δ scaled down (it is not bounded over inputs for any plan
+    with R < 1)."""
+    from infogeo.density import ssm_density
+
     base = cache[f"inputs_{FAMILIES[1][0]}"]
     one = {k: (v[:1] if k in ("u", "delta", "B", "C") else v) for k, v in base.items()}
     T0, c0 = 64 if not quick else 16, 0.25
@@ -266,9 +316,12 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
             ratio = err / float(rho.max())
             scale_rows.append([f"{what} × {s:g}", float(rho.max()), err, ratio])
             scale_raw.append({"scaled": what, "factor": s, "max_rho": float(rho.max()), "error": err, "ratio": ratio})
-    full_zero = max(grids[f][(T, p, 1.0)]["sup_ratio"] for f in grids for (T, p, c) in grids[f] if c == 1.0)
+    return {"T0": T0, "c0": c0, "scale_rows": scale_rows, "scale_raw": scale_raw}
 
-    # Whole TiledMamba block, scan scope vs block scope, on the same token inputs and weights.
+
+def _scope_grids(quick: bool, seed: int, cache: dict, budgets: list[float]) -> dict:
+    """The whole TiledMamba block, scan scope vs block scope, on the same token inputs and weights
+    (:func:`_scope_errors`): the token families of :data:`TOKEN_FAMILIES` and the pretrained hidden states."""
     lb, ld, lL, ltile = (2, 32, 256, 64) if quick else (16, 64, 1024, 64)
     layer_inputs = {}
     for salt, (fam, bursts, corr) in enumerate(TOKEN_FAMILIES):
@@ -277,16 +330,17 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
     hidden = hidden[::3] if quick else hidden  # quick: the embeddings, layer 3 and layer 6
     layer_inputs["pretrained hidden states"] = (hidden.contiguous(), 16)
     scope_res = {fam: _scope_errors(x, T, budgets, seed, 365) for fam, (x, T) in layer_inputs.items()}
-    sgrid = {fam: r["grid"] for fam, r in scope_res.items()}
-    scopes = ("scan", "block")
-    layer_tiles = {fam: T for fam, (_, T) in layer_inputs.items()}
+    return {"lb": lb, "ld": ld, "lL": lL, "ltile": ltile, "scope_res": scope_res,
+            "sgrid": {fam: r["grid"] for fam, r in scope_res.items()}, "scopes": ("scan", "block"),
+            "layer_tiles": {fam: T for fam, (_, T) in layer_inputs.items()}, "hidden_states": int(hidden.shape[0])}
+
+
+def _conclusions(w: dict) -> dict:
+    """What the verdict, the tables and the prose read off the grids of the earlier steps (``w``)."""
+    grids, sgrid, budgets, adv, scopes = w["grids"], w["sgrid"], w["budgets"], w["adv"], w["scopes"]
     # one tile size per input family for the figure and the pivot tables (every size is in the JSON)
     main_tile = {fam: (64 if any(k[0] == 64 for k in g) else 16) for fam, g in grids.items()}
     coarse = [c for c in budgets if c < 1.0]
-    mono_sup = all(v["sup_ratio"] for v in mono.values())
-    mono_mean = all(v["mean_relative"] for v in mono.values())
-    finite = all(math.isfinite(r[5]) for r in rows_all)
-    mean_gain = float(np.median([r[7] for r in adv]))
     spreads = []
     for fam, g in grids.items():
         if fam == "pretrained hidden states":
@@ -294,52 +348,34 @@ def measure(quick: bool, seed: int, cache: dict | None = None) -> Measured:
         for c in budgets[:-1]:
             vals = [g[(T, "uniform", c)]["sup_ratio"] for T in sorted({k[0] for k in g})]
             spreads.append((max(vals) - min(vals)) / max(vals))
-    tile_spread = max(spreads)
-    gain_by_family = {fam: float(np.median([r[7] for r in adv if r[0] == fam])) for fam in grids}
     rg = grids["pretrained hidden states"]
     T_real = 16 if any(k[0] == 16 for k in rg) else sorted({k[0] for k in rg})[0]
-    eps_real = {c: (rg[(T_real, "uniform", c)]["max_relative"], rg[(T_real, "adaptive (non-causal)", c)]["max_relative"])
-                for c in budgets}
-    # Scope comparison: budget 1 is exact in both scopes; below it, error and cost per scope.
-    scope_zero = max(sgrid[f][(p, sc, 1.0)]["sup_ratio"] for f in sgrid for p in PLANS for sc in scopes)
-    scope_b1 = max(r["budget_one_scope_difference"] for r in scope_res.values())
-    scope_mono = {f"{fam} / {p} / {sc}": _monotone([sgrid[fam][(p, sc, c)]["mean_relative"] for c in budgets])
-                  for fam in sgrid for p in PLANS for sc in scopes}
-    block_over_scan = {fam: float(np.median([sgrid[fam][(p, "block", c)]["mean_relative"]
-                                             / sgrid[fam][(p, "scan", c)]["mean_relative"]
-                                             for p in PLANS for c in coarse])) for fam in sgrid}
-    scan_cost_min = min(sgrid[f][(p, "scan", c)]["cost_fraction"] for f in sgrid for p in PLANS for c in budgets)
-    block_cost_min = min(sgrid[f][(p, "block", c)]["cost_fraction"] for f in sgrid for p in PLANS for c in budgets)
-    unif = {fam: {sc: {c: sgrid[fam][("uniform", sc, c)] for c in budgets} for sc in scopes} for fam in sgrid}
-    c_lo, c_hi = coarse[0], coarse[-1]
-    # the literal bound with one constant ε fails if the ratio changes under a rescaling of the input
-    unbounded = _ratio_moves(scale_raw)
-    hidden_states = int(hidden.shape[0])
-    numbers = {
-        "grid": {fam: {f"T={k[0]}|{k[1]}|c={k[2]:g}": {kk: vv for kk, vv in v.items()} for k, v in g.items()}
-                 for fam, g in grids.items()},
-        "monotone": mono, "monotone_sup_ratio": mono_sup, "monotone_mean_relative": mono_mean, "finite": finite,
-        "adaptive_wins": wins, "comparisons": total, "median_adaptive_over_uniform": mean_gain,
-        "median_adaptive_over_uniform_by_family": gain_by_family,
-        "real_worst_relative": {f"{c:g}": v for c, v in eps_real.items()},
-        "scaling": scale_raw, "literal_bound_refuted": unbounded,
-        "scopes": {fam: {"grid": {f"{p}|{sc}|c={c:g}": v for (p, sc, c), v in g.items()},
-                         "tile": layer_tiles[fam], "max_rho": scope_res[fam]["max_rho"],
-                         "budget_one_scope_difference": scope_res[fam]["budget_one_scope_difference"],
-                         "pool_gate_max": scope_res[fam]["pool_gate_max"]}
-                   for fam, g in sgrid.items()},
-        "scope_monotone": scope_mono, "scope_budget_one_error": scope_zero,
-        "median_block_over_scan": block_over_scan, "scan_cost_fraction_min": scan_cost_min,
-        "block_cost_fraction_min": block_cost_min,
+    return {
+        "main_tile": main_tile, "c_lo": coarse[0], "c_hi": coarse[-1], "T_real": T_real,
+        "full_zero": max(grids[f][(T, p, 1.0)]["sup_ratio"] for f in grids for (T, p, c) in grids[f] if c == 1.0),
+        "mono_sup": all(v["sup_ratio"] for v in w["mono"].values()),
+        "mono_mean": all(v["mean_relative"] for v in w["mono"].values()),
+        "finite": all(math.isfinite(r[5]) for r in w["rows_all"]),
+        "mean_gain": float(np.median([r[7] for r in adv])),
+        "tile_spread": max(spreads),
+        "gain_by_family": {fam: float(np.median([r[7] for r in adv if r[0] == fam])) for fam in grids},
+        "eps_real": {c: (rg[(T_real, "uniform", c)]["max_relative"],
+                         rg[(T_real, "adaptive (non-causal)", c)]["max_relative"]) for c in budgets},
+        # scope comparison: budget 1 is exact in both scopes; below it, error and cost per scope
+        "scope_zero": max(sgrid[f][(p, sc, 1.0)]["sup_ratio"] for f in sgrid for p in PLANS for sc in scopes),
+        "scope_b1": max(r["budget_one_scope_difference"] for r in w["scope_res"].values()),
+        "scope_mono": {f"{fam} / {p} / {sc}": _monotone([sgrid[fam][(p, sc, c)]["mean_relative"] for c in budgets])
+                       for fam in sgrid for p in PLANS for sc in scopes},
+        "block_over_scan": {fam: float(np.median([sgrid[fam][(p, "block", c)]["mean_relative"]
+                                                  / sgrid[fam][(p, "scan", c)]["mean_relative"]
+                                                  for p in PLANS for c in coarse])) for fam in sgrid},
+        "scan_cost_min": min(sgrid[f][(p, "scan", c)]["cost_fraction"] for f in sgrid for p in PLANS for c in budgets),
+        "block_cost_min": min(sgrid[f][(p, "block", c)]["cost_fraction"] for f in sgrid for p in PLANS
+                              for c in budgets),
+        "unif": {fam: {sc: {c: sgrid[fam][("uniform", sc, c)] for c in budgets} for sc in scopes} for fam in sgrid},
+        # the literal bound with one constant ε fails if the ratio changes under a rescaling of the input
+        "unbounded": _ratio_moves(w["scale_raw"]),
     }
-    # what the numbers do not hold as such: tuple-keyed working copies and the sizes of the run
-    series = {"L": L, "N": N, "T0": T0, "T_real": T_real, "adv": adv, "batch": batch, "budgets": budgets, "c0":
-              c0, "c_hi": c_hi, "c_lo": c_lo, "dim": dim, "eps_real": eps_real, "full_zero": full_zero, "grids":
-              grids, "hidden_states": hidden_states, "lL": lL, "layer_tiles": layer_tiles, "lb": lb, "ld": ld,
-              "ltile": ltile, "main_tile": main_tile, "real_tiles": real_tiles, "scale_rows": scale_rows,
-              "scope_b1": scope_b1, "scopes": scopes, "sgrid": sgrid, "tile_spread": tile_spread, "tiles":
-              tiles, "unif": unif}
-    return Measured(numbers, series)
 
 
 def decide(numbers: dict) -> str:
