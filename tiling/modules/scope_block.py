@@ -186,7 +186,7 @@ class TokenBoundaries:
         self.tiling = tiling
 
     def build_policy(self, layer: TiledMamba, factory: dict) -> None:
-        layer.tile_router = None
+        """No policy: the layer has no ``tile_router``."""
 
     def build_router(self, layer: TiledMamba, factory: dict) -> None:
         layer.router = TokenRouter(layer.d_model, self.tiling.router_rank, **factory)

@@ -108,8 +108,8 @@ class TiledMamba(nn.Module):
     ----------
     tiling : the :class:`~tiling.config.TilingConfig` with ``s_max`` resolved.
     routing : whether cross-tile routing is on (``tiling.routes``).
-    tile_router : the policy, :class:`~tiling.modules.router.TileRouter` (``boundaries="tile"``), or
-        None (``boundaries="token"``).
+    tile_router : the policy, :class:`~tiling.modules.router.TileRouter` (``boundaries="tile"``; absent
+        with ``boundaries="token"``).
     router : block scope: the learned :class:`~tiling.modules.router.TokenRouter`
         (``boundaries="token"``), or None.
     transition_gain, route_state_weight, route_resolution_weight, route_gate : scan scope: φ's gain
@@ -236,7 +236,8 @@ class TiledMamba(nn.Module):
     @property
     def calibrator(self) -> RunningCalibration | None:
         """The policy's running calibration (``tile_router.calibrator``), or None."""
-        return None if self.tile_router is None else self.tile_router.calibrator
+        policy = getattr(self, "tile_router", None)  # none with boundaries="token"
+        return None if policy is None else policy.calibrator
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -248,7 +249,7 @@ class TiledMamba(nn.Module):
         for old, new in _RENAMED_KEYS.items():
             if prefix + old in state_dict:
                 value = state_dict.pop(prefix + old)
-                if self.tile_router is not None:
+                if "tile_router" in self._modules:  # boundaries="tile"
                     state_dict[prefix + new] = value
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
