@@ -65,6 +65,7 @@ UNIT_OF: dict[str, str] = {
     "tiling.config": "tiling",
     "tiling.policy": "tiling",
     "tiling.tile": "tiling",
+    "tiling.tile_stats": "tiling",
     "tiling.metrics": "tiling",
     "tiling.options": "tiling",
     "tiling.modules": "tiling.modules",
