@@ -184,3 +184,45 @@ def test_decoder_model_folder(capsys, tmp_path):
     rho = np.mean(speed2, axis=0)
     tok = np.array(d["layers"][0]["tiling"]["token_density"])
     np.testing.assert_allclose(tok[1:-1], 0.5 * (rho[:-1] + rho[1:]), rtol=1e-3, atol=1e-6)
+
+
+# ---- one command: every job a subcommand (issue 26, item 3) ---------------------------------------
+@pytest.mark.parametrize("command", ["analyse", "verify", "evaluate", "generate", "train", "corpus", "bench"])
+def test_every_subcommand_has_help(capsys, command):
+    assert main([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage:") and "--" in out, out[:200]
+
+
+def test_the_top_level_help_lists_every_subcommand(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("analyse", "verify", "evaluate", "generate", "train", "corpus", "bench"):
+        assert command in out
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["bench", "frobnicate"], "unknown bench 'frobnicate'"),
+    (["evaluate", "bundled:full"], "CHECKPOINT and --text-file are required"),
+    (["evaluate", "bundled:full", "--text-file", "x", "--budget", "2"], "--budget must lie in (0, 1]"),
+    (["generate", "bundled:full"], "--prompt"),
+    (["generate", "bundled:full", "--prompt", "x", "--top-k", "0"], "--top-k must lie in [1, 256]"),
+    (["verify", "--seed", "-1"], "--seed must be >= 0"),
+    (["verify", "--seed", "x"], "expected an integer"),
+    (["analyse", "hi", "--curvature-alpha", "1"], "--curvature-alpha must lie in [0, 1)"),
+    (["analyse", "hi", "--state-dim", "0"], "--state-dim must lie in [1, 65536]"),
+])
+def test_bad_subcommands_and_values_exit_2_in_one_line(capsys, argv, match):
+    _one_line_error(capsys, main(argv), match)
+
+
+def test_bench_without_a_name_lists_the_benches(capsys):
+    assert main(["bench"]) == 0
+    out = capsys.readouterr().out
+    assert "layer" in out and "text" in out and "scripts/bench_NAME.py" in out
+
+
+def test_evaluate_list_through_infogeo(capsys):
+    assert main(["evaluate", "--list"]) == 0
+    assert "bundled:full" in capsys.readouterr().out

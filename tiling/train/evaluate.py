@@ -20,31 +20,57 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
+from dataclasses import dataclass
 
+from tiling.options import Options, Parser, RunError, UsageError, option, run_main, threads_option
 from tiling.train.checkpoint import CheckpointError
 from tiling.train.text import TextInputError, evaluate_bytes, read_text_file, set_threads
 from tiling.train.textmodel import (
     TextModelError, budget_warning, bundled_checkpoints, load_text_model, resolve_checkpoint,
 )
 
-
-class UsageError(ValueError):
-    """A bad option value (budget, context, stride)."""
+_Parser = Parser  # (the name older callers use)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (no usage dump): ``main`` prints it, exit code 2."""
+def budget_option() -> object:
+    """``--budget``: the resolution budget a text model runs at, in (0, 1] (None: as trained); ``evaluate``
+    and ``generate`` share it (its floor, the checkpoint's ``r_min``, is :func:`check_budget`'s)."""
+    return option(None, kind="float", low=0.0, low_open=True, high=1.0, metavar="C",
+                  help="resolution budget in (0, 1] (default: as trained)")
 
-    def error(self, message: str):  # noqa: D401 (argparse API)
-        raise UsageError(message)
 
+@dataclass(frozen=True)
+class EvaluateOptions(Options):
+    """The options of ``evaluate`` (``infogeo evaluate``, ``python -m tiling.train.evaluate``).
 
-def check_range(flag: str, value, low, high) -> None:
-    """``low ≤ value ≤ high`` (None passes; NaN fails), else a :class:`UsageError` naming ``flag``."""
-    if value is not None and not (low <= value <= high):
-        raise UsageError(f"{flag} must lie in [{low}, {high}], got {value}")
+    Parameters
+    ----------
+    checkpoint, text_file, budget, context, stride, batch_size, max_bytes, threads, json, list :
+        the flags of the same names (their help says what each does).
+    """
+
+    checkpoint: str | None = option(None, kind="str", positional=True,
+                                    help="a text checkpoint path, or bundled:full / bundled:adaptive")
+    text_file: str | None = option(None, kind="str", metavar="PATH", help="UTF-8 text file to evaluate")
+    budget: float | None = budget_option()
+    context: int | None = option(None, kind="int", low=1, high=2 ** 24, metavar="N",
+                                 help="window length in bytes (default and maximum: the trained context)")
+    stride: int | None = option(None, kind="int", low=1, high=2 ** 24, metavar="N",
+                                help="window stride (default: the context, non-overlapping windows); smaller = "
+                                     "more context")
+    batch_size: int = option(8, kind="int", low=1, high=4096, metavar="N", help="windows per forward (default 8)")
+    max_bytes: int | None = option(None, kind="int", low=2, high=2 ** 40, metavar="N",
+                                   help="evaluate only the first N bytes of the file")
+    # the physical cores: evaluation is batched forwards, which use every core
+    threads: int | None = threads_option(None, "evaluation is batched forwards")
+    json: bool = option(False, kind="bool", help="print one JSON object")
+    list: bool = option(False, kind="bool", help="print the bundled checkpoints as JSON and exit")
+
+    def check(self) -> None:
+        """A checkpoint and a text file, unless ``--list``."""
+        if not self.list and (self.checkpoint is None or self.text_file is None):
+            raise UsageError("CHECKPOINT and --text-file are required (or --list)")
 
 
 def token_router_layers(model) -> list:
@@ -92,7 +118,8 @@ def budget_notes(model, extra: dict, budget: float | None, realised: float | Non
 
 
 def check_budget(model, budget: float | None) -> None:
-    """Budget in (0, 1] and not below the smallest resolution of a tiled layer (``r_min``).
+    """Budget not below the smallest resolution of a tiled layer (``r_min``); its range (0, 1] is the
+    option's (:func:`budget_option`).
 
     Parameters
     ----------
@@ -102,12 +129,10 @@ def check_budget(model, budget: float | None) -> None:
     Raises
     ------
     UsageError
-        ``budget`` is outside (0, 1] or below a tiled layer's ``r_min``.
+        ``budget`` is below a tiled layer's ``r_min``.
     """
     if budget is None:
         return
-    if not 0.0 < budget <= 1.0:
-        raise UsageError(f"--budget must lie in (0, 1], got {budget}")
     floors = ([(k, model.layers[k].r_min) for k in model.tiled_layers] if hasattr(model, "tiled_layers")
               else [("main", model.config.tiling.r_min)])  # an HourglassLM: its main network's
     for k, r_min in floors:
@@ -116,60 +141,47 @@ def check_budget(model, budget: float | None) -> None:
                              f"(layer {k}); use a budget in [{r_min}, 1]")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tiling.train.evaluate", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", nargs="?", help="a text checkpoint path, or bundled:full / bundled:adaptive")
-    p.add_argument("--text-file", help="UTF-8 text file to evaluate")
-    p.add_argument("--budget", type=float, default=None, help="resolution budget in (0, 1] (default: as trained)")
-    p.add_argument("--context", type=int, default=None,
-                   help="window length in bytes (default and maximum: the trained context)")
-    p.add_argument("--stride", type=int, default=None,
-                   help="window stride (default: the context, non-overlapping windows); smaller = more context")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-bytes", type=int, default=None, help="evaluate only the first N bytes of the file")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the physical cores)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--list", action="store_true", help="print the bundled checkpoints as JSON and exit")
-    return p.parse_args(argv)
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``infogeo evaluate`` on an argparse sub-parser collection (:mod:`tiling.workflows.cli`)."""
+    p = subparsers.add_parser("evaluate", help="bits per byte of a UTF-8 text file under a text checkpoint",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    EvaluateOptions.add_arguments(p)
+    p.set_defaults(func=command)
+    return p
 
 
-def check_options(args) -> None:
-    """The options that need no checkpoint, before it is loaded (each error names its option)."""
-    check_range("--threads", args.threads, 1, 4096)
-    check_range("--batch-size", args.batch_size, 1, 4096)
-    check_range("--max-bytes", args.max_bytes, 2, 2 ** 40)
-    check_range("--context", args.context, 1, 2 ** 24)
-    check_range("--stride", args.stride, 1, 2 ** 24)
-    if args.budget is not None and not (math.isfinite(args.budget) and 0.0 < args.budget <= 1.0):
-        raise UsageError(f"--budget must lie in (0, 1], got {args.budget}")
-
-
-def run(args) -> dict:
-    check_options(args)
-    set_threads(args.threads, decoding=False)
-    model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
-    check_budget(model, args.budget)
+def run(opts: EvaluateOptions) -> dict:
+    """Evaluate ``opts.text_file`` under ``opts.checkpoint``; the result with its warnings."""
+    set_threads(opts.threads, decoding=False)
+    model, extra = load_text_model(resolve_checkpoint(opts.checkpoint))
+    check_budget(model, opts.budget)
     trained = int(extra["context"])
-    context = trained if args.context is None else args.context
-    if context < 1:
-        raise UsageError(f"--context must be >= 1, got {context}")
+    context = trained if opts.context is None else opts.context
     if context > trained:
         raise UsageError(f"--context {context} is longer than the checkpoint was trained for ({trained} bytes)")
-    if args.stride is not None and not 1 <= args.stride <= context:
-        raise UsageError(f"--stride must lie in [1, context = {context}], got {args.stride}")
-    if args.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_bytes is not None and args.max_bytes < 2:
-        raise UsageError(f"--max-bytes must be >= 2, got {args.max_bytes}")
-    data = read_text_file(args.text_file)
-    res = evaluate_bytes(model, data, context=context, budget=args.budget, stride=args.stride,
-                         batch_size=args.batch_size, max_bytes=args.max_bytes)
-    res.update(checkpoint=str(args.checkpoint), text_file=str(args.text_file),
+    if opts.stride is not None and opts.stride > context:
+        raise UsageError(f"--stride must lie in [1, context = {context}], got {opts.stride}")
+    data = read_text_file(opts.text_file)
+    res = evaluate_bytes(model, data, context=context, budget=opts.budget, stride=opts.stride,
+                         batch_size=opts.batch_size, max_bytes=opts.max_bytes)
+    res.update(checkpoint=str(opts.checkpoint), text_file=str(opts.text_file),
                configuration=extra.get("configuration"), trained_budget=extra.get("budget"),
-               trained_context=trained, requested_budget=args.budget,
-               warnings=budget_notes(model, extra, args.budget, res["mean_resolution"]))
+               trained_context=trained, requested_budget=opts.budget,
+               warnings=budget_notes(model, extra, opts.budget, res["mean_resolution"]))
     return res
+
+
+def command(args: argparse.Namespace) -> int:
+    """The command on a parsed command line: prints the result (or the bundled checkpoints); exit code 0."""
+    opts = EvaluateOptions.from_args(args)
+    if opts.list:
+        print(json.dumps(bundled_checkpoints(), indent=1))
+        return 0
+    res = run(opts)
+    for w in res["warnings"]:
+        print(f"evaluate: warning: {w}", file=sys.stderr)
+    print(json.dumps(res) if opts.json else format_result(res))
+    return 0
 
 
 def format_result(r: dict) -> str:
@@ -183,47 +195,17 @@ def format_result(r: dict) -> str:
             f"{r['bytes_per_s']:.0f} bytes/s; {r['flops_per_byte'] / 1e6:.3f} MFLOPs per byte")
 
 
-def one_line(e: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def fail(prog: str, e: BaseException) -> int:
-    """Print ``e`` as one line ``PROG: error: ...`` and return exit code 2."""
-    if isinstance(e, OSError) and not str(e).startswith("checkpoint"):  # e.g. a folder or a device error
-        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
-        print(f"{prog}: error: cannot read{where}: {e.strerror or one_line(e)}", file=sys.stderr)
-    else:
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
-    return 2
-
-
 #: the errors a command-line run reports as one line with exit code 2 (bad input of every kind)
-EXPECTED = (TextInputError, TextModelError, CheckpointError, UsageError, ValueError, OSError, MemoryError)
+EXPECTED = (TextInputError, TextModelError, CheckpointError, UsageError, RunError, ValueError, OSError, MemoryError)
 
 
 def main(argv=None) -> int:
-    """Run the command; returns the exit code (0; 2 for any expected error; 130 when interrupted)."""
-    try:
-        args = parse_args(argv)
-        if args.list:
-            print(json.dumps(bundled_checkpoints(), indent=1))
-            return 0
-        if args.checkpoint is None or args.text_file is None:
-            raise UsageError("CHECKPOINT and --text-file are required (or --list)")
-        res = run(args)
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
-    except EXPECTED as e:
-        return fail("evaluate", e)
-    except KeyboardInterrupt:
-        print("evaluate: interrupted", file=sys.stderr)
-        return 130
-    for w in res["warnings"]:
-        print(f"evaluate: warning: {w}", file=sys.stderr)
-    print(json.dumps(res) if args.json else format_result(res))
-    return 0
+    """``python -m tiling.train.evaluate`` (an alias of ``infogeo evaluate``); returns the exit code (0; 2 for
+    any expected error; 130 when interrupted)."""
+    parser = Parser(prog="python -m tiling.train.evaluate", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    EvaluateOptions.add_arguments(parser)
+    return run_main("evaluate", lambda: command(parser.parse_args(argv)), expected=EXPECTED, reads=True)
 
 
 if __name__ == "__main__":

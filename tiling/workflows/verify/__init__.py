@@ -37,8 +37,8 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Sequence
@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from infogeo.checks import check_int
+from tiling.options import Options, Parser, RunError, option, run_main, seed_option
 from tiling.train.storage import RunDirectory
 
 from . import complexity, flow_convergence, geodesics, ifq_bounds, preservation, special_cases
@@ -54,7 +55,7 @@ from .common import fit_power_law
 from .render import Figures, key_number, render_markdown
 from .result import Measured, TheoremResult, jsonable
 
-__all__ = ["run_verify", "run_theorem", "render_markdown", "fit_power_law", "add_verify_parser", "main",
+__all__ = ["run_verify", "run_theorem", "render_markdown", "fit_power_law", "add_verify_parser", "main", "VerifyOptions",
            "STATEMENTS", "THEOREMS", "TheoremResult", "Measured"]
 
 #: The theorem modules in report order.
@@ -167,26 +168,33 @@ def _measure_all(out: Path, *, quick: bool, seed: int, progress: bool, out_arg: 
     return {"meta": meta, "theorems": theorems}
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute (used by the tests)")
-    parser.add_argument("--out", default="infogeo-verify", metavar="DIR",
-                        help="folder for theorems.md, theorems.json and figures/theorems/ (default: ./infogeo-verify; "
-                             "the repository's report: --out docs --overwrite)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the report already in --out (kept aside until the new one is written)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default: 0)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+@dataclass(frozen=True)
+class VerifyOptions(Options):
+    """The options of ``infogeo verify`` (and ``python -m tiling.workflows.verify``).
+
+    Parameters
+    ----------
+    quick, out, overwrite, seed, no_progress : the flags of the same names (their help says what each does).
+    """
+
+    quick: bool = option(False, kind="bool", help="small sizes, about a minute (used by the tests)")
+    out: str = option("infogeo-verify", kind="str", metavar="DIR",
+                      help="folder for theorems.md, theorems.json and figures/theorems/ (default: ./infogeo-verify; "
+                           "the repository's report: --out docs --overwrite)")
+    overwrite: bool = option(False, kind="bool",
+                             help="replace the report already in --out (kept aside until the new one is written)")
+    seed: int = seed_option(0)
+    no_progress: bool = option(False, kind="bool", help="no progress bar")
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    res = run_verify(args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
-                     overwrite=args.overwrite, name="--out")
+    opts = VerifyOptions.from_args(args)
+    res = run_verify(opts.out, quick=opts.quick, seed=opts.seed, progress=not opts.no_progress,
+                     overwrite=opts.overwrite, name="--out")
     for r in res["theorems"].values():
         print(f"{r['statement'][0].split(',')[0]}: {r['verdict']} — {key_number(r)}")
-    print(f"wrote {Path(args.out) / 'theorems.md'}, {Path(args.out) / 'theorems.json'} and "
-          f"{Path(args.out) / 'figures' / 'theorems'} in {res['meta']['seconds_total']:.0f} s")
+    print(f"wrote {Path(opts.out) / 'theorems.md'}, {Path(opts.out) / 'theorems.json'} and "
+          f"{Path(opts.out) / 'figures' / 'theorems'} in {res['meta']['seconds_total']:.0f} s")
     return 0
 
 
@@ -195,18 +203,15 @@ def add_verify_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("verify", help="run the theorem experiments and write docs/theorems.md",
                               description="Measured verdicts on Theorems 3.1–3.5 (writes theorems.md, "
                                           "theorems.json and figures/theorems/ under --out).")
-    _add_arguments(p)
+    VerifyOptions.add_arguments(p)
     p.set_defaults(func=_run)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tiling.workflows.verify [--quick] [--out DIR] [--seed N]``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="infogeo verify", description="Measured verdicts on Theorems 3.1–3.5.")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return _run(args)
-    except (ValueError, TypeError, OSError) as e:
-        print(f"infogeo verify: error: {e}", file=sys.stderr)
-        return 2
+    """``python -m tiling.workflows.verify [--quick] [--out DIR] [--seed N]`` (an alias of ``infogeo verify``);
+    returns the exit code."""
+    parser = Parser(prog="infogeo verify", description="Measured verdicts on Theorems 3.1–3.5.")
+    VerifyOptions.add_arguments(parser)
+    return run_main("infogeo verify", lambda: _run(parser.parse_args(argv)),
+                    expected=(ValueError, TypeError, OSError, RunError))
