@@ -195,10 +195,9 @@ def _load_model(args):
 
 
 def _run_analyse(args) -> int:
-    from tiling.train.storage import RunLock
+    from tiling.train.storage import RunLock, check_out_dir
 
     from .batch import rank_files, split_texts
-    from .outdir import check_out_dir
 
     args = AnalyseCommand.from_args(args, analysis=AnalysisOptions.from_args(args))
     text, default_name = _read_source(args)
@@ -331,7 +330,7 @@ def _start_results(ranks, args, results: Path, settings: dict, keys: set) -> set
     Rank files left by an interrupted run: ``--resume`` merges them first (the step that run did not
     reach), otherwise (``--overwrite``; a plain run was refused before) they are deleted. A
     multi-rank run without ``--resume`` starts ``results`` empty, as one process does."""
-    from tiling.train.atomic import atomic_write_bytes
+    from tiling.train.storage import atomic_write_bytes
 
     from .batch import merge_results, rank_files, read_done
 
