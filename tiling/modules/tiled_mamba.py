@@ -213,7 +213,7 @@ class TiledMamba(nn.Module):
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=bias, **factory)
 
         # --- the scope's parameters, initialised to the identity / zero contribution ---
-        #: the scope's strategy (chosen once: every scope-dependent step is its)
+        #: the scope's strategy, chosen once: every scope-dependent step is delegated to it
         self._scope: Scope = _SCOPES[tiling.scope](self.tiling)
         self._scope.build(self, factory)
         #: H-Net's ratio loss of the last forward (``boundaries="token"``), to be added to the task loss
