@@ -19,7 +19,9 @@ needs_kernel = pytest.mark.skipif(_build.load_cpu_extension() is None, reason="t
 HUGE = 2 ** 40  # tokens per tile: scratch sized by the tile would be tens of terabytes
 
 
-def run_python(code: str, timeout: int = 240) -> subprocess.CompletedProcess:
+def run_python(code: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    # generous: on a loaded 2-core machine the subprocess's torch import alone took minutes (two cases hit
+    # 240 s in a fresh-clone make test beside a training sweep); it guards against a hang, not slowness
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
