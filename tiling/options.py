@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 __all__ = ["EXIT_USAGE", "UsageError", "RunError", "Parser", "Spec", "option", "Options", "int_arg", "float_arg",
-           "index_list", "threads_option", "seed_option", "MAX_THREADS", "first_line", "error_line", "run_main"]
+           "index_list", "threads_option", "seed_option", "MAX_THREADS", "first_line", "error_line", "run_main",
+           "add_subcommand", "standalone_parser"]
 
 #: the exit code of every refused command (bad input or a refused run)
 EXIT_USAGE = 2
@@ -389,3 +390,33 @@ def run_main(prog: str, body: Callable[[], int], *, expected: tuple = (UsageErro
     except KeyboardInterrupt:
         print(interrupted or f"{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def add_subcommand(subparsers, name: str, options: type[Options], func: Callable[[argparse.Namespace], int], *,
+                   help: str, description: str | None) -> argparse.ArgumentParser:
+    """Register a job as ``infogeo NAME``: its parser generated from ``options``, ``func`` its runner.
+
+    Parameters
+    ----------
+    subparsers : argparse's sub-parser collection.
+    name : the subcommand.
+    options : the job's :class:`Options` class.
+    func : runs the job on the parsed namespace; returns the exit code.
+    help, description : the one-line help in the command list, and the page of ``infogeo NAME --help``.
+
+    Returns
+    -------
+    The sub-parser.
+    """
+    p = subparsers.add_parser(name, help=help, description=description,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_arguments(p)
+    p.set_defaults(func=func)
+    return p
+
+
+def standalone_parser(prog: str, options: type[Options], description: str | None) -> Parser:
+    """The parser of a job's own entry point (``python -m ...``, an alias of its subcommand)."""
+    p = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    options.add_arguments(p)
+    return p

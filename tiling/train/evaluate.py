@@ -23,7 +23,9 @@ import json
 import sys
 from dataclasses import dataclass
 
-from tiling.options import Options, Parser, RunError, UsageError, option, run_main, threads_option
+from tiling.options import (
+    Options, Parser, RunError, UsageError, add_subcommand, option, run_main, standalone_parser, threads_option,
+)
 from tiling.train.checkpoint import CheckpointError
 from tiling.train.text import TextInputError, evaluate_bytes, read_text_file, set_threads
 from tiling.train.textmodel import (
@@ -143,11 +145,8 @@ def check_budget(model, budget: float | None) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``infogeo evaluate`` on an argparse sub-parser collection (:mod:`tiling.workflows.cli`)."""
-    p = subparsers.add_parser("evaluate", help="bits per byte of a UTF-8 text file under a text checkpoint",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    EvaluateOptions.add_arguments(p)
-    p.set_defaults(func=command)
-    return p
+    return add_subcommand(subparsers, "evaluate", EvaluateOptions, command, description=__doc__,
+                          help="bits per byte of a UTF-8 text file under a text checkpoint")
 
 
 def run(opts: EvaluateOptions) -> dict:
@@ -202,9 +201,7 @@ EXPECTED = (TextInputError, TextModelError, CheckpointError, UsageError, RunErro
 def main(argv=None) -> int:
     """``python -m tiling.train.evaluate`` (an alias of ``infogeo evaluate``); returns the exit code (0; 2 for
     any expected error; 130 when interrupted)."""
-    parser = Parser(prog="python -m tiling.train.evaluate", description=__doc__,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    EvaluateOptions.add_arguments(parser)
+    parser = standalone_parser("python -m tiling.train.evaluate", EvaluateOptions, __doc__)
     return run_main("evaluate", lambda: command(parser.parse_args(argv)), expected=EXPECTED, reads=True)
 
 

@@ -29,7 +29,9 @@ from typing import Callable
 
 import torch
 
-from tiling.options import Options, Parser, UsageError, option, run_main, seed_option, threads_option
+from tiling.options import (
+    Options, UsageError, add_subcommand, option, run_main, seed_option, standalone_parser, threads_option,
+)
 from tiling.train.evaluate import EXPECTED, budget_notes, budget_option, check_budget
 from tiling.train.text import set_threads
 from tiling.train.textmodel import load_text_model, resolve_checkpoint
@@ -203,11 +205,8 @@ def _prompt_bytes(prompt: str) -> bytes:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``infogeo generate`` on an argparse sub-parser collection (:mod:`tiling.workflows.cli`)."""
-    p = subparsers.add_parser("generate", help="sample text from a text checkpoint, showing its segments",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    GenerateOptions.add_arguments(p)
-    p.set_defaults(func=command)
-    return p
+    return add_subcommand(subparsers, "generate", GenerateOptions, command, description=__doc__,
+                          help="sample text from a text checkpoint, showing its segments")
 
 
 def _load(opts: GenerateOptions):
@@ -228,9 +227,7 @@ def _load(opts: GenerateOptions):
 def main(argv=None) -> int:
     """``python -m tiling.train.generate`` (an alias of ``infogeo generate``); returns the exit code (0; 2 for
     any expected error; 130 when interrupted, the text streamed so far staying printed)."""
-    parser = Parser(prog="python -m tiling.train.generate", description=__doc__,
-                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    GenerateOptions.add_arguments(parser)
+    parser = standalone_parser("python -m tiling.train.generate", GenerateOptions, __doc__)
     return run_main("generate", lambda: command(parser.parse_args(argv)), expected=EXPECTED, reads=True,
                     interrupted="\ngenerate: interrupted (the text above is what was sampled)")
 
@@ -239,13 +236,11 @@ def command(args: argparse.Namespace) -> int:
     """The command on a parsed command line: streams the text, then prints the segments; exit code 0."""
     opts = GenerateOptions.from_args(args)
     prompt, model, extra = _load(opts)
-    stream = None
+    stream: Callable[[int], object] | None = None
     if not opts.json:  # the text appears as it is sampled
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         print(opts.prompt, end="", flush=True)
-
-        def stream(byte: int) -> None:
-            print(decoder.decode(bytes([byte])), end="", flush=True)
+        stream = lambda byte: print(decoder.decode(bytes([byte])), end="", flush=True)  # noqa: E731
 
     res = generate(model, prompt, budget=opts.budget, max_bytes=opts.max_bytes, seed=opts.seed,
                    temperature=opts.temperature, top_k=opts.top_k, on_byte=stream)

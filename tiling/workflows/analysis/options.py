@@ -58,7 +58,8 @@ class AnalysisOptions(Options):
     The defaults of the plan differ from :class:`~tiling.config.TilingConfig`'s (tile 64, budget 1):
     a layer is unchanged until asked (budget 1 is plain Mamba), while the analysis exists to show
     what a plan saves on one short text, so it plans below full resolution (0.35, the real-text
-    sweep's middle budget) in tiles of 16 tokens (a 128-token text gets 8 tiles, not 2).
+    sweep's middle budget) in tiles of 16 tokens (a 128-token text gets 8 tiles, not 2). The other jobs'
+    defaults and their reasons: ``docs/cli.md``.
     """
 
     layers: tuple[int, ...] | None = option(None, kind="indices", metavar="I,J,...",

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from infogeo.checks import check_int
-from tiling.options import Options, Parser, RunError, option, run_main, seed_option
+from tiling.options import Options, RunError, add_subcommand, option, run_main, seed_option, standalone_parser
 from tiling.train.storage import RunDirectory
 
 from . import complexity, flow_convergence, geodesics, ifq_bounds, preservation, special_cases
@@ -200,18 +200,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_verify_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``infogeo verify`` on an argparse sub-parser collection (used by :mod:`tiling.workflows.cli`)."""
-    p = subparsers.add_parser("verify", help="run the theorem experiments and write docs/theorems.md",
-                              description="Measured verdicts on Theorems 3.1–3.5 (writes theorems.md, "
-                                          "theorems.json and figures/theorems/ under --out).")
-    VerifyOptions.add_arguments(p)
-    p.set_defaults(func=_run)
-    return p
+    return add_subcommand(subparsers, "verify", VerifyOptions, _run,
+                          help="run the theorem experiments and write docs/theorems.md",
+                          description="Measured verdicts on Theorems 3.1–3.5 (writes theorems.md, theorems.json and "
+                                      "figures/theorems/ under --out).")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tiling.workflows.verify [--quick] [--out DIR] [--seed N]`` (an alias of ``infogeo verify``);
     returns the exit code."""
-    parser = Parser(prog="infogeo verify", description="Measured verdicts on Theorems 3.1–3.5.")
-    VerifyOptions.add_arguments(parser)
+    parser = standalone_parser("infogeo verify", VerifyOptions, "Measured verdicts on Theorems 3.1–3.5.")
     return run_main("infogeo verify", lambda: _run(parser.parse_args(argv)),
                     expected=(ValueError, TypeError, OSError, RunError))
