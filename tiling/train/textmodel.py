@@ -22,10 +22,14 @@ scan scope's φ and routing, ``d_inner·(N + 3)``):
     scan scope, adaptive policy: the resolution shrinks only the recurrence (for reference).
 
 A text checkpoint is a :mod:`tiling.train.checkpoint` file whose ``extra`` holds
-``{"kind": "tiling-text-lm-v1", "model": TiledLM.config, "configuration", "budget",
-"context", ...}``; :func:`load_text_model` rebuilds the model from it and checks that the
-tensors fit. Bundled checkpoints (``bundled:full``, ``bundled:adaptive``) are such files, stored
-without optimizer state in ``tiling/train/checkpoints/`` (package data).
+``{"kind": "tiling-text-lm-v1", "model": ..., "configuration", "budget", "context", ...}``, where
+``model`` is the nested configuration with its layout (:func:`model_dict`): ``{"layout": "tiledlm",
+**TiledLMConfig.to_dict()}`` or ``{"layout": "hourglass", **HourglassConfig.to_dict()}``; checkpoints
+written before the nested form hold ``TiledLM``'s flat configuration (``d_model``, ``layer_kwargs``),
+which the one reader, :func:`config_from_dict`, still reads. :func:`load_text_model` rebuilds the
+model from it and checks that the tensors fit. Bundled checkpoints (``bundled:full``,
+``bundled:adaptive``) are such files, stored without optimizer state in ``tiling/train/checkpoints/``
+(package data).
 """
 from __future__ import annotations
 
@@ -34,9 +38,9 @@ from pathlib import Path
 
 import torch
 from tiling.train.checkpoint import CheckpointError, Header, load_checkpoint, read_meta, save_checkpoint
-from tiling.config import HourglassConfig
+from tiling.config import HourglassConfig, MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules.hourglass import HourglassLM
-from tiling.train.model import TiledLM, split_layer_kwargs
+from tiling.train.model import TiledLM
 from tiling.train.text import VOCAB
 
 KIND = "tiling-text-lm-v1"
@@ -127,12 +131,42 @@ def _check_mamba_sizes(where: str, d: int, layer: dict, lim: dict) -> int:
     return expand
 
 
+def config_from_dict(data: object) -> TiledLMConfig | HourglassConfig:
+    """The model configuration a text checkpoint stores (``extra["model"]``), in any of its forms.
+
+    Parameters
+    ----------
+    data : :func:`model_dict`'s ``{"layout": "tiledlm" | "hourglass", ...}``, or the flat ``TiledLM``
+        configuration of checkpoints written before the nested form (no ``layout``; read by
+        :meth:`TiledLMConfig.from_dict <tiling.config.TiledLMConfig.from_dict>`).
+
+    Returns
+    -------
+    The checked :class:`~tiling.config.TiledLMConfig` or :class:`~tiling.config.HourglassConfig`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        ``data`` is not a dict, has an unknown layout, or its configuration is refused (the message
+        names the field).
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"a model configuration must be a dict, got {type(data).__name__}")
+    layout = data.get("layout", "tiledlm")  # the flat form of earlier checkpoints has no layout
+    body = {k: v for k, v in data.items() if k != "layout"}
+    if layout == "hourglass":
+        return HourglassConfig.from_dict(body)
+    if layout == "tiledlm":
+        return TiledLMConfig.from_dict(body)
+    raise ValueError(f"layout must be 'tiledlm' or 'hourglass', got {layout!r}")
+
+
 def check_tiledlm_config(config: object, path, limits: dict | None = None) -> int:
     """Check a :class:`~tiling.train.TiledLM` configuration (``extra["model"]``) before it is built.
 
     Parameters
     ----------
-    config : the recorded ``TiledLM.config``.
+    config : the recorded configuration, nested (:func:`model_dict`) or flat (earlier checkpoints).
     path : the file, for the messages.
     limits : overrides of :data:`LIMITS`.
 
@@ -144,10 +178,10 @@ def check_tiledlm_config(config: object, path, limits: dict | None = None) -> in
     Raises
     ------
     TextModelError
-        ``config`` is not an object; ``vocab_size`` is not 256; ``d_model``, ``n_layers``, a
-        layer's ``d_state``, ``expand``, ``d_conv``, ``dt_rank`` or ``tile_size`` is not an int in its
-        range (the upper ends are ``limits``); ``layer_kwargs`` names an unknown argument or sets
-        ``device``/``dtype``; or the tiling options fail :class:`~tiling.config.TilingConfig`'s checks.
+        ``config`` is not an object; ``vocab_size`` is not 256; :func:`config_from_dict` refuses it
+        (a field of the wrong type or out of range, an unknown one, a flat ``layer_kwargs`` that sets
+        ``device``/``dtype``, another layout); ``d_model``, ``n_layers``, the Mamba sizes or
+        ``tile_size`` exceed ``limits``.
     """
     lim = _limits(limits)
     where = f"checkpoint {path}"
@@ -155,24 +189,16 @@ def check_tiledlm_config(config: object, path, limits: dict | None = None) -> in
         raise TextModelError(f"{where}: its model configuration is a {type(config).__name__}, expected an object")
     if config.get("vocab_size") != VOCAB:
         raise TextModelError(f"{where} has vocabulary {config.get('vocab_size')!r}, a byte-level LM has {VOCAB}")
-    d = _bounded_int(where, "d_model", config.get("d_model"), 1, lim["d_model"])
-    n = _bounded_int(where, "n_layers", config.get("n_layers"), 1, lim["n_layers"])
-    layer = config.get("layer_kwargs", {})
-    if not isinstance(layer, dict):
-        raise TextModelError(f"{where}: layer_kwargs is a {type(layer).__name__}, expected an object")
-    full = config.get("full_resolution_layers", [])
-    if not isinstance(full, list) or not all(isinstance(k, int) and not isinstance(k, bool) and -n <= k < n
-                                             for k in full):
-        raise TextModelError(f"{where}: full_resolution_layers must be a list of layer indices in [-{n}, {n}), "
-                             f"got {full!r}")
-    if "device" in layer or "dtype" in layer:
-        raise TextModelError(f"{where}: layer_kwargs may not choose the device or dtype")
-    expand = _check_mamba_sizes(where, d, layer, lim)
-    _bounded_int(where, "tile_size", layer.get("tile_size", 64), 1, lim["tile_size"])
     try:
-        split_layer_kwargs(layer)  # unknown names, and every TilingConfig check
+        cfg = config_from_dict(config)  # only scalars: nothing is allocated before the limits below
     except (TypeError, ValueError) as e:
-        raise TextModelError(f"{where}: invalid layer_kwargs ({e})") from None
+        raise TextModelError(f"{where}: invalid model configuration ({e})") from None
+    if not isinstance(cfg, TiledLMConfig):
+        raise TextModelError(f"{where}: expected a TiledLM configuration, got the layout {config.get('layout')!r}")
+    d = _bounded_int(where, "d_model", cfg.d_model, 1, lim["d_model"])
+    n = _bounded_int(where, "n_layers", cfg.n_layers, 1, lim["n_layers"])
+    expand = _check_mamba_sizes(where, d, cfg.mamba.layer_kwargs(), lim)
+    _bounded_int(where, "tile_size", cfg.tiling.tile_size, 1, lim["tile_size"])
     return VOCAB * d + n * 3 * expand * d * d
 
 
@@ -246,8 +272,8 @@ def check_implied_parameters(lower_bound: int, header: Header, path, limits: dic
 
 def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256, n_layers: int = 4,
                  d_state: int = 16, expand: int = 1, tile_size: int = 16, r_min: float = 0.0625,
-                 full_resolution_layers: tuple[int, ...] = (), **extra) -> dict:
-    """The :class:`~tiling.train.TiledLM` arguments of a configuration at ``budget`` (``full``: 1).
+                 full_resolution_layers: tuple[int, ...] = ()) -> TiledLMConfig:
+    """The :class:`~tiling.config.TiledLMConfig` of a configuration at ``budget`` (``full``: 1).
 
     Parameters
     ----------
@@ -257,16 +283,16 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
     d_state, expand, tile_size, r_min : of every layer (``r_min ≤ budget``: a smaller budget is refused, as
         :class:`~tiling.config.TilingConfig` refuses it, never clamped).
     full_resolution_layers : as :class:`~tiling.train.TiledLM`'s.
-    **extra : further layer arguments.
 
     Returns
     -------
-    dict, the form of :attr:`TiledLM.config <tiling.train.TiledLM>` (:func:`build_model` reads it).
+    The configuration (:func:`build_model` builds it).
 
     Raises
     ------
     ValueError
-        ``configuration`` is unknown or ``budget`` outside (0, 1].
+        ``configuration`` is unknown or ``budget`` outside (0, 1]; a field is refused by
+        :class:`~tiling.config.TiledLMConfig`.
 
     Notes
     -----
@@ -277,49 +303,41 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"configuration must be one of {sorted(CONFIGURATIONS)}, got {configuration!r}")
     budget = 1.0 if configuration == "full" else float(budget)  # (0, 1] and >= r_min: TilingConfig checks
-    layer = dict(CONFIGURATIONS[configuration], d_state=d_state, expand=expand, tile_size=tile_size, budget=budget,
-                 r_min=r_min, **extra)
-    return {"vocab_size": VOCAB, "d_model": d_model, "n_layers": n_layers, "shared_density": False,
-            "full_resolution_layers": list(full_resolution_layers), "layer_kwargs": layer}
+    tiling = TilingConfig(**CONFIGURATIONS[configuration], tile_size=tile_size, budget=budget,
+                          r_min=r_min)
+    return TiledLMConfig(MambaConfig(d_model=d_model, d_state=d_state, expand=expand), n_layers=n_layers,
+                         tiling=tiling, vocab_size=VOCAB, full_resolution_layers=tuple(full_resolution_layers))
 
 
-def build_model(config: dict) -> TiledLM:
-    """A :class:`~tiling.train.TiledLM` from ``TiledLM.config`` / :func:`model_config`.
+def build_model(config: TiledLMConfig | HourglassConfig | dict) -> TiledLM | HourglassLM:
+    """A text LM (new weights) from its configuration.
 
     Parameters
     ----------
-    config : the configuration dict.
+    config : a :class:`~tiling.config.TiledLMConfig` (:func:`model_config`), a
+        :class:`~tiling.config.HourglassConfig`, or a stored form (:func:`config_from_dict`).
 
     Returns
     -------
-    The model (new weights).
+    The :class:`~tiling.train.TiledLM` or :class:`~tiling.modules.hourglass.HourglassLM`.
 
     Raises
     ------
     TextModelError
-        The configuration lacks a key or is refused by the model (names the configuration).
+        The configuration is refused, by its reader or by the model (names the configuration).
     """
-    if isinstance(config, dict) and config.get("layout") == "hourglass":
-        try:
-            return HourglassLM(HourglassConfig.from_dict({k: v for k, v in config.items() if k != "layout"}))
-        except (KeyError, TypeError, ValueError) as e:
-            raise TextModelError(f"invalid hourglass configuration {config!r}: {e}") from e
     try:
-        mamba, tiling = split_layer_kwargs(config.get("layer_kwargs", {}))
-        return TiledLM(config["vocab_size"], config["d_model"], config["n_layers"],
-                       shared_density=config.get("shared_density", False),
-                       full_resolution_layers=tuple(config.get("full_resolution_layers", ())),
-                       tiling=tiling, **mamba)
+        cfg = config if isinstance(config, (TiledLMConfig, HourglassConfig)) else config_from_dict(config)
+        return HourglassLM(cfg) if isinstance(cfg, HourglassConfig) else TiledLM(config=cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise TextModelError(f"invalid model configuration {config!r}: {e}") from e
 
 
-def model_dict(model) -> dict:
-    """The stored configuration of a text LM: ``TiledLM.config``, or ``{"layout": "hourglass", ...}`` (the
-    nested :meth:`HourglassConfig.to_dict <tiling.config.HourglassConfig.to_dict>`)."""
-    if isinstance(model, HourglassLM):
-        return {"layout": "hourglass", **model.config.to_dict()}
-    return model.config
+def model_dict(model: TiledLM | HourglassLM) -> dict:
+    """The stored configuration of a text LM: the nested ``config.to_dict()`` with its ``layout``,
+    ``"tiledlm"`` or ``"hourglass"`` (:func:`config_from_dict` reads it back)."""
+    layout = "hourglass" if isinstance(model, HourglassLM) else "tiledlm"
+    return {"layout": layout, **model.config.to_dict()}
 
 
 def save_text_checkpoint(path, model: TiledLM, *, configuration: str, budget: float, context: int,
@@ -412,9 +430,10 @@ def load_text_model(path, *, device="cpu", limits: dict | None = None) -> tuple[
     try:
         load_checkpoint(path, model=model, restore_rng=False)
     except CheckpointError as e:
-        raise TextModelError(f"checkpoint {path} does not match the shape it records "
-                             f"(d_model={extra['model'].get('d_model')}, n_layers={extra['model'].get('n_layers')}): "
-                             f"{e}") from e
+        c = model.config
+        shape = (f"d_model={c.d_model}, n_layers={c.n_layers}" if isinstance(c, TiledLMConfig)
+                 else f"d_outer={c.d_outer}, d_main={c.d_main}")
+        raise TextModelError(f"checkpoint {path} does not match the shape it records ({shape}): {e}") from e
     return model.to(device).eval(), extra
 
 
@@ -554,7 +573,7 @@ def parameter_count(model: torch.nn.Module) -> int:
 
 __all__ = [
     "CONFIGURATIONS", "BUNDLED", "BUNDLED_DIR", "KIND", "TextModelError", "LIMITS", "check_text_extra", "check_tiledlm_config",
-    "check_hourglass_config", "check_implied_parameters", "model_config", "build_model",
+    "check_hourglass_config", "check_implied_parameters", "config_from_dict", "model_config", "build_model",
     "save_text_checkpoint", "read_text_meta", "load_text_model", "bundled_checkpoints", "resolve_checkpoint",
     "export_bundled", "parameter_count", "budget_warning", "model_dict",
 ]
