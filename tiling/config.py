@@ -38,6 +38,14 @@ def _check_policy_options(*, budget: float, r_min: float, mode: str, causal: boo
         )
 
 
+def _refuse_unknown(cls: type, data: dict, where: str = "") -> None:
+    """Refuse the keys of ``data`` that are not fields of the dataclass ``cls`` (named, after ``where``)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+
+
 @dataclass(frozen=True)
 class TilingConfig:
     """Options of the tiling: tiles, the resolution policy, its calibration and the layer's scope.
@@ -217,10 +225,7 @@ class TilingConfig:
         TypeError
             A value has the wrong type (the checks of the class).
         """
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown TilingConfig fields {unknown}; known: {sorted(names)}")
+        _refuse_unknown(cls, data)
         return cls(**data)
 
 
@@ -492,10 +497,7 @@ class HourglassConfig:
         """
         if not isinstance(data, dict):
             raise TypeError(f"an hourglass configuration must be a dict, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown HourglassConfig fields {unknown}; known: {sorted(names)}")
+        _refuse_unknown(cls, data)
         missing = sorted({"encoder", "main", "decoder"} - set(data))
         if missing:
             raise ValueError(f"an hourglass configuration needs the stages {missing}")
@@ -534,10 +536,7 @@ def _nested(cls: type, data: Any, name: str) -> Any:
         return data
     if not isinstance(data, dict):
         raise TypeError(f"{name} must be a {cls.__name__} or a dict of its fields, got {type(data).__name__}")
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - fields)
-    if unknown:
-        raise ValueError(f"{name}: unknown {cls.__name__} fields {unknown}; known: {sorted(fields)}")
+    _refuse_unknown(cls, data, f"{name}: ")
     try:
         return cls(**data)
     except (TypeError, ValueError) as e:
@@ -642,10 +641,7 @@ class TiledLMConfig:
             raise TypeError(f"a TiledLM configuration must be a dict, got {type(data).__name__}")
         if "layer_kwargs" in data:
             data = _unflatten(data)
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown TiledLMConfig fields {unknown}; known: {sorted(names)}")
+        _refuse_unknown(cls, data)
         if "mamba" not in data:
             raise ValueError("a TiledLM configuration needs its mamba (at least {'d_model': ...})")
         return cls(**data)

@@ -310,7 +310,7 @@ def test_text_checkpoint_round_trip_and_wrong_shapes(tmp_path):
         assert torch.equal(model(x), loaded(x))
     # tensors of another shape than the configuration recorded beside them
     cfg = model_config("router", 0.35, **{**TINY, "d_model": 24})
-    save_checkpoint(tmp_path / "shape.safetensors", model=model, extra={"kind": KIND, "model": cfg,
+    save_checkpoint(tmp_path / "shape.safetensors", model=model, extra={"kind": KIND, "model": cfg.to_dict(),
                                                                          "configuration": "router", "budget": 0.35,
                                                                          "context": 48})
     with pytest.raises(TextModelError, match="does not match the shape"):
