@@ -272,7 +272,7 @@ def check_implied_parameters(lower_bound: int, header: Header, path, limits: dic
 
 def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256, n_layers: int = 4,
                  d_state: int = 16, expand: int = 1, tile_size: int = 16, r_min: float = 0.0625,
-                 full_resolution_layers: tuple[int, ...] = ()) -> TiledLMConfig:
+                 full_resolution_layers: tuple[int, ...] = (), **tiling_options) -> TiledLMConfig:
     """The :class:`~tiling.config.TiledLMConfig` of a configuration at ``budget`` (``full``: 1).
 
     Parameters
@@ -283,6 +283,7 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
     d_state, expand, tile_size, r_min : of every layer (``r_min ≤ budget``: a smaller budget is refused, as
         :class:`~tiling.config.TilingConfig` refuses it, never clamped).
     full_resolution_layers : as :class:`~tiling.train.TiledLM`'s.
+    **tiling_options : further :class:`~tiling.config.TilingConfig` fields (over the configuration's).
 
     Returns
     -------
@@ -303,7 +304,7 @@ def model_config(configuration: str, budget: float = 1.0, *, d_model: int = 256,
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"configuration must be one of {sorted(CONFIGURATIONS)}, got {configuration!r}")
     budget = 1.0 if configuration == "full" else float(budget)  # (0, 1] and >= r_min: TilingConfig checks
-    tiling = TilingConfig(**CONFIGURATIONS[configuration], tile_size=tile_size, budget=budget,
+    tiling = TilingConfig(**{**CONFIGURATIONS[configuration], **tiling_options}, tile_size=tile_size, budget=budget,
                           r_min=r_min)
     return TiledLMConfig(MambaConfig(d_model=d_model, d_state=d_state, expand=expand), n_layers=n_layers,
                          tiling=tiling, vocab_size=VOCAB, full_resolution_layers=tuple(full_resolution_layers))
