@@ -38,7 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tiling.train.storage import atomic_write_json  # noqa: E402
+from infogeo.checks import check_in_range, check_int  # noqa: E402
+from tiling.options import Parser, UsageError, first_line, run_main  # noqa: E402
+from tiling.train.storage import StorageError, atomic_write_json  # noqa: E402
 from tiling.train.corpus import CorpusError  # noqa: E402
 from tiling.train.text import (  # noqa: E402
     TextInputError, evaluate_bytes, forward_madds, measure_speed,
@@ -88,8 +90,46 @@ def parse_full_layers(s: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--full-layers takes 'none', 'ends' or comma-separated layer indices, got {s!r}")
 
 
+#: integer options and their ranges, checked before anything is read or built (the upper ends keep every
+#: size far from int64 and from a machine's memory; a model or a batch beyond them would not fit anyway)
+INT_RANGES = {"seed": (0, 2 ** 32 - 1), "threads": (1, 4096), "context": (1, 2 ** 20), "batch_size": (1, 2 ** 16),
+              "d_model": (1, 2 ** 14), "n_layers": (1, 1024), "d_state": (1, 1024), "expand": (1, 64),
+              "tile_size": (1, 2 ** 20), "d_outer": (1, 2 ** 14), "d_main": (1, 2 ** 14), "encoder_layers": (0, 1024),
+              "main_layers": (1, 1024), "decoder_layers": (0, 1024), "warmup": (0, 2 ** 40),
+              "max_bytes": (1, 2 ** 62), "max_steps": (1, 2 ** 40), "eval_every_steps": (1, 2 ** 40),
+              "val_windows": (1, 2 ** 16), "test_bytes": (1, 2 ** 62), "decode_bytes": (1, 2 ** 20),
+              "measure": (1, 2 ** 20)}
+#: number options: (low, high, low_open); NaN and Inf are refused
+FLOAT_RANGES = {"budget": (0.0, 1.0, True), "r_min": (0.0, 1.0, True), "ratio_weight": (0.0, 1e6, False),
+                "lr": (0.0, 10.0, True), "weight_decay": (0.0, 1e3, False), "grad_clip": (0.0, 1e12, False),
+                "max_minutes": (0.0, 1e7, True), "eval_every_s": (0.0, 1e9, True), "wait_minutes": (0.0, 1e7, False)}
+
+
+def check_options(args) -> None:
+    """Every number option in its range (:data:`INT_RANGES`, :data:`FLOAT_RANGES`), then the training
+    options as :class:`~tiling.train.trainer.TrainOptions` checks them (``--device`` among them), before
+    anything is read or built; the message names the option.
+
+    Raises
+    ------
+    UsageError
+        An option outside its range (NaN and Inf included), or one :class:`TrainOptions` refuses.
+    """
+    for key, (low, high) in INT_RANGES.items():
+        if getattr(args, key) is not None:
+            check_int(getattr(args, key), "--" + key.replace("_", "-"), minimum=low, maximum=high)
+    for key, (low, high, low_open) in FLOAT_RANGES.items():
+        check_in_range(getattr(args, key), "--" + key.replace("_", "-"), low, high, low_open=low_open)
+    try:
+        options(args)
+    except (TypeError, ValueError) as e:  # TrainOptions names its fields: the message names their flags
+        field = str(e).split(" ", 1)[0]
+        flag = "--no-speed" if field == "speed" else "--" + field.replace("_", "-")
+        raise UsageError(f"{flag}{str(e)[len(field):]}" if hasattr(args, field) else str(e)) from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--config", choices=sorted(CONFIGURATIONS) + ["hourglass"], default="adaptive",
                    help="a TiledLM configuration (tiling.train.textmodel) or 'hourglass' (tiling.modules.hourglass)")
@@ -174,13 +214,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--bundle", action="store_true",
                    help="sweep: copy the seed-0 full and best adaptive models at 0.35 to the bundled checkpoints")
     args = p.parse_args(argv)
-    if not 0.0 < args.budget <= 1.0:
-        p.error(f"--budget must lie in (0, 1], got {args.budget}")
-    for name in ("context", "batch_size", "threads", "d_model", "n_layers", "val_windows"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.max_minutes <= 0:
-        p.error(f"--max-minutes must be > 0, got {args.max_minutes}")
+    try:
+        check_options(args)
+    except ValueError as e:  # check_int / check_in_range name the flag
+        p.error(str(e))
     try:
         i, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= i < n:
@@ -210,7 +247,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- data
-load_data = hourglass_sweep.load_data  # the three splits: the prepared corpus, or the given files
+def load_data(args) -> dict:
+    """The three splits (:func:`tiling.train.sweep.load_data`: the prepared corpus, or the given files); a
+    file it refuses is named by its option."""
+    try:
+        return hourglass_sweep.load_data(args)
+    except TextInputError as e:
+        flags = [f for f, path in (("--train-file", args.train_file), ("--val-file", args.val_file),
+                                   ("--test-file", args.test_file)) if path is not None and str(path) in str(e)]
+        raise TextInputError(f"{'/'.join(flags) or '--train-file'}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- one run
@@ -609,7 +654,19 @@ def measure(args) -> dict:
             "train_bytes_in_limit": int(bps * args.max_minutes * 60), "max_minutes": args.max_minutes}
 
 
+#: what a run refuses with one line ``train_text: error: ...`` and exit code 2: bad input, a refused run
+#: or folder, a file that cannot be read or written, memory a model or a batch cannot get
+EXPECTED = (UsageError, CorpusError, TextInputError, TextModelError, RunError, StorageError, ValueError, OSError,
+            MemoryError)
+
+
 def main(argv=None) -> int:
+    """Run the script; returns the exit code (0; 2 for any expected error, one line; 130 when interrupted)."""
+    return run_main("train_text", lambda: _main(argv), expected=EXPECTED,
+                    interrupted="train_text: interrupted; what was written so far is kept")
+
+
+def _main(argv) -> int:
     args = parse_args(argv)
     try:
         if args.measure:
@@ -625,9 +682,11 @@ def main(argv=None) -> int:
                 b = 1.0 if args.config == "full" else args.budget
                 args.out = row_dir(Path("runs/text_lm"), row_name(args.config, b, args.seed, args.full_layers))
             print(json.dumps({k: v for k, v in train(args).items() if k != "validation_curve"}))
-    except (CorpusError, TextInputError, TextModelError, RunError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except RuntimeError as e:  # torch's allocator: a model or a batch larger than the memory
+        if "allocate" not in str(e):
+            raise
+        raise MemoryError(f"out of memory ({first_line(e)}); a smaller --d-model, --n-layers, --batch-size or "
+                          "--context fits") from None
     return 0
 
 

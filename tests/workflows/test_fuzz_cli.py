@@ -14,6 +14,7 @@ results file whose every line parses).
 (a bad ``--seed``, an ``--out`` that is a file, an unknown flag): they fuzz the validation that runs
 before the experiments, never the experiments.
 """
+import contextlib
 import io
 import json
 import os
@@ -175,6 +176,21 @@ def analyse_case(draw):
                 figures=draw(st.integers(0, 39)) == 0)
 
 
+@contextlib.contextmanager
+def _scratch(prefix: str, *, chdir: bool = False):
+    """A temporary folder for one case (with ``chdir``, the working folder while the case runs: defaults
+    such as ``--out`` land there), removed afterwards."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    cwd = os.getcwd()
+    try:
+        if chdir:
+            os.chdir(tmp)
+        yield tmp
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _place_out(kind: str, tmp: Path, world, user_files: dict) -> tuple[Path | None, dict]:
     """Make the --out folder state; return (out path or None for the default, files the user placed)."""
     placed = {}
@@ -233,10 +249,7 @@ def _run(argv, stdin_bytes=None):
 
 
 def _analyse_property(world, case):
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-cli-"))
-    cwd = os.getcwd()
-    try:
-        os.chdir(tmp)  # the default --out lands here
+    with _scratch("fuzz-cli-", chdir=True) as tmp:  # the default --out lands here
         out, placed = _place_out(case["out"], tmp, world, case["user_files"])
         argv = list(case["argv"])
         if case["model"] != "bundled":
@@ -278,9 +291,6 @@ def _analyse_property(world, case):
                 Report.load(folder)
         FUZZ_CASES["cli analyse"] += 1
         FUZZ_CASES["cli analyse, completed (exit 0)"] += code == 0
-    finally:
-        os.chdir(cwd)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @fuzz_settings(60, 4_500, slow=False)
@@ -314,8 +324,7 @@ def verify_case(draw):
 
 
 def _verify_property(case):
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-verify-"))
-    try:
+    with _scratch("fuzz-verify-") as tmp:
         user = tmp / "theirs"
         user.write_bytes(case["user"])
         argv = list(case["argv"])
@@ -327,8 +336,6 @@ def _verify_property(case):
         assert user.read_bytes() == case["user"]
         assert not (tmp / "verify-out").exists() or not any((tmp / "verify-out").iterdir())
         FUZZ_CASES["cli verify"] += 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @fuzz_settings(40, 500, slow=False)
@@ -417,8 +424,7 @@ def evaluate_case(draw):
 def _evaluate_property(text_world, case):
     from tiling.train import evaluate
 
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-eval-"))
-    try:
+    with _scratch("fuzz-eval-") as tmp:
         argv = [str(text_world.get(a, a)) if i == 0 else a for i, a in enumerate(case["argv"])]
         src = tmp / "input.txt"
         src.write_bytes(case["text"])
@@ -430,8 +436,6 @@ def _evaluate_property(text_world, case):
         if code == 0 and "--json" in argv:
             json.loads(out)
         FUZZ_CASES["cli evaluate"] += 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @fuzz_settings(40, 2_000, slow=False)
@@ -521,22 +525,37 @@ def train_world(tmp_path_factory):
     return mod, run
 
 
+def _place_run_out(kind: str, tmp: Path, finished: Path, user: bytes) -> tuple[Path, dict]:
+    """``--out`` of a training program in the state ``kind``: fresh, a copy of a ``finished`` run or a
+    folder of the user's (both with the user's ``notes.txt``), a file, or a path under a file. Returns
+    the folder and the files placed, with their bytes."""
+    out = tmp / "out"
+    if kind in ("holds-run", "user-files"):
+        shutil.copytree(finished, out) if kind == "holds-run" else out.mkdir()
+        (out / "notes.txt").write_bytes(user)
+        return out, {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    if kind == "a-file":
+        out.write_bytes(user)
+        return out, {out: user}
+    if kind == "under-a-file":
+        (tmp / "f").write_bytes(user)
+        return tmp / "f" / "out", {tmp / "f": user}
+    return out, {}
+
+
+def _assert_run_out_kept(placed: dict, out: Path, argv: list, replaced: bool, run_files: tuple) -> None:
+    """Every file placed is as it was, but the run's own files in ``out`` when the user asked to replace or
+    continue the run."""
+    for path, data in placed.items():
+        if replaced and path.parent == out and path.name in run_files:
+            continue
+        assert path.exists() and path.read_bytes() == data, (path, argv)
+
+
 def _train_property(train_world, case):
     mod, finished = train_world
-    tmp = Path(tempfile.mkdtemp(prefix="fuzz-train-"))
-    try:
-        out = tmp / "out"
-        placed = {}
-        if case["out"] in ("holds-run", "user-files"):
-            shutil.copytree(finished, out) if case["out"] == "holds-run" else out.mkdir()
-            (out / "notes.txt").write_bytes(case["user"])
-            placed = {p: p.read_bytes() for p in out.iterdir() if p.is_file()}
-        elif case["out"] == "a-file":
-            out.write_bytes(case["user"])
-            placed = {out: case["user"]}
-        elif case["out"] == "under-a-file":
-            (tmp / "f").write_bytes(case["user"])
-            placed, out = {tmp / "f": case["user"]}, tmp / "f" / "out"
+    with _scratch("fuzz-train-") as tmp:
+        out, placed = _place_run_out(case["out"], tmp, finished, case["user"])
         argv = TRAIN_TINY + [a for a in case["argv"] if not a.startswith("--resume-")] + ["--out", str(out)]
         resume = next((a for a in case["argv"] if a.startswith("--resume-")), None)
         if resume is not None:
@@ -545,14 +564,9 @@ def _train_property(train_world, case):
                                       "--resume-missing": tmp / "nope.safetensors"}[resume])]
         code, _, err = _run_program(mod.main, argv)
         _check_program("train_tiled", code, err, argv)
-        replaced = "--overwrite" in argv or resume == "--resume-here"
-        for path, data in placed.items():
-            if replaced and path.parent == out and path.name in ("checkpoint.safetensors", "log.jsonl", "run.json"):
-                continue  # the user asked to replace or continue the run
-            assert path.exists() and path.read_bytes() == data, (path, argv)
+        _assert_run_out_kept(placed, out, argv, "--overwrite" in argv or resume == "--resume-here",
+                             ("checkpoint.safetensors", "log.jsonl", "run.json"))
         FUZZ_CASES["cli train_tiled"] += 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @fuzz_settings(20, 1_000, slow=False)
@@ -566,3 +580,152 @@ def test_fuzz_train_tiled(train_world, case):
 @given(case=train_case())
 def test_fuzz_train_tiled_large(train_world, case):
     _train_property(train_world, case)
+
+
+# ---- train_text (issue 27 item 5): the real-text training script ----------------------------------
+TEXT_TRAIN_TINY = ["--context", "16", "--batch-size", "2", "--d-model", "8", "--n-layers", "1", "--d-state", "2",
+                   "--tile-size", "4", "--d-outer", "8", "--d-main", "16", "--main-layers", "1", "--max-steps", "1",
+                   "--max-minutes", "0.05", "--eval-every-steps", "1", "--val-windows", "2", "--test-bytes", "64",
+                   "--decode-bytes", "4", "--no-speed", "--quiet", "--threads", "1"]
+# sizes are either small or far beyond their bound: a drawn value never allocates much (shared machine)
+TEXT_TRAIN_VALUES = {
+    "--config": ["adaptive", "full", "uniform", "router", "scan-adaptive", "hourglass", "bogus"],
+    "--budget": ["0.5", "1", "0", "-1", "nan", "inf", "2"], "--seed": ["0", "-1", str(2 ** 64)],
+    "--context": ["8", "0", "-1", str(2 ** 40), "4096"], "--batch-size": ["1", "0", str(2 ** 40)],
+    "--d-model": ["4", "0", str(2 ** 40)], "--n-layers": ["2", "0", str(2 ** 40)], "--d-state": ["1", "0", str(2 ** 40)],
+    "--expand": ["2", "0", "-1", str(2 ** 40)], "--tile-size": ["1", "0", str(2 ** 62)],
+    "--r-min": ["0.25", "0", "2", "nan"], "--full-layers": ["none", "ends", "0", "5", "x", "0,,1", "-1"],
+    "--ratio-weight": ["0.5", "-1", "nan", "inf"], "--signal": ["entropy", "space", "bogus"],
+    "--dechunk": ["hold", "bogus"], "--budget-range": ["0.25,1", "0,1", "1,0.5", "x", "0.5"],
+    "--d-outer": ["4", "32", "0", str(2 ** 40)], "--d-main": ["8", "0", str(2 ** 40)],
+    "--encoder-layers": ["0", "-1"], "--main-layers": ["2", "0"], "--decoder-layers": ["0", str(2 ** 40)],
+    "--lr": ["0.01", "0", "nan", "-1", "inf"], "--weight-decay": ["0", "-1", "nan"], "--warmup": ["0", "-1"],
+    "--grad-clip": ["0", "-1", "nan"], "--max-minutes": ["0", "-1", "nan", "inf", "1e300"],
+    "--clock": ["wall", "bogus"], "--max-bytes": ["64", "0", "-1"], "--max-steps": ["2", "0", "-1", str(2 ** 62)],
+    "--eval-every-s": ["1e-9", "0", "nan"], "--eval-every-steps": ["0", "-2"],
+    "--val-windows": ["1", "0", str(2 ** 40)], "--test-bytes": ["1", "0", "-1"], "--decode-bytes": ["0", str(2 ** 40)],
+    "--threads": ["0", "-1", str(2 ** 40)], "--device": ["cpu", "bogus", "cuda:99"], "--shard": ["0/1", "1/1", "x"],
+    "--measure": ["1", "0", "-1", str(2 ** 40)], "--corpus-dir": ["missing"],
+}
+TEXT_TRAIN_VALID = {
+    "--config": ["adaptive", "full", "uniform", "router", "scan-adaptive", "hourglass"], "--budget": ["0.5", "0.25"],
+    "--seed": ["7"], "--context": ["8"], "--batch-size": ["1"], "--d-model": ["4"], "--n-layers": ["2"],
+    "--d-state": ["1"], "--expand": ["2"], "--tile-size": ["1"], "--r-min": ["0.25"], "--full-layers": ["ends", "-1"],
+    "--ratio-weight": ["0.5"], "--signal": ["space"], "--dechunk": ["hold"], "--budget-range": ["0.25,1"],
+    "--lr": ["0.01"], "--weight-decay": ["0"], "--warmup": ["0"], "--grad-clip": ["0"], "--clock": ["wall"],
+    "--max-steps": ["2"], "--eval-every-s": ["1e-9"], "--val-windows": ["1"], "--device": ["cpu"], "--measure": ["1"],
+}
+TEXT_FILES = ["text", "text", "text", "missing", "folder", "empty", "short", "latin-1"]
+TEXT_OUTS = ["fresh", "fresh", "holds-run", "user-files", "a-file", "under-a-file"]
+
+
+@st.composite
+def text_train_case(draw):
+    """Half the cases are built to succeed (valid values, a text, --overwrite where a run is): the other
+    half draw anything."""
+    valid = draw(st.booleans())
+    pool = TEXT_TRAIN_VALID if valid else TEXT_TRAIN_VALUES
+    argv = []
+    for flag in draw(st.lists(st.sampled_from(sorted(pool)), max_size=3, unique=True)):
+        argv += [flag, draw(st.sampled_from(pool[flag]) if valid else
+                            st.one_of(st.sampled_from(pool[flag]), texts))]
+    out = draw(st.sampled_from(TEXT_OUTS[:4] if valid else TEXT_OUTS))
+    argv += ["--overwrite"] if valid and out == "holds-run" else draw(
+        st.lists(st.sampled_from(["--overwrite", "--sweep", "--frobnicate"]), max_size=1))
+    return dict(argv=argv, train="text" if valid else draw(st.sampled_from(TEXT_FILES + ["none"])),
+                val=draw(st.sampled_from(["none", "text"] if valid else TEXT_FILES[:2] + TEXT_FILES + ["none"] * 6)),
+                out=out, user=draw(st.binary(max_size=20)))
+
+
+@pytest.fixture(scope="module")
+def text_train_world(tmp_path_factory):
+    """The script, loaded once; text files in every state the fuzzer draws; a finished run to copy."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_text_fuzz", Path(__file__).resolve().parents[2] / "scripts" /
+                                                  "train_text.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["train_text_fuzz"] = mod  # dataclasses look their module up while the module executes
+    spec.loader.exec_module(mod)
+    root = tmp_path_factory.mktemp("fuzz-text-train")
+    files = {"missing": root / "missing.txt", "folder": root}
+    for name, data in (("text", b"def f(x):\n    return x + 1\n\nfor i in range(10):\n    print(f(i))\n" * 8),
+                       ("empty", b""), ("short", b"ab"), ("latin-1", "caf\u00e9 cr\u00e8me\n".encode("latin-1") * 20)):
+        files[name] = root / f"{name}.txt"
+        files[name].write_bytes(data)
+    run = root / "run"
+    with _quiet():
+        assert mod.main(TEXT_TRAIN_TINY + ["--train-file", str(files["text"]), "--out", str(run)]) == 0
+    return mod, files, run
+
+
+def _text_train_property(world, case):
+    mod, files, finished = world
+    with _scratch("fuzz-text-train-", chdir=True) as tmp:  # the default --corpus-dir, --results, ... land here
+        out, placed = _place_run_out(case["out"], tmp, finished, case["user"])
+        argv = TEXT_TRAIN_TINY + [str(tmp / a) if a == "missing" else a for a in case["argv"]] + ["--out", str(out)]
+        if "--sweep" in argv:
+            argv += ["--only", "no-such-row"]  # a sweep trains many rows: its cases fuzz the checks before them
+        for flag, which in (("--train-file", case["train"]), ("--val-file", case["val"])):
+            if which != "none":
+                argv += [flag, str(files[which])]
+        code, stdout, err = _run_program(mod.main, argv)
+        _check_program("train_text", code, err, argv)
+        _assert_run_out_kept(placed, out, argv, "--overwrite" in argv,
+                             ("checkpoint.safetensors", "log.jsonl", "row.json", "run.json"))
+        if code == 0 and "--measure" not in argv:
+            assert json.loads((out / "row.json").read_text())["test_bpb"] > 0, argv
+        FUZZ_CASES["cli train_text"] += 1
+        FUZZ_CASES["cli train_text, completed (exit 0)"] += code == 0
+
+
+@fuzz_settings(30, 1_500, slow=False)
+@given(case=text_train_case())
+def test_fuzz_train_text(text_train_world, case):
+    _text_train_property(text_train_world, case)
+
+
+@pytest.mark.slow
+@fuzz_settings(30, 1_500, slow=True)
+@given(case=text_train_case())
+def test_fuzz_train_text_large(text_train_world, case):
+    _text_train_property(text_train_world, case)
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["--budget", "nan"], "--budget"), (["--signal", "bogus"], "--signal"),  # were argparse's usage dump
+    (["--full-layers", "0,1,2"], "--full-layers"), (["--eval-every-steps", "0"], "--eval-every-steps"),
+    (["--device", "bogus"], "--device"), (["--clock", "x"], "--clock"),  # were named by their field (eval_every_steps)
+    (["--d-model", str(2 ** 20)], "--d-model"), (["--batch-size", str(2 ** 30)], "--batch-size"),  # were the allocator's
+    (["--val-windows", str(10 ** 6)], "--val-windows"), (["--measure", str(10 ** 9)], "--measure"),  # ran for hours
+    (["--weight-decay", "nan"], "--weight-decay"), (["--grad-clip", "-1"], "--grad-clip"),  # were not checked
+    (["--train-file", "MISSING"], "--train-file"), (["--val-file", "FOLDER"], "--val-file"),  # named the file only
+])
+def test_train_text_bad_options_are_one_line_naming_the_option(text_train_world, tmp_path, argv, flag):
+    """Found by the fuzzer (issue 27 item 5): each was a traceback, a usage dump, a message naming an internal
+    field, or hours of work, before one line ``train_text: error: ...`` naming the option with exit code 2."""
+    mod, files, _ = text_train_world
+    argv = [str({"MISSING": files["missing"], "FOLDER": files["folder"]}.get(a, a)) for a in argv]
+    code, _, err = _run_program(mod.main, TEXT_TRAIN_TINY + ["--train-file", str(files["text"]), *argv,
+                                                             "--out", str(tmp_path / "out")])
+    _check_program("train_text", code, err, argv)
+    assert code == 2 and flag in err.strip().splitlines()[-1], err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_train_text_out_of_memory_and_ctrl_c(text_train_world, tmp_path, monkeypatch):
+    """The allocator's RuntimeError is one line naming the sizes to lower (was a traceback); Ctrl-C exits 130."""
+    mod, files, _ = text_train_world
+    argv = TEXT_TRAIN_TINY + ["--train-file", str(files["text"]), "--out", str(tmp_path / "out")]
+
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 17179869184 bytes")
+
+    monkeypatch.setattr(mod, "build_model", no_memory)
+    code, _, err = _run_program(mod.main, argv)
+    _check_program("train_text", code, err, argv)
+    assert code == 2 and "out of memory" in err and "--d-model" in err
+    monkeypatch.setattr(mod, "build_model", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code, _, err = _run_program(mod.main, argv)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
