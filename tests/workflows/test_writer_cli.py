@@ -122,5 +122,5 @@ def test_verify_writes_into_its_own_folder_by_default():
     import argparse
 
     p = argparse.ArgumentParser()
-    V._add_arguments(p)
+    V.VerifyOptions.add_arguments(p)
     assert p.parse_args([]).out == "infogeo-verify"
