@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tiling.train import storage
 from tiling.train.storage import (RunDirectory, RunLock, StorageError, atomic_write_bytes, cut_log,
                                   differing_settings, fingerprint)
 
@@ -196,3 +195,35 @@ def test_storage_is_the_one_home_of_atomic_writes():
              for p in sorted((ROOT / folder).rglob("*.py")) if home not in p.parents
              for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+def test_write_folder_swaps_the_folder_whole_keeps_the_users_entries_and_owns_what_it_writes(tmp_path):
+    """write_folder (the report writer's swap, and save_pretrained's since issue 26): owned entries are glob
+    patterns, and an entry the writer wrote is its own even when no pattern names it (before, the old
+    config.json, named by no pattern, was carried over onto the new one)."""
+    from tiling.train.storage import write_folder
+
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"an old shard")
+    (out / "config.json").write_text("old")
+
+    def fill(folder):
+        (folder / "config.json").write_text("new")
+        (folder / "model.safetensors").write_bytes(b"weights")
+
+    with pytest.raises(StorageError, match="not empty"):
+        write_folder(out, fill, ["model*"], name="save_directory")
+    assert (out / "config.json").read_text() == "old"
+    write_folder(out, fill, ["model*"], overwrite=True, name="save_directory")
+    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "notes.txt"]
+    assert (out / "config.json").read_text() == "new" and (out / "notes.txt").read_text() == "mine"
+
+    def interrupted(folder):
+        (folder / "config.json").write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_folder(out, interrupted, ["model*"], overwrite=True, name="save_directory")
+    assert (out / "config.json").read_text() == "new" and not list(tmp_path.glob(".m.*"))
