@@ -266,7 +266,8 @@ def _check_policy_inputs(config: TilingConfig, shape: tuple[int, int], curvature
     if reference is not None:
         check_tensor(reference, "reference", ndim=1)
         if reference.numel() < 1 or bool((reference <= 0).any()):
-            raise ValueError(f"reference must be a non-empty 1-D tensor of positive importances, got {reference.numel()} values")
+            raise ValueError(f"reference must be a non-empty 1-D tensor of positive importances, got "
+                             f"{reference.numel()} values")
 
 
 def _resolution(tile_density: Tensor, config: TilingConfig, *, curvature: Tensor | None = None,
