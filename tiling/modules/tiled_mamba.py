@@ -31,11 +31,9 @@ processes O(R_i·n_i) tokens") runs the whole mixer on one token per segment::
 or, with ``boundaries="token"``, segments start where a learned router (H-Net's) says so.
 
 The layer owns the Mamba mixer (its parameters, the projections, conv, scan and one-token step) and
-the checks at its boundary; everything that depends on the scope is the strategy's
-(:class:`~tiling.modules.scope.Scope`: :class:`~tiling.modules.scope_scan.ScanScope` or
-:class:`~tiling.modules.scope_block.BlockScope`, whose boundaries are a
-:class:`~tiling.modules.scope_block.TileBoundaries` or a
-:class:`~tiling.modules.scope_block.TokenBoundaries`), chosen once in ``__init__``.
+the checks at its boundary; what depends on the scope is its strategy (:mod:`tiling.modules.scope`:
+``ScanScope`` or ``BlockScope``, whose boundaries are ``TileBoundaries`` or ``TokenBoundaries``),
+chosen once in ``__init__``.
 
 The parameters ``in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj`` have the names, shapes
 and initialisation of ``mamba_ssm``'s ``Mamba`` and of HF transformers' ``MambaMixer``. The new
