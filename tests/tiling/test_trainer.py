@@ -100,7 +100,11 @@ def test_a_resumed_sweep_under_other_settings_is_refused(tmp_path):
 def test_goals_on_rows():
     """Goals (a)–(e) computed on hand-made rows (numbers checked by hand)."""
     def row(name, bpb, prefill=100.0, decode=10.0):
-        return {"row": name, "test_bpb": bpb, "prefill_bytes_per_s": prefill, "decode_bytes_per_s": decode}
+        r = {"row": name, "test_bpb": bpb, "prefill_bytes_per_s": prefill, "decode_bytes_per_s": decode}
+        if name.startswith("hg-"):  # as train_run records them
+            signal = name.split("@")[0].removeprefix("hg-").removeprefix("elastic-").split("-")[0]
+            r.update(signal=signal, dechunk="ema" if "-ema" in name or signal == "router" else "hold")
+        return r
 
     rows = [row("mamba-d256/s0", 2.0), row("mamba-d128/s0", 2.3), row("hg-entropy@0.25/s0", 1.9, 300, 40),
             row("hg-uniform@0.25/s0", 1.96), row("hg-elastic-entropy@0.25/s0", 1.95),
@@ -119,6 +123,14 @@ def test_goals_on_rows():
     rows.append(row("mamba-d176/s0", 1.91, 100, 20))
     pair = sw.goals(rows)["e_deployment_equal_bpb"][0]
     assert pair["hourglass"] == "hg-entropy@0.25" and pair["prefill_x"] == 3.0 and pair["decode_x"] == 2.0
+    # (b) compares signals only: a wider entropy row against the wider uniform row, never the default-stage
+    # uniform (the sweep's first table said "met" for entropy-wide 1.879 against default uniform 1.999)
+    wide = rows + [row("hg-entropy-wide@0.25/s0", 1.879), row("hg-uniform-wide@0.25/s0", 1.892)]
+    b = sw.goals(wide)["b_information_matters"]
+    assert b["uniform"] == 1.892 and b["gain"] == pytest.approx(1 - 1.879 / 1.892) and b["met"] is False
+    # the router's default EMA: its twin is the uniform row with the EMA
+    routed = rows[:2] + [row("hg-router@0.25/s0", 1.8), row("hg-uniform-ema@0.25/s0", 1.9), row("hg-uniform@0.25/s0", 1.7)]
+    assert sw.goals(routed)["b_information_matters"]["uniform"] == 1.9
 
 
 def test_device_is_checked():

@@ -168,6 +168,17 @@ def _mean(rs: list[dict], key: str) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
+def _uniform_twin(name: str, row: dict) -> str:
+    """The uniform row's configuration name with ``name``'s stages, budget and dechunk (``hg-entropy-wide@0.25``
+    → ``hg-uniform-wide@0.25``): goal (b) compares boundary signals, nothing else."""
+    signal = row["signal"]
+    head, budget = name.split("@")
+    suffix = head[len(f"hg-{signal}"):]
+    if row.get("dechunk") != default_dechunk("uniform") and not suffix.startswith(f"-{row['dechunk']}"):
+        suffix = f"-{row['dechunk']}{suffix}"  # the router's default EMA is a suffix on a uniform row
+    return f"hg-uniform{suffix}@{budget}"
+
+
 def goals(table_rows: list[dict]) -> dict:
     """The issue's goals (a)–(e), checked on the rows present (None where a row is missing)."""
     by: dict[str, list[dict]] = {}
@@ -185,9 +196,7 @@ def goals(table_rows: list[dict]) -> dict:
         if ref is not None:
             out["a_quality_per_flop"] = {"hourglass": info_rows[best], "mamba-d256": ref,
                                          "met": info_rows[best] <= ref}
-        budget, thin = best.split("@")[1], best.split("@")[0].endswith("-thin")  # the same stages, uniform
-        uni = next((v for k, v in bpb.items() if k.startswith("hg-uniform") and k.split("@")[1] == budget
-                    and k.split("@")[0].endswith("-thin") == thin), None)
+        uni = bpb.get(_uniform_twin(best, by[best][0]))  # the same stages, budget and dechunk, uniform
         if uni is not None:
             gain = 1.0 - info_rows[best] / uni
             out["b_information_matters"] = {"hourglass": info_rows[best], "uniform": uni, "gain": gain,
