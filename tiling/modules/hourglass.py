@@ -55,7 +55,7 @@ from tiling.modules.boundary import BoundaryRouter, BoundaryState, Routing
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk
 from tiling.modules.tiled_mamba import TiledMamba, TiledMambaState
 from tiling.ops import adaptive_selective_scan
-from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
+from tiling.ops.cost import layer_cost, signal_cost_per_token
 
 Tensor = torch.Tensor
 
