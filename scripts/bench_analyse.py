@@ -18,7 +18,6 @@ CPU time are printed alongside.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from tiling.workflows import analysis
 from infogeo.curvature import ollivier_ricci
 from infogeo.fisher import attention_row_metric, effective_dimension
 from infogeo.graph import TokenGraph
+from tiling.train.storage import atomic_write_json
 from tiling.workflows.models import attention_projections, load_model
 
 DEMO = Path(__file__).resolve().parents[1] / "infogeo" / "data" / "demo.txt"
@@ -97,12 +97,12 @@ def _bench_mamba(args) -> int:
     print(f"process CPU seconds: analyse {c_analyse:.2f}, write {c_write:.2f}, whole run {cpu:.2f}")
     print(f"implicit attention reproduces the layers' outputs to {max(ia['reproduction_error']):.1e} (relative)")
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        atomic_write_json(args.json, {
             "model": "tiled-lm", "layers": args.layers, "d_model": args.d_model, "d_inner": ia["d_inner"],
             "tokens": n, "groups": ia["groups"], "load_average_1min": load, "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "process_cpu_s": cpu, "analyse_cpu_s": c_analyse,
             "write_cpu_s": c_write, "stages": [{"stage": k.strip(), "seconds": v} for k, v in rows],
-            "total_s": total, "reproduction_error_max": max(ia["reproduction_error"])}, indent=2))
+            "total_s": total, "reproduction_error_max": max(ia["reproduction_error"])}, indent=2)
     return 0
 
 
@@ -196,7 +196,7 @@ def main(argv=None) -> int:
                  "speedup": t_heads / t_mean},
             ],
         }
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        atomic_write_json(args.json, out, indent=2)
     return 0
 
 

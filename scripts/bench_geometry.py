@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import resource
@@ -37,6 +36,7 @@ from infogeo.flow import resolution_flow
 from infogeo.geodesic import geodesic_distances
 from infogeo.graph import TokenGraph, knn
 from infogeo.laplacian import laplacian, laplacian_spectrum
+from tiling.train.storage import atomic_write_json
 
 
 _CPU: list[float] = []  # CPU seconds of the last _timed call (best repeat)
@@ -259,9 +259,8 @@ def main() -> None:
     rows.append({"benchmark": "peak resident memory", "n": sizes[-1], "peak_rss_gib": round(_peak_rss_gib(), 3)})
     print(f"peak resident memory: {_peak_rss_gib():.2f} GiB")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                       "load_average_start": load, "rows": rows}, f, indent=1)
+        atomic_write_json(args.json, {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                                      "load_average_start": load, "rows": rows})
 
 
 if __name__ == "__main__":

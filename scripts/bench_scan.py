@@ -19,7 +19,6 @@ by registering a function ``(args) -> list[Row]``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from tiling.ops import adaptive_selective_scan, adaptive_selective_scan_ref
+from tiling.train.storage import atomic_write_json
 
 SHAPES = [(1, 1536, 2048, 16), (4, 512, 1024, 16)]  # (batch, dim, L, N), float32
 
@@ -290,8 +290,7 @@ def main() -> None:
         print(f"| {r.shape:<20} | {r.case:<42} | {r.ms:9.3f} | {cpu:>10} | {sp:>12} | {sr:>6} | {r.target:<20} "
               f"| {met:<3} |")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"header": header, "rows": [asdict(r) for r in rows]}, fh, indent=2)
+        atomic_write_json(args.json, {"header": header, "rows": [asdict(r) for r in rows]}, indent=2)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ mamba-ssm==2.3.2.post1 --no-deps --no-binary :all: --no-build-isolation``, with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -173,8 +172,9 @@ def cmd_bench(args) -> int:
         print(f"| {r['shape']} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['elsewhere_fwd_ms']:.3f} "
               f"| {r['elsewhere_fwd_bwd_ms']:.3f} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"header": header, "same_function": same, "err_forward": err_y,
-                                               "err_du": err_du, "rows": rows}, indent=2))
+        from tiling.train.storage import atomic_write_json
+        atomic_write_json(args.json, {"header": header, "same_function": same, "err_forward": err_y,
+                                      "err_du": err_du, "rows": rows}, indent=2)
     return 0 if same else 1
 
 

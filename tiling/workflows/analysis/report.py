@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tiling.train.storage import atomic_write_bytes
+
 
 __all__ = ["CAUSAL_FIGURES", "FIGURES", "MAX_ARRAY_BYTES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
 
@@ -101,7 +103,7 @@ class Report:
         """
         s = json.dumps(self.data, indent=indent, allow_nan=False)
         if path is not None:
-            Path(path).write_text(s)
+            atomic_write_bytes(path, s.encode())  # never a half-written report.json
         return s
 
     @classmethod
