@@ -63,7 +63,7 @@ from tiling.train import BurstCopyDataset, BurstRepeatDataset, TiledLM, load_che
 from tiling.train.checkpoint import CheckpointError, read_meta  # noqa: E402
 from tiling.train.data import collate  # noqa: E402
 from tiling.train.schedule import lr_factor  # noqa: E402
-from tiling.options import RunError, UsageError  # noqa: E402
+from tiling.options import Parser as _Parser, RunError  # noqa: E402  (usage errors: one line, exit code 2)
 from tiling.train.storage import ASIDE, RunDirectory, StorageError, atomic_write_bytes, cut_log  # noqa: E402
 
 CHECKPOINT = "checkpoint.safetensors"
@@ -75,13 +75,6 @@ SWEEP_OWNED = ("summary.json", "summary.md")
 RUN_CONTROL = {"out", "resume", "init_from", "stop_at", "eval_every", "log_every", "ckpt_every", "device", "threads",
                "quiet", "no_ifq", "overwrite", "sweep", "budgets", "base_steps", "base_lr", "figure",
                "with_non_causal"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line (no usage dump): :func:`main` prints it."""
-
-    def error(self, message: str):  # noqa: D401 (argparse API)
-        raise UsageError(message)
 
 
 #: integer options and their ranges (upper ends keep every size far from int64 and memory limits)

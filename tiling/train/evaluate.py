@@ -24,15 +24,13 @@ import sys
 from dataclasses import dataclass
 
 from tiling.options import (
-    Options, Parser, RunError, UsageError, add_subcommand, option, run_main, standalone_parser, threads_option,
+    Options, RunError, UsageError, add_subcommand, option, run_main, standalone_parser, threads_option,
 )
 from tiling.train.checkpoint import CheckpointError
 from tiling.train.text import TextInputError, evaluate_bytes, read_text_file, set_threads
 from tiling.train.textmodel import (
     TextModelError, budget_warning, bundled_checkpoints, load_text_model, resolve_checkpoint,
 )
-
-_Parser = Parser  # (the name older callers use)
 
 
 def budget_option() -> object:

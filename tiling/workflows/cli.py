@@ -24,8 +24,6 @@ from tiling.options import EXIT_USAGE, Options, Parser, UsageError, first_line, 
 
 from .analysis.options import AnalysisOptions
 
-EXIT_BAD_INPUT = EXIT_USAGE
-_Parser = Parser  # (the name the tests and older callers use)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,11 +396,11 @@ def _analyse_texts(args, model, tokenizer, todo, name: str, target: Path, keys: 
 # --------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The ``infogeo`` command-line parser (its sub-commands and their options)."""
-    parser = _Parser(prog="infogeo", description="Information geometry of token manifolds.")
+    parser = Parser(prog="infogeo", description="Information geometry of token manifolds.")
     from infogeo import __version__
 
     parser.add_argument("--version", action="version", version=f"infogeo {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     _add_analyse(sub)
     from .verify import add_verify_parser
 
@@ -494,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns
     -------
-    The exit code: that of the command, 0 for ``--help``/``--version``, ``EXIT_BAD_INPUT`` for bad
+    The exit code: that of the command, 0 for ``--help``/``--version``, ``EXIT_USAGE`` (2) for bad
     input or a refused run (:func:`_expected_errors`, reported as one line), 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -514,7 +512,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if not isinstance(e, _OtherRankError):  # under torchrun, rank 0 says it once
             print(_printable(f"infogeo: error: {_first_line(e)}"), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("infogeo: interrupted", file=sys.stderr)
         return 130
