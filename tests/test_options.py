@@ -182,3 +182,39 @@ def test_options_without_a_spec_are_neither_flags_nor_recorded():
         note: str = "internal"
 
     assert Job.flags() == {"size": "--size"} and Job(note="x").to_dict() == {"size": 2}
+
+
+def test_no_job_clamps_r_min_to_the_budget():
+    """Was: min(r_min, budget) in textmodel.model_config and train_tiled.py silently lowered the floor."""
+    import importlib.util
+    from pathlib import Path
+
+    from tiling.train.textmodel import model_config
+
+    with pytest.raises(ValueError, match=r"r_min must be <= budget"):
+        model_config("adaptive", 0.05, r_min=0.0625)
+    assert model_config("adaptive", 0.05, r_min=0.05).tiling.r_min == 0.05  # stated, it is used as given
+    spec = importlib.util.spec_from_file_location(
+        "train_tiled", Path(__file__).resolve().parents[1] / "scripts" / "train_tiled.py")
+    train_tiled = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tiled)
+    args = train_tiled.parse_args(["--budget", "0.05"])
+    with pytest.raises(RunError, match=r"^--r-min: r_min must be <= budget"):
+        train_tiled.tiling_config(args)
+
+
+def test_curvature_alpha_and_state_dim_reach_the_analysis_from_the_command_line(monkeypatch, tmp_path):
+    """Were: options of analyse() that no flag set."""
+    import tiling.workflows.analysis
+
+    seen = {}
+
+    def record(model, tokenizer, text, options, **kw):
+        seen["options"] = options
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(tiling.workflows.analysis, "analyse", record)
+    argv = ["analyse", "A short text to analyse here.", "--out", str(tmp_path / "r"), "--quiet",
+            "--curvature-alpha", "0.25", "--state-dim", "8", "--layers", "0"]
+    assert main(argv) == 130
+    assert seen["options"] == AnalysisOptions(layers=(0,), curvature_alpha=0.25, state_dim=8)
