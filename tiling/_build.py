@@ -15,6 +15,7 @@ import hashlib
 import os
 import platform
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -67,6 +68,31 @@ def _build_dir(name: str) -> Path:
     return Path(_get_build_directory(name, verbose=False))
 
 
+#: a build lock older than this is taken to be left by a build that died (a build takes ~1 min idle, a few
+#: under load); torch's FileBaton would otherwise wait for it forever, hanging every process that loads
+STALE_LOCK_S = 900.0
+
+
+def _clear_stale_lock(build_dir: Path, now: float | None = None) -> bool:
+    """Remove ``build_dir/lock`` when older than :data:`STALE_LOCK_S` (warns); True if removed.
+
+    A build killed mid-way leaves torch's lock file behind, and every later ``cpp_extension.load`` of the
+    same name waits on it without end (seen: a whole test run and training sweep frozen on a 12-minute-old
+    lock). A younger lock is left alone: another process may be building.
+    """
+    lock = build_dir / "lock"
+    try:
+        age = (time.time() if now is None else now) - lock.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age < STALE_LOCK_S:
+        return False
+    warnings.warn(f"tiling: removing a stale kernel build lock ({lock}, {age / 60:.0f} min old) left by a "
+                  "build that stopped", RuntimeWarning, stacklevel=3)
+    lock.unlink(missing_ok=True)
+    return True
+
+
 @functools.lru_cache(maxsize=None)
 def load_cpu_extension() -> ModuleType | None:
     """Compile (once) and import the C++ CPU scan kernel.
@@ -93,6 +119,7 @@ def load_cpu_extension() -> ModuleType | None:
     tag, isa = _cpu_isa()
     sources = ["scan_cpu.cpp"]
     name = f"tiling_scan_cpu_{tag}_{_digest(sources)}"
+    _clear_stale_lock(_build_dir(name))
     if not any(_build_dir(name).glob(f"{name}*.so")):
         print("tiling: compiling the C++ scan kernel (first use, ~1 min)…", file=sys.stderr, flush=True)
     try:
@@ -163,6 +190,7 @@ def load_cuda_extension() -> ModuleType | None:
         return None
     sources = ["scan_cuda.cpp", "scan_fwd.cu", "scan_bwd.cu"]
     name = f"tiling_scan_cuda_{_cuda_arch_tag()}_{_digest(sources)}"
+    _clear_stale_lock(_build_dir(name))
     if not any(_build_dir(name).glob(f"{name}*.so")):
         print("tiling: compiling the CUDA scan kernel (first use, ~2 min)…", file=sys.stderr, flush=True)
     try:

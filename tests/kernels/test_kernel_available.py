@@ -58,3 +58,15 @@ def test_force_reference_disables_the_kernels():
 def test_bad_device(device, err, match):
     with pytest.raises(err, match=match):
         kernel_available(device)
+
+
+def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path):
+    """A build killed mid-way leaves torch's lock behind, and every later load waited on it for ever."""
+    lock = tmp_path / "lock"
+    assert _build._clear_stale_lock(tmp_path) is False  # no lock: nothing to do
+    lock.write_text("")
+    now = lock.stat().st_mtime
+    assert _build._clear_stale_lock(tmp_path, now=now + _build.STALE_LOCK_S - 1) is False and lock.exists()
+    with pytest.warns(RuntimeWarning, match="stale kernel build lock"):
+        assert _build._clear_stale_lock(tmp_path, now=now + _build.STALE_LOCK_S + 1) is True
+    assert not lock.exists()
