@@ -107,6 +107,7 @@ def _bench_mamba(args) -> int:
 
 
 def main(argv=None) -> int:
+    # long: the flags, then one timed stage per row of the printed table, in order
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=["minilm", "tiled-lm"], default="minilm",
                     help="the bundled MiniLM encoder (default) or a random-weight TiledLM (issue #17)")

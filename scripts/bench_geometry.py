@@ -168,6 +168,7 @@ def figures(out_dir: str) -> None:
 
 
 def main() -> None:
+    # long: the flags, then one measured row per benchmark of the printed table, in order
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=str, default=None, help="write the rows to this JSON file")
     ap.add_argument("--max-n", type=int, default=50000, help="largest size of the scale rows")

@@ -114,6 +114,7 @@ def own_kernels(layer: TiledMamba, x: torch.Tensor):
 
 
 def shape_rows(batch: int, L: int, d: int, device: str, args) -> list[Row]:
+    # long: one timed row per case of the table (scan and block, forward and backward, each budget), in order
     shape = f"b{batch} L{L} d{d}"
     x = torch.randn(batch, L, d, device=device)
     rows: list[Row] = []

@@ -435,6 +435,7 @@ def cases(runs: Path) -> list[tuple[str, Path | dict, float, dict]]:
 
 def trained_rows_main(argv: list[str]) -> int:
     """The speed of the trained rows of a sweep (``--runs DIR``, the former default of this script)."""
+    # long: the flags, then one measured row per trained sweep row
     ap = argparse.ArgumentParser(description="Speed of the trained rows of scripts/train_text.py --sweep")
     ap.add_argument("--runs", type=Path, required=True, help="the sweep's output folder")
     ap.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"), help="prepared corpus (make corpus)")

@@ -129,6 +129,7 @@ def check_options(args) -> None:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    # long: a flat declaration of the flags, one add_argument each
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--config", choices=sorted(CONFIGURATIONS) + ["hourglass"], default="adaptive",

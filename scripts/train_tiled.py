@@ -141,6 +141,7 @@ def tiling_config(args) -> TilingConfig:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    # long: a flat declaration of the flags, one add_argument each
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("task")
     g.add_argument("--task", choices=["copy", "repeat"], default="copy",
@@ -424,6 +425,7 @@ def train(args) -> dict:
 
 
 def _train(args, run: RunDirectory, tiling: TilingConfig, distributed: bool, rank: int, world: int) -> dict:
+    # long: the training loop: the steps share the optimiser, the schedule, the clock and the log
     device = torch.device(args.device)
     if distributed:
         if device.type == "cuda":

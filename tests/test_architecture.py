@@ -388,3 +388,60 @@ def test_checker_accepts_a_clean_tree(tmp_path: Path) -> None:
     })
     found = violations(tmp_path)
     assert not any(found.values()), found
+
+
+# ----------------------------------------------------------------------------- size rules (issue 26)
+MAX_MODULE_LINES = 700
+MAX_FUNCTION_LINES = 80  # without the docstring; a longer function states why in a "# long: ..." comment
+SIZE_ROOTS = PACKAGES + ("scripts",)
+
+
+def _sources(root: Path) -> list[Path]:
+    return sorted(p for top in SIZE_ROOTS for p in (root / top).rglob("*.py"))
+
+
+def long_functions(path: Path) -> list[str]:
+    """``path``'s functions whose body, docstring excluded, exceeds :data:`MAX_FUNCTION_LINES` lines and
+    that hold no ``# long:`` comment saying why."""
+    text = path.read_text()
+    lines = text.splitlines()
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        n = node.end_lineno - node.lineno + 1
+        first = node.body[0]
+        if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+            n -= first.end_lineno - first.lineno + 1
+        reason = any(line.strip().startswith("# long:") for line in lines[node.lineno - 1:node.end_lineno])
+        if n > MAX_FUNCTION_LINES and not reason:
+            found.append(f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno} "
+                         f"{node.name} ({n} lines)")
+    return found
+
+
+def test_no_module_over_the_size_limit() -> None:
+    over = [f"{p.relative_to(ROOT)} ({n} lines)" for p in _sources(ROOT)
+            if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES]
+    assert not over, f"modules over {MAX_MODULE_LINES} lines:" + _report(over)
+
+
+def test_no_long_function_without_a_stated_reason() -> None:
+    over = [f for p in _sources(ROOT) for f in long_functions(p)]
+    assert not over, (f"functions over {MAX_FUNCTION_LINES} lines (docstring excluded) without a '# long: why' "
+                      "comment:" + _report(over))
+
+
+def test_the_size_checker_sees_a_long_function_and_its_reason(tmp_path: Path) -> None:
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES + 1))
+    (tmp_path / "m.py").write_text(f'def f():\n    """Doc\n\n    string."""\n{body}\n\n'
+                                   f'def g():\n    # long: a table of constants\n{body}\n\n'
+                                   f'def h():\n    """Doc."""\n' + "\n".join(body.splitlines()[:-2]) + "\n")
+    found = long_functions(tmp_path / "m.py")
+    assert len(found) == 1 and " f (82 lines)" in found[0]  # the def line and 81 statements
+
+
+def test_the_training_loop_and_the_commands_are_under_the_rules() -> None:
+    _, modules = arrows(ROOT)
+    assert {"tiling.train.trainer", "tiling.train.sweep", "tiling.options", "tiling.workflows.cli",
+            "tiling.train.evaluate", "tiling.train.generate"} <= set(modules)

@@ -190,6 +190,7 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
 
 def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory, *, name: str, configuration: str,
            budget: float, info: dict | None) -> dict:
+    # long: the training loop: the steps share the optimiser, the schedule, the clock and the log
     log_path = run.file("log.jsonl")
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
