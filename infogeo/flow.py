@@ -126,7 +126,7 @@ def resolution_flow(
     -----
     Formulas in the module docstring (seed 000 §3.2.2, Theorem 3.2).
     """
-    # long: the argument checks and the flow's four stages (seed 001 §3.3.2) share their locals
+    # long: the argument checks and the flow's stages (seed 000 §3.2.2) share their locals
     if isinstance(graph_or_laplacian, GraphLaplacian):
         if laplacian_kwargs:
             raise ValueError("laplacian keyword arguments are only used when a TokenGraph is given")
