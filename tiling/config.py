@@ -392,6 +392,8 @@ def _stage_from(data: Any, name: str) -> StageConfig:
     if not isinstance(data, dict) or not isinstance(data.get("mamba"), dict):
         raise TypeError(f"{name} must be a StageConfig or a dict {{'n_layers': int, 'mamba': {{...}}}}, "
                         f"got {type(data).__name__}")
+    _refuse_unknown(StageConfig, data, f"{name}: ")
+    _refuse_unknown(MambaConfig, data["mamba"], f"{name}.mamba: ")
     return StageConfig(n_layers=data.get("n_layers"), mamba=MambaConfig(**data["mamba"]))
 
 
@@ -437,6 +439,7 @@ class HourglassConfig:
         if isinstance(self.tiling, dict):
             put("tiling", TilingConfig.from_dict(self.tiling))
         if isinstance(self.boundary, dict):
+            _refuse_unknown(BoundaryConfig, self.boundary, "boundary: ")
             put("boundary", BoundaryConfig(**self.boundary))
         if not isinstance(self.tiling, TilingConfig):
             raise TypeError(f"tiling must be a TilingConfig, got {type(self.tiling).__name__}")

@@ -317,6 +317,12 @@ def test_bad_configurations_name_the_argument():
         hourglass_config(d_outer=64, d_main=32)
     with pytest.raises(ValueError, match="unknown HourglassConfig fields"):
         HourglassConfig.from_dict({**hourglass_config().to_dict(), "bogus": 1})
+    good = hourglass_config().to_dict()  # a stored config with an unknown nested key: named, not a TypeError
+    bad_stage = {**good, "main": {**good["main"], "mamba": {**good["main"]["mamba"], "d_sate": 16}}}
+    with pytest.raises(ValueError, match=r"main\.mamba: unknown MambaConfig fields \['d_sate'\]"):
+        HourglassConfig.from_dict(bad_stage)
+    with pytest.raises(ValueError, match=r"boundary: unknown BoundaryConfig fields \['sigal'\]"):
+        HourglassConfig.from_dict({**good, "boundary": {**good["boundary"], "sigal": "entropy"}})
 
 
 def test_bad_calls_name_the_argument():
