@@ -114,35 +114,29 @@ def load_cpu_extension() -> ModuleType | None:
     """
     if force_reference():
         return None
-    from torch.utils import cpp_extension
-
     tag, isa = _cpu_isa()
     sources = ["scan_cpu.cpp"]
     name = f"tiling_scan_cpu_{tag}_{_digest(sources)}"
+    return _jit_load(name, sources, "C++", "~1 min", extra_cflags=["-O3", "-fopenmp", *isa],
+                     extra_ldflags=["-fopenmp"])
+
+
+def _jit_load(name: str, sources: list[str], what: str, duration: str, **flags) -> ModuleType | None:
+    """``cpp_extension.load`` of ``sources`` as ``name`` (a stale lock cleared first, the first build
+    announced); any compiler or linker failure is a warning naming it and None (the reference is used)."""
+    from torch.utils import cpp_extension
+
     _clear_stale_lock(_build_dir(name))
     if not any(_build_dir(name).glob(f"{name}*.so")):
-        print("tiling: compiling the C++ scan kernel (first use, ~1 min)…", file=sys.stderr, flush=True)
+        print(f"tiling: compiling the {what} scan kernel (first use, {duration})…", file=sys.stderr, flush=True)
     try:
-        return cpp_extension.load(
-            name=name,
-            sources=[str(KERNEL_DIR / f) for f in sources],
-            extra_cflags=["-O3", "-fopenmp", *isa],
-            extra_ldflags=["-fopenmp"],
-            extra_include_paths=[str(KERNEL_DIR)],
-            verbose=False,
-        )
+        return cpp_extension.load(name=name, sources=[str(KERNEL_DIR / f) for f in sources],
+                                  extra_include_paths=[str(KERNEL_DIR)], verbose=False, **flags)
     except Exception as exc:  # any compiler/linker failure: fall back, say why
         last_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        warnings.warn(
-            f"tiling: could not build the C++ scan kernel ({type(exc).__name__}: {last_line}); "
-            "falling back to the (slow) PyTorch reference",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        warnings.warn(f"tiling: could not build the {what} scan kernel ({type(exc).__name__}: {last_line}); "
+                      "falling back to the (slow) PyTorch reference", RuntimeWarning, stacklevel=3)
         return None
-
-
-# --- CUDA extension loader: added here by the CUDA engineer (load_cuda_extension) ---
 
 
 def _cuda_arch_tag() -> str:
@@ -190,23 +184,8 @@ def load_cuda_extension() -> ModuleType | None:
         return None
     sources = ["scan_cuda.cpp", "scan_fwd.cu", "scan_bwd.cu"]
     name = f"tiling_scan_cuda_{_cuda_arch_tag()}_{_digest(sources)}"
-    _clear_stale_lock(_build_dir(name))
-    if not any(_build_dir(name).glob(f"{name}*.so")):
-        print("tiling: compiling the CUDA scan kernel (first use, ~2 min)…", file=sys.stderr, flush=True)
-    try:
-        return cpp_extension.load(
-            name=name,
-            sources=[str(KERNEL_DIR / f) for f in sources],
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3", "-lineinfo"],
-            extra_include_paths=[str(KERNEL_DIR)],
-            verbose=False,
-        )
-    except Exception as exc:  # any compiler/linker failure: fall back, say why
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
-        warnings.warn(f"tiling: could not build the CUDA scan kernel ({type(exc).__name__}: {msg}); "
-                      "falling back to the (slow) PyTorch reference", RuntimeWarning, stacklevel=2)
-        return None
+    return _jit_load(name, sources, "CUDA", "~2 min", extra_cflags=["-O3"],
+                     extra_cuda_cflags=["-O3", "-lineinfo"])
 
 
 def kernel_available(device: str | torch.device = "cpu") -> bool:
