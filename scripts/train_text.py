@@ -220,12 +220,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     except ValueError as e:  # check_int / check_in_range name the flag
         p.error(str(e))
     try:
-        i, n = (int(v) for v in args.shard.split("/"))
-        if not 0 <= i < n:
-            raise ValueError
-    except ValueError:
-        p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
-    args.shard_index, args.shard_count = i, n
+        args.shard_index, args.shard_count = hourglass_sweep.parse_shard(args.shard)
+    except ValueError as e:
+        p.error(str(e))
     for k in args.full_layers:
         if not -args.n_layers <= k < args.n_layers:
             p.error(f"--full-layers: layer {k} does not exist in a model of --n-layers {args.n_layers}")

@@ -468,13 +468,21 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "when it beats the installed one)")
     args = p.parse_args(argv)
     try:
-        i, n = (int(v) for v in args.shard.split("/"))
+        args.shard_index, args.shard_count = parse_shard(args.shard)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with ``0 <= i < n`` (``--shard``); ValueError naming the flag otherwise."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
         if not 0 <= i < n:
             raise ValueError
     except ValueError:
-        p.error(f"--shard must be i/n with 0 <= i < n, got {args.shard!r}")
-    args.shard_index, args.shard_count = i, n
-    return args
+        raise ValueError(f"--shard must be i/n with 0 <= i < n, got {text!r}") from None
+    return i, n
 
 
 def main(argv=None) -> int:
