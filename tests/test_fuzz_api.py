@@ -13,7 +13,7 @@ function's arguments. Any other exception — ``RuntimeError`` from torch's inte
 import math
 import re
 import warnings
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -25,6 +25,7 @@ from conftest import FUZZ_CASES, fuzz_settings, tiling_kwargs
 from infogeo import curvature, fisher, flow, geodesic, graph, laplacian
 from tiling import modules, ops
 from tiling.config import TilingConfig
+from tensor_leaves import leaves
 
 F64 = torch.float64
 
@@ -613,22 +614,8 @@ TORCH_INTERNAL = re.compile(r"aten::|at::|c10|\bTHP|Tensor\.item\(\)|expected sc
                             r"doesn't have storage|meta tensor|Cannot access data pointer")
 
 
-def _leaves(out):
-    if isinstance(out, (torch.Tensor, np.ndarray, float, int)) and not isinstance(out, bool):
-        yield out
-    elif isinstance(out, (tuple, list)):
-        for o in out:
-            yield from _leaves(o)
-    elif isinstance(out, dict):
-        for o in out.values():
-            yield from _leaves(o)
-    elif is_dataclass(out):
-        for f in fields(out):
-            yield from _leaves(getattr(out, f.name))
-
-
 def check_result(name, call: Call, spoiled, out) -> None:
-    for leaf in _leaves(out):
+    for leaf in leaves(out):
         a = leaf.detach().cpu().double().numpy() if isinstance(leaf, torch.Tensor) else np.asarray(leaf, dtype=float)
         assert not np.isnan(a).any(), f"{name}: silent NaN in the output; spoiled {spoiled}"
         if call.finite:

@@ -9,7 +9,7 @@ A case that fails on a module another agent owns is marked ``xfail(strict=True)`
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Callable
 
 import pytest
@@ -19,6 +19,7 @@ from conftest import tiling_kwargs
 from infogeo import density, fisher, implicit_attention
 from tiling import metrics, modules, ops, policy, train
 from tiling.config import TilingConfig
+from tensor_leaves import leaves
 
 F64 = torch.float64
 CASES: list = []
@@ -202,20 +203,6 @@ NOT_DIFFERENTIABLE = {
 }
 
 
-def _leaves(out):
-    if isinstance(out, torch.Tensor):
-        yield out
-    elif isinstance(out, (tuple, list)):
-        for o in out:
-            yield from _leaves(o)
-    elif isinstance(out, dict):
-        for o in out.values():
-            yield from _leaves(o)
-    elif is_dataclass(out):
-        for f in fields(out):
-            yield from _leaves(getattr(out, f.name))
-
-
 def _params(cases):
     return [pytest.param(c, id=f"{c.function}-{c.boundary}",
                          marks=[pytest.mark.xfail(strict=True, reason=c.xfail)] if c.xfail else []) for c in cases]
@@ -226,7 +213,7 @@ def test_gradient_is_finite_at_the_boundary(c: Case):
     inputs = {k: v.detach().clone().requires_grad_(True) for k, v in c.tensors.items()}
     out = c.call(*inputs.values())
     total = 0.0
-    for k, leaf in enumerate(_leaves(out)):
+    for k, leaf in enumerate(leaves(out)):
         if leaf.is_floating_point() and leaf.requires_grad:
             assert torch.isfinite(leaf).all(), f"{c.function} at {c.boundary}: the output itself is not finite"
             weights = rand(*leaf.shape, low=0.5, high=1.5, seed=k).to(leaf.dtype)

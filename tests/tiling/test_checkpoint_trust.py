@@ -159,37 +159,18 @@ def test_the_header_is_checked_before_any_tensor_is_read(tmp_path, monkeypatch):
         read_header(out)
 
     reads = []
-    real = ckpt.safe_open
-
-    class Counting:
-        def __init__(self, *a, **k):
-            self.f = real(*a, **k)
-
-        def __enter__(self):
-            self.inner = self.f.__enter__()
-            return self
-
-        def __exit__(self, *e):
-            return self.f.__exit__(*e)
-
-        def get_tensor(self, k):
-            reads.append(k)
-            return self.inner.get_tensor(k)
-
-    monkeypatch.setattr(ckpt, "safe_open", Counting)
+    _watch_reads(monkeypatch, lambda k, t: reads.append(k))
     other = build_model(model_config("adaptive", 0.5, **{**TINY, "d_model": 8}))
     with pytest.raises(CheckpointError, match="tensor\\(s\\) of another shape"):
         load_checkpoint(path, model=other, restore_rng=False)
     assert reads == []
 
 
-def test_tensors_are_read_one_at_a_time(tmp_path, monkeypatch):
-    """Was: every tensor held at once (about twice the file's size at the peak)."""
-    path, model, _ = _text_checkpoint(tmp_path)
-    alive, peak = [], [0]
+def _watch_reads(monkeypatch, seen) -> None:
+    """Make the checkpoint reader's ``safe_open`` call ``seen(name, tensor)`` on every tensor it reads."""
     real = ckpt.safe_open
 
-    class Tracking:
+    class Watched:
         def __init__(self, *a, **k):
             self.f = real(*a, **k)
 
@@ -202,11 +183,22 @@ def test_tensors_are_read_one_at_a_time(tmp_path, monkeypatch):
 
         def get_tensor(self, k):
             t = self.inner.get_tensor(k)
-            alive.append(weakref.ref(t))
-            peak[0] = max(peak[0], sum(r() is not None for r in alive))
+            seen(k, t)
             return t
 
-    monkeypatch.setattr(ckpt, "safe_open", Tracking)
+    monkeypatch.setattr(ckpt, "safe_open", Watched)
+
+
+def test_tensors_are_read_one_at_a_time(tmp_path, monkeypatch):
+    """Was: every tensor held at once (about twice the file's size at the peak)."""
+    path, model, _ = _text_checkpoint(tmp_path)
+    alive, peak = [], [0]
+
+    def track(_k, t):
+        alive.append(weakref.ref(t))
+        peak[0] = max(peak[0], sum(r() is not None for r in alive))
+
+    _watch_reads(monkeypatch, track)
     fresh = build_model(model_config("adaptive", 0.5, **TINY))
     load_checkpoint(path, model=fresh, restore_rng=False)
     assert len(alive) >= 40 and peak[0] <= 3, (len(alive), peak[0])  # of 30 tensors, each read twice
