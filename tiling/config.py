@@ -287,7 +287,9 @@ class MambaConfig:
         if self.dt_rank == "auto":
             put("dt_rank", None)
         if self.dt_rank is not None:
-            put("dt_rank", check_int(self.dt_rank, "dt_rank", minimum=1, maximum=2 ** 20))
+            # at most d_inner: Δ = softplus(W_up·W_down·x) has rank ≤ d_inner anyway, and a text checkpoint's
+            # loader refuses a larger one (a model saved with it could not be read back)
+            put("dt_rank", check_int(self.dt_rank, "dt_rank", minimum=1, maximum=self.d_model * self.expand))
         for name in ("dt_min", "dt_max", "dt_scale", "dt_init_floor"):
             check_positive(getattr(self, name), name)
             put(name, float(getattr(self, name)))

@@ -238,8 +238,9 @@ def lm_configs(draw, small: bool = False) -> TiledLMConfig:
     d = draw(st.integers(1, 8 if small else 4096))
     d_state = draw(st.integers(1, 4 if small else 256))
     dt_min = draw(st.floats(1e-4, 0.1))
-    mamba = MambaConfig(d_model=d, d_state=d_state, d_conv=draw(st.integers(1, 4)), expand=draw(st.integers(1, 2)),
-                        dt_rank=draw(st.none() | st.integers(1, 8)), dt_min=dt_min,
+    expand = draw(st.integers(1, 2))
+    mamba = MambaConfig(d_model=d, d_state=d_state, d_conv=draw(st.integers(1, 4)), expand=expand,
+                        dt_rank=draw(st.none() | st.integers(1, min(8, d * expand))), dt_min=dt_min,
                         dt_max=draw(st.floats(dt_min, 1.0)), dt_init=draw(st.sampled_from(["random", "constant"])),
                         dt_scale=draw(st.floats(0.1, 4.0)), dt_init_floor=draw(st.floats(1e-6, 1e-3)),
                         conv_bias=draw(st.booleans()), bias=draw(st.booleans()))
@@ -331,3 +332,10 @@ def test_the_bundled_flat_checkpoints_load_and_compute_as_stored_nested(tmp_path
     x = torch.tensor([list(b"A nested configuration computes what the flat one did.")])
     with torch.no_grad():
         assert torch.equal(nested(x, budget=0.25), model(x, budget=0.25))
+
+
+def test_a_dt_rank_above_d_inner_is_refused_when_made_not_when_loaded():
+    """Was: MambaConfig took dt_rank 2 at d_inner 1, and the checkpoint it saved was refused on load."""
+    with pytest.raises(ValueError, match="dt_rank"):
+        MambaConfig(d_model=1, expand=1, dt_rank=2)
+    assert MambaConfig(d_model=1, expand=2, dt_rank=2).dt_rank == 2
