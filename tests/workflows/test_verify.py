@@ -39,11 +39,11 @@ def quick(tmp_path_factory):
 
 # ---------------------------------------------------------------------------- end to end
 def test_quick_run_writes_report_within_a_minute(quick):
-    out, res, (wall, cpu) = quick
-    # The budget is one minute on two cores; CPU time is what this process used, robust to other
-    # jobs sharing the machine (the wall-clock guard is looser for the same reason).
+    out, res, (_wall, cpu) = quick
+    # The budget is one minute on two cores, in CPU time: what this process used, robust to other jobs
+    # sharing the machine. No wall-clock guard: beside a training sweep the same run took 276 s of wall
+    # time (issue 27: no flaky tests; speed is measured by scripts, not by timed tests).
     assert cpu <= 60.0, f"--quick used {cpu:.1f} s of CPU"
-    assert wall <= 180.0, f"--quick took {wall:.1f} s of wall time"
     md = (out / "theorems.md").read_text(encoding="utf-8")
     assert md.startswith("<!-- GENERATED FILE")
     assert "infogeo verify --quick" in md
