@@ -116,6 +116,22 @@ def check_finite(x: Tensor, name: str) -> Tensor:
     return x
 
 
+def _given(tensors: dict[str, Tensor | None]) -> list[tuple[str, Tensor]]:
+    """The ``(name, tensor)`` pairs of ``tensors`` whose value is not None, in order."""
+    return [(k, v) for k, v in tensors.items() if v is not None]
+
+
+def _common(tensors: dict[str, Tensor | None], attr: str) -> tuple[str, object, tuple[str, object] | None]:
+    """The first given tensor's name and ``attr`` (``"device"``, ``"dtype"``), and the first other tensor
+    whose ``attr`` differs as ``(name, value)`` (None if all agree); ValueError if no tensor is given."""
+    items = _given(tensors)
+    if not items:
+        raise ValueError("no tensors given")
+    first, value = items[0][0], getattr(items[0][1], attr)
+    odd = next(((k, getattr(v, attr)) for k, v in items[1:] if getattr(v, attr) != value), None)
+    return first, value, odd
+
+
 def check_same_device(**tensors: Tensor | None) -> torch.device:
     """All given tensors live on one device.
 
@@ -132,15 +148,9 @@ def check_same_device(**tensors: Tensor | None) -> torch.device:
     ValueError
         No tensor is given, or two live on different devices.
     """
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    if not items:
-        raise ValueError("no tensors given")
-    dev = items[0][1].device
-    for k, v in items[1:]:
-        if v.device != dev:
-            raise ValueError(
-                f"{k} is on {v.device} but {items[0][0]} is on {dev}; expected all tensors on one device"
-            )
+    first, dev, odd = _common(tensors, "device")
+    if odd is not None:
+        raise ValueError(f"{odd[0]} is on {odd[1]} but {first} is on {dev}; expected all tensors on one device")
     return dev
 
 
@@ -160,7 +170,7 @@ def check_broadcastable(**tensors: Tensor | None) -> tuple[int, ...]:
     ValueError
         The shapes do not broadcast; the message lists them.
     """
-    items = [(k, v) for k, v in tensors.items() if v is not None]
+    items = _given(tensors)
     try:
         return tuple(torch.broadcast_shapes(*(tuple(v.shape) for _, v in items)))
     except RuntimeError:
@@ -186,13 +196,9 @@ def check_same_dtype(**tensors: Tensor | None) -> torch.dtype:
     TypeError
         Two tensors have different dtypes.
     """
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    if not items:
-        raise ValueError("no tensors given")
-    dt = items[0][1].dtype
-    for k, v in items[1:]:
-        if v.dtype != dt:
-            raise TypeError(f"{k} has dtype {v.dtype} but {items[0][0]} has {dt}; expected one dtype")
+    first, dt, odd = _common(tensors, "dtype")
+    if odd is not None:
+        raise TypeError(f"{odd[0]} has dtype {odd[1]} but {first} has {dt}; expected one dtype")
     return dt
 
 

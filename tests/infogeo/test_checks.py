@@ -48,3 +48,6 @@ def test_same_device_and_dtype():
     meta = torch.ones(2, device="meta")
     with pytest.raises(ValueError, match="m is on meta but a is on cpu"):
         c.check_same_device(a=a, m=meta)
+    for check in (c.check_same_device, c.check_same_dtype):  # only None: nothing to compare against
+        with pytest.raises(ValueError, match="no tensors given"):
+            check(a=None)
