@@ -47,10 +47,15 @@ def tile_density(density: Tensor, tile_size: int) -> Tensor:
     ValueError
         ``density`` is not 2-D, holds NaN/Inf or negative values, or ``tile_size < 1``.
     """
+    _check_density(density)
+    return tile_mean(density, tile_size)
+
+
+def _check_density(density: Tensor) -> None:
+    """``density`` is a finite (batch, L) floating tensor with no negative entry (ValueError/TypeError)."""
     check_tensor(density, "density", ndim=2)
     if bool((density < 0).any()):
         raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
-    return tile_mean(density, tile_size)
 
 
 def tile_mean(x: Tensor, tile_size: int) -> Tensor:
@@ -125,12 +130,10 @@ def tile_tail_density(density: Tensor, tile_size: int, tail: int, reduce: str = 
     announcing a burst) that a mean would dilute. ``tail = tile_size`` with the mean gives
     :func:`tile_density` back.
     """
-    check_tensor(density, "density", ndim=2)
+    _check_density(density)
     T = check_int(tile_size, "tile_size", minimum=1)
     w = check_int(tail, "tail", minimum=1, maximum=T)
     check_choice(reduce, "reduce", ["mean", "max"])
-    if bool((density < 0).any()):
-        raise ValueError(f"density must be non-negative, got min {float(density.min()):.6g}")
     return _tile_tail(density, T, w, reduce)
 
 
