@@ -129,6 +129,13 @@ def state_distribution(tile_states: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- the four terms
+def _ratio(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` where ``den > 0``, else 0 (the normalised forms' value on empty input); the division
+    never sees a zero, so neither the value nor the gradient gets a NaN."""
+    pos = den > 0
+    return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
 def pattern_stability(A_t: Tensor, A_prev: Tensor, *, pattern_dims: int = 2, normalised: bool = True) -> Tensor:
     """PS of seed 000 §3.3.1.
 
@@ -159,7 +166,7 @@ def pattern_stability(A_t: Tensor, A_prev: Tensor, *, pattern_dims: int = 2, nor
     if not normalised:
         return 1.0 - diff / now
     den = now + torch.linalg.vector_norm(A_prev, dim=dims)
-    return torch.where(den > 0, 1.0 - diff / torch.where(den > 0, den, torch.ones_like(den)), torch.ones_like(den))
+    return 1.0 - _ratio(diff, den)  # 1 for two zero patterns
 
 
 def cross_tile_flow(P: Tensor, W: Tensor, *, normalised: bool = True) -> Tensor:
@@ -193,7 +200,7 @@ def cross_tile_flow(P: Tensor, W: Tensor, *, normalised: bool = True) -> Tensor:
         return (W * kl).sum(-1)
     tot = W.sum(-1)
     val = (W * (1.0 - torch.exp(-kl))).sum(-1)
-    return torch.where(tot > 0, val / torch.where(tot > 0, tot, torch.ones_like(tot)), torch.zeros_like(tot))
+    return _ratio(val, tot)
 
 
 def _edge_mask(n: int, edge_width: int, device) -> Tensor:
@@ -237,7 +244,7 @@ def edge_utilization(A: Tensor, *, edge_width: int = 1, pattern_dims: int = 2, n
     edge_sum = (absA * mask).sum(dims)
     total = absA.sum(dims)
     if normalised:
-        return torch.where(total > 0, edge_sum / torch.where(total > 0, total, torch.ones_like(total)), torch.zeros_like(total))
+        return _ratio(edge_sum, total)
     return (edge_sum / mask.sum(dims)) / absA.mean(dims)
 
 

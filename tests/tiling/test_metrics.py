@@ -70,6 +70,10 @@ def test_terms_closed_forms():
     assert float(pattern_stability(A, A_prev, normalised=False)) == pytest.approx(1 - 3 / math.sqrt(14))
     assert float(pattern_stability(A, A_prev)) == pytest.approx(1 - 3 / (math.sqrt(14) + math.sqrt(5)))
     assert float(pattern_stability(torch.zeros(2, 2), torch.zeros(2, 2))) == 1.0
+    zero = torch.zeros(2, 2, dtype=F64, requires_grad=True)  # empty patterns: the value, and no NaN gradient
+    assert float(edge_utilization(zero.detach())) == 0.0
+    (g,) = torch.autograd.grad(edge_utilization(zero) + pattern_stability(zero, zero.detach()), zero)
+    assert bool(torch.isfinite(g).all())
     # edge = first column and last row: entries (0,0), (1,0), (1,1) → |1|+|2|+|3| = 6 of 6
     assert float(edge_utilization(A)) == pytest.approx(1.0)
     assert float(edge_utilization(A, normalised=False)) == pytest.approx((6 / 3) / (6 / 4))
