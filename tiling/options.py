@@ -94,7 +94,8 @@ def index_list(value: str) -> list[int]:
 # --------------------------------------------------------------------------------------------
 #: the kinds of value an option holds, with their default command-line form
 _PARSE: dict[str, Callable[[str], Any] | None] = {"int": int_arg, "float": float_arg, "str": str, "bool": None,
-                                                  "indices": index_list, "any": str}
+                                                  "indices": index_list, "strs": str, "any": str,
+                                                  "floats": float_arg}
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,10 @@ class Spec:
     ----------
     flag : the command-line flag (``--tile-size``), or the positional argument's name.
     help : the help text.
-    kind : ``"int"``, ``"float"``, ``"str"``, ``"bool"`` (a switch), ``"indices"`` (a list of ints, the
-        flag repeatable and comma-separated) or ``"any"`` (only ``check`` decides).
+    kind : ``"int"``, ``"float"``, ``"str"``, ``"bool"`` (a switch; with default True the flag turns it
+        off, e.g. ``--no-speed``), ``"indices"`` (a list of ints, the flag repeatable and comma-separated),
+        ``"strs"`` (one or more words after the flag, stored as a tuple), ``"floats"`` (one or more numbers
+        after the flag, a tuple, each in the range) or ``"any"`` (only ``check`` decides).
     low, high : the range of a number (None: unbounded); ``low_open``/``high_open`` exclude that end.
     choices : the allowed values.
     optional : None is allowed (the field's default is None).
@@ -156,7 +159,18 @@ class Spec:
             if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
                 raise TypeError(f"{label} must be a sequence of ints, got {list(value)!r}")
             value = tuple(int(v) for v in value)
-        self._check_range(value, label)
+        elif self.kind == "strs":
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or \
+                    not all(isinstance(v, str) for v in value):
+                raise TypeError(f"{label} must be a sequence of str, got {value!r}")
+            value = tuple(value)
+        elif self.kind == "floats":
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or \
+                    not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
+                raise TypeError(f"{label} must be a sequence of numbers, got {value!r}")
+            value = tuple(float(v) for v in value)
+        for v in value if self.kind == "floats" else (value,):  # each number of a "floats" in the range
+            self._check_range(v, label)
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"{label} must be one of {list(self.choices)}, got {value!r}")
         if self.check is not None:
@@ -273,13 +287,18 @@ class Options:
             if spec.metavar is not None:
                 extra["metavar"] = spec.metavar
             if spec.kind == "bool":
-                parser.add_argument(spec.flag, dest=name, action="store_true", **extra)
+                parser.add_argument(spec.flag, dest=name, action="store_false" if defaults[name] else "store_true",
+                                    **extra)
                 continue
             extra.update(type=spec.parse or _PARSE[spec.kind], default=defaults[name])
             if spec.choices is not None:
                 extra["choices"] = spec.choices
             if spec.kind == "indices":
                 extra["action"] = "extend"
+            if spec.kind == "strs":
+                extra["nargs"] = "+"
+            if spec.kind == "floats":
+                extra["nargs"] = "+"
             if spec.positional:
                 parser.add_argument(name, nargs="?" if spec.optional else None, **extra)
             else:

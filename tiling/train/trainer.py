@@ -3,7 +3,8 @@
 the first limit reached (:mod:`tiling.train.schedule`, the one schedule), validation on a fixed subset,
 then the atomic checkpoint, test bits per byte, FLOPs per byte and prefill/decode speed.
 
-``scripts/train_text.py`` is a thin command line over :func:`train_run` and :mod:`tiling.train.sweep`.
+``infogeo train`` (:mod:`tiling.train.text_cli`) is the command line over :func:`train_run`, its flags
+generated from :class:`TrainOptions`.
 
 Clock: ``clock="cpu"`` counts the process's CPU time (on one thread it equals the wall time of an
 unshared core, and other work on a shared machine does not shorten a run); ``"wall"`` the wall time.
@@ -23,15 +24,14 @@ import platform
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from infogeo.checks import check_in_range, check_int
 from tiling.modules.hourglass import HourglassLM
-from tiling.options import RunError
+from tiling.options import Options, RunError, option, seed_option, threads_option
 from tiling.train.schedule import lr_factor, progress
 from tiling.train.text import TextWindows, evaluate_bytes, measure_speed, score_windows, spaced_windows
 from tiling.train.storage import RunDirectory
@@ -40,9 +40,21 @@ from tiling.train.textmodel import model_dict, parameter_count, save_text_checkp
 Tensor = torch.Tensor
 
 
+def _torch_device(name: str) -> str:
+    """``name`` if it names a torch device this machine has (``"cpu"``, ``"cuda"``, ``"cuda:1"``)."""
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, TypeError):
+        raise ValueError(f"must name a torch device ('cpu', 'cuda', 'cuda:1'), got {name!r}") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name!r}: CUDA is not available on this machine")
+    return name
+
+
 @dataclass(frozen=True)
-class TrainOptions:
-    """Options of one training run (the optimisation, the limits, the evaluation).
+class TrainOptions(Options):
+    """Options of one training run (the optimisation, the limits, the evaluation): each field is a flag of
+    ``infogeo train`` (:mod:`tiling.train.text_cli`) with its help and its range (:mod:`tiling.options`).
 
     Parameters
     ----------
@@ -53,53 +65,48 @@ class TrainOptions:
     eval_every_s, eval_every_steps : validation every this many training seconds (or steps).
     val_windows : the validation subset (evenly spaced windows).
     test_bytes : evaluate only the first N bytes of the test split (None: all).
-    decode_bytes, speed : bytes of ``step()`` decoding timed; whether to time prefill/decode.
+    decode_bytes, speed : bytes of ``step()`` decoding timed; whether to time prefill/decode (``--no-speed``).
     ratio_weight : ``TiledLM`` with a learned router: weight of H-Net's ratio loss.
     seed, threads, quiet : as named.
     device : where the model trains (``"cpu"``, ``"cuda"``, ``"cuda:1"``); the data stays on the CPU and
         each batch is moved.
+
+    The upper ends of the sizes keep every size far from int64 and from a machine's memory (a model or a
+    batch beyond them would not fit anyway).
     """
 
-    lr: float = 2e-3
-    weight_decay: float = 0.1
-    warmup: int = 30
-    grad_clip: float = 1.0
-    batch_size: int = 4
-    context: int = 1024
-    max_minutes: float = 15.0
-    clock: str = "cpu"
-    max_bytes: int | None = None
-    max_steps: int | None = None
-    eval_every_s: float = 90.0
-    eval_every_steps: int | None = None
-    val_windows: int = 32
-    test_bytes: int | None = None
-    decode_bytes: int = 256
-    speed: bool = True
-    ratio_weight: float = 0.03
-    seed: int = 0
-    threads: int = 1
-    quiet: bool = False
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "context", "val_windows", "threads", "decode_bytes"):
-            check_int(getattr(self, name), name, minimum=1, maximum=2 ** 31)
-        check_int(self.warmup, "warmup", minimum=0)
-        for name in ("max_bytes", "max_steps", "eval_every_steps", "test_bytes"):
-            if getattr(self, name) is not None:
-                check_int(getattr(self, name), name, minimum=1)
-        check_in_range(self.max_minutes, "max_minutes", 0.0, 1e7, low_open=True)
-        check_in_range(self.eval_every_s, "eval_every_s", 0.0, 1e9, low_open=True)
-        check_in_range(self.lr, "lr", 0.0, 10.0, low_open=True)
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must name a torch device ('cpu', 'cuda', 'cuda:1'), got {self.device!r}") from None
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r}: CUDA is not available on this machine")
-        if self.clock not in ("cpu", "wall"):
-            raise ValueError(f"clock must be 'cpu' or 'wall', got {self.clock!r}")
+    lr: float = option(2e-3, kind="float", low=0.0, low_open=True, high=10.0, help="AdamW learning rate, in (0, 10]")
+    weight_decay: float = option(0.1, kind="float", low=0.0, high=1e3, help="AdamW weight decay, in [0, 1000]")
+    warmup: int = option(30, kind="int", low=0, high=2 ** 40, help="warm-up steps (linear, then cosine)")
+    grad_clip: float = option(1.0, kind="float", low=0.0, high=1e12, help="gradient norm clipping (0: off)")
+    # 4 windows of 1024 bytes: the sweep's rows on one thread (evaluation's default batch is 8: forwards only)
+    batch_size: int = option(4, kind="int", low=1, high=2 ** 16, help="windows per training step")
+    context: int = option(1024, kind="int", low=1, high=2 ** 20,
+                          help="window length in bytes (>= 1024 for the table)")
+    max_minutes: float = option(15.0, kind="float", low=0.0, low_open=True, high=1e7,
+                                help="training time limit (evaluation excluded)")
+    clock: str = option("cpu", kind="str", choices=("cpu", "wall"),
+                        help="what --max-minutes and the curve's train_seconds count: the process's CPU time "
+                             "(default; on one thread it equals the wall time of an unshared core, and other work "
+                             "on a shared machine does not shorten a run) or the wall time")
+    max_bytes: int | None = option(None, kind="int", low=1, high=2 ** 62, help="training byte limit (inputs seen)")
+    max_steps: int | None = option(None, kind="int", low=1, high=2 ** 40, help="step limit (tests)")
+    eval_every_s: float = option(90.0, kind="float", low=0.0, low_open=True, high=1e9,
+                                 help="validation every this many training seconds")
+    eval_every_steps: int | None = option(None, kind="int", low=1, high=2 ** 40,
+                                          help="validation every this many steps instead")
+    val_windows: int = option(32, kind="int", low=1, high=2 ** 16, help="validation subset: evenly spaced windows")
+    test_bytes: int | None = option(None, kind="int", low=1, high=2 ** 62,
+                                    help="evaluate only the first N bytes of the test split")
+    decode_bytes: int = option(256, kind="int", low=1, high=2 ** 20, help="bytes of step() decoding timed")
+    speed: bool = option(True, kind="bool", flag="--no-speed", help="skip the prefill/decode timing")
+    ratio_weight: float = option(0.03, kind="float", low=0.0, high=1e6, help="router: weight of H-Net's ratio loss")
+    seed: int = seed_option(0, high=2 ** 32 - 1)
+    # one thread (analysis, evaluation: the machine's cores): the sweep's rows share the machine (--shard)
+    threads: int = threads_option(1, "one run per core, the sweep's rows share the machine (--shard)")
+    quiet: bool = option(False, kind="bool", help="print nothing during training")
+    device: str = option("cpu", kind="str", check=_torch_device,
+                         help="where the model trains: cpu (default), cuda, cuda:N")
 
 
 def set_threads(n: int) -> None:
@@ -177,7 +184,7 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
         raise RunError(f"{out} holds a checkpoint without a row.json (an unfinished evaluation or another tool's "
                        f"run); move it away, pass --overwrite, or choose another --out")
     settings = {"row": name, "configuration": configuration, "budget": budget, "model": model_dict(model),
-                **{k: v for k, v in asdict(opts).items() if k not in ("quiet", "threads")}}
+                **{k: v for k, v in opts.to_dict().items() if k not in ("quiet", "threads")}}
     log_path = out / "log.jsonl"
     if not overwrite and log_path.exists():  # an interrupted earlier attempt: keep its log beside the new one
         k = 1
@@ -214,7 +221,7 @@ def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory
                 print(f"[{name}] step {step} bytes {n_bytes} t {seconds:.0f}s val bpb {r['bpb']:.4f} "
                       f"R {r['mean_resolution']:.3f}", flush=True)
 
-        emit({"kind": "config", "row": name, "params": parameter_count(model), "options": asdict(opts), **(info or {})})
+        emit({"kind": "config", "row": name, "params": parameter_count(model), "options": opts.to_dict(), **(info or {})})
         clock = time.process_time if opts.clock == "cpu" else time.perf_counter
         step, n_bytes, train_s, wall_s = 0, 0, 0.0, 0.0
         next_eval = opts.eval_every_s

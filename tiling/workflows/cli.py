@@ -1,9 +1,9 @@
 """Command line of the toolkit: ``infogeo <command> ...`` (entry point ``tiling.workflows.cli:main``).
 
-Every job is a subcommand: ``analyse``, ``verify``, ``evaluate``, ``generate`` (argparse subcommands whose
-arguments come from the job's options dataclass, :mod:`tiling.options`), and ``train``, ``corpus``,
-``bench``, which hand their arguments to the program that owns them (``scripts/train_text.py``,
-:mod:`tiling.train.corpus`, ``scripts/bench_NAME.py``). Every bad input ends as one line
+Every job is a subcommand: ``analyse``, ``verify``, ``evaluate``, ``generate``, ``train`` (argparse subcommands
+whose arguments come from the job's options dataclasses, :mod:`tiling.options`; ``train``'s are in
+:mod:`tiling.train.text_cli`), and ``corpus``, ``bench``, which hand their arguments to the program that owns
+them (:mod:`tiling.train.corpus`, ``scripts/bench_NAME.py``). Every bad input ends as one line
 ``infogeo: error: ...`` on stderr and exit code 2, never a traceback.
 
 ``infogeo analyse`` wraps :func:`tiling.workflows.analysis.analyse` (see ``docs/analysis.md``).
@@ -405,10 +405,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .verify import add_verify_parser
 
     add_verify_parser(sub)
-    from tiling.train import evaluate, generate
+    from tiling.train import evaluate, generate, text_cli
 
     evaluate.add_parser(sub)
     generate.add_parser(sub)
+    text_cli.add_parser(sub)
     for name, text in DELEGATED.items():  # listed here; main() hands their arguments on before parsing
         sub.add_parser(name, help=text, add_help=False)
     return parser
@@ -416,7 +417,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the subcommands whose arguments another program parses (``infogeo NAME --help`` is that program's)
 DELEGATED = {
-    "train": "train a byte-level LM with tiled layers (scripts/train_text.py: its flags, --help)",
     "corpus": "prepare the training corpus (python -m tiling.train.corpus: its flags, --help)",
     "bench": "run a speed table: 'infogeo bench NAME [flags]' runs scripts/bench_NAME.py ('infogeo bench': the list)",
 }
@@ -434,7 +434,6 @@ def _delegate(command: str, argv: list[str]) -> int:
 
         return corpus_main(argv)
     scripts = _scripts()
-    path = scripts / "train_text.py"
     if command == "bench":
         names = sorted(p.stem[len("bench_"):] for p in scripts.glob("bench_*.py"))
         if not argv or argv[0] in ("-h", "--help", "--list"):
