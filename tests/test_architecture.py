@@ -444,4 +444,5 @@ def test_the_size_checker_sees_a_long_function_and_its_reason(tmp_path: Path) ->
 def test_the_training_loop_and_the_commands_are_under_the_rules() -> None:
     _, modules = arrows(ROOT)
     assert {"tiling.train.trainer", "tiling.train.sweep", "tiling.options", "tiling.workflows.cli",
-            "tiling.train.evaluate", "tiling.train.generate"} <= set(modules)
+            "tiling.train.evaluate", "tiling.train.generate", "tiling.train.text_cli", "tiling.train.text_run",
+            "tiling.train.text_sweep"} <= set(modules)

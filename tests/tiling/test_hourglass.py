@@ -349,20 +349,10 @@ def test_a_nan_weight_is_a_clear_error_at_the_output():
 
 
 # ----------------------------------------------------------------------------- command line
-def _script():
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "scripts" / "train_text.py"
-    spec = importlib.util.spec_from_file_location("train_text_hg", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_train_text_trains_an_elastic_hourglass_and_refuses_bad_input(tmp_path, capsys):
+    from tiling.train import text_cli as mod
     text = tmp_path / "t.txt"
     text.write_bytes(b"def f(x):\n    return x + 1\n\nfor i in range(10):\n    print(f(i))\n" * 30)
-    mod = _script()
     base = ["--config", "hourglass", "--train-file", str(text), "--context", "64", "--batch-size", "2",
             "--d-outer", "16", "--d-main", "32", "--main-layers", "1", "--d-state", "4", "--max-steps", "3",
             "--val-windows", "2", "--test-bytes", "300", "--no-speed", "--quiet"]

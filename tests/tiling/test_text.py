@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from tiling.config import TilingConfig
 from tiling.train import CheckpointError, TiledLM, save_checkpoint
 from tiling.train import corpus as corpus_mod
+from tiling.options import RunError
 from tiling.train import evaluate as evaluate_cli
 from tiling.train import generate as generate_cli
-from tiling.train import textmodel
+from tiling.train import text_cli, text_run, text_sweep, textmodel
 from tiling.train.corpus import CorpusError, find_documents, load_split, prepare_corpus, slice_root, split_of
 from tiling.train.text import (
     TextInputError, TextWindows, eval_windows, evaluate_bytes, forward_madds, read_text_file, spaced_windows,
@@ -29,7 +30,7 @@ from tiling.train.textmodel import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "scripts" / "train_text.py"
+SCRIPTS = ROOT / "scripts"
 SLICE = slice_root()
 # SHA-256 of the splits of the committed slice (tiling/train/data/python-doc): a change of the split
 # rule, of the concatenation or of the slice changes them
@@ -52,8 +53,8 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def load_script(name: str = "train_text"):
-    spec = importlib.util.spec_from_file_location(name, SCRIPT.with_name(f"{name}.py"))
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[name] = mod  # dataclasses look their module up while the module executes
     spec.loader.exec_module(mod)
@@ -328,15 +329,14 @@ def test_text_checkpoint_round_trip_and_wrong_shapes(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny training run on the slice (module-scoped: the CLI tests reuse its checkpoint)."""
-    mod = load_script()
     out = tmp_path_factory.mktemp("run")
-    args = mod.parse_args([
+    args = text_cli.parse_args([
         "--config", "adaptive", "--budget", "0.5", "--train-file", str(SLICE / "tutorial/controlflow.rst.txt"),
         "--val-file", str(SLICE / "howto/sockets.rst.txt"), "--test-file", str(SLICE / "faq/general.rst.txt"),
         "--context", "64", "--batch-size", "8", "--d-model", "32", "--n-layers", "2", "--d-state", "8",
         "--tile-size", "8", "--lr", "3e-3", "--warmup", "5", "--max-steps", "40", "--eval-every-steps", "20",
         "--val-windows", "16", "--test-bytes", "1500", "--decode-bytes", "32", "--out", str(out), "--quiet"])
-    return mod, args, mod.train(args)
+    return text_run, args, text_run.train(args)
 
 
 def test_tiny_training_run_lowers_the_loss(trained):
@@ -356,7 +356,7 @@ def test_tiny_training_run_lowers_the_loss(trained):
     assert extra["train_bytes"] == row["train_bytes"] and extra["budget"] == 0.5
     again = evaluate_bytes(model, slice_bytes("faq/general.rst.txt")[:1500], context=64, budget=0.5)
     assert again["bpb"] == pytest.approx(row["test_bpb"], rel=1e-9)
-    with pytest.raises(mod.RunError, match="finished run"):
+    with pytest.raises(RunError, match="finished run"):
         mod.train(args)  # a finished run is never replaced without --overwrite
 
 
@@ -466,7 +466,7 @@ def test_read_text_file_messages(tmp_path):
 
 # ----------------------------------------------------------------------------- the sweep
 def test_sweep_resume_and_table(tmp_path, capsys):
-    mod = load_script()
+    mod = text_cli
     base = ["--sweep", "--table", "tiled", "--train-file", str(SLICE / "tutorial/controlflow.rst.txt"),
             "--val-file", str(SLICE / "howto/sockets.rst.txt"), "--test-file", str(SLICE / "faq/general.rst.txt"),
             "--context", "32", "--batch-size", "2", "--d-model", "8", "--n-layers", "1", "--d-state", "4",
@@ -531,7 +531,7 @@ def test_sweep_resume_and_table(tmp_path, capsys):
 def test_sweep_row_names_and_outer_layers():
     """``--full-layers`` applies to the block-scope configurations only: full resolution and the scan
     scope keep token-level outputs in every layer, so one row serves both choices."""
-    mod = load_script()
+    mod = text_sweep
     assert mod.row_name("full", 1.0, 0, (0, -1)) == "full@1/s0"
     assert mod.row_name("scan-adaptive", 0.35, 1, (0, -1)) == "scan-adaptive@0.35/s1"
     assert mod.row_name("uniform", 0.35, 0, (0, -1)) == "uniform+ends@0.35/s0"
@@ -547,7 +547,7 @@ def test_goals_over_rows_with_full_resolution_ends():
     in 4 layers) while ``--full-layers ends`` is (0, -1); an all-tiled row of the same configuration is
     left out. Numbers checked by hand: the router curve at full's 1000 training bytes interpolates to
     2.05 (s0) and 2.2 (s1)."""
-    mod = load_script()
+    mod = text_sweep
 
     def row(config, budget, seed, layers, bpb, curve, train_bytes, prefill=100.0, decode=10.0):
         return {"row": f"{config}@{budget:g}/s{seed}", "configuration": config, "budget": budget, "seed": seed,

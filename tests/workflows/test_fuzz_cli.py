@@ -512,13 +512,10 @@ def train_case(draw):
 
 @pytest.fixture(scope="module")
 def train_world(tmp_path_factory):
-    """The script, loaded once, and a finished run to copy into --out or to resume from."""
-    import importlib.util
+    """The program (tiling.train.synthetic, scripts/train_tiled.py) and a finished run to copy into --out or to
+    resume from."""
+    from tiling.train import synthetic as mod
 
-    spec = importlib.util.spec_from_file_location("train_tiled", Path(__file__).resolve().parents[2] / "scripts" /
-                                                  "train_tiled.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     run = tmp_path_factory.mktemp("fuzz-train") / "run"
     with _quiet():
         assert mod.main(TRAIN_TINY + ["--steps", "2", "--stop-at", "1", "--out", str(run)]) == 0
@@ -639,14 +636,9 @@ def text_train_case(draw):
 
 @pytest.fixture(scope="module")
 def text_train_world(tmp_path_factory):
-    """The script, loaded once; text files in every state the fuzzer draws; a finished run to copy."""
-    import importlib.util
+    """The program (tiling.train.text_cli); text files in every state the fuzzer draws; a finished run to copy."""
+    from tiling.train import text_cli as mod
 
-    spec = importlib.util.spec_from_file_location("train_text_fuzz", Path(__file__).resolve().parents[2] / "scripts" /
-                                                  "train_text.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["train_text_fuzz"] = mod  # dataclasses look their module up while the module executes
-    spec.loader.exec_module(mod)
     root = tmp_path_factory.mktemp("fuzz-text-train")
     files = {"missing": root / "missing.txt", "folder": root}
     for name, data in (("text", b"def f(x):\n    return x + 1\n\nfor i in range(10):\n    print(f(i))\n" * 8),
@@ -722,10 +714,12 @@ def test_train_text_out_of_memory_and_ctrl_c(text_train_world, tmp_path, monkeyp
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you "
                            "tried to allocate 17179869184 bytes")
 
-    monkeypatch.setattr(mod, "build_model", no_memory)
+    from tiling.train import text_run
+
+    monkeypatch.setattr(text_run, "build_model", no_memory)
     code, _, err = _run_program(mod.main, argv)
     _check_program("train_text", code, err, argv)
     assert code == 2 and "out of memory" in err and "--d-model" in err
-    monkeypatch.setattr(mod, "build_model", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(text_run, "build_model", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     code, _, err = _run_program(mod.main, argv)
     assert code == 130 and "interrupted" in err and "Traceback" not in err
