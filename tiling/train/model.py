@@ -14,6 +14,7 @@ from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules import TiledMamba
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
+from tiling.train.fused_step import fused_step
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -330,6 +331,9 @@ class TiledLM(nn.Module):
                 raise ValueError(f"layer {k} is a scan-scope layer: its step() runs at full resolution only, so it "
                                  f"cannot decode at budget {c:g} (use forward(), or budget=1)")
             budgets.append(c)
+        fused = fused_step(self, tokens, state, budgets)  # one kernel call where it applies (CPU, no grad)
+        if fused is not None:
+            return fused[0], TiledLMState(fused[1], owner=id(self))
         h = self.embedding(tokens)
         new = []
         for k, (norm, layer, st, c) in enumerate(zip(self.norms, self.layers, state, budgets)):
