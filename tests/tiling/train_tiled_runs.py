@@ -1,22 +1,23 @@
-"""``scripts/train_tiled.py`` run in-process: the scaffolding of its writer tests (test_train_writer.py,
-test_reliability_train.py). Not a test module (pytest collects ``test_*.py`` only)."""
-import functools
+"""The synthetic-task trainer (:mod:`tiling.train.synthetic`, ``scripts/train_tiled.py``) run in-process: the
+scaffolding of its writer tests (test_train_writer.py, test_reliability_train.py). Not a test module (pytest
+collects ``test_*.py`` only)."""
+from test_train import TINY
 
-from test_train import TINY, load_script
+from tiling.train import synthetic
+from tiling.train.synthetic import loop
 
 #: two steps, no evaluation: the shortest run that writes a checkpoint
 STEPS = ["--steps", "2", "--eval-every", "100"]
 
 
-@functools.cache
 def script():
-    """The script as a module, loaded once (tests patch its names with ``monkeypatch``, undone after each)."""
-    return load_script()
+    """The module of the training loop (tests patch its names with ``monkeypatch``, undone after each)."""
+    return loop
 
 
 def run_main(capsys, argv: list[str]):
     """``main(TINY + STEPS + argv)``: its exit code and the captured output."""
-    code = script().main(TINY + STEPS + argv)
+    code = synthetic.main(TINY + STEPS + argv)
     return code, capsys.readouterr()
 
 

@@ -1,10 +1,11 @@
 """Command line of the toolkit: ``infogeo <command> ...`` (entry point ``tiling.workflows.cli:main``).
 
-Every job is a subcommand: ``analyse``, ``verify``, ``evaluate``, ``generate``, ``train`` (argparse subcommands
-whose arguments come from the job's options dataclasses, :mod:`tiling.options`; ``train``'s are in
-:mod:`tiling.train.text_cli`), and ``corpus``, ``bench``, which hand their arguments to the program that owns
-them (:mod:`tiling.train.corpus`, ``scripts/bench_NAME.py``). Every bad input ends as one line
-``infogeo: error: ...`` on stderr and exit code 2, never a traceback.
+Every job is a subcommand: ``analyse``, ``verify``, ``evaluate``, ``generate``, ``train``, ``train-synthetic``
+(argparse subcommands whose arguments come from the job's options dataclasses, :mod:`tiling.options`; ``train``'s
+are in :mod:`tiling.train.text_cli`, ``train-synthetic``'s in :mod:`tiling.train.synthetic`), and ``corpus``,
+``bench``, which hand their arguments to the program that owns them (:mod:`tiling.train.corpus`,
+``scripts/bench_NAME.py``). Every bad input ends as one line ``infogeo: error: ...`` on stderr and exit
+code 2, never a traceback.
 
 ``infogeo analyse`` wraps :func:`tiling.workflows.analysis.analyse` (see ``docs/analysis.md``).
 """
@@ -405,11 +406,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .verify import add_verify_parser
 
     add_verify_parser(sub)
-    from tiling.train import evaluate, generate, text_cli
+    from tiling.train import evaluate, generate, synthetic, text_cli
 
     evaluate.add_parser(sub)
     generate.add_parser(sub)
     text_cli.add_parser(sub)
+    synthetic.add_parser(sub)
     for name, text in DELEGATED.items():  # listed here; main() hands their arguments on before parsing
         sub.add_parser(name, help=text, add_help=False)
     return parser
