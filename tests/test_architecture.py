@@ -445,4 +445,5 @@ def test_the_training_loop_and_the_commands_are_under_the_rules() -> None:
     _, modules = arrows(ROOT)
     assert {"tiling.train.trainer", "tiling.train.sweep", "tiling.options", "tiling.workflows.cli",
             "tiling.train.evaluate", "tiling.train.generate", "tiling.train.text_cli", "tiling.train.text_run",
-            "tiling.train.text_sweep"} <= set(modules)
+            "tiling.train.text_sweep", "tiling.train.synthetic.loop", "tiling.train.synthetic.command",
+            "tiling.train.synthetic.sweep"} <= set(modules)
