@@ -116,45 +116,20 @@ __device__ __forceinline__ void fwd_window(int nt, acc_t (&h)[K], acc_t (&Bacc)[
 #pragma unroll
       for (int i = 0; i < K; ++i) sH[(tt * BT + threadIdx.x) * K + i] = h[i];
     }
-    const acc_t dt = sDt[cl * WP + tt], uu = sU[cl * WP + tt];
-    const int len = meta >> kLenShift;
-    acc_t y = 0;
-    if (len == 1) {
-      const acc_t du = dt * uu;
+    const acc_t uu = sU[cl * WP + tt];
+    acc_t y = segment_step(meta, sDt[cl * WP + tt], uu, sB + tt * NP + n0, sC + tt * NP + n0, A2, h, Bacc, dacc, xacc,
+                           [&](const acc_t& dsum, const acc_t& xsum, const acc_t(&Bsum)[K], int len) {
+                             if constexpr (kRecord) {  // the segment's totals, for the reverse sweep
+                               if (ls == 0) {
+                                 sSegD[cl * WP + tt] = dsum;
+                                 sSegX[cl * WP + tt] = xsum;
+                               }
+                               if (cl == 0) {
 #pragma unroll
-      for (int i = 0; i < K; ++i) {
-        h[i] = exp2_fast(dt * A2[i]) * h[i] + du * sB[tt * NP + n0 + i];
-        y += sC[tt * NP + n0 + i] * h[i];
-      }
-    } else {
-#pragma unroll
-      for (int i = 0; i < K; ++i) {
-        y += sC[tt * NP + n0 + i] * h[i];
-        Bacc[i] += sB[tt * NP + n0 + i];
-      }
-      dacc += dt;
-      xacc += dt * uu;
-      if (meta & kSegEnd) {
-        if constexpr (kRecord) {
-          if (ls == 0) {
-            sSegD[cl * WP + tt] = dacc;
-            sSegX[cl * WP + tt] = xacc;
-          }
-          if (cl == 0) {
-#pragma unroll
-            for (int i = 0; i < K; ++i) sBbar[tt * NP + n0 + i] = Bacc[i] / (acc_t)len;
-          }
-        }
-        const acc_t xs = xacc / (acc_t)len;
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          h[i] = exp2_fast(dacc * A2[i]) * h[i] + xs * Bacc[i];
-          Bacc[i] = 0;
-        }
-        dacc = 0;
-        xacc = 0;
-      }
-    }
+                                 for (int i = 0; i < K; ++i) sBbar[tt * NP + n0 + i] = Bsum[i] / (acc_t)len;
+                               }
+                             }
+                           });
     if constexpr (kRecord) {
       if (has_z) {  // ∂L/∂z = g · y_pre · silu'(z), ∂L/∂y_pre = g · silu(z)
         y = lane_group_sum<TPC>(y);
@@ -199,19 +174,10 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_bwd_kernel(
   const int wrow = det ? (threadIdx.x >> 5) * W * NP : 0;  // this warp's dB/dC rows
 
   const ScanFwdParams& p = q.f;
-  const int bpg = gridDim.x / p.G;
-  const int g = blockIdx.x / bpg, jb = blockIdx.x % bpg, b = blockIdx.y;
-  const int dpg = p.dim / p.G;
-  const int cbase = g * dpg + jb * CH;
-  const int nch = min(CH, dpg - jb * CH);
+  const auto [g, jb, b, cbase, nch, cl, ls, d, n0, active, bd] = block_pos<CH, TPC>(p);
   const int tid = threadIdx.x, lane = tid & 31;
-  const int cl = tid / TPC, ls = tid % TPC;
-  const bool active = cl < nch;
-  const int d = cbase + min(cl, nch - 1);
-  const int n0 = ls * K;
   const int N = p.N, T = p.tile_size;
   const long long L = p.L;
-  const long long bd = (long long)b * p.dim + d;
   const long long row0 = (long long)b * p.n_tiles;
 
   const acc_t* A = static_cast<const acc_t*>(p.A);
@@ -449,29 +415,23 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_bwd_kernel(
   }
 }
 
-template <typename in_t, typename acc_t, int TPC>
-cudaError_t launch(const ScanBwdParams& q, cudaStream_t stream) {
-  constexpr int W = sizeof(acc_t) == 8 ? 16 : 32;  // = bwd_window(): the float64 state window halves
-  using Lay = BwdLayout<acc_t, TPC, W>;
-  auto kernel = scan_bwd_kernel<in_t, acc_t, TPC, W>;
-  const size_t bytes = Lay::bytes(q.deterministic);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(q.f.G * blocks_per_group(q.f.dim, q.f.G, q.f.N), q.f.batch);
-  kernel<<<grid, Lay::BT, bytes, stream>>>(q);
-  return cudaGetLastError();
-}
-
-struct BwdLauncher {
-  const ScanBwdParams& q;
-  cudaStream_t stream;
-  template <typename in_t, typename acc_t, int TPC> cudaError_t run() const { return launch<in_t, acc_t, TPC>(q, stream); }
+struct Bwd {  // the kernel's launch, for dispatch_scan
+  template <typename in_t, typename acc_t, int TPC> static cudaError_t launch(const ScanBwdParams& q, cudaStream_t stream) {
+    constexpr int W = sizeof(acc_t) == 8 ? 16 : 32;  // = bwd_window(): the float64 state window halves
+    using Lay = BwdLayout<acc_t, TPC, W>;
+    auto kernel = scan_bwd_kernel<in_t, acc_t, TPC, W>;
+    const size_t bytes = Lay::bytes(q.deterministic);
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (err != cudaSuccess) return err;
+    kernel<<<scan_grid(q.f), Lay::BT, bytes, stream>>>(q);
+    return cudaGetLastError();
+  }
 };
 
 }  // namespace
 
 cudaError_t scan_bwd_launch(const ScanBwdParams& q, cudaStream_t stream) {
-  return dispatch_scan(q.f.in_type, q.f.N, BwdLauncher{q, stream});
+  return dispatch_scan<Bwd>(q.f.in_type, q.f.N, q, stream);
 }
 
 }  // namespace tiling_cuda

@@ -36,17 +36,8 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_fwd_kernel(
   __shared__ int sTile[W];
   __shared__ acc_t sDR[W];
 
-  const int bpg = gridDim.x / p.G;
-  const int g = blockIdx.x / bpg, jb = blockIdx.x % bpg, b = blockIdx.y;
-  const int dpg = p.dim / p.G;
-  const int cbase = g * dpg + jb * CH;
-  const int nch = min(CH, dpg - jb * CH);
-  const int cl = threadIdx.x / TPC, ls = threadIdx.x % TPC;
-  const bool active = cl < nch;
-  const int d = cbase + min(cl, nch - 1);  // padding lanes mirror a real channel; they write nothing
-  const int n0 = ls * K;
+  const auto [g, jb, b, cbase, nch, cl, ls, d, n0, active, bd] = block_pos<CH, TPC>(p);
   const int N = p.N;
-  const long long bd = (long long)b * p.dim + d;
 
   const acc_t* A = static_cast<const acc_t*>(p.A);
   const acc_t* gain = static_cast<const acc_t*>(p.gain);
@@ -86,35 +77,8 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_fwd_kernel(
           for (int i = 0; i < K; ++i) h[i] *= exp2_fast(G2[i] * dr);
         }
       }
-      const acc_t dt = sDt[cl * WP + tt], uu = sU[cl * WP + tt];
-      const int len = meta >> kLenShift;
-      acc_t y = 0;
-      if (len == 1) {  // a one-step segment: Mamba's update, then the read of the new state
-        const acc_t du = dt * uu;
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          h[i] = exp2_fast(dt * A2[i]) * h[i] + du * sB[tt * NP + n0 + i];
-          y += sC[tt * NP + n0 + i] * h[i];
-        }
-      } else {  // a longer segment: read the state at its start, accumulate, update at its end
-#pragma unroll
-        for (int i = 0; i < K; ++i) {
-          y += sC[tt * NP + n0 + i] * h[i];
-          Bacc[i] += sB[tt * NP + n0 + i];
-        }
-        dacc += dt;
-        xacc += dt * uu;
-        if (meta & kSegEnd) {
-          const acc_t xs = xacc / (acc_t)len;  // (Σ Δu) · mean B = (Σ Δu / |S|) · Σ B
-#pragma unroll
-          for (int i = 0; i < K; ++i) {
-            h[i] = exp2_fast(dacc * A2[i]) * h[i] + xs * Bacc[i];
-            Bacc[i] = 0;
-          }
-          dacc = 0;
-          xacc = 0;
-        }
-      }
+      acc_t y = segment_step(meta, sDt[cl * WP + tt], sU[cl * WP + tt], sB + tt * NP + n0, sC + tt * NP + n0, A2, h,
+                             Bacc, dacc, xacc, [](const acc_t&, const acc_t&, const acc_t(&)[K], int) {});
       y = lane_group_sum<TPC>(y);
       if (ls == 0) sY[cl * WP + tt] = y;
       if ((meta & kTileEnd) && tstates && active) {
@@ -150,23 +114,17 @@ __global__ void __launch_bounds__(Blocking<TPC>::kBlockThreads) scan_fwd_kernel(
   }
 }
 
-template <typename in_t, typename acc_t, int TPC>
-cudaError_t launch(const ScanFwdParams& p, cudaStream_t stream) {
-  const dim3 grid(p.G * blocks_per_group(p.dim, p.G, p.N), p.batch);
-  scan_fwd_kernel<in_t, acc_t, TPC><<<grid, Blocking<TPC>::kBlockThreads, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
-struct FwdLauncher {
-  const ScanFwdParams& p;
-  cudaStream_t stream;
-  template <typename in_t, typename acc_t, int TPC> cudaError_t run() const { return launch<in_t, acc_t, TPC>(p, stream); }
+struct Fwd {  // the kernel's launch, for dispatch_scan
+  template <typename in_t, typename acc_t, int TPC> static cudaError_t launch(const ScanFwdParams& p, cudaStream_t stream) {
+    scan_fwd_kernel<in_t, acc_t, TPC><<<scan_grid(p), Blocking<TPC>::kBlockThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  }
 };
 
 }  // namespace
 
 cudaError_t scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream) {
-  return dispatch_scan(p.in_type, p.N, FwdLauncher{p, stream});
+  return dispatch_scan<Fwd>(p.in_type, p.N, p, stream);
 }
 
 }  // namespace tiling_cuda

@@ -116,6 +116,9 @@ inline long long scan_bwd_scratch_elems(int batch, int dim, int G, int N, int ma
   return (long long)batch * G * blocks_per_group(dim, G, N) * windows * block_threads(N) * kStatesPerThread;
 }
 
+// The grid of both kernels: blocks_per_group blocks per (B/C group, batch row), x = group-major.
+inline dim3 scan_grid(const ScanFwdParams& p) { return dim3(p.G * blocks_per_group(p.dim, p.G, p.N), p.batch); }
+
 // Launchers: validate nothing (binding.cpp validates), launch on `stream`, return the launch error.
 cudaError_t scan_fwd_launch(const ScanFwdParams& p, cudaStream_t stream);
 cudaError_t scan_bwd_launch(const ScanBwdParams& p, cudaStream_t stream);
@@ -130,25 +133,25 @@ cudaError_t scan_bwd_launch(const ScanBwdParams& p, cudaStream_t stream);
 namespace tiling_cuda {
 
 // Host-side dispatch shared by the forward and backward launchers: calls
-// `launcher.template run<in_t, acc_t, TPC>()` for the input type and the lanes per channel of N.
-template <typename in_t, typename acc_t, typename Launcher>
-cudaError_t dispatch_lanes(int N, const Launcher& launcher) {
+// `Kernel::launch<in_t, acc_t, TPC>(params, stream)` for the input type and the lanes per channel of N.
+template <typename Kernel, typename in_t, typename acc_t, typename Params>
+cudaError_t dispatch_lanes(int N, const Params& params, cudaStream_t stream) {
   switch (threads_per_channel(N)) {
-    case 1: return launcher.template run<in_t, acc_t, 1>();
-    case 2: return launcher.template run<in_t, acc_t, 2>();
-    case 4: return launcher.template run<in_t, acc_t, 4>();
-    case 8: return launcher.template run<in_t, acc_t, 8>();
-    case 16: return launcher.template run<in_t, acc_t, 16>();
+    case 1: return Kernel::template launch<in_t, acc_t, 1>(params, stream);
+    case 2: return Kernel::template launch<in_t, acc_t, 2>(params, stream);
+    case 4: return Kernel::template launch<in_t, acc_t, 4>(params, stream);
+    case 8: return Kernel::template launch<in_t, acc_t, 8>(params, stream);
+    case 16: return Kernel::template launch<in_t, acc_t, 16>(params, stream);
     default: return cudaErrorInvalidValue;  // N > kMaxN
   }
 }
-template <typename Launcher>
-cudaError_t dispatch_scan(InType in_type, int N, const Launcher& launcher) {
+template <typename Kernel, typename Params>
+cudaError_t dispatch_scan(InType in_type, int N, const Params& params, cudaStream_t stream) {
   switch (in_type) {
-    case InType::kFloat32: return dispatch_lanes<float, float>(N, launcher);
-    case InType::kBFloat16: return dispatch_lanes<__nv_bfloat16, float>(N, launcher);
-    case InType::kFloat16: return dispatch_lanes<__half, float>(N, launcher);
-    case InType::kFloat64: return dispatch_lanes<double, double>(N, launcher);
+    case InType::kFloat32: return dispatch_lanes<Kernel, float, float>(N, params, stream);
+    case InType::kBFloat16: return dispatch_lanes<Kernel, __nv_bfloat16, float>(N, params, stream);
+    case InType::kFloat16: return dispatch_lanes<Kernel, __half, float>(N, params, stream);
+    case InType::kFloat64: return dispatch_lanes<Kernel, double, double>(N, params, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -200,6 +203,78 @@ template <int TPC, typename acc_t> __device__ __forceinline__ acc_t lane_group_s
 #pragma unroll
   for (int o = TPC / 2; o >= 1; o /= 2) v += __shfl_xor_sync(kFull, v, o);
   return v;
+}
+
+// Where a thread works (both kernels): block (g·blocks_per_group + jb, b) serves the channels
+// [cbase, cbase + nch) of group g of batch row b; thread (cl, ls) is lane ls of the TPC lanes of
+// channel cl and holds state components [n0, n0 + K); d is its channel (padding lanes, cl >= nch,
+// mirror a real channel and write nothing: !active) and bd = b·dim + d its row of per-channel arrays.
+struct BlockPos {
+  int g, jb, b, cbase, nch, cl, ls, d, n0;
+  bool active;
+  long long bd;
+};
+template <int CH, int TPC> __device__ __forceinline__ BlockPos block_pos(const ScanFwdParams& p) {
+  BlockPos r;
+  const int bpg = gridDim.x / p.G;
+  r.g = blockIdx.x / bpg;
+  r.jb = blockIdx.x % bpg;
+  r.b = blockIdx.y;
+  const int dpg = p.dim / p.G;
+  r.cbase = r.g * dpg + r.jb * CH;
+  r.nch = min(CH, dpg - r.jb * CH);
+  r.cl = threadIdx.x / TPC;
+  r.ls = threadIdx.x % TPC;
+  r.active = r.cl < r.nch;
+  r.d = r.cbase + min(r.cl, r.nch - 1);
+  r.n0 = r.ls * kStatesPerThread;
+  r.bd = (long long)r.b * p.dim + r.d;
+  return r;
+}
+
+// One timestep tt of the recurrence over a staged window (both kernels; seed 001 §3.3.1): a
+// one-step segment is Mamba's update h ← exp(Δ A) h + Δu B, then the read of the new state; a
+// longer segment S reads the state at its start, accumulates Σ Δ, Σ Δu and Σ B, and at its end
+// steps once, h ← exp(Δ̄_S A) h + (Σ_S Δu / |S|) Σ_S B (= x_S · B̄_S). Returns this lane's part of
+// y_t = C_t·h (summed over the channel's lanes by the caller). `seg_end(dacc, xacc, Bacc, len)` runs
+// at the end of a longer segment before its step (the backward records the totals there).
+// sB, sC point at this lane's components of timestep tt (staged rows + tt·NP + n0).
+template <typename acc_t, typename SegEnd>
+__device__ __forceinline__ acc_t segment_step(int meta, acc_t dt, acc_t uu, const acc_t* sB, const acc_t* sC,
+                                              const acc_t (&A2)[kStatesPerThread], acc_t (&h)[kStatesPerThread],
+                                              acc_t (&Bacc)[kStatesPerThread], acc_t& dacc, acc_t& xacc,
+                                              SegEnd seg_end) {
+  constexpr int K = kStatesPerThread;
+  const int len = meta >> kLenShift;
+  acc_t y = 0;
+  if (len == 1) {  // a one-step segment: Mamba's update, then the read of the new state
+    const acc_t du = dt * uu;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      h[i] = exp2_fast(dt * A2[i]) * h[i] + du * sB[i];
+      y += sC[i] * h[i];
+    }
+  } else {  // a longer segment: read the state at its start, accumulate, update at its end
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      y += sC[i] * h[i];
+      Bacc[i] += sB[i];
+    }
+    dacc += dt;
+    xacc += dt * uu;
+    if (meta & kSegEnd) {
+      seg_end(dacc, xacc, Bacc, len);
+      const acc_t xs = xacc / (acc_t)len;  // (Σ Δu) · mean B = (Σ Δu / |S|) · Σ B
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+        h[i] = exp2_fast(dacc * A2[i]) * h[i] + xs * Bacc[i];
+        Bacc[i] = 0;
+      }
+      dacc = 0;
+      xacc = 0;
+    }
+  }
+  return y;
 }
 
 // Segment of absolute timestep t (the semantics of the extension interface): tile i = t / T of
