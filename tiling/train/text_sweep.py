@@ -250,51 +250,52 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_COLORS = {"full": "k", "uniform": "tab:blue", "adaptive": "tab:red", "router": "tab:green",
+           "scan-adaptive": "tab:purple"}
+_MARKERS = {1.0: "*", 0.5: "s", 0.35: "o", 0.25: "^"}
+
+
+def _style(r: dict, seen: set) -> dict:
+    """A row's colour, marker, legend label (the first of its configuration and outer layers, e.g.
+    ``uniform+ends``) and alpha (faint: a block-scope row without full-resolution outer layers)."""
+    name = r["row"].split("@")[0]
+    faint = r["configuration"] not in TOKEN_LEVEL and not r.get("full_resolution_layers")
+    style = {"color": _COLORS.get(r["configuration"], "gray"), "marker": _MARKERS.get(r["budget"], "x"),
+             "label": None if name in seen else name, "alpha": 0.4 if faint else 1.0}
+    seen.add(name)
+    return style
+
+
+def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    hourglass_sweep._save(fig, path)
+
+
 def figures(rows: list[dict], directory: Path) -> None:
     """bpb against FLOPs per byte and against training time."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"full": "k", "uniform": "tab:blue", "adaptive": "tab:red", "router": "tab:green",
-              "scan-adaptive": "tab:purple"}
-    markers = {1.0: "*", 0.5: "s", 0.35: "o", 0.25: "^"}
-
-    def label(r):  # configuration and outer layers, e.g. "uniform+ends"
-        return r["row"].split("@")[0]
-
-    def all_tiled(r):  # a block-scope row without full-resolution outer layers: drawn faint
-        return r["configuration"] not in TOKEN_LEVEL and not r.get("full_resolution_layers")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    seen: set = set()
+    for r in rows:
+        ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], facecolors="none" if r["kind"] == "evaluated" else None,
+                   **_style(r, seen))
+    _finish(fig, ax, directory / "text_lm_bpb_vs_flops.png",
+            "MFLOPs per byte (2 × multiply-adds as run, layer_cost + head)", "test bits per byte", "Byte-level TiledLM on the Python docs: bpb vs compute\n(marker: ★ 1, ■ 0.5, "
+            "● 0.35, ▲ 0.25; hollow: tiled after training; faint: every layer tiled)")
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     seen = set()
-    for r in rows:
-        c = r["configuration"]
-        ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], color=colors.get(c, "gray"),
-                   marker=markers.get(r["budget"], "x"), label=label(r) if label(r) not in seen else None,
-                   facecolors="none" if r["kind"] == "evaluated" else None, alpha=0.4 if all_tiled(r) else 1.0)
-        seen.add(label(r))
-    ax.set_xlabel("MFLOPs per byte (2 × multiply-adds as run, layer_cost + head)")
-    ax.set_ylabel("test bits per byte")
-    ax.set_title("Byte-level TiledLM on the Python docs: bpb vs compute\n(marker: ★ 1, ■ 0.5, ● 0.35, ▲ 0.25; "
-                 "hollow: tiled after training; faint: every layer tiled)", fontsize=9)
-    ax.legend(fontsize=8)
-    hourglass_sweep._save(fig, directory / "text_lm_bpb_vs_flops.png")
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    seen = set()
-    for r in rows:
-        if r["kind"] != "trained":
-            continue
-        c = r["configuration"]
+    for r in (r for r in rows if r["kind"] == "trained"):
         cur = r["validation_curve"]
-        ax.plot([p["train_seconds"] / 60 for p in cur], [p["bpb"] for p in cur], color=colors.get(c, "gray"),
-                ls="-" if r["budget"] in (1.0, 0.35) else ":", marker=markers.get(r["budget"], "x"), ms=3,
-                label=label(r) if label(r) not in seen else None, alpha=0.4 if all_tiled(r) else 1.0)
-        seen.add(label(r))
-    ax.set_xlabel("training time (minutes on one thread: CPU time, or wall time for rows without a clock)")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("bpb vs training wall time (solid: budget 1 / 0.35; dotted: 0.5, 0.25; faint: every layer "
-                 "tiled)", fontsize=9)
-    ax.legend(fontsize=8)
-    hourglass_sweep._save(fig, directory / "text_lm_bpb_vs_time.png")
+        ax.plot([p["train_seconds"] / 60 for p in cur], [p["bpb"] for p in cur],
+                ls="-" if r["budget"] in (1.0, 0.35) else ":", ms=3, **_style(r, seen))
+    _finish(fig, ax, directory / "text_lm_bpb_vs_time.png",
+            "training time (minutes on one thread: CPU time, or wall time for rows without a clock)",
+            "validation bits per byte", "bpb vs training wall time (solid: budget 1 / 0.35; dotted: 0.5, 0.25; faint: "
+            "every layer tiled)")
