@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     t_heads = time.perf_counter() - t0
 
     load = os.getloadavg()[0]
-    print(f"infogeo analyse, {n} tokens, {len(report.layers)} layers x {len(p['heads'])} heads, "
+    print(f"infogeo analyse, {n} tokens, {len(report.layers)} layers x {len(report.heads)} heads, "
           f"torch threads {torch.get_num_threads()}, load average (1 min) {load:.2f} on {os.cpu_count()} CPUs")
     print(f"{'stage':<34}{'seconds':>10}{'share':>8}")
     for name, sec in rows:
@@ -186,7 +186,7 @@ def main(argv=None) -> int:
     print(f"{'Ollivier–Ricci: head-averaged vs 12 heads':<46}{t_mean:>9.3f}{t_heads:>9.3f}{t_heads / t_mean:>9.1f}x")
     if args.json:
         out = {
-            "tokens": n, "layers": len(report.layers), "heads": len(p["heads"]), "load_average_1min": load,
+            "tokens": n, "layers": len(report.layers), "heads": len(report.heads), "load_average_1min": load,
             "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "process_cpu_s": cpu,
             "analyse_cpu_s": c_analyse, "write_cpu_s": c_write,
             "stages": [{"stage": name.strip(), "seconds": sec} for name, sec in rows], "total_s": total,

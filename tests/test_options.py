@@ -67,10 +67,22 @@ def test_a_new_analysis_field_reaches_parser_fingerprint_and_flags():
 def test_the_batch_fingerprint_holds_every_analysis_option_and_its_flag():
     opts = AnalysisOptions(layers=(3, 1, 3), curvature_alpha=0.25, state_dim=8, show=(1, 2))
     settings = settings_of("bundled:full", opts)
-    assert set(settings) == {"model", *AnalysisOptions.specs()}
-    assert settings["layers"] == [1, 3] and settings["heads"] == "all" and settings["show"] == [1, 2]
+    assert settings == {"model": "bundled:full", **opts.to_dict()}  # the report's params, and the model
+    assert settings["layers"] == [3, 1, 3] and settings["heads"] is None and settings["show"] == [1, 2]
     assert settings["curvature_alpha"] == 0.25 and settings["state_dim"] == 8  # were missing (issue 26)
     assert all(name in FLAGS for name in settings)
+
+
+def test_a_resume_compares_layers_and_heads_as_sets_and_reads_the_older_form(tmp_path):
+    """The order of --layers does not change the numbers; older lines wrote sorted lists and "all" for None."""
+    keys = {text_key(0, "a")}
+    now = settings_of(None, AnalysisOptions(layers=(3, 1)))
+    for there in ({**now, "layers": [1, 3, 3]}, {**now, "layers": [1, 3], "heads": "all"}):
+        assert read_done(_results(tmp_path, there), now, keys) == keys
+    with pytest.raises(ValueError, match=r"--layers \[1, 3\] there, \[3\] now"):
+        read_done(_results(tmp_path, {**now, "layers": [1, 3]}), settings_of(None, AnalysisOptions(layers=(3,))), keys)
+    with pytest.raises(ValueError, match=r"--heads \[0\] there, null now"):
+        read_done(_results(tmp_path, {**now, "heads": [0]}), now, keys)
 
 
 def _results(tmp_path, settings: dict):

@@ -14,8 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tiling.config import TilingConfig
 from tiling.workflows.analysis import (SCHEMA, SCHEMA_VERSION, FIGURES, Report, _token_density, analyse, save_report,
                                        summary_table)
+from tiling.workflows.analysis.options import AnalysisOptions
+from tiling.workflows.batch import settings_of
 from tiling.workflows.models import attention_projections, default_model_path, load_model
 
 TEXT = "Entropy measures surprise. The the the the the cat sat on the mat."
@@ -233,6 +236,39 @@ def test_save_and_load_roundtrip(report, tmp_path):
     (out / "report.json").write_text(json.dumps({**report.data, "schema_version": 999}))
     with pytest.raises(ValueError, match="schema"):
         Report.load(out)
+
+
+def test_params_are_the_options_and_the_batch_fingerprint(report):
+    """report["params"] is AnalysisOptions.to_dict() and the --batch fingerprint the same dict (issue 26)."""
+    opts = AnalysisOptions(layers=tuple(LAYERS), heads=tuple(HEADS), budget=0.4, tile_size=4, k=5, n_eigs=6)
+    assert opts.to_dict() != AnalysisOptions().to_dict()
+    assert report.data["params"] == opts.to_dict()
+    assert settings_of(None, opts) == {"model": "bundled all-MiniLM-L6-v2", **report.data["params"]}
+    assert report.data["plan_config"] == opts.plan_config().to_dict()
+    assert report.layers == LAYERS and report.heads == HEADS  # resolved from the layer entries
+
+
+def test_params_with_tiling_record_the_plans_budget_tile_size_and_r_min(model_tok):
+    model, tok = model_tok
+    opts = AnalysisOptions(layers=(1,), heads=(2,), k=4, n_eigs=3, curvature_alpha=0.25, state_dim=8, show=(1, 2))
+    plan = TilingConfig(budget=0.5, tile_size=4, r_min=0.125, exponent=1.0)
+    r = analyse(model, tok, TEXT, opts, tiling=plan, progress=False)
+    assert r.data["params"] == opts.replace(budget=0.5, tile_size=4, r_min=0.125).to_dict()
+    assert r.data["plan_config"] == plan.replace(causal=False, scope="scan").to_dict()
+    assert all(t["length"] <= 4 for t in r.data["layers"][0]["tiling"]["tiles"])
+
+
+def test_a_version_1_report_still_loads_and_reads(report, tmp_path):
+    """v1 recorded the resolved layers and heads and the plan in params; readers need neither."""
+    out = tmp_path / "v1"
+    save_report(report, out, figures=False)
+    d = json.loads((out / "report.json").read_text())
+    d["schema_version"] = 1
+    d["params"] = {"layers": LAYERS, "heads": HEADS, "budget": 0.4, "tile_size": 4, "r_min": 0.0625, "k": 5,
+                   "n_eigs": 6, "curvature_alpha": 0.5, "state_dim": 16, "tiling": d.pop("plan_config")}
+    (out / "report.json").write_text(json.dumps(d))
+    back = Report.load(out)
+    assert back.heads == HEADS and back.findings() == report.findings()
 
 
 def test_truncation_warns_and_records(model_tok):

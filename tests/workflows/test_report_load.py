@@ -16,7 +16,7 @@ N = 3  # tokens of the little report
 def _report(folder, n=N):
     folder.mkdir()
     data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "text": {"n_tokens": n, "tokens": ["a"] * n},
-            "layers": [{"layer": 0, "heads": [{"head": 0}]}]}
+            "layers": [{"layer": 0, "attention": {"heads": [{"head": 0}]}}]}  # as analyse writes them
     (folder / "report.json").write_text(json.dumps(data))
     return folder
 

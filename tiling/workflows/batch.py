@@ -33,24 +33,39 @@ def settings_of(model: str | None, options: AnalysisOptions) -> dict:
     Parameters
     ----------
     model : the ``--model`` argument (None: the bundled model).
-    options : the analysis options (every field is recorded: :meth:`AnalysisOptions.to_dict`).
+    options : the analysis options.
 
     Returns
     -------
-    dict of JSON values: index lists sorted and deduplicated, since their order does not change the
-    numbers (``"all"`` for None); a model path made absolute.
+    dict of JSON values: ``"model"`` (a path made absolute) and :meth:`AnalysisOptions.to_dict`, the
+    same dict as each report's ``params``. :func:`read_done` compares ``layers`` and ``heads`` as sets
+    (their order does not change the numbers).
     """
     if model is not None and not str(model).startswith("bundled:"):
         model = os.path.abspath(os.path.expanduser(str(model)))
-    raw = {"model": model or "bundled all-MiniLM-L6-v2", **options.to_dict()}
-    for name in ("layers", "heads"):
-        raw[name] = sorted(set(raw[name])) if raw[name] else "all"
-    return raw
+    return {"model": model or "bundled all-MiniLM-L6-v2", **options.to_dict()}
 
 
 #: the value a setting had before a version of infogeo recorded it: a line without it was computed so
 #: (``curvature_alpha`` and ``state_dim`` reached the command line after results were written without them)
 UNRECORDED = {"curvature_alpha": AnalysisOptions.curvature_alpha, "state_dim": AnalysisOptions.state_dim}
+
+
+def _indices(value):
+    """``layers``/``heads`` as compared: a sorted set of indices, or None for all (older lines wrote ``"all"``
+    and sorted lists); any other value as it is."""
+    if value is None or value == "all":
+        return None
+    if isinstance(value, list) and all(isinstance(v, int) for v in value):
+        return sorted(set(value))
+    return value
+
+
+def _same(name: str, there, want) -> bool:
+    """A recorded setting equals the current one (``layers`` and ``heads`` as sets of indices)."""
+    if name in ("layers", "heads"):
+        return _indices(there) == _indices(want)
+    return there == want
 
 
 def text_key(index: int, text: str) -> tuple[int, str]:
@@ -145,7 +160,7 @@ def read_done(path: Path, settings: dict, keys: set[tuple[int, str]]) -> set[tup
         got = rec.get("settings", _MISSING)
         for name, want in settings.items():
             there = got.get(name, UNRECORDED.get(name, _MISSING)) if isinstance(got, dict) else _MISSING
-            if there != want:
+            if not _same(name, there, want):
                 differ.setdefault(name, (there, want))
         keep.append(line)
         done.add(key)

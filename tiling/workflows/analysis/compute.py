@@ -328,12 +328,17 @@ def _tiling_config(tiling: TilingConfig | None, options: AnalysisOptions) -> Til
 
 
 def _setup(model, options: AnalysisOptions, tiling: TilingConfig | None) -> _Setup:
-    """Check the options against the model (indices, ``show``, ``max_length``) and fix the plan's config."""
+    """Check the options against the model (indices, ``show``, ``max_length``) and fix the plan's config;
+    with ``tiling``, the options take its ``budget``, ``tile_size`` and ``r_min`` (the report's ``params``
+    are the options the numbers were computed with)."""
     cfg = model.config
     n_layers, n_heads = int(cfg.num_hidden_layers), int(cfg.num_attention_heads)
     layers = _check_indices(options.layers, "layers", n_layers, "layer")
     heads = _check_indices(options.heads, "heads", n_heads, "head")
     plan_config = _tiling_config(tiling, options)
+    if tiling is not None:
+        options = options.replace(budget=plan_config.budget, tile_size=plan_config.tile_size,
+                                  r_min=plan_config.r_min)
     if options.show is not None:
         _check_indices([options.show[0]], "show layer", n_layers, "layer")
         _check_indices([options.show[1]], "show head", n_heads, "head")
@@ -536,14 +541,10 @@ def _report_data(model, tokenizer, text: str, setup: _Setup, reading: _Reading, 
             "truncated": reading.n_dropped > 0, "n_tokens_dropped": reading.n_dropped,
             "n_tokens_full": reading.n_full,
         },
-        # the options the numbers depend on, layers and heads resolved, the plan's from its configuration
-        # (``tiling=`` may set it); max_length and show are recorded in "text" and "show"
-        "params": {
-            "layers": setup.layers, "heads": setup.heads, "budget": plan.budget, "tile_size": plan.tile_size,
-            "r_min": plan.r_min, "k": opts.k, "n_eigs": opts.n_eigs, "curvature_alpha": opts.curvature_alpha,
-            "state_dim": opts.state_dim,
-            "tiling": plan.to_dict(),  # every option of the plan (policy, exponent, ...)
-        },
+        # the options the numbers depend on, as given (the analysed layers and heads: "layers" below); the
+        # same dict as the --batch fingerprint (tiling.workflows.batch.settings_of)
+        "params": opts.to_dict(),
+        "plan_config": plan.to_dict(),  # every option of the plan (policy, exponent, ...; tiling= may set them)
         "checks": {"attention_row_sum_max_error": reading.row_err},
         "predictive": reading.predictive,
         "layer_plans": layer_plans,

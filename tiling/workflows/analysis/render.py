@@ -346,8 +346,7 @@ def _density_heatmap(report: Report):
 def _head_density(report: Report):
     """Layers × heads: each head's mean attention density, written in its cell."""
     plt = _pyplot()
-    d, layers = report.data, report.layers
-    heads = d["params"]["heads"]
+    d, layers, heads = report.data, report.layers, report.heads
     H = np.array([[h["density_mean"] for h in lr["attention"]["heads"]] for lr in d["layers"]])
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(heads) + 2), 0.7 * len(layers) + 1.8), constrained_layout=True)
     im = ax.imshow(H, cmap="viridis", aspect="auto")

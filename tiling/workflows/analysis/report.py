@@ -23,7 +23,10 @@ from tiling.train.storage import atomic_write_bytes
 __all__ = ["CAUSAL_FIGURES", "FIGURES", "MAX_ARRAY_BYTES", "REPORT_FILES", "SCHEMA", "SCHEMA_VERSION", "Report"]
 
 SCHEMA = "tiling.workflows.analysis.report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: the versions :meth:`Report.load` reads: v1 differs only in ``params`` (the analysed layers and heads
+#: resolved, the plan's configuration in ``params.tiling``), which no reader here needs
+READ_VERSIONS = (1, 2)
 #: the most bytes :meth:`Report.load` decompresses from ``arrays.npz`` unless told otherwise (1 GiB)
 MAX_ARRAY_BYTES = 2 ** 30
 
@@ -43,11 +46,12 @@ class Report:
 
     Attributes
     ----------
-    data : the JSON document (schema ``tiling.workflows.analysis.report`` v1, ``docs/analysis.md``).
+    data : the JSON document (schema ``tiling.workflows.analysis.report`` v2, ``docs/analysis.md``).
     arrays : the per-head attention maps and geodesic matrices written to ``arrays.npz`` (keys
         ``attention_L{l}_H{h}``, ``geodesic_L{l}_H{h}``).
     tokens : the text's tokens, as shown.
     layers : the analysed layers' indices.
+    heads : the analysed heads' indices.
     """
 
     data: dict
@@ -63,6 +67,11 @@ class Report:
     def layers(self) -> list[int]:
         """The analysed layers' indices."""
         return [lr["layer"] for lr in self.data["layers"]]
+
+    @property
+    def heads(self) -> list[int]:
+        """The analysed heads' indices (``params["heads"]`` resolved: every layer has these)."""
+        return [h["head"] for h in self.data["layers"][0]["attention"]["heads"]]
 
     def layer(self, index: int) -> dict:
         """The entry of layer ``index`` in ``data["layers"]``.
@@ -135,9 +144,9 @@ class Report:
             raise ValueError(f"{str(out)!r} holds no report.json; expected a folder written by save_report") from None
         except (OSError, ValueError) as e:  # JSONDecodeError, UnicodeDecodeError are ValueErrors
             raise ValueError(f"{str(path)!r} cannot be read as a report: {e} (truncated or corrupt?)") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") != SCHEMA_VERSION:
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or data.get("schema_version") not in READ_VERSIONS:
             got = (data.get("schema"), data.get("schema_version")) if isinstance(data, dict) else (type(data).__name__, None)
-            raise ValueError(f"{str(path)!r} has schema {got[0]!r} v{got[1]}; expected {SCHEMA} v{SCHEMA_VERSION}")
+            raise ValueError(f"{str(path)!r} has schema {got[0]!r} v{got[1]}; expected {SCHEMA} v1 or v{SCHEMA_VERSION}")
         arrays = {}
         if (out / "arrays.npz").exists():
             arrays = _read_arrays(out / "arrays.npz", _implied_arrays(data), max_array_bytes)
@@ -186,7 +195,7 @@ class Report:
         trunc = (f", truncated from {t['n_tokens_full']} to the model's maximum {d['model']['max_length']}"
                  if t["truncated"] else "")
         out.append(f"The text has {t['n_tokens']} tokens{trunc}; {len(d['layers'])} layers × "
-                   f"{len(d['params']['heads'])} heads of the {d['model']['type']} model were analysed.")
+                   f"{len(self.heads)} heads of the {d['model']['type']} model were analysed.")
         rows = self.summary_rows()
         # where the information is: token density summed over layers
         dens = np.sum([lr["tiling"]["token_density"] for lr in d["layers"]], axis=0)
@@ -247,7 +256,7 @@ def _implied_arrays(data: dict) -> dict[str, tuple[int, int]] | None:
     analysed layer and head, n its token count (None if the JSON does not say)."""
     try:
         n = int(data["text"]["n_tokens"])
-        heads = [(int(lr["layer"]), int(h["head"])) for lr in data["layers"] for h in lr["heads"]]
+        heads = [(int(lr["layer"]), int(h["head"])) for lr in data["layers"] for h in lr["attention"]["heads"]]
     except (KeyError, TypeError, ValueError):
         return None
     return {f"{kind}_L{li}_H{hi}": (n, n) for li, hi in heads for kind in ("attention", "geodesic")}
