@@ -195,6 +195,38 @@ template <typename T> Blk make_blk(const Params<T>& p, int64_t item) {
   return k;
 }
 
+// What both passes start a block with: its channels (make_blk), A and gain per state component
+// (lanes = channels; gain 0 without one) and D and the Δ bias of its channels, read here, and the
+// scratch arrays both use, taken from the thread's scratch at `at`: the state h (N) and a tile's
+// raw Δ (or z), Δ and u (Tb each).
+template <typename T> struct BlockArrays {
+  Blk k;
+  Vec<T> *AT, *GT, *h, *raw, *dt, *x;
+  Vec<T> D, bias;
+};
+template <typename T>
+BlockArrays<T> block_arrays(const Params<T>& p, int64_t item, Scratch<T>& sc, int64_t Tb, int64_t& at) {
+  typedef Vec<T> V;
+  const int64_t N = p.N;
+  const Blk k = make_blk(p, item);
+  BlockArrays<T> a{k, sc.take(N, at), sc.take(N, at), sc.take(N, at), sc.take(Tb, at), sc.take(Tb, at),
+                   sc.take(Tb, at), p.D ? gather(p.D, k, 1, 0) : V{}, p.bias ? gather(p.bias, k, 1, 0) : V{}};
+  for (int64_t q = 0; q < N; ++q) {
+    a.AT[q] = gather(p.A, k, N, q);
+    a.GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
+  }
+  return a;
+}
+
+// The boundary transition φ entering tile i > 0 of batch row b: h ← h ⊙ exp(gain (R_i − R_{i−1}))
+// (nothing without a gain, in tile 0, or where the resolution does not change).
+template <typename T> void boundary_gain(const Params<T>& p, const Vec<T>* GT, Vec<T>* h, int64_t b, int64_t i) {
+  if (i == 0 || !p.gain) return;
+  const T dR = p.R[b * p.NT + i] - p.R[b * p.NT + i - 1];
+  if (dR != 0)
+    for (int64_t q = 0; q < p.N; ++q) h[q] *= vexp(GT[q] * dR);
+}
+
 // B̄ of every segment, shared by the channels of a group (computed once, not per block): segment
 // j of tile i (j < m_i <= n_i) is stored at position i*T + j of a (Bt, G, N, L) buffer.
 template <typename T> void segment_means(const Params<T>& p, T* out) {
@@ -230,22 +262,10 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
     Scratch<T> sc{pool.of(omp_get_thread_num())};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
-      const Blk k = make_blk(p, item);
       int64_t at = 0;
-      V* AT = sc.take(N, at);
-      V* GT = sc.take(N, at);
-      V* h = sc.take(N, at);
-      V* raw = sc.take(Tb, at);
-      V* dt = sc.take(Tb, at);
-      V* x = sc.take(Tb, at);
+      const auto [k, AT, GT, h, raw, dt, x, Dv, bias] = block_arrays(p, item, sc, Tb, at);
       V* yv = sc.take(Tb, at);
-      for (int64_t q = 0; q < N; ++q) {
-        AT[q] = gather(p.A, k, N, q);
-        GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
-        h[q] = p.init ? gather(p.init + k.b * p.Dm * N, k, N, q) : V{};
-      }
-      const V Dv = p.D ? gather(p.D, k, 1, 0) : V{};
-      const V bias = p.bias ? gather(p.bias, k, 1, 0) : V{};
+      for (int64_t q = 0; q < N; ++q) h[q] = p.init ? gather(p.init + k.b * p.Dm * N, k, N, q) : V{};
       const T* Bbg = p.Bbar + (k.b * p.G + k.g) * N * L;
       const T* Cg = p.C + (k.b * p.G + k.g) * N * L;
       for (int64_t i = 0; i < NT; ++i) {
@@ -255,11 +275,7 @@ void forward_impl(const Params<T>& p, T* y, T* last, T* ck, T* tiles, int64_t n_
         if (p.slot[bi] >= 0)
           for (int64_t q = 0; q < N; ++q)
             scatter(ck + (k.b * p.Dm * n_ckpt + p.slot[bi]) * N, k, n_ckpt * N, q, h[q]);
-        if (i > 0 && p.gain) {
-          const T dR = p.R[bi] - p.R[bi - 1];
-          if (dR != 0)
-            for (int64_t q = 0; q < N; ++q) h[q] *= vexp(GT[q] * dR);
-        }
+        boundary_gain(p, GT, h, k.b, i);
         load_delta(p, k, s0, n, bias, raw, dt);
         load_tile(p.u, p, k, s0, n, x);
         if (p.m[bi] == n && p.S[bi] == 16 && N == 16)  // Mamba's usual state size at full resolution
@@ -317,18 +333,12 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
     T* dCt = gr.dC + (int64_t)tid * p.Bt * p.G * N * L;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < items; ++item) {
-      const Blk k = make_blk(p, item);
       int64_t at = 0;
-      V* AT = sc.take(N, at);
-      V* GT = sc.take(N, at);
-      V* h = sc.take(N, at);
+      const auto [k, AT, GT, h, raw, dt, x, Dv, bias] = block_arrays(p, item, sc, Tb, at);
       V* lam = sc.take(N, at);
       V* Hn = sc.take(N, at);
       V* dAv = sc.take(N, at);
       V* dGv = sc.take(N, at);
-      V* raw = sc.take(Tb, at);
-      V* dt = sc.take(Tb, at);
-      V* x = sc.take(Tb, at);
       V* dyv = sc.take(Tb, at);
       V* zv = sc.take(Tb, at);
       V* dx = sc.take(Tb, at);
@@ -337,14 +347,10 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
       V* hs = sc.take(max_seg * N, at);
       V* es = sc.take(max_seg * N, at);
       for (int64_t q = 0; q < N; ++q) {
-        AT[q] = gather(p.A, k, N, q);
-        GT[q] = p.gain ? gather(p.gain, k, N, q) : V{};
         lam[q] = gr.dlast ? gather(gr.dlast + k.b * p.Dm * N, k, N, q) : V{};
         dAv[q] = V{};
         dGv[q] = V{};
       }
-      const V Dv = p.D ? gather(p.D, k, 1, 0) : V{};
-      const V bias = p.bias ? gather(p.bias, k, 1, 0) : V{};
       V dDv = {}, dbv = {};
       const T* Bg = p.B + (k.b * p.G + k.g) * N * L;
       const T* Bbg = p.Bbar + (k.b * p.G + k.g) * N * L;
@@ -364,11 +370,7 @@ template <typename T> void backward_impl(const Params<T>& p, const Grads<T>& gr,
         for (int64_t i = ta; i < tb; ++i) {
           const int64_t s0 = i * Tt;
           const int n = (int)std::min<int64_t>(Tt, L - s0);
-          if (i > 0 && p.gain) {
-            const T dR = p.R[k.b * NT + i] - p.R[k.b * NT + i - 1];
-            if (dR != 0)
-              for (int64_t q = 0; q < N; ++q) h[q] *= vexp(GT[q] * dR);
-          }
+          boundary_gain(p, GT, h, k.b, i);
           load_delta(p, k, s0, n, bias, raw, dt);
           load_tile(p.u, p, k, s0, n, x);
           tile_forward(p, Bbg + s0, Cg + s0, n, mm[i], SS[i], dt, x, AT, h, (V*)nullptr, hs + seg_off[i - ta] * N,
@@ -1285,8 +1287,6 @@ Tensor apply_elementwise(const Tensor& x_, F f) {
 Tensor exp_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vexp(v); }); }
 Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vsoftplus(v); }); }
 
-#include "lm_step.h"  // the whole LM's decoding step, over layer_step_rows, rms_rows and matvec_rows
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1296,7 +1296,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softplus_gap", &softplus_gap, "softplus(raw + bias) * gap, the block scope's step sizes");
   m.def("linear_signal", &linear_signal, "the block scope's linearised density from the composite map's output");
   m.def("layer_step", &layer_step, "one decoding step of the Mamba mixer, in_proj to out_proj");
-  m.def("lm_step", &lm_step, "one decoding step of the whole TiledLM (kinds decided on the host)");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");
