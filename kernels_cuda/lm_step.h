@@ -136,8 +136,8 @@ std::vector<Tensor> lm_step(const Tensor& tokens, const Tensor& emb, const std::
     for (const auto& t : norms) nw.push_back(t.data_ptr<scalar_t>());
     for (const auto& t : gates) gw.push_back(t.data_ptr<scalar_t>());
     finite = lmstep::run<scalar_t>(tokens.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), nw, eps,
-                                   head_w.data_ptr<scalar_t>(), hb.defined() ? hb.data_ptr<scalar_t>() : nullptr, ws, gw,
-                                   kinds, state, out, logits.data_ptr<scalar_t>(), position, Bt, d, V);
+                                   head_w.data_ptr<scalar_t>(), hb.defined() ? hb.data_ptr<scalar_t>() : nullptr, ws,
+                                   gw, kinds, state, out, logits.data_ptr<scalar_t>(), position, Bt, d, V);
   });
   std::vector<Tensor> result = {logits, torch::scalar_tensor(finite, at::kBool)};
   result.insert(result.end(), out.begin(), out.end());

@@ -206,7 +206,11 @@ def test_a_state_of_another_batch_or_model_is_refused():
     assert new is not state and state[0].position == 0  # the state passed in is unchanged
 
 
-def test_a_tiled_step_runs_the_mixer_only_at_segment_starts():
+def test_a_tiled_step_runs_the_mixer_only_at_segment_starts(monkeypatch):
+    import tiling.train.model as model_mod
+
+    # the layer by layer path (the whole-model kernel's starts: test_fused_step)
+    monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
     model = lm("uniform", budget=0.25)
     runs = {k: 0 for k in range(3)}
     for k, layer in enumerate(model.layers):

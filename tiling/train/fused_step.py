@@ -33,11 +33,14 @@ NONE, ALL, FULL = 0, 2, 3
 
 class _Plan(NamedTuple):
     """What a step reads of the model, gathered once per model and budgets (module attribute lookups
-    cost a microsecond each, a few dozen per step)."""
+    cost a microsecond each, a few dozen per step). ``same[k]``: layer k's policy at its budget equals
+    layer k − 1's, so where the two also hold the same router state (one object, shared after the first
+    step) layer k's starts are layer k − 1's (the uniform policy and budget 1 read nothing else)."""
 
     layers: tuple
     boundaries: tuple
     full: tuple
+    same: tuple
     params: tuple
     emb: Tensor
     norms: list
@@ -58,9 +61,11 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
     layers = tuple(model.layers)
     ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile"
              and not layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
+    configs = [layer.tile_router._config(c) if ok else None for layer, c in zip(layers, budgets)]
     plan = None if not ok else _Plan(
         layers=layers, boundaries=tuple(layer._scope.boundaries for layer in layers),
-        full=tuple(layer._full(c) for layer, c in zip(layers, budgets)), params=tuple(model.parameters()),
+        full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
+        same=(False, *(a == b for a, b in zip(configs, configs[1:]))), params=tuple(model.parameters()),
         emb=model.embedding.weight, norms=[n.weight for n in model.norms] + [model.norm_f.weight],
         eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)],
         head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers])
@@ -87,10 +92,15 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
         return None
     t, dtype = state[0].position, plan.emb.dtype
     kinds, advanced, flat_state, weights = [], [], [], []
-    for layer, bounds, full, st, c in zip(plan.layers, plan.boundaries, plan.full, state, budgets):
+    previous = None
+    for layer, bounds, full, same, st, c in zip(plan.layers, plan.boundaries, plan.full, plan.same, state, budgets):
         if st.position != t or st.ssm.dtype != dtype:
             return None
-        starts = bounds.starts(layer, None, st, c)  # reads no token (_plan)
+        if same and st.tile_router is previous.tile_router:  # the same policy on the same history: its starts
+            starts = advanced[-1]
+        else:
+            starts = bounds.starts(layer, None, st, c)  # reads no token (_plan)
+        previous = st
         if starts.kind == 1:  # some rows start a segment, others not: the reference path
             return None
         kinds.append(FULL if full else starts.kind)

@@ -1,0 +1,166 @@
+"""Issue 23, "decoding that skips work": the whole model's decoding step in one kernel call
+(``tiling/train/fused_step.py`` over ``kernels_cuda/lm_step.h``) against its reference, the step of
+:class:`~tiling.train.model.TiledLM` layer by layer (``fused_step`` patched to None).
+
+Where it applies (budget 1 and the uniform policy, block scope, no gradient) it gives the reference's
+logits and states to float rounding, the state passed in stays as it was, the mixer runs only at
+segment starts, and a non-finite value is still named; elsewhere (a policy that reads the token,
+the learned router, a gradient) the reference path runs.
+"""
+import dataclasses
+
+import pytest
+import torch
+
+import tiling.train.fused_step as fused_mod
+import tiling.train.model as model_mod
+from tiling.config import TilingConfig
+from tiling.ops.scan import cpu_kernels
+from tiling.train.model import TiledLM
+
+pytestmark = pytest.mark.skipif(cpu_kernels(torch.zeros(1)) is None, reason="no compiled CPU kernel")
+
+
+def lm(budget=0.25, policy="uniform", *, dtype=torch.float32, seed=0, **kw):
+    torch.manual_seed(seed)
+    model = TiledLM(32, 16, 3, d_state=8, tiling=TilingConfig(tile_size=8, budget=budget, policy=policy, **kw))
+    with torch.no_grad():  # trained-looking pool gates: the pooled representative matters
+        for n, p in model.named_parameters():
+            if n.endswith(("pool_gate", "q_proj.weight")):
+                p.normal_(0.0, 0.5)
+    return model.to(dtype).eval()
+
+
+class Spy:
+    """Counts the calls of the whole-model kernel and records each call's kinds."""
+
+    def __init__(self, monkeypatch):
+        self.kinds = []
+        real = fused_mod.cpu_kernels
+        spy = self
+
+        class Ext:
+            def __init__(self, ext):
+                self.ext = ext
+
+            def lm_step(self, *args):
+                spy.kinds.append(list(args[8]))
+                return self.ext.lm_step(*args)
+
+        monkeypatch.setattr(fused_mod, "cpu_kernels", lambda *t: None if real(*t) is None else Ext(real(*t)))
+
+
+def decode(model, x, *, reference=False, monkeypatch=None):
+    if reference:
+        monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
+    logits, states = [], []
+    with torch.no_grad():
+        state = model.allocate_inference_state(x.shape[0])
+        for t in range(x.shape[1]):
+            out, state = model.step(x[:, t], state)
+            logits.append(out)
+            states.append(state)
+    if reference:
+        monkeypatch.undo()
+    return torch.stack(logits, 1), states
+
+
+def state_tensors(state):
+    for st in state:
+        yield from (st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start)
+
+
+@pytest.mark.parametrize("budget", [0.25, 0.35, 0.5, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_fused_step_equals_the_layer_by_layer_step(budget, dtype, batch, monkeypatch):
+    model = lm(budget, dtype=dtype, seed=1)
+    x = torch.randint(0, 32, (batch, 29))
+    spy = Spy(monkeypatch)
+    got, got_states = decode(model, x)
+    assert len(spy.kinds) == x.shape[1]  # every step went through the kernel
+    want, want_states = decode(model, x, reference=True, monkeypatch=monkeypatch)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, want, **tol)
+    for a, b in zip(state_tensors(got_states[-1]), state_tensors(want_states[-1])):
+        torch.testing.assert_close(a, b, **tol)
+    assert [s.position for s in got_states[-1]] == [x.shape[1]] * 3
+    with torch.no_grad():  # and the forward, which the reference equals (test_model_speed)
+        torch.testing.assert_close(got, model(x), **tol)
+
+
+def test_the_mixer_runs_only_at_segment_starts_and_layers_share_the_starts(monkeypatch):
+    model = lm(0.25)
+    spy = Spy(monkeypatch)
+    decode(model, torch.randint(0, 32, (2, 32)))
+    # kind 2 (every row starts a segment) at 2 tokens in each tile of 8 (R = 0.25), else 0 (pool and hold)
+    assert [k[0] for k in spy.kinds] == [2, 0, 0, 0] * 8
+    assert all(len(set(k)) == 1 for k in spy.kinds)
+    spy.kinds.clear()
+    decode(lm(1.0), torch.randint(0, 32, (2, 5)))
+    assert spy.kinds == [[3, 3, 3]] * 5  # full resolution: the mixer at every token
+
+
+def test_the_state_passed_in_is_unchanged(monkeypatch):
+    model = lm(0.25)
+    x = torch.randint(0, 32, (2, 12))
+    _, states = decode(model, x)
+    before = [t.clone() for t in state_tensors(states[5])]
+    with torch.no_grad():
+        model.step(x[:, 6], states[5])
+        model.step(x[:, 6], states[5])
+    for a, b in zip(state_tensors(states[5]), before):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["adaptive", "router", "grad", "mixed_positions"])
+def test_the_reference_path_runs_where_the_kernel_does_not_apply(case, monkeypatch):
+    spy = Spy(monkeypatch)
+    if case == "adaptive":
+        model = lm(0.25, policy="adaptive")
+    elif case == "router":
+        model = lm(0.25, boundaries="token", router_rank=4)
+    else:
+        model = lm(0.25)
+    x = torch.randint(0, 32, (1, 9))
+    if case == "grad":  # a step under autograd keeps its graph
+        state = model.allocate_inference_state(1)
+        logits, _ = model.step(x[:, 0], state)
+        assert logits.requires_grad and not spy.kinds
+        return
+    if case == "mixed_positions":
+        state = model.allocate_inference_state(1)
+        with torch.no_grad():
+            state[1] = dataclasses.replace(state[1], position=1)
+            assert fused_mod.fused_step(model, x[:, 0], state, [0.25] * 3) is None
+        return
+    decode(model, x)
+    assert not spy.kinds
+
+
+def test_a_non_finite_weight_is_named_through_the_reference_path():
+    model = lm(0.25)
+    with torch.no_grad():
+        model.layers[2].out_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"layer 2: \['out_proj.weight'\]"):
+        decode(model, torch.randint(0, 32, (1, 3)))
+    model = lm(1.0)
+    with torch.no_grad():
+        model.head.weight[3, 0] = float("inf")  # the tied embedding: named as such
+    with pytest.raises(ValueError, match="not finite|NaN/Inf"):
+        decode(model, torch.tensor([[3, 4]]))
+
+
+def test_the_kernel_refuses_a_token_outside_the_vocabulary():
+    model = lm(1.0)
+    state = model.allocate_inference_state(1)
+    ext = cpu_kernels(model.embedding.weight)
+    flat = [t for st in state for t in (st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count,
+                                        st.last_start)]
+    weights = [w for layer in model.layers for w in layer._step_weights(torch.float32)]
+    args = ([n.weight for n in model.norms] + [model.norm_f.weight], [1e-5] * 4, model.head.weight, None, weights,
+            [layer.chunk.pool_gate for layer in model.layers], [3, 3, 3], flat, 0)
+    with pytest.raises(RuntimeError, match=r"token 32 is outside \[0, 32\)"):
+        ext.lm_step(torch.tensor([32]), model.embedding.weight, *args)
+    with pytest.raises(RuntimeError, match="kind is 0"):
+        ext.lm_step(torch.tensor([1]), model.embedding.weight, *args[:6], [1, 3, 3], *args[7:])
