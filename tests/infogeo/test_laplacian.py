@@ -113,22 +113,22 @@ def test_sphere_spectrum_8000():
     assert _maxrel(vals) < 0.05
 
 
+def _tilted_spectra(n: int, k: int):
+    """The diffusion spectra (alpha = 1, alpha = 0) of n points on the sphere with density 1 + 0.8 z."""
+    graph = TokenGraph.from_points(_sphere(n, tilt=0.8), k=k, sequence_edges=False)
+    return tuple(laplacian_spectrum(graph, 9, kind="diffusion", alpha=a, method="lobpcg")[0] for a in (1.0, 0.0))
+
+
 def test_nonuniform_density_fast():
     """Density 1 + 0.8 z: alpha = 1 keeps the l = 1 triplet together, alpha = 0 splits it."""
-    x = _sphere(3000, tilt=0.8)
-    graph = TokenGraph.from_points(x, k=100, sequence_edges=False)
-    v1, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0, method="lobpcg")
-    v0, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=0.0, method="lobpcg")
+    v1, v0 = _tilted_spectra(3000, 100)
     assert _maxrel(v1) < 0.12 and _split(v1) < 0.1
     assert _split(v0) > 0.3 and _maxrel(v0) > 0.25
 
 
 @pytest.mark.slow
 def test_nonuniform_density_8000():
-    x = _sphere(8000, tilt=0.8)
-    graph = TokenGraph.from_points(x, k=200, sequence_edges=False)
-    v1, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=1.0, method="lobpcg")
-    v0, _ = laplacian_spectrum(graph, 9, kind="diffusion", alpha=0.0, method="lobpcg")
+    v1, v0 = _tilted_spectra(8000, 200)
     assert _maxrel(v1) < 0.05 and _split(v1) < 0.05
     assert _split(v0) > 0.3
 
