@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from tiling.workflows.analysis import SCHEMA_VERSION
 from tiling.workflows.cli import main
 
 SHORT = "Geodesics bend. Filler filler filler filler."
@@ -135,7 +136,8 @@ def test_batch_streams_and_resumes(capsys, tmp_path):
     lines = (out / "results.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
     assert [r["index"] for r in recs] == [0, 2, 3]  # line numbers of the non-empty lines
-    assert all(r["report"]["schema_version"] == 1 and len(r["summary"]) == 1 for r in recs)
+    assert all(r["report"]["schema_version"] == SCHEMA_VERSION and len(r["summary"]) == 1 for r in recs)
+    assert all(r["report"]["params"] == {k: v for k, v in r["settings"].items() if k != "model"} for r in recs)
     assert "3 new, 0 skipped" in capsys.readouterr().out
     # simulate an interrupted run: the last text lost, a torn half line left behind
     (out / "results.jsonl").write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])
