@@ -150,7 +150,8 @@ def _recomputed_losses(steps: int) -> list[float]:
 def test_a_tiny_run_trains_as_before_the_move(capsys, tmp_path):
     threads = torch.get_num_threads()
     try:
-        assert main(TINY + ["--steps", "4", "--budget", "0.5", "--out", str(tmp_path / "run")]) == 0
+        argv = ["train-synthetic", *TINY, "--steps", "4", "--budget", "0.5", "--out", str(tmp_path / "run")]
+        assert cli.main(argv) == 0
         reference = _recomputed_losses(4)  # under the run's --threads 1
     finally:
         torch.set_num_threads(threads)
@@ -160,5 +161,6 @@ def test_a_tiny_run_trains_as_before_the_move(capsys, tmp_path):
     # the old script's numbers: equal on the machine that recorded them; another CPU may round float32 sums
     # differently, hence the tolerance (far below the 1e-2 a changed step, seed or schedule moves them)
     assert losses == pytest.approx(OLD_LOSSES, rel=1e-5, abs=0)
+    assert json.loads(capsys.readouterr().out)["loss"] == log[-1]["loss"]  # the summary printed as JSON
     final = next(r for r in log if r["kind"] == "eval" and r["step"] == 4)
     assert {k: final[k] for k in OLD_EVAL} == pytest.approx(OLD_EVAL, rel=1e-5, abs=1e-7)

@@ -50,7 +50,8 @@ def evaluate(model: TiledLM, eval_ds, opts: SyntheticOptions, device: torch.devi
     full_block = model.layers[0].cost(L, signal=False)  # the whole block at budget 1, one row
     blk = []
     for s in range(0, len(eval_ds), opts.batch_size):
-        x, y, m = (t.to(device) for t in collate([eval_ds[i] for i in range(s, min(s + opts.batch_size, len(eval_ds)))]))
+        rows = range(s, min(s + opts.batch_size, len(eval_ds)))
+        x, y, m = (t.to(device) for t in collate([eval_ds[i] for i in rows]))
         logits, plans = model(x, return_plans=True)
         full_logits = model(x, budget=1.0)  # the same weights at full resolution (seed 000 Thm 3.5)
         dev_num += float((logits - full_logits)[m].pow(2).sum())

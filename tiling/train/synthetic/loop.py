@@ -214,7 +214,8 @@ def _train(opts: SyntheticOptions, run: RunDirectory, tiling: TilingConfig, dist
 
 def _summary(opts: SyntheticOptions, history: list[dict], stop: int, seconds: float) -> dict:
     """The run's summary: the last evaluation, and the adaptation efficiency over the evaluations (seed 000
-    §3.4.2; ``ae_literal`` as written there, ``ae`` normalised by ``r_min``: :func:`tiling.metrics.adaptation_efficiency`)."""
+    §3.4.2; ``ae_literal`` as written there, ``ae`` normalised by ``r_min``:
+    :func:`tiling.metrics.adaptation_efficiency`)."""
     summary = {"policy": opts.policy, "budget": opts.budget, "steps": stop, "train_seconds": seconds}
     if history:
         summary.update({k: v for k, v in history[-1].items() if k not in ("kind",)})
