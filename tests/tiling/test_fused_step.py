@@ -164,3 +164,15 @@ def test_the_kernel_refuses_a_token_outside_the_vocabulary():
         ext.lm_step(torch.tensor([32]), model.embedding.weight, *args)
     with pytest.raises(RuntimeError, match="kind is 0"):
         ext.lm_step(torch.tensor([1]), model.embedding.weight, *args[:6], [1, 3, 3], *args[7:])
+
+
+@pytest.mark.parametrize("bad, error", [(1.5, ValueError), (float("nan"), ValueError), (True, TypeError),
+                                        ([0.5], TypeError), (0.0, ValueError)])
+def test_a_bad_budget_is_refused_at_every_step(bad, error):
+    model = lm(0.25)
+    state = model.allocate_inference_state(1)
+    with torch.no_grad():
+        _, state = model.step(torch.tensor([1]), state, budget=0.5)  # a good budget, now kept
+        for _ in range(2):  # refused again: a refusal is never kept
+            with pytest.raises(error, match="budget"):
+                model.step(torch.tensor([1]), state, budget=bad)

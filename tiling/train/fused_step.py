@@ -17,6 +17,7 @@ errors (a non-finite logit is found here and named there).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
@@ -38,7 +39,8 @@ class _Plan(NamedTuple):
     step) layer k's starts are layer k − 1's (the uniform policy and budget 1 read nothing else)."""
 
     layers: tuple
-    boundaries: tuple
+    routers: tuple
+    configs: tuple
     full: tuple
     same: tuple
     params: tuple
@@ -63,7 +65,7 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
              and not layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
     configs = [layer.tile_router._config(c) if ok else None for layer, c in zip(layers, budgets)]
     plan = None if not ok else _Plan(
-        layers=layers, boundaries=tuple(layer._scope.boundaries for layer in layers),
+        layers=layers, routers=tuple(layer.tile_router for layer in layers), configs=tuple(configs),
         full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
         same=(False, *(a == b for a, b in zip(configs, configs[1:]))), params=tuple(model.parameters()),
         emb=model.embedding.weight, norms=[n.weight for n in model.norms] + [model.norm_f.weight],
@@ -73,6 +75,19 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
         cache.pop(next(iter(cache)))
     cache[key] = plan
     return plan
+
+
+def share_router_states(model, states: list) -> list:
+    """``states`` (fresh, one per layer) where each layer whose tile router has the configuration of the
+    layer before it holds that layer's router state object (equal in value, and states are immutable),
+    so that :func:`fused_step` runs one policy step for both (``_Plan.same``)."""
+    out = list(states)
+    layers = list(model.layers)
+    for k in range(1, len(out)):
+        a, b = getattr(layers[k - 1], "tile_router", None), getattr(layers[k], "tile_router", None)
+        if a is not None and b is not None and out[k].tile_router is not None and a.tiling == b.tiling:
+            out[k] = dataclasses.replace(out[k], tile_router=out[k - 1].tile_router)
+    return out
 
 
 def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tuple[Tensor, list] | None:
@@ -93,18 +108,19 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
     t, dtype = state[0].position, plan.emb.dtype
     kinds, advanced, flat_state, weights = [], [], [], []
     previous = None
-    for layer, bounds, full, same, st, c in zip(plan.layers, plan.boundaries, plan.full, plan.same, state, budgets):
+    for layer, router, config, full, same, st in zip(plan.layers, plan.routers, plan.configs, plan.full, plan.same,
+                                                     state):
         if st.position != t or st.ssm.dtype != dtype:
             return None
         if same and st.tile_router is previous.tile_router:  # the same policy on the same history: its starts
-            starts = advanced[-1]
-        else:
-            starts = bounds.starts(layer, None, st, c)  # reads no token (_plan)
+            tile_router, kind = advanced[-1], kinds[-1]
+        else:  # TileBoundaries.starts without the token (_plan: the policy reads none)
+            _, tile_router, kind = router.advance(None, st.tile_router, config)
         previous = st
-        if starts.kind == 1:  # some rows start a segment, others not: the reference path
+        if kind == 1:  # some rows start a segment, others not: the reference path
             return None
-        kinds.append(FULL if full else starts.kind)
-        advanced.append(starts)
+        kinds.append(FULL if full else kind)
+        advanced.append(tile_router)
         flat_state += [st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start]
         weights += layer._step_weights(dtype)
     out = ext.lm_step(tokens.contiguous(), plan.emb, plan.norms, plan.eps, *plan.head, weights, plan.gates, kinds,
@@ -112,11 +128,11 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
     if not bool(out[1]):
         return None
     new = []
-    for k, (st, starts) in enumerate(zip(state, advanced)):
+    for k, (st, tile_router) in enumerate(zip(state, advanced)):
         conv, ssm, held, pool_sum, pool_count, last_start = out[2 + 6 * k: 8 + 6 * k]
         new.append(TiledMambaState(conv=conv, ssm=ssm, route=st.route, position=t + 1, held=held,
-                                   chunk=ChunkState(pool_sum=pool_sum, pool_count=pool_count), router=starts.router,
-                                   tile_router=starts.tile_router, last_start=last_start, proj=st.proj))
+                                   chunk=ChunkState(pool_sum=pool_sum, pool_count=pool_count), router=st.router,
+                                   tile_router=tile_router, last_start=last_start, proj=st.proj))
     return out[0], new
 
 

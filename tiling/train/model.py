@@ -14,7 +14,7 @@ from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules import TiledMamba
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
-from tiling.train.fused_step import fused_step
+from tiling.train.fused_step import fused_step, share_router_states
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -291,7 +291,8 @@ class TiledLM(nn.Module):
         if self.shared_density:
             raise ValueError("step() does not support shared_density=True (the shared density is a whole-sequence "
                              "signal of the first layer); use forward()")
-        return TiledLMState([layer.allocate_inference_state(batch) for layer in self.layers], owner=id(self))
+        return TiledLMState(share_router_states(self, [layer.allocate_inference_state(batch) for layer in self.layers]),
+                            owner=id(self))
 
     def step(self, tokens: Tensor, state: list, *, budget: float | None = None) -> tuple[Tensor, list]:
         """One token per row: ``batch`` prompts decoded together.
@@ -323,14 +324,7 @@ class TiledLM(nn.Module):
         """
         self._check_tokens(tokens, "(batch,)", 1)
         self.check_state(state, tokens.shape[0])
-        budgets = []
-        for k, layer in enumerate(self.layers):
-            b = self.layer_budget(k, budget)
-            c = layer._budget(b)
-            if layer.scope == "scan" and c < 1.0:
-                raise ValueError(f"layer {k} is a scan-scope layer: its step() runs at full resolution only, so it "
-                                 f"cannot decode at budget {c:g} (use forward(), or budget=1)")
-            budgets.append(c)
+        budgets = self._step_budgets(budget)
         fused = fused_step(self, tokens, state, budgets)  # one kernel call where it applies (CPU, no grad)
         if fused is not None:
             return fused[0], TiledLMState(fused[1], owner=id(self))
@@ -354,6 +348,26 @@ class TiledLM(nn.Module):
             why = ", ".join(bad) or "a weight or the state overflowed"
             raise ValueError(f"the step's logits contain NaN/Inf ({why}); the state is unchanged")
         return logits, TiledLMState(new, owner=id(self))
+
+    def _step_budgets(self, budget: float | None) -> list[float]:
+        """Each layer's checked decoding budget for a call with ``budget``, kept per value (the layers'
+        configurations are frozen): one dictionary lookup per step."""
+        cache = self.__dict__.setdefault("_budgets_cache", {})
+        cacheable = budget is None or type(budget) in (int, float)  # not a bool, a tensor or a list: checked
+        if cacheable and budget in cache:
+            return cache[budget]
+        budgets = []
+        for k, layer in enumerate(self.layers):
+            c = layer._budget(self.layer_budget(k, budget))
+            if layer.scope == "scan" and c < 1.0:
+                raise ValueError(f"layer {k} is a scan-scope layer: its step() runs at full resolution only, so "
+                                 f"it cannot decode at budget {c:g} (use forward(), or budget=1)")
+            budgets.append(c)
+        if cacheable:
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[budget] = budgets
+        return budgets
 
     def check_state(self, state: list, batch: int) -> None:
         """Refuse a decoding state that is not this model's or not of ``batch`` rows (naming which)."""
