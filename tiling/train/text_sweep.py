@@ -211,9 +211,9 @@ def write_results(done: dict, args) -> dict:
     best = best_adaptive(done, args)
     table = {
         "description": "Byte-level TiledLM on the Python 3.11 documentation (python3.11-doc, split by document); "
-                       "infogeo train --sweep --table tiled. test_bpb on the test split; flops_per_byte = 2 x multiply-adds "
-                       "of the layers as run (tiling.ops.layer_cost, per row) plus the tied head; speeds on one "
-                       "thread, one row.",
+                       "infogeo train --sweep --table tiled. test_bpb on the test split; flops_per_byte = 2 x "
+                       "multiply-adds of the layers as run (tiling.ops.layer_cost, per row) plus the tied head; speeds "
+                       "on one thread, one row.",
         "command": "infogeo train --sweep --table tiled --resume " + " ".join(_cmd_args(args)),
         "goals": goals(rows, best, args.full_layers),
         "rows": rows,
