@@ -1287,6 +1287,8 @@ Tensor apply_elementwise(const Tensor& x_, F f) {
 Tensor exp_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vexp(v); }); }
 Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vsoftplus(v); }); }
 
+#include "lm_step.h"  // the whole LM's decoding step, over layer_step_rows, rms_rows and matvec_rows
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -1296,6 +1298,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("softplus_gap", &softplus_gap, "softplus(raw + bias) * gap, the block scope's step sizes");
   m.def("linear_signal", &linear_signal, "the block scope's linearised density from the composite map's output");
   m.def("layer_step", &layer_step, "one decoding step of the Mamba mixer, in_proj to out_proj");
+  m.def("lm_step", &lm_step, "one decoding step of the whole TiledLM (kinds decided on the host)");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");
