@@ -121,6 +121,16 @@ def figures(out_dir: str) -> None:
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
+
+    def finish(fig, ax, xlabel: str, ylabel: str, name: str) -> None:
+        """Label the axes, add the legend and write the figure to ``out_dir/name``."""
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, name), dpi=130)
+        plt.close(fig)
+
     # Sphere spectrum: 8,000 points, k = 200, first 25 eigenvalues against l(l+1).
     ref = np.concatenate([[l * (l + 1)] * (2 * l + 1) for l in range(5)])
     g = torch.Generator().manual_seed(0)
@@ -139,13 +149,8 @@ def figures(out_dir: str) -> None:
     ):
         vals, _ = laplacian_spectrum(pts, 25, kind=kind, alpha=alpha, k=200)
         ax.plot(np.arange(25), vals, mk, ms=4, mfc="none", label=lab)
-    ax.set_xlabel("eigenvalue index")
-    ax.set_ylabel("eigenvalue of −Δ")
     ax.set_title("Unit sphere, 8,000 points, k = 200")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "sphere_spectrum.png"), dpi=130)
-    plt.close(fig)
+    finish(fig, ax, "eigenvalue index", "eigenvalue of −Δ", "sphere_spectrum.png")
     # Geodesic error against n: k growing as 0.5 sqrt(n) (consistent) and fixed k = 10.
     ns = [500, 1000, 2000, 4000, 8000]
     grow = [_geodesic_errors(n, int(np.ceil(0.5 * np.sqrt(n)))) for n in ns]
@@ -157,12 +162,7 @@ def figures(out_dir: str) -> None:
     ax.loglog(ns, [e[1] for e in fixed], "s--", label="normal manifold, k = 10")
     ax.set_xticks(ns, [f"{n:,}" for n in ns])
     ax.xaxis.set_minor_locator(plt.NullLocator())  # the log axis' minor labels collide with the n ticks
-    ax.set_xlabel("number of points n")
-    ax.set_ylabel("mean relative geodesic error")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "geodesic_error.png"), dpi=130)
-    plt.close(fig)
+    finish(fig, ax, "number of points n", "mean relative geodesic error", "geodesic_error.png")
     for n, e1, e2 in zip(ns, grow, fixed):
         print(f"geodesic error n={n}: k=0.5sqrt(n): sphere {e1[0]:.4f} normal {e1[1]:.4f}; k=10: sphere {e2[0]:.4f} normal {e2[1]:.4f}")
 
