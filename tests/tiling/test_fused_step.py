@@ -176,3 +176,24 @@ def test_a_bad_budget_is_refused_at_every_step(bad, error):
         for _ in range(2):  # refused again: a refusal is never kept
             with pytest.raises(error, match="budget"):
                 model.step(torch.tensor([1]), state, budget=bad)
+
+
+@pytest.mark.parametrize("where", ["mixer", "norm", "head_and_embedding", "gate"])
+def test_a_parameter_assigned_anew_is_read_by_the_next_step(where, monkeypatch):
+    model = lm(0.25)
+    x = torch.randint(0, 32, (1, 12))
+    decode(model, x)  # the step's caches are made
+    with torch.no_grad():
+        if where == "mixer":
+            model.layers[1].out_proj.weight = torch.nn.Parameter(torch.randn_like(model.layers[1].out_proj.weight))
+        elif where == "norm":
+            model.norm_f.weight = torch.nn.Parameter(torch.rand_like(model.norm_f.weight) + 0.5)
+        elif where == "head_and_embedding":
+            w = torch.nn.Parameter(torch.randn_like(model.embedding.weight))
+            model.embedding.weight = w
+            model.head.weight = w
+        else:
+            model.layers[0].chunk.pool_gate = torch.nn.Parameter(torch.randn_like(model.layers[0].chunk.pool_gate))
+    got, _ = decode(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)

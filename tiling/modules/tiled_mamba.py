@@ -641,17 +641,20 @@ class TiledMamba(nn.Module):
             y = y + route.to(acc)
         return self.out_proj(y.to(x.dtype)), conv, h, read
 
+    def _step_params(self) -> tuple:
+        """The mixer's parameters the step reads, in the order of :meth:`_step_weights` (biases may be None)."""
+        return (self.in_proj.weight, self.in_proj.bias, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
+
     def _step_weights(self, dtype: torch.dtype) -> tuple:
         """The mixer's weights as the step kernel reads them (contiguous; ``A = −exp(A_log)`` and ``D``
-        in the state's dtype), made again only when a parameter changes (its version or storage)."""
-        cached = self.__dict__.get("_step_cache")
-        if cached is not None:  # the parameters' versions (an in-place update) and storage (a .to())
-            params, key = cached[0], cached[1]
-            if key == (dtype, params[0].data_ptr(), [p._version for p in params if p is not None]):
-                return cached[2]
-        params = (self.in_proj.weight, self.in_proj.bias, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                  self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
+        in the state's dtype), made again only when a parameter changes: another object (a parameter
+        assigned anew), another version (an in-place update) or another storage (a ``.to()``)."""
+        params = self._step_params()
         key = (dtype, params[0].data_ptr(), [p._version for p in params if p is not None])
+        cached = self.__dict__.get("_step_cache")
+        if cached is not None and cached[1] == key and all(a is b for a, b in zip(cached[0], params)):
+            return cached[2]
         with torch.no_grad():
             w_in, b_in, cw, cb, wx, wdt, bdt, a_log, D, w_out, b_out = params
             weights = [w_in, b_in, cw.reshape(self.d_inner, self.d_conv), cb, wx, wdt, bdt, -torch.exp(a_log.to(dtype)),

@@ -33,8 +33,9 @@ NONE, ALL, FULL = 0, 2, 3
 
 
 class _Plan(NamedTuple):
-    """What a step reads of the model, gathered once per model and budgets (module attribute lookups
-    cost a microsecond each, a few dozen per step). ``same[k]``: layer k's policy at its budget equals
+    """The structure a step reads of the model, gathered once per model and budgets and checked by
+    identity at each step (the layers and their routers); the parameters are read afresh at each step
+    (one may be assigned anew). ``same[k]``: layer k's policy at its budget equals
     layer k − 1's, so where the two also hold the same router state (one object, shared after the first
     step) layer k's starts are layer k − 1's (the uniform policy and budget 1 read nothing else)."""
 
@@ -43,12 +44,7 @@ class _Plan(NamedTuple):
     configs: tuple
     full: tuple
     same: tuple
-    params: tuple
-    emb: Tensor
-    norms: list
     eps: list
-    head: tuple
-    gates: list
 
 
 def _plan(model, budgets: list[float]) -> _Plan | None:
@@ -57,20 +53,18 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
     cache = model.__dict__.setdefault("_fused_plans", {})
     key = tuple(budgets)
     plan = cache.get(key, False)
-    if plan is not False and (plan is None or (plan.emb is model.embedding.weight
-                                               and all(a is b for a, b in zip(plan.layers, model.layers)))):
-        return plan
     layers = tuple(model.layers)
+    if plan is not False and (plan is None or (len(plan.layers) == len(layers) and all(
+            a is b and a.tile_router is r for a, b, r in zip(plan.layers, layers, plan.routers)))):
+        return plan
     ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile"
              and not layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
     configs = [layer.tile_router._config(c) if ok else None for layer, c in zip(layers, budgets)]
     plan = None if not ok else _Plan(
         layers=layers, routers=tuple(layer.tile_router for layer in layers), configs=tuple(configs),
         full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
-        same=(False, *(a == b for a, b in zip(configs, configs[1:]))), params=tuple(model.parameters()),
-        emb=model.embedding.weight, norms=[n.weight for n in model.norms] + [model.norm_f.weight],
-        eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)],
-        head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers])
+        same=(False, *(a == b for a, b in zip(configs, configs[1:]))),
+        eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)])
     if len(cache) >= 8:
         cache.pop(next(iter(cache)))
     cache[key] = plan
@@ -100,12 +94,13 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
     float rounding (the tests compare them to 1e-6), or None.
     """
     plan = _plan(model, budgets)
-    if plan is None or (torch.is_grad_enabled() and any(p.requires_grad for p in plan.params)):
+    if plan is None or (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())):
         return None
-    ext = cpu_kernels(plan.emb)
+    emb = model.embedding.weight
+    ext = cpu_kernels(emb)
     if ext is None:
         return None
-    t, dtype = state[0].position, plan.emb.dtype
+    t, dtype = state[0].position, emb.dtype
     kinds, advanced, flat_state, weights = [], [], [], []
     previous = None
     for layer, router, config, full, same, st in zip(plan.layers, plan.routers, plan.configs, plan.full, plan.same,
@@ -123,8 +118,10 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
         advanced.append(tile_router)
         flat_state += [st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start]
         weights += layer._step_weights(dtype)
-    out = ext.lm_step(tokens.contiguous(), plan.emb, plan.norms, plan.eps, *plan.head, weights, plan.gates, kinds,
-                      flat_state, t)
+    norms = [n.weight for n in model.norms] + [model.norm_f.weight]
+    gates = [layer.chunk.pool_gate for layer in plan.layers]
+    out = ext.lm_step(tokens.contiguous(), emb, norms, plan.eps, model.head.weight, model.head.bias, weights, gates,
+                      kinds, flat_state, t)
     if not bool(out[1]):
         return None
     new = []
