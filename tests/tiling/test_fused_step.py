@@ -15,6 +15,7 @@ import torch
 import tiling.train.fused_step as fused_mod
 import tiling.train.model as model_mod
 from tiling.config import TilingConfig
+from tiling.modules.step_weights import step_weights
 from tiling.ops.scan import cpu_kernels
 from tiling.train.model import TiledLM
 
@@ -157,7 +158,7 @@ def test_the_kernel_refuses_a_token_outside_the_vocabulary():
     ext = cpu_kernels(model.embedding.weight)
     flat = [t for st in state for t in (st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count,
                                         st.last_start)]
-    weights = [w for layer in model.layers for w in layer._step_weights(torch.float32)]
+    weights = [w for layer in model.layers for w in step_weights(layer, torch.float32)]
     args = ([n.weight for n in model.norms] + [model.norm_f.weight], [1e-5] * 4, model.head.weight, None, weights,
             [layer.chunk.pool_gate for layer in model.layers], [3, 3, 3], flat, 0)
     with pytest.raises(RuntimeError, match=r"token 32 is outside \[0, 32\)"):
@@ -197,3 +198,20 @@ def test_a_parameter_assigned_anew_is_read_by_the_next_step(where, monkeypatch):
     got, _ = decode(model, x)
     with torch.no_grad():
         torch.testing.assert_close(got, model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_moved_to_float64_or_updated_in_place_decodes_with_its_new_weights(monkeypatch):
+    model = lm(0.25)
+    x = torch.randint(0, 32, (2, 12))
+    decode(model, x)  # the caches are made in float32
+    model.to(torch.float64)
+    spy = Spy(monkeypatch)
+    got, _ = decode(model, x)
+    assert got.dtype == torch.float64 and len(spy.kinds) == x.shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), rtol=1e-12, atol=1e-12)
+        for p in model.parameters():  # an optimiser-like in-place update: versions change
+            p.mul_(1.01)
+    got, _ = decode(model, x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), rtol=1e-12, atol=1e-12)

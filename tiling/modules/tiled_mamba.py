@@ -58,6 +58,7 @@ from tiling.modules.router import RunningCalibration, _linear_density
 from tiling.modules.scope import Scope, TiledMambaState, all_finite
 from tiling.modules.scope_block import BlockScope
 from tiling.modules.scope_scan import ScanScope
+from tiling.modules.step_weights import step_weights
 from tiling.ops import adaptive_selective_scan, tile_lengths
 from tiling.ops.scan import causal_conv1d_silu, cpu_kernels, selective_scan, softplus_gap
 from tiling.tile import TilePlan
@@ -614,11 +615,12 @@ class TiledMamba(nn.Module):
         (block scope: tokens since the previous segment start); ``route`` (batch, d_inner) is added
         before out_proj (scan scope's routed vector, which needs ``read``; else ``read`` is None). On
         the CPU the whole step is one call of the kernel (``layer_step``: the forward kernels' exp,
-        softplus and conv arithmetic; its weights are :meth:`_step_weights`)."""
+        softplus and conv arithmetic; its weights are
+        :func:`~tiling.modules.step_weights.step_weights`)."""
         ext = cpu_kernels(x, ssm) if route is None and x.dtype == ssm.dtype else None
         if ext is not None:
             out, conv, h = ext.layer_step(x.contiguous(), conv.contiguous(), ssm.contiguous(),
-                                          self._step_weights(ssm.dtype), last_start, position)
+                                          step_weights(self, ssm.dtype), last_start, position)
             return out, conv, h, None
         gap = None if last_start is None else (position - last_start).clamp_min(1)
         xz = self.in_proj(x)
@@ -641,27 +643,6 @@ class TiledMamba(nn.Module):
             y = y + route.to(acc)
         return self.out_proj(y.to(x.dtype)), conv, h, read
 
-    def _step_params(self) -> tuple:
-        """The mixer's parameters the step reads, in the order of :meth:`_step_weights` (biases may be None)."""
-        return (self.in_proj.weight, self.in_proj.bias, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
-                self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D, self.out_proj.weight, self.out_proj.bias)
-
-    def _step_weights(self, dtype: torch.dtype) -> tuple:
-        """The mixer's weights as the step kernel reads them (contiguous; ``A = −exp(A_log)`` and ``D``
-        in the state's dtype), made again only when a parameter changes: another object (a parameter
-        assigned anew), another version (an in-place update) or another storage (a ``.to()``)."""
-        params = self._step_params()
-        key = (dtype, params[0].data_ptr(), [p._version for p in params if p is not None])
-        cached = self.__dict__.get("_step_cache")
-        if cached is not None and cached[1] == key and all(a is b for a, b in zip(cached[0], params)):
-            return cached[2]
-        with torch.no_grad():
-            w_in, b_in, cw, cb, wx, wdt, bdt, a_log, D, w_out, b_out = params
-            weights = [w_in, b_in, cw.reshape(self.d_inner, self.d_conv), cb, wx, wdt, bdt, -torch.exp(a_log.to(dtype)),
-                       D.to(dtype), w_out, b_out]
-            weights = [None if t is None else t.detach().contiguous() for t in weights]
-        self.__dict__["_step_cache"] = (params, key, weights)
-        return weights
 
 def _bmm(w: Tensor, x: Tensor) -> Tensor:
     """``w @ x[b]`` for every batch row: (m, k) × (batch, k, n) → contiguous (batch, m, n)."""

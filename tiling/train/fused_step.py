@@ -22,8 +22,10 @@ from typing import NamedTuple
 
 import torch
 
+from tiling.modules.assignments import assignments
 from tiling.modules.chunk import ChunkState
 from tiling.modules.scope import TiledMambaState
+from tiling.modules.step_weights import step_params, step_weights
 from tiling.ops.scan import cpu_kernels
 
 Tensor = torch.Tensor
@@ -33,30 +35,38 @@ NONE, ALL, FULL = 0, 2, 3
 
 
 class _Plan(NamedTuple):
-    """The structure a step reads of the model, gathered once per model and budgets and checked by
-    identity at each step (the layers and their routers); the parameters are read afresh at each step
-    (one may be assigned anew). ``same[k]``: layer k's policy at its budget equals
-    layer k − 1's, so where the two also hold the same router state (one object, shared after the first
-    step) layer k's starts are layer k − 1's (the uniform policy and budget 1 read nothing else)."""
+    """What a step reads of the model, gathered once per model, budgets and count of assignments
+    (:func:`~tiling.modules.assignments.assignments`: a parameter or module assigned anew anywhere
+    makes a new plan), so a step makes no module attribute lookups (a microsecond each, dozens per
+    step). ``same[k]``: layer k's policy at its budget equals layer k − 1's, so where the two also hold
+    the same router state (one object, shared after the first step) layer k's starts are layer k − 1's
+    (the uniform policy and budget 1 read nothing else). ``weights``: the layers' step weights and
+    the key they were made under (the mixer parameters' versions and storage)."""
 
     layers: tuple
     routers: tuple
     configs: tuple
     full: tuple
     same: tuple
+    emb: Tensor
+    norms: list
     eps: list
+    head: tuple
+    gates: list
+    mixer: tuple
+    firsts: tuple
+    weights: list
 
 
 def _plan(model, budgets: list[float]) -> _Plan | None:
     """The model's :class:`_Plan` at ``budgets``, or None where a layer's step needs more than the kernel
     holds: a scope other than block, token boundaries, or starts that read the token at its budget."""
     cache = model.__dict__.setdefault("_fused_plans", {})
-    key = tuple(budgets)
+    key = (assignments(), *budgets)
     plan = cache.get(key, False)
-    layers = tuple(model.layers)
-    if plan is not False and (plan is None or (len(plan.layers) == len(layers) and all(
-            a is b and a.tile_router is r for a, b, r in zip(plan.layers, layers, plan.routers)))):
+    if plan is not False:
         return plan
+    layers = tuple(model.layers)
     ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile"
              and not layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
     configs = [layer.tile_router._config(c) if ok else None for layer, c in zip(layers, budgets)]
@@ -64,11 +74,23 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
         layers=layers, routers=tuple(layer.tile_router for layer in layers), configs=tuple(configs),
         full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
         same=(False, *(a == b for a, b in zip(configs, configs[1:]))),
-        eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)])
-    if len(cache) >= 8:
-        cache.pop(next(iter(cache)))
+        emb=model.embedding.weight, norms=[n.weight for n in model.norms] + [model.norm_f.weight],
+        eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)],
+        head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers],
+        mixer=tuple(p for layer in layers for p in step_params(layer) if p is not None),
+        firsts=tuple(step_params(layer)[0] for layer in layers), weights=[None, None])
+    cache.clear()  # plans of earlier assignments are stale
     cache[key] = plan
     return plan
+
+
+def _weights(plan: _Plan, dtype: torch.dtype) -> list:
+    """Every layer's :func:`~tiling.modules.step_weights.step_weights` in one list, kept while no mixer
+    parameter changes in place (its version) or moves (its storage): one pass over the versions."""
+    key = (dtype, tuple(p.data_ptr() for p in plan.firsts), tuple(p._version for p in plan.mixer))
+    if plan.weights[0] != key:
+        plan.weights[:] = [key, [w for layer in plan.layers for w in step_weights(layer, dtype)]]
+    return plan.weights[1]
 
 
 def share_router_states(model, states: list) -> list:
@@ -96,15 +118,13 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
     plan = _plan(model, budgets)
     if plan is None or (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())):
         return None
-    emb = model.embedding.weight
-    ext = cpu_kernels(emb)
+    ext = cpu_kernels(plan.emb)
     if ext is None:
         return None
-    t, dtype = state[0].position, emb.dtype
-    kinds, advanced, flat_state, weights = [], [], [], []
+    t, dtype = state[0].position, plan.emb.dtype
+    kinds, advanced, flat_state = [], [], []
     previous = None
-    for layer, router, config, full, same, st in zip(plan.layers, plan.routers, plan.configs, plan.full, plan.same,
-                                                     state):
+    for router, config, full, same, st in zip(plan.routers, plan.configs, plan.full, plan.same, state):
         if st.position != t or st.ssm.dtype != dtype:
             return None
         if same and st.tile_router is previous.tile_router:  # the same policy on the same history: its starts
@@ -117,11 +137,8 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
         kinds.append(FULL if full else kind)
         advanced.append(tile_router)
         flat_state += [st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start]
-        weights += layer._step_weights(dtype)
-    norms = [n.weight for n in model.norms] + [model.norm_f.weight]
-    gates = [layer.chunk.pool_gate for layer in plan.layers]
-    out = ext.lm_step(tokens.contiguous(), emb, norms, plan.eps, model.head.weight, model.head.bias, weights, gates,
-                      kinds, flat_state, t)
+    out = ext.lm_step(tokens.contiguous(), plan.emb, plan.norms, plan.eps, *plan.head, _weights(plan, dtype),
+                      plan.gates, kinds, flat_state, t)
     if not bool(out[1]):
         return None
     new = []

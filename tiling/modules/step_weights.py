@@ -1,0 +1,42 @@
+"""The Mamba mixer's weights as the decoding kernels read them (``layer_step`` and the whole model's
+``lm_step``, ``kernels_cuda/scan_cpu.cpp`` and ``lm_step.h``): contiguous, ``A = −exp(A_log)`` and
+``D`` in the state's dtype (seed 001 §3.1's ``A``; the kernels take it precomputed), made once and
+kept while no parameter changes."""
+from __future__ import annotations
+
+import torch
+
+from tiling.modules.assignments import assignments
+
+Tensor = torch.Tensor
+
+
+def step_params(layer) -> tuple:
+    """The mixer's parameters the step reads, in the order of :func:`step_weights` (biases may be None)."""
+    return (layer.in_proj.weight, layer.in_proj.bias, layer.conv1d.weight, layer.conv1d.bias, layer.x_proj.weight,
+            layer.dt_proj.weight, layer.dt_proj.bias, layer.A_log, layer.D, layer.out_proj.weight,
+            layer.out_proj.bias)
+
+
+def step_weights(layer, dtype: torch.dtype) -> list:
+    """``[W_in, b_in, conv w (d_inner, d_conv), conv b, W_x, W_dt, b_dt, A, D, W_out, b_out]`` of a
+    :class:`~tiling.modules.TiledMamba` (None for an absent bias), made again only when a parameter
+    changes: one assigned anew (anywhere: :func:`~tiling.modules.assignments.assignments`), an in-place
+    update (its version) or another storage (a ``.to()``)."""
+    cached = layer.__dict__.get("_step_cache")
+    if cached is not None:
+        params, key = cached[0], cached[1]
+        if key == (assignments(), dtype, params[0].data_ptr(), [p._version for p in params if p is not None]):
+            return cached[2]
+    params = step_params(layer)
+    key = (assignments(), dtype, params[0].data_ptr(), [p._version for p in params if p is not None])
+    with torch.no_grad():
+        w_in, b_in, cw, cb, wx, wdt, bdt, a_log, D, w_out, b_out = params
+        weights = [w_in, b_in, cw.reshape(layer.d_inner, layer.d_conv), cb, wx, wdt, bdt, -torch.exp(a_log.to(dtype)),
+                   D.to(dtype), w_out, b_out]
+        weights = [None if t is None else t.detach().contiguous() for t in weights]
+    layer.__dict__["_step_cache"] = (params, key, weights)
+    return weights
+
+
+__all__ = ["step_params", "step_weights"]
