@@ -79,7 +79,8 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
         head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers],
         mixer=tuple(p for layer in layers for p in step_params(layer) if p is not None),
         firsts=tuple(step_params(layer)[0] for layer in layers), weights=[None, None])
-    cache.clear()  # plans of earlier assignments are stale
+    for stale in [k for k in cache if k[0] != key[0]][:] + list(cache)[:-15]:  # other assignments; at most 16
+        cache.pop(stale, None)
     cache[key] = plan
     return plan
 
