@@ -1,7 +1,8 @@
 """The Mamba mixer's weights as the decoding kernels read them (``layer_step`` and the whole model's
 ``lm_step``, ``kernels_cuda/scan_cpu.cpp`` and ``lm_step.h``): contiguous, ``A = −exp(A_log)`` and
-``D`` in the state's dtype (seed 001 §3.1's ``A``; the kernels take it precomputed), made once and
-kept while no parameter changes."""
+``D`` in the state's dtype (Mamba's parameterisation of the state matrix, Gu & Dao 2023: the seeds
+name the state transition, seed 001 §3.3.1, but not ``A``; the kernels take it precomputed), made once
+and kept while no parameter changes."""
 from __future__ import annotations
 
 import torch
