@@ -7,9 +7,10 @@
 // (tiling/train/fused_step.py), so the call holds no policy. Per layer, on x = RMSNorm(h):
 //   kind 0 (no row starts a segment): the token joins the pool (pool_sum + x, pool_count + 1) and the
 //          layer's output is the held one: O(d_model), the mixer does not run;
-//   kind 2 (every row starts one): the representative x + gate * pool_sum / max(pool_count, 1) (seed
-//          001 §3.4's pooled tile token; tiling.modules.chunk.Chunk.step) runs the mixer with Δ times the
-//          gap since the previous start, its output is held and the pool empties;
+//   kind 2 (every row starts one): the representative x + gate * pool_sum / max(pool_count, 1) (the
+//          block scope's segment, seed 001 §3.2.1's R_i as granularity; tiling.modules.chunk.Chunk.step)
+//          runs the mixer with Δ times the gap since the previous start, its output is held and the
+//          pool empties;
 //   kind 3 (full resolution, budget 1): the mixer on x with Δ × 1, no pool;
 // then h = h + out. Last, logits = head(RMSNorm_f(h)) and whether they are all finite (the caller
 // raises, naming what is not finite, through the reference path). Departure: GCC may contract
