@@ -98,6 +98,14 @@ _PARSE: dict[str, Callable[[str], Any] | None] = {"int": int_arg, "float": float
                                                   "floats": float_arg}
 
 
+#: the sequence kinds: what an element is called, whether a value is one, and its stored form
+_SEQUENCES: dict[str, tuple[str, Callable[[Any], bool], Callable[[Any], Any]]] = {
+    "indices": ("ints", lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), int),
+    "strs": ("str", lambda v: isinstance(v, str), str),
+    "floats": ("numbers", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), float),
+}
+
+
 @dataclass(frozen=True)
 class Spec:
     """What a field of an :class:`Options` says about itself (the ``metadata["option"]`` of the field).
@@ -152,23 +160,14 @@ class Spec:
         elif self.kind == "str":
             if not isinstance(value, str):
                 raise TypeError(f"{label} must be a str, got {type(value).__name__}")
-        elif self.kind == "indices":
+        elif self.kind in _SEQUENCES:
+            noun, ok, convert = _SEQUENCES[self.kind]
             if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-                raise TypeError(f"{label} must be a sequence of ints, got {type(value).__name__}")
+                raise TypeError(f"{label} must be a sequence of {noun}, got {type(value).__name__}")
             value = tuple(value)
-            if any(isinstance(v, bool) or not isinstance(v, numbers.Integral) for v in value):
-                raise TypeError(f"{label} must be a sequence of ints, got {list(value)!r}")
-            value = tuple(int(v) for v in value)
-        elif self.kind == "strs":
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or \
-                    not all(isinstance(v, str) for v in value):
-                raise TypeError(f"{label} must be a sequence of str, got {value!r}")
-            value = tuple(value)
-        elif self.kind == "floats":
-            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or \
-                    not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value):
-                raise TypeError(f"{label} must be a sequence of numbers, got {value!r}")
-            value = tuple(float(v) for v in value)
+            if not all(ok(v) for v in value):
+                raise TypeError(f"{label} must be a sequence of {noun}, got {list(value)!r}")
+            value = tuple(convert(v) for v in value)
         for v in value if self.kind == "floats" else (value,):  # each number of a "floats" in the range
             self._check_range(v, label)
         if self.choices is not None and value not in self.choices:
@@ -295,9 +294,7 @@ class Options:
                 extra["choices"] = spec.choices
             if spec.kind == "indices":
                 extra["action"] = "extend"
-            if spec.kind == "strs":
-                extra["nargs"] = "+"
-            if spec.kind == "floats":
+            if spec.kind in ("strs", "floats"):  # words or numbers after one flag
                 extra["nargs"] = "+"
             if spec.positional:
                 parser.add_argument(name, nargs="?" if spec.optional else None, **extra)
