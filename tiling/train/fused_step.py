@@ -25,13 +25,14 @@ import torch
 from tiling.modules.assignments import assignments
 from tiling.modules.chunk import ChunkState
 from tiling.modules.scope import TiledMambaState
-from tiling.modules.step_weights import step_params, step_weights
+from tiling.modules.step_weights import step_weights
 from tiling.ops.scan import cpu_kernels
 
 Tensor = torch.Tensor
 
-#: the kernel's kinds of a layer's step: no row starts a segment, every row does, full resolution
-NONE, ALL, FULL = 0, 2, 3
+#: the kernel's kind of a full-resolution layer (the tile router's kinds are 0, no row starts a segment,
+#: and 2, every row does)
+FULL = 3
 
 
 class _Plan(NamedTuple):
@@ -40,8 +41,7 @@ class _Plan(NamedTuple):
     makes a new plan), so a step makes no module attribute lookups (a microsecond each, dozens per
     step). ``same[k]``: layer k's policy at its budget equals layer k − 1's, so where the two also hold
     the same router state (one object, shared after the first step) layer k's starts are layer k − 1's
-    (the uniform policy and budget 1 read nothing else). ``weights``: the layers' step weights and
-    the key they were made under (the mixer parameters' versions and storage)."""
+    (the uniform policy and budget 1 read nothing else)."""
 
     layers: tuple
     routers: tuple
@@ -53,9 +53,6 @@ class _Plan(NamedTuple):
     eps: list
     head: tuple
     gates: list
-    mixer: tuple
-    firsts: tuple
-    weights: list
 
 
 def _plan(model, budgets: list[float]) -> _Plan | None:
@@ -76,22 +73,11 @@ def _plan(model, budgets: list[float]) -> _Plan | None:
         same=(False, *(a == b for a, b in zip(configs, configs[1:]))),
         emb=model.embedding.weight, norms=[n.weight for n in model.norms] + [model.norm_f.weight],
         eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)],
-        head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers],
-        mixer=tuple(p for layer in layers for p in step_params(layer) if p is not None),
-        firsts=tuple(step_params(layer)[0] for layer in layers), weights=[None, None])
-    for stale in [k for k in cache if k[0] != key[0]][:] + list(cache)[:-15]:  # other assignments; at most 16
-        cache.pop(stale, None)
+        head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers])
+    if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
+        cache.clear()
     cache[key] = plan
     return plan
-
-
-def _weights(plan: _Plan, dtype: torch.dtype) -> list:
-    """Every layer's :func:`~tiling.modules.step_weights.step_weights` in one list, kept while no mixer
-    parameter changes in place (its version) or moves (its storage): one pass over the versions."""
-    key = (dtype, tuple(p.data_ptr() for p in plan.firsts), tuple(p._version for p in plan.mixer))
-    if plan.weights[0] != key:
-        plan.weights[:] = [key, [w for layer in plan.layers for w in step_weights(layer, dtype)]]
-    return plan.weights[1]
 
 
 def share_router_states(model, states: list) -> list:
@@ -125,7 +111,9 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
     t, dtype = state[0].position, plan.emb.dtype
     kinds, advanced, flat_state = [], [], []
     previous = None
-    for router, config, full, same, st in zip(plan.routers, plan.configs, plan.full, plan.same, state):
+    weights = []
+    for layer, router, config, full, same, st in zip(plan.layers, plan.routers, plan.configs, plan.full, plan.same,
+                                                     state):
         if st.position != t or st.ssm.dtype != dtype:
             return None
         if same and st.tile_router is previous.tile_router:  # the same policy on the same history: its starts
@@ -138,8 +126,9 @@ def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tupl
         kinds.append(FULL if full else kind)
         advanced.append(tile_router)
         flat_state += [st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start]
-    out = ext.lm_step(tokens.contiguous(), plan.emb, plan.norms, plan.eps, *plan.head, _weights(plan, dtype),
-                      plan.gates, kinds, flat_state, t)
+        weights += step_weights(layer, dtype)
+    out = ext.lm_step(tokens.contiguous(), plan.emb, plan.norms, plan.eps, *plan.head, weights, plan.gates, kinds,
+                      flat_state, t)
     if not bool(out[1]):
         return None
     new = []
