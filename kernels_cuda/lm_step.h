@@ -23,54 +23,66 @@ namespace lmstep {
 enum Kind : int64_t { kNone = 0, kAll = 2, kFull = 3 };
 
 constexpr int kWeights = 11;  // layer_step's: W_in, b_in, conv w, conv b, W_x, W_dt, b_dt, A, D, W_out, b_out
-constexpr int kState = 6;     // per layer: conv, ssm, held, pool_sum, pool_count, last_start
+constexpr int kState = 6;     // conv, ssm, held, pool_sum, pool_count, last_start, each stacked over the layers
+
+// The state's fields a layer of each kind writes: the mixer's (conv, ssm, held, last_start) where the
+// mixer runs, the pool's (pool_sum, pool_count) where a token joins a pool or a segment starts.
+inline bool writes_mixer(int64_t kind) { return kind != kNone; }
+inline bool writes_pool(int64_t kind) { return kind != kFull; }
+
+// A stacked field's new tensor: the old one where no layer writes it (nothing is copied), else a new one
+// holding the old values of the layers that do not write it.
+inline Tensor next_field(const Tensor& old, const std::vector<int64_t>& kinds, bool (*writes)(int64_t)) {
+  bool any = false, all = true;
+  for (int64_t k : kinds) any |= writes(k), all &= writes(k);
+  if (!any) return old;
+  Tensor out = torch::empty_like(old);
+  if (!all)
+    for (size_t l = 0; l < kinds.size(); ++l)
+      if (!writes(kinds[l])) out[(int64_t)l].copy_(old[(int64_t)l]);
+  return out;
+}
 
 template <typename T>
 bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms, const std::vector<double>& eps,
          const T* head_w, const T* head_b, const std::vector<StepWeights>& ws, const std::vector<const T*>& gates,
-         const std::vector<int64_t>& kinds, const std::vector<Tensor>& in, std::vector<Tensor>& out, T* logits,
+         const std::vector<int64_t>& kinds, const std::vector<Tensor>& in, const std::vector<Tensor>& out, T* logits,
          int64_t position, int64_t Bt, int64_t d, int64_t V) {
   const int64_t n_layers = (int64_t)kinds.size();
-  std::vector<T> h((size_t)(Bt * d)), x((size_t)(Bt * d)), rep((size_t)(Bt * d)), y((size_t)(Bt * d));
+  const int64_t E = in[0].size(2), K = in[0].size(3), N = in[1].size(3);
+  std::vector<T> h((size_t)(Bt * d)), x((size_t)(Bt * d)), rep((size_t)(Bt * d));
   std::vector<T> r((size_t)Bt);
   for (int64_t b = 0; b < Bt; ++b) std::memcpy(h.data() + b * d, emb + tokens[b] * d, sizeof(T) * d);
   for (int64_t l = 0; l < n_layers; ++l) {
-    const Tensor *s = &in[l * kState];
-    Tensor* o = &out[l * kState];
+    // layer l's slice of each stacked field, before (s*) and after (o*) the step
+    const T *sconv = in[0].data_ptr<T>() + l * Bt * E * K, *sssm = in[1].data_ptr<T>() + l * Bt * E * N;
+    const T *sheld = in[2].data_ptr<T>() + l * Bt * d, *ssum = in[3].data_ptr<T>() + l * Bt * d;
+    const int64_t *scount = in[4].data_ptr<int64_t>() + l * Bt, *slast = in[5].data_ptr<int64_t>() + l * Bt;
+    T *oconv = out[0].data_ptr<T>() + l * Bt * E * K, *ossm = out[1].data_ptr<T>() + l * Bt * E * N;
+    T *oheld = out[2].data_ptr<T>() + l * Bt * d, *osum = out[3].data_ptr<T>() + l * Bt * d;
+    int64_t *ocount = out[4].data_ptr<int64_t>() + l * Bt, *olast = out[5].data_ptr<int64_t>() + l * Bt;
     rms_rows<T>(h.data(), norms[l], x.data(), r.data(), Bt, d, eps[l]);
-    const T* held;
+    const T* held = oheld;
     if (kinds[l] == kNone) {
-      o[0] = s[0], o[1] = s[1], o[2] = s[2], o[5] = s[5];
-      o[3] = torch::empty_like(s[3]), o[4] = torch::empty_like(s[4]);
-      const T* ps = s[3].data_ptr<T>();
-      T* ps1 = o[3].data_ptr<T>();
-      for (int64_t j = 0; j < Bt * d; ++j) ps1[j] = ps[j] + x[j];
-      const int64_t* pc = s[4].data_ptr<int64_t>();
-      int64_t* pc1 = o[4].data_ptr<int64_t>();
-      for (int64_t b = 0; b < Bt; ++b) pc1[b] = pc[b] + 1;
-      held = s[2].data_ptr<T>();
+      for (int64_t j = 0; j < Bt * d; ++j) osum[j] = ssum[j] + x[j];
+      for (int64_t b = 0; b < Bt; ++b) ocount[b] = scount[b] + 1;
+      held = sheld;
     } else {
       const T* src = x.data();
       const int64_t* last = nullptr;
       if (kinds[l] == kAll) {
-        const T* ps = s[3].data_ptr<T>();
-        const int64_t* pc = s[4].data_ptr<int64_t>();
         for (int64_t b = 0; b < Bt; ++b) {
-          const T count = (T)std::max<int64_t>(pc[b], 1);
-          for (int64_t j = 0; j < d; ++j) rep[b * d + j] = x[b * d + j] + gates[l][j] * (ps[b * d + j] / count);
+          const T count = (T)std::max<int64_t>(scount[b], 1);
+          for (int64_t j = 0; j < d; ++j) rep[b * d + j] = x[b * d + j] + gates[l][j] * (ssum[b * d + j] / count);
         }
         src = rep.data();
-        last = s[5].data_ptr<int64_t>();
-        o[3] = torch::zeros_like(s[3]), o[4] = torch::zeros_like(s[4]);
-      } else {
-        o[3] = s[3], o[4] = s[4];
+        last = slast;
+        std::fill(osum, osum + Bt * d, T(0));
+        std::fill(ocount, ocount + Bt, int64_t(0));
       }
-      o[0] = torch::empty_like(s[0]), o[1] = torch::empty_like(s[1]), o[2] = torch::empty_like(s[2]);
-      const int64_t E = s[0].size(1), K = s[0].size(2), N = s[1].size(2), rank = ws[l].Wdt.size(1);
-      layer_step_rows<T>(src, s[0].data_ptr<T>(), s[1].data_ptr<T>(), ws[l], last, position, o[2].data_ptr<T>(),
-                         o[0].data_ptr<T>(), o[1].data_ptr<T>(), Bt, d, E, K, N, rank);
-      o[5] = torch::full_like(s[5], position);
-      held = o[2].data_ptr<T>();
+      layer_step_rows<T>(src, sconv, sssm, ws[l], last, position, oheld, oconv, ossm, Bt, d, E, K, N,
+                         ws[l].Wdt.size(1));
+      std::fill(olast, olast + Bt, position);
     }
     for (int64_t j = 0; j < Bt * d; ++j) h[j] = h[j] + held[j];
   }
@@ -83,64 +95,121 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
 
 }  // namespace lmstep
 
-// tokens (Bt,) int64 in range (checked by the caller); emb (V, d); norms: the layers' RMSNorm weights then
-// the final one; eps likewise; head (V, d) and its bias or None; weights: 11 per layer (layer_step's);
-// gates: each layer's pool gate (d,); kinds: lmstep::Kind per layer; state: 6 per layer (conv, ssm, held,
-// pool_sum, pool_count, last_start); position: the tokens consumed so far (every layer's).
-// Returns [logits (Bt, V), all finite (bool, 0-dim), then the 6 new state tensors per layer]; the state
-// passed in is never written (a kind-0 layer passes its mixer state through).
-std::vector<Tensor> lm_step(const Tensor& tokens, const Tensor& emb, const std::vector<Tensor>& norms,
-                            const std::vector<double>& eps, const Tensor& head_w, const c10::optional<Tensor>& head_b,
-                            const std::vector<c10::optional<Tensor>>& weights, const std::vector<Tensor>& gates,
-                            const std::vector<int64_t>& kinds, const std::vector<Tensor>& state, int64_t position) {
-  const int64_t n_layers = (int64_t)kinds.size(), Bt = tokens.size(0), V = emb.size(0), d = emb.size(1);
-  TORCH_CHECK((int64_t)norms.size() == n_layers + 1 && (int64_t)eps.size() == n_layers + 1 &&
-              (int64_t)weights.size() == lmstep::kWeights * n_layers && (int64_t)gates.size() == n_layers &&
-              (int64_t)state.size() == lmstep::kState * n_layers,
-              "lm_step: per layer one norm, 11 weights, a gate and 6 state tensors, and one final norm");
-  TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 1 && tokens.is_contiguous(),
-              "lm_step: tokens must be (Bt,) int64");
-  const int64_t* tok = tokens.data_ptr<int64_t>();
-  for (int64_t b = 0; b < Bt; ++b)
-    TORCH_CHECK(tok[b] >= 0 && tok[b] < V, "lm_step: token ", tok[b], " is outside [0, ", V, ")");
-  const auto dt = emb.scalar_type();
-  std::vector<const Tensor*> all = {&emb, &head_w};
-  for (const auto& t : norms) all.push_back(&t);
-  for (const auto& t : gates) all.push_back(&t);
-  for (int64_t l = 0; l < n_layers; ++l)
-    for (int k : {0, 1, 2, 3}) all.push_back(&state[l * lmstep::kState + k]);
-  for (const Tensor* t : all)
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt,
-                "lm_step: every tensor must be contiguous on the CPU, of the embedding's dtype");
-  TORCH_CHECK(head_w.size(0) == V && head_w.size(1) == d, "lm_step: head must be (V, d) like the embedding");
-  std::vector<StepWeights> ws;
-  auto w = [&](int64_t i) { return weights[i].value_or(Tensor()); };
-  for (int64_t l = 0; l < n_layers; ++l) {
-    const int64_t i = l * lmstep::kWeights;
-    ws.push_back({w(i), w(i + 1), w(i + 2), w(i + 3), w(i + 4), w(i + 5), w(i + 6), w(i + 7), w(i + 8), w(i + 9),
-                  w(i + 10)});
-    const Tensor* s = &state[l * lmstep::kState];
-    TORCH_CHECK(kinds[l] == lmstep::kNone || kinds[l] == lmstep::kAll || kinds[l] == lmstep::kFull,
-                "lm_step: a layer's kind is 0 (no start), 2 (every row starts) or 3 (full resolution)");
-    TORCH_CHECK(s[0].size(0) == Bt && s[1].size(0) == Bt && s[2].size(0) == Bt && s[2].size(1) == d &&
-                s[3].sizes() == s[2].sizes() && s[4].scalar_type() == at::kLong && s[4].numel() == Bt &&
-                s[5].scalar_type() == at::kLong && s[5].numel() == Bt && gates[l].numel() == d &&
-                norms[l].numel() == d && ws[l].W_in.size(1) == d && ws[l].W_out.size(0) == d,
-                "lm_step: the state of layer ", l, " does not match the batch or the width");
+// The whole model's decoding step with the model's tensors held between calls: the checks of the weights
+// and their conversion from Python run once per model (tiling/train/fused_step.py keeps one Decoder per
+// model, budgets and count of assignments), so a step passes only the tokens, the kinds and the state.
+// The state is six tensors, each field stacked over the layers (all layers of a TiledLM have one
+// shape), and a field no layer writes is passed through: at a token that starts no segment the step is
+// O(d_model) per layer plus the head and makes two new tensors (the pools), where converting some 60
+// tensor arguments and making 24 per call was most of its time.
+//
+// Decoder(emb (V, d), norms: the layers' RMSNorm weights then the final one, eps likewise, head (V, d)
+//         and its bias or None, weights: 11 per layer (layer_step's), gates: each layer's pool gate (d,),
+//         sources: the parameters these are made from (A = -exp(A_log) is a copy), watched by step)
+// step(tokens (Bt,) int64, kinds: lmstep::Kind per layer, state: conv (layers, Bt, E, K), ssm (layers, Bt, E, N),
+//      held and pool_sum (layers, Bt, d), pool_count and last_start (layers, Bt) int64, position: the tokens
+//      consumed so far (every layer's))
+//   -> (status, [logits (Bt, V), then the 6 new state tensors]); status kOk, kNonFinite (some
+//      logit is NaN/Inf: the caller names the cause through its reference path), kStale (a source was
+//      updated in place or moved since the Decoder was made: make another; nothing computed) or
+//      kToken (a token outside [0, V): the caller raises; nothing computed). The state passed in is
+//      never written.
+class Decoder {
+ public:
+  enum Status : int64_t { kOk = 0, kNonFinite = 1, kStale = 2, kToken = 3 };
+
+  Decoder(const Tensor& emb, const std::vector<Tensor>& norms, const std::vector<double>& eps, const Tensor& head_w,
+          const c10::optional<Tensor>& head_b, const std::vector<c10::optional<Tensor>>& weights,
+          const std::vector<Tensor>& gates, const std::vector<Tensor>& sources)
+      : emb_(emb), head_w_(head_w), head_b_(head_b.value_or(Tensor())), norms_(norms), gates_(gates), eps_(eps),
+        sources_(sources) {
+    const int64_t n_layers = (int64_t)gates.size(), d = emb.size(1);
+    TORCH_CHECK((int64_t)norms.size() == n_layers + 1 && (int64_t)eps.size() == n_layers + 1 &&
+                (int64_t)weights.size() == lmstep::kWeights * n_layers,
+                "LmDecoder: per layer one norm, 11 weights and a gate, and one final norm");
+    const auto dt = emb.scalar_type();
+    std::vector<const Tensor*> all = {&emb_, &head_w_};
+    if (head_b_.defined()) all.push_back(&head_b_);
+    for (const auto& t : norms_) all.push_back(&t);
+    for (const auto& t : gates_) all.push_back(&t);
+    auto w = [&](int64_t i) { return weights[i].value_or(Tensor()); };
+    for (int64_t l = 0; l < n_layers; ++l) {
+      const int64_t i = l * lmstep::kWeights;
+      ws_.push_back({w(i), w(i + 1), w(i + 2), w(i + 3), w(i + 4), w(i + 5), w(i + 6), w(i + 7), w(i + 8), w(i + 9),
+                     w(i + 10)});
+      const StepWeights& s = ws_.back();
+      TORCH_CHECK(gates_[l].numel() == d && norms_[l].numel() == d && s.W_in.size(1) == d && s.W_out.size(0) == d,
+                  "LmDecoder: layer ", l, "'s weights do not match the width ", d);
+      TORCH_CHECK(s.W_in.size(0) == ws_[0].W_in.size(0) && s.cw.numel() == ws_[0].cw.numel() &&
+                  s.A.sizes() == ws_[0].A.sizes(), "LmDecoder: layer ", l, " is not of layer 0's shape (the state "
+                  "is stacked over the layers)");
+    }
+    for (const auto& s : ws_)
+      for (const Tensor* t : {&s.W_in, &s.b_in, &s.cw, &s.cb, &s.Wx, &s.Wdt, &s.bdt, &s.A, &s.D, &s.W_out, &s.b_out})
+        if (t->defined()) all.push_back(t);
+    for (const Tensor* t : all)
+      TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt,
+                  "LmDecoder: every tensor must be contiguous on the CPU, of the embedding's dtype");
+    TORCH_CHECK(norms_[n_layers].numel() == d && head_w.size(0) == emb.size(0) && head_w.size(1) == d,
+                "LmDecoder: the head must be (V, d) like the embedding, the final norm (d,)");
+    for (const auto& t : sources_) versions_.push_back({t._version(), t.data_ptr()});
   }
-  const Tensor hb = head_b.value_or(Tensor());
-  Tensor logits = torch::empty({Bt, V}, emb.options());
-  std::vector<Tensor> out((size_t)(lmstep::kState * n_layers));
-  bool finite = true;
-  AT_DISPATCH_FLOATING_TYPES(dt, "lm_step", [&] {
-    std::vector<const scalar_t*> nw, gw;
-    for (const auto& t : norms) nw.push_back(t.data_ptr<scalar_t>());
-    for (const auto& t : gates) gw.push_back(t.data_ptr<scalar_t>());
-    finite = lmstep::run<scalar_t>(tokens.data_ptr<int64_t>(), emb.data_ptr<scalar_t>(), nw, eps,
-                                   head_w.data_ptr<scalar_t>(), hb.defined() ? hb.data_ptr<scalar_t>() : nullptr, ws,
-                                   gw, kinds, state, out, logits.data_ptr<scalar_t>(), position, Bt, d, V);
-  });
-  std::vector<Tensor> result = {logits, torch::scalar_tensor(finite, at::kBool)};
-  result.insert(result.end(), out.begin(), out.end());
-  return result;
-}
+
+  std::tuple<int64_t, std::vector<Tensor>> step(const Tensor& tokens, const std::vector<int64_t>& kinds,
+                                                const std::vector<Tensor>& state, int64_t position) const {
+    for (size_t i = 0; i < sources_.size(); ++i)
+      if (sources_[i]._version() != versions_[i].first || sources_[i].data_ptr() != versions_[i].second)
+        return {kStale, {}};
+    const int64_t n_layers = (int64_t)gates_.size(), Bt = tokens.size(0), V = emb_.size(0), d = emb_.size(1);
+    TORCH_CHECK((int64_t)kinds.size() == n_layers && (int64_t)state.size() == lmstep::kState,
+                "LmDecoder.step: one kind per layer and 6 stacked state tensors");
+    TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 1 && tokens.is_contiguous() && tokens.is_cpu(),
+                "LmDecoder.step: tokens must be (Bt,) int64 on the CPU");
+    const int64_t* tok = tokens.data_ptr<int64_t>();
+    for (int64_t b = 0; b < Bt; ++b)
+      if (tok[b] < 0 || tok[b] >= V) return {kToken, {}};
+    const auto dt = emb_.scalar_type();
+    for (int64_t kind : kinds)
+      TORCH_CHECK(kind == lmstep::kNone || kind == lmstep::kAll || kind == lmstep::kFull,
+                  "LmDecoder.step: a layer's kind is 0 (no start), 2 (every row starts) or 3 (full resolution)");
+    const Tensor &conv = state[0], &ssm = state[1], &held = state[2], &sum = state[3], &count = state[4],
+                 &last = state[5];
+    for (const Tensor* t : {&conv, &ssm, &held, &sum})
+      TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt,
+                  "LmDecoder.step: the state must be contiguous on the CPU, of the model's dtype");
+    const StepWeights& w = ws_[0];
+    TORCH_CHECK(conv.dim() == 4 && conv.size(0) == n_layers && conv.size(1) == Bt && conv.size(2) == w.W_in.size(0) / 2 &&
+                ssm.dim() == 4 && ssm.size(0) == n_layers && ssm.size(1) == Bt && ssm.size(2) == conv.size(2) &&
+                ssm.size(3) == w.A.size(1) && held.sizes() == at::IntArrayRef({n_layers, Bt, d}) &&
+                sum.sizes() == held.sizes() && count.scalar_type() == at::kLong && last.scalar_type() == at::kLong &&
+                count.sizes() == at::IntArrayRef({n_layers, Bt}) && last.sizes() == count.sizes() &&
+                count.is_contiguous() && last.is_contiguous(),
+                "LmDecoder.step: the state does not match the layers, the batch or the layer's shape");
+    Tensor logits = torch::empty({Bt, V}, emb_.options());
+    std::vector<Tensor> out = {logits,
+                               lmstep::next_field(conv, kinds, lmstep::writes_mixer),
+                               lmstep::next_field(ssm, kinds, lmstep::writes_mixer),
+                               lmstep::next_field(held, kinds, lmstep::writes_mixer),
+                               lmstep::next_field(sum, kinds, lmstep::writes_pool),
+                               lmstep::next_field(count, kinds, lmstep::writes_pool),
+                               lmstep::next_field(last, kinds, lmstep::writes_mixer)};
+    bool finite = true;
+    AT_DISPATCH_FLOATING_TYPES(dt, "lm_step", [&] {
+      std::vector<const scalar_t*> nw, gw;
+      for (const auto& t : norms_) nw.push_back(t.data_ptr<scalar_t>());
+      for (const auto& t : gates_) gw.push_back(t.data_ptr<scalar_t>());
+      finite = lmstep::run<scalar_t>(tok, emb_.data_ptr<scalar_t>(), nw, eps_, head_w_.data_ptr<scalar_t>(),
+                                     head_b_.defined() ? head_b_.data_ptr<scalar_t>() : nullptr, ws_, gw, kinds, state,
+                                     {out.begin() + 1, out.end()}, logits.data_ptr<scalar_t>(), position, Bt, d, V);
+    });
+    return {finite ? kOk : kNonFinite, std::move(out)};
+  }
+
+ private:
+  Tensor emb_, head_w_, head_b_;
+  std::vector<Tensor> norms_, gates_;
+  std::vector<double> eps_;
+  std::vector<StepWeights> ws_;
+  std::vector<Tensor> sources_;
+  std::vector<std::pair<int64_t, const void*>> versions_;
+};

@@ -17,6 +17,7 @@ import tiling.train.model as model_mod
 from tiling.config import TilingConfig
 from tiling.modules.step_weights import step_weights
 from tiling.ops.scan import cpu_kernels
+from tiling.train.lm_state import FLAT_FIELDS, TiledLMState, flatten
 from tiling.train.model import TiledLM
 
 pytestmark = pytest.mark.skipif(cpu_kernels(torch.zeros(1)) is None, reason="no compiled CPU kernel")
@@ -33,20 +34,27 @@ def lm(budget=0.25, policy="uniform", *, dtype=torch.float32, seed=0, **kw):
 
 
 class Spy:
-    """Counts the calls of the whole-model kernel and records each call's kinds."""
+    """Counts the steps of the whole-model kernel and records each step's kinds."""
 
     def __init__(self, monkeypatch):
         self.kinds = []
         real = fused_mod.cpu_kernels
         spy = self
 
+        class Decoder:
+            def __init__(self, decoder):
+                self.decoder = decoder
+
+            def step(self, tokens, kinds, state, position):
+                spy.kinds.append(list(kinds))
+                return self.decoder.step(tokens, kinds, state, position)
+
         class Ext:
             def __init__(self, ext):
                 self.ext = ext
 
-            def lm_step(self, *args):
-                spy.kinds.append(list(args[8]))
-                return self.ext.lm_step(*args)
+            def LmDecoder(self, *args):
+                return Decoder(self.ext.LmDecoder(*args))
 
         monkeypatch.setattr(fused_mod, "cpu_kernels", lambda *t: None if real(*t) is None else Ext(real(*t)))
 
@@ -152,19 +160,47 @@ def test_a_non_finite_weight_is_named_through_the_reference_path():
         decode(model, torch.tensor([[3, 4]]))
 
 
-def test_the_kernel_refuses_a_token_outside_the_vocabulary():
-    model = lm(1.0)
-    state = model.allocate_inference_state(1)
-    ext = cpu_kernels(model.embedding.weight)
-    flat = [t for st in state for t in (st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count,
-                                        st.last_start)]
+def decoder(model):
     weights = [w for layer in model.layers for w in step_weights(layer, torch.float32)]
-    args = ([n.weight for n in model.norms] + [model.norm_f.weight], [1e-5] * 4, model.head.weight, None, weights,
-            [layer.chunk.pool_gate for layer in model.layers], [3, 3, 3], flat, 0)
-    with pytest.raises(RuntimeError, match=r"token 32 is outside \[0, 32\)"):
-        ext.lm_step(torch.tensor([32]), model.embedding.weight, *args)
+    return cpu_kernels(model.embedding.weight).LmDecoder(
+        model.embedding.weight, [n.weight for n in model.norms] + [model.norm_f.weight], [1e-5] * 4,
+        model.head.weight, None, weights, [layer.chunk.pool_gate for layer in model.layers], [model.head.weight])
+
+
+def test_the_kernel_refuses_a_token_outside_the_vocabulary_a_bad_kind_and_stale_weights():
+    model = lm(1.0)
+    flat = flatten(model.allocate_inference_state(1))
+    dec = decoder(model)
+    status, out = dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0)
+    assert status == fused_mod.OK and out[0].shape == (1, 32) and len(out) == 7
+    assert dec.step(torch.tensor([32]), [3, 3, 3], flat.tensors, 0) == (3, [])  # the caller raises
+    assert dec.step(torch.tensor([-1]), [3, 3, 3], flat.tensors, 0) == (3, [])
     with pytest.raises(RuntimeError, match="kind is 0"):
-        ext.lm_step(torch.tensor([1]), model.embedding.weight, *args[:6], [1, 3, 3], *args[7:])
+        dec.step(torch.tensor([1]), [1, 3, 3], flat.tensors, 0)
+    with pytest.raises(RuntimeError, match="does not match"):
+        dec.step(torch.tensor([1, 2]), [3, 3, 3], flat.tensors, 0)  # a state of one row
+    with torch.no_grad():
+        model.head.weight.mul_(2.0)  # a watched source updated in place
+    assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0) == (fused_mod.STALE, [])
+
+
+def test_a_field_no_layer_writes_is_passed_through_and_the_others_keep_their_layers_values():
+    model = lm(0.25)
+    flat = flatten(model.allocate_inference_state(2))
+    flat = flat._replace(tensors=[t.clone().random_(0, 5) if t.dtype == torch.int64 else torch.randn_like(t)
+                                  for t in flat.tensors])
+    dec = decoder(model)
+    _, out = dec.step(torch.tensor([1, 2]), [0, 0, 0], flat.tensors, 7)  # no mixer runs: only the pools change
+    for k, name in enumerate(FLAT_FIELDS):
+        assert (out[1 + k] is flat.tensors[k]) == (name not in ("pool_sum", "pool_count")), name
+    torch.testing.assert_close(out[5], flat.tensors[4] + 1)
+    _, out = dec.step(torch.tensor([1, 2]), [2, 0, 3], flat.tensors, 7)  # one layer of each kind
+    conv, ssm, held, pool_sum, pool_count, last = out[1:]
+    for t, old in zip((conv, ssm, held, last), (flat.tensors[0], flat.tensors[1], flat.tensors[2], flat.tensors[5])):
+        assert torch.equal(t[1], old[1]) and not torch.equal(t[0], old[0]) and not torch.equal(t[2], old[2])
+    assert torch.equal(last[0], torch.full((2,), 7)) and torch.equal(pool_count[0], torch.zeros(2, dtype=torch.int64))
+    assert torch.equal(pool_count[1], flat.tensors[4][1] + 1) and torch.equal(pool_count[2], flat.tensors[4][2])
+    assert torch.equal(pool_sum[2], flat.tensors[3][2]) and not torch.equal(pool_sum[1], flat.tensors[3][1])
 
 
 @pytest.mark.parametrize("bad, error", [(1.5, ValueError), (float("nan"), ValueError), (True, TypeError),
@@ -215,3 +251,36 @@ def test_a_model_moved_to_float64_or_updated_in_place_decodes_with_its_new_weigh
     got, _ = decode(model, x)
     with torch.no_grad():
         torch.testing.assert_close(got, model(x), rtol=1e-12, atol=1e-12)
+
+
+def test_a_kernel_state_reads_as_its_layer_states_and_says_where_segments_started(monkeypatch):
+    model = lm(0.25)
+    x = torch.randint(0, 32, (2, 11))
+    got, states = decode(model, x)
+    want, want_states = decode(model, x, reference=True, monkeypatch=monkeypatch)
+    state = states[-1]
+    assert isinstance(state, TiledLMState) and state.flat is not None and want_states[-1].flat is None
+    assert len(state) == 3 and state.batch == 2 and [s.position for s in state] == [11] * 3
+    for a, b in zip(state_tensors(state), state_tensors(want_states[-1])):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+    # started(): the flat form and the layer states agree, and both follow the policy (R = 1/4, tiles of 8)
+    flags = torch.stack([s.started() for s in states], 0)  # (steps, layers, batch)
+    assert torch.equal(flags, torch.stack([s.started() for s in want_states], 0))
+    assert flags[:, 0, 0].tolist() == [True, False, False, False] * 2 + [True, False, False]
+    # assigning a layer state drops the flat form; the next step reads the layers (and refuses a mix)
+    state[1] = dataclasses.replace(state[1], position=3)
+    assert state.flat is None
+    with torch.no_grad():
+        assert fused_mod.fused_step(model, x[:, 0], state, [0.25] * 3) is None
+
+
+def test_a_plain_list_of_layer_states_decodes_like_the_models_own_state():
+    model = lm(0.35)
+    x = torch.randint(0, 32, (1, 9))
+    got, states = decode(model, x)
+    with torch.no_grad():
+        logits, state = model.step(x[:, 4], list(states[3]))
+        torch.testing.assert_close(logits, got[:, 4], rtol=0, atol=0)
+        other = lm(0.35, seed=2)
+        with pytest.raises(ValueError, match="another model"):
+            other.step(x[:, 4], states[3])

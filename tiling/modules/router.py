@@ -620,11 +620,12 @@ class TileRouter(nn.Module):
             cache[key] = (host.to(device), summary)
         return cache[key]
 
-    def advance(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig
-                ) -> tuple[Tensor | None, TileRouterState, int]:
+    def advance(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig, *,
+                host_only: bool = False) -> tuple[Tensor | None, TileRouterState, int]:
         """:meth:`step` on checked arguments at ``config`` (:meth:`_config` of the budget), and the
         host's summary of the starts: 0 (no row starts a segment), 1 (some rows), 2 (every row); the
-        starts are None at full resolution (every token of every row).
+        starts are None at full resolution (every token of every row), and with ``host_only`` (a
+        caller that reads the summary only: the whole-model decoding step, where every row agrees).
 
         At the first token of tile ``i`` the causal policy sets ``R_i`` from the earlier tiles in
         one call (:func:`~tiling.policy.causal_step` with the controller's surplus carried in the
@@ -636,7 +637,7 @@ class TileRouter(nn.Module):
         signal, tiles, carry, boundary = state.signal, state.tiles, state.carry, state.boundary
         surplus, summary = state.surplus, state.starts
         if off and uniform and summary is not None:  # inside a planned tile of the uniform policy
-            return boundary[:, off], TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus,
+            return None if host_only else boundary[:, off], TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus,
                                                      summary), summary[off]
         if self._full(config.budget):  # every token starts a segment (None: every row)
             return None, TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus, summary), 2
@@ -659,8 +660,9 @@ class TileRouter(nn.Module):
             signal = torch.cat([signal, signal_t.to(torch.float64).unsqueeze(1)], dim=1)
             if off == T - 1:
                 tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, plan_densities(signal, config)))
-        return boundary[:, off], TileRouterState(position=state.position + 1, signal=signal, tiles=tiles, carry=carry,
-                                                 boundary=boundary, surplus=surplus, starts=summary), summary[off]
+        new = TileRouterState(position=state.position + 1, signal=signal, tiles=tiles, carry=carry, boundary=boundary,
+                              surplus=surplus, starts=summary)
+        return None if host_only else boundary[:, off], new, summary[off]
 
 
 __all__ = ["RouterState", "RunningCalibration", "TileRouter", "TileRouterState", "TokenRouter", "linear_density",

@@ -18,21 +18,24 @@ errors (a non-finite logit is found here and named there).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 from tiling.modules.assignments import assignments
-from tiling.modules.chunk import ChunkState
-from tiling.modules.scope import TiledMambaState
-from tiling.modules.step_weights import step_weights
+from tiling.modules.step_weights import step_params, step_weights
 from tiling.ops.scan import cpu_kernels
+from tiling.train.lm_state import FlatState, TiledLMState, flatten
 
 Tensor = torch.Tensor
 
 #: the kernel's kind of a full-resolution layer (the tile router's kinds are 0, no row starts a segment,
 #: and 2, every row does)
 FULL = 3
+#: ``LmDecoder.step``'s statuses (``kernels_cuda/lm_step.h``): done, and the weights changed since the decoder
+#: was made (the other two, a non-finite logit and a token out of range, go to the reference path)
+OK, STALE = 0, 2
 
 
 class _Plan(NamedTuple):
@@ -41,39 +44,52 @@ class _Plan(NamedTuple):
     makes a new plan), so a step makes no module attribute lookups (a microsecond each, dozens per
     step). ``same[k]``: layer k's policy at its budget equals layer k − 1's, so where the two also hold
     the same router state (one object, shared after the first step) layer k's starts are layer k − 1's
-    (the uniform policy and budget 1 read nothing else)."""
+    (the uniform policy and budget 1 read nothing else). ``decoder``: the kernel's ``LmDecoder`` over
+    the model's tensors (checked and converted once; it refuses a step once a parameter it reads is
+    updated in place or moved, and the plan is made again)."""
 
-    layers: tuple
     routers: tuple
     configs: tuple
     full: tuple
     same: tuple
     emb: Tensor
-    norms: list
-    eps: list
-    head: tuple
-    gates: list
+    dtype: torch.dtype
+    decoder: object
 
 
-def _plan(model, budgets: list[float]) -> _Plan | None:
+def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
     """The model's :class:`_Plan` at ``budgets``, or None where a layer's step needs more than the kernel
-    holds: a scope other than block, token boundaries, or starts that read the token at its budget."""
+    holds: a scope other than block, token boundaries, or starts that read the token at its budget, or
+    (not kept) a model off the CPU or of a dtype the kernel lacks. ``stale``: the cached plan's decoder
+    refused a step (its weights changed): make it again."""
     cache = model.__dict__.setdefault("_fused_plans", {})
     key = (assignments(), *budgets)
     plan = cache.get(key, False)
-    if plan is not False:
+    if plan is not False and not stale:
         return plan
     layers = tuple(model.layers)
     ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile"
              and not layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
-    configs = [layer.tile_router._config(c) if ok else None for layer, c in zip(layers, budgets)]
-    plan = None if not ok else _Plan(
-        layers=layers, routers=tuple(layer.tile_router for layer in layers), configs=tuple(configs),
-        full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
-        same=(False, *(a == b for a, b in zip(configs, configs[1:]))),
-        emb=model.embedding.weight, norms=[n.weight for n in model.norms] + [model.norm_f.weight],
-        eps=[float(n.eps) for n in model.norms] + [float(model.norm_f.eps)],
-        head=(model.head.weight, model.head.bias), gates=[layer.chunk.pool_gate for layer in layers])
+    ext = cpu_kernels(model.embedding.weight)
+    if ok and ext is None:  # not a lasting property of the model: no plan is kept
+        cache.pop(key, None)
+        return None
+    plan = None
+    if ok:
+        dtype = model.embedding.weight.dtype
+        configs = tuple(layer.tile_router._config(c) for layer, c in zip(layers, budgets))
+        weights = [w for layer in layers for w in step_weights(layer, dtype)]
+        norms = [n.weight for n in model.norms] + [model.norm_f.weight]
+        gates = [layer.chunk.pool_gate for layer in layers]
+        head = (model.head.weight, model.head.bias)
+        sources = [model.embedding.weight, *norms, *gates, *(p for p in head if p is not None),
+                   *(p for layer in layers for p in step_params(layer) if p is not None)]
+        eps = [float(n.eps) for n in model.norms] + [float(model.norm_f.eps)]
+        decoder = ext.LmDecoder(model.embedding.weight, norms, eps, *head, weights, gates, sources)
+        plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs,
+                     full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
+                     same=(False, *(a == b for a, b in zip(configs, configs[1:]))), emb=model.embedding.weight,
+                     dtype=dtype, decoder=decoder)
     if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
         cache.clear()
     cache[key] = plan
@@ -93,51 +109,52 @@ def share_router_states(model, states: list) -> list:
     return out
 
 
-def fused_step(model, tokens: Tensor, state: list, budgets: list[float]) -> tuple[Tensor, list] | None:
+def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> tuple[Tensor, TiledLMState] | None:
     """:meth:`TiledLM.step <tiling.train.model.TiledLM.step>` on checked ``tokens`` and ``state`` at
     the layers' checked ``budgets``, in one kernel call; None where it does not apply.
 
     Returns
     -------
-    ``(logits (batch, vocab), [TiledMambaState per layer])``, equal to the reference path's to
-    float rounding (the tests compare them to 1e-6), or None.
+    ``(logits (batch, vocab), new state)``, equal to the reference path's to float rounding (the tests
+    compare them to 1e-6), or None. The new state is in the kernel's flat form
+    (:class:`~tiling.train.lm_state.FlatState`), which the next call reads as it is.
     """
+    if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()):
+        return None
     plan = _plan(model, budgets)
-    if plan is None or (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters())):
-        return None
-    ext = cpu_kernels(plan.emb)
-    if ext is None:
-        return None
-    t, dtype = state[0].position, plan.emb.dtype
-    kinds, advanced, flat_state = [], [], []
-    previous = None
-    weights = []
-    for layer, router, config, full, same, st in zip(plan.layers, plan.routers, plan.configs, plan.full, plan.same,
-                                                     state):
-        if st.position != t or st.ssm.dtype != dtype:
+    if plan is not None and (not plan.emb.is_cpu or plan.emb.dtype is not plan.dtype):  # the model was moved
+        plan = _plan(model, budgets, stale=True)
+    if plan is None or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack():
+        return None  # a transform or dispatch mode sees torch's ops, not the kernel (cpu_kernels)
+    flat = getattr(state, "flat", None)  # a state of the kernel: one dtype and one position by construction
+    if flat is None:
+        if any(st.position != state[0].position or st.ssm.dtype != plan.dtype or st.conv.shape != state[0].conv.shape
+               for st in state):
             return None
-        if same and st.tile_router is previous.tile_router:  # the same policy on the same history: its starts
+        flat = flatten(state)
+    elif flat.tensors[1].dtype != plan.dtype:
+        return None
+    kinds, advanced = [], []
+    for k, (router, config, full, same) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same)):
+        if same and flat.tile_routers[k] is flat.tile_routers[k - 1]:  # the same policy on the same history
             tile_router, kind = advanced[-1], kinds[-1]
         else:  # TileBoundaries.starts without the token (_plan: the policy reads none)
-            _, tile_router, kind = router.advance(None, st.tile_router, config)
-        previous = st
+            _, tile_router, kind = router.advance(None, flat.tile_routers[k], config, host_only=True)
         if kind == 1:  # some rows start a segment, others not: the reference path
             return None
         kinds.append(FULL if full else kind)
         advanced.append(tile_router)
-        flat_state += [st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start]
-        weights += step_weights(layer, dtype)
-    out = ext.lm_step(tokens.contiguous(), plan.emb, plan.norms, plan.eps, *plan.head, weights, plan.gates, kinds,
-                      flat_state, t)
-    if not bool(out[1]):
+    tokens = tokens.contiguous()
+    status, out = plan.decoder.step(tokens, kinds, flat.tensors, flat.position)
+    if status == STALE:  # a parameter was updated in place or moved since the plan was made
+        plan = _plan(model, budgets, stale=True)
+        if plan is None:
+            return None
+        status, out = plan.decoder.step(tokens, kinds, flat.tensors, flat.position)
+    if status != OK:  # a non-finite logit or a token out of range: the reference path names it
         return None
-    new = []
-    for k, (st, tile_router) in enumerate(zip(state, advanced)):
-        conv, ssm, held, pool_sum, pool_count, last_start = out[2 + 6 * k: 8 + 6 * k]
-        new.append(TiledMambaState(conv=conv, ssm=ssm, route=st.route, position=t + 1, held=held,
-                                   chunk=ChunkState(pool_sum=pool_sum, pool_count=pool_count), router=st.router,
-                                   tile_router=tile_router, last_start=last_start, proj=st.proj))
-    return out[0], new
+    new = FlatState(out[1:], tuple(advanced), flat.position + 1, flat.fixed)
+    return out[0], TiledLMState(owner=id(model), flat=new)
 
 
 __all__ = ["fused_step"]

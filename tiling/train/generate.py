@@ -33,6 +33,7 @@ from tiling.options import (
     Options, UsageError, add_subcommand, option, run_main, seed_option, standalone_parser, threads_option,
 )
 from tiling.train.evaluate import EXPECTED, budget_notes, budget_option, check_budget
+from tiling.train.lm_state import TiledLMState
 from tiling.train.text import set_threads
 from tiling.train.textmodel import load_text_model, resolve_checkpoint
 
@@ -130,9 +131,9 @@ def generate(model, prompt: bytes, *, budget: float | None = None, max_bytes: in
     while True:
         tok = torch.tensor([seq[t]], dtype=torch.int64)
         logits, state = model.step(tok, state, budget=budget)
-        if isinstance(state, list):
-            for k, st in enumerate(state):
-                starts[k].append(True if st.last_start is None else int(st.last_start[0]) == t)
+        if isinstance(state, TiledLMState):
+            for k, s in enumerate(state.started()[:, 0].tolist()):
+                starts[k].append(s)
         else:
             starts[0].append(bool(state.starts[0]))
         t += 1

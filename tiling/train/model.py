@@ -15,6 +15,7 @@ from tiling.modules import TiledMamba
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
 from tiling.train.fused_step import fused_step, share_router_states
+from tiling.train.lm_state import TiledLMState
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
@@ -229,12 +230,16 @@ class TiledLM(nn.Module):
         logits = self.head(rms_norm(h, self.norm_f.weight, self.norm_f.eps))
         return (logits, plans) if return_plans else logits
 
-    def _check_tokens(self, tokens: Tensor, shape: str, ndim: int) -> None:
+    def _check_tokens(self, tokens: Tensor, shape: str, ndim: int, *, values: bool = True) -> None:
+        """Refuse ``tokens`` that are not int64 of ``ndim`` dims, empty, or (``values``) outside the
+        vocabulary (the decoding kernel checks the values itself: :func:`fused_step`)."""
         if not isinstance(tokens, Tensor) or tokens.dim() != ndim or tokens.dtype != torch.int64:
             raise ValueError(f"tokens must be int64 of shape {shape}, got "
                              f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
         if tokens.numel() == 0:
             raise ValueError(f"tokens must have at least one row and one position, got shape {tuple(tokens.shape)}")
+        if not values:
+            return
         lo, hi = torch.aminmax(tokens)
         if int(lo) < 0 or int(hi) >= self.vocab_size:
             raise ValueError(f"tokens must lie in [0, vocab_size={self.vocab_size}), got values in "
@@ -271,7 +276,7 @@ class TiledLM(nn.Module):
         losses = [layer.ratio_loss for layer in self.layers if layer.ratio_loss is not None]
         return torch.stack(losses).sum() if losses else None
 
-    def allocate_inference_state(self, batch: int) -> list:
+    def allocate_inference_state(self, batch: int) -> TiledLMState:
         """Zero decoding state: one :class:`~tiling.modules.TiledMambaState` per layer.
 
         Parameters
@@ -280,7 +285,7 @@ class TiledLM(nn.Module):
 
         Returns
         -------
-        :class:`TiledLMState`, a list of layer states that remembers the model and the batch size it
+        :class:`TiledLMState`, the sequence of layer states that remembers the model and the batch size it
         was made for (:meth:`step` refuses it elsewhere).
 
         Raises
@@ -294,13 +299,14 @@ class TiledLM(nn.Module):
         return TiledLMState(share_router_states(self, [layer.allocate_inference_state(batch) for layer in self.layers]),
                             owner=id(self))
 
-    def step(self, tokens: Tensor, state: list, *, budget: float | None = None) -> tuple[Tensor, list]:
+    def step(self, tokens: Tensor, state: Sequence, *, budget: float | None = None) -> tuple[Tensor, TiledLMState]:
         """One token per row: ``batch`` prompts decoded together.
 
         Parameters
         ----------
         tokens : (batch,) int64 in ``[0, vocab_size)``.
-        state : the list of :meth:`allocate_inference_state` for this batch size, or of a previous step.
+        state : the state of :meth:`allocate_inference_state` for this batch size, or of a previous step (or
+            a list of one layer state per layer).
         budget : the decoding budget of the tiled layers (None: each layer's own).
 
         Returns
@@ -322,12 +328,13 @@ class TiledLM(nn.Module):
         logits); a tiled layer runs its mixer only on the tokens that start a segment, elsewhere a
         token costs ``O(d_model)`` in that layer (:meth:`~tiling.modules.TiledMamba.step`).
         """
-        self._check_tokens(tokens, "(batch,)", 1)
+        self._check_tokens(tokens, "(batch,)", 1, values=False)
         self.check_state(state, tokens.shape[0])
         budgets = self._step_budgets(budget)
         fused = fused_step(self, tokens, state, budgets)  # one kernel call where it applies (CPU, no grad)
         if fused is not None:
-            return fused[0], TiledLMState(fused[1], owner=id(self))
+            return fused
+        self._check_tokens(tokens, "(batch,)", 1)  # the values: the kernel refuses them too, without a message
         h = self.embedding(tokens)
         new = []
         for k, (norm, layer, st, c) in enumerate(zip(self.norms, self.layers, state, budgets)):
@@ -369,12 +376,12 @@ class TiledLM(nn.Module):
             cache[budget] = budgets
         return budgets
 
-    def check_state(self, state: list, batch: int) -> None:
+    def check_state(self, state: Sequence, batch: int) -> None:
         """Refuse a decoding state that is not this model's or not of ``batch`` rows (naming which)."""
-        if not isinstance(state, list) or len(state) != len(self.layers):
+        if not isinstance(state, (list, TiledLMState)) or len(state) != len(self.layers):
             raise ValueError(f"state must be the list of {len(self.layers)} layer states of this model's "
                              f"allocate_inference_state, got {type(state).__name__}"
-                             f"{f' of {len(state)} entries' if isinstance(state, list) else ''}")
+                             f"{f' of {len(state)} entries' if isinstance(state, (list, TiledLMState)) else ''}")
         if isinstance(state, TiledLMState):
             if state.owner != id(self):
                 raise ValueError("state was allocated by another model (allocate_inference_state of this model)")
@@ -453,21 +460,6 @@ def _nonfinite(module: nn.Module) -> list[str]:
     """The names of ``module``'s parameters that hold NaN/Inf (at most four)."""
     with torch.no_grad():
         return [n for n, p in module.named_parameters() if not bool(torch.isfinite(p).all())][:4]
-
-
-class TiledLMState(list):
-    """The decoding state of :class:`TiledLM`: one layer state per layer, and the model it belongs to.
-
-    Attributes
-    ----------
-    owner : ``id`` of the model that made it (:meth:`TiledLM.step` refuses the state of another model).
-    batch : the rows it was made for.
-    """
-
-    def __init__(self, layers, *, owner: int) -> None:
-        super().__init__(layers)
-        self.owner = owner
-        self.batch = int(layers[0].conv.shape[0]) if layers else 0
 
 
 __all__ = ["TiledLM", "TiledLMState"]

@@ -1,0 +1,129 @@
+"""The decoding state of :class:`~tiling.train.model.TiledLM`: one layer state per layer.
+
+A state made by the whole-model kernel (:func:`~tiling.train.fused_step.fused_step`) keeps the
+layers' tensors as the kernel reads them, each field stacked over the layers, and makes the
+per-layer :class:`~tiling.modules.TiledMambaState` objects (views of those tensors) only when
+someone reads them. At budget 0.25 three tokens in four run no mixer, and there making ten-field
+objects and two dozen tensors for every step was most of a step's time (issue 23, decode at batch 1).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from tiling.modules.chunk import ChunkState
+from tiling.modules.scope import TiledMambaState
+
+Tensor = torch.Tensor
+
+#: the kernel's stacked fields, in its order (``kernels_cuda/lm_step.h``)
+FLAT_FIELDS = ("conv", "ssm", "held", "pool_sum", "pool_count", "last_start")
+
+
+class FlatState(NamedTuple):
+    """The layers' state as the kernel reads and writes it.
+
+    Attributes
+    ----------
+    tensors : one tensor per field of :data:`FLAT_FIELDS`, of shape ``(layers, *the layer's field)``.
+    tile_routers : each layer's :class:`~tiling.modules.router.TileRouterState`.
+    position : the tokens consumed (every layer's).
+    fixed : each layer's fields the step does not change, ``(route, router, proj)``.
+    """
+
+    tensors: list
+    tile_routers: tuple
+    position: int
+    fixed: tuple
+
+
+def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
+    """The :class:`FlatState` of per-layer states (block scope, all at one position and of one shape:
+    the caller checks)."""
+    fields = ([st.conv for st in layers], [st.ssm for st in layers], [st.held for st in layers],
+              [st.chunk.pool_sum for st in layers], [st.chunk.pool_count for st in layers],
+              [st.last_start for st in layers])
+    return FlatState([torch.stack(f) for f in fields], tuple(st.tile_router for st in layers), layers[0].position,
+                     tuple((st.route, st.router, st.proj) for st in layers))
+
+
+def unflatten(flat: FlatState) -> list[TiledMambaState]:
+    """The per-layer states of a :class:`FlatState` (their tensors are views of its stacked ones, which
+    no step writes)."""
+    out = []
+    for k, (tile_router, (route, router, proj)) in enumerate(zip(flat.tile_routers, flat.fixed)):
+        conv, ssm, held, pool_sum, pool_count, last_start = (t[k] for t in flat.tensors)
+        out.append(TiledMambaState(conv=conv, ssm=ssm, route=route, position=flat.position, held=held,
+                                   chunk=ChunkState(pool_sum=pool_sum, pool_count=pool_count), router=router,
+                                   tile_router=tile_router, last_start=last_start, proj=proj))
+    return out
+
+
+class TiledLMState(Sequence):
+    """The decoding state of :class:`~tiling.train.model.TiledLM`: a sequence of one
+    :class:`~tiling.modules.TiledMambaState` per layer, and the model it belongs to.
+
+    Parameters
+    ----------
+    layers : the layer states, or None with ``flat``.
+    owner : ``id`` of the model that made it (:meth:`TiledLM.step` refuses the state of another model).
+    flat : the kernel's :class:`FlatState`, or None with ``layers``.
+
+    Attributes
+    ----------
+    owner, batch : the model's ``id`` and the rows the state was made for.
+    flat : the kernel's form, or None once a layer state was replaced (``state[k] = ...``).
+
+    Notes
+    -----
+    Indexing, iterating and assigning a layer (``state[k] = dataclasses.replace(state[k], ...)``)
+    work as on the list of layer states; the layer states are made from ``flat`` once, when first read.
+    """
+
+    def __init__(self, layers: Sequence[TiledMambaState] | None = None, *, owner: int,
+                 flat: FlatState | None = None) -> None:
+        if (layers is None) == (flat is None):
+            raise TypeError("TiledLMState takes either layers or flat")
+        self._layers = None if layers is None else list(layers)
+        self.flat = flat
+        self.owner = owner
+        if flat is not None:
+            self.batch = int(flat.tensors[0].shape[1])
+        else:
+            self.batch = int(self._layers[0].conv.shape[0]) if self._layers else 0
+
+    @property
+    def layers(self) -> list[TiledMambaState]:
+        if self._layers is None:
+            self._layers = unflatten(self.flat)
+        return self._layers
+
+    def started(self) -> Tensor:
+        """(layers, batch) bool: whether each layer's last token started a segment (its mixer ran on
+        it); read from the flat form without making the layer states. Every token does in a layer
+        without segments (``last_start`` None)."""
+        if self.flat is not None:
+            return self.flat.tensors[FLAT_FIELDS.index("last_start")] == self.flat.position - 1
+        return torch.stack([torch.ones(self.batch, dtype=torch.bool) if st.last_start is None
+                            else (st.last_start == st.position - 1).cpu() for st in self.layers])
+
+    def __len__(self) -> int:
+        return len(self.flat.tile_routers) if self._layers is None else len(self._layers)
+
+    def __getitem__(self, k):
+        return self.layers[k]
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __setitem__(self, k: int, value: TiledMambaState) -> None:
+        self.layers[k] = value
+        self.flat = None  # the flat form no longer says what the layers hold
+
+    def __repr__(self) -> str:
+        return f"TiledLMState(layers={len(self)}, batch={self.batch}, owner={self.owner:#x})"
+
+
+__all__ = ["FLAT_FIELDS", "FlatState", "TiledLMState", "flatten", "unflatten"]
