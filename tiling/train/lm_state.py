@@ -61,7 +61,7 @@ def unflatten(flat: FlatState) -> list[TiledMambaState]:
     return out
 
 
-class TiledLMState(Sequence):
+class TiledLMState:
     """The decoding state of :class:`~tiling.train.model.TiledLM`: a sequence of one
     :class:`~tiling.modules.TiledMambaState` per layer, and the model it belongs to.
 
@@ -125,5 +125,7 @@ class TiledLMState(Sequence):
     def __repr__(self) -> str:
         return f"TiledLMState(layers={len(self)}, batch={self.batch}, owner={self.owner:#x})"
 
+
+Sequence.register(TiledLMState)  # a sequence of layer states, without ABCMeta's slower isinstance on every step
 
 __all__ = ["FLAT_FIELDS", "FlatState", "TiledLMState", "flatten", "unflatten"]

@@ -12,6 +12,7 @@ from torch import nn
 
 from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules import TiledMamba
+from tiling.modules.assignments import assignments
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
 from tiling.train.fused_step import fused_step, share_router_states
@@ -329,8 +330,8 @@ class TiledLM(nn.Module):
         token costs ``O(d_model)`` in that layer (:meth:`~tiling.modules.TiledMamba.step`).
         """
         self._check_tokens(tokens, "(batch,)", 1, values=False)
-        self.check_state(state, tokens.shape[0])
         budgets = self._step_budgets(budget)
+        self.check_state(state, tokens.shape[0], n_layers=len(budgets))
         fused = fused_step(self, tokens, state, budgets)  # one kernel call where it applies (CPU, no grad)
         if fused is not None:
             return fused
@@ -357,12 +358,14 @@ class TiledLM(nn.Module):
         return logits, TiledLMState(new, owner=id(self))
 
     def _step_budgets(self, budget: float | None) -> list[float]:
-        """Each layer's checked decoding budget for a call with ``budget``, kept per value (the layers'
-        configurations are frozen): one dictionary lookup per step."""
+        """Each layer's checked decoding budget for a call with ``budget``, kept per value while no module
+        or parameter is assigned anew (the layers' configurations are frozen): one dictionary lookup per
+        step, whose length is also the number of layers (:meth:`check_state`)."""
         cache = self.__dict__.setdefault("_budgets_cache", {})
         cacheable = budget is None or type(budget) in (int, float)  # not a bool, a tensor or a list: checked
-        if cacheable and budget in cache:
-            return cache[budget]
+        key = (assignments(), budget)
+        if cacheable and key in cache:
+            return cache[key]
         budgets = []
         for k, layer in enumerate(self.layers):
             c = layer._budget(self.layer_budget(k, budget))
@@ -371,15 +374,18 @@ class TiledLM(nn.Module):
                                  f"it cannot decode at budget {c:g} (use forward(), or budget=1)")
             budgets.append(c)
         if cacheable:
-            if len(cache) >= 16:
-                cache.pop(next(iter(cache)))
-            cache[budget] = budgets
+            if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # budgets of earlier assignments
+                cache.clear()
+            cache[key] = budgets
         return budgets
 
-    def check_state(self, state: Sequence, batch: int) -> None:
-        """Refuse a decoding state that is not this model's or not of ``batch`` rows (naming which)."""
-        if not isinstance(state, (list, TiledLMState)) or len(state) != len(self.layers):
-            raise ValueError(f"state must be the list of {len(self.layers)} layer states of this model's "
+    def check_state(self, state: Sequence, batch: int, *, n_layers: int | None = None) -> None:
+        """Refuse a decoding state that is not this model's or not of ``batch`` rows (naming which);
+        ``n_layers``: the model's number of layers where the caller knows it (``len(self.layers)``
+        reads three module dictionaries)."""
+        n_layers = len(self.layers) if n_layers is None else n_layers
+        if not isinstance(state, (list, TiledLMState)) or len(state) != n_layers:
+            raise ValueError(f"state must be the list of {n_layers} layer states of this model's "
                              f"allocate_inference_state, got {type(state).__name__}"
                              f"{f' of {len(state)} entries' if isinstance(state, (list, TiledLMState)) else ''}")
         if isinstance(state, TiledLMState):
