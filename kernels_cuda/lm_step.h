@@ -105,7 +105,9 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
 //
 // Decoder(emb (V, d), norms: the layers' RMSNorm weights then the final one, eps likewise, head (V, d)
 //         and its bias or None, weights: 11 per layer (layer_step's), gates: each layer's pool gate (d,),
-//         sources: the parameters these are made from (A = -exp(A_log) is a copy), watched by step)
+//         sources: the parameters these are made from, whose storage step watches (a .to() moves it), and
+//         copied: those of them whose values the Decoder holds a copy of (A = -exp(A_log)), whose version
+//         step watches as well (an in-place update; the others are read where they lie))
 // step(tokens (Bt,) int64, kinds: lmstep::Kind per layer, state: conv (layers, Bt, E, K), ssm (layers, Bt, E, N),
 //      held and pool_sum (layers, Bt, d), pool_count and last_start (layers, Bt) int64, position: the tokens
 //      consumed so far (every layer's))
@@ -120,9 +122,9 @@ class Decoder {
 
   Decoder(const Tensor& emb, const std::vector<Tensor>& norms, const std::vector<double>& eps, const Tensor& head_w,
           const c10::optional<Tensor>& head_b, const std::vector<c10::optional<Tensor>>& weights,
-          const std::vector<Tensor>& gates, const std::vector<Tensor>& sources)
+          const std::vector<Tensor>& gates, const std::vector<Tensor>& sources, const std::vector<Tensor>& copied)
       : emb_(emb), head_w_(head_w), head_b_(head_b.value_or(Tensor())), norms_(norms), gates_(gates), eps_(eps),
-        sources_(sources) {
+        sources_(sources), copied_(copied) {
     const int64_t n_layers = (int64_t)gates.size(), d = emb.size(1);
     TORCH_CHECK((int64_t)norms.size() == n_layers + 1 && (int64_t)eps.size() == n_layers + 1 &&
                 (int64_t)weights.size() == lmstep::kWeights * n_layers,
@@ -152,14 +154,16 @@ class Decoder {
                   "LmDecoder: every tensor must be contiguous on the CPU, of the embedding's dtype");
     TORCH_CHECK(norms_[n_layers].numel() == d && head_w.size(0) == emb.size(0) && head_w.size(1) == d,
                 "LmDecoder: the head must be (V, d) like the embedding, the final norm (d,)");
-    for (const auto& t : sources_) versions_.push_back({t._version(), t.data_ptr()});
+    for (const auto& t : sources_) pointers_.push_back(t.data_ptr());
+    for (const auto& t : copied_) versions_.push_back(t._version());
   }
 
   std::tuple<int64_t, std::vector<Tensor>> step(const Tensor& tokens, const std::vector<int64_t>& kinds,
                                                 const std::vector<Tensor>& state, int64_t position) const {
     for (size_t i = 0; i < sources_.size(); ++i)
-      if (sources_[i]._version() != versions_[i].first || sources_[i].data_ptr() != versions_[i].second)
-        return {kStale, {}};
+      if (sources_[i].data_ptr() != pointers_[i]) return {kStale, {}};
+    for (size_t i = 0; i < copied_.size(); ++i)
+      if (copied_[i]._version() != versions_[i]) return {kStale, {}};
     const int64_t n_layers = (int64_t)gates_.size(), Bt = tokens.size(0), V = emb_.size(0), d = emb_.size(1);
     TORCH_CHECK((int64_t)kinds.size() == n_layers && (int64_t)state.size() == lmstep::kState,
                 "LmDecoder.step: one kind per layer and 6 stacked state tensors");
@@ -178,7 +182,8 @@ class Decoder {
       TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt,
                   "LmDecoder.step: the state must be contiguous on the CPU, of the model's dtype");
     const StepWeights& w = ws_[0];
-    TORCH_CHECK(conv.dim() == 4 && conv.size(0) == n_layers && conv.size(1) == Bt && conv.size(2) == w.W_in.size(0) / 2 &&
+    TORCH_CHECK(conv.dim() == 4 && conv.size(0) == n_layers && conv.size(1) == Bt &&
+                conv.size(2) == w.W_in.size(0) / 2 && conv.size(3) * conv.size(2) == w.cw.numel() &&
                 ssm.dim() == 4 && ssm.size(0) == n_layers && ssm.size(1) == Bt && ssm.size(2) == conv.size(2) &&
                 ssm.size(3) == w.A.size(1) && held.sizes() == at::IntArrayRef({n_layers, Bt, d}) &&
                 sum.sizes() == held.sizes() && count.scalar_type() == at::kLong && last.scalar_type() == at::kLong &&
@@ -210,6 +215,7 @@ class Decoder {
   std::vector<Tensor> norms_, gates_;
   std::vector<double> eps_;
   std::vector<StepWeights> ws_;
-  std::vector<Tensor> sources_;
-  std::vector<std::pair<int64_t, const void*>> versions_;
+  std::vector<Tensor> sources_, copied_;
+  std::vector<const void*> pointers_;
+  std::vector<int64_t> versions_;
 };

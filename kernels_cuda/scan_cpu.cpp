@@ -1319,7 +1319,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::class_<Decoder>(m, "LmDecoder", "the whole TiledLM's decoding step over the model's tensors (lm_step.h)")
       .def(py::init<const Tensor&, const std::vector<Tensor>&, const std::vector<double>&, const Tensor&,
                     const c10::optional<Tensor>&, const std::vector<c10::optional<Tensor>>&, const std::vector<Tensor>&,
-                    const std::vector<Tensor>&>())
+                    const std::vector<Tensor>&, const std::vector<Tensor>&>())
       .def("step", &Decoder::step, "one token per row (kinds decided on the host): (status, [logits, state...])");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");

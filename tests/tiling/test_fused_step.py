@@ -164,7 +164,8 @@ def decoder(model):
     weights = [w for layer in model.layers for w in step_weights(layer, torch.float32)]
     return cpu_kernels(model.embedding.weight).LmDecoder(
         model.embedding.weight, [n.weight for n in model.norms] + [model.norm_f.weight], [1e-5] * 4,
-        model.head.weight, None, weights, [layer.chunk.pool_gate for layer in model.layers], [model.head.weight])
+        model.head.weight, None, weights, [layer.chunk.pool_gate for layer in model.layers], [model.head.weight],
+        [layer.A_log for layer in model.layers])
 
 
 def test_the_kernel_refuses_a_token_outside_the_vocabulary_a_bad_kind_and_stale_weights():
@@ -180,7 +181,13 @@ def test_the_kernel_refuses_a_token_outside_the_vocabulary_a_bad_kind_and_stale_
     with pytest.raises(RuntimeError, match="does not match"):
         dec.step(torch.tensor([1, 2]), [3, 3, 3], flat.tensors, 0)  # a state of one row
     with torch.no_grad():
-        model.head.weight.mul_(2.0)  # a watched source updated in place
+        model.head.weight.mul_(2.0)  # a source read where it lies, updated in place: read as it is now
+        assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0)[0] == fused_mod.OK
+        model.layers[1].A_log.add_(0.5)  # a source of a copy: stale
+        assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0) == (fused_mod.STALE, [])
+    model.head.weight.data = model.head.weight.data.clone()  # moved (as by .to()): stale
+    dec = decoder(model)
+    model.head.weight.data = model.head.weight.data.clone()
     assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0) == (fused_mod.STALE, [])
 
 
@@ -261,6 +268,12 @@ def test_a_kernel_state_reads_as_its_layer_states_and_says_where_segments_starte
     state = states[-1]
     assert isinstance(state, TiledLMState) and state.flat is not None and want_states[-1].flat is None
     assert len(state) == 3 and state.batch == 2 and [s.position for s in state] == [11] * 3
+    for a, b in zip(state, want_states[-1]):  # the router states too
+        for f in dataclasses.fields(a.tile_router):
+            u, v = getattr(a.tile_router, f.name), getattr(b.tile_router, f.name)
+            same = (torch.equal(u, v) if isinstance(u, torch.Tensor) else
+                    all(map(torch.equal, u, v)) if f.name == "tiles" else u == v)
+            assert same, f.name
     for a, b in zip(state_tensors(state), state_tensors(want_states[-1])):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # started(): the flat form and the layer states agree, and both follow the policy (R = 1/4, tiles of 8)

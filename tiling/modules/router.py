@@ -620,6 +620,31 @@ class TileRouter(nn.Module):
             cache[key] = (host.to(device), summary)
         return cache[key]
 
+    def _uniform_tile(self, carry: Tensor, config: TilingConfig, device) -> tuple[Tensor, Tensor, tuple[int, ...]]:
+        """The uniform policy's next tile, ``(carry, starts (batch, T), summary)`` (:meth:`_tile_starts`),
+        kept per carried rounding errors, budget and tile size: at a fixed budget the errors cycle through
+        a few values, and the tile is then a dictionary lookup instead of a dozen small tensor ops."""
+        key = (tuple(carry.tolist()), config.budget, config.tile_size, device)
+        cache = self.__dict__.setdefault("_uniform_cache", {})
+        if key not in cache:
+            R = torch.full((carry.shape[0], 1), config.budget)
+            m, after = dithered_counts(R, config.tile_size, carry, validate=False)  # a new carry: never written
+            if len(cache) >= 256:
+                cache.pop(next(iter(cache)))
+            cache[key] = (after, *self._tile_starts(m, config.tile_size, device))
+        return cache[key]
+
+    @staticmethod
+    def planned(state: TileRouterState, config: TilingConfig, position: int) -> int | None:
+        """The host's summary of the starts at token ``position`` where the uniform policy planned it
+        with the tile of ``state``'s last token (``position`` inside that tile, not its first token),
+        else None (:meth:`advance` decides). There a step changes nothing of the state but its
+        position, so a caller may keep the state of an earlier token of the tile and call this."""
+        off = position % config.tile_size
+        if off and config.policy == "uniform" and state.starts is not None and state.position > position - off:
+            return state.starts[off]
+        return None
+
     def advance(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig, *,
                 host_only: bool = False) -> tuple[Tensor | None, TileRouterState, int]:
         """:meth:`step` on checked arguments at ``config`` (:meth:`_config` of the budget), and the
@@ -636,23 +661,23 @@ class TileRouter(nn.Module):
         uniform = config.policy == "uniform"
         signal, tiles, carry, boundary = state.signal, state.tiles, state.carry, state.boundary
         surplus, summary = state.surplus, state.starts
-        if off and uniform and summary is not None:  # inside a planned tile of the uniform policy
-            return None if host_only else boundary[:, off], TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus,
-                                                     summary), summary[off]
+        kind = self.planned(state, config, state.position)
+        if kind is not None:  # inside a planned tile of the uniform policy
+            new = TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus, summary)
+            return None if host_only else boundary[:, off], new, kind
         if self._full(config.budget):  # every token starts a segment (None: every row)
             return None, TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus, summary), 2
         batch, device = state.carry.shape[0], state.signal.device
-        if off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
-            if uniform:
-                R = torch.full((batch, 1), config.budget)
-            else:
-                i = tiles[1].shape[1]
-                q = tile_importance(torch.cat([tiles[1], tiles[1].new_zeros(batch, 1)], 1), exponent=config.exponent,
-                                    curvature_weight=config.curvature_weight)  # column i: a placeholder never read
-                R, surplus = causal_step(q, budget=config.budget, r_min=config.r_min, mode=config.policy,
-                                         lookback=config.lookback, slack=config.slack, reference=self.reference(),
-                                         first_tile=i, surplus=surplus)
-                R = R.to(torch.float32)  # the plan's dtype (tiling.policy.tile_policy): the counts round it
+        if off == 0 and uniform:  # the new tile at the budget: a function of the carried rounding error only
+            carry, boundary, summary = self._uniform_tile(carry, config, device)
+        elif off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
+            i = tiles[1].shape[1]
+            q = tile_importance(torch.cat([tiles[1], tiles[1].new_zeros(batch, 1)], 1), exponent=config.exponent,
+                                curvature_weight=config.curvature_weight)  # column i: a placeholder never read
+            R, surplus = causal_step(q, budget=config.budget, r_min=config.r_min, mode=config.policy,
+                                     lookback=config.lookback, slack=config.slack, reference=self.reference(),
+                                     first_tile=i, surplus=surplus)
+            R = R.to(torch.float32)  # the plan's dtype (tiling.policy.tile_policy): the counts round it
             m, carry = dithered_counts(R, T, carry, validate=False)
             boundary, summary = self._tile_starts(m, T, device)
             signal = signal[:, :0]

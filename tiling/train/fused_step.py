@@ -26,7 +26,7 @@ import torch
 from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import step_params, step_weights
 from tiling.ops.scan import cpu_kernels
-from tiling.train.lm_state import FlatState, TiledLMState, flatten
+from tiling.train.lm_state import FlatState, TiledLMState, at_position, flatten
 
 Tensor = torch.Tensor
 
@@ -85,7 +85,8 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
         sources = [model.embedding.weight, *norms, *gates, *(p for p in head if p is not None),
                    *(p for layer in layers for p in step_params(layer) if p is not None)]
         eps = [float(n.eps) for n in model.norms] + [float(model.norm_f.eps)]
-        decoder = ext.LmDecoder(model.embedding.weight, norms, eps, *head, weights, gates, sources)
+        copied = [p for layer in layers for p in (layer.A_log, layer.D)]  # step_weights' copies: A = -exp(A_log)
+        decoder = ext.LmDecoder(model.embedding.weight, norms, eps, *head, weights, gates, sources, copied)
         plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs,
                      full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
                      same=(False, *(a == b for a, b in zip(configs, configs[1:]))), emb=model.embedding.weight,
@@ -134,26 +135,31 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> 
         flat = flatten(state)
     elif flat.tensors[1].dtype != plan.dtype:
         return None
-    kinds, advanced = [], []
+    t, kinds, advanced = flat.position, [], []
     for k, (router, config, full, same) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same)):
-        if same and flat.tile_routers[k] is flat.tile_routers[k - 1]:  # the same policy on the same history
+        tile_router = flat.tile_routers[k]  # of token t, or of an earlier token (FlatState)
+        if same and tile_router is flat.tile_routers[k - 1]:  # the same policy on the same history
             tile_router, kind = advanced[-1], kinds[-1]
-        else:  # TileBoundaries.starts without the token (_plan: the policy reads none)
-            _, tile_router, kind = router.advance(None, flat.tile_routers[k], config, host_only=True)
+        elif full:  # every token starts a segment: the router state would change only its position
+            kind = FULL
+        else:
+            kind = router.planned(tile_router, config, t)  # inside a tile the uniform policy planned
+            if kind is None:  # TileBoundaries.starts without the token (_plan: the policy reads none)
+                _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
         if kind == 1:  # some rows start a segment, others not: the reference path
             return None
-        kinds.append(FULL if full else kind)
+        kinds.append(kind)
         advanced.append(tile_router)
     tokens = tokens.contiguous()
-    status, out = plan.decoder.step(tokens, kinds, flat.tensors, flat.position)
+    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t)
     if status == STALE:  # a parameter was updated in place or moved since the plan was made
         plan = _plan(model, budgets, stale=True)
         if plan is None:
             return None
-        status, out = plan.decoder.step(tokens, kinds, flat.tensors, flat.position)
+        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t)
     if status != OK:  # a non-finite logit or a token out of range: the reference path names it
         return None
-    new = FlatState(out[1:], tuple(advanced), flat.position + 1, flat.fixed)
+    new = FlatState(out[1:], tuple(advanced), t + 1, flat.fixed)
     return out[0], TiledLMState(owner=id(model), flat=new)
 
 

@@ -8,12 +8,14 @@ objects and two dozen tensors for every step was most of a step's time (issue 23
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
 from tiling.modules.chunk import ChunkState
+from tiling.modules.router import TileRouterState
 from tiling.modules.scope import TiledMambaState
 
 Tensor = torch.Tensor
@@ -28,7 +30,9 @@ class FlatState(NamedTuple):
     Attributes
     ----------
     tensors : one tensor per field of :data:`FLAT_FIELDS`, of shape ``(layers, *the layer's field)``.
-    tile_routers : each layer's :class:`~tiling.modules.router.TileRouterState`.
+    tile_routers : each layer's :class:`~tiling.modules.router.TileRouterState`, or that of an earlier
+        token where the steps since changed only its position (inside a tile the uniform policy planned,
+        :meth:`~tiling.modules.router.TileRouter.planned`, or at budget 1), so that most steps make none.
     position : the tokens consumed (every layer's).
     fixed : each layer's fields the step does not change, ``(route, router, proj)``.
     """
@@ -49,6 +53,11 @@ def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
                      tuple((st.route, st.router, st.proj) for st in layers))
 
 
+def at_position(state: TileRouterState, position: int) -> TileRouterState:
+    """A router state of :class:`FlatState` at ``position`` (the same object where it is already there)."""
+    return state if state.position == position else dataclasses.replace(state, position=position)
+
+
 def unflatten(flat: FlatState) -> list[TiledMambaState]:
     """The per-layer states of a :class:`FlatState` (their tensors are views of its stacked ones, which
     no step writes)."""
@@ -57,7 +66,8 @@ def unflatten(flat: FlatState) -> list[TiledMambaState]:
         conv, ssm, held, pool_sum, pool_count, last_start = (t[k] for t in flat.tensors)
         out.append(TiledMambaState(conv=conv, ssm=ssm, route=route, position=flat.position, held=held,
                                    chunk=ChunkState(pool_sum=pool_sum, pool_count=pool_count), router=router,
-                                   tile_router=tile_router, last_start=last_start, proj=proj))
+                                   tile_router=at_position(tile_router, flat.position), last_start=last_start,
+                                   proj=proj))
     return out
 
 
@@ -128,4 +138,4 @@ class TiledLMState:
 
 Sequence.register(TiledLMState)  # a sequence of layer states, without ABCMeta's slower isinstance on every step
 
-__all__ = ["FLAT_FIELDS", "FlatState", "TiledLMState", "flatten", "unflatten"]
+__all__ = ["FLAT_FIELDS", "FlatState", "TiledLMState", "at_position", "flatten", "unflatten"]
