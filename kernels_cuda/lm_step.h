@@ -37,17 +37,41 @@ inline Tensor next_field(const Tensor& old, const std::vector<int64_t>& kinds, b
   for (int64_t k : kinds) any |= writes(k), all &= writes(k);
   if (!any) return old;
   Tensor out = torch::empty_like(old);
-  if (!all)
+  if (!all) {  // contiguous and stacked: layer l's slice is bytes [l * per, (l + 1) * per)
+    const size_t per = (size_t)(old.numel() / old.size(0)) * old.element_size();
+    const char* src = static_cast<const char*>(old.data_ptr());
+    char* dst = static_cast<char*>(out.data_ptr());
     for (size_t l = 0; l < kinds.size(); ++l)
-      if (!writes(kinds[l])) out[(int64_t)l].copy_(old[(int64_t)l]);
+      if (!writes(kinds[l])) std::memcpy(dst + l * per, src + l * per, per);
+  }
   return out;
+}
+
+// A layer's linearised density (tiling.modules.router.linear_density, the signal its policy reads), from the
+// maps of its decoding state: ab = P x + offset (the composite map, r + N rows), z = W_dt' ab[:r] + b_dt' (the
+// sampled rows of dt_proj), rho = scale * |softplus(z)|^2 * |ab[r:]|^2 (linear_signal_rows, the kernel's
+// softplus as the forward's). The products are matvec_rows, not torch's addmm: rho equals the reference's
+// to float rounding.
+struct SignalMaps {
+  Tensor proj, offset, w, b;
+  double scale;
+};
+
+template <typename T>
+void signal_rows(const SignalMaps& s, const T* x, T* rho, int64_t Bt, int64_t d) {
+  const int64_t rN = s.proj.size(0), k = s.w.size(0), r = s.w.size(1);
+  std::vector<T> ab((size_t)(Bt * rN)), a((size_t)(Bt * r)), z((size_t)(Bt * k));
+  matvec_rows<T>(s.proj.data_ptr<T>(), s.offset.defined() ? s.offset.data_ptr<T>() : nullptr, x, ab.data(), rN, d, Bt);
+  for (int64_t b = 0; b < Bt; ++b) std::memcpy(a.data() + b * r, ab.data() + b * rN, sizeof(T) * r);
+  matvec_rows<T>(s.w.data_ptr<T>(), s.b.data_ptr<T>(), a.data(), z.data(), k, r, Bt);
+  linear_signal_rows<T>(z.data(), ab.data(), rho, Bt, k, r, rN - r, s.scale);
 }
 
 template <typename T>
 bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms, const std::vector<double>& eps,
          const T* head_w, const T* head_b, const std::vector<StepWeights>& ws, const std::vector<const T*>& gates,
          const std::vector<int64_t>& kinds, const std::vector<Tensor>& in, const std::vector<Tensor>& out, T* logits,
-         int64_t position, int64_t Bt, int64_t d, int64_t V) {
+         const std::vector<SignalMaps>& signals, T* rho, int64_t position, int64_t Bt, int64_t d, int64_t V) {
   const int64_t n_layers = (int64_t)kinds.size();
   const int64_t E = in[0].size(2), K = in[0].size(3), N = in[1].size(3);
   std::vector<T> h((size_t)(Bt * d)), x((size_t)(Bt * d)), rep((size_t)(Bt * d));
@@ -62,6 +86,7 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
     T *oheld = out[2].data_ptr<T>() + l * Bt * d, *osum = out[3].data_ptr<T>() + l * Bt * d;
     int64_t *ocount = out[4].data_ptr<int64_t>() + l * Bt, *olast = out[5].data_ptr<int64_t>() + l * Bt;
     rms_rows<T>(h.data(), norms[l], x.data(), r.data(), Bt, d, eps[l]);
+    if (!signals.empty() && signals[l].proj.defined()) signal_rows<T>(signals[l], x.data(), rho + l * Bt, Bt, d);
     const T* held = oheld;
     if (kinds[l] == kNone) {
       for (int64_t j = 0; j < Bt * d; ++j) osum[j] = ssum[j] + x[j];
@@ -110,15 +135,18 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
 //         step watches as well (an in-place update; the others are read where they lie))
 // step(tokens (Bt,) int64, kinds: lmstep::Kind per layer, state: conv (layers, Bt, E, K), ssm (layers, Bt, E, N),
 //      held and pool_sum (layers, Bt, d), pool_count and last_start (layers, Bt) int64, position: the tokens
-//      consumed so far (every layer's))
-//   -> (status, [logits (Bt, V), then the 6 new state tensors]); status kOk, kNonFinite (some
+//      consumed so far (every layer's), reads: per layer whether its policy reads the signal (empty: none
+//      does), maps: per layer the signal's maps of its state (proj, offset or None, dt rows, dt bias), scales:
+//      per layer the map's scale)
+//   -> (status, [logits (Bt, V), the 6 new state tensors, and where a layer reads the signal the layers'
+//      signals rho (layers, Bt), 0 where not read]); status kOk, kNonFinite (some
 //      logit is NaN/Inf: the caller names the cause through its reference path), kStale (a source was
 //      updated in place or moved since the Decoder was made: make another; nothing computed) or
-//      kToken (a token outside [0, V): the caller raises; nothing computed). The state passed in is
-//      never written.
+//      kToken (a token outside [0, V): the caller raises; nothing computed) or kSignal (a signal is NaN/Inf:
+//      the caller names the cause through its reference path). The state passed in is never written.
 class Decoder {
  public:
-  enum Status : int64_t { kOk = 0, kNonFinite = 1, kStale = 2, kToken = 3 };
+  enum Status : int64_t { kOk = 0, kNonFinite = 1, kStale = 2, kToken = 3, kSignal = 4 };
 
   Decoder(const Tensor& emb, const std::vector<Tensor>& norms, const std::vector<double>& eps, const Tensor& head_w,
           const c10::optional<Tensor>& head_b, const std::vector<c10::optional<Tensor>>& weights,
@@ -159,7 +187,10 @@ class Decoder {
   }
 
   std::tuple<int64_t, std::vector<Tensor>> step(const Tensor& tokens, const std::vector<int64_t>& kinds,
-                                                const std::vector<Tensor>& state, int64_t position) const {
+                                                const std::vector<Tensor>& state, int64_t position,
+                                                const std::vector<int64_t>& reads,
+                                                const std::vector<c10::optional<Tensor>>& maps,
+                                                const std::vector<double>& scales) const {
     for (size_t i = 0; i < sources_.size(); ++i)
       if (sources_[i].data_ptr() != pointers_[i]) return {kStale, {}};
     for (size_t i = 0; i < copied_.size(); ++i)
@@ -198,6 +229,26 @@ class Decoder {
                                lmstep::next_field(sum, kinds, lmstep::writes_pool),
                                lmstep::next_field(count, kinds, lmstep::writes_pool),
                                lmstep::next_field(last, kinds, lmstep::writes_mixer)};
+    std::vector<lmstep::SignalMaps> signals;
+    if (!reads.empty()) {
+      TORCH_CHECK((int64_t)reads.size() == n_layers && (int64_t)maps.size() == 4 * n_layers &&
+                  (int64_t)scales.size() == n_layers, "LmDecoder.step: per layer a read flag, 4 maps and a scale");
+      for (int64_t l = 0; l < n_layers; ++l) {
+        auto m = [&](int i) { return maps[4 * l + i].value_or(Tensor()); };
+        lmstep::SignalMaps s{reads[l] ? m(0) : Tensor(), m(1), m(2), m(3), scales[l]};
+        if (s.proj.defined()) {
+          for (const Tensor* t : {&s.proj, &s.offset, &s.w, &s.b})
+            TORCH_CHECK(!t->defined() || (t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt),
+                        "LmDecoder.step: the signal's maps must be contiguous on the CPU, of the model's dtype");
+          TORCH_CHECK(s.proj.dim() == 2 && s.proj.size(1) == d && s.w.dim() == 2 && s.proj.size(0) > s.w.size(1) &&
+                      s.b.defined() && s.b.numel() == s.w.size(0) &&
+                      (!s.offset.defined() || s.offset.numel() == s.proj.size(0)),
+                      "LmDecoder.step: layer ", l, "'s signal maps do not match (proj (r + N, d), dt rows (k, r))");
+        }
+        signals.push_back(s);
+      }
+      out.push_back(torch::zeros({n_layers, Bt}, emb_.options()));
+    }
     bool finite = true;
     AT_DISPATCH_FLOATING_TYPES(dt, "lm_step", [&] {
       std::vector<const scalar_t*> nw, gw;
@@ -205,8 +256,19 @@ class Decoder {
       for (const auto& t : gates_) gw.push_back(t.data_ptr<scalar_t>());
       finite = lmstep::run<scalar_t>(tok, emb_.data_ptr<scalar_t>(), nw, eps_, head_w_.data_ptr<scalar_t>(),
                                      head_b_.defined() ? head_b_.data_ptr<scalar_t>() : nullptr, ws_, gw, kinds, state,
-                                     {out.begin() + 1, out.end()}, logits.data_ptr<scalar_t>(), position, Bt, d, V);
+                                     {out.begin() + 1, out.begin() + 1 + lmstep::kState}, logits.data_ptr<scalar_t>(),
+                                     signals, signals.empty() ? nullptr : out.back().data_ptr<scalar_t>(), position,
+                                     Bt, d, V);
     });
+    if (finite && !signals.empty()) {
+      const Tensor& rho = out.back();
+      AT_DISPATCH_FLOATING_TYPES(dt, "lm_step_signal", [&] {
+        const scalar_t* p = rho.data_ptr<scalar_t>();
+        for (int64_t j = 0; j < rho.numel(); ++j)
+          if (!std::isfinite(p[j])) finite = false;
+      });
+      if (!finite) return {kSignal, std::move(out)};
+    }
     return {finite ? kOk : kNonFinite, std::move(out)};
   }
 

@@ -98,7 +98,7 @@ class TilingConfig:
         (H-Net's learned router, :class:`~tiling.modules.router.TokenRouter`). ``"token"`` needs
         ``scope="block"``.
     signal_channels : block scope: channels ``k ≥ 1`` of the linearised density (seed 001 §3.4
-        step 1, :func:`~tiling.modules.router.linear_density`).
+        step 1, :func:`~tiling.modules.signal.linear_density`).
     router_rank : ``boundaries="token"``: rank ``≥ 1`` of the router's query and key maps; None:
         ``min(32, d_model)``.
     pool : block scope: feed each segment's skipped tokens to the next representative

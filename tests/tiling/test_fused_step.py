@@ -45,9 +45,9 @@ class Spy:
             def __init__(self, decoder):
                 self.decoder = decoder
 
-            def step(self, tokens, kinds, state, position):
+            def step(self, tokens, kinds, *args):
                 spy.kinds.append(list(kinds))
-                return self.decoder.step(tokens, kinds, state, position)
+                return self.decoder.step(tokens, kinds, *args)
 
         class Ext:
             def __init__(self, ext):
@@ -79,21 +79,44 @@ def state_tensors(state):
         yield from (st.conv, st.ssm, st.held, st.chunk.pool_sum, st.chunk.pool_count, st.last_start)
 
 
+def router_states_equal(a, b) -> bool:
+    """Two tile router states hold the same values (the signal history included)."""
+    for f in dataclasses.fields(a):
+        u, v = getattr(a, f.name), getattr(b, f.name)
+        same = (torch.equal(u, v) if isinstance(u, torch.Tensor) else
+                all(map(torch.equal, u, v)) if f.name == "tiles" else u == v)
+        if not same:
+            return False
+    return True
+
+
 @pytest.mark.parametrize("budget", [0.25, 0.35, 0.5, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [1, 3])
-def test_the_fused_step_equals_the_layer_by_layer_step(budget, dtype, batch, monkeypatch):
-    model = lm(budget, dtype=dtype, seed=1)
+@pytest.mark.parametrize("policy", ["uniform", "adaptive", "binary"])
+def test_the_fused_step_equals_the_layer_by_layer_step(budget, dtype, batch, policy, monkeypatch):
+    model = lm(budget, policy, dtype=dtype, seed=1)
     x = torch.randint(0, 32, (batch, 29))
     spy = Spy(monkeypatch)
     got, got_states = decode(model, x)
-    assert len(spy.kinds) == x.shape[1]  # every step went through the kernel
+    if batch == 1 or policy == "uniform":
+        assert len(spy.kinds) == x.shape[1]  # every step went through the kernel
+    else:  # the rows' own signals: where some rows start a segment and others not, the reference path
+        assert 0 < len(spy.kinds) <= x.shape[1]
     want, want_states = decode(model, x, reference=True, monkeypatch=monkeypatch)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, want, **tol)
     for a, b in zip(state_tensors(got_states[-1]), state_tensors(want_states[-1])):
         torch.testing.assert_close(a, b, **tol)
     assert [s.position for s in got_states[-1]] == [x.shape[1]] * 3
+    for a, b in zip(got_states[-1], want_states[-1]):  # the policy's history: the same signal recorded
+        if policy == "uniform":
+            assert router_states_equal(a.tile_router, b.tile_router)
+        else:  # the signal from inputs equal to float rounding, the same plans
+            u, v = a.tile_router, b.tile_router
+            for p, q in ((u.signal, v.signal), *zip(u.tiles, v.tiles), (u.surplus, v.surplus), (u.carry, v.carry)):
+                torch.testing.assert_close(p, q, **tol)
+            assert u.starts == v.starts
     with torch.no_grad():  # and the forward, which the reference equals (test_model_speed)
         torch.testing.assert_close(got, model(x), **tol)
 
@@ -122,12 +145,10 @@ def test_the_state_passed_in_is_unchanged(monkeypatch):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("case", ["adaptive", "router", "grad", "mixed_positions"])
+@pytest.mark.parametrize("case", ["router", "grad", "mixed_positions"])
 def test_the_reference_path_runs_where_the_kernel_does_not_apply(case, monkeypatch):
     spy = Spy(monkeypatch)
-    if case == "adaptive":
-        model = lm(0.25, policy="adaptive")
-    elif case == "router":
+    if case == "router":
         model = lm(0.25, boundaries="token", router_rank=4)
     else:
         model = lm(0.25)
@@ -172,23 +193,23 @@ def test_the_kernel_refuses_a_token_outside_the_vocabulary_a_bad_kind_and_stale_
     model = lm(1.0)
     flat = flatten(model.allocate_inference_state(1))
     dec = decoder(model)
-    status, out = dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0)
+    status, out = dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0, [], [], [])
     assert status == fused_mod.OK and out[0].shape == (1, 32) and len(out) == 7
-    assert dec.step(torch.tensor([32]), [3, 3, 3], flat.tensors, 0) == (3, [])  # the caller raises
-    assert dec.step(torch.tensor([-1]), [3, 3, 3], flat.tensors, 0) == (3, [])
+    assert dec.step(torch.tensor([32]), [3, 3, 3], flat.tensors, 0, [], [], []) == (3, [])  # the caller raises
+    assert dec.step(torch.tensor([-1]), [3, 3, 3], flat.tensors, 0, [], [], []) == (3, [])
     with pytest.raises(RuntimeError, match="kind is 0"):
-        dec.step(torch.tensor([1]), [1, 3, 3], flat.tensors, 0)
+        dec.step(torch.tensor([1]), [1, 3, 3], flat.tensors, 0, [], [], [])
     with pytest.raises(RuntimeError, match="does not match"):
-        dec.step(torch.tensor([1, 2]), [3, 3, 3], flat.tensors, 0)  # a state of one row
+        dec.step(torch.tensor([1, 2]), [3, 3, 3], flat.tensors, 0, [], [], [])  # a state of one row
     with torch.no_grad():
         model.head.weight.mul_(2.0)  # a source read where it lies, updated in place: read as it is now
-        assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0)[0] == fused_mod.OK
+        assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0, [], [], [])[0] == fused_mod.OK
         model.layers[1].A_log.add_(0.5)  # a source of a copy: stale
-        assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0) == (fused_mod.STALE, [])
+        assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0, [], [], []) == (fused_mod.STALE, [])
     model.head.weight.data = model.head.weight.data.clone()  # moved (as by .to()): stale
     dec = decoder(model)
     model.head.weight.data = model.head.weight.data.clone()
-    assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0) == (fused_mod.STALE, [])
+    assert dec.step(torch.tensor([3]), [3, 3, 3], flat.tensors, 0, [], [], []) == (fused_mod.STALE, [])
 
 
 def test_a_field_no_layer_writes_is_passed_through_and_the_others_keep_their_layers_values():
@@ -197,11 +218,11 @@ def test_a_field_no_layer_writes_is_passed_through_and_the_others_keep_their_lay
     flat = flat._replace(tensors=[t.clone().random_(0, 5) if t.dtype == torch.int64 else torch.randn_like(t)
                                   for t in flat.tensors])
     dec = decoder(model)
-    _, out = dec.step(torch.tensor([1, 2]), [0, 0, 0], flat.tensors, 7)  # no mixer runs: only the pools change
+    _, out = dec.step(torch.tensor([1, 2]), [0, 0, 0], flat.tensors, 7, [], [], [])  # no mixer runs: only the pools change
     for k, name in enumerate(FLAT_FIELDS):
         assert (out[1 + k] is flat.tensors[k]) == (name not in ("pool_sum", "pool_count")), name
     torch.testing.assert_close(out[5], flat.tensors[4] + 1)
-    _, out = dec.step(torch.tensor([1, 2]), [2, 0, 3], flat.tensors, 7)  # one layer of each kind
+    _, out = dec.step(torch.tensor([1, 2]), [2, 0, 3], flat.tensors, 7, [], [], [])  # one layer of each kind
     conv, ssm, held, pool_sum, pool_count, last = out[1:]
     for t, old in zip((conv, ssm, held, last), (flat.tensors[0], flat.tensors[1], flat.tensors[2], flat.tensors[5])):
         assert torch.equal(t[1], old[1]) and not torch.equal(t[0], old[0]) and not torch.equal(t[2], old[2])
@@ -269,11 +290,7 @@ def test_a_kernel_state_reads_as_its_layer_states_and_says_where_segments_starte
     assert isinstance(state, TiledLMState) and state.flat is not None and want_states[-1].flat is None
     assert len(state) == 3 and state.batch == 2 and [s.position for s in state] == [11] * 3
     for a, b in zip(state, want_states[-1]):  # the router states too
-        for f in dataclasses.fields(a.tile_router):
-            u, v = getattr(a.tile_router, f.name), getattr(b.tile_router, f.name)
-            same = (torch.equal(u, v) if isinstance(u, torch.Tensor) else
-                    all(map(torch.equal, u, v)) if f.name == "tiles" else u == v)
-            assert same, f.name
+        assert router_states_equal(a.tile_router, b.tile_router)
     for a, b in zip(state_tensors(state), state_tensors(want_states[-1])):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
     # started(): the flat form and the layer states agree, and both follow the policy (R = 1/4, tiles of 8)
@@ -297,3 +314,39 @@ def test_a_plain_list_of_layer_states_decodes_like_the_models_own_state():
         other = lm(0.35, seed=2)
         with pytest.raises(ValueError, match="another model"):
             other.step(x[:, 4], states[3])
+
+
+@pytest.mark.parametrize("policy", ["uniform", "adaptive"])
+def test_a_budget_changed_inside_a_tile_applies_from_the_next_tile(policy, monkeypatch):
+    """A tile begun at budget 1 has no plan: it runs at full resolution to its end; budget 1 inside a
+    planned tile runs at full resolution at once. Both paths agree (they crashed on the first case)."""
+    model = lm(0.25, policy)
+    x = torch.randint(0, 32, (1, 27))
+    budgets = [1.0] * 3 + [0.25] * 10 + [1.0] * 2 + [0.35] * 12
+
+    def run():
+        out = []
+        with torch.no_grad():
+            state = model.allocate_inference_state(1)
+            for t, c in enumerate(budgets):
+                logits, state = model.step(x[:, t], state, budget=c)
+                out.append((logits, state.started()[:, 0].tolist()))
+        return out
+
+    spy = Spy(monkeypatch)
+    got = run()
+    assert len(spy.kinds) == len(budgets)
+    assert spy.kinds[3:8] == [[2, 2, 2]] * 5 and spy.kinds[8][0] == 2  # the rest of tile 0: every token
+    monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
+    want = run()
+    for (a, sa), (b, sb) in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert sa == sb
+
+
+def test_a_signal_that_overflows_is_named_through_the_reference_path():
+    model = lm(0.25, "adaptive")
+    with torch.no_grad():
+        model.layers[1].dt_proj.weight.fill_(3e38)  # the signal's step sizes overflow, the mixer's too
+    with pytest.raises(ValueError, match="not finite|overflow|NaN/Inf"):
+        decode(model, torch.randint(0, 32, (1, 10)))

@@ -3,7 +3,8 @@ strategies (:mod:`tiling.modules.scope`, :mod:`~tiling.modules.scope_scan`,
 :mod:`~tiling.modules.scope_block`) and the block scope's parts (:mod:`tiling.modules.chunk`,
 :mod:`tiling.modules.router`)."""
 from tiling.modules.chunk import Chunk, Dechunk, SegmentLayout, layout_from_boundaries, layout_from_counts
-from tiling.modules.router import TileRouter, TileRouterState, TokenRouter, linear_density, ratio_loss
+from tiling.modules.router import TileRouter, TileRouterState, TokenRouter, ratio_loss
+from tiling.modules.signal import linear_density
 from tiling.modules.tiled_mamba import TiledMamba, TiledMambaState
 
 __all__ = [

@@ -16,7 +16,7 @@ Signals (all causal: the score ``s_t`` reads bytes ``≤ t`` only)
                      speed of the predictive distribution (seed 000 §3.1.2's path length on the
                      simplex, :func:`infogeo.fisher.categorical_distance`; ``infogeo.predictive``).
     ``"linear"``     the linearised SSM density of the encoder's last layer
-                     (:func:`~tiling.modules.router.linear_density`; seed 001 §3.4 step 1).
+                     (:func:`~tiling.modules.signal.linear_density`; seed 001 §3.4 step 1).
     ``"router"``     H-Net's learned cosine router ``p_t = ½(1 − cos(W_q x_t, W_k x_{t−1}))``
                      (:class:`~tiling.modules.router.TokenRouter`), trained with its ratio loss.
     ``"uniform"``    fixed pooling: a segment starts where ``⌊t·c⌋`` steps (every ``1/c`` bytes).

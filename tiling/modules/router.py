@@ -1,22 +1,11 @@
-"""Resolution signals, boundary routers and the policy's running calibration.
+"""Boundary routers and the policy's running calibration.
 
 Block scope runs the Mamba mixer on one token per segment, so the policy's signal cannot come
-from the mixer itself: the closed-form density ``ρ_t = (Σ_d Δ_{t,d}²)·‖B_t‖²`` (seed 001 §3.4
-step 1, ``infogeo.density.ssm_density``) needs in_proj, conv and x_proj on every token, the very
-cost the block scope removes. Two cheap signals are offered.
+from the mixer itself (seed 001 §3.4 step 1's density needs the mixer on every token, the very
+cost the block scope removes). Two cheap ways to place segment starts are offered.
 
-Linearised density (:func:`linear_density`, the per-tile policy's default)
-    The same formula evaluated on a linear sketch of the mixer: drop the causal conv and the SiLU
-    between ``in_proj`` and ``x_proj``, so that ``B_t ≈ W_B W_x^in x_t`` and
-    ``Δ_t ≈ softplus(W_dt W_δ W_x^in x_t + b)`` with the composite maps
-    ``P = [W_δ; W_B] W_x^in`` of shape ``(dt_rank + N, d_model)``; the sum over the ``d_inner``
-    channels of ``Δ²`` is estimated on a fixed stratified subset of ``k`` channels (every
-    ``d_inner/k``-th), times ``d_inner/k``. Cost per token ``d_model·(dt_rank + N) + k·dt_rank``
-    multiply-adds (≈ 1.6 % of the block at ``d_model = 768``), plus ``(dt_rank + N)·d_inner·d_model``
-    once per call for ``P``. No new parameters: the signal follows the layer's weights as it trains.
-    Departure from the text: ``ρ`` of seed 001 §3.4 is the rate of change of the model's state; the
-    mixer's own closed form is the project's reading of it (``docs/infogeo.md``), and this is its
-    linearisation, so it ignores the conv's look-back of ``d_conv − 1`` tokens.
+Linearised density (:func:`~tiling.modules.signal.linear_density`, the per-tile policy's default)
+    The mixer's closed-form density on a linear sketch of the mixer (:mod:`tiling.modules.signal`).
 
 Learned boundaries (:class:`TokenRouter`, H-Net's routing module, Hwang, Wang, Gu 2025)
     ``p_t = ½ (1 − cos(W_q x_t, W_k x_{t−1}))``, ``p_0 = 1``, low-rank ``W_q, W_k`` (rank ``r``,
@@ -55,89 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infogeo.checks import check_finite, check_in_range, check_int, check_same_device, check_same_dtype, check_tensor
+from infogeo.checks import check_in_range, check_int, check_same_device, check_tensor
 from tiling.config import TilingConfig
 from tiling.modules.chunk import segment_boundaries
-from tiling.ops.scan import cpu_kernels
 from tiling.policy import block_counts, causal_step, dithered_counts, plan_densities, plan_tiles, tile_importance, \
     tile_mean
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
-
-
-def linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, scale: float, *,
-                   offset: Tensor | None = None, validate: bool = True) -> Tensor:
-    """Linearised SSM density ``ρ̂_t = scale · Σ_{d∈K} softplus(W_dt[d] a_t + b_d)² · ‖b_t‖²``.
-
-    Parameters
-    ----------
-    x : (batch, L, d_model) block input.
-    proj : (r + N, d_model) composite map ``[W_δ; W_B] W_x^in``; ``a_t, b_t`` are its two parts of ``P x_t``.
-    dt_weight, dt_bias : (k, r) and (k,), the rows of ``dt_proj`` of the sampled channels ``K``.
-    scale : ``d_inner / k``.
-    offset : (r + N,), optional: ``[W_δ; W_B] b^in`` when in_proj has a bias.
-    validate : check that the output is finite and name the input that is not (``TiledMamba``
-        checks its own input and passes False).
-
-    Returns
-    -------
-    (batch, L) non-negative, dtype of ``x``.
-
-    Raises
-    ------
-    TypeError
-        A tensor argument is not a floating tensor, the tensors do not share one dtype, or ``scale``
-        is not a number.
-    ValueError
-        ``x`` is empty; ``proj``, ``dt_weight``, ``dt_bias`` or ``offset`` has the wrong shape; the
-        tensors live on different devices; ``scale`` is negative or infinite; (``validate``) the
-        output is not finite: names the non-finite input, or reports an overflow.
-    """
-    _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset)
-    rho = _linear_density(x, proj, dt_weight, dt_bias, scale, offset)
-    if validate and not bool(torch.isfinite(rho).all()):
-        for name, t in (("x", x), ("proj", proj), ("dt_weight", dt_weight), ("dt_bias", dt_bias), ("offset", offset)):
-            if t is not None:
-                check_finite(t, name)
-        raise ValueError("the density overflowed with finite inputs: x, proj or dt_weight are too large")
-    return rho
-
-
-def _linear_density(x: Tensor, proj: Tensor, dt_weight: Tensor, dt_bias: Tensor, scale: float,
-                    offset: Tensor | None) -> Tensor:
-    """:func:`linear_density` on checked arguments (the layer checks once, at its boundary)."""
-    r = dt_weight.shape[1]
-    ab = x @ proj.t() if offset is None else torch.addmm(offset, x.reshape(-1, x.shape[-1]), proj.t()).view(
-        *x.shape[:-1], -1)
-    z = torch.addmm(dt_bias, ab[..., :r].reshape(-1, r), dt_weight.t())
-    ext = None if torch.is_grad_enabled() and x.requires_grad else cpu_kernels(z, ab)
-    if ext is not None:  # one pass with the kernel's softplus (torch's is most of this function's time)
-        return ext.linear_signal(z, ab.reshape(-1, ab.shape[-1]).contiguous(), r, float(scale)).view(x.shape[:-1])
-    delta = F.softplus(z)
-    speed = delta.square().sum(-1).view(x.shape[:-1])
-    return scale * speed * ab[..., r:].square().sum(-1)
-
-
-def _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset) -> None:
-    """Shapes, dtypes and devices of :func:`linear_density`'s arguments (metadata only: no pass over values)."""
-    check_tensor(x, "x", min_ndim=2, finite=False)
-    if x.numel() == 0:
-        raise ValueError(f"x must have non-empty dimensions, got shape {tuple(x.shape)}")
-    check_tensor(proj, "proj", ndim=2, finite=False)
-    check_tensor(dt_weight, "dt_weight", ndim=2, finite=False)
-    k, r = dt_weight.shape
-    check_tensor(dt_bias, "dt_bias", shape=(k,), finite=False)
-    if proj.shape[1] != x.shape[-1] or proj.shape[0] <= r:
-        raise ValueError(f"proj must have shape (r + N, d_model) = ({r} + N, {x.shape[-1]}) with N >= 1, "
-                         f"got {tuple(proj.shape)}")
-    if offset is not None:
-        check_tensor(offset, "offset", shape=(proj.shape[0],), finite=False)
-    check_same_dtype(x=x, proj=proj, dt_weight=dt_weight, dt_bias=dt_bias, offset=offset)
-    check_same_device(x=x, proj=proj, dt_weight=dt_weight, dt_bias=dt_bias, offset=offset)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float, got {type(scale).__name__}")
-    check_in_range(float(scale), "scale", 0.0, float("inf"), high_open=True)
 
 
 def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool = True) -> Tensor:
@@ -651,27 +565,38 @@ class TileRouter(nn.Module):
         host's summary of the starts: 0 (no row starts a segment), 1 (some rows), 2 (every row); the
         starts are None at full resolution (every token of every row), and with ``host_only`` (a
         caller that reads the summary only: the whole-model decoding step, where every row agrees).
+        It is :meth:`decide` then :meth:`record`.
 
         At the first token of tile ``i`` the causal policy sets ``R_i`` from the earlier tiles in
         one call (:func:`~tiling.policy.causal_step` with the controller's surplus carried in the
         state: ``O(i)`` for the history calibration, ``O(1)`` with the running reference, not the
-        whole history's plan again); the other tokens only join the tile's signal.
+        whole history's plan again); the other tokens only join the tile's signal. A step at budget 1
+        runs at full resolution whatever the tile's plan; a tile begun at budget 1 has none, and runs at
+        full resolution to its end whatever the later steps' budget (the new budget plans the next tile).
         """
+        starts, decided, kind = self.decide(state, config, host_only=host_only)
+        return starts, self.record(signal_t, decided, config), kind
+
+    def decide(self, state: TileRouterState, config: TilingConfig, *, host_only: bool = False
+               ) -> tuple[Tensor | None, TileRouterState, int]:
+        """The next token's starts and summary from the history alone (the first half of
+        :meth:`advance`): at a tile's first token the returned state holds the tile's plan, at the same
+        position. The token's own signal is not read, so a caller may compute it once the starts are
+        known (the whole-model decoding step) and pass it to :meth:`record`."""
         T, off = config.tile_size, state.position % config.tile_size
-        uniform = config.policy == "uniform"
-        signal, tiles, carry, boundary = state.signal, state.tiles, state.carry, state.boundary
-        surplus, summary = state.surplus, state.starts
+        if self._full(config.budget) or (off and state.starts is None):  # full resolution (None: every row)
+            return None, state, 2
         kind = self.planned(state, config, state.position)
         if kind is not None:  # inside a planned tile of the uniform policy
-            new = TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus, summary)
-            return None if host_only else boundary[:, off], new, kind
-        if self._full(config.budget):  # every token starts a segment (None: every row)
-            return None, TileRouterState(state.position + 1, signal, tiles, carry, boundary, surplus, summary), 2
-        batch, device = state.carry.shape[0], state.signal.device
-        if off == 0 and uniform:  # the new tile at the budget: a function of the carried rounding error only
+            return None if host_only else state.boundary[:, off], state, kind
+        signal, tiles, carry, surplus = state.signal, state.tiles, state.carry, state.surplus
+        device = state.signal.device
+        if off:  # inside a tile the causal policy planned at its first token
+            boundary, summary = state.boundary, state.starts
+        elif config.policy == "uniform":  # the new tile at the budget: a function of the carried error only
             carry, boundary, summary = self._uniform_tile(carry, config, device)
-        elif off == 0:  # the new tile's resolution, from the tiles before it (causal policy)
-            i = tiles[1].shape[1]
+        else:  # the new tile's resolution, from the tiles before it (causal policy)
+            batch, i = carry.shape[0], tiles[1].shape[1]
             q = tile_importance(torch.cat([tiles[1], tiles[1].new_zeros(batch, 1)], 1), exponent=config.exponent,
                                 curvature_weight=config.curvature_weight)  # column i: a placeholder never read
             R, surplus = causal_step(q, budget=config.budget, r_min=config.r_min, mode=config.policy,
@@ -681,14 +606,20 @@ class TileRouter(nn.Module):
             m, carry = dithered_counts(R, T, carry, validate=False)
             boundary, summary = self._tile_starts(m, T, device)
             signal = signal[:, :0]
-        if not uniform:  # the tile's signal, folded into the history when the tile ends
+        decided = TileRouterState(state.position, signal, tiles, carry, boundary, surplus, summary)
+        return None if host_only else boundary[:, off], decided, summary[off]
+
+    def record(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig) -> TileRouterState:
+        """The state after the token (the second half of :meth:`advance`, on :meth:`decide`'s state): the
+        position moves on, and where the policy reads the signal in a planned tile, ``signal_t``
+        (batch,) joins the tile's, which is folded into the history at the tile's last token."""
+        signal, tiles = state.signal, state.tiles
+        if self.reads_signal(config.budget) and state.starts is not None:
             signal = torch.cat([signal, signal_t.to(torch.float64).unsqueeze(1)], dim=1)
-            if off == T - 1:
+            if state.position % config.tile_size == config.tile_size - 1:
                 tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, plan_densities(signal, config)))
-        new = TileRouterState(position=state.position + 1, signal=signal, tiles=tiles, carry=carry, boundary=boundary,
-                              surplus=surplus, starts=summary)
-        return None if host_only else boundary[:, off], new, summary[off]
+        return TileRouterState(state.position + 1, signal, tiles, state.carry, state.boundary, state.surplus,
+                               state.starts)
 
 
-__all__ = ["RouterState", "RunningCalibration", "TileRouter", "TileRouterState", "TokenRouter", "linear_density",
-           "ratio_loss"]
+__all__ = ["RouterState", "RunningCalibration", "TileRouter", "TileRouterState", "TokenRouter", "ratio_loss"]

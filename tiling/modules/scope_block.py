@@ -10,7 +10,7 @@ Seed 000 §3.5.1 step 1 ("each tile processes O(R_i·n_i) tokens")::
 Where the segments start is a second choice, made once per layer (``tiling.boundaries``):
 
 * :class:`TileBoundaries` (``"tile"``): the cheap signal ``ρ̂`` (the linearised density,
-  :func:`~tiling.modules.router.linear_density`, seed 001 §3.4 step 1) sets ``R_i`` through the
+  :func:`~tiling.modules.signal.linear_density`, seed 001 §3.4 step 1) sets ``R_i`` through the
   policy (:class:`~tiling.modules.router.TileRouter`), and tile ``i`` gets ``m_i = ⌈R_i·T⌉``
   segments (error-diffused, :func:`~tiling.policy.dithered_counts`);
 * :class:`TokenBoundaries` (``"token"``): a learned router (H-Net's,
@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk, SegmentLayout, dithered_counts, layout_from_boundaries, \
     layout_from_counts
-from tiling.modules.router import RouterState, TileRouter, TileRouterState, TokenRouter, _linear_density, ratio_loss
+from tiling.modules.router import RouterState, TileRouter, TileRouterState, TokenRouter, ratio_loss
+from tiling.modules.signal import step_signal
 from tiling.modules.scope import Scope, TileCosts, TiledMambaState
 from tiling.ops import tile_lengths
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
@@ -163,8 +164,7 @@ class TileBoundaries:
         the earlier tiles."""
         rho_t = None
         if layer.tile_router.reads_signal(c):
-            proj, offset, w, b, scale = state.proj
-            rho_t = _linear_density(x.unsqueeze(1), proj, w, b, scale, offset)[:, 0]
+            rho_t = step_signal(x, state.proj)
             if not bool(torch.isfinite(rho_t).all()):  # finite but huge: name the caller's argument
                 raise ValueError(f"hidden_states (values up to {float(x.detach().abs().max()):.3g}) made the "
                                  "resolution signal overflow; the state is unchanged")

@@ -54,7 +54,8 @@ from torch import nn
 from infogeo.checks import check_choice, check_finite, check_int, check_positive, check_tensor
 from tiling.config import TilingConfig
 from tiling.modules.chunk import SegmentLayout
-from tiling.modules.router import RunningCalibration, _linear_density
+from tiling.modules.router import RunningCalibration
+from tiling.modules.signal import _linear_density
 from tiling.modules.scope import Scope, TiledMambaState, all_finite
 from tiling.modules.scope_block import BlockScope
 from tiling.modules.scope_scan import ScanScope
@@ -318,7 +319,7 @@ class TiledMamba(nn.Module):
 
     def _signal_maps(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor, float]:
         """The linearised density's composite map ``P = W_x[:r+N] W_in[:E]`` (and its offset from
-        in_proj's bias) and the sampled rows of dt_proj (:func:`~tiling.modules.router.linear_density`)."""
+        in_proj's bias) and the sampled rows of dt_proj (:func:`~tiling.modules.signal.linear_density`)."""
         params = [self.in_proj.weight, self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias]
         if self.in_proj.bias is not None:
             params.append(self.in_proj.bias)

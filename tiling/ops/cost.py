@@ -243,7 +243,7 @@ def layer_cost(
     causal padding) of which the last ``K − 1`` are dropped. Per token of the *full* sequence
     come the resolution signal and the chunking:
 
-    * ``signal="linear"`` (:func:`tiling.modules.router.linear_density`): ``d·(r + N)`` for the
+    * ``signal="linear"`` (:func:`tiling.modules.signal.linear_density`): ``d·(r + N)`` for the
       sketch, ``k·r`` for Δ on ``k = signal_channels`` channels, ``k + N + 1`` for the squares and
       the product; ``(r + N)·E·d`` for the composite map (``signal_maps``), once per weight
       update (the layer caches it until a weight changes: count it per training step, and pass

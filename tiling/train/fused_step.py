@@ -6,14 +6,17 @@ layer's :meth:`~tiling.modules.TiledMamba.step_unchecked` (the block scope's poo
 ``tiling/modules/scope_block.py``) and the residual, then the final norm and the head. For a small
 model each of those is a few microseconds of dispatch, and at budget 0.25 three tokens in four run
 no mixer, so the dispatch was most of a step (a decode at 0.25 was 0.9× as fast as at budget 1). Here
-the host decides each layer's segment starts (the tile router's :meth:`advance
-<tiling.modules.router.TileRouter.advance>`, unchanged) and one call of the CPU kernel
-(``kernels_cuda/lm_step.h``) does the rest.
+the host decides each layer's segment starts (the tile router's :meth:`decide
+<tiling.modules.router.TileRouter.decide>`: the starts of a token never read the token itself, only
+the tiles before it) and one call of the CPU kernel (``kernels_cuda/lm_step.h``) does the rest; where
+a layer's policy reads the signal (the adaptive policies below budget 1), the kernel also computes the
+token's signal from the layer's normalised input and its state's maps (the reference's
+:func:`~tiling.modules.signal.step_signal`, to float rounding), which the host records
+(:meth:`~tiling.modules.router.TileRouter.record`).
 
-It applies where the starts do not read the token (budget 1, or the uniform policy), every layer is
-of the block scope with tile boundaries, every row starts together, and no gradient is wanted; else
-:func:`fused_step` returns None and the caller takes the reference path, which also raises the
-errors (a non-finite logit is found here and named there).
+It applies where every layer is of the block scope with tile boundaries, every row starts together,
+and no gradient is wanted; else :func:`fused_step` returns None and the caller takes the reference
+path, which also raises the errors (a non-finite logit or signal is found here and named there).
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ import torch
 from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import step_params, step_weights
 from tiling.ops.scan import cpu_kernels
-from tiling.train.lm_state import FlatState, TiledLMState, at_position, flatten
+from tiling.train.lm_state import FLAT_FIELDS, FlatState, TiledLMState, at_position, flatten
 
 Tensor = torch.Tensor
 
@@ -42,9 +45,11 @@ class _Plan(NamedTuple):
     """What a step reads of the model, gathered once per model, budgets and count of assignments
     (:func:`~tiling.modules.assignments.assignments`: a parameter or module assigned anew anywhere
     makes a new plan), so a step makes no module attribute lookups (a microsecond each, dozens per
-    step). ``same[k]``: layer k's policy at its budget equals layer k − 1's, so where the two also hold
-    the same router state (one object, shared after the first step) layer k's starts are layer k − 1's
-    (the uniform policy and budget 1 read nothing else). ``decoder``: the kernel's ``LmDecoder`` over
+    step). ``same[k]``: layer k's policy at its budget equals layer k − 1's and reads no signal, so where
+    the two also hold the same router state (one object, shared after the first step) layer k's starts
+    are layer k − 1's (the uniform policy and budget 1 read nothing else). ``reads[k]``: layer k's
+    policy reads the signal at its budget (``kernel_reads``: the same as the kernel takes it, empty
+    where no layer reads). ``decoder``: the kernel's ``LmDecoder`` over
     the model's tensors (checked and converted once; it refuses a step once a parameter it reads is
     updated in place or moved, and the plan is made again)."""
 
@@ -52,6 +57,8 @@ class _Plan(NamedTuple):
     configs: tuple
     full: tuple
     same: tuple
+    reads: tuple
+    kernel_reads: list
     emb: Tensor
     dtype: torch.dtype
     decoder: object
@@ -59,8 +66,8 @@ class _Plan(NamedTuple):
 
 def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
     """The model's :class:`_Plan` at ``budgets``, or None where a layer's step needs more than the kernel
-    holds: a scope other than block, token boundaries, or starts that read the token at its budget, or
-    (not kept) a model off the CPU or of a dtype the kernel lacks. ``stale``: the cached plan's decoder
+    holds: a scope other than block, or token boundaries, or (not kept) a model off the CPU or of a dtype
+    the kernel lacks. ``stale``: the cached plan's decoder
     refused a step (its weights changed): make it again."""
     cache = model.__dict__.setdefault("_fused_plans", {})
     key = (assignments(), *budgets)
@@ -68,8 +75,7 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
     if plan is not False and not stale:
         return plan
     layers = tuple(model.layers)
-    ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile"
-             and not layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
+    ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile" for layer in layers)
     ext = cpu_kernels(model.embedding.weight)
     if ok and ext is None:  # not a lasting property of the model: no plan is kept
         cache.pop(key, None)
@@ -87,10 +93,12 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
         eps = [float(n.eps) for n in model.norms] + [float(model.norm_f.eps)]
         copied = [p for layer in layers for p in (layer.A_log, layer.D)]  # step_weights' copies: A = -exp(A_log)
         decoder = ext.LmDecoder(model.embedding.weight, norms, eps, *head, weights, gates, sources, copied)
+        reads = tuple(layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
         plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs,
                      full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
-                     same=(False, *(a == b for a, b in zip(configs, configs[1:]))), emb=model.embedding.weight,
-                     dtype=dtype, decoder=decoder)
+                     same=(False, *(a == b and not r for a, b, r in zip(configs, configs[1:], reads[1:]))),
+                     reads=reads, kernel_reads=[int(r) for r in reads] if any(reads) else [],
+                     emb=model.embedding.weight, dtype=dtype, decoder=decoder)
     if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
         cache.clear()
     cache[key] = plan
@@ -136,30 +144,38 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> 
     elif flat.tensors[1].dtype != plan.dtype:
         return None
     t, kinds, advanced = flat.position, [], []
-    for k, (router, config, full, same) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same)):
+    for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
+                                                                plan.reads)):
         tile_router = flat.tile_routers[k]  # of token t, or of an earlier token (FlatState)
         if same and tile_router is flat.tile_routers[k - 1]:  # the same policy on the same history
             tile_router, kind = advanced[-1], kinds[-1]
         elif full:  # every token starts a segment: the router state would change only its position
             kind = FULL
+        elif reads:  # the starts from the tiles before; the token's signal is recorded after the kernel
+            _, tile_router, kind = router.decide(at_position(tile_router, t), config, host_only=True)
         else:
             kind = router.planned(tile_router, config, t)  # inside a tile the uniform policy planned
-            if kind is None:  # TileBoundaries.starts without the token (_plan: the policy reads none)
+            if kind is None:  # TileBoundaries.starts (the policy reads no signal)
                 _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
         if kind == 1:  # some rows start a segment, others not: the reference path
             return None
         kinds.append(kind)
         advanced.append(tile_router)
     tokens = tokens.contiguous()
-    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t)
+    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *flat.signal)
     if status == STALE:  # a parameter was updated in place or moved since the plan was made
         plan = _plan(model, budgets, stale=True)
         if plan is None:
             return None
-        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t)
-    if status != OK:  # a non-finite logit or a token out of range: the reference path names it
+        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *flat.signal)
+    if status != OK:  # a non-finite logit or signal, or a token out of range: the reference path names it
         return None
-    new = FlatState(out[1:], tuple(advanced), t + 1, flat.fixed)
+    if plan.kernel_reads:  # each reading layer's signal (layers, batch) joins its policy's history
+        rho = out[-1]
+        for k, (router, config, reads) in enumerate(zip(plan.routers, plan.configs, plan.reads)):
+            if reads:
+                advanced[k] = router.record(rho[k], advanced[k], config)
+    new = FlatState(out[1:1 + len(FLAT_FIELDS)], tuple(advanced), t + 1, flat.fixed, flat.signal)
     return out[0], TiledLMState(owner=id(model), flat=new)
 
 

@@ -35,12 +35,16 @@ class FlatState(NamedTuple):
         :meth:`~tiling.modules.router.TileRouter.planned`, or at budget 1), so that most steps make none.
     position : the tokens consumed (every layer's).
     fixed : each layer's fields the step does not change, ``(route, router, proj)``.
+    signal : the signal's maps of each layer's state as the kernel reads them, ``(maps, scales)``: four
+        tensors per layer (the composite map, its offset or None, the sampled rows of dt_proj and their
+        bias) and one scale per layer.
     """
 
     tensors: list
     tile_routers: tuple
     position: int
     fixed: tuple
+    signal: tuple
 
 
 def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
@@ -49,8 +53,9 @@ def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
     fields = ([st.conv for st in layers], [st.ssm for st in layers], [st.held for st in layers],
               [st.chunk.pool_sum for st in layers], [st.chunk.pool_count for st in layers],
               [st.last_start for st in layers])
+    maps = [t for st in layers for t in st.proj[:4]]
     return FlatState([torch.stack(f) for f in fields], tuple(st.tile_router for st in layers), layers[0].position,
-                     tuple((st.route, st.router, st.proj) for st in layers))
+                     tuple((st.route, st.router, st.proj) for st in layers), (maps, [st.proj[4] for st in layers]))
 
 
 def at_position(state: TileRouterState, position: int) -> TileRouterState:

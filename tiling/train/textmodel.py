@@ -14,7 +14,7 @@ scan scope's φ and routing, ``d_inner·(N + 3)``):
     "linear attention: a constant resolution field").
 ``adaptive``
     block scope, the causal adaptive policy on the linearised density signal
-    (``tiling.modules.router.linear_density``; seed 001 §3.4 steps 1–2), running calibration.
+    (``tiling.modules.signal.linear_density``; seed 001 §3.4 steps 1–2), running calibration.
 ``router``
     block scope, ``boundaries="token"``: H-Net's learned cosine router, trained with its ratio
     loss (weight ``ratio_weight``, H-Net's 0.03) towards the budget.
