@@ -473,13 +473,14 @@ def _dither(resolution: Tensor, T: int, carry: Tensor | None = None) -> tuple[Te
     return torch.from_numpy(m), torch.from_numpy(e)
 
 
-def plan_densities(density: Tensor, config: TilingConfig) -> tuple[Tensor, Tensor]:
+def plan_densities(density: Tensor, config: TilingConfig, *, validate: bool = True) -> tuple[Tensor, Tensor]:
     """Tile densities and the causal predictor's densities of a per-token density.
 
     Parameters
     ----------
     density : (batch, L) per-token density.
     config : the tiling options (``tile_size``, ``predictor_tail``, ``predictor_reduce``).
+    validate : check ``density`` (False: the caller's is checked, e.g. a decoding step's signal).
 
     Returns
     -------
@@ -493,10 +494,13 @@ def plan_densities(density: Tensor, config: TilingConfig) -> tuple[Tensor, Tenso
         ``density`` is invalid (:func:`tile_density`, :func:`tile_tail_density`).
     """
     rho = density.to(torch.float64)
-    rho_tile = tile_density(rho, config.tile_size)
-    if config.predictor_tail is None:
+    T, tail = config.tile_size, config.predictor_tail
+    rho_tile = tile_density(rho, T) if validate else _tile_mean(rho, T)
+    if tail is None:
         return rho_tile, rho_tile
-    return rho_tile, tile_tail_density(rho, config.tile_size, config.predictor_tail, config.predictor_reduce)
+    if not validate:
+        return rho_tile, _tile_tail(rho, T, tail, config.predictor_reduce)
+    return rho_tile, tile_tail_density(rho, T, tail, config.predictor_reduce)
 
 
 def tile_policy(rho_tile: Tensor, predictor_density: Tensor, config: TilingConfig, *,

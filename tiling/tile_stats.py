@@ -159,6 +159,7 @@ def tile_importance(
     curvature: Tensor | None = None,
     curvature_weight: float = 1.0,
     distance_scale: float | None = None,
+    validate: bool = True,
 ) -> Tensor:
     """Level-of-detail importance ``q_i = ρ_i^γ · exp(−η κ_i) / (1 + d_i/d_0)`` (seed 001 §3.2.2).
 
@@ -174,6 +175,7 @@ def tile_importance(
     distance_scale : ``d_0 > 0``, or None (no falloff). ``d_i = n_tiles − 1 − i`` is the temporal
         distance (in tiles) to the current, last position; the importance falls like a
         level-of-detail distance falloff ``1/(1 + d/d_0)``.
+    validate : check the arguments (False: the caller's are checked, e.g. a decoding step's history).
 
     Returns
     -------
@@ -187,6 +189,8 @@ def tile_importance(
         ``tile_density`` is not 2-D or not finite; ``curvature`` has another shape or is not finite;
         ``exponent`` or ``distance_scale`` is not positive, ``curvature_weight`` is negative.
     """
+    if not validate:
+        return _importance(tile_density, exponent, curvature, curvature_weight, distance_scale)
     check_tensor(tile_density, "tile_density", ndim=2)
     check_positive(exponent, "exponent")
     if curvature is not None:

@@ -10,6 +10,7 @@ from tiling.modules import TiledMamba
 from tiling.ops import segment_counts, tile_lengths
 from tiling.policy import (
     causal_predictor,
+    plan_densities,
     plan_tiles,
     resolution_policy,
     state_dims_policy,
@@ -395,3 +396,17 @@ def test_resolution_policy_keyword_form_is_deprecated_but_equal():
         resolution_policy(rho, TilingConfig(budget=0.3), budget=0.3)
     with pytest.raises(TypeError, match="TilingConfig"):
         resolution_policy(rho)
+
+
+@pytest.mark.parametrize("tail", [None, 3])
+def test_the_unchecked_tile_statistics_of_a_decoding_step_equal_the_checked_ones(tail):
+    """``validate=False`` (a decoding step's history, checked where it was made) skips the checks only."""
+    g = torch.Generator().manual_seed(0)
+    rho = torch.rand(2, 21, generator=g, dtype=torch.float64)
+    config = TilingConfig(tile_size=8, predictor_tail=tail)
+    for a, b in zip(plan_densities(rho, config), plan_densities(rho, config, validate=False)):
+        assert torch.equal(a, b)
+    q = torch.rand(2, 5, generator=g, dtype=torch.float64)
+    assert torch.equal(tile_importance(q, exponent=0.7), tile_importance(q, exponent=0.7, validate=False))
+    with pytest.raises(ValueError, match="tile_density"):
+        tile_importance(q.unsqueeze(0), exponent=0.7)
