@@ -162,12 +162,13 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> 
         kinds.append(kind)
         advanced.append(tile_router)
     tokens = tokens.contiguous()
-    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *flat.signal)
+    signal = flat.signal if plan.kernel_reads else ((), ())  # the maps cross into C++ only where a layer reads
+    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
     if status == STALE:  # a parameter was updated in place or moved since the plan was made
         plan = _plan(model, budgets, stale=True)
         if plan is None:
             return None
-        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *flat.signal)
+        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
     if status != OK:  # a non-finite logit or signal, or a token out of range: the reference path names it
         return None
     if plan.kernel_reads:  # each reading layer's signal (layers, batch) joins its policy's history
