@@ -416,6 +416,9 @@ class HourglassConfig:
         and its confidence straight-through) or ``"hold"`` (each byte receives its segment's output).
     budget_range : ``(low, high) ⊂ (0, 1]``: training samples the budget per step from it (elastic
         level of detail); None: trained at ``tiling.budget`` only.
+    budget_skew : ``γ ∈ [1, 16]``, the elastic draw ``c = low + (high − low)·u^γ`` with ``u ~ U(0, 1)``,
+        density ``∝ ((c − low)/(high − low))^(1/γ − 1)``: 1 is uniform, γ > 1 spends more steps at the
+        cheap end (γ = 3: half the steps below ``low + (high − low)/8``). Checkpoints without it: 1.
     vocab_size : 256 for bytes.
 
     Raises
@@ -432,6 +435,7 @@ class HourglassConfig:
     boundary: BoundaryConfig = BoundaryConfig()
     dechunk: str = "ema"
     budget_range: tuple[float, float] | None = None
+    budget_skew: float = 1.0
     vocab_size: int = 256
 
     def __post_init__(self) -> None:
@@ -469,6 +473,11 @@ class HourglassConfig:
             if self.tiling.r_min > lo:
                 raise ValueError(f"budget_range's low end {lo} is below tiling.r_min = {self.tiling.r_min}")
             put("budget_range", (lo, hi))
+        if isinstance(self.budget_skew, bool) or not isinstance(self.budget_skew, (int, float)):
+            raise TypeError(f"budget_skew must be a number in [1, 16], got {type(self.budget_skew).__name__}")
+        if not 1.0 <= float(self.budget_skew) <= 16.0:
+            raise ValueError(f"budget_skew must be a number in [1, 16], got {self.budget_skew}")
+        put("budget_skew", float(self.budget_skew))
         put("vocab_size", check_int(self.vocab_size, "vocab_size", minimum=2, maximum=2 ** 24))
 
     @property
@@ -516,7 +525,7 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
                      decoder_layers: int = 1, d_state: int = 16, expand: int = 1, budget: float = 0.25,
                      tile_size: int = 16, r_min: float = 0.0625, causal: bool = True, signal: str = "entropy",
                      dechunk: str = "ema", budget_range: tuple[float, float] | None = None,
-                     **boundary: Any) -> HourglassConfig:
+                     budget_skew: float = 1.0, **boundary: Any) -> HourglassConfig:
     """A :class:`HourglassConfig` from flat options (the CLI's and the sweep's)."""
     outer = MambaConfig(d_model=d_outer, d_state=d_state, expand=expand)
     if boundary.get("aux_weight") is None:
@@ -527,7 +536,8 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
         decoder=StageConfig(decoder_layers, outer),
         tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget),
                             causal=causal, calibration="running"),
-        boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range)
+        boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range,
+        budget_skew=budget_skew)
 
 
 #: the keys of the flat configuration ``TiledLM`` stored before the nested one (read by :meth:`TiledLMConfig.from_dict`)

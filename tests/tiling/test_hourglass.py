@@ -8,6 +8,8 @@ import copy
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -283,6 +285,29 @@ def test_elastic_budgets_and_trained_range():
     assert 0.25 <= min(draws) < 0.3 and 0.95 < max(draws) <= 1.0
     assert model.trained_for(0.5) and not model.trained_for(0.2)
     assert not small("entropy").trained_for(0.5) and small("entropy").trained_for(0.25)
+    # budget_skew 1 is the uniform draw, value for value (the checkpoints trained before the field)
+    rng_a, rng_b = random.Random(3), random.Random(3)
+    assert [model.sample_budget(rng_a) for _ in range(20)] == [rng_b.uniform(0.25, 1.0) for _ in range(20)]
+
+
+def test_a_skewed_elastic_draw_follows_its_closed_form():
+    """``c = lo + (hi − lo)·u^γ`` has the CDF ``F(c) = ((c − lo)/(hi − lo))^(1/γ)``: a Kolmogorov–Smirnov
+    test against it, and against the uniform CDF it must fail."""
+    import random
+    from scipy import stats
+    model = small("entropy", budget_range=(0.25, 1.0), budget_skew=3.0)
+    rng = random.Random(1)
+    draws = np.array([model.sample_budget(rng) for _ in range(4000)])
+    assert draws.min() >= 0.25 and draws.max() <= 1.0
+    closed = lambda c: ((c - 0.25) / 0.75) ** (1 / 3)  # noqa: E731
+    assert stats.kstest(draws, closed).pvalue > 1e-3
+    assert stats.kstest(draws, stats.uniform(0.25, 0.75).cdf).pvalue < 1e-6
+    assert np.median(draws) == pytest.approx(0.25 + 0.75 / 8, abs=0.02)
+    assert "budget_skew=3" in repr(model)
+    stored = model.config.to_dict()
+    assert HourglassConfig.from_dict(stored) == model.config
+    del stored["budget_skew"]  # a checkpoint written before the field: the uniform draw
+    assert HourglassConfig.from_dict(stored).budget_skew == 1.0
 
 
 def test_a_tiny_training_run_lowers_the_loss(tmp_path):
@@ -313,6 +338,10 @@ def test_bad_configurations_name_the_argument():
         hourglass_config(budget_range=(0.0, 1.0))
     with pytest.raises(ValueError, match="budget_range"):
         hourglass_config(budget_range=(0.5, 1.5))
+    with pytest.raises(ValueError, match="budget_skew"):
+        hourglass_config(budget_range=(0.25, 1.0), budget_skew=0.5)
+    with pytest.raises(TypeError, match="budget_skew"):
+        hourglass_config(budget_range=(0.25, 1.0), budget_skew="3")
     with pytest.raises(ValueError, match="d_main"):
         hourglass_config(d_outer=64, d_main=32)
     with pytest.raises(ValueError, match="unknown HourglassConfig fields"):

@@ -223,7 +223,8 @@ class HourglassLM(nn.Module):
         c = self.config
         return (f"d_outer={c.d_outer}, d_main={c.d_main}, E={c.encoder.n_layers}, M={c.main.n_layers}, "
                 f"D={c.decoder.n_layers}, signal={c.boundary.signal!r}, dechunk={c.dechunk!r}, "
-                f"budget={c.tiling.budget}, budget_range={c.budget_range}")
+                f"budget={c.tiling.budget}, budget_range={c.budget_range}"
+                + (f", budget_skew={c.budget_skew:g}" if c.budget_skew != 1.0 else ""))
 
     # ------------------------------------------------------------------ budgets
     @property
@@ -248,11 +249,12 @@ class HourglassLM(nn.Module):
         return c
 
     def sample_budget(self, rng: random.Random | None = None) -> float:
-        """A training budget: uniform on ``budget_range`` (elastic), else the default."""
+        """A training budget: ``low + (high − low)·u^γ`` on ``budget_range`` with ``γ = budget_skew``
+        (elastic; γ = 1 is uniform), else the default."""
         r = self.config.budget_range
         if r is None:
             return self.budget
-        return (rng or random).uniform(*r)
+        return r[0] + (r[1] - r[0]) * (rng or random).random() ** self.config.budget_skew
 
     def trained_for(self, budget: float) -> bool:
         """Whether ``budget`` lies in the range the model was trained for (a point without a range)."""
