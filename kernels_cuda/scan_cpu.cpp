@@ -32,6 +32,18 @@ using namespace tiling_simd;
 using tiling_scan::ScanArgs;
 using tiling_scan::Tensor;
 
+// body(i) for i in [0, n), in an OpenMP team only where `big`: a parallel region with its if-clause false
+// still enters libgomp (a team of one), which cost about a tenth of a decoding step that calls these for a
+// handful of rows (py-spy on TiledLM.step, issue 23).
+template <typename F> inline void rows_for(int64_t n, bool big, F&& body) {
+  if (!big) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
 template <typename T> struct Params {
   const T *u, *delta, *A, *B, *C, *D, *z, *bias, *gain, *init;
   const T* Bbar;  // segment means of B, (Bt, G, N, L): B̄ of segment j of tile i at i*T + j
@@ -634,8 +646,7 @@ template <typename T> inline T conv_at(const T* x, const T* w, T b, int K, int64
 template <typename T>
 void conv_silu_forward(const T* x, const T* w, const T* bias, T* y, int64_t Bt, int64_t E, int64_t L, int K) {
   constexpr int W = VT<T>::W;
-#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (Bt * E * L > 32768)
-  for (int64_t r = 0; r < Bt * E; ++r) {
+  rows_for(Bt * E, Bt * E * L > 32768, [&](int64_t r) {
     const int64_t e = r % E;
     const T* xr = x + r * L;
     T* yr = y + r * L;
@@ -648,7 +659,7 @@ void conv_silu_forward(const T* x, const T* w, const T* bias, T* y, int64_t Bt, 
       storeu(yr + t, a * vsigmoid<T>(a));
     }
     for (; t < L; ++t) yr[t] = silu_scalar(conv_at(xr, we, b, K, t));
-  }
+  });
 }
 
 // dx, and per channel dw (E, K) and db (E,), from dy; g = dy * silu'(a) is kept per row.
@@ -762,8 +773,7 @@ std::vector<Tensor> conv_silu_bwd(const Tensor& dy_, const Tensor& x, const Tens
 template <typename T> void softplus_gap_rows(const T* rp, const T* bp, const T* gp, T* op, int64_t Bt, int64_t E,
                                               int64_t L) {
   constexpr int W = VT<T>::W;
-#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (Bt * E * L > 65536)
-  for (int64_t r = 0; r < Bt * E; ++r) {
+  rows_for(Bt * E, Bt * E * L > 65536, [&](int64_t r) {
     const T* x = rp + r * L;
     const T* g = gp + (r / E) * L;
     T* o = op + r * L;
@@ -776,7 +786,7 @@ template <typename T> void softplus_gap_rows(const T* rp, const T* bp, const T* 
       const Vec<T> res = vsoftplus(v) * gv;
       for (int64_t j = t; j < L; ++j) o[j] = res[j - t];
     }
-  }
+  });
 }
 
 Tensor softplus_gap(const Tensor& raw, const Tensor& bias, const Tensor& gap) {
@@ -801,8 +811,7 @@ template <typename T>
 void linear_signal_rows(const T* z, const T* ab, T* out, int64_t rows, int64_t k, int64_t r, int64_t N,
                         double scale) {
   constexpr int W = VT<T>::W;
-#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (rows * k > 262144)
-  for (int64_t i = 0; i < rows; ++i) {
+  rows_for(rows, rows * k > 262144, [&](int64_t i) {
     const T* zi = z + i * k;
     Vec<T> acc = {};
     int64_t c = 0;
@@ -820,7 +829,7 @@ void linear_signal_rows(const T* z, const T* ab, T* out, int64_t rows, int64_t k
     double bb = 0;
     for (int64_t n = 0; n < N; ++n) bb += (double)b[n] * (double)b[n];
     out[i] = (T)(scale * (double)hsum<T>(acc) * bb);
-  }
+  });
 }
 
 Tensor linear_signal(const Tensor& z, const Tensor& ab, int64_t r, double scale) {
@@ -998,8 +1007,7 @@ template <typename T> inline double sumsq(const T* x, int64_t d) {
 
 template <typename T> void rms_rows(const T* xp, const T* wp, T* yp, T* rp, int64_t rows, int64_t d, double eps) {
   constexpr int W = VT<T>::W;
-#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static) if (rows * d > 65536)
-  for (int64_t i = 0; i < rows; ++i) {
+  rows_for(rows, rows * d > 65536, [&](int64_t i) {
     const T* xr = xp + i * d;
     T* yr = yp + i * d;
     const T ri = (T)(1.0 / std::sqrt(sumsq(xr, d) / (double)d + eps));
@@ -1007,7 +1015,7 @@ template <typename T> void rms_rows(const T* xp, const T* wp, T* yp, T* rp, int6
     int64_t j = 0;
     for (; j + W <= d; j += W) storeu(yr + j, loadu(xr + j) * ri * loadu(wp + j));
     for (; j < d; ++j) yr[j] = xr[j] * ri * wp[j];
-  }
+  });
 }
 
 std::vector<Tensor> rms_norm_fwd(const Tensor& x, const Tensor& w, double eps) {

@@ -119,6 +119,9 @@ def test_the_fused_step_equals_the_layer_by_layer_step(budget, dtype, batch, pol
             assert u.starts == v.starts
     with torch.no_grad():  # and the forward, which the reference equals (test_model_speed)
         torch.testing.assert_close(got, model(x), **tol)
+    # the decision's branch these went through: one for every layer (full, or one shared uniform policy) or each
+    shared = fused_mod._plan(model, model._step_budgets(None)).shared
+    assert shared == ("full" if budget == 1.0 else "same" if policy == "uniform" else None)
 
 
 def test_the_mixer_runs_only_at_segment_starts_and_layers_share_the_starts(monkeypatch):
@@ -162,7 +165,7 @@ def test_the_reference_path_runs_where_the_kernel_does_not_apply(case, monkeypat
         state = model.allocate_inference_state(1)
         with torch.no_grad():
             state[1] = dataclasses.replace(state[1], position=1)
-            assert fused_mod.fused_step(model, x[:, 0], state, [0.25] * 3) is None
+            assert fused_mod.fused_step(model, x[:, 0], state, [0.25] * 3, x.shape[0]) is None
         return
     decode(model, x)
     assert not spy.kinds
@@ -301,7 +304,7 @@ def test_a_kernel_state_reads_as_its_layer_states_and_says_where_segments_starte
     state[1] = dataclasses.replace(state[1], position=3)
     assert state.flat is None
     with torch.no_grad():
-        assert fused_mod.fused_step(model, x[:, 0], state, [0.25] * 3) is None
+        assert fused_mod.fused_step(model, x[:, 0], state, [0.25] * 3, x.shape[0]) is None
 
 
 def test_a_plain_list_of_layer_states_decodes_like_the_models_own_state():

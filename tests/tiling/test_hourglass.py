@@ -237,6 +237,31 @@ def test_ema_compact_equals_its_recurrence_in_float64():
 
 
 # ----------------------------------------------------------------------------- exactness
+def test_uniform_boundaries_make_the_ema_the_hold():
+    """Uniform boundaries have p = 1 (clamped to 1 − 1e-6): the EMA dechunk is the hold, so a row of
+    another signal with the EMA is compared with the uniform row of the hold (``sweep._uniform_bpb``)."""
+    from tiling.train.sweep import _uniform_bpb
+    def pair(signal):
+        ema, hold = small(signal, dechunk="ema"), small(signal, dechunk="hold")
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():  # weights away from the initialisation (W_res = 0 hides the main network)
+            for p in ema.parameters():
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+        calibrated(ema)  # the thresholds: p = σ((s − θ)/τ) of a scored signal lies inside (0, 1)
+        hold.load_state_dict(ema.state_dict())
+        return ema.eval(), hold.eval()
+    x = text_tokens(2, 48)
+    with torch.no_grad():
+        ema, hold = pair("uniform")
+        torch.testing.assert_close(ema(x), hold(x), rtol=1e-5, atol=1e-5)
+        ema, hold = pair("entropy")  # a scored signal's p < 1: there the two differ
+        assert (ema(x) - hold(x)).abs().max() > 1e-2
+    row = {"signal": "surprisal", "dechunk": "ema"}
+    assert _uniform_bpb({"hg-uniform@0.25": 2.0}, "hg-surprisal-ema@0.25", row) == 2.0
+    assert _uniform_bpb({"hg-uniform@0.25": 2.0, "hg-uniform-ema@0.25": 1.9}, "hg-surprisal-ema@0.25", row) == 1.9
+    assert _uniform_bpb({"hg-uniform@0.25": 2.0}, "hg-surprisal-ema-wide@0.25", row) is None
+
+
 def test_budget_one_with_equal_widths_is_a_plain_mamba_stack():
     """d_main = d_outer, W_res = 0 (its initialisation), budget 1: the hourglass equals a TiledLM of E+M+D
     layers with the same weights."""

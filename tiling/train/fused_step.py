@@ -51,7 +51,9 @@ class _Plan(NamedTuple):
     policy reads the signal at its budget (``kernel_reads``: the same as the kernel takes it, empty
     where no layer reads). ``decoder``: the kernel's ``LmDecoder`` over
     the model's tensors (checked and converted once; it refuses a step once a parameter it reads is
-    updated in place or moved, and the plan is made again)."""
+    updated in place or moved, and the plan is made again). ``shared``: ``"full"`` where every layer is
+    at full resolution, ``"same"`` where every layer has layer 0's policy and it reads no signal (so one
+    decision serves all where the layers share one router state), else None."""
 
     routers: tuple
     configs: tuple
@@ -62,6 +64,7 @@ class _Plan(NamedTuple):
     emb: Tensor
     dtype: torch.dtype
     decoder: object
+    shared: str | None
 
 
 def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
@@ -94,11 +97,12 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
         copied = [p for layer in layers for p in (layer.A_log, layer.D)]  # step_weights' copies: A = -exp(A_log)
         decoder = ext.LmDecoder(model.embedding.weight, norms, eps, *head, weights, gates, sources, copied)
         reads = tuple(layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
-        plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs,
-                     full=tuple(layer._full(c) for layer, c in zip(layers, budgets)),
-                     same=(False, *(a == b and not r for a, b, r in zip(configs, configs[1:], reads[1:]))),
+        full = tuple(layer._full(c) for layer, c in zip(layers, budgets))
+        same = (False, *(a == b and not r for a, b, r in zip(configs, configs[1:], reads[1:])))
+        shared = "full" if all(full) else "same" if all(same[1:]) and not reads[0] and not any(full) else None
+        plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs, full=full, same=same,
                      reads=reads, kernel_reads=[int(r) for r in reads] if any(reads) else [],
-                     emb=model.embedding.weight, dtype=dtype, decoder=decoder)
+                     emb=model.embedding.weight, dtype=dtype, decoder=decoder, shared=shared)
     if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
         cache.clear()
     cache[key] = plan
@@ -118,9 +122,43 @@ def share_router_states(model, states: list) -> list:
     return out
 
 
-def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> tuple[Tensor, TiledLMState] | None:
-    """:meth:`TiledLM.step <tiling.train.model.TiledLM.step>` on checked ``tokens`` and ``state`` at
-    the layers' checked ``budgets``, in one kernel call; None where it does not apply.
+def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
+    """Each layer's kind at token ``t`` and its router state after the decision, from the states
+    ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one); None where some rows start
+    a segment and others not."""
+    if plan.shared == "full":  # every token starts a segment in every layer: the router states stay behind
+        return [FULL] * len(routers), list(routers)
+    if plan.shared == "same" and len({id(r) for r in routers}) == 1:  # one decision serves every layer
+        router, config, tile_router = plan.routers[0], plan.configs[0], routers[0]
+        kind = router.planned(tile_router, config, t)
+        if kind is None:
+            _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
+        return None if kind == 1 else ([kind] * len(routers), [tile_router] * len(routers))
+    kinds, advanced = [], []
+    for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
+                                                                plan.reads)):
+        tile_router = routers[k]  # of token t, or of an earlier token (FlatState)
+        if same and tile_router is routers[k - 1]:  # the same policy on the same history
+            tile_router, kind = advanced[-1], kinds[-1]
+        elif full:  # every token starts a segment: the router state would change only its position
+            kind = FULL
+        elif reads:  # the starts from the tiles before; the token's signal is recorded after the kernel
+            _, tile_router, kind = router.decide(at_position(tile_router, t), config, host_only=True)
+        else:
+            kind = router.planned(tile_router, config, t)  # inside a tile the uniform policy planned
+            if kind is None:  # TileBoundaries.starts (the policy reads no signal)
+                _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
+        if kind == 1:
+            return None
+        kinds.append(kind)
+        advanced.append(tile_router)
+    return kinds, advanced
+
+
+def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float],
+               batch: int) -> tuple[Tensor, TiledLMState] | None:
+    """:meth:`TiledLM.step <tiling.train.model.TiledLM.step>` on checked ``tokens`` of ``batch`` rows and
+    ``state`` at the layers' checked ``budgets``, in one kernel call; None where it does not apply.
 
     Returns
     -------
@@ -143,24 +181,11 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> 
         flat = flatten(state)
     elif flat.tensors[1].dtype != plan.dtype:
         return None
-    t, kinds, advanced = flat.position, [], []
-    for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
-                                                                plan.reads)):
-        tile_router = flat.tile_routers[k]  # of token t, or of an earlier token (FlatState)
-        if same and tile_router is flat.tile_routers[k - 1]:  # the same policy on the same history
-            tile_router, kind = advanced[-1], kinds[-1]
-        elif full:  # every token starts a segment: the router state would change only its position
-            kind = FULL
-        elif reads:  # the starts from the tiles before; the token's signal is recorded after the kernel
-            _, tile_router, kind = router.decide(at_position(tile_router, t), config, host_only=True)
-        else:
-            kind = router.planned(tile_router, config, t)  # inside a tile the uniform policy planned
-            if kind is None:  # TileBoundaries.starts (the policy reads no signal)
-                _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
-        if kind == 1:  # some rows start a segment, others not: the reference path
-            return None
-        kinds.append(kind)
-        advanced.append(tile_router)
+    t = flat.position
+    decided = _kinds(plan, flat.tile_routers, t)
+    if decided is None:  # some rows start a segment, others not: the reference path
+        return None
+    kinds, advanced = decided
     tokens = tokens.contiguous()
     signal = flat.signal if plan.kernel_reads else ((), ())  # the maps cross into C++ only where a layer reads
     status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
@@ -177,7 +202,7 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float]) -> 
             if reads:
                 advanced[k] = router.record(rho[k], advanced[k], config)
     new = FlatState(out[1:1 + len(FLAT_FIELDS)], tuple(advanced), t + 1, flat.fixed, flat.signal)
-    return out[0], TiledLMState(owner=id(model), flat=new)
+    return out[0], TiledLMState.of_flat(new, id(model), batch)
 
 
 __all__ = ["fused_step"]

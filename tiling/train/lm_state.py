@@ -109,6 +109,14 @@ class TiledLMState:
         else:
             self.batch = int(self._layers[0].conv.shape[0]) if self._layers else 0
 
+    @classmethod
+    def of_flat(cls, flat: FlatState, owner: int, batch: int) -> TiledLMState:
+        """The state of the kernel's step: ``flat`` of ``batch`` rows, made without ``__init__``'s checks
+        (a decoding step makes one per token)."""
+        self = cls.__new__(cls)
+        self._layers, self.flat, self.owner, self.batch = None, flat, owner, batch
+        return self
+
     @property
     def layers(self) -> list[TiledMambaState]:
         if self._layers is None:

@@ -331,8 +331,9 @@ class TiledLM(nn.Module):
         """
         self._check_tokens(tokens, "(batch,)", 1, values=False)
         budgets = self._step_budgets(budget)
-        self.check_state(state, tokens.shape[0], n_layers=len(budgets))
-        fused = fused_step(self, tokens, state, budgets)  # one kernel call where it applies (CPU, no grad)
+        batch = tokens.shape[0]
+        self.check_state(state, batch, n_layers=len(budgets))
+        fused = fused_step(self, tokens, state, budgets, batch)  # one kernel call where it applies (CPU, no grad)
         if fused is not None:
             return fused
         self._check_tokens(tokens, "(batch,)", 1)  # the values: the kernel refuses them too, without a message

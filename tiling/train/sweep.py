@@ -102,7 +102,8 @@ def rows() -> list[dict]:
            plain_row(256, 1), hourglass_row("entropy", 0.25, 1),
            hourglass_row("uniform", 0.25, 1), hourglass_row("space", 0.35, 0),
            hourglass_row("entropy", 0.25, 0, elastic=True, skew=ELASTIC_SKEW),
-           hourglass_row("surprisal", 0.25, 0, dechunk="ema")]
+           hourglass_row("surprisal", 0.25, 0, dechunk="ema"), hourglass_row("surprisal", 0.25, 1, dechunk="ema"),
+           hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="wide")]
     return out
 
 
@@ -187,6 +188,16 @@ def _uniform_twin(name: str, row: dict) -> str:
     return f"hg-uniform{suffix}@{budget}"
 
 
+def _uniform_bpb(bpb: dict, name: str, row: dict) -> float | None:
+    """The bpb of ``name``'s uniform twin (:func:`_uniform_twin`); where no uniform row has its dechunk, the
+    uniform row of the other dechunk: uniform boundaries have ``p = 1`` (clamped to ``1 − 1e-6``), so the
+    EMA ``z̄ = p z + (1 − p) z̄_prev`` is the hold to 1e-6."""
+    twin = _uniform_twin(name, row)
+    if twin in bpb:
+        return bpb[twin]
+    return bpb.get(twin.replace("-ema", "", 1))
+
+
 def goals(table_rows: list[dict]) -> dict:
     """The issue's goals (a)–(e), checked on the rows present (None where a row is missing)."""
     by: dict[str, list[dict]] = {}
@@ -204,7 +215,7 @@ def goals(table_rows: list[dict]) -> dict:
         if ref is not None:
             out["a_quality_per_flop"] = {"hourglass": info_rows[best], "mamba-d256": ref,
                                          "met": info_rows[best] <= ref}
-        uni = bpb.get(_uniform_twin(best, by[best][0]))  # the same stages, budget and dechunk, uniform
+        uni = _uniform_bpb(bpb, best, by[best][0])  # the same stages, budget and dechunk, uniform
         if uni is not None:
             gain = 1.0 - info_rows[best] / uni
             out["b_information_matters"] = {"hourglass": info_rows[best], "uniform": uni, "gain": gain,
