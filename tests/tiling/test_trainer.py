@@ -131,6 +131,15 @@ def test_goals_on_rows():
     # the router's default EMA: its twin is the uniform row with the EMA
     routed = rows[:2] + [row("hg-router@0.25/s0", 1.8), row("hg-uniform-ema@0.25/s0", 1.9), row("hg-uniform@0.25/s0", 1.7)]
     assert sw.goals(routed)["b_information_matters"]["uniform"] == 1.9
+    # no uniform row with the EMA: uniform boundaries make the EMA the hold, so the hold row is the twin
+    ema = rows[:2] + [row("hg-surprisal-ema@0.25/s0", 1.8), row("hg-uniform@0.25/s0", 1.9)]
+    assert sw.goals(ema)["b_information_matters"]["uniform"] == 1.9
+    # several elastic checkpoints: (d) reports the best at the cheapest budget, and lists every one
+    skewed = rows + [row("hg-elastic-entropy-skew3@0.25/s0", 1.92), row("hg-elastic-entropy-skew3@1/s0", 1.95)]
+    d = sw.goals(skewed)["d_elastic"]
+    assert d["row"] == "hg-elastic-entropy-skew3" and set(d["all"]) == {"hg-elastic-entropy", "hg-elastic-entropy-skew3"}
+    assert d["vs_dedicated"]["0.25"]["ratio"] == pytest.approx(1.92 / 1.9) and d["vs_own_budget_1"]["met"] is True
+    assert d["all"]["hg-elastic-entropy"]["vs_dedicated"]["0.25"]["elastic"] == 1.95
 
 
 def test_device_is_checked():
@@ -163,6 +172,12 @@ def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path
     assert isinstance(model, HourglassLM)
     done["mamba-d8/s0"]["test_bpb"] = 2.6  # worse than the installed one: kept
     assert set(sw.bundle(done)) == {"hourglass"}
+    # of several elastic checkpoints the best at its trained budget; an evaluated row of another is not one
+    done["hg-elastic-entropy-skew3@0.25/s0"] = {**done["hg-elastic-entropy@0.25/s0"], "test_bpb": 1.9,
+                                                "row": "hg-elastic-entropy-skew3@0.25/s0"}
+    done["hg-elastic-entropy@1/s0"] = {**done["hg-elastic-entropy@0.25/s0"], "test_bpb": 1.5, "kind": "evaluated",
+                                       "row": "hg-elastic-entropy@1/s0"}
+    assert sw.bundle(done)["hourglass"]["row"] == "hg-elastic-entropy-skew3@0.25/s0"
 
 
 @pytest.mark.slow  # a full-size FLOP-matched hourglass (2.9 M parameters) and its figures: about a minute
