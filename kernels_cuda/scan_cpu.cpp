@@ -23,6 +23,8 @@
 #include <new>
 #include <vector>
 
+#include <ATen/EmptyTensor.h>
+
 #include "binding.h"
 #include "simd.h"
 
