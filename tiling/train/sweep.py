@@ -494,7 +494,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--figures-only", action="store_true",
                    help="train nothing: rewrite the table and the figures from the finished rows")
     p.add_argument("--bundle", action="store_true",
-                   help="install the elastic hourglass as bundled:hourglass (and the best plain Mamba as bundled:full "
+                   help="install the best elastic hourglass as bundled:hourglass (and the best plain Mamba as bundled:full "
                         "when it beats the installed one)")
     args = p.parse_args(argv)
     try:
