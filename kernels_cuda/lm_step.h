@@ -26,7 +26,7 @@ constexpr int kWeights = 11;  // layer_step's: W_in, b_in, conv w, conv b, W_x, 
 constexpr int kState = 6;     // conv, ssm, held, pool_sum, pool_count, last_start, each stacked over the layers
 
 // A new contiguous CPU tensor, allocated without the dispatcher's layers (torch::empty and empty_like
-// through it were about a tenth of a decoding step that makes three).
+// through it showed in profiles of a decoding step, which makes three).
 inline Tensor new_cpu(at::IntArrayRef sizes, at::ScalarType dtype) {
   return Tensor(at::detail::empty_cpu(sizes, dtype, /*pin_memory=*/false, c10::nullopt));
 }

@@ -35,7 +35,7 @@ using tiling_scan::ScanArgs;
 using tiling_scan::Tensor;
 
 // body(i) for i in [0, n), in an OpenMP team only where `big`: a parallel region with its if-clause false
-// still enters libgomp (a team of one), which cost about a tenth of a decoding step that calls these for a
+// still enters libgomp (a team of one), which showed in profiles of a decoding step that calls these for a
 // handful of rows (py-spy on TiledLM.step, issue 23).
 template <typename F> inline void rows_for(int64_t n, bool big, F&& body) {
   if (!big) {
