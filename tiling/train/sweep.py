@@ -104,7 +104,8 @@ def rows() -> list[dict]:
            hourglass_row("uniform", 0.25, 1), hourglass_row("space", 0.35, 0),
            *(hourglass_row("entropy", 0.25, 0, elastic=True, skew=g) for g in ELASTIC_SKEWS),
            hourglass_row("surprisal", 0.25, 0, dechunk="ema"), hourglass_row("surprisal", 0.25, 1, dechunk="ema"),
-           hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="wide")]
+           hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="wide"),
+           hourglass_row("surprisal", 0.25, 1, dechunk="ema", stages="wide"), hourglass_row("uniform", 0.25, 1, stages="wide")]
     return out
 
 
