@@ -251,9 +251,10 @@ class HourglassLM(nn.Module):
     def sample_budget(self, rng: random.Random | None = None) -> float:
         """A training budget: ``low + (high − low)·u^γ`` on ``budget_range`` with ``γ = budget_skew``
         (elastic; γ = 1 is uniform), else the default. The seeds choose the level of detail at run time
-        (seed 001 §3.2.2's budget ``c`` in ``R_i = f(ρ_i, d_i, c)``) and say nothing of training for several; the per-step draw follows
-        Hourglass (Nawrot et al. 2022), and the skew is ours: a step's cost grows with its budget, so
-        under a fixed training time the cheap budgets get the steps they would get if trained alone."""
+        (seed 001 §3.2.2's budget ``c`` in ``R_i = f(ρ_i, d_i, c)``) and say nothing of training for
+        several; the per-step draw follows Hourglass (Nawrot et al. 2022), and the skew is ours: a
+        step's cost grows with its budget, so under a fixed training time the uniform draw starves the
+        cheap budgets of steps."""
         r = self.config.budget_range
         if r is None:
             return self.budget
