@@ -105,7 +105,8 @@ def rows() -> list[dict]:
            *(hourglass_row("entropy", 0.25, 0, elastic=True, skew=g) for g in ELASTIC_SKEWS),
            hourglass_row("surprisal", 0.25, 0, dechunk="ema"), hourglass_row("surprisal", 0.25, 1, dechunk="ema"),
            hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="wide"),
-           hourglass_row("surprisal", 0.25, 1, dechunk="ema", stages="wide"), hourglass_row("uniform", 0.25, 1, stages="wide")]
+           hourglass_row("surprisal", 0.25, 1, dechunk="ema", stages="wide"),
+           hourglass_row("uniform", 0.25, 1, stages="wide")]
     return out
 
 
