@@ -473,10 +473,7 @@ class HourglassConfig:
             if self.tiling.r_min > lo:
                 raise ValueError(f"budget_range's low end {lo} is below tiling.r_min = {self.tiling.r_min}")
             put("budget_range", (lo, hi))
-        if isinstance(self.budget_skew, bool) or not isinstance(self.budget_skew, (int, float)):
-            raise TypeError(f"budget_skew must be a number in [1, 16], got {type(self.budget_skew).__name__}")
-        if not 1.0 <= float(self.budget_skew) <= 16.0:
-            raise ValueError(f"budget_skew must be a number in [1, 16], got {self.budget_skew}")
+        check_in_range(self.budget_skew, "budget_skew", 1.0, 16.0)
         put("budget_skew", float(self.budget_skew))
         put("vocab_size", check_int(self.vocab_size, "vocab_size", minimum=2, maximum=2 ** 24))
 

@@ -122,6 +122,15 @@ def share_router_states(model, states: list) -> list:
     return out
 
 
+def _unread_kind(router, config, tile_router, t: int) -> tuple:
+    """``(router state, kind)`` at token ``t`` of a policy that reads no signal: the plan of the tile the
+    uniform policy planned where ``t`` lies inside it, else ``TileBoundaries.starts``' decision."""
+    kind = router.planned(tile_router, config, t)
+    if kind is None:
+        _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
+    return tile_router, kind
+
+
 def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
     """Each layer's kind at token ``t`` and its router state after the decision, from the states
     ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one); None where some rows start
@@ -129,10 +138,7 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
     if plan.shared == "full":  # every token starts a segment in every layer: the router states stay behind
         return [FULL] * len(routers), list(routers)
     if plan.shared == "same" and len({id(r) for r in routers}) == 1:  # one decision serves every layer
-        router, config, tile_router = plan.routers[0], plan.configs[0], routers[0]
-        kind = router.planned(tile_router, config, t)
-        if kind is None:
-            _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
+        tile_router, kind = _unread_kind(plan.routers[0], plan.configs[0], routers[0], t)
         return None if kind == 1 else ([kind] * len(routers), [tile_router] * len(routers))
     kinds, advanced = [], []
     for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
@@ -145,9 +151,7 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
         elif reads:  # the starts from the tiles before; the token's signal is recorded after the kernel
             _, tile_router, kind = router.decide(at_position(tile_router, t), config, host_only=True)
         else:
-            kind = router.planned(tile_router, config, t)  # inside a tile the uniform policy planned
-            if kind is None:  # TileBoundaries.starts (the policy reads no signal)
-                _, tile_router, kind = router.advance(None, at_position(tile_router, t), config, host_only=True)
+            tile_router, kind = _unread_kind(router, config, tile_router, t)
         if kind == 1:
             return None
         kinds.append(kind)

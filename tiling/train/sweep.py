@@ -245,7 +245,7 @@ def goals(table_rows: list[dict]) -> dict:
                                                              "met": el[0.25] <= 1.04 * el[1.0]}
         by_family[head] = {"row": head, "vs_dedicated": d, "vs_own_budget_1": own}
     if by_family:  # the elastic checkpoint best at the cheapest budget, and every one
-        best = min(by_family, key=lambda h: min(families[h].items())[1])
+        best = min(by_family, key=lambda h: families[h][min(families[h])])
         out["d_elastic"] = {**by_family[best], "all": by_family}
     speed = {}
     for k, v in by.items():
