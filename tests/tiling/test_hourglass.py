@@ -58,9 +58,11 @@ def calibrated(model: HourglassLM, budgets=(0.25, 0.5)) -> HourglassLM:
 # ----------------------------------------------------------------------------- causality
 @pytest.mark.parametrize("signal", SIGNALS)
 @pytest.mark.parametrize("form", ["byte", "tile"])
-def test_autoregressive_for_every_signal_at_every_budget(signal, form):
-    """Changing byte t moves no logit (and no auxiliary logit) before t, at budgets 1, 0.5, 0.35 and 0.25."""
-    model = calibrated(small(signal, form=form))
+@pytest.mark.parametrize("dechunk", ["ema", "hold"])
+def test_autoregressive_for_every_signal_at_every_budget(signal, form, dechunk):
+    """Changing byte t moves no logit (and no auxiliary logit) before t, at budgets 1, 0.5, 0.35 and 0.25,
+    with either dechunk (the sweep's rows use both; the bundled elastic checkpoint the hold)."""
+    model = calibrated(small(signal, form=form, dechunk=dechunk))
     x = text_tokens(2, 96)
     for budget in (1.0, 0.5, 0.35, 0.25):
         model.train()  # the aux head runs in training mode: check it too, on copies (no state update between)
@@ -76,7 +78,7 @@ def test_autoregressive_for_every_signal_at_every_budget(signal, form):
                     # equal up to float rounding: a compact sequence of another length runs BLAS with
                     # another blocking; a leak moves logits by ~1e-2 (test_the_leak_test_sees_a_leak)
                     torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=2e-6,
-                                               msg=f"{signal} {form} {budget} {mode} {t}")
+                                               msg=f"{signal} {form} {dechunk} {budget} {mode} {t}")
                     if oa.aux_logits is not None:  # the encoder runs on L bytes in both: bit-equal
                         assert torch.equal(oa.aux_logits[:, :t], ob.aux_logits[:, :t])
                     assert torch.equal(oa.routing.boundary[:, :t + 1][:, :t], ob.routing.boundary[:, :t])
