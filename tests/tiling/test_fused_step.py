@@ -353,3 +353,75 @@ def test_a_signal_that_overflows_is_named_through_the_reference_path():
         model.layers[1].dt_proj.weight.fill_(3e38)  # the signal's step sizes overflow, the mixer's too
     with pytest.raises(ValueError, match="not finite|overflow|NaN/Inf"):
         decode(model, torch.randint(0, 32, (1, 10)))
+
+
+def checked(state: TiledLMState) -> TiledLMState:
+    """The same kernel state without what its step remembered (:class:`~tiling.train.fused_step.Resume`):
+    a step on it makes every check."""
+    return TiledLMState.of_flat(state.flat, state.owner, state.batch, None)
+
+
+@pytest.mark.parametrize("change", ["none", "budget", "assigned", "in_place", "budget_none"])
+def test_a_step_resumed_from_the_kernels_state_equals_a_fully_checked_step(change, monkeypatch):
+    model = lm(0.25)
+    x = torch.randint(0, 32, (2, 12))
+    resumed = []
+    real = model_mod.resume_step
+    monkeypatch.setattr(model_mod, "resume_step", lambda *a: resumed.append(real(*a)) or resumed[-1])
+    with torch.no_grad():
+        state = model.allocate_inference_state(2)
+        for t in range(5):
+            _, state = model.step(x[:, t], state, budget=0.25)
+        assert state.resume is not None and all(r is not None for r in resumed[1:])
+        budget = {"budget": 0.5, "budget_none": None}.get(change, 0.25)
+        if change == "assigned":
+            model.layers[1].out_proj.weight = torch.nn.Parameter(torch.randn_like(model.layers[1].out_proj.weight))
+        elif change == "in_place":
+            for p in model.parameters():
+                p.mul_(1.01)
+        resumed.clear()
+        got, after = model.step(x[:, 5], state, budget=budget)
+        want, _ = model.step(x[:, 5], checked(state), budget=budget)
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+        # the checks that no longer hold are made again: another budget or an assignment is not resumed
+        assert (resumed[0] is not None) == (change in ("none", "in_place"))
+        assert after.resume is not None and after.resume.budget == budget
+        # and the decoding goes on as the fully checked one would, bit for bit
+        other = checked(after)
+        for t in range(6, 12):
+            got, after = model.step(x[:, t], after, budget=budget)
+            want, other = model.step(x[:, t], checked(other), budget=budget)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        if change == "none":  # and as the forward
+            torch.testing.assert_close(got, model(x, budget=0.25)[:, -1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["batch", "dtype", "shape", "model", "value"])
+def test_a_resumed_step_still_refuses_bad_tokens_and_another_models_state(bad):
+    model, other = lm(0.25), lm(0.25)
+    with torch.no_grad():
+        state = model.allocate_inference_state(2)
+        _, state = model.step(torch.tensor([1, 2]), state)
+        assert state.resume is not None
+        tokens = {"batch": torch.tensor([1, 2, 3]), "dtype": torch.tensor([1.0, 2.0]),
+                  "shape": torch.tensor([[1, 2]]), "value": torch.tensor([1, 32])}.get(bad, torch.tensor([1, 2]))
+        match = {"batch": "batch", "dtype": "int64", "shape": "int64", "model": "another model", "value": r"\[0, "}[bad]
+        with pytest.raises(ValueError, match=match):
+            (other if bad == "model" else model).step(tokens, state)
+
+
+def test_a_resumed_state_under_autograd_takes_the_differentiable_path():
+    model = lm(0.25)
+    with torch.no_grad():
+        _, state = model.step(torch.tensor([1]), model.allocate_inference_state(1))
+    assert state.resume is not None
+    logits, _ = model.step(torch.tensor([2]), state)
+    assert logits.requires_grad
+
+
+def test_replacing_a_layer_state_forgets_the_resume():
+    model = lm(0.25)
+    with torch.no_grad():
+        _, state = model.step(torch.tensor([1]), model.allocate_inference_state(1))
+    state[0] = state[0]
+    assert state.resume is None and state.flat is None

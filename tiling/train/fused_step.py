@@ -159,24 +159,39 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
     return kinds, advanced
 
 
-def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float],
-               batch: int) -> tuple[Tensor, TiledLMState] | None:
+class Resume(NamedTuple):
+    """What a state made by :func:`fused_step` remembers of the call that made it, so that the next step
+    on it skips the checks that still hold (:func:`resume_step`): the model (``id``), the ``budget``
+    argument, the count of :func:`~tiling.modules.assignments.assignments` then, the layers' checked
+    budgets and the plan."""
+
+    owner: int
+    budget: float | None
+    assigned: int
+    budgets: list
+    plan: _Plan
+
+
+def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float], batch: int,
+               budget: float | None = None) -> tuple[Tensor, TiledLMState] | None:
     """:meth:`TiledLM.step <tiling.train.model.TiledLM.step>` on checked ``tokens`` of ``batch`` rows and
-    ``state`` at the layers' checked ``budgets``, in one kernel call; None where it does not apply.
+    ``state`` at the layers' checked ``budgets`` (of the call's ``budget`` argument), in one kernel call;
+    None where it does not apply.
 
     Returns
     -------
     ``(logits (batch, vocab), new state)``, equal to the reference path's to float rounding (the tests
     compare them to 1e-6), or None. The new state is in the kernel's flat form
-    (:class:`~tiling.train.lm_state.FlatState`), which the next call reads as it is.
+    (:class:`~tiling.train.lm_state.FlatState`), which the next call reads as it is, and remembers the
+    call (:class:`Resume`).
     """
     if torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()):
         return None
     plan = _plan(model, budgets)
     if plan is not None and (not plan.emb.is_cpu or plan.emb.dtype is not plan.dtype):  # the model was moved
         plan = _plan(model, budgets, stale=True)
-    if plan is None or torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack():
-        return None  # a transform or dispatch mode sees torch's ops, not the kernel (cpu_kernels)
+    if plan is None:
+        return None
     flat = getattr(state, "flat", None)  # a state of the kernel: one dtype and one position by construction
     if flat is None:
         if any(st.position != state[0].position or st.ssm.dtype != plan.dtype or st.conv.shape != state[0].conv.shape
@@ -185,6 +200,28 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float],
         flat = flatten(state)
     elif flat.tensors[1].dtype != plan.dtype:
         return None
+    return _run(model, plan, tokens, flat, batch, Resume(id(model), budget, assignments(), budgets, plan))
+
+
+def resume_step(model, tokens: Tensor, state: Sequence, budget: float | None) -> tuple[Tensor, TiledLMState] | None:
+    """:func:`fused_step` on the state its previous call made for this model, at the same ``budget``
+    argument, with no parameter or module assigned since and no gradient wanted: the checks that call
+    made of the budget, the state and the plan still hold, so only the tokens' form is checked (their
+    values: the kernel). None where any of that differs (the caller then takes :func:`fused_step`'s way,
+    which checks everything); a parameter updated in place or moved is the kernel's ``STALE``."""
+    r = getattr(state, "resume", None)
+    if (r is None or r.owner != id(model) or r.assigned != assignments() or type(budget) is not type(r.budget)
+            or budget != r.budget or torch.is_grad_enabled() or not isinstance(tokens, Tensor)
+            or tokens.dtype is not torch.int64 or tokens.dim() != 1 or tokens.shape[0] != state.batch):
+        return None
+    return _run(model, r.plan, tokens, state.flat, state.batch, r)
+
+
+def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
+         resume: Resume) -> tuple[Tensor, TiledLMState] | None:
+    """The kernel's step on the flat state, with the policies' decisions and records around it."""
+    if torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack():
+        return None  # a transform or dispatch mode sees torch's ops, not the kernel (cpu_kernels)
     t = flat.position
     decided = _kinds(plan, flat.tile_routers, t)
     if decided is None:  # some rows start a segment, others not: the reference path
@@ -194,9 +231,10 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float],
     signal = flat.signal if plan.kernel_reads else ((), ())  # the maps cross into C++ only where a layer reads
     status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
     if status == STALE:  # a parameter was updated in place or moved since the plan was made
-        plan = _plan(model, budgets, stale=True)
-        if plan is None:
+        plan = _plan(model, resume.budgets, stale=True)
+        if plan is None or flat.tensors[1].dtype != plan.dtype:  # moved off the CPU, or to another dtype
             return None
+        resume = resume._replace(plan=plan)
         status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
     if status != OK:  # a non-finite logit or signal, or a token out of range: the reference path names it
         return None
@@ -206,7 +244,7 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float],
             if reads:
                 advanced[k] = router.record(rho[k], advanced[k], config)
     new = FlatState(out[1:1 + len(FLAT_FIELDS)], tuple(advanced), t + 1, flat.fixed, flat.signal)
-    return out[0], TiledLMState.of_flat(new, id(model), batch)
+    return out[0], TiledLMState.of_flat(new, id(model), batch, resume)
 
 
-__all__ = ["fused_step"]
+__all__ = ["Resume", "fused_step", "resume_step"]

@@ -90,6 +90,9 @@ class TiledLMState:
     ----------
     owner, batch : the model's ``id`` and the rows the state was made for.
     flat : the kernel's form, or None once a layer state was replaced (``state[k] = ...``).
+    resume : what the kernel's step that made it remembers of its call
+        (:class:`~tiling.train.fused_step.Resume`, so the next step skips the checks that still hold), or
+        None (a state made otherwise, or once a layer state was replaced).
 
     Notes
     -----
@@ -104,17 +107,18 @@ class TiledLMState:
         self._layers = None if layers is None else list(layers)
         self.flat = flat
         self.owner = owner
+        self.resume = None
         if flat is not None:
             self.batch = int(flat.tensors[0].shape[1])
         else:
             self.batch = int(self._layers[0].conv.shape[0]) if self._layers else 0
 
     @classmethod
-    def of_flat(cls, flat: FlatState, owner: int, batch: int) -> TiledLMState:
-        """The state of the kernel's step: ``flat`` of ``batch`` rows, made without ``__init__``'s checks
-        (a decoding step makes one per token)."""
+    def of_flat(cls, flat: FlatState, owner: int, batch: int, resume) -> TiledLMState:
+        """The state of the kernel's step: ``flat`` of ``batch`` rows and the step's ``resume``, made
+        without ``__init__``'s checks (a decoding step makes one per token)."""
         self = cls.__new__(cls)
-        self._layers, self.flat, self.owner, self.batch = None, flat, owner, batch
+        self._layers, self.flat, self.owner, self.batch, self.resume = None, flat, owner, batch, resume
         return self
 
     @property
@@ -143,7 +147,7 @@ class TiledLMState:
 
     def __setitem__(self, k: int, value: TiledMambaState) -> None:
         self.layers[k] = value
-        self.flat = None  # the flat form no longer says what the layers hold
+        self.flat = self.resume = None  # the flat form no longer says what the layers hold
 
     def __repr__(self) -> str:
         return f"TiledLMState(layers={len(self)}, batch={self.batch}, owner={self.owner:#x})"

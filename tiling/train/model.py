@@ -15,7 +15,7 @@ from tiling.modules import TiledMamba
 from tiling.modules.assignments import assignments
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
-from tiling.train.fused_step import fused_step, share_router_states
+from tiling.train.fused_step import fused_step, resume_step, share_router_states
 from tiling.train.lm_state import TiledLMState
 from tiling.tile import TilePlan
 
@@ -329,11 +329,14 @@ class TiledLM(nn.Module):
         logits); a tiled layer runs its mixer only on the tokens that start a segment, elsewhere a
         token costs ``O(d_model)`` in that layer (:meth:`~tiling.modules.TiledMamba.step`).
         """
+        fused = resume_step(self, tokens, state, budget)  # the kernel's state of this model's last step
+        if fused is not None:
+            return fused
         self._check_tokens(tokens, "(batch,)", 1, values=False)
         budgets = self._step_budgets(budget)
         batch = tokens.shape[0]
         self.check_state(state, batch, n_layers=len(budgets))
-        fused = fused_step(self, tokens, state, budgets, batch)  # one kernel call where it applies (CPU, no grad)
+        fused = fused_step(self, tokens, state, budgets, batch, budget)  # one kernel call where it applies
         if fused is not None:
             return fused
         self._check_tokens(tokens, "(batch,)", 1)  # the values: the kernel refuses them too, without a message
