@@ -3,7 +3,8 @@
 
 One table per ``--d-model`` (4 layers, float32, fresh seeded weights), every cell measured in one
 run in interleaved rounds (each round runs every case once, so that on a shared machine every case
-gets the same chance of a quiet moment); a cell is the median over ``--rounds`` rounds.
+gets the same chance of a quiet moment, column by column, so that the cells a ratio compares run
+seconds apart); a cell is the median over ``--rounds`` rounds.
 
 Rows (``TiledLM`` of :func:`tiling.train.textmodel.model_config`: d_state 16, expand 1, tile 16):
 
@@ -256,6 +257,9 @@ def run_table(args) -> dict:
                     continue
                 fns[(d, c.name, col)] = fn
                 nbytes[(d, c.name, col)] = n
+    # column by column within a round: the cells a ratio compares (a column's rows at one width) run seconds
+    # apart, not a minute, so a change of the shared machine's load between them moves both alike
+    fns = dict(sorted(fns.items(), key=lambda kv: (COLUMNS.index(kv[0][2]), kv[0][0])))
     load = os.getloadavg()
     t0 = time.perf_counter()
     timed = timed_interleaved(fns, args.rounds)
