@@ -16,7 +16,7 @@ plain model's. Goal (e): prefill ≥ 2× and decode ≥ 2×. FLOPs per byte (the
 printed beside them: at equal bpb the two models' costs are what decides the speed.
 
     python scripts/bench_equal_bpb.py [--results docs/results/hourglass_lm.json] [--tolerance 0.01]
-                                      [--rounds 7] [--threads 1] [--json PATH]
+                                      [--rounds 7] [--threads 1] [--test-file PATH] [--json PATH]
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from bench_text import timed_interleaved  # noqa: E402
 
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.storage import atomic_write_bytes  # noqa: E402
-from tiling.train.text import as_byte_tensor  # noqa: E402
+from tiling.train.text import TextInputError, as_byte_tensor, read_text_file  # noqa: E402
 from tiling.train.textmodel import load_text_model  # noqa: E402
 
 GOAL = 2.0  # × plain Mamba, prefill and decode
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("docs/results/hourglass_lm.json"))
     ap.add_argument("--corpus-dir", type=Path, default=Path("data/corpus"), help="prepared corpus (make corpus)")
+    ap.add_argument("--test-file", type=Path, default=None, help="time on this UTF-8 file instead of the test split")
     ap.add_argument("--tolerance", type=float, default=0.01, help="relative bpb difference of a pair (default 0.01)")
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--decode-steps", type=int, default=256)
@@ -107,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--results {args.results}: no hourglass and plain Mamba configurations within "
                  f"{args.tolerance:.1%} of each other's test bpb")
     try:
-        text = as_byte_tensor(load_split("test", args.corpus_dir))[:args.context].to(torch.int64)
-    except CorpusError as e:
-        ap.error(f"--corpus-dir: {e}")
+        text = as_byte_tensor(read_text_file(args.test_file) if args.test_file else load_split("test", args.corpus_dir))
+    except (CorpusError, TextInputError) as e:
+        ap.error(f"--test-file: {e}" if args.test_file else f"--corpus-dir: {e}")
+    if text.numel() < args.context:
+        ap.error(f"--context {args.context}: the text to time has {text.numel()} bytes")
+    text = text[:args.context].to(torch.int64)
     torch.set_num_threads(args.threads)
     fns = {}
     for name in tqdm(sorted({k for pair in todo for k in pair}), desc="loading"):
