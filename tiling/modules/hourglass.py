@@ -55,6 +55,7 @@ from tiling.modules.boundary import BoundaryRouter, BoundaryState, Routing
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk
 from tiling.modules.tiled_mamba import TiledMamba, TiledMambaState
 from tiling.ops import adaptive_selective_scan
+from tiling.ops.scan import rms_norm
 from tiling.ops.cost import layer_cost, signal_cost_per_token
 
 Tensor = torch.Tensor
@@ -81,22 +82,28 @@ class MambaStack(nn.Module):
                                                dtype=dtype) for _ in range(stage.n_layers))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(output, the last layer's normed input or None)``: (batch, L, d) → (batch, L, d)."""
+        """``(output, the last layer's normed input or None)``: (batch, L, d) → (batch, L, d).
+
+        No layer checks its input: :class:`HourglassLM` checks its tokens and its logits once per call
+        (issue 23), as :class:`~tiling.train.model.TiledLM` does; the norm is the one-pass kernel."""
         last = None
         for norm, layer in zip(self.norms, self.layers):
-            last = norm(x)
-            x = x + layer(last, budget=1.0)
+            last = rms_norm(x, norm.weight, norm.eps)
+            x = x + layer(last, budget=1.0, check=False)
         return x, last
 
     def allocate(self, batch: int) -> list[TiledMambaState]:
         return [layer.allocate_inference_state(batch) for layer in self.layers]
 
     def step(self, x: Tensor, states: list[TiledMambaState]) -> tuple[Tensor, list[TiledMambaState], Tensor | None]:
-        """One position: ``(output (batch, d), states, the last layer's normed input)``."""
+        """One position: ``(output (batch, d), states, the last layer's normed input)``; each layer's state
+        is checked (its batch and shapes, naming what differs), its values are not: the model checks its
+        logits once per step."""
         new, last = [], None
         for norm, layer, st in zip(self.norms, self.layers, states):
-            last = norm(x)
-            out, st = layer.step(last, st, budget=1.0)
+            layer.check_state(st, x.shape[0])
+            last = rms_norm(x, norm.weight, norm.eps)
+            out, st = layer.step_unchecked(last, st, 1.0)
             x = x + out
             new.append(st)
         return x, new, last
