@@ -396,12 +396,26 @@ def test_bad_calls_name_the_argument():
         model.step(torch.zeros(2, dtype=torch.int64), [])
 
 
-def test_a_nan_weight_is_a_clear_error_at_the_output():
+@pytest.mark.parametrize("stage", ["encoder", "main", "decoder"])
+@pytest.mark.parametrize("call", ["forward", "step"])
+def test_a_nan_weight_is_a_clear_error_at_the_output(stage, call):
+    """The stages check nothing inside (issue 23: once per call): a NaN made in any stage is named at
+    the logits, by the forward and by the step."""
     model = small("uniform").eval()
     with torch.no_grad():
-        model.main.layers[0].out_proj.weight[0, 0] = float("nan")
+        getattr(model, stage).layers[0].out_proj.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/Inf"):
-        model(text_tokens(1, 32), budget=0.5)
+        if call == "forward":
+            model(text_tokens(1, 32), budget=0.5)
+        else:
+            model.step(text_tokens(1, 1)[:, 0], model.allocate_inference_state(1), budget=0.5)
+
+
+def test_a_state_of_another_hourglass_is_refused_naming_the_layer():
+    a, b = small("uniform").eval(), HourglassLM(hourglass_config(d_outer=24, d_main=32, d_state=4, budget=0.5,
+                                                                 signal="uniform", dechunk="hold")).eval()
+    with pytest.raises(ValueError, match="another layer"):
+        a.step(text_tokens(1, 1)[:, 0], b.allocate_inference_state(1), budget=0.5)
 
 
 # ----------------------------------------------------------------------------- command line
