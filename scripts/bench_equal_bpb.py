@@ -36,6 +36,7 @@ from bench_text import timed_interleaved  # noqa: E402
 
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.storage import atomic_write_bytes  # noqa: E402
+from tiling.train.sweep import equal_bpb_pairs  # noqa: E402
 from tiling.train.text import TextInputError, as_byte_tensor, read_text_file  # noqa: E402
 from tiling.train.textmodel import load_text_model  # noqa: E402
 
@@ -54,13 +55,6 @@ def configurations(rows: list[dict]) -> dict[str, dict]:
     for c in out.values():
         c["bpb"] = sum(c["bpb"]) / len(c["bpb"])
     return out
-
-
-def pairs(configs: dict[str, dict], tolerance: float) -> list[tuple[str, str]]:
-    """``(hourglass, plain)`` configurations whose mean test bpb differ by at most ``tolerance`` (relative)."""
-    hg = [k for k, c in configs.items() if c["family"] == "hourglass"]
-    plain = [k for k, c in configs.items() if c["family"] == "plain"]
-    return [(h, p) for h in hg for p in plain if abs(configs[h]["bpb"] / configs[p]["bpb"] - 1.0) <= tolerance]
 
 
 def runners(model, budget: float, text: torch.Tensor, steps: int) -> dict:
@@ -103,7 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         ap.error(f"--results {args.results}: not a sweep's results file ({e})")
     configs = configurations(rows)
-    todo = pairs(configs, args.tolerance)
+    bpb = {family: {k: c["bpb"] for k, c in configs.items() if c["family"] == family}
+           for family in ("hourglass", "plain")}
+    todo = equal_bpb_pairs(bpb["hourglass"], bpb["plain"], args.tolerance)
     if not todo:
         ap.error(f"--results {args.results}: no hourglass and plain Mamba configurations within "
                  f"{args.tolerance:.1%} of each other's test bpb")

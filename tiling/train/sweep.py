@@ -211,6 +211,13 @@ def _uniform_bpb(bpb: dict, name: str, row: dict) -> float | None:
     return bpb.get(twin.replace("-ema", "", 1))
 
 
+def equal_bpb_pairs(hourglass: dict[str, float], plain: dict[str, float],
+                    tolerance: float = 0.01) -> list[tuple[str, str]]:
+    """Goal (e)'s pairs: ``(hourglass, plain)`` configurations, each given by its test bpb, whose bpb differ
+    by at most ``tolerance`` (relative to the plain one's); ``scripts/bench_equal_bpb.py`` times them."""
+    return [(h, p) for h, hv in hourglass.items() for p, pv in plain.items() if abs(hv / pv - 1.0) <= tolerance]
+
+
 def goals(table_rows: list[dict]) -> dict:
     """The issue's goals (a)–(e), checked on the rows present (None where a row is missing)."""
     by: dict[str, list[dict]] = {}
@@ -260,12 +267,9 @@ def goals(table_rows: list[dict]) -> dict:
     speed = {}
     for k, v in by.items():
         speed[k] = {"prefill": _mean(v, "prefill_bytes_per_s"), "decode": _mean(v, "decode_bytes_per_s")}
-    pairs = []
-    for h, hv in hg_all.items():
-        for p, pv in plain.items():
-            if abs(hv / pv - 1.0) <= 0.01 and speed[h]["prefill"] and speed[p]["prefill"]:
-                pairs.append({"hourglass": h, "mamba": p, "prefill_x": speed[h]["prefill"] / speed[p]["prefill"],
-                              "decode_x": (speed[h]["decode"] or 0) / (speed[p]["decode"] or 1)})
+    pairs = [{"hourglass": h, "mamba": p, "prefill_x": speed[h]["prefill"] / speed[p]["prefill"],
+              "decode_x": (speed[h]["decode"] or 0) / (speed[p]["decode"] or 1)}
+             for h, p in equal_bpb_pairs(hg_all, plain) if speed[h]["prefill"] and speed[p]["prefill"]]
     out["e_deployment_equal_bpb"] = pairs or None
     return out
 
