@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_text import timed_interleaved  # noqa: E402
+from bench_text import require_positive, timed_interleaved  # noqa: E402
 
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.storage import atomic_write_bytes  # noqa: E402
@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in the sweep)")
     ap.add_argument("--json", type=str, default=None, help="also write the table to this JSON file")
     args = ap.parse_args(argv)
-    for name in ("context", "decode_steps", "rounds", "threads"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    require_positive(ap, args, ("context", "decode_steps", "rounds", "threads"))
     if not 0.0 <= args.tolerance < 1.0:
         ap.error(f"--tolerance must lie in [0, 1), got {args.tolerance}")
     if args.decode_steps > args.context:

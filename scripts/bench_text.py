@@ -225,6 +225,13 @@ def runners(c: Case, text: torch.Tensor, device: str, args) -> dict:
     return out
 
 
+def require_positive(ap: argparse.ArgumentParser, args: argparse.Namespace, names: tuple[str, ...]) -> None:
+    """``ap.error`` (exit 2) naming the first of the integer flags ``names`` below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+
+
 def timed_interleaved(fns: dict, rounds: int) -> dict:
     """Median wall and thread CPU seconds of each callable over ``rounds`` interleaved rounds (one
     warm-up call each first)."""
@@ -354,9 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-hourglass", action="store_true")
     ap.add_argument("--json", type=str, default=None, help="also write the table to this JSON file")
     args = ap.parse_args(argv)
-    for name in ("rounds", "threads", "decode_steps", "train_batch"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    require_positive(ap, args, ("rounds", "threads", "decode_steps", "train_batch"))
     if any(d < 16 or d % 2 for d in args.d_model):
         ap.error(f"--d-model must be even integers >= 16, got {args.d_model}")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -451,9 +456,7 @@ def trained_rows_main(argv: list[str]) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in the sweep)")
     ap.add_argument("--json", type=str, default=None, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
-    for name in ("context", "batch", "decode_bytes", "rounds", "threads"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    require_positive(ap, args, ("context", "batch", "decode_bytes", "rounds", "threads"))
     torch.set_num_threads(args.threads)
     try:
         test = as_byte_tensor(read_text_file(args.test_file) if args.test_file else load_split("test", args.corpus_dir))
