@@ -1316,6 +1316,7 @@ Tensor exp_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v
 Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<float> v) { return vsoftplus(v); }); }
 
 #include "lm_step.h"  // the whole LM's decoding step, over layer_step_rows, rms_rows and matvec_rows
+#include "stack_step.h"  // a stack of full-resolution layers' step (the hourglass' stages)
 
 }  // namespace
 
@@ -1331,6 +1332,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     const c10::optional<Tensor>&, const std::vector<c10::optional<Tensor>>&, const std::vector<Tensor>&,
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())
       .def("step", &Decoder::step, "one token per row (kinds decided on the host): (status, [logits, state...])");
+  py::class_<StackDecoder>(m, "StackDecoder", "a stack of full-resolution Mamba layers' decoding step (stack_step.h)")
+      .def(py::init<const std::vector<Tensor>&, const std::vector<double>&, const std::vector<c10::optional<Tensor>>&,
+                    const std::vector<Tensor>&, const std::vector<Tensor>&>())
+      .def("step", &StackDecoder::step, "one token per row: (status, [h, last normed input, conv, ssm])");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");

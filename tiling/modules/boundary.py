@@ -57,6 +57,7 @@ from torch import nn
 
 from infogeo.fisher import categorical_distance
 from tiling.config import BoundaryConfig, TilingConfig
+from tiling.modules.assignments import assignments
 from tiling.modules.chunk import SegmentLayout, layout_from_boundaries, layout_from_counts
 from tiling.modules.router import RouterState, TileRouter, TileRouterState, TokenRouter, ratio_loss
 
@@ -194,12 +195,23 @@ class ScoreQuantiles(nn.Module):
         K = self.quantiles.numel()
         return (torch.arange(K, dtype=torch.float64) + 0.5) / K
 
+    def _read(self) -> tuple[list[float], list[float], bool]:
+        """``(levels, quantiles, updated)`` as Python numbers, read from the buffers again only when one
+        changed (an update, a load, an assignment): a decoding step reads them every byte."""
+        q, u = self.quantiles, self.updates
+        key = (assignments(), q._version, u._version, q.data_ptr(), u.data_ptr())
+        kept = self.__dict__.get("_read_cache")
+        if kept is None or kept[0] != key:
+            kept = (key, (self.levels.tolist(), q.tolist(), int(u) > 0))
+            self.__dict__["_read_cache"] = kept
+        return kept[1]
+
     def threshold(self, budget: float) -> float:
         """``θ(c)``: the running quantile at level ``1 − c`` (linear between levels); ``+∞`` before
         the first update (then only the controller places boundaries)."""
-        if int(self.updates) == 0:
+        lv, q, updated = self._read()
+        if not updated:
             return math.inf
-        lv, q = self.levels.tolist(), self.quantiles.tolist()
         a = 1.0 - budget
         if a <= lv[0]:
             return q[0] - (q[1] - q[0]) if a <= 0.0 else q[0]
@@ -213,11 +225,11 @@ class ScoreQuantiles(nn.Module):
     def scale(self) -> float:
         """A robust spread of the score, ``(q_90 − q_10) / 4`` (≥ 1e-6): the temperature of the
         boundary probability."""
-        if int(self.updates) == 0:
+        _, q, updated = self._read()
+        if not updated:
             return 1.0
-        q = self.quantiles
-        K = q.numel()
-        return max(float(q[int(0.9 * K)] - q[int(0.1 * K)]) / 4.0, 1e-6)
+        K = len(q)
+        return max((q[int(0.9 * K)] - q[int(0.1 * K)]) / 4.0, 1e-6)
 
     @torch.no_grad()
     def update(self, score: Tensor) -> None:
@@ -451,9 +463,8 @@ class BoundaryRouter(nn.Module):
             starts, new["tile"] = self.tile_router.step(rho, state.tile, budget=budget)
             starts = starts.to(token.device)
         else:
-            th = self.quantiles.threshold(budget)
-            b, new["surplus"] = causal_boundaries(score.unsqueeze(1), th, budget, self.config.slack,
-                                                  surplus=state.surplus, start=t)
+            b, new["surplus"] = causal_boundaries(score.unsqueeze(1), self.quantiles.threshold(budget), budget,
+                                                  self.config.slack, surplus=state.surplus, start=t)
             starts = b[:, 0]
         if p_router is not None:
             prob = p_router

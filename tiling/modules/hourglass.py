@@ -50,63 +50,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from infogeo.checks import check_in_range, check_int
-from tiling.config import AUX_SIGNALS, HourglassConfig, StageConfig, TilingConfig
+from tiling.config import AUX_SIGNALS, HourglassConfig, StageConfig
 from tiling.modules.boundary import BoundaryRouter, BoundaryState, Routing
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk
-from tiling.modules.tiled_mamba import TiledMamba, TiledMambaState
+from tiling.modules.stack import MambaStack, StackState
 from tiling.ops import adaptive_selective_scan
 from tiling.ops.scan import rms_norm
 from tiling.ops.cost import layer_cost, signal_cost_per_token
 
 Tensor = torch.Tensor
 
-#: a plain Mamba layer: the block scope at budget 1 is exact (no policy, no pooling parameters)
-_PLAIN = TilingConfig(budget=1.0, policy="uniform", pool=False, tile_size=16)
 _P_MIN, _P_MAX = 1e-4, 1.0 - 1e-6
-
-
-class MambaStack(nn.Module):
-    """``n`` residual layers ``x ← x + Mamba(RMSNorm(x))`` of one shape (an hourglass stage).
-
-    Parameters
-    ----------
-    stage : the :class:`~tiling.config.StageConfig`.
-    """
-
-    def __init__(self, stage: StageConfig, *, device=None, dtype=None) -> None:
-        super().__init__()
-        m = stage.mamba
-        self.norms = nn.ModuleList(nn.RMSNorm(m.d_model, eps=1e-5, device=device, dtype=dtype)
-                                   for _ in range(stage.n_layers))
-        self.layers = nn.ModuleList(TiledMamba(m.d_model, **m.layer_kwargs(), tiling=_PLAIN, device=device,
-                                               dtype=dtype) for _ in range(stage.n_layers))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(output, the last layer's normed input or None)``: (batch, L, d) → (batch, L, d).
-
-        No layer checks its input: :class:`HourglassLM` checks its tokens and its logits once per call
-        (issue 23), as :class:`~tiling.train.model.TiledLM` does; the norm is the one-pass kernel."""
-        last = None
-        for norm, layer in zip(self.norms, self.layers):
-            last = rms_norm(x, norm.weight, norm.eps)
-            x = x + layer(last, budget=1.0, check=False)
-        return x, last
-
-    def allocate(self, batch: int) -> list[TiledMambaState]:
-        return [layer.allocate_inference_state(batch) for layer in self.layers]
-
-    def step(self, x: Tensor, states: list[TiledMambaState]) -> tuple[Tensor, list[TiledMambaState], Tensor | None]:
-        """One position: ``(output (batch, d), states, the last layer's normed input)``; each layer's state
-        is checked (its batch and shapes, naming what differs), its values are not: the model checks its
-        logits once per step."""
-        new, last = [], None
-        for norm, layer, st in zip(self.norms, self.layers, states):
-            layer.check_state(st, x.shape[0])
-            last = rms_norm(x, norm.weight, norm.eps)
-            out, st = layer.step_unchecked(last, st, 1.0)
-            x = x + out
-            new.append(st)
-        return x, new, last
 
 
 def ema_compact(z: Tensor, p: Tensor) -> Tensor:
@@ -140,7 +94,7 @@ class HourglassState:
 
     Attributes
     ----------
-    encoder, main, decoder : the stages' layer states.
+    encoder, main, decoder : the stages' :class:`~tiling.modules.stack.StackState`.
     boundary : the :class:`~tiling.modules.boundary.BoundaryState`.
     chunk : the :class:`~tiling.modules.chunk.ChunkState` (the pool of the current segment).
     held : (batch, d_outer) the smoothed main output of the current segment.
@@ -148,9 +102,9 @@ class HourglassState:
     starts : (batch,) bool, whether the last byte started a segment (None before the first byte).
     """
 
-    encoder: list
-    main: list
-    decoder: list
+    encoder: StackState
+    main: StackState
+    decoder: StackState
     boundary: BoundaryState
     chunk: ChunkState
     held: Tensor
@@ -249,6 +203,8 @@ class HourglassLM(nn.Module):
         """
         if budget is None:
             return self.budget
+        if type(budget) is float and 0.0 < budget <= 1.0:  # the common case, cheaply (NaN fails it)
+            return budget
         if isinstance(budget, bool) or not isinstance(budget, (int, float)):
             raise TypeError(f"budget must be a float in (0, 1], got {type(budget).__name__}")
         c = float(budget)
@@ -296,7 +252,7 @@ class HourglassLM(nn.Module):
         c = self.check_budget(budget)
         x = self.embedding(tokens)
         h, last_in = self.encoder(x)
-        aux = self.aux_head(self.aux_norm(h)) if self._needs_aux(c) else None
+        aux = self.aux_head(rms_norm(h, self.aux_norm.weight, self.aux_norm.eps)) if self._needs_aux(c) else None
         linear = None
         if self.config.boundary.signal == "linear" and c < 1.0:
             linear = self.encoder.layers[-1]._signal(last_in)
@@ -317,7 +273,7 @@ class HourglassLM(nn.Module):
             y = z
         y = y + self.residual(h)
         y, _ = self.decoder(y)
-        logits = self.head(self.norm_f(y))
+        logits = self.head(rms_norm(y, self.norm_f.weight, self.norm_f.eps))
         if not bool(torch.isfinite(logits).all()):
             raise ValueError("the model's logits contain NaN/Inf (a weight or an activation overflowed)")
         lengths = routing.boundary.sum(1)
@@ -388,27 +344,29 @@ class HourglassLM(nn.Module):
             raise ValueError(f"tokens must have shape (batch={state.batch},) of the state, got {tuple(tokens.shape)}")
         self._check_tokens(tokens.view(-1, 1))
         c = self.check_budget(budget)
+        for name in ("encoder", "main", "decoder"):
+            getattr(self, name).check_state(getattr(state, name), state.batch)
         x = self.embedding(tokens)
         h, enc, last_in = self.encoder.step(x, state.encoder)
-        aux = self.aux_head(self.aux_norm(h)) if self._needs_aux(c) else None
+        aux = self.aux_head(rms_norm(h, self.aux_norm.weight, self.aux_norm.eps)) if self._needs_aux(c) else None
         linear = None
         if self.config.boundary.signal == "linear" and c < 1.0:
             linear = self.encoder.layers[-1]._signal(last_in.unsqueeze(1))[:, 0]
         starts, prob, bstate = self.boundary.step(tokens, h, state.boundary, budget=c, aux_logits=aux, linear=linear)
         rep, cstate = self.chunk.step(h, starts, state.chunk)
         held, main = state.held, state.main
-        if bool(starts.any()):
+        every = bool(starts.all())
+        if every or bool(starts.any()):
             z, main_new, _ = self.main.step(self.main_in(rep), state.main)
             z = self.main_out(z)
             if self.config.dechunk == "ema" and c < 1.0:
                 p = prob.to(torch.float32).clamp(_P_MIN, _P_MAX).unsqueeze(-1).to(z.dtype)
                 z = p * z + (1.0 - p) * held
-            s = starts.unsqueeze(-1)
-            held = torch.where(s, z, held)
-            main = [_where_state(starts, n, o) for n, o in zip(main_new, state.main)]
+            held = z if every else torch.where(starts.unsqueeze(-1), z, held)
+            main = main_new if every else _where_state(starts, main_new, state.main)
         y = held + self.residual(h)
         y, dec, _ = self.decoder.step(y, state.decoder)
-        logits = self.head(self.norm_f(y))
+        logits = self.head(rms_norm(y, self.norm_f.weight, self.norm_f.eps))
         if not bool(torch.isfinite(logits).all()):
             raise ValueError("the step's logits contain NaN/Inf")
         return logits, replace(state, encoder=enc, main=main, decoder=dec, boundary=bstate, chunk=cstate, held=held,
@@ -521,11 +479,10 @@ class HourglassLM(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _where_state(mask: Tensor, new: TiledMambaState, old: TiledMambaState) -> TiledMambaState:
+def _where_state(mask: Tensor, new: StackState, old: StackState) -> StackState:
     """Rows of ``new`` where ``mask``, of ``old`` elsewhere (the main network steps only at segment starts)."""
-    m3 = mask.view(-1, 1, 1)
-    return replace(new, conv=torch.where(m3, new.conv, old.conv), ssm=torch.where(m3, new.ssm, old.ssm),
-                   position=new.position)
+    m = mask.view(1, -1, 1, 1)
+    return StackState(torch.where(m, new.conv, old.conv), torch.where(m, new.ssm, old.ssm))
 
 
 def match_main_width(config: HourglassConfig, target_per_byte: float, *, budget: float | None = None, L: int = 1024,
@@ -592,4 +549,4 @@ def _config_cost(config: HourglassConfig, L: int, Lc: int) -> float:
     return model.cost(L, [Lc])["per_byte"]
 
 
-__all__ = ["HourglassLM", "HourglassOutput", "HourglassState", "MambaStack", "ema_compact", "match_main_width"]
+__all__ = ["HourglassLM", "HourglassOutput", "HourglassState", "ema_compact", "match_main_width"]

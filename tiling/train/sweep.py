@@ -67,19 +67,21 @@ def plain_row(d_model: int, seed: int) -> dict:
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
-                  stages: str = "", skew: float = 1.0) -> dict:
+                  stages: str = "", skew: float = 1.0, rule: str = "global") -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
     ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix); ``skew``: an
-    elastic row's ``budget_skew`` (named ``-skewγ`` when not 1)."""
+    elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``rule``: the boundary rule (BLT's
+    ``"monotonic"`` is named ``-monotonic``; the default ``"global"`` is not)."""
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {sorted(STAGES)}, got {stages!r}")
     default = default_dechunk(signal)
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
-           + (f"-{stages}" if stages else "") + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
+           + ("" if rule == "global" else f"-{rule}") + (f"-{stages}" if stages else "")
+           + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
             "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages],
-            "skew": skew if elastic else 1.0}
+            "skew": skew if elastic else 1.0, "rule": rule}
 
 
 def default_dechunk(signal: str) -> str:
@@ -116,7 +118,10 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide"),
            hourglass_row("uniform", 0.35, 0, stages="wide"),
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide"),  # the headline pair's second seeds
-           hourglass_row("uniform", 0.35, 1, stages="wide")]
+           hourglass_row("uniform", 0.35, 1, stages="wide"),
+           # goal (b) at 0.35 on the wide stages: BLT's monotonic rule on the surprisal, and the entropy
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", rule="monotonic"),
+           hourglass_row("entropy", 0.35, 0, dechunk="ema", stages="wide")]
     return out
 
 
@@ -147,7 +152,7 @@ def build(spec: dict, context: int):
     b = spec["budget"]
     base = hourglass_config(**spec["stages"], signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
                             budget_range=ELASTIC_RANGE if spec["elastic"] else None,
-                            budget_skew=spec.get("skew", 1.0))
+                            budget_skew=spec.get("skew", 1.0), rule=spec.get("rule", "global"))
     cfg, match = match_main_width(base, reference_madds_per_byte(context), budget=b, L=context)
     return HourglassLM(cfg), "hourglass", {"family": "hourglass", "signal": spec["signal"],
                                            "elastic": spec["elastic"], "dechunk": spec["dechunk"],
@@ -195,7 +200,7 @@ def _uniform_twin(name: str, row: dict) -> str:
     → ``hg-uniform-wide@0.25``): goal (b) compares boundary signals, nothing else."""
     signal = row["signal"]
     head, budget = name.split("@")
-    suffix = head[len(f"hg-{signal}"):]
+    suffix = head[len(f"hg-{signal}"):].replace("-monotonic", "", 1)  # uniform boundaries have no rule
     if row.get("dechunk") != default_dechunk("uniform") and not suffix.startswith(f"-{row['dechunk']}"):
         suffix = f"-{row['dechunk']}{suffix}"  # the router's default EMA is a suffix on a uniform row
     return f"hg-uniform{suffix}@{budget}"
