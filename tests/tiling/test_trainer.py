@@ -140,6 +140,16 @@ def test_goals_on_rows():
     assert d["row"] == "hg-elastic-entropy-skew3" and set(d["all"]) == {"hg-elastic-entropy", "hg-elastic-entropy-skew3"}
     assert d["vs_dedicated"]["0.25"]["ratio"] == pytest.approx(1.92 / 1.9) and d["vs_own_budget_1"]["met"] is True
     assert d["all"]["hg-elastic-entropy"]["vs_dedicated"]["0.25"]["elastic"] == 1.95
+    # a row naming boundary fields (rule, form, the head's weight) is compared with the uniform row of its
+    # stages and dechunk: uniform boundaries read none of those
+    for fields in ({"rule": "monotonic"}, {"form": "tile"}, {"aux_weight": 0.3}):
+        spec = sw.hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", **fields)
+        named = rows[:2] + [row(spec["name"], 1.8), row("hg-uniform-wide@0.35/s0", 1.9)]
+        assert sw.goals(named)["b_information_matters"]["uniform"] == 1.9, spec["name"]
+    assert sw.hourglass_row("surprisal", 0.35, 0, rule="monotonic", form="tile")["name"] == \
+        "hg-surprisal-monotonic-tile@0.35/s0"
+    with pytest.raises(ValueError, match="boundary fields"):
+        sw.hourglass_row("surprisal", 0.35, 0, slack=4.0)
 
 
 def test_device_is_checked():

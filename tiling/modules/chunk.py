@@ -407,10 +407,15 @@ class Chunk(nn.Module):
 
         Returns
         -------
-        ``(rep, state)``: the representative (meaningful where ``starts``) and the new state.
+        ``(rep, state)``: the representative (meaningful where ``starts``; ``x`` itself where no row
+        starts one) and the new state.
         """
+        if not bool(starts.any()):  # no row starts one (most bytes): the token joins the pool, nothing else
+            return x, ChunkState(pool_sum=state.pool_sum + x, pool_count=state.pool_count + 1)
         mean = state.pool_sum / state.pool_count.clamp_min(1).unsqueeze(-1).to(x.dtype)
         rep = x + self.pool_gate * mean
+        if bool(starts.all()):  # every row starts one: the pools empty
+            return rep, ChunkState(pool_sum=torch.zeros_like(x), pool_count=torch.zeros_like(state.pool_count))
         s = starts.unsqueeze(-1)
         pool_sum = torch.where(s, torch.zeros_like(x), state.pool_sum + x)
         pool_count = torch.where(starts, torch.zeros_like(state.pool_count), state.pool_count + 1)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import statistics
 import sys
 from dataclasses import replace
@@ -67,21 +68,35 @@ def plain_row(d_model: int, seed: int) -> dict:
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
-                  stages: str = "", skew: float = 1.0, rule: str = "global") -> dict:
+                  stages: str = "", skew: float = 1.0, **boundary) -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
     ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix); ``skew``: an
-    elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``rule``: the boundary rule (BLT's
-    ``"monotonic"`` is named ``-monotonic``; the default ``"global"`` is not)."""
+    elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``boundary``: fields of the
+    :class:`~tiling.config.BoundaryConfig` other than their defaults, named in the row (:func:`boundary_tag`)."""
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {sorted(STAGES)}, got {stages!r}")
     default = default_dechunk(signal)
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
-           + ("" if rule == "global" else f"-{rule}") + (f"-{stages}" if stages else "")
+           + boundary_tag(boundary) + (f"-{stages}" if stages else "")
            + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
             "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages],
-            "skew": skew if elastic else 1.0, "rule": rule}
+            "skew": skew if elastic else 1.0, "boundary": boundary}
+
+
+#: how a row's name says a boundary field other than its default: BLT's monotonic rule, the seeds' per-tile
+#: form, the auxiliary head's loss weight
+_BOUNDARY_TAGS = {"rule": lambda v: f"-{v}", "form": lambda v: f"-{v}", "aux_weight": lambda v: f"-aux{v:g}"}
+_BOUNDARY_TAG_RE = re.compile(r"-(monotonic|tile|aux[0-9.e-]+)(?=-|$)")
+
+
+def boundary_tag(boundary: dict) -> str:
+    """The part of a row's name that says its ``boundary`` fields (:data:`_BOUNDARY_TAGS`' order)."""
+    unknown = set(boundary) - set(_BOUNDARY_TAGS)
+    if unknown:
+        raise ValueError(f"boundary fields a row can name are {sorted(_BOUNDARY_TAGS)}, got {sorted(unknown)}")
+    return "".join(f(boundary[k]) for k, f in _BOUNDARY_TAGS.items() if k in boundary)
 
 
 def default_dechunk(signal: str) -> str:
@@ -121,7 +136,11 @@ def rows() -> list[dict]:
            hourglass_row("uniform", 0.35, 1, stages="wide"),
            # goal (b) at 0.35 on the wide stages: BLT's monotonic rule on the surprisal, and the entropy
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", rule="monotonic"),
-           hourglass_row("entropy", 0.35, 0, dechunk="ema", stages="wide")]
+           hourglass_row("entropy", 0.35, 0, dechunk="ema", stages="wide"),
+           # the best signal's boundaries in the seeds' per-tile form (R_i from the tile's mean surprisal), and
+           # with its auxiliary head's loss weighted 3× (a better next-byte estimate)
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", form="tile"),
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", aux_weight=0.3)]
     return out
 
 
@@ -152,7 +171,7 @@ def build(spec: dict, context: int):
     b = spec["budget"]
     base = hourglass_config(**spec["stages"], signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
                             budget_range=ELASTIC_RANGE if spec["elastic"] else None,
-                            budget_skew=spec.get("skew", 1.0), rule=spec.get("rule", "global"))
+                            budget_skew=spec.get("skew", 1.0), **spec.get("boundary", {}))
     cfg, match = match_main_width(base, reference_madds_per_byte(context), budget=b, L=context)
     return HourglassLM(cfg), "hourglass", {"family": "hourglass", "signal": spec["signal"],
                                            "elastic": spec["elastic"], "dechunk": spec["dechunk"],
@@ -200,7 +219,7 @@ def _uniform_twin(name: str, row: dict) -> str:
     → ``hg-uniform-wide@0.25``): goal (b) compares boundary signals, nothing else."""
     signal = row["signal"]
     head, budget = name.split("@")
-    suffix = head[len(f"hg-{signal}"):].replace("-monotonic", "", 1)  # uniform boundaries have no rule
+    suffix = _BOUNDARY_TAG_RE.sub("", head[len(f"hg-{signal}"):])  # uniform boundaries read no rule, form, head
     if row.get("dechunk") != default_dechunk("uniform") and not suffix.startswith(f"-{row['dechunk']}"):
         suffix = f"-{row['dechunk']}{suffix}"  # the router's default EMA is a suffix on a uniform row
     return f"hg-uniform{suffix}@{budget}"
