@@ -140,6 +140,12 @@ def test_goals_on_rows():
     assert d["row"] == "hg-elastic-entropy-skew3" and set(d["all"]) == {"hg-elastic-entropy", "hg-elastic-entropy-skew3"}
     assert d["vs_dedicated"]["0.25"]["ratio"] == pytest.approx(1.92 / 1.9) and d["vs_own_budget_1"]["met"] is True
     assert d["all"]["hg-elastic-entropy"]["vs_dedicated"]["0.25"]["elastic"] == 1.95
+    # an elastic checkpoint of other stages and dechunk is compared with the dedicated rows of its own
+    wide = rows + [row("hg-elastic-surprisal-ema-wide-skew6@0.25/s0", 1.87), row("hg-surprisal-ema-wide@0.25/s0", 1.86),
+                   row("hg-elastic-surprisal-ema-wide-skew6@1/s0", 1.9)]
+    w = sw.goals(wide)["d_elastic"]["all"]["hg-elastic-surprisal-ema-wide-skew6"]
+    assert w["vs_dedicated"]["0.25"]["alone"] == 1.86 and w["vs_dedicated"]["0.25"]["met"] is True  # 1.87 <= 1.02·1.86
+    assert set(w["vs_dedicated"]) == {"0.25"} and w["vs_own_budget_1"]["met"] is True
     # a row naming boundary fields (rule, form, the head's weight) is compared with the uniform row of its
     # stages and dechunk: uniform boundaries read none of those
     for fields in ({"rule": "monotonic"}, {"form": "tile"}, {"aux_weight": 0.3}):

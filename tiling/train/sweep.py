@@ -12,7 +12,8 @@ so two processes share the 2-core machine; the order puts the headline rows firs
   space, Fisher–Rao, router and linear;
 * the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy and uniform;
 * the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training, uniformly and skewed
-  towards the cheap end, ``budget_skew`` 3 and 6), each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
+  towards the cheap end, ``budget_skew`` 3 and 6; and surprisal with the EMA on the wide stages, γ = 6),
+  each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
 * second seeds of the headline rows.
 
 The table goes to ``docs/results/hourglass_lm.json`` with the goals checked on the rows present, the
@@ -140,7 +141,10 @@ def rows() -> list[dict]:
            # the best signal's boundaries in the seeds' per-tile form (R_i from the tile's mean surprisal), and
            # with its auxiliary head's loss weighted 3× (a better next-byte estimate)
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", form="tile"),
-           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", aux_weight=0.3)]
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", aux_weight=0.3),
+           # the elastic checkpoint of the best signal and stages (goal (d) against hg-surprisal-ema-wide@0.25,
+           # and the bundled hourglass if it is the best elastic one)
+           hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0)]
     return out
 
 
@@ -235,6 +239,13 @@ def _uniform_bpb(bpb: dict, name: str, row: dict) -> float | None:
     return bpb.get(twin.replace("-ema", "", 1))
 
 
+def _dedicated(head: str) -> str:
+    """The configuration an elastic checkpoint is compared with at each budget (goal (d)): its signal,
+    dechunk, boundary fields and stages trained at that budget alone (``hg-elastic-surprisal-ema-wide-skew6``
+    → ``hg-surprisal-ema-wide``)."""
+    return re.sub(r"-skew[0-9.]+$", "", head.replace("hg-elastic-", "hg-", 1))
+
+
 def equal_bpb_pairs(hourglass: dict[str, float], plain: dict[str, float],
                     tolerance: float = 0.01) -> list[tuple[str, str]]:
     """Goal (e)'s pairs: ``(hourglass, plain)`` configurations, each given by its test bpb, whose bpb differ
@@ -272,14 +283,15 @@ def goals(table_rows: list[dict]) -> dict:
                                      "met": all(m >= 0.03 for m in margins.values())}
     families: dict[str, dict[float, float]] = {}  # each elastic checkpoint: {budget: bpb}
     for k, v in bpb.items():
-        if k.startswith("hg-elastic-entropy"):
+        if k.startswith("hg-elastic-"):
             head, b = k.split("@")
             families.setdefault(head, {})[float(b)] = v
     by_family = {}
     for head, el in families.items():
         d = {}
+        dedicated = _dedicated(head)
         for b, v in el.items():
-            alone = bpb.get(f"hg-entropy@{b:g}")
+            alone = bpb.get(f"{dedicated}@{b:g}")
             if alone is not None:
                 d[f"{b:g}"] = {"elastic": v, "alone": alone, "ratio": v / alone, "met": v <= 1.02 * alone}
         own = None if 1.0 not in el or 0.25 not in el else {"at_0.25": el[0.25], "at_1": el[1.0],
