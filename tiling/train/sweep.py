@@ -87,9 +87,10 @@ def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = Fals
 
 
 #: how a row's name says a boundary field other than its default: BLT's monotonic rule, the seeds' per-tile
-#: form, the auxiliary head's loss weight
-_BOUNDARY_TAGS = {"rule": lambda v: f"-{v}", "form": lambda v: f"-{v}", "aux_weight": lambda v: f"-aux{v:g}"}
-_BOUNDARY_TAG_RE = re.compile(r"-(monotonic|tile|aux[0-9.e-]+)(?=-|$)")
+#: form, the auxiliary head's loss weight, the causal controller's slack
+_BOUNDARY_TAGS = {"rule": lambda v: f"-{v}", "form": lambda v: f"-{v}", "aux_weight": lambda v: f"-aux{v:g}",
+                  "slack": lambda v: f"-slack{v:g}"}
+_BOUNDARY_TAG_RE = re.compile(r"-(monotonic|tile|aux[0-9.e-]+|slack[0-9.e-]+)(?=-|$)")
 
 
 def boundary_tag(boundary: dict) -> str:
@@ -144,7 +145,9 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", aux_weight=0.3),
            # the elastic checkpoint of the best signal and stages (goal (d) against hg-surprisal-ema-wide@0.25,
            # and the bundled hourglass if it is the best elastic one)
-           hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0)]
+           hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0),
+           # the causal controller's slack 4× (boundaries follow the surprisal more, the budget less)
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", slack=128.0)]
     return out
 
 
