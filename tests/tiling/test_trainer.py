@@ -148,14 +148,14 @@ def test_goals_on_rows():
     assert set(w["vs_dedicated"]) == {"0.25"} and w["vs_own_budget_1"]["met"] is True
     # a row naming boundary fields (rule, form, the head's weight) is compared with the uniform row of its
     # stages and dechunk: uniform boundaries read none of those
-    for fields in ({"rule": "monotonic"}, {"form": "tile"}, {"aux_weight": 0.3}):
+    for fields in ({"rule": "monotonic"}, {"form": "tile"}, {"aux_weight": 0.3}, {"slack": 128.0}):
         spec = sw.hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", **fields)
         named = rows[:2] + [row(spec["name"], 1.8), row("hg-uniform-wide@0.35/s0", 1.9)]
         assert sw.goals(named)["b_information_matters"]["uniform"] == 1.9, spec["name"]
     assert sw.hourglass_row("surprisal", 0.35, 0, rule="monotonic", form="tile")["name"] == \
         "hg-surprisal-monotonic-tile@0.35/s0"
     with pytest.raises(ValueError, match="boundary fields"):
-        sw.hourglass_row("surprisal", 0.35, 0, slack=4.0)
+        sw.hourglass_row("surprisal", 0.35, 0, momentum=0.1)
 
 
 def test_device_is_checked():
