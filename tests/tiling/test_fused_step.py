@@ -425,3 +425,18 @@ def test_replacing_a_layer_state_forgets_the_resume():
         _, state = model.step(torch.tensor([1]), model.allocate_inference_state(1))
     state[0] = state[0]
     assert state.resume is None and state.flat is None
+
+
+def test_a_model_that_decoded_can_be_copied_and_saved():
+    """The plans hold the kernel's decoder, which cannot be pickled: a copy (``copy.deepcopy``) and a save
+    (``torch.save``, which pickles) leave them out, and the copy decodes as the original does (it makes its own)."""
+    import copy
+    import pickle
+    model = lm()
+    x = torch.randint(0, 32, (1, 12))
+    first, _ = decode(model, x)
+    assert model.__dict__.get("_fused_plans")  # decoding made a plan
+    twin = copy.deepcopy(model)
+    assert "_fused_plans" not in twin.__dict__
+    torch.testing.assert_close(decode(twin, x)[0], first, rtol=0, atol=0)
+    torch.testing.assert_close(decode(pickle.loads(pickle.dumps(model)), x)[0], first, rtol=0, atol=0)

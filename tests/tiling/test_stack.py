@@ -89,3 +89,19 @@ def test_states_of_another_batch_or_stage_are_refused_by_name():
     with pytest.raises(TypeError, match="StackState"):
         s.check_state([st for st in s.allocate(1)], 1)
     assert isinstance(s.allocate(1), StackState)
+
+
+@needs_kernel
+def test_a_stage_that_decoded_can_be_copied_and_saved():
+    """The stage keeps the kernel's decoder, which cannot be pickled: a copy and a save leave it out, and
+    the copy decodes as the original does."""
+    import copy
+    import pickle
+    s = stage()
+    x = torch.randn(2, 5, 24)
+    first, _ = run(s, x, reference=False)
+    assert "_stack_decoder" in s.__dict__
+    twin = copy.deepcopy(s)
+    assert "_stack_decoder" not in twin.__dict__
+    torch.testing.assert_close(run(twin, x, reference=False)[0], first, rtol=0, atol=0)
+    torch.testing.assert_close(run(pickle.loads(pickle.dumps(s)), x, reference=False)[0], first, rtol=0, atol=0)

@@ -19,7 +19,7 @@ from torch import nn
 
 from tiling.config import StageConfig, TilingConfig
 from tiling.modules.assignments import assignments
-from tiling.modules.step_weights import step_params, step_weights
+from tiling.modules.step_weights import KernelCacheOwner, step_params, step_weights
 from tiling.modules.tiled_mamba import TiledMamba
 from tiling.ops.scan import cpu_kernels, rms_norm
 
@@ -44,13 +44,15 @@ class StackState(NamedTuple):
     ssm: Tensor
 
 
-class MambaStack(nn.Module):
+class MambaStack(KernelCacheOwner, nn.Module):
     """``n`` residual layers ``x ← x + Mamba(RMSNorm(x))`` of one shape (an hourglass stage).
 
     Parameters
     ----------
     stage : the :class:`~tiling.config.StageConfig`.
     """
+
+    _kernel_caches = ("_stack_decoder",)
 
     def __init__(self, stage: StageConfig, *, device=None, dtype=None) -> None:
         super().__init__()

@@ -40,4 +40,18 @@ def step_weights(layer, dtype: torch.dtype) -> list:
     return weights
 
 
-__all__ = ["step_params", "step_weights"]
+class KernelCacheOwner:
+    """A module that keeps the decoding kernels' objects over its weights in its ``__dict__`` (named in
+    ``_kernel_caches``): they are made again on demand and cannot be pickled, so a copy
+    (``copy.deepcopy``) or a save (``torch.save``) of the module leaves them out."""
+
+    _kernel_caches: tuple[str, ...] = ()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for name in self._kernel_caches:
+            state.pop(name, None)
+        return state
+
+
+__all__ = ["KernelCacheOwner", "step_params", "step_weights"]

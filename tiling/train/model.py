@@ -13,6 +13,7 @@ from torch import nn
 from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules import TiledMamba
 from tiling.modules.assignments import assignments
+from tiling.modules.step_weights import KernelCacheOwner
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
 from tiling.train.fused_step import fused_step, resume_step, share_router_states
@@ -27,7 +28,7 @@ _TILING_FIELDS = frozenset(f.name for f in dataclasses.fields(TilingConfig))
 _MAMBA_FIELDS = frozenset(f.name for f in dataclasses.fields(MambaConfig)) - {"d_model"}
 
 
-class TiledLM(nn.Module):
+class TiledLM(KernelCacheOwner, nn.Module):
     """Language model of tiled Mamba layers: ``tokens (batch, L) int64 → logits (batch, L, vocab)``.
 
     Built from a :class:`~tiling.config.TiledLMConfig` (``TiledLM(config=...)``), or from the keywords
@@ -101,6 +102,9 @@ class TiledLM(nn.Module):
     >>> TiledLM(256, 16, 2, d_state=4, expand=1, tiling=TilingConfig(tile_size=8, budget=0.5)).config == lm.config
     True
     """
+
+    #: the decoding step's plans (tiling/train/fused_step.py), which hold the kernel's LmDecoder
+    _kernel_caches = ("_fused_plans",)
 
     def __init__(self, vocab_size: int | None = None, d_model: int | None = None, n_layers: int | None = None, *,
                  config: TiledLMConfig | None = None, shared_density: bool = False,

@@ -147,7 +147,10 @@ def rows() -> list[dict]:
            # and the bundled hourglass if it is the best elastic one)
            hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0),
            # the causal controller's slack 4× (boundaries follow the surprisal more, the budget less)
-           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", slack=128.0)]
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", slack=128.0),
+           # second seeds of the two best single-seed variants (goal (b) on means)
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", aux_weight=0.3),
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", rule="monotonic")]
     return out
 
 
