@@ -150,7 +150,9 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", slack=128.0),
            # second seeds of the two best single-seed variants (goal (b) on means)
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", aux_weight=0.3),
-           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", rule="monotonic")]
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", rule="monotonic"),
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", slack=128.0),
+           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0)]
     return out
 
 
