@@ -19,7 +19,7 @@ from torch import nn
 
 from tiling.config import StageConfig, TilingConfig
 from tiling.modules.assignments import assignments
-from tiling.modules.step_weights import KernelCacheOwner, step_params, step_weights
+from tiling.modules.step_weights import KernelCacheOwner, kernel_weights
 from tiling.modules.tiled_mamba import TiledMamba
 from tiling.ops.scan import cpu_kernels, rms_norm
 
@@ -131,12 +131,10 @@ class MambaStack(KernelCacheOwner, nn.Module):
         kept = self.__dict__.get("_stack_decoder")
         if kept is not None and kept[0] == key and not stale:
             return kept[1]
-        weights = [w for layer in self.layers for w in step_weights(layer, dtype)]
-        sources = [n.weight for n in self.norms] + [p for layer in self.layers for p in step_params(layer)
-                                                    if p is not None]
-        copied = [p for layer in self.layers for p in (layer.A_log, layer.D)]  # step_weights' copies
+        weights, sources, copied = kernel_weights(self.layers, dtype)
         decoder = ext.StackDecoder([n.weight.detach().contiguous() for n in self.norms],
-                                   [float(n.eps) for n in self.norms], weights, sources, copied)
+                                   [float(n.eps) for n in self.norms], weights,
+                                   [n.weight for n in self.norms] + sources, copied)
         self.__dict__["_stack_decoder"] = (key, decoder)
         return decoder
 

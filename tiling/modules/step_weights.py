@@ -40,6 +40,18 @@ def step_weights(layer, dtype: torch.dtype) -> list:
     return weights
 
 
+def kernel_weights(layers, dtype: torch.dtype) -> tuple[list, list, list]:
+    """What a decoding kernel over ``layers`` holds (``LmDecoder``, ``StackDecoder``): ``(weights, sources,
+    copied)``, the 11 :func:`step_weights` of each layer in order, the parameters they are made from
+    (whose storage the kernel watches: a ``.to()`` moves it), and those of them :func:`step_weights`
+    copies (``A = −exp(A_log)`` and ``D`` in the state's dtype: whose version the kernel watches, an
+    in-place update)."""
+    weights = [w for layer in layers for w in step_weights(layer, dtype)]
+    sources = [p for layer in layers for p in step_params(layer) if p is not None]
+    copied = [p for layer in layers for p in (layer.A_log, layer.D)]
+    return weights, sources, copied
+
+
 class KernelCacheOwner:
     """A module that keeps the decoding kernels' objects over its weights in its ``__dict__`` (named in
     ``_kernel_caches``): they are made again on demand and cannot be pickled, so a copy
@@ -54,4 +66,4 @@ class KernelCacheOwner:
         return state
 
 
-__all__ = ["KernelCacheOwner", "step_params", "step_weights"]
+__all__ = ["KernelCacheOwner", "kernel_weights", "step_params", "step_weights"]

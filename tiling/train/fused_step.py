@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 from tiling.modules.assignments import assignments
-from tiling.modules.step_weights import step_params, step_weights
+from tiling.modules.step_weights import kernel_weights
 from tiling.ops.scan import cpu_kernels
 from tiling.train.lm_state import FLAT_FIELDS, FlatState, TiledLMState, at_position, flatten
 
@@ -87,14 +87,12 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
     if ok:
         dtype = model.embedding.weight.dtype
         configs = tuple(layer.tile_router._config(c) for layer, c in zip(layers, budgets))
-        weights = [w for layer in layers for w in step_weights(layer, dtype)]
+        weights, layer_sources, copied = kernel_weights(layers, dtype)
         norms = [n.weight for n in model.norms] + [model.norm_f.weight]
         gates = [layer.chunk.pool_gate for layer in layers]
         head = (model.head.weight, model.head.bias)
-        sources = [model.embedding.weight, *norms, *gates, *(p for p in head if p is not None),
-                   *(p for layer in layers for p in step_params(layer) if p is not None)]
+        sources = [model.embedding.weight, *norms, *gates, *(p for p in head if p is not None), *layer_sources]
         eps = [float(n.eps) for n in model.norms] + [float(model.norm_f.eps)]
-        copied = [p for layer in layers for p in (layer.A_log, layer.D)]  # step_weights' copies: A = -exp(A_log)
         decoder = ext.LmDecoder(model.embedding.weight, norms, eps, *head, weights, gates, sources, copied)
         reads = tuple(layer.tile_router.reads_signal(c) for layer, c in zip(layers, budgets))
         full = tuple(layer._full(c) for layer, c in zip(layers, budgets))
