@@ -61,8 +61,19 @@ def calibrated(model: HourglassLM, budgets=(0.25, 0.5)) -> HourglassLM:
 @pytest.mark.parametrize("dechunk", ["ema", "hold"])
 def test_autoregressive_for_every_signal_at_every_budget(signal, form, dechunk):
     """Changing byte t moves no logit (and no auxiliary logit) before t, at budgets 1, 0.5, 0.35 and 0.25,
-    with either dechunk (the sweep's rows use both; the bundled elastic checkpoint the hold)."""
-    model = calibrated(small(signal, form=form, dechunk=dechunk))
+    with either dechunk (the sweep's rows use both; the bundled elastic checkpoint the EMA)."""
+    assert_autoregressive(calibrated(small(signal, form=form, dechunk=dechunk)), f"{signal} {form} {dechunk}")
+
+
+@pytest.mark.parametrize("signal", ["surprisal", "entropy"])
+@pytest.mark.parametrize("boundary", [{"rule": "monotonic"}, {"slack": 128.0}, {"aux_weight": 0.3}])
+def test_autoregressive_with_the_sweeps_boundary_fields(signal, boundary):
+    """The sweep's rows that change a boundary field (BLT's monotonic rule reads the previous score, a
+    wider slack lets the controller wait longer, a heavier auxiliary head): no leak at any budget."""
+    assert_autoregressive(calibrated(small(signal, dechunk="ema", **boundary)), f"{signal} {boundary}")
+
+
+def assert_autoregressive(model, label: str) -> None:
     x = text_tokens(2, 96)
     for budget in (1.0, 0.5, 0.35, 0.25):
         model.train()  # the aux head runs in training mode: check it too, on copies (no state update between)
@@ -78,7 +89,7 @@ def test_autoregressive_for_every_signal_at_every_budget(signal, form, dechunk):
                     # equal up to float rounding: a compact sequence of another length runs BLAS with
                     # another blocking; a leak moves logits by ~1e-2 (test_the_leak_test_sees_a_leak)
                     torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=2e-6,
-                                               msg=f"{signal} {form} {dechunk} {budget} {mode} {t}")
+                                               msg=f"{label} {budget} {mode} {t}")
                     if oa.aux_logits is not None:  # the encoder runs on L bytes in both: bit-equal
                         assert torch.equal(oa.aux_logits[:, :t], ob.aux_logits[:, :t])
                     assert torch.equal(oa.routing.boundary[:, :t + 1][:, :t], ob.routing.boundary[:, :t])
@@ -97,6 +108,8 @@ def test_the_leak_test_sees_a_leak():
             y[:, t] = (y[:, t] + 97) % 256
             moved |= float((a[:, :t] - model(y, budget=0.25)[:, :t]).abs().max()) > 1e-3
     assert moved
+    with pytest.raises(AssertionError):  # and the check every configuration runs sees it
+        assert_autoregressive(model, "non-causal")
 
 
 # ----------------------------------------------------------------------------- decoding
