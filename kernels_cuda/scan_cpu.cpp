@@ -1317,6 +1317,7 @@ Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<flo
 
 #include "lm_step.h"  // the whole LM's decoding step, over layer_step_rows, rms_rows and matvec_rows
 #include "stack_step.h"  // a stack of full-resolution layers' step (the hourglass' stages)
+#include "segments.h"  // the block scope's chunk and dechunk (inference)
 
 }  // namespace
 
@@ -1336,6 +1337,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const std::vector<Tensor>&, const std::vector<double>&, const std::vector<c10::optional<Tensor>>&,
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())
       .def("step", &StackDecoder::step, "one token per row: (status, [h, last normed input, conv, ssm])");
+  m.def("chunk_fwd", &chunk_fwd, "the block scope's chunk: representatives + gated mean pool (Chunk.forward)");
+  m.def("hold_fwd", &hold_fwd, "the block scope's dechunk: each segment's output held over its tokens");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");

@@ -4,11 +4,13 @@ The model checks once (tokens, budgets and densities on entry, logits on exit) a
 NaN/Inf; ``TiledLM`` at budget 1 is HF's ``MambaForCausalLM``; batched decoding equals decoding
 each row alone and ``forward``; causality and the autoregressive property of every configuration
 at every budget; the C++ kernels (conv + SiLU, RMSNorm, softplus·gap, the linear signal, the
-policy's sequential steps, the layout, the decoding step) against the torch/numpy references they
+policy's sequential steps, the layout, the chunk and dechunk, the decoding step) against the torch/numpy references they
 replace; bad input to ``step``.
 """
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
@@ -332,6 +334,48 @@ def test_layout_kernel_equals_the_torch_layout(monkeypatch):
         monkeypatch.undo()
         for f in ("boundary", "segment", "start", "span", "lengths"):
             assert torch.equal(getattr(got, f), getattr(want, f)), (L, T, f)
+
+
+@needs_kernel
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 40), st.integers(1, 19), st.floats(0.0, 1.0), st.booleans(),
+       st.sampled_from([torch.float32, f64]), st.integers(0, 2 ** 16))
+def test_chunk_and_hold_kernels_equal_the_torch_ops(batch, L, d, p, gate_open, dtype, seed):
+    """The inference kernels of the block scope's chunk and dechunk (kernels_cuda/segments.h) against the
+    torch ops they replace: ragged rows (padding), one-token and whole-row segments, open and closed gates."""
+    g = torch.Generator().manual_seed(seed)
+    boundary = torch.rand(batch, L, generator=g) < p
+    boundary[:, 0] = True
+    layout = chunk_mod.layout_from_boundaries(boundary)
+    x = torch.randn(batch, L, d, generator=g, dtype=dtype)
+    y = torch.randn(batch, layout.compact_length, d, generator=g, dtype=dtype)
+    chunk = chunk_mod.Chunk(d, dtype=dtype)
+    if gate_open:
+        with torch.no_grad():
+            chunk.pool_gate.copy_(torch.randn(d, generator=g, dtype=dtype))
+    with torch.no_grad():
+        got = chunk(x, layout), chunk_mod.Dechunk()(y, layout)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(chunk_mod, "cpu_kernels", lambda *t: None)
+            want = chunk(x, layout), chunk_mod.Dechunk()(y, layout)
+    tol = 1e-12 if dtype == f64 else 1e-6
+    torch.testing.assert_close(got[0], want[0], rtol=tol, atol=tol)
+    assert torch.equal(got[1], want[1])
+    # with a gradient wanted the modules run the torch ops (the kernels have no backward)
+    xg = x.clone().requires_grad_()
+    torch.testing.assert_close(chunk(xg, layout).detach(), want[0], rtol=tol, atol=tol)
+
+
+@needs_kernel
+def test_the_hold_kernel_refuses_segments_that_do_not_tile_the_row():
+    ext = policy_kernels()
+    y = torch.randn(1, 2, 3)
+    with pytest.raises(RuntimeError, match="do not tile"):
+        ext.hold_fwd(y, torch.tensor([[0, 3]]), torch.tensor([[2, 2]]), 4)
+    with pytest.raises(RuntimeError, match="cover 3 tokens"):
+        ext.hold_fwd(y, torch.tensor([[0, 2]]), torch.tensor([[2, 1]]), 4)
+    with pytest.raises(RuntimeError, match="outside the row"):
+        ext.chunk_fwd(torch.randn(1, 4, 3), torch.tensor([[0, 4]]), torch.tensor([[4, 1]]), None)
 
 
 @needs_kernel

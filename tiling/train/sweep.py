@@ -152,7 +152,12 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", aux_weight=0.3),
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", rule="monotonic"),
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", slack=128.0),
-           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0)]
+           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0),
+           # the elastic draws skewed further (γ = 12: 84 % of the steps below 0.35, mean 0.31), both seeds, and
+           # a dedicated row at 0.5, where the elastic checkpoint had no row trained at its budget alone
+           hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=12.0),
+           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=12.0),
+           hourglass_row("surprisal", 0.5, 0, dechunk="ema", stages="wide")]
     return out
 
 
