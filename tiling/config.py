@@ -419,6 +419,11 @@ class HourglassConfig:
     budget_skew : ``γ ∈ [1, 16]``, the elastic draw ``c = low + (high − low)·u^γ`` with ``u ~ U(0, 1)``,
         density ``∝ ((c − low)/(high − low))^(1/γ − 1)``: 1 is uniform, γ > 1 spends more steps at the
         cheap end (γ = 3: half the steps below ``low + (high − low)/8``). Checkpoints without it: 1.
+    budget_conditioning : tell the stages the budget they run at: learned vectors
+        ``e(c) = (c − 1)·u + (log c)·v`` (zero at initialisation, and zero at ``c = 1`` always) added to the
+        main network's input at every segment and to the decoder's input at every byte. For an elastic
+        checkpoint, whose compact sequence's statistics change with the budget (slimmable networks'
+        switchable norms, in one continuous form). Checkpoints without it: False.
     vocab_size : 256 for bytes.
 
     Raises
@@ -436,6 +441,7 @@ class HourglassConfig:
     dechunk: str = "ema"
     budget_range: tuple[float, float] | None = None
     budget_skew: float = 1.0
+    budget_conditioning: bool = False
     vocab_size: int = 256
 
     def __post_init__(self) -> None:
@@ -475,6 +481,8 @@ class HourglassConfig:
             put("budget_range", (lo, hi))
         check_in_range(self.budget_skew, "budget_skew", 1.0, 16.0)
         put("budget_skew", float(self.budget_skew))
+        if not isinstance(self.budget_conditioning, bool):
+            raise TypeError(f"budget_conditioning must be a bool, got {type(self.budget_conditioning).__name__}")
         put("vocab_size", check_int(self.vocab_size, "vocab_size", minimum=2, maximum=2 ** 24))
 
     @property
@@ -522,7 +530,8 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
                      decoder_layers: int = 1, d_state: int = 16, expand: int = 1, budget: float = 0.25,
                      tile_size: int = 16, r_min: float = 0.0625, causal: bool = True, signal: str = "entropy",
                      dechunk: str = "ema", budget_range: tuple[float, float] | None = None,
-                     budget_skew: float = 1.0, **boundary: Any) -> HourglassConfig:
+                     budget_skew: float = 1.0, budget_conditioning: bool = False,
+                     **boundary: Any) -> HourglassConfig:
     """A :class:`HourglassConfig` from flat options (the CLI's and the sweep's)."""
     outer = MambaConfig(d_model=d_outer, d_state=d_state, expand=expand)
     if boundary.get("aux_weight") is None:
@@ -534,7 +543,7 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
         tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget),
                             causal=causal, calibration="running"),
         boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range,
-        budget_skew=budget_skew)
+        budget_skew=budget_skew, budget_conditioning=budget_conditioning)
 
 
 #: the keys of the flat configuration ``TiledLM`` stored before the nested one (read by :meth:`TiledLMConfig.from_dict`)

@@ -317,6 +317,67 @@ def test_checkpoint_round_trip_and_old_checkpoints(tmp_path):
     assert isinstance(old, TiledLM)
 
 
+def told(model: HourglassLM, seed: int = 5) -> HourglassLM:
+    """``model`` with trained-looking budget vectors (they start at zero)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (model.budget_main, model.budget_outer):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return model
+
+
+def test_budget_conditioning_starts_as_the_unconditioned_model_and_vanishes_at_budget_one():
+    plain = calibrated(small("surprisal", dechunk="ema", budget_range=(0.25, 1.0)))
+    cond = calibrated(small("surprisal", dechunk="ema", budget_range=(0.25, 1.0), budget_conditioning=True))
+    assert "budget_conditioning=True" in repr(cond) and cond.budget_main.shape == (2, SMALL["d_main"])
+    x = text_tokens(2, 64)
+    with torch.no_grad():
+        for b in (1.0, 0.35, 0.25):  # zero vectors: the same weights, the same logits
+            assert torch.equal(cond(x, budget=b), plain(x, budget=b))
+        told(cond)
+        assert torch.equal(cond(x, budget=1.0), plain(x, budget=1.0))  # e(1) = 0
+        # below 1 the main network's input moves by e(c) = (c − 1)·u + (log c)·v, checked on the compact input
+        seen = {}
+        hook = cond.main.register_forward_pre_hook(lambda m, a: seen.__setitem__("x", a[0]))
+        _, out = cond(x, budget=0.35, return_output=True)
+        hook.remove()
+        xc = cond.chunk(cond.encoder(cond.embedding(x))[0], out.routing.layout)
+        e = (0.35 - 1.0) * cond.budget_main[0] + math.log(0.35) * cond.budget_main[1]
+        torch.testing.assert_close(seen["x"], cond.main_in(xc) + e, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(cond(x, budget=0.35), plain(x, budget=0.35), atol=1e-3)
+    assert_autoregressive(cond, "budget conditioning")
+
+
+def test_budget_conditioning_step_equals_forward_and_round_trips(tmp_path):
+    model = told(calibrated(small("surprisal", dechunk="ema", budget_range=(0.25, 1.0), budget_conditioning=True)))
+    x = text_tokens(2, 48)
+    for budget in (0.5, 0.25):
+        with torch.no_grad():
+            full = model(x, budget=budget)
+        state = model.allocate_inference_state(2)
+        steps = []
+        for t in range(x.shape[1]):
+            logits, state = model.step(x[:, t], state, budget=budget)
+            steps.append(logits)
+        torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=2e-4)
+    path = save_text_checkpoint(tmp_path / "cond.safetensors", model, configuration="hourglass", budget=0.25,
+                                context=96)
+    loaded, _ = load_text_model(path)
+    assert loaded.config.budget_conditioning and torch.equal(loaded.budget_outer, model.budget_outer)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, budget=0.35), model(x, budget=0.35))
+    old = model.config.to_dict()
+    del old["budget_conditioning"]  # a checkpoint written before the field
+    assert HourglassConfig.from_dict(old).budget_conditioning is False
+    with pytest.raises(TypeError, match="budget_conditioning must be a bool"):
+        model.config.replace(budget_conditioning=1)
+    # the cost counts e(c)'s additions: d_main per segment, d_outer per byte, where the row is shortened
+    plain = small("surprisal", dechunk="ema", budget_range=(0.25, 1.0))
+    a, b = model.cost(96, [30]), plain.cost(96, [30])
+    assert a["main_in"] - b["main_in"] == 30 * SMALL["d_main"] and a["decoder"] - b["decoder"] == 96 * SMALL["d_outer"]
+    assert a["matmul"] == b["matmul"] and model.cost(96, [96])["total"] == plain.cost(96, [96])["total"]
+
+
 def test_elastic_budgets_and_trained_range():
     model = small("entropy", budget_range=(0.25, 1.0))
     import random

@@ -146,6 +146,12 @@ def test_goals_on_rows():
     w = sw.goals(wide)["d_elastic"]["all"]["hg-elastic-surprisal-ema-wide-skew6"]
     assert w["vs_dedicated"]["0.25"]["alone"] == 1.86 and w["vs_dedicated"]["0.25"]["met"] is True  # 1.87 <= 1.02·1.86
     assert set(w["vs_dedicated"]) == {"0.25"} and w["vs_own_budget_1"]["met"] is True
+    # a budget-conditioned elastic row is named so, and compared with the same dedicated rows
+    spec = sw.hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True)
+    assert spec["name"] == "hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0" and spec["cond"] is True
+    cond = wide + [row("hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0", 1.861)]
+    c = sw.goals(cond)["d_elastic"]
+    assert c["row"] == "hg-elastic-surprisal-ema-wide-cond-skew6" and c["vs_dedicated"]["0.25"]["alone"] == 1.86
     # a row naming boundary fields (rule, form, the head's weight) is compared with the uniform row of its
     # stages and dechunk: uniform boundaries read none of those
     for fields in ({"rule": "monotonic"}, {"form": "tile"}, {"aux_weight": 0.3}, {"slack": 128.0}):

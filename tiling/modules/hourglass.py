@@ -170,6 +170,11 @@ class HourglassLM(nn.Module):
         self.main_in = nn.Identity() if dm == d else nn.Linear(d, dm, bias=False, **f)
         self.main = MambaStack(config.main, **f)
         self.main_out = nn.Identity() if dm == d else nn.Linear(dm, d, bias=False, **f)
+        if config.budget_conditioning:  # e(c) = (c − 1)·u + (log c)·v, rows (u, v); zero: the unconditioned model
+            self.budget_main = nn.Parameter(torch.zeros(2, dm, **f))
+            self.budget_outer = nn.Parameter(torch.zeros(2, d, **f))
+        else:
+            self.budget_main = self.budget_outer = None
         self.dechunk = Dechunk()
         self.residual = nn.Linear(d, d, bias=False, **f)
         nn.init.zeros_(self.residual.weight)  # H-Net: the decoder starts from the main network's output
@@ -185,7 +190,15 @@ class HourglassLM(nn.Module):
         return (f"d_outer={c.d_outer}, d_main={c.d_main}, E={c.encoder.n_layers}, M={c.main.n_layers}, "
                 f"D={c.decoder.n_layers}, signal={c.boundary.signal!r}, dechunk={c.dechunk!r}, "
                 f"budget={c.tiling.budget}, budget_range={c.budget_range}"
-                + (f", budget_skew={c.budget_skew:g}" if c.budget_skew != 1.0 else ""))
+                + (f", budget_skew={c.budget_skew:g}" if c.budget_skew != 1.0 else "")
+                + (", budget_conditioning=True" if c.budget_conditioning else ""))
+
+    def _told(self, x: Tensor, which: Tensor | None, budget: float) -> Tensor:
+        """``x + e(c)`` with ``e(c) = (c − 1)·u + (log c)·v`` the rows of ``which`` (``config.budget_conditioning``);
+        ``x`` itself without it or at ``c = 1``, where ``e`` vanishes."""
+        if which is None or budget == 1.0:
+            return x
+        return x + ((budget - 1.0) * which[0] + math.log(budget) * which[1])
 
     # ------------------------------------------------------------------ budgets
     @property
@@ -259,7 +272,7 @@ class HourglassLM(nn.Module):
         routing = self.boundary(tokens, h, budget=c, aux_logits=aux, linear=linear)
         layout = routing.layout
         xc = h if layout is None else self.chunk(h, layout, validate=False)
-        z, _ = self.main(self.main_in(xc))
+        z, _ = self.main(self._told(self.main_in(xc), self.budget_main, c))
         z = self.main_out(z)
         conf = None
         if layout is not None:
@@ -271,7 +284,7 @@ class HourglassLM(nn.Module):
             y = self.dechunk(z, layout, conf, validate=False)
         else:
             y = z
-        y = y + self.residual(h)
+        y = self._told(y + self.residual(h), self.budget_outer, c)
         y, _ = self.decoder(y)
         logits = self.head(rms_norm(y, self.norm_f.weight, self.norm_f.eps))
         if not bool(torch.isfinite(logits).all()):
@@ -357,14 +370,14 @@ class HourglassLM(nn.Module):
         held, main = state.held, state.main
         every = bool(starts.all())
         if every or bool(starts.any()):
-            z, main_new, _ = self.main.step(self.main_in(rep), state.main)
+            z, main_new, _ = self.main.step(self._told(self.main_in(rep), self.budget_main, c), state.main)
             z = self.main_out(z)
             if self.config.dechunk == "ema" and c < 1.0:
                 p = prob.to(torch.float32).clamp(_P_MIN, _P_MAX).unsqueeze(-1).to(z.dtype)
                 z = p * z + (1.0 - p) * held
             held = z if every else torch.where(starts.unsqueeze(-1), z, held)
             main = main_new if every else _where_state(starts, main_new, state.main)
-        y = held + self.residual(h)
+        y = self._told(held + self.residual(h), self.budget_outer, c)
         y, dec, _ = self.decoder.step(y, state.decoder)
         logits = self.head(rms_norm(y, self.norm_f.weight, self.norm_f.eps))
         if not bool(torch.isfinite(logits).all()):
@@ -445,6 +458,9 @@ class HourglassLM(nn.Module):
             if dm != d:
                 r["main_in"] = rm["main_in"] = Lc * d * dm
                 r["main_out"] = rm["main_out"] = Lc * dm * d
+            if self.budget_main is not None and Lc < L:  # e(c) added at every segment and every byte
+                r["main_in"] += Lc * dm
+                parts["decoder"] += L * d / len(lengths)
             r["main"], rm["main"] = stage(cfg.main, Lc)
             rows.append((r, rm))
         for key in ("signal", "chunk", "main_in", "main", "main_out", "ema"):

@@ -69,21 +69,22 @@ def plain_row(d_model: int, seed: int) -> dict:
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
-                  stages: str = "", skew: float = 1.0, **boundary) -> dict:
+                  stages: str = "", skew: float = 1.0, cond: bool = False, **boundary) -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
     ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix); ``skew``: an
-    elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``boundary``: fields of the
+    elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``cond``: ``budget_conditioning`` (named
+    ``-cond``); ``boundary``: fields of the
     :class:`~tiling.config.BoundaryConfig` other than their defaults, named in the row (:func:`boundary_tag`)."""
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {sorted(STAGES)}, got {stages!r}")
     default = default_dechunk(signal)
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
-           + boundary_tag(boundary) + (f"-{stages}" if stages else "")
+           + boundary_tag(boundary) + (f"-{stages}" if stages else "") + ("-cond" if cond else "")
            + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
             "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages],
-            "skew": skew if elastic else 1.0, "boundary": boundary}
+            "skew": skew if elastic else 1.0, "cond": cond, "boundary": boundary}
 
 
 #: how a row's name says a boundary field other than its default: BLT's monotonic rule, the seeds' per-tile
@@ -188,7 +189,8 @@ def build(spec: dict, context: int):
     b = spec["budget"]
     base = hourglass_config(**spec["stages"], signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
                             budget_range=ELASTIC_RANGE if spec["elastic"] else None,
-                            budget_skew=spec.get("skew", 1.0), **spec.get("boundary", {}))
+                            budget_skew=spec.get("skew", 1.0), budget_conditioning=spec.get("cond", False),
+                            **spec.get("boundary", {}))
     cfg, match = match_main_width(base, reference_madds_per_byte(context), budget=b, L=context)
     return HourglassLM(cfg), "hourglass", {"family": "hourglass", "signal": spec["signal"],
                                            "elastic": spec["elastic"], "dechunk": spec["dechunk"],
@@ -256,7 +258,7 @@ def _dedicated(head: str) -> str:
     """The configuration an elastic checkpoint is compared with at each budget (goal (d)): its signal,
     dechunk, boundary fields and stages trained at that budget alone (``hg-elastic-surprisal-ema-wide-skew6``
     → ``hg-surprisal-ema-wide``)."""
-    return re.sub(r"-skew[0-9.]+$", "", head.replace("hg-elastic-", "hg-", 1))
+    return re.sub(r"(-cond)?(-skew[0-9.]+)?$", "", head.replace("hg-elastic-", "hg-", 1))
 
 
 def equal_bpb_pairs(hourglass: dict[str, float], plain: dict[str, float],
