@@ -237,7 +237,7 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
     if status != OK:  # a non-finite logit or signal, or a token out of range: the reference path names it
         return None
     if plan.kernel_reads:  # each reading layer's signal (layers, batch) joins its policy's history
-        rho = out[-1]
+        rho = out[-1].to(torch.float64).unbind(0)  # the history's dtype, once for every layer (exact)
         for k, (router, config, reads) in enumerate(zip(plan.routers, plan.configs, plan.reads)):
             if reads:
                 advanced[k] = router.record(rho[k], advanced[k], config)

@@ -158,7 +158,10 @@ def rows() -> list[dict]:
            # a dedicated row at 0.5, where the elastic checkpoint had no row trained at its budget alone
            hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=12.0),
            hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=12.0),
-           hourglass_row("surprisal", 0.5, 0, dechunk="ema", stages="wide")]
+           hourglass_row("surprisal", 0.5, 0, dechunk="ema", stages="wide"),
+           # the elastic checkpoint told its budget (budget_conditioning), against the same draw without it
+           hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True),
+           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True)]
     return out
 
 
