@@ -200,6 +200,11 @@ def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path
     done["hg-elastic-entropy@1/s0"] = {**done["hg-elastic-entropy@0.25/s0"], "test_bpb": 1.5, "kind": "evaluated",
                                        "row": "hg-elastic-entropy@1/s0"}
     assert sw.bundle(done)["hourglass"]["row"] == "hg-elastic-entropy-skew3@0.25/s0"
+    # the best over every budget it serves: skew3 scored 3.0 at budget 1, so its mean (2.45) loses to 2.0
+    done["hg-elastic-entropy-skew3@1/s0"] = {**done["hg-elastic-entropy-skew3@0.25/s0"], "test_bpb": 3.0,
+                                             "kind": "evaluated", "row": "hg-elastic-entropy-skew3@1/s0",
+                                             "source_row": "hg-elastic-entropy-skew3@0.25/s0"}
+    assert sw.bundle(done)["hourglass"]["row"] == "hg-elastic-entropy@0.25/s0"
 
 
 @pytest.mark.slow  # a full-size FLOP-matched hourglass (2.9 M parameters) and its figures: about a minute
