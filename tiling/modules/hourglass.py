@@ -409,7 +409,8 @@ class HourglassLM(nn.Module):
         ``d_outer·d_main`` per compact token; the pool ``d`` per byte and ``2d`` per segment; the EMA
         ``3·d_outer`` per segment; the residual ``d_outer²`` and the head ``d_outer·V`` per byte; the
         signals their arithmetic per byte (entropy/surprisal/Fisher–Rao ``≈ 3V``, linear and router
-        :func:`~tiling.ops.cost.signal_cost_per_token`).
+        :func:`~tiling.ops.cost.signal_cost_per_token`); with ``budget_conditioning``, ``e(c)``'s additions,
+        ``d_main`` per segment and ``d_outer`` per byte where the row is shortened (at ``c = 1`` none run).
         """
         L = check_int(L, "L", minimum=1)
         cfg = self.config
