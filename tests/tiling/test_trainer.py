@@ -134,12 +134,15 @@ def test_goals_on_rows():
     # no uniform row with the EMA: uniform boundaries make the EMA the hold, so the hold row is the twin
     ema = rows[:2] + [row("hg-surprisal-ema@0.25/s0", 1.8), row("hg-uniform@0.25/s0", 1.9)]
     assert sw.goals(ema)["b_information_matters"]["uniform"] == 1.9
-    # several elastic checkpoints: (d) reports the best at the cheapest budget, and lists every one
+    # several elastic checkpoints: (d) reports the one of the smallest worst ratio to its dedicated rows, and lists every one
     skewed = rows + [row("hg-elastic-entropy-skew3@0.25/s0", 1.92), row("hg-elastic-entropy-skew3@1/s0", 1.95)]
     d = sw.goals(skewed)["d_elastic"]
     assert d["row"] == "hg-elastic-entropy-skew3" and set(d["all"]) == {"hg-elastic-entropy", "hg-elastic-entropy-skew3"}
     assert d["vs_dedicated"]["0.25"]["ratio"] == pytest.approx(1.92 / 1.9) and d["vs_own_budget_1"]["met"] is True
     assert d["all"]["hg-elastic-entropy"]["vs_dedicated"]["0.25"]["elastic"] == 1.95
+    # a checkpoint better at 0.25 but further behind at 0.35 is not the one reported
+    worse = skewed + [row("hg-elastic-entropy-skew6@0.25/s0", 1.91), row("hg-elastic-entropy-skew6@0.35/s0", 2.2)]
+    assert sw.goals(worse)["d_elastic"]["row"] == "hg-elastic-entropy-skew3"
     # an elastic checkpoint of other stages and dechunk is compared with the dedicated rows of its own
     wide = rows + [row("hg-elastic-surprisal-ema-wide-skew6@0.25/s0", 1.87), row("hg-surprisal-ema-wide@0.25/s0", 1.86),
                    row("hg-elastic-surprisal-ema-wide-skew6@1/s0", 1.9)]
