@@ -10,10 +10,11 @@ so two processes share the 2-core machine; the order puts the headline rows firs
 * the hourglass at budgets 0.25 and 0.35, FLOP-matched (±5 %) to plain Mamba d256 by choosing
   ``d_main`` (:func:`~tiling.modules.hourglass.match_main_width`), for the signals entropy, uniform,
   space, Fisher–Rao, router and linear;
-* the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy and uniform;
+* the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy, uniform and surprisal
+  with the EMA (at 0.25, 0.35 and 0.5), and variants of the last changing one boundary field each;
 * the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training, uniformly and skewed
-  towards the cheap end, ``budget_skew`` 3 and 6; and surprisal with the EMA on the wide stages, γ = 6),
-  each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
+  towards the cheap end, ``budget_skew`` 3 and 6; and surprisal with the EMA on the wide stages, γ = 6
+  and 12, and γ = 6 with budget conditioning), each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
 * second seeds of the headline rows.
 
 The table goes to ``docs/results/hourglass_lm.json`` with the goals checked on the rows present, the
