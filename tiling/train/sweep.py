@@ -11,7 +11,7 @@ so two processes share the 2-core machine; the order puts the headline rows firs
   ``d_main`` (:func:`~tiling.modules.hourglass.match_main_width`), for the signals entropy, uniform,
   space, Fisher–Rao, router and linear;
 * the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy, uniform and surprisal
-  with the EMA (at 0.25, 0.35 and 0.5), and variants of the last changing one boundary field each;
+  with the EMA (at 0.25, 0.35, 0.5 and 0.7), and variants of the last changing one boundary field each;
 * the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training, uniformly and skewed
   towards the cheap end, ``budget_skew`` 3 and 6; and surprisal with the EMA on the wide stages, γ = 6
   and 12, and γ = 6 with budget conditioning), each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
@@ -162,6 +162,9 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=12.0),
            hourglass_row("surprisal", 0.5, 0, dechunk="ema", stages="wide"),
            hourglass_row("surprisal", 0.5, 1, dechunk="ema", stages="wide"),
+           # where the FLOP-matched hourglass' trend with the budget goes (0.25 → 0.35 → 0.5 improved it)
+           hourglass_row("surprisal", 0.7, 0, dechunk="ema", stages="wide"),
+           hourglass_row("surprisal", 0.7, 1, dechunk="ema", stages="wide"),
            # the elastic checkpoint told its budget (budget_conditioning), against the same draw without it
            hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True),
            hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True)]
