@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from infogeo.checks import check_finite, check_int, check_same_device, check_tensor
-from tiling.ops.scan import cpu_kernels, policy_kernels
+from tiling.ops.scan import cpu_kernels, needs_grad, policy_kernels
 from tiling.policy import dithered_counts  # re-exported: the block scope's segments per tile
 
 Tensor = torch.Tensor
@@ -380,8 +380,7 @@ class Chunk(nn.Module):
         batch, L, d = x.shape
         if layout.is_identity:
             return x
-        trained = torch.is_grad_enabled() and (x.requires_grad or self.pool_gate.requires_grad)
-        ext = None if trained else cpu_kernels(x, self.pool_gate)
+        ext = None if needs_grad(x, self.pool_gate) else cpu_kernels(x, self.pool_gate)
         if ext is not None:  # inference on the CPU: one pass (kernels_cuda/segments.h); the ops below are its reference
             gate = self.pool_gate if bool(self.pool_gate.any()) else None
             return ext.chunk_fwd(x.contiguous(), layout.start.contiguous(), layout.span.contiguous(), gate)
@@ -469,7 +468,7 @@ class Dechunk(nn.Module):
             check_same_device(y=y, confidence=confidence)
         batch, Lc, d = y.shape
         if not layout.is_identity:
-            ext = None if torch.is_grad_enabled() and y.requires_grad else cpu_kernels(y)
+            ext = None if needs_grad(y) else cpu_kernels(y)
             if ext is not None:  # inference on the CPU: each row copied once (kernels_cuda/segments.h)
                 y = ext.hold_fwd(y.contiguous(), layout.start.contiguous(), layout.span.contiguous(), layout.L)
             else:

@@ -308,12 +308,12 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     args = (u.contiguous(), delta.contiguous(), cast(A), B.unsqueeze(1).contiguous(), C.unsqueeze(1).contiguous(),
             cast(D), None if z is None else z.contiguous(), cast(delta_bias), None, None, R, m, S, slot, n_ckpt,
             FULL_TILE, bool(delta_softplus), False)
-    if not _needs_grad(u, delta, A, B, C, D, z, delta_bias):  # inference: no autograd node to build
+    if not needs_grad(u, delta, A, B, C, D, z, delta_bias):  # inference: no autograd node to build
         return ext.fwd(*args)[0]
     return _AdaptiveScan.apply(*args, ext, R)[0]
 
 
-def _needs_grad(*tensors: Tensor | None) -> bool:
+def needs_grad(*tensors: Tensor | None) -> bool:
     """Whether autograd records an op on ``tensors`` (else a kernel is called without a Function)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -379,7 +379,7 @@ def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor
     if ext is None:
         return F.silu(F.conv1d(x, weight, bias, padding=K - 1, groups=E)[..., :x.shape[-1]])
     args = (x.contiguous(), weight.reshape(E, K).contiguous(), None if bias is None else bias.contiguous())
-    if not _needs_grad(x, weight, bias):
+    if not needs_grad(x, weight, bias):
         return ext.conv_silu_fwd(*args)
     return _ConvSiLU.apply(*args, ext)
 
@@ -435,7 +435,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     ext = cpu_kernels(x, weight) if weight.dtype == x.dtype else None
     if ext is None:
         return F.rms_norm(x, (x.shape[-1],), weight, eps)
-    if not _needs_grad(x, weight):
+    if not needs_grad(x, weight):
         return ext.rms_norm_fwd(x.contiguous(), weight.contiguous(), float(eps))[0]
     return _RMSNorm.apply(x.contiguous(), weight.contiguous(), float(eps), ext)
 
@@ -472,7 +472,7 @@ def softplus_gap(raw: Tensor, bias: Tensor, gap: Tensor) -> Tensor:
     ext = cpu_kernels(raw, bias) if bias.dtype == raw.dtype else None
     if ext is None:
         return F.softplus(raw + bias[:, None]) * gap.unsqueeze(1)
-    if not _needs_grad(raw, bias):
+    if not needs_grad(raw, bias):
         return ext.softplus_gap(raw.contiguous(), bias.contiguous(), gap.contiguous())
     return _SoftplusGap.apply(raw.contiguous(), bias.contiguous(), gap.contiguous(), ext)
 
@@ -484,7 +484,7 @@ def policy_kernels():
     return _build.load_cpu_extension()
 
 
-__all__ = ["adaptive_selective_scan", "causal_conv1d_silu", "checkpoint_slots", "cpu_kernels", "policy_kernels",
+__all__ = ["adaptive_selective_scan", "causal_conv1d_silu", "checkpoint_slots", "cpu_kernels", "needs_grad", "policy_kernels",
            "rms_norm",
            "selective_scan", "softplus_gap",
            "CHECKPOINT_SEGMENTS", "FULL_TILE"]
