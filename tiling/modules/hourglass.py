@@ -195,7 +195,9 @@ class HourglassLM(nn.Module):
 
     def _told(self, x: Tensor, which: Tensor | None, budget: float) -> Tensor:
         """``x + e(c)`` with ``e(c) = (c − 1)·u + (log c)·v`` the rows of ``which`` (``config.budget_conditioning``);
-        ``x`` itself without it or at ``c = 1``, where ``e`` vanishes."""
+        ``x`` itself without it or at ``c = 1``, where ``e`` vanishes. ``c`` is seed 001 §3.2.2's budget in
+        ``R_i = f(ρ_i, d_i, c)``; feeding it to the network is our departure (the seeds only plan with it),
+        for an elastic checkpoint whose stages see other statistics at other budgets."""
         if which is None or budget == 1.0:
             return x
         return x + ((budget - 1.0) * which[0] + math.log(budget) * which[1])
