@@ -177,8 +177,10 @@ def test_plan_reports_layer_cost_and_segments():
     assert plan.segments[0].tolist() == [2, 3, 2, 3, 2, 2, 1]
     Lc = plan.meta["compact_length"]
     assert Lc == int(plan.segments.sum(1).max()) == 15
+    # the uniform policy (R_i = c) places its segments without the signal: it is computed for the plan's
+    # report only, and not counted
     want = layer_cost(50, d_model=16, d_state=4, d_inner=32, dt_rank=1, tile_size=8, batch=2, compact_length=Lc,
-                      signal="linear", signal_channels=int(layer.signal_index.numel()))
+                      signal="none", signal_channels=int(layer.signal_index.numel()))
     assert plan.meta["layer_cost"] == want
     # per-tile costs add up to the whole, less the once-per-call composite map and the conv's causal tail
     tail = 2 * (layer.d_conv - 1) * (layer.d_inner * layer.d_conv + layer.d_inner)
@@ -194,23 +196,29 @@ def _flops(layer, x, **kw):
 
 
 @pytest.mark.parametrize("budget", [0.25, 0.6, 1.0])
-@pytest.mark.parametrize("boundaries", ["tile", "token"])
-def test_layer_cost_agrees_with_flop_counter(budget, boundaries):
+@pytest.mark.parametrize("boundaries,policy", [("tile", "adaptive"), ("tile", "uniform"), ("token", "adaptive")])
+def test_layer_cost_agrees_with_flop_counter(budget, boundaries, policy):
     torch.manual_seed(11)
-    layer = TiledMamba(32, d_state=8,
-                       tiling=TilingConfig(tile_size=16, scope="block", budget=budget, boundaries=boundaries))
+    layer = TiledMamba(32, d_state=8, tiling=TilingConfig(tile_size=16, scope="block", budget=budget,
+                                                          boundaries=boundaries, policy=policy))
     x = torch.randn(2, 100, 32)
     plan = layer.plan(x)
     counted = _flops(layer, x)
     assert counted == 2 * plan.meta["layer_cost"]["matmul"]
+    # the signal is counted exactly where the forward computes it: below budget 1, by a policy that reads it
+    assert layer.computes_signal() == (budget < 1 and policy != "uniform")
+    assert (plan.meta["layer_cost"]["signal"] > 0) == layer.computes_signal()
 
 
-def test_scan_scope_layer_cost_agrees_with_flop_counter():
+@pytest.mark.parametrize("policy", ["adaptive", "uniform"])
+def test_scan_scope_layer_cost_agrees_with_flop_counter(policy):
     torch.manual_seed(12)
-    layer = TiledMamba(32, d_state=8, tiling=TilingConfig(tile_size=16, scope="scan", budget=0.4))
+    layer = TiledMamba(32, d_state=8, tiling=TilingConfig(tile_size=16, scope="scan", budget=0.4, policy=policy))
     x = torch.randn(2, 100, 32)
     counted = _flops(layer, x)
-    assert counted == 2 * layer.plan(x).meta["layer_cost"]["matmul"]
+    cost = layer.plan(x).meta["layer_cost"]
+    assert counted == 2 * cost["matmul"]
+    assert layer.computes_signal() == (policy != "uniform") == (cost["density"] > 0)
 
 
 def test_block_scope_counts_fall_with_the_budget_at_the_benchmark_shape():

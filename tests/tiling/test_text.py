@@ -264,8 +264,15 @@ def test_flops_per_byte_follow_layer_cost():
     plan = lay.plan(model.norms[0](model.embedding(x)), budget=0.25)
     Lc = int(plan.segments[0].sum())
     assert Lc == 16  # ⌈0.25·8⌉ = 2 segments per tile of 8
-    c = lay.cost(L, compact_length=Lc, signal=True)
-    assert quarter["layers"][0] == pytest.approx(c["total"] - c["signal_maps"])
+    # the uniform policy places its segments without the signal: none is counted
+    assert not lay.computes_signal(0.25)
+    assert quarter["layers"][0] == pytest.approx(lay.cost(L, compact_length=Lc, signal=False)["total"])
+    # the adaptive policy reads it: counted per byte, less the once-per-call composite map
+    ada = tiny_model("adaptive", 0.25).eval()
+    plans = ada(x, budget=0.25, return_plans=True)[1]
+    got = forward_madds(ada, plans, L, 0.25)["layers"][0]
+    rows = [ada.layers[0].cost(L, compact_length=int(plans[0].segments[b].sum()), signal=True) for b in range(2)]
+    assert rows[0]["signal"] > 0 and got == pytest.approx(sum(c["total"] - c["signal_maps"] for c in rows) / 2)
 
 
 # ----------------------------------------------------------------------------- TiledLM additions

@@ -121,6 +121,11 @@ class Scope(ABC):
         """Per-tile segments and costs of a plan with CPU resolutions ``R`` and state dims ``S``."""
 
     @abstractmethod
+    def computes_signal(self, layer: TiledMamba, budget: float) -> bool:
+        """Whether the forward at ``budget`` computes the resolution signal (the density, the router's
+        scores) to place its segments; a plan may compute it only to report it, and that is not counted."""
+
+    @abstractmethod
     def cost(self, layer: TiledMamba, L: int, common: dict, *, compact_length: int | None,
              resolution: Tensor | None, state_dims: Tensor | None, signal: bool) -> dict[str, int]:
         """:func:`~tiling.ops.layer_cost` of the scope (``common``: the layer's shapes and ``batch``)."""

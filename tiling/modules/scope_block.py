@@ -108,8 +108,9 @@ class TileBoundaries:
 
     @staticmethod
     def signal_used(layer: TiledMamba, budget: float) -> bool:
-        """Whether the forward computes the signal at ``budget`` (not at budget 1: the plan may, to report it)."""
-        return not layer._full(budget)
+        """Whether the segments at ``budget`` need the signal: not at budget 1, nor under the uniform
+        policy (``R_i = c``); a plan may compute it there, only to report it."""
+        return not (layer._full(budget) or layer.policy == "uniform")
 
     def segments(self, layer: TiledMamba, x: Tensor, density, curvature, c: float, update: bool,
                  need_density: bool) -> Segments:
@@ -302,7 +303,7 @@ class BlockScope(Scope):
         lengths = tile_lengths(L, T)
         batch = R.shape[0]
         segs = lengths.expand(batch, -1).clone() if layout is None else _tile_sum(layout.boundary, T).cpu()
-        signal = bounds.signal if rho is not None or layout is not None else "none"
+        signal = bounds.signal if self.computes_signal(layer, budget) else "none"
         per_seg = sum(block_unit_costs(d_model=d, d_state=layer.d_state, d_inner=layer.d_inner,
                                        dt_rank=layer.dt_rank, d_conv=layer.d_conv, bias=layer.in_proj.bias is not None,
                                        conv_bias=layer.conv1d.bias is not None).values())
@@ -314,10 +315,13 @@ class BlockScope(Scope):
         madd = segs * per_seg + lengths * per_tok
         exps = segs * (layer.d_inner * layer.d_state)
         Lc = L if layout is None else layout.compact_length
-        meta = {"layer_cost": layer.cost(L, compact_length=Lc, batch=batch, signal=bounds.signal_used(layer, budget)),
+        meta = {"layer_cost": layer.cost(L, compact_length=Lc, batch=batch, signal=self.computes_signal(layer, budget)),
                 "scope": "block", "boundaries": bounds.name, "compact_length": Lc,
                 "padding": 0.0 if layout is None else layout.padding_fraction()}
         return TileCosts(segments=segs, madd=madd, exp=exps, mode=bounds.plan_mode(layer), meta=meta)
+
+    def computes_signal(self, layer: TiledMamba, budget: float) -> bool:
+        return self.boundaries.signal_used(layer, budget)
 
     def cost(self, layer: TiledMamba, L: int, common: dict, *, compact_length: int | None,
              resolution: Tensor | None, state_dims: Tensor | None, signal: bool) -> dict[str, int]:

@@ -146,8 +146,14 @@ class ScanScope(Scope):
                 madd[b, i], exps[b, i] = _tile_cost(n_i, T, int(segs[b, i]), int(S[b, i]), N, E)
         whole = [scan_cost(L, T, R[b], S[b], N, E, boundary_gain=True) for b in range(batch)]
         meta = {"scan_cost": whole, "scope": "scan",
-                "layer_cost": layer.cost(L, resolution=R, state_dims=S, batch=batch, signal=not layer._full(budget))}
+                "layer_cost": layer.cost(L, resolution=R, state_dims=S, batch=batch,
+                                        signal=self.computes_signal(layer, budget))}
         return TileCosts(segments=segs, madd=madd, exp=exps, mode=layer.policy, meta=meta)
+
+    def computes_signal(self, layer: TiledMamba, budget: float) -> bool:
+        """The density is computed below budget 1, except for the uniform policy without a state-dimension
+        policy (``R_i = c``, as :meth:`forward` runs it)."""
+        return not (layer._full(budget) or (layer.policy == "uniform" and self.tiling.state_k is None))
 
     def cost(self, layer: TiledMamba, L: int, common: dict, *, compact_length: int | None,
              resolution: Tensor | None, state_dims: Tensor | None, signal: bool) -> dict[str, int]:

@@ -457,6 +457,12 @@ class TiledMamba(nn.Module):
         with torch.no_grad():
             return self._scope.plan(self, hidden_states, density, curvature, c)
 
+    def computes_signal(self, budget: float | None = None) -> bool:
+        """Whether the forward at ``budget`` (default the layer's) computes the resolution signal to
+        place its segments: not at budget 1, nor under the uniform policy (``R_i = c``), nor for a
+        plan that only reports it."""
+        return self._scope.computes_signal(self, self.budget if budget is None else float(budget))
+
     def cost(self, L: int, *, compact_length: int | None = None, resolution: Tensor | None = None,
              state_dims: Tensor | None = None, batch: int = 1, signal: bool = True) -> dict[str, int]:
         """Multiply-adds of this layer (:func:`~tiling.ops.layer_cost`) on ``batch`` rows of ``L`` tokens.
@@ -467,7 +473,8 @@ class TiledMamba(nn.Module):
         compact_length : block scope: ``L_c`` as run.
         resolution, state_dims : scan scope: the plan's (batch, n_tiles) resolutions and state dims.
         batch : rows.
-        signal : False: no resolution signal (block) or density (scan) was computed (budget 1).
+        signal : whether the resolution signal (block) or density (scan) is counted: what
+            :meth:`computes_signal` says of the forward's budget.
 
         Returns
         -------

@@ -231,7 +231,7 @@ def _row_madds(layer, plan, L: int, budget: float | None) -> list[float]:
     if layer.scope == "scan":
         total = plan.meta["layer_cost"]["total"]
         return [total / plan.batch] * plan.batch  # rows of one batch: the scan's count is summed over them
-    used = c < 1.0
+    used = layer.computes_signal(c)
     out = []
     for b in range(plan.batch):
         cost = layer.cost(L, compact_length=int(plan.segments[b].sum()), signal=used)
