@@ -34,6 +34,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_text import require_positive, timed_interleaved  # noqa: E402
 
+from tiling.runtime import keep_freed_memory  # noqa: E402
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.storage import atomic_write_bytes  # noqa: E402
 from tiling.train.sweep import equal_bpb_pairs  # noqa: E402
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--context {args.context}: the text to time has {text.numel()} bytes")
     text = text[:args.context].to(torch.int64)
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLIs do (tiling.runtime)
     fns = {}
     for name in tqdm(sorted({k for pair in todo for k in pair}), desc="loading"):
         model = load_text_model(configs[name]["checkpoint"])[0].eval()

@@ -31,14 +31,17 @@ gradient clipping, AdamW); ``FLOPs/B`` (counted: ``2 ×`` :func:`tiling.train.te
 of the prefill's plans, i.e. ``layer_cost`` plus the head; the hourglass: its ``cost``); for every
 speed its ratio to ``mamba@1`` of the same width (``×``) and the efficiency ``(time ratio) /
 (FLOPs ratio)``, 1 when time falls exactly with the counted FLOPs. Wall-clock medians; on a CPU the
-table also gives the thread CPU time's median (``--json`` holds both).
+table also gives the thread CPU time's median (``--json`` holds both). The process keeps the
+memory it freed (:func:`tiling.runtime.keep_freed_memory`, as ``evaluate`` and ``generate`` do), so
+no forward faults its activations in again; ``--default-allocator`` measures with glibc's own
+thresholds.
 
 Goals (issue 23), checked at the end: ``uniform@0.25`` prefill ≥ 3× at 1 × 1024 and 8 × 1024,
 decode ≥ 2.5× at batch 1, training ≥ 2.5×, efficiency ≥ 0.8 for prefill and training;
 ``mamba@1`` prefill ≥ 1.5× and decode ≥ 1.2× HF's.
 
     python scripts/bench_text.py [--d-model 256 512] [--rounds 5] [--threads 1] [--device cpu|cuda]
-                                 [--json PATH] [--no-hf] [--no-hourglass]
+                                 [--json PATH] [--no-hf] [--no-hourglass] [--default-allocator]
     python scripts/bench_text.py --runs runs/text_lm [...]   # the trained rows of a sweep (former mode)
 """
 from __future__ import annotations
@@ -60,6 +63,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_scan import best_ms_interleaved  # noqa: E402
 
+from tiling.runtime import keep_freed_memory  # noqa: E402
 from tiling.train.corpus import CorpusError, load_split, slice_root  # noqa: E402
 from tiling.train.storage import atomic_write_bytes  # noqa: E402
 from tiling.train.text import TextInputError, as_byte_tensor, forward_madds, read_text_file  # noqa: E402
@@ -294,7 +298,8 @@ def run_table(args) -> dict:
         f"{os.cpu_count()} CPUs"
     header = (f"Byte-LM speed — {where}, {torch.get_num_threads()} thread(s), torch {torch.__version__}, float32, "
               f"4 layers, L = {L}, decode {args.decode_steps} steps, train batch {args.train_batch}, median of "
-              f"{args.rounds} interleaved rounds, load average at start {load[0]:.2f}, {time.perf_counter() - t0:.0f} s")
+              f"{args.rounds} interleaved rounds, allocator: {args.allocator}, load average at start {load[0]:.2f}, "
+              f"{time.perf_counter() - t0:.0f} s")
     goals = check_goals(rows)
     return {"header": header, "device": device, "rows": [asdict(r) for r in rows], "goals": goals,
             "command": " ".join(sys.argv)}
@@ -359,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-hf", action="store_true", help="leave out HF's MambaForCausalLM")
     ap.add_argument("--no-hf-batch", action="store_true", help="leave out HF's 8 × 1024 prefill (slow)")
     ap.add_argument("--no-hourglass", action="store_true")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="leave glibc's malloc thresholds as they are (default: keep freed memory, as the CLIs do)")
     ap.add_argument("--json", type=str, default=None, help="also write the table to this JSON file")
     args = ap.parse_args(argv)
     require_positive(ap, args, ("rounds", "threads", "decode_steps", "train_batch"))
@@ -369,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode_steps > L:
         ap.error(f"--decode-steps must be at most {L}")
     torch.set_num_threads(args.threads)
+    args.allocator = "glibc default" if args.default_allocator else (
+        "freed memory kept" if keep_freed_memory() else "default (no glibc mallopt)")
     try:
         result = run_table(args)
     except (TextInputError, CorpusError) as e:

@@ -68,6 +68,7 @@ UNIT_OF: dict[str, str] = {
     "tiling.tile_stats": "tiling",
     "tiling.metrics": "tiling",
     "tiling.options": "tiling",
+    "tiling.runtime": "tiling",
     "tiling.modules": "tiling.modules",
     "tiling.modules.*": "tiling.modules",
     "tiling.train": "tiling.train",

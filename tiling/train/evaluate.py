@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from tiling.options import (
     Options, RunError, UsageError, add_subcommand, option, run_main, standalone_parser, threads_option,
 )
+from tiling.runtime import keep_freed_memory
 from tiling.train.checkpoint import CheckpointError
 from tiling.train.text import TextInputError, evaluate_bytes, read_text_file, set_threads
 from tiling.train.textmodel import (
@@ -150,6 +151,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(opts: EvaluateOptions) -> dict:
     """Evaluate ``opts.text_file`` under ``opts.checkpoint``; the result with its warnings."""
     set_threads(opts.threads, decoding=False)
+    keep_freed_memory()  # this process is ours: reuse freed activations (tiling.runtime)
     model, extra = load_text_model(resolve_checkpoint(opts.checkpoint))
     check_budget(model, opts.budget)
     trained = int(extra["context"])

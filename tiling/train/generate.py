@@ -32,6 +32,7 @@ import torch
 from tiling.options import (
     Options, UsageError, add_subcommand, option, run_main, seed_option, standalone_parser, threads_option,
 )
+from tiling.runtime import keep_freed_memory
 from tiling.train.evaluate import EXPECTED, budget_notes, budget_option, check_budget
 from tiling.train.lm_state import TiledLMState
 from tiling.train.text import set_threads
@@ -215,6 +216,7 @@ def _load(opts: GenerateOptions):
     prompt = _prompt_bytes(opts.prompt)
     check_sampling(prompt, max_bytes=opts.max_bytes, seed=opts.seed, temperature=opts.temperature, top_k=opts.top_k)
     set_threads(opts.threads, decoding=True)
+    keep_freed_memory()  # this process is ours: reuse freed activations (tiling.runtime)
     model, extra = load_text_model(resolve_checkpoint(opts.checkpoint))
     check_budget(model, opts.budget)
     for k, layer in enumerate(getattr(model, "layers", ())):
