@@ -5,6 +5,8 @@ other settings is refused naming them, and a sweep's table and goals."""
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -228,3 +230,54 @@ def test_the_sweep_runs_a_row_and_draws_its_figures(tmp_path):
     (tmp_path / "f" / "hourglass_boundaries.png").unlink()
     assert sw.main(base + ["--resume", "--figures-only"]) == 0
     assert (tmp_path / "f" / "hourglass_boundaries.png").stat().st_size > 0
+
+
+def test_stage_lr_scales_the_main_networks_rate_only(tmp_path):
+    """H-Net's learning-rate modulation: the main network's groups carry √(c·d_outer/d_main), and one AdamW
+    step (no warm-up) moves its weights by that factor times the step at one rate, the outer stages alike."""
+    model = tiny()
+    scale = model.main_lr_scale()
+    assert scale == pytest.approx(math.sqrt(0.5 * 8 / 16))
+    groups = model.param_groups(0.1, stage_lr=True)
+    main = {id(p) for m in (model.main_in, model.main, model.main_out) for p in m.parameters()}
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters())  # every parameter once
+    for g in groups:
+        assert {id(p) in main for p in g["params"]} == {g["lr_scale"] != 1.0}
+        assert g["lr_scale"] in (1.0, scale)
+    plain = model.param_groups(0.1)
+    assert all(g["lr_scale"] == 1.0 for g in plain) and len(plain) == 2
+    opts = TrainOptions(context=32, batch_size=2, max_steps=1, val_windows=2, test_bytes=200, speed=False, quiet=True,
+                        warmup=0, grad_clip=0.0)
+    before = {k: v.clone() for k, v in tiny().state_dict().items()}
+    moved = {}
+    for flag in (False, True):
+        m = tiny()
+        train_run(m, data(), replace(opts, stage_lr=flag), tmp_path / str(flag),
+                  name="r", configuration="hourglass", budget=0.5)
+        moved[flag] = {k: v - before[k] for k, v in m.state_dict().items()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    main_names = {names[i] for i in main}
+    for k, d in moved[False].items():
+        if k in main_names and d.abs().max() > 0:
+            torch.testing.assert_close(moved[True][k], scale * d, rtol=1e-3, atol=1e-6)  # float32 parameters
+        elif k in names.values():
+            torch.testing.assert_close(moved[True][k], d, rtol=0, atol=0)
+    assert any(moved[False][k].abs().max() > 0 for k in main_names)
+
+
+def test_stage_lr_is_refused_for_a_model_without_stages(tmp_path):
+    from tiling.options import UsageError
+    from tiling.train.textmodel import build_model, model_config
+    opts = replace(OPTS, stage_lr=True)
+    with pytest.raises(UsageError, match="--stage-lr"):
+        train_run(build_model(model_config("full", 1.0, d_model=16, n_layers=1)), data(), opts, tmp_path / "r",
+                  name="r", configuration="full", budget=1.0)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_stage_lr_row_is_named_and_trained_with_it():
+    row = sw.hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", stage_lr=True)
+    assert row["name"] == "hg-surprisal-ema-wide-stagelr@0.35/s1" and row["stage_lr"] is True
+    assert "stagelr" not in sw.hourglass_row("surprisal", 0.35, 1)["name"]
+    assert row["name"] in {r["name"] for r in sw.rows()}

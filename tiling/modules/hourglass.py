@@ -489,13 +489,40 @@ class HourglassLM(nn.Module):
         """Distinct parameters (the tied head counted once)."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay on weight matrices only (not on A_log, D, norms, biases, gates)."""
-        decay, no_decay = [], []
+    def main_lr_scale(self) -> float:
+        """H-Net's learning-rate modulation of the main network against the outer stages.
+
+        H-Net (Hwang, Wang, Gu 2025, §2.3, "learning rate modulation") sets stage ``s``'s rate to
+        ``λ^s ∝ √(f^s · D^S / D^s)``, from two heuristics: the rate grows as the square root of the
+        tokens a stage sees per batch (the fraction ``f^s`` of the bytes: 1 for the outer stages,
+        the budget ``c`` for the main network) and falls as the square root of its width ``D^s``.
+        Normalised so that the outer stages keep the configured rate (a plain Mamba of their width
+        sees every byte, as they do), the main network's rate is
+
+        ``λ_main / λ_outer = √(c · d_outer / d_main)``
+
+        at the configured budget ``c`` (``tiling.budget``; an elastic checkpoint's draws vary, and the
+        configured budget is the one the row is named and FLOP-matched at).
+        """
+        c = self.config.tiling.budget
+        return math.sqrt(c * self.config.d_outer / self.config.d_main)
+
+    def param_groups(self, weight_decay: float, *, stage_lr: bool = False) -> list[dict]:
+        """AdamW groups: decay on weight matrices only (not on A_log, D, norms, biases, gates).
+
+        ``stage_lr``: the main network (its maps in and out, its layers, its budget vectors) in groups of
+        their own whose ``lr_scale`` is :meth:`main_lr_scale` (the trainer multiplies the scheduled rate
+        by each group's ``lr_scale``); else every group's scale is 1."""
+        main = {id(p) for m in (self.main_in, self.main, self.main_out) for p in m.parameters()}
+        if self.budget_main is not None:
+            main.add(id(self.budget_main))
+        scale = self.main_lr_scale() if stage_lr else 1.0
+        groups = {(outer, decay): [] for outer in (True, False) for decay in (True, False)}
         for name, p in self.named_parameters():
             skip = getattr(p, "_no_weight_decay", False) or p.dim() < 2 or "norm" in name
-            (no_decay if skip else decay).append(p)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(not (stage_lr and id(p) in main), not skip)].append(p)
+        return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": 1.0 if outer else scale}
+                for (outer, decay), ps in groups.items() if ps]
 
 
 def _where_state(mask: Tensor, new: StackState, old: StackState) -> StackState:

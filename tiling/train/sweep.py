@@ -71,22 +71,25 @@ def plain_row(d_model: int, seed: int) -> dict:
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
-                  stages: str = "", skew: float = 1.0, cond: bool = False, **boundary) -> dict:
+                  stages: str = "", skew: float = 1.0, cond: bool = False, stage_lr: bool = False,
+                  **boundary) -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
     ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix); ``skew``: an
     elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``cond``: ``budget_conditioning`` (named
-    ``-cond``); ``boundary``: fields of the
+    ``-cond``); ``stage_lr``: H-Net's per-stage learning rate (:class:`~tiling.train.trainer.TrainOptions`'
+    ``stage_lr``, named ``-stagelr``); ``boundary``: fields of the
     :class:`~tiling.config.BoundaryConfig` other than their defaults, named in the row (:func:`boundary_tag`)."""
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {sorted(STAGES)}, got {stages!r}")
     default = default_dechunk(signal)
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
-           + boundary_tag(boundary) + (f"-{stages}" if stages else "") + ("-cond" if cond else "")
+           + boundary_tag(boundary) + (f"-{stages}" if stages else "") + ("-stagelr" if stage_lr else "")
+           + ("-cond" if cond else "")
            + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
             "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages],
-            "skew": skew if elastic else 1.0, "cond": cond, "boundary": boundary}
+            "skew": skew if elastic else 1.0, "cond": cond, "stage_lr": stage_lr, "boundary": boundary}
 
 
 #: how a row's name says a boundary field other than its default: BLT's monotonic rule, the seeds' per-tile
@@ -167,7 +170,11 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.7, 1, dechunk="ema", stages="wide"),
            # the elastic checkpoint told its budget (budget_conditioning), against the same draw without it
            hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True),
-           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True)]
+           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True),
+           # H-Net's learning-rate modulation per stage (the main network's rate √(c·d_outer/d_main) of the
+           # outer stages') on the headline configuration at 0.35, against the same rows at one rate
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", stage_lr=True),
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", stage_lr=True)]
     return out
 
 
@@ -220,7 +227,8 @@ def run_spec(spec: dict, data: dict, opts: TrainOptions, out: Path, done: dict) 
         return row
     torch.manual_seed(spec["seed"])
     model, configuration, info = build(spec, opts.context)
-    return train_run(model, data, replace(opts, seed=spec["seed"]), row_dir(out, spec["name"]), name=spec["name"],
+    run_opts = replace(opts, seed=spec["seed"], stage_lr=spec.get("stage_lr", False))
+    return train_run(model, data, run_opts, row_dir(out, spec["name"]), name=spec["name"],
                      configuration=configuration, budget=spec["budget"], info=info)
 
 

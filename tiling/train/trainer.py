@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from tiling.modules.hourglass import HourglassLM
-from tiling.options import Options, RunError, option, seed_option, threads_option
+from tiling.options import Options, RunError, UsageError, option, seed_option, threads_option
 from tiling.train.schedule import lr_factor, progress
 from tiling.train.text import TextWindows, evaluate_bytes, measure_speed, score_windows, spaced_windows
 from tiling.train.storage import RunDirectory
@@ -67,6 +67,8 @@ class TrainOptions(Options):
     test_bytes : evaluate only the first N bytes of the test split (None: all).
     decode_bytes, speed : bytes of ``step()`` decoding timed; whether to time prefill/decode (``--no-speed``).
     ratio_weight : ``TiledLM`` with a learned router: weight of H-Net's ratio loss.
+    stage_lr : ``HourglassLM`` only: H-Net's learning-rate modulation per stage
+        (:meth:`~tiling.modules.hourglass.HourglassLM.main_lr_scale`).
     seed, threads, quiet : as named.
     device : where the model trains (``"cpu"``, ``"cuda"``, ``"cuda:1"``); the data stays on the CPU and
         each batch is moved.
@@ -101,6 +103,9 @@ class TrainOptions(Options):
     decode_bytes: int = option(256, kind="int", low=1, high=2 ** 20, help="bytes of step() decoding timed")
     speed: bool = option(True, kind="bool", flag="--no-speed", help="skip the prefill/decode timing")
     ratio_weight: float = option(0.03, kind="float", low=0.0, high=1e6, help="router: weight of H-Net's ratio loss")
+    stage_lr: bool = option(False, kind="bool",
+                            help="hourglass: H-Net's per-stage learning rate, the main network's scaled by "
+                                 "sqrt(budget * d_outer / d_main) (HourglassLM.main_lr_scale)")
     seed: int = seed_option(0, high=2 ** 32 - 1)
     # one thread (analysis, evaluation: the machine's cores): the sweep's rows share the machine (--shard)
     threads: int = threads_option(1, "one run per core, the sweep's rows share the machine (--shard)")
@@ -164,6 +169,8 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
 
     Raises
     ------
+    UsageError
+        ``opts.stage_lr`` for a model without stages (not an ``HourglassLM``).
     RunError
         ``out`` holds a finished run (``row.json``) or a checkpoint without a row (another run's, or one
         whose evaluation did not finish), and ``overwrite`` is not given.
@@ -175,6 +182,9 @@ def train_run(model, data: dict[str, Tensor], opts: TrainOptions, out: Path, *, 
     An attempt that left no checkpoint (interrupted during training) is replaced; its log is kept as
     ``log.K.jsonl``. ``run.json`` records the settings (the row, the configuration, the options, the model).
     """
+    if opts.stage_lr and not isinstance(model, HourglassLM):
+        raise UsageError(f"--stage-lr (H-Net's per-stage learning rate) needs a model with stages, an HourglassLM; "
+                         f"got a {type(model).__name__}")
     set_threads(opts.threads)
     model = model.to(opts.device)
     out = Path(out)
@@ -201,7 +211,8 @@ def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory
     log_path = run.file("log.jsonl")
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
-    opt = torch.optim.AdamW(model.param_groups(opts.weight_decay), lr=opts.lr, betas=(0.9, 0.95))
+    groups = model.param_groups(opts.weight_decay, stage_lr=True) if opts.stage_lr else model.param_groups(opts.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95))
     ds = TextWindows(data["train"], opts.context, seed=opts.seed)
     val_windows = spaced_windows(data["validation"].numel(), opts.context, opts.val_windows)
     max_s = opts.max_minutes * 60.0
@@ -244,7 +255,7 @@ def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory
                          max_steps=opts.max_steps)
             lr = opts.lr * lr_factor(step, p, warmup=opts.warmup)
             for grp in opt.param_groups:
-                grp["lr"] = lr
+                grp["lr"] = lr * grp.get("lr_scale", 1.0)
             x, y = (t.to(opts.device) for t in ds.batch(step, opts.batch_size))
             b_step = model.sample_budget(rng) if elastic else budget
             loss, ce, extra = training_loss(model, x, y, budget=b_step, ratio_weight=opts.ratio_weight)
