@@ -424,6 +424,11 @@ class HourglassConfig:
         main network's input at every segment and to the decoder's input at every byte. For an elastic
         checkpoint, whose compact sequence's statistics change with the budget (slimmable networks'
         switchable norms, in one continuous form). Checkpoints without it: False.
+    residual_init : the encoder-to-decoder residual map ``W_res`` at initialisation: ``"zero"`` (H-Net's:
+        the decoder starts from the main network's output alone) or ``"identity"`` (the Hourglass
+        transformer's skip connection, Nawrot et al. 2022: the decoder starts from the encoder's output
+        plus the main network's, so each byte's own information reaches the decoder from the first step).
+        Checkpoints without it: ``"zero"``.
     vocab_size : 256 for bytes.
 
     Raises
@@ -442,6 +447,7 @@ class HourglassConfig:
     budget_range: tuple[float, float] | None = None
     budget_skew: float = 1.0
     budget_conditioning: bool = False
+    residual_init: str = "zero"
     vocab_size: int = 256
 
     def __post_init__(self) -> None:
@@ -483,6 +489,7 @@ class HourglassConfig:
         put("budget_skew", float(self.budget_skew))
         if not isinstance(self.budget_conditioning, bool):
             raise TypeError(f"budget_conditioning must be a bool, got {type(self.budget_conditioning).__name__}")
+        check_choice(self.residual_init, "residual_init", ["zero", "identity"])
         put("vocab_size", check_int(self.vocab_size, "vocab_size", minimum=2, maximum=2 ** 24))
 
     @property
@@ -530,7 +537,7 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
                      decoder_layers: int = 1, d_state: int = 16, expand: int = 1, budget: float = 0.25,
                      tile_size: int = 16, r_min: float = 0.0625, causal: bool = True, signal: str = "entropy",
                      dechunk: str = "ema", budget_range: tuple[float, float] | None = None,
-                     budget_skew: float = 1.0, budget_conditioning: bool = False,
+                     budget_skew: float = 1.0, budget_conditioning: bool = False, residual_init: str = "zero",
                      **boundary: Any) -> HourglassConfig:
     """A :class:`HourglassConfig` from flat options (the CLI's and the sweep's)."""
     outer = MambaConfig(d_model=d_outer, d_state=d_state, expand=expand)
@@ -543,7 +550,7 @@ def hourglass_config(*, d_outer: int = 128, d_main: int = 512, encoder_layers: i
         tiling=TilingConfig(budget=budget, tile_size=tile_size, r_min=min(r_min, budget),
                             causal=causal, calibration="running"),
         boundary=BoundaryConfig(signal=signal, **boundary), dechunk=dechunk, budget_range=budget_range,
-        budget_skew=budget_skew, budget_conditioning=budget_conditioning)
+        budget_skew=budget_skew, budget_conditioning=budget_conditioning, residual_init=residual_init)
 
 
 #: the keys of the flat configuration ``TiledLM`` stored before the nested one (read by :meth:`TiledLMConfig.from_dict`)

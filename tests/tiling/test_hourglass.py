@@ -617,3 +617,37 @@ def test_bench_equal_bpb_pairs_configurations_within_the_tolerance_and_times_bot
     with pytest.raises(SystemExit) as e:  # no pair within 0.5 %: a clear error, exit 2
         bench.main(args[:-2] + ["--tolerance", "0.005"])
     assert e.value.code == 2 and "within 0.5%" in capsys.readouterr().err
+
+
+def test_identity_residual_init_is_the_hourglass_skip():
+    """``residual_init="identity"``: the decoder's input is the zero-init model's plus the encoder's output
+    (the same seed draws every other weight alike); autoregressive, ``step`` equals ``forward``."""
+    zero = calibrated(small("surprisal", dechunk="ema"))
+    skip = calibrated(small("surprisal", dechunk="ema", residual_init="identity"))
+    assert torch.equal(skip.residual.weight, torch.eye(SMALL["d_outer"])) and not zero.residual.weight.any()
+    assert "residual_init='identity'" in repr(skip) and "residual_init" not in repr(zero)
+    x = text_tokens(2, 64)
+    seen = {}
+    hooks = [m.decoder.register_forward_pre_hook(lambda mod, a, k=k: seen.__setitem__(k, a[0]))
+             for k, m in (("zero", zero), ("skip", skip))]
+    with torch.no_grad():
+        zero(x, budget=0.35)
+        skip(x, budget=0.35)
+        h = skip.encoder(skip.embedding(x))[0]
+    for hk in hooks:
+        hk.remove()
+    torch.testing.assert_close(seen["skip"], seen["zero"] + h, rtol=1e-6, atol=1e-6)
+    assert_autoregressive(skip, "identity residual")
+    state, steps = skip.allocate_inference_state(2), []
+    with torch.no_grad():
+        full = skip(x, budget=0.35)
+        for t in range(x.shape[1]):
+            logits, state = skip.step(x[:, t], state, budget=0.35)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), full, rtol=1e-4, atol=2e-4)
+    old = skip.config.to_dict()
+    del old["residual_init"]  # a checkpoint written before the field
+    assert HourglassConfig.from_dict(old).residual_init == "zero"
+    assert HourglassConfig.from_dict(skip.config.to_dict()) == skip.config
+    with pytest.raises(ValueError, match="residual_init"):
+        skip.config.replace(residual_init="eye")

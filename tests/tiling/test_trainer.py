@@ -281,3 +281,7 @@ def test_a_stage_lr_row_is_named_and_trained_with_it():
     assert row["name"] == "hg-surprisal-ema-wide-stagelr@0.35/s1" and row["stage_lr"] is True
     assert "stagelr" not in sw.hourglass_row("surprisal", 0.35, 1)["name"]
     assert row["name"] in {r["name"] for r in sw.rows()}
+    skip = sw.hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", skip=True)
+    assert skip["name"] == "hg-surprisal-ema-wide-skip@0.35/s0" and skip["name"] in {r["name"] for r in sw.rows()}
+    model, _, info = sw.build(skip, 64)
+    assert model.config.residual_init == "identity" and info["hourglass"]["residual_init"] == "identity"

@@ -27,8 +27,10 @@ boundary decisions read bytes ``≤ t`` (:mod:`tiling.modules.boundary`). So log
 
 Exactness at ``R = 1``: every byte is a segment, ``Chunk`` and the hold are the identity, ``p ≡ 1``
 (no smoothing), and with ``d_main = d_outer`` the maps ``W_in``, ``W_out`` are the identity; with
-``W_res = 0`` (its initialisation, as H-Net's residual projection) the model *is* a stack of
+``W_res = 0`` (its default initialisation, as H-Net's residual projection) the model *is* a stack of
 ``E + M + D`` plain Mamba layers (tested against :class:`~tiling.train.TiledLM`).
+``residual_init="identity"`` starts ``W_res = I`` instead, the Hourglass transformer's skip
+connection (Nawrot et al. 2022), so a byte inside a segment reaches the decoder from the first step.
 
 Departures, and why:
 - The main network's Mamba layers do not rescale Δ by the segment's length (the block scope of
@@ -177,7 +179,10 @@ class HourglassLM(nn.Module):
             self.budget_main = self.budget_outer = None
         self.dechunk = Dechunk()
         self.residual = nn.Linear(d, d, bias=False, **f)
-        nn.init.zeros_(self.residual.weight)  # H-Net: the decoder starts from the main network's output
+        if config.residual_init == "identity":  # the Hourglass transformer's skip: each byte's own state goes on
+            nn.init.eye_(self.residual.weight)
+        else:  # H-Net: the decoder starts from the main network's output
+            nn.init.zeros_(self.residual.weight)
         self.decoder = MambaStack(config.decoder, **f)
         self.norm_f = nn.RMSNorm(d, eps=1e-5, **f)
         self.head = nn.Linear(d, V, bias=False, **f)
@@ -191,7 +196,8 @@ class HourglassLM(nn.Module):
                 f"D={c.decoder.n_layers}, signal={c.boundary.signal!r}, dechunk={c.dechunk!r}, "
                 f"budget={c.tiling.budget}, budget_range={c.budget_range}"
                 + (f", budget_skew={c.budget_skew:g}" if c.budget_skew != 1.0 else "")
-                + (", budget_conditioning=True" if c.budget_conditioning else ""))
+                + (", budget_conditioning=True" if c.budget_conditioning else "")
+                + (f", residual_init={c.residual_init!r}" if c.residual_init != "zero" else ""))
 
     def _told(self, x: Tensor, which: Tensor | None, budget: float) -> Tensor:
         """``x + e(c)`` with ``e(c) = (c − 1)·u + (log c)·v`` the rows of ``which`` (``config.budget_conditioning``);

@@ -72,12 +72,13 @@ def plain_row(d_model: int, seed: int) -> dict:
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
                   stages: str = "", skew: float = 1.0, cond: bool = False, stage_lr: bool = False,
-                  **boundary) -> dict:
+                  skip: bool = False, **boundary) -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
     ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix); ``skew``: an
     elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``cond``: ``budget_conditioning`` (named
     ``-cond``); ``stage_lr``: H-Net's per-stage learning rate (:class:`~tiling.train.trainer.TrainOptions`'
-    ``stage_lr``, named ``-stagelr``); ``boundary``: fields of the
+    ``stage_lr``, named ``-stagelr``); ``skip``: ``residual_init="identity"`` (named ``-skip``); ``boundary``:
+    fields of the
     :class:`~tiling.config.BoundaryConfig` other than their defaults, named in the row (:func:`boundary_tag`)."""
     if stages not in STAGES:
         raise ValueError(f"stages must be one of {sorted(STAGES)}, got {stages!r}")
@@ -85,11 +86,13 @@ def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = Fals
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
            + boundary_tag(boundary) + (f"-{stages}" if stages else "") + ("-stagelr" if stage_lr else "")
+           + ("-skip" if skip else "")
            + ("-cond" if cond else "")
            + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
             "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages],
-            "skew": skew if elastic else 1.0, "cond": cond, "stage_lr": stage_lr, "boundary": boundary}
+            "skew": skew if elastic else 1.0, "cond": cond, "stage_lr": stage_lr, "skip": skip,
+            "boundary": boundary}
 
 
 #: how a row's name says a boundary field other than its default: BLT's monotonic rule, the seeds' per-tile
@@ -174,7 +177,10 @@ def rows() -> list[dict]:
            # H-Net's learning-rate modulation per stage (the main network's rate √(c·d_outer/d_main) of the
            # outer stages') on the headline configuration at 0.35, against the same rows at one rate
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", stage_lr=True),
-           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", stage_lr=True)]
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", stage_lr=True),
+           # the Hourglass transformer's identity skip from the encoder to the decoder, against H-Net's zero init
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", skip=True),
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", skip=True)]
     return out
 
 
@@ -206,6 +212,7 @@ def build(spec: dict, context: int):
     base = hourglass_config(**spec["stages"], signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
                             budget_range=ELASTIC_RANGE if spec["elastic"] else None,
                             budget_skew=spec.get("skew", 1.0), budget_conditioning=spec.get("cond", False),
+                            residual_init="identity" if spec.get("skip") else "zero",
                             **spec.get("boundary", {}))
     cfg, match = match_main_width(base, reference_madds_per_byte(context), budget=b, L=context)
     return HourglassLM(cfg), "hourglass", {"family": "hourglass", "signal": spec["signal"],

@@ -106,7 +106,7 @@ class TextCommand(Options):
     config, budget, out, overwrite, measure : what runs and where it goes.
     corpus_dir, train_file, val_file, test_file : the data.
     d_model, n_layers, d_state, expand, tile_size, r_min, full_layers : a TiledLM configuration's model.
-    signal, dechunk, budget_range, budget_skew, budget_conditioning, d_outer, d_main, encoder_layers, main_layers, decoder_layers : the hourglass.
+    signal, dechunk, budget_range, budget_skew, budget_conditioning, residual_init, d_outer, d_main, encoder_layers, main_layers, decoder_layers : the hourglass.
     sweep, table, resume, results, figures, shard, only, wait_minutes, ablation, bundle : a sweep.
     """
 
@@ -152,6 +152,9 @@ class TextCommand(Options):
     budget_conditioning: bool = option(False, kind="bool",
                                        help="hourglass: learned vectors of the budget added to the main network's "
                                             "and the decoder's inputs (for elastic training)")
+    residual_init: str = option("zero", kind="str", choices=("zero", "identity"),
+                                help="hourglass: the encoder-to-decoder residual map at initialisation: zero "
+                                     "(H-Net's) or identity (the Hourglass transformer's skip connection)")
     d_outer: int = _size(128, 2 ** 14, "hourglass: width of the byte-level stages")
     d_main: int | None = _size(None, 2 ** 14, "hourglass: main network width (default: FLOP-matched within 5%% to "
                                               "plain Mamba of --d-model, --n-layers at --budget)")

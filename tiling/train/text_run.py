@@ -95,7 +95,8 @@ def build_hourglass(args):
                             decoder_layers=args.decoder_layers, d_state=args.d_state, expand=args.expand,
                             budget=args.budget, tile_size=args.tile_size, r_min=args.r_min, signal=args.signal,
                             dechunk=args.dechunk, budget_range=args.budget_range,
-                            budget_skew=args.budget_skew, budget_conditioning=args.budget_conditioning)
+                            budget_skew=args.budget_skew, budget_conditioning=args.budget_conditioning,
+                            residual_init=args.residual_init)
     match = None
     if args.d_main is None:
         ref = build_model(model_config("full", 1.0, d_model=args.d_model, n_layers=args.n_layers, d_state=args.d_state,
