@@ -106,7 +106,8 @@ class TextCommand(Options):
     config, budget, out, overwrite, measure : what runs and where it goes.
     corpus_dir, train_file, val_file, test_file : the data.
     d_model, n_layers, d_state, expand, tile_size, r_min, full_layers : a TiledLM configuration's model.
-    signal, dechunk, budget_range, budget_skew, budget_conditioning, residual_init, d_outer, d_main, encoder_layers, main_layers, decoder_layers : the hourglass.
+    signal, dechunk, budget_range, budget_skew, budget_conditioning, residual_init, d_outer, d_main, encoder_layers,
+    main_layers, decoder_layers : the hourglass.
     sweep, table, resume, results, figures, shard, only, wait_minutes, ablation, bundle : a sweep.
     """
 

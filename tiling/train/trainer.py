@@ -211,8 +211,8 @@ def _train(model, data: dict[str, Tensor], opts: TrainOptions, run: RunDirectory
     log_path = run.file("log.jsonl")
     torch.manual_seed(opts.seed)
     rng = random.Random(opts.seed)
-    groups = model.param_groups(opts.weight_decay, stage_lr=True) if opts.stage_lr else model.param_groups(opts.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=opts.lr, betas=(0.9, 0.95))
+    kw = {"stage_lr": True} if opts.stage_lr else {}  # an HourglassLM's option (train_run refuses it elsewhere)
+    opt = torch.optim.AdamW(model.param_groups(opts.weight_decay, **kw), lr=opts.lr, betas=(0.9, 0.95))
     ds = TextWindows(data["train"], opts.context, seed=opts.seed)
     val_windows = spaced_windows(data["validation"].numel(), opts.context, opts.val_windows)
     max_s = opts.max_minutes * 60.0
