@@ -180,7 +180,12 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", stage_lr=True),
            # the Hourglass transformer's identity skip from the encoder to the decoder, against H-Net's zero init
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", skip=True),
-           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", skip=True)]
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", skip=True),
+           # its uniform twin (goal (b) compares signals on the same stages and residual), and the skip at 0.5
+           hourglass_row("uniform", 0.35, 0, stages="wide", skip=True),
+           hourglass_row("uniform", 0.35, 1, stages="wide", skip=True),
+           hourglass_row("surprisal", 0.5, 0, dechunk="ema", stages="wide", skip=True),
+           hourglass_row("surprisal", 0.5, 1, dechunk="ema", stages="wide", skip=True)]
     return out
 
 
