@@ -58,7 +58,7 @@ def _time_scan(inp: dict, L: int, resolution: float, tile: int, reps: int, devic
 BLOCK_DIMS = dict(d_model=768, d_state=16, d_inner=1536, dt_rank=48, d_conv=4)
 
 
-def _block_cost(L: int, rbar: float, tile: int, scope: str, dims: dict) -> dict:
+def _block_cost(L: int, rbar: float, tile: int, scope: str, dims: dict, *, signal: bool = True) -> dict:
     r"""Whole-block multiply-adds (:func:`tiling.ops.layer_cost`) of a ``TiledMamba`` block on one
     sequence at constant resolution R̄, as the layer runs it (seed 000 §3.5.1).
 
@@ -67,6 +67,9 @@ def _block_cost(L: int, rbar: float, tile: int, scope: str, dims: dict) -> dict:
     tokens"; seed 001 §3.2.2), plus the linearised density signal on all ``L`` tokens when R̄ < 1
     (at budget 1 the layer runs no policy, so no signal). Scope ``"scan"``: every projection on
     ``L`` tokens, the scan at R̄, the density and routing of the default layer (``routing=True``).
+    That is the cost of a policy that reads the signal at mean resolution R̄ (the adaptive one);
+    ``signal=False``: the uniform policy's, which places its segments without one
+    (:meth:`~tiling.modules.TiledMamba.computes_signal`).
     """
     from tiling.ops import layer_cost, segment_counts, tile_lengths
 
@@ -74,8 +77,9 @@ def _block_cost(L: int, rbar: float, tile: int, scope: str, dims: dict) -> dict:
         lens = tile_lengths(L, tile)
         Lc = int(segment_counts(torch.full((lens.numel(),), float(rbar), dtype=F64), lens).sum())
         return layer_cost(L, scope="block", tile_size=tile, compact_length=Lc,
-                          signal="linear" if rbar < 1.0 else "none", **dims)
-    return layer_cost(L, scope="scan", tile_size=tile, resolution=float(rbar), routing=True, **dims)
+                          signal="linear" if rbar < 1.0 and signal else "none", **dims)
+    return layer_cost(L, scope="scan", tile_size=tile, resolution=float(rbar), routing=True,
+                      signal="linear" if signal else "none", **dims)
 
 
 def _time_block(layer, x: Tensor, budget: float, reps: int, device: str) -> float:
@@ -271,7 +275,7 @@ def _block_counts() -> dict:
 
 def _plan_check(seed: int) -> dict:
     """The whole-block counts are those the layer itself reports in ``plan.meta["layer_cost"]``
-    (n = 1024, R̄ = 1/4, both scopes)."""
+    (n = 1024, R̄ = 1/4, both scopes; a uniform layer, so without the signal)."""
     from tiling.config import TilingConfig
     from tiling.modules import TiledMamba
 
@@ -285,7 +289,7 @@ def _plan_check(seed: int) -> dict:
                              tiling=TilingConfig(tile_size=tile, scope=sc, policy="uniform", r_min=R_MIN)).eval()
         with torch.no_grad():
             got = lay.plan(xchk, budget=rchk).meta["layer_cost"]["total"]
-        want = _block_cost(Lchk, rchk, tile, sc, bd)["total"]
+        want = _block_cost(Lchk, rchk, tile, sc, bd, signal=False)["total"]
         plan_check[sc] = {"plan": int(got), "layer_cost": int(want), "equal": int(got) == int(want)}
         del lay
     return {"plan_check": plan_check, "Lchk": Lchk, "rchk": rchk}
