@@ -185,7 +185,12 @@ def rows() -> list[dict]:
            hourglass_row("uniform", 0.35, 0, stages="wide", skip=True),
            hourglass_row("uniform", 0.35, 1, stages="wide", skip=True),
            hourglass_row("surprisal", 0.5, 0, dechunk="ema", stages="wide", skip=True),
-           hourglass_row("surprisal", 0.5, 1, dechunk="ema", stages="wide", skip=True)]
+           hourglass_row("surprisal", 0.5, 1, dechunk="ema", stages="wide", skip=True),
+           # the elastic checkpoint with the skip (goal (d)), and its dedicated rows at 0.25
+           hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, skip=True),
+           hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0, skip=True),
+           hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="wide", skip=True),
+           hourglass_row("surprisal", 0.25, 1, dechunk="ema", stages="wide", skip=True)]
     return out
 
 
