@@ -498,7 +498,7 @@ class HourglassLM(nn.Module):
     def main_lr_scale(self) -> float:
         """H-Net's learning-rate modulation of the main network against the outer stages.
 
-        H-Net (Hwang, Wang, Gu 2025, §2.3, "learning rate modulation") sets stage ``s``'s rate to
+        H-Net (Hwang, Wang, Gu 2025, "learning rate modulation") sets stage ``s``'s rate to
         ``λ^s ∝ √(f^s · D^S / D^s)``, from two heuristics: the rate grows as the square root of the
         tokens a stage sees per batch (the fraction ``f^s`` of the bytes: 1 for the outer stages,
         the budget ``c`` for the main network) and falls as the square root of its width ``D^s``.
