@@ -210,6 +210,13 @@ def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path
                                              "kind": "evaluated", "row": "hg-elastic-entropy-skew3@1/s0",
                                              "source_row": "hg-elastic-entropy-skew3@0.25/s0"}
     assert sw.bundle(done)["hourglass"]["row"] == "hg-elastic-entropy@0.25/s0"
+    # a row whose checkpoint is gone (a table rebuilt from row.json files) is no candidate, not an error
+    done["mamba-d16/s0"] = {"row": "mamba-d16/s0", "kind": "trained", "test_bpb": 1.0,
+                            "checkpoint": str(tmp_path / "gone.safetensors")}
+    done["hg-elastic-entropy-skew6@0.25/s0"] = {**done["hg-elastic-entropy@0.25/s0"], "test_bpb": 1.0,
+                                                "row": "hg-elastic-entropy-skew6@0.25/s0",
+                                                "checkpoint": str(tmp_path / "gone.safetensors")}
+    assert {k: r["row"] for k, r in sw.bundle(done).items()} == {"hourglass": "hg-elastic-entropy@0.25/s0"}
 
 
 @pytest.mark.slow  # a full-size FLOP-matched hourglass (2.9 M parameters) and its figures: about a minute

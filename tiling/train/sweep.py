@@ -555,8 +555,11 @@ def bundle(done: dict) -> dict:
     ``bundled:full`` when it beats the installed one (lower test bpb); returns ``{name: row}`` installed.
 
     An elastic checkpoint serves every budget of its range, so the best is the one of lowest mean test bpb
-    over the budgets it was scored at (its own row at 0.25 and its evaluated rows at 0.35, 0.5 and 1)."""
+    over the budgets it was scored at (its own row at 0.25 and its evaluated rows at 0.35, 0.5 and 1).
+    Rows whose checkpoint is no longer on disk (a table rebuilt from ``row.json`` files alone) are not
+    candidates."""
     out = {}
+    done = {k: r for k, r in done.items() if r.get("kind") == "evaluated" or Path(r["checkpoint"]).is_file()}
     elastic = [r for r in done.values() if r["row"].startswith("hg-elastic-") and r.get("kind") == "trained"]
     if elastic:
         def served(row: dict) -> float:
