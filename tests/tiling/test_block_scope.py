@@ -15,7 +15,7 @@ from tiling.modules import TiledMamba
 from tiling.modules.chunk import (
     Chunk, check_layout, dithered_counts, layout_from_boundaries, layout_from_counts, segment_boundaries,
 )
-from tiling.ops import layer_cost, segment_counts
+from tiling.ops import layer_cost
 from tiling.ops.reference import block_scope_ref
 
 from test_tiled_mamba import assert_causal, assert_cpu_cuda_agree, hf_mixer, moves_earlier_outputs, stepped
