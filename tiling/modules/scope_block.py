@@ -120,10 +120,10 @@ class TileBoundaries:
         T, n_tiles = layer.tile_size, -(-L // layer.tile_size)
         full = layer._full(c)
         rho = rho_tile = None
-        uniform = layer.policy == "uniform"  # R_i = c: the signal only feeds the plan's report
-        if need_density or not (full or uniform):
+        reads = self.signal_used(layer, c)  # the count's answer too: budget 1 and R_i = c need no signal
+        if need_density or reads:
             rho = density.detach().to(device=x.device) if density is not None else layer._signal(x)
-        if full or uniform:
+        if not reads:  # full, or uniform: the signal only feeds the plan's report
             if rho is not None:
                 rho_tile = tile_density(rho.to(torch.float64), T)
             if full:

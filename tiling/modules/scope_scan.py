@@ -68,8 +68,8 @@ class ScanScope(Scope):
         full = layer._full(c)
         if full and not return_plan:
             R = torch.ones(batch, n_tiles)
-        elif layer.policy == "uniform" and self.tiling.state_k is None and not return_plan:
-            R = torch.full((batch, n_tiles), c)  # R_i = c: no density needed
+        elif not (return_plan or self.computes_signal(layer, c)):
+            R = torch.full((batch, n_tiles), c)  # R_i = c: no density needed (the count's answer too)
         else:
             rho = self.density(layer, dt_raw, B, density)
             if full:
