@@ -4,10 +4,9 @@ A forward of a byte LM allocates its activations afresh at every layer (``batch�
 each: 1 MiB at 1 × 1,024 bytes and d_model 256, 8 MiB at 8 × 1,024). With glibc's default
 thresholds, blocks that size are returned to the kernel when they are freed (``mmap``'d blocks,
 and the top of the heap past ``M_TRIM_THRESHOLD``), so the next forward faults every page in
-again: 2,000–22,000 minor page faults per forward at 8 × 1,024 on the project's machine
-(``getrusage``), a tenth of the forward's time, and more of it at budget 0.25 than at 1, since the
-full-resolution arrays (embedding, norms, residual, head) are what a cheaper plan keeps
-(``docs/benchmarks.md``, issue 23). PyTorch's CPU tensors have no caching allocator of their own;
+again: thousands of minor page faults per forward at 8 × 1,024 (``getrusage``), a larger share of a
+forward at budget 0.25 than at 1, since the full-resolution arrays (embedding, norms, residual, head)
+are what a cheaper plan keeps (``docs/benchmarks.md``, issue 23). PyTorch's CPU tensors have no caching allocator of their own;
 its performance guide suggests a different ``malloc`` (jemalloc, tcmalloc) for the same reason.
 
 :func:`keep_freed_memory` makes glibc keep freed blocks for reuse instead. It is process-wide, so
