@@ -1327,6 +1327,7 @@ Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<flo
 #include "lm_step.h"  // the whole LM's decoding step, over layer_step_rows, rms_rows and matvec_rows
 #include "stack_step.h"  // a stack of full-resolution layers' step (the hourglass' stages)
 #include "segments.h"  // the block scope's chunk and dechunk (inference)
+#include "block_fwd.h"  // the block scope's whole mixer in one call (inference)
 
 }  // namespace
 
@@ -1347,6 +1348,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())
       .def("step", &StackDecoder::step, "one token per row: (status, [h, last normed input, conv, ssm])");
   m.def("chunk_fwd", &chunk_fwd, "the block scope's chunk: representatives + gated mean pool (Chunk.forward)");
+  m.def("block_fwd", &block_fwd, "the block scope's mixer in inference, chunk to hold, in one call");
   m.def("hold_fwd", &hold_fwd, "the block scope's dechunk: each segment's output held over its tokens");
   m.def("rms_norm_fwd", &rms_norm_fwd, "RMSNorm over the last dim: (y, 1/rms per row)");
   m.def("rms_norm_bwd", &rms_norm_bwd, "gradients (dx, dw) of rms_norm_fwd");

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import tiling.modules.chunk as chunk_mod
 import tiling.policy as policy_mod
@@ -258,6 +259,43 @@ def test_conv_silu_kernel_equals_the_torch_expression(dtype):
         torch.testing.assert_close(got, want, **tol)
         for a, r in zip(gg, gw):
             torch.testing.assert_close(a, r, **tol)
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, f64])
+@pytest.mark.parametrize("policy,budget,gate", [("uniform", 1.0, True), ("uniform", 0.25, True),
+                                                ("uniform", 0.25, False), ("adaptive", 0.3, True)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_block_mixer_in_one_call_equals_the_op_by_op_path(dtype, policy, budget, gate, bias, monkeypatch):
+    """The block scope's mixer as one kernel call (``block_fwd``) equals its Python path bit for bit: no
+    layout (budget 1), the uniform layout with an open and a closed pool gate, the adaptive policy's ragged
+    layouts over a batch, with and without the linear layers' biases; it stands aside (None) where a
+    gradient is wanted or a dispatch mode counts torch's ops."""
+    from tiling.modules.scope_block import BlockScope
+    from tiling.ops.block import block_mixer
+    torch.manual_seed(0)
+    layer = TiledMamba(24, d_state=8, d_conv=3, bias=bias, tiling=TilingConfig(tile_size=8, budget=budget, policy=policy),
+                       dtype=dtype).eval()
+    with torch.no_grad():
+        layer.chunk.pool_gate.normal_(0.0, 0.5) if gate else layer.chunk.pool_gate.zero_()
+        for lin in (layer.in_proj, layer.out_proj):
+            if lin.bias is not None:
+                lin.bias.normal_(0.0, 0.5)
+    x = torch.randn(3, 70, 24, dtype=dtype)
+    calls = []
+    monkeypatch.setattr("tiling.modules.scope_block.block_mixer", lambda *a, **k: calls.append(1) or block_mixer(*a, **k))
+    with torch.no_grad():
+        got = layer(x)
+        monkeypatch.setattr(BlockScope, "_one_call", staticmethod(lambda *a: None))
+        want = layer(x)
+    assert calls and torch.equal(got, want)
+    if budget < 1:
+        assert layer.plan(x).meta["compact_length"] < 70  # a real layout was chunked and held
+    kw = dict(in_proj=layer.in_proj, conv1d=layer.conv1d, x_proj=layer.x_proj, dt_proj=layer.dt_proj,
+              A_log=layer.A_log, D=layer.D, out_proj=layer.out_proj)
+    assert block_mixer(x, **kw) is None  # parameters that want a gradient
+    with torch.no_grad(), FlopCounterMode(display=False):
+        assert block_mixer(x, **kw) is None
 
 
 @needs_kernel

@@ -33,6 +33,7 @@ from tiling.modules.router import RouterState, TileRouter, TileRouterState, Toke
 from tiling.modules.signal import step_signal
 from tiling.modules.scope import Scope, TileCosts, TiledMambaState
 from tiling.ops import tile_lengths
+from tiling.ops.block import block_mixer
 from tiling.ops.cost import block_unit_costs, layer_cost, signal_cost_per_token
 from tiling.config import TilingConfig
 from tiling.policy import tile_density
@@ -278,18 +279,34 @@ class BlockScope(Scope):
         L = x.shape[1]
         seg = self.boundaries.segments(layer, x, density, curvature, c, layer.training, return_plan)
         layout = seg.layout
-        if layout is None:
-            xc, gap = x, None
-        else:
-            xc, gap = layer.chunk(x, layout, validate=False), layout.gap
-        u, z, dt_raw, B, C = layer._project(xc)
-        y = layer._scan(u, dt_raw, B, C, z, gap=gap)
-        out = layer._out(y)
-        if layout is not None:
-            out = layer.dechunk(out, layout, seg.confidence, validate=False)
+        out = None if layer.validate or seg.confidence is not None else self._one_call(layer, x, layout)
+        if out is None:  # the reference path, op by op (a gradient, another device, a dispatch mode)
+            if layout is None:
+                xc, gap = x, None
+            else:
+                xc, gap = layer.chunk(x, layout, validate=False), layout.gap
+            u, z, dt_raw, B, C = layer._project(xc)
+            y = layer._scan(u, dt_raw, B, C, z, gap=gap)
+            out = layer._out(y)
+            if layout is not None:
+                out = layer.dechunk(out, layout, seg.confidence, validate=False)
         if return_plan:
             return out, layer._make_plan(seg.resolution, None, seg.tile_density, seg.density, L, c, layout=layout)
         return out
+
+    @staticmethod
+    def _one_call(layer: TiledMamba, x: Tensor, layout: SegmentLayout | None) -> Tensor | None:
+        """The mixer from chunk to hold in one kernel call (:func:`~tiling.ops.block.block_mixer`), equal
+        to the path below it bit for bit; None where that kernel does not run."""
+        start = span = gate = gap = None
+        if layout is not None:
+            gap = layout.gap
+            if not layout.is_identity:
+                start, span = layout.start.contiguous(), layout.span.contiguous()
+                gate = layer.chunk.pool_gate if bool(layer.chunk.pool_gate.any()) else None
+        return block_mixer(x.contiguous(), in_proj=layer.in_proj, conv1d=layer.conv1d, x_proj=layer.x_proj,
+                           dt_proj=layer.dt_proj, A_log=layer.A_log, D=layer.D, out_proj=layer.out_proj,
+                           start=start, span=span, gate=gate, gap=gap)
 
     def plan(self, layer: TiledMamba, x: Tensor, density, curvature, c: float) -> TilePlan:
         seg = self.boundaries.segments(layer, x, density, curvature, c, False, True)
