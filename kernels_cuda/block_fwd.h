@@ -6,8 +6,8 @@
 //   ->  TiledMamba._scan (softplus_gap where the layout has gaps, the scan at R = 1)  ->  TiledMamba._out
 //   ->  Dechunk.forward (hold_fwd),
 // so its output equals that path's bit for bit (tests/tiling/test_model_speed.py); what goes is the
-// interpreter's work between the ops (about thirty Python-level calls per layer, ~0.15 ms at any
-// size, a tenth of a d_model 256 layer's forward at budget 0.25 on 1 x 1,024 bytes).
+// interpreter's work between the ops (about thirty Python-level calls per layer), a cost that does not
+// shrink with the plan and so weighs most at a low budget.
 #pragma once
 
 // block_fwd(x (Bt, L, d); the layout's start, span (Bt, Lc) int64 or None (every token a segment), the

@@ -5,9 +5,8 @@
     chunk → in_proj → conv + SiLU → x_proj → dt_proj → Δ = softplus(·)·gap → scan at R = 1 → out_proj → hold
 
 about thirty Python-level calls, each a dispatch through the interpreter. On the CPU that work
-costs the same at any size (≈ 0.15 ms per layer), a tenth of a d_model 256 layer's forward at
-budget 0.25 on 1 × 1,024 bytes, and none of it is arithmetic the count holds (issue 23: time
-follows FLOPs). :func:`block_mixer` makes the same products and kernel calls from C++, in the same
+costs the same whatever the plan, so it weighs most at a low budget, and none of it is arithmetic
+the count holds (issue 23: time follows FLOPs; ``docs/benchmarks.md``, runs 18–20). :func:`block_mixer` makes the same products and kernel calls from C++, in the same
 order on the same layouts, so its output equals the Python path bit for bit (tested); the Python
 path stays the reference, and runs wherever this one does not (a gradient, another device, a
 ``torch.func`` transform or dispatch mode such as ``FlopCounterMode``).
