@@ -274,10 +274,10 @@ def test_block_mixer_in_one_call_equals_the_op_by_op_path(dtype, policy, budget,
     from tiling.modules.scope_block import BlockScope
     from tiling.ops.block import block_mixer
     torch.manual_seed(0)
-    layer = TiledMamba(24, d_state=8, d_conv=3, bias=bias, tiling=TilingConfig(tile_size=8, budget=budget, policy=policy),
-                       dtype=dtype).eval()
+    tiling = TilingConfig(tile_size=8, budget=budget, policy=policy)
+    layer = TiledMamba(24, d_state=8, d_conv=3, bias=bias, tiling=tiling, dtype=dtype).eval()
     with torch.no_grad():
-        layer.chunk.pool_gate.normal_(0.0, 0.5) if gate else layer.chunk.pool_gate.zero_()
+        layer.chunk.pool_gate.normal_(0.0, 0.5 if gate else 0.0)  # a closed gate is zero: the reps alone
         for lin in (layer.in_proj, layer.out_proj):
             if lin.bias is not None:
                 lin.bias.normal_(0.0, 0.5)
