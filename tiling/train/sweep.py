@@ -380,8 +380,9 @@ def write_results(done: dict, results: Path, figures_dir: Path | None, command: 
     table_rows = sorted(done.values(), key=lambda r: order.get(r["row"], 1e9))
     table = {"description": "Byte-level LMs on the Python 3.11 documentation: plain Mamba against the hourglass "
                             "(tiling.train.sweep). test_bpb on the test split; flops_per_byte = 2 x multiply-adds as "
-                            "run (HourglassLM.cost / layer_cost) plus the tied head; every row trained for the same "
-                            "CPU time on one thread.",
+                            "run (HourglassLM.cost / layer_cost) plus the tied head; every row trained on one thread "
+                            "for the same CPU time, or to the same step count where --max-steps stopped it first "
+                            "(each row's steps and train_seconds say which).",
              "command": command, "goals": goals(table_rows), "rows": table_rows}
     atomic_write_json(results, table)
     if figures_dir is not None:
@@ -521,8 +522,9 @@ def sweep(args) -> dict:
                         batch_size=args.batch_size, max_steps=args.max_steps, val_windows=args.val_windows,
                         test_bytes=args.test_bytes, speed=not args.no_speed, quiet=args.quiet, threads=args.threads,
                         eval_every_steps=args.eval_every_steps)
+    steps = "" if args.max_steps is None else f" --max-steps {args.max_steps}"  # the limit the rows stopped at
     command = (f"python -m tiling.train.sweep --resume --out {args.out} --max-minutes {args.max_minutes:g} "
-               f"--clock {args.clock} --shard i/n")
+               f"--clock {args.clock}{steps} --shard i/n")
     specs = rows()
     mine = [s for i, s in enumerate(specs) if i % args.shard_count == args.shard_index
             and (args.only is None or s["name"] in args.only)]
