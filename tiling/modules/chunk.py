@@ -382,8 +382,7 @@ class Chunk(nn.Module):
             return x
         ext = None if needs_grad(x, self.pool_gate) else cpu_kernels(x, self.pool_gate)
         if ext is not None:  # inference on the CPU: one pass (kernels_cuda/segments.h); the ops below are its reference
-            gate = self.pool_gate if bool(self.pool_gate.any()) else None
-            return ext.chunk_fwd(x.contiguous(), layout.start.contiguous(), layout.span.contiguous(), gate)
+            return ext.chunk_fwd(x.contiguous(), layout.start.contiguous(), layout.span.contiguous(), self.open_gate())
         Lc = layout.compact_length
         flat = x.reshape(batch * L, d)
         reps = flat.index_select(0, layout.flat_start).view(batch, Lc, d)
@@ -394,6 +393,11 @@ class Chunk(nn.Module):
         pooled = flat.new_zeros(batch * (Lc + 1) + 1, d).index_add_(0, target, flat)
         pooled = pooled[:-1].view(batch, Lc + 1, d)[:, :Lc]
         return reps + self.pool_gate * (pooled / count.unsqueeze(-1).to(x.dtype))
+
+    def open_gate(self) -> Tensor | None:
+        """The pool gate for the inference kernels, or None when it is closed (all zero): a closed gate
+        adds exactly nothing, so the kernels copy the representatives alone."""
+        return self.pool_gate if bool(self.pool_gate.any()) else None
 
     def allocate(self, batch: int, like: Tensor) -> ChunkState:
         """An empty :class:`ChunkState` for ``batch`` rows, of ``like``'s dtype and device."""

@@ -303,7 +303,7 @@ class BlockScope(Scope):
             gap = layout.gap
             if not layout.is_identity:
                 start, span = layout.start.contiguous(), layout.span.contiguous()
-                gate = layer.chunk.pool_gate if bool(layer.chunk.pool_gate.any()) else None
+                gate = layer.chunk.open_gate()
         return block_mixer(x.contiguous(), in_proj=layer.in_proj, conv1d=layer.conv1d, x_proj=layer.x_proj,
                            dt_proj=layer.dt_proj, A_log=layer.A_log, D=layer.D, out_proj=layer.out_proj,
                            start=start, span=span, gate=gate, gap=gap)

@@ -6,8 +6,9 @@
 
 about thirty Python-level calls, each a dispatch through the interpreter. On the CPU that work
 costs the same whatever the plan, so it weighs most at a low budget, and none of it is arithmetic
-the count holds (issue 23: time follows FLOPs; ``docs/benchmarks.md``, runs 18–20). :func:`block_mixer` makes the same products and kernel calls from C++, in the same
-order on the same layouts, so its output equals the Python path bit for bit (tested); the Python
+the count holds (issue 23: time follows FLOPs; ``docs/benchmarks.md``, runs 18–23).
+:func:`block_mixer` makes the same products and kernel calls from C++, in the same order on the same
+layouts, so its output equals the Python path bit for bit (tested); the Python
 path stays the reference, and runs wherever this one does not (a gradient, another device, a
 ``torch.func`` transform or dispatch mode such as ``FlopCounterMode``).
 """
