@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +293,21 @@ def test_a_stage_lr_row_is_named_and_trained_with_it():
     assert skip["name"] == "hg-surprisal-ema-wide-skip@0.35/s0" and skip["name"] in {r["name"] for r in sw.rows()}
     model, _, info = sw.build(skip, 64)
     assert model.config.residual_init == "identity" and info["hourglass"]["residual_init"] == "identity"
+
+
+def test_a_row_of_its_own_learning_rate_is_named_and_trained_with_it_and_goal_a_takes_the_best_rate(monkeypatch):
+    plain, hg = sw.plain_row(256, 1, lr=3e-3), sw.hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide",
+                                                                skip=True, lr=3e-3)
+    assert plain["name"] == "mamba-d256-lr0.003/s1" and hg["name"] == "hg-surprisal-ema-wide-skip-lr0.003@0.35/s0"
+    assert sw.plain_row(256, 1)["name"] == "mamba-d256/s1" and {plain["name"], hg["name"]} <= {r["name"] for r in sw.rows()}
+    seen = {}
+    monkeypatch.setattr(sw, "train_run", lambda model, data, opts, out, **kw: seen.setdefault("lr", opts.lr))
+    sw.run_spec(sw.plain_row(16, 0, lr=3e-3), {}, TrainOptions(context=16), Path("/nonexistent"), {})
+    assert seen["lr"] == 3e-3
+    seen.clear()
+    sw.run_spec(sw.plain_row(16, 0), {}, TrainOptions(context=16, lr=1e-3), Path("/nonexistent"), {})
+    assert seen["lr"] == 1e-3
+    row = lambda name, bpb: {"row": name, "test_bpb": bpb, "signal": "surprisal", "dechunk": "ema"}  # noqa: E731
+    g = sw.goals([row("mamba-d256/s0", 1.80), row("mamba-d256-lr0.003/s0", 1.75),
+                  row("hg-surprisal-ema-wide-skip@0.35/s0", 1.78)])
+    assert g["a_quality_per_flop"]["mamba-d256"] == 1.75 and g["a_quality_per_flop"]["met"] is False

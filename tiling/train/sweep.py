@@ -66,18 +66,26 @@ ELASTIC_SKEWS = (3.0, 6.0)
 STRIP_OFFSET = 2000
 
 
-def plain_row(d_model: int, seed: int) -> dict:
-    return {"name": f"mamba-d{d_model}/s{seed}", "family": "plain", "d_model": d_model, "seed": seed, "budget": 1.0}
+def lr_tag(lr: float | None) -> str:
+    """The part of a row's name that says a learning rate other than the sweep's (``--lr``'s default)."""
+    return "" if lr is None else f"-lr{lr:g}"
+
+
+def plain_row(d_model: int, seed: int, *, lr: float | None = None) -> dict:
+    """A plain Mamba row; ``lr``: its own AdamW learning rate (named ``-lrX``), None: the sweep's."""
+    return {"name": f"mamba-d{d_model}{lr_tag(lr)}/s{seed}", "family": "plain", "d_model": d_model, "seed": seed,
+            "budget": 1.0, "lr": lr}
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
                   stages: str = "", skew: float = 1.0, cond: bool = False, stage_lr: bool = False,
-                  skip: bool = False, **boundary) -> dict:
+                  skip: bool = False, lr: float | None = None, **boundary) -> dict:
     """A hourglass row; ``dechunk`` None: the signal's default (:func:`default_dechunk`), else named in the row;
     ``stages``: a key of :data:`STAGES` ("" the default :data:`OUTER`; else the name's suffix); ``skew``: an
     elastic row's ``budget_skew`` (named ``-skewγ`` when not 1); ``cond``: ``budget_conditioning`` (named
     ``-cond``); ``stage_lr``: H-Net's per-stage learning rate (:class:`~tiling.train.trainer.TrainOptions`'
-    ``stage_lr``, named ``-stagelr``); ``skip``: ``residual_init="identity"`` (named ``-skip``); ``boundary``:
+    ``stage_lr``, named ``-stagelr``); ``skip``: ``residual_init="identity"`` (named ``-skip``); ``lr``: the row's own learning rate (named
+    ``-lrX``, :func:`lr_tag`; None: the sweep's); ``boundary``:
     fields of the
     :class:`~tiling.config.BoundaryConfig` other than their defaults, named in the row (:func:`boundary_tag`)."""
     if stages not in STAGES:
@@ -86,13 +94,13 @@ def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = Fals
     dechunk = dechunk or default
     tag = ((f"hg-elastic-{signal}" if elastic else f"hg-{signal}") + ("" if dechunk == default else f"-{dechunk}")
            + boundary_tag(boundary) + (f"-{stages}" if stages else "") + ("-stagelr" if stage_lr else "")
-           + ("-skip" if skip else "")
+           + ("-skip" if skip else "") + lr_tag(lr)
            + ("-cond" if cond else "")
            + (f"-skew{skew:g}" if elastic and skew != 1.0 else ""))
     return {"name": f"{tag}@{budget:g}/s{seed}", "family": "hourglass", "signal": signal, "budget": budget,
             "seed": seed, "elastic": elastic, "dechunk": dechunk, "stages": STAGES[stages],
             "skew": skew if elastic else 1.0, "cond": cond, "stage_lr": stage_lr, "skip": skip,
-            "boundary": boundary}
+            "lr": lr, "boundary": boundary}
 
 
 #: how a row's name says a boundary field other than its default: BLT's monotonic rule, the seeds' per-tile
@@ -190,7 +198,13 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, skip=True),
            hourglass_row("surprisal", 0.25, 1, elastic=True, dechunk="ema", stages="wide", skew=6.0, skip=True),
            hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="wide", skip=True),
-           hourglass_row("surprisal", 0.25, 1, dechunk="ema", stages="wide", skip=True)]
+           hourglass_row("surprisal", 0.25, 1, dechunk="ema", stages="wide", skip=True),
+           # the learning rate 1.5× the sweep's (3e-3, never tuned) for the best information row and for d256:
+           # does either configuration, at equal bytes, gain more from it (goal (a) compares them at one rate)
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", skip=True, lr=3e-3),
+           plain_row(256, 0, lr=3e-3),
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", skip=True, lr=3e-3),
+           plain_row(256, 1, lr=3e-3)]
     return out
 
 
@@ -244,7 +258,8 @@ def run_spec(spec: dict, data: dict, opts: TrainOptions, out: Path, done: dict) 
         return row
     torch.manual_seed(spec["seed"])
     model, configuration, info = build(spec, opts.context)
-    run_opts = replace(opts, seed=spec["seed"], stage_lr=spec.get("stage_lr", False))
+    run_opts = replace(opts, seed=spec["seed"], stage_lr=spec.get("stage_lr", False),
+                       lr=spec.get("lr") or opts.lr)
     return train_run(model, data, run_opts, row_dir(out, spec["name"]), name=spec["name"],
                      configuration=configuration, budget=spec["budget"], info=info)
 
@@ -312,7 +327,8 @@ def goals(table_rows: list[dict]) -> dict:
     plain = {k: v for k, v in bpb.items() if k.startswith("mamba-")}
     info_rows = {k: v for k, v in bpb.items() if k.startswith("hg-") and not k.startswith(("hg-uniform", "hg-elastic"))
                  and float(k.split("@")[1]) <= 0.35}
-    ref = plain.get("mamba-d256")
+    # the reference at its best learning rate (the sweep's, or a row's own ``-lrX``): each side tuned alike
+    ref = min((v for k, v in plain.items() if k == "mamba-d256" or k.startswith("mamba-d256-lr")), default=None)
     if info_rows:
         best = min(info_rows, key=info_rows.get)
         out["best_information_hourglass"] = best
