@@ -12,14 +12,16 @@
 
 // block_fwd(x (Bt, L, d); the layout's start, span (Bt, Lc) int64 or None (every token a segment), the
 // pool gate (d,) or None (closed), gap (Bt, Lc) or None (no layout); the mixer's weights as
-// nn.Linear/nn.Conv1d hold them; the scan's plan at R = 1 for (Bt, Lc)) -> (Bt, L, d).
+// nn.Linear/nn.Conv1d hold them; the scan's plan at R = 1 for (Bt, Lc); residual (Bt, L, d) or None)
+//   -> (Bt, L, d): the mixer's output, plus residual where given (TiledLM's h + layer(x), summed as the hold
+//   writes: the same sums as the separate add, without one more pass over the full-resolution output).
 Tensor block_fwd(const Tensor& x, const c10::optional<Tensor>& start, const c10::optional<Tensor>& span,
                  const c10::optional<Tensor>& gate, const c10::optional<Tensor>& gap, const Tensor& in_w,
                  const c10::optional<Tensor>& in_b, const Tensor& conv_w, const c10::optional<Tensor>& conv_b,
                  const Tensor& x_proj_w, const Tensor& dt_proj_w, const Tensor& dt_bias, const Tensor& A_log,
                  const Tensor& D, const Tensor& out_w, const c10::optional<Tensor>& out_b, const Tensor& resolution,
                  const Tensor& seg_counts, const Tensor& state_dims, const Tensor& ckpt_slot, int64_t n_ckpt,
-                 int64_t tile_size) {
+                 int64_t tile_size, const c10::optional<Tensor>& residual) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 3 && x.is_contiguous(), "block_fwd: x must be contiguous (Bt, L, d) on the CPU");
   TORCH_CHECK(start.has_value() == span.has_value(), "block_fwd: start and span go together");
   const int64_t L = x.size(1), E = in_w.size(0) / 2, dm = in_w.size(1), r = dt_proj_w.size(1);
@@ -54,5 +56,6 @@ Tensor block_fwd(const Tensor& x, const c10::optional<Tensor>& start, const c10:
   // _out, then the hold
   Tensor out = at::bmm(y.transpose(1, 2), out_w.t().expand({Bt, E, out_w.size(0)}));
   if (out_b) out = out + *out_b;
-  return start ? hold_fwd(out.contiguous(), *start, *span, L) : out;
+  if (start) return hold_fwd(out.contiguous(), *start, *span, L, residual);  // the residual added while held
+  return residual ? *residual + out : out;
 }

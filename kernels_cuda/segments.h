@@ -61,8 +61,12 @@ Tensor chunk_fwd(const Tensor& x, const Tensor& start, const Tensor& span, const
   return out;
 }
 
-// hold_fwd(y (Bt, Lc, d), start (Bt, Lc) int64, span (Bt, Lc) int64, L) -> (Bt, L, d).
-Tensor hold_fwd(const Tensor& y, const Tensor& start, const Tensor& span, int64_t L) {
+// hold_fwd(y (Bt, Lc, d), start (Bt, Lc) int64, span (Bt, Lc) int64, L, residual (Bt, L, d) or None)
+//   -> (Bt, L, d): each segment's row of y over its tokens, plus residual where given (the LM's h + layer
+//   output in the same pass: the sum a separate add would make, element for element, without writing
+//   and reading the held output once more).
+Tensor hold_fwd(const Tensor& y, const Tensor& start, const Tensor& span, int64_t L,
+                const c10::optional<Tensor>& residual) {
   TORCH_CHECK(y.device().is_cpu() && y.is_contiguous() && y.dim() == 3, "hold_fwd: y must be contiguous (Bt, Lc, d) on the CPU");
   TORCH_CHECK(start.scalar_type() == at::kLong && span.scalar_type() == at::kLong && start.is_contiguous() &&
                   span.is_contiguous() && start.dim() == 2 && start.size(0) == y.size(0) && start.size(1) == y.size(1) &&
@@ -80,15 +84,31 @@ Tensor hold_fwd(const Tensor& y, const Tensor& start, const Tensor& span, int64_
     }
     TORCH_CHECK(next == L, "hold_fwd: the segments of row ", b, " cover ", next, " tokens, not L = ", L);
   }
+  if (residual)
+    TORCH_CHECK(residual->device().is_cpu() && residual->is_contiguous() && residual->scalar_type() == y.scalar_type() &&
+                    residual->sizes() == at::IntArrayRef({Bt, L, d}),
+                "hold_fwd: residual must be contiguous (Bt, L, d) on the CPU, of y's dtype");
   Tensor out = torch::empty({Bt, L, d}, y.options());
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "hold_fwd", [&] {
     using T = scalar_t;
+    constexpr int W = VT<T>::W;
     const T* yp = y.data_ptr<T>();
+    const T* rp = residual ? residual->data_ptr<T>() : nullptr;
     T* op = out.data_ptr<T>();
     rows_for(Bt * Lc, Bt * L * d > 65536, [&](int64_t r) {
       const int64_t b = r / Lc;
       const T* src = yp + r * d;
-      for (int64_t t = a[r]; t < a[r] + n[r]; ++t) std::memcpy(op + (b * L + t) * d, src, sizeof(T) * d);
+      for (int64_t t = a[r]; t < a[r] + n[r]; ++t) {
+        T* o = op + (b * L + t) * d;
+        if (!rp) {
+          std::memcpy(o, src, sizeof(T) * d);
+          continue;
+        }
+        const T* h = rp + (b * L + t) * d;
+        int64_t j = 0;
+        for (; j + W <= d; j += W) storeu(o + j, loadu(h + j) + loadu(src + j));
+        for (; j < d; ++j) o[j] = h[j] + src[j];
+      }
     });
   });
   return out;

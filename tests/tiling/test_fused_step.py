@@ -17,7 +17,7 @@ import tiling.train.model as model_mod
 from tiling.config import TilingConfig
 from tiling.modules.step_weights import step_weights
 from tiling.ops.scan import cpu_kernels
-from tiling.train.lm_state import FLAT_FIELDS, TiledLMState, flatten
+from tiling.train.lm_state import FLAT_FIELDS, TiledLMState, at_position, flatten
 from tiling.train.model import TiledLM
 
 pytestmark = pytest.mark.skipif(cpu_kernels(torch.zeros(1)) is None, reason="no compiled CPU kernel")
@@ -440,3 +440,18 @@ def test_a_model_that_decoded_can_be_copied_and_saved():
     assert "_fused_plans" not in twin.__dict__
     torch.testing.assert_close(decode(twin, x)[0], first, rtol=0, atol=0)
     torch.testing.assert_close(decode(pickle.loads(pickle.dumps(model)), x)[0], first, rtol=0, atol=0)
+
+
+def test_a_router_state_moved_to_a_position_keeps_every_other_field():
+    """``at_position`` builds the state field by field (no ``dataclasses.replace``): it must name every field,
+    so a field added to ``TileRouterState`` fails here rather than being dropped."""
+    model = lm(0.25)
+    _, states = decode(model, torch.randint(0, 32, (2, 11)))
+    src = states[-1].flat.tile_routers[0]
+    assert src.boundary is not None and src.starts is not None and src.surplus is None
+    moved = at_position(src, 20)
+    assert moved.position == 20 and at_position(src, src.position) is src
+    fields = [f.name for f in dataclasses.fields(type(src))]
+    assert fields == ["position", "signal", "tiles", "carry", "boundary", "surplus", "starts"]
+    for name in fields[1:]:
+        assert getattr(moved, name) is getattr(src, name), name

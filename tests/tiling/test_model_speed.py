@@ -270,7 +270,7 @@ def test_block_mixer_in_one_call_equals_the_op_by_op_path(dtype, policy, budget,
     """The block scope's mixer as one kernel call (``block_fwd``) equals its Python path bit for bit: no
     layout (budget 1), the uniform layout with an open and a closed pool gate, the adaptive policy's ragged
     layouts over a batch, with and without the linear layers' biases; it stands aside (None) where a
-    gradient is wanted or a dispatch mode counts torch's ops."""
+    gradient is wanted or a dispatch mode counts torch's ops. With a residual it equals ``residual + out``."""
     from tiling.modules.scope_block import BlockScope
     from tiling.ops.block import block_mixer
     torch.manual_seed(0)
@@ -284,11 +284,12 @@ def test_block_mixer_in_one_call_equals_the_op_by_op_path(dtype, policy, budget,
     x = torch.randn(3, 70, 24, dtype=dtype)
     calls = []
     monkeypatch.setattr("tiling.modules.scope_block.block_mixer", lambda *a, **k: calls.append(1) or block_mixer(*a, **k))
+    h = torch.randn(3, 70, 24, dtype=dtype)  # a residual stream: the hold adds it as it writes
     with torch.no_grad():
-        got = layer(x)
+        got, got_h = layer(x), layer(x, residual=h, check=False)
         monkeypatch.setattr(BlockScope, "_one_call", staticmethod(lambda *a: None))
         want = layer(x)
-    assert calls and torch.equal(got, want)
+    assert len(calls) == 2 and torch.equal(got, want) and torch.equal(got_h, h + want)
     if budget < 1:
         assert layer.plan(x).meta["compact_length"] < 70  # a real layout was chunked and held
     kw = dict(in_proj=layer.in_proj, conv1d=layer.conv1d, x_proj=layer.x_proj, dt_proj=layer.dt_proj,
@@ -409,9 +410,11 @@ def test_the_hold_kernel_refuses_segments_that_do_not_tile_the_row():
     ext = policy_kernels()
     y = torch.randn(1, 2, 3)
     with pytest.raises(RuntimeError, match="do not tile"):
-        ext.hold_fwd(y, torch.tensor([[0, 3]]), torch.tensor([[2, 2]]), 4)
+        ext.hold_fwd(y, torch.tensor([[0, 3]]), torch.tensor([[2, 2]]), 4, None)
     with pytest.raises(RuntimeError, match="cover 3 tokens"):
-        ext.hold_fwd(y, torch.tensor([[0, 2]]), torch.tensor([[2, 1]]), 4)
+        ext.hold_fwd(y, torch.tensor([[0, 2]]), torch.tensor([[2, 1]]), 4, None)
+    with pytest.raises(RuntimeError, match="residual must be contiguous"):  # a residual of another length
+        ext.hold_fwd(y, torch.tensor([[0, 2]]), torch.tensor([[2, 2]]), 4, torch.randn(1, 3, 3))
     with pytest.raises(RuntimeError, match="outside the row"):
         ext.chunk_fwd(torch.randn(1, 4, 3), torch.tensor([[0, 4]]), torch.tensor([[4, 1]]), None)
 

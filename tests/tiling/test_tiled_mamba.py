@@ -247,6 +247,10 @@ def test_bad_input():
         layer(bad)
     with pytest.raises(ValueError, match="budget"):
         layer(torch.randn(1, 8, 16), budget=1.5)
+    with pytest.raises(ValueError, match="residual"):  # the residual must have the input's shape and dtype
+        layer(torch.randn(1, 8, 16), residual=torch.randn(1, 7, 16))
+    with pytest.raises(TypeError, match="residual"):
+        layer(torch.randn(1, 8, 16), residual=torch.randn(1, 8, 16, dtype=torch.float64))
     with pytest.raises(ValueError, match="density"):
         layer(torch.randn(1, 8, 16), density=torch.ones(1, 7))
     with pytest.raises(ValueError, match="non-negative"):

@@ -474,7 +474,7 @@ class Dechunk(nn.Module):
         if not layout.is_identity:
             ext = None if needs_grad(y) else cpu_kernels(y)
             if ext is not None:  # inference on the CPU: each row copied once (kernels_cuda/segments.h)
-                y = ext.hold_fwd(y.contiguous(), layout.start.contiguous(), layout.span.contiguous(), layout.L)
+                y = ext.hold_fwd(y.contiguous(), layout.start.contiguous(), layout.span.contiguous(), layout.L, None)
             else:
                 y = y.reshape(batch * Lc, d).index_select(0, layout.flat_segment).view(batch, -1, d)
         if confidence is not None:

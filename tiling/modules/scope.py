@@ -107,8 +107,9 @@ class Scope(ABC):
 
     @abstractmethod
     def forward(self, layer: TiledMamba, x: Tensor, density: Tensor | None, curvature: Tensor | None, c: float,
-                return_plan: bool):
-        """The layer's forward on checked arguments at budget ``c``: the output, or ``(output, plan)``."""
+                return_plan: bool, residual: Tensor | None = None):
+        """The layer's forward on checked arguments at budget ``c``: the output (plus ``residual`` where
+        given), or ``(output, plan)``."""
 
     @abstractmethod
     def plan(self, layer: TiledMamba, x: Tensor, density: Tensor | None, curvature: Tensor | None,

@@ -275,11 +275,13 @@ class BlockScope(Scope):
                               persistent=False)
         self.boundaries.build_router(layer, factory)
 
-    def forward(self, layer: TiledMamba, x: Tensor, density, curvature, c: float, return_plan: bool):
+    def forward(self, layer: TiledMamba, x: Tensor, density, curvature, c: float, return_plan: bool,
+                residual: Tensor | None = None):
         L = x.shape[1]
         seg = self.boundaries.segments(layer, x, density, curvature, c, layer.training, return_plan)
         layout = seg.layout
-        out = None if layer.validate or seg.confidence is not None else self._one_call(layer, x, layout)
+        one_call = not (layer.validate or seg.confidence is not None)
+        out = self._one_call(layer, x, layout, residual) if one_call else None  # the residual added as it holds
         if out is None:  # the reference path, op by op (a gradient, another device, a dispatch mode)
             if layout is None:
                 xc, gap = x, None
@@ -290,14 +292,17 @@ class BlockScope(Scope):
             out = layer._out(y)
             if layout is not None:
                 out = layer.dechunk(out, layout, seg.confidence, validate=False)
+            if residual is not None:
+                out = residual + out
         if return_plan:
             return out, layer._make_plan(seg.resolution, None, seg.tile_density, seg.density, L, c, layout=layout)
         return out
 
     @staticmethod
-    def _one_call(layer: TiledMamba, x: Tensor, layout: SegmentLayout | None) -> Tensor | None:
-        """The mixer from chunk to hold in one kernel call (:func:`~tiling.ops.block.block_mixer`), equal
-        to the path below it bit for bit; None where that kernel does not run."""
+    def _one_call(layer: TiledMamba, x: Tensor, layout: SegmentLayout | None,
+                  residual: Tensor | None) -> Tensor | None:
+        """The mixer from chunk to hold in one kernel call (:func:`~tiling.ops.block.block_mixer`), plus
+        ``residual`` where given, equal to the path below it bit for bit; None where that kernel does not run."""
         start = span = gate = gap = None
         if layout is not None:
             gap = layout.gap
@@ -306,7 +311,8 @@ class BlockScope(Scope):
                 gate = layer.chunk.open_gate()
         return block_mixer(x.contiguous(), in_proj=layer.in_proj, conv1d=layer.conv1d, x_proj=layer.x_proj,
                            dt_proj=layer.dt_proj, A_log=layer.A_log, D=layer.D, out_proj=layer.out_proj,
-                           start=start, span=span, gate=gate, gap=gap)
+                           start=start, span=span, gate=gate, gap=gap,
+                           residual=None if residual is None else residual.contiguous())
 
     def plan(self, layer: TiledMamba, x: Tensor, density, curvature, c: float) -> TilePlan:
         seg = self.boundaries.segments(layer, x, density, curvature, c, False, True)

@@ -60,7 +60,8 @@ class ScanScope(Scope):
                 return ssm_density(F.softplus(dt_raw + layer.dt_proj.bias[:, None]), B)
             return density.detach().to(device=dt_raw.device)
 
-    def forward(self, layer: TiledMamba, x: Tensor, density, curvature, c: float, return_plan: bool):
+    def forward(self, layer: TiledMamba, x: Tensor, density, curvature, c: float, return_plan: bool,
+                residual: Tensor | None = None):
         batch, L, _ = x.shape
         u, z, dt_raw, B, C = layer._project(x)
         n_tiles = -(-L // layer.tile_size)
@@ -88,6 +89,8 @@ class ScanScope(Scope):
         else:
             y = out
         result = layer._out(y)
+        if residual is not None:
+            result = residual + result
         if return_plan:
             return result, layer._make_plan(R, S, rho_tile, rho, L, c)
         return result

@@ -348,6 +348,7 @@ class TiledMamba(nn.Module):
     def forward(
         self, hidden_states: Tensor, *, density: Tensor | None = None, curvature: Tensor | None = None,
         budget: float | None = None, return_plan: bool = False, check: bool = True,
+        residual: Tensor | None = None,
     ):
         """Apply the block: ``(batch, L, d_model) → (batch, L, d_model)``.
 
@@ -364,10 +365,14 @@ class TiledMamba(nn.Module):
         check : check ``hidden_states`` (shape, dtype) and the output (NaN/Inf, one pass) at this
             call. False: the caller checks once at its own boundary (``TiledLM`` checks its tokens and
             its logits); the layer then runs no check at all, unless it was built with ``validate``.
+        residual : (batch, L, d_model) of the layer's dtype, optional: returned plus the block's output,
+            ``residual + block(hidden_states)``, equal to that sum element for element (a pre-norm
+            residual stack's ``h + layer(norm(h))``); the block scope's one-call mixer adds it as it
+            holds the segments' outputs, one pass over the full-resolution output fewer.
 
         Returns
         -------
-        The output (batch, L, d_model); with ``return_plan`` ``(output, plan)``.
+        The output (batch, L, d_model), plus ``residual`` where given; with ``return_plan`` ``(output, plan)``.
 
         Raises
         ------
@@ -381,16 +386,20 @@ class TiledMamba(nn.Module):
         scope = self._scope
         if not (check or self.validate):  # the caller checked the budget too
             return scope.forward(self, hidden_states, density, curvature,
-                                 self.budget if budget is None else float(budget), return_plan)
+                                 self.budget if budget is None else float(budget), return_plan, residual)
         c = self._budget(budget)
         self._check_input(hidden_states)
         batch, L, _ = hidden_states.shape
+        if residual is not None:
+            check_tensor(residual, "residual", shape=tuple(hidden_states.shape))
+            if residual.dtype != hidden_states.dtype:
+                raise TypeError(f"residual must have hidden_states' dtype {hidden_states.dtype}, got {residual.dtype}")
         if density is not None:
             density = self._external_density(density, batch, L, hidden_states.device)
         if curvature is not None:
             check_tensor(curvature, "curvature", shape=(batch, L))
         try:
-            result = scope.forward(self, hidden_states, density, curvature, c, return_plan)
+            result = scope.forward(self, hidden_states, density, curvature, c, return_plan, residual)
             out = result[0] if return_plan else result
             if not all_finite(out):
                 raise ValueError("the block's output contains NaN/Inf")

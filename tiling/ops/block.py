@@ -24,7 +24,7 @@ Tensor = torch.Tensor
 def block_mixer(x: Tensor, *, in_proj: torch.nn.Linear, conv1d: torch.nn.Conv1d, x_proj: torch.nn.Linear,
                 dt_proj: torch.nn.Linear, A_log: Tensor, D: Tensor, out_proj: torch.nn.Linear,
                 start: Tensor | None = None, span: Tensor | None = None, gate: Tensor | None = None,
-                gap: Tensor | None = None) -> Tensor | None:
+                gap: Tensor | None = None, residual: Tensor | None = None) -> Tensor | None:
     """The Mamba mixer of the block scope on a layout, in one kernel call, or None where it does not run.
 
     Parameters
@@ -35,17 +35,20 @@ def block_mixer(x: Tensor, *, in_proj: torch.nn.Linear, conv1d: torch.nn.Conv1d,
         where every token is a segment (no chunk, no hold).
     gate : the open pool gate (d_model,), or None for a closed one (the representatives alone).
     gap : (batch, L_c) tokens since the previous segment's start, scaling Δ; None: no layout.
+    residual : (batch, L, d_model) contiguous, of ``x``'s dtype, or None: added to the output as the hold
+        writes it (``residual + mixer(x)``, the same sums as a separate add, one pass over the
+        full-resolution output fewer: :class:`~tiling.train.TiledLM`'s ``h + layer(norm(h))``).
 
     Returns
     -------
-    (batch, L, d_model) equal to ``Dechunk(out_proj(scan(project(Chunk(x)))))``, or None when a gradient
-    is wanted, a tensor is not a float32/float64 CPU tensor of ``x``'s dtype, a ``torch.func`` transform
-    or dispatch mode is active, or the conv is longer than the kernel's 16 taps: the caller then runs
-    the Python path.
+    (batch, L, d_model) equal to ``Dechunk(out_proj(scan(project(Chunk(x)))))`` (plus ``residual``), or None
+    when a gradient is wanted, a tensor is not a float32/float64 CPU tensor of ``x``'s dtype, a
+    ``torch.func`` transform or dispatch mode is active, or the conv is longer than the kernel's 16 taps:
+    the caller then runs the Python path.
     """
     params = [in_proj.weight, conv1d.weight, x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight]
     biases = [in_proj.bias, conv1d.bias, out_proj.bias]
-    present = [t for t in params + biases + [gate] if t is not None]
+    present = [t for t in params + biases + [gate, residual] if t is not None]
     if (dt_proj.bias is None or conv1d.weight.shape[-1] > 16 or needs_grad(x, *present)
             or any(t.dtype != x.dtype for t in present if t is not A_log)):
         return None
@@ -57,7 +60,7 @@ def block_mixer(x: Tensor, *, in_proj: torch.nn.Linear, conv1d: torch.nn.Conv1d,
     R, m, S, slot, n_ckpt = _full_plan(batch, Lc, FULL_TILE, A_log.shape[-1], acc, x.device)
     return ext.block_fwd(x, start, span, gate, gap, in_proj.weight, in_proj.bias, conv1d.weight, conv1d.bias,
                          x_proj.weight, dt_proj.weight, dt_proj.bias, A_log, D, out_proj.weight, out_proj.bias,
-                         R, m, S, slot, n_ckpt, FULL_TILE)
+                         R, m, S, slot, n_ckpt, FULL_TILE, residual)
 
 
 __all__ = ["block_mixer"]

@@ -129,15 +129,28 @@ def _unread_kind(router, config, tile_router, t: int) -> tuple:
     return tile_router, kind
 
 
+def _one_object(items: tuple) -> bool:
+    """Whether every entry of ``items`` is its first (identity: router states hold tensors, whose ``==`` is
+    elementwise)."""
+    first = items[0]
+    for item in items:
+        if item is not first:
+            return False
+    return True
+
+
 def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
     """Each layer's kind at token ``t`` and its router state after the decision, from the states
     ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one); None where some rows start
     a segment and others not."""
     if plan.shared == "full":  # every token starts a segment in every layer: the router states stay behind
         return [FULL] * len(routers), list(routers)
-    if plan.shared == "same" and len({id(r) for r in routers}) == 1:  # one decision serves every layer
-        tile_router, kind = _unread_kind(plan.routers[0], plan.configs[0], routers[0], t)
-        return None if kind == 1 else ([kind] * len(routers), [tile_router] * len(routers))
+    if plan.shared == "same" and _one_object(routers):  # one decision serves every layer
+        first = routers[0]
+        kind = plan.routers[0].planned(first, plan.configs[0], t)  # inside a tile the uniform policy planned
+        if kind is None:
+            first, kind = _unread_kind(plan.routers[0], plan.configs[0], first, t)
+        return None if kind == 1 else ([kind] * len(routers), [first] * len(routers))
     kinds, advanced = [], []
     for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
                                                                 plan.reads)):

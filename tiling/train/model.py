@@ -224,14 +224,14 @@ class TiledLM(KernelCacheOwner, nn.Module):
             b = self.layer_budget(k, budget)
             rho = density[k] if density is not None and density[k] is not None else shared
             x = rms_norm(h, norm.weight, norm.eps)
+            # h + layer(x): the layer adds the residual itself (the one-call mixer while it holds)
             if return_plans or (self.shared_density and k == 0 and len(self.layers) > 1):
-                out, plan = layer(x, budget=b, density=rho, return_plan=True, check=False)
+                h, plan = layer(x, budget=b, density=rho, return_plan=True, check=False, residual=h)
                 plans.append(plan)
                 if self.shared_density and k == 0:
                     shared = plan.token_density.to(device=h.device, dtype=h.dtype)
             else:
-                out = layer(x, budget=b, density=rho, check=False)
-            h = h + out
+                h = layer(x, budget=b, density=rho, check=False, residual=h)
         logits = self.head(rms_norm(h, self.norm_f.weight, self.norm_f.eps))
         return (logits, plans) if return_plans else logits
 
