@@ -454,3 +454,29 @@ def test_the_fused_kernels_have_exact_second_derivatives():
     bias = torch.randn(4, dtype=f64, generator=g, requires_grad=True)
     gap = torch.randint(1, 4, (2, 5), generator=g)
     assert torch.autograd.gradgradcheck(lambda r, c: softplus_gap(r, c, gap), (raw, bias))
+
+
+@needs_kernel
+def test_the_lm_passes_its_residual_to_the_layer_unless_a_hook_watches_the_layer():
+    """``TiledLM`` lets each layer add the residual stream (the one-call mixer adds it as it holds): the
+    logits are those of ``h + layer(norm(h))``; a forward hook on a layer still sees the layer's own output."""
+    model = lm("uniform", 0.25)
+    x = torch.randint(0, 32, (2, 40))
+    calls = []
+    real = TiledMamba.forward
+    with torch.no_grad():
+        want = model(x)
+        seen = []
+        handle = model.layers[1].register_forward_hook(lambda m, a, out: seen.append((a[0], out)))
+        try:
+            def spy(self, *a, **k):
+                calls.append(k.get("residual") is not None)
+                return real(self, *a, **k)
+            TiledMamba.forward = spy
+            got = model(x)
+        finally:
+            TiledMamba.forward = real
+            handle.remove()
+        layer_in, layer_out = seen[0]
+        assert torch.equal(layer_out, model.layers[1](layer_in, check=False))  # the layer's own output
+    assert calls == [True, False, True] and torch.equal(got, want)

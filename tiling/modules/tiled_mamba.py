@@ -365,10 +365,9 @@ class TiledMamba(nn.Module):
         check : check ``hidden_states`` (shape, dtype) and the output (NaN/Inf, one pass) at this
             call. False: the caller checks once at its own boundary (``TiledLM`` checks its tokens and
             its logits); the layer then runs no check at all, unless it was built with ``validate``.
-        residual : (batch, L, d_model) of the layer's dtype, optional: returned plus the block's output,
-            ``residual + block(hidden_states)``, equal to that sum element for element (a pre-norm
-            residual stack's ``h + layer(norm(h))``); the block scope's one-call mixer adds it as it
-            holds the segments' outputs, one pass over the full-resolution output fewer.
+        residual : (batch, L, d_model) of the layer's dtype, optional: the output is then ``residual +
+            block(hidden_states)`` (a pre-norm stack's ``h + layer(norm(h))``), equal to that sum; the block
+            scope's one-call mixer adds it as it holds, one pass over the full-resolution output fewer.
 
         Returns
         -------

@@ -28,6 +28,12 @@ _TILING_FIELDS = frozenset(f.name for f in dataclasses.fields(TilingConfig))
 _MAMBA_FIELDS = frozenset(f.name for f in dataclasses.fields(MambaConfig)) - {"d_model"}
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether a forward hook (the module's own or a global one) would see ``module``'s output."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or nn.modules.module._global_forward_hooks
+                or nn.modules.module._global_forward_pre_hooks)
+
+
 class TiledLM(KernelCacheOwner, nn.Module):
     """Language model of tiled Mamba layers: ``tokens (batch, L) int64 → logits (batch, L, vocab)``.
 
@@ -224,14 +230,17 @@ class TiledLM(KernelCacheOwner, nn.Module):
             b = self.layer_budget(k, budget)
             rho = density[k] if density is not None and density[k] is not None else shared
             x = rms_norm(h, norm.weight, norm.eps)
-            # h + layer(x): the layer adds the residual itself (the one-call mixer while it holds)
+            # h + layer(x): the layer adds the residual itself (the one-call mixer while it holds), unless a
+            # forward hook watches it, which must see the layer's own output
+            res = None if _hooked(layer) else h
             if return_plans or (self.shared_density and k == 0 and len(self.layers) > 1):
-                h, plan = layer(x, budget=b, density=rho, return_plan=True, check=False, residual=h)
+                out, plan = layer(x, budget=b, density=rho, return_plan=True, check=False, residual=res)
                 plans.append(plan)
                 if self.shared_density and k == 0:
                     shared = plan.token_density.to(device=h.device, dtype=h.dtype)
             else:
-                h = layer(x, budget=b, density=rho, check=False, residual=h)
+                out = layer(x, budget=b, density=rho, check=False, residual=res)
+            h = out if res is not None else h + out
         logits = self.head(rms_norm(h, self.norm_f.weight, self.norm_f.eps))
         return (logits, plans) if return_plans else logits
 
