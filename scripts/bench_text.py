@@ -27,7 +27,8 @@ and a closed one skips the pool.
 Columns: bytes per second of ``prefill`` (one forward, ``1 × 1024`` and ``8 × 1024`` bytes, eval,
 no grad), ``decode`` (``step`` over ``--decode-steps`` bytes from a fresh state, batch 1 and 8),
 ``train`` (one optimiser step on ``--train-batch × 1024`` bytes: forward, cross-entropy, backward,
-gradient clipping, AdamW); ``FLOPs/B`` (counted: ``2 ×`` :func:`tiling.train.text.forward_madds`
+gradient clipping, AdamW, on a copy of the row's model, so the other cells time weights that do not
+change between their runs); ``FLOPs/B`` (counted: ``2 ×`` :func:`tiling.train.text.forward_madds`
 of the prefill's plans, i.e. ``layer_cost`` plus the head; the hourglass: its ``cost``); for every
 speed its ratio to ``mamba@1`` of the same width (``×``) and the efficiency ``(time ratio) /
 (FLOPs ratio)``, 1 when time falls exactly with the counted FLOPs. Wall-clock medians; on a CPU the
@@ -47,6 +48,7 @@ decode ≥ 2.5× at batch 1, training ≥ 2.5×, efficiency ≥ 0.8 for prefill 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -205,19 +207,23 @@ def runners(c: Case, text: torch.Tensor, device: str, args) -> dict:
             sync()
         return run
 
-    opt = torch.optim.AdamW(c.model.parameters(), lr=1e-4, weight_decay=0.1) if c.kind != "hf" else None
+    # the train cell updates its own copy: updating the weights the other cells time would make each of their
+    # runs start by rebuilding what depends on the weights (the decoding plan, the signal maps), a cost of the
+    # interleaving, not of prefill or decoding (runs before 24 paid it in every decode cell)
+    trained = copy.deepcopy(c.model) if c.kind != "hf" else None
+    opt = torch.optim.AdamW(trained.parameters(), lr=1e-4, weight_decay=0.1) if trained is not None else None
 
     def train():
-        c.model.train()
+        trained.train()
         try:
-            logits = forward(xt[:, :-1])
+            logits = trained(xt[:, :-1], budget=c.budget)
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), xt[:, 1:].reshape(-1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(c.model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
             opt.step()
         finally:
-            c.model.eval()
+            trained.eval()
         sync()
 
     out["prefill1"] = (prefill(x1), L)

@@ -455,3 +455,34 @@ def test_a_router_state_moved_to_a_position_keeps_every_other_field():
     assert fields == ["position", "signal", "tiles", "carry", "boundary", "surplus", "starts"]
     for name in fields[1:]:
         assert getattr(moved, name) is getattr(src, name), name
+
+
+@pytest.mark.parametrize("policy,budget", [("uniform", 0.25), ("adaptive", 0.5), ("uniform", 1.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_the_zero_state_is_made_flat_and_equals_the_layers_zero_states(policy, budget, dtype, batch):
+    """``allocate_inference_state`` makes the kernel's flat form directly (:func:`zero_state`): the same
+    tensors, router states (one shared object per tiling) and signal maps as flattening the layers' own zero
+    states, and it decodes as they do."""
+    model = lm(budget, policy, dtype=dtype)
+    state = model.allocate_inference_state(batch)
+    assert state.flat is not None and state.batch == batch and state.resume is None
+    layers = fused_mod.share_router_states(model, [layer.allocate_inference_state(batch) for layer in model.layers])
+    want = flatten(layers)
+    got = state.flat
+    assert got.position == want.position == 0 and len(got.tensors) == len(FLAT_FIELDS)
+    for a, b in zip(got.tensors, want.tensors):
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    assert all(a is got.tile_routers[0] for a in got.tile_routers)  # one tiling: one router state
+    for a, b in zip(got.tile_routers, want.tile_routers):
+        assert router_states_equal(a, b)
+    for (ra, rta, pa), (rb, rtb, pb) in zip(got.fixed, want.fixed):
+        assert torch.equal(ra, rb) and ra.dtype == rb.dtype and rta is rtb is None
+        assert all((u is None and v is None) or torch.equal(u, v) for u, v in zip(pa[:4], pb[:4])) and pa[4] == pb[4]
+    x = torch.randint(0, 32, (batch, 9))
+    a, b = state, TiledLMState(layers, owner=id(model))
+    with torch.no_grad():
+        for t in range(9):
+            la, a = model.step(x[:, t], a, budget=budget)
+            lb, b = model.step(x[:, t], b, budget=budget)
+            torch.testing.assert_close(la, lb, rtol=0, atol=0)

@@ -10,13 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from infogeo.checks import check_int
 from tiling.config import MambaConfig, TiledLMConfig, TilingConfig
 from tiling.modules import TiledMamba
 from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import KernelCacheOwner
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
-from tiling.train.fused_step import fused_step, resume_step, share_router_states
+from tiling.train.fused_step import fused_step, resume_step, share_router_states, zero_state
 from tiling.train.lm_state import TiledLMState
 from tiling.tile import TilePlan
 
@@ -310,6 +311,10 @@ class TiledLM(KernelCacheOwner, nn.Module):
         if self.shared_density:
             raise ValueError("step() does not support shared_density=True (the shared density is a whole-sequence "
                              "signal of the first layer); use forward()")
+        batch = check_int(batch, "batch", minimum=1)
+        flat = zero_state(self, batch)  # the kernel's form, made directly where its step applies
+        if flat is not None:
+            return TiledLMState(owner=id(self), flat=flat)
         return TiledLMState(share_router_states(self, [layer.allocate_inference_state(batch) for layer in self.layers]),
                             owner=id(self))
 

@@ -204,7 +204,10 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="wide", skip=True, lr=3e-3),
            plain_row(256, 0, lr=3e-3),
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="wide", skip=True, lr=3e-3),
-           plain_row(256, 1, lr=3e-3)]
+           plain_row(256, 1, lr=3e-3),
+           # the uniform twin at that rate (goal (b) compares signals at one rate)
+           hourglass_row("uniform", 0.35, 0, stages="wide", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.35, 1, stages="wide", skip=True, lr=3e-3)]
     return out
 
 
