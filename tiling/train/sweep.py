@@ -128,6 +128,7 @@ def default_dechunk(signal: str) -> str:
 
 def rows() -> list[dict]:
     """The sweep's rows, in priority order (pairs run side by side with two shards)."""
+    # long: one list of every row the sweep has trained, each with why it is there; their order is the run order
     out = [plain_row(256, 0), hourglass_row("entropy", 0.25, 0, dechunk="ema", stages="thin"),
            hourglass_row("uniform", 0.25, 0, dechunk="ema", stages="thin"), plain_row(128, 0),
            hourglass_row("entropy", 0.25, 0), hourglass_row("uniform", 0.25, 0),
