@@ -288,7 +288,7 @@ class Decoder {
 
  private:
   // Where a source's memory lies: a .to() or an assignment of .data gives it new storage. Read without
-  // data_ptr's checks (dtype, initialised storage), which for some 60 sources were a tenth of a step's time.
+  // data_ptr's checks (dtype, initialised storage), which for some 60 sources showed in a step's profile.
   static const void* storage_of(const Tensor& t) { return t.unsafeGetTensorImpl()->unsafe_storage().data(); }
 
   Tensor emb_, head_w_, head_b_;

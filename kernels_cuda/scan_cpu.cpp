@@ -934,7 +934,7 @@ void layer_step_rows(const T* x, const T* conv, const T* h0, const StepWeights& 
     const T* z = xz.data() + b * 2 * E + E;
     const T g = last_start ? (T)std::max<int64_t>(position - last_start[b], 1) : T(1);
     // dt_proj as matvec_rows' vector products: the scalar loop it replaces chained r FMAs per channel
-    // (latency-bound, about a fifth of a layer's step at d 256)
+    // (bound by the FMA's latency)
     matvec_rows(Wdt, bdt, db, delta.data(), E, r, 1);
     for (int64_t e = 0; e < E; e += W) {  // softplus, times the gap
       const int nl = (int)std::min<int64_t>(W, E - e);

@@ -45,7 +45,7 @@ template <typename T> inline Vec<T> bc(T s) {
 
 // Horizontal sum by halving (a tree: 4 vector adds for 16 lanes instead of a serial chain). The halves
 // are register shuffles: taking them with memcpy, as before, made GCC 12 keep the accumulators of every
-// caller's loop in memory (a store and a reload per FMA), which made matvec_rows 1.7x slower (d 256).
+// caller's loop in memory (a store and a reload per FMA, perf annotate of matvec_rows).
 template <typename T, int W> struct Halve {
   typedef T H __attribute__((vector_size(W * sizeof(T) / 2)));
   typedef T F __attribute__((vector_size(W * sizeof(T))));

@@ -124,8 +124,8 @@ def zero_state(model, batch: int) -> FlatState | None:
     """The zero decoding state of ``model`` for ``batch`` rows, made in the kernel's flat form: each field
     stacked over the layers, the layers of one tiling sharing one router state (:func:`share_router_states`).
     It equals :func:`~tiling.train.lm_state.flatten` of the layers' ``allocate_inference_state`` (tested)
-    without making the per-layer states the first step would stack again: a decoding of 256 bytes from a
-    fresh state spent about a tenth of its time there (issue 23). None where the kernel's step does not
+    without making the per-layer states the first step would stack again, a fixed cost of every decoding
+    that weighs most on a cheap plan (issue 23). None where the kernel's step does not
     apply (a scope other than block, token boundaries, no CPU kernel) or the layers differ in shape."""
     layers = tuple(model.layers)
     first = layers[0]

@@ -8,7 +8,6 @@ objects and two dozen tensors for every step was most of a step's time (issue 23
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import NamedTuple
 
