@@ -29,7 +29,7 @@ import torch
 from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import kernel_weights
 from tiling.ops.scan import cpu_kernels
-from tiling.train.lm_state import FLAT_FIELDS, FlatState, TiledLMState, at_position, flatten
+from tiling.train.lm_state import FLAT_FIELDS, FlatState, TiledLMState, at_position, flatten, signal_of
 
 Tensor = torch.Tensor
 
@@ -78,7 +78,7 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
     if plan is not False and not stale:
         return plan
     layers = tuple(model.layers)
-    ok = all(layer.scope == "block" and layer._scope.boundaries.name == "tile" for layer in layers)
+    ok = all(map(_kernel_layer, layers))
     ext = cpu_kernels(model.embedding.weight)
     if ok and ext is None:  # not a lasting property of the model: no plan is kept
         cache.pop(key, None)
@@ -107,6 +107,18 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
     return plan
 
 
+def _kernel_layer(layer) -> bool:
+    """Whether the kernel's step holds ``layer``: the block scope with tile boundaries."""
+    return layer.scope == "block" and layer._scope.boundaries.name == "tile"
+
+
+def _same_tiling(before, layer) -> bool:
+    """Whether ``layer``'s tile router has the configuration of the one of the layer ``before`` it (then the
+    two hold one router state object)."""
+    a, b = getattr(before, "tile_router", None), getattr(layer, "tile_router", None)
+    return a is not None and b is not None and a.tiling == b.tiling
+
+
 def share_router_states(model, states: list) -> list:
     """``states`` (fresh, one per layer) where each layer whose tile router has the configuration of the
     layer before it holds that layer's router state object (equal in value, and states are immutable),
@@ -114,8 +126,7 @@ def share_router_states(model, states: list) -> list:
     out = list(states)
     layers = list(model.layers)
     for k in range(1, len(out)):
-        a, b = getattr(layers[k - 1], "tile_router", None), getattr(layers[k], "tile_router", None)
-        if a is not None and b is not None and out[k].tile_router is not None and a.tiling == b.tiling:
+        if out[k].tile_router is not None and _same_tiling(layers[k - 1], layers[k]):
             out[k] = dataclasses.replace(out[k], tile_router=out[k - 1].tile_router)
     return out
 
@@ -131,7 +142,7 @@ def zero_state(model, batch: int) -> FlatState | None:
     first = layers[0]
     p = first.in_proj.weight
     shape = (first.d_model, first.d_inner, first.d_conv, first.d_state, p.dtype, p.device)
-    if not all(layer.scope == "block" and layer._scope.boundaries.name == "tile"
+    if not all(_kernel_layer(layer)
                and (layer.d_model, layer.d_inner, layer.d_conv, layer.d_state, layer.in_proj.weight.dtype,
                     layer.in_proj.weight.device) == shape for layer in layers) or cpu_kernels(p) is None:
         return None
@@ -140,16 +151,14 @@ def zero_state(model, batch: int) -> FlatState | None:
     tensors = [p.new_zeros(n, batch, E, first.d_conv), torch.zeros(n, batch, E, first.d_state, dtype=acc),
                p.new_zeros(n, batch, d), p.new_zeros(n, batch, d), torch.zeros(n, batch, dtype=torch.int64),
                torch.zeros(n, batch, dtype=torch.int64)]
-    routers, fixed, maps, scales = [], [], [], []
+    routers = []
+    for k, layer in enumerate(layers):
+        shared = k > 0 and _same_tiling(layers[k - 1], layer)
+        routers.append(routers[-1] if shared else layer.tile_router.allocate(batch, device=p.device))
     with torch.no_grad():
-        for k, layer in enumerate(layers):
-            shared = k > 0 and layer.tile_router.tiling == layers[k - 1].tile_router.tiling
-            routers.append(routers[-1] if shared else layer.tile_router.allocate(batch, device=p.device))
-            proj = layer._signal_maps()
-            fixed.append((p.new_zeros(batch, E), None, proj))
-            maps.extend(proj[:4])
-            scales.append(proj[4])
-    return FlatState(tensors, tuple(routers), 0, tuple(fixed), (maps, scales))
+        projs = [layer._signal_maps() for layer in layers]
+    fixed = tuple((p.new_zeros(batch, E), None, proj) for proj in projs)
+    return FlatState(tensors, tuple(routers), 0, fixed, signal_of(projs))
 
 
 def _unread_kind(router, config, tile_router, t: int) -> tuple:
@@ -178,11 +187,8 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
     if plan.shared == "full":  # every token starts a segment in every layer: the router states stay behind
         return [FULL] * len(routers), list(routers)
     if plan.shared == "same" and _one_object(routers):  # one decision serves every layer
-        first = routers[0]
-        kind = plan.routers[0].planned(first, plan.configs[0], t)  # inside a tile the uniform policy planned
-        if kind is None:
-            first, kind = _unread_kind(plan.routers[0], plan.configs[0], first, t)
-        return None if kind == 1 else ([kind] * len(routers), [first] * len(routers))
+        tile_router, kind = _unread_kind(plan.routers[0], plan.configs[0], routers[0], t)
+        return None if kind == 1 else ([kind] * len(routers), [tile_router] * len(routers))
     kinds, advanced = [], []
     for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
                                                                 plan.reads)):

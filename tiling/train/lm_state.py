@@ -52,9 +52,13 @@ def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
     fields = ([st.conv for st in layers], [st.ssm for st in layers], [st.held for st in layers],
               [st.chunk.pool_sum for st in layers], [st.chunk.pool_count for st in layers],
               [st.last_start for st in layers])
-    maps = [t for st in layers for t in st.proj[:4]]
     return FlatState([torch.stack(f) for f in fields], tuple(st.tile_router for st in layers), layers[0].position,
-                     tuple((st.route, st.router, st.proj) for st in layers), (maps, [st.proj[4] for st in layers]))
+                     tuple((st.route, st.router, st.proj) for st in layers), signal_of([st.proj for st in layers]))
+
+
+def signal_of(projs: Sequence[tuple]) -> tuple[list, list]:
+    """:attr:`FlatState.signal` of the layers' signal maps ``projs`` (each ``(proj, offset, w, b, scale)``)."""
+    return [t for proj in projs for t in proj[:4]], [proj[4] for proj in projs]
 
 
 def at_position(state: TileRouterState, position: int) -> TileRouterState:
@@ -158,4 +162,4 @@ class TiledLMState:
 
 Sequence.register(TiledLMState)  # a sequence of layer states, without ABCMeta's slower isinstance on every step
 
-__all__ = ["FLAT_FIELDS", "FlatState", "TiledLMState", "at_position", "flatten", "unflatten"]
+__all__ = ["FLAT_FIELDS", "FlatState", "TiledLMState", "at_position", "flatten", "signal_of", "unflatten"]
