@@ -478,7 +478,13 @@ def test_the_zero_state_is_made_flat_and_equals_the_layers_zero_states(policy, b
         assert router_states_equal(a, b)
     for (ra, rta, pa), (rb, rtb, pb) in zip(got.fixed, want.fixed):
         assert torch.equal(ra, rb) and ra.dtype == rb.dtype and rta is rtb is None
+        assert pa is None and pb is not None  # the maps: made at the first step that reads them
+    assert got.signal is None
+    filled = fused_mod._with_maps(model, got)  # that step's maps: the layers' own
+    for (_, _, pa), (_, _, pb) in zip(filled.fixed, want.fixed):
         assert all((u is None and v is None) or torch.equal(u, v) for u, v in zip(pa[:4], pb[:4])) and pa[4] == pb[4]
+    assert all(torch.equal(u, v) for u, v in zip(filled.signal[0], want.signal[0]) if u is not None)
+    assert filled.signal[1] == want.signal[1] and len(filled.signal[0]) == len(want.signal[0])
     x = torch.randint(0, 32, (batch, 9))
     a, b = state, TiledLMState(layers, owner=id(model))
     with torch.no_grad():

@@ -166,7 +166,8 @@ class TileBoundaries:
         the earlier tiles."""
         rho_t = None
         if layer.tile_router.reads_signal(c):
-            rho_t = step_signal(x, state.proj)
+            # a state of the whole model's zero_state carries no maps until a step reads them
+            rho_t = step_signal(x, state.proj if state.proj is not None else layer._signal_maps())
             if not bool(torch.isfinite(rho_t).all()):  # finite but huge: name the caller's argument
                 raise ValueError(f"hidden_states (values up to {float(x.detach().abs().max()):.3g}) made the "
                                  "resolution signal overflow; the state is unchanged")

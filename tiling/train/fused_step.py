@@ -53,7 +53,8 @@ class _Plan(NamedTuple):
     the model's tensors (checked and converted once; it refuses a step once a parameter it reads is
     updated in place or moved, and the plan is made again). ``shared``: ``"full"`` where every layer is
     at full resolution, ``"same"`` where every layer has layer 0's policy and it reads no signal (so one
-    decision serves all where the layers share one router state), else None."""
+    decision serves all where the layers share one router state), else None. ``kind_lists``: per kind, the
+    list of it for every layer, made once (the kernel only reads it)."""
 
     routers: tuple
     configs: tuple
@@ -65,6 +66,7 @@ class _Plan(NamedTuple):
     dtype: torch.dtype
     decoder: object
     shared: str | None
+    kind_lists: dict
 
 
 def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
@@ -100,7 +102,8 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
         shared = "full" if all(full) else "same" if all(same[1:]) and not reads[0] and not any(full) else None
         plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs, full=full, same=same,
                      reads=reads, kernel_reads=[int(r) for r in reads] if any(reads) else [],
-                     emb=model.embedding.weight, dtype=dtype, decoder=decoder, shared=shared)
+                     emb=model.embedding.weight, dtype=dtype, decoder=decoder, shared=shared,
+                     kind_lists={kind: [kind] * len(layers) for kind in (0, 2, FULL)})
     if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
         cache.clear()
     cache[key] = plan
@@ -136,7 +139,9 @@ def zero_state(model, batch: int) -> FlatState | None:
     stacked over the layers, the layers of one tiling sharing one router state (:func:`share_router_states`).
     It equals :func:`~tiling.train.lm_state.flatten` of the layers' ``allocate_inference_state`` (tested)
     without making the per-layer states the first step would stack again, a fixed cost of every decoding
-    that weighs most on a cheap plan (issue 23). None where the kernel's step does not
+    that weighs most on a cheap plan (issue 23); and it holds no signal maps (None), which the first step
+    whose policy reads the signal makes (:func:`_with_maps`), so a decoding at budget 1 or under the uniform
+    policy never pays for them (four products of the layers' weights). None where the kernel's step does not
     apply (a scope other than block, token boundaries, no CPU kernel) or the layers differ in shape."""
     layers = tuple(model.layers)
     first = layers[0]
@@ -155,10 +160,18 @@ def zero_state(model, batch: int) -> FlatState | None:
     for k, layer in enumerate(layers):
         shared = k > 0 and _same_tiling(layers[k - 1], layer)
         routers.append(routers[-1] if shared else layer.tile_router.allocate(batch, device=p.device))
+    fixed = tuple((p.new_zeros(batch, E), None, None) for _ in layers)  # the maps: at the first step that reads
+    return FlatState(tensors, tuple(routers), 0, fixed, None)
+
+
+def _with_maps(model, flat: FlatState) -> FlatState:
+    """``flat`` with every layer's signal maps (``_signal_maps``, of the weights now) where some layer's state
+    holds none: a zero state makes them at the first step whose policy reads the signal."""
     with torch.no_grad():
-        projs = [layer._signal_maps() for layer in layers]
-    fixed = tuple((p.new_zeros(batch, E), None, proj) for proj in projs)
-    return FlatState(tensors, tuple(routers), 0, fixed, signal_of(projs))
+        projs = [proj if proj is not None else layer._signal_maps()
+                 for layer, (_, _, proj) in zip(model.layers, flat.fixed)]
+    fixed = tuple((route, router, proj) for (route, router, _), proj in zip(flat.fixed, projs))
+    return flat._replace(fixed=fixed, signal=signal_of(projs))
 
 
 def _unread_kind(router, config, tile_router, t: int) -> tuple:
@@ -180,15 +193,18 @@ def _one_object(items: tuple) -> bool:
     return True
 
 
-def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, list] | None:
+def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list] | None:
     """Each layer's kind at token ``t`` and its router state after the decision, from the states
     ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one); None where some rows start
-    a segment and others not."""
+    a segment and others not. The states come as ``routers`` itself where none changed (inside a planned
+    tile, or at full resolution: no new object at most steps), as a list where the caller records a signal."""
     if plan.shared == "full":  # every token starts a segment in every layer: the router states stay behind
-        return [FULL] * len(routers), list(routers)
+        return plan.kind_lists[FULL], routers
     if plan.shared == "same" and _one_object(routers):  # one decision serves every layer
         tile_router, kind = _unread_kind(plan.routers[0], plan.configs[0], routers[0], t)
-        return None if kind == 1 else ([kind] * len(routers), [tile_router] * len(routers))
+        if kind == 1:
+            return None
+        return plan.kind_lists[kind], (routers if tile_router is routers[0] else (tile_router,) * len(routers))
     kinds, advanced = [], []
     for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
                                                                 plan.reads)):
@@ -277,6 +293,8 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
         return None
     kinds, advanced = decided
     tokens = tokens.contiguous()
+    if plan.kernel_reads and flat.signal is None:
+        flat = _with_maps(model, flat)
     signal = flat.signal if plan.kernel_reads else ((), ())  # the maps cross into C++ only where a layer reads
     status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
     if status == STALE:  # a parameter was updated in place or moved since the plan was made

@@ -36,7 +36,8 @@ class FlatState(NamedTuple):
     fixed : each layer's fields the step does not change, ``(route, router, proj)``.
     signal : the signal's maps of each layer's state as the kernel reads them, ``(maps, scales)``: four
         tensors per layer (the composite map, its offset or None, the sampled rows of dt_proj and their
-        bias) and one scale per layer.
+        bias) and one scale per layer; None until a step reads them (a zero state makes none, and a decoding
+        whose policies read no signal, at budget 1 or uniform, never does).
     """
 
     tensors: list
@@ -56,8 +57,11 @@ def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
                      tuple((st.route, st.router, st.proj) for st in layers), signal_of([st.proj for st in layers]))
 
 
-def signal_of(projs: Sequence[tuple]) -> tuple[list, list]:
-    """:attr:`FlatState.signal` of the layers' signal maps ``projs`` (each ``(proj, offset, w, b, scale)``)."""
+def signal_of(projs: Sequence[tuple | None]) -> tuple[list, list] | None:
+    """:attr:`FlatState.signal` of the layers' signal maps ``projs`` (each ``(proj, offset, w, b, scale)``), or
+    None where a layer's state holds none yet (:func:`~tiling.train.fused_step.zero_state`)."""
+    if any(proj is None for proj in projs):
+        return None
     return [t for proj in projs for t in proj[:4]], [proj[4] for proj in projs]
 
 

@@ -53,9 +53,12 @@ THIN = {"d_outer": 128, "encoder_layers": 1, "main_layers": 4, "decoder_layers":
 #: network spends the rest of d256's FLOPs (d_main 336 at budget 0.25): the first rows showed the main network
 #: worth 0.3 bpb (zeroing its output) on outer stages no better per byte than plain d128
 WIDE = {"d_outer": 176, "encoder_layers": 2, "main_layers": 4, "decoder_layers": 2}
+#: the wide stages with a main network twice as deep ("-deep" rows), its width FLOP-matched again (≈ 1/√2 of
+#: the wide rows'): is depth or width the better use of the main network's FLOPs at this scale
+DEEP = {**WIDE, "main_layers": 8}
 #: plain widths below d128 (goal (e)'s equal-bpb partners of the hourglass rows)
 SMALL_WIDTHS = (112, 96)
-STAGES = {"": OUTER, "thin": THIN, "wide": WIDE}
+STAGES = {"": OUTER, "thin": THIN, "wide": WIDE, "deep": DEEP}
 ELASTIC_RANGE = (0.25, 1.0)
 ELASTIC_EVAL = (1.0, 0.5, 0.35)
 #: the skewed elastic rows' draws ``0.25 + 0.75·u^γ``: γ = 3 puts half the steps below 0.34 (mean 0.44), γ = 6
@@ -208,7 +211,12 @@ def rows() -> list[dict]:
            plain_row(256, 1, lr=3e-3),
            # the uniform twin at that rate (goal (b) compares signals at one rate)
            hourglass_row("uniform", 0.35, 0, stages="wide", skip=True, lr=3e-3),
-           hourglass_row("uniform", 0.35, 1, stages="wide", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.35, 1, stages="wide", skip=True, lr=3e-3),
+           # the best row and its uniform twin with a main network of 8 layers, not 4 (depth against width)
+           hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="deep", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.35, 0, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="deep", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.35, 1, stages="deep", skip=True, lr=3e-3)]
     return out
 
 
