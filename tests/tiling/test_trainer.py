@@ -153,6 +153,9 @@ def test_goals_on_rows():
     assert w["vs_dedicated"]["0.25"]["alone"] == 1.86 and w["vs_dedicated"]["0.25"]["met"] is True  # 1.87 <= 1.02·1.86
     assert set(w["vs_dedicated"]) == {"0.25"} and w["vs_own_budget_1"]["met"] is True
     # a budget-conditioned elastic row is named so, and compared with the same dedicated rows
+    deep = sw.hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="deep", skip=True, lr=3e-3)
+    assert deep["name"] == "hg-surprisal-ema-deep-skip-lr0.003@0.35/s1"
+    assert deep["stages"] == {**sw.WIDE, "main_layers": 8} and sw.WIDE["main_layers"] == 4
     spec = sw.hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True)
     assert spec["name"] == "hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0" and spec["cond"] is True
     cond = wide + [row("hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0", 1.861)]

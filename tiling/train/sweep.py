@@ -12,6 +12,8 @@ so two processes share the 2-core machine; the order puts the headline rows firs
   space, Fisher–Rao, router and linear;
 * the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy, uniform and surprisal
   with the EMA (at 0.25, 0.35, 0.5 and 0.7), and variants of the last changing one boundary field each;
+* the best of those (surprisal, EMA, the identity skip, lr 3e-3 at 0.35) and its uniform twin with a main
+  network of eight layers (:data:`DEEP`, rows ``-deep``, a narrower FLOP-matched ``d_main``);
 * the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training, uniformly and skewed
   towards the cheap end, ``budget_skew`` 3 and 6; and surprisal with the EMA on the wide stages, γ = 6
   and 12, and γ = 6 with budget conditioning), each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
@@ -459,17 +461,20 @@ def figures(table_rows: list[dict], directory: Path) -> None:
                  "each trained for the same CPU time", fontsize=9)
     _save(fig, directory / "hourglass_bpb_vs_flops.png")
 
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = plt.subplots(figsize=(12, 5.5))
+    labelled = set()  # one legend entry per configuration (its seeds share it), beside the axes: some 60 rows
     for r in table_rows:
         if r["kind"] != "trained":
             continue
         cur = r["validation_curve"]
+        name = r["row"].split("/")[0]
         ax.plot([p["train_seconds"] / 60 for p in cur[1:]], [p["bpb"] for p in cur[1:]], color=_color(r["row"]),
-                ls="-" if r["row"].startswith("mamba") else "--", label=r["row"].split("/")[0], lw=1)
+                ls="-" if r["row"].startswith("mamba") else "--", label="_" if name in labelled else name, lw=1)
+        labelled.add(name)
     ax.set_xlabel("training CPU minutes (one thread)")
     ax.set_ylabel("validation bits per byte")
     ax.set_ylim(top=3.5)
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=5.5, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title("bpb against training time", fontsize=9)
     _save(fig, directory / "hourglass_bpb_vs_time.png")
 
