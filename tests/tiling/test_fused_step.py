@@ -492,3 +492,24 @@ def test_the_zero_state_is_made_flat_and_equals_the_layers_zero_states(policy, b
             la, a = model.step(x[:, t], a, budget=budget)
             lb, b = model.step(x[:, t], b, budget=budget)
             torch.testing.assert_close(la, lb, rtol=0, atol=0)
+
+
+def test_a_tiles_signals_wait_until_its_end_and_read_as_recorded(monkeypatch):
+    """Under a policy that reads the signal, the kernel's step keeps the current tile's signals pending and
+    records them at the tile's last token (``FlatState.pending``, ``TileRouter.record_many``): the pending
+    count grows within a tile and is empty after its end, and at every token the layer states read as the
+    reference path's, which records each token."""
+    model = lm(0.25, "adaptive", seed=2)
+    x = torch.randint(0, 32, (1, 29))
+    got, got_states = decode(model, x)
+    want, want_states = decode(model, x, reference=True, monkeypatch=monkeypatch)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for t, (a, b) in enumerate(zip(got_states, want_states)):
+        pending = a.flat.pending
+        assert (0 if pending is None else len(pending.signals)) == (0 if t % 8 == 7 else t % 8 + 1), t
+        for u, v in zip(a, b):  # reading the layers records the pending signals
+            p, q = u.tile_router, v.tile_router
+            assert p.position == q.position == t + 1 and p.starts == q.starts
+            for m, n in ((p.signal, q.signal), *zip(p.tiles, q.tiles)):
+                torch.testing.assert_close(m, n, rtol=1e-6, atol=1e-9)
+        assert a.flat.pending is pending  # reading left the state as it was

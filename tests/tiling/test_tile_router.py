@@ -4,6 +4,8 @@ starts, its decoding state is frozen, and TiledMamba delegates to it."""
 import dataclasses
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from tiling.config import TilingConfig
@@ -184,3 +186,31 @@ def test_the_layer_delegates_to_its_router():
     # a token layer's checkpoint of the former layout had the (never read) calibration: it still loads
     former = {"calibrator.quantiles": torch.zeros(8, dtype=f64), "calibrator.updates": torch.tensor(1)}
     token.load_state_dict({**token.state_dict(), **former})  # strict
+
+
+@pytest.mark.parametrize("options", [{}, {"policy": "binary"}, {"calibration": "running", "calibration_levels": 8}])
+@pytest.mark.parametrize("budget", [0.25, 0.5, 1.0])
+@settings(max_examples=25, deadline=None)
+@given(start=st.integers(0, 30), n=st.integers(0, 20))
+def test_record_many_is_the_records_one_by_one(options, budget, start, n):
+    """``record_many`` (the whole-model step records a tile's signals at its end) gives the state of
+    ``record`` token by token: from any position (inside a tile, at its first or last token), over any
+    count (across tile ends it records one by one), in a tile begun at budget 1 (no plan: nothing joins)."""
+    router = router_of(**options)
+    rho = density(2, start + n + 13, 7)  # the burst needs 13 tokens
+    state = router.allocate(2)
+    for t in range(start):  # the history: decided and recorded at the budget
+        _, state = router.step(rho[:, t], state, budget=budget)
+    _, state, _ = router.decide(state, router._config(budget))  # the next token's plan, as the step decides it
+    config = router._config(budget)
+    signals = [rho[:, start + j] for j in range(n)]
+    want = state
+    for s in signals:
+        want = router.record(s, want, config)
+    got = router.record_many(signals, state, config)
+    assert got.position == want.position == start + n
+    for f in dataclasses.fields(want):
+        u, v = getattr(got, f.name), getattr(want, f.name)
+        same = (torch.equal(u, v) if isinstance(u, torch.Tensor) else
+                all(map(torch.equal, u, v)) if f.name == "tiles" else u == v)
+        assert same, f.name

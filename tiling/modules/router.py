@@ -38,6 +38,7 @@ Tile boundaries (:class:`TileRouter`, the policy as a module beside the layer)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -615,11 +616,32 @@ class TileRouter(nn.Module):
         (batch,) joins the tile's, which is folded into the history at the tile's last token."""
         signal, tiles = state.signal, state.tiles
         if self.reads_signal(config.budget) and state.starts is not None:
-            signal = torch.cat([signal, signal_t.to(torch.float64).unsqueeze(1)], dim=1)
+            if signal_t.dtype is not torch.float64:  # the whole-model step passes float64 already
+                signal_t = signal_t.to(torch.float64)
+            signal = torch.cat([signal, signal_t.unsqueeze(1)], dim=1)
             if state.position % config.tile_size == config.tile_size - 1:
                 folded = plan_densities(signal, config, validate=False)
                 tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, folded))
         return TileRouterState(state.position + 1, signal, tiles, state.carry, state.boundary, state.surplus,
+                               state.starts)
+
+    def record_many(self, signals: Sequence[Tensor], state: TileRouterState, config: TilingConfig) -> TileRouterState:
+        """:meth:`record` of consecutive tokens' ``signals`` (each (batch,)) in turn, with one concatenation
+        where they lie in one tile (its last token at most the last of them): the whole-model decoding step
+        keeps a tile's signals and records them at the tile's end, or when someone reads its state
+        (``tiling.train.lm_state.settle``). The same state as the records one by one (tested)."""
+        n, T = len(signals), config.tile_size
+        if n <= 1 or state.position % T + n > T:  # one token, or a tile's end before the last: one by one
+            for signal_t in signals:
+                state = self.record(signal_t, state, config)
+            return state
+        signal, tiles = state.signal, state.tiles
+        if self.reads_signal(config.budget) and state.starts is not None:
+            signal = torch.cat([signal, torch.stack(list(signals), 1).to(torch.float64)], dim=1)
+            if (state.position + n) % T == 0:  # the tile's last token: its signal folds into the history
+                folded = plan_densities(signal, config, validate=False)
+                tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, folded))
+        return TileRouterState(state.position + n, signal, tiles, state.carry, state.boundary, state.surplus,
                                state.starts)
 
 

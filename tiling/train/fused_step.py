@@ -29,7 +29,7 @@ import torch
 from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import kernel_weights
 from tiling.ops.scan import cpu_kernels
-from tiling.train.lm_state import FLAT_FIELDS, FlatState, TiledLMState, at_position, flatten, signal_of
+from tiling.train.lm_state import FLAT_FIELDS, FlatState, Pending, TiledLMState, at_position, flatten, settle, signal_of
 
 Tensor = torch.Tensor
 
@@ -54,7 +54,8 @@ class _Plan(NamedTuple):
     updated in place or moved, and the plan is made again). ``shared``: ``"full"`` where every layer is
     at full resolution, ``"same"`` where every layer has layer 0's policy and it reads no signal (so one
     decision serves all where the layers share one router state), else None. ``kind_lists``: per kind, the
-    list of it for every layer, made once (the kernel only reads it)."""
+    list of it for every layer, made once (the kernel only reads it). ``read_tiles``: the tile sizes of the
+    layers whose policy reads the signal (their pending signals are recorded at each such tile's end)."""
 
     routers: tuple
     configs: tuple
@@ -67,6 +68,7 @@ class _Plan(NamedTuple):
     decoder: object
     shared: str | None
     kind_lists: dict
+    read_tiles: tuple
 
 
 def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
@@ -103,7 +105,8 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
         plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs, full=full, same=same,
                      reads=reads, kernel_reads=[int(r) for r in reads] if any(reads) else [],
                      emb=model.embedding.weight, dtype=dtype, decoder=decoder, shared=shared,
-                     kind_lists={kind: [kind] * len(layers) for kind in (0, 2, FULL)})
+                     kind_lists={kind: [kind] * len(layers) for kind in (0, 2, FULL)},
+                     read_tiles=tuple({c.tile_size for c, r in zip(configs, reads) if r}))
     if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
         cache.clear()
     cache[key] = plan
@@ -193,6 +196,18 @@ def _one_object(items: tuple) -> bool:
     return True
 
 
+def _in_planned_tiles(plan: _Plan, flat: FlatState, t: int) -> bool:
+    """Whether token ``t`` lies, for every layer whose policy reads the signal, inside the tile its state
+    planned at the tile's first token (then :func:`_kinds` reads the plan, not the history, and the tile's
+    pending signals may wait)."""
+    for state, config, reads in zip(flat.tile_routers, plan.configs, plan.reads):
+        if reads:
+            off = t % config.tile_size
+            if not off or state.starts is None or state.position < t - off:
+                return False
+    return True
+
+
 def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list] | None:
     """Each layer's kind at token ``t`` and its router state after the decision, from the states
     ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one); None where some rows start
@@ -213,6 +228,10 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list] | N
             tile_router, kind = advanced[-1], kinds[-1]
         elif full:  # every token starts a segment: the router state would change only its position
             kind = FULL
+        elif (reads and t % config.tile_size and tile_router.starts is not None
+              and t - t % config.tile_size <= tile_router.position <= t):
+            kind = tile_router.starts[t % config.tile_size]  # inside the tile the policy planned at its first
+            # token, whose state (with the tile's signals pending, FlatState.pending) decide would return as it is
         elif reads:  # the starts from the tiles before; the token's signal is recorded after the kernel
             _, tile_router, kind = router.decide(at_position(tile_router, t), config, host_only=True)
         else:
@@ -288,6 +307,8 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
     if torch._C._are_functorch_transforms_active() or torch._C._len_torch_dispatch_stack():
         return None  # a transform or dispatch mode sees torch's ops, not the kernel (cpu_kernels)
     t = flat.position
+    if flat.pending is not None and (flat.pending.configs != plan.configs or not _in_planned_tiles(plan, flat, t)):
+        flat = settle(flat)  # kept at another budget, or a layer's decision reads its history: record them now
     decided = _kinds(plan, flat.tile_routers, t)
     if decided is None:  # some rows start a segment, others not: the reference path
         return None
@@ -305,12 +326,15 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
         status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
     if status != OK:  # a non-finite logit or signal, or a token out of range: the reference path names it
         return None
-    if plan.kernel_reads:  # each reading layer's signal (layers, batch) joins its policy's history
-        rho = out[-1].to(torch.float64).unbind(0)  # the history's dtype, once for every layer (exact)
-        for k, (router, config, reads) in enumerate(zip(plan.routers, plan.configs, plan.reads)):
-            if reads:
-                advanced[k] = router.record(rho[k], advanced[k], config)
-    new = FlatState(out[1:1 + len(FLAT_FIELDS)], tuple(advanced), t + 1, flat.fixed, flat.signal)
+    pending = None
+    if plan.kernel_reads:  # the token's signal (layers, batch) joins the reading layers' pending ones
+        rho = out[-1].to(torch.float64)  # the history's dtype, once for every layer (exact)
+        p = flat.pending
+        pending = Pending(plan.routers, plan.configs, plan.reads, (rho,)) if p is None else \
+            p._replace(signals=p.signals + (rho,))
+    new = FlatState(out[1:1 + len(FLAT_FIELDS)], tuple(advanced), t + 1, flat.fixed, flat.signal, pending)
+    if pending is not None and any(t % size == size - 1 for size in plan.read_tiles):
+        new = settle(new)  # a reading layer's tile ends: its signals fold into the history the next tile plans on
     return out[0], TiledLMState.of_flat(new, id(model), batch, resume)
 
 

@@ -23,6 +23,40 @@ Tensor = torch.Tensor
 FLAT_FIELDS = ("conv", "ssm", "held", "pool_sum", "pool_count", "last_start")
 
 
+class Pending(NamedTuple):
+    """The signals of a tile's tokens that the whole-model step computed and has not yet recorded into the
+    router states of the layers whose policy reads them: recording each token's (a concatenation and a new
+    state per layer) was a large part of a decoding step of the adaptive policy (issue 23), so the step keeps
+    them and records a tile's at its end (:meth:`TileRouter.record_many
+    <tiling.modules.router.TileRouter.record_many>`).
+
+    Attributes
+    ----------
+    routers, configs, reads : per layer its tile router, the configuration at the step's budget and whether
+        its policy reads the signal (the plan's, ``tiling.train.fused_step``).
+    signals : one (layers, batch) float64 tensor per token since the states were last recorded.
+    """
+
+    routers: tuple
+    configs: tuple
+    reads: tuple
+    signals: tuple
+
+
+def settle(flat: FlatState) -> FlatState:
+    """``flat`` with its :attr:`~FlatState.pending` signals recorded into the reading layers' router states
+    (the same states as recording each token in turn)."""
+    p = flat.pending
+    if p is None:
+        return flat
+    routers = list(flat.tile_routers)
+    first = flat.position - len(p.signals)  # the first pending token (a state may be older: full steps since)
+    for k, (router, config, reads) in enumerate(zip(p.routers, p.configs, p.reads)):
+        if reads:
+            routers[k] = router.record_many([s[k] for s in p.signals], at_position(routers[k], first), config)
+    return flat._replace(tile_routers=tuple(routers), pending=None)
+
+
 class FlatState(NamedTuple):
     """The layers' state as the kernel reads and writes it.
 
@@ -38,6 +72,9 @@ class FlatState(NamedTuple):
         tensors per layer (the composite map, its offset or None, the sampled rows of dt_proj and their
         bias) and one scale per layer; None until a step reads them (a zero state makes none, and a decoding
         whose policies read no signal, at budget 1 or uniform, never does).
+    pending : the signals of the current tile's tokens that the reading layers' router states in
+        ``tile_routers`` do not hold yet (:class:`Pending`), or None: the whole-model step records them at the
+        tile's last token, and :func:`settle` (which reading the layer states calls) before that.
     """
 
     tensors: list
@@ -45,6 +82,7 @@ class FlatState(NamedTuple):
     position: int
     fixed: tuple
     signal: tuple
+    pending: Pending | None = None
 
 
 def flatten(layers: Sequence[TiledMambaState]) -> FlatState:
@@ -78,6 +116,7 @@ def unflatten(flat: FlatState) -> list[TiledMambaState]:
     """The per-layer states of a :class:`FlatState` (their tensors are views of its stacked ones, which
     no step writes)."""
     out = []
+    flat = settle(flat)
     for k, (tile_router, (route, router, proj)) in enumerate(zip(flat.tile_routers, flat.fixed)):
         conv, ssm, held, pool_sum, pool_count, last_start = (t[k] for t in flat.tensors)
         out.append(TiledMambaState(conv=conv, ssm=ssm, route=route, position=flat.position, held=held,
