@@ -12,6 +12,8 @@
 //          runs the mixer with Δ times the gap since the previous start, its output is held and the
 //          pool empties;
 //   kind 3 (full resolution, budget 1): the mixer on x with Δ × 1, no pool;
+//   kind 1 (some rows start, as the rows' own signals place them): kind 2 on the rows that start (gathered,
+//          one mixer call) and kind 0 on the others, row by row as each would decode alone;
 // then h = h + out. Last, logits = head(RMSNorm_f(h)) and whether they are all finite (the caller
 // raises, naming what is not finite, through the reference path). Departure: GCC may contract
 // x + gate * mean into one fused multiply-add, so a pooled representative can differ from torch's two
@@ -20,7 +22,7 @@
 
 namespace lmstep {
 
-enum Kind : int64_t { kNone = 0, kAll = 2, kFull = 3 };
+enum Kind : int64_t { kNone = 0, kSome = 1, kAll = 2, kFull = 3 };
 
 constexpr int kWeights = 11;  // layer_step's: W_in, b_in, conv w, conv b, W_x, W_dt, b_dt, A, D, W_out, b_out
 constexpr int kState = 6;     // conv, ssm, held, pool_sum, pool_count, last_start, each stacked over the layers
@@ -73,11 +75,54 @@ void signal_rows(const SignalMaps& s, const T* x, T* rho, int64_t Bt, int64_t d)
   linear_signal_rows<T>(z.data(), ab.data(), rho, Bt, k, r, rN - r, s.scale);
 }
 
+// kind 1 on one layer: the rows that start a segment (starts[b] != 0) are gathered and run the mixer on their
+// pooled representative together, as kind 2; the others join their pool and keep their held output, as
+// kind 0; each row's fields are written from its own kind.
+template <typename T>
+void some_rows(const T* x, const T* sconv, const T* sssm, const T* sheld, const T* ssum, const int64_t* scount,
+               const int64_t* slast, const StepWeights& w, const T* gate, const int64_t* starts, int64_t position,
+               T* oconv, T* ossm, T* oheld, T* osum, int64_t* ocount, int64_t* olast, int64_t Bt, int64_t d, int64_t E,
+               int64_t K, int64_t N) {
+  std::vector<int64_t> rows;
+  for (int64_t b = 0; b < Bt; ++b)
+    if (starts[b]) rows.push_back(b);
+  const int64_t Bs = (int64_t)rows.size(), EK = E * K, EN = E * N;
+  std::vector<T> rep((size_t)(Bs * d)), conv((size_t)(Bs * EK)), ssm((size_t)(Bs * EN)), held((size_t)(Bs * d)),
+      conv1((size_t)(Bs * EK)), ssm1((size_t)(Bs * EN));
+  std::vector<int64_t> last((size_t)Bs);
+  for (int64_t i = 0; i < Bs; ++i) {
+    const int64_t b = rows[i];
+    const T count = (T)std::max<int64_t>(scount[b], 1);
+    for (int64_t j = 0; j < d; ++j) rep[i * d + j] = x[b * d + j] + gate[j] * (ssum[b * d + j] / count);
+    std::memcpy(conv.data() + i * EK, sconv + b * EK, sizeof(T) * EK);
+    std::memcpy(ssm.data() + i * EN, sssm + b * EN, sizeof(T) * EN);
+    last[i] = slast[b];
+  }
+  if (Bs) layer_step_rows<T>(rep.data(), conv.data(), ssm.data(), w, last.data(), position, held.data(), conv1.data(),
+                             ssm1.data(), Bs, d, E, K, N, w.Wdt.size(1));
+  for (int64_t b = 0, i = 0; b < Bt; ++b) {
+    if (i < Bs && rows[i] == b) {  // started: the mixer's fields, an empty pool
+      std::memcpy(oheld + b * d, held.data() + i * d, sizeof(T) * d);
+      std::memcpy(oconv + b * EK, conv1.data() + i * EK, sizeof(T) * EK);
+      std::memcpy(ossm + b * EN, ssm1.data() + i * EN, sizeof(T) * EN);
+      std::fill(osum + b * d, osum + (b + 1) * d, T(0));
+      ocount[b] = 0, olast[b] = position, ++i;
+    } else {  // no start: the pool grows, the mixer's fields stay
+      std::memcpy(oheld + b * d, sheld + b * d, sizeof(T) * d);
+      std::memcpy(oconv + b * EK, sconv + b * EK, sizeof(T) * EK);
+      std::memcpy(ossm + b * EN, sssm + b * EN, sizeof(T) * EN);
+      for (int64_t j = 0; j < d; ++j) osum[b * d + j] = ssum[b * d + j] + x[b * d + j];
+      ocount[b] = scount[b] + 1, olast[b] = slast[b];
+    }
+  }
+}
+
 template <typename T>
 bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms, const std::vector<double>& eps,
          const T* head_w, const T* head_b, const std::vector<StepWeights>& ws, const std::vector<const T*>& gates,
-         const std::vector<int64_t>& kinds, const std::vector<Tensor>& in, const std::vector<Tensor>& out, T* logits,
-         const std::vector<SignalMaps>& signals, T* rho, int64_t position, int64_t Bt, int64_t d, int64_t V) {
+         const std::vector<int64_t>& kinds, const int64_t* row_starts, const std::vector<Tensor>& in,
+         const std::vector<Tensor>& out, T* logits, const std::vector<SignalMaps>& signals, T* rho, int64_t position,
+         int64_t Bt, int64_t d, int64_t V) {
   const int64_t n_layers = (int64_t)kinds.size();
   const int64_t E = in[0].size(2), K = in[0].size(3), N = in[1].size(3);
   // one scratch block (h, x, rep, r): a step at a token that starts no segment is a few microseconds, in
@@ -102,7 +147,10 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
     rms_rows<T>(h, norms[l], x, r, Bt, d, eps[l]);
     if (!signals.empty() && signals[l].proj.defined()) signal_rows<T>(signals[l], x, rho + l * Bt, Bt, d);
     const T* held = oheld;
-    if (kinds[l] == kNone) {
+    if (kinds[l] == kSome) {
+      some_rows<T>(x, sconv, sssm, sheld, ssum, scount, slast, ws[l], gates[l], row_starts + l * Bt, position, oconv,
+                   ossm, oheld, osum, ocount, olast, Bt, d, E, K, N);
+    } else if (kinds[l] == kNone) {
       for (int64_t j = 0; j < Bt * d; ++j) osum[j] = ssum[j] + x[j];
       for (int64_t b = 0; b < Bt; ++b) ocount[b] = scount[b] + 1;
       held = sheld;
@@ -151,7 +199,8 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
 //      held and pool_sum (layers, Bt, d), pool_count and last_start (layers, Bt) int64, position: the tokens
 //      consumed so far (every layer's), reads: per layer whether its policy reads the signal (empty: none
 //      does), maps: per layer the signal's maps of its state (proj, offset or None, dt rows, dt bias), scales:
-//      per layer the map's scale)
+//      per layer the map's scale, row_starts: for a layer of kind 1, whether each row starts a segment (layers × Bt,
+//      row-major; empty where no layer is of kind 1))
 //   -> (status, [logits (Bt, V), the 6 new state tensors, and where a layer reads the signal the layers'
 //      signals rho (layers, Bt), 0 where not read]); status kOk, kNonFinite (some
 //      logit is NaN/Inf: the caller names the cause through its reference path), kStale (a source was
@@ -204,7 +253,8 @@ class Decoder {
                                                 const std::vector<Tensor>& state, int64_t position,
                                                 const std::vector<int64_t>& reads,
                                                 const std::vector<c10::optional<Tensor>>& maps,
-                                                const std::vector<double>& scales) const {
+                                                const std::vector<double>& scales,
+                                                const std::vector<int64_t>& row_starts) const {
     for (size_t i = 0; i < sources_.size(); ++i)
       if (storage_of(sources_[i]) != pointers_[i]) return {kStale, {}};
     for (size_t i = 0; i < copied_.size(); ++i)
@@ -218,9 +268,15 @@ class Decoder {
     for (int64_t b = 0; b < Bt; ++b)
       if (tok[b] < 0 || tok[b] >= V) return {kToken, {}};
     const auto dt = emb_.scalar_type();
-    for (int64_t kind : kinds)
-      TORCH_CHECK(kind == lmstep::kNone || kind == lmstep::kAll || kind == lmstep::kFull,
-                  "LmDecoder.step: a layer's kind is 0 (no start), 2 (every row starts) or 3 (full resolution)");
+    bool some = false;
+    for (int64_t kind : kinds) {
+      TORCH_CHECK(kind == lmstep::kNone || kind == lmstep::kSome || kind == lmstep::kAll || kind == lmstep::kFull,
+                  "LmDecoder.step: a layer's kind is 0 (no start), 1 (some rows start), 2 (every row starts) or 3 "
+                  "(full resolution)");
+      some |= kind == lmstep::kSome;
+    }
+    TORCH_CHECK(!some || (int64_t)row_starts.size() == n_layers * Bt,
+                "LmDecoder.step: a layer of kind 1 needs row_starts, one flag per layer and row");
     const Tensor &conv = state[0], &ssm = state[1], &held = state[2], &sum = state[3], &count = state[4],
                  &last = state[5];
     for (const Tensor* t : {&conv, &ssm, &held, &sum})
@@ -269,7 +325,8 @@ class Decoder {
       for (const auto& t : norms_) nw.push_back(t.data_ptr<scalar_t>());
       for (const auto& t : gates_) gw.push_back(t.data_ptr<scalar_t>());
       finite = lmstep::run<scalar_t>(tok, emb_.data_ptr<scalar_t>(), nw, eps_, head_w_.data_ptr<scalar_t>(),
-                                     head_b_.defined() ? head_b_.data_ptr<scalar_t>() : nullptr, ws_, gw, kinds, state,
+                                     head_b_.defined() ? head_b_.data_ptr<scalar_t>() : nullptr, ws_, gw, kinds,
+                                     some ? row_starts.data() : nullptr, state,
                                      {out.begin() + 1, out.begin() + 1 + lmstep::kState}, logits.data_ptr<scalar_t>(),
                                      signals, signals.empty() ? nullptr : out.back().data_ptr<scalar_t>(), position,
                                      Bt, d, V);

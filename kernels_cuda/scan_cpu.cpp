@@ -1340,7 +1340,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const Tensor&, const std::vector<Tensor>&, const std::vector<double>&, const Tensor&,
                     const c10::optional<Tensor>&, const std::vector<c10::optional<Tensor>>&, const std::vector<Tensor>&,
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())
-      .def("step", &Decoder::step, "one token per row (kinds decided on the host): (status, [logits, state...])");
+      .def("step", &Decoder::step, "one token per row (kinds decided on the host): (status, [logits, state...])",
+           py::arg("tokens"), py::arg("kinds"), py::arg("state"), py::arg("position"), py::arg("reads"),
+           py::arg("maps"), py::arg("scales"), py::arg("row_starts") = std::vector<int64_t>{});
   py::class_<StackDecoder>(m, "StackDecoder", "a stack of full-resolution Mamba layers' decoding step (stack_step.h)")
       .def(py::init<const std::vector<Tensor>&, const std::vector<double>&, const std::vector<c10::optional<Tensor>>&,
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())

@@ -99,10 +99,9 @@ def test_the_fused_step_equals_the_layer_by_layer_step(budget, dtype, batch, pol
     x = torch.randint(0, 32, (batch, 29))
     spy = Spy(monkeypatch)
     got, got_states = decode(model, x)
-    if batch == 1 or policy == "uniform":
-        assert len(spy.kinds) == x.shape[1]  # every step went through the kernel
-    else:  # the rows' own signals: where some rows start a segment and others not, the reference path
-        assert 0 < len(spy.kinds) <= x.shape[1]
+    assert len(spy.kinds) == x.shape[1]  # every step went through the kernel
+    if batch > 1 and policy != "uniform" and budget < 1:  # the rows' own signals: some rows start, others not
+        assert any(1 in kinds for kinds in spy.kinds)
     want, want_states = decode(model, x, reference=True, monkeypatch=monkeypatch)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, want, **tol)
@@ -201,6 +200,8 @@ def test_the_kernel_refuses_a_token_outside_the_vocabulary_a_bad_kind_and_stale_
     assert dec.step(torch.tensor([32]), [3, 3, 3], flat.tensors, 0, [], [], []) == (3, [])  # the caller raises
     assert dec.step(torch.tensor([-1]), [3, 3, 3], flat.tensors, 0, [], [], []) == (3, [])
     with pytest.raises(RuntimeError, match="kind is 0"):
+        dec.step(torch.tensor([1]), [4, 3, 3], flat.tensors, 0, [], [], [])
+    with pytest.raises(RuntimeError, match="needs row_starts"):
         dec.step(torch.tensor([1]), [1, 3, 3], flat.tensors, 0, [], [], [])
     with pytest.raises(RuntimeError, match="does not match"):
         dec.step(torch.tensor([1, 2]), [3, 3, 3], flat.tensors, 0, [], [], [])  # a state of one row
@@ -232,6 +233,15 @@ def test_a_field_no_layer_writes_is_passed_through_and_the_others_keep_their_lay
     assert torch.equal(last[0], torch.full((2,), 7)) and torch.equal(pool_count[0], torch.zeros(2, dtype=torch.int64))
     assert torch.equal(pool_count[1], flat.tensors[4][1] + 1) and torch.equal(pool_count[2], flat.tensors[4][2])
     assert torch.equal(pool_sum[2], flat.tensors[3][2]) and not torch.equal(pool_sum[1], flat.tensors[3][1])
+    # kind 1 (some rows start): each row's fields as its own kind gives them (row 0 starts, row 1 does not)
+    _, some = dec.step(torch.tensor([1, 2]), [1, 1, 0], flat.tensors, 7, [], [], [], [1, 0, 1, 0, 0, 0])
+    _, starts = dec.step(torch.tensor([1, 2]), [2, 2, 0], flat.tensors, 7, [], [], [])
+    _, joins = dec.step(torch.tensor([1, 2]), [0, 0, 0], flat.tensors, 7, [], [], [])
+    for k, name in enumerate(FLAT_FIELDS):  # layers 0 and 1; row 0 as if every row started, row 1 as if none
+        for layer in (0, 1):
+            torch.testing.assert_close(some[1 + k][layer, 0], starts[1 + k][layer, 0], rtol=0, atol=0)
+            torch.testing.assert_close(some[1 + k][layer, 1], joins[1 + k][layer, 1], rtol=0, atol=0)
+    torch.testing.assert_close(some[0][0], starts[0][0], rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("bad, error", [(1.5, ValueError), (float("nan"), ValueError), (True, TypeError),

@@ -12,10 +12,11 @@ the tiles before it) and one call of the CPU kernel (``kernels_cuda/lm_step.h``)
 a layer's policy reads the signal (the adaptive policies below budget 1), the kernel also computes the
 token's signal from the layer's normalised input and its state's maps (the reference's
 :func:`~tiling.modules.signal.step_signal`, to float rounding), which the host records
-(:meth:`~tiling.modules.router.TileRouter.record`).
+(:meth:`~tiling.modules.router.TileRouter.record`). Where the rows of a batch disagree (their own signals
+place their segments), the layer's kind is 1 and the kernel runs the mixer on the rows that start, gathered,
+each row as if decoded alone.
 
-It applies where every layer is of the block scope with tile boundaries, every row starts together,
-and no gradient is wanted; else :func:`fused_step` returns None and the caller takes the reference
+It applies where every layer is of the block scope with tile boundaries and no gradient is wanted; else :func:`fused_step` returns None and the caller takes the reference
 path, which also raises the errors (a non-finite logit or signal is found here and named there).
 """
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _plan(model, budgets: list[float], *, stale: bool = False) -> _Plan | None:
         plan = _Plan(routers=tuple(layer.tile_router for layer in layers), configs=configs, full=full, same=same,
                      reads=reads, kernel_reads=[int(r) for r in reads] if any(reads) else [],
                      emb=model.embedding.weight, dtype=dtype, decoder=decoder, shared=shared,
-                     kind_lists={kind: [kind] * len(layers) for kind in (0, 2, FULL)},
+                     kind_lists={kind: [kind] * len(layers) for kind in (0, 1, 2, FULL)},
                      read_tiles=tuple({c.tile_size for c, r in zip(configs, reads) if r}))
     if len(cache) >= 16 or any(k[0] != key[0] for k in cache):  # plans of earlier assignments are stale
         cache.clear()
@@ -208,18 +209,18 @@ def _in_planned_tiles(plan: _Plan, flat: FlatState, t: int) -> bool:
     return True
 
 
-def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list] | None:
-    """Each layer's kind at token ``t`` and its router state after the decision, from the states
-    ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one); None where some rows start
-    a segment and others not. The states come as ``routers`` itself where none changed (inside a planned
-    tile, or at full resolution: no new object at most steps), as a list where the caller records a signal."""
+def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list, list]:
+    """Each layer's kind at token ``t``, its router state after the decision, and where some rows start a
+    segment and others not (kind 1) whether each row does (layers × batch, row-major; empty where no layer
+    is of kind 1), from the states ``routers`` of :class:`FlatState` (of token ``t`` or of an earlier one).
+    The states come as ``routers`` itself where none changed (inside a planned tile, or at full resolution:
+    no new object at most steps), as a list where the caller records a signal."""
     if plan.shared == "full":  # every token starts a segment in every layer: the router states stay behind
-        return plan.kind_lists[FULL], routers
+        return plan.kind_lists[FULL], routers, []
     if plan.shared == "same" and _one_object(routers):  # one decision serves every layer
         tile_router, kind = _unread_kind(plan.routers[0], plan.configs[0], routers[0], t)
-        if kind == 1:
-            return None
-        return plan.kind_lists[kind], (routers if tile_router is routers[0] else (tile_router,) * len(routers))
+        rows = _row_starts(tile_router, plan.configs[0], t) * len(routers) if kind == 1 else []
+        return plan.kind_lists[kind], (routers if tile_router is routers[0] else (tile_router,) * len(routers)), rows
     kinds, advanced = [], []
     for k, (router, config, full, same, reads) in enumerate(zip(plan.routers, plan.configs, plan.full, plan.same,
                                                                 plan.reads)):
@@ -236,11 +237,20 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list] | N
             _, tile_router, kind = router.decide(at_position(tile_router, t), config, host_only=True)
         else:
             tile_router, kind = _unread_kind(router, config, tile_router, t)
-        if kind == 1:
-            return None
         kinds.append(kind)
         advanced.append(tile_router)
-    return kinds, advanced
+    rows = []
+    if 1 in kinds:  # the rows' own starts of the layers where they differ (each row as if decoded alone)
+        batch = len(_row_starts(advanced[kinds.index(1)], plan.configs[kinds.index(1)], t))
+        for kind, tile_router, config in zip(kinds, advanced, plan.configs):
+            rows += _row_starts(tile_router, config, t) if kind == 1 else [0] * batch
+    return kinds, advanced, rows
+
+
+def _row_starts(tile_router, config, t: int) -> list[int]:
+    """Whether each row starts a segment at token ``t``, from the plan of the tile of ``tile_router`` (a state
+    of that tile, decided at its first token)."""
+    return [int(v) for v in tile_router.boundary[:, t % config.tile_size].tolist()]
 
 
 class Resume(NamedTuple):
@@ -309,21 +319,18 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
     t = flat.position
     if flat.pending is not None and (flat.pending.configs != plan.configs or not _in_planned_tiles(plan, flat, t)):
         flat = settle(flat)  # kept at another budget, or a layer's decision reads its history: record them now
-    decided = _kinds(plan, flat.tile_routers, t)
-    if decided is None:  # some rows start a segment, others not: the reference path
-        return None
-    kinds, advanced = decided
+    kinds, advanced, rows = _kinds(plan, flat.tile_routers, t)
     tokens = tokens.contiguous()
     if plan.kernel_reads and flat.signal is None:
         flat = _with_maps(model, flat)
     signal = flat.signal if plan.kernel_reads else ((), ())  # the maps cross into C++ only where a layer reads
-    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
+    status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal, rows)
     if status == STALE:  # a parameter was updated in place or moved since the plan was made
         plan = _plan(model, resume.budgets, stale=True)
         if plan is None or flat.tensors[1].dtype != plan.dtype:  # moved off the CPU, or to another dtype
             return None
         resume = resume._replace(plan=plan)
-        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal)
+        status, out = plan.decoder.step(tokens, kinds, flat.tensors, t, plan.kernel_reads, *signal, rows)
     if status != OK:  # a non-finite logit or signal, or a token out of range: the reference path names it
         return None
     pending = None
