@@ -16,8 +16,9 @@ token's signal from the layer's normalised input and its state's maps (the refer
 place their segments), the layer's kind is 1 and the kernel runs the mixer on the rows that start, gathered,
 each row as if decoded alone.
 
-It applies where every layer is of the block scope with tile boundaries and no gradient is wanted; else :func:`fused_step` returns None and the caller takes the reference
-path, which also raises the errors (a non-finite logit or signal is found here and named there).
+It applies where every layer is of the block scope with tile boundaries and no gradient is wanted; else
+:func:`fused_step` returns None and the caller takes the reference path, which also raises the errors (a
+non-finite logit or signal is found here and named there).
 """
 from __future__ import annotations
 
@@ -145,8 +146,9 @@ def zero_state(model, batch: int) -> FlatState | None:
     without making the per-layer states the first step would stack again, a fixed cost of every decoding
     that weighs most on a cheap plan (issue 23); and it holds no signal maps (None), which the first step
     whose policy reads the signal makes (:func:`_with_maps`), so a decoding at budget 1 or under the uniform
-    policy never pays for them (four products of the layers' weights). None where the kernel's step does not
-    apply (a scope other than block, token boundaries, no CPU kernel) or the layers differ in shape."""
+    policy never pays for them (a cached lookup per layer, keyed on five parameters). None where the kernel's
+    step does not apply (a scope other than block, token boundaries, no CPU kernel) or the layers differ in
+    shape."""
     layers = tuple(model.layers)
     first = layers[0]
     p = first.in_proj.weight
@@ -241,7 +243,7 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list, lis
         advanced.append(tile_router)
     rows = []
     if 1 in kinds:  # the rows' own starts of the layers where they differ (each row as if decoded alone)
-        batch = len(_row_starts(advanced[kinds.index(1)], plan.configs[kinds.index(1)], t))
+        batch = advanced[kinds.index(1)].boundary.shape[0]
         for kind, tile_router, config in zip(kinds, advanced, plan.configs):
             rows += _row_starts(tile_router, config, t) if kind == 1 else [0] * batch
     return kinds, advanced, rows
