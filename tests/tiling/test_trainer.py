@@ -131,6 +131,13 @@ def test_goals_on_rows():
     wide = rows + [row("hg-entropy-wide@0.25/s0", 1.879), row("hg-uniform-wide@0.25/s0", 1.892)]
     b = sw.goals(wide)["b_information_matters"]
     assert b["uniform"] == 1.892 and b["gain"] == pytest.approx(1 - 1.879 / 1.892) and b["met"] is False
+    # (a)'s reference: the best plain row of d256's FLOPs per byte (±5 %), whatever its width and depth
+    flops = [dict(r, flops_per_byte=f) for r, f in zip(rows[:3], (2.0e6, 0.6e6, 2.0e6))]
+    deep, far = dict(row("mamba-d180x8/s0", 1.85), flops_per_byte=2.04e6), dict(row("mamba-d176/s0", 1.8),
+                                                                                  flops_per_byte=1.0e6)
+    a = sw.goals(flops + [deep, far])["a_quality_per_flop"]
+    assert a["reference"] == "mamba-d180x8" and a["mamba-d256"] == 1.85 and a["met"] is False  # 1.9 > 1.85
+    assert sw.goals(flops + [far])["a_quality_per_flop"]["reference"] == "mamba-d256"  # d176: half the FLOPs
     # the router's default EMA: its twin is the uniform row with the EMA
     routed = rows[:2] + [row("hg-router@0.25/s0", 1.8), row("hg-uniform-ema@0.25/s0", 1.9), row("hg-uniform@0.25/s0", 1.7)]
     assert sw.goals(routed)["b_information_matters"]["uniform"] == 1.9
@@ -156,6 +163,8 @@ def test_goals_on_rows():
     deep = sw.hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="deep", skip=True, lr=3e-3)
     assert deep["name"] == "hg-surprisal-ema-deep-skip-lr0.003@0.35/s1"
     assert deep["stages"] == {**sw.WIDE, "main_layers": 8} and sw.WIDE["main_layers"] == 4
+    assert sw.plain_row(180, 0, lr=3e-3, n_layers=8)["name"] == "mamba-d180x8-lr0.003/s0"
+    assert sw.plain_row(256, 1)["name"] == "mamba-d256/s1" and sw.plain_row(256, 1)["n_layers"] == 4
     spec = sw.hourglass_row("surprisal", 0.25, 0, elastic=True, dechunk="ema", stages="wide", skew=6.0, cond=True)
     assert spec["name"] == "hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0" and spec["cond"] is True
     cond = wide + [row("hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0", 1.861)]

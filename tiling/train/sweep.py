@@ -76,10 +76,12 @@ def lr_tag(lr: float | None) -> str:
     return "" if lr is None else f"-lr{lr:g}"
 
 
-def plain_row(d_model: int, seed: int, *, lr: float | None = None) -> dict:
-    """A plain Mamba row; ``lr``: its own AdamW learning rate (named ``-lrX``), None: the sweep's."""
-    return {"name": f"mamba-d{d_model}{lr_tag(lr)}/s{seed}", "family": "plain", "d_model": d_model, "seed": seed,
-            "budget": 1.0, "lr": lr}
+def plain_row(d_model: int, seed: int, *, lr: float | None = None, n_layers: int = REFERENCE["n_layers"]) -> dict:
+    """A plain Mamba row; ``lr``: its own AdamW learning rate (named ``-lrX``), None: the sweep's; ``n_layers``:
+    other than the reference's 4, named ``xN`` after the width."""
+    depth = "" if n_layers == REFERENCE["n_layers"] else f"x{n_layers}"
+    return {"name": f"mamba-d{d_model}{depth}{lr_tag(lr)}/s{seed}", "family": "plain", "d_model": d_model,
+            "seed": seed, "budget": 1.0, "lr": lr, "n_layers": n_layers}
 
 
 def hourglass_row(signal: str, budget: float, seed: int, *, elastic: bool = False, dechunk: str | None = None,
@@ -218,7 +220,9 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 0, dechunk="ema", stages="deep", skip=True, lr=3e-3),
            hourglass_row("uniform", 0.35, 0, stages="deep", skip=True, lr=3e-3),
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="deep", skip=True, lr=3e-3),
-           hourglass_row("uniform", 0.35, 1, stages="deep", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.35, 1, stages="deep", skip=True, lr=3e-3),
+           # plain Mamba as deep (8 layers of 180, d256's FLOPs per byte +2 %): is the reference's depth its best
+           plain_row(180, 0, lr=3e-3, n_layers=8)]
     return out
 
 
@@ -244,8 +248,9 @@ def reference_madds_per_byte(context: int) -> float:
 def build(spec: dict, context: int):
     """``(model, configuration name, info)`` of a trained row's spec."""
     if spec["family"] == "plain":
-        cfg = model_config("full", 1.0, d_model=spec["d_model"], n_layers=REFERENCE["n_layers"])
-        return build_model(cfg), "full", {"family": "plain", "d_model": spec["d_model"]}
+        n_layers = spec.get("n_layers", REFERENCE["n_layers"])
+        cfg = model_config("full", 1.0, d_model=spec["d_model"], n_layers=n_layers)
+        return build_model(cfg), "full", {"family": "plain", "d_model": spec["d_model"], "n_layers": n_layers}
     b = spec["budget"]
     base = hourglass_config(**spec["stages"], signal=spec["signal"], budget=b, dechunk=spec["dechunk"],
                             budget_range=ELASTIC_RANGE if spec["elastic"] else None,
@@ -341,14 +346,22 @@ def goals(table_rows: list[dict]) -> dict:
     plain = {k: v for k, v in bpb.items() if k.startswith("mamba-")}
     info_rows = {k: v for k, v in bpb.items() if k.startswith("hg-") and not k.startswith(("hg-uniform", "hg-elastic"))
                  and float(k.split("@")[1]) <= 0.35}
-    # the reference at its best learning rate (the sweep's, or a row's own ``-lrX``): each side tuned alike
-    ref = min((v for k, v in plain.items() if k == "mamba-d256" or k.startswith("mamba-d256-lr")), default=None)
+    # the reference: the best plain row of d256's FLOPs per byte (±5 %), at its best learning rate (the sweep's,
+    # or a row's own ``-lrX``) and depth (``xN``): each side tuned alike
+    f256 = next((r.get("flops_per_byte") for r in by.get("mamba-d256", [])), None)
+
+    def matched_flops(name: str) -> bool:
+        f = by[name][0].get("flops_per_byte")
+        return f256 is not None and f is not None and abs(f / f256 - 1.0) <= 0.05
+
+    matched = [k for k in plain if k == "mamba-d256" or k.startswith("mamba-d256-lr") or matched_flops(k)]
+    ref = min((plain[k] for k in matched), default=None)
     if info_rows:
         best = min(info_rows, key=info_rows.get)
         out["best_information_hourglass"] = best
         if ref is not None:
             out["a_quality_per_flop"] = {"hourglass": info_rows[best], "mamba-d256": ref,
-                                         "met": info_rows[best] <= ref}
+                                         "reference": min(matched, key=plain.get), "met": info_rows[best] <= ref}
         uni = _uniform_bpb(bpb, best, by[best][0])  # the same stages, budget and dechunk, uniform
         if uni is not None:
             gain = 1.0 - info_rows[best] / uni
