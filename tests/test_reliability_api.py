@@ -52,6 +52,8 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
      "non-empty"),
     (lambda: modules.linear_density(torch.ones(1, 2, 3), torch.ones(3, 3, dtype=F64), torch.ones(2, 1),
                                     torch.ones(2), 1.0), TypeError, "dtype"),
+    (lambda: modules.linear_density(torch.ones(1, 1, 1), torch.ones(3, 1), torch.ones(2, 0), torch.ones(2), 1.0),
+     ValueError, "dt_weight must have shape"),  # a fuzz case: an empty dimension of dt_weight
     (lambda: modules.TokenRouter(4)(torch.full((1, 3, 4), float("nan"))), ValueError, "x contains"),
     (lambda: modules.TokenRouter(4, rank=5), ValueError, "rank must be <= 4"),
     (lambda: modules.TiledMamba(4, tiling=TilingConfig(boundaries="token", router_rank=8)), ValueError,

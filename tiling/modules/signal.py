@@ -99,6 +99,8 @@ def _check_density_maps(x, proj, dt_weight, dt_bias, scale, offset) -> None:
     check_tensor(proj, "proj", ndim=2, finite=False)
     check_tensor(dt_weight, "dt_weight", ndim=2, finite=False)
     k, r = dt_weight.shape
+    if k == 0 or r == 0:  # no sampled channel, or Δ of rank 0: no density to compute
+        raise ValueError(f"dt_weight must have shape (k, r) with k >= 1 and r >= 1, got {tuple(dt_weight.shape)}")
     check_tensor(dt_bias, "dt_bias", shape=(k,), finite=False)
     if proj.shape[1] != x.shape[-1] or proj.shape[0] <= r:
         raise ValueError(f"proj must have shape (r + N, d_model) = ({r} + N, {x.shape[-1]}) with N >= 1, "
