@@ -6,7 +6,8 @@ Rows (each trains ``max_minutes`` of CPU time on one thread; ``--shard i/n`` run
 so two processes share the 2-core machine; the order puts the headline rows first):
 
 * plain Mamba (``TiledLM`` at budget 1, every layer full resolution) at ``d_model`` 256, 128 and 176
-  (about 1×, 0.3× and 0.5× the FLOPs per byte of the first);
+  (about 1×, 0.3× and 0.5× the FLOPs per byte of the first), and eight layers of 180 (``xN`` rows, the first's
+  FLOPs per byte);
 * the hourglass at budgets 0.25 and 0.35, FLOP-matched (±5 %) to plain Mamba d256 by choosing
   ``d_main`` (:func:`~tiling.modules.hourglass.match_main_width`), for the signals entropy, uniform,
   space, Fisher–Rao, router and linear;
@@ -222,7 +223,7 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="deep", skip=True, lr=3e-3),
            hourglass_row("uniform", 0.35, 1, stages="deep", skip=True, lr=3e-3),
            # plain Mamba as deep (8 layers of 180, d256's FLOPs per byte +2 %): is the reference's depth its best
-           plain_row(180, 0, lr=3e-3, n_layers=8)]
+           plain_row(180, 0, lr=3e-3, n_layers=8), plain_row(180, 1, lr=3e-3, n_layers=8)]
     return out
 
 
