@@ -1265,7 +1265,7 @@ std::vector<Tensor> causal_resolution(const Tensor& q, double budget, double r_m
 // start and span (Bt, Lc), lengths (Bt,), all int64 but boundary.
 std::vector<Tensor> layout_from_counts(const Tensor& counts, int64_t L, int64_t T) {
   TORCH_CHECK(counts.device().is_cpu() && counts.scalar_type() == at::kLong && counts.dim() == 2 &&
-              counts.is_contiguous() && counts.size(1) == (L + T - 1) / T, "layout_from_counts: bad counts");
+              counts.is_contiguous() && counts.size(1) == L / T + (L % T != 0), "layout_from_counts: bad counts");
   const int64_t Bt = counts.size(0), n = counts.size(1);
   const int64_t* mp = counts.data_ptr<int64_t>();
   auto i64 = counts.options();
@@ -1279,8 +1279,11 @@ std::vector<Tensor> layout_from_counts(const Tensor& counts, int64_t L, int64_t 
       const int64_t mi = mp[b * n + i];
       TORCH_CHECK(mi >= 1 && mi <= T, "layout_from_counts: a count outside [1, T]");
       for (int64_t j = 0; j < mi; ++j) {
-        const int64_t t = i * T + j * T / mi;
-        if (t < L) bp[b * L + t] = true;
+        // j·T in 128 bits: a tile size near 2^63 (a caller's, checked only to be ≥ 1) overflowed 64 and wrote
+        // before the row (found by the API fuzzer)
+        const int64_t t = i * T + (int64_t)((__int128)j * T / mi);
+        if (t >= L) break;  // t grows with j: the tile's other starts lie past the row (a count near 2^62 looped)
+        bp[b * L + t] = true;
       }
     }
     int64_t seg = -1;

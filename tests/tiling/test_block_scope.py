@@ -358,3 +358,14 @@ def test_repr_names_the_scope():
 @pytest.mark.parametrize("budget", [1.0, 0.3])
 def test_cpu_and_cuda_agree(boundaries, budget):
     assert_cpu_cuda_agree(block_layer(14, budget=budget, boundaries=boundaries), every_param=False)
+
+
+def test_layout_from_counts_survives_a_tile_size_near_two_to_the_63():
+    """A fuzz case: ``tile_size`` 2^62 (any int ≥ 1 passes the checks) made the kernel's ``j·T`` overflow and
+    write before the row (a segfault), and a count of 2^62 looped over every start. Both now give the layout
+    ``segment_boundaries`` defines: starts at ``⌊j·T/m⌋`` that lie inside the row."""
+    big = 2 ** 62
+    layout = layout_from_counts(torch.tensor([[1], [3]]), 2, big)
+    assert layout.boundary.tolist() == [[True, False], [True, False]] and layout.lengths.tolist() == [1, 1]
+    layout = layout_from_counts(torch.tensor([[big], [3]]), 2, big)  # starts 0 and 1: every byte, then one
+    assert layout.boundary.tolist() == [[True, True], [True, False]] and layout.lengths.tolist() == [2, 1]
