@@ -203,12 +203,14 @@ def _in_planned_tiles(plan: _Plan, flat: FlatState, t: int) -> bool:
     """Whether token ``t`` lies, for every layer whose policy reads the signal, inside the tile its state
     planned at the tile's first token (then :func:`_kinds` reads the plan, not the history, and the tile's
     pending signals may wait)."""
-    for state, config, reads in zip(flat.tile_routers, plan.configs, plan.reads):
-        if reads:
-            off = t % config.tile_size
-            if not off or state.starts is None or state.position < t - off:
-                return False
-    return True
+    return all(_planned_at(state, config, t) for state, config, reads in zip(flat.tile_routers, plan.configs,
+                                                                           plan.reads) if reads)
+
+
+def _planned_at(state, config, t: int) -> bool:
+    """Whether token ``t`` lies inside the tile ``state`` planned at the tile's first token (not that token)."""
+    off = t % config.tile_size
+    return bool(off) and state.starts is not None and t - off <= state.position <= t
 
 
 def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list, list]:
@@ -231,8 +233,7 @@ def _kinds(plan: _Plan, routers: tuple, t: int) -> tuple[list, tuple | list, lis
             tile_router, kind = advanced[-1], kinds[-1]
         elif full:  # every token starts a segment: the router state would change only its position
             kind = FULL
-        elif (reads and t % config.tile_size and tile_router.starts is not None
-              and t - t % config.tile_size <= tile_router.position <= t):
+        elif reads and _planned_at(tile_router, config, t):
             kind = tile_router.starts[t % config.tile_size]  # inside the tile the policy planned at its first
             # token, whose state (with the tile's signals pending, FlatState.pending) decide would return as it is
         elif reads:  # the starts from the tiles before; the token's signal is recorded after the kernel
