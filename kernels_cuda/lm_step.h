@@ -75,6 +75,13 @@ void signal_rows(const SignalMaps& s, const T* x, T* rho, int64_t Bt, int64_t d)
   linear_signal_rows<T>(z.data(), ab.data(), rho, Bt, k, r, rN - r, s.scale);
 }
 
+// One row's pooled representative x + gate * pool_sum / max(pool_count, 1) (Chunk.step), for kinds 2 and 1.
+template <typename T>
+inline void representative(const T* x, const T* gate, const T* sum, int64_t count, T* rep, int64_t d) {
+  const T c = (T)std::max<int64_t>(count, 1);
+  for (int64_t j = 0; j < d; ++j) rep[j] = x[j] + gate[j] * (sum[j] / c);
+}
+
 // kind 1 on one layer: the rows that start a segment (starts[b] != 0) are gathered and run the mixer on their
 // pooled representative together, as kind 2; the others join their pool and keep their held output, as
 // kind 0; each row's fields are written from its own kind.
@@ -92,8 +99,7 @@ void some_rows(const T* x, const T* sconv, const T* sssm, const T* sheld, const 
   std::vector<int64_t> last((size_t)Bs);
   for (int64_t i = 0; i < Bs; ++i) {
     const int64_t b = rows[i];
-    const T count = (T)std::max<int64_t>(scount[b], 1);
-    for (int64_t j = 0; j < d; ++j) rep[i * d + j] = x[b * d + j] + gate[j] * (ssum[b * d + j] / count);
+    representative<T>(x + b * d, gate, ssum + b * d, scount[b], rep.data() + i * d, d);
     std::memcpy(conv.data() + i * EK, sconv + b * EK, sizeof(T) * EK);
     std::memcpy(ssm.data() + i * EN, sssm + b * EN, sizeof(T) * EN);
     last[i] = slast[b];
@@ -158,10 +164,7 @@ bool run(const int64_t* tokens, const T* emb, const std::vector<const T*>& norms
       const T* src = x;
       const int64_t* last = nullptr;
       if (kinds[l] == kAll) {
-        for (int64_t b = 0; b < Bt; ++b) {
-          const T count = (T)std::max<int64_t>(scount[b], 1);
-          for (int64_t j = 0; j < d; ++j) rep[b * d + j] = x[b * d + j] + gates[l][j] * (ssum[b * d + j] / count);
-        }
+        for (int64_t b = 0; b < Bt; ++b) representative<T>(x + b * d, gates[l], ssum + b * d, scount[b], rep + b * d, d);
         src = rep;
         last = slast;
         std::fill(osum, osum + Bt * d, T(0));
