@@ -223,7 +223,15 @@ def rows() -> list[dict]:
            hourglass_row("surprisal", 0.35, 1, dechunk="ema", stages="deep", skip=True, lr=3e-3),
            hourglass_row("uniform", 0.35, 1, stages="deep", skip=True, lr=3e-3),
            # plain Mamba as deep (8 layers of 180, d256's FLOPs per byte +2 %): is the reference's depth its best
-           plain_row(180, 0, lr=3e-3, n_layers=8), plain_row(180, 1, lr=3e-3, n_layers=8)]
+           plain_row(180, 0, lr=3e-3, n_layers=8), plain_row(180, 1, lr=3e-3, n_layers=8),
+           # H-Net's learned router (signal (d), EMA) on the best stages, skip and rate: learned chunking against
+           # the surprisal's rule and the uniform twin above (it had run only on the first, default stages)
+           hourglass_row("router", 0.35, 0, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("router", 0.35, 1, stages="deep", skip=True, lr=3e-3),
+           # the router and its uniform twin at 0.25 on those stages: does placing boundaries matter more when
+           # the main network sees fewer tokens (dynamic pooling's entropy gain was at 4.1× shortening)
+           hourglass_row("router", 0.25, 0, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.25, 0, stages="deep", skip=True, lr=3e-3)]
     return out
 
 
