@@ -470,17 +470,29 @@ def figures(table_rows: list[dict], directory: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    best = {}  # per colour (the signal's family), the row named on the figure: some 110 names would overlap
     for r in table_rows:
-        ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], color=_color(r["row"]),
-                   marker="*" if r["row"].startswith("mamba") else "o",
+        c = _color(r["row"])
+        ax.scatter(r["flops_per_byte"] / 1e6, r["test_bpb"], color=c, marker="*" if r["row"].startswith("mamba") else "o",
                    facecolors="none" if r["kind"] == "evaluated" else None)
-        ax.annotate(r["row"].split("/")[0], (r["flops_per_byte"] / 1e6, r["test_bpb"]), fontsize=6,
-                    xytext=(3, 2), textcoords="offset points")
+        if r["row"].startswith("mamba"):  # every plain size is named
+            ax.annotate(r["row"].split("/")[0], (r["flops_per_byte"] / 1e6, r["test_bpb"]), fontsize=6,
+                        xytext=(3, 2), textcoords="offset points")
+        elif r["kind"] == "trained" and (c not in best or r["test_bpb"] < best[c]["test_bpb"]):
+            best[c] = r
+    for c, r in best.items():
+        ax.annotate(r["row"], (r["flops_per_byte"] / 1e6, r["test_bpb"]), fontsize=6, color=c, xytext=(6, -3),
+                    textcoords="offset points")
+    for key, c in (("plain Mamba", "k"), ("uniform", "tab:blue"), ("elastic", "tab:orange"), ("entropy", "tab:red"),
+                   ("surprisal", "tab:pink"), ("Fisher–Rao", "tab:purple"), ("space", "tab:olive"),
+                   ("router", "tab:green"), ("linear", "tab:brown")):
+        ax.scatter([], [], color=c, marker="*" if c == "k" else "o", label=key)
+    ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_xlabel("MFLOPs per byte (2 × multiply-adds as run)")
     ax.set_ylabel("test bits per byte")
-    ax.set_title("Plain Mamba (★) and the hourglass (●; hollow: elastic checkpoint at another budget)\n"
-                 "each trained for the same CPU time", fontsize=9)
+    ax.set_title("Plain Mamba (★) and the hourglass (●; hollow: elastic checkpoint at another budget; each colour's\n"
+                 "best trained row named), each trained for 15 CPU-minutes or the same steps", fontsize=9)
     _save(fig, directory / "hourglass_bpb_vs_flops.png")
 
     fig, ax = plt.subplots(figsize=(12, 5.5))
