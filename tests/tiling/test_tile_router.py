@@ -195,7 +195,8 @@ def test_the_layer_delegates_to_its_router():
 def test_record_many_is_the_records_one_by_one(options, budget, start, n):
     """``record_many`` (the whole-model step records a tile's signals at its end) gives the state of
     ``record`` token by token: from any position (inside a tile, at its first or last token), over any
-    count (across tile ends it records one by one), in a tile begun at budget 1 (no plan: nothing joins)."""
+    count (across tile ends it records one by one), in a tile begun at budget 1 (no plan: nothing joins); the
+    signals as a list of (batch,) tensors or as one (n, batch) tensor."""
     router = router_of(**options)
     rho = density(2, start + n + 13, 7)  # the burst needs 13 tokens
     state = router.allocate(2)
@@ -207,10 +208,11 @@ def test_record_many_is_the_records_one_by_one(options, budget, start, n):
     want = state
     for s in signals:
         want = router.record(s, want, config)
-    got = router.record_many(signals, state, config)
-    assert got.position == want.position == start + n
-    for f in dataclasses.fields(want):
-        u, v = getattr(got, f.name), getattr(want, f.name)
-        same = (torch.equal(u, v) if isinstance(u, torch.Tensor) else
-                all(map(torch.equal, u, v)) if f.name == "tiles" else u == v)
-        assert same, f.name
+    block = torch.stack(signals) if signals else rho.new_zeros(0, 2)  # (n, batch): the whole-model step's form
+    for got in (router.record_many(signals, state, config), router.record_many(block, state, config)):
+        assert got.position == want.position == start + n
+        for f in dataclasses.fields(want):
+            u, v = getattr(got, f.name), getattr(want, f.name)
+            same = (torch.equal(u, v) if isinstance(u, torch.Tensor) else
+                    all(map(torch.equal, u, v)) if f.name == "tiles" else u == v)
+            assert same, f.name

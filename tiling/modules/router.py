@@ -625,11 +625,12 @@ class TileRouter(nn.Module):
         return TileRouterState(state.position + 1, signal, tiles, state.carry, state.boundary, state.surplus,
                                state.starts)
 
-    def record_many(self, signals: Sequence[Tensor], state: TileRouterState, config: TilingConfig) -> TileRouterState:
-        """:meth:`record` of consecutive tokens' ``signals`` (each (batch,)) in turn, with one concatenation
-        where they lie in one tile (its last token at most the last of them): the whole-model decoding step
-        keeps a tile's signals and records them at the tile's end, or when someone reads its state
-        (``tiling.train.lm_state.settle``). The same state as the records one by one (tested)."""
+    def record_many(self, signals: Sequence[Tensor] | Tensor, state: TileRouterState, config: TilingConfig
+                    ) -> TileRouterState:
+        """:meth:`record` of consecutive tokens' ``signals`` (each (batch,), or one (n, batch) tensor) in turn,
+        with one concatenation where they lie in one tile (its last token at most the last of them): the
+        whole-model decoding step keeps a tile's signals and records them at the tile's end, or when someone
+        reads its state (``tiling.train.lm_state.settle``). The same state as the records one by one (tested)."""
         n, T = len(signals), config.tile_size
         if n <= 1 or state.position % T + n > T:  # one token, or a tile's end before the last: one by one
             for signal_t in signals:
@@ -637,7 +638,8 @@ class TileRouter(nn.Module):
             return state
         signal, tiles = state.signal, state.tiles
         if self.reads_signal(config.budget) and state.starts is not None:
-            signal = torch.cat([signal, torch.stack(list(signals), 1).to(torch.float64)], dim=1)
+            block = signals.t() if isinstance(signals, Tensor) else torch.stack(list(signals), 1)  # (batch, n)
+            signal = torch.cat([signal, block.to(torch.float64)], dim=1)
             if (state.position + n) % T == 0:  # the tile's last token: its signal folds into the history
                 folded = plan_densities(signal, config, validate=False)
                 tiles = tuple(torch.cat([h, d], 1) for h, d in zip(tiles, folded))

@@ -384,10 +384,9 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
         return None
     pending = None
     if plan.kernel_reads:  # the token's signal (layers, batch) joins the reading layers' pending ones
-        rho = out[-1].to(torch.float64)  # the history's dtype, once for every layer (exact)
+        rho = out[-1]  # in the model's dtype: settle converts a tile's at once (exact)
         p = flat.pending
-        pending = Pending(plan.routers, plan.configs, plan.reads, (rho,)) if p is None else \
-            p._replace(signals=p.signals + (rho,))
+        pending = Pending(plan.routers, plan.configs, plan.reads, (rho,) if p is None else p.signals + (rho,))
     new = FlatState(out[1:1 + len(FLAT_FIELDS)], tuple(advanced), t + 1, flat.fixed, flat.signal, pending)
     if pending is not None and any(t % size == size - 1 for size in plan.read_tiles):
         new = settle(new)  # a reading layer's tile ends: its signals fold into the history the next tile plans on

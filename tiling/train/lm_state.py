@@ -34,7 +34,8 @@ class Pending(NamedTuple):
     ----------
     routers, configs, reads : per layer its tile router, the configuration at the step's budget and whether
         its policy reads the signal (the plan's, ``tiling.train.fused_step``).
-    signals : one (layers, batch) float64 tensor per token since the states were last recorded.
+    signals : one (layers, batch) tensor per token since the states were last recorded, in the model's dtype
+        (:func:`settle` converts them to the history's float64 at once, exactly).
     """
 
     routers: tuple
@@ -51,9 +52,11 @@ def settle(flat: FlatState) -> FlatState:
         return flat
     routers = list(flat.tile_routers)
     first = flat.position - len(p.signals)  # the first pending token (a state may be older: full steps since)
+    block = torch.stack(p.signals).to(torch.float64)  # (tokens, layers, batch) in the history's dtype (exact): one
+    # op where a view per token and layer was most of an adaptive decoding's host time at a tile's end
     for k, (router, config, reads) in enumerate(zip(p.routers, p.configs, p.reads)):
         if reads:
-            routers[k] = router.record_many([s[k] for s in p.signals], at_position(routers[k], first), config)
+            routers[k] = router.record_many(block[:, k], at_position(routers[k], first), config)
     return flat._replace(tile_routers=tuple(routers), pending=None)
 
 
