@@ -59,16 +59,9 @@ class Spy:
         monkeypatch.setattr(fused_mod, "cpu_kernels", lambda *t: None if real(*t) is None else Ext(real(*t)))
 
 
-def reference_path(monkeypatch):
-    """Every later step takes the layer by layer path: neither the kernel's checked step nor the resumed one
-    (a zero state carries the model's last decoding's checks, last_resume)."""
-    monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
-    monkeypatch.setattr(model_mod, "resume_step", lambda *a: None)
-
-
 def decode(model, x, *, reference=False, monkeypatch=None):
     if reference:
-        reference_path(monkeypatch)
+        monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
     logits, states = [], []
     with torch.no_grad():
         state = model.allocate_inference_state(x.shape[0])
@@ -357,7 +350,7 @@ def test_a_budget_changed_inside_a_tile_applies_from_the_next_tile(policy, monke
     got = run()
     assert len(spy.kinds) == len(budgets)
     assert spy.kinds[3:8] == [[2, 2, 2]] * 5 and spy.kinds[8][0] == 2  # the rest of tile 0: every token
-    reference_path(monkeypatch)
+    monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
     want = run()
     for (a, sa), (b, sb) in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -530,28 +523,3 @@ def test_a_tiles_signals_wait_until_its_end_and_read_as_recorded(monkeypatch):
             for m, n in ((p.signal, q.signal), *zip(p.tiles, q.tiles)):
                 torch.testing.assert_close(m, n, rtol=1e-6, atol=1e-9)
         assert a.flat.pending is pending  # reading left the state as it was
-
-
-def test_a_new_decoding_resumes_the_checks_of_the_last_where_they_still_hold(monkeypatch):
-    """A zero state carries the model's last decoding's checks (last_resume): its first step skips them
-    where the budget argument is the same and nothing was assigned since, and takes them again otherwise."""
-    model = lm(0.25)
-    x = torch.randint(0, 32, (2, 9))
-    first, _ = decode(model, x)
-    checked = []
-    real = model_mod.fused_step
-    monkeypatch.setattr(model_mod, "fused_step", lambda *a: checked.append(a[4]) or real(*a))
-    again, _ = decode(model, x)
-    assert checked == []  # every step resumed, the first included
-    torch.testing.assert_close(again, first, rtol=0, atol=0)
-    with torch.no_grad():
-        state = model.allocate_inference_state(2)
-        model.step(x[:, 0], state, budget=0.5)  # another budget argument: checked again
-        assert checked == [2]
-        with pytest.raises(ValueError, match="batch"):  # tokens of another batch: the resume refuses, the checks name it
-            model.step(x[:, 0], model.allocate_inference_state(3), budget=0.5)
-        model.layers[0].chunk.pool_gate = torch.nn.Parameter(model.layers[0].chunk.pool_gate.clone())
-        state = model.allocate_inference_state(2)
-        assert state.resume is None  # an assignment since: the first step checks everything
-        model.step(x[:, 0], state, budget=0.5)
-        assert checked == [2, 2]

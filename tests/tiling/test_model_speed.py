@@ -214,7 +214,6 @@ def test_a_tiled_step_runs_the_mixer_only_at_segment_starts(monkeypatch):
 
     # the layer by layer path (the whole-model kernel's starts: test_fused_step)
     monkeypatch.setattr(model_mod, "fused_step", lambda *a: None)
-    monkeypatch.setattr(model_mod, "resume_step", lambda *a: None)
     model = lm("uniform", budget=0.25)
     runs = {k: 0 for k in range(3)}
     for k, layer in enumerate(model.layers):

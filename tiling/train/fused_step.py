@@ -139,48 +139,6 @@ def share_router_states(model, states: list) -> list:
     return out
 
 
-class _ZeroLayout(NamedTuple):
-    """What :func:`zero_state` reads of the model's modules: the layers' shapes, dtype and device, each
-    field's accumulation dtype and, per layer, its tile router and whether it shares the router state of
-    the layer before it (:func:`_same_tiling`)."""
-
-    n: int
-    d: int
-    E: int
-    K: int
-    N: int
-    dtype: torch.dtype
-    device: torch.device
-    acc: torch.dtype
-    routers: tuple
-    shared: tuple
-
-
-def _zero_layout(model) -> _ZeroLayout | None:
-    """The model's :class:`_ZeroLayout`, None where the kernel's step does not apply (a scope other than
-    block, token boundaries, no CPU kernel) or the layers differ in shape. Kept per count of assignments and
-    the layers' dtypes and devices (a ``.to()`` assigns nothing): a decoding's first call walked the layers'
-    modules, dozens of attribute lookups that miss the caches a decoding run has just filled with weights."""
-    layers = tuple(model.layers)
-    weights = tuple(layer.in_proj.weight for layer in layers)
-    key = (assignments(), tuple((w.dtype, w.device) for w in weights))
-    cached = model.__dict__.get("_zero_layout")
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    first, p = layers[0], weights[0]
-    shape = (first.d_model, first.d_inner, first.d_conv, first.d_state, p.dtype, p.device)
-    layout = None
-    if all(_kernel_layer(layer) and (layer.d_model, layer.d_inner, layer.d_conv, layer.d_state, w.dtype,
-                                     w.device) == shape for layer, w in zip(layers, weights)) \
-            and cpu_kernels(p) is not None:
-        layout = _ZeroLayout(len(layers), first.d_model, first.d_inner, first.d_conv, first.d_state, p.dtype,
-                             p.device, torch.float64 if p.dtype == torch.float64 else torch.float32,
-                             tuple(layer.tile_router for layer in layers),
-                             tuple(k > 0 and _same_tiling(layers[k - 1], layer) for k, layer in enumerate(layers)))
-    model.__dict__["_zero_layout"] = (key, layout)
-    return layout
-
-
 def zero_state(model, batch: int) -> FlatState | None:
     """The zero decoding state of ``model`` for ``batch`` rows, made in the kernel's flat form: each field
     stacked over the layers, the layers of one tiling sharing one router state (:func:`share_router_states`).
@@ -189,29 +147,27 @@ def zero_state(model, batch: int) -> FlatState | None:
     that weighs most on a cheap plan (issue 23); and it holds no signal maps (None), which the first step
     whose policy reads the signal makes (:func:`_with_maps`), so a decoding at budget 1 or under the uniform
     policy never pays for them (a cached lookup per layer, keyed on five parameters). None where the kernel's
-    step does not apply (:func:`_zero_layout`)."""
-    z = _zero_layout(model)
-    if z is None:
+    step does not apply (a scope other than block, token boundaries, no CPU kernel) or the layers differ in
+    shape."""
+    layers = tuple(model.layers)
+    first = layers[0]
+    p = first.in_proj.weight
+    shape = (first.d_model, first.d_inner, first.d_conv, first.d_state, p.dtype, p.device)
+    if not all(_kernel_layer(layer)
+               and (layer.d_model, layer.d_inner, layer.d_conv, layer.d_state, layer.in_proj.weight.dtype,
+                    layer.in_proj.weight.device) == shape for layer in layers) or cpu_kernels(p) is None:
         return None
-    n, opts = z.n, {"dtype": z.dtype, "device": z.device}
-    tensors = [torch.zeros(n, batch, z.E, z.K, **opts), torch.zeros(n, batch, z.E, z.N, dtype=z.acc),
-               torch.zeros(n, batch, z.d, **opts), torch.zeros(n, batch, z.d, **opts),
-               torch.zeros(n, batch, dtype=torch.int64), torch.zeros(n, batch, dtype=torch.int64)]
+    n, d, E = len(layers), first.d_model, first.d_inner
+    acc = torch.float64 if p.dtype == torch.float64 else torch.float32
+    tensors = [p.new_zeros(n, batch, E, first.d_conv), torch.zeros(n, batch, E, first.d_state, dtype=acc),
+               p.new_zeros(n, batch, d), p.new_zeros(n, batch, d), torch.zeros(n, batch, dtype=torch.int64),
+               torch.zeros(n, batch, dtype=torch.int64)]
     routers = []
-    for router, shared in zip(z.routers, z.shared):
-        routers.append(routers[-1] if shared else router.allocate(batch, device=z.device))
-    fixed = tuple((torch.zeros(batch, z.E, **opts), None, None) for _ in range(n))  # the maps: at the first read
+    for k, layer in enumerate(layers):
+        shared = k > 0 and _same_tiling(layers[k - 1], layer)
+        routers.append(routers[-1] if shared else layer.tile_router.allocate(batch, device=p.device))
+    fixed = tuple((p.new_zeros(batch, E), None, None) for _ in layers)  # the maps: at the first step that reads
     return FlatState(tensors, tuple(routers), 0, fixed, None)
-
-
-def last_resume(model) -> Resume | None:
-    """What the model's last step through :func:`fused_step`'s checks remembers (:class:`Resume`), for a
-    zero state of the model to carry: its first step then skips the checks that still hold, as every later
-    step does (:func:`resume_step` checks that they do: the same budget argument, no assignment since). A
-    decoding's first call paid them again, some hundred microseconds once the run's weights had filled the
-    caches, most of a 256-byte decoding's fixed cost."""
-    r = model.__dict__.get("_fused_resume")
-    return r if r is not None and r.assigned == assignments() else None
 
 
 def _with_maps(model, flat: FlatState) -> FlatState:
@@ -341,9 +297,7 @@ def fused_step(model, tokens: Tensor, state: Sequence, budgets: list[float], bat
         flat = flatten(state)
     elif flat.tensors[1].dtype != plan.dtype:
         return None
-    resume = Resume(id(model), budget, assignments(), budgets, plan)
-    model.__dict__["_fused_resume"] = resume  # the next zero state's (last_resume)
-    return _run(model, plan, tokens, flat, batch, resume)
+    return _run(model, plan, tokens, flat, batch, Resume(id(model), budget, assignments(), budgets, plan))
 
 
 def resume_step(model, tokens: Tensor, state: Sequence, budget: float | None) -> tuple[Tensor, TiledLMState] | None:
@@ -393,4 +347,4 @@ def _run(model, plan: _Plan, tokens: Tensor, flat: FlatState, batch: int,
     return out[0], TiledLMState.of_flat(new, id(model), batch, resume)
 
 
-__all__ = ["Resume", "fused_step", "last_resume", "resume_step", "zero_state"]
+__all__ = ["Resume", "fused_step", "resume_step", "zero_state"]

@@ -17,7 +17,7 @@ from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import KernelCacheOwner
 from tiling.modules.tiled_mamba import all_finite
 from tiling.ops.scan import rms_norm
-from tiling.train.fused_step import fused_step, last_resume, resume_step, share_router_states, zero_state
+from tiling.train.fused_step import fused_step, resume_step, share_router_states, zero_state
 from tiling.train.lm_state import TiledLMState
 from tiling.tile import TilePlan
 
@@ -110,9 +110,8 @@ class TiledLM(KernelCacheOwner, nn.Module):
     True
     """
 
-    #: the decoding step's plans, the last one's checks and the zero state's layout (tiling/train/fused_step.py),
-    #: which hold the kernel's LmDecoder and the layers' routers
-    _kernel_caches = ("_fused_plans", "_fused_resume", "_zero_layout")
+    #: the decoding step's plans (tiling/train/fused_step.py), which hold the kernel's LmDecoder
+    _kernel_caches = ("_fused_plans",)
 
     def __init__(self, vocab_size: int | None = None, d_model: int | None = None, n_layers: int | None = None, *,
                  config: TiledLMConfig | None = None, shared_density: bool = False,
@@ -314,8 +313,8 @@ class TiledLM(KernelCacheOwner, nn.Module):
                              "signal of the first layer); use forward()")
         batch = check_int(batch, "batch", minimum=1)
         flat = zero_state(self, batch)  # the kernel's form, made directly where its step applies
-        if flat is not None:  # with the last decoding's checks, which its first step verifies still hold
-            return TiledLMState.of_flat(flat, id(self), batch, last_resume(self))
+        if flat is not None:
+            return TiledLMState(owner=id(self), flat=flat)
         return TiledLMState(share_router_states(self, [layer.allocate_inference_state(batch) for layer in self.layers]),
                             owner=id(self))
 
