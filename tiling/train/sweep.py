@@ -455,10 +455,15 @@ def _save(fig, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+#: each row family's colour in the figures, by a part of its name (the first that matches), and its legend label
+_COLORS = (("mamba", "k", "plain Mamba"), ("uniform", "tab:blue", "uniform"), ("elastic", "tab:orange", "elastic"),
+           ("entropy", "tab:red", "entropy"), ("surprisal", "tab:pink", "surprisal"),
+           ("fisher_rao", "tab:purple", "Fisher–Rao"), ("space", "tab:olive", "space"), ("router", "tab:green", "router"),
+           ("linear", "tab:brown", "linear"))
+
+
 def _color(name: str) -> str:
-    for key, c in (("mamba", "k"), ("uniform", "tab:blue"), ("elastic", "tab:orange"), ("entropy", "tab:red"),
-                   ("surprisal", "tab:pink"), ("fisher_rao", "tab:purple"), ("space", "tab:olive"),
-                   ("router", "tab:green"), ("linear", "tab:brown")):
+    for key, c, _ in _COLORS:
         if key in name:
             return c
     return "gray"
@@ -484,10 +489,8 @@ def figures(table_rows: list[dict], directory: Path) -> None:
     for c, r in best.items():
         ax.annotate(r["row"], (r["flops_per_byte"] / 1e6, r["test_bpb"]), fontsize=6, color=c, xytext=(6, -3),
                     textcoords="offset points")
-    for key, c in (("plain Mamba", "k"), ("uniform", "tab:blue"), ("elastic", "tab:orange"), ("entropy", "tab:red"),
-                   ("surprisal", "tab:pink"), ("Fisher–Rao", "tab:purple"), ("space", "tab:olive"),
-                   ("router", "tab:green"), ("linear", "tab:brown")):
-        ax.scatter([], [], color=c, marker="*" if c == "k" else "o", label=key)
+    for _, c, label in _COLORS:
+        ax.scatter([], [], color=c, marker="*" if c == "k" else "o", label=label)
     ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_xlabel("MFLOPs per byte (2 × multiply-adds as run)")
     ax.set_ylabel("test bits per byte")
