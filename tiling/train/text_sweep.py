@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from tiling.train import sweep as hourglass_sweep
+from tiling.train.sweep_figures import save_figure
 from tiling.train.storage import atomic_write_json
 from tiling.train.text_run import TOKEN_LEVEL, evaluate_only, load_data, outer_layers, row_dir, row_name, train
 from tiling.train.textmodel import export_bundled
@@ -271,7 +272,7 @@ def _finish(fig, ax, path: Path, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    hourglass_sweep._save(fig, path)
+    save_figure(fig, path)
 
 
 def figures(rows: list[dict], directory: Path) -> None:
