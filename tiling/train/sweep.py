@@ -231,7 +231,9 @@ def rows() -> list[dict]:
            # the router and its uniform twin at 0.25 on those stages: does placing boundaries matter more when
            # the main network sees fewer tokens (dynamic pooling's entropy gain was at 4.1× shortening)
            hourglass_row("router", 0.25, 0, stages="deep", skip=True, lr=3e-3),
-           hourglass_row("uniform", 0.25, 0, stages="deep", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.25, 0, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("router", 0.25, 1, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.25, 1, stages="deep", skip=True, lr=3e-3)]
     return out
 
 
