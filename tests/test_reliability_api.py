@@ -27,6 +27,8 @@ x5 = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
     (lambda: fisher.diag_normal_metric(torch.zeros(1, 2, dtype=F64), torch.full((1, 2), 1e-310, dtype=F64)),
      ValueError, "sigma must be >="),
     (lambda: fisher.metric_inverse(torch.eye(2, dtype=torch.float16), 1e-3), TypeError, "G must be float32"),
+    (lambda: fisher.metric_inverse(torch.full((1, 1, 1), 1e-310, dtype=F64), 0), ValueError,
+     "inverse of G \\+ eps·I overflows float64 for eps = 0"),  # found by test_fuzz_api_large: a silent inf
     (lambda: fisher.categorical_metric(torch.ones(0, 3, dtype=F64)), None, None),
     (lambda: fisher.monte_carlo_fisher(lambda x, t: x.sum() * t.sum(), lambda t, n, g: torch.zeros(n),
                                        torch.zeros(0, dtype=F64), 2), ValueError, "theta must hold"),

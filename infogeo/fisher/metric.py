@@ -92,10 +92,15 @@ def metric_inverse(G: Tensor, eps: float) -> Tensor:
     Raises
     ------
     ValueError
-        G + εI is not positive definite (e.g. ε = 0 on a singular metric); the message names
-        ``eps``. And as :func:`regularized`.
+        G + εI is not positive definite (e.g. ε = 0 on a singular metric), or its inverse overflows the
+        dtype (an eigenvalue below about 1 / the dtype's largest number, e.g. a subnormal metric at ε =
+        0); the message names ``eps``. And as :func:`regularized`.
     """
-    return torch.cholesky_inverse(_cholesky(G, eps))
+    inv = torch.cholesky_inverse(_cholesky(G, eps))
+    if not bool(torch.isfinite(inv).all()):  # positive definite, yet too close to singular for the dtype
+        raise ValueError(f"the inverse of G + eps·I overflows {str(G.dtype).removeprefix('torch.')} for eps = "
+                         f"{eps:g} (an eigenvalue near 0); expected eps > 0 large enough")
+    return inv
 
 
 def metric_logdet(G: Tensor, eps: float) -> Tensor:
