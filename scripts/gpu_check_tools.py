@@ -8,8 +8,6 @@
     scan-once                one small forward + backward of the CUDA scan (the compute-sanitizer's driver)
     profile-once             the scan at the goal shape, bf16 (8, 1536, 4096, 16): forward at R = 1 and 0.25,
                              forward + backward at R = 1 (ncu's driver)
-    text-runs --out DIR      a runs folder for bench_text.py: the trained rows of docs/results/text_lm.json,
-                             checkpoints mapped to the bundled ones (runs/ does not travel to the GPU machine)
     train-summary DIR...     bpb against training bytes of scripts/train_text.py runs, one table
     summary --work W --out OUTDIR   the steps, what is missing and the issue's goals as ratios from this run's
                              JSONs -> OUTDIR/summary.txt, summary.json (printed)
@@ -155,34 +153,6 @@ def cmd_scan_once(args) -> int:
                 if bad:
                     return 1
     return 0
-
-
-def bundled_rows() -> dict[str, Path]:
-    """Row name (from its metadata) -> path of each installed bundled checkpoint."""
-    from tiling.train.textmodel import bundled_checkpoints, read_text_meta
-
-    out = {}
-    for b in bundled_checkpoints():
-        if b["installed"]:
-            out[read_text_meta(b["path"])["row"]] = Path(b["path"]).resolve()
-    return out
-
-
-def cmd_text_runs(args) -> int:
-    table = json.loads((ROOT / "docs" / "results" / "text_lm.json").read_text())
-    bundled = bundled_rows()
-    args.out.mkdir(parents=True, exist_ok=True)
-    for row in table["rows"]:
-        if row.get("kind") != "trained":
-            continue
-        here = ROOT / row["checkpoint"]
-        ckpt = bundled.get(row["row"]) or here  # a local run folder, when one travelled, else the path as recorded
-        where = "bundled" if row["row"] in bundled else ("found" if here.is_file() else "missing")
-        folder = args.out / row["row"].replace("/", "_").replace("@", "_b")
-        folder.mkdir(exist_ok=True)
-        (folder / "row.json").write_text(json.dumps({**row, "checkpoint": str(ckpt)}, indent=2))
-        print(f"{row['row']}: checkpoint {where} ({ckpt})")
-    return 0 if "full@1/s0" in bundled else 1
 
 
 def cmd_train_summary(args) -> int:
@@ -352,7 +322,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("build").add_argument("--dry-run", action="store_true")
     sub.add_parser("scan-once")
     sub.add_parser("profile-once")
-    sub.add_parser("text-runs").add_argument("--out", type=Path, required=True)
     sub.add_parser("train-summary").add_argument("runs", type=Path, nargs="+")
     sm = sub.add_parser("summary")
     sm.add_argument("--work", type=Path, required=True)
@@ -363,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     return {"env": cmd_env, "arch": cmd_arch, "build": cmd_build, "scan-once": cmd_scan_once,
             "profile-once": cmd_profile_once,
-            "text-runs": cmd_text_runs, "train-summary": cmd_train_summary,
+            "train-summary": cmd_train_summary,
             "summary": cmd_summary}[args.cmd](args)
 
 

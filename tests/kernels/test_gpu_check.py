@@ -170,18 +170,6 @@ def test_peer_build_dry_run_writes_a_light_package(tmp_path, fake_sdist):
     assert peer_mamba_ssm.main(["build", "--sdist", str(broken), "--site", str(tmp_path / "b"), "--dry-run"]) == 2
 
 
-def test_text_runs_give_bench_text_the_bundled_full_model(tmp_path, capsys):
-    """bench_text's own case list over the runs folder: full@1/s0 is timed from the bundled checkpoint."""
-    import gpu_check_tools
-    from bench_text import cases
-
-    assert gpu_check_tools.main(["text-runs", "--out", str(tmp_path)]) == 0
-    todo = cases(tmp_path)
-    assert todo[0][0] == "full@1/s0"
-    assert Path(todo[0][1]).resolve() == (ROOT / "tiling/train/checkpoints/text_full.safetensors").resolve()
-    assert any(c[0] == "router+ends@0.35/s0" for c in todo)  # the other bundled row
-
-
 def test_summary_computes_the_goals_from_the_benches_json(tmp_path):
     """Rows in the benches' own formats (their Row dataclasses) with known times -> the goal ratios."""
     from dataclasses import asdict

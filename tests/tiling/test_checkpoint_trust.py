@@ -3,6 +3,7 @@ model is built or a tensor read, memory stays at the model's size, and a tied he
 embedding it is tied to."""
 import json
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,13 +316,16 @@ def test_config_to_checkpoint_to_config_is_the_identity(tmp_path_factory, cfg, s
                                                                 ("adaptive", 0.35, (0, 3), "token")])
 def test_the_bundled_flat_checkpoints_load_and_compute_as_stored_nested(tmp_path, name, budget, full_layers,
                                                                         boundaries):
-    """The bundled files hold the flat form; read through the one reader, re-saved nested, the same model.
-    (That their logits are those of before is tests/tiling/test_values_fixture.py's bundled test.)"""
-    p = textmodel.BUNDLED_DIR / textmodel.BUNDLED[name]
+    """The first bundled files hold the flat form; read through the one reader, re-saved nested, the same model.
+    (That their logits are those of before is tests/tiling/test_values_fixture.py's bundled test.) The first
+    ``bundled:full`` is kept in tests/tiling/data since the hourglass sweep bundled 8 × 180 in its place."""
+    p = Path(__file__).with_name("data") / "text_full_4x256.safetensors" if name == "full" else \
+        textmodel.BUNDLED_DIR / textmodel.BUNDLED[name]
     if not p.is_file():
         pytest.skip(f"{p} is not installed")
     model, extra = load_text_model(p)
     assert "layer_kwargs" in extra["model"] and "layout" not in extra["model"]  # the flat form
+    assert textmodel.shape_summary(extra["model"]) == "4 × 256" and textmodel.shape_summary({}) is None
     c = model.config
     assert (c.d_model, c.n_layers, c.mamba.d_state, c.mamba.expand, c.tiling.tile_size) == (256, 4, 16, 1, 16)
     assert (c.tiling.budget, c.full_resolution_layers, c.tiling.boundaries) == (budget, full_layers, boundaries)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -313,7 +314,7 @@ def test_checkpoint_round_trip_and_old_checkpoints(tmp_path):
         for b in (1.0, 0.35, 0.25):
             assert torch.equal(loaded(x, budget=b), model(x, budget=b))
     assert HourglassConfig.from_dict(json.loads(json.dumps(model.config.to_dict()))) == model.config
-    old, _ = load_text_model("tiling/train/checkpoints/text_full.safetensors")  # a TiledLM of an earlier sweep
+    old, _ = load_text_model(Path(__file__).with_name("data") / "text_full_4x256.safetensors")  # the flat form
     assert isinstance(old, TiledLM)
 
 

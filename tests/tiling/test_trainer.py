@@ -208,6 +208,9 @@ def test_bundle_installs_the_elastic_hourglass_and_a_better_plain_mamba(tmp_path
     listed = {b["name"]: b for b in textmodel.bundled_checkpoints()}
     assert listed["hourglass"]["layout"] == "hourglass" and listed["hourglass"]["trained_budgets"] == [0.25, 1.0]
     assert listed["full"]["trained_budgets"] == [1.0, 1.0] and listed["full"]["test_bpb"] == 2.5
+    assert (listed["full"]["shape"], listed["full"]["row"]) == ("1 × 8", "mamba-d8/s0")  # what --list says
+    e, d = hg.config.encoder.n_layers, hg.config.decoder.n_layers
+    assert listed["hourglass"]["shape"] == f"{e} × 8 | 1 × 16 | {d} × 8"
     model, _ = load_text_model(textmodel.resolve_checkpoint("bundled:hourglass"))
     assert isinstance(model, HourglassLM)
     done["mamba-d8/s0"]["test_bpb"] = 2.6  # worse than the installed one: kept

@@ -4,7 +4,8 @@ commit b3fc2f5, before the speed work of issue 23 (``data/make_values_fixture.py
 Every configuration of the block and scan scopes at budgets 1, 0.5, 0.35 and 0.25 (eval mode),
 a training-mode forward with the running calibration's update, gradients, the layer with an
 external density and curvature, the scan scope's state-dimension policy, and the bundled
-checkpoints (while the installed files are the ones the fixture was made from)."""
+checkpoints of then (``bundled:adaptive`` while the installed file is that one; the first ``bundled:full``,
+4 × 256, is kept beside the fixture)."""
 import hashlib
 import importlib.util
 from pathlib import Path
@@ -96,9 +97,9 @@ def test_layer_with_density_curvature_and_state_dims_equals_the_fixture(name):
 
 @pytest.mark.parametrize("name", list(make.BUNDLED_BUDGETS))
 def test_bundled_checkpoints_equal_the_fixture(name):
-    from tiling.train.textmodel import BUNDLED, BUNDLED_DIR, load_text_model
+    from tiling.train.textmodel import load_text_model
 
-    path = BUNDLED_DIR / BUNDLED[name]
+    path = make.checkpoint_path(name)
     if not path.is_file():
         pytest.skip(f"{path} is not installed")
     if hashlib.sha256(path.read_bytes()).digest() != bytes(FIX[f"bundled/{name}/sha256"].tolist()):

@@ -233,7 +233,13 @@ def rows() -> list[dict]:
            hourglass_row("router", 0.25, 0, stages="deep", skip=True, lr=3e-3),
            hourglass_row("uniform", 0.25, 0, stages="deep", skip=True, lr=3e-3),
            hourglass_row("router", 0.25, 1, stages="deep", skip=True, lr=3e-3),
-           hourglass_row("uniform", 0.25, 1, stages="deep", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.25, 1, stages="deep", skip=True, lr=3e-3),
+           # the elastic checkpoint of the router on those stages (goal (d) against the router rows above), trained
+           # for the dedicated rows' CPU time at 0.25, and the router alone at 0.5, a budget the checkpoint serves
+           hourglass_row("router", 0.25, 0, elastic=True, stages="deep", skew=6.0, skip=True, lr=3e-3),
+           hourglass_row("router", 0.25, 1, elastic=True, stages="deep", skew=6.0, skip=True, lr=3e-3),
+           hourglass_row("router", 0.5, 0, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("router", 0.5, 1, stages="deep", skip=True, lr=3e-3)]
     return out
 
 

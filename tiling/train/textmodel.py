@@ -442,13 +442,31 @@ def load_text_model(path, *, device="cpu", limits: dict | None = None) -> tuple[
 BUNDLED_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
+def shape_summary(model: dict) -> str | None:
+    """A checkpoint's layers and widths from its ``model`` metadata: ``"8 × 180"`` for a ``TiledLM``,
+    ``"2 × 176 | 4 × 336 | 2 × 176"`` (encoder | main network | decoder) for a hourglass; None when the
+    metadata holds neither form (the flat form of the first checkpoints included)."""
+    def stage(d: dict) -> str:
+        return f"{d['n_layers']} × {d['mamba']['d_model']}"
+
+    try:
+        if model.get("layout") == "hourglass":
+            return " | ".join(stage(model[k]) for k in ("encoder", "main", "decoder"))
+        if "mamba" in model:
+            return stage(model)
+        return f"{model['n_layers']} × {model['d_model']}"  # the flat form written before the nested one
+    except (KeyError, TypeError):
+        return None
+
+
 def bundled_checkpoints() -> list[dict]:
     """The bundled checkpoints.
 
     Returns
     -------
     One dict per bundled name: ``name, spec, path, installed, configuration, layout`` (``"tiledlm"`` or
-    ``"hourglass"``), ``budget`` (the one it is evaluated at by default), ``trained_budgets`` (the range
+    ``"hourglass"``), ``shape`` (its stages' layers × width, :func:`shape_summary`), ``row`` (the sweep row it
+    was trained as), ``budget`` (the one it is evaluated at by default), ``trained_budgets`` (the range
     ``[low, high]`` it was trained for: one point for a model trained at one budget), ``context``,
     ``test_bpb`` (None when not installed), and ``error`` when an installed file cannot be read.
     """
@@ -456,8 +474,8 @@ def bundled_checkpoints() -> list[dict]:
     for name, fname in BUNDLED.items():
         p = BUNDLED_DIR / fname
         row = {"name": name, "spec": f"bundled:{name}", "path": str(p), "installed": p.is_file(),
-               "configuration": None, "layout": None, "budget": None, "trained_budgets": None, "context": None,
-               "test_bpb": None}
+               "configuration": None, "layout": None, "shape": None, "row": None, "budget": None,
+               "trained_budgets": None, "context": None, "test_bpb": None}
         if p.is_file():
             try:
                 extra = read_text_meta(p)
@@ -465,6 +483,7 @@ def bundled_checkpoints() -> list[dict]:
                 b = extra.get("budget")
                 rng = extra.get("budget_range") or (None if b is None else [b, b])
                 row.update(configuration=extra.get("configuration"), layout="hourglass" if hourglass else "tiledlm",
+                           shape=shape_summary(extra.get("model", {})), row=extra.get("row"),
                            budget=b, trained_budgets=rng, context=extra.get("context"),
                            test_bpb=extra.get("test_bpb"))
             except (CheckpointError, TextModelError) as e:
