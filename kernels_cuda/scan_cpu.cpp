@@ -1106,6 +1106,15 @@ void check_plan(const Tensor& t, const char* name, int dim) {
               "tiling policy kernel: ", name, " must be a contiguous float64 CPU tensor with ", dim, " dims");
 }
 
+// One tile of the error diffusion: m = clamp(floor(R T + e + 1/2), 1, T), and e <- R T + e - m.
+inline double dither_one(double r, double Td, double& e) {
+  TILING_NO_CONTRACT
+  const double want = r * Td + e;
+  const double mi = std::min(std::max(std::floor(want + 0.5), 1.0), Td);
+  e = want - mi;
+  return mi;
+}
+
 // Error-diffused segment counts: m_i = clamp(floor(R_i T + e_{i-1} + 1/2), 1, T), e_i = R_i T + e_{i-1} - m_i.
 std::vector<Tensor> dither_counts(const Tensor& R, int64_t T, const Tensor& carry) {
   TILING_NO_CONTRACT
@@ -1120,15 +1129,27 @@ std::vector<Tensor> dither_counts(const Tensor& R, int64_t T, const Tensor& carr
   const double Td = (double)T;
   for (int64_t b = 0; b < Bt; ++b) {
     double eb = e[b];
-    for (int64_t i = 0; i < n; ++i) {
-      const double want = r[b * n + i] * Td + eb;
-      const double mi = std::min(std::max(std::floor(want + 0.5), 1.0), Td);
-      mp[b * n + i] = (int64_t)mi;
-      eb = want - mi;
-    }
+    for (int64_t i = 0; i < n; ++i) mp[b * n + i] = (int64_t)dither_one(r[b * n + i], Td, eb);
     e[b] = eb;
   }
   return {m, out};
+}
+
+// One tile of the budget controller (below): the resolution from the desired di and the surplus s, which
+// moves on by c - R; fed = whether the integral feedback applies to this tile.
+inline double controller_one(double di, double& s, double budget, double r_min, bool adaptive, double slack, bool fed) {
+  TILING_NO_CONTRACT
+  const double lo = budget + s - slack, hi = budget + s + slack;
+  double r;
+  if (adaptive) {
+    const double want = fed ? std::min(std::max(di * std::exp(s / slack), r_min), 1.0) : di;
+    r = std::min(std::max(std::min(std::max(want, lo), hi), r_min), 1.0);
+  } else {
+    r = di > hi ? r_min : di;
+    r = r < lo ? 1.0 : r;
+  }
+  s = s + budget - r;
+  return r;
 }
 
 // The budget controller: the running surplus b_i = sum_{j<i} (c - R_j) kept in [-D, D]; adaptive
@@ -1147,19 +1168,8 @@ std::vector<Tensor> budget_controller(const Tensor& desired, double budget, doub
   double* sp = out.data_ptr<double>();
   for (int64_t b = 0; b < Bt; ++b) {
     double s = sp[b];
-    for (int64_t i = 0; i < n; ++i) {
-      const double lo = budget + s - slack, hi = budget + s + slack, di = d[b * n + i];
-      double r;
-      if (adaptive) {
-        const double want = (feedback && (i > 0 || !first)) ? std::min(std::max(di * std::exp(s / slack), r_min), 1.0) : di;
-        r = std::min(std::max(std::min(std::max(want, lo), hi), r_min), 1.0);
-      } else {
-        r = di > hi ? r_min : di;
-        r = r < lo ? 1.0 : r;
-      }
-      rp[b * n + i] = r;
-      s = s + budget - r;
-    }
+    for (int64_t i = 0; i < n; ++i)
+      rp[b * n + i] = controller_one(d[b * n + i], s, budget, r_min, adaptive, slack, feedback && (i > 0 || !first));
     sp[b] = s;
   }
   return {R, out};
@@ -1206,6 +1216,33 @@ Tensor bisect_scale(const Tensor& q, const Tensor& mask, double budget, double r
   return out;
 }
 
+// The causal predictor p_i = max_{i-w <= j < i} q_j of a row q of n importances, for i = 1 .. n - 1.
+inline void predictions(const double* qb, int64_t n, int64_t w, double* p) {
+  for (int64_t i = 1; i < n; ++i) {
+    double v = -INFINITY;
+    for (int64_t j = std::max<int64_t>(0, i - w); j < i; ++j) v = std::max(v, qb[j]);
+    p[i] = v;
+  }
+}
+
+// The desired resolution of tile i from the predictions p_1..p_i (causal_resolution, below).
+inline double desired_one(const double* p, int64_t i, double budget, double r_min, bool adaptive, bool has_ref,
+                          double s_ref) {
+  TILING_NO_CONTRACT
+  const double frac = (budget - r_min) / (1.0 - r_min);
+  if (i == 0) return adaptive ? budget : (frac > 0.5 ? 1.0 : r_min);
+  if (adaptive) {
+    const double sc = has_ref ? s_ref : bisect_values(p + 1, i, budget, r_min);  // or the history p_1..p_i
+    return std::min(std::max(sc * p[i], r_min), 1.0);
+  }
+  double greater = 0, equal = 0;  // mid-rank quantile of p_i among p_1..p_i
+  for (int64_t j = 1; j <= i; ++j) {
+    greater += p[j] > p[i] ? 1.0 : 0.0;
+    equal += p[j] == p[i] ? 1.0 : 0.0;
+  }
+  return (greater + 0.5 * equal) < frac * (double)i ? 1.0 : r_min;
+}
+
 // The causal policy of tiling/policy.py (_causal_resolution) on the importances q (Bt, n) of the
 // predictor's densities, for the columns i >= from_col: the predictor p_i = max_{i-w <= j < i} q_j,
 // the desired resolution (adaptive: clip(s p_i, r_min, 1) with s calibrated on the reference, or
@@ -1231,34 +1268,51 @@ std::vector<Tensor> causal_resolution(const Tensor& q, double budget, double r_m
   const double* qp = q.data_ptr<double>();
   double* dp = desired.data_ptr<double>();
   std::vector<double> p((size_t)n);
-  const double frac = (budget - r_min) / (1.0 - r_min);
   for (int64_t b = 0; b < Bt; ++b) {
-    const double* qb = qp + b * n;
-    for (int64_t i = 1; i < n; ++i) {  // p_i = max over the lookback window (tiles before i)
-      double v = -INFINITY;
-      for (int64_t j = std::max<int64_t>(0, i - w); j < i; ++j) v = std::max(v, qb[j]);
-      p[i] = v;
-    }
-    for (int64_t i = from_col; i < n; ++i) {
-      double d;
-      if (i == 0) {
-        d = adaptive ? budget : (frac > 0.5 ? 1.0 : r_min);
-      } else if (adaptive) {
-        const double sc = has_ref ? s_ref : bisect_values(p.data() + 1, i, budget, r_min);  // or the history p_1..p_i
-        d = std::min(std::max(sc * p[i], r_min), 1.0);
-      } else {  // mid-rank quantile of p_i among p_1..p_i
-        double greater = 0, equal = 0;
-        for (int64_t j = 1; j <= i; ++j) {
-          greater += p[j] > p[i] ? 1.0 : 0.0;
-          equal += p[j] == p[i] ? 1.0 : 0.0;
-        }
-        d = (greater + 0.5 * equal) < frac * (double)i ? 1.0 : r_min;
-      }
-      dp[b * m + (i - from_col)] = d;
-    }
+    predictions(qp + b * n, n, w, p.data());
+    for (int64_t i = from_col; i < n; ++i)
+      dp[b * m + (i - from_col)] = desired_one(p.data(), i, budget, r_min, adaptive, has_ref, s_ref);
   }
   return budget_controller(desired, budget, r_min, adaptive, slack, adaptive && !has_ref, surplus, from_col == 0);
 }
+
+// One tile of the causal policy at a decoding step, in one call and without a tensor op between: TileRouter.decide
+// at a tile's first token (tiling/modules/router.py, whose torch ops stay the reference, tested equal bit for bit).
+// From the importances q (Bt, i) of the tiles so far (tile_importance's, computed by torch: its power rounds
+// otherwise than a scalar one, its square root included), the resolution R_i of causal_resolution, calibrated on
+// the reference (exp of the running quantiles) or on the history where it is empty; R_i rounded to float32, the
+// plan's dtype; its dithered count from the carried error. Returns {m (Bt, 1) int64, carry, surplus}.
+std::vector<Tensor> causal_tile(const Tensor& importance, const Tensor& reference, double budget, double r_min,
+                                bool adaptive, int64_t lookback, double slack, const Tensor& surplus, const Tensor& carry,
+                                int64_t T) {
+  TILING_NO_CONTRACT
+  check_plan(importance, "importance", 2);
+  check_plan(surplus, "surplus", 1);
+  check_plan(carry, "carry", 1);
+  const int64_t Bt = importance.size(0), i = importance.size(1);
+  TORCH_CHECK(surplus.size(0) == Bt && carry.size(0) == Bt && lookback >= 1 && T >= 1, "causal_tile: bad arguments");
+  const bool has_ref = reference.defined() && reference.numel() > 0 && adaptive;
+  double s_ref = 0;
+  if (has_ref) {
+    check_plan(reference, "reference", 1);
+    s_ref = bisect_values(reference.data_ptr<double>(), reference.numel(), budget, r_min);
+  }
+  Tensor m = torch::empty({Bt, 1}, importance.options().dtype(at::kLong)), e = carry.clone(), s = surplus.clone();
+  const double* qp = importance.data_ptr<double>();
+  int64_t* mp = m.data_ptr<int64_t>();
+  double* ep = e.data_ptr<double>();
+  double* sp = s.data_ptr<double>();
+  std::vector<double> p((size_t)i + 1);
+  for (int64_t b = 0; b < Bt; ++b) {
+    predictions(qp + b * i, i + 1, lookback, p.data());  // p_1..p_i read q_0..q_{i-1} only
+    const double d = desired_one(p.data(), i, budget, r_min, adaptive, has_ref, s_ref);
+    const double r = (double)(float)controller_one(d, sp[b], budget, r_min, adaptive, slack,
+                                                   adaptive && !has_ref && i > 0);
+    mp[b] = (int64_t)dither_one(r, (double)T, ep[b]);
+  }
+  return {m, e, s};
+}
+
 
 // The SegmentLayout of per-tile counts m (Bt, n) on the nominal grid of T (chunk.py,
 // segment_boundaries and layout_from_boundaries): boundary (Bt, L) bool, segment (Bt, L),
@@ -1358,6 +1412,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("dither_counts", &dither_counts, "error-diffused segment counts (tiling.policy.dithered_counts)");
   m.def("budget_controller", &budget_controller, "the causal budget controller (tiling.policy._controlled)");
   m.def("causal_resolution", &causal_resolution, "the causal policy (tiling.policy._causal_resolution)");
+  m.def("causal_tile", &causal_tile, "one decoding step's tile of the causal policy (TileRouter.decide)");
   m.def("layout_from_counts", &layout_from_counts, "a SegmentLayout's tensors from per-tile counts");
   m.def("bisect_scale", &bisect_scale, "the policy's scale by bisection (tiling.policy._bisect_scale)");
   m.def("exp_approx", &exp_approx, "test hook: the kernel's float32 exp");

@@ -90,6 +90,8 @@ def _tile_mean(x: Tensor, T: int) -> Tensor:
     T = min(T, L)  # a tile longer than the sequence is the sequence: never pad by more than L
     n_tiles = -(-L // T)
     pad = n_tiles * T - L
+    if pad == 0:  # whole tiles (a decoding step's tile at its end): the same sums, divided by the same T
+        return x.reshape(batch, n_tiles, T).sum(-1) / T
     padded = torch.nn.functional.pad(x, (0, pad))
     sums = padded.view(batch, n_tiles, T).sum(-1)
     lengths = torch.full((n_tiles,), T, dtype=x.dtype, device=x.device)

@@ -351,6 +351,42 @@ def test_policy_kernel_equals_the_numpy_reference(mode, reference, monkeypatch):
 
 
 @needs_kernel
+@settings(max_examples=60, deadline=None)
+@given(policy=st.sampled_from(["adaptive", "binary"]), calibration=st.sampled_from(["history", "running", "none"]),
+       tiles=st.integers(0, 12), batch=st.integers(1, 3), budget=st.floats(0.07, 1.0),
+       exponent=st.sampled_from([0.5]) | st.floats(0.1, 2.0),
+       lookback=st.integers(1, 3), slack=st.floats(0.5, 8.0), seed=st.integers(0, 2 ** 31 - 1))
+def test_the_causal_tile_kernel_is_the_decision_of_its_torch_ops(policy, calibration, tiles, batch, budget, exponent,
+                                                               lookback, slack, seed):
+    """TileRouter._causal_tile: the kernel's counts, carry and surplus equal, bit for bit, those of the torch ops it
+    replaces (tile_importance, causal_step, the float32 rounding, dithered_counts), for either policy, a running
+    reference (updated, or not yet: "none") or the history's calibration, any carried surplus and rounding error, and
+    the default power 1/2 (the kernel's square root) or another (torch's pow, passed in)."""
+    import tiling.modules.router as router_mod
+
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(calibration="running", calibration_levels=8) if calibration != "history" else {}
+    cfg = TilingConfig(tile_size=16, budget=budget, r_min=min(0.0625, budget), policy=policy, causal=True,
+                       exponent=exponent, lookback=lookback, slack=slack, **kw)
+    router = router_mod.TileRouter(cfg)
+    if calibration == "running":
+        router.calibrator.update(torch.rand(64, generator=g, dtype=f64) + 1e-3)
+    pred = torch.rand(batch, tiles, generator=g, dtype=f64) ** 3 - 0.05  # a few negative densities: clamped
+    carry = torch.rand(batch, generator=g, dtype=f64) - 0.5
+    surplus = None if tiles == 0 else (torch.rand(batch, generator=g, dtype=f64) - 0.5) * slack
+    for _ in range(2):  # the second time after the reference moved (the kernel's kept one must follow)
+        got = router._causal_tile(pred, carry, surplus, cfg)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(router_mod, "policy_kernels", lambda: None)
+            want = router._causal_tile(pred, carry, surplus, cfg)
+        assert got[0].shape == (batch, 1) and got[0].dtype == torch.int64
+        for a, b in zip(got, want):
+            assert torch.equal(a, b.to(a.dtype)), (a, b)
+        if router.calibrator is not None:
+            router.calibrator.update(torch.rand(64, generator=g, dtype=f64) * 5 + 1e-3)
+
+
+@needs_kernel
 def test_causal_step_continues_the_plan_tile_by_tile():
     q = torch.rand(2, 30, generator=torch.Generator().manual_seed(2), dtype=f64) + 1e-3
     kw = dict(budget=0.35, r_min=0.0625, mode="adaptive", lookback=1, slack=4.0)

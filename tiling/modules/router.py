@@ -48,11 +48,13 @@ from torch import nn
 from infogeo.checks import check_in_range, check_int, check_same_device, check_tensor
 from tiling.config import TilingConfig
 from tiling.modules.chunk import segment_boundaries
+from tiling.ops.scan import policy_kernels
 from tiling.policy import block_counts, causal_step, dithered_counts, plan_densities, plan_tiles, tile_importance, \
     tile_mean
 from tiling.tile import TilePlan
 
 Tensor = torch.Tensor
+_NO_REFERENCE = torch.empty(0, dtype=torch.float64)  # causal_tile's reference where the history calibrates
 
 
 def ratio_loss(boundary: Tensor, prob: Tensor, budget: float, *, validate: bool = True) -> Tensor:
@@ -380,6 +382,20 @@ class TileRouter(nn.Module):
         update), or None: the sequence's own history calibrates the policy."""
         return self.calibrator.reference() if self.calibrator is not None and self.tiling.causal else None
 
+    def _reference_kept(self) -> Tensor | None:
+        """:meth:`reference`, contiguous, kept while the running quantiles are the same tensors at the same versions
+        (an update, a load or a move makes another): a decoding step reads it at every tile."""
+        c = self.calibrator if self.tiling.causal else None
+        if c is None:
+            return None
+        q, u = c.quantiles, c.updates
+        kept = self.__dict__.get("_reference")
+        if kept is None or kept[0] is not q or kept[1] is not u or kept[2] != (q._version, u._version):
+            ref = self.reference()
+            kept = (q, u, (q._version, u._version), None if ref is None else ref.contiguous())
+            self.__dict__["_reference"] = kept
+        return kept[3]
+
     def _full(self, budget: float) -> bool:
         """Budget 1 without a state-dimension policy: every tile at ``R = 1``, no policy to run."""
         return budget >= 1.0 and self.tiling.state_k is None
@@ -597,18 +613,34 @@ class TileRouter(nn.Module):
         elif config.policy == "uniform":  # the new tile at the budget: a function of the carried error only
             carry, boundary, summary = self._uniform_tile(carry, config, device)
         else:  # the new tile's resolution, from the tiles before it (causal policy)
-            batch, i = carry.shape[0], tiles[1].shape[1]
-            q = tile_importance(torch.cat([tiles[1], tiles[1].new_zeros(batch, 1)], 1), exponent=config.exponent,
-                                curvature_weight=config.curvature_weight, validate=False)  # column i: never read
-            R, surplus = causal_step(q, budget=config.budget, r_min=config.r_min, mode=config.policy,
-                                     lookback=config.lookback, slack=config.slack, reference=self.reference(),
-                                     first_tile=i, surplus=surplus)
-            R = R.to(torch.float32)  # the plan's dtype (tiling.policy.tile_policy): the counts round it
-            m, carry = dithered_counts(R, T, carry, validate=False)
+            m, carry, surplus = self._causal_tile(tiles[1], carry, surplus, config)
             boundary, summary = self._tile_starts(m, T, device)
             signal = signal[:, :0]
         decided = TileRouterState(state.position, signal, tiles, carry, boundary, surplus, summary)
         return None if host_only else boundary[:, off], decided, summary[off]
+
+    def _causal_tile(self, predictor: Tensor, carry: Tensor, surplus: Tensor | None, config: TilingConfig
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """The next tile's counts ``m`` (batch, 1), carry and surplus from the predictor's densities (batch, i) of
+        the tiles before it: one call of the CPU kernel (``causal_tile``) where it is built and the history
+        lies on the CPU, else the torch ops below, its reference (tested equal, bit for bit)."""
+        ext = policy_kernels() if predictor.is_cpu else None
+        reference = self._reference_kept() if ext is not None else None
+        if ext is not None and (reference is None or reference.is_cpu):
+            s0 = torch.zeros(carry.shape[0], dtype=torch.float64) if surplus is None else surplus
+            q = tile_importance(predictor, exponent=config.exponent, validate=False)  # torch's power: its rounding
+            return tuple(ext.causal_tile(q.contiguous(), _NO_REFERENCE if reference is None else reference,
+                                         float(config.budget), float(config.r_min), config.policy == "adaptive",
+                                         int(config.lookback), float(config.slack), s0, carry, config.tile_size))
+        batch, i = carry.shape[0], predictor.shape[1]
+        q = tile_importance(torch.cat([predictor, predictor.new_zeros(batch, 1)], 1), exponent=config.exponent,
+                            curvature_weight=config.curvature_weight, validate=False)  # column i: never read
+        R, surplus = causal_step(q, budget=config.budget, r_min=config.r_min, mode=config.policy,
+                                 lookback=config.lookback, slack=config.slack, reference=self.reference(),
+                                 first_tile=i, surplus=surplus)
+        R = R.to(torch.float32)  # the plan's dtype (tiling.policy.tile_policy): the counts round it
+        m, carry = dithered_counts(R, config.tile_size, carry, validate=False)
+        return m, carry, surplus
 
     def record(self, signal_t: Tensor | None, state: TileRouterState, config: TilingConfig) -> TileRouterState:
         """The state after the token (the second half of :meth:`advance`, on :meth:`decide`'s state): the
