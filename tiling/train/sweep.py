@@ -14,7 +14,8 @@ so two processes share the 2-core machine; the order puts the headline rows firs
 * the same with wider outer stages (:data:`WIDE`, rows ``-wide``) for entropy, uniform and surprisal
   with the EMA (at 0.25, 0.35, 0.5 and 0.7), and variants of the last changing one boundary field each;
 * the best of those (surprisal, EMA, the identity skip, lr 3e-3 at 0.35) and its uniform twin with a main
-  network of eight layers (:data:`DEEP`, rows ``-deep``, a narrower FLOP-matched ``d_main``);
+  network of eight layers (:data:`DEEP`, rows ``-deep``, a narrower FLOP-matched ``d_main``), and H-Net's learned
+  router on those stages at 0.25, 0.35 and 0.5, and elastic;
 * the elastic hourglass (entropy, budgets drawn from [0.25, 1] during training, uniformly and skewed
   towards the cheap end, ``budget_skew`` 3 and 6; and surprisal with the EMA on the wide stages, γ = 6
   and 12, and γ = 6 with budget conditioning), each evaluated at 1, 0.5, 0.35 and 0.25 (one checkpoint);
