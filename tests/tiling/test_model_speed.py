@@ -387,6 +387,28 @@ def test_the_causal_tile_kernel_is_the_decision_of_its_torch_ops(policy, calibra
 
 
 @needs_kernel
+def test_the_causal_tile_kernel_reads_a_reference_made_under_inference_mode():
+    """Buffers made under torch.inference_mode have no version counter to keep the reference by: it is read anew,
+    and follows an update."""
+    import tiling.modules.router as router_mod
+
+    g = torch.Generator().manual_seed(3)
+    cfg = TilingConfig(tile_size=16, budget=0.35, policy="adaptive", causal=True, calibration="running",
+                       calibration_levels=8)
+    with torch.inference_mode():
+        router = router_mod.TileRouter(cfg)
+        pred, carry, surplus = torch.rand(2, 6, generator=g, dtype=f64), torch.zeros(2, dtype=f64), \
+            torch.zeros(2, dtype=f64)
+        for scale in (1.0, 50.0):
+            router.calibrator.update(torch.rand(64, generator=g, dtype=f64) * scale + 1e-3)
+            got = router._causal_tile(pred, carry, surplus, cfg)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(router_mod, "policy_kernels", lambda: None)
+                want = router._causal_tile(pred, carry, surplus, cfg)
+            assert all(torch.equal(a, b.to(a.dtype)) for a, b in zip(got, want))
+
+
+@needs_kernel
 def test_causal_step_continues_the_plan_tile_by_tile():
     q = torch.rand(2, 30, generator=torch.Generator().manual_seed(2), dtype=f64) + 1e-3
     kw = dict(budget=0.35, r_min=0.0625, mode="adaptive", lookback=1, slack=4.0)

@@ -389,6 +389,9 @@ class TileRouter(nn.Module):
         if c is None:
             return None
         q, u = c.quantiles, c.updates
+        if q.is_inference() or u.is_inference():  # no version counter to keep it by (made under inference_mode)
+            ref = self.reference()
+            return None if ref is None else ref.contiguous()
         kept = self.__dict__.get("_reference")
         if kept is None or kept[0] is not q or kept[1] is not u or kept[2] != (q._version, u._version):
             ref = self.reference()

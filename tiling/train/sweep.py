@@ -240,7 +240,11 @@ def rows() -> list[dict]:
            hourglass_row("router", 0.25, 0, elastic=True, stages="deep", skew=6.0, skip=True, lr=3e-3),
            hourglass_row("router", 0.25, 1, elastic=True, stages="deep", skew=6.0, skip=True, lr=3e-3),
            hourglass_row("router", 0.5, 0, stages="deep", skip=True, lr=3e-3),
-           hourglass_row("router", 0.5, 1, stages="deep", skip=True, lr=3e-3)]
+           hourglass_row("router", 0.5, 1, stages="deep", skip=True, lr=3e-3),
+           # the router at 0.5 is its best budget (there d_main is the outer width, 176: no higher budget fits d256's
+           # FLOPs on these stages): its uniform twin there
+           hourglass_row("uniform", 0.5, 0, stages="deep", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.5, 1, stages="deep", skip=True, lr=3e-3)]
     return out
 
 
