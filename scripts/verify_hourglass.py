@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import math
 import statistics
 import sys
@@ -34,7 +33,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tiling.modules.hourglass import HourglassLM  # noqa: E402
-from tiling.train.storage import atomic_write_bytes, atomic_write_json  # noqa: E402
+from tiling.train.storage import atomic_write_json  # noqa: E402
+from tiling.train.sweep_figures import save_figure  # noqa: E402
 from tiling.train.corpus import CorpusError, load_split  # noqa: E402
 from tiling.train.text import as_byte_tensor, read_text_file  # noqa: E402
 from tiling.train.textmodel import TextModelError, load_text_model, resolve_checkpoint  # noqa: E402
@@ -161,11 +161,7 @@ def figure(r34: dict, r35: dict, path: Path) -> None:
     b2.plot([r["budget"] for r in rs], [r["epsilon"] for r in rs], "s--", color="tab:blue", label="ε")
     b2.set_ylabel("smallest ε of the bound", color="tab:blue")
     b.set_title("Theorem 3.5: error against the budget (one elastic checkpoint)", fontsize=9)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def main(argv=None) -> int:
