@@ -38,3 +38,6 @@ def test_bench_generate_times_every_setting_and_judges_the_default_against_the_b
         bench.main(["--checkpoints", str(tmp_path / "missing.safetensors"), "--max-bytes", "3", "--rounds", "1",
                     "--max-threads", "1"])
     assert "missing.safetensors" in str(e.value) and "exited 2" in str(e.value)
+    with pytest.raises(SystemExit) as e:  # a count below 1: argparse's error naming the flag, exit 2
+        bench.main(["--rounds", "0"])
+    assert e.value.code == 2 and "--rounds must be a positive integer, got 0" in capsys.readouterr().err
