@@ -102,14 +102,14 @@ def test_a_resumed_sweep_under_other_settings_is_refused(tmp_path):
 
 def test_goals_on_rows():
     """Goals (a)–(e) computed on hand-made rows (numbers checked by hand)."""
-    def row(name, bpb, prefill=100.0, decode=10.0):
-        r = {"row": name, "test_bpb": bpb, "prefill_bytes_per_s": prefill, "decode_bytes_per_s": decode}
+    def row(name, bpb):
+        r = {"row": name, "test_bpb": bpb, "prefill_bytes_per_s": 100.0, "decode_bytes_per_s": 10.0}
         if name.startswith("hg-"):  # as train_run records them
             signal = name.split("@")[0].removeprefix("hg-").removeprefix("elastic-").split("-")[0]
             r.update(signal=signal, dechunk="ema" if "-ema" in name or signal == "router" else "hold")
         return r
 
-    rows = [row("mamba-d256/s0", 2.0), row("mamba-d128/s0", 2.3), row("hg-entropy@0.25/s0", 1.9, 300, 40),
+    rows = [row("mamba-d256/s0", 2.0), row("mamba-d128/s0", 2.3), row("hg-entropy@0.25/s0", 1.9),
             row("hg-uniform@0.25/s0", 1.96), row("hg-elastic-entropy@0.25/s0", 1.95),
             row("hg-elastic-entropy@1/s0", 1.88), row("hg-entropy@0.35/s0", 2.05),
             row("hg-elastic-entropy@0.35/s0", 2.06)]
@@ -123,9 +123,13 @@ def test_goals_on_rows():
     assert d["vs_dedicated"]["0.25"]["met"] is False and d["vs_dedicated"]["0.35"]["met"] is True  # 1.95 > 1.02·1.9 = 1.938
     assert d["vs_own_budget_1"]["met"] is True  # 1.95 <= 1.04·1.88 = 1.955
     assert g["e_deployment_equal_bpb"] is None  # no hourglass within 1 % of a plain Mamba's bpb
-    rows.append(row("mamba-d176/s0", 1.91, 100, 20))
-    pair = sw.goals(rows)["e_deployment_equal_bpb"][0]
-    assert pair["hourglass"] == "hg-entropy@0.25" and pair["prefill_x"] == 3.0 and pair["decode_x"] == 2.0
+    rows.append(row("mamba-d176/s0", 1.91))
+    e = sw.goals(rows)["e_deployment_equal_bpb"]
+    assert e["timed_by"] == "scripts/bench_equal_bpb.py" and len(e["pairs"]) == 1
+    pair = e["pairs"][0]  # the pair and its bpb; no ratio of rates the two rows measured at other times
+    assert pair == {"hourglass": "hg-entropy@0.25", "mamba": "mamba-d176", "bpb": [1.9, 1.91], "flops_ratio": None}
+    costed = [dict(r, flops_per_byte=3e6 if r["row"].startswith("hg-") else 1.5e6) for r in rows]
+    assert sw.goals(costed)["e_deployment_equal_bpb"]["pairs"][0]["flops_ratio"] == 2.0
     # (b) compares signals only: a wider entropy row against the wider uniform row, never the default-stage
     # uniform (the sweep's first table said "met" for entropy-wide 1.879 against default uniform 1.999)
     wide = rows + [row("hg-entropy-wide@0.25/s0", 1.879), row("hg-uniform-wide@0.25/s0", 1.892)]

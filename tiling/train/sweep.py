@@ -417,13 +417,15 @@ def goals(table_rows: list[dict]) -> dict:
             return (max(ratios) if ratios else math.inf, families[h][min(families[h])])
         best = min(by_family, key=worst)
         out["d_elastic"] = {**by_family[best], "all": by_family}
-    speed = {}
-    for k, v in by.items():
-        speed[k] = {"prefill": _mean(v, "prefill_bytes_per_s"), "decode": _mean(v, "decode_bytes_per_s")}
-    pairs = [{"hourglass": h, "mamba": p, "prefill_x": speed[h]["prefill"] / speed[p]["prefill"],
-              "decode_x": (speed[h]["decode"] or 0) / (speed[p]["decode"] or 1)}
-             for h, p in equal_bpb_pairs(hg_all, plain) if speed[h]["prefill"] and speed[p]["prefill"]]
-    out["e_deployment_equal_bpb"] = pairs or None
+    # (e): the pairs and their FLOPs, not their speeds. Each row's rates were measured beside its own training,
+    # in its own session and on the code of its day (mamba-d176's decode: 153 B/s, from before the decoding
+    # kernel), so a ratio of two rows' rates is no measurement; scripts/bench_equal_bpb.py times each pair
+    # in one run (docs/results/hourglass_equal_bpb.json).
+    flops = {k: v[0].get("flops_per_byte") for k, v in by.items()}
+    pairs = [{"hourglass": h, "mamba": p, "bpb": [hg_all[h], plain[p]],
+              "flops_ratio": flops[h] / flops[p] if flops[h] and flops[p] else None}
+             for h, p in equal_bpb_pairs(hg_all, plain)]
+    out["e_deployment_equal_bpb"] = {"pairs": pairs, "timed_by": "scripts/bench_equal_bpb.py"} if pairs else None
     return out
 
 
