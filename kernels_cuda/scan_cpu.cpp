@@ -1381,6 +1381,7 @@ Tensor softplus_approx(const Tensor& x) { return apply_elementwise(x, [](Vec<flo
 
 #include "lm_step.h"  // the whole LM's decoding step, over layer_step_rows, rms_rows and matvec_rows
 #include "stack_step.h"  // a stack of full-resolution layers' step (the hourglass' stages)
+#include "hourglass_step.h"  // the whole hourglass' step over three StackDecoders (uniform and router signals)
 #include "segments.h"  // the block scope's chunk and dechunk (inference)
 #include "block_fwd.h"  // the block scope's whole mixer in one call (inference)
 
@@ -1404,6 +1405,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<const std::vector<Tensor>&, const std::vector<double>&, const std::vector<c10::optional<Tensor>>&,
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())
       .def("step", &StackDecoder::step, "one token per row: (status, [h, last normed input, conv, ssm])");
+  py::class_<HourglassDecoder>(m, "HourglassDecoder", "the whole HourglassLM's decoding step (hourglass_step.h)")
+      .def(py::init<const StackDecoder&, const StackDecoder&, const StackDecoder&, const Tensor&,
+                    const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const c10::optional<Tensor>&,
+                    const c10::optional<Tensor>&, const Tensor&, const Tensor&, double, bool, const std::vector<Tensor>&>())
+      .def("step", &HourglassDecoder::step, "one byte per row: (status, [logits, state..., p, raw, starts])");
   m.def("chunk_fwd", &chunk_fwd, "the block scope's chunk: representatives + gated mean pool (Chunk.forward)");
   m.def("block_fwd", &block_fwd, "the block scope's mixer in inference, chunk to hold, in one call");
   m.def("hold_fwd", &hold_fwd, "the block scope's dechunk: each segment's output held over its tokens");

@@ -55,7 +55,9 @@ from infogeo.checks import check_in_range, check_int
 from tiling.config import AUX_SIGNALS, HourglassConfig, StageConfig
 from tiling.modules.boundary import BoundaryRouter, BoundaryState, Routing
 from tiling.modules.chunk import Chunk, ChunkState, Dechunk
+from tiling.modules.hourglass_step import fast_step
 from tiling.modules.stack import MambaStack, StackState
+from tiling.modules.step_weights import KernelCacheOwner
 from tiling.ops import adaptive_selective_scan
 from tiling.ops.scan import rms_norm
 from tiling.ops.cost import layer_cost, signal_cost_per_token
@@ -137,7 +139,7 @@ class HourglassOutput:
         return float(self.lengths.sum()) / self.routing.boundary.numel()
 
 
-class HourglassLM(nn.Module):
+class HourglassLM(KernelCacheOwner, nn.Module):
     """Byte-level hourglass LM (module docstring): ``tokens (batch, L) int64 → logits (batch, L, V)``.
 
     Parameters
@@ -149,6 +151,8 @@ class HourglassLM(nn.Module):
     ----------
     config : the configuration (stored nested in checkpoints, :meth:`HourglassConfig.to_dict`).
     """
+
+    _kernel_caches = ("_hourglass_decoder",)  # the decoding kernel's object (tiling.modules.hourglass_step)
 
     def __init__(self, config: HourglassConfig, *, device=None, dtype=None) -> None:
         super().__init__()
@@ -363,10 +367,13 @@ class HourglassLM(nn.Module):
             raise TypeError(f"state must be an HourglassState (allocate_inference_state), got {type(state).__name__}")
         if tokens.dim() != 1 or tokens.shape[0] != state.batch:
             raise ValueError(f"tokens must have shape (batch={state.batch},) of the state, got {tuple(tokens.shape)}")
-        self._check_tokens(tokens.view(-1, 1))
         c = self.check_budget(budget)
         for name in ("encoder", "main", "decoder"):
             getattr(self, name).check_state(getattr(state, name), state.batch)
+        fast = fast_step(self, tokens, state, c) if tokens.dtype == torch.int64 else None  # one kernel call
+        if fast is not None:
+            return fast
+        self._check_tokens(tokens.view(-1, 1))  # the kernel declines a token out of range: named here
         x = self.embedding(tokens)
         h, enc, last_in = self.encoder.step(x, state.encoder)
         aux = self.aux_head(rms_norm(h, self.aux_norm.weight, self.aux_norm.eps)) if self._needs_aux(c) else None

@@ -1,0 +1,282 @@
+// The whole HourglassLM's decoding step in one call, for the boundary signals that read no auxiliary head
+// (uniform, H-Net's cosine router) in the byte form (issue 23, time follows FLOPs; issue 24's deployment
+// goal). Included by scan_cpu.cpp after stack_step.h (StackDecoder), lm_step.h (new_cpu) and matvec_rows.
+//
+// Reference: tiling.modules.hourglass.HourglassLM.step, which this reproduces operation by operation:
+//   x = embed(token);  h = Encoder.step(x)
+//   starts, p:  budget 1: every byte, p = 1;  uniform: ⌊t·c⌋ > ⌊(t − 1)·c⌋ (t = 0 always), p = start;
+//               router (TokenRouter.step): k_t = k̂(h_t), p_t = clamp(½(1 − q̂(h_t)·k_{t−1}), 0, 1), p_0 = 1,
+//               then the causal controller (boundary.causal_boundaries) on the float32 score p_t against
+//               the float32 threshold θ(c): D += c; take if t = 0 or D ≥ S, not if D − 1 < −S, else p_t > θ;
+//               D −= 1 where taken
+//   rep = h + gate · pool_sum / max(pool_count, 1) at a start (Chunk.step); the pool grows elsewhere
+//   at a start: z = W_out Main.step(W_in rep);  EMA: z = p z + (1 − p) held, p clamped to [1e-4, 1 − 1e-6]
+//               in float32 (budget < 1);  held = z
+//   y = held + W_res h;  logits = head(RMSNorm_f(Decoder.step(y)))
+// The main network steps only the rows that start a segment (the reference steps every row and keeps the
+// others' state: the same values, as rows do not interact). Departures: the router's products are
+// matvec_rows, the norms accumulate in double, and GCC may contract a product and a sum into one fused
+// multiply-add, so values equal the reference's to float rounding (tests: 1e-5), not bit for bit.
+#pragma once
+
+namespace hgstep {
+
+enum Signal : int64_t { kUniform = 0, kRouter = 1 };
+constexpr int kState = 11;  // enc conv, enc ssm, main conv, main ssm, dec conv, dec ssm, pool_sum, pool_count, held,
+                            // surplus, key (undefined: no router)
+
+// v / max(|v|, eps) in place, for rows of length r (F.normalize)
+template <typename T> void normalize_rows(T* v, int64_t rows, int64_t r, double eps) {
+  for (int64_t b = 0; b < rows; ++b) {
+    T* x = v + b * r;
+    double s = 0;
+    for (int64_t j = 0; j < r; ++j) s += (double)x[j] * (double)x[j];
+    const T n = (T)std::max(std::sqrt(s), eps);
+    for (int64_t j = 0; j < r; ++j) x[j] = x[j] / n;
+  }
+}
+
+// the uniform policy's start at position t (boundary.uniform_boundaries)
+inline bool uniform_start(int64_t t, double c) {
+  return t == 0 || std::floor((double)t * c) > std::floor((double)(t - 1) * c);
+}
+
+}  // namespace hgstep
+
+// HourglassDecoder(encoder, main, decoder: the stages' StackDecoders; emb (V, d) (the tied head); wq, wk (r, d)
+//                  (the router's maps) or None (uniform); gate (d,) the pool gate; w_in (d_main, d) and w_out
+//                  (d, d_main) or None (identity); w_res (d, d); norm_f (d,) and its eps; ema: the EMA dechunk;
+//                  sources: the tensors above as the model holds them, whose storage and version step watches)
+// step(tokens (Bt,) int64, budget c, threshold θ(c), slack S, position t, state: the kState tensors)
+//   -> (status, [logits (Bt, V), the kState new tensors (the key None without a router), p (Bt,) the boundary
+//      probability, raw (Bt,) float32 the router's score (None without one), starts (Bt,) bool]);
+//   status as LmDecoder's: kOk, kNonFinite (a logit is NaN/Inf: the caller names it through the reference path),
+//   kStale (a weight moved or was updated in place: make another), kToken (a token outside [0, V)).
+//   The state passed in is never written.
+class HourglassDecoder {
+ public:
+  HourglassDecoder(const StackDecoder& encoder, const StackDecoder& main, const StackDecoder& decoder,
+                   const Tensor& emb, const c10::optional<Tensor>& wq, const c10::optional<Tensor>& wk,
+                   const Tensor& gate, const c10::optional<Tensor>& w_in, const c10::optional<Tensor>& w_out,
+                   const Tensor& w_res, const Tensor& norm_f, double eps_f, bool ema, const std::vector<Tensor>& sources)
+      : enc_(encoder), main_(main), dec_(decoder), emb_(emb), wq_(wq.value_or(Tensor())), wk_(wk.value_or(Tensor())),
+        gate_(gate), w_in_(w_in.value_or(Tensor())), w_out_(w_out.value_or(Tensor())), w_res_(w_res), norm_f_(norm_f),
+        eps_f_(eps_f), ema_(ema), sources_(sources) {
+    const int64_t d = emb.size(1);
+    const auto dt = emb.scalar_type();
+    TORCH_CHECK(wq_.defined() == wk_.defined(), "HourglassDecoder: the router's two maps go together");
+    TORCH_CHECK(!wq_.defined() || (wq_.dim() == 2 && wq_.size(1) == d && wk_.sizes() == wq_.sizes()),
+                "HourglassDecoder: the router's maps must be (r, d_outer)");
+    TORCH_CHECK(w_in_.defined() == w_out_.defined() &&
+                    (!w_in_.defined() || (w_in_.size(1) == d && w_out_.size(0) == d && w_out_.size(1) == w_in_.size(0))),
+                "HourglassDecoder: main_in (d_main, d_outer) and main_out (d_outer, d_main) go together");
+    TORCH_CHECK(gate_.numel() == d && norm_f_.numel() == d && w_res_.size(0) == d && w_res_.size(1) == d,
+                "HourglassDecoder: the pool gate, the final norm and the residual map are of width d_outer");
+    for (const Tensor* t : {&emb_, &wq_, &wk_, &gate_, &w_in_, &w_out_, &w_res_, &norm_f_})
+      TORCH_CHECK(!t->defined() || (t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt),
+                  "HourglassDecoder: every tensor must be contiguous on the CPU, of the embedding's dtype");
+    for (const auto& t : sources_)  // an inference tensor keeps no version (nor can it be updated outside inference)
+      pointers_.push_back(t.data_ptr()), versions_.push_back(t.is_inference() ? -1 : (int64_t)t._version());
+  }
+
+  std::tuple<int64_t, std::vector<Tensor>> step(const Tensor& tokens, double budget, double threshold, double slack,
+                                                int64_t position,
+                                                const std::vector<c10::optional<Tensor>>& state_) const {
+    using Status = Decoder::Status;
+    std::vector<Tensor> state;
+    for (const auto& t : state_) state.push_back(t.value_or(Tensor()));
+    for (size_t i = 0; i < sources_.size(); ++i)  // moved, or updated in place (a copy made of it would be stale)
+      if (sources_[i].data_ptr() != pointers_[i] || (versions_[i] >= 0 && (int64_t)sources_[i]._version() != versions_[i]))
+        return {Status::kStale, {}};
+    TORCH_CHECK((int64_t)state.size() == hgstep::kState, "HourglassDecoder.step: ", hgstep::kState, " state tensors");
+    for (int i = 0; i < hgstep::kState - 1; ++i)
+      TORCH_CHECK(state[i].defined(), "HourglassDecoder.step: only the router's key may be None");
+    TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 1 && tokens.is_contiguous() && tokens.is_cpu(),
+                "HourglassDecoder.step: tokens must be (Bt,) int64 on the CPU");
+    const int64_t Bt = tokens.size(0), V = emb_.size(0), d = emb_.size(1);
+    const auto dt = emb_.scalar_type();
+    const int64_t* tok = tokens.data_ptr<int64_t>();
+    for (int64_t b = 0; b < Bt; ++b)
+      if (tok[b] < 0 || tok[b] >= V) return {Status::kToken, {}};
+    const Tensor &pool_sum = state[6], &pool_count = state[7], &held = state[8], &surplus = state[9], &key = state[10];
+    const bool router = wq_.defined() && budget < 1.0;
+    TORCH_CHECK(pool_sum.sizes() == at::IntArrayRef({Bt, d}) && held.sizes() == pool_sum.sizes() &&
+                    pool_sum.scalar_type() == dt && held.scalar_type() == dt && pool_sum.is_contiguous() &&
+                    held.is_contiguous() && pool_count.scalar_type() == at::kLong && pool_count.numel() == Bt &&
+                    pool_count.is_contiguous() && surplus.scalar_type() == at::kDouble && surplus.numel() == Bt &&
+                    surplus.is_contiguous(),
+                "HourglassDecoder.step: the pool, the held output and the surplus do not match the batch");
+    TORCH_CHECK(!router || !key.defined() || (key.scalar_type() == dt && key.is_contiguous() &&
+                                              key.sizes() == at::IntArrayRef({Bt, wq_.size(0)})),
+                "HourglassDecoder.step: the router's key must be (Bt, r) of the model's dtype");
+    Tensor x = lmstep::new_cpu({Bt, d}, dt);
+    AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_embed", [&] {
+      for (int64_t b = 0; b < Bt; ++b)
+        std::memcpy(x.data_ptr<scalar_t>() + b * d, emb_.data_ptr<scalar_t>() + tok[b] * d, sizeof(scalar_t) * d);
+    });
+    auto [es, eo] = enc_.step(x, state[0], state[1]);
+    if (es != Status::kOk) return {es, {}};
+    const Tensor& h = eo[0];
+    Tensor p = lmstep::new_cpu({Bt}, dt), starts = lmstep::new_cpu({Bt}, at::kBool);
+    Tensor raw, surplus1 = surplus, key1 = key;
+    bool* sp = starts.data_ptr<bool>();
+    if (router) {
+      raw = lmstep::new_cpu({Bt}, at::kFloat);
+      surplus1 = lmstep::new_cpu({Bt}, at::kDouble);
+      key1 = lmstep::new_cpu({Bt, wk_.size(0)}, dt);
+    }
+    AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_signal", [&] {
+      scalar_t* pp = p.data_ptr<scalar_t>();
+      if (budget >= 1.0 || !wq_.defined()) {  // every byte, or the uniform rule
+        for (int64_t b = 0; b < Bt; ++b) {
+          sp[b] = budget >= 1.0 || hgstep::uniform_start(position, budget);
+          pp[b] = sp[b] ? scalar_t(1) : scalar_t(0);
+        }
+        return;
+      }
+      const int64_t r = wq_.size(0);
+      const scalar_t* hp = h.data_ptr<scalar_t>();
+      scalar_t* kp = key1.data_ptr<scalar_t>();
+      matvec_rows<scalar_t>(wk_.data_ptr<scalar_t>(), nullptr, hp, kp, r, d, Bt);
+      hgstep::normalize_rows<scalar_t>(kp, Bt, r, 1e-6);
+      std::vector<scalar_t> q((size_t)(Bt * r));
+      if (key.defined()) {
+        matvec_rows<scalar_t>(wq_.data_ptr<scalar_t>(), nullptr, hp, q.data(), r, d, Bt);
+        hgstep::normalize_rows<scalar_t>(q.data(), Bt, r, 1e-6);
+      }
+      const scalar_t* k0 = key.defined() ? key.data_ptr<scalar_t>() : nullptr;
+      const double* D0 = surplus.data_ptr<double>();
+      double* D1 = surplus1.data_ptr<double>();
+      float* rp = raw.data_ptr<float>();
+      const float theta = (float)threshold;  // torch compares a float32 score with the threshold in float32
+      for (int64_t b = 0; b < Bt; ++b) {
+        scalar_t pb = scalar_t(1);
+        if (k0) {
+          scalar_t s = 0;
+          for (int64_t j = 0; j < r; ++j) s += q[b * r + j] * k0[b * r + j];
+          pb = std::min(std::max(scalar_t(0.5) * (scalar_t(1) - s), scalar_t(0)), scalar_t(1));
+        }
+        pp[b] = pb;
+        rp[b] = (float)pb;
+        double D = D0[b] + budget;
+        bool take;
+        if (position == 0 || D >= slack)
+          take = true;
+        else if (D - 1.0 < -slack)
+          take = false;
+        else
+          take = rp[b] > theta;
+        if (take) D -= 1.0;
+        D1[b] = D;
+        sp[b] = take;
+      }
+    });
+    std::vector<int64_t> rows;
+    for (int64_t b = 0; b < Bt; ++b)
+      if (sp[b]) rows.push_back(b);
+    const int64_t Bs = (int64_t)rows.size();
+    Tensor sum1 = lmstep::new_cpu({Bt, d}, dt), count1 = lmstep::new_cpu({Bt}, at::kLong);
+    Tensor held1 = Bs ? lmstep::new_cpu({Bt, d}, dt) : held;
+    Tensor mconv = state[2], mssm = state[3];
+    Tensor rep = lmstep::new_cpu({Bs, d}, dt);
+    AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_chunk", [&] {
+      const scalar_t *hp = h.data_ptr<scalar_t>(), *ps = pool_sum.data_ptr<scalar_t>(), *g = gate_.data_ptr<scalar_t>();
+      const int64_t* pc = pool_count.data_ptr<int64_t>();
+      scalar_t *os = sum1.data_ptr<scalar_t>(), *rp = rep.data_ptr<scalar_t>();
+      int64_t* oc = count1.data_ptr<int64_t>();
+      for (int64_t b = 0, i = 0; b < Bt; ++b) {
+        if (i < Bs && rows[i] == b) {  // a start: the representative, and the pool empties
+          const scalar_t c = (scalar_t)std::max<int64_t>(pc[b], 1);
+          for (int64_t j = 0; j < d; ++j) rp[i * d + j] = hp[b * d + j] + g[j] * (ps[b * d + j] / c);
+          std::fill(os + b * d, os + (b + 1) * d, scalar_t(0));
+          oc[b] = 0, ++i;
+        } else {
+          for (int64_t j = 0; j < d; ++j) os[b * d + j] = ps[b * d + j] + hp[b * d + j];
+          oc[b] = pc[b] + 1;
+        }
+      }
+    });
+    if (Bs) {
+      const bool all = Bs == Bt;
+      Tensor idx;
+      if (!all) idx = torch::tensor(rows, torch::dtype(at::kLong));
+      Tensor zin = rep;
+      if (w_in_.defined()) {
+        zin = lmstep::new_cpu({Bs, w_in_.size(0)}, dt);
+        AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_main_in", [&] {
+          matvec_rows<scalar_t>(w_in_.data_ptr<scalar_t>(), nullptr, rep.data_ptr<scalar_t>(), zin.data_ptr<scalar_t>(),
+                                w_in_.size(0), d, Bs);
+        });
+      }
+      const Tensor c0 = all ? state[2] : state[2].index_select(1, idx).contiguous();
+      const Tensor s0 = all ? state[3] : state[3].index_select(1, idx).contiguous();
+      auto [ms, mo] = main_.step(zin, c0, s0);
+      if (ms != Status::kOk) return {ms, {}};
+      if (all) {
+        mconv = mo[2], mssm = mo[3];
+      } else {
+        mconv = state[2].clone(), mssm = state[3].clone();
+        mconv.index_copy_(1, idx, mo[2]);
+        mssm.index_copy_(1, idx, mo[3]);
+      }
+      AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_main_out", [&] {
+        std::vector<scalar_t> zb;
+        const scalar_t* z = mo[0].data_ptr<scalar_t>();
+        if (w_out_.defined()) {
+          zb.resize((size_t)(Bs * d));
+          matvec_rows<scalar_t>(w_out_.data_ptr<scalar_t>(), nullptr, z, zb.data(), d, w_out_.size(1), Bs);
+          z = zb.data();
+        }
+        const scalar_t *h0 = held.data_ptr<scalar_t>(), *pp = p.data_ptr<scalar_t>();
+        scalar_t* h1 = held1.data_ptr<scalar_t>();
+        const bool smooth = ema_ && budget < 1.0;
+        const float lo = 1e-4f, hi = (float)(1.0 - 1e-6);
+        for (int64_t b = 0, i = 0; b < Bt; ++b) {
+          if (i < Bs && rows[i] == b) {
+            const scalar_t* zr = z + i * d;
+            if (smooth) {  // prob.to(float32).clamp(lo, hi).to(dtype): p z + (1 − p) held
+              const scalar_t pb = (scalar_t)std::min(std::max((float)pp[b], lo), hi), qb = scalar_t(1) - pb;
+              for (int64_t j = 0; j < d; ++j) h1[b * d + j] = pb * zr[j] + qb * h0[b * d + j];
+            } else {
+              std::memcpy(h1 + b * d, zr, sizeof(scalar_t) * d);
+            }
+            ++i;
+          } else {
+            std::memcpy(h1 + b * d, h0 + b * d, sizeof(scalar_t) * d);
+          }
+        }
+      });
+    }
+    Tensor y = lmstep::new_cpu({Bt, d}, dt);
+    AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_residual", [&] {
+      scalar_t* yp = y.data_ptr<scalar_t>();
+      matvec_rows<scalar_t>(w_res_.data_ptr<scalar_t>(), nullptr, h.data_ptr<scalar_t>(), yp, d, d, Bt);
+      const scalar_t* hl = held1.data_ptr<scalar_t>();
+      for (int64_t j = 0; j < Bt * d; ++j) yp[j] = hl[j] + yp[j];
+    });
+    auto [ds, dout] = dec_.step(y, state[4], state[5]);
+    if (ds != Status::kOk) return {ds, {}};
+    Tensor logits = lmstep::new_cpu({Bt, V}, dt);
+    bool finite = true;
+    AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_head", [&] {
+      std::vector<scalar_t> xn((size_t)(Bt * d)), rr((size_t)Bt);
+      rms_rows<scalar_t>(dout[0].data_ptr<scalar_t>(), norm_f_.data_ptr<scalar_t>(), xn.data(), rr.data(), Bt, d, eps_f_);
+      scalar_t* lp = logits.data_ptr<scalar_t>();
+      matvec_rows<scalar_t>(emb_.data_ptr<scalar_t>(), nullptr, xn.data(), lp, V, d, Bt);
+      for (int64_t j = 0; j < Bt * V; ++j)
+        if (!std::isfinite(lp[j])) finite = false;
+    });
+    std::vector<Tensor> out = {logits, eo[2], eo[3], mconv, mssm, dout[2], dout[3], sum1, count1, held1,
+                               surplus1, router ? key1 : key, p, raw, starts};
+    return {finite ? Status::kOk : Status::kNonFinite, std::move(out)};
+  }
+
+ private:
+  StackDecoder enc_, main_, dec_;
+  Tensor emb_, wq_, wk_, gate_, w_in_, w_out_, w_res_, norm_f_;
+  double eps_f_;
+  bool ema_;
+  std::vector<Tensor> sources_;
+  std::vector<const void*> pointers_;
+  std::vector<int64_t> versions_;
+};

@@ -1,0 +1,110 @@
+"""The hourglass' decoding step in one kernel call (``tiling.modules.hourglass_step``,
+``kernels_cuda/hourglass_step.h``) against the reference step it replaces (the stages' kernels among torch
+ops), and against the forward."""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import tiling.modules.hourglass as hourglass_module
+from tiling.modules import hourglass_step
+
+from test_hourglass import calibrated, small, text_tokens
+
+
+def decode(model, x, budgets, *, fast: bool, monkeypatch=None):
+    """Logits, starts and the final state of decoding ``x`` byte by byte, the budget of byte ``t`` being
+    ``budgets[t % len(budgets)]``; ``fast=False`` runs the reference step."""
+    calls = []
+
+    def counted(*a, **k):
+        out = hourglass_step.fast_step(*a, **k)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(hourglass_module, "fast_step", counted if fast else (lambda *a, **k: None))
+    state, logits, starts = model.allocate_inference_state(x.shape[0]), [], []
+    with torch.no_grad():
+        for t in range(x.shape[1]):
+            out, state = model.step(x[:, t], state, budget=budgets[t % len(budgets)])
+            logits.append(out)
+            starts.append(state.starts)
+    return torch.stack(logits, 1), torch.stack(starts, 1), state, calls
+
+
+@pytest.mark.parametrize("signal,dechunk", [("router", "ema"), ("router", "hold"), ("uniform", "ema"),
+                                            ("uniform", "hold")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_kernel_call_equals_the_reference_step_and_the_forward(signal, dechunk, dtype, monkeypatch):
+    """Every byte in one call; the same starts as the reference step, logits and states to float rounding,
+    rows that start and rows that do not in one batch, budgets changing from byte to byte."""
+    model = calibrated(small(signal, dechunk=dechunk, budget_range=(0.25, 1.0))).to(dtype)
+    x = text_tokens(3, 72)
+    for budgets in ([1.0], [0.5], [0.25], [0.25, 0.5, 1.0, 0.35]):
+        lf, sf, fs, calls = decode(model, x, budgets, fast=True, monkeypatch=monkeypatch)
+        assert calls and all(calls)  # the kernel took every byte
+        lr, sr, rs, _ = decode(model, x, budgets, fast=False, monkeypatch=monkeypatch)
+        assert torch.equal(sf, sr)
+        tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+        torch.testing.assert_close(lf, lr, **tol)
+        for a, b in [(fs.held, rs.held), (fs.chunk.pool_sum, rs.chunk.pool_sum), (fs.encoder.ssm, rs.encoder.ssm),
+                     (fs.main.ssm, rs.main.ssm), (fs.main.conv, rs.main.conv), (fs.decoder.ssm, rs.decoder.ssm)]:
+            torch.testing.assert_close(a, b, **tol)
+        assert torch.equal(fs.chunk.pool_count, rs.chunk.pool_count)
+        assert torch.equal(fs.boundary.surplus, rs.boundary.surplus) and fs.boundary.position == rs.boundary.position
+        if signal == "router" and budgets != [1.0]:
+            torch.testing.assert_close(fs.boundary.router.key, rs.boundary.router.key, **tol)
+            torch.testing.assert_close(fs.boundary.prev_score, rs.boundary.prev_score, rtol=1e-5, atol=1e-6)
+        if budgets == [0.5] and signal == "router":  # the rows' starts differ somewhere: the gathered main step ran
+            assert bool((sf.any(0) & ~sf.all(0)).any())
+        if len(budgets) == 1:
+            with torch.no_grad():
+                torch.testing.assert_close(lf, model(x, budget=budgets[0]), rtol=1e-4, atol=2e-4)
+
+
+def test_weights_updated_in_place_or_moved_are_read_anew(monkeypatch):
+    """A weight of the glue (the residual map, the router) updated in place, or the model moved to another
+    dtype and back, makes the kernel's decoder again: the steps after it equal the reference's."""
+    model = calibrated(small("router", dechunk="ema"))
+    x = text_tokens(2, 40)
+    decode(model, x, [0.5], fast=True, monkeypatch=monkeypatch)
+    with torch.no_grad():
+        model.residual.weight.mul_(0.5)
+        model.boundary.router.k_proj.weight.add_(0.01)
+    model.double().float()
+    lf, sf, _, calls = decode(model, x, [0.5], fast=True, monkeypatch=monkeypatch)
+    lr, sr, _, _ = decode(model, x, [0.5], fast=False, monkeypatch=monkeypatch)
+    assert all(calls) and torch.equal(sf, sr)
+    torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-5)
+
+
+def test_declined_steps_run_the_reference_which_names_the_problem(monkeypatch):
+    """A token out of range and a NaN weight: the kernel declines, the reference raises naming it; another
+    signal, training mode or budget conditioning never reach the kernel."""
+    model = calibrated(small("router", dechunk="ema"))
+    state = model.allocate_inference_state(1)
+    with pytest.raises(ValueError, match="tokens must lie"):
+        model.step(torch.tensor([300]), state, budget=0.5)
+    with torch.no_grad():
+        model.residual.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN/Inf"):
+        model.step(torch.tensor([65]), state, budget=0.5)
+    for other in (calibrated(small("entropy")), small("router").train(),
+                  calibrated(small("router", budget_range=(0.25, 1.0), budget_conditioning=True))):
+        assert not hourglass_step.applies(other, torch.tensor([65]), other.allocate_inference_state(1))
+
+
+def test_a_copy_or_a_pickle_leaves_the_kernel_object_out():
+    model = calibrated(small("uniform"))
+    with torch.no_grad():
+        model.step(torch.tensor([65]), model.allocate_inference_state(1), budget=0.5)
+    assert "_hourglass_decoder" in model.__dict__
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert "_hourglass_decoder" not in clone.__dict__
+        with torch.no_grad():
+            a, _ = clone.step(torch.tensor([65]), clone.allocate_inference_state(1), budget=0.5)
+            b, _ = model.step(torch.tensor([65]), model.allocate_inference_state(1), budget=0.5)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

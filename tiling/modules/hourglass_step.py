@@ -1,0 +1,99 @@
+""":meth:`HourglassLM.step <tiling.modules.hourglass.HourglassLM.step>` in one call of the CPU kernel
+(``HourglassDecoder``, ``kernels_cuda/hourglass_step.h``), for the boundary signals that read no auxiliary
+head: ``uniform`` and H-Net's cosine ``router``, in the byte form with the global rule.
+
+The reference step runs the three stages' kernels among some forty small torch calls a byte (the router's
+maps and norms, the controller, the pool, the EMA, the residual, the head, the checks): at d_outer 176 those
+cost more than the stages' arithmetic (stop 42: 455 µs a byte, of which the stages' kernels take about 180).
+Here the whole byte is one call; the reference stays, and runs wherever this does not apply (another signal
+or form, budget conditioning, training mode, another device or dtype, a ``torch.func`` transform or a
+dispatch mode) and wherever the kernel declines a step (a token out of range, a NaN/Inf logit: the
+reference names it).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from tiling.modules.assignments import assignments
+from tiling.modules.boundary import BoundaryState
+from tiling.modules.chunk import ChunkState
+from tiling.modules.router import RouterState
+from tiling.modules.stack import StackState
+from tiling.ops.scan import cpu_kernels
+
+Tensor = torch.Tensor
+
+#: ``HourglassDecoder.step``'s statuses (``kernels_cuda/lm_step.h``'s): done, and a weight moved or updated in place
+_OK, _STALE = 0, 2
+_SIGNALS = ("uniform", "router")
+
+
+def applies(model, tokens: Tensor, state) -> bool:
+    """Whether :func:`fast_step` can take this step (the model's configuration, mode, dtype and device)."""
+    cfg, boundary = model.config, model.boundary
+    w = model.embedding.weight
+    return (cfg.boundary.signal in _SIGNALS and boundary.tile_router is None and boundary.causal
+            and (cfg.boundary.signal == "uniform" or cfg.boundary.rule == "global") and not cfg.budget_conditioning
+            and not model.training and w.dtype in (torch.float32, torch.float64) and w.device.type == "cpu"
+            and tokens.device.type == "cpu" and state.held.dtype == w.dtype
+            and not torch._C._are_functorch_transforms_active() and not torch._C._len_torch_dispatch_stack())
+
+
+def _decoder(model, ext, dtype: torch.dtype, *, stale: bool = False):
+    """The kernel's ``HourglassDecoder`` over the model's weights in ``dtype``, kept per count of assignments
+    and dtype (as :meth:`MambaStack._decoder <tiling.modules.stack.MambaStack._decoder>`); ``stale``: a kept
+    one refused a step, make it (and the stages') again."""
+    key = (assignments(), dtype)
+    kept = model.__dict__.get("_hourglass_decoder")
+    if kept is not None and kept[0] == key and not stale:
+        return kept[1]
+    stages = [getattr(model, n)._decoder(ext, dtype, stale=stale) for n in ("encoder", "main", "decoder")]
+    router = model.boundary.router
+    maps = [None, None] if router is None else [router.q_proj.weight, router.k_proj.weight]
+    main = [None, None] if isinstance(model.main_in, torch.nn.Identity) else [model.main_in.weight,
+                                                                           model.main_out.weight]
+    sources = [model.embedding.weight, *(t for t in maps + main if t is not None), model.chunk.pool_gate,
+               model.residual.weight, model.norm_f.weight]
+    c = lambda t: None if t is None else t.detach().contiguous()  # noqa: E731
+    decoder = ext.HourglassDecoder(*stages, c(model.embedding.weight), *map(c, maps), c(model.chunk.pool_gate),
+                                   *map(c, main), c(model.residual.weight), c(model.norm_f.weight),
+                                   float(model.norm_f.eps), model.config.dechunk == "ema", sources)
+    model.__dict__["_hourglass_decoder"] = (key, decoder)
+    return decoder
+
+
+def fast_step(model, tokens: Tensor, state, budget: float) -> tuple[Tensor, object] | None:
+    """One byte per row on a checked ``state`` at a checked ``budget`` in one kernel call: ``(logits, state)``
+    equal to the reference step's to float rounding, or None where the kernel does not take it (then the
+    caller runs the reference)."""
+    if not applies(model, tokens, state):
+        return None
+    ext = cpu_kernels(state.held)
+    if ext is None:
+        return None
+    b = state.boundary
+    router = model.boundary.router is not None
+    threshold = model.boundary.quantiles.threshold(budget) if router and budget < 1.0 else float("inf")
+    tensors = [*state.encoder, *state.main, *state.decoder, state.chunk.pool_sum, state.chunk.pool_count,
+               state.held, b.surplus, b.router.key if router else None]
+    args = (tokens.contiguous(), float(budget), float(threshold), float(model.config.boundary.slack), b.position,
+            tensors)
+    status, out = _decoder(model, ext, state.held.dtype).step(*args)
+    if status == _STALE:  # a weight was moved or updated in place since the decoder was made
+        status, out = _decoder(model, ext, state.held.dtype, stale=True).step(*args)
+    if status != _OK:
+        return None
+    logits, ec, es, mc, ms, dc, ds, pool_sum, pool_count, held, surplus, key, _, raw, starts = out
+    if raw is None:  # budget 1 or the uniform rule: the router's and controller's states stay
+        boundary = replace(b, position=b.position + 1)
+    else:
+        boundary = BoundaryState(position=b.position + 1, prev_logp=b.prev_logp, prev_score=raw, prev_space=b.prev_space,
+                                 surplus=surplus, router=RouterState(key=key), tile=b.tile)
+    return logits, replace(state, encoder=StackState(ec, es), main=StackState(mc, ms), decoder=StackState(dc, ds),
+                           boundary=boundary, chunk=ChunkState(pool_sum=pool_sum, pool_count=pool_count), held=held,
+                           starts=starts)
+
+
+__all__ = ["applies", "fast_step"]
