@@ -1,29 +1,44 @@
-// The whole HourglassLM's decoding step in one call, for the boundary signals that read no auxiliary head
-// (uniform, H-Net's cosine router) in the byte form (issue 23, time follows FLOPs; issue 24's deployment
-// goal). Included by scan_cpu.cpp after stack_step.h (StackDecoder), lm_step.h (new_cpu) and matvec_rows.
+// The whole HourglassLM's decoding step in one call, for the boundary signals uniform, H-Net's cosine router,
+// the auxiliary head's entropy and surprisal, in the byte form with either rule (issue 23, time follows FLOPs;
+// issue 24's deployment goal). Included by scan_cpu.cpp after stack_step.h (StackDecoder), lm_step.h (new_cpu)
+// and matvec_rows.
 //
 // Reference: tiling.modules.hourglass.HourglassLM.step, which this reproduces operation by operation:
 //   x = embed(token);  h = Encoder.step(x)
-//   starts, p:  budget 1: every byte, p = 1;  uniform: ⌊t·c⌋ > ⌊(t − 1)·c⌋ (t = 0 always), p = start;
-//               router (TokenRouter.step): k_t = k̂(h_t), p_t = clamp(½(1 − q̂(h_t)·k_{t−1}), 0, 1), p_0 = 1,
-//               then the causal controller (boundary.causal_boundaries) on the float32 score p_t against
-//               the float32 threshold θ(c): D += c; take if t = 0 or D ≥ S, not if D − 1 < −S, else p_t > θ;
-//               D −= 1 where taken
+//   starts, p:  budget 1: every byte, p = 1 (the signal's state stays);  uniform: ⌊t·c⌋ > ⌊(t − 1)·c⌋ (t = 0
+//               always), p = start;  else the float32 score s_t of the signal (BoundaryRouter.step):
+//                 router (TokenRouter.step): k_t = k̂(h_t), s_t = p_t = clamp(½(1 − q̂(h_t)·k_{t−1}), 0, 1), p_0 = 1;
+//                 entropy, surprisal: log q_t = log_softmax(W_aux RMSNorm_aux(h_t)) in float32, s_t = H(q_t) or
+//                 −log q_{t−1}(x_t) (0 at the first byte);
+//               the monotonic rule takes s_t − s_{t−1}; the causal controller (boundary.causal_boundaries)
+//               compares the score with the float32 threshold θ(c): D += c; take if t = 0 or D ≥ S, not if
+//               D − 1 < −S, else s_t > θ; D −= 1 where taken; p = sigmoid((s_t − θ)/scale) (1 while θ = ∞)
 //   rep = h + gate · pool_sum / max(pool_count, 1) at a start (Chunk.step); the pool grows elsewhere
 //   at a start: z = W_out Main.step(W_in rep);  EMA: z = p z + (1 − p) held, p clamped to [1e-4, 1 − 1e-6]
 //               in float32 (budget < 1);  held = z
 //   y = held + W_res h;  logits = head(RMSNorm_f(Decoder.step(y)))
 // The main network steps only the rows that start a segment (the reference steps every row and keeps the
-// others' state: the same values, as rows do not interact). Departures: the router's products are
-// matvec_rows, the norms accumulate in double, and GCC may contract a product and a sum into one fused
-// multiply-add, so values equal the reference's to float rounding (tests: 1e-5), not bit for bit.
+// others' state: the same values, as rows do not interact). Departures: the router's and the auxiliary head's
+// products are matvec_rows, the norms and sums accumulate in double, and GCC may contract a product and a sum
+// into one fused multiply-add, so values equal the reference's to float rounding (tests: 1e-5), not bit for bit.
 #pragma once
 
 namespace hgstep {
 
-enum Signal : int64_t { kUniform = 0, kRouter = 1 };
-constexpr int kState = 11;  // enc conv, enc ssm, main conv, main ssm, dec conv, dec ssm, pool_sum, pool_count, held,
-                            // surplus, key (undefined: no router)
+enum Signal : int64_t { kUniform = 0, kRouter = 1, kEntropy = 2, kSurprisal = 3 };
+constexpr int kState = 13;  // enc conv, enc ssm, main conv, main ssm, dec conv, dec ssm, pool_sum, pool_count, held,
+                            // surplus; and the signal's, each None until set: key, prev_logp, prev_score
+constexpr int kRequired = 10;
+
+// log_softmax of one row of V logits in float32 (F.log_softmax(x.float()): x − max − log Σ exp(x − max))
+template <typename T> void log_softmax_row(const T* x, float* out, int64_t V) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < V; ++j) out[j] = (float)x[j], m = std::max(m, out[j]);
+  double s = 0;
+  for (int64_t j = 0; j < V; ++j) s += (double)std::exp(out[j] - m);
+  const float lse = std::log((float)s);
+  for (int64_t j = 0; j < V; ++j) out[j] = out[j] - m - lse;
+}
 
 // v / max(|v|, eps) in place, for rows of length r (F.normalize)
 template <typename T> void normalize_rows(T* v, int64_t rows, int64_t r, double eps) {
@@ -43,44 +58,55 @@ inline bool uniform_start(int64_t t, double c) {
 
 }  // namespace hgstep
 
-// HourglassDecoder(encoder, main, decoder: the stages' StackDecoders; emb (V, d) (the tied head); wq, wk (r, d)
-//                  (the router's maps) or None (uniform); gate (d,) the pool gate; w_in (d_main, d) and w_out
-//                  (d, d_main) or None (identity); w_res (d, d); norm_f (d,) and its eps; ema: the EMA dechunk;
-//                  sources: the tensors above as the model holds them, whose storage and version step watches)
-// step(tokens (Bt,) int64, budget c, threshold θ(c), slack S, position t, state: the kState tensors)
-//   -> (status, [logits (Bt, V), the kState new tensors (the key None without a router), p (Bt,) the boundary
-//      probability, raw (Bt,) float32 the router's score (None without one), starts (Bt,) bool]);
+// HourglassDecoder(encoder, main, decoder: the stages' StackDecoders; emb (V, d) (the tied head); signal
+//                  (hgstep::Signal); monotonic: the rule; wq, wk (r, d): the router's maps, or None; aux_norm (d,)
+//                  and its eps, aux_head (V, d): the auxiliary head, or None; gate (d,) the pool gate; w_in (d_main,
+//                  d) and w_out (d, d_main) or None (identity); w_res (d, d); norm_f (d,) and its eps; ema: the EMA
+//                  dechunk; sources: the tensors above as the model holds them, whose storage and version step
+//                  watches)
+// step(tokens (Bt,) int64, budget c, threshold θ(c), the probability's scale, slack S, position t, state: the
+//      kState tensors)
+//   -> (status, [logits (Bt, V), the kState new tensors, p (Bt,) the boundary probability, starts (Bt,) bool]);
 //   status as LmDecoder's: kOk, kNonFinite (a logit is NaN/Inf: the caller names it through the reference path),
 //   kStale (a weight moved or was updated in place: make another), kToken (a token outside [0, V)).
-//   The state passed in is never written.
+//   The state passed in is never written; a field the step does not change is passed through.
 class HourglassDecoder {
  public:
   HourglassDecoder(const StackDecoder& encoder, const StackDecoder& main, const StackDecoder& decoder,
-                   const Tensor& emb, const c10::optional<Tensor>& wq, const c10::optional<Tensor>& wk,
-                   const Tensor& gate, const c10::optional<Tensor>& w_in, const c10::optional<Tensor>& w_out,
-                   const Tensor& w_res, const Tensor& norm_f, double eps_f, bool ema, const std::vector<Tensor>& sources)
-      : enc_(encoder), main_(main), dec_(decoder), emb_(emb), wq_(wq.value_or(Tensor())), wk_(wk.value_or(Tensor())),
-        gate_(gate), w_in_(w_in.value_or(Tensor())), w_out_(w_out.value_or(Tensor())), w_res_(w_res), norm_f_(norm_f),
-        eps_f_(eps_f), ema_(ema), sources_(sources) {
-    const int64_t d = emb.size(1);
+                   const Tensor& emb, int64_t signal, bool monotonic, const c10::optional<Tensor>& wq,
+                   const c10::optional<Tensor>& wk, const c10::optional<Tensor>& aux_norm, double aux_eps,
+                   const c10::optional<Tensor>& aux_head, const Tensor& gate, const c10::optional<Tensor>& w_in,
+                   const c10::optional<Tensor>& w_out, const Tensor& w_res, const Tensor& norm_f, double eps_f, bool ema,
+                   const std::vector<Tensor>& sources)
+      : enc_(encoder), main_(main), dec_(decoder), emb_(emb), signal_(signal), monotonic_(monotonic),
+        wq_(wq.value_or(Tensor())), wk_(wk.value_or(Tensor())), aux_norm_(aux_norm.value_or(Tensor())),
+        aux_eps_(aux_eps), aux_head_(aux_head.value_or(Tensor())), gate_(gate), w_in_(w_in.value_or(Tensor())),
+        w_out_(w_out.value_or(Tensor())), w_res_(w_res), norm_f_(norm_f), eps_f_(eps_f), ema_(ema), sources_(sources) {
+    const int64_t d = emb.size(1), V = emb.size(0);
     const auto dt = emb.scalar_type();
-    TORCH_CHECK(wq_.defined() == wk_.defined(), "HourglassDecoder: the router's two maps go together");
-    TORCH_CHECK(!wq_.defined() || (wq_.dim() == 2 && wq_.size(1) == d && wk_.sizes() == wq_.sizes()),
-                "HourglassDecoder: the router's maps must be (r, d_outer)");
+    TORCH_CHECK(signal >= hgstep::kUniform && signal <= hgstep::kSurprisal,
+                "HourglassDecoder: signal is 0 (uniform), 1 (router), 2 (entropy) or 3 (surprisal)");
+    TORCH_CHECK((signal == hgstep::kRouter) == (wq_.defined() && wk_.defined()) &&
+                    (!wq_.defined() || (wq_.dim() == 2 && wq_.size(1) == d && wk_.sizes() == wq_.sizes())),
+                "HourglassDecoder: the router reads its two maps (r, d_outer), no other signal does");
+    const bool aux = signal == hgstep::kEntropy || signal == hgstep::kSurprisal;
+    TORCH_CHECK(aux == (aux_norm_.defined() && aux_head_.defined()) &&
+                    (!aux || (aux_norm_.numel() == d && aux_head_.size(0) == V && aux_head_.size(1) == d)),
+                "HourglassDecoder: entropy and surprisal read the auxiliary head (V, d_outer) and its norm");
     TORCH_CHECK(w_in_.defined() == w_out_.defined() &&
                     (!w_in_.defined() || (w_in_.size(1) == d && w_out_.size(0) == d && w_out_.size(1) == w_in_.size(0))),
                 "HourglassDecoder: main_in (d_main, d_outer) and main_out (d_outer, d_main) go together");
     TORCH_CHECK(gate_.numel() == d && norm_f_.numel() == d && w_res_.size(0) == d && w_res_.size(1) == d,
                 "HourglassDecoder: the pool gate, the final norm and the residual map are of width d_outer");
-    for (const Tensor* t : {&emb_, &wq_, &wk_, &gate_, &w_in_, &w_out_, &w_res_, &norm_f_})
+    for (const Tensor* t : {&emb_, &wq_, &wk_, &aux_norm_, &aux_head_, &gate_, &w_in_, &w_out_, &w_res_, &norm_f_})
       TORCH_CHECK(!t->defined() || (t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == dt),
                   "HourglassDecoder: every tensor must be contiguous on the CPU, of the embedding's dtype");
     for (const auto& t : sources_)  // an inference tensor keeps no version (nor can it be updated outside inference)
       pointers_.push_back(t.data_ptr()), versions_.push_back(t.is_inference() ? -1 : (int64_t)t._version());
   }
 
-  std::tuple<int64_t, std::vector<Tensor>> step(const Tensor& tokens, double budget, double threshold, double slack,
-                                                int64_t position,
+  std::tuple<int64_t, std::vector<Tensor>> step(const Tensor& tokens, double budget, double threshold, double scale,
+                                                double slack, int64_t position,
                                                 const std::vector<c10::optional<Tensor>>& state_) const {
     using Status = Decoder::Status;
     std::vector<Tensor> state;
@@ -89,8 +115,8 @@ class HourglassDecoder {
       if (sources_[i].data_ptr() != pointers_[i] || (versions_[i] >= 0 && (int64_t)sources_[i]._version() != versions_[i]))
         return {Status::kStale, {}};
     TORCH_CHECK((int64_t)state.size() == hgstep::kState, "HourglassDecoder.step: ", hgstep::kState, " state tensors");
-    for (int i = 0; i < hgstep::kState - 1; ++i)
-      TORCH_CHECK(state[i].defined(), "HourglassDecoder.step: only the router's key may be None");
+    for (int i = 0; i < hgstep::kRequired; ++i)
+      TORCH_CHECK(state[i].defined(), "HourglassDecoder.step: only the signal's fields may be None");
     TORCH_CHECK(tokens.scalar_type() == at::kLong && tokens.dim() == 1 && tokens.is_contiguous() && tokens.is_cpu(),
                 "HourglassDecoder.step: tokens must be (Bt,) int64 on the CPU");
     const int64_t Bt = tokens.size(0), V = emb_.size(0), d = emb_.size(1);
@@ -98,17 +124,23 @@ class HourglassDecoder {
     const int64_t* tok = tokens.data_ptr<int64_t>();
     for (int64_t b = 0; b < Bt; ++b)
       if (tok[b] < 0 || tok[b] >= V) return {Status::kToken, {}};
-    const Tensor &pool_sum = state[6], &pool_count = state[7], &held = state[8], &surplus = state[9], &key = state[10];
-    const bool router = wq_.defined() && budget < 1.0;
+    const Tensor &pool_sum = state[6], &pool_count = state[7], &held = state[8], &surplus = state[9];
+    const Tensor &key = state[10], &prev_logp = state[11], &prev_score = state[12];
     TORCH_CHECK(pool_sum.sizes() == at::IntArrayRef({Bt, d}) && held.sizes() == pool_sum.sizes() &&
                     pool_sum.scalar_type() == dt && held.scalar_type() == dt && pool_sum.is_contiguous() &&
                     held.is_contiguous() && pool_count.scalar_type() == at::kLong && pool_count.numel() == Bt &&
                     pool_count.is_contiguous() && surplus.scalar_type() == at::kDouble && surplus.numel() == Bt &&
                     surplus.is_contiguous(),
                 "HourglassDecoder.step: the pool, the held output and the surplus do not match the batch");
-    TORCH_CHECK(!router || !key.defined() || (key.scalar_type() == dt && key.is_contiguous() &&
-                                              key.sizes() == at::IntArrayRef({Bt, wq_.size(0)})),
+    TORCH_CHECK(!key.defined() || !wq_.defined() || (key.scalar_type() == dt && key.is_contiguous() &&
+                                                     key.sizes() == at::IntArrayRef({Bt, wq_.size(0)})),
                 "HourglassDecoder.step: the router's key must be (Bt, r) of the model's dtype");
+    TORCH_CHECK(!prev_logp.defined() || (prev_logp.scalar_type() == at::kFloat && prev_logp.is_contiguous() &&
+                                         prev_logp.sizes() == at::IntArrayRef({Bt, V})),
+                "HourglassDecoder.step: the previous log-probabilities must be (Bt, V) float32");
+    TORCH_CHECK(!prev_score.defined() || (prev_score.scalar_type() == at::kFloat && prev_score.numel() == Bt &&
+                                          prev_score.is_contiguous()),
+                "HourglassDecoder.step: the previous score must be (Bt,) float32");
     Tensor x = lmstep::new_cpu({Bt, d}, dt);
     AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_embed", [&] {
       for (int64_t b = 0; b < Bt; ++b)
@@ -118,46 +150,32 @@ class HourglassDecoder {
     if (es != Status::kOk) return {es, {}};
     const Tensor& h = eo[0];
     Tensor p = lmstep::new_cpu({Bt}, dt), starts = lmstep::new_cpu({Bt}, at::kBool);
-    Tensor raw, surplus1 = surplus, key1 = key;
+    Tensor surplus1 = surplus, key1 = key, logp1 = prev_logp, raw = prev_score;
     bool* sp = starts.data_ptr<bool>();
-    if (router) {
+    const bool scored = budget < 1.0 && signal_ != hgstep::kUniform;
+    if (scored) {
       raw = lmstep::new_cpu({Bt}, at::kFloat);
       surplus1 = lmstep::new_cpu({Bt}, at::kDouble);
-      key1 = lmstep::new_cpu({Bt, wk_.size(0)}, dt);
+      if (signal_ == hgstep::kRouter) key1 = lmstep::new_cpu({Bt, wk_.size(0)}, dt);
+      if (signal_ != hgstep::kRouter) logp1 = lmstep::new_cpu({Bt, V}, at::kFloat);
     }
     AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_signal", [&] {
       scalar_t* pp = p.data_ptr<scalar_t>();
-      if (budget >= 1.0 || !wq_.defined()) {  // every byte, or the uniform rule
+      if (!scored) {  // every byte, or the uniform rule
         for (int64_t b = 0; b < Bt; ++b) {
           sp[b] = budget >= 1.0 || hgstep::uniform_start(position, budget);
           pp[b] = sp[b] ? scalar_t(1) : scalar_t(0);
         }
         return;
       }
-      const int64_t r = wq_.size(0);
-      const scalar_t* hp = h.data_ptr<scalar_t>();
-      scalar_t* kp = key1.data_ptr<scalar_t>();
-      matvec_rows<scalar_t>(wk_.data_ptr<scalar_t>(), nullptr, hp, kp, r, d, Bt);
-      hgstep::normalize_rows<scalar_t>(kp, Bt, r, 1e-6);
-      std::vector<scalar_t> q((size_t)(Bt * r));
-      if (key.defined()) {
-        matvec_rows<scalar_t>(wq_.data_ptr<scalar_t>(), nullptr, hp, q.data(), r, d, Bt);
-        hgstep::normalize_rows<scalar_t>(q.data(), Bt, r, 1e-6);
-      }
-      const scalar_t* k0 = key.defined() ? key.data_ptr<scalar_t>() : nullptr;
+      score_rows<scalar_t>(h.data_ptr<scalar_t>(), tok, key, prev_logp, key1, logp1, raw.data_ptr<float>(), pp, Bt);
       const double* D0 = surplus.data_ptr<double>();
       double* D1 = surplus1.data_ptr<double>();
-      float* rp = raw.data_ptr<float>();
-      const float theta = (float)threshold;  // torch compares a float32 score with the threshold in float32
+      const float* rp = raw.data_ptr<float>();
+      const float* prev = prev_score.defined() ? prev_score.data_ptr<float>() : nullptr;
+      const float theta = (float)threshold, sc = (float)scale;  // torch: a float32 tensor against Python floats
       for (int64_t b = 0; b < Bt; ++b) {
-        scalar_t pb = scalar_t(1);
-        if (k0) {
-          scalar_t s = 0;
-          for (int64_t j = 0; j < r; ++j) s += q[b * r + j] * k0[b * r + j];
-          pb = std::min(std::max(scalar_t(0.5) * (scalar_t(1) - s), scalar_t(0)), scalar_t(1));
-        }
-        pp[b] = pb;
-        rp[b] = (float)pb;
+        const float score = monotonic_ ? rp[b] - (prev ? prev[b] : rp[b]) : rp[b];
         double D = D0[b] + budget;
         bool take;
         if (position == 0 || D >= slack)
@@ -165,10 +183,12 @@ class HourglassDecoder {
         else if (D - 1.0 < -slack)
           take = false;
         else
-          take = rp[b] > theta;
+          take = score > theta;
         if (take) D -= 1.0;
         D1[b] = D;
         sp[b] = take;
+        if (signal_ != hgstep::kRouter)  // BoundaryRouter._prob
+          pp[b] = std::isfinite(theta) ? (scalar_t)(1.0f / (1.0f + std::exp(-((score - theta) / sc)))) : scalar_t(1);
       }
     });
     std::vector<int64_t> rows;
@@ -267,13 +287,63 @@ class HourglassDecoder {
         if (!std::isfinite(lp[j])) finite = false;
     });
     std::vector<Tensor> out = {logits, eo[2], eo[3], mconv, mssm, dout[2], dout[3], sum1, count1, held1,
-                               surplus1, router ? key1 : key, p, raw, starts};
+                               surplus1, key1, logp1, raw, p, starts};
     return {finite ? Status::kOk : Status::kNonFinite, std::move(out)};
   }
 
  private:
+  // the float32 raw score of each row (the router's p_t, the entropy or the surprisal), the router's new key or
+  // the head's log-probabilities; p (the router's) where the signal is the router
+  template <typename T>
+  void score_rows(const T* h, const int64_t* tok, const Tensor& key, const Tensor& prev_logp, const Tensor& key1,
+                  const Tensor& logp1, float* raw, T* p, int64_t Bt) const {
+    const int64_t d = emb_.size(1), V = emb_.size(0);
+    if (signal_ == hgstep::kRouter) {
+      const int64_t r = wq_.size(0);
+      T* kp = key1.data_ptr<T>();
+      matvec_rows<T>(wk_.data_ptr<T>(), nullptr, h, kp, r, d, Bt);
+      hgstep::normalize_rows<T>(kp, Bt, r, 1e-6);
+      std::vector<T> q((size_t)(Bt * r));
+      const T* k0 = key.defined() ? key.data_ptr<T>() : nullptr;
+      if (k0) {
+        matvec_rows<T>(wq_.data_ptr<T>(), nullptr, h, q.data(), r, d, Bt);
+        hgstep::normalize_rows<T>(q.data(), Bt, r, 1e-6);
+      }
+      for (int64_t b = 0; b < Bt; ++b) {
+        T pb = T(1);
+        if (k0) {
+          T s = 0;
+          for (int64_t j = 0; j < r; ++j) s += q[b * r + j] * k0[b * r + j];
+          pb = std::min(std::max(T(0.5) * (T(1) - s), T(0)), T(1));
+        }
+        p[b] = pb, raw[b] = (float)pb;
+      }
+      return;
+    }
+    std::vector<T> xn((size_t)(Bt * d)), rr((size_t)Bt), logits((size_t)(Bt * V));
+    rms_rows<T>(h, aux_norm_.data_ptr<T>(), xn.data(), rr.data(), Bt, d, aux_eps_);
+    matvec_rows<T>(aux_head_.data_ptr<T>(), nullptr, xn.data(), logits.data(), V, d, Bt);
+    float* lp = logp1.data_ptr<float>();
+    const float* prev = prev_logp.defined() ? prev_logp.data_ptr<float>() : nullptr;
+    for (int64_t b = 0; b < Bt; ++b) {
+      hgstep::log_softmax_row<T>(logits.data() + b * V, lp + b * V, V);
+      if (signal_ == hgstep::kEntropy) {
+        double s = 0;
+        for (int64_t j = 0; j < V; ++j) s += (double)(std::exp(lp[b * V + j]) * lp[b * V + j]);
+        raw[b] = -(float)s;
+      } else {
+        raw[b] = prev ? -prev[b * V + tok[b]] : 0.0f;
+      }
+    }
+  }
+
   StackDecoder enc_, main_, dec_;
-  Tensor emb_, wq_, wk_, gate_, w_in_, w_out_, w_res_, norm_f_;
+  Tensor emb_;
+  int64_t signal_;
+  bool monotonic_;
+  Tensor wq_, wk_, aux_norm_;
+  double aux_eps_;
+  Tensor aux_head_, gate_, w_in_, w_out_, w_res_, norm_f_;
   double eps_f_;
   bool ema_;
   std::vector<Tensor> sources_;

@@ -1406,10 +1406,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                     const std::vector<Tensor>&, const std::vector<Tensor>&>())
       .def("step", &StackDecoder::step, "one token per row: (status, [h, last normed input, conv, ssm])");
   py::class_<HourglassDecoder>(m, "HourglassDecoder", "the whole HourglassLM's decoding step (hourglass_step.h)")
-      .def(py::init<const StackDecoder&, const StackDecoder&, const StackDecoder&, const Tensor&,
-                    const c10::optional<Tensor>&, const c10::optional<Tensor>&, const Tensor&, const c10::optional<Tensor>&,
-                    const c10::optional<Tensor>&, const Tensor&, const Tensor&, double, bool, const std::vector<Tensor>&>())
-      .def("step", &HourglassDecoder::step, "one byte per row: (status, [logits, state..., p, raw, starts])");
+      .def(py::init<const StackDecoder&, const StackDecoder&, const StackDecoder&, const Tensor&, int64_t, bool,
+                    const c10::optional<Tensor>&, const c10::optional<Tensor>&, const c10::optional<Tensor>&, double,
+                    const c10::optional<Tensor>&, const Tensor&, const c10::optional<Tensor>&, const c10::optional<Tensor>&,
+                    const Tensor&, const Tensor&, double, bool, const std::vector<Tensor>&>())
+      .def("step", &HourglassDecoder::step, "one byte per row: (status, [logits, state..., p, starts])");
   m.def("chunk_fwd", &chunk_fwd, "the block scope's chunk: representatives + gated mean pool (Chunk.forward)");
   m.def("block_fwd", &block_fwd, "the block scope's mixer in inference, chunk to hold, in one call");
   m.def("hold_fwd", &hold_fwd, "the block scope's dechunk: each segment's output held over its tokens");

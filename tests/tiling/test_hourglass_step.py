@@ -35,13 +35,15 @@ def decode(model, x, budgets, *, fast: bool, monkeypatch=None):
     return torch.stack(logits, 1), torch.stack(starts, 1), state, calls
 
 
-@pytest.mark.parametrize("signal,dechunk", [("router", "ema"), ("router", "hold"), ("uniform", "ema"),
-                                            ("uniform", "hold")])
+@pytest.mark.parametrize("signal,dechunk,rule", [("router", "ema", "global"), ("router", "hold", "monotonic"),
+                                                 ("uniform", "ema", "global"), ("uniform", "hold", "global"),
+                                                 ("entropy", "ema", "global"), ("surprisal", "ema", "global"),
+                                                 ("surprisal", "hold", "monotonic")])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_one_kernel_call_equals_the_reference_step_and_the_forward(signal, dechunk, dtype, monkeypatch):
+def test_one_kernel_call_equals_the_reference_step_and_the_forward(signal, dechunk, rule, dtype, monkeypatch):
     """Every byte in one call; the same starts as the reference step, logits and states to float rounding,
     rows that start and rows that do not in one batch, budgets changing from byte to byte."""
-    model = calibrated(small(signal, dechunk=dechunk, budget_range=(0.25, 1.0))).to(dtype)
+    model = calibrated(small(signal, dechunk=dechunk, rule=rule, budget_range=(0.25, 1.0))).to(dtype)
     x = text_tokens(3, 72)
     for budgets in ([1.0], [0.5], [0.25], [0.25, 0.5, 1.0, 0.35]):
         lf, sf, fs, calls = decode(model, x, budgets, fast=True, monkeypatch=monkeypatch)
@@ -49,16 +51,24 @@ def test_one_kernel_call_equals_the_reference_step_and_the_forward(signal, dechu
         lr, sr, rs, _ = decode(model, x, budgets, fast=False, monkeypatch=monkeypatch)
         assert torch.equal(sf, sr)
         tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
-        torch.testing.assert_close(lf, lr, **tol)
-        for a, b in [(fs.held, rs.held), (fs.chunk.pool_sum, rs.chunk.pool_sum), (fs.encoder.ssm, rs.encoder.ssm),
-                     (fs.main.ssm, rs.main.ssm), (fs.main.conv, rs.main.conv), (fs.decoder.ssm, rs.decoder.ssm)]:
+        # the head's score is float32 in both dtypes, and the EMA reads it through sigmoid((s − θ)/scale): a score
+        # that differs in its last bits (the kernel's sums against torch's) moves p by up to ~1/scale times that
+        smooth = {"rtol": 1e-4, "atol": 1e-4} if signal in ("entropy", "surprisal") and dechunk == "ema" else tol
+        torch.testing.assert_close(lf, lr, **smooth)
+        for a, b in [(fs.chunk.pool_sum, rs.chunk.pool_sum), (fs.encoder.ssm, rs.encoder.ssm),
+                     (fs.main.ssm, rs.main.ssm), (fs.main.conv, rs.main.conv)]:
             torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(fs.held, rs.held, **smooth)
+        torch.testing.assert_close(fs.decoder.ssm, rs.decoder.ssm, **smooth)
         assert torch.equal(fs.chunk.pool_count, rs.chunk.pool_count)
         assert torch.equal(fs.boundary.surplus, rs.boundary.surplus) and fs.boundary.position == rs.boundary.position
+        if signal != "uniform" and budgets != [1.0]:
+            torch.testing.assert_close(fs.boundary.prev_score, rs.boundary.prev_score, rtol=1e-5, atol=1e-5)
         if signal == "router" and budgets != [1.0]:
             torch.testing.assert_close(fs.boundary.router.key, rs.boundary.router.key, **tol)
-            torch.testing.assert_close(fs.boundary.prev_score, rs.boundary.prev_score, rtol=1e-5, atol=1e-6)
-        if budgets == [0.5] and signal == "router":  # the rows' starts differ somewhere: the gathered main step ran
+        if signal in ("entropy", "surprisal") and budgets != [1.0]:
+            torch.testing.assert_close(fs.boundary.prev_logp, rs.boundary.prev_logp, rtol=1e-5, atol=1e-5)
+        if budgets == [0.5] and signal != "uniform":  # the rows' starts differ somewhere: the gathered main step ran
             assert bool((sf.any(0) & ~sf.all(0)).any())
         if len(budgets) == 1:
             with torch.no_grad():
@@ -92,7 +102,7 @@ def test_declined_steps_run_the_reference_which_names_the_problem(monkeypatch):
         model.residual.weight[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN/Inf"):
         model.step(torch.tensor([65]), state, budget=0.5)
-    for other in (calibrated(small("entropy")), small("router").train(),
+    for other in (calibrated(small("fisher_rao")), calibrated(small("entropy", form="tile")), small("router").train(),
                   calibrated(small("router", budget_range=(0.25, 1.0), budget_conditioning=True))):
         assert not hourglass_step.applies(other, torch.tensor([65]), other.allocate_inference_state(1))
 
