@@ -1,7 +1,10 @@
-"""Shared test configuration: hypothesis profiles, the CUDA skip, float64 helpers, fuzz sizes."""
+"""Shared test configuration: hypothesis profiles, the CUDA skip, float64 helpers, fuzz sizes, the scripts."""
 import collections
 import dataclasses
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +78,16 @@ def fuzz_settings(default: int, large: int, *, slow: bool):
 def pytest_terminal_summary(terminalreporter):
     if FUZZ_CASES:
         terminalreporter.write_line("fuzz cases run: " + ", ".join(f"{k} {v}" for k, v in sorted(FUZZ_CASES.items())))
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str):
+    """``scripts/<name>.py`` as a module (registered in ``sys.modules``: dataclasses look their module up
+    while the module executes)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import load_script
 from torch.utils.flop_counter import FlopCounterMode
 
 from tiling.config import BoundaryConfig, HourglassConfig, SIGNALS, TilingConfig, hourglass_config
@@ -534,12 +535,7 @@ def test_train_text_trains_an_elastic_hourglass_and_refuses_bad_input(tmp_path, 
 def test_verify_hourglass_script(tmp_path, capsys):
     """scripts/verify_hourglass.py: Theorem 3.4's fit is exact on the counted cost (affine in n·R̄), and
     Theorem 3.5's error is 0 at budget 1 and positive below."""
-    import importlib.util
-    from pathlib import Path
-    path = Path(__file__).resolve().parents[2] / "scripts" / "verify_hourglass.py"
-    spec = importlib.util.spec_from_file_location("verify_hourglass", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("verify_hourglass")
     model = calibrated(small("entropy", budget_range=(0.25, 1.0)))
     ckpt = save_text_checkpoint(tmp_path / "hg.safetensors", model, configuration="hourglass", budget=0.25, context=64)
     text = tmp_path / "t.txt"

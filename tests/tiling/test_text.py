@@ -2,7 +2,6 @@
 evaluation = step-by-step reference, checkpoints, a tiny training run, the CLIs and their bad input."""
 import argparse
 import hashlib
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import load_script
 
 from tiling.config import TilingConfig
 from tiling.train import CheckpointError, TiledLM, save_checkpoint
@@ -30,7 +30,6 @@ from tiling.train.textmodel import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPTS = ROOT / "scripts"
 SLICE = slice_root()
 # SHA-256 of the splits of the committed slice (tiling/train/data/python-doc): a change of the split
 # rule, of the concatenation or of the slice changes them
@@ -51,14 +50,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up while the module executes
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def tiny_model(config: str, budget: float = 0.5, seed: int = 0, **kw) -> TiledLM:

@@ -1,27 +1,16 @@
 """``scripts/bench_equal_bpb.py`` (issue 24's goal (e)): the hourglass against plain Mamba of the same test bpb,
 both timed in one run; pairs whose checkpoints are gone are listed, never silently dropped or guessed."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 
 from tiling.config import hourglass_config
 from tiling.modules.hourglass import HourglassLM
 from tiling.train.corpus import slice_root
 from tiling.train.textmodel import build_model, model_config, parameter_count, save_text_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_equal_bpb.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_equal_bpb", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_equal_bpb"] = bench
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def results_file(tmp_path, extra_rows=()) -> Path:
@@ -44,7 +33,7 @@ def results_file(tmp_path, extra_rows=()) -> Path:
 def test_bench_equal_bpb_pairs_configurations_within_the_tolerance_and_times_both(tmp_path, capsys):
     """The hourglass and plain configurations whose mean test bpb lie within the tolerance are paired, both
     checkpoints are timed, and the goal's verdict follows the ratios."""
-    bench = load_bench()
+    bench = load_script("bench_equal_bpb")
     args = ["--results", str(results_file(tmp_path)), "--test-file", str(slice_root() / "faq/general.rst.txt"),
             "--context", "32", "--decode-steps", "4", "--rounds", "1", "--json", str(tmp_path / "eq.json")]
     assert bench.main(args) == 0
@@ -67,7 +56,7 @@ def test_bench_equal_bpb_pairs_configurations_within_the_tolerance_and_times_bot
 def test_gone_checkpoints_leave_pairs_untimed_and_a_plain_one_is_rebuilt_only_on_request(tmp_path, capsys):
     """A pair whose hourglass checkpoint is gone is listed as not timed; a gone plain checkpoint is timed on its
     row's shape with fresh weights under ``--rebuild-plain`` (the parameter count must be the row's), else listed."""
-    bench = load_bench()
+    bench = load_script("bench_equal_bpb")
     d96 = build_model(model_config("full", 1.0, d_model=96, n_layers=4))  # the sweep's mamba-d96 row
     gone = {"kind": "trained", "seed": 0, "flops_per_byte": 1e5, "params": parameter_count(d96)}
     extra = [dict(gone, row="mamba-d96/s0", family="plain", test_bpb=2.005, budget=1.0,

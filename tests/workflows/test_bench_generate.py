@@ -1,26 +1,14 @@
 """``scripts/bench_generate.py`` (issue 23's goal on ``generate``): real processes of the CLI, timed per setting."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 from tiling.train.textmodel import build_model, model_config, save_text_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_generate.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_generate", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_generate"] = bench
-    spec.loader.exec_module(bench)
-    return bench
-
 
 def test_bench_generate_times_every_setting_and_judges_the_default_against_the_best(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_script("bench_generate")
     ckpt = save_text_checkpoint(tmp_path / "m.safetensors", build_model(model_config("full", 1.0, d_model=8, n_layers=1,
                                                                                      d_state=2)),
                                 configuration="full", budget=1.0, context=64)
