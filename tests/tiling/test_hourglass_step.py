@@ -8,9 +8,13 @@ import pickle
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tiling.modules.hourglass as hourglass_module
+from tiling.config import hourglass_config
 from tiling.modules import hourglass_step
+from tiling.modules.hourglass import HourglassLM
 
 from test_hourglass import calibrated, small, text_tokens
 
@@ -118,3 +122,30 @@ def test_a_copy_or_a_pickle_leaves_the_kernel_object_out():
             a, _ = clone.step(torch.tensor([65]), clone.allocate_inference_state(1), budget=0.5)
             b, _ = model.step(torch.tensor([65]), model.allocate_inference_state(1), budget=0.5)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(signal=st.sampled_from(["uniform", "router", "entropy", "surprisal"]), rule=st.sampled_from(["global", "monotonic"]),
+       dechunk=st.sampled_from(["ema", "hold"]), widths=st.sampled_from([(8, 8), (8, 12), (12, 20)]),
+       layers=st.tuples(st.integers(0, 2), st.integers(1, 2), st.integers(0, 2)), batch=st.integers(1, 3),
+       budgets=st.lists(st.sampled_from([0.25, 0.3, 0.5, 0.8, 1.0]), min_size=1, max_size=4),
+       slack=st.sampled_from([1.0, 4.0, 64.0]), seed=st.integers(0, 2 ** 16))
+def test_property_the_kernel_step_places_the_reference_starts(signal, rule, dechunk, widths, layers, batch, budgets,
+                                                              slack, seed):
+    """Any small hourglass of the kernel's signals (either rule and dechunk, main network wider or not, encoder
+    or decoder absent), any batch and budgets changing byte by byte: the kernel's step places the reference's
+    starts, and its logits agree to float rounding. (A stage of no layers decodes by the reference's step; it
+    could not allocate its state before stop 42.)"""
+    torch.manual_seed(seed)
+    model = HourglassLM(hourglass_config(d_outer=widths[0], d_main=widths[1], encoder_layers=layers[0],
+                                         main_layers=layers[1], decoder_layers=layers[2], d_state=4, budget=0.5,
+                                         signal=signal, dechunk=dechunk, rule=rule, slack=slack,
+                                         budget_range=(0.25, 1.0)))
+    model = calibrated(model, budgets=(0.3, 0.5))
+    x = torch.randint(0, 256, (batch, 24), generator=torch.Generator().manual_seed(seed))
+    with pytest.MonkeyPatch.context() as mp:
+        lf, sf, _, calls = decode(model, x, budgets, fast=True, monkeypatch=mp)
+        lr, sr, _, _ = decode(model, x, budgets, fast=False, monkeypatch=mp)
+    assert calls and all(c == (min(layers) > 0) for c in calls)  # a stage of no layers: the reference's step
+    assert torch.equal(sf, sr)
+    torch.testing.assert_close(lf, lr, rtol=1e-4, atol=1e-4)

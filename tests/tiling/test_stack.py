@@ -105,3 +105,21 @@ def test_a_stage_that_decoded_can_be_copied_and_saved():
     assert "_stack_decoder" not in twin.__dict__
     torch.testing.assert_close(run(twin, x, reference=False)[0], first, rtol=0, atol=0)
     torch.testing.assert_close(run(pickle.loads(pickle.dumps(s)), x, reference=False)[0], first, rtol=0, atol=0)
+
+
+def test_a_stage_of_no_layers_is_the_identity_with_an_empty_state():
+    """``n_layers = 0`` is a valid stage (StageConfig): its forward and step return their input, its state is
+    empty with the stage's shape and follows ``.to()`` (before stop 42 ``allocate`` failed on it), and a state of
+    a stage with layers is refused by name."""
+    s = stage(0, d=8)
+    x = torch.randn(2, 5, 8)
+    state = s.allocate(2)
+    assert tuple(state.conv.shape) == (0, 2, 16, 4) and tuple(state.ssm.shape) == (0, 2, 16, 4)
+    with torch.no_grad():
+        assert torch.equal(s(x)[0], x) and s(x)[1] is None
+        y, new, last = s.step(x[:, 0], state)
+    assert torch.equal(y, x[:, 0]) and torch.equal(last, x[:, 0]) and new is state
+    assert s.double().allocate(1).ssm.dtype == torch.float64
+    assert "_empty" not in s.state_dict()  # nothing saved for it
+    with pytest.raises(ValueError, match="another layer"):
+        s.check_state(stage(1, d=8).allocate(2), 2)

@@ -37,7 +37,7 @@ def applies(model, tokens: Tensor, state) -> bool:
     cfg, boundary = model.config, model.boundary
     w = model.embedding.weight
     return (cfg.boundary.signal in _SIGNALS and boundary.tile_router is None and boundary.causal
-            and not cfg.budget_conditioning
+            and not cfg.budget_conditioning and all(len(s.layers) for s in (model.encoder, model.main, model.decoder))
             and not model.training and w.dtype in (torch.float32, torch.float64) and w.device.type == "cpu"
             and tokens.device.type == "cpu" and state.held.dtype == w.dtype
             and not torch._C._are_functorch_transforms_active() and not torch._C._len_torch_dispatch_stack())

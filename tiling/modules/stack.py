@@ -57,13 +57,18 @@ class MambaStack(KernelCacheOwner, nn.Module):
     def __init__(self, stage: StageConfig, *, device=None, dtype=None) -> None:
         super().__init__()
         m = stage.mamba
+        #: (layers, d_inner, d_conv, d_state): the decoding state's shape, known without a layer (a stage may have none)
+        self.state_shape = (stage.n_layers, m.expand * m.d_model, m.d_conv, m.d_state)
+        self.d_model = m.d_model
         self.norms = nn.ModuleList(nn.RMSNorm(m.d_model, eps=1e-5, device=device, dtype=dtype)
                                    for _ in range(stage.n_layers))
         self.layers = nn.ModuleList(TiledMamba(m.d_model, **m.layer_kwargs(), tiling=PLAIN, device=device,
                                                dtype=dtype) for _ in range(stage.n_layers))
+        if not stage.n_layers:  # the dtype and device of an empty stage's state, following .to() (not saved)
+            self.register_buffer("_empty", torch.zeros(0, device=device, dtype=dtype), persistent=False)
 
     def extra_repr(self) -> str:
-        return f"layers={len(self.layers)}, d_model={self.layers[0].d_model}"
+        return f"layers={len(self.layers)}, d_model={self.d_model}"
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
         """``(output, the last layer's normed input or None)``: (batch, L, d) → (batch, L, d).
@@ -80,8 +85,17 @@ class MambaStack(KernelCacheOwner, nn.Module):
     # ------------------------------------------------------------------ decoding
     def allocate(self, batch: int) -> StackState:
         """A zero :class:`StackState` for ``batch`` rows (each layer's conv and scan state, stacked)."""
+        if not self.layers:  # a stage of no layers (the identity): an empty state of the stage's shape
+            n, E, K, N = self.state_shape
+            w = self._state_like()
+            return StackState(w.new_zeros(0, batch, E, K), w.new_zeros(0, batch, E, N))
         states = [layer.allocate_inference_state(batch) for layer in self.layers]
         return StackState(torch.stack([s.conv for s in states]), torch.stack([s.ssm for s in states]))
+
+    def _state_like(self) -> Tensor:
+        """A tensor of the state's dtype and device: a layer's parameter, or a buffer of the stage's own."""
+        p = next(self.parameters(), None)
+        return p if p is not None else self._empty
 
     def check_state(self, state: StackState, batch: int) -> None:
         """Refuse a state of another batch size or of another stage (its layers' count or shapes).
@@ -95,8 +109,7 @@ class MambaStack(KernelCacheOwner, nn.Module):
         """
         if not isinstance(state, StackState):
             raise TypeError(f"state must be a StackState (allocate), got {type(state).__name__}")
-        layer = self.layers[0]
-        want = (len(self.layers), layer.d_inner, layer.d_conv, layer.d_state)
+        want = self.state_shape
         got = (*state.conv.shape[:1], *state.conv.shape[2:], *state.ssm.shape[-1:])
         if state.conv.dim() != 4 or state.ssm.dim() != 4 or got != want or state.ssm.shape[:3] != state.conv.shape[:3]:
             raise ValueError(f"state was allocated by another layer: (layers, d_inner, d_conv, d_state) = {got}, "
@@ -107,6 +120,8 @@ class MambaStack(KernelCacheOwner, nn.Module):
     def step(self, x: Tensor, state: StackState) -> tuple[Tensor, StackState, Tensor]:
         """One position of a checked state (:meth:`check_state`): ``(output (batch, d), state, the last
         layer's normed input)``. Values are not checked: the model checks its logits once per step."""
+        if not self.layers:  # the identity
+            return x, state, x
         ext = cpu_kernels(x, state.ssm) if x.dtype == state.ssm.dtype == state.conv.dtype else None
         if ext is not None:
             status, out = self._decoder(ext, x.dtype).step(x.contiguous(), state.conv, state.ssm)
