@@ -104,6 +104,27 @@ def runners(model, budget: float, text: torch.Tensor, steps: int) -> dict:
     return {"prefill": prefill, "decode": decode}
 
 
+def print_table(table: list[dict], untimed: list[dict], rebuilt: list[str]) -> None:
+    """The pairs' table (markdown), the pairs not timed and why, the plain rows rebuilt, and each pair's verdict."""
+    print("| hourglass | plain | bpb (hg / plain) | MFLOPs/B (hg / plain) | prefill B/s (hg / plain) | × | "
+          "decode B/s (hg / plain) | × |")
+    print("|---|---|---|---|---|---|---|---|")
+    for e in table:
+        pf, dc = e["prefill"], e["decode"]
+        print(f"| {e['hourglass']} | {e['mamba']} | {e['bpb'][0]:.3f} / {e['bpb'][1]:.3f} | "
+              f"{e['flops_per_byte'][0] / 1e6:.3f} / {e['flops_per_byte'][1] / 1e6:.3f} | "
+              f"{pf['hourglass_bytes_per_s']:.0f} / {pf['mamba_bytes_per_s']:.0f} | {pf['x']:.2f} | "
+              f"{dc['hourglass_bytes_per_s']:.0f} / {dc['mamba_bytes_per_s']:.0f} | {dc['x']:.2f} |")
+    for e in untimed:
+        print(f"not timed: {e['hourglass']} against {e['mamba']}: {e['why']}")
+    if rebuilt:
+        print("plain rows rebuilt on their shape with fresh weights (--rebuild-plain): " + ", ".join(rebuilt))
+    for e in table:
+        ok = e["prefill"]["met"] and e["decode"]["met"]
+        print(f"goal (e) {e['hourglass']} against {e['mamba']}: prefill {e['prefill']['x']:.2f}×, decode "
+              f"{e['decode']['x']:.2f}× (goal ≥ {GOAL:g}× each) — {'met' if ok else 'missed'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", type=Path, default=Path("docs/results/hourglass_lm.json"))
@@ -177,24 +198,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.decode_steps} steps at batch 1, median of {args.rounds} interleaved rounds, load average at "
               f"start {load[0]:.2f}, {time.perf_counter() - t0:.0f} s")
     print(header)
-    print("| hourglass | plain | bpb (hg / plain) | MFLOPs/B (hg / plain) | prefill B/s (hg / plain) | × | "
-          "decode B/s (hg / plain) | × |")
-    print("|---|---|---|---|---|---|---|---|")
-    for e in table:
-        pf, dc = e["prefill"], e["decode"]
-        print(f"| {e['hourglass']} | {e['mamba']} | {e['bpb'][0]:.3f} / {e['bpb'][1]:.3f} | "
-              f"{e['flops_per_byte'][0] / 1e6:.3f} / {e['flops_per_byte'][1] / 1e6:.3f} | "
-              f"{pf['hourglass_bytes_per_s']:.0f} / {pf['mamba_bytes_per_s']:.0f} | {pf['x']:.2f} | "
-              f"{dc['hourglass_bytes_per_s']:.0f} / {dc['mamba_bytes_per_s']:.0f} | {dc['x']:.2f} |")
-    for e in untimed:
-        print(f"not timed: {e['hourglass']} against {e['mamba']}: {e['why']}")
-    if any(made[p] == "rebuilt" for _, p in todo):
-        print("plain rows rebuilt on their shape with fresh weights (--rebuild-plain): "
-              + ", ".join(sorted({p for _, p in todo if made[p] == "rebuilt"})))
-    for e in table:
-        ok = e["prefill"]["met"] and e["decode"]["met"]
-        print(f"goal (e) {e['hourglass']} against {e['mamba']}: prefill {e['prefill']['x']:.2f}×, decode "
-              f"{e['decode']['x']:.2f}× (goal ≥ {GOAL:g}× each) — {'met' if ok else 'missed'}")
+    print_table(table, untimed, sorted({p for _, p in todo if made[p] == "rebuilt"}))
     if args.json:
         out = {"header": header, "command": " ".join(sys.argv), "tolerance": args.tolerance, "pairs": table,
                "not_timed": untimed}
