@@ -6,9 +6,9 @@ The reference step runs the three stages' kernels among some forty small torch c
 maps and norms, the controller, the pool, the EMA, the residual, the head, the checks): at d_outer 176 those
 cost more than the stages' arithmetic (stop 42: 455 µs a byte, of which the stages' kernels take about 180).
 Here the whole byte is one call; the reference stays, and runs wherever this does not apply (the
-Fisher–Rao speed, the linear density and the space-like rule; the tile form; budget conditioning; training
-mode; another device or dtype; a ``torch.func`` transform or a dispatch mode) and wherever the kernel
-declines a step (a token out of range, a NaN/Inf logit: the reference names it).
+Fisher–Rao speed, the linear density and the space-like rule; the tile form; budget conditioning; a stage
+of no layers; training mode; another device or dtype; a ``torch.func`` transform or a dispatch mode) and
+wherever the kernel declines a step (a token out of range, a NaN/Inf logit: the reference names it).
 """
 from __future__ import annotations
 

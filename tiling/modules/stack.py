@@ -119,7 +119,8 @@ class MambaStack(KernelCacheOwner, nn.Module):
 
     def step(self, x: Tensor, state: StackState) -> tuple[Tensor, StackState, Tensor]:
         """One position of a checked state (:meth:`check_state`): ``(output (batch, d), state, the last
-        layer's normed input)``. Values are not checked: the model checks its logits once per step."""
+        layer's normed input)`` (a stage of no layers: ``(x, state, x)``). Values are not checked: the model
+        checks its logits once per step."""
         if not self.layers:  # the identity
             return x, state, x
         ext = cpu_kernels(x, state.ssm) if x.dtype == state.ssm.dtype == state.conv.dtype else None
