@@ -18,9 +18,13 @@
 //               in float32 (budget < 1);  held = z
 //   y = held + W_res h;  logits = head(RMSNorm_f(Decoder.step(y)))
 // The main network steps only the rows that start a segment (the reference steps every row and keeps the
-// others' state: the same values, as rows do not interact). Departures: the router's and the auxiliary head's
-// products are matvec_rows, the norms and sums accumulate in double, and GCC may contract a product and a sum
-// into one fused multiply-add, so values equal the reference's to float rounding (tests: 1e-5), not bit for bit.
+// others' state: the same values, as rows do not interact). The auxiliary head's score and probability are made
+// by the reference's own ATen ops on the same shapes, so they are its values bit for bit (the EMA reads the score
+// through sigmoid((s − θ)/scale), which magnifies a last-bit difference by up to 1/(4·scale)). Departures: the
+// router's maps, norms and cosine, W_in, W_out, W_res and the head are matvec_rows with sums in double, and GCC
+// may contract a product and a sum into one fused multiply-add (the pool, the EMA), so those values equal the
+// reference's to float rounding (tests: 1e-5), not bit for bit. (The reference step and the forward differ so
+// too: their products run on other shapes.)
 #pragma once
 
 namespace hgstep {
@@ -29,16 +33,6 @@ enum Signal : int64_t { kUniform = 0, kRouter = 1, kEntropy = 2, kSurprisal = 3 
 constexpr int kState = 13;  // enc conv, enc ssm, main conv, main ssm, dec conv, dec ssm, pool_sum, pool_count, held,
                             // surplus; and the signal's, each None until set: key, prev_logp, prev_score
 constexpr int kRequired = 10;
-
-// log_softmax of one row of V logits in float32 (F.log_softmax(x.float()): x − max − log Σ exp(x − max))
-template <typename T> void log_softmax_row(const T* x, float* out, int64_t V) {
-  float m = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < V; ++j) out[j] = (float)x[j], m = std::max(m, out[j]);
-  double s = 0;
-  for (int64_t j = 0; j < V; ++j) s += (double)std::exp(out[j] - m);
-  const float lse = std::log((float)s);
-  for (int64_t j = 0; j < V; ++j) out[j] = out[j] - m - lse;
-}
 
 // v / max(|v|, eps) in place, for rows of length r (F.normalize)
 template <typename T> void normalize_rows(T* v, int64_t rows, int64_t r, double eps) {
@@ -153,11 +147,17 @@ class HourglassDecoder {
     Tensor surplus1 = surplus, key1 = key, logp1 = prev_logp, raw = prev_score;
     bool* sp = starts.data_ptr<bool>();
     const bool scored = budget < 1.0 && signal_ != hgstep::kUniform;
+    Tensor head_p;  // the head's signals: the probability, by the reference's ops
     if (scored) {
-      raw = lmstep::new_cpu({Bt}, at::kFloat);
       surplus1 = lmstep::new_cpu({Bt}, at::kDouble);
-      if (signal_ == hgstep::kRouter) key1 = lmstep::new_cpu({Bt, wk_.size(0)}, dt);
-      if (signal_ != hgstep::kRouter) logp1 = lmstep::new_cpu({Bt, V}, at::kFloat);
+      if (signal_ == hgstep::kRouter) {
+        raw = lmstep::new_cpu({Bt}, at::kFloat);
+        key1 = lmstep::new_cpu({Bt, wk_.size(0)}, dt);
+      } else {
+        std::tie(raw, logp1) = head_score(h, tokens, prev_logp);
+        const Tensor score = monotonic_ ? raw - (prev_score.defined() ? prev_score : raw) : raw;
+        head_p = (std::isfinite(threshold) ? at::sigmoid((score - threshold) / scale) : at::ones_like(score)).to(dt);
+      }
     }
     AT_DISPATCH_FLOATING_TYPES(dt, "hourglass_signal", [&] {
       scalar_t* pp = p.data_ptr<scalar_t>();
@@ -168,12 +168,12 @@ class HourglassDecoder {
         }
         return;
       }
-      score_rows<scalar_t>(h.data_ptr<scalar_t>(), tok, key, prev_logp, key1, logp1, raw.data_ptr<float>(), pp, Bt);
+      if (signal_ == hgstep::kRouter) router_rows<scalar_t>(h.data_ptr<scalar_t>(), key, key1, raw.data_ptr<float>(), pp, Bt);
       const double* D0 = surplus.data_ptr<double>();
       double* D1 = surplus1.data_ptr<double>();
       const float* rp = raw.data_ptr<float>();
       const float* prev = prev_score.defined() ? prev_score.data_ptr<float>() : nullptr;
-      const float theta = (float)threshold, sc = (float)scale;  // torch: a float32 tensor against Python floats
+      const float theta = (float)threshold;  // torch compares a float32 score with a Python float in float32
       for (int64_t b = 0; b < Bt; ++b) {
         const float score = monotonic_ ? rp[b] - (prev ? prev[b] : rp[b]) : rp[b];
         double D = D0[b] + budget;
@@ -187,10 +187,9 @@ class HourglassDecoder {
         if (take) D -= 1.0;
         D1[b] = D;
         sp[b] = take;
-        if (signal_ != hgstep::kRouter)  // BoundaryRouter._prob
-          pp[b] = std::isfinite(theta) ? (scalar_t)(1.0f / (1.0f + std::exp(-((score - theta) / sc)))) : scalar_t(1);
       }
     });
+    if (head_p.defined()) p = head_p;
     std::vector<int64_t> rows;
     for (int64_t b = 0; b < Bt; ++b)
       if (sp[b]) rows.push_back(b);
@@ -292,49 +291,41 @@ class HourglassDecoder {
   }
 
  private:
-  // the float32 raw score of each row (the router's p_t, the entropy or the surprisal), the router's new key or
-  // the head's log-probabilities; p (the router's) where the signal is the router
+  // the router's float32 score (its p_t), p and new key, by matvec_rows and loops: the reference's values to ~1e-7
+  // (the router's p enters the EMA as it is), a few microseconds where its dozen torch ops take some fifty
   template <typename T>
-  void score_rows(const T* h, const int64_t* tok, const Tensor& key, const Tensor& prev_logp, const Tensor& key1,
-                  const Tensor& logp1, float* raw, T* p, int64_t Bt) const {
-    const int64_t d = emb_.size(1), V = emb_.size(0);
-    if (signal_ == hgstep::kRouter) {
-      const int64_t r = wq_.size(0);
-      T* kp = key1.data_ptr<T>();
-      matvec_rows<T>(wk_.data_ptr<T>(), nullptr, h, kp, r, d, Bt);
-      hgstep::normalize_rows<T>(kp, Bt, r, 1e-6);
-      std::vector<T> q((size_t)(Bt * r));
-      const T* k0 = key.defined() ? key.data_ptr<T>() : nullptr;
-      if (k0) {
-        matvec_rows<T>(wq_.data_ptr<T>(), nullptr, h, q.data(), r, d, Bt);
-        hgstep::normalize_rows<T>(q.data(), Bt, r, 1e-6);
-      }
-      for (int64_t b = 0; b < Bt; ++b) {
-        T pb = T(1);
-        if (k0) {
-          T s = 0;
-          for (int64_t j = 0; j < r; ++j) s += q[b * r + j] * k0[b * r + j];
-          pb = std::min(std::max(T(0.5) * (T(1) - s), T(0)), T(1));
-        }
-        p[b] = pb, raw[b] = (float)pb;
-      }
-      return;
+  void router_rows(const T* h, const Tensor& key, const Tensor& key1, float* raw, T* p, int64_t Bt) const {
+    const int64_t d = emb_.size(1), r = wq_.size(0);
+    T* kp = key1.data_ptr<T>();
+    matvec_rows<T>(wk_.data_ptr<T>(), nullptr, h, kp, r, d, Bt);
+    hgstep::normalize_rows<T>(kp, Bt, r, 1e-6);
+    std::vector<T> q((size_t)(Bt * r));
+    const T* k0 = key.defined() ? key.data_ptr<T>() : nullptr;
+    if (k0) {
+      matvec_rows<T>(wq_.data_ptr<T>(), nullptr, h, q.data(), r, d, Bt);
+      hgstep::normalize_rows<T>(q.data(), Bt, r, 1e-6);
     }
-    std::vector<T> xn((size_t)(Bt * d)), rr((size_t)Bt), logits((size_t)(Bt * V));
-    rms_rows<T>(h, aux_norm_.data_ptr<T>(), xn.data(), rr.data(), Bt, d, aux_eps_);
-    matvec_rows<T>(aux_head_.data_ptr<T>(), nullptr, xn.data(), logits.data(), V, d, Bt);
-    float* lp = logp1.data_ptr<float>();
-    const float* prev = prev_logp.defined() ? prev_logp.data_ptr<float>() : nullptr;
     for (int64_t b = 0; b < Bt; ++b) {
-      hgstep::log_softmax_row<T>(logits.data() + b * V, lp + b * V, V);
-      if (signal_ == hgstep::kEntropy) {
-        double s = 0;
-        for (int64_t j = 0; j < V; ++j) s += (double)(std::exp(lp[b * V + j]) * lp[b * V + j]);
-        raw[b] = -(float)s;
-      } else {
-        raw[b] = prev ? -prev[b * V + tok[b]] : 0.0f;
+      T pb = T(1);
+      if (k0) {
+        T s = 0;
+        for (int64_t j = 0; j < r; ++j) s += q[b * r + j] * k0[b * r + j];
+        pb = std::min(std::max(T(0.5) * (T(1) - s), T(0)), T(1));
       }
+      p[b] = pb, raw[b] = (float)pb;
     }
+  }
+
+  // (score (Bt,) float32, log-probabilities (Bt, V) float32) of the auxiliary head, by the reference's own ATen ops
+  // on the same shapes, so bit for bit its values: the EMA reads the score through sigmoid((s − θ)/scale), whose
+  // slope 1/(4·scale) would magnify a last-bit difference into the logits
+  std::tuple<Tensor, Tensor> head_score(const Tensor& h, const Tensor& tokens, const Tensor& prev_logp) const {
+    const Tensor xn = rms_norm_fwd(h, aux_norm_, aux_eps_)[0];  // the model's rms_norm on the CPU
+    const Tensor logp = at::log_softmax(at::linear(xn, aux_head_).to(at::kFloat), -1);
+    const Tensor raw = signal_ == hgstep::kEntropy ? at::neg((at::exp(logp) * logp).sum(-1))
+                       : prev_logp.defined()       ? at::neg(prev_logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+                                                   : at::zeros({h.size(0)}, logp.options());
+    return {raw, logp};
   }
 
   StackDecoder enc_, main_, dec_;
