@@ -3,6 +3,10 @@
 // issue 24's deployment goal). Included by scan_cpu.cpp after stack_step.h (StackDecoder), lm_step.h (new_cpu)
 // and matvec_rows.
 //
+// The theory: the signals are seed 001 §3.4 step 1's information density (the next byte's surprisal, the predictive
+// distribution's entropy; H-Net's learned router beside them), and the byte form places a boundary per byte under
+// a budget controller where the seeds set a resolution R_i per tile (seed 001 §3.2.2): docs/tiling.md, "The
+// hourglass", says why. This file holds no new arithmetic of its own; it is the reference's step, fused.
 // Reference: tiling.modules.hourglass.HourglassLM.step, which this reproduces operation by operation:
 //   x = embed(token);  h = Encoder.step(x)
 //   starts, p:  budget 1: every byte, p = 1 (the signal's state stays);  uniform: ⌊t·c⌋ > ⌊(t − 1)·c⌋ (t = 0
