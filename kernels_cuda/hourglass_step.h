@@ -208,9 +208,8 @@ class HourglassDecoder {
       scalar_t *os = sum1.data_ptr<scalar_t>(), *rp = rep.data_ptr<scalar_t>();
       int64_t* oc = count1.data_ptr<int64_t>();
       for (int64_t b = 0, i = 0; b < Bt; ++b) {
-        if (i < Bs && rows[i] == b) {  // a start: the representative, and the pool empties
-          const scalar_t c = (scalar_t)std::max<int64_t>(pc[b], 1);
-          for (int64_t j = 0; j < d; ++j) rp[i * d + j] = hp[b * d + j] + g[j] * (ps[b * d + j] / c);
+        if (i < Bs && rows[i] == b) {  // a start: the representative (Chunk.step, as lm_step.h's), the pool empties
+          lmstep::representative<scalar_t>(hp + b * d, g, ps + b * d, pc[b], rp + i * d, d);
           std::fill(os + b * d, os + (b + 1) * d, scalar_t(0));
           oc[b] = 0, ++i;
         } else {
