@@ -17,7 +17,6 @@ from dataclasses import replace
 
 import torch
 
-from tiling.modules.assignments import assignments
 from tiling.modules.boundary import BoundaryState
 from tiling.modules.chunk import ChunkState
 from tiling.modules.router import RouterState
@@ -44,30 +43,27 @@ def applies(model, tokens: Tensor, state) -> bool:
 
 
 def _decoder(model, ext, dtype: torch.dtype, *, stale: bool = False):
-    """The kernel's ``HourglassDecoder`` over the model's weights in ``dtype``, kept per count of assignments
-    and dtype (as :meth:`MambaStack._decoder <tiling.modules.stack.MambaStack._decoder>`); ``stale``: a kept
-    one refused a step, make it (and the stages') again."""
-    key = (assignments(), dtype)
-    kept = model.__dict__.get("_hourglass_decoder")
-    if kept is not None and kept[0] == key and not stale:
-        return kept[1]
-    stages = [getattr(model, n)._decoder(ext, dtype, stale=stale) for n in ("encoder", "main", "decoder")]
-    router, cfg = model.boundary.router, model.config.boundary
-    maps = [None, None] if router is None else [router.q_proj.weight, router.k_proj.weight]
-    reads_aux = cfg.signal in ("entropy", "surprisal")
-    aux = [model.aux_norm.weight, model.aux_head.weight] if reads_aux else [None, None]
-    main = [None, None] if isinstance(model.main_in, torch.nn.Identity) else [model.main_in.weight,
-                                                                           model.main_out.weight]
-    sources = [model.embedding.weight, *(t for t in maps + aux + main if t is not None), model.chunk.pool_gate,
-               model.residual.weight, model.norm_f.weight]
-    c = lambda t: None if t is None else t.detach().contiguous()  # noqa: E731
-    decoder = ext.HourglassDecoder(*stages, c(model.embedding.weight), _SIGNALS[cfg.signal], cfg.rule == "monotonic",
-                                   *map(c, maps), c(aux[0]), float(model.aux_norm.eps) if reads_aux else 0.0,
-                                   c(aux[1]), c(model.chunk.pool_gate), *map(c, main), c(model.residual.weight),
-                                   c(model.norm_f.weight), float(model.norm_f.eps), model.config.dechunk == "ema",
-                                   sources)
-    model.__dict__["_hourglass_decoder"] = (key, decoder)
-    return decoder
+    """The kernel's ``HourglassDecoder`` over the model's weights in ``dtype``, kept as the stages' decoders are
+    (:meth:`~tiling.modules.step_weights.KernelCacheOwner._kernel_object`); ``stale``: a kept one refused a step,
+    make it (and the stages') again."""
+    def make():
+        stages = [getattr(model, n)._decoder(ext, dtype, stale=stale) for n in ("encoder", "main", "decoder")]
+        router, cfg = model.boundary.router, model.config.boundary
+        maps = [None, None] if router is None else [router.q_proj.weight, router.k_proj.weight]
+        reads_aux = cfg.signal in ("entropy", "surprisal")
+        aux = [model.aux_norm.weight, model.aux_head.weight] if reads_aux else [None, None]
+        main = [None, None] if isinstance(model.main_in, torch.nn.Identity) else [model.main_in.weight,
+                                                                               model.main_out.weight]
+        sources = [model.embedding.weight, *(t for t in maps + aux + main if t is not None), model.chunk.pool_gate,
+                   model.residual.weight, model.norm_f.weight]
+        c = lambda t: None if t is None else t.detach().contiguous()  # noqa: E731
+        return ext.HourglassDecoder(*stages, c(model.embedding.weight), _SIGNALS[cfg.signal], cfg.rule == "monotonic",
+                                    *map(c, maps), c(aux[0]), float(model.aux_norm.eps) if reads_aux else 0.0,
+                                    c(aux[1]), c(model.chunk.pool_gate), *map(c, main), c(model.residual.weight),
+                                    c(model.norm_f.weight), float(model.norm_f.eps), model.config.dechunk == "ema",
+                                    sources)
+
+    return model._kernel_object("_hourglass_decoder", dtype, make, stale=stale)
 
 
 def fast_step(model, tokens: Tensor, state, budget: float) -> tuple[Tensor, object] | None:

@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from tiling.config import StageConfig, TilingConfig
-from tiling.modules.assignments import assignments
 from tiling.modules.step_weights import KernelCacheOwner, kernel_weights
 from tiling.modules.tiled_mamba import TiledMamba
 from tiling.ops.scan import cpu_kernels, rms_norm
@@ -143,16 +142,13 @@ class MambaStack(KernelCacheOwner, nn.Module):
         """The kernel's ``StackDecoder`` over the layers' weights in ``dtype``, kept per count of
         assignments (a parameter assigned anew anywhere makes another) and dtype; ``stale``: the kept
         one refused a step (a weight moved or updated in place), make it again."""
-        key = (assignments(), dtype)
-        kept = self.__dict__.get("_stack_decoder")
-        if kept is not None and kept[0] == key and not stale:
-            return kept[1]
-        weights, sources, copied = kernel_weights(self.layers, dtype)
-        decoder = ext.StackDecoder([n.weight.detach().contiguous() for n in self.norms],
-                                   [float(n.eps) for n in self.norms], weights,
-                                   [n.weight for n in self.norms] + sources, copied)
-        self.__dict__["_stack_decoder"] = (key, decoder)
-        return decoder
+        def make():
+            weights, sources, copied = kernel_weights(self.layers, dtype)
+            return ext.StackDecoder([n.weight.detach().contiguous() for n in self.norms],
+                                    [float(n.eps) for n in self.norms], weights,
+                                    [n.weight for n in self.norms] + sources, copied)
+
+        return self._kernel_object("_stack_decoder", dtype, make, stale=stale)
 
 
 __all__ = ["MambaStack", "PLAIN", "StackState"]

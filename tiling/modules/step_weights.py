@@ -65,5 +65,17 @@ class KernelCacheOwner:
             state.pop(name, None)
         return state
 
+    def _kernel_object(self, name: str, dtype: torch.dtype, make, *, stale: bool = False):
+        """The kernel's object ``name`` (one of ``_kernel_caches``) in ``dtype``, kept per count of assignments (a
+        parameter assigned anew anywhere makes another) and dtype; ``make()`` makes it; ``stale``: the kept one
+        refused a step (a weight moved or updated in place), make it again."""
+        key = (assignments(), dtype)
+        kept = self.__dict__.get(name)
+        if kept is not None and kept[0] == key and not stale:
+            return kept[1]
+        made = make()
+        self.__dict__[name] = (key, made)
+        return made
+
 
 __all__ = ["KernelCacheOwner", "kernel_weights", "step_params", "step_weights"]
