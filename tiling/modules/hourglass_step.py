@@ -4,7 +4,8 @@
 
 The reference step runs the three stages' kernels among some forty small torch calls a byte (the router's
 maps and norms, the controller, the pool, the EMA, the residual, the head, the checks): at d_outer 176 those
-cost more than the stages' arithmetic (stop 42: 455 µs a byte, of which the stages' kernels take about 180).
+cost more than the stages' arithmetic (stop 42, ``scripts/bench_equal_bpb.py``: 540 µs a byte for the router's
+checkpoint at 0.5, 180 µs in one call).
 Here the whole byte is one call; the reference stays, and runs wherever this does not apply (the
 Fisher–Rao speed, the linear density and the space-like rule; the tile form; budget conditioning; a stage
 of no layers; training mode; another device or dtype; a ``torch.func`` transform or a dispatch mode) and
