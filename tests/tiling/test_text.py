@@ -567,7 +567,7 @@ def test_goals_over_rows_with_full_resolution_ends():
     assert g["test_bpb_at_0.35"] == pytest.approx({"full": 2.1, "router": 2.0, "uniform": 2.05})
     assert g["2pct_better_than_uniform"] is True  # 2.0 <= 0.98 * 2.05 = 2.009
     assert g["beats_full_at_equal_wall_time"] is True
-    assert g["prefill_speedup_at_0.25"] == pytest.approx(1.8) and g["prefill_2.5x"] is False
-    assert g["decode_speedup_at_0.25"] == pytest.approx(3.0) and g["decode_2x"] is True
+    # the rows' own rates (180 against 100 B/s) are never divided: the bench times the pair in one run
+    assert not any("speedup" in k for k in g) and g["speed"]["timed_by"] == mod.SPEED_BENCH
     rows[3]["test_bpb"] = 2.2  # router mean 2.05 = uniform's: not 2 % better
     assert mod.goals(rows, "router", (0, -1))["2pct_better_than_uniform"] is False
