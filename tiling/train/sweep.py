@@ -60,9 +60,15 @@ WIDE = {"d_outer": 176, "encoder_layers": 2, "main_layers": 4, "decoder_layers":
 #: the wide stages with a main network twice as deep ("-deep" rows), its width FLOP-matched again (≈ 1/√2 of
 #: the wide rows'): is depth or width the better use of the main network's FLOPs at this scale
 DEEP = {**WIDE, "main_layers": 8}
+#: more of the FLOPs at full resolution ("-byte3": three byte layers each side at 176; "-byte4": four at 144),
+#: the main network of eight layers FLOP-matched in what is left: plain 8 × 180 beat every hourglass at equal
+#: bytes, so does a deeper full-resolution byte network with a shortened main network between reach it at
+#: budget ≤ 0.35 (the Hourglass transformer found the full-resolution layers critical)
+BYTE3 = {**DEEP, "encoder_layers": 3, "decoder_layers": 3}
+BYTE4 = {**DEEP, "d_outer": 144, "encoder_layers": 4, "decoder_layers": 4}
 #: plain widths below d128 (goal (e)'s equal-bpb partners of the hourglass rows)
 SMALL_WIDTHS = (112, 96)
-STAGES = {"": OUTER, "thin": THIN, "wide": WIDE, "deep": DEEP}
+STAGES = {"": OUTER, "thin": THIN, "wide": WIDE, "deep": DEEP, "byte3": BYTE3, "byte4": BYTE4}
 ELASTIC_RANGE = (0.25, 1.0)
 ELASTIC_EVAL = (1.0, 0.5, 0.35)
 #: the skewed elastic rows' draws ``0.25 + 0.75·u^γ``: γ = 3 puts half the steps below 0.34 (mean 0.44), γ = 6
@@ -244,7 +250,11 @@ def rows() -> list[dict]:
            # the router at 0.5 is its best budget (there d_main is the outer width, 176: no higher budget fits d256's
            # FLOPs on these stages): its uniform twin there
            hourglass_row("uniform", 0.5, 0, stages="deep", skip=True, lr=3e-3),
-           hourglass_row("uniform", 0.5, 1, stages="deep", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.5, 1, stages="deep", skip=True, lr=3e-3),
+           # deeper byte stages (BYTE3, BYTE4) with the router at 0.25, the budget goal (a) asks for (BYTE3 fits
+           # d256's FLOPs at 0.25 only: at 0.35 its main network would be narrower than its outer stages)
+           hourglass_row("router", 0.25, 0, stages="byte3", skip=True, lr=3e-3),
+           hourglass_row("router", 0.25, 0, stages="byte4", skip=True, lr=3e-3)]
     return out
 
 
