@@ -81,6 +81,10 @@ def pytest_terminal_summary(terminalreporter):
 
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+#: the first ``bundled:full`` (the real-text sweep's 4 × 256, the flat checkpoint form), kept for the tests since
+#: the hourglass sweep bundled 8 × 180 in its place (tiling/data/make_values_fixture.py's ``KEPT`` names it too:
+#: that script runs outside pytest)
+KEPT_FULL_4X256 = Path(__file__).resolve().parent / "tiling" / "data" / "text_full_4x256.safetensors"
 
 
 def load_script(name: str):

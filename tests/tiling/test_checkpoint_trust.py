@@ -3,12 +3,12 @@ model is built or a tensor read, memory stays at the model's size, and a tied he
 embedding it is tied to."""
 import json
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from conftest import KEPT_FULL_4X256
 from safetensors.torch import save_file
 
 import tiling.train.checkpoint as ckpt
@@ -319,8 +319,7 @@ def test_the_bundled_flat_checkpoints_load_and_compute_as_stored_nested(tmp_path
     """The first bundled files hold the flat form; read through the one reader, re-saved nested, the same model.
     (That their logits are those of before is tests/tiling/test_values_fixture.py's bundled test.) The first
     ``bundled:full`` is kept in tests/tiling/data since the hourglass sweep bundled 8 × 180 in its place."""
-    p = Path(__file__).with_name("data") / "text_full_4x256.safetensors" if name == "full" else \
-        textmodel.BUNDLED_DIR / textmodel.BUNDLED[name]
+    p = KEPT_FULL_4X256 if name == "full" else textmodel.BUNDLED_DIR / textmodel.BUNDLED[name]
     if not p.is_file():
         pytest.skip(f"{p} is not installed")
     model, extra = load_text_model(p)

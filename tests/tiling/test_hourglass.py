@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import load_script
+from conftest import KEPT_FULL_4X256, load_script
 from torch.utils.flop_counter import FlopCounterMode
 
 from tiling.config import BoundaryConfig, HourglassConfig, SIGNALS, TilingConfig, hourglass_config
@@ -315,7 +314,7 @@ def test_checkpoint_round_trip_and_old_checkpoints(tmp_path):
         for b in (1.0, 0.35, 0.25):
             assert torch.equal(loaded(x, budget=b), model(x, budget=b))
     assert HourglassConfig.from_dict(json.loads(json.dumps(model.config.to_dict()))) == model.config
-    old, _ = load_text_model(Path(__file__).with_name("data") / "text_full_4x256.safetensors")  # the flat form
+    old, _ = load_text_model(KEPT_FULL_4X256)  # the flat form
     assert isinstance(old, TiledLM)
 
 
