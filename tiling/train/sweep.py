@@ -254,7 +254,11 @@ def rows() -> list[dict]:
            # deeper byte stages (BYTE3, BYTE4) with the router at 0.25, the budget goal (a) asks for (BYTE3 fits
            # d256's FLOPs at 0.25 only: at 0.35 its main network would be narrower than its outer stages)
            hourglass_row("router", 0.25, 0, stages="byte3", skip=True, lr=3e-3),
-           hourglass_row("router", 0.25, 0, stages="byte4", skip=True, lr=3e-3)]
+           hourglass_row("router", 0.25, 0, stages="byte4", skip=True, lr=3e-3),
+           # BYTE3 was the better: its second seed and its uniform twin (goal (b) on the same stages)
+           hourglass_row("router", 0.25, 1, stages="byte3", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.25, 0, stages="byte3", skip=True, lr=3e-3),
+           hourglass_row("uniform", 0.25, 1, stages="byte3", skip=True, lr=3e-3)]
     return out
 
 
