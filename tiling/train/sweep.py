@@ -66,9 +66,12 @@ DEEP = {**WIDE, "main_layers": 8}
 #: budget ≤ 0.35 (the Hourglass transformer found the full-resolution layers critical)
 BYTE3 = {**DEEP, "encoder_layers": 3, "decoder_layers": 3}
 BYTE4 = {**DEEP, "d_outer": 144, "encoder_layers": 4, "decoder_layers": 4}
+#: BYTE3 with six main layers ("-byte3m6"): FLOP-matched at 0.35 (d_main 176), where eight fit 0.25 only
+BYTE3M6 = {**BYTE3, "main_layers": 6}
 #: plain widths below d128 (goal (e)'s equal-bpb partners of the hourglass rows)
 SMALL_WIDTHS = (112, 96)
-STAGES = {"": OUTER, "thin": THIN, "wide": WIDE, "deep": DEEP, "byte3": BYTE3, "byte4": BYTE4}
+STAGES = {"": OUTER, "thin": THIN, "wide": WIDE, "deep": DEEP, "byte3": BYTE3, "byte4": BYTE4,
+          "byte3m6": BYTE3M6}
 ELASTIC_RANGE = (0.25, 1.0)
 ELASTIC_EVAL = (1.0, 0.5, 0.35)
 #: the skewed elastic rows' draws ``0.25 + 0.75·u^γ``: γ = 3 puts half the steps below 0.34 (mean 0.44), γ = 6
@@ -258,7 +261,12 @@ def rows() -> list[dict]:
            # BYTE3 was the better: its second seed and its uniform twin (goal (b) on the same stages)
            hourglass_row("router", 0.25, 1, stages="byte3", skip=True, lr=3e-3),
            hourglass_row("uniform", 0.25, 0, stages="byte3", skip=True, lr=3e-3),
-           hourglass_row("uniform", 0.25, 1, stages="byte3", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.25, 1, stages="byte3", skip=True, lr=3e-3),
+           # the control: BYTE3's byte stages alone, as plain Mamba (six layers of 176 at full resolution, no main
+           # network; 0.76× d256's FLOPs per byte): what the shortened main network adds on top
+           plain_row(176, 0, lr=3e-3, n_layers=6),
+           # the deeper byte stages at a higher budget with a shallower main network (six layers at 0.35)
+           hourglass_row("router", 0.35, 0, stages="byte3m6", skip=True, lr=3e-3)]
     return out
 
 
