@@ -267,9 +267,7 @@ def rows() -> list[dict]:
            plain_row(176, 0, lr=3e-3, n_layers=6),
            # the deeper byte stages at a higher budget with a shallower main network (six layers at 0.35)
            hourglass_row("router", 0.35, 0, stages="byte3m6", skip=True, lr=3e-3),
-           # the auxiliary head's surprisal (signal (a), EMA) on BYTE3: a three-layer encoder predicts the next byte
-           # better than two, so its surprisal may place boundaries better
-           hourglass_row("surprisal", 0.25, 0, dechunk="ema", stages="byte3", skip=True, lr=3e-3)]
+           hourglass_row("uniform", 0.35, 0, stages="byte3m6", skip=True, lr=3e-3)]
     return out
 
 
