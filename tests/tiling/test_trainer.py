@@ -149,7 +149,8 @@ def test_goals_on_rows():
     ema = rows[:2] + [row("hg-surprisal-ema@0.25/s0", 1.8), row("hg-uniform@0.25/s0", 1.9)]
     assert sw.goals(ema)["b_information_matters"]["uniform"] == 1.9
     # several elastic checkpoints: (d) reports the one of the smallest worst ratio to its dedicated rows, and lists every one
-    skewed = rows + [row("hg-elastic-entropy-skew3@0.25/s0", 1.92), row("hg-elastic-entropy-skew3@1/s0", 1.95)]
+    skewed = rows + [row("hg-elastic-entropy-skew3@0.25/s0", 1.92), row("hg-elastic-entropy-skew3@0.35/s0", 2.07),
+                     row("hg-elastic-entropy-skew3@1/s0", 1.95)]
     d = sw.goals(skewed)["d_elastic"]
     assert d["row"] == "hg-elastic-entropy-skew3" and set(d["all"]) == {"hg-elastic-entropy", "hg-elastic-entropy-skew3"}
     assert d["vs_dedicated"]["0.25"]["ratio"] == pytest.approx(1.92 / 1.9) and d["vs_own_budget_1"]["met"] is True
@@ -173,7 +174,15 @@ def test_goals_on_rows():
     assert spec["name"] == "hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0" and spec["cond"] is True
     cond = wide + [row("hg-elastic-surprisal-ema-wide-cond-skew6@0.25/s0", 1.861)]
     c = sw.goals(cond)["d_elastic"]
-    assert c["row"] == "hg-elastic-surprisal-ema-wide-cond-skew6" and c["vs_dedicated"]["0.25"]["alone"] == 1.86
+    # compared at 0.25 alone (1.0005), it is not reported over hg-elastic-entropy, compared at 0.25 and 0.35 (1.026)
+    assert c["row"] == "hg-elastic-entropy" and c["without_dedicated_row"] == []
+    c = c["all"]["hg-elastic-surprisal-ema-wide-cond-skew6"]
+    assert c["vs_dedicated"]["0.25"]["alone"] == 1.86 and c["vs_dedicated"]["0.25"]["ratio"] == pytest.approx(1.861 / 1.86)
+    # scored at 0.35 where no dedicated row of its stages exists: listed, never silently left out
+    scored = cond + [row("hg-elastic-surprisal-ema-wide-cond-skew6@0.35/s0", 1.87)]
+    assert sw.goals(scored)["d_elastic"]["all"]["hg-elastic-surprisal-ema-wide-cond-skew6"]["without_dedicated_row"] == ["0.35"]
+    alone = [r for r in scored if not r["row"].startswith("hg-elastic-entropy")]  # equal coverage: the smaller ratio
+    assert sw.goals(alone)["d_elastic"]["row"] == "hg-elastic-surprisal-ema-wide-cond-skew6"
     # a row naming boundary fields (rule, form, the head's weight) is compared with the uniform row of its
     # stages and dechunk: uniform boundaries read none of those
     for fields in ({"rule": "monotonic"}, {"form": "tile"}, {"aux_weight": 0.3}, {"slack": 128.0}):
