@@ -263,7 +263,7 @@ def rows() -> list[dict]:
            hourglass_row("uniform", 0.25, 0, stages="byte3", skip=True, lr=3e-3),
            hourglass_row("uniform", 0.25, 1, stages="byte3", skip=True, lr=3e-3),
            # the control: BYTE3's byte stages alone, as plain Mamba (six layers of 176 at full resolution, no main
-           # network; 0.76× d256's FLOPs per byte): what the shortened main network adds on top
+           # network; 0.74× d256's FLOPs per byte): what the shortened main network adds on top
            plain_row(176, 0, lr=3e-3, n_layers=6),
            # the deeper byte stages at a higher budget with a shallower main network (six layers at 0.35)
            hourglass_row("router", 0.35, 0, stages="byte3m6", skip=True, lr=3e-3),
