@@ -273,7 +273,10 @@ def rows() -> list[dict]:
            # the router's elastic checkpoint on BYTE3M6 (FLOP-matched at 0.25, γ = 6), trained for the mean CPU time
            # of its two dedicated rows at 0.35 (equal time, as stop 41's on the deep stages): a bundle candidate
            hourglass_row("router", 0.25, 0, elastic=True, stages="byte3m6", skew=6.0, skip=True, lr=3e-3),
-           hourglass_row("router", 0.25, 1, elastic=True, stages="byte3m6", skew=6.0, skip=True, lr=3e-3)]
+           hourglass_row("router", 0.25, 1, elastic=True, stages="byte3m6", skew=6.0, skip=True, lr=3e-3),
+           # its dedicated rows at 0.25 (d_main 192; at 0.5 no d_main ≥ 176 fits d256's FLOPs)
+           hourglass_row("router", 0.25, 0, stages="byte3m6", skip=True, lr=3e-3),
+           hourglass_row("router", 0.25, 1, stages="byte3m6", skip=True, lr=3e-3)]
     return out
 
 
